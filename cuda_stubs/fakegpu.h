@@ -1,0 +1,74 @@
+/* Internal interface of libfakegpu_core.so: the fake GPU's device model, shared by the
+ * fake libcuda.so.1 and libnvidia-ml.so.1 so that both report the same device.
+ *
+ * The model: each device has a fixed capacity. Every consumer of device memory is a
+ * "range" in one table: FIXED ranges (plain allocations, pitched, arrays, pool
+ * reservations, VMM handles) are always resident and never evicted; MANAGED ranges
+ * become resident when the device touches them and are evicted least-recently-used
+ * first when device memory is needed. The table lives in a shared mapping: private to
+ * the process (and its forked children, who share the GPU) by default, or in the file
+ * named by FAKE_CUDA_STATE so that several processes share one fake GPU. */
+#ifndef CUVISOR_FAKEGPU_H
+#define CUVISOR_FAKEGPU_H
+
+#include <stdint.h>
+
+#define FG_API __attribute__((visibility("default")))
+#define FG_MAX_DEVICES 16
+#define FG_NO_RANGE UINT32_MAX
+/* Residency moves in units of the UVM driver's 2 MiB VA blocks. */
+#define FG_BLOCK (2ull << 20)
+
+typedef struct {
+    uint64_t device_mem;  /* bytes per device */
+    int device_count;
+    int managed;          /* CONCURRENT_MANAGED_ACCESS */
+    int pools;            /* MEMORY_POOLS_SUPPORTED */
+    const char *report_path; /* NULL: no report */
+    const char *state_path;  /* NULL: private GPU */
+} fg_config_t;
+
+enum fg_kind { FG_FIXED = 1, FG_MANAGED = 2 };
+
+/* Parses FAKE_CUDA_* and attaches the device state, once. Returns 0, or -1 after printing
+ * one clear message (then every caller must fail its initialization). */
+FG_API int fg_init(void);
+FG_API const fg_config_t *fg_config(void);
+
+/* The device-state lock (robust and process-shared). Everything below needs it held. */
+FG_API void fg_lock(void);
+FG_API void fg_unlock(void);
+
+/* Creates a range on `dev`. A FIXED range (and a MANAGED one when the device has no
+ * concurrent managed access) must fit in device memory now: managed ranges are evicted
+ * and dead processes reclaimed to make room; FG_NO_RANGE means out of memory. */
+FG_API uint32_t fg_range_new(int dev, enum fg_kind kind, uint64_t size);
+FG_API void fg_range_free(uint32_t r);
+/* Grows or shrinks a FIXED range (pool reservations); -1 if growing does not fit. */
+FG_API int fg_range_resize(uint32_t r, uint64_t size);
+/* The device touched a managed range: make it resident (as much as fits) and most
+ * recently used. Managed ranges whose preferred location is the host stay remote. */
+FG_API void fg_range_touch(uint32_t r);
+FG_API void fg_range_evict(uint32_t r); /* migrate to host (prefetch to CPU) */
+FG_API void fg_range_prefer_host(uint32_t r, int on);
+FG_API uint64_t fg_range_resident(uint32_t r);
+
+/* Device-wide used bytes (all processes sharing the GPU), after reclaiming dead ones. */
+FG_API uint64_t fg_device_used(int dev);
+
+/* Per-process statistics for the report. */
+FG_API void fg_count_advise(void);
+FG_API void fg_count_prefetch(void);
+FG_API void fg_count_oom(void);
+
+/* Each fake library registers its entry-point call counters once; the report names them. */
+FG_API void fg_register_calls(const char *const *names, uint64_t *counters, int n);
+/* libcuda hands over what the process did not free, just before the report is written. */
+FG_API void fg_report_leak(const char *kind, uint64_t ptr, uint64_t bytes);
+
+/* Size syntax shared with CUVISOR_QUOTA (without the percent form). 0 on success. */
+FG_API int fg_parse_size(const char *s, uint64_t *out);
+
+#define FG_COUNT(counters, idx) __atomic_fetch_add(&(counters)[idx], 1, __ATOMIC_RELAXED)
+
+#endif

@@ -1,0 +1,536 @@
+/* Fake libcuda.so.1: initialization, devices, contexts, streams, events, error strings
+ * and driver entry point access. Memory lives in libcuda_memory.c. */
+#include <pthread.h>
+#include <stdlib.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "libcuda_internal.h"
+
+uint64_t cu_calls[N_CU_ENTRIES];
+static const char *const cu_names[N_CU_ENTRIES] = {
+#define ENTRY(sym, base, ver, pt) #sym,
+#include "libcuda_entries.h"
+#undef ENTRY
+};
+
+static int initialized;          /* cuInit succeeded in this process */
+static int forked_after_init;    /* this process is a child forked after cuInit */
+
+static void at_fork_child(void) {
+    if (initialized) forked_after_init = 1;
+}
+
+__attribute__((constructor)) static void cu_load(void) {
+    fg_register_calls(cu_names, cu_calls, N_CU_ENTRIES);
+    pthread_atfork(NULL, NULL, at_fork_child);
+}
+
+/* Runs before libfakegpu_core's destructor (we depend on it), which writes the report. */
+__attribute__((destructor)) static void cu_unload(void) {
+    if (initialized && !forked_after_init) cu_report_leaks();
+}
+
+CUresult cu_initialized(void) {
+    if (!initialized || forked_after_init) return CUDA_ERROR_NOT_INITIALIZED;
+    return CUDA_SUCCESS;
+}
+
+int cu_valid_device(CUdevice dev) { return dev >= 0 && dev < fg_config()->device_count; }
+
+EXPORT CUresult cuInit(unsigned int flags) {
+    COUNT(cuInit);
+    if (flags != 0) return CUDA_ERROR_INVALID_VALUE;
+    if (forked_after_init) return CUDA_ERROR_NOT_INITIALIZED;
+    if (fg_init() != 0) return CUDA_ERROR_NOT_INITIALIZED;
+    if (fg_config()->device_count == 0) return CUDA_ERROR_NO_DEVICE;
+    initialized = 1;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuDriverGetVersion(int *version) {
+    COUNT(cuDriverGetVersion);
+    if (!version) return CUDA_ERROR_INVALID_VALUE;
+    *version = FAKE_CUDA_DRIVER_VERSION;
+    return CUDA_SUCCESS;
+}
+
+/* ---- errors -------------------------------------------------------------------------- */
+
+static const struct { CUresult code; const char *name, *text; } errors[] = {
+    {CUDA_SUCCESS, "CUDA_SUCCESS", "no error"},
+    {CUDA_ERROR_INVALID_VALUE, "CUDA_ERROR_INVALID_VALUE", "invalid argument"},
+    {CUDA_ERROR_OUT_OF_MEMORY, "CUDA_ERROR_OUT_OF_MEMORY", "out of memory"},
+    {CUDA_ERROR_NOT_INITIALIZED, "CUDA_ERROR_NOT_INITIALIZED", "initialization error"},
+    {CUDA_ERROR_DEINITIALIZED, "CUDA_ERROR_DEINITIALIZED", "driver shutting down"},
+    {CUDA_ERROR_NO_DEVICE, "CUDA_ERROR_NO_DEVICE", "no CUDA-capable device is detected"},
+    {CUDA_ERROR_INVALID_DEVICE, "CUDA_ERROR_INVALID_DEVICE", "invalid device ordinal"},
+    {CUDA_ERROR_INVALID_CONTEXT, "CUDA_ERROR_INVALID_CONTEXT", "invalid device context"},
+    {CUDA_ERROR_INVALID_HANDLE, "CUDA_ERROR_INVALID_HANDLE", "invalid resource handle"},
+    {CUDA_ERROR_NOT_FOUND, "CUDA_ERROR_NOT_FOUND", "named symbol not found"},
+    {CUDA_ERROR_NOT_READY, "CUDA_ERROR_NOT_READY", "device not ready"},
+    {CUDA_ERROR_NOT_PERMITTED, "CUDA_ERROR_NOT_PERMITTED", "operation not permitted"},
+    {CUDA_ERROR_NOT_SUPPORTED, "CUDA_ERROR_NOT_SUPPORTED", "operation not supported"},
+    {CUDA_ERROR_UNKNOWN, "CUDA_ERROR_UNKNOWN", "unknown error"},
+};
+
+static CUresult error_lookup(CUresult e, const char **out, int want_name) {
+    if (!out) return CUDA_ERROR_INVALID_VALUE;
+    for (size_t i = 0; i < sizeof errors / sizeof errors[0]; i++)
+        if (errors[i].code == e) {
+            *out = want_name ? errors[i].name : errors[i].text;
+            return CUDA_SUCCESS;
+        }
+    *out = NULL;
+    return CUDA_ERROR_INVALID_VALUE;
+}
+
+EXPORT CUresult cuGetErrorString(CUresult e, const char **s) {
+    COUNT(cuGetErrorString);
+    return error_lookup(e, s, 0);
+}
+
+EXPORT CUresult cuGetErrorName(CUresult e, const char **s) {
+    COUNT(cuGetErrorName);
+    return error_lookup(e, s, 1);
+}
+
+/* ---- devices ------------------------------------------------------------------------- */
+
+EXPORT CUresult cuDeviceGetCount(int *count) {
+    COUNT(cuDeviceGetCount);
+    CUresult rc = cu_initialized();
+    if (rc) return rc;
+    if (!count) return CUDA_ERROR_INVALID_VALUE;
+    *count = fg_config()->device_count;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuDeviceGet(CUdevice *dev, int ordinal) {
+    COUNT(cuDeviceGet);
+    CUresult rc = cu_initialized();
+    if (rc) return rc;
+    if (!dev) return CUDA_ERROR_INVALID_VALUE;
+    if (!cu_valid_device(ordinal)) return CUDA_ERROR_INVALID_DEVICE;
+    *dev = ordinal;
+    return CUDA_SUCCESS;
+}
+
+static CUresult device_query(CUdevice dev, const void *out) {
+    CUresult rc = cu_initialized();
+    if (rc) return rc;
+    if (!out) return CUDA_ERROR_INVALID_VALUE;
+    return cu_valid_device(dev) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_DEVICE;
+}
+
+EXPORT CUresult cuDeviceGetName(char *name, int len, CUdevice dev) {
+    COUNT(cuDeviceGetName);
+    CUresult rc = device_query(dev, name);
+    if (rc) return rc;
+    if (len <= 0) return CUDA_ERROR_INVALID_VALUE;
+    snprintf(name, (size_t)len, "cuvisor fake GPU %d (%llu MiB)", dev,
+             (unsigned long long)(fg_config()->device_mem >> 20));
+    return CUDA_SUCCESS;
+}
+
+static CUresult device_uuid(CUuuid *uuid, CUdevice dev) {
+    CUresult rc = device_query(dev, uuid);
+    if (rc) return rc;
+    memset(uuid, 0, sizeof *uuid);
+    memcpy(uuid->bytes, "cuvisorfake", 11);
+    uuid->bytes[15] = (char)dev;
+    return CUDA_SUCCESS;
+}
+EXPORT CUresult cuDeviceGetUuid(CUuuid *uuid, CUdevice dev) { COUNT(cuDeviceGetUuid); return device_uuid(uuid, dev); }
+EXPORT CUresult cuDeviceGetUuid_v2(CUuuid *uuid, CUdevice dev) { COUNT(cuDeviceGetUuid_v2); return device_uuid(uuid, dev); }
+
+EXPORT CUresult cuDeviceTotalMem_v2(size_t *bytes, CUdevice dev) {
+    COUNT(cuDeviceTotalMem_v2);
+    CUresult rc = device_query(dev, bytes);
+    if (rc) return rc;
+    *bytes = fg_config()->device_mem;
+    return CUDA_SUCCESS;
+}
+
+/* The 32-bit ABI cannot express more than 4 GiB - 1: the value saturates. */
+EXPORT CUresult cuDeviceTotalMem(unsigned int *bytes, CUdevice dev) {
+    COUNT(cuDeviceTotalMem);
+    CUresult rc = device_query(dev, bytes);
+    if (rc) return rc;
+    uint64_t m = fg_config()->device_mem;
+    *bytes = m > UINT32_MAX ? UINT32_MAX : (unsigned int)m;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuDeviceGetAttribute(int *value, int attrib, CUdevice dev) {
+    COUNT(cuDeviceGetAttribute);
+    CUresult rc = device_query(dev, value);
+    if (rc) return rc;
+    if (attrib <= 0 || attrib >= CU_DEVICE_ATTRIBUTE_MAX) return CUDA_ERROR_INVALID_VALUE;
+    const fg_config_t *c = fg_config();
+    switch (attrib) {
+    case CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK: *value = 1024; break;
+    case CU_DEVICE_ATTRIBUTE_WARP_SIZE: *value = 32; break;
+    case CU_DEVICE_ATTRIBUTE_TEXTURE_ALIGNMENT: *value = 512; break;
+    case CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT: *value = 132; break;
+    case CU_DEVICE_ATTRIBUTE_CAN_MAP_HOST_MEMORY: *value = 1; break;
+    case CU_DEVICE_ATTRIBUTE_PCI_BUS_ID: *value = 0x10 + dev; break;
+    case CU_DEVICE_ATTRIBUTE_UNIFIED_ADDRESSING: *value = 1; break;
+    case CU_DEVICE_ATTRIBUTE_TEXTURE_PITCH_ALIGNMENT: *value = 32; break;
+    case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR: *value = 9; break;
+    case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR: *value = 0; break;
+    case CU_DEVICE_ATTRIBUTE_MANAGED_MEMORY: *value = 1; break;
+    case CU_DEVICE_ATTRIBUTE_CONCURRENT_MANAGED_ACCESS: *value = c->managed; break;
+    case CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED: *value = 1; break;
+    case CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED: *value = c->pools; break;
+    default: *value = 0; /* not modelled: the capability is absent */
+    }
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuDeviceComputeCapability(int *major, int *minor, CUdevice dev) {
+    COUNT(cuDeviceComputeCapability);
+    CUresult rc = device_query(dev, major);
+    if (rc) return rc;
+    if (!minor) return CUDA_ERROR_INVALID_VALUE;
+    *major = 9;
+    *minor = 0;
+    return CUDA_SUCCESS;
+}
+
+/* ---- contexts ------------------------------------------------------------------------- */
+
+#define CTX_MAGIC 0x43545843u
+struct fg_context {
+    uint32_t magic;   /* CTX_MAGIC while alive; contexts are never freed, so stale handles are detectable */
+    int dev;
+    int primary;
+    int refcount;     /* primary: retains; created: 1 until destroyed */
+    unsigned flags;
+};
+
+static struct fg_context primary_ctx[FG_MAX_DEVICES];
+static pthread_mutex_t ctx_lock = PTHREAD_MUTEX_INITIALIZER;
+static __thread CUcontext ctx_stack[32];
+static __thread int ctx_depth;
+
+static int ctx_alive(CUcontext c) { return c && c->magic == CTX_MAGIC && c->refcount > 0; }
+
+CUcontext cu_current_ctx(void) { return ctx_depth ? ctx_stack[ctx_depth - 1] : NULL; }
+
+CUresult cu_ready(int *dev) {
+    CUresult rc = cu_initialized();
+    if (rc) return rc;
+    CUcontext c = cu_current_ctx();
+    if (!ctx_alive(c)) return CUDA_ERROR_INVALID_CONTEXT;
+    if (dev) *dev = c->dev;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *ctx, CUdevice dev) {
+    COUNT(cuDevicePrimaryCtxRetain);
+    CUresult rc = device_query(dev, ctx);
+    if (rc) return rc;
+    pthread_mutex_lock(&ctx_lock);
+    struct fg_context *c = &primary_ctx[dev];
+    c->magic = CTX_MAGIC;
+    c->dev = dev;
+    c->primary = 1;
+    c->refcount++;
+    pthread_mutex_unlock(&ctx_lock);
+    *ctx = c;
+    return CUDA_SUCCESS;
+}
+
+static CUresult primary_release(CUdevice dev) {
+    CUresult rc = cu_initialized();
+    if (rc) return rc;
+    if (!cu_valid_device(dev)) return CUDA_ERROR_INVALID_DEVICE;
+    pthread_mutex_lock(&ctx_lock);
+    rc = primary_ctx[dev].refcount > 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_CONTEXT;
+    if (!rc) primary_ctx[dev].refcount--;
+    pthread_mutex_unlock(&ctx_lock);
+    return rc;
+}
+EXPORT CUresult cuDevicePrimaryCtxRelease(CUdevice dev) { COUNT(cuDevicePrimaryCtxRelease); return primary_release(dev); }
+EXPORT CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev) { COUNT(cuDevicePrimaryCtxRelease_v2); return primary_release(dev); }
+
+static CUresult primary_set_flags(CUdevice dev, unsigned flags) {
+    CUresult rc = cu_initialized();
+    if (rc) return rc;
+    if (!cu_valid_device(dev)) return CUDA_ERROR_INVALID_DEVICE;
+    primary_ctx[dev].flags = flags;
+    return CUDA_SUCCESS;
+}
+EXPORT CUresult cuDevicePrimaryCtxSetFlags(CUdevice dev, unsigned flags) { COUNT(cuDevicePrimaryCtxSetFlags); return primary_set_flags(dev, flags); }
+EXPORT CUresult cuDevicePrimaryCtxSetFlags_v2(CUdevice dev, unsigned flags) { COUNT(cuDevicePrimaryCtxSetFlags_v2); return primary_set_flags(dev, flags); }
+
+EXPORT CUresult cuDevicePrimaryCtxGetState(CUdevice dev, unsigned *flags, int *active) {
+    COUNT(cuDevicePrimaryCtxGetState);
+    CUresult rc = device_query(dev, flags);
+    if (rc) return rc;
+    if (!active) return CUDA_ERROR_INVALID_VALUE;
+    *flags = primary_ctx[dev].flags;
+    *active = primary_ctx[dev].refcount > 0;
+    return CUDA_SUCCESS;
+}
+
+static CUresult primary_reset(CUdevice dev) {
+    CUresult rc = cu_initialized();
+    if (rc) return rc;
+    if (!cu_valid_device(dev)) return CUDA_ERROR_INVALID_DEVICE;
+    pthread_mutex_lock(&ctx_lock);
+    primary_ctx[dev].refcount = 0;
+    primary_ctx[dev].flags = 0;
+    pthread_mutex_unlock(&ctx_lock);
+    return CUDA_SUCCESS;
+}
+EXPORT CUresult cuDevicePrimaryCtxReset(CUdevice dev) { COUNT(cuDevicePrimaryCtxReset); return primary_reset(dev); }
+EXPORT CUresult cuDevicePrimaryCtxReset_v2(CUdevice dev) { COUNT(cuDevicePrimaryCtxReset_v2); return primary_reset(dev); }
+
+EXPORT CUresult cuCtxCreate_v2(CUcontext *ctx, unsigned flags, CUdevice dev) {
+    COUNT(cuCtxCreate_v2);
+    CUresult rc = device_query(dev, ctx);
+    if (rc) return rc;
+    if (ctx_depth == (int)(sizeof ctx_stack / sizeof ctx_stack[0])) return CUDA_ERROR_UNKNOWN;
+    struct fg_context *c = calloc(1, sizeof *c);
+    if (!c) return CUDA_ERROR_OUT_OF_MEMORY;
+    *c = (struct fg_context){.magic = CTX_MAGIC, .dev = dev, .refcount = 1, .flags = flags};
+    ctx_stack[ctx_depth++] = c;
+    *ctx = c;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuCtxDestroy_v2(CUcontext ctx) {
+    COUNT(cuCtxDestroy_v2);
+    CUresult rc = cu_initialized();
+    if (rc) return rc;
+    if (!ctx_alive(ctx) || ctx->primary) return CUDA_ERROR_INVALID_VALUE;
+    ctx->refcount = 0;
+    ctx->magic = 0;
+    if (cu_current_ctx() == ctx) ctx_depth--;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuCtxPushCurrent_v2(CUcontext ctx) {
+    COUNT(cuCtxPushCurrent_v2);
+    CUresult rc = cu_initialized();
+    if (rc) return rc;
+    if (!ctx_alive(ctx)) return CUDA_ERROR_INVALID_CONTEXT;
+    if (ctx_depth == (int)(sizeof ctx_stack / sizeof ctx_stack[0])) return CUDA_ERROR_UNKNOWN;
+    ctx_stack[ctx_depth++] = ctx;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuCtxPopCurrent_v2(CUcontext *ctx) {
+    COUNT(cuCtxPopCurrent_v2);
+    CUresult rc = cu_initialized();
+    if (rc) return rc;
+    if (ctx_depth == 0) return CUDA_ERROR_INVALID_CONTEXT;
+    CUcontext c = ctx_stack[--ctx_depth];
+    if (ctx) *ctx = c;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuCtxSetCurrent(CUcontext ctx) {
+    COUNT(cuCtxSetCurrent);
+    CUresult rc = cu_initialized();
+    if (rc) return rc;
+    if (!ctx) { /* unbinds the thread's current context */
+        if (ctx_depth) ctx_depth--;
+        return CUDA_SUCCESS;
+    }
+    if (!ctx_alive(ctx)) return CUDA_ERROR_INVALID_CONTEXT;
+    if (ctx_depth == 0) ctx_depth = 1;
+    ctx_stack[ctx_depth - 1] = ctx;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuCtxGetCurrent(CUcontext *ctx) {
+    COUNT(cuCtxGetCurrent);
+    CUresult rc = cu_initialized();
+    if (rc) return rc;
+    if (!ctx) return CUDA_ERROR_INVALID_VALUE;
+    *ctx = cu_current_ctx();
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuCtxGetDevice(CUdevice *dev) {
+    COUNT(cuCtxGetDevice);
+    int d;
+    CUresult rc = cu_ready(&d);
+    if (rc) return rc;
+    if (!dev) return CUDA_ERROR_INVALID_VALUE;
+    *dev = d;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuCtxSynchronize(void) {
+    COUNT(cuCtxSynchronize);
+    CUresult rc = cu_ready(NULL);
+    if (rc) return rc;
+    cu_pools_sync();
+    return CUDA_SUCCESS;
+}
+
+/* ---- streams and events: all work completes synchronously in the fake ------------------ */
+
+#define STREAM_MAGIC 0x5354524du
+struct fg_stream { uint32_t magic; CUcontext ctx; unsigned flags; };
+
+int cu_valid_stream(CUstream s) {
+    return s == NULL || s == CU_STREAM_LEGACY || s == CU_STREAM_PER_THREAD || s->magic == STREAM_MAGIC;
+}
+
+static CUresult stream_create(CUstream *s, unsigned flags) {
+    CUresult rc = cu_ready(NULL);
+    if (rc) return rc;
+    if (!s || flags > 1) return CUDA_ERROR_INVALID_VALUE;
+    struct fg_stream *st = calloc(1, sizeof *st);
+    if (!st) return CUDA_ERROR_OUT_OF_MEMORY;
+    *st = (struct fg_stream){.magic = STREAM_MAGIC, .ctx = cu_current_ctx(), .flags = flags};
+    *s = st;
+    return CUDA_SUCCESS;
+}
+EXPORT CUresult cuStreamCreate(CUstream *s, unsigned flags) { COUNT(cuStreamCreate); return stream_create(s, flags); }
+EXPORT CUresult cuStreamCreateWithPriority(CUstream *s, unsigned flags, int priority) {
+    COUNT(cuStreamCreateWithPriority);
+    (void)priority;
+    return stream_create(s, flags);
+}
+
+EXPORT CUresult cuStreamDestroy_v2(CUstream s) {
+    COUNT(cuStreamDestroy_v2);
+    CUresult rc = cu_ready(NULL);
+    if (rc) return rc;
+    if (!s || s == CU_STREAM_LEGACY || s == CU_STREAM_PER_THREAD || s->magic != STREAM_MAGIC)
+        return CUDA_ERROR_INVALID_HANDLE;
+    s->magic = 0; /* kept allocated so that a stale handle stays detectable */
+    return CUDA_SUCCESS;
+}
+
+static CUresult stream_sync(CUstream s) {
+    CUresult rc = cu_ready(NULL);
+    if (rc) return rc;
+    if (!cu_valid_stream(s)) return CUDA_ERROR_INVALID_HANDLE;
+    cu_pools_sync();
+    return CUDA_SUCCESS;
+}
+EXPORT CUresult cuStreamSynchronize(CUstream s) { COUNT(cuStreamSynchronize); return stream_sync(s); }
+EXPORT CUresult cuStreamSynchronize_ptsz(CUstream s) { COUNT(cuStreamSynchronize_ptsz); return stream_sync(s); }
+
+static CUresult stream_query(CUstream s) {
+    CUresult rc = cu_ready(NULL);
+    if (rc) return rc;
+    return cu_valid_stream(s) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+}
+EXPORT CUresult cuStreamQuery(CUstream s) { COUNT(cuStreamQuery); return stream_query(s); }
+EXPORT CUresult cuStreamQuery_ptsz(CUstream s) { COUNT(cuStreamQuery_ptsz); return stream_query(s); }
+
+#define EVENT_MAGIC 0x45564e54u
+struct fg_event { uint32_t magic; unsigned flags; int recorded; struct timespec when; };
+
+static int event_valid(CUevent e) { return e && e->magic == EVENT_MAGIC; }
+
+static CUresult stream_wait(CUstream s, CUevent e, unsigned flags) {
+    CUresult rc = cu_ready(NULL);
+    if (rc) return rc;
+    if (!cu_valid_stream(s) || !event_valid(e)) return CUDA_ERROR_INVALID_HANDLE;
+    return flags > 1 ? CUDA_ERROR_INVALID_VALUE : CUDA_SUCCESS;
+}
+EXPORT CUresult cuStreamWaitEvent(CUstream s, CUevent e, unsigned f) { COUNT(cuStreamWaitEvent); return stream_wait(s, e, f); }
+EXPORT CUresult cuStreamWaitEvent_ptsz(CUstream s, CUevent e, unsigned f) { COUNT(cuStreamWaitEvent_ptsz); return stream_wait(s, e, f); }
+
+static CUresult stream_capturing(CUstream s, int *status) {
+    CUresult rc = stream_query(s);
+    if (rc) return rc;
+    if (!status) return CUDA_ERROR_INVALID_VALUE;
+    *status = CU_STREAM_CAPTURE_STATUS_NONE; /* the fake has no graph capture */
+    return CUDA_SUCCESS;
+}
+EXPORT CUresult cuStreamIsCapturing(CUstream s, int *st) { COUNT(cuStreamIsCapturing); return stream_capturing(s, st); }
+EXPORT CUresult cuStreamIsCapturing_ptsz(CUstream s, int *st) { COUNT(cuStreamIsCapturing_ptsz); return stream_capturing(s, st); }
+
+EXPORT CUresult cuEventCreate(CUevent *e, unsigned flags) {
+    COUNT(cuEventCreate);
+    CUresult rc = cu_ready(NULL);
+    if (rc) return rc;
+    if (!e || flags > 0xf) return CUDA_ERROR_INVALID_VALUE;
+    struct fg_event *ev = calloc(1, sizeof *ev);
+    if (!ev) return CUDA_ERROR_OUT_OF_MEMORY;
+    *ev = (struct fg_event){.magic = EVENT_MAGIC, .flags = flags};
+    *e = ev;
+    return CUDA_SUCCESS;
+}
+
+static CUresult event_record(CUevent e, CUstream s) {
+    CUresult rc = cu_ready(NULL);
+    if (rc) return rc;
+    if (!event_valid(e) || !cu_valid_stream(s)) return CUDA_ERROR_INVALID_HANDLE;
+    clock_gettime(CLOCK_MONOTONIC, &e->when);
+    e->recorded = 1;
+    return CUDA_SUCCESS;
+}
+EXPORT CUresult cuEventRecord(CUevent e, CUstream s) { COUNT(cuEventRecord); return event_record(e, s); }
+EXPORT CUresult cuEventRecord_ptsz(CUevent e, CUstream s) { COUNT(cuEventRecord_ptsz); return event_record(e, s); }
+
+EXPORT CUresult cuEventSynchronize(CUevent e) {
+    COUNT(cuEventSynchronize);
+    CUresult rc = cu_ready(NULL);
+    if (rc) return rc;
+    if (!event_valid(e)) return CUDA_ERROR_INVALID_HANDLE;
+    cu_pools_sync();
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuEventQuery(CUevent e) {
+    COUNT(cuEventQuery);
+    CUresult rc = cu_ready(NULL);
+    if (rc) return rc;
+    return event_valid(e) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+}
+
+EXPORT CUresult cuEventElapsedTime(float *ms, CUevent start, CUevent end) {
+    COUNT(cuEventElapsedTime);
+    CUresult rc = cu_ready(NULL);
+    if (rc) return rc;
+    if (!ms) return CUDA_ERROR_INVALID_VALUE;
+    if (!event_valid(start) || !event_valid(end)) return CUDA_ERROR_INVALID_HANDLE;
+    if (!start->recorded || !end->recorded) return CUDA_ERROR_INVALID_HANDLE;
+    if ((start->flags | end->flags) & 0x2 /* CU_EVENT_DISABLE_TIMING */) return CUDA_ERROR_INVALID_HANDLE;
+    *ms = (float)((end->when.tv_sec - start->when.tv_sec) * 1e3 +
+                  (end->when.tv_nsec - start->when.tv_nsec) / 1e6);
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuEventDestroy_v2(CUevent e) {
+    COUNT(cuEventDestroy_v2);
+    CUresult rc = cu_ready(NULL);
+    if (rc) return rc;
+    if (!event_valid(e)) return CUDA_ERROR_INVALID_HANDLE;
+    e->magic = 0;
+    return CUDA_SUCCESS;
+}
+
+/* ---- driver entry point access --------------------------------------------------------- */
+
+EXPORT CUresult cuGetProcAddress(const char *symbol, void **pfn, int version, cuuint64_t flags) {
+    COUNT(cuGetProcAddress);
+    return cu_get_proc_address(symbol, pfn, version, flags, NULL);
+}
+
+EXPORT CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int version, cuuint64_t flags,
+                                    CUdriverProcAddressQueryResult *status) {
+    COUNT(cuGetProcAddress_v2);
+    return cu_get_proc_address(symbol, pfn, version, flags, status);
+}
+
+/* The real cudart asks for private tables here; the fake has none to offer. */
+EXPORT CUresult cuGetExportTable(const void **table, const CUuuid *id) {
+    COUNT(cuGetExportTable);
+    (void)id;
+    if (table) *table = NULL;
+    return CUDA_ERROR_NOT_SUPPORTED;
+}

@@ -1,0 +1,33 @@
+/* Shared between the fake libcuda.so.1's translation units. */
+#ifndef CUVISOR_LIBCUDA_INTERNAL_H
+#define CUVISOR_LIBCUDA_INTERNAL_H
+
+#include "cuda_types.h"
+#include "fakegpu.h"
+
+enum {
+#define ENTRY(sym, base, ver, pt) IDX_##sym,
+#include "libcuda_entries.h"
+#undef ENTRY
+    N_CU_ENTRIES
+};
+extern uint64_t cu_calls[N_CU_ENTRIES];
+#define COUNT(sym) FG_COUNT(cu_calls, IDX_##sym)
+#define EXPORT __attribute__((visibility("default")))
+
+/* 0 when the driver is initialized in this process (cuInit succeeded, and not in a
+ * child forked after that) and the calling thread has a live current context; its
+ * device is stored in *dev. Otherwise the error the real driver gives. */
+CUresult cu_ready(int *dev);
+CUresult cu_initialized(void);
+CUcontext cu_current_ctx(void);
+int cu_valid_device(CUdevice dev);
+int cu_valid_stream(CUstream s);
+/* The synchronizing calls release what memory pools hold beyond their threshold. */
+void cu_pools_sync(void);
+void cu_report_leaks(void);
+/* cuGetProcAddress: base name + cudaVersion + flags -> the variant, with NVIDIA's rules. */
+CUresult cu_get_proc_address(const char *symbol, void **pfn, int version, cuuint64_t flags,
+                             CUdriverProcAddressQueryResult *status);
+
+#endif

@@ -1,0 +1,113 @@
+//! Helpers shared by the integration tests: run a program on the fake GPU as a black-box
+//! child process and read what it printed and what the fake GPU reported.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Where build.rs put the fake libcuda.so.1, libnvidia-ml.so.1, libcudart.so.12 and the probes.
+pub fn stub_dir() -> PathBuf {
+    PathBuf::from(env!("CUDA_STUB_DIR"))
+}
+
+/// `target/<profile>/`, found from the running test binary (`target/<profile>/deps/…`).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+}
+
+/// A cargo example of this package (cargo test builds them).
+pub fn example(name: &str) -> PathBuf {
+    target_dir().join("examples").join(name)
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("cuvisor-test-{}-{tag}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process on the fake GPU: LD_LIBRARY_PATH points at the stubs, and no
+/// FAKE_CUDA_*, CUVISOR_* or LD_PRELOAD leaks in from the environment of the test run.
+pub fn on_fake_gpu(program: impl AsRef<Path>) -> Command {
+    let mut cmd = Command::new(program.as_ref());
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().into_owned();
+        if key.starts_with("FAKE_CUDA_") || key.starts_with("CUVISOR_") || key == "LD_PRELOAD" {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("LD_LIBRARY_PATH", stub_dir());
+    cmd
+}
+
+pub fn driver_probe() -> Command {
+    on_fake_gpu(stub_dir().join("driver_probe"))
+}
+
+pub fn driver_probe_dlsym() -> Command {
+    on_fake_gpu(stub_dir().join("driver_probe_dlsym"))
+}
+
+pub fn runtime_probe() -> Command {
+    on_fake_gpu(stub_dir().join("runtime_probe"))
+}
+
+/// Runs the command with `script` as its arguments; returns stdout lines, asserting exit 0.
+pub fn run_script(cmd: &mut Command, script: &str) -> Vec<String> {
+    let out = run(cmd.args(script.split_whitespace()));
+    assert!(out.status.success(), "{cmd:?} failed: {}\n{}", out.status, stderr(&out));
+    lines(&out)
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+pub fn lines(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The JSON objects the fake GPU appended to a FAKE_CUDA_REPORT file, one per process.
+pub fn reports(path: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad report line {l}: {e}")))
+        .collect()
+}
+
+/// The single report in `path`.
+pub fn report(path: &Path) -> serde_json::Value {
+    let mut all = reports(path);
+    assert_eq!(all.len(), 1, "expected one report in {}", path.display());
+    all.remove(0)
+}
+
+pub fn calls(report: &serde_json::Value, entry: &str) -> u64 {
+    report["calls"][entry].as_u64().unwrap_or(0)
+}
+
+pub const GIB: u64 = 1 << 30;
+pub const MIB: u64 = 1 << 20;

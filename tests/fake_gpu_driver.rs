@@ -1,0 +1,144 @@
+//! The fake libcuda.so.1 as a black box, through a C client that binds it directly and
+//! one that finds every function with dlopen + dlsym. Exact error codes and numbers.
+
+mod common;
+use common::*;
+
+/// Both ways a program reaches the driver by name must see the same device.
+#[test]
+fn configured_memory_and_out_of_memory_past_it_direct_and_dlsym() {
+    for probe in [driver_probe as fn() -> std::process::Command, driver_probe_dlsym] {
+        let out = run_script(
+            probe().env("FAKE_CUDA_DEVICE_MEM", "4GiB"),
+            "init total info alloc 3GiB info alloc 1GiB alloc 1 info free 0 info",
+        );
+        assert_eq!(
+            out,
+            [
+                "init -> 0",
+                "total -> 0 4294967296",
+                "info -> 0 4294967296 4294967296",
+                "alloc 3GiB -> 0 #0",
+                "info -> 0 1073741824 4294967296",
+                "alloc 1GiB -> 0 #1",
+                "alloc 1 -> 2", // CUDA_ERROR_OUT_OF_MEMORY
+                "info -> 0 0 4294967296",
+                "free 0 -> 0",
+                "info -> 0 3221225472 4294967296",
+            ]
+        );
+    }
+}
+
+#[test]
+fn default_device_is_16_gib() {
+    assert_eq!(run_script(&mut driver_probe(), "init total"), ["init -> 0", "total -> 0 17179869184"]);
+}
+
+#[test]
+fn calls_before_init_and_without_context_fail_like_the_driver() {
+    // CUDA_ERROR_NOT_INITIALIZED before cuInit, CUDA_ERROR_INVALID_CONTEXT without a context
+    let out = run_script(&mut driver_probe(), "alloc 1M info");
+    assert_eq!(out, ["alloc 1M -> 3", "info -> 3 0 0"]);
+}
+
+#[test]
+fn data_round_trips_through_every_kind_of_memory() {
+    let out = run_script(
+        &mut driver_probe(),
+        "init alloc 3M managed 3M async 3M pitch 1000 7 vmm 4M roundtrip 0 roundtrip 1 roundtrip 2 \
+         roundtrip 3 roundtrip 4 memset 0 memset 1",
+    );
+    for k in 0..5 {
+        assert!(out.contains(&format!("roundtrip {k} -> 0 ok")), "{out:?}");
+    }
+    assert!(out.contains(&"memset 0 -> 0 ok".to_owned()) && out.contains(&"memset 1 -> 0 ok".to_owned()), "{out:?}");
+}
+
+#[test]
+fn zero_bytes_is_invalid_value() {
+    let out = run_script(&mut driver_probe(), "init alloc 0 managed 0 async 0");
+    assert_eq!(out, ["init -> 0", "alloc 0 -> 1", "managed 0 -> 1", "async 0 -> 1"]);
+}
+
+#[test]
+fn pitch_rounds_rows_to_512_bytes_and_charges_pitch_times_height() {
+    let out = run_script(
+        driver_probe().env("FAKE_CUDA_DEVICE_MEM", "1MiB"),
+        "init pitch 100 10 info pitch 513 1 pitch 512 2048",
+    );
+    assert_eq!(
+        out,
+        [
+            "init -> 0",
+            "pitch 100 10 -> 0 #0 pitch=512",
+            "info -> 0 1043456 1048576", // 1 MiB - 512 * 10
+            "pitch 513 1 -> 0 #1 pitch=1024",
+            "pitch 512 2048 -> 2", // 1 MiB more does not fit any longer
+        ]
+    );
+}
+
+#[test]
+fn legacy_32_bit_abi_saturates_and_returns_low_addresses() {
+    let out = run_script(
+        driver_probe().env("FAKE_CUDA_DEVICE_MEM", "8GiB"),
+        "init legacy-total legacy-info legacy-alloc 1M alloc 7GiB legacy-info",
+    );
+    assert_eq!(
+        out,
+        [
+            "init -> 0",
+            "legacy-total -> 0 4294967295",
+            "legacy-info -> 0 4294967295 4294967295",
+            "legacy-alloc 1M -> 0 #0 low32",
+            "alloc 7GiB -> 0 #1",
+            "legacy-info -> 0 1072693248 4294967295",
+        ]
+    );
+}
+
+#[test]
+fn managed_memory_oversubscribes_and_lru_eviction_makes_room() {
+    let dir = TempDir::new("managed");
+    let report_path = dir.path("report.jsonl");
+    let out = run_script(
+        driver_probe()
+            .env("FAKE_CUDA_DEVICE_MEM", "4GiB")
+            .env("FAKE_CUDA_REPORT", &report_path),
+        // two managed ranges of 3 GiB on a 4 GiB device: allocating them never fails
+        "init managed 3GiB managed 3GiB info prefetch 0 gpu info prefetch 1 gpu info \
+         alloc 2GiB info alloc 2GiB alloc 1 prefetch 0 gpu info free 2 prefetch 0 gpu info",
+    );
+    assert_eq!(
+        out,
+        [
+            "init -> 0",
+            "managed 3GiB -> 0 #0",
+            "managed 3GiB -> 0 #1",
+            "info -> 0 4294967296 4294967296", // populated on access, not at allocation
+            "prefetch 0 gpu -> 0",
+            "info -> 0 1073741824 4294967296",
+            "prefetch 1 gpu -> 0", // evicts 2 GiB of #0, the least recently used
+            "info -> 0 0 4294967296",
+            "alloc 2GiB -> 0 #2", // device memory evicts managed memory: 1 GiB of #0, 1 of #1
+            "info -> 0 0 4294967296",
+            "alloc 2GiB -> 0 #3", // the last 2 GiB of #1
+            "alloc 1 -> 2",       // only unevictable memory left: out of memory
+            "prefetch 0 gpu -> 0", // no room: the range stays on the host, no error
+            "info -> 0 0 4294967296",
+            "free 2 -> 0",
+            "prefetch 0 gpu -> 0", // 2 GiB of its 3 GiB fit now
+            "info -> 0 0 4294967296",
+        ]
+    );
+    let r = report(&report_path);
+    assert_eq!(r["managed_bytes"]["peak"], 6 * GIB);
+    assert_eq!(r["device_bytes"]["peak"], 4 * GIB);
+    assert_eq!(r["device_bytes"]["final"], 2 * GIB);
+    assert_eq!(r["managed_resident_bytes"], 2 * GIB);
+    assert_eq!(r["managed_nonresident_bytes"], 4 * GIB);
+    assert_eq!(r["evicted_bytes_total"], 6 * GIB);
+    assert_eq!(r["prefetch_calls"], 4);
+    assert_eq!(r["oom_errors"], 1);
+}
