@@ -47,8 +47,9 @@ FG_API void fg_range_free(uint32_t r);
 /* Grows or shrinks a FIXED range (pool reservations); -1 if growing does not fit. */
 FG_API int fg_range_resize(uint32_t r, uint64_t size);
 /* The device touched a managed range: make it resident (as much as fits) and most
- * recently used. Managed ranges whose preferred location is the host stay remote. */
-FG_API void fg_range_touch(uint32_t r);
+ * recently used. On access, a range whose preferred location is the host stays there
+ * (mapped remotely); an explicit prefetch (`prefetch` = 1) migrates it regardless. */
+FG_API void fg_range_touch(uint32_t r, int prefetch);
 FG_API void fg_range_evict(uint32_t r); /* migrate to host (prefetch to CPU) */
 FG_API void fg_range_prefer_host(uint32_t r, int on);
 FG_API uint64_t fg_range_resident(uint32_t r);

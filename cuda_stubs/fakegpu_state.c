@@ -210,10 +210,11 @@ int fg_range_resize(uint32_t r, uint64_t size) {
     return 0;
 }
 
-void fg_range_touch(uint32_t r) {
+void fg_range_touch(uint32_t r, int prefetch) {
     struct fg_range *g = &R->ranges[r];
     g->last_use = ++R->clock;
-    if (g->kind != FG_MANAGED || (g->flags & FLAG_PREFER_HOST) || g->resident == g->size) return;
+    if (g->kind != FG_MANAGED || g->resident == g->size) return;
+    if ((g->flags & FLAG_PREFER_HOST) && !prefetch) return;
     uint64_t need = g->size - g->resident;
     uint64_t room = make_room_locked(g->dev, need, r);
     uint64_t in = room < need ? room : need;

@@ -866,7 +866,7 @@ static CUresult span(uint64_t p, uint64_t n, int must_be_device, char **host) {
             cur = mappings[i].va + mappings[i].size;
         }
     }
-    if (a->kind == A_MANAGED) fg_range_touch(a->range);
+    if (a->kind == A_MANAGED) fg_range_touch(a->range, 0);
     *host = a->host + (p - a->dptr);
     return CUDA_SUCCESS;
 }
@@ -990,7 +990,7 @@ static CUresult prefetch(CUdeviceptr p, size_t n, int loc_type, int loc_id, unsi
         rc = CUDA_ERROR_INVALID_VALUE;
     } else {
         fg_count_prefetch();
-        if (to_device) fg_range_touch(a->range); else fg_range_evict(a->range);
+        if (to_device) fg_range_touch(a->range, 1); else fg_range_evict(a->range);
     }
     fg_unlock();
     return rc;

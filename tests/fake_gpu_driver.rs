@@ -38,8 +38,19 @@ fn default_device_is_16_gib() {
 #[test]
 fn calls_before_init_and_without_context_fail_like_the_driver() {
     // CUDA_ERROR_NOT_INITIALIZED before cuInit, CUDA_ERROR_INVALID_CONTEXT without a context
-    let out = run_script(&mut driver_probe(), "alloc 1M info");
-    assert_eq!(out, ["alloc 1M -> 3", "info -> 3 0 0"]);
+    let out = run_script(&mut driver_probe(), "alloc 1M info init-only alloc 1M info init alloc 1M");
+    assert_eq!(
+        out,
+        [
+            "alloc 1M -> 3",
+            "info -> 3 0 0",
+            "init-only -> 0",
+            "alloc 1M -> 201",
+            "info -> 201 0 0",
+            "init -> 0",
+            "alloc 1M -> 0 #0",
+        ]
+    );
 }
 
 #[test]
@@ -141,4 +152,153 @@ fn managed_memory_oversubscribes_and_lru_eviction_makes_room() {
     assert_eq!(r["evicted_bytes_total"], 6 * GIB);
     assert_eq!(r["prefetch_calls"], 4);
     assert_eq!(r["oom_errors"], 1);
+}
+
+#[test]
+fn stream_ordered_pools_retain_until_synchronized() {
+    let out = run_script(
+        driver_probe().env("FAKE_CUDA_DEVICE_MEM", "64MiB"),
+        "init async 3M pool-reserved info free-async 0 pool-reserved info sync pool-reserved info \
+         async 60M async 5M pool-alloc 1M ptsz-alloc 1M",
+    );
+    assert_eq!(
+        out,
+        [
+            "init -> 0",
+            "async 3M -> 0 #0",
+            "pool-reserved -> 0 4194304", // reservations grow in 2 MiB steps
+            "info -> 0 62914560 67108864",
+            "free-async 0 -> 0",
+            "pool-reserved -> 0 4194304", // freed memory stays in the pool...
+            "info -> 0 62914560 67108864",
+            "sync -> 0", // ...until a synchronization releases what exceeds the threshold (0)
+            "pool-reserved -> 0 0",
+            "info -> 0 67108864 67108864",
+            "async 60M -> 0 #1",
+            "async 5M -> 2",
+            "pool-alloc 1M -> 0 #2",
+            "ptsz-alloc 1M -> 0",
+        ]
+    );
+}
+
+#[test]
+fn pools_unsupported_when_configured_off() {
+    let out = run_script(
+        driver_probe().env("FAKE_CUDA_POOLS", "0"),
+        "init attribute 115 async 1M pool-alloc 1M pool-reserved",
+    );
+    assert_eq!(
+        out,
+        ["init -> 0", "attribute 115 -> 0 0", "async 1M -> 801", "pool-alloc 1M -> 801", "pool-reserved -> 801 0"]
+    );
+}
+
+#[test]
+fn vmm_charges_physical_handles_not_address_space() {
+    let out = run_script(
+        driver_probe().env("FAKE_CUDA_DEVICE_MEM", "64MiB"),
+        "init vmm 32M info roundtrip 0 vmm 32M vmm 2M vmm-free 0 info",
+    );
+    assert_eq!(
+        out,
+        [
+            "init -> 0",
+            "vmm 32M -> 0 #0",
+            "info -> 0 33554432 67108864",
+            "roundtrip 0 -> 0 ok",
+            "vmm 32M -> 0 #1",
+            "vmm 2M -> 2",
+            "vmm-free 0 -> 0",
+            "info -> 0 33554432 67108864",
+        ]
+    );
+}
+
+#[test]
+fn arrays_are_charged_by_footprint() {
+    let out = run_script(
+        driver_probe().env("FAKE_CUDA_DEVICE_MEM", "2MiB"),
+        "init array 100 100 info array-free 0 info array 512 512 array3d 16 16 16 mipmap 64 64 3 \
+         mipmap 64 64 0 array 512 512 array 1 1",
+    );
+    assert_eq!(
+        out,
+        [
+            "init -> 0",
+            "array 100 100 -> 0 #0", // 100 x 100 floats = 40000 bytes, in whole 64 KiB pages
+            "info -> 0 2031616 2097152",
+            "array-free 0 -> 0",
+            "info -> 0 2097152 2097152",
+            "array 512 512 -> 0 #1",    // 1 MiB
+            "array3d 16 16 16 -> 0",    // 16^3 x 4 channels of bytes, created and destroyed
+            "mipmap 64 64 3 -> 0",      // three levels, created and destroyed
+            "mipmap 64 64 0 -> 1",      // no levels: invalid
+            "array 512 512 -> 0 #2",    // the second MiB
+            "array 1 1 -> 2",           // nothing left
+        ]
+    );
+}
+
+#[test]
+fn managed_memory_cannot_be_exported_by_legacy_ipc() {
+    let out = run_script(&mut driver_probe(), "init alloc 1M managed 1M async 1M vmm 2M ipc 0 ipc 1 ipc 2 ipc 3 attr 0 attr 1");
+    assert_eq!(
+        &out[5..],
+        [
+            "ipc 0 -> 0",
+            "ipc 1 -> 1", // CUDA_ERROR_INVALID_VALUE, as the real driver answers for managed memory
+            "ipc 2 -> 1",
+            "ipc 3 -> 1",
+            "attr 0 -> 0 type=2 managed=0",
+            "attr 1 -> 0 type=2 managed=1", // managed memory is device memory with IS_MANAGED
+        ]
+    );
+}
+
+#[test]
+fn advice_and_prefetch_need_managed_memory_and_are_counted() {
+    let dir = TempDir::new("hints");
+    let report_path = dir.path("report.jsonl");
+    let out = run_script(
+        driver_probe().env("FAKE_CUDA_REPORT", &report_path),
+        "init managed 4M alloc 4M advise 0 gpu advise 0 cpu prefetch 0 gpu hints2 0 advise 1 gpu prefetch 1 gpu info",
+    );
+    assert_eq!(
+        &out[3..],
+        [
+            "advise 0 gpu -> 0",
+            "advise 0 cpu -> 0",
+            "prefetch 0 gpu -> 0",
+            "hints2 0 -> 0",
+            "advise 1 gpu -> 1",
+            "prefetch 1 gpu -> 1",
+            // a host preference steers faults, not prefetches: #0 is resident
+            "info -> 0 17171480576 17179869184",
+        ]
+    );
+    let r = report(&report_path);
+    assert_eq!(r["advise_calls"], 3);
+    assert_eq!(r["prefetch_calls"], 2);
+    assert_eq!(calls(&r, "cuMemAdvise_v2"), 1);
+    assert_eq!(calls(&r, "cuMemPrefetchAsync_v2"), 1);
+}
+
+#[test]
+fn concurrent_managed_access_off_means_no_oversubscription() {
+    let out = run_script(
+        driver_probe().env("FAKE_CUDA_MANAGED", "0").env("FAKE_CUDA_DEVICE_MEM", "1GiB"),
+        "init attribute 89 managed 512M info managed 1GiB prefetch 0 gpu",
+    );
+    assert_eq!(
+        out,
+        [
+            "init -> 0",
+            "attribute 89 -> 0 0",
+            "managed 512M -> 0 #0",
+            "info -> 0 536870912 1073741824", // resident from the start
+            "managed 1GiB -> 2",
+            "prefetch 0 gpu -> 101", // CUDA_ERROR_INVALID_DEVICE: no concurrent managed access
+        ]
+    );
 }

@@ -4,6 +4,7 @@
  * command; each command prints one line "<command> <args> -> <CUresult> [details]".
  *
  *   init                    cuInit, retain the primary context of device 0, make it current
+ *   init-only               cuInit alone (no current context)
  *   alloc SIZE              cuMemAlloc_v2          (SIZE: bytes or with K/M/G/KiB/MiB/GiB)
  *   legacy-alloc SIZE       cuMemAlloc (32-bit ABI)
  *   pitch WIDTH HEIGHT      cuMemAllocPitch_v2, prints the pitch
@@ -35,6 +36,7 @@
  *   legacy-total            cuDeviceTotalMem (32-bit ABI)
  *   nvml                    libnvidia-ml.so.1 by dlopen: nvmlDeviceGetMemoryInfo and _v2
  *                           ("total free used"), and _v2 with a wrong version field
+ *   wait                    block until a line (or end of file) arrives on stdin
  *   exit                    return from main now (the report is written at exit) */
 #include <dlfcn.h>
 #include <stdio.h>
@@ -131,7 +133,9 @@ int main(int argc, char **argv) {
         const char *c = argv[i];
         const char *a1 = i + 1 < argc ? argv[i + 1] : "0", *a2 = i + 2 < argc ? argv[i + 2] : "0";
         CUresult r;
-        if (!strcmp(c, "init")) {
+        if (!strcmp(c, "init-only")) {
+            printf("init-only -> %d\n", d.cuInit(0));
+        } else if (!strcmp(c, "init")) {
             CUdevice dev;
             CUcontext ctx;
             r = d.cuInit(0);
@@ -347,6 +351,10 @@ int main(int argc, char **argv) {
             printf("nvml v2 -> %d %llu %llu %llu reserved=%llu\n", e, m2.total, m2.free, m2.used, m2.reserved);
             m2.version = (unsigned)sizeof m2 | (1u << 24);
             printf("nvml v2-wrong-version -> %d\n", info2(dev, &m2));
+        } else if (!strcmp(c, "wait")) {
+            int ch;
+            while ((ch = getchar()) != EOF && ch != '\n') {}
+            printf("wait -> 0\n");
         } else if (!strcmp(c, "exit")) {
             return 0;
         } else {
