@@ -16,7 +16,12 @@ fn main() {
     std::fs::create_dir_all(&out).expect("create $OUT_DIR/fake_gpu");
 
     // The device model, shared by libcuda and NVML so that both see one GPU.
-    shared_object(&out, "libfakegpu_core.so", &["fakegpu_config.c", "fakegpu_state.c"], &["-lpthread"]);
+    shared_object(
+        &out,
+        "libfakegpu_core.so",
+        &["fakegpu_config.c", "fakegpu_state.c"],
+        &["-lpthread"],
+    );
     let with_core = ["-L", path_str(&out), "-lfakegpu_core", "-Wl,-rpath,$ORIGIN"];
     shared_object(
         &out,
@@ -25,7 +30,12 @@ fn main() {
         &with_core,
     );
     shared_object(&out, "libnvidia-ml.so.1", &["libnvml.c"], &with_core);
-    shared_object(&out, "libcudart.so.12", &["libcudart.c"], &[&with_core[..], &["-ldl"]].concat());
+    shared_object(
+        &out,
+        "libcudart.so.12",
+        &["libcudart.c"],
+        &[&with_core[..], &["-ldl"]].concat(),
+    );
     for (link, target) in [
         ("libcuda.so", "libcuda.so.1"),
         ("libnvidia-ml.so", "libnvidia-ml.so.1"),
@@ -39,9 +49,19 @@ fn main() {
     // Black-box clients: the driver API by direct binding and by dlopen+dlsym, and the
     // runtime API. No rpath: the tests choose the libraries with LD_LIBRARY_PATH.
     let probe = "probes/driver_probe.c";
-    executable(&out, "driver_probe", probe, &["-L", path_str(&out), "-lcuda", "-ldl"]);
+    executable(
+        &out,
+        "driver_probe",
+        probe,
+        &["-L", path_str(&out), "-lcuda", "-ldl"],
+    );
     executable(&out, "driver_probe_dlsym", probe, &["-DBIND_DLSYM", "-ldl"]);
-    executable(&out, "runtime_probe", "probes/runtime_probe.c", &["-L", path_str(&out), "-lcudart", "-ldl"]);
+    executable(
+        &out,
+        "runtime_probe",
+        "probes/runtime_probe.c",
+        &["-L", path_str(&out), "-lcudart", "-ldl"],
+    );
 
     println!("cargo:rustc-env=CUDA_STUB_DIR={}", out.display());
     println!("cargo:rerun-if-changed={STUBS}");
@@ -72,7 +92,7 @@ fn shared_object(out: &Path, soname: &str, sources: &[&str], link_args: &[&str])
         build.file(Path::new(STUBS).join(s));
     }
     let objects = build.compile_intermediates();
-    let mut cmd = Command::from(build.get_compiler().to_command());
+    let mut cmd = build.get_compiler().to_command();
     cmd.arg("-shared")
         .arg(format!("-Wl,-soname,{soname}"))
         .arg("-o")
@@ -84,7 +104,7 @@ fn shared_object(out: &Path, soname: &str, sources: &[&str], link_args: &[&str])
 
 fn executable(out: &Path, name: &str, source: &str, args: &[&str]) {
     let compiler = c_build().get_compiler();
-    let mut cmd = Command::from(compiler.to_command());
+    let mut cmd = compiler.to_command();
     cmd.arg("-std=gnu11")
         .arg("-D_GNU_SOURCE")
         .arg("-Wall")
@@ -96,8 +116,8 @@ fn executable(out: &Path, name: &str, source: &str, args: &[&str]) {
 }
 
 fn run(mut cmd: Command, what: &str) {
-    let status = cmd
-        .status()
-        .unwrap_or_else(|e| panic!("building {what}: cannot run the C compiler ({e}); install gcc or clang"));
+    let status = cmd.status().unwrap_or_else(|e| {
+        panic!("building {what}: cannot run the C compiler ({e}); install gcc or clang")
+    });
     assert!(status.success(), "building {what} failed: {cmd:?}");
 }

@@ -13,7 +13,12 @@ To try the fake GPU that the test suite runs on: cargo run --example demo";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["--version" | "-V"] => {
             println!("cuvisor {}", cuvisor::VERSION);
             ExitCode::SUCCESS

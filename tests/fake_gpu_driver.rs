@@ -7,7 +7,10 @@ use common::*;
 /// Both ways a program reaches the driver by name must see the same device.
 #[test]
 fn configured_memory_and_out_of_memory_past_it_direct_and_dlsym() {
-    for probe in [driver_probe as fn() -> std::process::Command, driver_probe_dlsym] {
+    for probe in [
+        driver_probe as fn() -> std::process::Command,
+        driver_probe_dlsym,
+    ] {
         let out = run_script(
             probe().env("FAKE_CUDA_DEVICE_MEM", "4GiB"),
             "init total info alloc 3GiB info alloc 1GiB alloc 1 info free 0 info",
@@ -32,13 +35,19 @@ fn configured_memory_and_out_of_memory_past_it_direct_and_dlsym() {
 
 #[test]
 fn default_device_is_16_gib() {
-    assert_eq!(run_script(&mut driver_probe(), "init total"), ["init -> 0", "total -> 0 17179869184"]);
+    assert_eq!(
+        run_script(&mut driver_probe(), "init total"),
+        ["init -> 0", "total -> 0 17179869184"]
+    );
 }
 
 #[test]
 fn calls_before_init_and_without_context_fail_like_the_driver() {
     // CUDA_ERROR_NOT_INITIALIZED before cuInit, CUDA_ERROR_INVALID_CONTEXT without a context
-    let out = run_script(&mut driver_probe(), "alloc 1M info init-only alloc 1M info init alloc 1M");
+    let out = run_script(
+        &mut driver_probe(),
+        "alloc 1M info init-only alloc 1M info init alloc 1M",
+    );
     assert_eq!(
         out,
         [
@@ -63,13 +72,25 @@ fn data_round_trips_through_every_kind_of_memory() {
     for k in 0..5 {
         assert!(out.contains(&format!("roundtrip {k} -> 0 ok")), "{out:?}");
     }
-    assert!(out.contains(&"memset 0 -> 0 ok".to_owned()) && out.contains(&"memset 1 -> 0 ok".to_owned()), "{out:?}");
+    assert!(
+        out.contains(&"memset 0 -> 0 ok".to_owned())
+            && out.contains(&"memset 1 -> 0 ok".to_owned()),
+        "{out:?}"
+    );
 }
 
 #[test]
 fn zero_bytes_is_invalid_value() {
     let out = run_script(&mut driver_probe(), "init alloc 0 managed 0 async 0");
-    assert_eq!(out, ["init -> 0", "alloc 0 -> 1", "managed 0 -> 1", "async 0 -> 1"]);
+    assert_eq!(
+        out,
+        [
+            "init -> 0",
+            "alloc 0 -> 1",
+            "managed 0 -> 1",
+            "async 0 -> 1"
+        ]
+    );
 }
 
 #[test]
@@ -134,8 +155,8 @@ fn managed_memory_oversubscribes_and_lru_eviction_makes_room() {
             "info -> 0 0 4294967296",
             "alloc 2GiB -> 0 #2", // device memory evicts managed memory: 1 GiB of #0, 1 of #1
             "info -> 0 0 4294967296",
-            "alloc 2GiB -> 0 #3", // the last 2 GiB of #1
-            "alloc 1 -> 2",       // only unevictable memory left: out of memory
+            "alloc 2GiB -> 0 #3",  // the last 2 GiB of #1
+            "alloc 1 -> 2",        // only unevictable memory left: out of memory
             "prefetch 0 gpu -> 0", // no room: the range stays on the host, no error
             "info -> 0 0 4294967296",
             "free 2 -> 0",
@@ -190,7 +211,13 @@ fn pools_unsupported_when_configured_off() {
     );
     assert_eq!(
         out,
-        ["init -> 0", "attribute 115 -> 0 0", "async 1M -> 801", "pool-alloc 1M -> 801", "pool-reserved -> 801 0"]
+        [
+            "init -> 0",
+            "attribute 115 -> 0 0",
+            "async 1M -> 801",
+            "pool-alloc 1M -> 801",
+            "pool-reserved -> 801 0"
+        ]
     );
 }
 
@@ -230,19 +257,22 @@ fn arrays_are_charged_by_footprint() {
             "info -> 0 2031616 2097152",
             "array-free 0 -> 0",
             "info -> 0 2097152 2097152",
-            "array 512 512 -> 0 #1",    // 1 MiB
-            "array3d 16 16 16 -> 0",    // 16^3 x 4 channels of bytes, created and destroyed
-            "mipmap 64 64 3 -> 0",      // three levels, created and destroyed
-            "mipmap 64 64 0 -> 1",      // no levels: invalid
-            "array 512 512 -> 0 #2",    // the second MiB
-            "array 1 1 -> 2",           // nothing left
+            "array 512 512 -> 0 #1", // 1 MiB
+            "array3d 16 16 16 -> 0", // 16^3 x 4 channels of bytes, created and destroyed
+            "mipmap 64 64 3 -> 0",   // three levels, created and destroyed
+            "mipmap 64 64 0 -> 1",   // no levels: invalid
+            "array 512 512 -> 0 #2", // the second MiB
+            "array 1 1 -> 2",        // nothing left
         ]
     );
 }
 
 #[test]
 fn managed_memory_cannot_be_exported_by_legacy_ipc() {
-    let out = run_script(&mut driver_probe(), "init alloc 1M managed 1M async 1M vmm 2M ipc 0 ipc 1 ipc 2 ipc 3 attr 0 attr 1");
+    let out = run_script(
+        &mut driver_probe(),
+        "init alloc 1M managed 1M async 1M vmm 2M ipc 0 ipc 1 ipc 2 ipc 3 attr 0 attr 1",
+    );
     assert_eq!(
         &out[5..],
         [
@@ -287,7 +317,9 @@ fn advice_and_prefetch_need_managed_memory_and_are_counted() {
 #[test]
 fn concurrent_managed_access_off_means_no_oversubscription() {
     let out = run_script(
-        driver_probe().env("FAKE_CUDA_MANAGED", "0").env("FAKE_CUDA_DEVICE_MEM", "1GiB"),
+        driver_probe()
+            .env("FAKE_CUDA_MANAGED", "0")
+            .env("FAKE_CUDA_DEVICE_MEM", "1GiB"),
         "init attribute 89 managed 512M info managed 1GiB prefetch 0 gpu",
     );
     assert_eq!(

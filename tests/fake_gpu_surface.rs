@@ -70,18 +70,40 @@ fn nvml_reports_the_same_device_as_the_driver() {
 
 #[test]
 fn device_memory_accepts_the_quota_size_syntax_exactly_as_the_rust_parser() {
-    for input in ["4096", "3K", "3KiB", "3KB", "5M", "5MiB", "5MB", "2G", "2GiB", "2GB", "1T", "1TiB", "1TB"] {
+    for input in [
+        "4096", "3K", "3KiB", "3KB", "5M", "5MiB", "5MB", "2G", "2GiB", "2GB", "1T", "1TiB", "1TB",
+    ] {
         let expected = parse_size(input).unwrap();
-        let out = run_script(driver_probe().env("FAKE_CUDA_DEVICE_MEM", input), "init total");
-        assert_eq!(out, ["init -> 0".to_owned(), format!("total -> 0 {expected}")], "{input}");
+        let out = run_script(
+            driver_probe().env("FAKE_CUDA_DEVICE_MEM", input),
+            "init total",
+        );
+        assert_eq!(
+            out,
+            ["init -> 0".to_owned(), format!("total -> 0 {expected}")],
+            "{input}"
+        );
     }
-    for input in ["", "0", "G", "1.5G", "1g", "1 G", "-1", "16777217T", "99999999999999999999"] {
+    for input in [
+        "",
+        "0",
+        "G",
+        "1.5G",
+        "1g",
+        "1 G",
+        "-1",
+        "16777217T",
+        "99999999999999999999",
+    ] {
         assert!(input == "0" || parse_size(input).is_err(), "{input}");
-        let out = run(driver_probe().env("FAKE_CUDA_DEVICE_MEM", input).arg("init"));
+        let out = run(driver_probe()
+            .env("FAKE_CUDA_DEVICE_MEM", input)
+            .arg("init"));
         assert_eq!(lines(&out), ["init -> 3"], "{input}"); // CUDA_ERROR_NOT_INITIALIZED
         let err = stderr(&out);
         assert!(
-            err.contains(&format!("FAKE_CUDA_DEVICE_MEM=\"{input}\" is invalid")) && err.contains("KiB/MiB/GiB/TiB"),
+            err.contains(&format!("FAKE_CUDA_DEVICE_MEM=\"{input}\" is invalid"))
+                && err.contains("KiB/MiB/GiB/TiB"),
             "{input}: {err}"
         );
     }
@@ -90,8 +112,16 @@ fn device_memory_accepts_the_quota_size_syntax_exactly_as_the_rust_parser() {
 #[test]
 fn bad_settings_fail_initialization_with_one_clear_message_each() {
     let cases = [
-        ("FAKE_CUDA_DEVICE_COUNT", "17", "expected a device count from 0 to 16"),
-        ("FAKE_CUDA_DEVICE_COUNT", "x", "expected a device count from 0 to 16"),
+        (
+            "FAKE_CUDA_DEVICE_COUNT",
+            "17",
+            "expected a device count from 0 to 16",
+        ),
+        (
+            "FAKE_CUDA_DEVICE_COUNT",
+            "x",
+            "expected a device count from 0 to 16",
+        ),
         ("FAKE_CUDA_MANAGED", "yes", "expected 0 or 1"),
         ("FAKE_CUDA_POOLS", "2", "expected 0 or 1"),
         ("FAKE_CUDA_REPORT", "", "expected a file path"),
@@ -102,7 +132,10 @@ fn bad_settings_fail_initialization_with_one_clear_message_each() {
         let err = stderr(&out);
         assert_eq!(lines(&out)[0], "init -> 3", "{var}={value}");
         assert_eq!(err.matches("fake-cuda:").count(), 1, "one message: {err}");
-        assert!(err.contains(&format!("{var}=\"{value}\" is invalid: {why}")), "{var}: {err}");
+        assert!(
+            err.contains(&format!("{var}=\"{value}\" is invalid: {why}")),
+            "{var}: {err}"
+        );
         // NVML fails to initialize too (NVML_ERROR_DRIVER_NOT_LOADED)
         assert_eq!(lines(&out)[1], "nvml v1 -> 9 0 0 0", "{var}={value}");
     }
@@ -128,7 +161,10 @@ fn report_counts_calls_and_lists_leaks() {
         driver_probe().env("FAKE_CUDA_REPORT", &path),
         "init alloc 1M alloc 2M managed 3M free 0 async 1M",
     );
-    run_script(runtime_probe().env("FAKE_CUDA_REPORT", &path), "alloc 5M free 0");
+    run_script(
+        runtime_probe().env("FAKE_CUDA_REPORT", &path),
+        "alloc 5M free 0",
+    );
     let all = reports(&path);
     assert_eq!(all.len(), 2, "one object per process");
     let driver = &all[0];
@@ -142,11 +178,23 @@ fn report_counts_calls_and_lists_leaks() {
     assert_eq!(driver["managed_bytes"]["final"], 3 * MIB);
     assert_eq!(driver["leaked"]["count"], 3);
     assert_eq!(driver["leaked"]["bytes"], 2 * MIB + 3 * MIB + MIB);
-    let kinds: Vec<&str> = driver["leaked"]["first"].as_array().unwrap().iter().map(|l| l["kind"].as_str().unwrap()).collect();
-    assert!(kinds.contains(&"device") && kinds.contains(&"managed") && kinds.contains(&"pool"), "{kinds:?}");
+    let kinds: Vec<&str> = driver["leaked"]["first"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"device") && kinds.contains(&"managed") && kinds.contains(&"pool"),
+        "{kinds:?}"
+    );
     let runtime = &all[1];
     assert_eq!(calls(runtime, "cudaMalloc"), 1);
-    assert_eq!(calls(runtime, "cuMemAlloc_v2"), 1, "cudart reached the driver");
+    assert_eq!(
+        calls(runtime, "cuMemAlloc_v2"),
+        1,
+        "cudart reached the driver"
+    );
     // cudart resolved its driver table through the resolver (its self-lookup returned _v2)
     assert!(calls(runtime, "cuGetProcAddress_v2") > 20, "{runtime}");
     assert_eq!(calls(runtime, "cuGetProcAddress"), 0);
@@ -165,20 +213,52 @@ fn every_allocation_family_of_the_brief_is_exercised() {
          free 2 free-async 3 vmm 2M vmm-free 5 array 10 10 array-free 6 array3d 4 4 4 mipmap 8 8 2 \
          ipc 4 info legacy-info total legacy-total nvml legacy-alloc 1M",
     );
-    run_script(runtime_probe().env("FAKE_CUDA_REPORT", &path), "info alloc 1M free 0 props");
+    run_script(
+        runtime_probe().env("FAKE_CUDA_REPORT", &path),
+        "info alloc 1M free 0 props",
+    );
     let all = reports(&path);
     let required = [
-        "cuMemAlloc_v2", "cuMemAllocPitch_v2", "cuMemAllocManaged", "cuMemAllocAsync", "cuMemAllocAsync_ptsz",
-        "cuMemAllocFromPoolAsync", "cuMemAllocFromPoolAsync_ptsz", "cuMemFree_v2", "cuMemFreeAsync",
-        "cuMemFreeAsync_ptsz", "cuMemCreate", "cuMemRelease", "cuMemAddressReserve", "cuMemAddressFree",
-        "cuMemMap", "cuMemUnmap", "cuMemSetAccess", "cuArrayCreate_v2", "cuArray3DCreate_v2",
-        "cuMipmappedArrayCreate", "cuArrayDestroy", "cuMipmappedArrayDestroy", "cuIpcGetMemHandle",
-        "cuMemGetInfo", "cuMemGetInfo_v2", "cuDeviceTotalMem", "cuDeviceTotalMem_v2", "cuMemAlloc",
-        "nvmlDeviceGetMemoryInfo", "nvmlDeviceGetMemoryInfo_v2", "cudaMemGetInfo", "cudaMalloc", "cudaFree",
+        "cuMemAlloc_v2",
+        "cuMemAllocPitch_v2",
+        "cuMemAllocManaged",
+        "cuMemAllocAsync",
+        "cuMemAllocAsync_ptsz",
+        "cuMemAllocFromPoolAsync",
+        "cuMemAllocFromPoolAsync_ptsz",
+        "cuMemFree_v2",
+        "cuMemFreeAsync",
+        "cuMemFreeAsync_ptsz",
+        "cuMemCreate",
+        "cuMemRelease",
+        "cuMemAddressReserve",
+        "cuMemAddressFree",
+        "cuMemMap",
+        "cuMemUnmap",
+        "cuMemSetAccess",
+        "cuArrayCreate_v2",
+        "cuArray3DCreate_v2",
+        "cuMipmappedArrayCreate",
+        "cuArrayDestroy",
+        "cuMipmappedArrayDestroy",
+        "cuIpcGetMemHandle",
+        "cuMemGetInfo",
+        "cuMemGetInfo_v2",
+        "cuDeviceTotalMem",
+        "cuDeviceTotalMem_v2",
+        "cuMemAlloc",
+        "nvmlDeviceGetMemoryInfo",
+        "nvmlDeviceGetMemoryInfo_v2",
+        "cudaMemGetInfo",
+        "cudaMalloc",
+        "cudaFree",
         "cudaGetDeviceProperties_v2",
     ];
     for name in required {
-        assert!(all.iter().any(|r| calls(r, name) > 0), "{name} was not exercised");
+        assert!(
+            all.iter().any(|r| calls(r, name) > 0),
+            "{name} was not exercised"
+        );
     }
 }
 
@@ -187,7 +267,8 @@ fn processes_naming_one_state_file_share_one_gpu_and_dead_ones_are_reclaimed() {
     let dir = TempDir::new("shared");
     let state = dir.path("gpu.state");
     let gpu = |cmd: &mut std::process::Command| {
-        cmd.env("FAKE_CUDA_STATE", &state).env("FAKE_CUDA_DEVICE_MEM", "4GiB");
+        cmd.env("FAKE_CUDA_STATE", &state)
+            .env("FAKE_CUDA_DEVICE_MEM", "4GiB");
     };
     let spawn_holder = || {
         let mut holder = driver_probe();
@@ -230,7 +311,9 @@ fn processes_naming_one_state_file_share_one_gpu_and_dead_ones_are_reclaimed() {
 
     // A process asking for another GPU shape is refused clearly.
     let mut other = driver_probe();
-    other.env("FAKE_CUDA_STATE", &state).env("FAKE_CUDA_DEVICE_MEM", "8GiB");
+    other
+        .env("FAKE_CUDA_STATE", &state)
+        .env("FAKE_CUDA_DEVICE_MEM", "8GiB");
     let out = run(other.arg("init"));
     assert_eq!(lines(&out), ["init -> 3"]);
     assert!(stderr(&out).contains("settings differ"), "{}", stderr(&out));

@@ -153,11 +153,27 @@ mod tests {
     #[test]
     fn rejects_what_is_not_a_whole_size() {
         for input in [
-            "", "G", "-1", "+1", " 1G", "1G ", "1.5G", "1g", "1gib", "1Gi", "1B", "1 G", "0x10",
-            "16777217T", "18446744073709551616",
+            "",
+            "G",
+            "-1",
+            "+1",
+            " 1G",
+            "1G ",
+            "1.5G",
+            "1g",
+            "1gib",
+            "1Gi",
+            "1B",
+            "1 G",
+            "0x10",
+            "16777217T",
+            "18446744073709551616",
         ] {
             let err = parse_size(input).unwrap_err();
-            assert!(err.to_string().contains("KiB/MiB/GiB/TiB"), "{input}: {err}");
+            assert!(
+                err.to_string().contains("KiB/MiB/GiB/TiB"),
+                "{input}: {err}"
+            );
             assert!(!err.to_string().contains('%'), "{input}: {err}");
         }
     }

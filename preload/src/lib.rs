@@ -30,6 +30,9 @@ mod tests {
     fn version_marker_is_the_package_version_nul_terminated() {
         let marker = &super::cuvisor_preload_version;
         assert_eq!(marker.last(), Some(&0));
-        assert_eq!(&marker[..marker.len() - 1], env!("CARGO_PKG_VERSION").as_bytes());
+        assert_eq!(
+            &marker[..marker.len() - 1],
+            env!("CARGO_PKG_VERSION").as_bytes()
+        );
     }
 }

@@ -13,12 +13,22 @@ pub fn stub_dir() -> PathBuf {
 /// `target/<profile>/`, found from the running test binary (`target/<profile>/deps/…`).
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
 }
 
-/// A cargo example of this package (cargo test builds them).
+/// A cargo example of this package. A plain `cargo test` builds them; a test run filtered
+/// with `--test NAME` does not, hence the message.
 pub fn example(name: &str) -> PathBuf {
-    target_dir().join("examples").join(name)
+    let path = target_dir().join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run the whole suite with `cargo test`, or `cargo build --examples` first",
+        path.display()
+    );
+    path
 }
 
 /// A temporary directory removed on drop.
@@ -28,7 +38,8 @@ impl TempDir {
     pub fn new(tag: &str) -> TempDir {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("cuvisor-test-{}-{tag}-{n}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("cuvisor-test-{}-{tag}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create temp dir");
         TempDir(dir)
@@ -74,16 +85,25 @@ pub fn runtime_probe() -> Command {
 /// Runs the command with `script` as its arguments; returns stdout lines, asserting exit 0.
 pub fn run_script(cmd: &mut Command, script: &str) -> Vec<String> {
     let out = run(cmd.args(script.split_whitespace()));
-    assert!(out.status.success(), "{cmd:?} failed: {}\n{}", out.status, stderr(&out));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        out.status,
+        stderr(&out)
+    );
     lines(&out)
 }
 
 pub fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
 pub fn lines(out: &Output) -> Vec<String> {
-    String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 pub fn stderr(out: &Output) -> String {
@@ -92,7 +112,8 @@ pub fn stderr(out: &Output) -> String {
 
 /// The JSON objects the fake GPU appended to a FAKE_CUDA_REPORT file, one per process.
 pub fn reports(path: &Path) -> Vec<serde_json::Value> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     text.lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad report line {l}: {e}")))
         .collect()
