@@ -143,7 +143,7 @@ mod tests {
             ("1T", 1 << 40),
             ("1TiB", 1 << 40),
             ("1TB", 1_000_000_000_000),
-            ("16777216T", 16777216u64 << 40),
+            ("16777215T", 16777215u64 << 40), // the largest whole TiB count below 2^64
         ];
         for (input, bytes) in cases {
             assert_eq!(parse_size(input), Ok(*bytes), "{input}");
