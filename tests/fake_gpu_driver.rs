@@ -334,3 +334,47 @@ fn concurrent_managed_access_off_means_no_oversubscription() {
         ]
     );
 }
+
+#[test]
+fn a_child_forked_after_init_cannot_use_the_parents_cuda() {
+    let out = run_script(&mut driver_probe(), "fork init init fork alloc fork init");
+    assert_eq!(
+        out,
+        [
+            "child init -> 0", // forked before the parent initialized: a fresh start works
+            "child alloc 1M -> 0",
+            "fork init -> 0",
+            "init -> 0",
+            "child alloc 1M -> 3", // forked after cuInit: CUDA_ERROR_NOT_INITIALIZED
+            "fork alloc -> 0",
+            "child init -> 3",
+            "child alloc 1M -> 3",
+            "fork init -> 0",
+        ]
+    );
+}
+
+#[test]
+fn many_threads_allocate_copy_and_free_concurrently() {
+    let dir = TempDir::new("threads");
+    let report_path = dir.path("report.jsonl");
+    let out = run_script(
+        driver_probe()
+            .env("FAKE_CUDA_DEVICE_MEM", "64MiB")
+            .env("FAKE_CUDA_REPORT", &report_path),
+        "init threads 8 200 1M info",
+    );
+    assert_eq!(
+        out,
+        [
+            "init -> 0",
+            "threads 8 200 1M -> 0 failures=0",
+            "info -> 0 67108864 67108864"
+        ]
+    );
+    let r = report(&report_path);
+    assert_eq!(calls(&r, "cuMemAlloc_v2"), 1600);
+    assert_eq!(calls(&r, "cuMemFree_v2"), 1600);
+    assert!(r["device_bytes"]["peak"].as_u64().unwrap() <= 8 * MIB);
+    assert_eq!(r["leaked"]["count"], 0);
+}

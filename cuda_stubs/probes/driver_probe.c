@@ -36,9 +36,16 @@
  *   legacy-total            cuDeviceTotalMem (32-bit ABI)
  *   nvml                    libnvidia-ml.so.1 by dlopen: nvmlDeviceGetMemoryInfo and _v2
  *                           ("total free used"), and _v2 with a wrong version field
+ *   fork SCRIPT-COMMAND     fork; the child runs "init alloc 1M" (or only "alloc 1M" when the
+ *                           argument is "alloc") and prints its results prefixed "child"
+ *   threads N ITERS SIZE    N threads each allocate, write, read back and free SIZE bytes
+ *                           ITERS times; prints the number of failures
  *   wait                    block until a line (or end of file) arrives on stdin
  *   exit                    return from main now (the report is written at exit) */
 #include <dlfcn.h>
+#include <pthread.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -124,6 +131,26 @@ static int add(CUdeviceptr p, size_t size) {
     slot[n_slots].p = p;
     slot[n_slots].size = size;
     return n_slots++;
+}
+
+static size_t thread_size;
+static int thread_iters;
+
+static void *thread_main(void *arg) {
+    CUcontext ctx = arg;
+    long failures = 0;
+    unsigned char *buf = malloc(thread_size), *back = malloc(thread_size);
+    if (d.cuCtxSetCurrent(ctx)) return (void *)1;
+    for (int k = 0; k < thread_iters; k++) {
+        CUdeviceptr p;
+        memset(buf, k & 0xff, thread_size);
+        if (d.cuMemAlloc_v2(&p, thread_size) || d.cuMemcpyHtoD_v2(p, buf, thread_size) ||
+            d.cuMemcpyDtoH_v2(back, p, thread_size) || memcmp(buf, back, thread_size) || d.cuMemFree_v2(p))
+            failures++;
+    }
+    free(buf);
+    free(back);
+    return (void *)failures;
 }
 
 int main(int argc, char **argv) {
@@ -351,6 +378,45 @@ int main(int argc, char **argv) {
             printf("nvml v2 -> %d %llu %llu %llu reserved=%llu\n", e, m2.total, m2.free, m2.used, m2.reserved);
             m2.version = (unsigned)sizeof m2 | (1u << 24);
             printf("nvml v2-wrong-version -> %d\n", info2(dev, &m2));
+        } else if (!strcmp(c, "fork")) {
+            fflush(stdout);
+            pid_t pid = fork();
+            if (pid == 0) {
+                CUdevice dev;
+                CUcontext ctx;
+                CUdeviceptr p;
+                if (strcmp(a1, "alloc") != 0) {
+                    r = d.cuInit(0);
+                    if (!r) r = d.cuDeviceGet(&dev, 0);
+                    if (!r) r = d.cuDevicePrimaryCtxRetain(&ctx, dev);
+                    if (!r) r = d.cuCtxSetCurrent(ctx);
+                    printf("child init -> %d\n", r);
+                }
+                printf("child alloc 1M -> %d\n", d.cuMemAlloc_v2(&p, 1 << 20));
+                fflush(stdout);
+                _exit(0);
+            }
+            int status;
+            waitpid(pid, &status, 0);
+            printf("fork %s -> %d\n", a1, WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+            i++;
+        } else if (!strcmp(c, "threads")) {
+            const char *a3 = i + 3 < argc ? argv[i + 3] : "0";
+            int n = atoi(a1);
+            pthread_t t[64];
+            CUcontext ctx;
+            long failures = 0;
+            thread_iters = atoi(a2);
+            thread_size = size_arg(a3);
+            r = d.cuDevicePrimaryCtxRetain(&ctx, 0);
+            for (int k = 0; k < n && k < 64; k++) pthread_create(&t[k], NULL, thread_main, ctx);
+            for (int k = 0; k < n && k < 64; k++) {
+                void *ret;
+                pthread_join(t[k], &ret);
+                failures += (long)ret;
+            }
+            printf("threads %s %s %s -> %d failures=%ld\n", a1, a2, a3, r, failures);
+            i += 3;
         } else if (!strcmp(c, "wait")) {
             int ch;
             while ((ch = getchar()) != EOF && ch != '\n') {}
