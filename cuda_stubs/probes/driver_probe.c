@@ -50,6 +50,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "probe_util.h"
+
 #include "../cuda_types.h"
 
 #define DRIVER_FNS(X)                                                                              \
@@ -113,15 +115,6 @@ static void bind(void) {
     DRIVER_FNS(BIND)
 }
 
-static unsigned long long size_arg(const char *s) {
-    char *end;
-    unsigned long long n = strtoull(s, &end, 10);
-    if (!strcmp(end, "K") || !strcmp(end, "KiB")) n <<= 10;
-    else if (!strcmp(end, "M") || !strcmp(end, "MiB")) n <<= 20;
-    else if (!strcmp(end, "G") || !strcmp(end, "GiB")) n <<= 30;
-    else if (*end) { printf("bad size %s\n", s); exit(2); }
-    return n;
-}
 
 #define MAX 1024
 static struct { CUdeviceptr p; size_t size; CUmemGenericAllocationHandle h; CUarray arr; } slot[MAX];

@@ -17,6 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "probe_util.h"
+
 typedef int cudaError_t;
 struct cudaDeviceProp { char name[256]; char uuid[16]; char luid[8]; unsigned mask; size_t totalGlobalMem; char rest[736]; };
 typedef struct { char reserved[64]; } cudaIpcMemHandle_t;
@@ -35,15 +37,6 @@ cudaError_t cudaGetDriverEntryPoint(const char *, void **, unsigned long long, i
 cudaError_t cudaGetDriverEntryPointByVersion(const char *, void **, unsigned, unsigned long long, int *);
 const char *cudaGetErrorString(cudaError_t);
 
-static unsigned long long size_arg(const char *s) {
-    char *end;
-    unsigned long long n = strtoull(s, &end, 10);
-    if (!strcmp(end, "K") || !strcmp(end, "KiB")) n <<= 10;
-    else if (!strcmp(end, "M") || !strcmp(end, "MiB")) n <<= 20;
-    else if (!strcmp(end, "G") || !strcmp(end, "GiB")) n <<= 30;
-    else if (*end) { printf("bad size %s\n", s); exit(2); }
-    return n;
-}
 
 static struct { void *p; size_t size; } slot[1024];
 static int n_slots;
