@@ -62,10 +62,10 @@ fn driver_entry_points_through_the_runtime() {
     assert_eq!(
         out,
         [
-            "entry cuMemAlloc -> 0 status=0 cuMemAlloc_v2",
-            "entry cuMemAllocAsync -> 0 status=0 cuMemAllocAsync",
+            "entry cuMemAlloc -> 0 status=0 cuMemAlloc_v2@libcuda.so.1",
+            "entry cuMemAllocAsync -> 0 status=0 cuMemAllocAsync@libcuda.so.1",
             "entry cuNoSuchFunction -> 500 status=1 NULL", // cudaErrorSymbolNotFound
-            "entry-version cuMemAlloc 3010 -> 0 status=0 cuMemAlloc",
+            "entry-version cuMemAlloc 3010 -> 0 status=0 cuMemAlloc@libcuda.so.1",
             "entry-version cuMemAllocAsync 11010 -> 500 status=2 NULL",
             "entry-version cuMemAlloc 13000 -> 1 status=99 NULL",
         ]

@@ -23,20 +23,20 @@ fn get_proc_address_selects_the_variant_by_version_and_stream_flag() {
     assert_eq!(
         out,
         [
-            "procaddr cuMemAlloc 2000 0 -> 0 status=0 cuMemAlloc", // the 32-bit ABI
-            "procaddr cuMemAlloc 3010 0 -> 0 status=0 cuMemAlloc",
-            "procaddr cuMemAlloc 3020 0 -> 0 status=0 cuMemAlloc_v2",
-            "procaddr cuMemAlloc 12090 0 -> 0 status=0 cuMemAlloc_v2",
-            "procaddr cuMemAlloc 12090 2 -> 0 status=0 cuMemAlloc_v2", // no per-thread variant: legacy
-            "procaddr cuMemAllocAsync 11010 0 -> 0 status=2 NULL",     // VERSION_NOT_SUFFICIENT
-            "procaddr cuMemAllocAsync 11020 0 -> 0 status=0 cuMemAllocAsync",
-            "procaddr cuMemAllocAsync 11020 1 -> 0 status=0 cuMemAllocAsync",
-            "procaddr cuMemAllocAsync 12000 2 -> 0 status=0 cuMemAllocAsync_ptsz",
-            "procaddr cuMemcpyHtoD 12000 2 -> 0 status=0 cuMemcpyHtoD_v2_ptds",
-            "procaddr cuMemAdvise 12000 0 -> 0 status=0 cuMemAdvise",
-            "procaddr cuMemAdvise 12020 0 -> 0 status=0 cuMemAdvise_v2",
-            "procaddr cuGetProcAddress 11030 0 -> 0 status=0 cuGetProcAddress",
-            "procaddr cuGetProcAddress 12000 0 -> 0 status=0 cuGetProcAddress_v2",
+            "procaddr cuMemAlloc 2000 0 -> 0 status=0 cuMemAlloc@libcuda.so.1", // the 32-bit ABI
+            "procaddr cuMemAlloc 3010 0 -> 0 status=0 cuMemAlloc@libcuda.so.1",
+            "procaddr cuMemAlloc 3020 0 -> 0 status=0 cuMemAlloc_v2@libcuda.so.1",
+            "procaddr cuMemAlloc 12090 0 -> 0 status=0 cuMemAlloc_v2@libcuda.so.1",
+            "procaddr cuMemAlloc 12090 2 -> 0 status=0 cuMemAlloc_v2@libcuda.so.1", // no per-thread variant: legacy
+            "procaddr cuMemAllocAsync 11010 0 -> 0 status=2 NULL", // VERSION_NOT_SUFFICIENT
+            "procaddr cuMemAllocAsync 11020 0 -> 0 status=0 cuMemAllocAsync@libcuda.so.1",
+            "procaddr cuMemAllocAsync 11020 1 -> 0 status=0 cuMemAllocAsync@libcuda.so.1",
+            "procaddr cuMemAllocAsync 12000 2 -> 0 status=0 cuMemAllocAsync_ptsz@libcuda.so.1",
+            "procaddr cuMemcpyHtoD 12000 2 -> 0 status=0 cuMemcpyHtoD_v2_ptds@libcuda.so.1",
+            "procaddr cuMemAdvise 12000 0 -> 0 status=0 cuMemAdvise@libcuda.so.1",
+            "procaddr cuMemAdvise 12020 0 -> 0 status=0 cuMemAdvise_v2@libcuda.so.1",
+            "procaddr cuGetProcAddress 11030 0 -> 0 status=0 cuGetProcAddress@libcuda.so.1",
+            "procaddr cuGetProcAddress 12000 0 -> 0 status=0 cuGetProcAddress_v2@libcuda.so.1",
             "procaddr cuNoSuchFunction 12000 0 -> 0 status=1 NULL", // SYMBOL_NOT_FOUND, still success
             "procaddr cuMemAlloc_v2 12000 0 -> 0 status=1 NULL",    // base names only
             "procaddr cuMemAlloc 13000 0 -> 1 status=99 NULL",      // newer than the driver (12.9)

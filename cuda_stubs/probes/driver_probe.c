@@ -1,6 +1,8 @@
-/* A scripted client of the CUDA driver API, used by the tests as a black box. Built twice:
- * linked against libcuda.so.1 (direct ELF binding), and with -DBIND_DLSYM, where it
- * dlopen()s libcuda.so.1 and dlsym()s every function by name. Each argument is one
+/* A scripted client of the CUDA driver API, used by the tests as a black box. Built three
+ * times: linked against libcuda.so.1 (direct ELF binding); with -DBIND_DLSYM, where it
+ * dlopen()s libcuda.so.1 and dlsym()s every function by name; and with -DBIND_PROCADDR,
+ * where it finds only cuGetProcAddress_v2 with dlsym, asks it for itself, and fetches
+ * everything else by base name and CUDA version, as NVIDIA's runtime does. Each argument is one
  * command; each command prints one line "<command> <args> -> <CUresult> [details]".
  *
  *   init                    cuInit, retain the primary context of device 0, make it current
@@ -25,7 +27,8 @@
  *   array W H               cuArrayCreate_v2 (FLOAT, 1 channel)
  *   array-free N            cuArrayDestroy
  *   pool-reserved           CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT of the default pool
- *   procaddr NAME VER FLAGS cuGetProcAddress_v2: status and the name of the symbol returned
+ *   procaddr NAME VER FLAGS cuGetProcAddress_v2: status and the symbol returned, as
+ *                           NAME@library (dladdr)
  *   attribute N             cuDeviceGetAttribute(N)
  *   pool-alloc SIZE         cuMemPoolCreate + cuMemAllocFromPoolAsync (the pool is kept)
  *   ptsz-alloc SIZE         the _ptsz variants, found with cuGetProcAddress_v2(flags=2):
@@ -40,6 +43,9 @@
  *                           argument is "alloc") and prints its results prefixed "child"
  *   threads N ITERS SIZE    N threads each allocate, write, read back and free SIZE bytes
  *                           ITERS times; prints the number of failures
+ *   stress N ITERS MAX SEED N threads each do ITERS random allocations (1 byte to MAX) and
+ *                           frees, keeping up to 8 live; then free everything. Prints
+ *                           the successes and the out-of-memory refusals
  *   wait                    block until a line (or end of file) arrives on stdin
  *   exit                    return from main now (the report is written at exit) */
 #include <dlfcn.h>
@@ -99,22 +105,61 @@ static struct {
     DRIVER_FNS(FIELD)
 } d;
 
+/* For BIND_PROCADDR: the base name and CUDA version a runtime would ask for. */
+static void base_and_version(const char *name, char *base, size_t len, int *version) {
+    snprintf(base, len, "%s", name);
+    size_t n = strlen(base);
+    int v2 = n > 3 && !strcmp(base + n - 3, "_v2");
+    if (v2) base[n - 3] = 0;
+    *version = 12000;
+    if (!v2 && (!strcmp(name, "cuMemAlloc") || !strcmp(name, "cuMemGetInfo") || !strcmp(name, "cuDeviceTotalMem")))
+        *version = 2000; /* the 32-bit ABI */
+    if (v2 && (!strcmp(base, "cuMemAdvise") || !strcmp(base, "cuMemPrefetchAsync"))) *version = 12020;
+}
+
 static void bind(void) {
-#ifdef BIND_DLSYM
+#if defined(BIND_DLSYM) || defined(BIND_PROCADDR)
     void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
     if (!h) {
         printf("dlopen libcuda.so.1 failed: %s\n", dlerror());
         exit(2);
     }
+#endif
+#if defined(BIND_DLSYM)
 #define BIND(name, args)                                  \
     *(void **)&d.name = dlsym(h, #name);                  \
     if (!d.name) { printf("dlsym %s failed\n", #name); exit(2); }
+#elif defined(BIND_PROCADDR)
+    CUresult (*first)(const char *, void **, int, cuuint64_t, CUdriverProcAddressQueryResult *) =
+        (CUresult(*)(const char *, void **, int, cuuint64_t, CUdriverProcAddressQueryResult *))dlsym(h, "cuGetProcAddress_v2");
+    CUresult (*resolve)(const char *, void **, int, cuuint64_t, CUdriverProcAddressQueryResult *) = NULL;
+    if (!first || first("cuGetProcAddress", (void **)&resolve, 12000, 0, NULL) || !resolve) {
+        printf("cuGetProcAddress self-lookup failed\n");
+        exit(2);
+    }
+    char base[128];
+    int version;
+#define BIND(name, args)                                                                   \
+    base_and_version(#name, base, sizeof base, &version);                                  \
+    if (resolve(base, (void **)&d.name, version, 0, NULL) || !d.name) {                    \
+        printf("cuGetProcAddress %s %d failed\n", base, version);                          \
+        exit(2);                                                                           \
+    }
 #else
 #define BIND(name, args) d.name = name;
 #endif
     DRIVER_FNS(BIND)
 }
 
+/* NAME@library of a function pointer, or NULL. */
+static const char *where(void *fn) {
+    static char buf[256];
+    Dl_info info = {0};
+    if (!fn || !dladdr(fn, &info) || !info.dli_sname) return "NULL";
+    const char *lib = strrchr(info.dli_fname, '/');
+    snprintf(buf, sizeof buf, "%s@%s", info.dli_sname, lib ? lib + 1 : info.dli_fname);
+    return buf;
+}
 
 #define MAX 1024
 static struct { CUdeviceptr p; size_t size; CUmemGenericAllocationHandle h; CUarray arr; } slot[MAX];
@@ -124,6 +169,38 @@ static int add(CUdeviceptr p, size_t size) {
     slot[n_slots].p = p;
     slot[n_slots].size = size;
     return n_slots++;
+}
+
+static unsigned long long stress_max;
+static int stress_iters;
+static unsigned stress_seed;
+static long stress_ok, stress_oom, stress_other;
+
+static void *stress_main(void *arg) {
+    CUcontext ctx = arg;
+    unsigned seed = __atomic_fetch_add(&stress_seed, 7919, __ATOMIC_RELAXED);
+    CUdeviceptr live[8] = {0};
+    long ok = 0, oom = 0, other = 0;
+    if (d.cuCtxSetCurrent(ctx)) return NULL;
+    for (int k = 0; k < stress_iters; k++) {
+        int slot = rand_r(&seed) % 8;
+        if (live[slot]) {
+            if (d.cuMemFree_v2(live[slot])) other++;
+            live[slot] = 0;
+        } else {
+            size_t n = 1 + (size_t)((((unsigned long long)rand_r(&seed) << 31) ^ (unsigned long long)rand_r(&seed)) % stress_max);
+            CUresult e = d.cuMemAlloc_v2(&live[slot], n);
+            if (e == CUDA_SUCCESS) ok++;
+            else if (e == CUDA_ERROR_OUT_OF_MEMORY) oom++, live[slot] = 0;
+            else other++, live[slot] = 0;
+        }
+    }
+    for (int slot = 0; slot < 8; slot++)
+        if (live[slot] && d.cuMemFree_v2(live[slot])) other++;
+    __atomic_fetch_add(&stress_ok, ok, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&stress_oom, oom, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&stress_other, other, __ATOMIC_RELAXED);
+    return NULL;
 }
 
 static size_t thread_size;
@@ -286,9 +363,7 @@ int main(int argc, char **argv) {
             void *fn = NULL;
             CUdriverProcAddressQueryResult st = 99;
             r = d.cuGetProcAddress_v2(a1, &fn, atoi(a2), strtoull(a3, NULL, 10), &st);
-            Dl_info info = {0};
-            const char *sym = fn && dladdr(fn, &info) && info.dli_sname ? info.dli_sname : "NULL";
-            printf("procaddr %s %s %s -> %d status=%d %s\n", a1, a2, a3, r, st, sym);
+            printf("procaddr %s %s %s -> %d status=%d %s\n", a1, a2, a3, r, st, where(fn));
             i += 3;
         } else if (!strcmp(c, "attribute")) {
             int v = -1;
@@ -410,6 +485,20 @@ int main(int argc, char **argv) {
             }
             printf("threads %s %s %s -> %d failures=%ld\n", a1, a2, a3, r, failures);
             i += 3;
+        } else if (!strcmp(c, "stress")) {
+            const char *a3 = i + 3 < argc ? argv[i + 3] : "1", *a4 = i + 4 < argc ? argv[i + 4] : "1";
+            int n = atoi(a1);
+            pthread_t t[64];
+            CUcontext ctx;
+            stress_iters = atoi(a2);
+            stress_max = size_arg(a3);
+            stress_seed = (unsigned)atoi(a4);
+            r = d.cuDevicePrimaryCtxRetain(&ctx, 0);
+            for (int k = 0; k < n && k < 64; k++) pthread_create(&t[k], NULL, stress_main, ctx);
+            for (int k = 0; k < n && k < 64; k++) pthread_join(t[k], NULL);
+            printf("stress %s %s %s %s -> %d ok=%s oom=%s other=%ld\n", a1, a2, a3, a4, r,
+                   stress_ok > 0 ? "yes" : "no", stress_oom > 0 ? "yes" : "no", stress_other);
+            i += 4;
         } else if (!strcmp(c, "wait")) {
             int ch;
             while ((ch = getchar()) != EOF && ch != '\n') {}

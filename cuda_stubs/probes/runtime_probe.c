@@ -9,8 +9,9 @@
  *   props                   cudaGetDeviceProperties: totalGlobalMem
  *   roundtrip N             cudaMemcpy a pattern in and out of allocation N
  *   ipc N                   cudaIpcGetMemHandle
- *   entry NAME              cudaGetDriverEntryPoint: status and the symbol returned
+ *   entry NAME              cudaGetDriverEntryPoint: status and the symbol returned (NAME@library)
  *   entry-version NAME VER  cudaGetDriverEntryPointByVersion
+ *   entry-alloc SIZE        cuMemAlloc from cudaGetDriverEntryPoint, then cuMemFree from it
  *   error CODE              cudaGetErrorString */
 #include <dlfcn.h>
 #include <stdio.h>
@@ -107,10 +108,24 @@ int main(int argc, char **argv) {
             r = c[5] ? cudaGetDriverEntryPointByVersion(a1, &fn, (unsigned)atoi(a2), 0, &st)
                      : cudaGetDriverEntryPoint(a1, &fn, 0, &st);
             Dl_info info = {0};
-            const char *sym = fn && dladdr(fn, &info) && info.dli_sname ? info.dli_sname : "NULL";
+            char sym[256] = "NULL";
+            if (fn && dladdr(fn, &info) && info.dli_sname) {
+                const char *lib = strrchr(info.dli_fname, '/');
+                snprintf(sym, sizeof sym, "%s@%s", info.dli_sname, lib ? lib + 1 : info.dli_fname);
+            }
             if (c[5]) printf("%s %s %s -> %d status=%d %s\n", c, a1, a2, r, st, sym);
             else printf("%s %s -> %d status=%d %s\n", c, a1, r, st, sym);
             i += c[5] ? 2 : 1;
+        } else if (!strcmp(c, "entry-alloc")) {
+            int (*alloc)(unsigned long long *, size_t) = NULL;
+            int (*release)(unsigned long long) = NULL;
+            unsigned long long p = 0;
+            r = cudaGetDriverEntryPoint("cuMemAlloc", (void **)&alloc, 0, NULL);
+            if (!r) r = cudaGetDriverEntryPoint("cuMemFree", (void **)&release, 0, NULL);
+            int e = r ? -1 : alloc(&p, size_arg(a1));
+            int f = e ? -1 : release(p);
+            printf("entry-alloc %s -> %d alloc=%d free=%d\n", a1, r, e, f);
+            i++;
         } else if (!strcmp(c, "error")) {
             printf("error %s -> %s\n", a1, cudaGetErrorString(atoi(a1)));
             i++;

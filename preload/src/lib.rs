@@ -1,9 +1,22 @@
 //! `libcuvisor_preload.so`, the shim that cuvisor injects into inference processes with
-//! `LD_PRELOAD`.
+//! `LD_PRELOAD`: every device-memory allocation is charged to the model's quota and, in
+//! the default `managed` mode, placed in CUDA managed memory; memory queries answer with
+//! the model's virtual numbers.
 //!
-//! This is the only crate of the workspace that exports C symbols. For now it exports
-//! only its version marker; the interception of CUDA allocations arrives with the shim
-//! issue (see `docs/INTERCEPTION.md` once it exists).
+//! This is the only crate of the workspace that exports C symbols. The hooks are listed
+//! in one table (`hooks.rs`) and in `docs/INTERCEPTION.md`; the environment contract is
+//! in `config.rs`.
+
+mod config;
+mod driver;
+mod ffi;
+mod hooks;
+mod ledger;
+mod logging;
+mod real;
+mod records;
+mod runtime;
+mod wrappers;
 
 /// The shim's version, NUL-terminated, exported as the C symbol
 /// `cuvisor_preload_version` so that tools (and tests) can tell which shim a process
@@ -23,6 +36,17 @@ const fn nul_terminated() -> [u8; VERSION.len() + 1] {
     }
     out
 }
+
+/// Runs when the library is loaded: reads the configuration (libc-level work only; no
+/// CUDA call, no thread).
+extern "C" fn on_load() {
+    real::ensure_real_dlsym();
+    runtime::load();
+}
+
+#[used]
+#[unsafe(link_section = ".init_array")]
+static ON_LOAD: extern "C" fn() = on_load;
 
 #[cfg(test)]
 mod tests {

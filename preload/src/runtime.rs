@@ -1,0 +1,229 @@
+//! The shim's state in this process: configuration, ledger, records. Built on first use
+//! (or by the constructor, whichever comes first); rebuilt in a forked child, which is a
+//! new CUDA process owning none of its parent's allocations.
+
+use crate::config::{self, Config, Mode};
+use crate::driver;
+use crate::ffi::*;
+use crate::ledger::{Ledger, Refusal, UNLIMITED};
+use crate::records::Records;
+use cuvisor_common::size::QuotaSpec;
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI8, AtomicPtr, Ordering};
+use std::sync::{Once, OnceLock};
+
+const MAX_DEVICES: usize = 64;
+
+pub struct Runtime {
+    pub config: Config,
+    pub ledger: Ledger,
+    /// Device pointers the shim charged (plain, pitched, managed, stream-ordered).
+    pub ptrs: Records,
+    /// VMM physical handles (cuMemCreate).
+    pub handles: Records,
+    /// CUDA arrays and mipmapped arrays.
+    pub arrays: Records,
+    /// VMM mappings: start address -> (size, handle).
+    pub mappings: Mutex<BTreeMap<u64, (u64, u64)>>,
+    /// Per device: concurrent managed access? -1 not asked yet.
+    managed_access: [AtomicI8; MAX_DEVICES],
+    quota_known: AtomicBool,
+    warned_no_managed: AtomicBool,
+    warned_ipc: AtomicBool,
+}
+
+pub enum Active {
+    /// `CUVISOR_MODE=off`: forward untouched.
+    Off,
+    /// The configuration is invalid: CUDA initialization fails.
+    Failed,
+    On(&'static Runtime),
+}
+
+static INIT: Once = Once::new();
+static RUNTIME: AtomicPtr<Runtime> = AtomicPtr::new(std::ptr::null_mut());
+static CONFIG_ERRORS: OnceLock<Vec<String>> = OnceLock::new();
+static ERRORS_REPORTED: AtomicBool = AtomicBool::new(false);
+
+impl Runtime {
+    fn new(config: Config) -> Runtime {
+        let (quota, known) = match config.quota {
+            None => (UNLIMITED, true),
+            Some(QuotaSpec::Bytes(b)) => (b, true),
+            Some(QuotaSpec::Percent(_)) => (UNLIMITED, false),
+        };
+        Runtime {
+            config,
+            ledger: Ledger::new(quota),
+            ptrs: Records::default(),
+            handles: Records::default(),
+            arrays: Records::default(),
+            mappings: Mutex::new(BTreeMap::new()),
+            managed_access: [const { AtomicI8::new(-1) }; MAX_DEVICES],
+            quota_known: AtomicBool::new(known),
+            warned_no_managed: AtomicBool::new(false),
+            warned_ipc: AtomicBool::new(false),
+        }
+    }
+
+    /// Charges `bytes` to the model, or refuses with the one log line the user sees.
+    pub fn reserve(&self, bytes: u64, what: &str) -> Result<(), Refusal> {
+        if !self.quota_known.load(Ordering::Acquire) {
+            let physical = driver::current_device().and_then(driver::physical_memory);
+            match physical {
+                Some(p) => {
+                    self.quota_for(p);
+                }
+                None => {
+                    log::error!(
+                        "model {}: {what} refused: the quota is a percentage of the device's memory, \
+                         and the driver did not say how large the current device is",
+                        self.config.model
+                    );
+                    return Err(Refusal {
+                        requested: bytes,
+                        used: self.ledger.used(),
+                        quota: 0,
+                    });
+                }
+            }
+        }
+        self.ledger.try_reserve(bytes).inspect_err(|r| {
+            log::warn!(
+                "model {}: {what} of {} bytes refused: {} of the quota's {} bytes in use",
+                self.config.model,
+                r.requested,
+                r.used,
+                r.quota
+            );
+        })
+    }
+
+    /// The quota in bytes, given the device's physical memory (fixes a percentage on
+    /// first use); None without a quota.
+    pub fn quota_for(&self, physical: u64) -> Option<u64> {
+        match self.config.quota? {
+            QuotaSpec::Bytes(b) => Some(b),
+            QuotaSpec::Percent(p) => {
+                if !self.quota_known.load(Ordering::Acquire) {
+                    self.ledger.set_quota(QuotaSpec::Percent(p).bytes(physical));
+                    self.quota_known.store(true, Ordering::Release);
+                }
+                Some(self.ledger.quota())
+            }
+        }
+    }
+
+    /// The virtual story: total = min(quota, physical), free = total - used, saturating.
+    /// None without a quota (the driver's own numbers stand).
+    pub fn virtual_memory(&self, physical_total: u64) -> Option<(u64, u64)> {
+        let quota = self.quota_for(physical_total)?;
+        let total = quota.min(physical_total);
+        Some((total.saturating_sub(self.ledger.used()), total))
+    }
+
+    /// The current device, when plain allocations are to become managed ones on it.
+    pub fn redirect_device(&self) -> Option<CUdevice> {
+        if self.config.mode != Mode::Managed {
+            return None;
+        }
+        let dev = driver::current_device()?;
+        let slot = self.managed_access.get(dev as usize)?;
+        let mut access = slot.load(Ordering::Relaxed);
+        if access < 0 {
+            access = driver::device_attribute(CU_DEVICE_ATTRIBUTE_CONCURRENT_MANAGED_ACCESS, dev)
+                .map_or(0, |v| (v != 0) as i8);
+            slot.store(access, Ordering::Relaxed);
+        }
+        if access == 0 && !self.warned_no_managed.swap(true, Ordering::Relaxed) {
+            log::warn!(
+                "model {}: device {dev} has no concurrent managed access: allocations stay device \
+                 memory (quota enforced, no oversubscription)",
+                self.config.model
+            );
+        }
+        (access == 1).then_some(dev)
+    }
+
+    /// Says once per process why IPC on a redirected allocation failed.
+    pub fn ipc_hint(&self) {
+        if !self.warned_ipc.swap(true, Ordering::Relaxed) {
+            log::warn!(
+                "model {}: cuIpcGetMemHandle failed on memory cuvisor placed in managed memory, \
+                 which CUDA IPC cannot export; run this model with CUVISOR_MODE=device",
+                self.config.model
+            );
+        }
+    }
+}
+
+fn init() {
+    INIT.call_once(|| {
+        let lookup = |k: &str| std::env::var_os(k).map(|v| v.to_string_lossy().into_owned());
+        match config::from_lookup(lookup) {
+            Ok(config) => {
+                crate::logging::init(config.log_level);
+                let rt = Box::into_raw(Box::new(Runtime::new(config)));
+                RUNTIME.store(rt, Ordering::Release);
+            }
+            Err(errors) => {
+                crate::logging::init(log::LevelFilter::Error);
+                let _ = CONFIG_ERRORS.set(errors);
+            }
+        }
+        // SAFETY: registering a plain function; it runs in the child after fork.
+        unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+    });
+}
+
+/// A forked child starts over: its parent's allocations are not its own (the driver does
+/// not let a child use them), and locks another parent thread held are never released.
+extern "C" fn after_fork_in_child() {
+    let old = RUNTIME.load(Ordering::Acquire);
+    if !old.is_null() {
+        // SAFETY: `old` points to a leaked Runtime; its config is read, nothing freed.
+        let config = unsafe { (*old).config.clone() };
+        RUNTIME.store(
+            Box::into_raw(Box::new(Runtime::new(config))),
+            Ordering::Release,
+        );
+    }
+}
+
+/// The state every wrapper starts from. One atomic load once initialized.
+pub fn active() -> Active {
+    let mut rt = RUNTIME.load(Ordering::Acquire);
+    if rt.is_null() {
+        init();
+        rt = RUNTIME.load(Ordering::Acquire);
+        if rt.is_null() {
+            report_config_errors();
+            return Active::Failed;
+        }
+    }
+    // SAFETY: a Runtime is never freed once published.
+    let rt: &'static Runtime = unsafe { &*rt };
+    if rt.config.mode == Mode::Off {
+        Active::Off
+    } else {
+        Active::On(rt)
+    }
+}
+
+/// Prints the configuration errors once per process, when CUDA is first initialized.
+fn report_config_errors() {
+    if ERRORS_REPORTED.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    for e in CONFIG_ERRORS.get().into_iter().flatten() {
+        crate::logging::write_stderr(&format!(
+            "cuvisor: error: {e}; CUDA initialization fails (the process must not run without its quota)\n"
+        ));
+    }
+}
+
+/// Runs from the library's constructor: configuration is read when the library loads.
+pub fn load() {
+    init();
+}
