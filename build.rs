@@ -46,21 +46,31 @@ fn main() {
         std::os::unix::fs::symlink(target, &link).expect("symlink a development name");
     }
 
-    // Black-box clients: the driver API by direct binding and by dlopen+dlsym, and the
-    // runtime API. No rpath: the tests choose the libraries with LD_LIBRARY_PATH.
+    // Black-box clients: the driver API by direct binding, by dlopen+dlsym and through
+    // cuGetProcAddress alone; the runtime API; and a second preload library that wraps
+    // cudaMalloc. No rpath: the tests choose the libraries with LD_LIBRARY_PATH.
     let probe = "probes/driver_probe.c";
+    let direct = ["-L", path_str(&out), "-lcuda", "-ldl", "-lpthread"];
+    executable(&out, "driver_probe", probe, &direct);
     executable(
         &out,
-        "driver_probe",
+        "driver_probe_dlsym",
         probe,
-        &["-L", path_str(&out), "-lcuda", "-ldl"],
+        &["-DBIND_DLSYM", "-ldl", "-lpthread"],
     );
-    executable(&out, "driver_probe_dlsym", probe, &["-DBIND_DLSYM", "-ldl"]);
     executable(
         &out,
-        "runtime_probe",
-        "probes/runtime_probe.c",
-        &["-L", path_str(&out), "-lcudart", "-ldl"],
+        "driver_probe_procaddr",
+        probe,
+        &["-DBIND_PROCADDR", "-ldl", "-lpthread"],
+    );
+    let runtime = ["-L", path_str(&out), "-lcudart", "-ldl"];
+    executable(&out, "runtime_probe", "probes/runtime_probe.c", &runtime);
+    shared_object(
+        &out,
+        "libother_preload.so",
+        &["probes/other_preload.c"],
+        &["-ldl"],
     );
 
     println!("cargo:rustc-env=CUDA_STUB_DIR={}", out.display());

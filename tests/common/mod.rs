@@ -70,6 +70,28 @@ pub fn on_fake_gpu(program: impl AsRef<Path>) -> Command {
     cmd
 }
 
+/// libcuvisor_preload.so as `cargo test` built it.
+pub fn shim_path() -> PathBuf {
+    let target = target_dir();
+    [
+        target.join("deps/libcuvisor_preload.so"),
+        target.join("libcuvisor_preload.so"),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+    .expect("libcuvisor_preload.so is built by `cargo test` (dev-dependency on cuvisor-preload)")
+}
+
+/// The command with the shim preloaded (and whatever else is given, in that order).
+pub fn shimmed(mut cmd: Command) -> Command {
+    cmd.env("LD_PRELOAD", shim_path());
+    cmd
+}
+
+pub fn driver_probe_procaddr() -> Command {
+    on_fake_gpu(stub_dir().join("driver_probe_procaddr"))
+}
+
 pub fn driver_probe() -> Command {
     on_fake_gpu(stub_dir().join("driver_probe"))
 }
