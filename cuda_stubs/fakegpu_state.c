@@ -20,7 +20,7 @@ int fg_config_from_env(fg_config_t *c);
 #define FG_MAX_PROCS 1024
 #define FG_MAX_RANGES 65536
 #define FG_MAGIC "FAKEGPU\0"
-#define FG_VERSION 1
+#define FG_VERSION 2
 
 struct fg_range {
     uint32_t owner;       /* process slot + 1; 0 = free */
@@ -52,6 +52,7 @@ struct fg_region {
     uint64_t clock;
     uint32_t free_head;    /* free list of ranges */
     uint32_t high_water;   /* ranges[0..high_water) have ever been used */
+    uint32_t procs_high;   /* procs[0..procs_high) have ever been used */
     uint64_t used[FG_MAX_DEVICES];
     struct fg_proc procs[FG_MAX_PROCS];
     struct fg_range ranges[FG_MAX_RANGES];
@@ -111,7 +112,7 @@ static void release_range_locked(uint32_t r) {
 /* Frees everything owned by processes that died without cleaning up (SIGKILL, _exit),
  * as the real driver does when a process goes away. */
 static void reclaim_dead_locked(void) {
-    for (int s = 0; s < FG_MAX_PROCS; s++) {
+    for (int s = 0; s < (int)R->procs_high; s++) {
         struct fg_proc *p = &R->procs[s];
         if (p->pid == 0 || s == self_slot || proc_alive(p)) continue;
         for (uint32_t r = 0; r < R->high_water; r++)
@@ -349,6 +350,7 @@ static void claim_slot(void) {
         }
         *p = (struct fg_proc){.pid = pid, .start_time = proc_start_time(pid)};
         self_slot = s;
+        if ((uint32_t)s >= R->procs_high) R->procs_high = (uint32_t)s + 1;
     }
     fg_unlock();
 }

@@ -23,7 +23,7 @@ static const char *const kind_names[] = {"", "device", "pitch", "legacy", "manag
 struct alloc {
     uint64_t dptr, size;
     char *host;           /* backing */
-    uint64_t map_len;     /* length of the host mapping */
+    uint64_t map_len;     /* length of the host mapping; 0: heap backing (small allocations) */
     enum akind kind;
     int dev;
     uint32_t range;       /* device-state range, or FG_NO_RANGE */
@@ -84,10 +84,29 @@ static char *map_backing(uint64_t len, int extra_flags) {
     return p == MAP_FAILED ? NULL : p;
 }
 
+/* Small allocations live on the heap (cheap, like a real driver's sub-allocator), aligned
+ * as cuMemAlloc's are; large ones get their own lazily populated mapping. */
+#define HEAP_BACKING_MAX (256u << 10)
+#define ALLOC_ALIGN 512u
+
+static char *backing(enum akind kind, uint64_t size, uint64_t *map_len) {
+    if (kind != A_LEGACY && size <= HEAP_BACKING_MAX) {
+        *map_len = 0;
+        return aligned_alloc(ALLOC_ALIGN, ROUND_UP(size, ALLOC_ALIGN));
+    }
+    *map_len = ROUND_UP(size, (uint64_t)sysconf(_SC_PAGESIZE));
+    return map_backing(*map_len, kind == A_LEGACY ? MAP_32BIT : 0);
+}
+
+static void release_backing(char *host, uint64_t map_len) {
+    if (map_len) munmap(host, map_len);
+    else free(host);
+}
+
 /* Creates an allocation of `size` bytes charged as `charge` (0: none) to the device. */
 static CUresult new_alloc(enum akind kind, int dev, uint64_t size, uint64_t charge,
                           enum fg_kind fkind, struct fg_pool *pool, struct alloc **out) {
-    uint64_t map_len = ROUND_UP(size, (uint64_t)sysconf(_SC_PAGESIZE));
+    uint64_t map_len;
     uint32_t range = FG_NO_RANGE;
     if (charge) {
         range = fg_range_new(dev, fkind, charge);
@@ -96,7 +115,7 @@ static CUresult new_alloc(enum akind kind, int dev, uint64_t size, uint64_t char
             return CUDA_ERROR_OUT_OF_MEMORY;
         }
     }
-    char *host = map_backing(map_len, kind == A_LEGACY ? MAP_32BIT : 0);
+    char *host = backing(kind, size, &map_len);
     if (!host) {
         if (range != FG_NO_RANGE) fg_range_free(range);
         return CUDA_ERROR_OUT_OF_MEMORY;
@@ -106,7 +125,7 @@ static CUresult new_alloc(enum akind kind, int dev, uint64_t size, uint64_t char
                       .size = size, .host = host, .map_len = map_len, .kind = kind, .dev = dev,
                       .range = range, .pool = pool, .ctx = cu_current_ctx()};
     if (table_insert(&a) != 0) {
-        munmap(host, map_len);
+        release_backing(host, map_len);
         if (range != FG_NO_RANGE) fg_range_free(range);
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
@@ -119,7 +138,7 @@ static void pool_release_bytes(struct fg_pool *pool, uint64_t size);
 static void drop_alloc(struct alloc *a) {
     if (a->range != FG_NO_RANGE) fg_range_free(a->range);
     if (a->kind == A_POOL) pool_release_bytes(a->pool, a->size);
-    munmap(a->host, a->map_len);
+    release_backing(a->host, a->map_len);
     table_remove(a);
 }
 

@@ -2,8 +2,9 @@
 //!
 //! Runs small CUDA programs on the fake GPU (no NVIDIA hardware needed) and narrates what
 //! they see: the configured device size, out-of-memory past it, managed memory that
-//! oversubscribes the device with least-recently-used eviction, and the per-process report
-//! the test suite reads. Each step prints the command line, so it can be replayed by hand.
+//! oversubscribes the device with least-recently-used eviction, the per-process report the
+//! test suite reads, and then the same programs under the cuvisor shim with a quota. Each
+//! step prints the command line, so it can be replayed by hand.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -45,10 +46,42 @@ fn main() {
         &[],
         "count info props alloc 7GiB alloc 2GiB entry cuMemAlloc",
     );
-    println!(
-        "Next: the preload shim (libcuvisor_preload.so) will put each model's processes under a\n\
-         quota on top of this. It is built by `cargo build`; its interception is not there yet."
+    let shim = shim_path();
+    let shim_env = [
+        ("LD_PRELOAD", shim.as_path()),
+        ("CUVISOR_QUOTA", Path::new("2GiB")),
+    ];
+    step(
+        &stubs,
+        "Now under the cuvisor shim with a 2 GiB quota: the program sees a 2 GiB GPU, is refused\n\
+         past it before the driver is asked, and its memory is managed memory (type=2 managed=1).",
+        "driver_probe",
+        &shim_env,
+        "init info alloc 1GiB attr 0 info alloc 1GiB alloc 1 free 0 info",
     );
+    step(
+        &stubs,
+        "The runtime API under the shim: cudaMemGetInfo and cudaGetDeviceProperties agree.",
+        "runtime_probe",
+        &shim_env,
+        "info props alloc 2GiB alloc 1",
+    );
+}
+
+/// libcuvisor_preload.so as cargo built it for this example.
+fn shim_path() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    [
+        profile_dir.join("libcuvisor_preload.so"),
+        profile_dir.join("deps/libcuvisor_preload.so"),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+    .expect("libcuvisor_preload.so is built with the workspace: run `cargo build` first")
 }
 
 fn step(stubs: &Path, what: &str, program: &str, env: &[(&str, &Path)], script: &str) {
@@ -71,6 +104,9 @@ fn step(stubs: &Path, what: &str, program: &str, env: &[(&str, &Path)], script: 
         .expect("run the probe");
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         println!("    {line}");
+    }
+    for line in String::from_utf8_lossy(&out.stderr).lines() {
+        println!("    (stderr) {line}");
     }
     if !out.status.success() {
         eprintln!(

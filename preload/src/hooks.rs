@@ -188,7 +188,7 @@ fn is_wrapper(p: *mut c_void) -> bool {
 /// or below `version`; per-thread variants when `flags` ask for them) over our rows. A
 /// variant we do not wrap (the 32-bit `cuMemAlloc`, a future `_v3`) is left untouched.
 pub fn substitute(base: &CStr, version: Option<i32>, flags: u64, ptr: *mut c_void) -> *mut c_void {
-    if ptr.is_null() || is_wrapper(ptr) {
+    if ptr.is_null() || is_wrapper(ptr) || crate::runtime::is_off() {
         return ptr;
     }
     let base = base.to_bytes();
@@ -256,10 +256,15 @@ extern "C" fn decide(handle: *mut c_void, name: *const c_char) -> *mut c_void {
         if found.is_null() {
             return std::ptr::null_mut(); // not in that handle: let glibc say so (and set dlerror)
         }
-        if !std::ptr::eq(found, h.wrapper.0) {
-            remember(index, found);
+        if std::ptr::eq(found, h.wrapper.0) {
+            return found; // RTLD_DEFAULT found our export
         }
-        h.wrapper.0 as *mut c_void
+        remember(index, found);
+        if crate::runtime::is_off() {
+            found
+        } else {
+            h.wrapper.0 as *mut c_void
+        }
     })
     .unwrap_or(std::ptr::null_mut())
 }

@@ -191,16 +191,12 @@ extern "C" fn after_fork_in_child() {
     }
 }
 
-/// The state every wrapper starts from. One atomic load once initialized.
+/// The state every wrapper starts from: one atomic load once initialized.
+#[inline]
 pub fn active() -> Active {
-    let mut rt = RUNTIME.load(Ordering::Acquire);
+    let rt = RUNTIME.load(Ordering::Acquire);
     if rt.is_null() {
-        init();
-        rt = RUNTIME.load(Ordering::Acquire);
-        if rt.is_null() {
-            report_config_errors();
-            return Active::Failed;
-        }
+        return active_first_time();
     }
     // SAFETY: a Runtime is never freed once published.
     let rt: &'static Runtime = unsafe { &*rt };
@@ -209,6 +205,26 @@ pub fn active() -> Active {
     } else {
         Active::On(rt)
     }
+}
+
+#[cold]
+#[inline(never)]
+fn active_first_time() -> Active {
+    init();
+    if RUNTIME.load(Ordering::Acquire).is_null() {
+        report_config_errors();
+        return Active::Failed;
+    }
+    active()
+}
+
+/// True once the configuration says `CUVISOR_MODE=off`: then `dlsym` and the resolvers
+/// hand out the real functions, and only direct binding goes through a wrapper at all.
+/// Reads one atomic; never initializes (it runs inside `dlsym`).
+pub fn is_off() -> bool {
+    let rt = RUNTIME.load(Ordering::Acquire);
+    // SAFETY: a Runtime is never freed once published.
+    !rt.is_null() && unsafe { (*rt).config.mode } == Mode::Off
 }
 
 /// Prints the configuration errors once per process, when CUDA is first initialized.
