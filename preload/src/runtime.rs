@@ -160,6 +160,12 @@ impl Runtime {
 
 fn init() {
     INIT.call_once(|| {
+        // The shim has its own copy of std: this hook sees only the shim's panics (each
+        // becomes CUDA_ERROR_UNKNOWN at the FFI boundary), and prints one line, not a
+        // backtrace, whatever the host's RUST_BACKTRACE says.
+        std::panic::set_hook(Box::new(|info| {
+            crate::logging::write_stderr(&format!("cuvisor: error: internal error: {info}\n"));
+        }));
         let lookup = |k: &str| std::env::var_os(k).map(|v| v.to_string_lossy().into_owned());
         match config::from_lookup(lookup) {
             Ok(config) => {
