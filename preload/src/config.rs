@@ -3,7 +3,9 @@
 //! | variable | values | default |
 //! |---|---|---|
 //! | `CUVISOR_MODEL` | model name: letters, digits, `.`, `_`, `-` (1 to 64) | `default` |
-//! | `CUVISOR_QUOTA` | a size or `NN%` of the device (see `cuvisor_common::size`) | no quota |
+//! | `CUVISOR_QUOTA` | a size or `NN%` of the device (see `cuvisor_common::size`) | the ledger's, or none |
+//! | `CUVISOR_LEDGER_DIR` | absolute path of the directory of per-model ledgers | `/dev/shm/cuvisor` |
+//! | `CUVISOR_LEDGER_GROUP` | numeric group id given a ledger this process creates | none (mode 0600) |
 //! | `CUVISOR_MODE` | `managed`, `device`, `off` | `managed` |
 //! | `CUVISOR_PREFETCH` | `on`, `off` | `off` |
 //! | `CUVISOR_LOG` | `error`, `warn`, `info`, `debug`, `trace` | `warn` |
@@ -11,7 +13,9 @@
 //! A bad value is an error naming the variable and the accepted forms; the shim then makes
 //! CUDA initialization fail rather than run the process without its quota.
 
+use cuvisor_common::ledger::{DEFAULT_DIR, valid_model_name};
 use cuvisor_common::size::{QuotaSpec, parse_quota};
+use std::path::PathBuf;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -27,6 +31,8 @@ pub enum Mode {
 pub struct Config {
     pub model: String,
     pub quota: Option<QuotaSpec>,
+    pub ledger_dir: PathBuf,
+    pub ledger_group: Option<u32>,
     pub mode: Mode,
     pub prefetch: bool,
     pub log_level: log::LevelFilter,
@@ -42,7 +48,7 @@ pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, Vec<S
 
     let model = match get("CUVISOR_MODEL") {
         None => "default".to_owned(),
-        Some(m) if valid_model(&m) => m,
+        Some(m) if valid_model_name(&m) => m,
         Some(m) => {
             bad(
                 "CUVISOR_MODEL",
@@ -62,6 +68,24 @@ pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, Vec<S
             Ok(spec) => Some(spec),
             Err(e) => {
                 bad("CUVISOR_QUOTA", &q, &format!("{e}"));
+                None
+            }
+        },
+    };
+    let ledger_dir = match get("CUVISOR_LEDGER_DIR") {
+        None => PathBuf::from(DEFAULT_DIR),
+        Some(d) if d.starts_with('/') => PathBuf::from(d),
+        Some(d) => {
+            bad("CUVISOR_LEDGER_DIR", &d, "expected an absolute path");
+            PathBuf::new()
+        }
+    };
+    let ledger_group = match get("CUVISOR_LEDGER_GROUP") {
+        None => None,
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) if gid != u32::MAX => Some(gid),
+            _ => {
+                bad("CUVISOR_LEDGER_GROUP", &g, "expected a numeric group id");
                 None
             }
         },
@@ -102,6 +126,8 @@ pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, Vec<S
         Ok(Config {
             model,
             quota,
+            ledger_dir,
+            ledger_group,
             mode,
             prefetch,
             log_level,
@@ -109,14 +135,6 @@ pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, Vec<S
     } else {
         Err(errors)
     }
-}
-
-/// Model names become ledger file names: keep them to a portable, unsurprising set.
-fn valid_model(m: &str) -> bool {
-    (1..=64).contains(&m.len())
-        && !m.starts_with('.')
-        && m.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 #[cfg(test)]
@@ -140,6 +158,8 @@ mod tests {
         assert_eq!(c.mode, Mode::Managed);
         assert!(!c.prefetch);
         assert_eq!(c.log_level, log::LevelFilter::Warn);
+        assert_eq!(c.ledger_dir, PathBuf::from("/dev/shm/cuvisor"));
+        assert_eq!(c.ledger_group, None);
     }
 
     #[test]
@@ -150,8 +170,12 @@ mod tests {
             ("CUVISOR_MODE", "device"),
             ("CUVISOR_PREFETCH", "on"),
             ("CUVISOR_LOG", "debug"),
+            ("CUVISOR_LEDGER_DIR", "/run/cuvisor"),
+            ("CUVISOR_LEDGER_GROUP", "1000"),
         ])
         .unwrap();
+        assert_eq!(c.ledger_dir, PathBuf::from("/run/cuvisor"));
+        assert_eq!(c.ledger_group, Some(1000));
         assert_eq!(c.model, "llama-3.1_8b");
         assert_eq!(c.quota, Some(QuotaSpec::Percent(40)));
         assert_eq!(c.mode, Mode::Device);
@@ -179,5 +203,13 @@ mod tests {
         assert!(errors[4].contains("expected error, warn, info, debug or trace"));
         assert_eq!(parse(&[("CUVISOR_QUOTA", "0")]).unwrap_err().len(), 1);
         assert_eq!(parse(&[("CUVISOR_MODEL", "")]).unwrap_err().len(), 1);
+        assert!(
+            parse(&[("CUVISOR_LEDGER_DIR", "relative/dir")]).unwrap_err()[0]
+                .contains("absolute path")
+        );
+        assert!(
+            parse(&[("CUVISOR_LEDGER_GROUP", "staff")]).unwrap_err()[0]
+                .contains("numeric group id")
+        );
     }
 }

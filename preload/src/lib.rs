@@ -11,7 +11,6 @@ mod config;
 mod driver;
 mod ffi;
 mod hooks;
-mod ledger;
 mod logging;
 mod real;
 mod records;
@@ -47,6 +46,17 @@ extern "C" fn on_load() {
 #[used]
 #[unsafe(link_section = ".init_array")]
 static ON_LOAD: extern "C" fn() = on_load;
+
+/// Runs at normal exit: the process leaves its model's ledger, giving back what it held
+/// (the driver frees the memory itself). A process that dies otherwise is reclaimed by
+/// the supervisor or by the model's other processes.
+extern "C" fn on_exit() {
+    runtime::leave_ledger();
+}
+
+#[used]
+#[unsafe(link_section = ".fini_array")]
+static ON_EXIT: extern "C" fn() = on_exit;
 
 #[cfg(test)]
 mod tests {

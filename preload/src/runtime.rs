@@ -1,12 +1,13 @@
-//! The shim's state in this process: configuration, ledger, records. Built on first use
-//! (or by the constructor, whichever comes first); rebuilt in a forked child, which is a
-//! new CUDA process owning none of its parent's allocations.
+//! The shim's state in this process: configuration, the model's ledger, records. Built on
+//! first use (or by the constructor, whichever comes first); rebuilt in a forked child,
+//! which is a new CUDA process owning none of its parent's allocations (it joins the same
+//! model's ledger with a slot of its own).
 
 use crate::config::{self, Config, Mode};
 use crate::driver;
 use crate::ffi::*;
-use crate::ledger::{Ledger, Refusal, UNLIMITED};
 use crate::records::Records;
+use cuvisor_common::ledger::{Attachment, CreateOptions, LedgerFile, Refusal};
 use cuvisor_common::size::QuotaSpec;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
@@ -17,7 +18,8 @@ const MAX_DEVICES: usize = 64;
 
 pub struct Runtime {
     pub config: Config,
-    pub ledger: Ledger,
+    /// This process's place in the model's ledger, opened on first need.
+    account: OnceLock<Result<Attachment<'static>, String>>,
     /// Device pointers the shim charged (plain, pitched, managed, stream-ordered).
     pub ptrs: Records,
     /// VMM physical handles (cuMemCreate).
@@ -28,7 +30,6 @@ pub struct Runtime {
     pub mappings: Mutex<BTreeMap<u64, (u64, u64)>>,
     /// Per device: concurrent managed access? -1 not asked yet.
     managed_access: [AtomicI8; MAX_DEVICES],
-    quota_known: AtomicBool,
     warned_no_managed: AtomicBool,
     warned_ipc: AtomicBool,
 }
@@ -41,6 +42,14 @@ pub enum Active {
     On(&'static Runtime),
 }
 
+/// Why an allocation is not charged.
+pub enum NotCharged {
+    /// Over the quota: the call answers out of memory.
+    Quota,
+    /// The ledger cannot be used: CUDA initialization fails.
+    NoLedger,
+}
+
 static INIT: Once = Once::new();
 static RUNTIME: AtomicPtr<Runtime> = AtomicPtr::new(std::ptr::null_mut());
 static CONFIG_ERRORS: OnceLock<Vec<String>> = OnceLock::new();
@@ -48,48 +57,82 @@ static ERRORS_REPORTED: AtomicBool = AtomicBool::new(false);
 
 impl Runtime {
     fn new(config: Config) -> Runtime {
-        let (quota, known) = match config.quota {
-            None => (UNLIMITED, true),
-            Some(QuotaSpec::Bytes(b)) => (b, true),
-            Some(QuotaSpec::Percent(_)) => (UNLIMITED, false),
-        };
         Runtime {
             config,
-            ledger: Ledger::new(quota),
+            account: OnceLock::new(),
             ptrs: Records::default(),
             handles: Records::default(),
             arrays: Records::default(),
             mappings: Mutex::new(BTreeMap::new()),
             managed_access: [const { AtomicI8::new(-1) }; MAX_DEVICES],
-            quota_known: AtomicBool::new(known),
             warned_no_managed: AtomicBool::new(false),
             warned_ipc: AtomicBool::new(false),
         }
     }
 
-    /// Charges `bytes` to the model, or refuses with the one log line the user sees.
-    pub fn reserve(&self, bytes: u64, what: &str) -> Result<(), Refusal> {
-        if !self.quota_known.load(Ordering::Acquire) {
-            let physical = driver::current_device().and_then(driver::physical_memory);
-            match physical {
-                Some(p) => {
-                    self.quota_for(p);
-                }
-                None => {
-                    log::error!(
-                        "model {}: {what} refused: the quota is a percentage of the device's memory, \
-                         and the driver did not say how large the current device is",
+    /// This process's attachment to the model's ledger: opened (or created with this
+    /// process's quota) the first time it is needed. An unusable ledger is reported once.
+    pub fn account(&self) -> Option<&Attachment<'static>> {
+        let attached = self.account.get_or_init(|| {
+            let c = &self.config;
+            let options = CreateOptions {
+                group: c.ledger_group,
+            };
+            let file = LedgerFile::open_or_create(&c.ledger_dir, &c.model, c.quota, options)
+                .map_err(|e| e.to_string())?;
+            let file: &'static LedgerFile = Box::leak(Box::new(file));
+            file.attach().map_err(|e| e.to_string())
+        });
+        match attached {
+            Ok(a) => Some(a),
+            Err(e) => {
+                static REPORTED: AtomicBool = AtomicBool::new(false);
+                if !REPORTED.swap(true, Ordering::Relaxed) {
+                    crate::logging::write_stderr(&format!(
+                        "cuvisor: error: model {}: {e}; CUDA initialization fails (the process must not run \
+                         without its quota)\n",
                         self.config.model
-                    );
-                    return Err(Refusal {
-                        requested: bytes,
-                        used: self.ledger.used(),
-                        quota: 0,
-                    });
+                    ));
                 }
+                None
             }
         }
-        self.ledger.try_reserve(bytes).inspect_err(|r| {
+    }
+
+    /// The model's quota in bytes: the ledger's, a percentage fixed against `physical`
+    /// (the device's memory) the first time anyone needs it. None: no quota.
+    fn quota_bytes(
+        &self,
+        account: &Attachment<'static>,
+        physical: impl FnOnce() -> Option<u64>,
+    ) -> Option<u64> {
+        let ledger = account.ledger();
+        match ledger.quota()? {
+            QuotaSpec::Bytes(b) => Some(b),
+            QuotaSpec::Percent(_) => ledger
+                .quota_bytes()
+                .or_else(|| ledger.resolve_percent(physical()?)),
+        }
+    }
+
+    /// Charges `bytes` to the model, or refuses with the one log line the user sees.
+    pub fn reserve(&self, bytes: u64, what: &str) -> Result<(), NotCharged> {
+        let account = self.account().ok_or(NotCharged::NoLedger)?;
+        if self
+            .quota_bytes(account, || {
+                driver::current_device().and_then(driver::physical_memory)
+            })
+            .is_none()
+            && account.ledger().quota().is_some()
+        {
+            log::error!(
+                "model {}: {what} refused: the quota is a percentage of the device's memory, and the driver \
+                 did not say how large the current device is",
+                self.config.model
+            );
+            return Err(NotCharged::Quota);
+        }
+        account.try_reserve(bytes).map_err(|r: Refusal| {
             log::warn!(
                 "model {}: {what} of {} bytes refused: {} of the quota's {} bytes in use",
                 self.config.model,
@@ -97,30 +140,28 @@ impl Runtime {
                 r.used,
                 r.quota
             );
+            NotCharged::Quota
         })
     }
 
-    /// The quota in bytes, given the device's physical memory (fixes a percentage on
-    /// first use); None without a quota.
-    pub fn quota_for(&self, physical: u64) -> Option<u64> {
-        match self.config.quota? {
-            QuotaSpec::Bytes(b) => Some(b),
-            QuotaSpec::Percent(p) => {
-                if !self.quota_known.load(Ordering::Acquire) {
-                    self.ledger.set_quota(QuotaSpec::Percent(p).bytes(physical));
-                    self.quota_known.store(true, Ordering::Release);
-                }
-                Some(self.ledger.quota())
-            }
+    pub fn release(&self, bytes: u64) {
+        if let Some(account) = self.account() {
+            account.release(bytes);
         }
     }
 
-    /// The virtual story: total = min(quota, physical), free = total - used, saturating.
-    /// None without a quota (the driver's own numbers stand).
+    /// Bytes charged to the whole model (every process).
+    pub fn model_used(&self) -> u64 {
+        self.account().map_or(0, |a| a.ledger().used())
+    }
+
+    /// The virtual story: total = min(quota, physical), free = total - what the whole model
+    /// holds, saturating. None without a quota (the driver's own numbers stand).
     pub fn virtual_memory(&self, physical_total: u64) -> Option<(u64, u64)> {
-        let quota = self.quota_for(physical_total)?;
+        let account = self.account()?;
+        let quota = self.quota_bytes(account, || Some(physical_total))?;
         let total = quota.min(physical_total);
-        Some((total.saturating_sub(self.ledger.used()), total))
+        Some((total.saturating_sub(account.ledger().used()), total))
     }
 
     /// The current device, when plain allocations are to become managed ones on it.
@@ -185,15 +226,32 @@ fn init() {
 
 /// A forked child starts over: its parent's allocations are not its own (the driver does
 /// not let a child use them), and locks another parent thread held are never released.
+/// It lets go of the parent's ledger descriptor, so that the parent's liveness lock
+/// follows the parent alone, and attaches on its own when it first needs to.
 extern "C" fn after_fork_in_child() {
     let old = RUNTIME.load(Ordering::Acquire);
     if !old.is_null() {
-        // SAFETY: `old` points to a leaked Runtime; its config is read, nothing freed.
-        let config = unsafe { (*old).config.clone() };
+        // SAFETY: `old` points to a leaked Runtime; it is read, never freed.
+        let old = unsafe { &*old };
+        if let Some(Ok(account)) = old.account.get() {
+            account.ledger().forget_in_forked_child();
+        }
         RUNTIME.store(
-            Box::into_raw(Box::new(Runtime::new(config))),
+            Box::into_raw(Box::new(Runtime::new(old.config.clone()))),
             Ordering::Release,
         );
+    }
+}
+
+/// At normal exit: leave the model's ledger (everything this process held goes back).
+pub fn leave_ledger() {
+    let rt = RUNTIME.load(Ordering::Acquire);
+    if rt.is_null() {
+        return;
+    }
+    // SAFETY: a Runtime is never freed once published.
+    if let Some(Ok(account)) = unsafe { &*rt }.account.get() {
+        account.detach();
     }
 }
 

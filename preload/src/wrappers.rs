@@ -7,7 +7,7 @@ use crate::driver;
 use crate::ffi::*;
 use crate::hooks::{self, Id};
 use crate::records::{Kind, Record, Records};
-use crate::runtime::{Active, Runtime, active};
+use crate::runtime::{Active, NotCharged, Runtime, active};
 use std::ffi::{CStr, c_char, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -46,12 +46,14 @@ fn guard(body: impl FnOnce() -> i32) -> i32 {
 
 /// Reserves `bytes`, makes the driver call, rolls the reservation back if it fails.
 fn charged(rt: &Runtime, bytes: u64, what: &str, call: impl FnOnce() -> CUresult) -> CUresult {
-    if rt.reserve(bytes, what).is_err() {
-        return CUDA_ERROR_OUT_OF_MEMORY;
+    match rt.reserve(bytes, what) {
+        Err(NotCharged::Quota) => return CUDA_ERROR_OUT_OF_MEMORY,
+        Err(NotCharged::NoLedger) => return CUDA_ERROR_NOT_INITIALIZED,
+        Ok(()) => {}
     }
     let rc = call();
     if rc != CUDA_SUCCESS {
-        rt.ledger.release(bytes);
+        rt.release(bytes);
     }
     rc
 }
@@ -67,7 +69,7 @@ fn uncharged(
     let record = records.remove(key);
     let rc = call();
     match record {
-        Some(r) if rc == CUDA_SUCCESS => rt.ledger.release(r.bytes),
+        Some(r) if rc == CUDA_SUCCESS => rt.release(r.bytes),
         Some(r) => records.insert(key, r),
         None => {}
     }
@@ -125,8 +127,12 @@ fn redirected(
 pub unsafe extern "C" fn cuInit(flags: u32) -> CUresult {
     guard(|| {
         let real = real!(cuInit as unsafe extern "C" fn(u32) -> CUresult);
-        if let Active::Failed = active() {
-            return CUDA_ERROR_NOT_INITIALIZED;
+        match active() {
+            Active::Failed => return CUDA_ERROR_NOT_INITIALIZED,
+            // Join the model's ledger now, so that a missing or damaged one stops CUDA
+            // from initializing rather than the first allocation.
+            Active::On(rt) if rt.account().is_none() => return CUDA_ERROR_NOT_INITIALIZED,
+            _ => {}
         }
         unsafe { real(flags) }
     })
@@ -365,12 +371,12 @@ pub unsafe extern "C" fn cuMemAllocPitch_v2(
         // Charge what the driver really gave: pitch x height.
         let (ptr, actual) = unsafe { (*dptr, (*pitch as u64).saturating_mul(height as u64)) };
         if actual < estimate {
-            rt.ledger.release(estimate - actual);
+            rt.release(estimate - actual);
         } else if actual > estimate && rt.reserve(actual - estimate, "cuMemAllocPitch_v2").is_err()
         {
             let free = real!(cuMemFree_v2 as unsafe extern "C" fn(CUdeviceptr) -> CUresult);
             unsafe { free(ptr) };
-            rt.ledger.release(estimate);
+            rt.release(estimate);
             return CUDA_ERROR_OUT_OF_MEMORY;
         }
         rt.ptrs.insert(
@@ -696,7 +702,7 @@ pub unsafe extern "C" fn cuMemUnmap(ptr: CUdeviceptr, size: usize) -> CUresult {
             if last == Some(true)
                 && let Some(r) = rt.handles.remove(handle)
             {
-                rt.ledger.release(r.bytes);
+                rt.release(r.bytes);
             }
         }
         rc
@@ -956,6 +962,7 @@ pub unsafe extern "C" fn cuDeviceTotalMem(bytes: *mut u32, dev: CUdevice) -> CUr
 fn nvml_init(call: impl FnOnce() -> nvmlReturn_t) -> nvmlReturn_t {
     match active() {
         Active::Failed => NVML_ERROR_UNKNOWN,
+        Active::On(rt) if rt.account().is_none() => NVML_ERROR_UNKNOWN,
         _ => call(),
     }
 }
@@ -989,7 +996,7 @@ fn nvml_virtual(total: u64) -> Option<(u64, u64, u64)> {
     match active() {
         Active::On(rt) => rt
             .virtual_memory(total)
-            .map(|(f, t)| (t, f, rt.ledger.used())),
+            .map(|(f, t)| (t, f, rt.model_used())),
         _ => None,
     }
 }

@@ -82,9 +82,22 @@ pub fn shim_path() -> PathBuf {
     .expect("libcuvisor_preload.so is built by `cargo test` (dev-dependency on cuvisor-preload)")
 }
 
-/// The command with the shim preloaded (and whatever else is given, in that order).
+/// A fresh ledger directory under target/ (so that tests never share a model's ledger
+/// by accident, and nothing is left in /dev/shm).
+pub fn ledger_dir() -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = target_dir()
+        .join("test-ledgers")
+        .join(format!("{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// The command with the shim preloaded, and a ledger directory of its own.
 pub fn shimmed(mut cmd: Command) -> Command {
-    cmd.env("LD_PRELOAD", shim_path());
+    cmd.env("LD_PRELOAD", shim_path())
+        .env("CUVISOR_LEDGER_DIR", ledger_dir());
     cmd
 }
 

@@ -1,0 +1,1164 @@
+//! The per-model ledger: one small file per model, shared by every process of the model,
+//! that holds the model's quota and what its processes are charged.
+//!
+//! # Layout (version 1)
+//!
+//! A 256-byte [`Header`] followed by [`SLOTS`] 64-byte [`Slot`]s, `#[repr(C)]`, native
+//! endianness, every counter an atomic. Slots never move: a process keeps its slot from
+//! attach to exit.
+//!
+//! # Protocol
+//!
+//! * **Reserve** is one compare-and-add of the model-wide `used` against the quota: there
+//!   is no check-then-act window between processes. The process's slot is updated after.
+//!   **Release** is one atomic subtraction (the slot first, then the model).
+//! * **Liveness** is a byte-range lock: a live process holds an open-file-description
+//!   lock (`F_OFD_SETLK`) on its slot's byte of the file. The kernel drops it when the
+//!   process dies, however it dies, and whatever its PID namespace; a reused PID cannot
+//!   look alive. The pid and start time in the slot are for people reading snapshots.
+//!   No lock guards any data: a dead process cannot leave anything locked.
+//! * **Reclaim**: a dead process's bytes are subtracted by whoever notices first (the
+//!   supervisor when a worker exits, or any process of the model before it reports out of
+//!   memory). A process killed in the middle of a reservation or release leaves its
+//!   in-flight bytes "uncertain": they stay charged (the safe side: the quota is never
+//!   exceeded) until the model has no live process left, when the total is reset to zero.
+//! * **The quota in the file is authoritative.** A process whose own quota differs is
+//!   refused; one with no quota joins the file's.
+
+use crate::size::QuotaSpec;
+use std::ffi::CString;
+use std::fmt;
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// Where ledgers live unless told otherwise (`CUVISOR_LEDGER_DIR`).
+pub const DEFAULT_DIR: &str = "/dev/shm/cuvisor";
+pub const MAGIC: [u8; 8] = *b"CUVISLDG";
+pub const VERSION: u32 = 1;
+/// Processes per model.
+pub const SLOTS: u32 = 1024;
+const HEADER_SIZE: usize = 256;
+const SLOT_SIZE: usize = 64;
+/// Liveness locks sit far beyond the end of the file, one byte per slot.
+const LOCK_BASE: i64 = 1 << 40;
+
+const QUOTA_NONE: u32 = 0;
+const QUOTA_BYTES: u32 = 1;
+const QUOTA_PERCENT: u32 = 2;
+
+/// The file's header. Every field but the counters is written once, before the file is
+/// published under its name.
+#[repr(C)]
+pub struct Header {
+    pub magic: [u8; 8],
+    pub version: u32,
+    pub header_size: u32,
+    pub slot_size: u32,
+    pub slot_count: u32,
+    pub file_size: u64,
+    /// 0: no quota; 1: `quota_bytes`; 2: `quota_percent` of the device.
+    pub quota_kind: u32,
+    pub quota_percent: u32,
+    /// The quota in bytes; for a percentage, 0 until the first process knows the device.
+    pub quota_bytes: AtomicU64,
+    /// Bytes charged to the model: the number every reservation is checked against.
+    pub used: AtomicU64,
+    pub peak: AtomicU64,
+    /// Bytes that processes killed mid-operation may or may not have held.
+    pub uncertain: AtomicU64,
+    /// Incremented by every attach.
+    pub attach_seq: AtomicU64,
+    pub created_unix: u64,
+    /// The model's name, NUL-padded.
+    pub model: [u8; 64],
+    pub reserved: [u8; 104],
+}
+
+/// One process's place in the ledger.
+#[repr(C)]
+pub struct Slot {
+    /// FREE, CLAIMING, LIVE or RECLAIMING.
+    pub state: AtomicU32,
+    pub pid: AtomicU32,
+    /// Incremented each time the slot is claimed.
+    pub generation: AtomicU64,
+    /// The process's start time (clock ticks since boot, `/proc/PID/stat` field 22).
+    pub start_time: AtomicU64,
+    pub used: AtomicU64,
+    pub peak: AtomicU64,
+    /// Bytes of reservations and releases under way.
+    pub inflight: AtomicU64,
+    pub reserved: [u64; 2],
+}
+
+const FREE: u32 = 0;
+const CLAIMING: u32 = 1;
+const LIVE: u32 = 2;
+const RECLAIMING: u32 = 3;
+
+const _: () = assert!(std::mem::size_of::<Header>() == HEADER_SIZE);
+const _: () = assert!(std::mem::size_of::<Slot>() == SLOT_SIZE);
+
+/// Byte offsets of a slot's fields in the file, for tools that read the file directly.
+pub fn slot_offset(index: u32) -> u64 {
+    (HEADER_SIZE + index as usize * SLOT_SIZE) as u64
+}
+
+/// Whether `name` can name a model (and so a ledger file): 1 to 64 letters, digits, `.`,
+/// `_` or `-`, not starting with `.`.
+pub fn valid_model_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// Why a ledger could not be used. Every variant names the file.
+#[derive(Debug)]
+pub enum LedgerError {
+    BadModelName {
+        model: String,
+    },
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        source: io::Error,
+    },
+    NotARegularFile {
+        path: PathBuf,
+        what: &'static str,
+    },
+    Damaged {
+        path: PathBuf,
+        what: String,
+    },
+    Exists {
+        path: PathBuf,
+    },
+    QuotaMismatch {
+        path: PathBuf,
+        model: String,
+        ledger: Option<QuotaSpec>,
+        requested: QuotaSpec,
+    },
+    Full {
+        path: PathBuf,
+    },
+}
+
+fn quota_text(q: Option<QuotaSpec>) -> String {
+    match q {
+        None => "no quota".into(),
+        Some(QuotaSpec::Bytes(b)) => format!("{b} bytes"),
+        Some(QuotaSpec::Percent(p)) => format!("{p}% of the device"),
+    }
+}
+
+impl fmt::Display for LedgerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LedgerError::BadModelName { model } => write!(
+                f,
+                "\"{model}\" cannot name a model: use 1 to 64 letters, digits, '.', '_' or '-', not starting with '.'"
+            ),
+            LedgerError::Io {
+                path,
+                action,
+                source,
+            } => {
+                write!(f, "ledger {}: cannot {action}: {source}", path.display())?;
+                if source.kind() == io::ErrorKind::PermissionDenied {
+                    write!(
+                        f,
+                        " (ledgers are private to their owner unless created with a group)"
+                    )?;
+                }
+                Ok(())
+            }
+            LedgerError::NotARegularFile { path, what } => {
+                write!(
+                    f,
+                    "ledger {}: is {what}, not a ledger file; remove it",
+                    path.display()
+                )
+            }
+            LedgerError::Damaged { path, what } => write!(
+                f,
+                "ledger {}: not a usable cuvisor ledger ({what}); remove it, or recreate it with `cuvisor ledger create`",
+                path.display()
+            ),
+            LedgerError::Exists { path } => write!(f, "ledger {}: already exists", path.display()),
+            LedgerError::QuotaMismatch {
+                path,
+                model,
+                ledger,
+                requested,
+            } => write!(
+                f,
+                "the quota asked for ({}) disagrees with the ledger {} of model {model} ({}); the ledger's quota \
+                 is authoritative: run without CUVISOR_QUOTA to join it, or recreate the ledger with \
+                 `cuvisor ledger create`",
+                quota_text(Some(*requested)),
+                path.display(),
+                quota_text(*ledger)
+            ),
+            LedgerError::Full { path } => {
+                write!(
+                    f,
+                    "ledger {}: all {SLOTS} process slots are taken by live processes",
+                    path.display()
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for LedgerError {}
+
+/// A refused reservation: what was asked, what the model holds, its quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub requested: u64,
+    pub used: u64,
+    pub quota: u64,
+}
+
+/// What a reclaim found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Reclaimed {
+    /// Slots of dead processes freed.
+    pub slots: u32,
+    /// Bytes they held, given back to the model.
+    pub bytes: u64,
+    /// Bytes they had in flight, left charged until the model is idle.
+    pub uncertain: u64,
+    /// Whether the model was found idle and its total reset to zero.
+    pub healed: bool,
+}
+
+/// One process of a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessUsage {
+    pub slot: u32,
+    pub pid: u32,
+    pub start_time: u64,
+    pub generation: u64,
+    pub used: u64,
+    pub peak: u64,
+    /// False for a process that died and has not been reclaimed yet.
+    pub alive: bool,
+}
+
+/// A model's ledger at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub model: String,
+    pub quota: Option<QuotaSpec>,
+    /// The quota in bytes, when known (a percentage is known once a process saw the device).
+    pub quota_bytes: Option<u64>,
+    pub used: u64,
+    pub peak: u64,
+    pub uncertain: u64,
+    pub processes: Vec<ProcessUsage>,
+}
+
+/// How a ledger file is created.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CreateOptions {
+    /// Share the ledger with this group (mode 0660 instead of 0600), for workers that run
+    /// as another user in the same group.
+    pub group: Option<u32>,
+}
+
+/// An open ledger file, mapped into this process.
+pub struct LedgerFile {
+    path: PathBuf,
+    model: String,
+    /// The open file description that carries this process's liveness locks.
+    file: File,
+    map: *mut u8,
+    len: usize,
+    /// Slots attached through this handle (our own locks do not show in lock tests).
+    own: Mutex<Vec<u32>>,
+    /// When this process last scanned for dead processes because a reservation failed.
+    last_reclaim_ns: AtomicU64,
+}
+
+// SAFETY: the mapping is shared memory accessed only through atomics.
+unsafe impl Send for LedgerFile {}
+unsafe impl Sync for LedgerFile {}
+
+impl Drop for LedgerFile {
+    fn drop(&mut self) {
+        // SAFETY: unmapping what we mapped; the file closes after.
+        unsafe { libc::munmap(self.map.cast(), self.len) };
+    }
+}
+
+fn io_err<'a>(path: &'a Path, action: &'static str) -> impl FnOnce(io::Error) -> LedgerError + 'a {
+    move |source| LedgerError::Io {
+        path: path.to_owned(),
+        action,
+        source,
+    }
+}
+
+fn file_size(slots: u32) -> usize {
+    HEADER_SIZE + slots as usize * SLOT_SIZE
+}
+
+impl LedgerFile {
+    /// The ledger file of `model` in `dir`.
+    pub fn path_for(dir: &Path, model: &str) -> PathBuf {
+        dir.join(format!("{model}.ledger"))
+    }
+
+    /// Creates the ledger of `model` with `quota`; fails if it exists.
+    pub fn create(
+        dir: &Path,
+        model: &str,
+        quota: Option<QuotaSpec>,
+        options: CreateOptions,
+    ) -> Result<LedgerFile, LedgerError> {
+        if !valid_model_name(model) {
+            return Err(LedgerError::BadModelName {
+                model: model.to_owned(),
+            });
+        }
+        let path = Self::path_for(dir, model);
+        let mode = if options.group.is_some() {
+            0o770
+        } else {
+            0o700
+        };
+        DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(dir)
+            .map_err(io_err(dir, "create the ledger directory"))?;
+        // Build the whole file under a temporary name, then publish it with link(): a
+        // reader never sees a half-written header, and of two creators exactly one wins.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let temp = dir.join(format!(".{model}.ledger.{}.{nanos}", std::process::id()));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&temp)
+            .map_err(io_err(&temp, "create"))?;
+        let result = (|| {
+            let file_mode = if let Some(gid) = options.group {
+                // SAFETY: fchown on our own fd.
+                if unsafe { libc::fchown(file.as_raw_fd(), u32::MAX, gid) } != 0 {
+                    return Err(io_err(&temp, "give the ledger to its group")(
+                        io::Error::last_os_error(),
+                    ));
+                }
+                0o660
+            } else {
+                0o600
+            };
+            // Explicit, whatever the umask.
+            // SAFETY: fchmod on our own fd.
+            unsafe { libc::fchmod(file.as_raw_fd(), file_mode) };
+            file.set_len(file_size(SLOTS) as u64)
+                .map_err(io_err(&temp, "size"))?;
+            let ledger = Self::map(path.clone(), model.to_owned(), file, file_size(SLOTS))?;
+            ledger.init_header(model, quota);
+            let c_temp =
+                CString::new(temp.as_os_str().as_encoded_bytes()).expect("no NUL in a path");
+            let c_path = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
+                LedgerError::BadModelName {
+                    model: model.to_owned(),
+                }
+            })?;
+            // SAFETY: two valid C strings.
+            if unsafe { libc::link(c_temp.as_ptr(), c_path.as_ptr()) } != 0 {
+                let e = io::Error::last_os_error();
+                return Err(if e.kind() == io::ErrorKind::AlreadyExists {
+                    LedgerError::Exists { path: path.clone() }
+                } else {
+                    io_err(&path, "create")(e)
+                });
+            }
+            Ok(ledger)
+        })();
+        let _ = std::fs::remove_file(&temp);
+        result
+    }
+
+    /// Opens the existing ledger of `model`, validating everything about it.
+    pub fn open(dir: &Path, model: &str) -> Result<LedgerFile, LedgerError> {
+        if !valid_model_name(model) {
+            return Err(LedgerError::BadModelName {
+                model: model.to_owned(),
+            });
+        }
+        let path = Self::path_for(dir, model);
+        let file = match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(LedgerError::NotARegularFile {
+                    path,
+                    what: "a symbolic link",
+                });
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {
+                return Err(LedgerError::NotARegularFile {
+                    path,
+                    what: "a directory",
+                });
+            }
+            Err(e) => return Err(io_err(&path, "open")(e)),
+        };
+        let meta = file.metadata().map_err(io_err(&path, "inspect"))?;
+        if !meta.file_type().is_file() {
+            let what = if meta.is_dir() {
+                "a directory"
+            } else if meta.file_type().is_fifo() {
+                "a FIFO"
+            } else {
+                "not a regular file"
+            };
+            return Err(LedgerError::NotARegularFile { path, what });
+        }
+        let damaged = |what: String| LedgerError::Damaged {
+            path: path.clone(),
+            what,
+        };
+        let size = meta.size();
+        if size < HEADER_SIZE as u64 {
+            return Err(damaged(format!("{size} bytes, shorter than its header")));
+        }
+        // Check the header from a copy before mapping anything.
+        let mut raw = [0u8; HEADER_SIZE];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut raw, 0)
+            .map_err(io_err(&path, "read"))?;
+        let u32_at = |o: usize| u32::from_ne_bytes(raw[o..o + 4].try_into().expect("4 bytes"));
+        let u64_at = |o: usize| u64::from_ne_bytes(raw[o..o + 8].try_into().expect("8 bytes"));
+        if raw[..8] != MAGIC {
+            return Err(damaged("wrong magic number".into()));
+        }
+        if u32_at(8) != VERSION {
+            return Err(damaged(format!(
+                "layout version {}, this cuvisor reads version {VERSION}",
+                u32_at(8)
+            )));
+        }
+        let (header_size, slot_size, slot_count, declared) =
+            (u32_at(12), u32_at(16), u32_at(20), u64_at(24));
+        if header_size as usize != HEADER_SIZE
+            || slot_size as usize != SLOT_SIZE
+            || slot_count == 0
+            || slot_count > 65536
+        {
+            return Err(damaged(format!(
+                "header of {header_size} bytes, slots of {slot_size} bytes, {slot_count} slots"
+            )));
+        }
+        if declared != file_size(slot_count) as u64 || size != declared {
+            return Err(damaged(format!(
+                "{size} bytes where {} are expected",
+                file_size(slot_count)
+            )));
+        }
+        let (kind, percent) = (u32_at(32), u32_at(36));
+        if kind > QUOTA_PERCENT || (kind == QUOTA_PERCENT && !(1..=100).contains(&percent)) {
+            return Err(damaged("invalid quota".into()));
+        }
+        let name_bytes = &raw[88..152];
+        let name_len = name_bytes.iter().position(|&b| b == 0).unwrap_or(64);
+        if &name_bytes[..name_len] != model.as_bytes() {
+            return Err(damaged(format!(
+                "it belongs to model \"{}\"",
+                String::from_utf8_lossy(&name_bytes[..name_len])
+            )));
+        }
+        Self::map(path.clone(), model.to_owned(), file, size as usize)
+    }
+
+    /// Opens the ledger of `model`, creating it with `quota` if there is none. A ledger
+    /// that exists keeps its quota: asking for a different one is an error; asking for
+    /// none joins it.
+    pub fn open_or_create(
+        dir: &Path,
+        model: &str,
+        quota: Option<QuotaSpec>,
+        options: CreateOptions,
+    ) -> Result<LedgerFile, LedgerError> {
+        let ledger = match Self::open(dir, model) {
+            Ok(l) => l,
+            Err(LedgerError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                match Self::create(dir, model, quota, options) {
+                    Err(LedgerError::Exists { .. }) => Self::open(dir, model)?, // another process won
+                    other => return other,
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(requested) = quota
+            && ledger.quota() != Some(requested)
+        {
+            return Err(LedgerError::QuotaMismatch {
+                path: ledger.path.clone(),
+                model: model.to_owned(),
+                ledger: ledger.quota(),
+                requested,
+            });
+        }
+        Ok(ledger)
+    }
+
+    fn map(
+        path: PathBuf,
+        model: String,
+        file: File,
+        len: usize,
+    ) -> Result<LedgerFile, LedgerError> {
+        // SAFETY: mapping `len` bytes of a file we checked is that long.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if map == libc::MAP_FAILED {
+            return Err(io_err(&path, "map")(io::Error::last_os_error()));
+        }
+        Ok(LedgerFile {
+            path,
+            model,
+            file,
+            map: map.cast(),
+            len,
+            own: Mutex::new(Vec::new()),
+            last_reclaim_ns: AtomicU64::new(0),
+        })
+    }
+
+    fn init_header(&self, model: &str, quota: Option<QuotaSpec>) {
+        // SAFETY: a fresh, private (not yet linked) mapping of at least the header size.
+        let h = unsafe { &mut *(self.map as *mut Header) };
+        h.magic = MAGIC;
+        h.version = VERSION;
+        h.header_size = HEADER_SIZE as u32;
+        h.slot_size = SLOT_SIZE as u32;
+        h.slot_count = SLOTS;
+        h.file_size = file_size(SLOTS) as u64;
+        let (kind, percent, bytes) = match quota {
+            None => (QUOTA_NONE, 0, u64::MAX),
+            Some(QuotaSpec::Bytes(b)) => (QUOTA_BYTES, 0, b),
+            Some(QuotaSpec::Percent(p)) => (QUOTA_PERCENT, p as u32, 0),
+        };
+        h.quota_kind = kind;
+        h.quota_percent = percent;
+        h.quota_bytes.store(bytes, Ordering::Relaxed);
+        h.created_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        h.model = [0; 64];
+        h.model[..model.len()].copy_from_slice(model.as_bytes());
+    }
+
+    fn header(&self) -> &Header {
+        // SAFETY: validated size; the fields read as plain values were checked at open and
+        // are never written after publication.
+        unsafe { &*(self.map as *const Header) }
+    }
+
+    fn slot_count(&self) -> u32 {
+        ((self.len - HEADER_SIZE) / SLOT_SIZE) as u32
+    }
+
+    fn slot(&self, index: u32) -> &Slot {
+        assert!(index < self.slot_count());
+        // SAFETY: within the mapping (checked above); slots are only accessed atomically.
+        unsafe { &*(self.map.add(HEADER_SIZE + index as usize * SLOT_SIZE) as *const Slot) }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// The quota as written at creation.
+    pub fn quota(&self) -> Option<QuotaSpec> {
+        let h = self.header();
+        match h.quota_kind {
+            QUOTA_BYTES => Some(QuotaSpec::Bytes(h.quota_bytes.load(Ordering::Relaxed))),
+            QUOTA_PERCENT => Some(QuotaSpec::Percent(h.quota_percent as u8)),
+            _ => None,
+        }
+    }
+
+    /// The quota in bytes; None without a quota or while a percentage is unresolved.
+    pub fn quota_bytes(&self) -> Option<u64> {
+        match self.header().quota_bytes.load(Ordering::Acquire) {
+            0 | u64::MAX => None,
+            b => Some(b),
+        }
+    }
+
+    /// Fixes a percentage quota once the device's size is known (the first process to
+    /// know it decides; later ones read the same number). Returns the quota in bytes.
+    pub fn resolve_percent(&self, physical: u64) -> Option<u64> {
+        let Some(QuotaSpec::Percent(p)) = self.quota() else {
+            return self.quota_bytes();
+        };
+        let bytes = QuotaSpec::Percent(p).bytes(physical).max(1);
+        let _ = self.header().quota_bytes.compare_exchange(
+            0,
+            bytes,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        self.quota_bytes()
+    }
+
+    /// Bytes charged to the model now.
+    pub fn used(&self) -> u64 {
+        self.header().used.load(Ordering::Acquire)
+    }
+
+    // ---- liveness locks ----------------------------------------------------------------
+
+    fn lock(&self, index: u32, kind: i16, cmd: i32) -> io::Result<libc::flock> {
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = kind;
+        fl.l_whence = libc::SEEK_SET as i16;
+        fl.l_start = LOCK_BASE + index as i64;
+        fl.l_len = 1;
+        // SAFETY: fcntl with a valid flock on our own fd.
+        if unsafe { libc::fcntl(self.file.as_raw_fd(), cmd, &mut fl) } == 0 {
+            Ok(fl)
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// Takes the liveness lock of a slot, if no other process holds it.
+    fn try_lock(&self, index: u32) -> bool {
+        self.lock(index, libc::F_WRLCK as i16, libc::F_OFD_SETLK)
+            .is_ok()
+    }
+
+    fn unlock(&self, index: u32) {
+        let _ = self.lock(index, libc::F_UNLCK as i16, libc::F_OFD_SETLK);
+    }
+
+    /// Whether another open file description (another live process) holds the slot's lock.
+    fn held_elsewhere(&self, index: u32) -> bool {
+        match self.lock(index, libc::F_WRLCK as i16, libc::F_OFD_GETLK) {
+            Ok(fl) => fl.l_type != libc::F_UNLCK as i16,
+            Err(_) => true, // cannot tell: assume alive (never reclaim what might be live)
+        }
+    }
+
+    fn is_own(&self, index: u32) -> bool {
+        self.own
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&index)
+    }
+
+    // ---- attach, reclaim, snapshot --------------------------------------------------------
+
+    /// Claims a slot for this process: its charges live there until `detach` (or until
+    /// the process dies and someone reclaims them).
+    pub fn attach(&self) -> Result<Attachment<'_>, LedgerError> {
+        for pass in 0..2 {
+            if let Some(index) = self.claim() {
+                return Ok(Attachment {
+                    file: self,
+                    index,
+                    detached: std::sync::atomic::AtomicBool::new(false),
+                });
+            }
+            if pass == 0 {
+                self.reclaim_dead();
+            }
+        }
+        Err(LedgerError::Full {
+            path: self.path.clone(),
+        })
+    }
+
+    fn claim(&self) -> Option<u32> {
+        let mut own = self.own.lock().unwrap_or_else(|e| e.into_inner());
+        let pid = std::process::id();
+        let n = self.slot_count();
+        for k in 0..n {
+            let index = (pid.wrapping_add(k)) % n;
+            if own.contains(&index) {
+                continue;
+            }
+            let s = self.slot(index);
+            if s.state.load(Ordering::Acquire) != FREE || !self.try_lock(index) {
+                continue;
+            }
+            if s.state
+                .compare_exchange(FREE, CLAIMING, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                self.unlock(index);
+                continue;
+            }
+            s.pid.store(pid, Ordering::Relaxed);
+            s.start_time.store(start_time(pid), Ordering::Relaxed);
+            s.used.store(0, Ordering::Relaxed);
+            s.peak.store(0, Ordering::Relaxed);
+            s.inflight.store(0, Ordering::Relaxed);
+            s.generation.fetch_add(1, Ordering::Relaxed);
+            s.state.store(LIVE, Ordering::Release);
+            self.header().attach_seq.fetch_add(1, Ordering::AcqRel);
+            own.push(index);
+            return Some(index);
+        }
+        None
+    }
+
+    /// Frees the slots of processes that died without detaching and gives their bytes
+    /// back to the model. Safe to run from any number of processes at once.
+    pub fn reclaim_dead(&self) -> Reclaimed {
+        let mut found = Reclaimed::default();
+        let _serial = self.own.lock().unwrap_or_else(|e| e.into_inner()); // one thread of ours at a time
+        let h = self.header();
+        for index in 0..self.slot_count() {
+            if _serial.contains(&index) {
+                continue;
+            }
+            let s = self.slot(index);
+            let state = s.state.load(Ordering::Acquire);
+            if state == FREE {
+                continue;
+            }
+            // Taking the slot's lock succeeds only if its process (or a reclaimer that
+            // died half-way) is gone; holding it keeps other reclaimers out.
+            if !self.try_lock(index) {
+                continue;
+            }
+            if s.state
+                .compare_exchange(state, RECLAIMING, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                let used = s.used.swap(0, Ordering::AcqRel);
+                let inflight = s.inflight.swap(0, Ordering::AcqRel);
+                saturating_sub(&h.used, used);
+                h.uncertain.fetch_add(inflight, Ordering::AcqRel);
+                s.pid.store(0, Ordering::Relaxed);
+                s.start_time.store(0, Ordering::Relaxed);
+                s.peak.store(0, Ordering::Relaxed);
+                s.state.store(FREE, Ordering::Release);
+                found.slots += u32::from(state != CLAIMING);
+                found.bytes += used;
+                found.uncertain += inflight;
+            }
+            self.unlock(index);
+        }
+        drop(_serial);
+        found.healed = self.heal_if_idle();
+        found
+    }
+
+    /// A reclaim before refusing a reservation, at most every 10 ms per process: a dead
+    /// process is noticed within that time, and threads that all hit the quota at once do
+    /// not all scan the slots.
+    fn reclaim_before_refusing(&self) -> Reclaimed {
+        const INTERVAL_NS: u64 = 10_000_000;
+        let now = monotonic_ns();
+        let last = self.last_reclaim_ns.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < INTERVAL_NS
+            || self
+                .last_reclaim_ns
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return Reclaimed::default();
+        }
+        self.reclaim_dead()
+    }
+
+    /// With no process left in the model, nothing can be charged: reset what was left
+    /// uncertain. Lock-free: a process that attaches and reserves meanwhile changes
+    /// `used`, and the reset does not happen.
+    fn heal_if_idle(&self) -> bool {
+        let h = self.header();
+        let used = h.used.load(Ordering::Acquire);
+        if used == 0 && h.uncertain.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        if (0..self.slot_count()).any(|i| self.slot(i).state.load(Ordering::Acquire) != FREE) {
+            return false;
+        }
+        if h.used
+            .compare_exchange(used, 0, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            h.uncertain.store(0, Ordering::Release);
+            return true;
+        }
+        false
+    }
+
+    /// The model's usage and every process in it.
+    pub fn snapshot(&self) -> Snapshot {
+        let h = self.header();
+        let processes = (0..self.slot_count())
+            .filter_map(|index| {
+                let s = self.slot(index);
+                if s.state.load(Ordering::Acquire) != LIVE {
+                    return None;
+                }
+                Some(ProcessUsage {
+                    slot: index,
+                    pid: s.pid.load(Ordering::Relaxed),
+                    start_time: s.start_time.load(Ordering::Relaxed),
+                    generation: s.generation.load(Ordering::Relaxed),
+                    used: s.used.load(Ordering::Relaxed),
+                    peak: s.peak.load(Ordering::Relaxed),
+                    alive: self.is_own(index) || self.held_elsewhere(index),
+                })
+            })
+            .collect();
+        Snapshot {
+            model: self.model.clone(),
+            quota: self.quota(),
+            quota_bytes: self.quota_bytes(),
+            used: h.used.load(Ordering::Acquire),
+            peak: h.peak.load(Ordering::Acquire),
+            uncertain: h.uncertain.load(Ordering::Acquire),
+            processes,
+        }
+    }
+
+    /// In a child just forked from a process that had this ledger open: let go of the
+    /// parent's open file description, so that the parent's liveness locks follow the
+    /// parent alone. The handle must not be used afterwards.
+    pub fn forget_in_forked_child(&self) {
+        // SAFETY: closes this process's copy of the descriptor; the parent keeps its own.
+        // The File's later drop would close a number that may be reused: callers leak
+        // the handle instead of dropping it.
+        unsafe { libc::close(self.file.as_raw_fd()) };
+    }
+}
+
+fn monotonic_ns() -> u64 {
+    let mut t: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: clock_gettime with a valid timespec (served by the vDSO, no system call).
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+fn saturating_sub(a: &AtomicU64, n: u64) {
+    let _ = a.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+        Some(v.saturating_sub(n))
+    });
+}
+
+fn raise(peak: &AtomicU64, value: u64) {
+    if value > peak.load(Ordering::Relaxed) {
+        peak.fetch_max(value, Ordering::Relaxed);
+    }
+}
+
+/// A process's start time in clock ticks since boot (0 if unknown).
+pub fn start_time(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // The command name (field 2) may contain spaces: count fields after its ')'.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(19))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A process's place in a ledger: reserve and release bytes against the model's quota.
+pub struct Attachment<'a> {
+    file: &'a LedgerFile,
+    index: u32,
+    detached: std::sync::atomic::AtomicBool,
+}
+
+impl Attachment<'_> {
+    pub fn ledger(&self) -> &LedgerFile {
+        self.file
+    }
+
+    pub fn slot_index(&self) -> u32 {
+        self.index
+    }
+
+    /// Charges `bytes` to the model if it stays within the quota: one compare-and-add on
+    /// the model's total. Before refusing, dead processes of the model are reclaimed (at
+    /// most every 10 ms per process) and the reservation is tried once more.
+    pub fn try_reserve(&self, bytes: u64) -> Result<(), Refusal> {
+        let h = self.file.header();
+        let s = self.file.slot(self.index);
+        if self.detached.load(Ordering::Relaxed) {
+            return Err(Refusal {
+                requested: bytes,
+                used: self.file.used(),
+                quota: 0,
+            });
+        }
+        s.inflight.fetch_add(bytes, Ordering::AcqRel);
+        let mut result = self.commit(bytes);
+        if result.is_err() && self.file.reclaim_before_refusing().bytes > 0 {
+            result = self.commit(bytes);
+        }
+        if let Ok(total) = result {
+            // The model is charged first, the slot after: a death in between leaves the
+            // bytes charged (safe), and `inflight` says they are uncertain.
+            let mine = s.used.fetch_add(bytes, Ordering::AcqRel) + bytes;
+            raise(&s.peak, mine);
+            raise(&h.peak, total);
+        }
+        s.inflight.fetch_sub(bytes, Ordering::AcqRel);
+        result.map(|_| ())
+    }
+
+    fn commit(&self, bytes: u64) -> Result<u64, Refusal> {
+        let h = self.file.header();
+        let quota = h.quota_bytes.load(Ordering::Acquire);
+        let mut used = h.used.load(Ordering::Acquire);
+        loop {
+            let next = match used.checked_add(bytes) {
+                Some(n) if quota != 0 && n <= quota => n,
+                _ => {
+                    return Err(Refusal {
+                        requested: bytes,
+                        used,
+                        quota,
+                    });
+                }
+            };
+            match h
+                .used
+                .compare_exchange_weak(used, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Ok(next),
+                Err(actual) => used = actual,
+            }
+        }
+    }
+
+    /// Gives back what `try_reserve` charged: the slot first, then the model (a death in
+    /// between leaves the model over-charged, the safe side).
+    pub fn release(&self, bytes: u64) {
+        if self.detached.load(Ordering::Relaxed) {
+            return;
+        }
+        let h = self.file.header();
+        let s = self.file.slot(self.index);
+        s.inflight.fetch_add(bytes, Ordering::AcqRel);
+        saturating_sub(&s.used, bytes);
+        h.used.fetch_sub(bytes, Ordering::AcqRel);
+        s.inflight.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// Bytes this process holds.
+    pub fn held(&self) -> u64 {
+        self.file.slot(self.index).used.load(Ordering::Acquire)
+    }
+
+    /// Leaves the ledger: gives back everything this process holds and frees its slot.
+    /// Later reservations are refused and releases ignored. Idempotent.
+    pub fn detach(&self) {
+        if self.detached.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let h = self.file.header();
+        let s = self.file.slot(self.index);
+        let used = s.used.swap(0, Ordering::AcqRel);
+        saturating_sub(&h.used, used);
+        s.pid.store(0, Ordering::Relaxed);
+        s.start_time.store(0, Ordering::Relaxed);
+        s.peak.store(0, Ordering::Relaxed);
+        s.state.store(FREE, Ordering::Release);
+        self.file.unlock(self.index);
+        self.file
+            .own
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|&i| i != self.index);
+        self.file.heal_if_idle();
+    }
+}
+
+impl Drop for Attachment<'_> {
+    fn drop(&mut self) {
+        self.detach();
+    }
+}
+
+/// One model found by [`list`]: its name, and its snapshot or why it could not be read.
+pub type Listed = (String, Result<Snapshot, LedgerError>);
+
+/// Every ledger in `dir`.
+pub fn list(dir: &Path) -> Result<Vec<Listed>, LedgerError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(dir, "list")(e)),
+    };
+    let mut models: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_suffix(".ledger")
+                .map(str::to_owned)
+        })
+        .filter(|m| !m.starts_with('.'))
+        .collect();
+    models.sort();
+    Ok(models
+        .into_iter()
+        .map(|m| {
+            let snap = LedgerFile::open(dir, &m).map(|l| l.snapshot());
+            (m, snap)
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("cuvisor-ledger-unit-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn reserve_to_the_quota_exactly_and_release() {
+        let dir = temp_dir("basic");
+        let l = LedgerFile::create(
+            &dir,
+            "m",
+            Some(QuotaSpec::Bytes(100)),
+            CreateOptions::default(),
+        )
+        .unwrap();
+        let a = l.attach().unwrap();
+        assert_eq!(a.try_reserve(60), Ok(()));
+        assert_eq!(a.try_reserve(40), Ok(()));
+        assert_eq!(
+            a.try_reserve(1),
+            Err(Refusal {
+                requested: 1,
+                used: 100,
+                quota: 100
+            })
+        );
+        a.release(40);
+        let s = l.snapshot();
+        assert_eq!((s.used, s.peak, s.processes.len()), (60, 100, 1));
+        assert_eq!(s.processes[0].used, 60);
+        assert!(s.processes[0].alive);
+        drop(a);
+        assert_eq!(l.used(), 0);
+        assert!(l.snapshot().processes.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_quota_in_the_file_is_authoritative() {
+        let dir = temp_dir("quota");
+        LedgerFile::create(
+            &dir,
+            "m",
+            Some(QuotaSpec::Bytes(1 << 30)),
+            CreateOptions::default(),
+        )
+        .unwrap();
+        assert!(LedgerFile::open_or_create(&dir, "m", None, CreateOptions::default()).is_ok());
+        assert!(
+            LedgerFile::open_or_create(
+                &dir,
+                "m",
+                Some(QuotaSpec::Bytes(1 << 30)),
+                CreateOptions::default()
+            )
+            .is_ok()
+        );
+        let err = LedgerFile::open_or_create(
+            &dir,
+            "m",
+            Some(QuotaSpec::Bytes(2 << 30)),
+            CreateOptions::default(),
+        )
+        .err()
+        .unwrap();
+        assert!(matches!(err, LedgerError::QuotaMismatch { .. }), "{err}");
+        assert!(
+            err.to_string().contains("2147483648 bytes")
+                && err.to_string().contains("1073741824 bytes"),
+            "{err}"
+        );
+        assert!(matches!(
+            LedgerFile::create(&dir, "m", None, CreateOptions::default()),
+            Err(LedgerError::Exists { .. })
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_percentage_is_resolved_once() {
+        let dir = temp_dir("percent");
+        let l = LedgerFile::create(
+            &dir,
+            "m",
+            Some(QuotaSpec::Percent(25)),
+            CreateOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(l.quota_bytes(), None);
+        let a = l.attach().unwrap();
+        assert!(
+            a.try_reserve(1).is_err(),
+            "nothing can be charged before the quota is known"
+        );
+        assert_eq!(l.resolve_percent(400), Some(100));
+        assert_eq!(
+            l.resolve_percent(800),
+            Some(100),
+            "the first resolution stands"
+        );
+        assert_eq!(a.try_reserve(100), Ok(()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn model_names_are_checked() {
+        for bad in ["", ".hidden", "a/b", "a b", &"x".repeat(65)] {
+            assert!(!valid_model_name(bad), "{bad}");
+        }
+        assert!(valid_model_name("llama-3.1_8b"));
+    }
+}
