@@ -8,9 +8,10 @@
 //! * this crate: the `cuvisor` supervisor CLI and the library it is built from, for Rust
 //!   programs that embed it.
 //!
-//! Status: the foundation. The size syntax of quotas is here ([`size`]); the ledger, the
-//! supervisor and the shim's interception arrive with their issues. See the README.
+//! This crate has the size syntax of quotas ([`size`]) and the per-model ledgers
+//! ([`ledger`]); the supervisor arrives with its issue. See the README.
 
+pub mod ledger;
 pub use cuvisor_common::size;
 
 /// The version of this crate (and of the `cuvisor` binary).

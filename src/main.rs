@@ -1,35 +1,279 @@
-//! The `cuvisor` command line. Only `--version` and `--help` exist so far; the
-//! subcommands (`run`, `exec`, `status`, `ledger`) arrive with the supervisor and ledger
-//! issues, and until then the binary says so instead of pretending.
+//! The `cuvisor` command line. So far: `cuvisor ledger`, to look at and manage the
+//! per-model ledgers. The supervisor's `run`, `exec` and `status` arrive with their issue.
 
+use clap::{Args, Parser, Subcommand};
+use cuvisor::ledger::{self, CreateOptions, LedgerFile, Snapshot};
+use cuvisor::size::{QuotaSpec, parse_quota};
+use serde_json::json;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "\
-usage: cuvisor [--version | --help]
+#[derive(Parser)]
+#[command(name = "cuvisor", version, about = "Run many AI models on one GPU")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-cuvisor runs many AI models on one GPU. This build is the project's foundation:
-the supervisor subcommands (run, exec, status, ledger) are not implemented yet.
-To try the fake GPU that the test suite runs on: cargo run --example demo";
+#[derive(Subcommand)]
+enum Command {
+    /// List the models of a ledger directory, or manage their ledgers.
+    Ledger(LedgerArgs),
+}
+
+#[derive(Args)]
+struct LedgerArgs {
+    #[command(subcommand)]
+    action: Option<LedgerAction>,
+    #[command(flatten)]
+    common: Common,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct Common {
+    /// The ledger directory [default: $CUVISOR_LEDGER_DIR, else /dev/shm/cuvisor]
+    #[arg(long, global = true, value_name = "DIR")]
+    dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum LedgerAction {
+    /// Create a model's ledger with its quota (before its first process starts).
+    Create {
+        /// The model's name (letters, digits, '.', '_', '-').
+        #[arg(long)]
+        model: String,
+        /// The model's GPU memory quota: bytes, K/M/G/T, KiB..TiB, KB..TB, or NN% of the device.
+        #[arg(long, value_parser = parse_quota_arg)]
+        quota: Option<QuotaSpec>,
+        /// Share the ledger with this numeric group id (mode 0660), for workers running as another user.
+        #[arg(long, value_name = "GID")]
+        group: Option<u32>,
+    },
+    /// Give back what dead processes held.
+    Reclaim {
+        /// Only this model [default: every model of the directory].
+        #[arg(long)]
+        model: Option<String>,
+    },
+}
+
+fn parse_quota_arg(s: &str) -> Result<QuotaSpec, String> {
+    parse_quota(s).map_err(|e| e.to_string())
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
-        ["--version" | "-V"] => {
-            println!("cuvisor {}", cuvisor::VERSION);
-            ExitCode::SUCCESS
-        }
-        [] | ["--help" | "-h"] => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
-        }
-        [other, ..] => {
-            eprintln!("cuvisor: unknown command or option \"{other}\"\n\n{USAGE}");
-            ExitCode::from(2)
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Ledger(args) => ledger_command(args),
+    }
+}
+
+fn ledger_dir(common: &Common) -> PathBuf {
+    common
+        .dir
+        .clone()
+        .or_else(|| std::env::var_os("CUVISOR_LEDGER_DIR").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(ledger::DEFAULT_DIR))
+}
+
+fn ledger_command(args: LedgerArgs) -> ExitCode {
+    let dir = ledger_dir(&args.common);
+    let result = match args.action {
+        None => list(&dir, args.json),
+        Some(LedgerAction::Create {
+            model,
+            quota,
+            group,
+        }) => create(&dir, &model, quota, group, args.json),
+        Some(LedgerAction::Reclaim { model }) => reclaim(&dir, model.as_deref(), args.json),
+    };
+    match result {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("cuvisor: {message}");
+            ExitCode::FAILURE
         }
     }
+}
+
+/// 1.5 GiB, 512 MiB, 12 KiB, 100 B.
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn quota_json(s: &Snapshot) -> serde_json::Value {
+    match s.quota {
+        None => serde_json::Value::Null,
+        Some(QuotaSpec::Bytes(b)) => json!({ "bytes": b }),
+        Some(QuotaSpec::Percent(p)) => json!({ "percent": p, "bytes": s.quota_bytes }),
+    }
+}
+
+fn quota_text(s: &Snapshot) -> String {
+    match (s.quota, s.quota_bytes) {
+        (None, _) => "none".into(),
+        (Some(QuotaSpec::Percent(p)), Some(b)) => format!("{p}% = {}", human(b)),
+        (Some(QuotaSpec::Percent(p)), None) => format!("{p}%"),
+        (Some(QuotaSpec::Bytes(b)), _) => human(b),
+    }
+}
+
+fn list(dir: &std::path::Path, as_json: bool) -> Result<ExitCode, String> {
+    let models = ledger::list(dir).map_err(|e| e.to_string())?;
+    let mut failed = false;
+    if as_json {
+        let rows: Vec<serde_json::Value> = models
+            .iter()
+            .map(|(model, snap)| match snap {
+                Ok(s) => json!({
+                    "model": model,
+                    "quota": quota_json(s),
+                    "used": s.used,
+                    "peak": s.peak,
+                    "uncertain": s.uncertain,
+                    "processes": s.processes.iter().map(|p| json!({
+                        "pid": p.pid, "slot": p.slot, "start_time": p.start_time, "used": p.used,
+                        "peak": p.peak, "alive": p.alive,
+                    })).collect::<Vec<_>>(),
+                }),
+                Err(e) => {
+                    failed = true;
+                    json!({ "model": model, "error": e.to_string() })
+                }
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "dir": dir, "models": rows })).expect("JSON")
+        );
+    } else if models.is_empty() {
+        println!("no ledgers in {}", dir.display());
+    } else {
+        println!(
+            "{:<24} {:>18} {:>12} {:>12} {:>6} {:>6}  PIDS",
+            "MODEL", "QUOTA", "USED", "PEAK", "LIVE", "DEAD"
+        );
+        for (model, snap) in &models {
+            match snap {
+                Ok(s) => {
+                    let live = s.processes.iter().filter(|p| p.alive).count();
+                    let pids: Vec<String> = s.processes.iter().map(|p| p.pid.to_string()).collect();
+                    println!(
+                        "{model:<24} {:>18} {:>12} {:>12} {live:>6} {:>6}  {}",
+                        quota_text(s),
+                        human(s.used),
+                        human(s.peak),
+                        s.processes.len() - live,
+                        pids.join(",")
+                    );
+                }
+                Err(e) => {
+                    failed = true;
+                    println!("{model:<24} error: {e}");
+                }
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn create(
+    dir: &std::path::Path,
+    model: &str,
+    quota: Option<QuotaSpec>,
+    group: Option<u32>,
+    as_json: bool,
+) -> Result<ExitCode, String> {
+    let ledger = LedgerFile::create(dir, model, quota, CreateOptions { group })
+        .map_err(|e| e.to_string())?;
+    if as_json {
+        println!(
+            "{}",
+            json!({ "model": model, "path": ledger.path(), "quota": quota_json(&ledger.snapshot()) })
+        );
+    } else {
+        println!(
+            "created {} (quota: {})",
+            ledger.path().display(),
+            quota_text(&ledger.snapshot())
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn reclaim(dir: &std::path::Path, only: Option<&str>, as_json: bool) -> Result<ExitCode, String> {
+    let models: Vec<String> = match only {
+        Some(m) => vec![m.to_owned()],
+        None => ledger::list(dir)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|(m, _)| m)
+            .collect(),
+    };
+    let mut failed = false;
+    let mut rows = Vec::new();
+    for model in models {
+        match LedgerFile::open(dir, &model) {
+            Ok(l) => {
+                let r = l.reclaim_dead();
+                if as_json {
+                    rows.push(json!({
+                        "model": model, "slots": r.slots, "bytes": r.bytes, "uncertain": r.uncertain,
+                        "healed": r.healed, "used": l.used(),
+                    }));
+                } else {
+                    println!(
+                        "{model}: {} dead process(es), {} given back, {} uncertain{}; {} in use",
+                        r.slots,
+                        human(r.bytes),
+                        human(r.uncertain),
+                        if r.healed {
+                            ", model idle: total reset"
+                        } else {
+                            ""
+                        },
+                        human(l.used())
+                    );
+                }
+            }
+            Err(e) => {
+                failed = true;
+                if as_json {
+                    rows.push(json!({ "model": model, "error": e.to_string() }));
+                } else {
+                    eprintln!("cuvisor: {e}");
+                }
+            }
+        }
+    }
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "reclaimed": rows })).expect("JSON")
+        );
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -63,7 +63,7 @@ fn cuvisor_cli_answers_version_and_rejects_unknown_commands() {
     let out = run(Command::new(env!("CARGO_BIN_EXE_cuvisor")).arg("launch"));
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        stderr(&out).contains("unknown command or option \"launch\""),
+        stderr(&out).contains("unrecognized subcommand 'launch'"),
         "{}",
         stderr(&out)
     );

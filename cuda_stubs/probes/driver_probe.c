@@ -46,9 +46,16 @@
  *   stress N ITERS MAX SEED N threads each do ITERS random allocations (1 byte to MAX) and
  *                           frees, keeping up to 8 live; then free everything. Prints
  *                           the successes and the out-of-memory refusals
+ *   stress-ms N MS MAX SEED  the same, for MS milliseconds instead of a number of operations
+ *   fork-keep SIZE          fork; the child runs init + alloc SIZE, reports, and keeps the
+ *                           memory until `reap`; the parent goes on once the child holds it
+ *   reap                    let the fork-keep children go (they exit normally) and wait
+ *   watch-nvml MS           sample NVML's used memory of device 0 for MS milliseconds (as
+ *                           an observer outside the model); prints the largest value seen
  *   wait                    block until a line (or end of file) arrives on stdin
  *   exit                    return from main now (the report is written at exit) */
 #include <dlfcn.h>
+#include <time.h>
 #include <pthread.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -161,6 +168,9 @@ static const char *where(void *fn) {
     return buf;
 }
 
+static pid_t keep_pids[64];
+static int keep_fds[64], n_keep;
+
 #define MAX 1024
 static struct { CUdeviceptr p; size_t size; CUmemGenericAllocationHandle h; CUarray arr; } slot[MAX];
 static int n_slots;
@@ -171,8 +181,15 @@ static int add(CUdeviceptr p, size_t size) {
     return n_slots++;
 }
 
+static double now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e9 + t.tv_nsec;
+}
+
 static unsigned long long stress_max;
 static int stress_iters;
+static double stress_deadline_ns; /* 0: run stress_iters operations */
 static unsigned stress_seed;
 static long stress_ok, stress_oom, stress_other;
 
@@ -182,7 +199,7 @@ static void *stress_main(void *arg) {
     CUdeviceptr live[8] = {0};
     long ok = 0, oom = 0, other = 0;
     if (d.cuCtxSetCurrent(ctx)) return NULL;
-    for (int k = 0; k < stress_iters; k++) {
+    for (int k = 0; stress_deadline_ns ? now_ns() < stress_deadline_ns : k < stress_iters; k++) {
         int slot = rand_r(&seed) % 8;
         if (live[slot]) {
             if (d.cuMemFree_v2(live[slot])) other++;
@@ -485,20 +502,81 @@ int main(int argc, char **argv) {
             }
             printf("threads %s %s %s -> %d failures=%ld\n", a1, a2, a3, r, failures);
             i += 3;
-        } else if (!strcmp(c, "stress")) {
+        } else if (!strcmp(c, "stress") || !strcmp(c, "stress-ms")) {
             const char *a3 = i + 3 < argc ? argv[i + 3] : "1", *a4 = i + 4 < argc ? argv[i + 4] : "1";
             int n = atoi(a1);
             pthread_t t[64];
             CUcontext ctx;
             stress_iters = atoi(a2);
+            stress_deadline_ns = c[6] ? now_ns() + atof(a2) * 1e6 : 0;
             stress_max = size_arg(a3);
             stress_seed = (unsigned)atoi(a4);
             r = d.cuDevicePrimaryCtxRetain(&ctx, 0);
             for (int k = 0; k < n && k < 64; k++) pthread_create(&t[k], NULL, stress_main, ctx);
             for (int k = 0; k < n && k < 64; k++) pthread_join(t[k], NULL);
-            printf("stress %s %s %s %s -> %d ok=%s oom=%s other=%ld\n", a1, a2, a3, a4, r,
+            printf("%s %s %s %s %s -> %d ok=%s oom=%s other=%ld\n", c, a1, a2, a3, a4, r,
                    stress_ok > 0 ? "yes" : "no", stress_oom > 0 ? "yes" : "no", stress_other);
             i += 4;
+        } else if (!strcmp(c, "fork-keep")) {
+            int ready[2], hold[2];
+            if (pipe(ready) || pipe(hold)) return 2;
+            fflush(stdout);
+            pid_t pid = fork();
+            if (pid == 0) {
+                CUdevice dev;
+                CUcontext ctx;
+                CUdeviceptr p;
+                char b;
+                close(ready[0]);
+                close(hold[1]);
+                for (int k = 0; k < n_keep; k++) close(keep_fds[k]); /* the earlier children's */
+                r = d.cuInit(0);
+                if (!r) r = d.cuDeviceGet(&dev, 0);
+                if (!r) r = d.cuDevicePrimaryCtxRetain(&ctx, dev);
+                if (!r) r = d.cuCtxSetCurrent(ctx);
+                if (!r) r = d.cuMemAlloc_v2(&p, size_arg(a1));
+                printf("child alloc %s -> %d\n", a1, r);
+                fflush(stdout);
+                if (write(ready[1], "x", 1) != 1) _exit(3);
+                while (read(hold[0], &b, 1) > 0) {}
+                exit(0); /* a normal exit: the shim leaves the ledger */
+            }
+            char b;
+            close(ready[1]);
+            close(hold[0]);
+            keep_pids[n_keep] = pid;
+            keep_fds[n_keep++] = hold[1];
+            printf("fork-keep %s -> %d\n", a1, read(ready[0], &b, 1) == 1 ? 0 : -1);
+            close(ready[0]);
+            i++;
+        } else if (!strcmp(c, "reap")) {
+            int failures = 0;
+            for (int k = 0; k < n_keep; k++) {
+                int status;
+                close(keep_fds[k]);
+                waitpid(keep_pids[k], &status, 0);
+                failures += !(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+            }
+            n_keep = 0;
+            printf("reap -> %d\n", failures);
+        } else if (!strcmp(c, "watch-nvml")) {
+            void *h = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
+            int (*init)(void) = h ? (int (*)(void))dlsym(h, "nvmlInit_v2") : NULL;
+            int (*get)(unsigned, void **) = h ? (int (*)(unsigned, void **))dlsym(h, "nvmlDeviceGetHandleByIndex_v2") : NULL;
+            int (*info)(void *, unsigned long long *) = h ? (int (*)(void *, unsigned long long *))dlsym(h, "nvmlDeviceGetMemoryInfo") : NULL;
+            void *dev = NULL;
+            unsigned long long m[3], max = 0;
+            long samples = 0;
+            int e = init ? init() : -1;
+            if (!e) e = get(0, &dev);
+            double end = now_ns() + atof(a1) * 1e6;
+            while (!e && now_ns() < end) {
+                e = info(dev, m);
+                if (!e && m[2] > max) max = m[2];
+                samples++;
+            }
+            printf("watch-nvml %s -> %d max=%llu samples=%s\n", a1, e, max, samples > 100 ? "many" : "few");
+            i++;
         } else if (!strcmp(c, "wait")) {
             int ch;
             while ((ch = getchar()) != EOF && ch != '\n') {}
