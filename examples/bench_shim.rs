@@ -11,6 +11,12 @@
 //!    interleaved rounds.
 //!
 //! Build with --release: the fake GPU and the shim are then optimized as users run them.
+//!
+//! `-- --baseline PATH` adds rows for another build of the shim (e.g. one from an older
+//! commit), measured in the same run.
+
+mod support;
+use support::shim_path;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,24 +25,56 @@ use std::process::Command;
 const ROUNDS: usize = 9;
 const ITERS: u32 = 20_000;
 const SIZE: &str = "4K";
-const CONFIGS: [(&str, Option<&str>); 4] = [
-    ("no shim", None),
-    ("shim, off", Some("off")),
-    ("shim, device", Some("device")),
-    ("shim, managed", Some("managed")),
+/// (label, shim mode, use the baseline shim)
+type Config = (&'static str, Option<&'static str>, bool);
+const CONFIGS: [Config; 6] = [
+    ("no shim", None, false),
+    ("shim, off", Some("off"), false),
+    ("shim, device", Some("device"), false),
+    ("shim, managed", Some("managed"), false),
+    ("baseline shim, device", Some("device"), true),
+    ("baseline shim, managed", Some("managed"), true),
 ];
+
+struct Shims {
+    current: PathBuf,
+    baseline: Option<PathBuf>,
+}
+
+impl Shims {
+    fn configs(&self) -> impl Iterator<Item = Config> + '_ {
+        CONFIGS
+            .into_iter()
+            .filter(|c| !c.2 || self.baseline.is_some())
+    }
+}
 
 fn main() {
     let stubs = PathBuf::from(env!("CUDA_STUB_DIR"));
-    let shim = shim_path();
+    let args: Vec<String> = std::env::args().collect();
+    let baseline = args
+        .iter()
+        .position(|a| a == "--baseline")
+        .map(|i| PathBuf::from(args.get(i + 1).expect("--baseline PATH")));
+    let shims = Shims {
+        current: shim_path(),
+        baseline,
+    };
     if cfg!(debug_assertions) {
         eprintln!("warning: a debug build measures unoptimized code; use --release");
     }
-    instruction_counts(&stubs, &shim);
-    wall_clock(&stubs, &shim);
+    instruction_counts(&stubs, &shims);
+    wall_clock(&stubs, &shims);
+    let _ = std::fs::remove_dir_all(ledger_dir());
 }
 
-fn bench(stubs: &Path, shim: &Path, mode: Option<&str>, valgrind_out: Option<&Path>) -> Command {
+fn bench(stubs: &Path, shims: &Shims, config: Config, valgrind_out: Option<&Path>) -> Command {
+    let (_, mode, baseline) = config;
+    let shim = if baseline {
+        shims.baseline.as_deref().expect("baseline")
+    } else {
+        &shims.current
+    };
     let mut cmd = match valgrind_out {
         Some(out) => {
             let mut c = Command::new("valgrind");
@@ -53,20 +91,26 @@ fn bench(stubs: &Path, shim: &Path, mode: Option<&str>, valgrind_out: Option<&Pa
     if let Some(mode) = mode {
         cmd.env("LD_PRELOAD", shim)
             .env("CUVISOR_MODE", mode)
-            .env("CUVISOR_QUOTA", "32GiB");
+            .env("CUVISOR_QUOTA", "32GiB")
+            .env("CUVISOR_LEDGER_DIR", ledger_dir());
     }
     cmd
 }
 
-fn instruction_counts(stubs: &Path, shim: &Path) {
+/// The run's own ledger directory, on /dev/shm like the default one; removed at the end.
+fn ledger_dir() -> PathBuf {
+    Path::new("/dev/shm").join(format!("cuvisor-bench-{}", std::process::id()))
+}
+
+fn instruction_counts(stubs: &Path, shims: &Shims) {
     if Command::new("valgrind").arg("--version").output().is_err() {
         println!("valgrind not installed: no instruction counts\n");
         return;
     }
     let out_file =
         std::env::temp_dir().join(format!("cuvisor-bench-{}.callgrind", std::process::id()));
-    let collected = |mode: Option<&str>, what: &str, iters: u32| -> f64 {
-        let out = bench(stubs, shim, mode, Some(&out_file))
+    let collected = |config: Config, what: &str, iters: u32| -> f64 {
+        let out = bench(stubs, shims, config, Some(&out_file))
             .args(["1", &iters.to_string(), SIZE, what])
             .output()
             .expect("run valgrind");
@@ -84,16 +128,17 @@ fn instruction_counts(stubs: &Path, shim: &Path) {
             })
             .unwrap_or_else(|| panic!("no instruction count in {err}"))
     };
-    let per_op = |mode: Option<&str>, what: &str| {
-        (collected(mode, what, 2 * ITERS / 10) - collected(mode, what, ITERS / 10))
+    let per_op = |config: Config, what: &str| {
+        (collected(config, what, 2 * ITERS / 10) - collected(config, what, ITERS / 10))
             / f64::from(ITERS / 10)
     };
     println!("Instructions per operation (callgrind, 1 thread):\n");
     println!("| configuration | alloc+free pair | added | cuMemGetInfo_v2 | added |");
     println!("|---|---|---|---|---|");
-    let (base_pair, base_info) = (per_op(None, "pairs"), per_op(None, "info"));
-    for (name, mode) in CONFIGS {
-        let (pair, info) = (per_op(mode, "pairs"), per_op(mode, "info"));
+    let (base_pair, base_info) = (per_op(CONFIGS[0], "pairs"), per_op(CONFIGS[0], "info"));
+    for config in shims.configs() {
+        let name = config.0;
+        let (pair, info) = (per_op(config, "pairs"), per_op(config, "info"));
         println!(
             "| {name} | {pair:.0} | {:+.0} | {info:.0} | {:+.0} |",
             pair - base_pair,
@@ -103,7 +148,7 @@ fn instruction_counts(stubs: &Path, shim: &Path) {
     println!();
 }
 
-fn wall_clock(stubs: &Path, shim: &Path) {
+fn wall_clock(stubs: &Path, shims: &Shims) {
     println!(
         "Nanoseconds per operation: {ITERS} operations of {SIZE} per thread, median of {ROUNDS} interleaved rounds:\n"
     );
@@ -114,8 +159,9 @@ fn wall_clock(stubs: &Path, shim: &Path) {
     for threads in ["1", "2", "8"] {
         let mut samples: BTreeMap<&str, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
         for _ in 0..ROUNDS {
-            for (name, mode) in CONFIGS {
-                let out = bench(stubs, shim, mode, None)
+            for config in shims.configs() {
+                let name = config.0;
+                let out = bench(stubs, shims, config, None)
                     .args([threads, &ITERS.to_string(), SIZE, "both"])
                     .output()
                     .expect("run the bench client");
@@ -136,7 +182,7 @@ fn wall_clock(stubs: &Path, shim: &Path) {
             }
         }
         let (base_pair, base_info) = (median(&samples["no shim"].0), median(&samples["no shim"].1));
-        for (name, _) in CONFIGS {
+        for (name, _, _) in shims.configs() {
             let (pair, info) = (median(&samples[name].0), median(&samples[name].1));
             println!(
                 "| {threads} | {name} | {pair:.0} | {:+.0} | {info:.0} | {:+.0} |",
@@ -151,20 +197,4 @@ fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
-}
-
-/// libcuvisor_preload.so of this profile (cargo builds it with the workspace).
-fn shim_path() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .expect("target/<profile>");
-    [
-        profile_dir.join("libcuvisor_preload.so"),
-        profile_dir.join("deps/libcuvisor_preload.so"),
-    ]
-    .into_iter()
-    .find(|p| p.exists())
-    .expect("libcuvisor_preload.so: run `cargo build --release` first (it is a workspace member)")
 }

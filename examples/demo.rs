@@ -6,6 +6,9 @@
 //! test suite reads, and then the same programs under the cuvisor shim with a quota. Each
 //! step prints the command line, so it can be replayed by hand.
 
+mod support;
+use support::shim_path;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -47,9 +50,12 @@ fn main() {
         "count info props alloc 7GiB alloc 2GiB entry cuMemAlloc",
     );
     let shim = shim_path();
+    // The model's ledger lives in a directory of the demo's own, removed at the end.
+    let ledgers = std::env::temp_dir().join(format!("cuvisor-demo-ledgers-{}", std::process::id()));
     let shim_env = [
         ("LD_PRELOAD", shim.as_path()),
         ("CUVISOR_QUOTA", Path::new("2GiB")),
+        ("CUVISOR_LEDGER_DIR", ledgers.as_path()),
     ];
     step(
         &stubs,
@@ -66,22 +72,7 @@ fn main() {
         &shim_env,
         "info props alloc 2GiB alloc 1",
     );
-}
-
-/// libcuvisor_preload.so as cargo built it for this example.
-fn shim_path() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    [
-        profile_dir.join("libcuvisor_preload.so"),
-        profile_dir.join("deps/libcuvisor_preload.so"),
-    ]
-    .into_iter()
-    .find(|p| p.exists())
-    .expect("libcuvisor_preload.so is built with the workspace: run `cargo build` first")
+    let _ = std::fs::remove_dir_all(&ledgers);
 }
 
 fn step(stubs: &Path, what: &str, program: &str, env: &[(&str, &Path)], script: &str) {

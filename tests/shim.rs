@@ -532,7 +532,8 @@ fn another_preload_wrapping_cuda_malloc_chains_with_the_shim_in_either_order() {
             "LD_PRELOAD",
             format!("{}:{}", order[0].display(), order[1].display()),
         )
-        .env("CUVISOR_QUOTA", "8MiB");
+        .env("CUVISOR_QUOTA", "8MiB")
+        .env("CUVISOR_LEDGER_DIR", ledger_dir());
         let out = run(cmd.args(["alloc", "4M", "alloc", "5M", "info"]));
         assert!(out.status.success(), "{order:?}: {}", stderr(&out));
         assert_eq!(

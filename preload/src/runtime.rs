@@ -118,12 +118,14 @@ impl Runtime {
     /// Charges `bytes` to the model, or refuses with the one log line the user sees.
     pub fn reserve(&self, bytes: u64, what: &str) -> Result<(), NotCharged> {
         let account = self.account().ok_or(NotCharged::NoLedger)?;
-        if self
-            .quota_bytes(account, || {
-                driver::current_device().and_then(driver::physical_memory)
-            })
-            .is_none()
+        // A quota in bytes is known at once; only a percentage waits for the device.
+        if account.ledger().quota_bytes().is_none()
             && account.ledger().quota().is_some()
+            && self
+                .quota_bytes(account, || {
+                    driver::current_device().and_then(driver::physical_memory)
+                })
+                .is_none()
         {
             log::error!(
                 "model {}: {what} refused: the quota is a percentage of the device's memory, and the driver \

@@ -70,17 +70,9 @@ pub fn on_fake_gpu(program: impl AsRef<Path>) -> Command {
     cmd
 }
 
-/// libcuvisor_preload.so as `cargo test` built it.
-pub fn shim_path() -> PathBuf {
-    let target = target_dir();
-    [
-        target.join("deps/libcuvisor_preload.so"),
-        target.join("libcuvisor_preload.so"),
-    ]
-    .into_iter()
-    .find(|p| p.exists())
-    .expect("libcuvisor_preload.so is built by `cargo test` (dev-dependency on cuvisor-preload)")
-}
+#[path = "../../examples/support/mod.rs"]
+mod support;
+pub use support::shim_path;
 
 /// A fresh ledger directory under target/ (so that tests never share a model's ledger
 /// by accident, and nothing is left in /dev/shm).

@@ -1,0 +1,24 @@
+//! Shared by the examples and the integration tests (not an example itself: cargo only
+//! discovers `examples/*.rs` and `examples/*/main.rs`).
+
+use std::path::{Path, PathBuf};
+
+/// libcuvisor_preload.so as cargo built it for the running program (an example in
+/// `target/<profile>/examples/` or a test in `target/<profile>/deps/`). `deps/` first:
+/// cargo rebuilds it there with every build of the package's tests and examples, while
+/// `target/<profile>/` has a copy only after a `cargo build` of the workspace, possibly
+/// an old one.
+pub fn shim_path() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    [
+        profile_dir.join("deps/libcuvisor_preload.so"),
+        profile_dir.join("libcuvisor_preload.so"),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+    .expect("libcuvisor_preload.so is built with the package's tests and examples (dev-dependency)")
+}
