@@ -767,10 +767,7 @@ impl LedgerFile {
                 let inflight = s.inflight.swap(0, Ordering::AcqRel);
                 saturating_sub(&h.used, used);
                 h.uncertain.fetch_add(inflight, Ordering::AcqRel);
-                s.pid.store(0, Ordering::Relaxed);
-                s.start_time.store(0, Ordering::Relaxed);
-                s.peak.store(0, Ordering::Relaxed);
-                s.state.store(FREE, Ordering::Release);
+                free_slot(s);
                 found.slots += u32::from(state != CLAIMING);
                 found.bytes += used;
                 found.uncertain += inflight;
@@ -862,6 +859,14 @@ impl LedgerFile {
         // the handle instead of dropping it.
         unsafe { libc::close(self.file.as_raw_fd()) };
     }
+}
+
+/// Clears a slot whose charges were settled, and makes it free (last, with Release).
+fn free_slot(s: &Slot) {
+    s.pid.store(0, Ordering::Relaxed);
+    s.start_time.store(0, Ordering::Relaxed);
+    s.peak.store(0, Ordering::Relaxed);
+    s.state.store(FREE, Ordering::Release);
 }
 
 fn monotonic_ns() -> u64 {
@@ -994,10 +999,7 @@ impl Attachment<'_> {
         let s = self.file.slot(self.index);
         let used = s.used.swap(0, Ordering::AcqRel);
         saturating_sub(&h.used, used);
-        s.pid.store(0, Ordering::Relaxed);
-        s.start_time.store(0, Ordering::Relaxed);
-        s.peak.store(0, Ordering::Relaxed);
-        s.state.store(FREE, Ordering::Release);
+        free_slot(s);
         self.file.unlock(self.index);
         self.file
             .own

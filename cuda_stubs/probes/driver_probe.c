@@ -168,6 +168,17 @@ static const char *where(void *fn) {
     return buf;
 }
 
+/* cuInit, then the primary context of device 0 made current: what "init" means here. */
+static CUresult init_primary(void) {
+    CUdevice dev;
+    CUcontext ctx;
+    CUresult r = d.cuInit(0);
+    if (!r) r = d.cuDeviceGet(&dev, 0);
+    if (!r) r = d.cuDevicePrimaryCtxRetain(&ctx, dev);
+    if (!r) r = d.cuCtxSetCurrent(ctx);
+    return r;
+}
+
 static pid_t keep_pids[64];
 static int keep_fds[64], n_keep;
 
@@ -250,13 +261,7 @@ int main(int argc, char **argv) {
         if (!strcmp(c, "init-only")) {
             printf("init-only -> %d\n", d.cuInit(0));
         } else if (!strcmp(c, "init")) {
-            CUdevice dev;
-            CUcontext ctx;
-            r = d.cuInit(0);
-            if (!r) r = d.cuDeviceGet(&dev, 0);
-            if (!r) r = d.cuDevicePrimaryCtxRetain(&ctx, dev);
-            if (!r) r = d.cuCtxSetCurrent(ctx);
-            printf("init -> %d\n", r);
+            printf("init -> %d\n", init_primary());
         } else if (!strcmp(c, "alloc") || !strcmp(c, "managed") || !strcmp(c, "async") ||
                    !strcmp(c, "legacy-alloc")) {
             CUdeviceptr p = 0;
@@ -467,16 +472,8 @@ int main(int argc, char **argv) {
             fflush(stdout);
             pid_t pid = fork();
             if (pid == 0) {
-                CUdevice dev;
-                CUcontext ctx;
                 CUdeviceptr p;
-                if (strcmp(a1, "alloc") != 0) {
-                    r = d.cuInit(0);
-                    if (!r) r = d.cuDeviceGet(&dev, 0);
-                    if (!r) r = d.cuDevicePrimaryCtxRetain(&ctx, dev);
-                    if (!r) r = d.cuCtxSetCurrent(ctx);
-                    printf("child init -> %d\n", r);
-                }
+                if (strcmp(a1, "alloc") != 0) printf("child init -> %d\n", init_primary());
                 printf("child alloc 1M -> %d\n", d.cuMemAlloc_v2(&p, 1 << 20));
                 fflush(stdout);
                 _exit(0);
@@ -523,17 +520,12 @@ int main(int argc, char **argv) {
             fflush(stdout);
             pid_t pid = fork();
             if (pid == 0) {
-                CUdevice dev;
-                CUcontext ctx;
                 CUdeviceptr p;
                 char b;
                 close(ready[0]);
                 close(hold[1]);
                 for (int k = 0; k < n_keep; k++) close(keep_fds[k]); /* the earlier children's */
-                r = d.cuInit(0);
-                if (!r) r = d.cuDeviceGet(&dev, 0);
-                if (!r) r = d.cuDevicePrimaryCtxRetain(&ctx, dev);
-                if (!r) r = d.cuCtxSetCurrent(ctx);
+                r = init_primary();
                 if (!r) r = d.cuMemAlloc_v2(&p, size_arg(a1));
                 printf("child alloc %s -> %d\n", a1, r);
                 fflush(stdout);
