@@ -17,6 +17,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Check a configuration file without starting anything.
+    Check {
+        /// The configuration file (TOML).
+        config: PathBuf,
+    },
     /// List the models of a ledger directory, or manage their ledgers.
     Ledger(LedgerArgs),
 }
@@ -68,7 +73,29 @@ fn parse_quota_arg(s: &str) -> Result<QuotaSpec, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Check { config } => check(&config),
         Command::Ledger(args) => ledger_command(args),
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match cuvisor::config::Config::load(path) {
+        Ok(c) => {
+            let names: Vec<&str> = c.models.iter().map(|m| m.name.as_str()).collect();
+            println!(
+                "{}: ok ({} model(s): {})",
+                path.display(),
+                names.len(),
+                names.join(", ")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in errors {
+                eprintln!("{e}");
+            }
+            ExitCode::FAILURE
+        }
     }
 }
 

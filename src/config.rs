@@ -1,0 +1,723 @@
+//! The supervisor's configuration: one TOML file declaring the models to run.
+//!
+//! Everything is checked at load, before anything starts: unknown keys, wrong types and
+//! invalid values are errors that name the file and the line. `docs/OPERATIONS.md`
+//! documents every key with an annotated example.
+
+use crate::ledger::{self, valid_model_name};
+use crate::size::{QuotaSpec, parse_quota, parse_size};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+/// A configuration error: the file, the line (1-based; 0 when not tied to one), what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: PathBuf,
+    pub line: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line > 0 {
+            write!(f, "{}:{}: {}", self.path.display(), self.line, self.message)
+        } else {
+            write!(f, "{}: {}", self.path.display(), self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShimMode {
+    Managed,
+    Device,
+    Off,
+}
+
+impl ShimMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShimMode::Managed => "managed",
+            ShimMode::Device => "device",
+            ShimMode::Off => "off",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPolicy {
+    Always,
+    OnFailure,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Isolation {
+    pub pid: bool,
+    pub mount: bool,
+    pub ipc: bool,
+    pub uts: bool,
+    pub network: bool,
+}
+
+impl Default for Isolation {
+    fn default() -> Self {
+        Isolation {
+            pid: true,
+            mount: true,
+            ipc: true,
+            uts: true,
+            network: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    pub name: String,
+    pub command: String,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<PathBuf>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub gpu_quota: Option<QuotaSpec>,
+    pub mode: ShimMode,
+    pub memory_limit: Option<u64>,
+    /// CPU cores (fractions allowed).
+    pub cpu_limit: Option<f64>,
+    pub pids_limit: Option<u64>,
+    pub instances: u32,
+    pub restart: RestartPolicy,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub isolation: Isolation,
+    pub bind_ro: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Logs {
+    /// Lines prefixed `[model/instance]` on the supervisor's stderr.
+    Stderr,
+    /// One file per model instance in this directory.
+    Dir(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SupervisorConfig {
+    pub socket: PathBuf,
+    pub listen: Option<SocketAddr>,
+    pub ledger_dir: PathBuf,
+    pub shim: Option<PathBuf>,
+    pub grace_period: Duration,
+    pub logs: Logs,
+    pub allow_unlimited: bool,
+    pub cgroup_name: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub path: PathBuf,
+    pub supervisor: SupervisorConfig,
+    pub models: Vec<ModelConfig>,
+}
+
+// ---- the file as written ----------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    supervisor: Option<Spanned<RawSupervisor>>,
+    #[serde(default)]
+    model: Vec<Spanned<RawModel>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSupervisor {
+    socket: Option<Spanned<String>>,
+    listen: Option<Spanned<String>>,
+    ledger_dir: Option<Spanned<String>>,
+    shim: Option<Spanned<String>>,
+    grace_period: Option<Spanned<String>>,
+    logs: Option<Spanned<String>>,
+    allow_unlimited: Option<bool>,
+    cgroup_name: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    name: Option<Spanned<String>>,
+    command: Option<Spanned<String>>,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, Spanned<String>>,
+    cwd: Option<Spanned<String>>,
+    user: Option<Spanned<String>>,
+    group: Option<Spanned<String>>,
+    gpu_quota: Option<Spanned<String>>,
+    mode: Option<Spanned<String>>,
+    memory_limit: Option<Spanned<String>>,
+    cpu_limit: Option<Spanned<f64>>,
+    pids_limit: Option<Spanned<i64>>,
+    instances: Option<Spanned<i64>>,
+    restart: Option<Spanned<String>>,
+    backoff_initial: Option<Spanned<String>>,
+    backoff_max: Option<Spanned<String>>,
+    isolation: Option<Spanned<RawIsolation>>,
+    #[serde(default)]
+    bind_ro: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIsolation {
+    pid: Option<bool>,
+    mount: Option<bool>,
+    ipc: Option<bool>,
+    uts: Option<bool>,
+    network: Option<bool>,
+}
+
+/// Parses `500ms`, `10s`, `2m`, `1h`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => n.checked_mul(60).map(Duration::from_secs),
+        "h" => n.checked_mul(3600).map(Duration::from_secs),
+        _ => None,
+    }
+}
+
+const DURATION_FORMS: &str = "expected a duration such as 500ms, 10s, 2m or 1h";
+
+struct Checker<'a> {
+    path: &'a Path,
+    text: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Checker<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1
+    }
+
+    fn error<T>(&mut self, spanned: &Spanned<T>, message: impl Into<String>) {
+        let line = self.line_of(spanned.span().start);
+        self.errors.push(ConfigError {
+            path: self.path.to_owned(),
+            line,
+            message: message.into(),
+        });
+    }
+
+    fn error_at(&mut self, line: usize, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            path: self.path.to_owned(),
+            line,
+            message: message.into(),
+        });
+    }
+
+    fn absolute(&mut self, key: &str, v: &Spanned<String>) -> Option<PathBuf> {
+        if v.get_ref().starts_with('/') {
+            Some(PathBuf::from(v.get_ref()))
+        } else {
+            self.error(
+                v,
+                format!("{key} = \"{}\": expected an absolute path", v.get_ref()),
+            );
+            None
+        }
+    }
+
+    fn duration(&mut self, key: &str, v: &Option<Spanned<String>>, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(s) => parse_duration(s.get_ref()).unwrap_or_else(|| {
+                self.error(s, format!("{key} = \"{}\": {DURATION_FORMS}", s.get_ref()));
+                default
+            }),
+        }
+    }
+}
+
+/// Looks a user up by name or number.
+fn lookup_user(name: &str) -> Option<(u32, u32)> {
+    if let Ok(uid) = name.parse::<u32>() {
+        return Some((uid, uid));
+    }
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: getpwnam with a valid C string; the result is copied at once.
+    let pw = unsafe { libc::getpwnam(c.as_ptr()) };
+    if pw.is_null() {
+        None
+    } else {
+        // SAFETY: non-null passwd entry.
+        Some(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
+    }
+}
+
+fn lookup_group(name: &str) -> Option<u32> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Some(gid);
+    }
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: getgrnam with a valid C string; the result is copied at once.
+    let gr = unsafe { libc::getgrnam(c.as_ptr()) };
+    if gr.is_null() {
+        None
+    } else {
+        Some(unsafe { (*gr).gr_gid })
+    }
+}
+
+impl Config {
+    /// Reads and checks a configuration file; every error found, not just the first.
+    pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            vec![ConfigError {
+                path: path.to_owned(),
+                line: 0,
+                message: format!("cannot read: {e}"),
+            }]
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Checks a configuration given as text (`path` is for messages).
+    pub fn parse(path: &Path, text: &str) -> Result<Config, Vec<ConfigError>> {
+        let mut c = Checker {
+            path,
+            text,
+            errors: Vec::new(),
+        };
+        let raw: RawConfig = match toml::from_str(text) {
+            Ok(r) => r,
+            Err(e) => {
+                let line = e.span().map_or(0, |s| c.line_of(s.start));
+                return Err(vec![ConfigError {
+                    path: path.to_owned(),
+                    line,
+                    message: e.message().trim().to_owned(),
+                }]);
+            }
+        };
+        let supervisor = check_supervisor(
+            &mut c,
+            raw.supervisor.map(Spanned::into_inner).unwrap_or_default(),
+        );
+        if raw.model.is_empty() {
+            c.error_at(0, "no [[model]]: declare at least one model to run");
+        }
+        let mut models: Vec<ModelConfig> = Vec::new();
+        for spanned in &raw.model {
+            let line = c.line_of(spanned.span().start);
+            if let Some(m) = check_model(&mut c, spanned.get_ref(), line) {
+                if models.iter().any(|o| o.name == m.name) {
+                    c.error_at(line, format!("model \"{}\" is declared twice", m.name));
+                }
+                models.push(m);
+            }
+        }
+        if c.errors.is_empty() {
+            Ok(Config {
+                path: path.to_owned(),
+                supervisor,
+                models,
+            })
+        } else {
+            Err(c.errors)
+        }
+    }
+
+    pub fn model(&self, name: &str) -> Option<&ModelConfig> {
+        self.models.iter().find(|m| m.name == name)
+    }
+}
+
+fn check_supervisor(c: &mut Checker, s: RawSupervisor) -> SupervisorConfig {
+    let socket = s
+        .socket
+        .as_ref()
+        .and_then(|v| c.absolute("socket", v))
+        .unwrap_or_else(|| PathBuf::from("/run/cuvisor/control.sock"));
+    let listen = s.listen.as_ref().and_then(|v| match v.get_ref().parse::<SocketAddr>() {
+        Ok(a) if a.ip().is_loopback() => Some(a),
+        Ok(_) => {
+            c.error(v, format!("listen = \"{}\": the control API listens on loopback only (127.0.0.1:PORT or [::1]:PORT)", v.get_ref()));
+            None
+        }
+        Err(_) => {
+            c.error(v, format!("listen = \"{}\": expected an address such as 127.0.0.1:9400", v.get_ref()));
+            None
+        }
+    });
+    let ledger_dir = s
+        .ledger_dir
+        .as_ref()
+        .and_then(|v| c.absolute("ledger_dir", v))
+        .unwrap_or_else(|| PathBuf::from(ledger::DEFAULT_DIR));
+    let shim = s.shim.as_ref().and_then(|v| {
+        let p = c.absolute("shim", v)?;
+        if p.is_file() {
+            Some(p)
+        } else {
+            c.error(v, format!("shim = \"{}\": no such file", p.display()));
+            None
+        }
+    });
+    let grace_period = c.duration("grace_period", &s.grace_period, Duration::from_secs(10));
+    let logs = match &s.logs {
+        None => Logs::Stderr,
+        Some(v) if v.get_ref() == "stderr" => Logs::Stderr,
+        Some(v) => c.absolute("logs", v).map_or(Logs::Stderr, Logs::Dir),
+    };
+    let cgroup_name = match &s.cgroup_name {
+        None => "cuvisor".to_owned(),
+        Some(v) if valid_model_name(v.get_ref()) => v.get_ref().clone(),
+        Some(v) => {
+            c.error(
+                v,
+                format!(
+                    "cgroup_name = \"{}\": expected letters, digits, '.', '_' or '-'",
+                    v.get_ref()
+                ),
+            );
+            "cuvisor".to_owned()
+        }
+    };
+    SupervisorConfig {
+        socket,
+        listen,
+        ledger_dir,
+        shim,
+        grace_period,
+        logs,
+        allow_unlimited: s.allow_unlimited.unwrap_or(false),
+        cgroup_name,
+    }
+}
+
+/// Variables the supervisor sets for every worker; a model cannot set them itself.
+const RESERVED_ENV: &[&str] = &[
+    "CUVISOR_MODEL",
+    "CUVISOR_QUOTA",
+    "CUVISOR_MODE",
+    "CUVISOR_LEDGER_DIR",
+];
+
+fn check_model(c: &mut Checker, m: &RawModel, line: usize) -> Option<ModelConfig> {
+    let errors_before = c.errors.len();
+    let name = match &m.name {
+        None => {
+            c.error_at(line, "a [[model]] needs a name");
+            String::new()
+        }
+        Some(n) if valid_model_name(n.get_ref()) => n.get_ref().clone(),
+        Some(n) => {
+            c.error(n, format!("name = \"{}\": expected 1 to 64 letters, digits, '.', '_' or '-', not starting with '.'", n.get_ref()));
+            String::new()
+        }
+    };
+    let command = match &m.command {
+        Some(cmd) if !cmd.get_ref().trim().is_empty() => cmd.get_ref().clone(),
+        Some(cmd) => {
+            c.error(cmd, "command is empty");
+            String::new()
+        }
+        None => {
+            c.error_at(line, format!("model \"{name}\" needs a command"));
+            String::new()
+        }
+    };
+    let mut env = BTreeMap::new();
+    for (k, v) in &m.env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') || v.get_ref().contains('\0') {
+            c.error(v, format!("env {k:?}: not a valid environment variable"));
+        } else if RESERVED_ENV.contains(&k.as_str()) {
+            c.error(
+                v,
+                format!(
+                    "env {k}: set by cuvisor from this model's settings (name, gpu_quota, mode)"
+                ),
+            );
+        } else {
+            env.insert(k.clone(), v.get_ref().clone());
+        }
+    }
+    let cwd = m.cwd.as_ref().and_then(|v| c.absolute("cwd", v));
+    let (mut uid, mut gid) = (None, None);
+    if let Some(u) = &m.user {
+        match lookup_user(u.get_ref()) {
+            Some((id, primary)) => {
+                uid = Some(id);
+                gid = Some(primary);
+            }
+            None => c.error(u, format!("user = \"{}\": no such user", u.get_ref())),
+        }
+    }
+    if let Some(g) = &m.group {
+        match lookup_group(g.get_ref()) {
+            Some(id) => gid = Some(id),
+            None => c.error(g, format!("group = \"{}\": no such group", g.get_ref())),
+        }
+    }
+    let gpu_quota = m
+        .gpu_quota
+        .as_ref()
+        .and_then(|q| match parse_quota(q.get_ref()) {
+            Ok(QuotaSpec::Bytes(0)) => {
+                c.error(q, "gpu_quota = \"0\": a quota must be greater than 0");
+                None
+            }
+            Ok(spec) => Some(spec),
+            Err(e) => {
+                c.error(q, format!("gpu_quota: {e}"));
+                None
+            }
+        });
+    let mode = match m.mode.as_ref().map(|v| (v, v.get_ref().as_str())) {
+        None | Some((_, "managed")) => ShimMode::Managed,
+        Some((_, "device")) => ShimMode::Device,
+        Some((_, "off")) => ShimMode::Off,
+        Some((v, other)) => {
+            c.error(
+                v,
+                format!("mode = \"{other}\": expected managed, device or off"),
+            );
+            ShimMode::Managed
+        }
+    };
+    let memory_limit = m
+        .memory_limit
+        .as_ref()
+        .and_then(|v| match parse_size(v.get_ref()) {
+            Ok(0) | Err(_) => {
+                c.error(
+                    v,
+                    format!(
+                        "memory_limit = \"{}\": expected a size greater than 0, e.g. 32GiB",
+                        v.get_ref()
+                    ),
+                );
+                None
+            }
+            Ok(b) => Some(b),
+        });
+    let cpu_limit = m.cpu_limit.as_ref().and_then(|v| {
+        let cores = *v.get_ref();
+        if cores.is_finite() && cores >= 0.01 && cores <= 4096.0 {
+            Some(cores)
+        } else {
+            c.error(v, format!("cpu_limit = {cores}: expected a number of CPU cores from 0.01 to 4096, e.g. 2.5"));
+            None
+        }
+    });
+    let pids_limit = m.pids_limit.as_ref().and_then(|v| {
+        if *v.get_ref() >= 1 {
+            Some(*v.get_ref() as u64)
+        } else {
+            c.error(
+                v,
+                format!("pids_limit = {}: expected at least 1", v.get_ref()),
+            );
+            None
+        }
+    });
+    let instances = match &m.instances {
+        None => 1,
+        Some(v) if (1..=64).contains(v.get_ref()) => *v.get_ref() as u32,
+        Some(v) => {
+            c.error(v, format!("instances = {}: expected 1 to 64", v.get_ref()));
+            1
+        }
+    };
+    let restart = match m.restart.as_ref().map(|v| (v, v.get_ref().as_str())) {
+        None | Some((_, "on-failure")) => RestartPolicy::OnFailure,
+        Some((_, "always")) => RestartPolicy::Always,
+        Some((_, "never")) => RestartPolicy::Never,
+        Some((v, other)) => {
+            c.error(
+                v,
+                format!("restart = \"{other}\": expected always, on-failure or never"),
+            );
+            RestartPolicy::OnFailure
+        }
+    };
+    let backoff_initial = c.duration(
+        "backoff_initial",
+        &m.backoff_initial,
+        Duration::from_secs(1),
+    );
+    let backoff_max = c.duration("backoff_max", &m.backoff_max, Duration::from_secs(60));
+    if backoff_initial.is_zero() || backoff_initial > backoff_max {
+        let at = m.backoff_initial.as_ref().or(m.backoff_max.as_ref());
+        let msg = "backoff_initial must be greater than 0 and at most backoff_max";
+        match at {
+            Some(v) => c.error(v, msg),
+            None => c.error_at(line, msg),
+        }
+    }
+    let isolation = m.isolation.as_ref().map_or_else(Isolation::default, |i| {
+        let r = i.get_ref();
+        let d = Isolation::default();
+        Isolation {
+            pid: r.pid.unwrap_or(d.pid),
+            mount: r.mount.unwrap_or(d.mount),
+            ipc: r.ipc.unwrap_or(d.ipc),
+            uts: r.uts.unwrap_or(d.uts),
+            network: r.network.unwrap_or(d.network),
+        }
+    });
+    let mut bind_ro = Vec::new();
+    for b in &m.bind_ro {
+        if let Some(p) = c.absolute("bind_ro", b) {
+            if !p.exists() {
+                c.error(
+                    b,
+                    format!("bind_ro \"{}\": no such file or directory", p.display()),
+                );
+            } else if !isolation.mount {
+                c.error(b, "bind_ro needs isolation.mount = true");
+            } else {
+                bind_ro.push(p);
+            }
+        }
+    }
+    (c.errors.len() == errors_before).then_some(ModelConfig {
+        name,
+        command,
+        args: m.args.clone(),
+        env,
+        cwd,
+        uid,
+        gid,
+        gpu_quota,
+        mode,
+        memory_limit,
+        cpu_limit,
+        pids_limit,
+        instances,
+        restart,
+        backoff_initial,
+        backoff_max,
+        isolation,
+        bind_ro,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, Vec<String>> {
+        Config::parse(Path::new("cuvisor.toml"), text)
+            .map_err(|e| e.iter().map(|e| e.to_string()).collect())
+    }
+
+    #[test]
+    fn a_minimal_model_gets_the_defaults() {
+        let c = parse("[[model]]\nname = \"m\"\ncommand = \"/bin/true\"\n").unwrap();
+        let m = &c.models[0];
+        assert_eq!(
+            (m.instances, m.restart, m.mode),
+            (1, RestartPolicy::OnFailure, ShimMode::Managed)
+        );
+        assert_eq!(
+            m.isolation,
+            Isolation {
+                pid: true,
+                mount: true,
+                ipc: true,
+                uts: true,
+                network: false
+            }
+        );
+        assert_eq!(
+            (m.backoff_initial, m.backoff_max),
+            (Duration::from_secs(1), Duration::from_secs(60))
+        );
+        assert_eq!(
+            c.supervisor.socket,
+            PathBuf::from("/run/cuvisor/control.sock")
+        );
+        assert_eq!(c.supervisor.grace_period, Duration::from_secs(10));
+        assert!(!c.supervisor.allow_unlimited);
+    }
+
+    #[test]
+    fn every_key() {
+        let c = parse(
+            r#"
+[supervisor]
+socket = "/tmp/c.sock"
+listen = "127.0.0.1:9400"
+ledger_dir = "/tmp/ledgers"
+grace_period = "3s"
+logs = "/tmp/logs"
+allow_unlimited = true
+cgroup_name = "cv"
+
+[[model]]
+name = "llama"
+command = "python3"
+args = ["serve.py", "--port", "8000"]
+env = { HF_HOME = "/tmp" }
+cwd = "/tmp"
+user = "0"
+group = "0"
+gpu_quota = "20GiB"
+mode = "device"
+memory_limit = "32GiB"
+cpu_limit = 2.5
+pids_limit = 512
+instances = 2
+restart = "always"
+backoff_initial = "500ms"
+backoff_max = "30s"
+isolation = { pid = true, mount = true, ipc = false, uts = true, network = true }
+bind_ro = ["/tmp"]
+"#,
+        )
+        .unwrap();
+        let m = &c.models[0];
+        assert_eq!(m.args, ["serve.py", "--port", "8000"]);
+        assert_eq!(m.gpu_quota, Some(QuotaSpec::Bytes(20 << 30)));
+        assert_eq!((m.uid, m.gid), (Some(0), Some(0)));
+        assert_eq!(
+            (m.cpu_limit, m.pids_limit, m.instances),
+            (Some(2.5), Some(512), 2)
+        );
+        assert_eq!(m.backoff_initial, Duration::from_millis(500));
+        assert!(m.isolation.network && !m.isolation.ipc);
+        assert_eq!(c.supervisor.logs, Logs::Dir(PathBuf::from("/tmp/logs")));
+        assert_eq!(c.supervisor.listen, Some("127.0.0.1:9400".parse().unwrap()));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        for bad in ["", "5", "s", "1.5s", "-1s", "10 s"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+    }
+}

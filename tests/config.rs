@@ -1,0 +1,201 @@
+//! `cuvisor check`: every invalid configuration form is rejected, before anything starts,
+//! with the file, the line and a message that says what is accepted.
+
+mod common;
+use common::*;
+use std::process::Command;
+
+fn check(text: &str) -> (i32, String, String) {
+    let dir = TempDir::new("config");
+    let path = dir.path("cuvisor.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = run(Command::new(env!("CARGO_BIN_EXE_cuvisor"))
+        .arg("check")
+        .arg(&path));
+    let err = stderr(&out).replace(&format!("{}:", path.display()), "FILE:");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        err,
+    )
+}
+
+const MODEL: &str = "[[model]]\nname = \"m\"\ncommand = \"/bin/true\"\n";
+
+#[test]
+fn a_valid_configuration_passes() {
+    let (code, out, err) = check(&format!(
+        "[supervisor]\ngrace_period = \"2s\"\n\n{MODEL}\n[[model]]\nname = \"n\"\ncommand = \"x\"\n"
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.ends_with("ok (2 model(s): m, n)\n"), "{out}");
+}
+
+#[test]
+fn every_invalid_form_is_rejected_with_its_line() {
+    // (text, the error: "FILE:LINE: message" prefix)
+    let cases: &[(&str, &str)] = &[
+        (
+            "[[model]]\nname = \"m\"\ncommand = \"/bin/true\"\ncolour = \"red\"\n",
+            "FILE:4: unknown field `colour`",
+        ),
+        (
+            "[[model]]\nname = \"m\"\ncommand = 7\n",
+            "FILE:3: invalid type: integer `7`, expected a string",
+        ),
+        (
+            "[[model]]\nname = \"m\"\ncommand = \"/bin/true\"\nargs = \"x\"\n",
+            "FILE:4: invalid type: string \"x\", expected a sequence",
+        ),
+        ("[[model]\n", "FILE:1: "),
+        (
+            "[[model]]\nname = \"a b\"\ncommand = \"/bin/true\"\n",
+            "FILE:2: name = \"a b\": expected 1 to 64 letters",
+        ),
+        (
+            "[[model]]\ncommand = \"/bin/true\"\n",
+            "FILE:1: a [[model]] needs a name",
+        ),
+        (
+            "[[model]]\nname = \"m\"\n",
+            "FILE:1: model \"m\" needs a command",
+        ),
+        (
+            "[[model]]\nname = \"m\"\ncommand = \"  \"\n",
+            "FILE:3: command is empty",
+        ),
+        (
+            &format!("{MODEL}gpu_quota = \"lots\"\n"),
+            "FILE:4: gpu_quota: \"lots\" is not a size",
+        ),
+        (
+            &format!("{MODEL}gpu_quota = \"0\"\n"),
+            "FILE:4: gpu_quota = \"0\": a quota must be greater than 0",
+        ),
+        (
+            &format!("{MODEL}mode = \"fast\"\n"),
+            "FILE:4: mode = \"fast\": expected managed, device or off",
+        ),
+        (
+            &format!("{MODEL}memory_limit = \"1.5G\"\n"),
+            "FILE:4: memory_limit = \"1.5G\": expected a size greater than 0",
+        ),
+        (
+            &format!("{MODEL}cpu_limit = 0.0\n"),
+            "FILE:4: cpu_limit = 0: expected a number of CPU cores",
+        ),
+        (
+            &format!("{MODEL}pids_limit = 0\n"),
+            "FILE:4: pids_limit = 0: expected at least 1",
+        ),
+        (
+            &format!("{MODEL}instances = 65\n"),
+            "FILE:4: instances = 65: expected 1 to 64",
+        ),
+        (
+            &format!("{MODEL}restart = \"sometimes\"\n"),
+            "FILE:4: restart = \"sometimes\": expected always, on-failure or never",
+        ),
+        (
+            &format!("{MODEL}backoff_initial = \"1 s\"\n"),
+            "FILE:4: backoff_initial = \"1 s\": expected a duration",
+        ),
+        (
+            &format!("{MODEL}backoff_initial = \"2m\"\nbackoff_max = \"1m\"\n"),
+            "FILE:4: backoff_initial must be greater than 0 and at most backoff_max",
+        ),
+        (
+            &format!("{MODEL}cwd = \"relative\"\n"),
+            "FILE:4: cwd = \"relative\": expected an absolute path",
+        ),
+        (
+            &format!("{MODEL}user = \"no-such-user-here\"\n"),
+            "FILE:4: user = \"no-such-user-here\": no such user",
+        ),
+        (
+            &format!("{MODEL}group = \"no-such-group-here\"\n"),
+            "FILE:4: group = \"no-such-group-here\": no such group",
+        ),
+        (
+            &format!("{MODEL}env = {{ CUVISOR_QUOTA = \"1G\" }}\n"),
+            "FILE:4: env CUVISOR_QUOTA: set by cuvisor",
+        ),
+        (
+            &format!("{MODEL}bind_ro = [\"/no/such/path\"]\n"),
+            "FILE:4: bind_ro \"/no/such/path\": no such file or directory",
+        ),
+        (
+            &format!("{MODEL}isolation = {{ mount = false }}\nbind_ro = [\"/tmp\"]\n"),
+            "FILE:5: bind_ro needs isolation.mount = true",
+        ),
+        (
+            &format!("{MODEL}isolation = {{ pdi = true }}\n"),
+            "FILE:4: unknown field `pdi`",
+        ),
+        (
+            &format!("{MODEL}\n[[model]]\nname = \"m\"\ncommand = \"x\"\n"),
+            "FILE:5: model \"m\" is declared twice",
+        ),
+        (
+            &format!("[supervisor]\nsocket = \"run/c.sock\"\n{MODEL}"),
+            "FILE:2: socket = \"run/c.sock\": expected an absolute path",
+        ),
+        (
+            &format!("[supervisor]\nlisten = \"0.0.0.0:9400\"\n{MODEL}"),
+            "FILE:2: listen = \"0.0.0.0:9400\": the control API listens on loopback only",
+        ),
+        (
+            &format!("[supervisor]\nlisten = \"localhost\"\n{MODEL}"),
+            "FILE:2: listen = \"localhost\": expected an address",
+        ),
+        (
+            &format!("[supervisor]\nshim = \"/no/such.so\"\n{MODEL}"),
+            "FILE:2: shim = \"/no/such.so\": no such file",
+        ),
+        (
+            &format!("[supervisor]\ngrace_period = \"forever\"\n{MODEL}"),
+            "FILE:2: grace_period = \"forever\": expected a duration",
+        ),
+        (
+            &format!("[supervisor]\nlogs = \"logs\"\n{MODEL}"),
+            "FILE:2: logs = \"logs\": expected an absolute path",
+        ),
+        (
+            &format!("[supervisor]\nhttp = true\n{MODEL}"),
+            "FILE:2: unknown field `http`",
+        ),
+        (
+            "[supervisor]\n",
+            "FILE: no [[model]]: declare at least one model to run",
+        ),
+    ];
+    for (text, expected) in cases {
+        let (code, _, err) = check(text);
+        assert_eq!(code, 1, "{text}: must fail");
+        assert!(
+            err.lines().any(|l| l.starts_with(expected)),
+            "{text}\nexpected {expected:?}\ngot {err}"
+        );
+    }
+}
+
+#[test]
+fn all_errors_are_reported_at_once() {
+    let (code, _, err) = check(&format!(
+        "{MODEL}mode = \"x\"\nrestart = \"y\"\ninstances = 0\n"
+    ));
+    assert_eq!(code, 1);
+    assert_eq!(err.lines().count(), 3, "{err}");
+}
+
+#[test]
+fn a_missing_file_is_an_error() {
+    let out =
+        run(Command::new(env!("CARGO_BIN_EXE_cuvisor")).args(["check", "/no/such/cuvisor.toml"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).starts_with("/no/such/cuvisor.toml: cannot read: "),
+        "{}",
+        stderr(&out)
+    );
+}
