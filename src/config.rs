@@ -524,7 +524,7 @@ fn check_model(c: &mut Checker, m: &RawModel, line: usize) -> Option<ModelConfig
         });
     let cpu_limit = m.cpu_limit.as_ref().and_then(|v| {
         let cores = *v.get_ref();
-        if cores.is_finite() && cores >= 0.01 && cores <= 4096.0 {
+        if (0.01..=4096.0).contains(&cores) {
             Some(cores)
         } else {
             c.error(v, format!("cpu_limit = {cores}: expected a number of CPU cores from 0.01 to 4096, e.g. 2.5"));
