@@ -11,6 +11,7 @@
 //! This crate has the size syntax of quotas ([`size`]) and the per-model ledgers
 //! ([`ledger`]); the supervisor arrives with its issue. See the README.
 
+pub mod cgroups;
 pub mod config;
 pub mod ledger;
 pub use cuvisor_common::size;

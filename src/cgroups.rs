@@ -1,0 +1,356 @@
+//! Host limits for workers: memory, CPU and pids, through cgroup v2 where the host has it
+//! and cgroup v1 where it has that (our CI machines: v1 memory, cpu and pids controllers
+//! on a tmpfs, v2 mounted under `unified` with no controllers).
+//!
+//! The hierarchy is detected with `statfs`, never guessed, and controller files are only
+//! ever opened without `O_CREAT`: a missing file is an error, never a plain file made in a
+//! tmpfs by mistake.
+
+use std::fmt;
+use std::fs::OpenOptions;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+const CGROUP_SUPER_MAGIC: i64 = 0x0027_e0eb;
+/// CPU quota period: 100 ms.
+const CPU_PERIOD_US: u64 = 100_000;
+
+/// Limits for one worker.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Limits {
+    pub memory: Option<u64>,
+    pub cpu_cores: Option<f64>,
+    pub pids: Option<u64>,
+}
+
+impl Limits {
+    pub fn any(&self) -> bool {
+        self.memory.is_some() || self.cpu_cores.is_some() || self.pids.is_some()
+    }
+}
+
+/// A cgroup operation that failed: what, where, why.
+#[derive(Debug)]
+pub struct CgroupError {
+    pub path: PathBuf,
+    pub action: &'static str,
+    pub source: io::Error,
+}
+
+impl fmt::Display for CgroupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cgroup {}: cannot {}: {}", self.path.display(), self.action, self.source)
+    }
+}
+
+impl std::error::Error for CgroupError {}
+
+fn err<'a>(path: &'a Path, action: &'static str) -> impl FnOnce(io::Error) -> CgroupError + 'a {
+    move |source| CgroupError { path: path.to_owned(), action, source }
+}
+
+/// Writes a controller file that must already exist.
+fn write_file(path: &Path, value: &str, action: &'static str) -> Result<(), CgroupError> {
+    let mut f = OpenOptions::new().write(true).open(path).map_err(err(path, action))?;
+    f.write_all(value.as_bytes()).map_err(err(path, action))
+}
+
+fn read_u64(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// The `key N` line of a flat-keyed file (memory.events, memory.oom_control).
+fn read_key(path: &Path, key: &str) -> Option<u64> {
+    std::fs::read_to_string(path)
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+fn fs_magic(path: &Path) -> Option<i64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    let mut s: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statfs with a valid path and buffer.
+    (unsafe { libc::statfs(c.as_ptr(), &mut s) } == 0).then_some(s.f_type)
+}
+
+/// Where this host's cgroups are, and which kind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Hierarchy {
+    /// The unified hierarchy: `base` is our parent cgroup (`<root>/<name>`).
+    V2 { root: PathBuf, base: PathBuf },
+    /// Per-controller hierarchies; each `Some` is our parent cgroup in that controller.
+    V1 { memory: Option<PathBuf>, cpu: Option<PathBuf>, pids: Option<PathBuf> },
+    /// No usable controller.
+    None,
+}
+
+impl Hierarchy {
+    /// Detects the hierarchy under `fs_root` (normally /sys/fs/cgroup); our cgroups go
+    /// under `name` in it.
+    pub fn detect(fs_root: &Path, name: &str) -> Hierarchy {
+        if fs_magic(fs_root) == Some(CGROUP2_SUPER_MAGIC) {
+            return Hierarchy::V2 { root: fs_root.to_owned(), base: fs_root.join(name) };
+        }
+        let controller = |c: &str| {
+            let dir = fs_root.join(c);
+            (fs_magic(&dir) == Some(CGROUP_SUPER_MAGIC)).then(|| dir.join(name))
+        };
+        let (memory, cpu, pids) = (controller("memory"), controller("cpu"), controller("pids"));
+        if memory.is_none() && cpu.is_none() && pids.is_none() {
+            Hierarchy::None
+        } else {
+            Hierarchy::V1 { memory, cpu, pids }
+        }
+    }
+
+    /// Which limits this hierarchy can enforce, for the supervisor's startup message.
+    pub fn describe(&self) -> String {
+        match self {
+            Hierarchy::V2 { base, .. } => format!("cgroup v2 at {}", base.display()),
+            Hierarchy::V1 { memory, cpu, pids } => {
+                let have: Vec<&str> = [("memory", memory), ("cpu", cpu), ("pids", pids)]
+                    .iter()
+                    .filter(|(_, p)| p.is_some())
+                    .map(|(n, _)| *n)
+                    .collect();
+                format!("cgroup v1 ({})", have.join(", "))
+            }
+            Hierarchy::None => "no usable cgroup controller".into(),
+        }
+    }
+
+    /// Whether every limit in `limits` can be enforced here.
+    pub fn supports(&self, limits: &Limits) -> Result<(), &'static str> {
+        match self {
+            Hierarchy::V2 { .. } => Ok(()),
+            Hierarchy::None if limits.any() => Err("no cgroup controller is usable on this host"),
+            Hierarchy::None => Ok(()),
+            Hierarchy::V1 { memory, cpu, pids } => {
+                if limits.memory.is_some() && memory.is_none() {
+                    Err("the cgroup v1 memory controller is not mounted")
+                } else if limits.cpu_cores.is_some() && cpu.is_none() {
+                    Err("the cgroup v1 cpu controller is not mounted")
+                } else if limits.pids.is_some() && pids.is_none() {
+                    Err("the cgroup v1 pids controller is not mounted")
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// Creates (or reuses) the cgroup `leaf` with `limits` applied.
+    pub fn create(&self, leaf: &str, limits: &Limits) -> Result<Cgroup, CgroupError> {
+        let mkdir = |dir: &Path| std::fs::create_dir_all(dir).map_err(err(dir, "create"));
+        match self {
+            Hierarchy::None => Ok(Cgroup { dirs: Vec::new(), v2: false }),
+            Hierarchy::V2 { root, base } => {
+                mkdir(base)?;
+                // Delegate the controllers down to our cgroups.
+                for parent in [root.as_path(), base.as_path()] {
+                    write_file(&parent.join("cgroup.subtree_control"), "+memory +cpu +pids", "enable controllers")?;
+                }
+                let dir = base.join(leaf);
+                mkdir(&dir)?;
+                let cg = Cgroup { dirs: vec![dir.clone()], v2: true };
+                if let Some(b) = limits.memory {
+                    write_file(&dir.join("memory.max"), &b.to_string(), "set memory.max")?;
+                }
+                if let Some(c) = limits.cpu_cores {
+                    let quota = ((c * CPU_PERIOD_US as f64) as u64).max(1000);
+                    write_file(&dir.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"), "set cpu.max")?;
+                }
+                if let Some(p) = limits.pids {
+                    write_file(&dir.join("pids.max"), &p.to_string(), "set pids.max")?;
+                }
+                Ok(cg)
+            }
+            Hierarchy::V1 { memory, cpu, pids } => {
+                let mut dirs = Vec::new();
+                if let Some(base) = memory {
+                    let dir = base.join(leaf);
+                    mkdir(&dir)?;
+                    if let Some(b) = limits.memory {
+                        write_file(&dir.join("memory.limit_in_bytes"), &b.to_string(), "set memory.limit_in_bytes")?;
+                    }
+                    dirs.push(dir);
+                }
+                if let Some(base) = cpu {
+                    let dir = base.join(leaf);
+                    mkdir(&dir)?;
+                    if let Some(c) = limits.cpu_cores {
+                        let quota = ((c * CPU_PERIOD_US as f64) as u64).max(1000);
+                        write_file(&dir.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string(), "set cpu.cfs_period_us")?;
+                        write_file(&dir.join("cpu.cfs_quota_us"), &quota.to_string(), "set cpu.cfs_quota_us")?;
+                    }
+                    dirs.push(dir);
+                }
+                if let Some(base) = pids {
+                    let dir = base.join(leaf);
+                    mkdir(&dir)?;
+                    if let Some(p) = limits.pids {
+                        write_file(&dir.join("pids.max"), &p.to_string(), "set pids.max")?;
+                    }
+                    dirs.push(dir);
+                }
+                Ok(Cgroup { dirs, v2: false })
+            }
+        }
+    }
+
+    /// Removes our parent cgroups if they are empty (at shutdown).
+    pub fn remove_base(&self) {
+        let bases: Vec<&PathBuf> = match self {
+            Hierarchy::V2 { base, .. } => vec![base],
+            Hierarchy::V1 { memory, cpu, pids } => [memory, cpu, pids].into_iter().flatten().collect(),
+            Hierarchy::None => vec![],
+        };
+        for b in bases {
+            let _ = std::fs::remove_dir(b);
+        }
+    }
+}
+
+/// One worker's cgroup (one directory per v1 controller, or one v2 directory).
+#[derive(Debug)]
+pub struct Cgroup {
+    dirs: Vec<PathBuf>,
+    v2: bool,
+}
+
+impl Cgroup {
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
+    }
+
+    /// Moves a process (and so its future children) into the cgroup.
+    pub fn add(&self, pid: u32) -> Result<(), CgroupError> {
+        for dir in &self.dirs {
+            write_file(&dir.join("cgroup.procs"), &pid.to_string(), "add the worker")?;
+        }
+        Ok(())
+    }
+
+    fn memory_dir(&self) -> Option<&Path> {
+        self.dirs
+            .iter()
+            .find(|d| self.v2 || d.parent().and_then(Path::parent).is_some_and(|p| p.ends_with("memory")))
+            .map(PathBuf::as_path)
+    }
+
+    /// Host memory in use by the worker's processes.
+    pub fn memory_current(&self) -> Option<u64> {
+        let dir = self.memory_dir()?;
+        read_u64(&dir.join(if self.v2 { "memory.current" } else { "memory.usage_in_bytes" }))
+    }
+
+    /// How many processes the kernel's OOM killer killed in this cgroup.
+    pub fn oom_kills(&self) -> Option<u64> {
+        let dir = self.memory_dir()?;
+        read_key(&dir.join(if self.v2 { "memory.events" } else { "memory.oom_control" }), "oom_kill")
+    }
+
+    pub fn procs(&self) -> Vec<u32> {
+        let mut all: Vec<u32> = self
+            .dirs
+            .iter()
+            .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+            .flat_map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect::<Vec<u32>>())
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        all
+    }
+
+    /// SIGKILLs whatever is left in the cgroup, waits for it to empty, removes it.
+    pub fn remove(&self) -> Result<(), CgroupError> {
+        for _ in 0..200 {
+            let left = self.procs();
+            if left.is_empty() {
+                break;
+            }
+            for pid in left {
+                // SAFETY: kill(2) on a pid read from our own cgroup.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        for dir in &self.dirs {
+            match std::fs::remove_dir(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(err(dir, "remove")(e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory laid out like a cgroup v2 mount (the kernel would create the files).
+    fn fake_v2(tag: &str, leaf: &str) -> (PathBuf, Hierarchy) {
+        let root = std::env::temp_dir().join(format!("cuvisor-cgv2-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let base = root.join("cuvisor");
+        for dir in [&root, &base, &base.join(leaf)] {
+            std::fs::create_dir_all(dir).unwrap();
+            for f in ["cgroup.subtree_control", "cgroup.procs", "memory.max", "cpu.max", "pids.max"] {
+                std::fs::write(dir.join(f), "").unwrap();
+            }
+        }
+        std::fs::write(base.join(leaf).join("memory.current"), "1234\n").unwrap();
+        std::fs::write(base.join(leaf).join("memory.events"), "low 0\nhigh 0\nmax 3\noom 1\noom_kill 2\n").unwrap();
+        (root.clone(), Hierarchy::V2 { root, base })
+    }
+
+    #[test]
+    fn v2_limits_and_counters() {
+        let (root, h) = fake_v2("limits", "m-0");
+        let limits = Limits { memory: Some(1 << 30), cpu_cores: Some(2.5), pids: Some(64) };
+        assert_eq!(h.supports(&limits), Ok(()));
+        let cg = h.create("m-0", &limits).unwrap();
+        let read = |f: &str| std::fs::read_to_string(root.join("cuvisor/m-0").join(f)).unwrap();
+        assert_eq!(read("memory.max"), "1073741824");
+        assert_eq!(read("cpu.max"), "250000 100000");
+        assert_eq!(read("pids.max"), "64");
+        assert_eq!(std::fs::read_to_string(root.join("cgroup.subtree_control")).unwrap(), "+memory +cpu +pids");
+        assert_eq!(std::fs::read_to_string(root.join("cuvisor/cgroup.subtree_control")).unwrap(), "+memory +cpu +pids");
+        cg.add(4242).unwrap();
+        assert_eq!(read("cgroup.procs"), "4242");
+        assert_eq!(cg.memory_current(), Some(1234));
+        assert_eq!(cg.oom_kills(), Some(2));
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn a_missing_controller_file_is_an_error_not_a_new_file() {
+        let (root, h) = fake_v2("missing", "m-0");
+        std::fs::remove_file(root.join("cuvisor/m-0/pids.max")).unwrap();
+        let e = h.create("m-0", &Limits { pids: Some(8), ..Limits::default() }).unwrap_err();
+        assert_eq!(e.action, "set pids.max");
+        assert!(e.to_string().contains("cuvisor/m-0/pids.max: cannot set pids.max: No such file"), "{e}");
+        assert!(!root.join("cuvisor/m-0/pids.max").exists());
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn detection_of_a_plain_directory_finds_no_controllers() {
+        let dir = std::env::temp_dir().join(format!("cuvisor-cgnone-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("memory")).unwrap();
+        assert_eq!(Hierarchy::detect(&dir, "cuvisor"), Hierarchy::None);
+        assert!(Hierarchy::None.supports(&Limits { memory: Some(1), ..Limits::default() }).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn v1_partial_support_is_reported() {
+        let h = Hierarchy::V1 { memory: Some(PathBuf::from("/x/memory/c")), cpu: None, pids: None };
+        assert_eq!(h.supports(&Limits { cpu_cores: Some(1.0), ..Limits::default() }), Err("the cgroup v1 cpu controller is not mounted"));
+        assert_eq!(h.describe(), "cgroup v1 (memory)");
+    }
+}
