@@ -40,19 +40,32 @@ pub struct CgroupError {
 
 impl fmt::Display for CgroupError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "cgroup {}: cannot {}: {}", self.path.display(), self.action, self.source)
+        write!(
+            f,
+            "cgroup {}: cannot {}: {}",
+            self.path.display(),
+            self.action,
+            self.source
+        )
     }
 }
 
 impl std::error::Error for CgroupError {}
 
 fn err<'a>(path: &'a Path, action: &'static str) -> impl FnOnce(io::Error) -> CgroupError + 'a {
-    move |source| CgroupError { path: path.to_owned(), action, source }
+    move |source| CgroupError {
+        path: path.to_owned(),
+        action,
+        source,
+    }
 }
 
 /// Writes a controller file that must already exist.
 fn write_file(path: &Path, value: &str, action: &'static str) -> Result<(), CgroupError> {
-    let mut f = OpenOptions::new().write(true).open(path).map_err(err(path, action))?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(err(path, action))?;
     f.write_all(value.as_bytes()).map_err(err(path, action))
 }
 
@@ -81,7 +94,11 @@ pub enum Hierarchy {
     /// The unified hierarchy: `base` is our parent cgroup (`<root>/<name>`).
     V2 { root: PathBuf, base: PathBuf },
     /// Per-controller hierarchies; each `Some` is our parent cgroup in that controller.
-    V1 { memory: Option<PathBuf>, cpu: Option<PathBuf>, pids: Option<PathBuf> },
+    V1 {
+        memory: Option<PathBuf>,
+        cpu: Option<PathBuf>,
+        pids: Option<PathBuf>,
+    },
     /// No usable controller.
     None,
 }
@@ -91,7 +108,10 @@ impl Hierarchy {
     /// under `name` in it.
     pub fn detect(fs_root: &Path, name: &str) -> Hierarchy {
         if fs_magic(fs_root) == Some(CGROUP2_SUPER_MAGIC) {
-            return Hierarchy::V2 { root: fs_root.to_owned(), base: fs_root.join(name) };
+            return Hierarchy::V2 {
+                root: fs_root.to_owned(),
+                base: fs_root.join(name),
+            };
         }
         let controller = |c: &str| {
             let dir = fs_root.join(c);
@@ -145,22 +165,36 @@ impl Hierarchy {
     pub fn create(&self, leaf: &str, limits: &Limits) -> Result<Cgroup, CgroupError> {
         let mkdir = |dir: &Path| std::fs::create_dir_all(dir).map_err(err(dir, "create"));
         match self {
-            Hierarchy::None => Ok(Cgroup { dirs: Vec::new(), v2: false }),
+            Hierarchy::None => Ok(Cgroup {
+                dirs: Vec::new(),
+                v2: false,
+            }),
             Hierarchy::V2 { root, base } => {
                 mkdir(base)?;
                 // Delegate the controllers down to our cgroups.
                 for parent in [root.as_path(), base.as_path()] {
-                    write_file(&parent.join("cgroup.subtree_control"), "+memory +cpu +pids", "enable controllers")?;
+                    write_file(
+                        &parent.join("cgroup.subtree_control"),
+                        "+memory +cpu +pids",
+                        "enable controllers",
+                    )?;
                 }
                 let dir = base.join(leaf);
                 mkdir(&dir)?;
-                let cg = Cgroup { dirs: vec![dir.clone()], v2: true };
+                let cg = Cgroup {
+                    dirs: vec![dir.clone()],
+                    v2: true,
+                };
                 if let Some(b) = limits.memory {
                     write_file(&dir.join("memory.max"), &b.to_string(), "set memory.max")?;
                 }
                 if let Some(c) = limits.cpu_cores {
                     let quota = ((c * CPU_PERIOD_US as f64) as u64).max(1000);
-                    write_file(&dir.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"), "set cpu.max")?;
+                    write_file(
+                        &dir.join("cpu.max"),
+                        &format!("{quota} {CPU_PERIOD_US}"),
+                        "set cpu.max",
+                    )?;
                 }
                 if let Some(p) = limits.pids {
                     write_file(&dir.join("pids.max"), &p.to_string(), "set pids.max")?;
@@ -173,7 +207,11 @@ impl Hierarchy {
                     let dir = base.join(leaf);
                     mkdir(&dir)?;
                     if let Some(b) = limits.memory {
-                        write_file(&dir.join("memory.limit_in_bytes"), &b.to_string(), "set memory.limit_in_bytes")?;
+                        write_file(
+                            &dir.join("memory.limit_in_bytes"),
+                            &b.to_string(),
+                            "set memory.limit_in_bytes",
+                        )?;
                     }
                     dirs.push(dir);
                 }
@@ -182,8 +220,16 @@ impl Hierarchy {
                     mkdir(&dir)?;
                     if let Some(c) = limits.cpu_cores {
                         let quota = ((c * CPU_PERIOD_US as f64) as u64).max(1000);
-                        write_file(&dir.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string(), "set cpu.cfs_period_us")?;
-                        write_file(&dir.join("cpu.cfs_quota_us"), &quota.to_string(), "set cpu.cfs_quota_us")?;
+                        write_file(
+                            &dir.join("cpu.cfs_period_us"),
+                            &CPU_PERIOD_US.to_string(),
+                            "set cpu.cfs_period_us",
+                        )?;
+                        write_file(
+                            &dir.join("cpu.cfs_quota_us"),
+                            &quota.to_string(),
+                            "set cpu.cfs_quota_us",
+                        )?;
                     }
                     dirs.push(dir);
                 }
@@ -204,7 +250,9 @@ impl Hierarchy {
     pub fn remove_base(&self) {
         let bases: Vec<&PathBuf> = match self {
             Hierarchy::V2 { base, .. } => vec![base],
-            Hierarchy::V1 { memory, cpu, pids } => [memory, cpu, pids].into_iter().flatten().collect(),
+            Hierarchy::V1 { memory, cpu, pids } => {
+                [memory, cpu, pids].into_iter().flatten().collect()
+            }
             Hierarchy::None => vec![],
         };
         for b in bases {
@@ -228,7 +276,11 @@ impl Cgroup {
     /// Moves a process (and so its future children) into the cgroup.
     pub fn add(&self, pid: u32) -> Result<(), CgroupError> {
         for dir in &self.dirs {
-            write_file(&dir.join("cgroup.procs"), &pid.to_string(), "add the worker")?;
+            write_file(
+                &dir.join("cgroup.procs"),
+                &pid.to_string(),
+                "add the worker",
+            )?;
         }
         Ok(())
     }
@@ -236,20 +288,36 @@ impl Cgroup {
     fn memory_dir(&self) -> Option<&Path> {
         self.dirs
             .iter()
-            .find(|d| self.v2 || d.parent().and_then(Path::parent).is_some_and(|p| p.ends_with("memory")))
+            .find(|d| {
+                self.v2
+                    || d.parent()
+                        .and_then(Path::parent)
+                        .is_some_and(|p| p.ends_with("memory"))
+            })
             .map(PathBuf::as_path)
     }
 
     /// Host memory in use by the worker's processes.
     pub fn memory_current(&self) -> Option<u64> {
         let dir = self.memory_dir()?;
-        read_u64(&dir.join(if self.v2 { "memory.current" } else { "memory.usage_in_bytes" }))
+        read_u64(&dir.join(if self.v2 {
+            "memory.current"
+        } else {
+            "memory.usage_in_bytes"
+        }))
     }
 
     /// How many processes the kernel's OOM killer killed in this cgroup.
     pub fn oom_kills(&self) -> Option<u64> {
         let dir = self.memory_dir()?;
-        read_key(&dir.join(if self.v2 { "memory.events" } else { "memory.oom_control" }), "oom_kill")
+        read_key(
+            &dir.join(if self.v2 {
+                "memory.events"
+            } else {
+                "memory.oom_control"
+            }),
+            "oom_kill",
+        )
     }
 
     pub fn procs(&self) -> Vec<u32> {
@@ -257,7 +325,11 @@ impl Cgroup {
             .dirs
             .iter()
             .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
-            .flat_map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect::<Vec<u32>>())
+            .flat_map(|s| {
+                s.lines()
+                    .filter_map(|l| l.trim().parse().ok())
+                    .collect::<Vec<u32>>()
+            })
             .collect();
         all.sort_unstable();
         all.dedup();
@@ -299,27 +371,47 @@ mod tests {
         let base = root.join("cuvisor");
         for dir in [&root, &base, &base.join(leaf)] {
             std::fs::create_dir_all(dir).unwrap();
-            for f in ["cgroup.subtree_control", "cgroup.procs", "memory.max", "cpu.max", "pids.max"] {
+            for f in [
+                "cgroup.subtree_control",
+                "cgroup.procs",
+                "memory.max",
+                "cpu.max",
+                "pids.max",
+            ] {
                 std::fs::write(dir.join(f), "").unwrap();
             }
         }
         std::fs::write(base.join(leaf).join("memory.current"), "1234\n").unwrap();
-        std::fs::write(base.join(leaf).join("memory.events"), "low 0\nhigh 0\nmax 3\noom 1\noom_kill 2\n").unwrap();
+        std::fs::write(
+            base.join(leaf).join("memory.events"),
+            "low 0\nhigh 0\nmax 3\noom 1\noom_kill 2\n",
+        )
+        .unwrap();
         (root.clone(), Hierarchy::V2 { root, base })
     }
 
     #[test]
     fn v2_limits_and_counters() {
         let (root, h) = fake_v2("limits", "m-0");
-        let limits = Limits { memory: Some(1 << 30), cpu_cores: Some(2.5), pids: Some(64) };
+        let limits = Limits {
+            memory: Some(1 << 30),
+            cpu_cores: Some(2.5),
+            pids: Some(64),
+        };
         assert_eq!(h.supports(&limits), Ok(()));
         let cg = h.create("m-0", &limits).unwrap();
         let read = |f: &str| std::fs::read_to_string(root.join("cuvisor/m-0").join(f)).unwrap();
         assert_eq!(read("memory.max"), "1073741824");
         assert_eq!(read("cpu.max"), "250000 100000");
         assert_eq!(read("pids.max"), "64");
-        assert_eq!(std::fs::read_to_string(root.join("cgroup.subtree_control")).unwrap(), "+memory +cpu +pids");
-        assert_eq!(std::fs::read_to_string(root.join("cuvisor/cgroup.subtree_control")).unwrap(), "+memory +cpu +pids");
+        assert_eq!(
+            std::fs::read_to_string(root.join("cgroup.subtree_control")).unwrap(),
+            "+memory +cpu +pids"
+        );
+        assert_eq!(
+            std::fs::read_to_string(root.join("cuvisor/cgroup.subtree_control")).unwrap(),
+            "+memory +cpu +pids"
+        );
         cg.add(4242).unwrap();
         assert_eq!(read("cgroup.procs"), "4242");
         assert_eq!(cg.memory_current(), Some(1234));
@@ -331,9 +423,21 @@ mod tests {
     fn a_missing_controller_file_is_an_error_not_a_new_file() {
         let (root, h) = fake_v2("missing", "m-0");
         std::fs::remove_file(root.join("cuvisor/m-0/pids.max")).unwrap();
-        let e = h.create("m-0", &Limits { pids: Some(8), ..Limits::default() }).unwrap_err();
+        let e = h
+            .create(
+                "m-0",
+                &Limits {
+                    pids: Some(8),
+                    ..Limits::default()
+                },
+            )
+            .unwrap_err();
         assert_eq!(e.action, "set pids.max");
-        assert!(e.to_string().contains("cuvisor/m-0/pids.max: cannot set pids.max: No such file"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("cuvisor/m-0/pids.max: cannot set pids.max: No such file"),
+            "{e}"
+        );
         assert!(!root.join("cuvisor/m-0/pids.max").exists());
         let _ = std::fs::remove_dir_all(&root);
     }
@@ -343,14 +447,31 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("cuvisor-cgnone-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("memory")).unwrap();
         assert_eq!(Hierarchy::detect(&dir, "cuvisor"), Hierarchy::None);
-        assert!(Hierarchy::None.supports(&Limits { memory: Some(1), ..Limits::default() }).is_err());
+        assert!(
+            Hierarchy::None
+                .supports(&Limits {
+                    memory: Some(1),
+                    ..Limits::default()
+                })
+                .is_err()
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn v1_partial_support_is_reported() {
-        let h = Hierarchy::V1 { memory: Some(PathBuf::from("/x/memory/c")), cpu: None, pids: None };
-        assert_eq!(h.supports(&Limits { cpu_cores: Some(1.0), ..Limits::default() }), Err("the cgroup v1 cpu controller is not mounted"));
+        let h = Hierarchy::V1 {
+            memory: Some(PathBuf::from("/x/memory/c")),
+            cpu: None,
+            pids: None,
+        };
+        assert_eq!(
+            h.supports(&Limits {
+                cpu_cores: Some(1.0),
+                ..Limits::default()
+            }),
+            Err("the cgroup v1 cpu controller is not mounted")
+        );
         assert_eq!(h.describe(), "cgroup v1 (memory)");
     }
 }

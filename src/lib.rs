@@ -13,6 +13,8 @@
 
 pub mod cgroups;
 pub mod config;
+pub mod exec;
+pub mod launch;
 pub mod ledger;
 pub use cuvisor_common::size;
 

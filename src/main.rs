@@ -22,8 +22,48 @@ enum Command {
         /// The configuration file (TOML).
         config: PathBuf,
     },
+    /// Run one program under the shim with a model's quota (and optional host limits).
+    Exec(ExecArgs),
     /// List the models of a ledger directory, or manage their ledgers.
     Ledger(LedgerArgs),
+}
+
+#[derive(Args)]
+struct ExecArgs {
+    /// The model the program belongs to (the key of its shared quota).
+    #[arg(long, default_value = "default")]
+    model: String,
+    /// The model's GPU memory quota (must agree with its ledger, if it has one).
+    #[arg(long, value_parser = parse_quota_arg)]
+    quota: Option<QuotaSpec>,
+    /// managed, device or off.
+    #[arg(long, default_value = "managed", value_parser = ["managed", "device", "off"])]
+    mode: String,
+    /// Host memory limit (cgroup), e.g. 32GiB.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    mem_limit: Option<u64>,
+    /// CPU limit in cores (cgroup), e.g. 2.5.
+    #[arg(long, value_name = "CORES")]
+    cpu_limit: Option<f64>,
+    /// Process limit (cgroup).
+    #[arg(long, value_name = "N")]
+    pids_limit: Option<u64>,
+    /// The shim [default: $CUVISOR_SHIM, else libcuvisor_preload.so next to this binary].
+    #[arg(long, value_name = "PATH")]
+    shim: Option<PathBuf>,
+    #[command(flatten)]
+    common: Common,
+    /// The program and its arguments.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+fn parse_size_arg(s: &str) -> Result<u64, String> {
+    match cuvisor::size::parse_size(s) {
+        Ok(0) => Err("must be greater than 0".into()),
+        Ok(b) => Ok(b),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[derive(Args)]
@@ -74,7 +114,44 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
+        Command::Exec(args) => exec_command(args),
         Command::Ledger(args) => ledger_command(args),
+    }
+}
+
+fn exec_command(a: ExecArgs) -> ExitCode {
+    use cuvisor::config::ShimMode;
+    let shim = a
+        .shim
+        .or_else(|| std::env::var_os("CUVISOR_SHIM").map(PathBuf::from))
+        .or_else(cuvisor::exec::default_shim);
+    let Some(shim) = shim.filter(|p| p.is_file()) else {
+        eprintln!("cuvisor: libcuvisor_preload.so not found: pass --shim PATH or set CUVISOR_SHIM");
+        return ExitCode::from(125);
+    };
+    let options = cuvisor::exec::ExecOptions {
+        model: a.model,
+        quota: a.quota,
+        mode: match a.mode.as_str() {
+            "device" => ShimMode::Device,
+            "off" => ShimMode::Off,
+            _ => ShimMode::Managed,
+        },
+        ledger_dir: ledger_dir(&a.common),
+        shim,
+        limits: cuvisor::cgroups::Limits {
+            memory: a.mem_limit,
+            cpu_cores: a.cpu_limit,
+            pids: a.pids_limit,
+        },
+        command: a.command,
+    };
+    match cuvisor::exec::exec(options) {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("cuvisor: {e}");
+            ExitCode::from(125)
+        }
     }
 }
 

@@ -1,0 +1,181 @@
+//! `cuvisor exec`: one program under the shim, with its model's quota and optional host
+//! limits, without a configuration file. The exit status is passed through.
+
+use crate::cgroups::{Hierarchy, Limits};
+use crate::config::{Isolation, ShimMode};
+use crate::launch::{self, Spec};
+use crate::ledger::{CreateOptions, LedgerFile};
+use crate::size::QuotaSpec;
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+
+pub struct ExecOptions {
+    pub model: String,
+    pub quota: Option<QuotaSpec>,
+    pub mode: ShimMode,
+    pub ledger_dir: PathBuf,
+    pub shim: PathBuf,
+    pub limits: Limits,
+    pub command: Vec<String>,
+}
+
+/// Where the shim is, unless told: next to this binary, or in `../lib` beside it.
+pub fn default_shim() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    [
+        dir.join("libcuvisor_preload.so"),
+        dir.join("../lib/libcuvisor_preload.so"),
+        dir.join("../lib/cuvisor/libcuvisor_preload.so"),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+}
+
+/// The environment of a worker: this process's, with the model's variables and the shim
+/// appended to any LD_PRELOAD already there. `extra` (a model's `env`) comes first.
+pub fn worker_env(
+    extra: &[(String, String)],
+    model: &str,
+    quota: Option<QuotaSpec>,
+    mode: ShimMode,
+    ledger_dir: &Path,
+    shim: &Path,
+) -> Vec<(String, String)> {
+    let mut env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+    for (k, v) in extra {
+        env.insert(k.clone(), v.clone());
+    }
+    for k in [
+        "CUVISOR_QUOTA",
+        "CUVISOR_MODEL",
+        "CUVISOR_MODE",
+        "CUVISOR_LEDGER_DIR",
+    ] {
+        env.remove(k);
+    }
+    env.insert("CUVISOR_MODEL".into(), model.into());
+    if let Some(q) = quota {
+        env.insert(
+            "CUVISOR_QUOTA".into(),
+            match q {
+                QuotaSpec::Bytes(b) => b.to_string(),
+                QuotaSpec::Percent(p) => format!("{p}%"),
+            },
+        );
+    }
+    env.insert("CUVISOR_MODE".into(), mode.as_str().into());
+    env.insert(
+        "CUVISOR_LEDGER_DIR".into(),
+        ledger_dir.display().to_string(),
+    );
+    let shim = shim.display().to_string();
+    let preload = match env.get("LD_PRELOAD") {
+        Some(existing) if !existing.is_empty() => format!("{existing}:{shim}"),
+        _ => shim,
+    };
+    env.insert("LD_PRELOAD".into(), preload);
+    env.into_iter().collect()
+}
+
+pub fn cstrings(items: impl IntoIterator<Item = String>) -> Result<Vec<CString>, String> {
+    items
+        .into_iter()
+        .map(|s| CString::new(s).map_err(|_| "a NUL byte in an argument or variable".to_owned()))
+        .collect()
+}
+
+/// Runs the program to its end; returns its exit status (128 + signal if killed).
+pub fn exec(o: ExecOptions) -> Result<i32, String> {
+    // The model's ledger first: a quota that disagrees with it stops us here.
+    LedgerFile::open_or_create(&o.ledger_dir, &o.model, o.quota, CreateOptions::default())
+        .map_err(|e| e.to_string())?;
+    let env = worker_env(&[], &o.model, o.quota, o.mode, &o.ledger_dir, &o.shim);
+    let path_var = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone());
+    let program = launch::resolve_program(&o.command[0], path_var.as_deref())?;
+    let hierarchy = if o.limits.any() {
+        Hierarchy::detect(Path::new("/sys/fs/cgroup"), "cuvisor")
+    } else {
+        Hierarchy::None
+    };
+    hierarchy
+        .supports(&o.limits)
+        .map_err(|why| format!("cannot apply the limits asked for: {why}"))?;
+    let cgroup = hierarchy
+        .create(
+            &format!("exec-{}-{}", o.model, std::process::id()),
+            &o.limits,
+        )
+        .map_err(|e| e.to_string())?;
+    let spec = Spec {
+        program,
+        argv: cstrings(o.command.iter().cloned())?,
+        envp: cstrings(env.iter().map(|(k, v)| format!("{k}={v}")))?,
+        cwd: None,
+        uid: None,
+        gid: None,
+        isolation: Isolation {
+            pid: false,
+            mount: false,
+            ipc: false,
+            uts: false,
+            network: false,
+        },
+        hostname: CString::new(o.model.clone()).expect("model names have no NUL"),
+        bind_ro: Vec::new(),
+        stdout: 1,
+        stderr: 2,
+    };
+    // Signals for the program are forwarded to it while we wait.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    unsafe {
+        libc::sigemptyset(&mut set);
+        for sig in [
+            libc::SIGTERM,
+            libc::SIGINT,
+            libc::SIGHUP,
+            libc::SIGQUIT,
+            libc::SIGCHLD,
+        ] {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    let result = launch::launch(&spec, |pid| {
+        cgroup.add(pid as u32).map_err(|e| e.to_string())
+    });
+    let child = match result {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = cgroup.remove();
+            hierarchy.remove_base();
+            return Err(format!("cannot start {}: {e}", o.command[0]));
+        }
+    };
+    let status = loop {
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        let r = unsafe { libc::waitpid(child.pid, &mut status, libc::WNOHANG) };
+        if r == child.pid {
+            break status;
+        }
+        let timeout = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 100_000_000,
+        };
+        // SAFETY: sigtimedwait with a valid set.
+        let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &timeout) };
+        if sig > 0 && sig != libc::SIGCHLD {
+            unsafe { libc::kill(child.pid, sig) };
+        }
+    };
+    if let Ok(l) = LedgerFile::open(&o.ledger_dir, &o.model) {
+        l.reclaim_dead();
+    }
+    let _ = cgroup.remove();
+    hierarchy.remove_base();
+    Ok(launch::exit_code(status))
+}

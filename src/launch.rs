@@ -1,0 +1,371 @@
+//! Starting one worker: `clone()` into new namespaces, join its cgroups, exec.
+//!
+//! With a PID namespace the cloned child is a tiny init (PID 1 there): it waits until the
+//! supervisor has put it in its cgroups, makes `/` private, mounts a fresh `/proc` and the
+//! read-only binds, then forks the worker (PID 2), forwards signals to it, reaps every
+//! orphan of the namespace, and exits with the worker's status (the kernel then kills
+//! whatever is left in the namespace). Without a PID namespace the child is the worker.
+//!
+//! After `clone()` the child runs only async-signal-safe system calls on data prepared
+//! beforehand: the supervisor has threads, and the child must not allocate.
+
+use crate::config::Isolation;
+use std::ffi::{CString, c_void};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// Everything the child needs, prepared before `clone()`.
+pub struct Spec {
+    pub program: CString,
+    pub argv: Vec<CString>,
+    pub envp: Vec<CString>,
+    pub cwd: Option<CString>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub isolation: Isolation,
+    pub hostname: CString,
+    pub bind_ro: Vec<CString>,
+    /// Where the worker's stdout and stderr go (stdin is /dev/null).
+    pub stdout: RawFd,
+    pub stderr: RawFd,
+}
+
+/// What went wrong in the child, and at which step.
+#[derive(Debug)]
+pub struct LaunchError {
+    pub step: &'static str,
+    pub source: io::Error,
+}
+
+impl std::fmt::Display for LaunchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.step, self.source)
+    }
+}
+
+impl std::error::Error for LaunchError {}
+
+const STEPS: &[&str] = &[
+    "wait for the supervisor",
+    "make / private",
+    "mount /proc",
+    "bind-mount read-only",
+    "set the hostname",
+    "fork the worker",
+    "drop supplementary groups",
+    "set the group",
+    "set the user",
+    "change directory",
+    "redirect output",
+    "exec",
+];
+
+/// Finds `command` the way a shell would: as a path if it has a slash, else in PATH.
+pub fn resolve_program(command: &str, path_var: Option<&str>) -> Result<CString, String> {
+    let found = if command.contains('/') {
+        Some(std::path::PathBuf::from(command))
+    } else {
+        path_var
+            .unwrap_or("/usr/local/bin:/usr/bin:/bin")
+            .split(':')
+            .filter(|d| !d.is_empty())
+            .map(|d| std::path::Path::new(d).join(command))
+            .find(|p| is_executable(p))
+    };
+    match found {
+        Some(p) if is_executable(&p) => CString::new(p.as_os_str().as_encoded_bytes())
+            .map_err(|_| "NUL in the command".to_owned()),
+        Some(p) => Err(format!("{}: not an executable file", p.display())),
+        None => Err(format!("{command}: not found in PATH")),
+    }
+}
+
+fn is_executable(p: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two descriptors we then own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// The child's view: raw pointers into the parent's (copied) memory.
+struct ChildArgs<'a> {
+    spec: &'a Spec,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+    go: RawFd,
+    report: RawFd,
+    init: bool,
+}
+
+/// Writes (step, errno) to the report pipe and exits: the supervisor reads it.
+unsafe fn fail(report: RawFd, step: usize) -> ! {
+    let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    let msg = [step as i32, errno];
+    // SAFETY: writing 8 bytes from the stack.
+    unsafe {
+        libc::write(report, msg.as_ptr().cast(), 8);
+        libc::_exit(127)
+    }
+}
+
+/// Becomes the worker: credentials, directory, output, exec. Never returns.
+unsafe fn exec_worker(a: &ChildArgs) -> ! {
+    let s = a.spec;
+    unsafe {
+        // A fresh signal state: nothing blocked, SIGPIPE at its default (Rust ignores it).
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+        if null < 0
+            || libc::dup2(null, 0) < 0
+            || libc::dup2(s.stdout, 1) < 0
+            || libc::dup2(s.stderr, 2) < 0
+        {
+            fail(a.report, 10);
+        }
+        if let Some(gid) = s.gid {
+            if libc::setgroups(0, std::ptr::null()) != 0 {
+                fail(a.report, 6);
+            }
+            if libc::setgid(gid) != 0 {
+                fail(a.report, 7);
+            }
+        }
+        if let Some(uid) = s.uid
+            && libc::setuid(uid) != 0
+        {
+            fail(a.report, 8);
+        }
+        if let Some(cwd) = &s.cwd
+            && libc::chdir(cwd.as_ptr()) != 0
+        {
+            fail(a.report, 9);
+        }
+        libc::execve(s.program.as_ptr(), a.argv.as_ptr(), a.envp.as_ptr());
+        fail(a.report, 11)
+    }
+}
+
+const FORWARDED: [i32; 6] = [
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+
+extern "C" fn child_main(arg: *mut c_void) -> i32 {
+    // SAFETY: `arg` is the ChildArgs the parent prepared; only system calls from here on.
+    unsafe {
+        let a = &*(arg as *const ChildArgs);
+        let s = a.spec;
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        // Wait until the supervisor has put us in our cgroups (EOF: it is gone).
+        let mut b = 0u8;
+        if libc::read(a.go, (&raw mut b).cast(), 1) != 1 {
+            libc::_exit(1);
+        }
+        libc::close(a.go);
+        if s.isolation.mount {
+            if libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) != 0
+            {
+                fail(a.report, 1);
+            }
+            if s.isolation.pid
+                && libc::mount(
+                    c"proc".as_ptr(),
+                    c"/proc".as_ptr(),
+                    c"proc".as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    std::ptr::null(),
+                ) != 0
+            {
+                fail(a.report, 2);
+            }
+            for src in &s.bind_ro {
+                if libc::mount(
+                    src.as_ptr(),
+                    src.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND | libc::MS_REC,
+                    std::ptr::null(),
+                ) != 0
+                    || libc::mount(
+                        std::ptr::null(),
+                        src.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                        std::ptr::null(),
+                    ) != 0
+                {
+                    fail(a.report, 3);
+                }
+            }
+        }
+        if s.isolation.uts
+            && libc::sethostname(s.hostname.as_ptr(), s.hostname.as_bytes().len()) != 0
+        {
+            fail(a.report, 4);
+        }
+        if !a.init {
+            exec_worker(a);
+        }
+        // PID 1 of the namespace: block what we forward (and SIGCHLD), fork the worker.
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        for sig in FORWARDED {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        let worker = libc::fork();
+        if worker < 0 {
+            fail(a.report, 5);
+        }
+        if worker == 0 {
+            exec_worker(a);
+        }
+        libc::close(a.report); // the worker's copy reports; ours would hide its EOF
+        loop {
+            let sig = libc::sigwaitinfo(&set, std::ptr::null_mut());
+            if sig == libc::SIGCHLD {
+                loop {
+                    let mut status = 0;
+                    let pid = libc::waitpid(-1, &mut status, libc::WNOHANG);
+                    if pid <= 0 {
+                        break;
+                    }
+                    if pid == worker {
+                        let code = if libc::WIFEXITED(status) {
+                            libc::WEXITSTATUS(status)
+                        } else {
+                            128 + libc::WTERMSIG(status)
+                        };
+                        libc::_exit(code);
+                    }
+                }
+            } else if sig > 0 {
+                libc::kill(worker, sig);
+            }
+        }
+    }
+}
+
+/// A started worker: the process the supervisor waits for.
+#[derive(Debug)]
+pub struct Launched {
+    /// In the supervisor's PID namespace.
+    pub pid: i32,
+}
+
+/// Starts a worker. `join` runs in the supervisor with the child's pid before the child
+/// goes on (put it in its cgroups there); its error cancels the launch.
+pub fn launch(
+    spec: &Spec,
+    join: impl FnOnce(i32) -> Result<(), String>,
+) -> Result<Launched, LaunchError> {
+    let os = |step: &'static str| move |source: io::Error| LaunchError { step, source };
+    let (go_read, go_write) = pipe().map_err(os("create a pipe"))?;
+    let (report_read, report_write) = pipe().map_err(os("create a pipe"))?;
+    let mut argv: Vec<*const libc::c_char> = spec.argv.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = spec.envp.iter().map(|e| e.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    let args = ChildArgs {
+        spec,
+        argv,
+        envp,
+        go: go_read.as_raw_fd(),
+        report: report_write.as_raw_fd(),
+        init: spec.isolation.pid,
+    };
+    let i = &spec.isolation;
+    let mut flags = libc::SIGCHLD;
+    for (on, flag) in [
+        (i.pid, libc::CLONE_NEWPID),
+        (i.mount, libc::CLONE_NEWNS),
+        (i.ipc, libc::CLONE_NEWIPC),
+        (i.uts, libc::CLONE_NEWUTS),
+        (i.network, libc::CLONE_NEWNET),
+    ] {
+        if on {
+            flags |= flag;
+        }
+    }
+    const STACK: usize = 256 << 10;
+    let mut stack = vec![0u8; STACK];
+    // SAFETY: the child gets a copy of this address space (no CLONE_VM) and runs
+    // child_main on the top of `stack`, 16-byte aligned.
+    let pid = unsafe {
+        let top = stack.as_mut_ptr().add(STACK) as usize & !15;
+        libc::clone(
+            child_main,
+            top as *mut c_void,
+            flags,
+            (&raw const args) as *mut c_void,
+        )
+    };
+    if pid < 0 {
+        return Err(os("clone")(io::Error::last_os_error()));
+    }
+    drop(go_read);
+    drop(report_write);
+    let reap = || {
+        // SAFETY: our own child.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+    };
+    if let Err(e) = join(pid) {
+        reap();
+        return Err(LaunchError {
+            step: "join the cgroups",
+            source: io::Error::other(e),
+        });
+    }
+    // SAFETY: one byte to our own pipe.
+    if unsafe { libc::write(go_write.as_raw_fd(), [1u8].as_ptr().cast(), 1) } != 1 {
+        reap();
+        return Err(os("start the child")(io::Error::last_os_error()));
+    }
+    drop(go_write);
+    // EOF on the report pipe: the worker exec'd. Eight bytes: a step failed.
+    let mut msg = [0i32; 2];
+    // SAFETY: reading into a local buffer.
+    let n = unsafe { libc::read(report_read.as_raw_fd(), msg.as_mut_ptr().cast(), 8) };
+    if n == 8 {
+        reap();
+        let step = STEPS.get(msg[0] as usize).copied().unwrap_or("start");
+        return Err(LaunchError {
+            step,
+            source: io::Error::from_raw_os_error(msg[1]),
+        });
+    }
+    Ok(Launched { pid })
+}
+
+/// How a waited-for process ended, as a shell would say it (128 + signal).
+pub fn exit_code(status: i32) -> i32 {
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        128 + libc::WTERMSIG(status)
+    }
+}
