@@ -8,14 +8,18 @@
 //! * this crate: the `cuvisor` supervisor CLI and the library it is built from, for Rust
 //!   programs that embed it.
 //!
-//! This crate has the size syntax of quotas ([`size`]) and the per-model ledgers
-//! ([`ledger`]); the supervisor arrives with its issue. See the README.
+//! The modules, bottom up: the size syntax of quotas ([`size`]), the per-model ledgers
+//! ([`ledger`]), the configuration ([`config`]), host limits ([`cgroups`]), starting a
+//! worker in its namespaces ([`launch`]), one program under the shim ([`exec`]), and the
+//! supervisor ([`supervisor`]) with its control API ([`control`]). See the README.
 
 pub mod cgroups;
 pub mod config;
+pub mod control;
 pub mod exec;
 pub mod launch;
 pub mod ledger;
+pub mod supervisor;
 pub use cuvisor_common::size;
 
 /// The version of this crate (and of the `cuvisor` binary).

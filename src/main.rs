@@ -17,6 +17,23 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the models of a configuration file, in the foreground, until SIGTERM or SIGINT.
+    Run {
+        /// The configuration file (TOML).
+        config: PathBuf,
+        /// The shim [default: the config's shim, $CUVISOR_SHIM, or next to this binary].
+        #[arg(long, value_name = "PATH")]
+        shim: Option<PathBuf>,
+    },
+    /// Show the models of a running supervisor.
+    Status {
+        /// The control socket [default: /run/cuvisor/control.sock].
+        #[arg(long, value_name = "PATH", default_value = "/run/cuvisor/control.sock")]
+        socket: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a configuration file without starting anything.
     Check {
         /// The configuration file (TOML).
@@ -113,10 +130,115 @@ fn parse_quota_arg(s: &str) -> Result<QuotaSpec, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Run { config, shim } => run_command(&config, shim),
+        Command::Status { socket, json } => status_command(&socket, json),
         Command::Check { config } => check(&config),
         Command::Exec(args) => exec_command(args),
         Command::Ledger(args) => ledger_command(args),
     }
+}
+
+fn run_command(path: &std::path::Path, shim: Option<PathBuf>) -> ExitCode {
+    let config = match cuvisor::config::Config::load(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("{e}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let shim = config
+        .supervisor
+        .shim
+        .clone()
+        .or(shim)
+        .or_else(|| std::env::var_os("CUVISOR_SHIM").map(PathBuf::from))
+        .or_else(cuvisor::exec::default_shim);
+    let Some(shim) = shim.filter(|p| p.is_file()) else {
+        eprintln!(
+            "cuvisor: libcuvisor_preload.so not found: set shim in [supervisor], pass --shim PATH or set CUVISOR_SHIM"
+        );
+        return ExitCode::FAILURE;
+    };
+    match cuvisor::supervisor::run(config, shim) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("cuvisor: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn status_command(socket: &std::path::Path, as_json: bool) -> ExitCode {
+    let (code, body) = match cuvisor::control::request(socket, "GET", "/models") {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cuvisor: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if code != 200 {
+        eprintln!("cuvisor: the supervisor answered {code}: {body}");
+        return ExitCode::FAILURE;
+    }
+    if as_json {
+        print!("{body}");
+        return ExitCode::SUCCESS;
+    }
+    let v: serde_json::Value = match serde_json::from_str(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("cuvisor: cannot read the supervisor's answer: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "{:<20} {:<9} {:>9} {:>8} {:>4} {:>21} {:>10} {:>10}  PIDS",
+        "MODEL",
+        "STATE",
+        "INSTANCES",
+        "RESTARTS",
+        "OOM",
+        "GPU USED / QUOTA",
+        "GPU PEAK",
+        "HOST MEM"
+    );
+    for m in v["models"].as_array().into_iter().flatten() {
+        let instances = m["instances"].as_array().map_or(0, |a| a.len());
+        let running = m["instances"]
+            .as_array()
+            .map_or(0, |a| a.iter().filter(|i| i["pid"].is_number()).count());
+        let pids: Vec<String> = m["instances"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["pid"].as_i64())
+            .map(|p| p.to_string())
+            .collect();
+        let bytes = |k: &str| m[k].as_u64().map_or("-".to_owned(), human);
+        println!(
+            "{:<20} {:<9} {:>9} {:>8} {:>4} {:>21} {:>10} {:>10}  {}",
+            m["name"].as_str().unwrap_or("?"),
+            m["state"].as_str().unwrap_or("?"),
+            format!("{running}/{instances}"),
+            m["restarts"],
+            m["oom_kills"],
+            format!("{} / {}", bytes("gpu_used_bytes"), bytes("gpu_quota_bytes")),
+            bytes("gpu_peak_bytes"),
+            bytes("host_memory_bytes"),
+            pids.join(",")
+        );
+        if let Some(e) = m["error"].as_str() {
+            println!("  error: {e}");
+        }
+        for i in m["instances"].as_array().into_iter().flatten() {
+            if let Some(e) = i["error"].as_str() {
+                println!("  instance {}: {e}", i["index"]);
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn exec_command(a: ExecArgs) -> ExitCode {

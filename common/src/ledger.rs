@@ -76,7 +76,9 @@ pub struct Header {
     pub created_unix: u64,
     /// The model's name, NUL-padded.
     pub model: [u8; 64],
-    pub reserved: [u8; 104],
+    /// Reservations refused for the quota.
+    pub refused: AtomicU64,
+    pub reserved: [u8; 96],
 }
 
 /// One process's place in the ledger.
@@ -265,6 +267,8 @@ pub struct Snapshot {
     pub used: u64,
     pub peak: u64,
     pub uncertain: u64,
+    /// Reservations refused for the quota, ever.
+    pub refused: u64,
     pub processes: Vec<ProcessUsage>,
 }
 
@@ -846,6 +850,7 @@ impl LedgerFile {
             used: h.used.load(Ordering::Acquire),
             peak: h.peak.load(Ordering::Acquire),
             uncertain: h.uncertain.load(Ordering::Acquire),
+            refused: h.refused.load(Ordering::Relaxed),
             processes,
         }
     }
@@ -942,6 +947,9 @@ impl Attachment<'_> {
             raise(&h.peak, total);
         }
         s.inflight.fetch_sub(bytes, Ordering::AcqRel);
+        if result.is_err() {
+            h.refused.fetch_add(1, Ordering::Relaxed);
+        }
         result.map(|_| ())
     }
 

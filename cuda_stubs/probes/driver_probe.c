@@ -52,6 +52,7 @@
  *   reap                    let the fork-keep children go (they exit normally) and wait
  *   watch-nvml MS           sample NVML's used memory of device 0 for MS milliseconds (as
  *                           an observer outside the model); prints the largest value seen
+ *   sleep MS                sleep MS milliseconds (a worker that holds its memory)
  *   wait                    block until a line (or end of file) arrives on stdin
  *   exit                    return from main now (the report is written at exit) */
 #include <dlfcn.h>
@@ -568,6 +569,10 @@ int main(int argc, char **argv) {
                 samples++;
             }
             printf("watch-nvml %s -> %d max=%llu samples=%s\n", a1, e, max, samples > 100 ? "many" : "few");
+            i++;
+        } else if (!strcmp(c, "sleep")) {
+            usleep((useconds_t)atoi(a1) * 1000);
+            printf("sleep %s -> 0\n", a1);
             i++;
         } else if (!strcmp(c, "wait")) {
             int ch;

@@ -1,0 +1,770 @@
+//! `cuvisor run`: the models of a configuration, each as isolated worker processes with
+//! the shim injected, restarted per policy, observed through the control API.
+//!
+//! One thread (the one that called [`run`]) starts every worker, so that the workers'
+//! parent-death signal is tied to a thread that lives as long as the supervisor. Every
+//! event reaches it through one channel: signals (from a `sigwait` thread), control
+//! requests (from the control server), and the timers of restarts.
+
+use crate::cgroups::{Cgroup, Hierarchy, Limits};
+use crate::config::{Config, Logs, ModelConfig, RestartPolicy};
+use crate::exec::{cstrings, worker_env};
+use crate::launch::{self, Spec};
+use crate::ledger::{CreateOptions, LedgerFile};
+use serde_json::{Value, json};
+use std::ffi::CString;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::time::{Duration, Instant};
+
+/// What the control API asks of the supervisor.
+pub enum Request {
+    Status(Option<String>),
+    Metrics,
+    Start(String),
+    Stop(String),
+    Restart(String),
+}
+
+/// The control API's answer: an HTTP status and a body.
+pub struct Reply {
+    pub code: u16,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+pub enum Event {
+    Signal(i32),
+    Control(Request, Sender<Reply>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Starting,
+    Running,
+    Backoff,
+    Stopped,
+    Exited,
+    Failed,
+}
+
+impl State {
+    fn as_str(self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Running => "running",
+            State::Backoff => "backoff",
+            State::Stopped => "stopped",
+            State::Exited => "exited",
+            State::Failed => "failed",
+        }
+    }
+}
+
+struct Instance {
+    index: u32,
+    state: State,
+    pid: Option<i32>,
+    cgroup: Option<Cgroup>,
+    oom_kills_at_start: u64,
+    started: Option<Instant>,
+    next_start: Option<Instant>,
+    backoff: Duration,
+    failures_in_a_row: u32,
+    restarts: u64,
+    oom_kills: u64,
+    last_exit: Option<i32>,
+    error: Option<String>,
+}
+
+struct Model {
+    cfg: ModelConfig,
+    ledger: Option<LedgerFile>,
+    ledger_error: Option<String>,
+    instances: Vec<Instance>,
+}
+
+pub struct Supervisor {
+    config: Config,
+    hierarchy: Hierarchy,
+    shim: PathBuf,
+    models: Vec<Model>,
+    shutting_down: bool,
+}
+
+fn log(line: &str) {
+    let _ = writeln!(std::io::stderr(), "cuvisor: {line}");
+}
+
+impl Supervisor {
+    /// Prepares everything that can fail before any worker starts: cgroups, ledgers.
+    pub fn new(config: Config, shim: PathBuf, cgroup_root: &Path) -> Result<Supervisor, String> {
+        let hierarchy = Hierarchy::detect(cgroup_root, &config.supervisor.cgroup_name);
+        let any_limits = config.models.iter().any(|m| limits(m).any());
+        for m in &config.models {
+            if let Err(why) = hierarchy.supports(&limits(m))
+                && !config.supervisor.allow_unlimited
+            {
+                return Err(format!(
+                    "model {}: its host limits cannot be enforced: {why}; set allow_unlimited = true in [supervisor] to run without them",
+                    m.name
+                ));
+            }
+        }
+        if any_limits
+            && hierarchy
+                .supports(&Limits {
+                    memory: Some(1),
+                    cpu_cores: Some(1.0),
+                    pids: Some(1),
+                })
+                .is_err()
+        {
+            log(&format!(
+                "WARNING: {}; host limits are NOT enforced (allow_unlimited = true)",
+                hierarchy.describe()
+            ));
+        } else {
+            log(&format!("limits through {}", hierarchy.describe()));
+        }
+        let models = config
+            .models
+            .iter()
+            .map(|cfg| {
+                let (ledger, ledger_error) = match LedgerFile::open_or_create(
+                    &config.supervisor.ledger_dir,
+                    &cfg.name,
+                    cfg.gpu_quota,
+                    CreateOptions {
+                        group: cfg.gid.filter(|_| cfg.uid.is_some()),
+                    },
+                ) {
+                    Ok(l) => (Some(l), None),
+                    Err(e) => {
+                        log(&format!("model {}: {e}", cfg.name));
+                        (None, Some(e.to_string()))
+                    }
+                };
+                let instances = (0..cfg.instances)
+                    .map(|index| Instance {
+                        index,
+                        state: State::Stopped,
+                        pid: None,
+                        cgroup: None,
+                        oom_kills_at_start: 0,
+                        started: None,
+                        next_start: None,
+                        backoff: cfg.backoff_initial,
+                        failures_in_a_row: 0,
+                        restarts: 0,
+                        oom_kills: 0,
+                        last_exit: None,
+                        error: ledger_error.clone(),
+                    })
+                    .collect();
+                Model {
+                    cfg: cfg.clone(),
+                    ledger,
+                    ledger_error,
+                    instances,
+                }
+            })
+            .collect();
+        Ok(Supervisor {
+            config,
+            hierarchy,
+            shim,
+            models,
+            shutting_down: false,
+        })
+    }
+
+    fn start_instance(&mut self, m: usize, i: usize) {
+        let model = &mut self.models[m];
+        if model.ledger.is_none() {
+            let inst = &mut model.instances[i];
+            inst.state = State::Failed;
+            inst.error = model.ledger_error.clone();
+            return;
+        }
+        let cfg = model.cfg.clone();
+        let inst = &mut model.instances[i];
+        inst.state = State::Starting;
+        inst.next_start = None;
+        let leaf = format!("{}-{}", cfg.name, inst.index);
+        let result = (|| -> Result<(i32, Option<Cgroup>, OwnedFd), String> {
+            let cgroup = self
+                .hierarchy
+                .create(&leaf, &limits(&cfg))
+                .map_err(|e| e.to_string())?;
+            let extra: Vec<(String, String)> = cfg
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let env = worker_env(
+                &extra,
+                &cfg.name,
+                cfg.gpu_quota,
+                cfg.mode,
+                &self.config.supervisor.ledger_dir,
+                &self.shim,
+            );
+            let path_var = env
+                .iter()
+                .find(|(k, _)| k == "PATH")
+                .map(|(_, v)| v.clone());
+            let program = launch::resolve_program(&cfg.command, path_var.as_deref())?;
+            let mut argv = vec![cfg.command.clone()];
+            argv.extend(cfg.args.iter().cloned());
+            let (out_read, out_write) = pipe_for_output()?;
+            let spec = Spec {
+                program,
+                argv: cstrings(argv)?,
+                envp: cstrings(env.iter().map(|(k, v)| format!("{k}={v}")))?,
+                cwd: cfg
+                    .cwd
+                    .as_ref()
+                    .map(|p| CString::new(p.as_os_str().as_encoded_bytes()).expect("path")),
+                uid: cfg.uid,
+                gid: cfg.gid,
+                isolation: cfg.isolation,
+                hostname: CString::new(cfg.name.clone()).expect("model names have no NUL"),
+                bind_ro: cfg
+                    .bind_ro
+                    .iter()
+                    .map(|p| CString::new(p.as_os_str().as_encoded_bytes()).expect("path"))
+                    .collect(),
+                stdout: out_write.as_raw_fd(),
+                stderr: out_write.as_raw_fd(),
+            };
+            let launched = launch::launch(&spec, |pid| {
+                cgroup.add(pid as u32).map_err(|e| e.to_string())
+            })
+            .map_err(|e| {
+                let _ = cgroup.remove();
+                e.to_string()
+            })?;
+            drop(out_write);
+            Ok((launched.pid, Some(cgroup), out_read))
+        })();
+        match result {
+            Ok((pid, cgroup, output)) => {
+                inst.oom_kills_at_start = cgroup.as_ref().and_then(Cgroup::oom_kills).unwrap_or(0);
+                inst.cgroup = cgroup;
+                inst.pid = Some(pid);
+                inst.state = State::Running;
+                inst.started = Some(Instant::now());
+                inst.error = None;
+                forward_output(output, &self.config.supervisor.logs, &leaf);
+                log(&format!(
+                    "model {}: instance {} started (pid {pid})",
+                    cfg.name, inst.index
+                ));
+            }
+            Err(e) => {
+                log(&format!(
+                    "model {}: instance {} cannot start: {e}",
+                    cfg.name, inst.index
+                ));
+                inst.error = Some(e);
+                Self::after_failure(&cfg, inst, true);
+            }
+        }
+    }
+
+    /// Schedules a restart (with backoff) or gives up, per the model's policy.
+    fn after_failure(cfg: &ModelConfig, inst: &mut Instance, failed: bool) {
+        let restart = match cfg.restart {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => failed,
+            RestartPolicy::Never => false,
+        };
+        if !restart {
+            inst.state = if failed { State::Failed } else { State::Exited };
+            return;
+        }
+        // A worker that ran longer than the longest backoff was not crash-looping.
+        let stable = inst.started.is_some_and(|s| s.elapsed() > cfg.backoff_max);
+        inst.failures_in_a_row = if stable {
+            0
+        } else {
+            inst.failures_in_a_row + 1
+        };
+        let factor = 1u32 << inst.failures_in_a_row.saturating_sub(1).min(20);
+        inst.backoff = (cfg.backoff_initial * factor).min(cfg.backoff_max);
+        inst.next_start = Some(Instant::now() + inst.backoff);
+        inst.state = State::Backoff;
+        inst.restarts += 1;
+    }
+
+    /// A child exited: find its instance, record how, reclaim, restart per policy.
+    fn reaped(&mut self, pid: i32, status: i32) {
+        let Some((m, i)) = self.find(pid) else {
+            return; // an orphan adopted as subreaper: reaped, nothing else to do
+        };
+        let model = &mut self.models[m];
+        let cfg = model.cfg.clone();
+        let inst = &mut model.instances[i];
+        let code = launch::exit_code(status);
+        inst.pid = None;
+        inst.last_exit = Some(code);
+        let oom_now = inst
+            .cgroup
+            .as_ref()
+            .and_then(Cgroup::oom_kills)
+            .unwrap_or(0);
+        let oom_killed = oom_now > inst.oom_kills_at_start;
+        if oom_killed {
+            inst.oom_kills += 1;
+        }
+        if let Some(cg) = inst.cgroup.take()
+            && let Err(e) = cg.remove()
+        {
+            log(&format!("model {}: {e}", cfg.name));
+        }
+        if let Some(l) = &model.ledger {
+            let r = l.reclaim_dead();
+            if r.bytes > 0 || r.uncertain > 0 {
+                log(&format!(
+                    "model {}: reclaimed {} bytes ({} uncertain) of dead processes",
+                    cfg.name, r.bytes, r.uncertain
+                ));
+            }
+        }
+        let how = if oom_killed {
+            "killed by the OOM killer".to_owned()
+        } else if code > 128 {
+            format!("killed by signal {}", code - 128)
+        } else {
+            format!("exited with status {code}")
+        };
+        log(&format!(
+            "model {}: instance {} {how}",
+            cfg.name, inst.index
+        ));
+        if self.shutting_down || inst.state == State::Stopped {
+            inst.state = State::Stopped;
+            return;
+        }
+        Self::after_failure(&cfg, inst, code != 0 || oom_killed);
+    }
+
+    fn find(&self, pid: i32) -> Option<(usize, usize)> {
+        self.models.iter().enumerate().find_map(|(m, model)| {
+            model
+                .instances
+                .iter()
+                .position(|i| i.pid == Some(pid))
+                .map(|i| (m, i))
+        })
+    }
+
+    fn reap_all(&mut self) {
+        loop {
+            let mut status = 0;
+            // SAFETY: waitpid for any child (workers and adopted orphans).
+            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+            if pid <= 0 {
+                break;
+            }
+            self.reaped(pid, status);
+        }
+    }
+
+    fn start_due(&mut self) {
+        let now = Instant::now();
+        for m in 0..self.models.len() {
+            for i in 0..self.models[m].instances.len() {
+                let inst = &self.models[m].instances[i];
+                if inst.state == State::Backoff && inst.next_start.is_some_and(|t| t <= now) {
+                    self.start_instance(m, i);
+                }
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.models
+            .iter()
+            .flat_map(|m| &m.instances)
+            .filter_map(|i| i.next_start)
+            .min()
+    }
+
+    fn model_index(&self, name: &str) -> Option<usize> {
+        self.models.iter().position(|m| m.cfg.name == name)
+    }
+
+    fn signal_instances(&self, m: usize, sig: i32) {
+        for inst in &self.models[m].instances {
+            if let Some(pid) = inst.pid {
+                // SAFETY: a worker we started and have not reaped yet.
+                unsafe { libc::kill(pid, sig) };
+            }
+        }
+    }
+
+    fn handle(&mut self, request: Request) -> Reply {
+        let not_found = |name: &str| Reply {
+            code: 404,
+            content_type: "application/json",
+            body: json!({"error": format!("no model {name}")}).to_string(),
+        };
+        match request {
+            Request::Status(None) => Reply {
+                code: 200,
+                content_type: "application/json",
+                body: serde_json::to_string_pretty(&self.status()).expect("JSON"),
+            },
+            Request::Status(Some(name)) => match self.model_index(&name) {
+                Some(m) => Reply {
+                    code: 200,
+                    content_type: "application/json",
+                    body: serde_json::to_string_pretty(&self.model_status(m)).expect("JSON"),
+                },
+                None => not_found(&name),
+            },
+            Request::Metrics => Reply {
+                code: 200,
+                content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                body: self.metrics(),
+            },
+            Request::Stop(name) => match self.model_index(&name) {
+                Some(m) => {
+                    for inst in &mut self.models[m].instances {
+                        inst.next_start = None;
+                        inst.state = State::Stopped;
+                    }
+                    self.signal_instances(m, libc::SIGTERM);
+                    Reply {
+                        code: 200,
+                        content_type: "application/json",
+                        body: json!({"model": name, "action": "stop"}).to_string(),
+                    }
+                }
+                None => not_found(&name),
+            },
+            Request::Start(name) | Request::Restart(name) if self.model_index(&name).is_none() => {
+                not_found(&name)
+            }
+            Request::Start(name) => {
+                let m = self.model_index(&name).expect("checked");
+                for i in 0..self.models[m].instances.len() {
+                    if self.models[m].instances[i].pid.is_none() {
+                        self.models[m].instances[i].failures_in_a_row = 0;
+                        self.start_instance(m, i);
+                    }
+                }
+                Reply {
+                    code: 200,
+                    content_type: "application/json",
+                    body: json!({"model": name, "action": "start"}).to_string(),
+                }
+            }
+            Request::Restart(name) => {
+                let m = self.model_index(&name).expect("checked");
+                for inst in &mut self.models[m].instances {
+                    if inst.pid.is_none() {
+                        inst.state = State::Backoff;
+                        inst.next_start = Some(Instant::now());
+                    }
+                    inst.failures_in_a_row = 0;
+                }
+                // Running instances exit on SIGTERM and restart through the policy path.
+                self.signal_instances(m, libc::SIGTERM);
+                Reply {
+                    code: 200,
+                    content_type: "application/json",
+                    body: json!({"model": name, "action": "restart"}).to_string(),
+                }
+            }
+        }
+    }
+
+    fn model_status(&self, m: usize) -> Value {
+        let model = &self.models[m];
+        let snapshot = model.ledger.as_ref().map(LedgerFile::snapshot);
+        let instances: Vec<Value> = model
+            .instances
+            .iter()
+            .map(|i| {
+                json!({
+                    "index": i.index,
+                    "state": i.state.as_str(),
+                    "pid": i.pid,
+                    "restarts": i.restarts,
+                    "oom_kills": i.oom_kills,
+                    "last_exit": i.last_exit,
+                    "backoff_ms": if i.state == State::Backoff { Some(i.backoff.as_millis() as u64) } else { None },
+                    "uptime_ms": i.started.filter(|_| i.pid.is_some()).map(|s| s.elapsed().as_millis() as u64),
+                    "host_memory_bytes": i.cgroup.as_ref().and_then(Cgroup::memory_current),
+                    "error": i.error,
+                })
+            })
+            .collect();
+        let state = summary_state(&model.instances);
+        json!({
+            "name": model.cfg.name,
+            "state": state,
+            "instances": instances,
+            "restarts": model.instances.iter().map(|i| i.restarts).sum::<u64>(),
+            "oom_kills": model.instances.iter().map(|i| i.oom_kills).sum::<u64>(),
+            "gpu_quota_bytes": snapshot.as_ref().and_then(|s| s.quota_bytes),
+            "gpu_used_bytes": snapshot.as_ref().map(|s| s.used),
+            "gpu_peak_bytes": snapshot.as_ref().map(|s| s.peak),
+            "gpu_refusals": snapshot.as_ref().map(|s| s.refused),
+            "host_memory_bytes": model.instances.iter().filter_map(|i| i.cgroup.as_ref().and_then(Cgroup::memory_current)).sum::<u64>(),
+            "error": model.ledger_error,
+        })
+    }
+
+    pub fn status(&self) -> Value {
+        json!({ "models": (0..self.models.len()).map(|m| self.model_status(m)).collect::<Vec<_>>() })
+    }
+
+    fn metrics(&self) -> String {
+        let mut out = String::new();
+        let mut family =
+            |name: &str, kind: &str, help: &str, value: &dyn Fn(&Model) -> Option<u64>| {
+                out += &format!("# TYPE {name} {kind}\n# HELP {name} {help}\n");
+                for model in &self.models {
+                    if let Some(v) = value(model) {
+                        let sample = if kind == "counter" {
+                            format!("{name}_total")
+                        } else {
+                            name.to_owned()
+                        };
+                        out += &format!("{sample}{{model=\"{}\"}} {v}\n", model.cfg.name);
+                    }
+                }
+            };
+        let snap = |m: &Model| m.ledger.as_ref().map(LedgerFile::snapshot);
+        family(
+            "cuvisor_gpu_quota_bytes",
+            "gauge",
+            "The model's GPU memory quota.",
+            &|m| snap(m).and_then(|s| s.quota_bytes),
+        );
+        family(
+            "cuvisor_gpu_used_bytes",
+            "gauge",
+            "GPU memory charged to the model.",
+            &|m| snap(m).map(|s| s.used),
+        );
+        family(
+            "cuvisor_gpu_peak_bytes",
+            "gauge",
+            "The most GPU memory the model held.",
+            &|m| snap(m).map(|s| s.peak),
+        );
+        family(
+            "cuvisor_gpu_oom_refusals",
+            "counter",
+            "Allocations refused for the quota.",
+            &|m| snap(m).map(|s| s.refused),
+        );
+        family(
+            "cuvisor_host_memory_bytes",
+            "gauge",
+            "Host memory used by the model's workers.",
+            &|m| {
+                Some(
+                    m.instances
+                        .iter()
+                        .filter_map(|i| i.cgroup.as_ref().and_then(Cgroup::memory_current))
+                        .sum(),
+                )
+            },
+        );
+        family(
+            "cuvisor_running_instances",
+            "gauge",
+            "Instances running.",
+            &|m| Some(m.instances.iter().filter(|i| i.pid.is_some()).count() as u64),
+        );
+        family("cuvisor_restarts", "counter", "Instance restarts.", &|m| {
+            Some(m.instances.iter().map(|i| i.restarts).sum())
+        });
+        family(
+            "cuvisor_oom_kills",
+            "counter",
+            "Workers killed by the host OOM killer.",
+            &|m| Some(m.instances.iter().map(|i| i.oom_kills).sum()),
+        );
+        out + "# EOF\n"
+    }
+
+    /// SIGTERM everywhere, the grace period, SIGKILL, cgroups removed.
+    fn shutdown(&mut self, events: &Receiver<Event>) {
+        self.shutting_down = true;
+        log("stopping: SIGTERM to every worker");
+        for m in 0..self.models.len() {
+            self.signal_instances(m, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + self.config.supervisor.grace_period;
+        while self.running() > 0 && Instant::now() < deadline {
+            let _ = events.recv_timeout(Duration::from_millis(20));
+            self.reap_all();
+        }
+        if self.running() > 0 {
+            log("grace period over: SIGKILL");
+            for m in 0..self.models.len() {
+                self.signal_instances(m, libc::SIGKILL);
+            }
+            while self.running() > 0 {
+                std::thread::sleep(Duration::from_millis(10));
+                self.reap_all();
+            }
+        }
+        for model in &mut self.models {
+            for inst in &mut model.instances {
+                if let Some(cg) = inst.cgroup.take() {
+                    let _ = cg.remove();
+                }
+            }
+        }
+        self.hierarchy.remove_base();
+        self.reap_all();
+    }
+
+    fn running(&self) -> usize {
+        self.models
+            .iter()
+            .flat_map(|m| &m.instances)
+            .filter(|i| i.pid.is_some())
+            .count()
+    }
+}
+
+fn summary_state(instances: &[Instance]) -> &'static str {
+    let states: Vec<State> = instances.iter().map(|i| i.state).collect();
+    for s in [
+        State::Running,
+        State::Starting,
+        State::Backoff,
+        State::Failed,
+        State::Exited,
+    ] {
+        if states.contains(&s) {
+            return s.as_str();
+        }
+    }
+    State::Stopped.as_str()
+}
+
+fn limits(m: &ModelConfig) -> Limits {
+    Limits {
+        memory: m.memory_limit,
+        cpu_cores: m.cpu_limit,
+        pids: m.pids_limit,
+    }
+}
+
+fn pipe_for_output() -> Result<(OwnedFd, OwnedFd), String> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two descriptors we own. The write end is inherited by the
+    // worker only through the launch spec (dup2), so it is close-on-exec here.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(format!(
+            "cannot create a pipe: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Copies a worker's output, line by line, to the supervisor's stderr or its log file.
+fn forward_output(output: OwnedFd, logs: &Logs, leaf: &str) {
+    let file = std::fs::File::from(output);
+    let target = match logs {
+        Logs::Stderr => None,
+        Logs::Dir(dir) => {
+            let _ = std::fs::create_dir_all(dir);
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(format!("{leaf}.log")))
+                .ok()
+        }
+    };
+    let prefix = format!(
+        "[{}] ",
+        leaf.rsplit_once('-')
+            .map_or(leaf.to_owned(), |(m, i)| format!("{m}/{i}"))
+    );
+    std::thread::spawn(move || {
+        let mut target = target;
+        for line in BufReader::new(file).lines().map_while(Result::ok) {
+            match &mut target {
+                Some(f) => {
+                    let _ = writeln!(f, "{line}");
+                }
+                None => {
+                    let _ = writeln!(std::io::stderr(), "{prefix}{line}");
+                }
+            }
+        }
+    });
+}
+
+/// Blocks the signals we handle in every thread, and turns them into events.
+fn signal_thread(tx: Sender<Event>) {
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    unsafe {
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    std::thread::spawn(move || {
+        loop {
+            let mut sig = 0;
+            // SAFETY: sigwait with the set blocked in every thread.
+            if unsafe { libc::sigwait(&set, &mut sig) } == 0 && tx.send(Event::Signal(sig)).is_err()
+            {
+                return;
+            }
+        }
+    });
+}
+
+/// Runs the configuration until SIGTERM or SIGINT. Returns the process exit status.
+pub fn run(config: Config, shim: PathBuf) -> Result<i32, String> {
+    // Before any thread exists: every thread inherits the blocked signals.
+    let (tx, rx) = channel();
+    signal_thread(tx.clone());
+    // SAFETY: prctl on ourselves: orphans of workers that left their namespace come to us.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+    let mut sup = Supervisor::new(config, shim, Path::new("/sys/fs/cgroup"))?;
+    let server = crate::control::serve(&sup.config.supervisor, tx)?;
+    for m in 0..sup.models.len() {
+        for i in 0..sup.models[m].instances.len() {
+            sup.start_instance(m, i);
+        }
+    }
+    loop {
+        let timeout = sup.next_deadline().map_or(Duration::from_millis(500), |t| {
+            t.saturating_duration_since(Instant::now())
+        });
+        match rx.recv_timeout(timeout) {
+            Ok(Event::Signal(libc::SIGCHLD)) => sup.reap_all(),
+            Ok(Event::Signal(sig)) if sig == libc::SIGTERM || sig == libc::SIGINT => {
+                sup.shutdown(&rx);
+                drop(server);
+                log("stopped");
+                return Ok(0);
+            }
+            Ok(Event::Signal(_)) => {}
+            Ok(Event::Control(request, reply)) => {
+                let _ = reply.send(sup.handle(request));
+            }
+            Err(_) => {}
+        }
+        sup.reap_all();
+        sup.start_due();
+    }
+}
