@@ -155,6 +155,9 @@ unsafe fn exec_worker(a: &ChildArgs) -> ! {
     }
 }
 
+/// close_range(2) flag: mark close-on-exec instead of closing.
+const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
+
 const FORWARDED: [i32; 6] = [
     libc::SIGTERM,
     libc::SIGINT,
@@ -241,7 +244,19 @@ extern "C" fn child_main(arg: *mut c_void) -> i32 {
         if worker == 0 {
             exec_worker(a);
         }
-        libc::close(a.report); // the worker's copy reports; ours would hide its EOF
+        // The init keeps nothing of the supervisor's: not the report pipe (the worker's copy
+        // reports; ours would hide its EOF), not client connections, not other workers'
+        // pipes, not the supervisor's stdio.
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            libc::dup2(null, 0);
+            libc::dup2(null, 1);
+            libc::dup2(null, 2);
+            if null > 2 {
+                libc::close(null);
+            }
+        }
         loop {
             let sig = libc::sigwaitinfo(&set, std::ptr::null_mut());
             if sig == libc::SIGCHLD {

@@ -1,0 +1,466 @@
+//! `cuvisor run` as a black box: as root, on this host's cgroups (v1 on our CI machines),
+//! with small shell programs and the fake GPU as workers.
+
+mod common;
+use common::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Supervisor {
+    child: Option<Child>,
+    dir: TempDir,
+    socket: PathBuf,
+    cgroup_name: String,
+}
+
+fn unique(tag: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    format!(
+        "cvt{}-{tag}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let end = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Supervisor {
+    /// Starts `cuvisor run` on `models` (TOML of [[model]] tables) with a [supervisor]
+    /// section of its own: socket, ledgers, logs and cgroups private to the test.
+    fn start(tag: &str, models: &str) -> Supervisor {
+        let dir = TempDir::new(tag);
+        let socket = dir.path("control.sock");
+        let cgroup_name = unique(tag);
+        let config = format!(
+            "[supervisor]\nsocket = \"{}\"\nledger_dir = \"{}\"\nlogs = \"{}\"\ngrace_period = \"700ms\"\ncgroup_name = \"{cgroup_name}\"\n\n{models}",
+            socket.display(),
+            dir.path("ledgers").display(),
+            dir.path("logs").display()
+        );
+        std::fs::write(dir.path("cuvisor.toml"), config).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_cuvisor"))
+            .arg("run")
+            .arg("--shim")
+            .arg(shim_path())
+            .arg(dir.path("cuvisor.toml"))
+            .env_remove("LD_PRELOAD")
+            .stderr(std::fs::File::create(dir.path("supervisor.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let s = Supervisor {
+            child: Some(child),
+            dir,
+            socket,
+            cgroup_name,
+        };
+        wait_until("the control socket", Duration::from_secs(10), || {
+            cuvisor::control::request(&s.socket, "GET", "/healthz").is_ok()
+        });
+        s
+    }
+
+    fn status(&self) -> Value {
+        let (code, body) = cuvisor::control::request(&self.socket, "GET", "/models").unwrap();
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    fn model(&self, name: &str) -> Value {
+        self.status()["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .cloned()
+            .unwrap()
+    }
+
+    fn log(&self, leaf: &str) -> String {
+        std::fs::read_to_string(self.dir.path("logs").join(format!("{leaf}.log")))
+            .unwrap_or_default()
+    }
+
+    fn supervisor_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path("supervisor.log")).unwrap_or_default()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGTERM, then the exit status and how long it took.
+    fn stop(&mut self) -> (i32, Duration) {
+        let mut child = self.child.take().unwrap();
+        let t = Instant::now();
+        unsafe { libc_kill(child.id() as i32, 15) };
+        let status = child.wait().unwrap();
+        (status.code().unwrap_or(-1), t.elapsed())
+    }
+
+    fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        ["memory", "cpu", "pids"]
+            .iter()
+            .map(|c| Path::new("/sys/fs/cgroup").join(c).join(&self.cgroup_name))
+            .filter(|p| p.exists())
+            .collect()
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+fn pgrep(pattern: &str) -> Vec<String> {
+    let out = run(Command::new("pgrep").args(["-f", pattern]));
+    lines(&out)
+}
+
+#[test]
+fn workers_run_in_their_own_pid_mount_and_uts_namespaces() {
+    let mut s = Supervisor::start(
+        "ns",
+        "[[model]]\nname = \"nsworker\"\ncommand = \"sh\"\nargs = [\"-c\", \"echo pid=$$ host=$(hostname) mnt=$(readlink /proc/self/ns/mnt) pidns=$(readlink /proc/self/ns/pid) procs=$(ls /proc | grep -c '^[0-9]'); exec sleep 1000\"]\n",
+    );
+    wait_until("the worker's line", Duration::from_secs(5), || {
+        !s.log("nsworker-0").is_empty()
+    });
+    let line = s.log("nsworker-0");
+    let field = |k: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{k}=")))
+            .unwrap_or("")
+            .to_owned()
+    };
+    assert_eq!(
+        field("pid"),
+        "2",
+        "the worker is PID 2 under cuvisor's init: {line}"
+    );
+    assert_eq!(field("host"), "nsworker");
+    assert_ne!(
+        field("mnt"),
+        std::fs::read_link("/proc/self/ns/mnt")
+            .unwrap()
+            .to_string_lossy()
+    );
+    assert_ne!(
+        field("pidns"),
+        std::fs::read_link("/proc/self/ns/pid")
+            .unwrap()
+            .to_string_lossy()
+    );
+    let procs: u32 = field("procs").parse().unwrap();
+    assert!(
+        procs <= 6,
+        "a fresh /proc shows only the namespace's processes: {line}"
+    );
+    assert_eq!(s.model("nsworker")["state"], "running");
+    assert_eq!(s.stop().0, 0);
+}
+
+#[test]
+fn status_and_metrics_report_a_worker_on_the_fake_gpu() {
+    let mut s = Supervisor::start(
+        "gpu",
+        &format!(
+            "[[model]]\nname = \"llama\"\ncommand = \"{}\"\nargs = [\"init\", \"alloc\", \"3M\", \"alloc\", \"6M\", \"sleep\", \"100000\"]\nenv = {{ LD_LIBRARY_PATH = \"{}\" }}\ngpu_quota = \"8MiB\"\nmemory_limit = \"512MiB\"\n",
+            stub_dir().join("driver_probe").display(),
+            stub_dir().display()
+        ),
+    );
+    wait_until("the allocation", Duration::from_secs(5), || {
+        s.log("llama-0").contains("alloc 6M -> 2")
+    });
+    let m = s.model("llama");
+    assert_eq!(
+        (
+            m["state"].as_str(),
+            m["gpu_used_bytes"].as_u64(),
+            m["gpu_quota_bytes"].as_u64()
+        ),
+        (Some("running"), Some(3 * MIB), Some(8 * MIB))
+    );
+    assert_eq!(
+        (m["gpu_peak_bytes"].as_u64(), m["gpu_refusals"].as_u64()),
+        (Some(3 * MIB), Some(1))
+    );
+    assert!(m["host_memory_bytes"].as_u64().unwrap() > 0);
+    let (code, metrics) = cuvisor::control::request(&s.socket, "GET", "/metrics").unwrap();
+    assert_eq!(code, 200);
+    for line in [
+        "cuvisor_gpu_quota_bytes{model=\"llama\"} 8388608",
+        "cuvisor_gpu_used_bytes{model=\"llama\"} 3145728",
+        "cuvisor_gpu_peak_bytes{model=\"llama\"} 3145728",
+        "cuvisor_gpu_oom_refusals_total{model=\"llama\"} 1",
+        "cuvisor_running_instances{model=\"llama\"} 1",
+        "cuvisor_restarts_total{model=\"llama\"} 0",
+        "cuvisor_oom_kills_total{model=\"llama\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+    assert!(metrics.ends_with("# EOF\n"));
+    let table = run(Command::new(env!("CARGO_BIN_EXE_cuvisor"))
+        .arg("status")
+        .arg("--socket")
+        .arg(&s.socket));
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.lines().any(|l| l.starts_with("llama ")
+            && l.contains("running")
+            && l.contains("3.0 MiB / 8.0 MiB")),
+        "{table}"
+    );
+    assert_eq!(s.stop().0, 0);
+    assert!(
+        s.supervisor_log()
+            .contains("model llama: reclaimed 3145728 bytes"),
+        "{}",
+        s.supervisor_log()
+    );
+}
+
+#[test]
+fn an_oom_killed_worker_is_reported_as_such_and_restarted() {
+    let mut s = Supervisor::start(
+        "oom",
+        "[[model]]\nname = \"hog\"\ncommand = \"python3\"\nargs = [\"-c\", \"b = b'x' * (300 << 20)\"]\nmemory_limit = \"64MiB\"\nrestart = \"always\"\nbackoff_initial = \"100ms\"\nbackoff_max = \"200ms\"\n",
+    );
+    wait_until("an OOM kill and a restart", Duration::from_secs(15), || {
+        let m = s.model("hog");
+        m["oom_kills"].as_u64() >= Some(2) && m["restarts"].as_u64() >= Some(2)
+    });
+    assert!(
+        s.supervisor_log()
+            .contains("model hog: instance 0 killed by the OOM killer"),
+        "{}",
+        s.supervisor_log()
+    );
+    let (_, metrics) = cuvisor::control::request(&s.socket, "GET", "/metrics").unwrap();
+    let kills: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("cuvisor_oom_kills_total{model=\"hog\"} "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(kills >= 2, "{metrics}");
+    assert_eq!(s.stop().0, 0);
+}
+
+#[test]
+fn the_pids_limit_holds() {
+    let mut s = Supervisor::start(
+        "pids",
+        // 20 forks asked for; the ones refused are counted, not fatal.
+        "[[model]]\nname = \"forker\"\ncommand = \"python3\"\nargs = [\"-c\", \"import os, time\\nn = 0\\nfor i in range(20):\\n    try:\\n        if os.fork() == 0:\\n            time.sleep(1000)\\n            os._exit(0)\\n        n += 1\\n    except OSError:\\n        pass\\nprint('forked', n, flush=True)\\ntime.sleep(1000)\"]\npids_limit = 8\nrestart = \"never\"\n",
+    );
+    wait_until(
+        "the worker to finish forking",
+        Duration::from_secs(5),
+        || s.log("forker-0").contains("forked"),
+    );
+    let forked: u32 = s
+        .log("forker-0")
+        .trim()
+        .strip_prefix("forked ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let procs = std::fs::read_to_string(
+        Path::new("/sys/fs/cgroup/pids")
+            .join(&s.cgroup_name)
+            .join("forker-0/cgroup.procs"),
+    )
+    .unwrap();
+    let n = procs.lines().count();
+    // cuvisor's init, the worker and its children: 8 at most.
+    assert_eq!(n, 8, "{n} processes in a cgroup limited to 8");
+    assert_eq!(forked, 6, "the other 14 forks were refused");
+    assert_eq!(s.stop().0, 0);
+}
+
+#[test]
+fn restart_backoff_grows_and_caps() {
+    let mut s = Supervisor::start(
+        "backoff",
+        "[[model]]\nname = \"crashy\"\ncommand = \"false\"\nrestart = \"on-failure\"\nbackoff_initial = \"100ms\"\nbackoff_max = \"400ms\"\n",
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    let end = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < end {
+        let m = s.model("crashy");
+        if let Some(b) = m["instances"][0]["backoff_ms"].as_u64() {
+            seen.insert(b);
+        }
+        std::thread::sleep(Duration::from_millis(15));
+    }
+    assert_eq!(
+        seen.iter().copied().collect::<Vec<_>>(),
+        [100, 200, 400],
+        "backoffs seen: {seen:?}"
+    );
+    let m = s.model("crashy");
+    assert!(m["restarts"].as_u64().unwrap() >= 5, "{m}");
+    assert_eq!(m["instances"][0]["last_exit"], 1);
+    assert_eq!(s.stop().0, 0);
+}
+
+#[test]
+fn sigterm_leaves_no_process_and_no_cgroup_behind() {
+    let marker = format!("{}", 900_000 + std::process::id() % 90_000);
+    let mut s = Supervisor::start(
+        "term",
+        &format!(
+            "[[model]]\nname = \"polite\"\ncommand = \"sleep\"\nargs = [\"{marker}1\"]\nmemory_limit = \"64MiB\"\ninstances = 2\n\n\
+             [[model]]\nname = \"stubborn\"\ncommand = \"sh\"\nargs = [\"-c\", \"trap '' TERM; sleep {marker}2; sleep {marker}2\"]\nmemory_limit = \"64MiB\"\npids_limit = 16\nisolation = {{ pid = false }}\n"
+        ),
+    );
+    wait_until("three workers", Duration::from_secs(5), || {
+        pgrep(&format!("^sleep {marker}")).len() == 3
+    });
+    assert_eq!(
+        s.cgroup_dirs().len(),
+        3,
+        "a cgroup in each v1 controller while running"
+    );
+    let (code, took) = s.stop();
+    assert_eq!(code, 0);
+    assert!(
+        took >= Duration::from_millis(600),
+        "the stubborn worker holds until the grace period ends ({took:?})"
+    );
+    assert!(
+        pgrep(&format!("sleep {marker}")).is_empty(),
+        "no worker is left"
+    );
+    assert!(pgrep(&format!("^sleep {marker}")).is_empty());
+    assert!(
+        s.cgroup_dirs().is_empty(),
+        "no cgroup is left: {:?}",
+        s.cgroup_dirs()
+    );
+    assert!(!s.socket.exists());
+    assert!(s.supervisor_log().contains("grace period over: SIGKILL"));
+}
+
+#[test]
+fn a_worker_that_double_forks_is_still_reaped() {
+    // Without a PID namespace the orphan comes to the supervisor (a subreaper).
+    let mut s = Supervisor::start(
+        "orphan",
+        "[[model]]\nname = \"daemonizer\"\ncommand = \"sh\"\nargs = [\"-c\", \"(sleep 0.3 &); exit 0\"]\nrestart = \"never\"\nisolation = { pid = false }\n",
+    );
+    wait_until("the worker to exit", Duration::from_secs(5), || {
+        s.model("daemonizer")["state"] == "exited"
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    let out = run(Command::new("ps")
+        .args(["-o", "pid=,stat=", "--ppid"])
+        .arg(s.pid().to_string()));
+    let zombies: Vec<String> = lines(&out)
+        .into_iter()
+        .filter(|l| l.contains('Z'))
+        .collect();
+    assert!(
+        zombies.is_empty(),
+        "zombies under the supervisor: {zombies:?}"
+    );
+    assert_eq!(s.stop().0, 0);
+    // With a PID namespace the orphan dies with its namespace when the worker exits.
+    let marker = format!("{}", 800_000 + std::process::id() % 90_000);
+    let mut s = Supervisor::start(
+        "orphan-ns",
+        &format!(
+            "[[model]]\nname = \"daemonizer\"\ncommand = \"sh\"\nargs = [\"-c\", \"(sleep {marker} &); sleep 0.2; exit 0\"]\nrestart = \"never\"\n"
+        ),
+    );
+    wait_until("the worker to exit", Duration::from_secs(5), || {
+        s.model("daemonizer")["state"] == "exited"
+    });
+    wait_until("the orphan to be gone", Duration::from_secs(2), || {
+        pgrep(&format!("sleep {marker}")).is_empty()
+    });
+    assert_eq!(s.stop().0, 0);
+}
+
+#[test]
+fn a_broken_model_does_not_take_down_the_others_and_models_can_be_controlled() {
+    let mut s = Supervisor::start(
+        "control",
+        "[[model]]\nname = \"broken\"\ncommand = \"/no/such/binary\"\nrestart = \"never\"\n\n[[model]]\nname = \"fine\"\ncommand = \"sleep\"\nargs = [\"1000\"]\n",
+    );
+    let broken = s.model("broken");
+    assert_eq!(broken["state"], "failed");
+    assert!(
+        broken["instances"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("/no/such/binary: not an executable file"),
+        "{broken}"
+    );
+    assert_eq!(s.model("fine")["state"], "running");
+    let (code, _) = cuvisor::control::request(&s.socket, "POST", "/models/fine/stop").unwrap();
+    assert_eq!(code, 200);
+    wait_until("fine to stop", Duration::from_secs(5), || {
+        s.model("fine")["state"] == "stopped"
+    });
+    let (code, _) = cuvisor::control::request(&s.socket, "POST", "/models/fine/start").unwrap();
+    assert_eq!(code, 200);
+    wait_until("fine to run", Duration::from_secs(5), || {
+        s.model("fine")["state"] == "running"
+    });
+    let pid = s.model("fine")["instances"][0]["pid"].as_i64();
+    let (code, _) = cuvisor::control::request(&s.socket, "POST", "/models/fine/restart").unwrap();
+    assert_eq!(code, 200);
+    wait_until(
+        "fine to be running again with a new process",
+        Duration::from_secs(5),
+        || {
+            let m = s.model("fine");
+            m["state"] == "running" && m["instances"][0]["pid"].as_i64() != pid
+        },
+    );
+    assert_eq!(
+        cuvisor::control::request(&s.socket, "POST", "/models/nobody/stop")
+            .unwrap()
+            .0,
+        404
+    );
+    assert_eq!(
+        cuvisor::control::request(&s.socket, "DELETE", "/models")
+            .unwrap()
+            .0,
+        405
+    );
+    // A second supervisor on the same socket is refused, clearly.
+    let out = run(Command::new(env!("CARGO_BIN_EXE_cuvisor"))
+        .arg("run")
+        .arg("--shim")
+        .arg(shim_path())
+        .arg(s.dir.path("cuvisor.toml"))
+        .stdin(Stdio::null()));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("control.sock: in use by a running supervisor"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(s.stop().0, 0);
+}
