@@ -132,6 +132,8 @@ unsafe fn exec_worker(a: &ChildArgs) -> ! {
         {
             fail(a.report, 10);
         }
+        // Nothing the supervisor had open goes past exec (the report pipe stays until then).
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC);
         if let Some(gid) = s.gid {
             if libc::setgroups(0, std::ptr::null()) != 0 {
                 fail(a.report, 6);
