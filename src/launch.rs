@@ -6,8 +6,12 @@
 //! orphan of the namespace, and exits with the worker's status (the kernel then kills
 //! whatever is left in the namespace). Without a PID namespace the child is the worker.
 //!
-//! After `clone()` the child runs only async-signal-safe system calls on data prepared
-//! beforehand: the supervisor has threads, and the child must not allocate.
+//! After `clone()` the child runs only raw system calls on data prepared beforehand. The
+//! supervisor has threads, and the child is a copy of it with one thread: a lock another
+//! thread held at the instant of the clone stays held forever there. So no allocation, and
+//! none of glibc's wrappers that take locks or believe the process still has its threads:
+//! `fork()` (it takes malloc's locks for its atfork handlers) and `setuid()`/`setgid()`/
+//! `setgroups()` (they signal every thread of the process) are made as raw system calls.
 
 use crate::config::Isolation;
 use std::ffi::{CString, c_void};
@@ -135,15 +139,15 @@ unsafe fn exec_worker(a: &ChildArgs) -> ! {
         // Nothing the supervisor had open goes past exec (the report pipe stays until then).
         libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC);
         if let Some(gid) = s.gid {
-            if libc::setgroups(0, std::ptr::null()) != 0 {
+            if libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) != 0 {
                 fail(a.report, 6);
             }
-            if libc::setgid(gid) != 0 {
+            if libc::syscall(libc::SYS_setresgid, gid, gid, gid) != 0 {
                 fail(a.report, 7);
             }
         }
         if let Some(uid) = s.uid
-            && libc::setuid(uid) != 0
+            && libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0
         {
             fail(a.report, 8);
         }
@@ -239,7 +243,16 @@ extern "C" fn child_main(arg: *mut c_void) -> i32 {
             libc::sigaddset(&mut set, sig);
         }
         libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        let worker = libc::fork();
+        // fork(2) as a raw clone: glibc's fork() would wait for malloc locks that threads
+        // of the supervisor may have held when we were cloned.
+        let worker = libc::syscall(
+            libc::SYS_clone,
+            libc::SIGCHLD as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        ) as libc::pid_t;
         if worker < 0 {
             fail(a.report, 5);
         }
@@ -283,6 +296,9 @@ extern "C" fn child_main(arg: *mut c_void) -> i32 {
         }
     }
 }
+
+/// How long a child may take from `clone()` to `exec`: mounts, credentials, the exec.
+const LAUNCH_TIMEOUT_MS: i32 = 30_000;
 
 /// A started worker: the process the supervisor waits for.
 #[derive(Debug)]
@@ -363,7 +379,33 @@ pub fn launch(
         return Err(os("start the child")(io::Error::last_os_error()));
     }
     drop(go_write);
-    // EOF on the report pipe: the worker exec'd. Eight bytes: a step failed.
+    // EOF on the report pipe: the worker exec'd. Eight bytes: a step failed. Nothing at
+    // all: the child is stuck, and must not freeze the supervisor with it.
+    let mut ready = libc::pollfd {
+        fd: report_read.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll on one descriptor we own, retried on EINTR.
+    while unsafe { libc::poll(&mut ready, 1, LAUNCH_TIMEOUT_MS) } < 0 {
+        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            reap();
+            return Err(os("wait for the child")(io::Error::last_os_error()));
+        }
+    }
+    if ready.revents == 0 {
+        reap();
+        return Err(LaunchError {
+            step: "exec",
+            source: io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "the child did not reach exec within {} s; killed",
+                    LAUNCH_TIMEOUT_MS / 1000
+                ),
+            ),
+        });
+    }
     let mut msg = [0i32; 2];
     // SAFETY: reading into a local buffer.
     let n = unsafe { libc::read(report_read.as_raw_fd(), msg.as_mut_ptr().cast(), 8) };

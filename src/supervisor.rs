@@ -45,6 +45,8 @@ enum State {
     Starting,
     Running,
     Backoff,
+    /// Asked to stop (or restart): SIGTERM sent, waiting for it to exit.
+    Stopping,
     Stopped,
     Exited,
     Failed,
@@ -56,6 +58,7 @@ impl State {
             State::Starting => "starting",
             State::Running => "running",
             State::Backoff => "backoff",
+            State::Stopping => "stopping",
             State::Stopped => "stopped",
             State::Exited => "exited",
             State::Failed => "failed",
@@ -71,6 +74,10 @@ struct Instance {
     oom_kills_at_start: u64,
     started: Option<Instant>,
     next_start: Option<Instant>,
+    /// While stopping: when SIGTERM turns into SIGKILL.
+    kill_at: Option<Instant>,
+    /// While stopping: start again once it has exited (an operator's start or restart).
+    start_after_exit: bool,
     backoff: Duration,
     failures_in_a_row: u32,
     restarts: u64,
@@ -156,6 +163,8 @@ impl Supervisor {
                         oom_kills_at_start: 0,
                         started: None,
                         next_start: None,
+                        kill_at: None,
+                        start_after_exit: false,
                         backoff: cfg.backoff_initial,
                         failures_in_a_row: 0,
                         restarts: 0,
@@ -345,8 +354,19 @@ impl Supervisor {
             "model {}: instance {} {how}",
             cfg.name, inst.index
         ));
-        if self.shutting_down || inst.state == State::Stopped {
+        inst.kill_at = None;
+        if self.shutting_down {
             inst.state = State::Stopped;
+            return;
+        }
+        if inst.state == State::Stopping {
+            // An operator's stop or restart, not a failure: the policy has no say.
+            if std::mem::take(&mut inst.start_after_exit) {
+                inst.state = State::Backoff;
+                inst.next_start = Some(Instant::now());
+            } else {
+                inst.state = State::Stopped;
+            }
             return;
         }
         Self::after_failure(&cfg, inst, code != 0 || oom_killed);
@@ -374,13 +394,26 @@ impl Supervisor {
         }
     }
 
-    fn start_due(&mut self) {
+    /// Starts the instances whose backoff is over; SIGKILLs those that outlived their
+    /// grace period while stopping.
+    fn run_timers(&mut self) {
         let now = Instant::now();
         for m in 0..self.models.len() {
             for i in 0..self.models[m].instances.len() {
-                let inst = &self.models[m].instances[i];
+                let model = &mut self.models[m];
+                let inst = &mut model.instances[i];
                 if inst.state == State::Backoff && inst.next_start.is_some_and(|t| t <= now) {
                     self.start_instance(m, i);
+                } else if let (Some(pid), Some(at)) = (inst.pid, inst.kill_at)
+                    && at <= now
+                {
+                    inst.kill_at = None;
+                    log(&format!(
+                        "model {}: instance {} still running after the grace period: SIGKILL",
+                        model.cfg.name, inst.index
+                    ));
+                    // SAFETY: a worker we started and have not reaped yet.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
                 }
             }
         }
@@ -390,8 +423,34 @@ impl Supervisor {
         self.models
             .iter()
             .flat_map(|m| &m.instances)
-            .filter_map(|i| i.next_start)
+            .filter_map(|i| i.next_start.or(i.kill_at))
             .min()
+    }
+
+    /// An operator's stop (`then_start` false) or restart (true) of every instance of a
+    /// model: running ones get SIGTERM now and SIGKILL after the grace period.
+    fn stop_model(&mut self, m: usize, then_start: bool) {
+        let grace = self.config.supervisor.grace_period;
+        for inst in &mut self.models[m].instances {
+            inst.next_start = None;
+            inst.failures_in_a_row = 0;
+            match inst.pid {
+                Some(pid) => {
+                    inst.state = State::Stopping;
+                    inst.start_after_exit = then_start;
+                    if inst.kill_at.is_none() {
+                        inst.kill_at = Some(Instant::now() + grace);
+                    }
+                    // SAFETY: a worker we started and have not reaped yet.
+                    unsafe { libc::kill(pid, libc::SIGTERM) };
+                }
+                None if then_start => {
+                    inst.state = State::Backoff;
+                    inst.next_start = Some(Instant::now());
+                }
+                None => inst.state = State::Stopped,
+            }
+        }
     }
 
     fn model_index(&self, name: &str) -> Option<usize> {
@@ -434,11 +493,7 @@ impl Supervisor {
             },
             Request::Stop(name) => match self.model_index(&name) {
                 Some(m) => {
-                    for inst in &mut self.models[m].instances {
-                        inst.next_start = None;
-                        inst.state = State::Stopped;
-                    }
-                    self.signal_instances(m, libc::SIGTERM);
+                    self.stop_model(m, false);
                     Reply {
                         code: 200,
                         content_type: "application/json",
@@ -453,9 +508,12 @@ impl Supervisor {
             Request::Start(name) => {
                 let m = self.model_index(&name).expect("checked");
                 for i in 0..self.models[m].instances.len() {
-                    if self.models[m].instances[i].pid.is_none() {
-                        self.models[m].instances[i].failures_in_a_row = 0;
+                    let inst = &mut self.models[m].instances[i];
+                    if inst.pid.is_none() {
+                        inst.failures_in_a_row = 0;
                         self.start_instance(m, i);
+                    } else if inst.state == State::Stopping {
+                        inst.start_after_exit = true;
                     }
                 }
                 Reply {
@@ -466,15 +524,7 @@ impl Supervisor {
             }
             Request::Restart(name) => {
                 let m = self.model_index(&name).expect("checked");
-                for inst in &mut self.models[m].instances {
-                    if inst.pid.is_none() {
-                        inst.state = State::Backoff;
-                        inst.next_start = Some(Instant::now());
-                    }
-                    inst.failures_in_a_row = 0;
-                }
-                // Running instances exit on SIGTERM and restart through the policy path.
-                self.signal_instances(m, libc::SIGTERM);
+                self.stop_model(m, true);
                 Reply {
                     code: 200,
                     content_type: "application/json",
@@ -644,6 +694,7 @@ fn summary_state(instances: &[Instance]) -> &'static str {
     for s in [
         State::Running,
         State::Starting,
+        State::Stopping,
         State::Backoff,
         State::Failed,
         State::Exited,
@@ -765,6 +816,6 @@ pub fn run(config: Config, shim: PathBuf) -> Result<i32, String> {
             Err(_) => {}
         }
         sup.reap_all();
-        sup.start_due();
+        sup.run_timers();
     }
 }

@@ -464,3 +464,132 @@ fn a_broken_model_does_not_take_down_the_others_and_models_can_be_controlled() {
     );
     assert_eq!(s.stop().0, 0);
 }
+
+#[test]
+fn stop_waits_for_the_worker_escalates_to_sigkill_and_restart_ignores_the_policy() {
+    // A worker that ignores SIGTERM, under restart = "never": stop must not report
+    // "stopped" while it lives, must SIGKILL it after the grace period (700ms here), and
+    // an operator's start or restart must work whatever the restart policy says.
+    let mut s = Supervisor::start(
+        "stop",
+        "[[model]]\nname = \"deaf\"\ncommand = \"sh\"\nargs = [\"-c\", \"trap '' TERM; echo up; while :; do sleep 0.05; done\"]\nrestart = \"never\"\n",
+    );
+    wait_until("the worker", Duration::from_secs(5), || {
+        s.model("deaf")["state"] == "running"
+    });
+    let first = s.model("deaf")["instances"][0]["pid"].as_i64().unwrap();
+    let t = Instant::now();
+    assert_eq!(
+        cuvisor::control::request(&s.socket, "POST", "/models/deaf/stop")
+            .unwrap()
+            .0,
+        200
+    );
+    let m = s.model("deaf");
+    assert_eq!(m["state"], "stopping", "{m}");
+    assert_eq!(m["instances"][0]["pid"].as_i64(), Some(first));
+    // Asked to start while it is still stopping: it starts again once the old one is gone.
+    assert_eq!(
+        cuvisor::control::request(&s.socket, "POST", "/models/deaf/start")
+            .unwrap()
+            .0,
+        200
+    );
+    wait_until("a new worker", Duration::from_secs(5), || {
+        let m = s.model("deaf");
+        m["state"] == "running" && m["instances"][0]["pid"].as_i64() != Some(first)
+    });
+    assert!(
+        t.elapsed() >= Duration::from_millis(650),
+        "the old worker ignored SIGTERM until the grace period ended ({:?})",
+        t.elapsed()
+    );
+    assert!(
+        s.supervisor_log()
+            .contains("model deaf: instance 0 still running after the grace period: SIGKILL"),
+        "{}",
+        s.supervisor_log()
+    );
+    // A restart replaces the worker although the policy is "never".
+    let second = s.model("deaf")["instances"][0]["pid"].as_i64().unwrap();
+    assert_eq!(
+        cuvisor::control::request(&s.socket, "POST", "/models/deaf/restart")
+            .unwrap()
+            .0,
+        200
+    );
+    wait_until("a third worker", Duration::from_secs(5), || {
+        let m = s.model("deaf");
+        m["state"] == "running" && m["instances"][0]["pid"].as_i64() != Some(second)
+    });
+    let m = s.model("deaf");
+    assert_eq!(
+        m["restarts"], 0,
+        "restarts count the policy's restarts, not an operator's: {m}"
+    );
+    // A plain stop ends in "stopped", with no process left.
+    let third = m["instances"][0]["pid"].as_i64().unwrap();
+    cuvisor::control::request(&s.socket, "POST", "/models/deaf/stop").unwrap();
+    wait_until("stopped", Duration::from_secs(5), || {
+        s.model("deaf")["state"] == "stopped"
+    });
+    assert!(!Path::new(&format!("/proc/{third}")).exists());
+    assert_eq!(s.model("deaf")["instances"][0]["pid"], Value::Null);
+    assert_eq!(s.stop().0, 0);
+}
+
+#[test]
+fn a_worker_runs_as_its_user_and_group() {
+    let mut s = Supervisor::start(
+        "user",
+        "[[model]]\nname = \"unprivileged\"\ncommand = \"sh\"\nargs = [\"-c\", \"echo uid=$(id -u) gid=$(id -g) groups=$(id -G); exec sleep 1000\"]\nuser = \"nobody\"\ngroup = \"nogroup\"\n",
+    );
+    wait_until("the worker's line", Duration::from_secs(5), || {
+        s.log("unprivileged-0").contains("uid=")
+    });
+    assert_eq!(
+        s.log("unprivileged-0").trim(),
+        "uid=65534 gid=65534 groups=65534",
+        "no supplementary group of root is kept"
+    );
+    assert_eq!(s.stop().0, 0);
+}
+
+#[test]
+fn workers_keep_starting_while_the_control_api_is_busy() {
+    // The supervisor has threads (control connections, output forwarding) that allocate
+    // while the main thread clones workers: the cloned child must take no lock another
+    // thread could have held (glibc's fork() takes malloc's), or it hangs forever.
+    let mut s = Supervisor::start(
+        "busy",
+        "[[model]]\nname = \"flappy\"\ncommand = \"true\"\nrestart = \"always\"\nbackoff_initial = \"1ms\"\nbackoff_max = \"1ms\"\n",
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pollers: Vec<_> = (0..4)
+        .map(|_| {
+            let (socket, stop) = (s.socket.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = cuvisor::control::request(&socket, "GET", "/metrics");
+                }
+            })
+        })
+        .collect();
+    let mut last = 0;
+    for _ in 0..6 {
+        // Every half second the worker must have been replaced more times.
+        std::thread::sleep(Duration::from_millis(500));
+        let restarts = s.model("flappy")["restarts"].as_u64().unwrap();
+        assert!(
+            restarts > last,
+            "restarts stuck at {restarts}: a launch hangs\n{}",
+            s.supervisor_log()
+        );
+        last = restarts;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for p in pollers {
+        p.join().unwrap();
+    }
+    assert_eq!(s.stop().0, 0);
+}
