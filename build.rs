@@ -67,6 +67,7 @@ fn main() {
     let runtime = ["-L", path_str(&out), "-lcudart", "-ldl"];
     executable(&out, "runtime_probe", "probes/runtime_probe.c", &runtime);
     executable(&out, "bench", "probes/bench.c", &direct);
+    executable(&out, "stamp", "probes/stamp.c", &[]);
     shared_object(
         &out,
         "libother_preload.so",
