@@ -81,6 +81,22 @@ fn read_key(path: &Path, key: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
+/// Whether we may create cgroups in `dir`: not on a read-only mount (as in many
+/// containers), and ours to write.
+fn writable(dir: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: access(2) with a valid C string.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+}
+
+const NOT_MOUNTED: &str = "not mounted";
+const NOT_WRITABLE: &str = "not writable (a read-only mount, or not root)";
+
+/// One cgroup v1 controller: our parent cgroup in it, or why it cannot be used.
+pub type Controller = Result<PathBuf, &'static str>;
+
 fn fs_magic(path: &Path) -> Option<i64> {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
     let mut s: libc::statfs = unsafe { std::mem::zeroed() };
@@ -93,14 +109,14 @@ fn fs_magic(path: &Path) -> Option<i64> {
 pub enum Hierarchy {
     /// The unified hierarchy: `base` is our parent cgroup (`<root>/<name>`).
     V2 { root: PathBuf, base: PathBuf },
-    /// Per-controller hierarchies; each `Some` is our parent cgroup in that controller.
+    /// Per-controller hierarchies.
     V1 {
-        memory: Option<PathBuf>,
-        cpu: Option<PathBuf>,
-        pids: Option<PathBuf>,
+        memory: Controller,
+        cpu: Controller,
+        pids: Controller,
     },
-    /// No usable controller.
-    None,
+    /// No cgroups: none usable here (`why`), or none wanted.
+    None { why: String },
 }
 
 impl Hierarchy {
@@ -108,18 +124,35 @@ impl Hierarchy {
     /// under `name` in it.
     pub fn detect(fs_root: &Path, name: &str) -> Hierarchy {
         if fs_magic(fs_root) == Some(CGROUP2_SUPER_MAGIC) {
-            return Hierarchy::V2 {
-                root: fs_root.to_owned(),
-                base: fs_root.join(name),
+            return if writable(fs_root) {
+                Hierarchy::V2 {
+                    root: fs_root.to_owned(),
+                    base: fs_root.join(name),
+                }
+            } else {
+                Hierarchy::None {
+                    why: format!("cgroup v2 at {} is {NOT_WRITABLE}", fs_root.display()),
+                }
             };
         }
         let controller = |c: &str| {
             let dir = fs_root.join(c);
-            (fs_magic(&dir) == Some(CGROUP_SUPER_MAGIC)).then(|| dir.join(name))
+            if fs_magic(&dir) != Some(CGROUP_SUPER_MAGIC) {
+                Err(NOT_MOUNTED)
+            } else if !writable(&dir) {
+                Err(NOT_WRITABLE)
+            } else {
+                Ok(dir.join(name))
+            }
         };
         let (memory, cpu, pids) = (controller("memory"), controller("cpu"), controller("pids"));
-        if memory.is_none() && cpu.is_none() && pids.is_none() {
-            Hierarchy::None
+        if [&memory, &cpu, &pids]
+            .iter()
+            .all(|c| **c == Err(NOT_MOUNTED))
+        {
+            Hierarchy::None {
+                why: format!("no cgroup controller is mounted at {}", fs_root.display()),
+            }
         } else {
             Hierarchy::V1 { memory, cpu, pids }
         }
@@ -130,34 +163,36 @@ impl Hierarchy {
         match self {
             Hierarchy::V2 { base, .. } => format!("cgroup v2 at {}", base.display()),
             Hierarchy::V1 { memory, cpu, pids } => {
-                let have: Vec<&str> = [("memory", memory), ("cpu", cpu), ("pids", pids)]
+                let each: Vec<String> = [("memory", memory), ("cpu", cpu), ("pids", pids)]
                     .iter()
-                    .filter(|(_, p)| p.is_some())
-                    .map(|(n, _)| *n)
+                    .map(|(n, c)| match c {
+                        Ok(_) => n.to_string(),
+                        Err(why) => format!("{n}: {why}"),
+                    })
                     .collect();
-                format!("cgroup v1 ({})", have.join(", "))
+                format!("cgroup v1 ({})", each.join("; "))
             }
-            Hierarchy::None => "no usable cgroup controller".into(),
+            Hierarchy::None { why } => why.clone(),
         }
     }
 
-    /// Whether every limit in `limits` can be enforced here.
-    pub fn supports(&self, limits: &Limits) -> Result<(), &'static str> {
+    /// Whether every limit in `limits` can be enforced here; if not, why.
+    pub fn supports(&self, limits: &Limits) -> Result<(), String> {
         match self {
             Hierarchy::V2 { .. } => Ok(()),
-            Hierarchy::None if limits.any() => Err("no cgroup controller is usable on this host"),
-            Hierarchy::None => Ok(()),
-            Hierarchy::V1 { memory, cpu, pids } => {
-                if limits.memory.is_some() && memory.is_none() {
-                    Err("the cgroup v1 memory controller is not mounted")
-                } else if limits.cpu_cores.is_some() && cpu.is_none() {
-                    Err("the cgroup v1 cpu controller is not mounted")
-                } else if limits.pids.is_some() && pids.is_none() {
-                    Err("the cgroup v1 pids controller is not mounted")
-                } else {
-                    Ok(())
-                }
-            }
+            Hierarchy::None { why } if limits.any() => Err(why.clone()),
+            Hierarchy::None { .. } => Ok(()),
+            Hierarchy::V1 { memory, cpu, pids } => [
+                ("memory", limits.memory.is_some(), memory),
+                ("cpu", limits.cpu_cores.is_some(), cpu),
+                ("pids", limits.pids.is_some(), pids),
+            ]
+            .into_iter()
+            .find_map(|(name, wanted, c)| match c {
+                Err(why) if wanted => Some(format!("the cgroup v1 {name} controller is {why}")),
+                _ => None,
+            })
+            .map_or(Ok(()), Err),
         }
     }
 
@@ -165,7 +200,7 @@ impl Hierarchy {
     pub fn create(&self, leaf: &str, limits: &Limits) -> Result<Cgroup, CgroupError> {
         let mkdir = |dir: &Path| std::fs::create_dir_all(dir).map_err(err(dir, "create"));
         match self {
-            Hierarchy::None => Ok(Cgroup {
+            Hierarchy::None { .. } => Ok(Cgroup {
                 dirs: Vec::new(),
                 v2: false,
             }),
@@ -203,7 +238,7 @@ impl Hierarchy {
             }
             Hierarchy::V1 { memory, cpu, pids } => {
                 let mut dirs = Vec::new();
-                if let Some(base) = memory {
+                if let Ok(base) = memory {
                     let dir = base.join(leaf);
                     mkdir(&dir)?;
                     if let Some(b) = limits.memory {
@@ -215,7 +250,7 @@ impl Hierarchy {
                     }
                     dirs.push(dir);
                 }
-                if let Some(base) = cpu {
+                if let Ok(base) = cpu {
                     let dir = base.join(leaf);
                     mkdir(&dir)?;
                     if let Some(c) = limits.cpu_cores {
@@ -233,7 +268,7 @@ impl Hierarchy {
                     }
                     dirs.push(dir);
                 }
-                if let Some(base) = pids {
+                if let Ok(base) = pids {
                     let dir = base.join(leaf);
                     mkdir(&dir)?;
                     if let Some(p) = limits.pids {
@@ -253,7 +288,7 @@ impl Hierarchy {
             Hierarchy::V1 { memory, cpu, pids } => {
                 [memory, cpu, pids].into_iter().flatten().collect()
             }
-            Hierarchy::None => vec![],
+            Hierarchy::None { .. } => vec![],
         };
         for b in bases {
             let _ = std::fs::remove_dir(b);
@@ -446,32 +481,55 @@ mod tests {
     fn detection_of_a_plain_directory_finds_no_controllers() {
         let dir = std::env::temp_dir().join(format!("cuvisor-cgnone-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("memory")).unwrap();
-        assert_eq!(Hierarchy::detect(&dir, "cuvisor"), Hierarchy::None);
-        assert!(
-            Hierarchy::None
-                .supports(&Limits {
-                    memory: Some(1),
-                    ..Limits::default()
-                })
-                .is_err()
+        let h = Hierarchy::detect(&dir, "cuvisor");
+        let why = format!("no cgroup controller is mounted at {}", dir.display());
+        assert_eq!(h, Hierarchy::None { why: why.clone() });
+        assert_eq!(
+            h.supports(&Limits {
+                memory: Some(1),
+                ..Limits::default()
+            }),
+            Err(why)
         );
+        assert_eq!(h.supports(&Limits::default()), Ok(()));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn v1_partial_support_is_reported() {
         let h = Hierarchy::V1 {
-            memory: Some(PathBuf::from("/x/memory/c")),
-            cpu: None,
-            pids: None,
+            memory: Ok(PathBuf::from("/x/memory/c")),
+            cpu: Err(NOT_MOUNTED),
+            pids: Err(NOT_WRITABLE),
         };
         assert_eq!(
             h.supports(&Limits {
                 cpu_cores: Some(1.0),
                 ..Limits::default()
             }),
-            Err("the cgroup v1 cpu controller is not mounted")
+            Err("the cgroup v1 cpu controller is not mounted".to_owned())
         );
-        assert_eq!(h.describe(), "cgroup v1 (memory)");
+        assert_eq!(
+            h.supports(&Limits {
+                memory: Some(1),
+                pids: Some(1),
+                ..Limits::default()
+            }),
+            Err(
+                "the cgroup v1 pids controller is not writable (a read-only mount, or not root)"
+                    .to_owned()
+            )
+        );
+        assert_eq!(
+            h.supports(&Limits {
+                memory: Some(1),
+                ..Limits::default()
+            }),
+            Ok(())
+        );
+        assert_eq!(
+            h.describe(),
+            "cgroup v1 (memory; cpu: not mounted; pids: not writable (a read-only mount, or not root))"
+        );
     }
 }

@@ -99,7 +99,9 @@ pub fn exec(o: ExecOptions) -> Result<i32, String> {
     let hierarchy = if o.limits.any() {
         Hierarchy::detect(Path::new("/sys/fs/cgroup"), "cuvisor")
     } else {
-        Hierarchy::None
+        Hierarchy::None {
+            why: "no host limits asked for".into(),
+        }
     };
     hierarchy
         .supports(&o.limits)

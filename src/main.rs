@@ -1,5 +1,6 @@
-//! The `cuvisor` command line. So far: `cuvisor ledger`, to look at and manage the
-//! per-model ledgers. The supervisor's `run`, `exec` and `status` arrive with their issue.
+//! The `cuvisor` command line: `run` (the supervisor), `check`, `status`, `exec` (one
+//! program under the shim) and `ledger` (the per-model ledgers). The work is done by the
+//! library; this file parses arguments and prints.
 
 use clap::{Args, Parser, Subcommand};
 use cuvisor::ledger::{self, CreateOptions, LedgerFile, Snapshot};
@@ -21,7 +22,8 @@ enum Command {
     Run {
         /// The configuration file (TOML).
         config: PathBuf,
-        /// The shim [default: the config's shim, $CUVISOR_SHIM, or next to this binary].
+        /// The shim [default: the config's `shim`, else $CUVISOR_SHIM, else
+        /// libcuvisor_preload.so next to this binary].
         #[arg(long, value_name = "PATH")]
         shim: Option<PathBuf>,
     },
@@ -148,11 +150,8 @@ fn run_command(path: &std::path::Path, shim: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let shim = config
-        .supervisor
-        .shim
-        .clone()
-        .or(shim)
+    let shim = shim
+        .or_else(|| config.supervisor.shim.clone())
         .or_else(|| std::env::var_os("CUVISOR_SHIM").map(PathBuf::from))
         .or_else(cuvisor::exec::default_shim);
     let Some(shim) = shim.filter(|p| p.is_file()) else {

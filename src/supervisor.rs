@@ -109,32 +109,24 @@ impl Supervisor {
     /// Prepares everything that can fail before any worker starts: cgroups, ledgers.
     pub fn new(config: Config, shim: PathBuf, cgroup_root: &Path) -> Result<Supervisor, String> {
         let hierarchy = Hierarchy::detect(cgroup_root, &config.supervisor.cgroup_name);
-        let any_limits = config.models.iter().any(|m| limits(m).any());
+        let mut unenforced = Vec::new();
         for m in &config.models {
-            if let Err(why) = hierarchy.supports(&limits(m))
-                && !config.supervisor.allow_unlimited
-            {
-                return Err(format!(
-                    "model {}: its host limits cannot be enforced: {why}; set allow_unlimited = true in [supervisor] to run without them",
+            if let Err(why) = hierarchy.supports(&limits(m)) {
+                if !config.supervisor.allow_unlimited {
+                    return Err(format!(
+                        "model {}: its host limits cannot be enforced: {why}; set allow_unlimited = true in [supervisor] to run without them",
+                        m.name
+                    ));
+                }
+                unenforced.push(format!(
+                    "WARNING: model {}: {why}: its host limits are NOT enforced (allow_unlimited = true)",
                     m.name
                 ));
             }
         }
-        if any_limits
-            && hierarchy
-                .supports(&Limits {
-                    memory: Some(1),
-                    cpu_cores: Some(1.0),
-                    pids: Some(1),
-                })
-                .is_err()
-        {
-            log(&format!(
-                "WARNING: {}; host limits are NOT enforced (allow_unlimited = true)",
-                hierarchy.describe()
-            ));
-        } else {
-            log(&format!("limits through {}", hierarchy.describe()));
+        log(&format!("cgroups: {}", hierarchy.describe()));
+        for line in &unenforced {
+            log(line);
         }
         let models = config
             .models

@@ -36,17 +36,31 @@ impl Supervisor {
     /// Starts `cuvisor run` on `models` (TOML of [[model]] tables) with a [supervisor]
     /// section of its own: socket, ledgers, logs and cgroups private to the test.
     fn start(tag: &str, models: &str) -> Supervisor {
+        Self::start_with(tag, "", &[], models)
+    }
+
+    /// `start` with more [supervisor] keys, and `cuvisor run` started through `wrapper`
+    /// (a command line that ends by exec'ing its arguments).
+    fn start_with(tag: &str, settings: &str, wrapper: &[&str], models: &str) -> Supervisor {
         let dir = TempDir::new(tag);
         let socket = dir.path("control.sock");
         let cgroup_name = unique(tag);
         let config = format!(
-            "[supervisor]\nsocket = \"{}\"\nledger_dir = \"{}\"\nlogs = \"{}\"\ngrace_period = \"700ms\"\ncgroup_name = \"{cgroup_name}\"\n\n{models}",
+            "[supervisor]\nsocket = \"{}\"\nledger_dir = \"{}\"\nlogs = \"{}\"\ngrace_period = \"700ms\"\ncgroup_name = \"{cgroup_name}\"\n{settings}\n{models}",
             socket.display(),
             dir.path("ledgers").display(),
             dir.path("logs").display()
         );
         std::fs::write(dir.path("cuvisor.toml"), config).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_cuvisor"))
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_cuvisor"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_cuvisor")),
+        };
+        let child = command
             .arg("run")
             .arg("--shim")
             .arg(shim_path())
@@ -591,5 +605,64 @@ fn workers_keep_starting_while_the_control_api_is_busy() {
     for p in pollers {
         p.join().unwrap();
     }
+    assert_eq!(s.stop().0, 0);
+}
+
+/// Runs its arguments in a mount namespace of their own where the cgroup controllers are
+/// mounted read-only, as in many containers.
+const READ_ONLY_CGROUPS: &[&str] = &[
+    "unshare",
+    "--mount",
+    "--propagation",
+    "private",
+    "sh",
+    "-c",
+    "for c in memory cpu pids unified; do mount -o remount,bind,ro /sys/fs/cgroup/$c || exit 99; done; exec \"$@\"",
+    "sh",
+];
+
+#[test]
+fn read_only_cgroups_refuse_limits_unless_allowed_and_say_so() {
+    let models = "[[model]]\nname = \"limited\"\ncommand = \"sleep\"\nargs = [\"1000\"]\nmemory_limit = \"64MiB\"\n";
+    let dir = TempDir::new("rocg");
+    std::fs::write(
+        dir.path("cuvisor.toml"),
+        format!(
+            "[supervisor]\nsocket = \"{}\"\nledger_dir = \"{}\"\n\n{models}",
+            dir.path("control.sock").display(),
+            dir.path("ledgers").display()
+        ),
+    )
+    .unwrap();
+    let out = run(Command::new("timeout")
+        .arg("20")
+        .args(READ_ONLY_CGROUPS)
+        .arg(env!("CARGO_BIN_EXE_cuvisor"))
+        .arg("run")
+        .arg("--shim")
+        .arg(shim_path())
+        .arg(dir.path("cuvisor.toml")));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("model limited: its host limits cannot be enforced: the cgroup v1 memory controller is not writable"),
+        "{}",
+        stderr(&out)
+    );
+    // Allowed: it runs, and says loudly that nothing is enforced.
+    let mut s = Supervisor::start_with(
+        "rocg-allowed",
+        "allow_unlimited = true",
+        READ_ONLY_CGROUPS,
+        models,
+    );
+    wait_until("the worker", Duration::from_secs(5), || {
+        s.model("limited")["state"] == "running"
+    });
+    assert!(
+        s.supervisor_log()
+            .contains("WARNING: model limited: the cgroup v1 memory controller is not writable (a read-only mount, or not root): its host limits are NOT enforced"),
+        "{}",
+        s.supervisor_log()
+    );
     assert_eq!(s.stop().0, 0);
 }
