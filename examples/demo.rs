@@ -3,8 +3,9 @@
 //! Runs small CUDA programs on the fake GPU (no NVIDIA hardware needed) and narrates what
 //! they see: the configured device size, out-of-memory past it, managed memory that
 //! oversubscribes the device with least-recently-used eviction, the per-process report the
-//! test suite reads, and then the same programs under the cuvisor shim with a quota. Each
-//! step prints the command line, so it can be replayed by hand.
+//! test suite reads, then the same programs under the cuvisor shim with a quota, and last
+//! two models on one fake GPU under the supervisor (`cuvisor run`). Each step prints the
+//! command line, so it can be replayed by hand.
 
 mod support;
 use support::shim_path;
@@ -13,6 +14,21 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("supervise") {
+        // `cuvisor run CONFIG`, through the library, in a process of its own.
+        let config = cuvisor::config::Config::load(Path::new(&args[2])).unwrap_or_else(|e| {
+            e.iter().for_each(|e| eprintln!("{e}"));
+            std::process::exit(1)
+        });
+        match cuvisor::supervisor::run(config, shim_path()) {
+            Ok(code) => std::process::exit(code),
+            Err(e) => {
+                eprintln!("cuvisor: {e}");
+                std::process::exit(1)
+            }
+        }
+    }
     let stubs = PathBuf::from(env!("CUDA_STUB_DIR"));
     let report = std::env::temp_dir().join(format!("cuvisor-demo-{}.jsonl", std::process::id()));
     println!("cuvisor demo: a fake 8 GiB GPU in {}\n", stubs.display());
@@ -73,6 +89,106 @@ fn main() {
         "info props alloc 2GiB alloc 1",
     );
     let _ = std::fs::remove_dir_all(&ledgers);
+    two_models(&stubs);
+}
+
+/// Two models on one 4 GiB fake GPU under the supervisor; their quotas (3 + 2 GiB) add up
+/// to more than the device: managed memory makes that possible.
+fn two_models(stubs: &Path) {
+    let dir = std::env::temp_dir().join(format!("cuvisor-demo-run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    // As root each worker gets its own PID, mount, IPC and UTS namespaces and a host memory
+    // limit; otherwise it runs as a plain child process.
+    let root = unsafe { libc::geteuid() } == 0;
+    let isolation = if root {
+        "memory_limit = \"512MiB\"\n"
+    } else {
+        "isolation = { pid = false, mount = false, ipc = false, uts = false }\n"
+    };
+    let probe = stubs.join("driver_probe");
+    let env = format!(
+        "env = {{ LD_LIBRARY_PATH = \"{}\", FAKE_CUDA_DEVICE_MEM = \"4GiB\", FAKE_CUDA_STATE = \"{}\" }}",
+        stubs.display(),
+        dir.join("gpu.state").display()
+    );
+    let config = format!(
+        "[supervisor]\nsocket = \"{socket}\"\nledger_dir = \"{ledgers}\"\ngrace_period = \"2s\"\n\n\
+         [[model]]\nname = \"llama\"\ncommand = \"{probe}\"\nargs = [\"init\", \"alloc\", \"2GiB\", \"info\", \"sleep\", \"600000\"]\n\
+         gpu_quota = \"3GiB\"\n{env}\n{isolation}\n\
+         [[model]]\nname = \"qwen\"\ncommand = \"{probe}\"\nargs = [\"init\", \"alloc\", \"1GiB\", \"alloc\", \"2GiB\", \"info\", \"sleep\", \"600000\"]\n\
+         gpu_quota = \"2GiB\"\n{env}\n{isolation}",
+        socket = dir.join("control.sock").display(),
+        ledgers = dir.join("ledgers").display(),
+        probe = probe.display(),
+    );
+    let path = dir.join("cuvisor.toml");
+    std::fs::write(&path, &config).expect("write the configuration");
+    println!(
+        "Two models on one 4 GiB GPU under the supervisor: llama (quota 3 GiB) takes 2 GiB, qwen\n\
+         (quota 2 GiB) takes 1 GiB and is refused 2 GiB more. The configuration, {}:\n",
+        path.display()
+    );
+    for line in config.lines() {
+        println!("    {line}");
+    }
+    if !root {
+        println!(
+            "\n  (not root: without namespaces and cgroups; run the demo as root to see them)"
+        );
+    }
+    println!("\n  $ target/debug/cuvisor run {}", path.display());
+    let log = dir.join("supervisor.log");
+    let mut supervisor = Command::new(std::env::current_exe().expect("current_exe"))
+        .arg("supervise")
+        .arg(&path)
+        .stderr(std::fs::File::create(&log).expect("a log file"))
+        .spawn()
+        .expect("start the supervisor");
+    let socket = dir.join("control.sock");
+    let settled = (0..500).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let Ok((200, body)) = cuvisor::control::request(&socket, "GET", "/models") else {
+            return false;
+        };
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let models = v["models"].as_array().cloned().unwrap_or_default();
+        models.len() == 2
+            && models
+                .iter()
+                .all(|m| m["gpu_used_bytes"].as_u64().unwrap_or(0) > 0)
+            && models.iter().any(|m| m["gpu_refusals"] == 1)
+    });
+    if settled {
+        let (_, body) = cuvisor::control::request(&socket, "GET", "/models").expect("status");
+        let status: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        println!(
+            "  $ target/debug/cuvisor status --socket {}",
+            socket.display()
+        );
+        for line in cuvisor::control::status_table(&status).lines() {
+            println!("    {line}");
+        }
+        let (_, metrics) = cuvisor::control::request(&socket, "GET", "/metrics").expect("metrics");
+        println!(
+            "  $ curl --unix-socket {} http://cuvisor/metrics | grep gpu_",
+            socket.display()
+        );
+        for line in metrics.lines().filter(|l| l.starts_with("cuvisor_gpu_")) {
+            println!("    {line}");
+        }
+    }
+    // SAFETY: SIGTERM to our own child: it stops its workers and exits.
+    unsafe { libc::kill(supervisor.id() as i32, libc::SIGTERM) };
+    let _ = supervisor.wait();
+    println!("  The supervisor's log (workers' lines are prefixed [model/instance]):");
+    for line in std::fs::read_to_string(&log).unwrap_or_default().lines() {
+        println!("    {line}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    if !settled {
+        eprintln!("the two models did not reach their allocations");
+        std::process::exit(1);
+    }
 }
 
 fn step(stubs: &Path, what: &str, program: &str, env: &[(&str, &Path)], script: &str) {

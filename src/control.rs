@@ -10,6 +10,7 @@
 //! | `GET /healthz` | `ok` |
 
 use crate::config::SupervisorConfig;
+use crate::size::format_bytes;
 use crate::supervisor::{Event, Reply, Request};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -170,4 +171,51 @@ pub fn request(socket: &Path, method: &str, path: &str) -> Result<(u16, String),
         .and_then(|c| c.parse().ok())
         .ok_or("a malformed status line")?;
     Ok((code, body.to_owned()))
+}
+
+/// The table `cuvisor status` prints, from the JSON of `GET /models`.
+pub fn status_table(status: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!(
+        "{:<20} {:<9} {:>9} {:>8} {:>4} {:>21} {:>10} {:>10}  PIDS\n",
+        "MODEL",
+        "STATE",
+        "INSTANCES",
+        "RESTARTS",
+        "OOM",
+        "GPU USED / QUOTA",
+        "GPU PEAK",
+        "HOST MEM"
+    );
+    for m in status["models"].as_array().into_iter().flatten() {
+        let instances = m["instances"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+        let pids: Vec<String> = instances
+            .iter()
+            .filter_map(|i| i["pid"].as_i64())
+            .map(|p| p.to_string())
+            .collect();
+        let bytes = |k: &str| m[k].as_u64().map_or("-".to_owned(), format_bytes);
+        let _ = writeln!(
+            out,
+            "{:<20} {:<9} {:>9} {:>8} {:>4} {:>21} {:>10} {:>10}  {}",
+            m["name"].as_str().unwrap_or("?"),
+            m["state"].as_str().unwrap_or("?"),
+            format!("{}/{}", pids.len(), instances.len()),
+            m["restarts"].to_string(),
+            m["oom_kills"].to_string(),
+            format!("{} / {}", bytes("gpu_used_bytes"), bytes("gpu_quota_bytes")),
+            bytes("gpu_peak_bytes"),
+            bytes("host_memory_bytes"),
+            pids.join(",")
+        );
+        if let Some(e) = m["error"].as_str() {
+            let _ = writeln!(out, "  error: {e}");
+        }
+        for i in instances {
+            if let Some(e) = i["error"].as_str() {
+                let _ = writeln!(out, "  instance {}: {e}", i["index"]);
+            }
+        }
+    }
+    out
 }

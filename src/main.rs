@@ -4,7 +4,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use cuvisor::ledger::{self, CreateOptions, LedgerFile, Snapshot};
-use cuvisor::size::{QuotaSpec, parse_quota};
+use cuvisor::size::{QuotaSpec, format_bytes as human, parse_quota};
 use serde_json::json;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -185,59 +185,16 @@ fn status_command(socket: &std::path::Path, as_json: bool) -> ExitCode {
         print!("{body}");
         return ExitCode::SUCCESS;
     }
-    let v: serde_json::Value = match serde_json::from_str(&body) {
-        Ok(v) => v,
+    match serde_json::from_str(&body) {
+        Ok(v) => {
+            print!("{}", cuvisor::control::status_table(&v));
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("cuvisor: cannot read the supervisor's answer: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    println!(
-        "{:<20} {:<9} {:>9} {:>8} {:>4} {:>21} {:>10} {:>10}  PIDS",
-        "MODEL",
-        "STATE",
-        "INSTANCES",
-        "RESTARTS",
-        "OOM",
-        "GPU USED / QUOTA",
-        "GPU PEAK",
-        "HOST MEM"
-    );
-    for m in v["models"].as_array().into_iter().flatten() {
-        let instances = m["instances"].as_array().map_or(0, |a| a.len());
-        let running = m["instances"]
-            .as_array()
-            .map_or(0, |a| a.iter().filter(|i| i["pid"].is_number()).count());
-        let pids: Vec<String> = m["instances"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|i| i["pid"].as_i64())
-            .map(|p| p.to_string())
-            .collect();
-        let bytes = |k: &str| m[k].as_u64().map_or("-".to_owned(), human);
-        println!(
-            "{:<20} {:<9} {:>9} {:>8} {:>4} {:>21} {:>10} {:>10}  {}",
-            m["name"].as_str().unwrap_or("?"),
-            m["state"].as_str().unwrap_or("?"),
-            format!("{running}/{instances}"),
-            m["restarts"],
-            m["oom_kills"],
-            format!("{} / {}", bytes("gpu_used_bytes"), bytes("gpu_quota_bytes")),
-            bytes("gpu_peak_bytes"),
-            bytes("host_memory_bytes"),
-            pids.join(",")
-        );
-        if let Some(e) = m["error"].as_str() {
-            println!("  error: {e}");
-        }
-        for i in m["instances"].as_array().into_iter().flatten() {
-            if let Some(e) = i["error"].as_str() {
-                println!("  instance {}: {e}", i["index"]);
-            }
+            ExitCode::FAILURE
         }
     }
-    ExitCode::SUCCESS
 }
 
 fn exec_command(a: ExecArgs) -> ExitCode {
@@ -322,22 +279,6 @@ fn ledger_command(args: LedgerArgs) -> ExitCode {
             eprintln!("cuvisor: {message}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// 1.5 GiB, 512 MiB, 12 KiB, 100 B.
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
     }
 }
 

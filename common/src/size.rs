@@ -70,6 +70,28 @@ const UNITS: &[(&str, u64)] = &[
     ("TB", 1_000_000_000_000),
 ];
 
+/// A size for people: `100 B`, `12.0 KiB`, `1.5 GiB` (powers of 1024, one decimal).
+///
+/// ```
+/// use cuvisor_common::size::format_bytes;
+/// assert_eq!(format_bytes(100), "100 B");
+/// assert_eq!(format_bytes(3 << 29), "1.5 GiB");
+/// ```
+pub fn format_bytes(bytes: u64) -> String {
+    const NAMES: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < NAMES.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", NAMES[unit])
+    }
+}
+
 /// Parses an absolute size in bytes.
 ///
 /// ```

@@ -1,0 +1,24 @@
+//! The README's first command, `cargo run --example demo`, works and shows what it says.
+
+mod common;
+use common::*;
+use std::process::Command;
+
+#[test]
+fn the_demo_runs_two_models_under_the_supervisor() {
+    let out = run(Command::new(example("demo")).env_remove("LD_PRELOAD"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    for expected in [
+        // the shim's quota on a single program
+        "alloc 1GiB -> 0",
+        // the supervisor's status table: llama 2 GiB of 3, qwen 1 GiB of 2
+        " 2.0 GiB / 3.0 GiB ",
+        " 1.0 GiB / 2.0 GiB ",
+        "cuvisor_gpu_oom_refusals_total{model=\"qwen\"} 1",
+        "[qwen/0] alloc 2GiB -> 2",
+        "cuvisor: stopped",
+    ] {
+        assert!(text.contains(expected), "{expected:?} in\n{text}");
+    }
+}
