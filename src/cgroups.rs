@@ -34,7 +34,7 @@ impl Limits {
 #[derive(Debug)]
 pub struct CgroupError {
     pub path: PathBuf,
-    pub action: &'static str,
+    pub action: String,
     pub source: io::Error,
 }
 
@@ -52,16 +52,16 @@ impl fmt::Display for CgroupError {
 
 impl std::error::Error for CgroupError {}
 
-fn err<'a>(path: &'a Path, action: &'static str) -> impl FnOnce(io::Error) -> CgroupError + 'a {
+fn err<'a>(path: &'a Path, action: &'a str) -> impl FnOnce(io::Error) -> CgroupError + 'a {
     move |source| CgroupError {
         path: path.to_owned(),
-        action,
+        action: action.to_owned(),
         source,
     }
 }
 
 /// Writes a controller file that must already exist.
-fn write_file(path: &Path, value: &str, action: &'static str) -> Result<(), CgroupError> {
+fn write_file(path: &Path, value: &str, action: &str) -> Result<(), CgroupError> {
     let mut f = OpenOptions::new()
         .write(true)
         .open(path)
@@ -196,16 +196,18 @@ impl Hierarchy {
         }
     }
 
-    /// Creates (or reuses) the cgroup `leaf` with `limits` applied.
+    /// Creates (or reuses) the cgroup `leaf` with `limits` applied. On an error nothing
+    /// of it is left behind.
     pub fn create(&self, leaf: &str, limits: &Limits) -> Result<Cgroup, CgroupError> {
-        let mkdir = |dir: &Path| std::fs::create_dir_all(dir).map_err(err(dir, "create"));
-        match self {
-            Hierarchy::None { .. } => Ok(Cgroup {
-                dirs: Vec::new(),
-                v2: false,
-            }),
+        let cpu_quota = limits
+            .cpu_cores
+            .map(|c| ((c * CPU_PERIOD_US as f64) as u64).max(1000));
+        let set = |file: &'static str, value: Option<String>| value.map(|v| (file, v));
+        // Each directory to make, and the limit files to write in it.
+        let plan: Vec<(PathBuf, Vec<(&'static str, String)>)> = match self {
+            Hierarchy::None { .. } => Vec::new(),
             Hierarchy::V2 { root, base } => {
-                mkdir(base)?;
+                std::fs::create_dir_all(base).map_err(err(base, "create"))?;
                 // Delegate the controllers down to our cgroups.
                 for parent in [root.as_path(), base.as_path()] {
                     write_file(
@@ -214,71 +216,63 @@ impl Hierarchy {
                         "enable controllers",
                     )?;
                 }
-                let dir = base.join(leaf);
-                mkdir(&dir)?;
-                let cg = Cgroup {
-                    dirs: vec![dir.clone()],
-                    v2: true,
-                };
-                if let Some(b) = limits.memory {
-                    write_file(&dir.join("memory.max"), &b.to_string(), "set memory.max")?;
-                }
-                if let Some(c) = limits.cpu_cores {
-                    let quota = ((c * CPU_PERIOD_US as f64) as u64).max(1000);
-                    write_file(
-                        &dir.join("cpu.max"),
-                        &format!("{quota} {CPU_PERIOD_US}"),
-                        "set cpu.max",
-                    )?;
-                }
-                if let Some(p) = limits.pids {
-                    write_file(&dir.join("pids.max"), &p.to_string(), "set pids.max")?;
-                }
-                Ok(cg)
+                let files = [
+                    set("memory.max", limits.memory.map(|b| b.to_string())),
+                    set("cpu.max", cpu_quota.map(|q| format!("{q} {CPU_PERIOD_US}"))),
+                    set("pids.max", limits.pids.map(|p| p.to_string())),
+                ];
+                vec![(base.join(leaf), files.into_iter().flatten().collect())]
             }
-            Hierarchy::V1 { memory, cpu, pids } => {
-                let mut dirs = Vec::new();
-                if let Ok(base) = memory {
-                    let dir = base.join(leaf);
-                    mkdir(&dir)?;
-                    if let Some(b) = limits.memory {
-                        write_file(
-                            &dir.join("memory.limit_in_bytes"),
-                            &b.to_string(),
-                            "set memory.limit_in_bytes",
-                        )?;
-                    }
-                    dirs.push(dir);
-                }
-                if let Ok(base) = cpu {
-                    let dir = base.join(leaf);
-                    mkdir(&dir)?;
-                    if let Some(c) = limits.cpu_cores {
-                        let quota = ((c * CPU_PERIOD_US as f64) as u64).max(1000);
-                        write_file(
-                            &dir.join("cpu.cfs_period_us"),
-                            &CPU_PERIOD_US.to_string(),
-                            "set cpu.cfs_period_us",
-                        )?;
-                        write_file(
-                            &dir.join("cpu.cfs_quota_us"),
-                            &quota.to_string(),
-                            "set cpu.cfs_quota_us",
-                        )?;
-                    }
-                    dirs.push(dir);
-                }
-                if let Ok(base) = pids {
-                    let dir = base.join(leaf);
-                    mkdir(&dir)?;
-                    if let Some(p) = limits.pids {
-                        write_file(&dir.join("pids.max"), &p.to_string(), "set pids.max")?;
-                    }
-                    dirs.push(dir);
-                }
-                Ok(Cgroup { dirs, v2: false })
+            Hierarchy::V1 { memory, cpu, pids } => [
+                (
+                    memory,
+                    vec![set(
+                        "memory.limit_in_bytes",
+                        limits.memory.map(|b| b.to_string()),
+                    )],
+                ),
+                (
+                    cpu,
+                    vec![
+                        set(
+                            "cpu.cfs_period_us",
+                            cpu_quota.map(|_| CPU_PERIOD_US.to_string()),
+                        ),
+                        set("cpu.cfs_quota_us", cpu_quota.map(|q| q.to_string())),
+                    ],
+                ),
+                (
+                    pids,
+                    vec![set("pids.max", limits.pids.map(|p| p.to_string()))],
+                ),
+            ]
+            .into_iter()
+            .filter_map(|(base, files)| {
+                let dir = base.as_ref().ok()?.join(leaf);
+                Some((dir, files.into_iter().flatten().collect()))
+            })
+            .collect(),
+        };
+        let mut cg = Cgroup {
+            dirs: Vec::new(),
+            v2: matches!(self, Hierarchy::V2 { .. }),
+        };
+        for (dir, files) in plan {
+            let made = std::fs::create_dir_all(&dir).map_err(err(&dir, "create"));
+            if made.is_ok() {
+                cg.dirs.push(dir.clone());
+            }
+            let written = made.and_then(|()| {
+                files.iter().try_for_each(|(file, value)| {
+                    write_file(&dir.join(file), value, &format!("set {file}"))
+                })
+            });
+            if let Err(e) = written {
+                let _ = cg.remove();
+                return Err(e);
             }
         }
+        Ok(cg)
     }
 
     /// Removes our parent cgroups if they are empty (at shutdown).

@@ -106,12 +106,6 @@ pub fn exec(o: ExecOptions) -> Result<i32, String> {
     hierarchy
         .supports(&o.limits)
         .map_err(|why| format!("cannot apply the limits asked for: {why}"))?;
-    let cgroup = hierarchy
-        .create(
-            &format!("exec-{}-{}", o.model, std::process::id()),
-            &o.limits,
-        )
-        .map_err(|e| e.to_string())?;
     let spec = Spec {
         program,
         argv: cstrings(o.command.iter().cloned())?,
@@ -131,6 +125,15 @@ pub fn exec(o: ExecOptions) -> Result<i32, String> {
         stdout: 1,
         stderr: 2,
     };
+    let cgroup = hierarchy
+        .create(
+            &format!("exec-{}-{}", o.model, std::process::id()),
+            &o.limits,
+        )
+        .map_err(|e| {
+            hierarchy.remove_base();
+            e.to_string()
+        })?;
     // Signals for the program are forwarded to it while we wait.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     unsafe {

@@ -106,6 +106,9 @@ struct ChildArgs<'a> {
     go: RawFd,
     report: RawFd,
     init: bool,
+    /// The supervisor's pid, to tell whether it died before the child armed its
+    /// parent-death signal.
+    supervisor: libc::pid_t,
 }
 
 /// Writes (step, errno) to the report pipe and exits: the supervisor reads it.
@@ -150,6 +153,15 @@ unsafe fn exec_worker(a: &ChildArgs) -> ! {
             && libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0
         {
             fail(a.report, 8);
+        }
+        // A change of credentials clears the parent-death signal. Without a PID namespace
+        // (no init whose death ends the namespace) the worker must arm it again, and check
+        // that the supervisor did not die before that.
+        if !a.init && (s.uid.is_some() || s.gid.is_some()) {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if libc::getppid() != a.supervisor {
+                libc::_exit(1);
+            }
         }
         if let Some(cwd) = &s.cwd
             && libc::chdir(cwd.as_ptr()) != 0
@@ -327,6 +339,7 @@ pub fn launch(
         go: go_read.as_raw_fd(),
         report: report_write.as_raw_fd(),
         init: spec.isolation.pid,
+        supervisor: std::process::id() as libc::pid_t,
     };
     let i = &spec.isolation;
     let mut flags = libc::SIGCHLD;

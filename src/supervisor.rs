@@ -196,10 +196,6 @@ impl Supervisor {
         inst.next_start = None;
         let leaf = format!("{}-{}", cfg.name, inst.index);
         let result = (|| -> Result<(i32, Option<Cgroup>, OwnedFd), String> {
-            let cgroup = self
-                .hierarchy
-                .create(&leaf, &limits(&cfg))
-                .map_err(|e| e.to_string())?;
             let extra: Vec<(String, String)> = cfg
                 .env
                 .iter()
@@ -241,6 +237,11 @@ impl Supervisor {
                 stdout: out_write.as_raw_fd(),
                 stderr: out_write.as_raw_fd(),
             };
+            // Last, so that nothing before it can fail and leave the cgroup behind.
+            let cgroup = self
+                .hierarchy
+                .create(&leaf, &limits(&cfg))
+                .map_err(|e| e.to_string())?;
             let launched = launch::launch(&spec, |pid| {
                 cgroup.add(pid as u32).map_err(|e| e.to_string())
             })

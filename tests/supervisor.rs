@@ -477,6 +477,11 @@ fn a_broken_model_does_not_take_down_the_others_and_models_can_be_controlled() {
         stderr(&out)
     );
     assert_eq!(s.stop().0, 0);
+    assert!(
+        s.cgroup_dirs().is_empty(),
+        "a failed start leaves no cgroup: {:?}",
+        s.cgroup_dirs()
+    );
 }
 
 #[test]
@@ -665,4 +670,36 @@ fn read_only_cgroups_refuse_limits_unless_allowed_and_say_so() {
         s.supervisor_log()
     );
     assert_eq!(s.stop().0, 0);
+}
+
+#[test]
+fn workers_die_with_a_killed_supervisor_even_as_another_user() {
+    // SIGKILL leaves cuvisor no chance to stop anything: the parent-death signal must.
+    // Changing credentials clears it, so a worker run as another user must get it again.
+    let marker = format!("{}", 700_000 + std::process::id() % 90_000);
+    let mut s = Supervisor::start(
+        "pdeath",
+        &format!(
+            "[[model]]\nname = \"plain\"\ncommand = \"sleep\"\nargs = [\"{marker}1\"]\nuser = \"nobody\"\nisolation = {{ pid = false }}\n\n\
+             [[model]]\nname = \"namespaced\"\ncommand = \"sleep\"\nargs = [\"{marker}2\"]\nuser = \"nobody\"\n"
+        ),
+    );
+    wait_until("both workers", Duration::from_secs(5), || {
+        pgrep(&format!("^sleep {marker}")).len() == 2
+    });
+    let mut child = s.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    wait_until("the workers to die", Duration::from_secs(3), || {
+        pgrep(&format!("^sleep {marker}")).is_empty()
+    });
+    // What a killed supervisor could not remove: its cgroups, emptied by the kills.
+    for base in s.cgroup_dirs() {
+        for leaf in std::fs::read_dir(&base).unwrap().flatten() {
+            if leaf.path().is_dir() {
+                std::fs::remove_dir(leaf.path()).unwrap();
+            }
+        }
+        std::fs::remove_dir(&base).unwrap();
+    }
 }
