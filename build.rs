@@ -105,7 +105,11 @@ fn shared_object(out: &Path, soname: &str, sources: &[&str], link_args: &[&str])
     }
     let objects = build.compile_intermediates();
     let mut cmd = build.get_compiler().to_command();
+    // -Bsymbolic-functions: the library's references to its own functions (cuGetProcAddress's
+    // table among them) bind to its own definitions, as in NVIDIA's libraries, never to a
+    // preloaded library's exports of the same names.
     cmd.arg("-shared")
+        .arg("-Wl,-Bsymbolic-functions")
         .arg(format!("-Wl,-soname,{soname}"))
         .arg("-o")
         .arg(out.join(soname))

@@ -45,6 +45,28 @@ fn get_proc_address_selects_the_variant_by_version_and_stream_flag() {
     );
 }
 
+/// A real libcuda hands out its own functions from cuGetProcAddress, even when a preloaded
+/// library exports the same names: that is why the shim must wrap what the resolver
+/// returns. A fake whose table bound to the interposer's exports would hide that.
+#[test]
+fn get_proc_address_returns_the_drivers_own_functions_whatever_is_preloaded() {
+    // The shim in `off` mode exports every cu* name and substitutes nothing.
+    let mut cmd = driver_probe_procaddr();
+    cmd.env("LD_PRELOAD", shim_path())
+        .env("CUVISOR_MODE", "off");
+    assert_eq!(
+        run_script(
+            &mut cmd,
+            "procaddr cuMemAlloc 3020 0 procaddr cuMemAllocAsync 11020 2 procaddr cuMemGetInfo 3020 0"
+        ),
+        [
+            "procaddr cuMemAlloc 3020 0 -> 0 status=0 cuMemAlloc_v2@libcuda.so.1",
+            "procaddr cuMemAllocAsync 11020 2 -> 0 status=0 cuMemAllocAsync_ptsz@libcuda.so.1",
+            "procaddr cuMemGetInfo 3020 0 -> 0 status=0 cuMemGetInfo_v2@libcuda.so.1",
+        ]
+    );
+}
+
 #[test]
 fn nvml_reports_the_same_device_as_the_driver() {
     let out = run_script(

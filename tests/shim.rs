@@ -557,3 +557,42 @@ fn another_preload_wrapping_cuda_malloc_chains_with_the_shim_in_either_order() {
         );
     }
 }
+
+/// With CUVISOR_LOG=info a process says at exit which resolution path handed out which of
+/// our wrappers, and how often: the real-GPU kit records it per framework.
+#[test]
+fn the_resolution_paths_used_are_reported_at_exit() {
+    let info = [("CUVISOR_QUOTA", "8MiB"), ("CUVISOR_LOG", "info")];
+    let line = |err: &str, via: &str| {
+        err.lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "cuvisor: info: wrappers handed out through {via}: "
+                ))
+            })
+            .map(str::to_owned)
+    };
+    let (_, _, err) = under_shim(driver_probe_dlsym, &info, "init alloc 4096 free 0");
+    let dlsym = line(&err, "dlsym").unwrap_or_else(|| panic!("{err}"));
+    assert!(dlsym.contains(" cuMemAlloc_v2=1"), "{dlsym}");
+    assert!(dlsym.contains(" cuMemFree_v2=1"), "{dlsym}");
+    assert_eq!(line(&err, "cuGetProcAddress"), None, "{err}");
+
+    let (_, _, err) = under_shim(driver_probe_procaddr, &info, "init alloc 4096 free 0");
+    let procaddr = line(&err, "cuGetProcAddress").unwrap_or_else(|| panic!("{err}"));
+    assert!(procaddr.contains(" cuMemAlloc_v2="), "{procaddr}");
+
+    let (_, _, err) = under_shim(runtime_probe, &info, "entry cuMemAlloc");
+    let entry = line(&err, "cudaGetDriverEntryPoint").unwrap_or_else(|| panic!("{err}"));
+    assert!(entry.contains(" cuMemAlloc_v2=1"), "{entry}");
+
+    // Direct binding leaves no trace but the absence of every other path.
+    let (_, _, err) = under_shim(driver_probe, &info, "init alloc 4096 free 0");
+    assert!(
+        err.contains("cuvisor: info: no wrapper was handed out through dlsym, cuGetProcAddress or cudaGetDriverEntryPoint"),
+        "{err}"
+    );
+    // Not at the default level.
+    let (_, _, err) = under_shim(driver_probe_dlsym, &info[..1], "init alloc 4096 free 0");
+    assert!(!err.contains("handed out"), "{err}");
+}

@@ -6,7 +6,7 @@
 
 use crate::real::{self, Lib};
 use std::ffi::{CStr, c_char, c_void};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 /// What a hook does; the words are those of docs/INTERCEPTION.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,6 +143,58 @@ hook_table! {
     cudaGetDriverEntryPointByVersion_ptsz, "cudaGetDriverEntryPointByVersion", 0, PerThread, Cudart, Resolver;
 }
 
+/// How a caller found one of our wrappers. Direct binding to the exported symbols is the
+/// fourth way, and leaves no trace here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Dlsym,
+    GetProcAddress,
+    EntryPoint,
+}
+
+const VIAS: [(Via, &str); 3] = [
+    (Via::Dlsym, "dlsym"),
+    (Via::GetProcAddress, "cuGetProcAddress"),
+    (Via::EntryPoint, "cudaGetDriverEntryPoint"),
+];
+
+/// How many times each row's wrapper was handed out by each path: lookups are rare, so a
+/// relaxed counter costs nothing that matters (and takes no lock, as `dlsym` requires).
+static HANDED_OUT: [[AtomicU32; 3]; N_HOOKS] =
+    [const { [const { AtomicU32::new(0) }; 3] }; N_HOOKS];
+
+fn handed_out(index: usize, via: Via) {
+    HANDED_OUT[index][via as usize].fetch_add(1, Ordering::Relaxed);
+}
+
+/// Logs (at info level) which wrappers each path handed out, so that a run on a real
+/// stack shows how its framework reached the driver.
+pub fn log_resolutions() {
+    if !log::log_enabled!(log::Level::Info) {
+        return;
+    }
+    let mut any = false;
+    for (via, name) in VIAS {
+        let used: Vec<String> = HOOKS
+            .iter()
+            .zip(&HANDED_OUT)
+            .filter_map(|(h, counts)| {
+                let n = counts[via as usize].load(Ordering::Relaxed);
+                (n > 0).then(|| format!("{}={n}", h.name()))
+            })
+            .collect();
+        if !used.is_empty() {
+            any = true;
+            log::info!("wrappers handed out through {name}: {}", used.join(" "));
+        }
+    }
+    if !any {
+        log::info!(
+            "no wrapper was handed out through dlsym, cuGetProcAddress or cudaGetDriverEntryPoint: calls came by direct binding, if at all"
+        );
+    }
+}
+
 /// The real function behind each row, found on first use or handed to us by a `dlsym`
 /// or resolver call that we answered with the wrapper.
 static REAL: [AtomicUsize; N_HOOKS] = [const { AtomicUsize::new(0) }; N_HOOKS];
@@ -176,8 +228,8 @@ pub fn by_symbol(name: &[u8]) -> Option<usize> {
     HOOKS.iter().position(|h| h.name().as_bytes() == name)
 }
 
-fn is_wrapper(p: *mut c_void) -> bool {
-    HOOKS.iter().any(|h| std::ptr::eq(h.wrapper.0, p))
+fn wrapper_index(p: *mut c_void) -> Option<usize> {
+    HOOKS.iter().position(|h| std::ptr::eq(h.wrapper.0, p))
 }
 
 /// A resolver (cuGetProcAddress, cudaGetDriverEntryPoint) returned `ptr` for `base`:
@@ -187,8 +239,20 @@ fn is_wrapper(p: *mut c_void) -> bool {
 /// the same address; otherwise by the driver's documented rule (the newest ABI version at
 /// or below `version`; per-thread variants when `flags` ask for them) over our rows. A
 /// variant we do not wrap (the 32-bit `cuMemAlloc`, a future `_v3`) is left untouched.
-pub fn substitute(base: &CStr, version: Option<i32>, flags: u64, ptr: *mut c_void) -> *mut c_void {
-    if ptr.is_null() || is_wrapper(ptr) || crate::runtime::is_off() {
+pub fn substitute(
+    via: Via,
+    base: &CStr,
+    version: Option<i32>,
+    flags: u64,
+    ptr: *mut c_void,
+) -> *mut c_void {
+    if ptr.is_null() || crate::runtime::is_off() {
+        return ptr;
+    }
+    // Already ours: the runtime's entry-point lookup goes through the cuGetProcAddress we
+    // wrapped. Counted for this path too, since it is how the caller got it.
+    if let Some(i) = wrapper_index(ptr) {
+        handed_out(i, via);
         return ptr;
     }
     let base = base.to_bytes();
@@ -207,6 +271,7 @@ pub fn substitute(base: &CStr, version: Option<i32>, flags: u64, ptr: *mut c_voi
         };
         if known == ptr as usize {
             remember(i, ptr);
+            handed_out(i, via);
             return h.wrapper.0 as *mut c_void;
         }
     }
@@ -227,6 +292,7 @@ pub fn substitute(base: &CStr, version: Option<i32>, flags: u64, ptr: *mut c_voi
     match chosen {
         Some((i, h)) => {
             remember(i, ptr);
+            handed_out(i, via);
             h.wrapper.0 as *mut c_void
         }
         None => ptr, // a variant older than any we wrap (the 32-bit cuMemAlloc): untouched
@@ -263,6 +329,7 @@ extern "C" fn decide(handle: *mut c_void, name: *const c_char) -> *mut c_void {
         if crate::runtime::is_off() {
             found
         } else {
+            handed_out(index, Via::Dlsym);
             h.wrapper.0 as *mut c_void
         }
     })

@@ -51,6 +51,7 @@ static ON_LOAD: extern "C" fn() = on_load;
 /// (the driver frees the memory itself). A process that dies otherwise is reclaimed by
 /// the supervisor or by the model's other processes.
 extern "C" fn on_exit() {
+    hooks::log_resolutions();
     runtime::leave_ledger();
 }
 

@@ -139,6 +139,7 @@ pub unsafe extern "C" fn cuInit(flags: u32) -> CUresult {
 }
 
 unsafe fn substitute_out(
+    via: hooks::Via,
     symbol: *const c_char,
     pfn: *mut *mut c_void,
     version: Option<i32>,
@@ -148,7 +149,7 @@ unsafe fn substitute_out(
         return;
     }
     // SAFETY: the resolver succeeded with these arguments, so both are valid.
-    unsafe { *pfn = hooks::substitute(CStr::from_ptr(symbol), version, flags, *pfn) };
+    unsafe { *pfn = hooks::substitute(via, CStr::from_ptr(symbol), version, flags, *pfn) };
 }
 
 #[unsafe(no_mangle)]
@@ -165,7 +166,15 @@ pub unsafe extern "C" fn cuGetProcAddress(
         );
         let rc = unsafe { real(symbol, pfn, version, flags) };
         if rc == CUDA_SUCCESS {
-            unsafe { substitute_out(symbol, pfn, Some(version), flags) };
+            unsafe {
+                substitute_out(
+                    hooks::Via::GetProcAddress,
+                    symbol,
+                    pfn,
+                    Some(version),
+                    flags,
+                )
+            };
         }
         rc
     })
@@ -192,7 +201,15 @@ pub unsafe extern "C" fn cuGetProcAddress_v2(
         );
         let rc = unsafe { real(symbol, pfn, version, flags, status) };
         if rc == CUDA_SUCCESS {
-            unsafe { substitute_out(symbol, pfn, Some(version), flags) };
+            unsafe {
+                substitute_out(
+                    hooks::Via::GetProcAddress,
+                    symbol,
+                    pfn,
+                    Some(version),
+                    flags,
+                )
+            };
         }
         rc
     })
@@ -212,7 +229,15 @@ unsafe fn entry_point(
 ) -> cudaError_t {
     let rc = unsafe { real(symbol, f, flags, status) };
     if rc == 0 {
-        unsafe { substitute_out(symbol, f, driver::runtime_version(), flags) };
+        unsafe {
+            substitute_out(
+                hooks::Via::EntryPoint,
+                symbol,
+                f,
+                driver::runtime_version(),
+                flags,
+            )
+        };
     }
     rc
 }
@@ -253,7 +278,15 @@ unsafe fn entry_point_by_version(
 ) -> cudaError_t {
     let rc = unsafe { real(symbol, f, version, flags, status) };
     if rc == 0 {
-        unsafe { substitute_out(symbol, f, i32::try_from(version).ok(), flags) };
+        unsafe {
+            substitute_out(
+                hooks::Via::EntryPoint,
+                symbol,
+                f,
+                i32::try_from(version).ok(),
+                flags,
+            )
+        };
     }
     rc
 }
