@@ -67,13 +67,7 @@ impl Drop for Stopper {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("supervise") {
-        // The supervisor, embedded through the library, in a process of its own.
-        let config = cuvisor::config::Config::load(Path::new(&args[2])).expect("config");
-        let code = cuvisor::supervisor::run(config, support::shim_path()).expect("supervisor");
-        std::process::exit(code);
-    }
+    supervise::supervise_if_asked();
     let stubs = PathBuf::from(env!("CUDA_STUB_DIR"));
     let stamp = stubs.join("stamp");
     let dir = std::env::temp_dir().join(format!("cuvisor-bench-supervisor-{}", std::process::id()));
@@ -91,15 +85,10 @@ fn main() {
         stamp.display()
     );
     std::fs::write(dir.join("cuvisor.toml"), config).unwrap();
-    let mut sup = Stopper(
-        Command::new(std::env::current_exe().unwrap())
-            .arg("supervise")
-            .arg(dir.join("cuvisor.toml"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(dir.join("supervisor.log")).unwrap())
-            .spawn()
-            .expect("cuvisor run"),
-    );
+    let mut sup = Stopper(supervise::spawn_supervisor(
+        &dir.join("cuvisor.toml"),
+        std::fs::File::create(dir.join("supervisor.log")).unwrap(),
+    ));
     wait_for(|| cuvisor::control::request(&socket, "GET", "/healthz").is_ok());
     let starter_log = dir.join("logs/starter-0.log");
     wait_for(|| !stamps(&starter_log, "start").is_empty());
@@ -176,4 +165,6 @@ fn main() {
     );
 }
 
+#[path = "support/supervise.rs"]
+mod supervise;
 mod support;

@@ -7,6 +7,8 @@
 //! two models on one fake GPU under the supervisor (`cuvisor run`). Each step prints the
 //! command line, so it can be replayed by hand.
 
+#[path = "support/supervise.rs"]
+mod supervise;
 mod support;
 use support::shim_path;
 
@@ -14,21 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("supervise") {
-        // `cuvisor run CONFIG`, through the library, in a process of its own.
-        let config = cuvisor::config::Config::load(Path::new(&args[2])).unwrap_or_else(|e| {
-            e.iter().for_each(|e| eprintln!("{e}"));
-            std::process::exit(1)
-        });
-        match cuvisor::supervisor::run(config, shim_path()) {
-            Ok(code) => std::process::exit(code),
-            Err(e) => {
-                eprintln!("cuvisor: {e}");
-                std::process::exit(1)
-            }
-        }
-    }
+    supervise::supervise_if_asked();
     let stubs = PathBuf::from(env!("CUDA_STUB_DIR"));
     let report = std::env::temp_dir().join(format!("cuvisor-demo-{}.jsonl", std::process::id()));
     println!("cuvisor demo: a fake 8 GiB GPU in {}\n", stubs.display());
@@ -138,12 +126,8 @@ fn two_models(stubs: &Path) {
     }
     println!("\n  $ target/debug/cuvisor run {}", path.display());
     let log = dir.join("supervisor.log");
-    let mut supervisor = Command::new(std::env::current_exe().expect("current_exe"))
-        .arg("supervise")
-        .arg(&path)
-        .stderr(std::fs::File::create(&log).expect("a log file"))
-        .spawn()
-        .expect("start the supervisor");
+    let mut supervisor =
+        supervise::spawn_supervisor(&path, std::fs::File::create(&log).expect("a log file"));
     let socket = dir.join("control.sock");
     let settled = (0..500).any(|_| {
         std::thread::sleep(std::time::Duration::from_millis(20));

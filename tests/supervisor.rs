@@ -703,3 +703,42 @@ fn workers_die_with_a_killed_supervisor_even_as_another_user() {
         std::fs::remove_dir(&base).unwrap();
     }
 }
+
+#[test]
+fn bind_ro_cpu_limit_and_network_isolation_reach_the_worker() {
+    let shared = TempDir::new("bindro");
+    std::fs::write(shared.path("weights"), "w").unwrap();
+    let mut s = Supervisor::start(
+        "limits",
+        &format!(
+            "[[model]]\nname = \"boxed\"\ncommand = \"sh\"\nargs = [\"-c\", \"touch {dir}/new 2>/dev/null && echo writable || echo read-only; cat {dir}/weights; echo; tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '; echo; exec sleep 1000\"]\n\
+             cpu_limit = 0.5\nbind_ro = [\"{dir}\"]\nisolation = {{ network = true }}\n",
+            dir = shared.0.display()
+        ),
+    );
+    wait_until("the worker's lines", Duration::from_secs(5), || {
+        s.log("boxed-0").lines().count() >= 3
+    });
+    let log = s.log("boxed-0");
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines[0], "read-only", "{log}");
+    assert_eq!(lines[1], "w", "the bound path is still readable: {log}");
+    assert_eq!(
+        lines[2].trim(),
+        "lo",
+        "a network namespace of its own: {log}"
+    );
+    assert!(!shared.path("new").exists());
+    let cpu = Path::new("/sys/fs/cgroup/cpu")
+        .join(&s.cgroup_name)
+        .join("boxed-0");
+    let read = |f: &str| std::fs::read_to_string(cpu.join(f)).unwrap();
+    assert_eq!(
+        (
+            read("cpu.cfs_quota_us").trim(),
+            read("cpu.cfs_period_us").trim()
+        ),
+        ("50000", "100000")
+    );
+    assert_eq!(s.stop().0, 0);
+}

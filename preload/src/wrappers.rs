@@ -152,6 +152,22 @@ unsafe fn substitute_out(
     unsafe { *pfn = hooks::substitute(via, CStr::from_ptr(symbol), version, flags, *pfn) };
 }
 
+/// What both cuGetProcAddress ABIs answer: the real resolver's code, with our wrapper in
+/// `pfn` when it succeeded.
+unsafe fn proc_address_answer(
+    rc: CUresult,
+    symbol: *const c_char,
+    pfn: *mut *mut c_void,
+    version: i32,
+    flags: u64,
+) -> CUresult {
+    if rc == CUDA_SUCCESS {
+        let via = hooks::Via::GetProcAddress;
+        unsafe { substitute_out(via, symbol, pfn, Some(version), flags) };
+    }
+    rc
+}
+
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuGetProcAddress(
     symbol: *const c_char,
@@ -165,18 +181,7 @@ pub unsafe extern "C" fn cuGetProcAddress(
                 as unsafe extern "C" fn(*const c_char, *mut *mut c_void, i32, u64) -> CUresult
         );
         let rc = unsafe { real(symbol, pfn, version, flags) };
-        if rc == CUDA_SUCCESS {
-            unsafe {
-                substitute_out(
-                    hooks::Via::GetProcAddress,
-                    symbol,
-                    pfn,
-                    Some(version),
-                    flags,
-                )
-            };
-        }
-        rc
+        unsafe { proc_address_answer(rc, symbol, pfn, version, flags) }
     })
 }
 
@@ -200,18 +205,7 @@ pub unsafe extern "C" fn cuGetProcAddress_v2(
                 ) -> CUresult
         );
         let rc = unsafe { real(symbol, pfn, version, flags, status) };
-        if rc == CUDA_SUCCESS {
-            unsafe {
-                substitute_out(
-                    hooks::Via::GetProcAddress,
-                    symbol,
-                    pfn,
-                    Some(version),
-                    flags,
-                )
-            };
-        }
-        rc
+        unsafe { proc_address_answer(rc, symbol, pfn, version, flags) }
     })
 }
 
