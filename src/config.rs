@@ -159,7 +159,7 @@ struct RawModel {
     name: Option<Spanned<String>>,
     command: Option<Spanned<String>>,
     #[serde(default)]
-    args: Vec<String>,
+    args: Vec<Spanned<String>>,
     #[serde(default)]
     env: BTreeMap<String, Spanned<String>>,
     cwd: Option<Spanned<String>>,
@@ -205,6 +205,13 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 
 const DURATION_FORMS: &str = "expected a duration such as 500ms, 10s, 2m or 1h";
 
+/// The longest duration any key accepts: deadlines computed from it never overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// The id `setresuid`/`setresgid` read as "leave unchanged": a worker given it would keep
+/// the supervisor's (root's) id.
+const NO_CHANGE_ID: u32 = u32::MAX;
+
 struct Checker<'a> {
     path: &'a Path,
     text: &'a str,
@@ -236,8 +243,23 @@ impl Checker<'_> {
         });
     }
 
+    /// A string that becomes a C string (a path, an argument): no NUL byte.
+    fn no_nul(&mut self, key: &str, v: &Spanned<String>) -> bool {
+        if v.get_ref().contains('\0') {
+            self.error(
+                v,
+                format!("{key}: a NUL byte cannot be passed to the system"),
+            );
+            false
+        } else {
+            true
+        }
+    }
+
     fn absolute(&mut self, key: &str, v: &Spanned<String>) -> Option<PathBuf> {
-        if v.get_ref().starts_with('/') {
+        if !self.no_nul(key, v) {
+            None
+        } else if v.get_ref().starts_with('/') {
             Some(PathBuf::from(v.get_ref()))
         } else {
             self.error(
@@ -251,10 +273,17 @@ impl Checker<'_> {
     fn duration(&mut self, key: &str, v: &Option<Spanned<String>>, default: Duration) -> Duration {
         match v {
             None => default,
-            Some(s) => parse_duration(s.get_ref()).unwrap_or_else(|| {
-                self.error(s, format!("{key} = \"{}\": {DURATION_FORMS}", s.get_ref()));
-                default
-            }),
+            Some(s) => match parse_duration(s.get_ref()) {
+                Some(d) if d <= MAX_DURATION => d,
+                Some(_) => {
+                    self.error(s, format!("{key} = \"{}\": at most 24h", s.get_ref()));
+                    default
+                }
+                None => {
+                    self.error(s, format!("{key} = \"{}\": {DURATION_FORMS}", s.get_ref()));
+                    default
+                }
+            },
         }
     }
 }
@@ -438,6 +467,7 @@ fn check_model(c: &mut Checker, m: &RawModel, line: usize) -> Option<ModelConfig
         }
     };
     let command = match &m.command {
+        Some(cmd) if !c.no_nul("command", cmd) => String::new(),
         Some(cmd) if !cmd.get_ref().trim().is_empty() => cmd.get_ref().clone(),
         Some(cmd) => {
             c.error(cmd, "command is empty");
@@ -448,6 +478,9 @@ fn check_model(c: &mut Checker, m: &RawModel, line: usize) -> Option<ModelConfig
             String::new()
         }
     };
+    for a in &m.args {
+        c.no_nul("args", a);
+    }
     let mut env = BTreeMap::new();
     for (k, v) in &m.env {
         if k.is_empty() || k.contains('=') || k.contains('\0') || v.get_ref().contains('\0') {
@@ -467,6 +500,13 @@ fn check_model(c: &mut Checker, m: &RawModel, line: usize) -> Option<ModelConfig
     let (mut uid, mut gid) = (None, None);
     if let Some(u) = &m.user {
         match lookup_user(u.get_ref()) {
+            Some((id, _)) if id == NO_CHANGE_ID => c.error(
+                u,
+                format!(
+                    "user = \"{}\": {NO_CHANGE_ID} is not a usable id (setresuid reads it as \"no change\")",
+                    u.get_ref()
+                ),
+            ),
             Some((id, primary)) => {
                 uid = Some(id);
                 gid = Some(primary);
@@ -476,6 +516,13 @@ fn check_model(c: &mut Checker, m: &RawModel, line: usize) -> Option<ModelConfig
     }
     if let Some(g) = &m.group {
         match lookup_group(g.get_ref()) {
+            Some(id) if id == NO_CHANGE_ID => c.error(
+                g,
+                format!(
+                    "group = \"{}\": {NO_CHANGE_ID} is not a usable id (setresgid reads it as \"no change\")",
+                    g.get_ref()
+                ),
+            ),
             Some(id) => gid = Some(id),
             None => c.error(g, format!("group = \"{}\": no such group", g.get_ref())),
         }
@@ -605,7 +652,7 @@ fn check_model(c: &mut Checker, m: &RawModel, line: usize) -> Option<ModelConfig
     (c.errors.len() == errors_before).then_some(ModelConfig {
         name,
         command,
-        args: m.args.clone(),
+        args: m.args.iter().map(|a| a.get_ref().clone()).collect(),
         env,
         cwd,
         uid,

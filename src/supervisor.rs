@@ -7,14 +7,14 @@
 //! requests (from the control server), and the timers of restarts.
 
 use crate::cgroups::{Cgroup, Hierarchy, Limits};
-use crate::config::{Config, Logs, ModelConfig, RestartPolicy};
+use crate::config::{Config, Logs, ModelConfig, RestartPolicy, SupervisorConfig};
 use crate::exec::{cstrings, worker_env};
 use crate::launch::{self, Spec};
 use crate::ledger::{CreateOptions, LedgerFile};
 use serde_json::{Value, json};
 use std::ffi::CString;
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::{Duration, Instant};
@@ -196,47 +196,13 @@ impl Supervisor {
         inst.next_start = None;
         let leaf = format!("{}-{}", cfg.name, inst.index);
         let result = (|| -> Result<(i32, Option<Cgroup>, OwnedFd), String> {
-            let extra: Vec<(String, String)> = cfg
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            let env = worker_env(
-                &extra,
-                &cfg.name,
-                cfg.gpu_quota,
-                cfg.mode,
-                &self.config.supervisor.ledger_dir,
-                &self.shim,
-            );
-            let path_var = env
-                .iter()
-                .find(|(k, _)| k == "PATH")
-                .map(|(_, v)| v.clone());
-            let program = launch::resolve_program(&cfg.command, path_var.as_deref())?;
-            let mut argv = vec![cfg.command.clone()];
-            argv.extend(cfg.args.iter().cloned());
             let (out_read, out_write) = pipe_for_output()?;
-            let spec = Spec {
-                program,
-                argv: cstrings(argv)?,
-                envp: cstrings(env.iter().map(|(k, v)| format!("{k}={v}")))?,
-                cwd: cfg
-                    .cwd
-                    .as_ref()
-                    .map(|p| CString::new(p.as_os_str().as_encoded_bytes()).expect("path")),
-                uid: cfg.uid,
-                gid: cfg.gid,
-                isolation: cfg.isolation,
-                hostname: CString::new(cfg.name.clone()).expect("model names have no NUL"),
-                bind_ro: cfg
-                    .bind_ro
-                    .iter()
-                    .map(|p| CString::new(p.as_os_str().as_encoded_bytes()).expect("path"))
-                    .collect(),
-                stdout: out_write.as_raw_fd(),
-                stderr: out_write.as_raw_fd(),
-            };
+            let spec = worker_spec(
+                &cfg,
+                &self.config.supervisor,
+                &self.shim,
+                out_write.as_raw_fd(),
+            )?;
             // Last, so that nothing before it can fail and leave the cgroup behind.
             let cgroup = self
                 .hierarchy
@@ -295,8 +261,7 @@ impl Supervisor {
         } else {
             inst.failures_in_a_row + 1
         };
-        let factor = 1u32 << inst.failures_in_a_row.saturating_sub(1).min(20);
-        inst.backoff = (cfg.backoff_initial * factor).min(cfg.backoff_max);
+        inst.backoff = backoff_delay(cfg, inst.failures_in_a_row);
         inst.next_start = Some(Instant::now() + inst.backoff);
         inst.state = State::Backoff;
         inst.restarts += 1;
@@ -680,6 +645,63 @@ impl Supervisor {
             .filter(|i| i.pid.is_some())
             .count()
     }
+}
+
+/// How a worker of `cfg` is started (its program, arguments, environment, credentials,
+/// namespaces), with its output going to `output`. Pure but for finding the program: no
+/// process, cgroup or file is created.
+pub fn worker_spec(
+    cfg: &ModelConfig,
+    supervisor: &SupervisorConfig,
+    shim: &Path,
+    output: RawFd,
+) -> Result<Spec, String> {
+    let extra: Vec<(String, String)> = cfg
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let env = worker_env(
+        &extra,
+        &cfg.name,
+        cfg.gpu_quota,
+        cfg.mode,
+        &supervisor.ledger_dir,
+        shim,
+    );
+    let path_var = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone());
+    let program = launch::resolve_program(&cfg.command, path_var.as_deref())?;
+    let mut argv = vec![cfg.command.clone()];
+    argv.extend(cfg.args.iter().cloned());
+    let path = |p: &PathBuf| {
+        CString::new(p.as_os_str().as_encoded_bytes())
+            .map_err(|_| format!("{}: a NUL byte in a path", p.display()))
+    };
+    Ok(Spec {
+        program,
+        argv: cstrings(argv)?,
+        envp: cstrings(env.iter().map(|(k, v)| format!("{k}={v}")))?,
+        cwd: cfg.cwd.as_ref().map(path).transpose()?,
+        uid: cfg.uid,
+        gid: cfg.gid,
+        isolation: cfg.isolation,
+        hostname: cstrings([cfg.name.clone()])?.remove(0),
+        bind_ro: cfg.bind_ro.iter().map(path).collect::<Result<_, _>>()?,
+        stdout: output,
+        stderr: output,
+    })
+}
+
+/// The delay before the next start of an instance that failed `failures_in_a_row` times:
+/// doubling from `backoff_initial`, capped at `backoff_max`.
+pub fn backoff_delay(cfg: &ModelConfig, failures_in_a_row: u32) -> Duration {
+    let factor = 1u32 << failures_in_a_row.saturating_sub(1).min(20);
+    cfg.backoff_initial
+        .saturating_mul(factor)
+        .min(cfg.backoff_max)
 }
 
 fn summary_state(instances: &[Instance]) -> &'static str {

@@ -168,6 +168,50 @@ fn every_invalid_form_is_rejected_with_its_line() {
             "[supervisor]\n",
             "FILE: no [[model]]: declare at least one model to run",
         ),
+        // Issue 10, finding 6: values `check` used to accept and `run` panicked on.
+        (
+            &format!("[supervisor]\ngrace_period = \"18446744073709551615s\"\n{MODEL}"),
+            "FILE:2: grace_period = \"18446744073709551615s\": at most 24h",
+        ),
+        (
+            &format!(
+                "{MODEL}backoff_initial = \"18446744073709551615ms\"\nbackoff_max = \"18446744073709551615ms\"\n"
+            ),
+            "FILE:4: backoff_initial = \"18446744073709551615ms\": at most 24h",
+        ),
+        (
+            &format!("{MODEL}backoff_max = \"100000h\"\n"),
+            "FILE:4: backoff_max = \"100000h\": at most 24h",
+        ),
+        (
+            &format!("{MODEL}cwd = \"/tmp/a\\u0000b\"\n"),
+            "FILE:4: cwd: a NUL byte",
+        ),
+        (
+            "[[model]]\nname = \"m\"\ncommand = \"/bin/tr\\u0000ue\"\n",
+            "FILE:3: command: a NUL byte",
+        ),
+        (
+            &format!("{MODEL}args = [\"ok\", \"a\\u0000b\"]\n"),
+            "FILE:4: args: a NUL byte",
+        ),
+        (
+            &format!("[supervisor]\nledger_dir = \"/tmp/\\u0000\"\n{MODEL}"),
+            "FILE:2: ledger_dir: a NUL byte",
+        ),
+        (
+            &format!("{MODEL}bind_ro = [\"/tmp/\\u0000\"]\n"),
+            "FILE:4: bind_ro: a NUL byte",
+        ),
+        // Finding 4: the id setresuid/setresgid read as "leave unchanged".
+        (
+            &format!("{MODEL}user = \"4294967295\"\n"),
+            "FILE:4: user = \"4294967295\": 4294967295 is not a usable id",
+        ),
+        (
+            &format!("{MODEL}user = \"0\"\ngroup = \"4294967295\"\n"),
+            "FILE:5: group = \"4294967295\": 4294967295 is not a usable id",
+        ),
     ];
     for (text, expected) in cases {
         let (code, _, err) = check(text);
@@ -197,5 +241,166 @@ fn a_missing_file_is_an_error() {
         stderr(&out).starts_with("/no/such/cuvisor.toml: cannot read: "),
         "{}",
         stderr(&out)
+    );
+}
+
+/// Issue 10, finding 6, as a property: every configuration `check` accepts turns into
+/// launch plans (program, argv, environment, credentials, namespaces), backoff delays and
+/// deadlines without panicking. Configurations are drawn from values that are valid, at
+/// their limits, just past them, or hostile (NUL bytes, huge numbers, the "no change" id).
+#[test]
+fn every_accepted_configuration_turns_into_launch_plans_without_panicking() {
+    use cuvisor::config::Config;
+    use std::time::{Duration, Instant};
+    const DURATIONS: &[&str] = &[
+        "1ms",
+        "0ms",
+        "500ms",
+        "24h",
+        "1440m",
+        "86401s",
+        "25h",
+        "18446744073709551615ms",
+        "18446744073709551615s",
+        "5124095576030431h",
+        "x",
+    ];
+    let keys: &[(&str, &[&str])] = &[
+        (
+            "args",
+            &["[]", "[\"a\", \"b\"]", "[\"a\\u0000\"]", "[\"\"]"],
+        ),
+        (
+            "env",
+            &[
+                "{}",
+                "{ A = \"b\" }",
+                "{ A = \"\\u0000\" }",
+                "{ \"\" = \"x\" }",
+                "{ CUVISOR_QUOTA = \"1\" }",
+            ],
+        ),
+        ("cwd", &["\"/tmp\"", "\"/\"", "\"rel\"", "\"/tmp/\\u0000\""]),
+        (
+            "user",
+            &[
+                "\"0\"",
+                "\"nobody\"",
+                "\"4294967295\"",
+                "\"4294967294\"",
+                "\"-1\"",
+                "\"no-such-user-x\"",
+            ],
+        ),
+        ("group", &["\"0\"", "\"4294967295\"", "\"65534\""]),
+        (
+            "gpu_quota",
+            &[
+                "\"1\"",
+                "\"0\"",
+                "\"100%\"",
+                "\"101%\"",
+                "\"16777215TiB\"",
+                "\"16777216TiB\"",
+                "\"1.5GiB\"",
+            ],
+        ),
+        ("mode", &["\"managed\"", "\"device\"", "\"off\"", "\"x\""]),
+        (
+            "memory_limit",
+            &["\"1\"", "\"0\"", "\"16777215TiB\"", "\"-1\""],
+        ),
+        (
+            "cpu_limit",
+            &["0.01", "4096.0", "0.0", "1e300", "nan", "-1.0"],
+        ),
+        (
+            "pids_limit",
+            &["1", "0", "9223372036854775807", "-9223372036854775808"],
+        ),
+        ("instances", &["1", "64", "65", "0", "-1"]),
+        (
+            "restart",
+            &["\"always\"", "\"never\"", "\"on-failure\"", "\"x\""],
+        ),
+        ("backoff_initial", DURATIONS),
+        ("backoff_max", DURATIONS),
+        (
+            "isolation",
+            &["{ pid = false, mount = false }", "{ network = true }", "{}"],
+        ),
+        (
+            "bind_ro",
+            &["[\"/tmp\"]", "[\"/no/such\"]", "[\"/\\u0000\"]"],
+        ),
+    ];
+    let supervisor_keys: &[(&str, &[&str])] = &[
+        ("grace_period", DURATIONS),
+        ("ledger_dir", &["\"/tmp/l\"", "\"l\"", "\"/\\u0000\""]),
+        ("cgroup_name", &["\"cv\"", "\"a/b\"", "\"\""]),
+        (
+            "listen",
+            &["\"127.0.0.1:0\"", "\"0.0.0.0:1\"", "\"[::1]:65535\""],
+        ),
+    ];
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    };
+    // The first value of each list is valid; any value, one time in four.
+    let pick = |next: &mut dyn FnMut(usize) -> usize, n: usize| {
+        if next(4) == 0 { next(n) } else { 0 }
+    };
+    let (mut accepted, mut planned) = (0, 0);
+    for _ in 0..3000 {
+        let mut text = String::from("[supervisor]\n");
+        for (key, values) in supervisor_keys {
+            if next(2) == 0 {
+                text += &format!("{key} = {}\n", values[pick(&mut next, values.len())]);
+            }
+        }
+        for m in 0..1 + next(2) {
+            text += &format!("[[model]]\nname = \"m{m}\"\ncommand = \"/bin/true\"\n");
+            for (key, values) in keys {
+                if next(3) == 0 {
+                    text += &format!("{key} = {}\n", values[pick(&mut next, values.len())]);
+                }
+            }
+        }
+        let Ok(config) = Config::parse(std::path::Path::new("p.toml"), &text) else {
+            continue;
+        };
+        accepted += 1;
+        let now = Instant::now();
+        let _ = now + config.supervisor.grace_period;
+        for m in &config.models {
+            if cuvisor::supervisor::worker_spec(
+                m,
+                &config.supervisor,
+                std::path::Path::new("/shim.so"),
+                1,
+            )
+            .is_ok()
+            {
+                planned += 1;
+            }
+            for failures in [0, 1, 2, 20, 21, 40, u32::MAX] {
+                let delay = cuvisor::supervisor::backoff_delay(m, failures);
+                assert!(
+                    delay <= m.backoff_max && delay >= m.backoff_initial.min(m.backoff_max),
+                    "{text}"
+                );
+                let _ = now + delay;
+            }
+            assert!(m.uid != Some(u32::MAX) && m.gid != Some(u32::MAX), "{text}");
+            assert!(m.backoff_max <= Duration::from_secs(86400), "{text}");
+        }
+    }
+    assert!(
+        accepted > 100 && planned > 100,
+        "{accepted} accepted, {planned} planned: the generator must reach valid configurations"
     );
 }

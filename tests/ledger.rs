@@ -540,3 +540,36 @@ fn workers_killed_at_random_moments_are_reclaimed() {
         ["init -> 0", "alloc 64M -> 0 #0"]
     );
 }
+
+/// Issue 10, finding 5: a process that returns from `main` while 8 threads allocate and
+/// free must leave its model at exactly zero (the exit detach and the threads' reservations
+/// agree). A bounded number of runs here; `examples/soak_exit.rs` runs 10,000.
+#[test]
+fn a_process_exiting_under_allocating_threads_leaves_its_model_at_zero() {
+    let dir = ledger_dir();
+    let quota = 1u64 << 30;
+    for run_index in 0..150 {
+        let out = run(&mut worker(
+            &dir,
+            "racing",
+            &[("CUVISOR_QUOTA", "1GiB")],
+            "init exit-racing 8 3 1MiB",
+        ));
+        assert!(
+            lines(&out).iter().any(|l| l == "exit-racing 8 3 1MiB -> 0"),
+            "{out:?}"
+        );
+        let ledger = cuvisor::ledger::LedgerFile::open(&dir, "racing").unwrap();
+        let snap = ledger.snapshot();
+        assert_eq!(
+            (
+                snap.used,
+                snap.uncertain,
+                snap.processes.len(),
+                snap.quota_bytes
+            ),
+            (0, 0, 0, Some(quota)),
+            "run {run_index}: the model drifted"
+        );
+    }
+}

@@ -697,7 +697,7 @@ impl LedgerFile {
                 return Ok(Attachment {
                     file: self,
                     index,
-                    detached: std::sync::atomic::AtomicBool::new(false),
+                    gate: AtomicU64::new(0),
                 });
             }
             if pass == 0 {
@@ -906,11 +906,25 @@ pub fn start_time(pid: u32) -> u64 {
 }
 
 /// A process's place in a ledger: reserve and release bytes against the model's quota.
+///
+/// Reservations and releases may run on any number of threads while another thread
+/// detaches (a process returning from `main` while its threads still allocate): every
+/// operation passes a gate that `detach` closes, and `detach` settles the slot only once
+/// the operations already past the gate are done. After it, reservations are refused and
+/// releases ignored (the detach gave everything back).
 pub struct Attachment<'a> {
     file: &'a LedgerFile,
     index: u32,
-    detached: std::sync::atomic::AtomicBool,
+    /// [`CLOSED`] once detaching; below it, how many operations are past the gate.
+    gate: AtomicU64,
 }
+
+const CLOSED: u64 = 1 << 63;
+
+/// How long `detach` waits for operations under way before it leaves the slot to be
+/// reclaimed after this process's death instead (a thread stopped forever in the middle
+/// of one, e.g. by a signal handler that called `exit`).
+const DETACH_WAIT_NS: u64 = 2_000_000_000;
 
 impl Attachment<'_> {
     pub fn ledger(&self) -> &LedgerFile {
@@ -921,19 +935,38 @@ impl Attachment<'_> {
         self.index
     }
 
+    /// Lets one operation through, unless the attachment is detaching or detached.
+    fn enter(&self) -> bool {
+        if self.gate.fetch_add(1, Ordering::AcqRel) & CLOSED != 0 {
+            self.gate.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    fn leave(&self) {
+        self.gate.fetch_sub(1, Ordering::AcqRel);
+    }
+
     /// Charges `bytes` to the model if it stays within the quota: one compare-and-add on
     /// the model's total. Before refusing, dead processes of the model are reclaimed (at
     /// most every 10 ms per process) and the reservation is tried once more.
     pub fn try_reserve(&self, bytes: u64) -> Result<(), Refusal> {
-        let h = self.file.header();
-        let s = self.file.slot(self.index);
-        if self.detached.load(Ordering::Relaxed) {
+        if !self.enter() {
             return Err(Refusal {
                 requested: bytes,
                 used: self.file.used(),
                 quota: 0,
             });
         }
+        let result = self.reserve_inside(bytes);
+        self.leave();
+        result
+    }
+
+    fn reserve_inside(&self, bytes: u64) -> Result<(), Refusal> {
+        let h = self.file.header();
+        let s = self.file.slot(self.index);
         s.inflight.fetch_add(bytes, Ordering::AcqRel);
         let mut result = self.commit(bytes);
         if result.is_err() && self.file.reclaim_before_refusing().bytes > 0 {
@@ -981,15 +1014,16 @@ impl Attachment<'_> {
     /// Gives back what `try_reserve` charged: the slot first, then the model (a death in
     /// between leaves the model over-charged, the safe side).
     pub fn release(&self, bytes: u64) {
-        if self.detached.load(Ordering::Relaxed) {
+        if !self.enter() {
             return;
         }
         let h = self.file.header();
         let s = self.file.slot(self.index);
         s.inflight.fetch_add(bytes, Ordering::AcqRel);
         saturating_sub(&s.used, bytes);
-        h.used.fetch_sub(bytes, Ordering::AcqRel);
+        saturating_sub(&h.used, bytes);
         s.inflight.fetch_sub(bytes, Ordering::AcqRel);
+        self.leave();
     }
 
     /// Bytes this process holds.
@@ -998,10 +1032,19 @@ impl Attachment<'_> {
     }
 
     /// Leaves the ledger: gives back everything this process holds and frees its slot.
-    /// Later reservations are refused and releases ignored. Idempotent.
+    /// Later reservations are refused and releases ignored. Idempotent. Waits for the
+    /// reservations and releases other threads have under way; if they do not end within
+    /// 2 s, the slot is left as it is, for a reclaimer to settle after this process dies.
     pub fn detach(&self) {
-        if self.detached.swap(true, Ordering::AcqRel) {
+        if self.gate.fetch_or(CLOSED, Ordering::AcqRel) & CLOSED != 0 {
             return;
+        }
+        let start = monotonic_ns();
+        while self.gate.load(Ordering::Acquire) != CLOSED {
+            if monotonic_ns().saturating_sub(start) > DETACH_WAIT_NS {
+                return;
+            }
+            std::thread::yield_now();
         }
         let h = self.file.header();
         let s = self.file.slot(self.index);
@@ -1161,6 +1204,40 @@ mod tests {
             "the first resolution stands"
         );
         assert_eq!(a.try_reserve(100), Ok(()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The process-exit detach runs while other threads of the process still reserve
+    /// and release: whatever they do, the model ends at exactly zero.
+    #[test]
+    fn detach_while_other_threads_reserve_and_release_leaves_exactly_zero() {
+        let dir = temp_dir("exit-race");
+        let l = LedgerFile::create(
+            &dir,
+            "m",
+            Some(QuotaSpec::Bytes(1 << 40)),
+            CreateOptions::default(),
+        )
+        .unwrap();
+        for round in 0..300 {
+            let a = l.attach().unwrap();
+            std::thread::scope(|scope| {
+                for t in 0..4u64 {
+                    let a = &a;
+                    scope.spawn(move || {
+                        let size = (t + 1) << 20;
+                        for _ in 0..2_000 {
+                            if a.try_reserve(size).is_ok() {
+                                a.release(size);
+                            }
+                        }
+                    });
+                }
+                std::thread::yield_now();
+                a.detach();
+            });
+            assert_eq!(l.used(), 0, "round {round}: the model's total drifted");
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -235,6 +235,18 @@ static void *stress_main(void *arg) {
 static size_t thread_size;
 static int thread_iters;
 
+/* exit-racing: allocate and free forever, until the process exits under the thread. */
+static size_t racing_size;
+static void *racing_main(void *arg) {
+    CUcontext ctx = arg;
+    if (d.cuCtxSetCurrent(ctx)) return NULL;
+    for (;;) {
+        CUdeviceptr p;
+        if (d.cuMemAlloc_v2(&p, racing_size) == CUDA_SUCCESS) d.cuMemFree_v2(p);
+    }
+    return NULL;
+}
+
 static void *thread_main(void *arg) {
     CUcontext ctx = arg;
     long failures = 0;
@@ -515,6 +527,18 @@ int main(int argc, char **argv) {
             printf("%s %s %s %s %s -> %d ok=%s oom=%s other=%ld\n", c, a1, a2, a3, a4, r,
                    stress_ok > 0 ? "yes" : "no", stress_oom > 0 ? "yes" : "no", stress_other);
             i += 4;
+        } else if (!strcmp(c, "exit-racing")) {
+            /* exit-racing N MS SIZE: N threads allocate and free SIZE in a loop; after MS
+               milliseconds main returns, so exit runs while they still do. */
+            const char *a3 = i + 3 < argc ? argv[i + 3] : "1MiB";
+            pthread_t t;
+            CUcontext ctx;
+            racing_size = size_arg(a3);
+            r = d.cuDevicePrimaryCtxRetain(&ctx, 0);
+            for (int k = 0; k < atoi(a1); k++) pthread_create(&t, NULL, racing_main, ctx);
+            usleep((useconds_t)atoi(a2) * 1000);
+            printf("exit-racing %s %s %s -> %d\n", a1, a2, a3, r);
+            return 0;
         } else if (!strcmp(c, "fork-keep")) {
             int ready[2], hold[2];
             if (pipe(ready) || pipe(hold)) return 2;
