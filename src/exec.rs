@@ -177,9 +177,7 @@ pub fn exec(o: ExecOptions) -> Result<i32, String> {
             unsafe { libc::kill(child.pid, sig) };
         }
     };
-    if let Ok(l) = LedgerFile::open(&o.ledger_dir, &o.model) {
-        l.reclaim_dead();
-    }
+    let _ = crate::ledger::reclaim_isolated(&o.ledger_dir, &o.model);
     let _ = cgroup.remove();
     hierarchy.remove_base();
     Ok(launch::exit_code(status))

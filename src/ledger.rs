@@ -34,3 +34,169 @@
 //! ```
 
 pub use cuvisor_common::ledger::*;
+
+use std::path::Path;
+
+/// Why [`reclaim_isolated`] could not reclaim.
+#[derive(Debug, thiserror::Error)]
+pub enum ReclaimError {
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(
+        "ledger {path}: the reclaim died of signal {signal} (a process of the model shrank or damaged the file)"
+    )]
+    Died { path: String, signal: i32 },
+    #[error("ledger {path}: the reclaim did not answer within 5 s; killed")]
+    TimedOut { path: String },
+    #[error("cannot run the reclaim in a child process: {0}")]
+    Os(std::io::Error),
+}
+
+/// [`LedgerFile::reclaim_dead`] on the ledger of `model`, run in a short-lived child
+/// process: the only way to reclaim is to map the file and change it atomically, and a
+/// process of the model can shrink the file under any mapping (a later access is a
+/// SIGBUS). The child takes that risk instead of the caller, which never maps a ledger.
+pub fn reclaim_isolated(dir: &Path, model: &str) -> Result<Reclaimed, ReclaimError> {
+    let path = LedgerFile::path_for(dir, model).display().to_string();
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two descriptors that we close below.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(ReclaimError::Os(std::io::Error::last_os_error()));
+    }
+    let [read_end, write_end] = fds;
+    // glibc's fork: it takes and resets malloc's locks around the fork, so the child may
+    // allocate. The child does nothing else that another thread could hold a lock of
+    // (no stdio, no logging, no panic formatting: a failure is a code on the pipe).
+    // SAFETY: see above; the child ends with _exit.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        let e = std::io::Error::last_os_error();
+        unsafe {
+            libc::close(read_end);
+            libc::close(write_end);
+        }
+        return Err(ReclaimError::Os(e));
+    }
+    if pid == 0 {
+        // A SIGBUS here is expected of a damaged ledger: no core file for it.
+        let no_core = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: setrlimit on ourselves with a valid struct.
+        unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) };
+        let mut msg = [0u64; 4];
+        match LedgerFile::open(dir, model) {
+            Ok(ledger) => {
+                let r = ledger.reclaim_dead();
+                msg = [
+                    0,
+                    u64::from(r.slots),
+                    r.bytes,
+                    r.uncertain | (u64::from(r.healed) << 63),
+                ];
+            }
+            Err(LedgerError::Io { source, .. }) => {
+                msg[0] = 1;
+                msg[1] = source.raw_os_error().unwrap_or(0) as u64;
+            }
+            Err(_) => msg[0] = 2,
+        }
+        // SAFETY: 32 bytes from the stack to our pipe, then leave without running
+        // anything of the parent's (atexit handlers, destructors).
+        unsafe {
+            libc::write(write_end, msg.as_ptr().cast(), 32);
+            libc::_exit(0);
+        }
+    }
+    // SAFETY: the parent's copy of the write end.
+    unsafe { libc::close(write_end) };
+    let mut msg = [0u64; 4];
+    let mut ready = libc::pollfd {
+        fd: read_end,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll and read on our own descriptor, into a local buffer.
+    let n = unsafe {
+        while libc::poll(&mut ready, 1, 5000) < 0
+            && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+        {}
+        if ready.revents == 0 {
+            libc::kill(pid, libc::SIGKILL);
+            -2
+        } else {
+            libc::read(read_end, msg.as_mut_ptr().cast(), 32)
+        }
+    };
+    let mut status = 0;
+    // SAFETY: our own child; the read end is ours.
+    unsafe {
+        libc::close(read_end);
+        while libc::waitpid(pid, &mut status, 0) < 0
+            && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+        {}
+    }
+    if n == -2 {
+        return Err(ReclaimError::TimedOut { path });
+    }
+    if libc::WIFSIGNALED(status) {
+        return Err(ReclaimError::Died {
+            path,
+            signal: libc::WTERMSIG(status),
+        });
+    }
+    match (n, msg[0]) {
+        (32, 0) => Ok(Reclaimed {
+            slots: msg[1] as u32,
+            bytes: msg[2],
+            uncertain: msg[3] & !(1 << 63),
+            healed: msg[3] >> 63 == 1,
+        }),
+        (32, 1) => Err(ReclaimError::Ledger(LedgerError::Io {
+            path: LedgerFile::path_for(dir, model),
+            action: "open",
+            source: std::io::Error::from_raw_os_error(msg[1] as i32),
+        })),
+        // The file did not validate in the child: read it here for the message (from a
+        // copy; never mapped).
+        _ => Err(match read_snapshot(dir, model) {
+            Err(e) => ReclaimError::Ledger(e),
+            Ok(_) => ReclaimError::Ledger(LedgerError::Damaged {
+                path: LedgerFile::path_for(dir, model),
+                what: "it changed while it was reclaimed".into(),
+            }),
+        }),
+    }
+}
+
+/// The pid, in this process's PID namespace, of a process of a ledger. A slot holds the
+/// pid the process has in its own namespace (a supervised worker is pid 2 in its own),
+/// the inode of that namespace and the process's start time. None if no such process is
+/// visible from here (gone, or in a namespace this one cannot see).
+pub fn host_pid(p: &ProcessUsage) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let is_it = |pid: u32, inner: u32| {
+        inner == p.pid
+            && (p.pid_ns == 0
+                || std::fs::metadata(format!("/proc/{pid}/ns/pid"))
+                    .is_ok_and(|m| m.ino() == p.pid_ns))
+            && start_time(pid) == p.start_time
+    };
+    if is_it(p.pid, p.pid) {
+        return Some(p.pid);
+    }
+    std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|&pid| {
+            // NSpid: the pid in each namespace from this one down to the process's own.
+            let inner = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|status| {
+                    let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
+                    line.split_whitespace().last()?.parse::<u32>().ok()
+                });
+            inner.is_some_and(|inner| is_it(pid, inner))
+        })
+}

@@ -312,9 +312,11 @@ fn list(dir: &std::path::Path, as_json: bool) -> Result<ExitCode, String> {
                     "used": s.used,
                     "peak": s.peak,
                     "uncertain": s.uncertain,
+                    "refused": s.refused,
                     "processes": s.processes.iter().map(|p| json!({
-                        "pid": p.pid, "slot": p.slot, "start_time": p.start_time, "used": p.used,
-                        "peak": p.peak, "alive": p.alive,
+                        "pid": ledger::host_pid(p),
+                        "pid_in_namespace": p.pid, "slot": p.slot, "start_time": p.start_time,
+                        "used": p.used, "peak": p.peak, "alive": p.alive,
                     })).collect::<Vec<_>>(),
                 }),
                 Err(e) => {
@@ -331,19 +333,28 @@ fn list(dir: &std::path::Path, as_json: bool) -> Result<ExitCode, String> {
         println!("no ledgers in {}", dir.display());
     } else {
         println!(
-            "{:<24} {:>18} {:>12} {:>12} {:>6} {:>6}  PIDS",
-            "MODEL", "QUOTA", "USED", "PEAK", "LIVE", "DEAD"
+            "{:<24} {:>18} {:>12} {:>12} {:>12} {:>6} {:>6}  PIDS",
+            "MODEL", "QUOTA", "USED", "PEAK", "UNCERTAIN", "LIVE", "DEAD"
         );
         for (model, snap) in &models {
             match snap {
                 Ok(s) => {
                     let live = s.processes.iter().filter(|p| p.alive).count();
-                    let pids: Vec<String> = s.processes.iter().map(|p| p.pid.to_string()).collect();
+                    // Pids as this namespace sees them; `?` for one it cannot see.
+                    let pids: Vec<String> = s
+                        .processes
+                        .iter()
+                        .map(|p| {
+                            ledger::host_pid(p)
+                                .map_or_else(|| format!("?{}", p.pid), |pid| pid.to_string())
+                        })
+                        .collect();
                     println!(
-                        "{model:<24} {:>18} {:>12} {:>12} {live:>6} {:>6}  {}",
+                        "{model:<24} {:>18} {:>12} {:>12} {:>12} {live:>6} {:>6}  {}",
                         quota_text(s),
                         human(s.used),
                         human(s.peak),
+                        human(s.uncertain),
                         s.processes.len() - live,
                         pids.join(",")
                     );
@@ -398,13 +409,15 @@ fn reclaim(dir: &std::path::Path, only: Option<&str>, as_json: bool) -> Result<E
     let mut failed = false;
     let mut rows = Vec::new();
     for model in models {
-        match LedgerFile::open(dir, &model) {
-            Ok(l) => {
-                let r = l.reclaim_dead();
+        match ledger::reclaim_isolated(dir, &model).and_then(|r| {
+            let used = ledger::read_snapshot(dir, &model)?.used;
+            Ok((r, used))
+        }) {
+            Ok((r, used)) => {
                 if as_json {
                     rows.push(json!({
                         "model": model, "slots": r.slots, "bytes": r.bytes, "uncertain": r.uncertain,
-                        "healed": r.healed, "used": l.used(),
+                        "healed": r.healed, "used": used,
                     }));
                 } else {
                     println!(
@@ -417,7 +430,7 @@ fn reclaim(dir: &std::path::Path, only: Option<&str>, as_json: bool) -> Result<E
                         } else {
                             ""
                         },
-                        human(l.used())
+                        human(used)
                     );
                 }
             }

@@ -10,7 +10,7 @@ use crate::cgroups::{Cgroup, Hierarchy, Limits};
 use crate::config::{Config, Logs, ModelConfig, RestartPolicy, SupervisorConfig};
 use crate::exec::{cstrings, worker_env};
 use crate::launch::{self, Spec};
-use crate::ledger::{CreateOptions, LedgerFile};
+use crate::ledger::{self, CreateOptions, LedgerFile, Snapshot};
 use serde_json::{Value, json};
 use std::ffi::CString;
 use std::io::{BufRead, BufReader, Write};
@@ -86,9 +86,12 @@ struct Instance {
     error: Option<String>,
 }
 
+/// The supervisor never maps a ledger: its workers can shrink the file under any mapping
+/// (SIGBUS at the next access). It reads copies ([`ledger::read_snapshot`]) and reclaims
+/// in a child process ([`ledger::reclaim_isolated`]).
 struct Model {
     cfg: ModelConfig,
-    ledger: Option<LedgerFile>,
+    /// Why the model's ledger could not be created or opened at start: it cannot run.
     ledger_error: Option<String>,
     instances: Vec<Instance>,
 }
@@ -132,7 +135,7 @@ impl Supervisor {
             .models
             .iter()
             .map(|cfg| {
-                let (ledger, ledger_error) = match LedgerFile::open_or_create(
+                let ledger_error = match LedgerFile::open_or_create(
                     &config.supervisor.ledger_dir,
                     &cfg.name,
                     cfg.gpu_quota,
@@ -140,10 +143,10 @@ impl Supervisor {
                         group: cfg.gid.filter(|_| cfg.uid.is_some()),
                     },
                 ) {
-                    Ok(l) => (Some(l), None),
+                    Ok(_) => None, // checked (quota included), and unmapped again
                     Err(e) => {
                         log(&format!("model {}: {e}", cfg.name));
-                        (None, Some(e.to_string()))
+                        Some(e.to_string())
                     }
                 };
                 let instances = (0..cfg.instances)
@@ -167,7 +170,6 @@ impl Supervisor {
                     .collect();
                 Model {
                     cfg: cfg.clone(),
-                    ledger,
                     ledger_error,
                     instances,
                 }
@@ -184,7 +186,7 @@ impl Supervisor {
 
     fn start_instance(&mut self, m: usize, i: usize) {
         let model = &mut self.models[m];
-        if model.ledger.is_none() {
+        if model.ledger_error.is_some() {
             let inst = &mut model.instances[i];
             inst.state = State::Failed;
             inst.error = model.ledger_error.clone();
@@ -292,13 +294,14 @@ impl Supervisor {
         {
             log(&format!("model {}: {e}", cfg.name));
         }
-        if let Some(l) = &model.ledger {
-            let r = l.reclaim_dead();
-            if r.bytes > 0 || r.uncertain > 0 {
-                log(&format!(
+        if model.ledger_error.is_none() {
+            match ledger::reclaim_isolated(&self.config.supervisor.ledger_dir, &cfg.name) {
+                Ok(r) if r.bytes > 0 || r.uncertain > 0 => log(&format!(
                     "model {}: reclaimed {} bytes ({} uncertain) of dead processes",
                     cfg.name, r.bytes, r.uncertain
-                ));
+                )),
+                Ok(_) => {}
+                Err(e) => log(&format!("model {}: {e}", cfg.name)),
             }
         }
         let how = if oom_killed {
@@ -492,9 +495,19 @@ impl Supervisor {
         }
     }
 
+    /// The model's ledger, read from a copy.
+    fn snapshot(&self, m: usize) -> Result<Snapshot, ledger::LedgerError> {
+        ledger::read_snapshot(&self.config.supervisor.ledger_dir, &self.models[m].cfg.name)
+    }
+
     fn model_status(&self, m: usize) -> Value {
         let model = &self.models[m];
-        let snapshot = model.ledger.as_ref().map(LedgerFile::snapshot);
+        let snapshot = self.snapshot(m);
+        let ledger_error = model
+            .ledger_error
+            .clone()
+            .or_else(|| snapshot.as_ref().err().map(ToString::to_string));
+        let snapshot = snapshot.ok();
         let instances: Vec<Value> = model
             .instances
             .iter()
@@ -525,7 +538,7 @@ impl Supervisor {
             "gpu_peak_bytes": snapshot.as_ref().map(|s| s.peak),
             "gpu_refusals": snapshot.as_ref().map(|s| s.refused),
             "host_memory_bytes": model.instances.iter().filter_map(|i| i.cgroup.as_ref().and_then(Cgroup::memory_current)).sum::<u64>(),
-            "error": model.ledger_error,
+            "error": ledger_error,
         })
     }
 
@@ -535,50 +548,53 @@ impl Supervisor {
 
     fn metrics(&self) -> String {
         let mut out = String::new();
-        let mut family =
-            |name: &str, kind: &str, help: &str, value: &dyn Fn(&Model) -> Option<u64>| {
-                out += &format!("# TYPE {name} {kind}\n# HELP {name} {help}\n");
-                for model in &self.models {
-                    if let Some(v) = value(model) {
-                        let sample = if kind == "counter" {
-                            format!("{name}_total")
-                        } else {
-                            name.to_owned()
-                        };
-                        out += &format!("{sample}{{model=\"{}\"}} {v}\n", model.cfg.name);
-                    }
+        // One copy of each ledger per scrape.
+        let snapshots: Vec<Option<Snapshot>> = (0..self.models.len())
+            .map(|m| self.snapshot(m).ok())
+            .collect();
+        type Value<'a> = &'a dyn Fn(&Model, Option<&Snapshot>) -> Option<u64>;
+        let mut family = |name: &str, kind: &str, help: &str, value: Value| {
+            out += &format!("# TYPE {name} {kind}\n# HELP {name} {help}\n");
+            for (model, snap) in self.models.iter().zip(&snapshots) {
+                if let Some(v) = value(model, snap.as_ref()) {
+                    let sample = if kind == "counter" {
+                        format!("{name}_total")
+                    } else {
+                        name.to_owned()
+                    };
+                    out += &format!("{sample}{{model=\"{}\"}} {v}\n", model.cfg.name);
                 }
-            };
-        let snap = |m: &Model| m.ledger.as_ref().map(LedgerFile::snapshot);
+            }
+        };
         family(
             "cuvisor_gpu_quota_bytes",
             "gauge",
             "The model's GPU memory quota.",
-            &|m| snap(m).and_then(|s| s.quota_bytes),
+            &|_, s| s.and_then(|s| s.quota_bytes),
         );
         family(
             "cuvisor_gpu_used_bytes",
             "gauge",
             "GPU memory charged to the model.",
-            &|m| snap(m).map(|s| s.used),
+            &|_, s| s.map(|s| s.used),
         );
         family(
             "cuvisor_gpu_peak_bytes",
             "gauge",
             "The most GPU memory the model held.",
-            &|m| snap(m).map(|s| s.peak),
+            &|_, s| s.map(|s| s.peak),
         );
         family(
             "cuvisor_gpu_oom_refusals",
             "counter",
             "Allocations refused for the quota.",
-            &|m| snap(m).map(|s| s.refused),
+            &|_, s| s.map(|s| s.refused),
         );
         family(
             "cuvisor_host_memory_bytes",
             "gauge",
             "Host memory used by the model's workers.",
-            &|m| {
+            &|m, _| {
                 Some(
                     m.instances
                         .iter()
@@ -591,16 +607,19 @@ impl Supervisor {
             "cuvisor_running_instances",
             "gauge",
             "Instances running.",
-            &|m| Some(m.instances.iter().filter(|i| i.pid.is_some()).count() as u64),
+            &|m, _| Some(m.instances.iter().filter(|i| i.pid.is_some()).count() as u64),
         );
-        family("cuvisor_restarts", "counter", "Instance restarts.", &|m| {
-            Some(m.instances.iter().map(|i| i.restarts).sum())
-        });
+        family(
+            "cuvisor_restarts",
+            "counter",
+            "Instance restarts.",
+            &|m, _| Some(m.instances.iter().map(|i| i.restarts).sum()),
+        );
         family(
             "cuvisor_oom_kills",
             "counter",
             "Workers killed by the host OOM killer.",
-            &|m| Some(m.instances.iter().map(|i| i.oom_kills).sum()),
+            &|m, _| Some(m.instances.iter().map(|i| i.oom_kills).sum()),
         );
         out + "# EOF\n"
     }

@@ -30,6 +30,7 @@ use std::ffi::CString;
 use std::fmt;
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io;
+use std::mem::offset_of;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -95,7 +96,10 @@ pub struct Slot {
     pub peak: AtomicU64,
     /// Bytes of reservations and releases under way.
     pub inflight: AtomicU64,
-    pub reserved: [u64; 2],
+    /// The inode of the process's PID namespace (0: unknown): with `pid` (the pid in that
+    /// namespace) it names the process from any other namespace.
+    pub pid_ns: AtomicU64,
+    pub reserved: [u64; 1],
 }
 
 const FREE: u32 = 0;
@@ -253,6 +257,8 @@ pub struct ProcessUsage {
     pub generation: u64,
     pub used: u64,
     pub peak: u64,
+    /// The inode of its PID namespace, in which it has `pid` (0: unknown).
+    pub pid_ns: u64,
     /// False for a process that died and has not been reclaimed yet.
     pub alive: bool,
 }
@@ -403,6 +409,13 @@ impl LedgerFile {
 
     /// Opens the existing ledger of `model`, validating everything about it.
     pub fn open(dir: &Path, model: &str) -> Result<LedgerFile, LedgerError> {
+        let (path, file, size) = Self::open_validated(dir, model)?;
+        Self::map(path, model.to_owned(), file, size as usize)
+    }
+
+    /// Opens the ledger of `model` and validates its header from a copy: the path, the
+    /// open file and its size.
+    fn open_validated(dir: &Path, model: &str) -> Result<(PathBuf, File, u64), LedgerError> {
         if !valid_model_name(model) {
             return Err(LedgerError::BadModelName {
                 model: model.to_owned(),
@@ -493,7 +506,7 @@ impl LedgerFile {
                 String::from_utf8_lossy(&name_bytes[..name_len])
             )));
         }
-        Self::map(path.clone(), model.to_owned(), file, size as usize)
+        Ok((path, file, size))
     }
 
     /// Opens the ledger of `model`, creating it with `quota` if there is none. A ledger
@@ -731,6 +744,7 @@ impl LedgerFile {
             }
             s.pid.store(pid, Ordering::Relaxed);
             s.start_time.store(start_time(pid), Ordering::Relaxed);
+            s.pid_ns.store(own_pid_namespace(), Ordering::Relaxed);
             s.used.store(0, Ordering::Relaxed);
             s.peak.store(0, Ordering::Relaxed);
             s.inflight.store(0, Ordering::Relaxed);
@@ -839,6 +853,7 @@ impl LedgerFile {
                     generation: s.generation.load(Ordering::Relaxed),
                     used: s.used.load(Ordering::Relaxed),
                     peak: s.peak.load(Ordering::Relaxed),
+                    pid_ns: s.pid_ns.load(Ordering::Relaxed),
                     alive: self.is_own(index) || self.held_elsewhere(index),
                 })
             })
@@ -866,6 +881,82 @@ impl LedgerFile {
     }
 }
 
+/// The ledger of `model` read from a copy, never mapped: what a process that must not
+/// trust the model's processes (the supervisor, `cuvisor ledger`) reads. A process of the
+/// model may truncate or rewrite the file at any moment; that makes this fail (or read
+/// numbers that are wrong, saturated, never out of range) and harms nothing else.
+pub fn read_snapshot(dir: &Path, model: &str) -> Result<Snapshot, LedgerError> {
+    let (path, file, size) = LedgerFile::open_validated(dir, model)?;
+    let mut raw = vec![0u8; size as usize];
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut raw, 0).map_err(|e| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            LedgerError::Damaged {
+                path: path.clone(),
+                what: "it shrank while it was read".into(),
+            }
+        } else {
+            io_err(&path, "read")(e)
+        }
+    })?;
+    let u32_at = |o: usize| u32::from_ne_bytes(raw[o..o + 4].try_into().expect("4 bytes"));
+    let u64_at = |o: usize| u64::from_ne_bytes(raw[o..o + 8].try_into().expect("8 bytes"));
+    // Re-check what open_validated checked: the file may have changed in between.
+    if raw[..8] != MAGIC || u32_at(8) != VERSION || u64_at(24) != size {
+        return Err(LedgerError::Damaged {
+            path,
+            what: "it changed while it was read".into(),
+        });
+    }
+    let quota_bytes = u64_at(offset_of!(Header, quota_bytes));
+    let quota = match (
+        u32_at(offset_of!(Header, quota_kind)),
+        u32_at(offset_of!(Header, quota_percent)),
+    ) {
+        (QUOTA_BYTES, _) => Some(QuotaSpec::Bytes(quota_bytes)),
+        (QUOTA_PERCENT, p @ 1..=100) => Some(QuotaSpec::Percent(p as u8)),
+        _ => None,
+    };
+    let slot_count = ((raw.len() - HEADER_SIZE) / SLOT_SIZE) as u32;
+    let processes = (0..slot_count)
+        .filter_map(|index| {
+            let o = slot_offset(index) as usize;
+            if u32_at(o + offset_of!(Slot, state)) != LIVE {
+                return None;
+            }
+            let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+            fl.l_type = libc::F_WRLCK as i16;
+            fl.l_whence = libc::SEEK_SET as i16;
+            fl.l_start = LOCK_BASE + index as i64;
+            fl.l_len = 1;
+            // SAFETY: fcntl with a valid flock on our own fd.
+            let probed = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
+            Some(ProcessUsage {
+                slot: index,
+                pid: u32_at(o + offset_of!(Slot, pid)),
+                generation: u64_at(o + offset_of!(Slot, generation)),
+                start_time: u64_at(o + offset_of!(Slot, start_time)),
+                used: u64_at(o + offset_of!(Slot, used)),
+                peak: u64_at(o + offset_of!(Slot, peak)),
+                pid_ns: u64_at(o + offset_of!(Slot, pid_ns)),
+                alive: probed != 0 || fl.l_type != libc::F_UNLCK as i16,
+            })
+        })
+        .collect();
+    Ok(Snapshot {
+        model: model.to_owned(),
+        quota,
+        quota_bytes: match quota_bytes {
+            0 | u64::MAX => None,
+            b => Some(b),
+        },
+        used: u64_at(offset_of!(Header, used)),
+        peak: u64_at(offset_of!(Header, peak)),
+        uncertain: u64_at(offset_of!(Header, uncertain)),
+        refused: u64_at(offset_of!(Header, refused)),
+        processes,
+    })
+}
+
 /// Clears a slot whose charges were settled, and makes it free (last, with Release).
 fn free_slot(s: &Slot) {
     s.pid.store(0, Ordering::Relaxed);
@@ -891,6 +982,11 @@ fn raise(peak: &AtomicU64, value: u64) {
     if value > peak.load(Ordering::Relaxed) {
         peak.fetch_max(value, Ordering::Relaxed);
     }
+}
+
+/// The inode of this process's PID namespace (0 if unknown).
+fn own_pid_namespace() -> u64 {
+    std::fs::metadata("/proc/self/ns/pid").map_or(0, |m| m.ino())
 }
 
 /// A process's start time in clock ticks since boot (0 if unknown).
@@ -1070,7 +1166,7 @@ impl Drop for Attachment<'_> {
 /// One model found by [`list`]: its name, and its snapshot or why it could not be read.
 pub type Listed = (String, Result<Snapshot, LedgerError>);
 
-/// Every ledger in `dir`.
+/// Every ledger in `dir`, each read from a copy ([`read_snapshot`]).
 pub fn list(dir: &Path) -> Result<Vec<Listed>, LedgerError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -1091,7 +1187,7 @@ pub fn list(dir: &Path) -> Result<Vec<Listed>, LedgerError> {
     Ok(models
         .into_iter()
         .map(|m| {
-            let snap = LedgerFile::open(dir, &m).map(|l| l.snapshot());
+            let snap = read_snapshot(dir, &m);
             (m, snap)
         })
         .collect())

@@ -70,6 +70,8 @@ pub fn on_fake_gpu(program: impl AsRef<Path>) -> Command {
     cmd
 }
 
+pub mod supervisor;
+
 #[path = "../../examples/support/mod.rs"]
 mod support;
 pub use support::shim_path;

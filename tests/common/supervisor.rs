@@ -1,0 +1,147 @@
+//! `cuvisor run` driven from a test: a supervisor with a socket, ledgers, logs and cgroups
+//! of its own, asked through its control API.
+
+use super::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+pub struct Supervisor {
+    pub child: Option<Child>,
+    pub dir: TempDir,
+    pub socket: PathBuf,
+    pub cgroup_name: String,
+}
+
+pub fn unique(tag: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    format!(
+        "cvt{}-{tag}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
+pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let end = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Supervisor {
+    /// Starts `cuvisor run` on `models` (TOML of [[model]] tables) with a [supervisor]
+    /// section of its own: socket, ledgers, logs and cgroups private to the test.
+    pub fn start(tag: &str, models: &str) -> Supervisor {
+        Self::start_with(tag, "", &[], models)
+    }
+
+    /// `start` with more [supervisor] keys, and `cuvisor run` started through `wrapper`
+    /// (a command line that ends by exec'ing its arguments).
+    pub fn start_with(tag: &str, settings: &str, wrapper: &[&str], models: &str) -> Supervisor {
+        let dir = TempDir::new(tag);
+        let socket = dir.path("control.sock");
+        let cgroup_name = unique(tag);
+        let config = format!(
+            "[supervisor]\nsocket = \"{}\"\nledger_dir = \"{}\"\nlogs = \"{}\"\ngrace_period = \"700ms\"\ncgroup_name = \"{cgroup_name}\"\n{settings}\n{models}",
+            socket.display(),
+            dir.path("ledgers").display(),
+            dir.path("logs").display()
+        );
+        std::fs::write(dir.path("cuvisor.toml"), config).unwrap();
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_cuvisor"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_cuvisor")),
+        };
+        let child = command
+            .arg("run")
+            .arg("--shim")
+            .arg(shim_path())
+            .arg(dir.path("cuvisor.toml"))
+            .env_remove("LD_PRELOAD")
+            .stderr(std::fs::File::create(dir.path("supervisor.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let s = Supervisor {
+            child: Some(child),
+            dir,
+            socket,
+            cgroup_name,
+        };
+        wait_until("the control socket", Duration::from_secs(10), || {
+            cuvisor::control::request(&s.socket, "GET", "/healthz").is_ok()
+        });
+        s
+    }
+
+    pub fn status(&self) -> Value {
+        let (code, body) = cuvisor::control::request(&self.socket, "GET", "/models").unwrap();
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    pub fn model(&self, name: &str) -> Value {
+        self.status()["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .cloned()
+            .unwrap()
+    }
+
+    pub fn log(&self, leaf: &str) -> String {
+        std::fs::read_to_string(self.dir.path("logs").join(format!("{leaf}.log")))
+            .unwrap_or_default()
+    }
+
+    pub fn supervisor_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path("supervisor.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGTERM, then the exit status and how long it took.
+    pub fn stop(&mut self) -> (i32, Duration) {
+        let mut child = self.child.take().unwrap();
+        let t = Instant::now();
+        unsafe { libc_kill(child.id() as i32, 15) };
+        let status = child.wait().unwrap();
+        (status.code().unwrap_or(-1), t.elapsed())
+    }
+
+    pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        ["memory", "cpu", "pids"]
+            .iter()
+            .map(|c| Path::new("/sys/fs/cgroup").join(c).join(&self.cgroup_name))
+            .filter(|p| p.exists())
+            .collect()
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    pub fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+pub fn pgrep(pattern: &str) -> Vec<String> {
+    let out = run(Command::new("pgrep").args(["-f", pattern]));
+    lines(&out)
+}
