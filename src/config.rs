@@ -4,6 +4,7 @@
 //! invalid values are errors that name the file and the line. `docs/OPERATIONS.md`
 //! documents every key with an annotated example.
 
+use crate::caps::{self, CapSet};
 use crate::ledger::{self, valid_model_name};
 use crate::size::{QuotaSpec, parse_quota, parse_size};
 use serde::Deserialize;
@@ -100,6 +101,8 @@ pub struct ModelConfig {
     pub backoff_max: Duration,
     pub isolation: Isolation,
     pub bind_ro: Vec<PathBuf>,
+    /// Capabilities the worker keeps; none by default.
+    pub capabilities: CapSet,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -177,6 +180,8 @@ struct RawModel {
     isolation: Option<Spanned<RawIsolation>>,
     #[serde(default)]
     bind_ro: Vec<Spanned<String>>,
+    #[serde(default)]
+    capabilities: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -649,6 +654,19 @@ fn check_model(c: &mut Checker, m: &RawModel, line: usize) -> Option<ModelConfig
             }
         }
     }
+    let mut capabilities = CapSet::default();
+    for cap in &m.capabilities {
+        match caps::by_name(cap.get_ref()) {
+            Some(n) => capabilities.0 |= 1 << n,
+            None => c.error(
+                cap,
+                format!(
+                    "capabilities: \"{}\" is not a capability (expected a name such as CAP_NET_BIND_SERVICE)",
+                    cap.get_ref()
+                ),
+            ),
+        }
+    }
     (c.errors.len() == errors_before).then_some(ModelConfig {
         name,
         command,
@@ -668,6 +686,7 @@ fn check_model(c: &mut Checker, m: &RawModel, line: usize) -> Option<ModelConfig
         backoff_max,
         isolation,
         bind_ro,
+        capabilities,
     })
 }
 

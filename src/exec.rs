@@ -122,6 +122,9 @@ pub fn exec(o: ExecOptions) -> Result<i32, String> {
         },
         hostname: CString::new(o.model.clone()).expect("model names have no NUL"),
         bind_ro: Vec::new(),
+        privileges: launch::Privileges::Inherit,
+        kernel_ro: Vec::new(),
+        ledger: None,
         stdout: 1,
         stderr: 2,
     };

@@ -13,6 +13,7 @@
 //! `fork()` (it takes malloc's locks for its atfork handlers) and `setuid()`/`setgid()`/
 //! `setgroups()` (they signal every thread of the process) are made as raw system calls.
 
+use crate::caps::CapSet;
 use crate::config::Isolation;
 use std::ffi::{CString, c_void};
 use std::io;
@@ -29,9 +30,81 @@ pub struct Spec {
     pub isolation: Isolation,
     pub hostname: CString,
     pub bind_ro: Vec<CString>,
+    /// What the worker keeps of the supervisor's privileges.
+    pub privileges: Privileges,
+    /// With a mount namespace: the kernel's interfaces that become read-only in it.
+    pub kernel_ro: Vec<ReadOnly>,
+    /// With a mount namespace: the ledger directory, and the model's ledger in it, the one
+    /// file the worker sees there.
+    pub ledger: Option<(CString, CString)>,
     /// Where the worker's stdout and stderr go (stdin is /dev/null).
     pub stdout: RawFd,
     pub stderr: RawFd,
+}
+
+/// What a worker keeps of the supervisor's (root's) privileges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Privileges {
+    /// Everything (`cuvisor exec`: the operator's own program, as if run directly).
+    Inherit,
+    /// These capabilities only, in every set (bounding, permitted, effective, inheritable,
+    /// ambient), and `no_new_privs`: exec can never give more back.
+    Keep(CapSet),
+}
+
+/// A path made read-only in the worker's mount namespace: a mount point remounted with
+/// its own flags plus read-only, or (`bind`) a directory bound onto itself first.
+#[derive(Debug, Clone)]
+pub struct ReadOnly {
+    pub path: CString,
+    pub flags: libc::c_ulong,
+    pub bind: bool,
+}
+
+/// The kernel interfaces a worker could change the host through as uid 0 without any
+/// capability (their files are root's, mode 0644): every mount under `/sys` (cgroupfs: a
+/// worker would move itself out of its cgroups), `/proc/sys` (sysctls) and
+/// `/proc/sysrq-trigger`. Read from `mountinfo` (this process's).
+pub fn kernel_interfaces(mountinfo: &str) -> Vec<ReadOnly> {
+    let mut out: Vec<ReadOnly> = mountinfo
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let (point, options) = (*fields.get(4)?, *fields.get(5)?);
+            if point != "/sys" && !point.starts_with("/sys/") {
+                return None;
+            }
+            let mut flags = 0;
+            for o in options.split(',') {
+                flags |= match o {
+                    "nosuid" => libc::MS_NOSUID,
+                    "nodev" => libc::MS_NODEV,
+                    "noexec" => libc::MS_NOEXEC,
+                    "noatime" => libc::MS_NOATIME,
+                    "nodiratime" => libc::MS_NODIRATIME,
+                    "relatime" => libc::MS_RELATIME,
+                    _ => 0,
+                };
+            }
+            // mountinfo escapes spaces and the like as \ooo: such paths are left alone.
+            (!point.contains('\\'))
+                .then(|| CString::new(point).ok())
+                .flatten()
+                .map(|path| ReadOnly {
+                    path,
+                    flags,
+                    bind: false,
+                })
+        })
+        .collect();
+    for path in [c"/proc/sys", c"/proc/sysrq-trigger"] {
+        out.push(ReadOnly {
+            path: path.to_owned(),
+            flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            bind: true,
+        });
+    }
+    out
 }
 
 /// What went wrong in the child, and at which step.
@@ -62,6 +135,9 @@ const STEPS: &[&str] = &[
     "change directory",
     "redirect output",
     "exec",
+    "make the kernel's interfaces read-only",
+    "show the worker its own ledger only",
+    "drop capabilities",
 ];
 
 /// Finds `command` the way a shell would: as a path if it has a slash, else in PATH.
@@ -141,6 +217,21 @@ unsafe fn exec_worker(a: &ChildArgs) -> ! {
         }
         // Nothing the supervisor had open goes past exec (the report pipe stays until then).
         libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC);
+        if let Privileges::Keep(keep) = s.privileges {
+            // The bounding set first (it takes CAP_SETPCAP, which a change of user drops),
+            // then keep the permitted set across the change of user if anything is kept.
+            for cap in 0..64 {
+                if !keep.contains(cap)
+                    && libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0
+                    && *libc::__errno_location() != libc::EINVAL
+                {
+                    fail(a.report, 14);
+                }
+            }
+            if keep.0 != 0 && libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0 {
+                fail(a.report, 14);
+            }
+        }
         if let Some(gid) = s.gid {
             if libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) != 0 {
                 fail(a.report, 6);
@@ -153,6 +244,9 @@ unsafe fn exec_worker(a: &ChildArgs) -> ! {
             && libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0
         {
             fail(a.report, 8);
+        }
+        if let Privileges::Keep(keep) = s.privileges {
+            drop_capabilities(a, keep);
         }
         // A change of credentials clears the parent-death signal. Without a PID namespace
         // (no init whose death ends the namespace) the worker must arm it again, and check
@@ -170,6 +264,163 @@ unsafe fn exec_worker(a: &ChildArgs) -> ! {
         }
         libc::execve(s.program.as_ptr(), a.argv.as_ptr(), a.envp.as_ptr());
         fail(a.report, 11)
+    }
+}
+
+/// Leaves the calling process `keep` in every capability set, and `no_new_privs`.
+unsafe fn drop_capabilities(a: &ChildArgs, keep: CapSet) {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let (lo, hi) = (keep.0 as u32, (keep.0 >> 32) as u32);
+    let header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let data = [
+        Data {
+            effective: lo,
+            permitted: lo,
+            inheritable: lo,
+        },
+        Data {
+            effective: hi,
+            permitted: hi,
+            inheritable: hi,
+        },
+    ];
+    // SAFETY: capset with a version-3 header and its two data words; prctl calls on
+    // ourselves.
+    unsafe {
+        if libc::syscall(libc::SYS_capset, &header, data.as_ptr()) != 0
+            || libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+        {
+            fail(a.report, 14);
+        }
+        // Ambient: a kept capability survives exec for a worker that is not root.
+        for cap in 0..64u32 {
+            if keep.contains(cap)
+                && libc::prctl(
+                    libc::PR_CAP_AMBIENT,
+                    libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+                    cap as libc::c_ulong,
+                    0,
+                    0,
+                ) != 0
+            {
+                fail(a.report, 14);
+            }
+        }
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            fail(a.report, 14);
+        }
+    }
+}
+
+/// Makes one path read-only in this mount namespace. A path to bind that this kernel
+/// does not have (no `/proc/sysrq-trigger` without magic SysRq) needs nothing.
+unsafe fn make_read_only(r: &ReadOnly) -> bool {
+    // SAFETY: mount calls with valid C strings.
+    unsafe {
+        if r.bind
+            && libc::mount(
+                r.path.as_ptr(),
+                r.path.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            ) != 0
+        {
+            return *libc::__errno_location() == libc::ENOENT;
+        }
+        libc::mount(
+            std::ptr::null(),
+            r.path.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | r.flags,
+            std::ptr::null(),
+        ) == 0
+    }
+}
+
+/// Covers the ledger directory with an empty read-only tmpfs that shows one file: the
+/// model's own ledger, bound from the real directory.
+unsafe fn show_own_ledger(dir: &CString, file: &CString) -> bool {
+    // SAFETY: system calls on valid C strings and our own descriptors; the path of the
+    // descriptor is formatted into a stack buffer.
+    unsafe {
+        let own = libc::open(
+            file.as_ptr(),
+            libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        );
+        if own < 0 {
+            return false;
+        }
+        let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        if libc::mount(
+            c"tmpfs".as_ptr(),
+            dir.as_ptr(),
+            c"tmpfs".as_ptr(),
+            flags,
+            c"mode=0755,size=64k".as_ptr().cast(),
+        ) != 0
+        {
+            return false;
+        }
+        let target = libc::open(
+            file.as_ptr(),
+            libc::O_CREAT | libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            0o600,
+        );
+        if target < 0 {
+            return false;
+        }
+        libc::close(target);
+        let mut source = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0";
+        let mut digits = [0u8; 10];
+        let (mut n, mut len) = (own as u32, 0);
+        loop {
+            digits[len] = b'0' + (n % 10) as u8;
+            len += 1;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        for k in 0..len {
+            source[14 + k] = digits[len - 1 - k];
+        }
+        let ok = libc::mount(
+            source.as_ptr().cast(),
+            file.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        ) == 0
+            && libc::mount(
+                std::ptr::null(),
+                dir.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | flags,
+                std::ptr::null(),
+            ) == 0;
+        libc::close(own);
+        ok
     }
 }
 
@@ -237,6 +488,16 @@ extern "C" fn child_main(arg: *mut c_void) -> i32 {
                 {
                     fail(a.report, 3);
                 }
+            }
+            for r in &s.kernel_ro {
+                if !make_read_only(r) {
+                    fail(a.report, 12);
+                }
+            }
+            if let Some((dir, file)) = &s.ledger
+                && !show_own_ledger(dir, file)
+            {
+                fail(a.report, 13);
             }
         }
         if s.isolation.uts

@@ -13,6 +13,7 @@
 //! worker in its namespaces ([`launch`]), one program under the shim ([`exec`]), and the
 //! supervisor ([`supervisor`]) with its control API ([`control`]). See the README.
 
+pub mod caps;
 pub mod cgroups;
 pub mod config;
 pub mod control;

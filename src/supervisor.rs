@@ -9,7 +9,7 @@
 use crate::cgroups::{Cgroup, Hierarchy, Limits};
 use crate::config::{Config, Logs, ModelConfig, RestartPolicy, SupervisorConfig};
 use crate::exec::{cstrings, worker_env};
-use crate::launch::{self, Spec};
+use crate::launch::{self, Privileges, Spec};
 use crate::ledger::{self, CreateOptions, LedgerFile, Snapshot};
 use serde_json::{Value, json};
 use std::ffi::CString;
@@ -667,8 +667,8 @@ impl Supervisor {
 }
 
 /// How a worker of `cfg` is started (its program, arguments, environment, credentials,
-/// namespaces), with its output going to `output`. Pure but for finding the program: no
-/// process, cgroup or file is created.
+/// namespaces, privileges), with its output going to `output`. Creates nothing: it only
+/// looks for the program and reads this process's mount table.
 pub fn worker_spec(
     cfg: &ModelConfig,
     supervisor: &SupervisorConfig,
@@ -709,6 +709,22 @@ pub fn worker_spec(
         isolation: cfg.isolation,
         hostname: cstrings([cfg.name.clone()])?.remove(0),
         bind_ro: cfg.bind_ro.iter().map(path).collect::<Result<_, _>>()?,
+        privileges: Privileges::Keep(cfg.capabilities),
+        kernel_ro: if cfg.isolation.mount {
+            launch::kernel_interfaces(
+                &std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
+            )
+        } else {
+            Vec::new()
+        },
+        ledger: if cfg.isolation.mount {
+            Some((
+                path(&supervisor.ledger_dir)?,
+                path(&LedgerFile::path_for(&supervisor.ledger_dir, &cfg.name))?,
+            ))
+        } else {
+            None
+        },
         stdout: output,
         stderr: output,
     })

@@ -148,3 +148,156 @@ fn the_ledger_listing_shows_host_pids_and_uncertain_bytes() {
     );
     assert_eq!(s.stop().0, 0);
 }
+
+/// What a hostile worker script tries, printing one `key=value` per attempt. It waits for
+/// the file `target` in its directory (the host pid of another model's worker).
+const ATTACKS: &str = r#"grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs):' /proc/self/status | tr -d ' \t' | sed 's/:/=/'
+escaped=no
+for f in /sys/fs/cgroup/memory/cgroup.procs /sys/fs/cgroup/pids/cgroup.procs /sys/fs/cgroup/unified/cgroup.procs /sys/fs/cgroup/cgroup.procs; do
+  [ -e $f ] && (echo $$ > $f) 2>/dev/null && escaped=$f
+done
+echo escaped=$escaped
+echo cgroup=$(grep -c ':/cvt' /proc/self/cgroup)
+echo ledgers=$(ls -A "$CUVISOR_LEDGER_DIR" | tr '\n' ',')
+(: > "$CUVISOR_LEDGER_DIR/steady.ledger") 2>/dev/null && echo other_ledger=written || echo other_ledger=refused
+(echo 1 > /proc/sys/vm/drop_caches) 2>/dev/null && echo sysctl=written || echo sysctl=refused
+while [ ! -e target ]; do sleep 0.05; done
+kill -9 $(cat target) 2>/dev/null && echo signal=sent || echo signal=refused
+echo done
+exec sleep 100000"#;
+
+fn attacker(name: &str, dir: &std::path::Path, extra: &str) -> String {
+    format!(
+        "[[model]]\nname = \"{name}\"\ncommand = \"sh\"\nargs = [\"-c\", '''{ATTACKS}''']\ncwd = \"{}\"\nmemory_limit = \"64MiB\"\npids_limit = 64\nrestart = \"never\"\n{extra}\n",
+        dir.display()
+    )
+}
+
+/// Finding 3 (and 4): a worker, as root in its namespaces and as its own user, tries to
+/// leave its cgroups, write another model's ledger, change a sysctl and kill another
+/// model's worker. Every attempt fails; it has no capability and no way to gain one; the
+/// other model and the supervisor keep running.
+#[test]
+fn a_hostile_worker_cannot_leave_its_cgroups_touch_other_ledgers_or_signal_other_models() {
+    for (tag, user) in [("root", ""), ("nobody", "user = \"nobody\"\n")] {
+        let dir = TempDir::new("attack");
+        // The worker as `nobody` must be able to read the file `target` from its cwd.
+        std::fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let mut s = Supervisor::start(
+            &format!("attack-{tag}"),
+            &format!(
+                "{}\n{}",
+                holder("steady"),
+                attacker("hostile", &dir.0, user)
+            ),
+        );
+        wait_until(
+            "the steady model's allocation",
+            Duration::from_secs(5),
+            || s.model("steady")["gpu_used_bytes"].as_u64() == Some(MIB),
+        );
+        let steady = s.model("steady")["instances"][0]["pid"].as_u64().unwrap();
+        std::fs::write(dir.path("target"), steady.to_string()).unwrap();
+        wait_until("the attacks", Duration::from_secs(5), || {
+            s.log("hostile-0").contains("done")
+        });
+        let log = s.log("hostile-0");
+        let field = |k: &str| {
+            log.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}=")))
+                .unwrap_or_else(|| panic!("{tag}: no {k} in {log}"))
+                .to_owned()
+        };
+        for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+            assert_eq!(field(set), "0000000000000000", "{tag}: {set}\n{log}");
+        }
+        assert_eq!(field("NoNewPrivs"), "1", "{tag}");
+        assert_eq!(field("escaped"), "no", "{tag}: {log}");
+        assert_ne!(
+            field("cgroup"),
+            "0",
+            "{tag}: still in its own cgroups: {log}"
+        );
+        assert_eq!(
+            field("ledgers"),
+            "hostile.ledger,",
+            "{tag}: only its own ledger is visible"
+        );
+        assert_eq!(field("other_ledger"), "refused", "{tag}");
+        assert_eq!(field("sysctl"), "refused", "{tag}");
+        assert_eq!(field("signal"), "refused", "{tag}");
+        let m = s.model("steady");
+        assert_eq!(
+            (
+                m["state"].as_str(),
+                m["instances"][0]["pid"].as_u64(),
+                m["gpu_used_bytes"].as_u64()
+            ),
+            (Some("running"), Some(steady), Some(MIB)),
+            "{tag}"
+        );
+        assert_eq!(s.model("hostile")["state"], "running", "{tag}");
+        assert_eq!(s.stop().0, 0, "{tag}: {}", s.supervisor_log());
+    }
+}
+
+/// Finding 3: `capabilities = [...]` keeps exactly those, in every set but the bounding
+/// one's others, across exec, for root and for another user.
+#[test]
+fn a_model_keeps_exactly_the_capabilities_it_asks_for() {
+    for (tag, user) in [("root", ""), ("nobody", "user = \"nobody\"\n")] {
+        let mut s = Supervisor::start(
+            &format!("caps-{tag}"),
+            &format!(
+                "[[model]]\nname = \"binder\"\ncommand = \"sh\"\nargs = [\"-c\", \"grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs):' /proc/self/status | tr -d ' \\\\t'; echo done; exec sleep 100000\"]\ncapabilities = [\"CAP_NET_BIND_SERVICE\", \"CAP_SYS_NICE\"]\n{user}"
+            ),
+        );
+        wait_until("the worker's report", Duration::from_secs(5), || {
+            s.log("binder-0").contains("done")
+        });
+        let log = s.log("binder-0");
+        // CAP_NET_BIND_SERVICE is bit 10, CAP_SYS_NICE bit 23.
+        let kept = format!("{:016x}", (1u64 << 10) | (1 << 23));
+        for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+            assert!(
+                log.contains(&format!("{set}:{kept}")),
+                "{tag}: {set}\n{log}"
+            );
+        }
+        assert!(log.contains("NoNewPrivs:1"), "{tag}: {log}");
+        assert_eq!(s.stop().0, 0);
+    }
+}
+
+/// Finding 4: `user = "nobody"` works as documented: the worker reaches its model's
+/// ledger (it used to fail closed on a 0750 root directory) and is charged there, with
+/// or without a mount namespace.
+#[test]
+fn a_worker_as_another_user_uses_its_ledger() {
+    for (tag, isolation) in [
+        ("ns", ""),
+        ("plain", "isolation = { pid = false, mount = false }\n"),
+    ] {
+        let mut s = Supervisor::start(
+            &format!("user-{tag}"),
+            &format!("{}user = \"nobody\"\n{isolation}", holder("owned")),
+        );
+        wait_until("the allocation", Duration::from_secs(5), || {
+            s.model("owned")["gpu_used_bytes"].as_u64() == Some(MIB)
+        });
+        assert!(
+            s.log("owned-0").contains("alloc 1MiB -> 0"),
+            "{tag}: {}",
+            s.log("owned-0")
+        );
+        let meta = std::fs::metadata(s.dir.path("ledgers").join("owned.ledger")).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            (meta.uid(), meta.gid(), meta.mode() & 0o777),
+            (0, 65534, 0o660),
+            "{tag}"
+        );
+        assert_eq!(s.stop().0, 0);
+    }
+}

@@ -342,8 +342,10 @@ impl LedgerFile {
             });
         }
         let path = Self::path_for(dir, model);
+        // With a group, workers of another user must reach their file: the directory is
+        // traversable (not listable, not writable) by everyone.
         let mode = if options.group.is_some() {
-            0o770
+            0o711
         } else {
             0o700
         };
