@@ -408,7 +408,7 @@ fn check_supervisor(c: &mut Checker, s: RawSupervisor) -> SupervisorConfig {
         .ledger_dir
         .as_ref()
         .and_then(|v| c.absolute("ledger_dir", v))
-        .unwrap_or_else(|| PathBuf::from(ledger::DEFAULT_DIR));
+        .unwrap_or_else(ledger::default_dir);
     let shim = s.shim.as_ref().and_then(|v| {
         let p = c.absolute("shim", v)?;
         if p.is_file() {

@@ -98,7 +98,7 @@ struct LedgerArgs {
 
 #[derive(Args)]
 struct Common {
-    /// The ledger directory [default: $CUVISOR_LEDGER_DIR, else /dev/shm/cuvisor]
+    /// The ledger directory [default: $CUVISOR_LEDGER_DIR, else /dev/shm/cuvisor for root, /dev/shm/cuvisor-UID for others]
     #[arg(long, global = true, value_name = "DIR")]
     dir: Option<PathBuf>,
 }
@@ -259,7 +259,7 @@ fn ledger_dir(common: &Common) -> PathBuf {
         .dir
         .clone()
         .or_else(|| std::env::var_os("CUVISOR_LEDGER_DIR").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(ledger::DEFAULT_DIR))
+        .unwrap_or_else(ledger::default_dir)
 }
 
 fn ledger_command(args: LedgerArgs) -> ExitCode {

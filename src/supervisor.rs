@@ -135,20 +135,21 @@ impl Supervisor {
             .models
             .iter()
             .map(|cfg| {
-                let ledger_error = match LedgerFile::open_or_create(
+                // Checked (quota included), reachable by the model's user, and unmapped
+                // again: the supervisor keeps no mapping of a ledger.
+                let group = cfg.gid.filter(|_| cfg.uid.is_some());
+                let ledger_error = LedgerFile::open_or_create(
                     &config.supervisor.ledger_dir,
                     &cfg.name,
                     cfg.gpu_quota,
-                    CreateOptions {
-                        group: cfg.gid.filter(|_| cfg.uid.is_some()),
-                    },
-                ) {
-                    Ok(_) => None, // checked (quota included), and unmapped again
-                    Err(e) => {
-                        log(&format!("model {}: {e}", cfg.name));
-                        Some(e.to_string())
-                    }
-                };
+                    CreateOptions { group },
+                )
+                .and_then(|l| group.map_or(Ok(()), |gid| l.share_with_group(gid)))
+                .err()
+                .map(|e| {
+                    log(&format!("model {}: {e}", cfg.name));
+                    e.to_string()
+                });
                 let instances = (0..cfg.instances)
                     .map(|index| Instance {
                         index,

@@ -573,3 +573,141 @@ fn a_process_exiting_under_allocating_threads_leaves_its_model_at_zero() {
         );
     }
 }
+
+/// Issue 10, finding 2: a ledger is used only through directories and a file that root
+/// or the caller owns and nobody else can write, never through a symbolic link. A local
+/// user who made the ledger directory first (then swapped root's ledger for one with a
+/// bigger quota) is refused at the first step, with the path, owner and mode named.
+#[test]
+fn ledgers_that_another_user_could_change_are_refused() {
+    if unsafe { libc_geteuid() } != 0 {
+        println!("skipped: needs root to give files to another user");
+        return;
+    }
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    let base = TempDir::new("untrusted");
+    let refused = |dir: &Path, expect: &[&str]| {
+        let out = run(&mut worker(
+            dir,
+            "victim",
+            &[("CUVISOR_QUOTA", "1GiB")],
+            "init alloc 2GiB",
+        ));
+        assert_eq!(lines(&out)[0], "init -> 3", "{out:?}");
+        let err = stderr(&out);
+        for e in expect {
+            assert!(err.contains(e), "expected {e:?} in {err}");
+        }
+        let listing = cli(dir, &[]);
+        assert_eq!(listing.status.code(), Some(1), "{listing:?}");
+    };
+    // The directory belongs to another user, mode 0777.
+    let theirs = base.path("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o777)).unwrap();
+    refused(
+        &theirs,
+        &[
+            &format!(
+                "ledger path {}: refused: owned by another user (owner uid 65534, mode 0777)",
+                theirs.display()
+            ),
+            "CUVISOR_LEDGER_DIR",
+        ],
+    );
+    // Root's own directory, but writable by everyone (no sticky bit).
+    let open_dir = base.path("open");
+    std::fs::create_dir(&open_dir).unwrap();
+    std::fs::set_permissions(&open_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    refused(
+        &open_dir,
+        &["refused: writable by every user (owner uid 0, mode 0777)"],
+    );
+    // Under a world-writable parent without the sticky bit: anyone could rename it.
+    let nested = open_dir.join("ledgers");
+    refused(
+        &nested,
+        &[&format!(
+            "ledger path {}: refused: writable by every user",
+            open_dir.display()
+        )],
+    );
+    // A symbolic link anywhere on the path.
+    let real = base.path("real");
+    std::fs::create_dir(&real).unwrap();
+    symlink(&real, base.path("link")).unwrap();
+    refused(
+        &base.path("link").join("ledgers"),
+        &[&format!(
+            "ledger path {}: refused: a symbolic link",
+            base.path("link").display()
+        )],
+    );
+    // The ledger file itself: another user's, or writable by everyone.
+    let good = base.path("good");
+    assert!(
+        cli(&good, &["create", "--model", "victim", "--quota", "1GiB"])
+            .status
+            .success()
+    );
+    let file = good.join("victim.ledger");
+    std::os::unix::fs::chown(&file, Some(65534), None).unwrap();
+    refused(
+        &good,
+        &[&format!(
+            "ledger path {}: refused: owned by another user",
+            file.display()
+        )],
+    );
+    std::os::unix::fs::chown(&file, Some(0), None).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+    refused(
+        &good,
+        &["refused: writable by every user (owner uid 0, mode 0666)"],
+    );
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = run(&mut worker(
+        &good,
+        "victim",
+        &[("CUVISOR_QUOTA", "1GiB")],
+        "init alloc 2GiB",
+    ));
+    assert_eq!(
+        lines(&out)[..2],
+        ["init -> 0", "alloc 2GiB -> 2"],
+        "the repaired ledger is used: {out:?}"
+    );
+}
+
+/// Finding 2: without CUVISOR_LEDGER_DIR, a user other than root gets a directory of
+/// their own, not the shared default that another user could have made first.
+#[test]
+fn a_user_other_than_root_gets_a_ledger_directory_of_their_own() {
+    if unsafe { libc_geteuid() } != 0 {
+        println!("skipped: needs root to run a process as another user");
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let model = format!("peruser-{}", std::process::id());
+    let mut cmd = shimmed(driver_probe());
+    cmd.env_remove("CUVISOR_LEDGER_DIR")
+        .env("CUVISOR_MODEL", &model)
+        .env("CUVISOR_QUOTA", "1GiB")
+        .args(["init", "alloc", "1MiB"])
+        .uid(65534)
+        .gid(65534);
+    let out = run(&mut cmd);
+    assert_eq!(lines(&out)[0], "init -> 0", "{}", stderr(&out));
+    assert!(lines(&out)[1].starts_with("alloc 1MiB -> 0"), "{out:?}");
+    let file = Path::new("/dev/shm/cuvisor-65534").join(format!("{model}.ledger"));
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&file).unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (65534, 0o600));
+    assert!(
+        !Path::new("/dev/shm/cuvisor")
+            .join(format!("{model}.ledger"))
+            .exists()
+    );
+}

@@ -28,11 +28,11 @@
 use crate::size::QuotaSpec;
 use std::ffi::CString;
 use std::fmt;
-use std::fs::{DirBuilder, File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::mem::offset_of;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -110,6 +110,130 @@ const RECLAIMING: u32 = 3;
 const _: () = assert!(std::mem::size_of::<Header>() == HEADER_SIZE);
 const _: () = assert!(std::mem::size_of::<Slot>() == SLOT_SIZE);
 
+/// Where this user's ledgers live unless told otherwise: [`DEFAULT_DIR`] for root, and
+/// `/dev/shm/cuvisor-UID` for anyone else (a directory another user made first could not
+/// be trusted, and is refused).
+pub fn default_dir() -> PathBuf {
+    // SAFETY: geteuid cannot fail.
+    match unsafe { libc::geteuid() } {
+        0 => PathBuf::from(DEFAULT_DIR),
+        uid => PathBuf::from(format!("{DEFAULT_DIR}-{uid}")),
+    }
+}
+
+/// Refuses what neither root nor this user owns, and what others may write (a directory
+/// with the sticky bit, such as `/tmp` or `/dev/shm`, is fine on the way to the ledger
+/// directory: nobody can rename what is not theirs there).
+fn check_owner(path: &Path, uid: u32, mode: u32, ancestor: bool) -> Result<(), LedgerError> {
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let why = if uid != 0 && uid != me {
+        Some("owned by another user")
+    } else if mode & 0o002 != 0 && !(ancestor && mode & 0o1000 != 0) {
+        Some("writable by every user")
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(LedgerError::Untrusted {
+            path: path.to_owned(),
+            uid,
+            mode,
+            why,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Opens the ledger directory from `/`, one component at a time, never following a
+/// symbolic link, checking the owner and mode of each ([`check_owner`]). With
+/// `create_mode`, missing directories are created (the last with that mode, parents 0755).
+/// Everything after is opened relative to the descriptor returned.
+fn open_dir(dir: &Path, create_mode: Option<u32>) -> Result<OwnedFd, LedgerError> {
+    use std::path::Component;
+    let untrusted = |why| LedgerError::Untrusted {
+        path: dir.to_owned(),
+        uid: 0,
+        mode: 0,
+        why,
+    };
+    if !dir.is_absolute() {
+        return Err(untrusted("not an absolute path"));
+    }
+    let names: Vec<&std::ffi::OsStr> = dir
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(Ok(n)),
+            Component::RootDir | Component::CurDir => None,
+            _ => Some(Err(())),
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|()| untrusted("a path with '..' in it"))?;
+    let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: open of a constant path.
+    let root = unsafe { libc::open(c"/".as_ptr(), flags) };
+    if root < 0 {
+        return Err(io_err(Path::new("/"), "open")(io::Error::last_os_error()));
+    }
+    // SAFETY: a descriptor we just opened and own.
+    let mut fd = unsafe { OwnedFd::from_raw_fd(root) };
+    let mut so_far = PathBuf::from("/");
+    for (k, name) in names.iter().enumerate() {
+        so_far.push(name);
+        let last = k + 1 == names.len();
+        let c_name = CString::new(name.as_encoded_bytes()).map_err(|_| untrusted("a NUL byte"))?;
+        let open = |fd: &OwnedFd| {
+            // SAFETY: openat relative to a directory we verified.
+            let raw = unsafe { libc::openat(fd.as_raw_fd(), c_name.as_ptr(), flags) };
+            // SAFETY: a descriptor we just opened and own.
+            (raw >= 0).then(|| unsafe { OwnedFd::from_raw_fd(raw) })
+        };
+        let next = match open(&fd) {
+            Some(next) => next,
+            None => {
+                let e = io::Error::last_os_error();
+                let mode = if last {
+                    create_mode
+                } else {
+                    create_mode.map(|_| 0o755)
+                };
+                match (e.raw_os_error(), mode) {
+                    (Some(libc::ENOENT), Some(mode)) => {
+                        // SAFETY: mkdirat relative to a directory we verified.
+                        if unsafe { libc::mkdirat(fd.as_raw_fd(), c_name.as_ptr(), mode) } != 0
+                            && io::Error::last_os_error().raw_os_error() != Some(libc::EEXIST)
+                        {
+                            return Err(io_err(&so_far, "create the ledger directory")(
+                                io::Error::last_os_error(),
+                            ));
+                        }
+                        open(&fd).ok_or_else(|| {
+                            io_err(&so_far, "open the ledger directory")(io::Error::last_os_error())
+                        })?
+                    }
+                    (Some(libc::ELOOP | libc::ENOTDIR), _) => {
+                        return Err(LedgerError::Untrusted {
+                            path: so_far,
+                            uid: 0,
+                            mode: 0,
+                            why: "a symbolic link or not a directory",
+                        });
+                    }
+                    _ => return Err(io_err(&so_far, "open the ledger directory")(e)),
+                }
+            }
+        };
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat on our own descriptor into a local struct.
+        if unsafe { libc::fstat(next.as_raw_fd(), &mut st) } != 0 {
+            return Err(io_err(&so_far, "inspect")(io::Error::last_os_error()));
+        }
+        check_owner(&so_far, st.st_uid, st.st_mode, !last)?;
+        fd = next;
+    }
+    Ok(fd)
+}
+
 /// Byte offsets of a slot's fields in the file, for tools that read the file directly.
 pub fn slot_offset(index: u32) -> u64 {
     (HEADER_SIZE + index as usize * SLOT_SIZE) as u64
@@ -155,6 +279,14 @@ pub enum LedgerError {
     },
     Full {
         path: PathBuf,
+    },
+    /// A directory on the way to the ledger, or the ledger itself, that someone other than
+    /// root or this user could change: using it would let them change the quota.
+    Untrusted {
+        path: PathBuf,
+        uid: u32,
+        mode: u32,
+        why: &'static str,
     },
 }
 
@@ -213,6 +345,20 @@ impl fmt::Display for LedgerError {
                 quota_text(Some(*requested)),
                 path.display(),
                 quota_text(*ledger)
+            ),
+            LedgerError::Untrusted {
+                path,
+                uid,
+                mode,
+                why,
+            } => write!(
+                f,
+                "ledger path {}: refused: {why} (owner uid {uid}, mode {:04o}); ledgers are used \
+                 only through directories and files that root or this user owns and nobody else \
+                 can write, without symbolic links: fix it, remove it, or choose another \
+                 CUVISOR_LEDGER_DIR",
+                path.display(),
+                mode & 0o7777
             ),
             LedgerError::Full { path } => {
                 write!(
@@ -349,25 +495,30 @@ impl LedgerFile {
         } else {
             0o700
         };
-        DirBuilder::new()
-            .recursive(true)
-            .mode(mode)
-            .create(dir)
-            .map_err(io_err(dir, "create the ledger directory"))?;
+        let dir_fd = open_dir(dir, Some(mode))?;
         // Build the whole file under a temporary name, then publish it with link(): a
         // reader never sees a half-written header, and of two creators exactly one wins.
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        let temp = dir.join(format!(".{model}.ledger.{}.{nanos}", std::process::id()));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&temp)
-            .map_err(io_err(&temp, "create"))?;
+        let temp_name = format!(".{model}.ledger.{}.{nanos}", std::process::id());
+        let temp = dir.join(&temp_name);
+        let c_temp = CString::new(temp_name).expect("no NUL in a model name");
+        let c_name = CString::new(format!("{model}.ledger")).expect("no NUL in a model name");
+        // SAFETY: openat relative to the verified directory, never following a link.
+        let fd = unsafe {
+            libc::openat(
+                dir_fd.as_raw_fd(),
+                c_temp.as_ptr(),
+                libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                0o600,
+            )
+        };
+        if fd < 0 {
+            return Err(io_err(&temp, "create")(io::Error::last_os_error()));
+        }
+        // SAFETY: a descriptor we just opened and own.
+        let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
         let result = (|| {
             let file_mode = if let Some(gid) = options.group {
                 // SAFETY: fchown on our own fd.
@@ -387,15 +538,17 @@ impl LedgerFile {
                 .map_err(io_err(&temp, "size"))?;
             let ledger = Self::map(path.clone(), model.to_owned(), file, file_size(SLOTS))?;
             ledger.init_header(model, quota);
-            let c_temp =
-                CString::new(temp.as_os_str().as_encoded_bytes()).expect("no NUL in a path");
-            let c_path = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
-                LedgerError::BadModelName {
-                    model: model.to_owned(),
-                }
-            })?;
-            // SAFETY: two valid C strings.
-            if unsafe { libc::link(c_temp.as_ptr(), c_path.as_ptr()) } != 0 {
+            // SAFETY: two valid C strings, both relative to the verified directory.
+            if unsafe {
+                libc::linkat(
+                    dir_fd.as_raw_fd(),
+                    c_temp.as_ptr(),
+                    dir_fd.as_raw_fd(),
+                    c_name.as_ptr(),
+                    0,
+                )
+            } != 0
+            {
                 let e = io::Error::last_os_error();
                 return Err(if e.kind() == io::ErrorKind::AlreadyExists {
                     LedgerError::Exists { path: path.clone() }
@@ -405,7 +558,8 @@ impl LedgerFile {
             }
             Ok(ledger)
         })();
-        let _ = std::fs::remove_file(&temp);
+        // SAFETY: unlinkat of the temporary name in the verified directory.
+        unsafe { libc::unlinkat(dir_fd.as_raw_fd(), c_temp.as_ptr(), 0) };
         result
     }
 
@@ -424,12 +578,23 @@ impl LedgerFile {
             });
         }
         let path = Self::path_for(dir, model);
-        let file = match OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-            .open(&path)
-        {
+        let dir_fd = open_dir(dir, None)?;
+        let c_name = CString::new(format!("{model}.ledger")).expect("no NUL in a model name");
+        // SAFETY: openat relative to the verified directory, never following a link.
+        let fd = unsafe {
+            libc::openat(
+                dir_fd.as_raw_fd(),
+                c_name.as_ptr(),
+                libc::O_RDWR | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK,
+            )
+        };
+        let opened = if fd < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            // SAFETY: a descriptor we just opened and own.
+            Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+        };
+        let file = match opened {
             Ok(f) => f,
             Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
                 return Err(LedgerError::NotARegularFile {
@@ -456,6 +621,7 @@ impl LedgerFile {
             };
             return Err(LedgerError::NotARegularFile { path, what });
         }
+        check_owner(&path, meta.uid(), meta.mode(), false)?;
         let damaged = |what: String| LedgerError::Damaged {
             path: path.clone(),
             what,
@@ -616,6 +782,22 @@ impl LedgerFile {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Lets the processes of group `gid` use this ledger (mode 0660, the file's group
+    /// `gid`), as [`CreateOptions::group`] does at creation: for a ledger made before its
+    /// model ran as another user.
+    pub fn share_with_group(&self, gid: u32) -> Result<(), LedgerError> {
+        let fd = self.file.as_raw_fd();
+        // SAFETY: fchown and fchmod on our own descriptor.
+        if unsafe { libc::fchown(fd, u32::MAX, gid) } != 0
+            || unsafe { libc::fchmod(fd, 0o660) } != 0
+        {
+            return Err(io_err(&self.path, "give the ledger to its group")(
+                io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
     }
 
     pub fn model(&self) -> &str {
@@ -1170,6 +1352,13 @@ pub type Listed = (String, Result<Snapshot, LedgerError>);
 
 /// Every ledger in `dir`, each read from a copy ([`read_snapshot`]).
 pub fn list(dir: &Path) -> Result<Vec<Listed>, LedgerError> {
+    match open_dir(dir, None) {
+        Err(LedgerError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            return Ok(Vec::new());
+        }
+        Err(e) => return Err(e),
+        Ok(_) => {}
+    }
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),

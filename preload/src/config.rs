@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `CUVISOR_MODEL` | model name: letters, digits, `.`, `_`, `-` (1 to 64) | `default` |
 //! | `CUVISOR_QUOTA` | a size or `NN%` of the device (see `cuvisor_common::size`) | the ledger's, or none |
-//! | `CUVISOR_LEDGER_DIR` | absolute path of the directory of per-model ledgers | `/dev/shm/cuvisor` |
+//! | `CUVISOR_LEDGER_DIR` | absolute path of the directory of per-model ledgers | `/dev/shm/cuvisor` (root), `/dev/shm/cuvisor-UID` (others) |
 //! | `CUVISOR_LEDGER_GROUP` | numeric group id given a ledger this process creates | none (mode 0600) |
 //! | `CUVISOR_MODE` | `managed`, `device`, `off` | `managed` |
 //! | `CUVISOR_PREFETCH` | `on`, `off` | `off` |
@@ -13,7 +13,7 @@
 //! A bad value is an error naming the variable and the accepted forms; the shim then makes
 //! CUDA initialization fail rather than run the process without its quota.
 
-use cuvisor_common::ledger::{DEFAULT_DIR, valid_model_name};
+use cuvisor_common::ledger::{default_dir, valid_model_name};
 use cuvisor_common::size::{QuotaSpec, parse_quota};
 use std::path::PathBuf;
 
@@ -73,7 +73,7 @@ pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, Vec<S
         },
     };
     let ledger_dir = match get("CUVISOR_LEDGER_DIR") {
-        None => PathBuf::from(DEFAULT_DIR),
+        None => default_dir(),
         Some(d) if d.starts_with('/') => PathBuf::from(d),
         Some(d) => {
             bad("CUVISOR_LEDGER_DIR", &d, "expected an absolute path");
@@ -158,7 +158,7 @@ mod tests {
         assert_eq!(c.mode, Mode::Managed);
         assert!(!c.prefetch);
         assert_eq!(c.log_level, log::LevelFilter::Warn);
-        assert_eq!(c.ledger_dir, PathBuf::from("/dev/shm/cuvisor"));
+        assert_eq!(c.ledger_dir, cuvisor_common::ledger::default_dir());
         assert_eq!(c.ledger_group, None);
     }
 
