@@ -275,6 +275,36 @@ impl Hierarchy {
         Ok(cg)
     }
 
+    /// Removes every cgroup under our parent cgroups: what a supervisor that died without
+    /// its shutdown left (called only by the one supervisor of this parent). Whatever is
+    /// still in them is killed first. Returns each cgroup removed, or why it could not be.
+    pub fn remove_leftovers(&self) -> Vec<Result<PathBuf, CgroupError>> {
+        let bases: Vec<&PathBuf> = match self {
+            Hierarchy::V2 { base, .. } => vec![base],
+            Hierarchy::V1 { memory, cpu, pids } => {
+                [memory, cpu, pids].into_iter().flatten().collect()
+            }
+            Hierarchy::None { .. } => vec![],
+        };
+        let v2 = matches!(self, Hierarchy::V2 { .. });
+        bases
+            .into_iter()
+            .filter_map(|b| std::fs::read_dir(b).ok())
+            .flatten()
+            .filter_map(|e| {
+                let e = e.ok()?;
+                e.file_type().ok()?.is_dir().then(|| e.path())
+            })
+            .map(|dir| {
+                let cg = Cgroup {
+                    dirs: vec![dir.clone()],
+                    v2,
+                };
+                cg.remove().map(|()| dir)
+            })
+            .collect()
+    }
+
     /// Removes our parent cgroups if they are empty (at shutdown).
     pub fn remove_base(&self) {
         let bases: Vec<&PathBuf> = match self {

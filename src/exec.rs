@@ -9,6 +9,10 @@ use crate::size::QuotaSpec;
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
+/// The parent cgroup of `cuvisor exec` programs: not a supervisor's (`cgroup_name`, by
+/// default `cuvisor`), whose leftovers a starting supervisor removes.
+pub const EXEC_CGROUP_NAME: &str = "cuvisor-exec";
+
 pub struct ExecOptions {
     pub model: String,
     pub quota: Option<QuotaSpec>,
@@ -97,7 +101,7 @@ pub fn exec(o: ExecOptions) -> Result<i32, String> {
         .map(|(_, v)| v.clone());
     let program = launch::resolve_program(&o.command[0], path_var.as_deref())?;
     let hierarchy = if o.limits.any() {
-        Hierarchy::detect(Path::new("/sys/fs/cgroup"), "cuvisor")
+        Hierarchy::detect(Path::new("/sys/fs/cgroup"), EXEC_CGROUP_NAME)
     } else {
         Hierarchy::None {
             why: "no host limits asked for".into(),

@@ -131,6 +131,15 @@ impl Supervisor {
         for line in &unenforced {
             log(line);
         }
+        for left in hierarchy.remove_leftovers() {
+            match left {
+                Ok(dir) => log(&format!(
+                    "removed a cgroup left by an earlier supervisor: {}",
+                    dir.display()
+                )),
+                Err(e) => return Err(format!("a cgroup left by an earlier supervisor: {e}")),
+            }
+        }
         let models = config
             .models
             .iter()
@@ -150,6 +159,10 @@ impl Supervisor {
                     log(&format!("model {}: {e}", cfg.name));
                     e.to_string()
                 });
+                if ledger_error.is_none() {
+                    // What the workers of an earlier supervisor held when they died.
+                    reclaim_logged(&config.supervisor.ledger_dir, &cfg.name);
+                }
                 let instances = (0..cfg.instances)
                     .map(|index| Instance {
                         index,
@@ -296,14 +309,7 @@ impl Supervisor {
             log(&format!("model {}: {e}", cfg.name));
         }
         if model.ledger_error.is_none() {
-            match ledger::reclaim_isolated(&self.config.supervisor.ledger_dir, &cfg.name) {
-                Ok(r) if r.bytes > 0 || r.uncertain > 0 => log(&format!(
-                    "model {}: reclaimed {} bytes ({} uncertain) of dead processes",
-                    cfg.name, r.bytes, r.uncertain
-                )),
-                Ok(_) => {}
-                Err(e) => log(&format!("model {}: {e}", cfg.name)),
-            }
+            reclaim_logged(&self.config.supervisor.ledger_dir, &cfg.name);
         }
         let how = if oom_killed {
             "killed by the OOM killer".to_owned()
@@ -740,6 +746,68 @@ pub fn backoff_delay(cfg: &ModelConfig, failures_in_a_row: u32) -> Duration {
         .min(cfg.backoff_max)
 }
 
+/// Gives back what the model's dead processes held (in a child process: the supervisor
+/// never maps a ledger), and says so.
+fn reclaim_logged(dir: &Path, model: &str) {
+    match ledger::reclaim_isolated(dir, model) {
+        Ok(r) if r.bytes > 0 || r.uncertain > 0 => log(&format!(
+            "model {model}: reclaimed {} bytes ({} uncertain) of dead processes",
+            r.bytes, r.uncertain
+        )),
+        Ok(_) => {}
+        Err(e) => log(&format!("model {model}: {e}")),
+    }
+}
+
+/// Where supervisors keep their locks: one per cgroup parent (`cgroup_name`).
+pub const RUN_DIR: &str = "/run/cuvisor";
+
+/// The one supervisor of a cgroup parent: an exclusive `flock` on
+/// `RUN_DIR/<cgroup_name>.lock`, which holds its pid. The kernel releases it when the
+/// supervisor dies, however it dies.
+pub struct SupervisorLock {
+    _file: std::fs::File,
+}
+
+impl SupervisorLock {
+    pub fn acquire(run_dir: &Path, cgroup_name: &str) -> Result<SupervisorLock, String> {
+        use std::io::{Read, Seek};
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(run_dir)
+            .map_err(|e| format!("{}: cannot create: {e}", run_dir.display()))?;
+        let path = run_dir.join(format!("{cgroup_name}.lock"));
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|e| format!("{}: cannot open: {e}", path.display()))?;
+        // SAFETY: flock on our own descriptor.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            return Err(format!(
+                "another supervisor (pid {}) runs with cgroup_name = \"{cgroup_name}\" (it holds {}); \
+                 stop it, or give this one another cgroup_name",
+                pid.trim(),
+                path.display()
+            ));
+        }
+        let written = file
+            .set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| writeln!(file, "{}", std::process::id()));
+        written.map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
+        Ok(SupervisorLock { _file: file })
+    }
+}
+
 fn summary_state(instances: &[Instance]) -> &'static str {
     let states: Vec<State> = instances.iter().map(|i| i.state).collect();
     for s in [
@@ -841,6 +909,8 @@ pub fn run(config: Config, shim: PathBuf) -> Result<i32, String> {
     signal_thread(tx.clone());
     // SAFETY: prctl on ourselves: orphans of workers that left their namespace come to us.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+    // First: nothing of another supervisor's may be touched.
+    let _lock = SupervisorLock::acquire(Path::new(RUN_DIR), &config.supervisor.cgroup_name)?;
     let mut sup = Supervisor::new(config, shim, Path::new("/sys/fs/cgroup"))?;
     let server = crate::control::serve(&sup.config.supervisor, tx)?;
     for m in 0..sup.models.len() {

@@ -121,7 +121,7 @@ fn a_host_memory_limit_oom_kills_and_leaves_no_cgroup() {
         stderr(&out)
     );
     assert!(lines(&out).is_empty());
-    let leftovers: Vec<_> = std::fs::read_dir("/sys/fs/cgroup/memory/cuvisor")
+    let leftovers: Vec<_> = std::fs::read_dir("/sys/fs/cgroup/memory/cuvisor-exec")
         .map(|d| {
             d.filter_map(|e| e.ok())
                 .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))

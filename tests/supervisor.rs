@@ -325,13 +325,15 @@ fn a_broken_model_does_not_take_down_the_others_and_models_can_be_controlled() {
             .0,
         405
     );
-    // A second supervisor on the same socket is refused, clearly.
-    let out = run(Command::new(env!("CARGO_BIN_EXE_cuvisor"))
-        .arg("run")
-        .arg("--shim")
-        .arg(shim_path())
-        .arg(s.dir.path("cuvisor.toml"))
-        .stdin(Stdio::null()));
+    // A second supervisor on the same socket (and other cgroups) is refused, clearly.
+    let config = std::fs::read_to_string(s.dir.path("cuvisor.toml")).unwrap();
+    let other = s.dir.path("other.toml");
+    std::fs::write(
+        &other,
+        config.replace(&s.cgroup_name, &format!("{}-other", s.cgroup_name)),
+    )
+    .unwrap();
+    let out = run(s.command(&other).stdin(Stdio::null()));
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("control.sock: in use by a running supervisor"),

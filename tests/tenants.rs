@@ -301,3 +301,109 @@ fn a_worker_as_another_user_uses_its_ledger() {
         assert_eq!(s.stop().0, 0);
     }
 }
+
+/// Findings 7 and 8: a second supervisor on the same cgroups refuses to start and names
+/// the first; a supervisor killed with SIGKILL leaves cgroups and its dead workers' bytes,
+/// and the next one on the same configuration removes and reclaims them before it starts
+/// anything.
+#[test]
+fn one_supervisor_per_cgroup_parent_and_a_successor_cleans_up() {
+    let mut s = Supervisor::start(
+        "successor",
+        &format!("{}memory_limit = \"64MiB\"\n", holder("kept")),
+    );
+    wait_until("the allocation", Duration::from_secs(5), || {
+        s.model("kept")["gpu_used_bytes"].as_u64() == Some(MIB)
+    });
+    let first = s.pid();
+    // Another supervisor, its own socket and ledgers, the same cgroup_name.
+    let other = s.dir.path("other.toml");
+    std::fs::write(
+        &other,
+        format!(
+            "[supervisor]\nsocket = \"{}\"\nledger_dir = \"{}\"\ncgroup_name = \"{}\"\n{}",
+            s.dir.path("other.sock").display(),
+            s.dir.path("other-ledgers").display(),
+            s.cgroup_name,
+            holder("kept")
+        ),
+    )
+    .unwrap();
+    let mut second = std::process::Command::new("timeout");
+    second
+        .arg("20")
+        .arg(s.command(&other).get_program())
+        .args(s.command(&other).get_args());
+    let out = run(&mut second);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "another supervisor (pid {first}) runs with cgroup_name = \"{}\"",
+            s.cgroup_name
+        )),
+        "{err}"
+    );
+    assert!(!s.dir.path("other-ledgers").exists(), "it touched nothing");
+    assert_eq!(
+        s.model("kept")["state"],
+        "running",
+        "the first one is unharmed"
+    );
+    // SIGKILL the supervisor: its workers die with it, and leave what they left.
+    let init = s.model("kept")["instances"][0]["pid"].as_u64().unwrap();
+    let mut child = s.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    wait_until("the workers' death", Duration::from_secs(5), || {
+        !std::path::Path::new(&format!("/proc/{init}")).exists()
+    });
+    let leaves = |s: &Supervisor| -> Vec<String> {
+        let mut all: Vec<String> = s
+            .cgroup_dirs()
+            .iter()
+            .flat_map(|d| std::fs::read_dir(d).unwrap())
+            .filter_map(|e| {
+                let e = e.ok()?;
+                e.file_type()
+                    .ok()?
+                    .is_dir()
+                    .then(|| e.file_name().to_string_lossy().into_owned())
+            })
+            .collect();
+        all.sort();
+        all
+    };
+    assert_eq!(
+        leaves(&s),
+        ["kept-0", "kept-0", "kept-0"],
+        "what a killed supervisor leaves"
+    );
+    let ledgers = s.dir.path("ledgers");
+    assert_eq!(
+        cuvisor::ledger::read_snapshot(&ledgers, "kept")
+            .unwrap()
+            .used,
+        MIB
+    );
+    s.respawn();
+    let log = s.supervisor_log();
+    assert!(
+        log.contains("removed a cgroup left by an earlier supervisor"),
+        "{log}"
+    );
+    assert!(
+        log.contains("model kept: reclaimed 1048576 bytes (0 uncertain) of dead processes"),
+        "{log}"
+    );
+    wait_until("the new allocation", Duration::from_secs(5), || {
+        s.model("kept")["gpu_used_bytes"].as_u64() == Some(MIB)
+    });
+    assert_eq!(
+        leaves(&s),
+        ["kept-0", "kept-0", "kept-0"],
+        "the new instance's only"
+    );
+    assert_eq!(s.stop().0, 0);
+    assert!(s.cgroup_dirs().is_empty(), "and nothing after a clean stop");
+}

@@ -74,10 +74,40 @@ impl Supervisor {
             socket,
             cgroup_name,
         };
-        wait_until("the control socket", Duration::from_secs(10), || {
-            cuvisor::control::request(&s.socket, "GET", "/healthz").is_ok()
-        });
+        s.wait_for_socket();
         s
+    }
+
+    fn wait_for_socket(&self) {
+        wait_until("the control socket", Duration::from_secs(10), || {
+            cuvisor::control::request(&self.socket, "GET", "/healthz").is_ok()
+        });
+    }
+
+    /// `cuvisor run` on this supervisor's configuration, its stderr appended to the log.
+    pub fn command(&self, config: &Path) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_cuvisor"));
+        c.arg("run")
+            .arg("--shim")
+            .arg(shim_path())
+            .arg(config)
+            .env_remove("LD_PRELOAD");
+        c
+    }
+
+    /// Starts the supervisor again on the same configuration (after it was killed).
+    pub fn respawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path("supervisor.log"))
+            .unwrap();
+        self.child = Some(
+            self.command(&self.dir.path("cuvisor.toml"))
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+        self.wait_for_socket();
     }
 
     pub fn status(&self) -> Value {
