@@ -66,6 +66,9 @@ pub struct Isolation {
     pub ipc: bool,
     pub uts: bool,
     pub network: bool,
+    /// A user namespace: the worker is root in it, mapped to the model's own block of
+    /// unprivileged host ids (`ModelConfig::host_ids`).
+    pub user: bool,
 }
 
 impl Default for Isolation {
@@ -76,6 +79,7 @@ impl Default for Isolation {
             ipc: true,
             uts: true,
             network: false,
+            user: false,
         }
     }
 }
@@ -103,7 +107,13 @@ pub struct ModelConfig {
     pub bind_ro: Vec<PathBuf>,
     /// Capabilities the worker keeps; none by default.
     pub capabilities: CapSet,
+    /// With `isolation.user`: the first host id of the model's block of
+    /// [`USERNS_BLOCK`] ids (uid and gid), to which ids 0.. in its namespace map.
+    pub host_ids: Option<u32>,
 }
+
+/// Ids each model in a user namespace gets: as many as a container usually has.
+pub const USERNS_BLOCK: u32 = 65536;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Logs {
@@ -123,6 +133,9 @@ pub struct SupervisorConfig {
     pub logs: Logs,
     pub allow_unlimited: bool,
     pub cgroup_name: String,
+    /// Host ids given to models with `isolation.user`, [`USERNS_BLOCK`] each, in the
+    /// order of the file (inclusive bounds).
+    pub userns_range: Option<(u32, u32)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -154,6 +167,7 @@ struct RawSupervisor {
     logs: Option<Spanned<String>>,
     allow_unlimited: Option<bool>,
     cgroup_name: Option<Spanned<String>>,
+    userns_range: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -192,6 +206,7 @@ struct RawIsolation {
     ipc: Option<bool>,
     uts: Option<bool>,
     network: Option<bool>,
+    user: Option<bool>,
 }
 
 /// Parses `500ms`, `10s`, `2m`, `1h`.
@@ -364,9 +379,12 @@ impl Config {
         let mut models: Vec<ModelConfig> = Vec::new();
         for spanned in &raw.model {
             let line = c.line_of(spanned.span().start);
-            if let Some(m) = check_model(&mut c, spanned.get_ref(), line) {
+            if let Some(mut m) = check_model(&mut c, spanned.get_ref(), line) {
                 if models.iter().any(|o| o.name == m.name) {
                     c.error_at(line, format!("model \"{}\" is declared twice", m.name));
+                }
+                if m.isolation.user {
+                    m.host_ids = assign_host_ids(&mut c, &supervisor, &models, line);
                 }
                 models.push(m);
             }
@@ -438,6 +456,25 @@ fn check_supervisor(c: &mut Checker, s: RawSupervisor) -> SupervisorConfig {
             "cuvisor".to_owned()
         }
     };
+    let userns_range = s.userns_range.as_ref().and_then(|v| {
+        let parsed = v
+            .get_ref()
+            .split_once('-')
+            .and_then(|(a, b)| Some((a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?)));
+        match parsed {
+            Some((first, last)) if first >= 1 && first <= last && last < u32::MAX => Some((first, last)),
+            _ => {
+                c.error(
+                    v,
+                    format!(
+                        "userns_range = \"{}\": expected FIRST-LAST host ids, e.g. 1000000-1999999 (not 0, at most 4294967294), that no user of the host has",
+                        v.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    });
     SupervisorConfig {
         socket,
         listen,
@@ -447,7 +484,36 @@ fn check_supervisor(c: &mut Checker, s: RawSupervisor) -> SupervisorConfig {
         logs,
         allow_unlimited: s.allow_unlimited.unwrap_or(false),
         cgroup_name,
+        userns_range,
     }
+}
+
+/// The next block of host ids in the supervisor's `userns_range`.
+fn assign_host_ids(
+    c: &mut Checker,
+    supervisor: &SupervisorConfig,
+    earlier: &[ModelConfig],
+    line: usize,
+) -> Option<u32> {
+    let Some((first, last)) = supervisor.userns_range else {
+        c.error_at(
+            line,
+            "isolation.user needs host ids for the namespace: set userns_range in [supervisor]",
+        );
+        return None;
+    };
+    let taken = earlier.iter().filter(|m| m.host_ids.is_some()).count() as u64;
+    let start = u64::from(first) + taken * u64::from(USERNS_BLOCK);
+    if start + u64::from(USERNS_BLOCK) - 1 > u64::from(last) {
+        c.error_at(
+            line,
+            format!(
+                "userns_range {first}-{last} has no room for another {USERNS_BLOCK} ids (each model with isolation.user takes that many)"
+            ),
+        );
+        return None;
+    }
+    Some(start as u32)
 }
 
 /// Variables the supervisor sets for every worker; a model cannot set them itself.
@@ -637,8 +703,15 @@ fn check_model(c: &mut Checker, m: &RawModel, line: usize) -> Option<ModelConfig
             ipc: r.ipc.unwrap_or(d.ipc),
             uts: r.uts.unwrap_or(d.uts),
             network: r.network.unwrap_or(d.network),
+            user: r.user.unwrap_or(d.user),
         }
     });
+    if isolation.user && (m.user.is_some() || m.group.is_some()) {
+        c.error_at(
+            line,
+            "isolation.user runs the worker as root in its own user namespace: remove user and group",
+        );
+    }
     let mut bind_ro = Vec::new();
     for b in &m.bind_ro {
         if let Some(p) = c.absolute("bind_ro", b) {
@@ -687,6 +760,7 @@ fn check_model(c: &mut Checker, m: &RawModel, line: usize) -> Option<ModelConfig
         isolation,
         bind_ro,
         capabilities,
+        host_ids: None,
     })
 }
 
@@ -714,7 +788,8 @@ mod tests {
                 mount: true,
                 ipc: true,
                 uts: true,
-                network: false
+                network: false,
+                user: false
             }
         );
         assert_eq!(

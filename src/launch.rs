@@ -14,7 +14,7 @@
 //! `setgroups()` (they signal every thread of the process) are made as raw system calls.
 
 use crate::caps::CapSet;
-use crate::config::Isolation;
+use crate::config::{Isolation, USERNS_BLOCK};
 use std::ffi::{CString, c_void};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -37,6 +37,9 @@ pub struct Spec {
     /// With a mount namespace: the ledger directory, and the model's ledger in it, the one
     /// file the worker sees there.
     pub ledger: Option<(CString, CString)>,
+    /// With `isolation.user`: the first of the [`USERNS_BLOCK`] host ids that ids 0.. in
+    /// the worker's user namespace map to (uids and gids alike).
+    pub host_ids: Option<u32>,
     /// Where the worker's stdout and stderr go (stdin is /dev/null).
     pub stdout: RawFd,
     pub stderr: RawFd,
@@ -83,6 +86,7 @@ pub fn kernel_interfaces(mountinfo: &str) -> Vec<ReadOnly> {
                     "noatime" => libc::MS_NOATIME,
                     "nodiratime" => libc::MS_NODIRATIME,
                     "relatime" => libc::MS_RELATIME,
+                    "strictatime" => libc::MS_STRICTATIME,
                     _ => 0,
                 };
             }
@@ -448,6 +452,15 @@ extern "C" fn child_main(arg: *mut c_void) -> i32 {
             libc::_exit(1);
         }
         libc::close(a.go);
+        // In a user namespace, become its root now (the host ids the supervisor mapped):
+        // what the init makes from here on (the ledger's tmpfs) belongs to the namespace.
+        if s.host_ids.is_some()
+            && (libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) != 0
+                || libc::syscall(libc::SYS_setresgid, 0, 0, 0) != 0
+                || libc::syscall(libc::SYS_setresuid, 0, 0, 0) != 0)
+        {
+            fail(a.report, 8);
+        }
         if s.isolation.mount {
             if libc::mount(
                 std::ptr::null(),
@@ -610,6 +623,7 @@ pub fn launch(
         (i.ipc, libc::CLONE_NEWIPC),
         (i.uts, libc::CLONE_NEWUTS),
         (i.network, libc::CLONE_NEWNET),
+        (spec.host_ids.is_some(), libc::CLONE_NEWUSER),
     ] {
         if on {
             flags |= flag;
@@ -640,6 +654,19 @@ pub fn launch(
             libc::waitpid(pid, std::ptr::null_mut(), 0);
         }
     };
+    if let Some(first) = spec.host_ids {
+        // The child waits for "go": its namespace has no ids until these maps exist.
+        let map = format!("0 {first} {USERNS_BLOCK}\n");
+        for file in ["uid_map", "gid_map"] {
+            if let Err(e) = std::fs::write(format!("/proc/{pid}/{file}"), &map) {
+                reap();
+                return Err(LaunchError {
+                    step: "map the user namespace's ids",
+                    source: e,
+                });
+            }
+        }
+    }
     if let Err(e) = join(pid) {
         reap();
         return Err(LaunchError {

@@ -146,14 +146,19 @@ impl Supervisor {
             .map(|cfg| {
                 // Checked (quota included), reachable by the model's user, and unmapped
                 // again: the supervisor keeps no mapping of a ledger.
-                let group = cfg.gid.filter(|_| cfg.uid.is_some());
+                let group = cfg.gid.filter(|_| cfg.uid.is_some()).or(cfg.host_ids);
                 let ledger_error = LedgerFile::open_or_create(
                     &config.supervisor.ledger_dir,
                     &cfg.name,
                     cfg.gpu_quota,
                     CreateOptions { group },
                 )
-                .and_then(|l| group.map_or(Ok(()), |gid| l.share_with_group(gid)))
+                .and_then(|l| match group {
+                    Some(gid) => l
+                        .share_with_group(gid)
+                        .and_then(|()| ledger::make_traversable(&config.supervisor.ledger_dir)),
+                    None => Ok(()),
+                })
                 .err()
                 .map(|e| {
                     log(&format!("model {}: {e}", cfg.name));
@@ -711,8 +716,9 @@ pub fn worker_spec(
         argv: cstrings(argv)?,
         envp: cstrings(env.iter().map(|(k, v)| format!("{k}={v}")))?,
         cwd: cfg.cwd.as_ref().map(path).transpose()?,
-        uid: cfg.uid,
-        gid: cfg.gid,
+        // In its own user namespace the worker becomes root there (host ids `host_ids`).
+        uid: cfg.uid.or(cfg.host_ids.map(|_| 0)),
+        gid: cfg.gid.or(cfg.host_ids.map(|_| 0)),
         isolation: cfg.isolation,
         hostname: cstrings([cfg.name.clone()])?.remove(0),
         bind_ro: cfg.bind_ro.iter().map(path).collect::<Result<_, _>>()?,
@@ -724,6 +730,7 @@ pub fn worker_spec(
         } else {
             Vec::new()
         },
+        host_ids: cfg.host_ids,
         ledger: if cfg.isolation.mount {
             Some((
                 path(&supervisor.ledger_dir)?,

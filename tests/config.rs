@@ -203,6 +203,31 @@ fn every_invalid_form_is_rejected_with_its_line() {
             &format!("{MODEL}bind_ro = [\"/tmp/\\u0000\"]\n"),
             "FILE:4: bind_ro: a NUL byte",
         ),
+        // isolation.user needs host ids, and is root in its namespace (no user, group).
+        (
+            &format!("{MODEL}isolation = {{ user = true }}\n"),
+            "FILE:1: isolation.user needs host ids for the namespace: set userns_range in [supervisor]",
+        ),
+        (
+            &format!(
+                "[supervisor]\nuserns_range = \"100000-165535\"\n{MODEL}isolation = {{ user = true }}\nuser = \"0\"\n"
+            ),
+            "FILE:3: isolation.user runs the worker as root in its own user namespace: remove user and group",
+        ),
+        (
+            &format!(
+                "[supervisor]\nuserns_range = \"100000-165534\"\n{MODEL}isolation = {{ user = true }}\n"
+            ),
+            "FILE:3: userns_range 100000-165534 has no room for another 65536 ids",
+        ),
+        (
+            &format!("[supervisor]\nuserns_range = \"0-65535\"\n{MODEL}"),
+            "FILE:2: userns_range = \"0-65535\": expected FIRST-LAST host ids",
+        ),
+        (
+            &format!("[supervisor]\nuserns_range = \"5\"\n{MODEL}"),
+            "FILE:2: userns_range = \"5\": expected FIRST-LAST host ids",
+        ),
         // Finding 4: the id setresuid/setresgid read as "leave unchanged".
         (
             &format!("{MODEL}user = \"4294967295\"\n"),
@@ -327,7 +352,22 @@ fn every_accepted_configuration_turns_into_launch_plans_without_panicking() {
         ("backoff_max", DURATIONS),
         (
             "isolation",
-            &["{ pid = false, mount = false }", "{ network = true }", "{}"],
+            &[
+                "{ pid = false, mount = false }",
+                "{ network = true }",
+                "{}",
+                "{ user = true }",
+                "{ user = true, mount = false }",
+            ],
+        ),
+        (
+            "capabilities",
+            &[
+                "[]",
+                "[\"CAP_NET_BIND_SERVICE\"]",
+                "[\"CAP_NOPE\"]",
+                "[\"\"]",
+            ],
         ),
         (
             "bind_ro",
@@ -341,6 +381,16 @@ fn every_accepted_configuration_turns_into_launch_plans_without_panicking() {
         (
             "listen",
             &["\"127.0.0.1:0\"", "\"0.0.0.0:1\"", "\"[::1]:65535\""],
+        ),
+        (
+            "userns_range",
+            &[
+                "\"100000-165535\"",
+                "\"1-4294967294\"",
+                "\"4294967200-4294967294\"",
+                "\"0-9\"",
+                "\"9-1\"",
+            ],
         ),
     ];
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
@@ -396,6 +446,13 @@ fn every_accepted_configuration_turns_into_launch_plans_without_panicking() {
                 let _ = now + delay;
             }
             assert!(m.uid != Some(u32::MAX) && m.gid != Some(u32::MAX), "{text}");
+            if let Some(first) = m.host_ids {
+                let (lo, hi) = config.supervisor.userns_range.unwrap();
+                assert!(
+                    first >= lo && u64::from(first) + 65535 <= u64::from(hi),
+                    "{text}"
+                );
+            }
             assert!(m.backoff_max <= Duration::from_secs(86400), "{text}");
         }
     }

@@ -173,19 +173,28 @@ fn attacker(name: &str, dir: &std::path::Path, extra: &str) -> String {
     )
 }
 
-/// Finding 3 (and 4): a worker, as root in its namespaces and as its own user, tries to
-/// leave its cgroups, write another model's ledger, change a sysctl and kill another
-/// model's worker. Every attempt fails; it has no capability and no way to gain one; the
-/// other model and the supervisor keep running.
+/// Host ids for models with `isolation.user` in these tests.
+const USERNS_RANGE: &str = "userns_range = \"3000000-3999999\"\n";
+
+/// Finding 3 (and 4): a worker, as root in its namespaces, as its own user and as root of
+/// its own user namespace, tries to leave its cgroups, write another model's ledger,
+/// change a sysctl and kill another model's worker. Every attempt fails; it has no
+/// capability and no way to gain one; the other model and the supervisor keep running.
 #[test]
 fn a_hostile_worker_cannot_leave_its_cgroups_touch_other_ledgers_or_signal_other_models() {
-    for (tag, user) in [("root", ""), ("nobody", "user = \"nobody\"\n")] {
+    for (tag, user) in [
+        ("root", ""),
+        ("nobody", "user = \"nobody\"\n"),
+        ("userns", "isolation = { user = true }\n"),
+    ] {
         let dir = TempDir::new("attack");
         // The worker as `nobody` must be able to read the file `target` from its cwd.
         std::fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
-        let mut s = Supervisor::start(
+        let mut s = Supervisor::start_with(
             &format!("attack-{tag}"),
+            USERNS_RANGE,
+            &[],
             &format!(
                 "{}\n{}",
                 holder("steady"),
@@ -406,4 +415,49 @@ fn one_supervisor_per_cgroup_parent_and_a_successor_cleans_up() {
     );
     assert_eq!(s.stop().0, 0);
     assert!(s.cgroup_dirs().is_empty(), "and nothing after a clean stop");
+}
+
+/// `isolation.user`: the worker is root in its own user namespace, which the host sees as
+/// the model's own block of unprivileged ids (one block per model, in the order of the
+/// file); it reaches its ledger and is charged there.
+#[test]
+fn a_worker_in_a_user_namespace_is_root_there_and_unprivileged_on_the_host() {
+    let mut s = Supervisor::start_with(
+        "userns",
+        USERNS_RANGE,
+        &[],
+        &format!(
+            "{}isolation = {{ user = true }}\n[[model]]\nname = \"second\"\ncommand = \"sh\"\nargs = [\"-c\", \"echo uid=$(id -u) map=$(cat /proc/self/uid_map | tr -s ' ' ' '); exec sleep 100000\"]\nisolation = {{ user = true }}\n",
+            holder("first")
+        ),
+    );
+    wait_until("the allocation", Duration::from_secs(5), || {
+        s.model("first")["gpu_used_bytes"].as_u64() == Some(MIB)
+    });
+    wait_until("the second's report", Duration::from_secs(5), || {
+        s.log("second-0").contains("uid=")
+    });
+    assert_eq!(
+        s.log("second-0").trim(),
+        "uid=0 map= 0 3065536 65536",
+        "root inside, the second block of ids outside"
+    );
+    // The host sees the first model's worker (the init's child) as the block's first id.
+    let init = s.model("first")["instances"][0]["pid"].as_u64().unwrap();
+    let children = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")).unwrap();
+    let worker: u32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{worker}/status")).unwrap();
+    let uids = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert_eq!(
+        uids.split_whitespace().collect::<Vec<_>>(),
+        ["Uid:", "3000000", "3000000", "3000000", "3000000"],
+        "{status}"
+    );
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(s.dir.path("ledgers").join("first.ledger")).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o777),
+        (0, 3000000, 0o660)
+    );
+    assert_eq!(s.stop().0, 0);
 }

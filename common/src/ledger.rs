@@ -121,13 +121,29 @@ pub fn default_dir() -> PathBuf {
     }
 }
 
+/// In a user namespace other than the host's, the uid that files of users outside it show
+/// (the overflow uid): the host's root among them. A worker that a supervisor started in a
+/// user namespace sees every file the supervisor made so. None in the host's namespace.
+fn outside_uid() -> Option<u32> {
+    let map = std::fs::read_to_string("/proc/self/uid_map").ok()?;
+    let identity = map.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"];
+    if identity {
+        return None;
+    }
+    std::fs::read_to_string("/proc/sys/kernel/overflowuid")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .or(Some(65534))
+}
+
 /// Refuses what neither root nor this user owns, and what others may write (a directory
 /// with the sticky bit, such as `/tmp` or `/dev/shm`, is fine on the way to the ledger
-/// directory: nobody can rename what is not theirs there).
+/// directory: nobody can rename what is not theirs there). Inside a user namespace, what
+/// belongs to someone outside it is owned as root's: the namespace's maker chose the path.
 fn check_owner(path: &Path, uid: u32, mode: u32, ancestor: bool) -> Result<(), LedgerError> {
     // SAFETY: geteuid cannot fail.
     let me = unsafe { libc::geteuid() };
-    let why = if uid != 0 && uid != me {
+    let why = if uid != 0 && uid != me && Some(uid) != outside_uid() {
         Some("owned by another user")
     } else if mode & 0o002 != 0 && !(ancestor && mode & 0o1000 != 0) {
         Some("writable by every user")
@@ -232,6 +248,21 @@ fn open_dir(dir: &Path, create_mode: Option<u32>) -> Result<OwnedFd, LedgerError
         fd = next;
     }
     Ok(fd)
+}
+
+/// Lets every user traverse (not list) the ledger directory, as [`LedgerFile::create`] makes
+/// it with a group: for a directory made before its models ran as other users. Each file
+/// keeps its own mode.
+pub fn make_traversable(dir: &Path) -> Result<(), LedgerError> {
+    open_dir(dir, None)?;
+    let meta = std::fs::metadata(dir).map_err(io_err(dir, "inspect"))?;
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o011 != 0o011 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o011))
+            .map_err(io_err(dir, "let other users traverse"))?;
+    }
+    Ok(())
 }
 
 /// Byte offsets of a slot's fields in the file, for tools that read the file directly.
