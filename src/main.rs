@@ -243,6 +243,11 @@ fn check(path: &std::path::Path) -> ExitCode {
                 names.len(),
                 names.join(", ")
             );
+            for m in &c.models {
+                for why in cuvisor::supervisor::exposure(m) {
+                    println!("WARNING: model {}: {why}", m.name);
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(errors) => {

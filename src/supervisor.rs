@@ -131,6 +131,11 @@ impl Supervisor {
         for line in &unenforced {
             log(line);
         }
+        for m in &config.models {
+            for why in exposure(m) {
+                log(&format!("WARNING: model {}: {why}", m.name));
+            }
+        }
         for left in hierarchy.remove_leftovers() {
             match left {
                 Ok(dir) => log(&format!(
@@ -751,6 +756,30 @@ pub fn backoff_delay(cfg: &ModelConfig, failures_in_a_row: u32) -> Duration {
     cfg.backoff_initial
         .saturating_mul(factor)
         .min(cfg.backoff_max)
+}
+
+/// What a model's workers can reach outside their model, as its settings leave it: each
+/// a reason to isolate it further (docs/SECURITY.md).
+pub fn exposure(m: &ModelConfig) -> Vec<&'static str> {
+    let host_root = m.uid.is_none_or(|u| u == 0) && !m.isolation.user;
+    let mut out = Vec::new();
+    if host_root && !m.isolation.pid {
+        out.push(
+            "runs as root without a PID namespace: it can signal and trace the other models' \
+             workers (set user, isolation.user, or isolation.pid = true)",
+        );
+    }
+    if host_root && !m.isolation.mount {
+        out.push(
+            "runs as root without a mount namespace: it can open every model's ledger and \
+             write the kernel's interfaces (/sys, /proc/sys) (set user, isolation.user, or \
+             isolation.mount = true)",
+        );
+    }
+    if m.capabilities.0 != 0 && host_root {
+        out.push("keeps capabilities: root with capabilities is not confined by cuvisor");
+    }
+    out
 }
 
 /// Gives back what the model's dead processes held (in a child process: the supervisor

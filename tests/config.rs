@@ -461,3 +461,26 @@ fn every_accepted_configuration_turns_into_launch_plans_without_panicking() {
         "{accepted} accepted, {planned} planned: the generator must reach valid configurations"
     );
 }
+
+/// Issue 10: settings that leave a model able to reach the others pass `check` with a
+/// warning that says what and how to close it; the default (namespaces) has none.
+#[test]
+fn check_warns_about_models_that_can_reach_the_others() {
+    let (code, out, _) = check(&format!(
+        "{MODEL}isolation = {{ pid = false, mount = false }}\ncapabilities = [\"CAP_SYS_NICE\"]\n[[model]]\nname = \"n\"\ncommand = \"x\"\n[[model]]\nname = \"u\"\ncommand = \"x\"\nuser = \"nobody\"\nisolation = {{ pid = false, mount = false }}\n"
+    ));
+    assert_eq!(code, 0);
+    let warnings: Vec<&str> = out.lines().filter(|l| l.starts_with("WARNING")).collect();
+    assert_eq!(warnings.len(), 3, "{out}");
+    assert!(
+        warnings[0].starts_with(
+            "WARNING: model m: runs as root without a PID namespace: it can signal and trace"
+        ),
+        "{out}"
+    );
+    assert!(warnings[1].starts_with("WARNING: model m: runs as root without a mount namespace: it can open every model's ledger"), "{out}");
+    assert!(
+        warnings[2].starts_with("WARNING: model m: keeps capabilities"),
+        "{out}"
+    );
+}
