@@ -665,46 +665,7 @@ impl LedgerFile {
         let mut raw = [0u8; HEADER_SIZE];
         std::os::unix::fs::FileExt::read_exact_at(&file, &mut raw, 0)
             .map_err(io_err(&path, "read"))?;
-        let u32_at = |o: usize| u32::from_ne_bytes(raw[o..o + 4].try_into().expect("4 bytes"));
-        let u64_at = |o: usize| u64::from_ne_bytes(raw[o..o + 8].try_into().expect("8 bytes"));
-        if raw[..8] != MAGIC {
-            return Err(damaged("wrong magic number".into()));
-        }
-        if u32_at(8) != VERSION {
-            return Err(damaged(format!(
-                "layout version {}, this cuvisor reads version {VERSION}",
-                u32_at(8)
-            )));
-        }
-        let (header_size, slot_size, slot_count, declared) =
-            (u32_at(12), u32_at(16), u32_at(20), u64_at(24));
-        if header_size as usize != HEADER_SIZE
-            || slot_size as usize != SLOT_SIZE
-            || slot_count == 0
-            || slot_count > 65536
-        {
-            return Err(damaged(format!(
-                "header of {header_size} bytes, slots of {slot_size} bytes, {slot_count} slots"
-            )));
-        }
-        if declared != file_size(slot_count) as u64 || size != declared {
-            return Err(damaged(format!(
-                "{size} bytes where {} are expected",
-                file_size(slot_count)
-            )));
-        }
-        let (kind, percent) = (u32_at(32), u32_at(36));
-        if kind > QUOTA_PERCENT || (kind == QUOTA_PERCENT && !(1..=100).contains(&percent)) {
-            return Err(damaged("invalid quota".into()));
-        }
-        let name_bytes = &raw[88..152];
-        let name_len = name_bytes.iter().position(|&b| b == 0).unwrap_or(64);
-        if &name_bytes[..name_len] != model.as_bytes() {
-            return Err(damaged(format!(
-                "it belongs to model \"{}\"",
-                String::from_utf8_lossy(&name_bytes[..name_len])
-            )));
-        }
+        validate_header(&raw, size, model).map_err(damaged)?;
         Ok((path, file, size))
     }
 
@@ -1113,15 +1074,83 @@ pub fn read_snapshot(dir: &Path, model: &str) -> Result<Snapshot, LedgerError> {
             io_err(&path, "read")(e)
         }
     })?;
+    let alive = |index: u32| {
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = libc::F_WRLCK as i16;
+        fl.l_whence = libc::SEEK_SET as i16;
+        fl.l_start = LOCK_BASE + index as i64;
+        fl.l_len = 1;
+        // SAFETY: fcntl with a valid flock on our own fd.
+        let probed = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
+        probed != 0 || fl.l_type != libc::F_UNLCK as i16
+    };
+    // The file may have changed since it was opened: everything is checked again.
+    parse_snapshot(&raw, model, alive).map_err(|what| LedgerError::Damaged { path, what })
+}
+
+/// Checks a ledger's header (`raw`, at least its first [`HEADER_SIZE`] bytes, of a file
+/// of `size` bytes) for `model`: what is wrong, if anything.
+pub fn validate_header(raw: &[u8], size: u64, model: &str) -> Result<(), String> {
+    if raw.len() < HEADER_SIZE || size < HEADER_SIZE as u64 {
+        return Err(format!("{size} bytes, shorter than its header"));
+    }
     let u32_at = |o: usize| u32::from_ne_bytes(raw[o..o + 4].try_into().expect("4 bytes"));
     let u64_at = |o: usize| u64::from_ne_bytes(raw[o..o + 8].try_into().expect("8 bytes"));
-    // Re-check what open_validated checked: the file may have changed in between.
-    if raw[..8] != MAGIC || u32_at(8) != VERSION || u64_at(24) != size {
-        return Err(LedgerError::Damaged {
-            path,
-            what: "it changed while it was read".into(),
-        });
+    if raw[..8] != MAGIC {
+        return Err("wrong magic number".into());
     }
+    if u32_at(8) != VERSION {
+        return Err(format!(
+            "layout version {}, this cuvisor reads version {VERSION}",
+            u32_at(8)
+        ));
+    }
+    let (header_size, slot_size, slot_count, declared) =
+        (u32_at(12), u32_at(16), u32_at(20), u64_at(24));
+    if header_size as usize != HEADER_SIZE
+        || slot_size as usize != SLOT_SIZE
+        || slot_count == 0
+        || slot_count > 65536
+    {
+        return Err(format!(
+            "header of {header_size} bytes, slots of {slot_size} bytes, {slot_count} slots"
+        ));
+    }
+    if declared != file_size(slot_count) as u64 || size != declared {
+        return Err(format!(
+            "{size} bytes where {} are expected",
+            file_size(slot_count)
+        ));
+    }
+    let (kind, percent) = (
+        u32_at(offset_of!(Header, quota_kind)),
+        u32_at(offset_of!(Header, quota_percent)),
+    );
+    if kind > QUOTA_PERCENT || (kind == QUOTA_PERCENT && !(1..=100).contains(&percent)) {
+        return Err("invalid quota".into());
+    }
+    let name_bytes = &raw[offset_of!(Header, model)..offset_of!(Header, model) + 64];
+    let name_len = name_bytes.iter().position(|&b| b == 0).unwrap_or(64);
+    if &name_bytes[..name_len] != model.as_bytes() {
+        return Err(format!(
+            "it belongs to model \"{}\"",
+            String::from_utf8_lossy(&name_bytes[..name_len])
+        ));
+    }
+    Ok(())
+}
+
+/// A snapshot of `model` from a copy of its whole ledger file, validated first; `alive`
+/// tells whether the process of a slot lives. Whatever the bytes, this returns an error
+/// or numbers (any value a counter can hold), never panics.
+pub fn parse_snapshot(
+    raw: &[u8],
+    model: &str,
+    alive: impl Fn(u32) -> bool,
+) -> Result<Snapshot, String> {
+    validate_header(raw, raw.len() as u64, model)?;
+    let u32_at = |o: usize| u32::from_ne_bytes(raw[o..o + 4].try_into().expect("4 bytes"));
+    let u64_at = |o: usize| u64::from_ne_bytes(raw[o..o + 8].try_into().expect("8 bytes"));
     let quota_bytes = u64_at(offset_of!(Header, quota_bytes));
     let quota = match (
         u32_at(offset_of!(Header, quota_kind)),
@@ -1138,13 +1167,6 @@ pub fn read_snapshot(dir: &Path, model: &str) -> Result<Snapshot, LedgerError> {
             if u32_at(o + offset_of!(Slot, state)) != LIVE {
                 return None;
             }
-            let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-            fl.l_type = libc::F_WRLCK as i16;
-            fl.l_whence = libc::SEEK_SET as i16;
-            fl.l_start = LOCK_BASE + index as i64;
-            fl.l_len = 1;
-            // SAFETY: fcntl with a valid flock on our own fd.
-            let probed = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
             Some(ProcessUsage {
                 slot: index,
                 pid: u32_at(o + offset_of!(Slot, pid)),
@@ -1153,7 +1175,7 @@ pub fn read_snapshot(dir: &Path, model: &str) -> Result<Snapshot, LedgerError> {
                 used: u64_at(o + offset_of!(Slot, used)),
                 peak: u64_at(o + offset_of!(Slot, peak)),
                 pid_ns: u64_at(o + offset_of!(Slot, pid_ns)),
-                alive: probed != 0 || fl.l_type != libc::F_UNLCK as i16,
+                alive: alive(index),
             })
         })
         .collect();
@@ -1556,6 +1578,51 @@ mod tests {
             });
             assert_eq!(l.used(), 0, "round {round}: the model's total drifted");
         }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// What the supervisor reads is a copy that a model's process may have rewritten in
+    /// any way: every damaged form is an error or numbers, never a panic.
+    #[test]
+    fn a_copy_of_any_bytes_parses_or_is_refused() {
+        let dir = temp_dir("parse");
+        let l = LedgerFile::create(
+            &dir,
+            "m",
+            Some(QuotaSpec::Bytes(100)),
+            CreateOptions::default(),
+        )
+        .unwrap();
+        let a = l.attach().unwrap();
+        a.try_reserve(60).unwrap();
+        let raw = std::fs::read(l.path()).unwrap();
+        let s = parse_snapshot(&raw, "m", |_| true).unwrap();
+        assert_eq!((s.used, s.quota_bytes, s.processes.len()), (60, Some(100), 1));
+        assert_eq!(s.processes[0].pid, std::process::id());
+        assert!(parse_snapshot(&raw, "other", |_| true).unwrap_err().contains("model \"m\""));
+        for len in [0, 7, HEADER_SIZE - 1, HEADER_SIZE, raw.len() - 1] {
+            assert!(parse_snapshot(&raw[..len], "m", |_| true).is_err(), "{len}");
+        }
+        let mut longer = raw.clone();
+        longer.push(0);
+        assert!(parse_snapshot(&longer, "m", |_| true).is_err());
+        // Every byte of the header flipped in turn; slot bytes are plain numbers.
+        for at in 0..HEADER_SIZE + SLOT_SIZE {
+            let mut bad = raw.clone();
+            bad[at] ^= 0xff;
+            let _ = parse_snapshot(&bad, "m", |_| true);
+        }
+        let mut seed = 1u64;
+        for _ in 0..200 {
+            let mut bad = raw.clone();
+            for _ in 0..16 {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let at = (seed >> 33) as usize % bad.len();
+                bad[at] = (seed >> 24) as u8;
+            }
+            let _ = parse_snapshot(&bad, "m", |_| false);
+        }
+        drop(a);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
