@@ -275,10 +275,14 @@ impl Hierarchy {
         Ok(cg)
     }
 
-    /// Removes every cgroup under our parent cgroups: what a supervisor that died without
-    /// its shutdown left (called only by the one supervisor of this parent). Whatever is
-    /// still in them is killed first. Returns each cgroup removed, or why it could not be.
-    pub fn remove_leftovers(&self) -> Vec<Result<PathBuf, CgroupError>> {
+    /// Removes the cgroups under our parent cgroups that `is_ours` recognizes by name: what
+    /// a supervisor that died without its shutdown left (called only by the one supervisor
+    /// of this parent). Whatever is still in them is killed first. Returns each cgroup
+    /// removed, or why it could not be.
+    pub fn remove_leftovers(
+        &self,
+        is_ours: impl Fn(&str) -> bool,
+    ) -> Vec<Result<PathBuf, CgroupError>> {
         let bases: Vec<&PathBuf> = match self {
             Hierarchy::V2 { base, .. } => vec![base],
             Hierarchy::V1 { memory, cpu, pids } => {
@@ -293,7 +297,7 @@ impl Hierarchy {
             .flatten()
             .filter_map(|e| {
                 let e = e.ok()?;
-                e.file_type().ok()?.is_dir().then(|| e.path())
+                (e.file_type().ok()?.is_dir() && is_ours(e.file_name().to_str()?)).then(|| e.path())
             })
             .map(|dir| {
                 let cg = Cgroup {

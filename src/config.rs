@@ -444,6 +444,22 @@ fn check_supervisor(c: &mut Checker, s: RawSupervisor) -> SupervisorConfig {
     };
     let cgroup_name = match &s.cgroup_name {
         None => "cuvisor".to_owned(),
+        Some(v)
+            if crate::exec::EXEC_CGROUP_NAME == v.get_ref()
+                || [".slice", ".scope", ".service", ".mount"]
+                    .iter()
+                    .any(|suffix| v.get_ref().ends_with(suffix)) =>
+        {
+            c.error(
+                v,
+                format!(
+                    "cgroup_name = \"{}\": that name belongs to systemd or to cuvisor exec; \
+                     give the supervisor a cgroup of its own",
+                    v.get_ref()
+                ),
+            );
+            "cuvisor".to_owned()
+        }
         Some(v) if valid_model_name(v.get_ref()) => v.get_ref().clone(),
         Some(v) => {
             c.error(

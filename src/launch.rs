@@ -461,6 +461,20 @@ extern "C" fn child_main(arg: *mut c_void) -> i32 {
         {
             fail(a.report, 8);
         }
+        if s.host_ids.is_some() {
+            // The change of credentials cleared the parent-death signal: arm it again. A
+            // supervisor that died before that closed its end of the report pipe (it
+            // holds it until the worker's exec): then stop here.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            let mut gone = libc::pollfd {
+                fd: a.report,
+                events: 0,
+                revents: 0,
+            };
+            if libc::poll(&mut gone, 1, 0) != 0 && gone.revents & libc::POLLERR != 0 {
+                libc::_exit(1);
+            }
+        }
         if s.isolation.mount {
             if libc::mount(
                 std::ptr::null(),

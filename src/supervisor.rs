@@ -136,13 +136,24 @@ impl Supervisor {
                 log(&format!("WARNING: model {}: {why}", m.name));
             }
         }
-        for left in hierarchy.remove_leftovers() {
+        // Only the cgroups this configuration's instances would have (`<model>-<n>`): a
+        // cgroup_name shared with anything else never gets its other cgroups killed.
+        let is_ours = |leaf: &str| {
+            config.models.iter().any(|m| {
+                leaf.strip_prefix(m.name.as_str())
+                    .and_then(|rest| rest.strip_prefix('-'))
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            })
+        };
+        for left in hierarchy.remove_leftovers(is_ours) {
             match left {
                 Ok(dir) => log(&format!(
                     "removed a cgroup left by an earlier supervisor: {}",
                     dir.display()
                 )),
-                Err(e) => return Err(format!("a cgroup left by an earlier supervisor: {e}")),
+                Err(e) => log(&format!(
+                    "WARNING: a cgroup left by an earlier supervisor cannot be removed: {e}"
+                )),
             }
         }
         let models = config

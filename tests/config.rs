@@ -203,6 +203,14 @@ fn every_invalid_form_is_rejected_with_its_line() {
             &format!("{MODEL}bind_ro = [\"/tmp/\\u0000\"]\n"),
             "FILE:4: bind_ro: a NUL byte",
         ),
+        (
+            &format!("[supervisor]\ncgroup_name = \"system.slice\"\n{MODEL}"),
+            "FILE:2: cgroup_name = \"system.slice\": that name belongs to systemd or to cuvisor exec",
+        ),
+        (
+            &format!("[supervisor]\ncgroup_name = \"cuvisor-exec\"\n{MODEL}"),
+            "FILE:2: cgroup_name = \"cuvisor-exec\": that name belongs to systemd or to cuvisor exec",
+        ),
         // isolation.user needs host ids, and is root in its namespace (no user, group).
         (
             &format!("{MODEL}isolation = {{ user = true }}\n"),

@@ -540,16 +540,21 @@ fn read_only_cgroups_refuse_limits_unless_allowed_and_say_so() {
 fn workers_die_with_a_killed_supervisor_even_as_another_user() {
     // SIGKILL leaves cuvisor no chance to stop anything: the parent-death signal must.
     // Changing credentials clears it, so a worker run as another user must get it again.
+    // The init of a user namespace changes its credentials too (it becomes the
+    // namespace's root) and must get it again as well.
     let marker = format!("{}", 700_000 + std::process::id() % 90_000);
-    let mut s = Supervisor::start(
+    let mut s = Supervisor::start_with(
         "pdeath",
+        "userns_range = \"4000000-4999999\"\n",
+        &[],
         &format!(
             "[[model]]\nname = \"plain\"\ncommand = \"sleep\"\nargs = [\"{marker}1\"]\nuser = \"nobody\"\nisolation = {{ pid = false }}\n\n\
-             [[model]]\nname = \"namespaced\"\ncommand = \"sleep\"\nargs = [\"{marker}2\"]\nuser = \"nobody\"\n"
+             [[model]]\nname = \"namespaced\"\ncommand = \"sleep\"\nargs = [\"{marker}2\"]\nuser = \"nobody\"\n\n\
+             [[model]]\nname = \"userns\"\ncommand = \"sleep\"\nargs = [\"{marker}3\"]\nisolation = {{ user = true }}\n"
         ),
     );
-    wait_until("both workers", Duration::from_secs(5), || {
-        pgrep(&format!("^sleep {marker}")).len() == 2
+    wait_until("the three workers", Duration::from_secs(5), || {
+        pgrep(&format!("^sleep {marker}")).len() == 3
     });
     let mut child = s.child.take().unwrap();
     child.kill().unwrap();

@@ -163,6 +163,7 @@ echo ledgers=$(ls -A "$CUVISOR_LEDGER_DIR" | tr '\n' ',')
 (echo 1 > /proc/sys/vm/drop_caches) 2>/dev/null && echo sysctl=written || echo sysctl=refused
 while [ ! -e target ]; do sleep 0.05; done
 kill -9 $(cat target) 2>/dev/null && echo signal=sent || echo signal=refused
+(: > "$CUVISOR_LEDGER_DIR/hostile.ledger") 2>/dev/null && echo own_ledger=truncated || echo own_ledger=kept
 echo done
 exec sleep 100000"#;
 
@@ -236,6 +237,15 @@ fn a_hostile_worker_cannot_leave_its_cgroups_touch_other_ledgers_or_signal_other
         assert_eq!(field("other_ledger"), "refused", "{tag}");
         assert_eq!(field("sysctl"), "refused", "{tag}");
         assert_eq!(field("signal"), "refused", "{tag}");
+        // Its own ledger it may break, and breaks only its own model.
+        assert_eq!(field("own_ledger"), "truncated", "{tag}");
+        let hostile = s.model("hostile");
+        assert!(
+            hostile["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("hostile.ledger")),
+            "{tag}: {hostile}"
+        );
         let m = s.model("steady");
         assert_eq!(
             (
@@ -395,7 +405,16 @@ fn one_supervisor_per_cgroup_parent_and_a_successor_cleans_up() {
             .used,
         MIB
     );
+    // A cgroup under the same parent that no instance of this configuration would have
+    // (someone else's, or a model no longer configured) is left alone.
+    let foreign = s.cgroup_dirs()[0].join("someone-else");
+    std::fs::create_dir(&foreign).unwrap();
     s.respawn();
+    assert!(
+        foreign.exists(),
+        "only the configuration's own cgroups are removed"
+    );
+    std::fs::remove_dir(&foreign).unwrap();
     let log = s.supervisor_log();
     assert!(
         log.contains("removed a cgroup left by an earlier supervisor"),

@@ -1597,9 +1597,16 @@ mod tests {
         a.try_reserve(60).unwrap();
         let raw = std::fs::read(l.path()).unwrap();
         let s = parse_snapshot(&raw, "m", |_| true).unwrap();
-        assert_eq!((s.used, s.quota_bytes, s.processes.len()), (60, Some(100), 1));
+        assert_eq!(
+            (s.used, s.quota_bytes, s.processes.len()),
+            (60, Some(100), 1)
+        );
         assert_eq!(s.processes[0].pid, std::process::id());
-        assert!(parse_snapshot(&raw, "other", |_| true).unwrap_err().contains("model \"m\""));
+        assert!(
+            parse_snapshot(&raw, "other", |_| true)
+                .unwrap_err()
+                .contains("model \"m\"")
+        );
         for len in [0, 7, HEADER_SIZE - 1, HEADER_SIZE, raw.len() - 1] {
             assert!(parse_snapshot(&raw[..len], "m", |_| true).is_err(), "{len}");
         }
@@ -1616,7 +1623,9 @@ mod tests {
         for _ in 0..200 {
             let mut bad = raw.clone();
             for _ in 0..16 {
-                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let at = (seed >> 33) as usize % bad.len();
                 bad[at] = (seed >> 24) as u8;
             }
