@@ -4,7 +4,7 @@
 use crate::cgroups::{Hierarchy, Limits};
 use crate::config::{Isolation, ShimMode};
 use crate::launch::{self, Spec};
-use crate::ledger::{CreateOptions, LedgerFile};
+use crate::ledger::CreateOptions;
 use crate::size::QuotaSpec;
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
@@ -92,7 +92,7 @@ pub fn cstrings(items: impl IntoIterator<Item = String>) -> Result<Vec<CString>,
 /// Runs the program to its end; returns its exit status (128 + signal if killed).
 pub fn exec(o: ExecOptions) -> Result<i32, String> {
     // The model's ledger first: a quota that disagrees with it stops us here.
-    LedgerFile::open_or_create(&o.ledger_dir, &o.model, o.quota, CreateOptions::default())
+    crate::ledger::ensure(&o.ledger_dir, &o.model, o.quota, CreateOptions::default())
         .map_err(|e| e.to_string())?;
     let env = worker_env(&[], &o.model, o.quota, o.mode, &o.ledger_dir, &o.shim);
     let path_var = env

@@ -37,6 +37,46 @@ pub use cuvisor_common::ledger::*;
 
 use std::path::Path;
 
+/// Makes sure `model` has a ledger with `quota` in `dir`, for a process that must not map
+/// a ledger its workers can shrink (the supervisor): an existing one is read from a copy
+/// and must have that quota (none asked: any); a missing one is created (its mapping is
+/// private until it is published, and dropped right after).
+pub fn ensure(
+    dir: &Path,
+    model: &str,
+    quota: Option<crate::size::QuotaSpec>,
+    options: CreateOptions,
+) -> Result<(), LedgerError> {
+    for _ in 0..2 {
+        match read_snapshot(dir, model) {
+            Ok(snapshot) => {
+                return match quota {
+                    Some(requested) if snapshot.quota != Some(requested) => {
+                        Err(LedgerError::QuotaMismatch {
+                            path: LedgerFile::path_for(dir, model),
+                            model: model.to_owned(),
+                            ledger: snapshot.quota,
+                            requested,
+                        })
+                    }
+                    _ => Ok(()),
+                };
+            }
+            Err(LedgerError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                match LedgerFile::create(dir, model, quota, options) {
+                    Ok(_) => return Ok(()),
+                    Err(LedgerError::Exists { .. }) => continue, // another process won
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    read_snapshot(dir, model).map(drop)
+}
+
 /// Why [`reclaim_isolated`] could not reclaim.
 #[derive(Debug, thiserror::Error)]
 pub enum ReclaimError {

@@ -160,19 +160,20 @@ impl Supervisor {
             .models
             .iter()
             .map(|cfg| {
-                // Checked (quota included), reachable by the model's user, and unmapped
-                // again: the supervisor keeps no mapping of a ledger.
+                // Checked (quota included) from a copy, and reachable by the model's user:
+                // the supervisor never maps a ledger.
                 let group = cfg.gid.filter(|_| cfg.uid.is_some()).or(cfg.host_ids);
-                let ledger_error = LedgerFile::open_or_create(
+                let ledger_error = ledger::ensure(
                     &config.supervisor.ledger_dir,
                     &cfg.name,
                     cfg.gpu_quota,
                     CreateOptions { group },
                 )
-                .and_then(|l| match group {
-                    Some(gid) => l
-                        .share_with_group(gid)
-                        .and_then(|()| ledger::make_traversable(&config.supervisor.ledger_dir)),
+                .and_then(|()| match group {
+                    Some(gid) => {
+                        LedgerFile::share_with_group(&config.supervisor.ledger_dir, &cfg.name, gid)
+                            .and_then(|()| ledger::make_traversable(&config.supervisor.ledger_dir))
+                    }
                     None => Ok(()),
                 })
                 .err()

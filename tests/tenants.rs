@@ -36,6 +36,9 @@ fn a_worker_that_truncates_its_ledger_breaks_only_its_own_model() {
         || s.model("steady")["gpu_used_bytes"].as_u64() == Some(MIB),
     );
     let steady_pid = s.model("steady")["instances"][0]["pid"].clone();
+    // The supervisor keeps no mapping of any ledger.
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", s.pid())).unwrap();
+    assert!(!maps.contains(".ledger"), "{maps}");
     // Both models are reported while the ledger is whole.
     assert_eq!(s.model("vandal")["gpu_used_bytes"].as_u64(), Some(0));
     std::fs::write(go.path("go"), "").unwrap();

@@ -776,16 +776,17 @@ impl LedgerFile {
         &self.path
     }
 
-    /// Lets the processes of group `gid` use this ledger (mode 0660, the file's group
-    /// `gid`), as [`CreateOptions::group`] does at creation: for a ledger made before its
-    /// model ran as another user.
-    pub fn share_with_group(&self, gid: u32) -> Result<(), LedgerError> {
-        let fd = self.file.as_raw_fd();
+    /// Lets the processes of group `gid` use the ledger of `model` (mode 0660, the file's
+    /// group `gid`), as [`CreateOptions::group`] does at creation: for a ledger made
+    /// before its model ran as another user. The file is checked, never mapped.
+    pub fn share_with_group(dir: &Path, model: &str, gid: u32) -> Result<(), LedgerError> {
+        let (path, file, _) = Self::open_validated(dir, model)?;
+        let fd = file.as_raw_fd();
         // SAFETY: fchown and fchmod on our own descriptor.
         if unsafe { libc::fchown(fd, u32::MAX, gid) } != 0
             || unsafe { libc::fchmod(fd, 0o660) } != 0
         {
-            return Err(io_err(&self.path, "give the ledger to its group")(
+            return Err(io_err(&path, "give the ledger to its group")(
                 io::Error::last_os_error(),
             ));
         }
