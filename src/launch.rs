@@ -32,8 +32,12 @@ pub struct Spec {
     pub bind_ro: Vec<CString>,
     /// What the worker keeps of the supervisor's privileges.
     pub privileges: Privileges,
-    /// With a mount namespace: the kernel's interfaces that become read-only in it.
-    pub kernel_ro: Vec<ReadOnly>,
+    /// With a mount namespace: what becomes read-only in it (the kernel's interfaces,
+    /// the shim, the supervisor's binary).
+    pub read_only: Vec<ReadOnly>,
+    /// With a mount namespace: files covered with `/dev/null` in it (the supervisor's
+    /// control socket).
+    pub cover: Vec<CString>,
     /// With a mount namespace: the ledger directory, and the model's ledger in it, the one
     /// file the worker sees there.
     pub ledger: Option<(CString, CString)>,
@@ -66,8 +70,10 @@ pub struct ReadOnly {
 
 /// The kernel interfaces a worker could change the host through as uid 0 without any
 /// capability (their files are root's, mode 0644): every mount under `/sys` (cgroupfs: a
-/// worker would move itself out of its cgroups), `/proc/sys` (sysctls) and
-/// `/proc/sysrq-trigger`. Read from `mountinfo` (this process's).
+/// worker would move itself out of its cgroups), `/proc/sys` (sysctls, and mounts under
+/// it such as `binfmt_misc`), `/proc/sysrq-trigger`, `/proc/irq` and `/proc/bus`. Read
+/// from `mountinfo` (this process's). Each is made read-only with everything mounted
+/// under it.
 pub fn kernel_interfaces(mountinfo: &str) -> Vec<ReadOnly> {
     let mut out: Vec<ReadOnly> = mountinfo
         .lines()
@@ -101,7 +107,12 @@ pub fn kernel_interfaces(mountinfo: &str) -> Vec<ReadOnly> {
                 })
         })
         .collect();
-    for path in [c"/proc/sys", c"/proc/sysrq-trigger"] {
+    for path in [
+        c"/proc/sys",
+        c"/proc/sysrq-trigger",
+        c"/proc/irq",
+        c"/proc/bus",
+    ] {
         out.push(ReadOnly {
             path: path.to_owned(),
             flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
@@ -142,6 +153,7 @@ const STEPS: &[&str] = &[
     "make the kernel's interfaces read-only",
     "show the worker its own ledger only",
     "drop capabilities",
+    "cover the control socket",
 ];
 
 /// Finds `command` the way a shell would: as a path if it has a slash, else in PATH.
@@ -336,8 +348,21 @@ unsafe fn drop_capabilities(a: &ChildArgs, keep: CapSet) {
     }
 }
 
-/// Makes one path read-only in this mount namespace. A path to bind that this kernel
-/// does not have (no `/proc/sysrq-trigger` without magic SysRq) needs nothing.
+/// `struct mount_attr` of mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 1;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+
+/// Makes one path read-only in this mount namespace, with every mount under it
+/// (mount_setattr; on kernels before 5.12, the mount itself). A path to bind that this
+/// kernel does not have (no `/proc/sysrq-trigger` without magic SysRq) needs nothing.
 unsafe fn make_read_only(r: &ReadOnly) -> bool {
     // SAFETY: mount calls with valid C strings.
     unsafe {
@@ -351,6 +376,26 @@ unsafe fn make_read_only(r: &ReadOnly) -> bool {
             ) != 0
         {
             return *libc::__errno_location() == libc::ENOENT;
+        }
+        let attr = MountAttr {
+            attr_set: MOUNT_ATTR_RDONLY,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        if libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            r.path.as_ptr(),
+            AT_RECURSIVE,
+            &attr,
+            std::mem::size_of::<MountAttr>(),
+        ) == 0
+        {
+            return true;
+        }
+        if *libc::__errno_location() != libc::ENOSYS {
+            return false;
         }
         libc::mount(
             std::ptr::null(),
@@ -516,7 +561,7 @@ extern "C" fn child_main(arg: *mut c_void) -> i32 {
                     fail(a.report, 3);
                 }
             }
-            for r in &s.kernel_ro {
+            for r in &s.read_only {
                 if !make_read_only(r) {
                     fail(a.report, 12);
                 }
@@ -525,6 +570,19 @@ extern "C" fn child_main(arg: *mut c_void) -> i32 {
                 && !show_own_ledger(dir, file)
             {
                 fail(a.report, 13);
+            }
+            for path in &s.cover {
+                if libc::mount(
+                    c"/dev/null".as_ptr(),
+                    path.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) != 0
+                    && *libc::__errno_location() != libc::ENOENT
+                {
+                    fail(a.report, 15);
+                }
             }
         }
         if s.isolation.uts

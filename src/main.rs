@@ -245,7 +245,7 @@ fn check(path: &std::path::Path) -> ExitCode {
             );
             for m in &c.models {
                 for why in cuvisor::supervisor::exposure(m) {
-                    println!("WARNING: model {}: {why}", m.name);
+                    eprintln!("WARNING: model {}: {why}", m.name);
                 }
             }
             ExitCode::SUCCESS

@@ -9,7 +9,7 @@
 use crate::cgroups::{Cgroup, Hierarchy, Limits};
 use crate::config::{Config, Logs, ModelConfig, RestartPolicy, SupervisorConfig};
 use crate::exec::{cstrings, worker_env};
-use crate::launch::{self, Privileges, Spec};
+use crate::launch::{self, Privileges, ReadOnly, Spec};
 use crate::ledger::{self, CreateOptions, LedgerFile, Snapshot};
 use serde_json::{Value, json};
 use std::ffi::CString;
@@ -740,10 +740,25 @@ pub fn worker_spec(
         hostname: cstrings([cfg.name.clone()])?.remove(0),
         bind_ro: cfg.bind_ro.iter().map(path).collect::<Result<_, _>>()?,
         privileges: Privileges::Keep(cfg.capabilities),
-        kernel_ro: if cfg.isolation.mount {
-            launch::kernel_interfaces(
+        read_only: if cfg.isolation.mount {
+            let mut paths = launch::kernel_interfaces(
                 &std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
-            )
+            );
+            // What every model runs: a worker that is root must not rewrite them.
+            let exe = std::env::current_exe().ok();
+            for p in [Some(shim.to_path_buf()), exe].into_iter().flatten() {
+                paths.push(ReadOnly {
+                    path: path(&p)?,
+                    flags: 0,
+                    bind: true,
+                });
+            }
+            paths
+        } else {
+            Vec::new()
+        },
+        cover: if cfg.isolation.mount {
+            vec![path(&supervisor.socket)?]
         } else {
             Vec::new()
         },
@@ -775,6 +790,13 @@ pub fn backoff_delay(cfg: &ModelConfig, failures_in_a_row: u32) -> Duration {
 pub fn exposure(m: &ModelConfig) -> Vec<&'static str> {
     let host_root = m.uid.is_none_or(|u| u == 0) && !m.isolation.user;
     let mut out = Vec::new();
+    if host_root {
+        out.push(
+            "runs as root of the host: without capabilities, and with the kernel's interfaces, \
+             the shim and the other ledgers out of reach, it still owns root's files (/etc, \
+             anything shared with it); for code you do not trust set user or isolation.user",
+        );
+    }
     if host_root && !m.isolation.pid {
         out.push(
             "runs as root without a PID namespace: it can signal and trace the other models' \
@@ -788,8 +810,11 @@ pub fn exposure(m: &ModelConfig) -> Vec<&'static str> {
              isolation.mount = true)",
         );
     }
-    if m.capabilities.0 != 0 && host_root {
-        out.push("keeps capabilities: root with capabilities is not confined by cuvisor");
+    if m.capabilities.0 != 0 && !m.isolation.user {
+        out.push(
+            "keeps capabilities on the host (some, such as CAP_SYS_ADMIN, CAP_DAC_OVERRIDE or \
+             CAP_SYS_PTRACE, undo its confinement)",
+        );
     }
     out
 }

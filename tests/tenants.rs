@@ -164,8 +164,11 @@ echo cgroup=$(grep -c ':/cvt' /proc/self/cgroup)
 echo ledgers=$(ls -A "$CUVISOR_LEDGER_DIR" | tr '\n' ',')
 (: > "$CUVISOR_LEDGER_DIR/steady.ledger") 2>/dev/null && echo other_ledger=written || echo other_ledger=refused
 (echo 1 > /proc/sys/vm/drop_caches) 2>/dev/null && echo sysctl=written || echo sysctl=refused
+(cat /proc/irq/default_smp_affinity > /proc/irq/default_smp_affinity) 2>/dev/null && echo irq=written || echo irq=refused
 while [ ! -e target ]; do sleep 0.05; done
 kill -9 $(cat target) 2>/dev/null && echo signal=sent || echo signal=refused
+python3 -c "import socket, sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])" "$(cat socket)" 2>/dev/null && echo control=connected || echo control=refused
+python3 -c "import sys; open(sys.argv[1], 'r+b')" "${LD_PRELOAD##*:}" 2>/dev/null && echo shim=writable || echo shim=read-only
 (: > "$CUVISOR_LEDGER_DIR/hostile.ledger") 2>/dev/null && echo own_ledger=truncated || echo own_ledger=kept
 echo done
 exec sleep 100000"#;
@@ -211,6 +214,7 @@ fn a_hostile_worker_cannot_leave_its_cgroups_touch_other_ledgers_or_signal_other
             || s.model("steady")["gpu_used_bytes"].as_u64() == Some(MIB),
         );
         let steady = s.model("steady")["instances"][0]["pid"].as_u64().unwrap();
+        std::fs::write(dir.path("socket"), s.socket.to_str().unwrap()).unwrap();
         std::fs::write(dir.path("target"), steady.to_string()).unwrap();
         wait_until("the attacks", Duration::from_secs(5), || {
             s.log("hostile-0").contains("done")
@@ -239,6 +243,13 @@ fn a_hostile_worker_cannot_leave_its_cgroups_touch_other_ledgers_or_signal_other
         );
         assert_eq!(field("other_ledger"), "refused", "{tag}");
         assert_eq!(field("sysctl"), "refused", "{tag}");
+        assert_eq!(field("irq"), "refused", "{tag}");
+        assert_eq!(
+            field("control"),
+            "refused",
+            "{tag}: the control socket is not reachable"
+        );
+        assert_eq!(field("shim"), "read-only", "{tag}");
         assert_eq!(field("signal"), "refused", "{tag}");
         // Its own ledger it may break, and breaks only its own model.
         assert_eq!(field("own_ledger"), "truncated", "{tag}");
