@@ -478,7 +478,21 @@ fn check_supervisor(c: &mut Checker, s: RawSupervisor) -> SupervisorConfig {
             .split_once('-')
             .and_then(|(a, b)| Some((a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?)));
         match parsed {
-            Some((first, last)) if first >= 1 && first <= last && last < u32::MAX => Some((first, last)),
+            Some((first, last)) if first >= 1 && first <= last && last < u32::MAX => {
+                match id_in_use(first, last) {
+                    Some(who) => {
+                        c.error(
+                            v,
+                            format!(
+                                "userns_range = \"{}\": {who} has an id in it; choose ids no user or group of the host has",
+                                v.get_ref()
+                            ),
+                        );
+                        None
+                    }
+                    None => Some((first, last)),
+                }
+            }
             _ => {
                 c.error(
                     v,
@@ -502,6 +516,27 @@ fn check_supervisor(c: &mut Checker, s: RawSupervisor) -> SupervisorConfig {
         cgroup_name,
         userns_range,
     }
+}
+
+/// A user or group of this host (from `/etc/passwd` and `/etc/group`) whose id is in
+/// `first..=last`, as "user NAME (uid N)".
+fn id_in_use(first: u32, last: u32) -> Option<String> {
+    [
+        ("/etc/passwd", "user", "uid"),
+        ("/etc/group", "group", "gid"),
+    ]
+    .into_iter()
+    .find_map(|(file, what, id)| {
+        let text = std::fs::read_to_string(file).ok()?;
+        text.lines().find_map(|line| {
+            let mut fields = line.split(':');
+            let name = fields.next()?;
+            let n: u32 = fields.nth(1)?.parse().ok()?;
+            (first..=last)
+                .contains(&n)
+                .then(|| format!("{what} {name} ({id} {n})"))
+        })
+    })
 }
 
 /// The next block of host ids in the supervisor's `userns_range`.

@@ -210,26 +210,22 @@ pub fn reclaim_isolated(dir: &Path, model: &str) -> Result<Reclaimed, ReclaimErr
     }
 }
 
-/// The pid, in this process's PID namespace, of a process of a ledger. A slot holds the
-/// pid the process has in its own namespace (a supervised worker is pid 2 in its own),
-/// the inode of that namespace and the process's start time. None if no such process is
-/// visible from here (gone, or in a namespace this one cannot see).
-pub fn host_pid(p: &ProcessUsage) -> Option<u32> {
-    use std::os::unix::fs::MetadataExt;
-    let is_it = |pid: u32, inner: u32| {
-        inner == p.pid
-            && (p.pid_ns == 0
-                || std::fs::metadata(format!("/proc/{pid}/ns/pid"))
-                    .is_ok_and(|m| m.ino() == p.pid_ns))
-            && start_time(pid) == p.start_time
-    };
-    if is_it(p.pid, p.pid) {
-        return Some(p.pid);
-    }
-    std::fs::read_dir("/proc")
-        .ok()?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .find(|&pid| {
+/// The processes this process can see, by how a ledger's slot names them: the pid in
+/// their own PID namespace, that namespace's inode and their start time. Built once (one
+/// pass over `/proc`), then asked for each slot.
+pub struct HostPids {
+    by_slot_identity: std::collections::HashMap<(u32, u64, u64), u32>,
+}
+
+impl HostPids {
+    pub fn scan() -> HostPids {
+        use std::os::unix::fs::MetadataExt;
+        let mut by_slot_identity = std::collections::HashMap::new();
+        for pid in std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        {
             // NSpid: the pid in each namespace from this one down to the process's own.
             let inner = std::fs::read_to_string(format!("/proc/{pid}/status"))
                 .ok()
@@ -237,6 +233,24 @@ pub fn host_pid(p: &ProcessUsage) -> Option<u32> {
                     let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
                     line.split_whitespace().last()?.parse::<u32>().ok()
                 });
-            inner.is_some_and(|inner| is_it(pid, inner))
-        })
+            let ns = std::fs::metadata(format!("/proc/{pid}/ns/pid")).map(|m| m.ino());
+            if let (Some(inner), Ok(ns)) = (inner, ns) {
+                by_slot_identity.insert((inner, ns, start_time(pid)), pid);
+            }
+        }
+        HostPids { by_slot_identity }
+    }
+
+    /// The pid, in this process's PID namespace, of the process of a ledger's slot; None
+    /// if it is not visible from here (gone, or in a namespace this one cannot see), or
+    /// if the slot does not say its namespace (what a slot says is the model's word: a
+    /// pid alone could name any process).
+    pub fn of(&self, p: &ProcessUsage) -> Option<u32> {
+        if p.pid_ns == 0 || p.start_time == 0 {
+            return None;
+        }
+        self.by_slot_identity
+            .get(&(p.pid, p.pid_ns, p.start_time))
+            .copied()
+    }
 }

@@ -306,6 +306,7 @@ fn quota_text(s: &Snapshot) -> String {
 
 fn list(dir: &std::path::Path, as_json: bool) -> Result<ExitCode, String> {
     let models = ledger::list(dir).map_err(|e| e.to_string())?;
+    let host_pids = ledger::HostPids::scan();
     let mut failed = false;
     if as_json {
         let rows: Vec<serde_json::Value> = models
@@ -319,7 +320,7 @@ fn list(dir: &std::path::Path, as_json: bool) -> Result<ExitCode, String> {
                     "uncertain": s.uncertain,
                     "refused": s.refused,
                     "processes": s.processes.iter().map(|p| json!({
-                        "pid": ledger::host_pid(p),
+                        "pid": host_pids.of(p),
                         "pid_in_namespace": p.pid, "slot": p.slot, "start_time": p.start_time,
                         "used": p.used, "peak": p.peak, "alive": p.alive,
                     })).collect::<Vec<_>>(),
@@ -350,7 +351,8 @@ fn list(dir: &std::path::Path, as_json: bool) -> Result<ExitCode, String> {
                         .processes
                         .iter()
                         .map(|p| {
-                            ledger::host_pid(p)
+                            host_pids
+                                .of(p)
                                 .map_or_else(|| format!("?{}", p.pid), |pid| pid.to_string())
                         })
                         .collect();

@@ -236,6 +236,10 @@ fn every_invalid_form_is_rejected_with_its_line() {
             &format!("[supervisor]\nuserns_range = \"5\"\n{MODEL}"),
             "FILE:2: userns_range = \"5\": expected FIRST-LAST host ids",
         ),
+        (
+            &format!("[supervisor]\nuserns_range = \"65534-200000\"\n{MODEL}"),
+            "FILE:2: userns_range = \"65534-200000\": user nobody (uid 65534) has an id in it",
+        ),
         // Finding 4: the id setresuid/setresgid read as "leave unchanged".
         (
             &format!("{MODEL}user = \"4294967295\"\n"),

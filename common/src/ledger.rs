@@ -254,15 +254,34 @@ fn open_dir(dir: &Path, create_mode: Option<u32>) -> Result<OwnedFd, LedgerError
 /// it with a group: for a directory made before its models ran as other users. Each file
 /// keeps its own mode.
 pub fn make_traversable(dir: &Path) -> Result<(), LedgerError> {
-    open_dir(dir, None)?;
-    let meta = std::fs::metadata(dir).map_err(io_err(dir, "inspect"))?;
+    let opened = reopen_dir(&open_dir(dir, None)?).map_err(io_err(dir, "open"))?;
+    let meta = opened.metadata().map_err(io_err(dir, "inspect"))?;
     let mode = meta.mode() & 0o7777;
-    if mode & 0o011 != 0o011 {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o011))
-            .map_err(io_err(dir, "let other users traverse"))?;
+    // SAFETY: fchmod on the descriptor of the directory we checked.
+    if mode & 0o011 != 0o011 && unsafe { libc::fchmod(opened.as_raw_fd(), mode | 0o011) } != 0 {
+        return Err(io_err(dir, "let other users traverse")(
+            io::Error::last_os_error(),
+        ));
     }
     Ok(())
+}
+
+/// A readable descriptor of the directory that `checked` (an `O_PATH` descriptor from
+/// [`open_dir`]) names: the same directory, not the path looked up again.
+fn reopen_dir(checked: &OwnedFd) -> io::Result<File> {
+    // SAFETY: openat of "." relative to a directory descriptor we own.
+    let fd = unsafe {
+        libc::openat(
+            checked.as_raw_fd(),
+            c".".as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor we just opened and own.
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
 /// Byte offsets of a slot's fields in the file, for tools that read the file directly.
@@ -1406,18 +1425,18 @@ pub type Listed = (String, Result<Snapshot, LedgerError>);
 
 /// Every ledger in `dir`, each read from a copy ([`read_snapshot`]).
 pub fn list(dir: &Path) -> Result<Vec<Listed>, LedgerError> {
-    match open_dir(dir, None) {
+    let checked = match open_dir(dir, None) {
         Err(LedgerError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
             return Ok(Vec::new());
         }
         Err(e) => return Err(e),
-        Ok(_) => {}
-    }
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io_err(dir, "list")(e)),
+        Ok(fd) => fd,
     };
+    // The names come from the directory checked, through its descriptor; each ledger is
+    // then opened (and checked) on its own.
+    let opened = reopen_dir(&checked).map_err(io_err(dir, "list"))?;
+    let entries = std::fs::read_dir(format!("/proc/self/fd/{}", opened.as_raw_fd()))
+        .map_err(io_err(dir, "list"))?;
     let mut models: Vec<String> = entries
         .filter_map(|e| e.ok())
         .filter_map(|e| {
