@@ -906,7 +906,7 @@ impl LedgerFile {
                 return Ok(Attachment {
                     file: self,
                     index,
-                    gate: AtomicU64::new(0),
+                    closed: std::sync::atomic::AtomicBool::new(false),
                 });
             }
             if pass == 0 {
@@ -1261,18 +1261,18 @@ pub fn start_time(pid: u32) -> u64 {
 /// A process's place in a ledger: reserve and release bytes against the model's quota.
 ///
 /// Reservations and releases may run on any number of threads while another thread
-/// detaches (a process returning from `main` while its threads still allocate): every
-/// operation passes a gate that `detach` closes, and `detach` settles the slot only once
-/// the operations already past the gate are done. After it, reservations are refused and
-/// releases ignored (the detach gave everything back).
+/// detaches (a process returning from `main` while its threads still allocate). Each
+/// operation first adds its bytes to the slot's `inflight` and then checks `closed`;
+/// `detach` first sets `closed` and then waits until `inflight` is back to zero (both
+/// sides sequentially consistent, so each sees the other's first step): the detach
+/// settles the slot only once no operation is under way, and every later operation sees
+/// `closed`, takes its bytes back out of `inflight`, and is refused (a reservation) or
+/// ignored (a release: the detach gave everything back). It costs an operation one load.
 pub struct Attachment<'a> {
     file: &'a LedgerFile,
     index: u32,
-    /// [`CLOSED`] once detaching; below it, how many operations are past the gate.
-    gate: AtomicU64,
+    closed: std::sync::atomic::AtomicBool,
 }
-
-const CLOSED: u64 = 1 << 63;
 
 /// How long `detach` waits for operations under way before it leaves the slot to be
 /// reclaimed after this process's death instead (a thread stopped forever in the middle
@@ -1288,39 +1288,34 @@ impl Attachment<'_> {
         self.index
     }
 
-    /// Lets one operation through, unless the attachment is detaching or detached.
-    fn enter(&self) -> bool {
-        if self.gate.fetch_add(1, Ordering::AcqRel) & CLOSED != 0 {
-            self.gate.fetch_sub(1, Ordering::AcqRel);
+    /// Starts an operation on `bytes`: counts them in flight, unless the attachment is
+    /// detaching or detached.
+    fn enter(&self, s: &Slot, bytes: u64) -> bool {
+        s.inflight.fetch_add(bytes, Ordering::SeqCst);
+        if self.closed.load(Ordering::SeqCst) {
+            s.inflight.fetch_sub(bytes, Ordering::SeqCst);
             return false;
         }
         true
     }
 
-    fn leave(&self) {
-        self.gate.fetch_sub(1, Ordering::AcqRel);
+    fn leave(&self, s: &Slot, bytes: u64) {
+        s.inflight.fetch_sub(bytes, Ordering::SeqCst);
     }
 
     /// Charges `bytes` to the model if it stays within the quota: one compare-and-add on
     /// the model's total. Before refusing, dead processes of the model are reclaimed (at
     /// most every 10 ms per process) and the reservation is tried once more.
     pub fn try_reserve(&self, bytes: u64) -> Result<(), Refusal> {
-        if !self.enter() {
+        let h = self.file.header();
+        let s = self.file.slot(self.index);
+        if !self.enter(s, bytes) {
             return Err(Refusal {
                 requested: bytes,
                 used: self.file.used(),
                 quota: 0,
             });
         }
-        let result = self.reserve_inside(bytes);
-        self.leave();
-        result
-    }
-
-    fn reserve_inside(&self, bytes: u64) -> Result<(), Refusal> {
-        let h = self.file.header();
-        let s = self.file.slot(self.index);
-        s.inflight.fetch_add(bytes, Ordering::AcqRel);
         let mut result = self.commit(bytes);
         if result.is_err() && self.file.reclaim_before_refusing().bytes > 0 {
             result = self.commit(bytes);
@@ -1332,7 +1327,7 @@ impl Attachment<'_> {
             raise(&s.peak, mine);
             raise(&h.peak, total);
         }
-        s.inflight.fetch_sub(bytes, Ordering::AcqRel);
+        self.leave(s, bytes);
         if result.is_err() {
             h.refused.fetch_add(1, Ordering::Relaxed);
         }
@@ -1367,16 +1362,16 @@ impl Attachment<'_> {
     /// Gives back what `try_reserve` charged: the slot first, then the model (a death in
     /// between leaves the model over-charged, the safe side).
     pub fn release(&self, bytes: u64) {
-        if !self.enter() {
-            return;
-        }
         let h = self.file.header();
         let s = self.file.slot(self.index);
-        s.inflight.fetch_add(bytes, Ordering::AcqRel);
+        if !self.enter(s, bytes) {
+            return;
+        }
         saturating_sub(&s.used, bytes);
-        saturating_sub(&h.used, bytes);
-        s.inflight.fetch_sub(bytes, Ordering::AcqRel);
-        self.leave();
+        // Exact, one instruction: a detach does not settle the slot while this runs, so
+        // the model's total cannot be subtracted from twice.
+        h.used.fetch_sub(bytes, Ordering::AcqRel);
+        self.leave(s, bytes);
     }
 
     /// Bytes this process holds.
@@ -1389,18 +1384,18 @@ impl Attachment<'_> {
     /// reservations and releases other threads have under way; if they do not end within
     /// 2 s, the slot is left as it is, for a reclaimer to settle after this process dies.
     pub fn detach(&self) {
-        if self.gate.fetch_or(CLOSED, Ordering::AcqRel) & CLOSED != 0 {
+        if self.closed.swap(true, Ordering::SeqCst) {
             return;
         }
+        let h = self.file.header();
+        let s = self.file.slot(self.index);
         let start = monotonic_ns();
-        while self.gate.load(Ordering::Acquire) != CLOSED {
+        while s.inflight.load(Ordering::SeqCst) != 0 {
             if monotonic_ns().saturating_sub(start) > DETACH_WAIT_NS {
                 return;
             }
             std::thread::yield_now();
         }
-        let h = self.file.header();
-        let s = self.file.slot(self.index);
         let used = s.used.swap(0, Ordering::AcqRel);
         saturating_sub(&h.used, used);
         free_slot(s);
