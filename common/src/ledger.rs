@@ -1463,16 +1463,16 @@ mod tests {
         d
     }
 
+    /// A new ledger of model "m" with `quota`, in a directory of its own.
+    fn fresh(tag: &str, quota: QuotaSpec) -> (PathBuf, LedgerFile) {
+        let dir = temp_dir(tag);
+        let l = LedgerFile::create(&dir, "m", Some(quota), CreateOptions::default()).unwrap();
+        (dir, l)
+    }
+
     #[test]
     fn reserve_to_the_quota_exactly_and_release() {
-        let dir = temp_dir("basic");
-        let l = LedgerFile::create(
-            &dir,
-            "m",
-            Some(QuotaSpec::Bytes(100)),
-            CreateOptions::default(),
-        )
-        .unwrap();
+        let (dir, l) = fresh("basic", QuotaSpec::Bytes(100));
         let a = l.attach().unwrap();
         assert_eq!(a.try_reserve(60), Ok(()));
         assert_eq!(a.try_reserve(40), Ok(()));
@@ -1538,14 +1538,7 @@ mod tests {
 
     #[test]
     fn a_percentage_is_resolved_once() {
-        let dir = temp_dir("percent");
-        let l = LedgerFile::create(
-            &dir,
-            "m",
-            Some(QuotaSpec::Percent(25)),
-            CreateOptions::default(),
-        )
-        .unwrap();
+        let (dir, l) = fresh("percent", QuotaSpec::Percent(25));
         assert_eq!(l.quota_bytes(), None);
         let a = l.attach().unwrap();
         assert!(
@@ -1566,14 +1559,7 @@ mod tests {
     /// and release: whatever they do, the model ends at exactly zero.
     #[test]
     fn detach_while_other_threads_reserve_and_release_leaves_exactly_zero() {
-        let dir = temp_dir("exit-race");
-        let l = LedgerFile::create(
-            &dir,
-            "m",
-            Some(QuotaSpec::Bytes(1 << 40)),
-            CreateOptions::default(),
-        )
-        .unwrap();
+        let (dir, l) = fresh("exit-race", QuotaSpec::Bytes(1 << 40));
         for round in 0..300 {
             let a = l.attach().unwrap();
             std::thread::scope(|scope| {
@@ -1600,14 +1586,7 @@ mod tests {
     /// any way: every damaged form is an error or numbers, never a panic.
     #[test]
     fn a_copy_of_any_bytes_parses_or_is_refused() {
-        let dir = temp_dir("parse");
-        let l = LedgerFile::create(
-            &dir,
-            "m",
-            Some(QuotaSpec::Bytes(100)),
-            CreateOptions::default(),
-        )
-        .unwrap();
+        let (dir, l) = fresh("parse", QuotaSpec::Bytes(100));
         let a = l.attach().unwrap();
         a.try_reserve(60).unwrap();
         let raw = std::fs::read(l.path()).unwrap();
