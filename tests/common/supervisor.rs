@@ -163,6 +163,11 @@ impl Drop for Supervisor {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // The supervisor is gone: its lock file (which a supervisor never removes) can go.
+        let _ = std::fs::remove_file(
+            std::path::Path::new(cuvisor::supervisor::RUN_DIR)
+                .join(format!("{}.lock", self.cgroup_name)),
+        );
     }
 }
 
