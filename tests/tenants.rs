@@ -167,6 +167,7 @@ echo ledgers=$(ls -A "$CUVISOR_LEDGER_DIR" | tr '\n' ',')
 (cat /proc/irq/default_smp_affinity > /proc/irq/default_smp_affinity) 2>/dev/null && echo irq=written || echo irq=refused
 while [ ! -e target ]; do sleep 0.05; done
 kill -9 $(cat target) 2>/dev/null && echo signal=sent || echo signal=refused
+echo python=$(python3 -c 'print("ok")' 2>/dev/null || echo missing)
 python3 -c "import socket, sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])" "$(cat socket)" 2>/dev/null && echo control=connected || echo control=refused
 python3 -c "import sys; open(sys.argv[1], 'r+b')" "${LD_PRELOAD##*:}" 2>/dev/null && echo shim=writable || echo shim=read-only
 (: > "$CUVISOR_LEDGER_DIR/hostile.ledger") 2>/dev/null && echo own_ledger=truncated || echo own_ledger=kept
@@ -175,7 +176,7 @@ exec sleep 100000"#;
 
 fn attacker(name: &str, dir: &std::path::Path, extra: &str) -> String {
     format!(
-        "[[model]]\nname = \"{name}\"\ncommand = \"sh\"\nargs = [\"-c\", '''{ATTACKS}''']\ncwd = \"{}\"\nmemory_limit = \"64MiB\"\npids_limit = 64\nrestart = \"never\"\n{extra}\n",
+        "[[model]]\nname = \"{name}\"\ncommand = \"sh\"\nargs = [\"-c\", '''{ATTACKS}''']\ncwd = \"{}\"\nenv = {{ PATH = \"/usr/local/bin:/usr/bin:/bin\" }}\nmemory_limit = \"64MiB\"\npids_limit = 64\nrestart = \"never\"\n{extra}\n",
         dir.display()
     )
 }
@@ -244,6 +245,7 @@ fn a_hostile_worker_cannot_leave_its_cgroups_touch_other_ledgers_or_signal_other
             ("control", "refused"),         // the supervisor's control socket
             ("shim", "read-only"),          // what every model preloads
             ("signal", "refused"),          // kill -9 of another model's worker
+            ("python", "ok"),               // what the next two attempts run with
             ("own_ledger", "truncated"),    // its own it may break: its model only
         ] {
             assert_eq!(field(attempt), outcome, "{tag}: {attempt}\n{log}");
