@@ -160,27 +160,12 @@ impl Supervisor {
             .models
             .iter()
             .map(|cfg| {
-                // Checked (quota included) from a copy, and reachable by the model's user:
-                // the supervisor never maps a ledger.
-                let group = cfg.gid.filter(|_| cfg.uid.is_some()).or(cfg.host_ids);
-                let ledger_error = ledger::ensure(
-                    &config.supervisor.ledger_dir,
-                    &cfg.name,
-                    cfg.gpu_quota,
-                    CreateOptions { group },
-                )
-                .and_then(|()| match group {
-                    Some(gid) => {
-                        LedgerFile::share_with_group(&config.supervisor.ledger_dir, &cfg.name, gid)
-                            .and_then(|()| ledger::make_traversable(&config.supervisor.ledger_dir))
-                    }
-                    None => Ok(()),
-                })
-                .err()
-                .map(|e| {
-                    log(&format!("model {}: {e}", cfg.name));
-                    e.to_string()
-                });
+                let ledger_error = prepare_ledger(&config.supervisor.ledger_dir, cfg)
+                    .err()
+                    .map(|e| {
+                        log(&format!("model {}: {e}", cfg.name));
+                        e.to_string()
+                    });
                 if ledger_error.is_none() {
                     // What the workers of an earlier supervisor held when they died.
                     reclaim_logged(&config.supervisor.ledger_dir, &cfg.name);
@@ -234,6 +219,9 @@ impl Supervisor {
         inst.next_start = None;
         let leaf = format!("{}-{}", cfg.name, inst.index);
         let result = (|| -> Result<(i32, Option<Cgroup>, OwnedFd), String> {
+            // Again at every start: the worker is shown its ledger, which must be there
+            // (made again if someone removed it) and still have the model's quota.
+            prepare_ledger(&self.config.supervisor.ledger_dir, &cfg).map_err(|e| e.to_string())?;
             let (out_read, out_write) = pipe_for_output()?;
             let spec = worker_spec(
                 &cfg,
@@ -817,6 +805,18 @@ pub fn exposure(m: &ModelConfig) -> Vec<&'static str> {
         );
     }
     out
+}
+
+/// The ledger of a model, made if missing, checked (its quota included) from a copy, and
+/// reachable by the model's user: the supervisor never maps a ledger.
+fn prepare_ledger(dir: &Path, cfg: &ModelConfig) -> Result<(), ledger::LedgerError> {
+    let group = cfg.gid.filter(|_| cfg.uid.is_some()).or(cfg.host_ids);
+    ledger::ensure(dir, &cfg.name, cfg.gpu_quota, CreateOptions { group })?;
+    if let Some(gid) = group {
+        LedgerFile::share_with_group(dir, &cfg.name, gid)?;
+        ledger::make_traversable(dir)?;
+    }
+    Ok(())
 }
 
 /// Gives back what the model's dead processes held (in a child process: the supervisor

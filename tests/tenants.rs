@@ -491,3 +491,22 @@ fn a_worker_in_a_user_namespace_is_root_there_and_unprivileged_on_the_host() {
     );
     assert_eq!(s.stop().0, 0);
 }
+
+/// The worker is shown its own ledger: if it is gone when an instance starts (an operator
+/// removed it), it is made again with the model's quota, and the instance starts.
+#[test]
+fn a_removed_ledger_is_made_again_at_the_next_start() {
+    let mut s = Supervisor::start("remade", &holder("again"));
+    wait_until("the allocation", Duration::from_secs(5), || {
+        s.model("again")["gpu_used_bytes"].as_u64() == Some(MIB)
+    });
+    std::fs::remove_file(s.dir.path("ledgers").join("again.ledger")).unwrap();
+    let (code, _) = cuvisor::control::request(&s.socket, "POST", "/models/again/restart").unwrap();
+    assert_eq!(code, 200);
+    wait_until("the new allocation", Duration::from_secs(5), || {
+        let m = s.model("again");
+        m["state"] == "running" && m["gpu_used_bytes"].as_u64() == Some(MIB)
+    });
+    assert_eq!(s.model("again")["gpu_quota_bytes"].as_u64(), Some(4 * MIB));
+    assert_eq!(s.stop().0, 0);
+}
