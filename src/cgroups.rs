@@ -275,6 +275,17 @@ impl Hierarchy {
         Ok(cg)
     }
 
+    /// Our parent cgroups: one per usable controller (v1), or one (v2).
+    fn bases(&self) -> Vec<&PathBuf> {
+        match self {
+            Hierarchy::V2 { base, .. } => vec![base],
+            Hierarchy::V1 { memory, cpu, pids } => {
+                [memory, cpu, pids].into_iter().flatten().collect()
+            }
+            Hierarchy::None { .. } => vec![],
+        }
+    }
+
     /// Removes the cgroups under our parent cgroups that `is_ours` recognizes by name: what
     /// a supervisor that died without its shutdown left (called only by the one supervisor
     /// of this parent). Whatever is still in them is killed first. Returns each cgroup
@@ -283,15 +294,8 @@ impl Hierarchy {
         &self,
         is_ours: impl Fn(&str) -> bool,
     ) -> Vec<Result<PathBuf, CgroupError>> {
-        let bases: Vec<&PathBuf> = match self {
-            Hierarchy::V2 { base, .. } => vec![base],
-            Hierarchy::V1 { memory, cpu, pids } => {
-                [memory, cpu, pids].into_iter().flatten().collect()
-            }
-            Hierarchy::None { .. } => vec![],
-        };
         let v2 = matches!(self, Hierarchy::V2 { .. });
-        bases
+        self.bases()
             .into_iter()
             .filter_map(|b| std::fs::read_dir(b).ok())
             .flatten()
@@ -311,14 +315,7 @@ impl Hierarchy {
 
     /// Removes our parent cgroups if they are empty (at shutdown).
     pub fn remove_base(&self) {
-        let bases: Vec<&PathBuf> = match self {
-            Hierarchy::V2 { base, .. } => vec![base],
-            Hierarchy::V1 { memory, cpu, pids } => {
-                [memory, cpu, pids].into_iter().flatten().collect()
-            }
-            Hierarchy::None { .. } => vec![],
-        };
-        for b in bases {
+        for b in self.bases() {
             let _ = std::fs::remove_dir(b);
         }
     }

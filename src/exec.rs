@@ -126,7 +126,6 @@ pub fn exec(o: ExecOptions) -> Result<i32, String> {
             user: false,
         },
         hostname: CString::new(o.model.clone()).expect("model names have no NUL"),
-        bind_ro: Vec::new(),
         privileges: launch::Privileges::Inherit,
         read_only: Vec::new(),
         cover: Vec::new(),

@@ -29,11 +29,10 @@ pub struct Spec {
     pub gid: Option<u32>,
     pub isolation: Isolation,
     pub hostname: CString,
-    pub bind_ro: Vec<CString>,
     /// What the worker keeps of the supervisor's privileges.
     pub privileges: Privileges,
-    /// With a mount namespace: what becomes read-only in it (the kernel's interfaces,
-    /// the shim, the supervisor's binary).
+    /// With a mount namespace: what becomes read-only in it (the model's `bind_ro`, the
+    /// kernel's interfaces, the shim, the supervisor's binary).
     pub read_only: Vec<ReadOnly>,
     /// With a mount namespace: files covered with `/dev/null` in it (the supervisor's
     /// control socket).
@@ -59,13 +58,16 @@ pub enum Privileges {
     Keep(CapSet),
 }
 
-/// A path made read-only in the worker's mount namespace: a mount point remounted with
-/// its own flags plus read-only, or (`bind`) a directory bound onto itself first.
+/// A path made read-only in the worker's mount namespace, with every mount under it: a
+/// mount point, or (`bind`) a path bound onto itself first. `flags` are the mount's own
+/// (kept by the remount of kernels without mount_setattr). A path that is `optional`
+/// and missing is skipped.
 #[derive(Debug, Clone)]
 pub struct ReadOnly {
     pub path: CString,
     pub flags: libc::c_ulong,
     pub bind: bool,
+    pub optional: bool,
 }
 
 /// The kernel interfaces a worker could change the host through as uid 0 without any
@@ -104,6 +106,7 @@ pub fn kernel_interfaces(mountinfo: &str) -> Vec<ReadOnly> {
                     path,
                     flags,
                     bind: false,
+                    optional: false,
                 })
         })
         .collect();
@@ -117,6 +120,7 @@ pub fn kernel_interfaces(mountinfo: &str) -> Vec<ReadOnly> {
             path: path.to_owned(),
             flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
             bind: true,
+            optional: true,
         });
     }
     out
@@ -141,7 +145,7 @@ const STEPS: &[&str] = &[
     "wait for the supervisor",
     "make / private",
     "mount /proc",
-    "bind-mount read-only",
+    "make a path read-only",
     "set the hostname",
     "fork the worker",
     "drop supplementary groups",
@@ -150,7 +154,6 @@ const STEPS: &[&str] = &[
     "change directory",
     "redirect output",
     "exec",
-    "make the kernel's interfaces read-only",
     "show the worker its own ledger only",
     "drop capabilities",
     "cover the control socket",
@@ -241,11 +244,11 @@ unsafe fn exec_worker(a: &ChildArgs) -> ! {
                     && libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0
                     && *libc::__errno_location() != libc::EINVAL
                 {
-                    fail(a.report, 14);
+                    fail(a.report, 13);
                 }
             }
             if keep.0 != 0 && libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0 {
-                fail(a.report, 14);
+                fail(a.report, 13);
             }
         }
         if let Some(gid) = s.gid {
@@ -326,7 +329,7 @@ unsafe fn drop_capabilities(a: &ChildArgs, keep: CapSet) {
                 0,
             ) != 0
         {
-            fail(a.report, 14);
+            fail(a.report, 13);
         }
         // Ambient: a kept capability survives exec for a worker that is not root.
         for cap in 0..64u32 {
@@ -339,11 +342,11 @@ unsafe fn drop_capabilities(a: &ChildArgs, keep: CapSet) {
                     0,
                 ) != 0
             {
-                fail(a.report, 14);
+                fail(a.report, 13);
             }
         }
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-            fail(a.report, 14);
+            fail(a.report, 13);
         }
     }
 }
@@ -361,7 +364,7 @@ const MOUNT_ATTR_RDONLY: u64 = 1;
 const AT_RECURSIVE: libc::c_uint = 0x8000;
 
 /// Makes one path read-only in this mount namespace, with every mount under it
-/// (mount_setattr; on kernels before 5.12, the mount itself). A path to bind that this
+/// (mount_setattr; on kernels before 5.12, the mount itself). An optional path that this
 /// kernel does not have (no `/proc/sysrq-trigger` without magic SysRq) needs nothing.
 unsafe fn make_read_only(r: &ReadOnly) -> bool {
     // SAFETY: mount calls with valid C strings.
@@ -375,7 +378,7 @@ unsafe fn make_read_only(r: &ReadOnly) -> bool {
                 std::ptr::null(),
             ) != 0
         {
-            return *libc::__errno_location() == libc::ENOENT;
+            return r.optional && *libc::__errno_location() == libc::ENOENT;
         }
         let attr = MountAttr {
             attr_set: MOUNT_ATTR_RDONLY,
@@ -499,14 +502,13 @@ extern "C" fn child_main(arg: *mut c_void) -> i32 {
         libc::close(a.go);
         // In a user namespace, become its root now (the host ids the supervisor mapped):
         // what the init makes from here on (the ledger's tmpfs) belongs to the namespace.
-        if s.host_ids.is_some()
-            && (libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) != 0
-                || libc::syscall(libc::SYS_setresgid, 0, 0, 0) != 0
-                || libc::syscall(libc::SYS_setresuid, 0, 0, 0) != 0)
-        {
-            fail(a.report, 8);
-        }
         if s.host_ids.is_some() {
+            if libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) != 0
+                || libc::syscall(libc::SYS_setresgid, 0, 0, 0) != 0
+                || libc::syscall(libc::SYS_setresuid, 0, 0, 0) != 0
+            {
+                fail(a.report, 8);
+            }
             // The change of credentials cleared the parent-death signal: arm it again. A
             // supervisor that died before that closed its end of the report pipe (it
             // holds it until the worker's exec): then stop here.
@@ -542,34 +544,15 @@ extern "C" fn child_main(arg: *mut c_void) -> i32 {
             {
                 fail(a.report, 2);
             }
-            for src in &s.bind_ro {
-                if libc::mount(
-                    src.as_ptr(),
-                    src.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_BIND | libc::MS_REC,
-                    std::ptr::null(),
-                ) != 0
-                    || libc::mount(
-                        std::ptr::null(),
-                        src.as_ptr(),
-                        std::ptr::null(),
-                        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
-                        std::ptr::null(),
-                    ) != 0
-                {
-                    fail(a.report, 3);
-                }
-            }
             for r in &s.read_only {
                 if !make_read_only(r) {
-                    fail(a.report, 12);
+                    fail(a.report, 3);
                 }
             }
             if let Some((dir, file)) = &s.ledger
                 && !show_own_ledger(dir, file)
             {
-                fail(a.report, 13);
+                fail(a.report, 12);
             }
             for path in &s.cover {
                 if libc::mount(
@@ -581,7 +564,7 @@ extern "C" fn child_main(arg: *mut c_void) -> i32 {
                 ) != 0
                     && *libc::__errno_location() != libc::ENOENT
                 {
-                    fail(a.report, 15);
+                    fail(a.report, 14);
                 }
             }
         }

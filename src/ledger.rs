@@ -47,34 +47,25 @@ pub fn ensure(
     quota: Option<crate::size::QuotaSpec>,
     options: CreateOptions,
 ) -> Result<(), LedgerError> {
-    for _ in 0..2 {
-        match read_snapshot(dir, model) {
-            Ok(snapshot) => {
-                return match quota {
-                    Some(requested) if snapshot.quota != Some(requested) => {
-                        Err(LedgerError::QuotaMismatch {
-                            path: LedgerFile::path_for(dir, model),
-                            model: model.to_owned(),
-                            ledger: snapshot.quota,
-                            requested,
-                        })
-                    }
-                    _ => Ok(()),
-                };
+    let snapshot = match read_snapshot(dir, model) {
+        Err(LedgerError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            match LedgerFile::create(dir, model, quota, options) {
+                Ok(_) => return Ok(()),
+                Err(LedgerError::Exists { .. }) => read_snapshot(dir, model)?, // another won
+                Err(e) => return Err(e),
             }
-            Err(LedgerError::Io { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound =>
-            {
-                match LedgerFile::create(dir, model, quota, options) {
-                    Ok(_) => return Ok(()),
-                    Err(LedgerError::Exists { .. }) => continue, // another process won
-                    Err(e) => return Err(e),
-                }
-            }
-            Err(e) => return Err(e),
         }
+        other => other?,
+    };
+    match quota {
+        Some(requested) if snapshot.quota != Some(requested) => Err(LedgerError::QuotaMismatch {
+            path: LedgerFile::path_for(dir, model),
+            model: model.to_owned(),
+            ledger: snapshot.quota,
+            requested,
+        }),
+        _ => Ok(()),
     }
-    read_snapshot(dir, model).map(drop)
 }
 
 /// Why [`reclaim_isolated`] could not reclaim.

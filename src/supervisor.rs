@@ -716,6 +716,42 @@ pub fn worker_spec(
         CString::new(p.as_os_str().as_encoded_bytes())
             .map_err(|_| format!("{}: a NUL byte in a path", p.display()))
     };
+    // In its own mount namespace the worker is shown less of the host.
+    let (read_only, cover, ledger) = if cfg.isolation.mount {
+        // The model's bind_ro (checked by the configuration to exist) first.
+        let mut read_only = cfg
+            .bind_ro
+            .iter()
+            .map(|p| {
+                Ok(ReadOnly {
+                    path: path(p)?,
+                    flags: 0,
+                    bind: true,
+                    optional: false,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        read_only.extend(launch::kernel_interfaces(
+            &std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
+        ));
+        // What every model runs: a worker that is root must not rewrite them.
+        let exe = std::env::current_exe().ok();
+        for p in [Some(shim.to_path_buf()), exe].into_iter().flatten() {
+            read_only.push(ReadOnly {
+                path: path(&p)?,
+                flags: 0,
+                bind: true,
+                optional: false,
+            });
+        }
+        let ledger = (
+            path(&supervisor.ledger_dir)?,
+            path(&LedgerFile::path_for(&supervisor.ledger_dir, &cfg.name))?,
+        );
+        (read_only, vec![path(&supervisor.socket)?], Some(ledger))
+    } else {
+        (Vec::new(), Vec::new(), None)
+    };
     Ok(Spec {
         program,
         argv: cstrings(argv)?,
@@ -726,39 +762,11 @@ pub fn worker_spec(
         gid: cfg.gid.or(cfg.host_ids.map(|_| 0)),
         isolation: cfg.isolation,
         hostname: cstrings([cfg.name.clone()])?.remove(0),
-        bind_ro: cfg.bind_ro.iter().map(path).collect::<Result<_, _>>()?,
         privileges: Privileges::Keep(cfg.capabilities),
-        read_only: if cfg.isolation.mount {
-            let mut paths = launch::kernel_interfaces(
-                &std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
-            );
-            // What every model runs: a worker that is root must not rewrite them.
-            let exe = std::env::current_exe().ok();
-            for p in [Some(shim.to_path_buf()), exe].into_iter().flatten() {
-                paths.push(ReadOnly {
-                    path: path(&p)?,
-                    flags: 0,
-                    bind: true,
-                });
-            }
-            paths
-        } else {
-            Vec::new()
-        },
-        cover: if cfg.isolation.mount {
-            vec![path(&supervisor.socket)?]
-        } else {
-            Vec::new()
-        },
+        read_only,
+        cover,
         host_ids: cfg.host_ids,
-        ledger: if cfg.isolation.mount {
-            Some((
-                path(&supervisor.ledger_dir)?,
-                path(&LedgerFile::path_for(&supervisor.ledger_dir, &cfg.name))?,
-            ))
-        } else {
-            None
-        },
+        ledger,
         stdout: output,
         stderr: output,
     })

@@ -580,23 +580,37 @@ fn workers_die_with_a_killed_supervisor_even_as_another_user() {
 fn bind_ro_cpu_limit_and_network_isolation_reach_the_worker() {
     let shared = TempDir::new("bindro");
     std::fs::write(shared.path("weights"), "w").unwrap();
+    // A mount under the bound path is read-only too.
+    std::fs::create_dir(shared.path("cache")).unwrap();
+    let mounted = run(Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(shared.path("cache")));
+    assert!(mounted.status.success(), "{mounted:?}");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = run(Command::new("umount").arg(&self.0));
+        }
+    }
+    let _unmount = Unmount(shared.path("cache"));
     let mut s = Supervisor::start(
         "limits",
         &format!(
-            "[[model]]\nname = \"boxed\"\ncommand = \"sh\"\nargs = [\"-c\", \"touch {dir}/new 2>/dev/null && echo writable || echo read-only; cat {dir}/weights; echo; tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '; echo; exec sleep 1000\"]\n\
+            "[[model]]\nname = \"boxed\"\ncommand = \"sh\"\nargs = [\"-c\", \"touch {dir}/new 2>/dev/null && echo writable || echo read-only; touch {dir}/cache/new 2>/dev/null && echo writable || echo read-only; cat {dir}/weights; echo; tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '; echo; exec sleep 1000\"]\n\
              cpu_limit = 0.5\nbind_ro = [\"{dir}\"]\nisolation = {{ network = true }}\n",
             dir = shared.0.display()
         ),
     );
     wait_until("the worker's lines", Duration::from_secs(5), || {
-        s.log("boxed-0").lines().count() >= 3
+        s.log("boxed-0").lines().count() >= 4
     });
     let log = s.log("boxed-0");
     let lines: Vec<&str> = log.lines().collect();
     assert_eq!(lines[0], "read-only", "{log}");
-    assert_eq!(lines[1], "w", "the bound path is still readable: {log}");
+    assert_eq!(lines[1], "read-only", "a mount under the bound path: {log}");
+    assert_eq!(lines[2], "w", "the bound path is still readable: {log}");
     assert_eq!(
-        lines[2].trim(),
+        lines[3].trim(),
         "lo",
         "a network namespace of its own: {log}"
     );

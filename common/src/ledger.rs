@@ -858,17 +858,7 @@ impl LedgerFile {
     // ---- liveness locks ----------------------------------------------------------------
 
     fn lock(&self, index: u32, kind: i16, cmd: i32) -> io::Result<libc::flock> {
-        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-        fl.l_type = kind;
-        fl.l_whence = libc::SEEK_SET as i16;
-        fl.l_start = LOCK_BASE + index as i64;
-        fl.l_len = 1;
-        // SAFETY: fcntl with a valid flock on our own fd.
-        if unsafe { libc::fcntl(self.file.as_raw_fd(), cmd, &mut fl) } == 0 {
-            Ok(fl)
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        slot_lock(&self.file, index, kind, cmd)
     }
 
     /// Takes the liveness lock of a slot, if no other process holds it.
@@ -881,12 +871,8 @@ impl LedgerFile {
         let _ = self.lock(index, libc::F_UNLCK as i16, libc::F_OFD_SETLK);
     }
 
-    /// Whether another open file description (another live process) holds the slot's lock.
     fn held_elsewhere(&self, index: u32) -> bool {
-        match self.lock(index, libc::F_WRLCK as i16, libc::F_OFD_GETLK) {
-            Ok(fl) => fl.l_type != libc::F_UNLCK as i16,
-            Err(_) => true, // cannot tell: assume alive (never reclaim what might be live)
-        }
+        held_elsewhere(&self.file, index)
     }
 
     fn is_own(&self, index: u32) -> bool {
@@ -1094,18 +1080,9 @@ pub fn read_snapshot(dir: &Path, model: &str) -> Result<Snapshot, LedgerError> {
             io_err(&path, "read")(e)
         }
     })?;
-    let alive = |index: u32| {
-        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-        fl.l_type = libc::F_WRLCK as i16;
-        fl.l_whence = libc::SEEK_SET as i16;
-        fl.l_start = LOCK_BASE + index as i64;
-        fl.l_len = 1;
-        // SAFETY: fcntl with a valid flock on our own fd.
-        let probed = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
-        probed != 0 || fl.l_type != libc::F_UNLCK as i16
-    };
     // The file may have changed since it was opened: everything is checked again.
-    parse_snapshot(&raw, model, alive).map_err(|what| LedgerError::Damaged { path, what })
+    parse_snapshot(&raw, model, |index| held_elsewhere(&file, index))
+        .map_err(|what| LedgerError::Damaged { path, what })
 }
 
 /// Checks a ledger's header (`raw`, at least its first [`HEADER_SIZE`] bytes, of a file
@@ -1114,8 +1091,8 @@ pub fn validate_header(raw: &[u8], size: u64, model: &str) -> Result<(), String>
     if raw.len() < HEADER_SIZE || size < HEADER_SIZE as u64 {
         return Err(format!("{size} bytes, shorter than its header"));
     }
-    let u32_at = |o: usize| u32::from_ne_bytes(raw[o..o + 4].try_into().expect("4 bytes"));
-    let u64_at = |o: usize| u64::from_ne_bytes(raw[o..o + 8].try_into().expect("8 bytes"));
+    let u32_at = |o| u32_at(raw, o);
+    let u64_at = |o| u64_at(raw, o);
     if raw[..8] != MAGIC {
         return Err("wrong magic number".into());
     }
@@ -1169,8 +1146,8 @@ pub fn parse_snapshot(
     alive: impl Fn(u32) -> bool,
 ) -> Result<Snapshot, String> {
     validate_header(raw, raw.len() as u64, model)?;
-    let u32_at = |o: usize| u32::from_ne_bytes(raw[o..o + 4].try_into().expect("4 bytes"));
-    let u64_at = |o: usize| u64::from_ne_bytes(raw[o..o + 8].try_into().expect("8 bytes"));
+    let u32_at = |o| u32_at(raw, o);
+    let u64_at = |o| u64_at(raw, o);
     let quota_bytes = u64_at(offset_of!(Header, quota_bytes));
     let quota = match (
         u32_at(offset_of!(Header, quota_kind)),
@@ -1212,6 +1189,40 @@ pub fn parse_snapshot(
         refused: u64_at(offset_of!(Header, refused)),
         processes,
     })
+}
+
+/// The liveness lock of slot `index` in `file`: `cmd` (`F_OFD_SETLK`, `F_OFD_GETLK`) with
+/// lock type `kind`.
+fn slot_lock(file: &File, index: u32, kind: i16, cmd: i32) -> io::Result<libc::flock> {
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind;
+    fl.l_whence = libc::SEEK_SET as i16;
+    fl.l_start = LOCK_BASE + index as i64;
+    fl.l_len = 1;
+    // SAFETY: fcntl with a valid flock on an open file.
+    if unsafe { libc::fcntl(file.as_raw_fd(), cmd, &mut fl) } == 0 {
+        Ok(fl)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Whether another open file description (another live process) holds the slot's lock.
+fn held_elsewhere(file: &File, index: u32) -> bool {
+    match slot_lock(file, index, libc::F_WRLCK as i16, libc::F_OFD_GETLK) {
+        Ok(fl) => fl.l_type != libc::F_UNLCK as i16,
+        Err(_) => true, // cannot tell: assume alive (never reclaim what might be live)
+    }
+}
+
+/// The native-endian `u32` and `u64` at byte `o` of `raw` (checked by the caller to hold
+/// them).
+fn u32_at(raw: &[u8], o: usize) -> u32 {
+    u32::from_ne_bytes(raw[o..o + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_at(raw: &[u8], o: usize) -> u64 {
+    u64::from_ne_bytes(raw[o..o + 8].try_into().expect("8 bytes"))
 }
 
 /// Clears a slot whose charges were settled, and makes it free (last, with Release).
