@@ -5,6 +5,7 @@
 //! in production) and runs 4 KiB reserve+release pairs for the measured time; the rows
 //! are the median of 5 rounds. A worker is this same program started with `worker`.
 
+use cuvisor::gpu::GpuUuid;
 use cuvisor::ledger::{CreateOptions, LedgerFile};
 use cuvisor::size::QuotaSpec;
 use std::path::Path;
@@ -75,17 +76,21 @@ fn main() {
 
 fn worker(dir: &Path) {
     let ledger = LedgerFile::open(dir, "bench").expect("open the ledger");
+    // Every process on the same GPU: the most contended case.
+    let gpu = ledger
+        .register_gpu(GpuUuid([7; 16]), 80 << 30)
+        .expect("register the GPU");
     let me = ledger.attach().expect("attach");
     for _ in 0..10_000 {
-        me.try_reserve(4096).expect("within the quota");
-        me.release(4096);
+        me.try_reserve(gpu, 4096).expect("within the quota");
+        me.release(gpu, 4096);
     }
     let start = Instant::now();
     let mut pairs = 0u64;
     while start.elapsed() < MEASURE {
         for _ in 0..1000 {
-            me.try_reserve(4096).expect("within the quota");
-            me.release(4096);
+            me.try_reserve(gpu, 4096).expect("within the quota");
+            me.release(gpu, 4096);
         }
         pairs += 1000;
     }

@@ -41,7 +41,8 @@ fn main() {
         }
         let snap = LedgerFile::open(&dir, "soak")
             .expect("the model's ledger")
-            .snapshot();
+            .snapshot()
+            .expect("a readable ledger");
         if snap.used != 0 || snap.uncertain != 0 || !snap.processes.is_empty() {
             drift += 1;
             eprintln!(

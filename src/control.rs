@@ -208,6 +208,17 @@ pub fn status_table(status: &serde_json::Value) -> String {
             bytes("host_memory_bytes"),
             pids.join(",")
         );
+        // One line per GPU the model uses: the quota holds on each.
+        for g in m["gpus"].as_array().into_iter().flatten() {
+            let bytes = |k: &str| g[k].as_u64().map_or("-".to_owned(), format_bytes);
+            let _ = writeln!(
+                out,
+                "  {:<53} {:>21} {:>10}",
+                g["uuid"].as_str().unwrap_or("?"),
+                format!("{} / {}", bytes("used_bytes"), bytes("quota_bytes")),
+                bytes("peak_bytes"),
+            );
+        }
         if let Some(e) = m["error"].as_str() {
             let _ = writeln!(out, "  error: {e}");
         }

@@ -1,29 +1,37 @@
-//! Per-model ledgers: one quota per model, shared by every process of the model, safe
-//! against any of them dying at any instant.
+//! Per-model ledgers: a quota on each GPU a model uses, shared by every process of the
+//! model, safe against any of them dying at any instant.
 //!
 //! A ledger is a small file (`<dir>/<model>.ledger`, by default in
 //! [`DEFAULT_DIR`]) mapped by every process of the model; the preload shim attaches to it
-//! when CUDA initializes and charges every allocation there. The supervisor (or
-//! `cuvisor ledger create`) writes the quota before the first worker starts; the quota in
-//! the file is authoritative. See `docs/LEDGER.md` for the layout and the protocol.
+//! when CUDA initializes and charges every allocation there, to the GPU (by UUID) it lands
+//! on. The supervisor (or `cuvisor ledger create`) writes the quota before the first
+//! worker starts; the quota in the file is authoritative. See `docs/LEDGER.md` for the
+//! layout and the protocol.
 //!
 //! ```
+//! use cuvisor::gpu::GpuUuid;
 //! use cuvisor::ledger::{CreateOptions, LedgerFile};
 //! use cuvisor::size::QuotaSpec;
 //!
 //! let dir = std::env::temp_dir().join(format!("cuvisor-doc-{}", std::process::id()));
 //! let ledger = LedgerFile::create(&dir, "llama", Some(QuotaSpec::Bytes(8 << 30)), CreateOptions::default())?;
 //!
-//! // A process attaches, and charges its allocations before making them.
+//! // A process meets its GPUs (by UUID, with their memory), attaches, and charges its
+//! // allocations before making them, each on its GPU.
+//! let gpu0: GpuUuid = "GPU-6f2d0e7a-1b3c-4d5e-8f90-a1b2c3d4e5f6".parse().unwrap();
+//! let gpu1: GpuUuid = "GPU-0c1d2e3f-4a5b-6c7d-8e9f-a0b1c2d3e4f5".parse().unwrap();
+//! let (g0, g1) = (ledger.register_gpu(gpu0, 80 << 30)?, ledger.register_gpu(gpu1, 80 << 30)?);
 //! let me = ledger.attach()?;
-//! me.try_reserve(6 << 30).expect("within the quota");
-//! let refusal = me.try_reserve(4 << 30).unwrap_err();
+//! me.try_reserve(g0, 6 << 30).expect("within the quota");
+//! let refusal = me.try_reserve(g0, 4 << 30).unwrap_err();
 //! assert_eq!((refusal.used, refusal.quota), (6 << 30, 8 << 30));
-//! me.release(1 << 30);
+//! me.try_reserve(g1, 8 << 30).expect("the other GPU has its own quota");
+//! me.release(g0, 1 << 30);
 //!
 //! // Anyone can look, and give back what dead processes held.
-//! let snapshot = ledger.snapshot();
-//! assert_eq!(snapshot.used, 5 << 30);
+//! let snapshot = ledger.snapshot()?;
+//! assert_eq!(snapshot.gpu(gpu0).unwrap().used, 5 << 30);
+//! assert_eq!(snapshot.used, 13 << 30);
 //! assert_eq!(snapshot.processes.len(), 1);
 //! assert_eq!(ledger.reclaim_dead().slots, 0); // nobody died
 //!

@@ -21,7 +21,7 @@ pub mod exec;
 pub mod launch;
 pub mod ledger;
 pub mod supervisor;
-pub use cuvisor_common::size;
+pub use cuvisor_common::{gpu, size};
 
 /// The version of this crate (and of the `cuvisor` binary).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -287,21 +287,34 @@ fn ledger_command(args: LedgerArgs) -> ExitCode {
     }
 }
 
-fn quota_json(s: &Snapshot) -> serde_json::Value {
-    match s.quota {
+/// The quota as written in the ledger: the limit on each GPU the model uses.
+fn quota_json(quota: Option<QuotaSpec>) -> serde_json::Value {
+    match quota {
         None => serde_json::Value::Null,
         Some(QuotaSpec::Bytes(b)) => json!({ "bytes": b }),
-        Some(QuotaSpec::Percent(p)) => json!({ "percent": p, "bytes": s.quota_bytes }),
+        Some(QuotaSpec::Percent(p)) => json!({ "percent": p }),
     }
 }
 
-fn quota_text(s: &Snapshot) -> String {
-    match (s.quota, s.quota_bytes) {
-        (None, _) => "none".into(),
-        (Some(QuotaSpec::Percent(p)), Some(b)) => format!("{p}% = {}", human(b)),
-        (Some(QuotaSpec::Percent(p)), None) => format!("{p}%"),
-        (Some(QuotaSpec::Bytes(b)), _) => human(b),
+fn quota_text(quota: Option<QuotaSpec>) -> String {
+    match quota {
+        None => "none".into(),
+        Some(QuotaSpec::Percent(p)) => format!("{p}%/GPU"),
+        Some(QuotaSpec::Bytes(b)) => format!("{}/GPU", human(b)),
     }
+}
+
+/// The GPUs a model has met, each with its quota resolved in bytes.
+fn gpus_json(s: &Snapshot) -> serde_json::Value {
+    s.gpus
+        .iter()
+        .map(|g| {
+            json!({
+                "uuid": g.uuid.to_string(), "quota_bytes": g.quota_bytes,
+                "physical": g.physical, "used": g.used, "peak": g.peak, "refused": g.refused,
+            })
+        })
+        .collect()
 }
 
 fn list(dir: &std::path::Path, as_json: bool) -> Result<ExitCode, String> {
@@ -314,15 +327,18 @@ fn list(dir: &std::path::Path, as_json: bool) -> Result<ExitCode, String> {
             .map(|(model, snap)| match snap {
                 Ok(s) => json!({
                     "model": model,
-                    "quota": quota_json(s),
+                    "quota": quota_json(s.quota),
                     "used": s.used,
-                    "peak": s.peak,
                     "uncertain": s.uncertain,
                     "refused": s.refused,
+                    "gpus": gpus_json(s),
                     "processes": s.processes.iter().map(|p| json!({
                         "pid": host_pids.of(p),
                         "pid_in_namespace": p.pid, "slot": p.slot, "start_time": p.start_time,
-                        "used": p.used, "peak": p.peak, "alive": p.alive,
+                        "used": p.used, "alive": p.alive,
+                        "gpus": p.gpus.iter().map(|g| json!({
+                            "uuid": g.gpu.to_string(), "used": g.used, "peak": g.peak,
+                        })).collect::<Vec<_>>(),
                     })).collect::<Vec<_>>(),
                 }),
                 Err(e) => {
@@ -340,7 +356,7 @@ fn list(dir: &std::path::Path, as_json: bool) -> Result<ExitCode, String> {
     } else {
         println!(
             "{:<24} {:>18} {:>12} {:>12} {:>12} {:>6} {:>6}  PIDS",
-            "MODEL", "QUOTA", "USED", "PEAK", "UNCERTAIN", "LIVE", "DEAD"
+            "MODEL", "QUOTA", "USED", "REFUSED", "UNCERTAIN", "LIVE", "DEAD"
         );
         for (model, snap) in &models {
             match snap {
@@ -358,13 +374,23 @@ fn list(dir: &std::path::Path, as_json: bool) -> Result<ExitCode, String> {
                         .collect();
                     println!(
                         "{model:<24} {:>18} {:>12} {:>12} {:>12} {live:>6} {:>6}  {}",
-                        quota_text(s),
+                        quota_text(s.quota),
                         human(s.used),
-                        human(s.peak),
+                        s.refused,
                         human(s.uncertain),
                         s.processes.len() - live,
                         pids.join(",")
                     );
+                    for g in &s.gpus {
+                        println!(
+                            "  {:<40} quota {:>12}  used {:>12}  peak {:>12}  refused {}",
+                            g.uuid.to_string(),
+                            g.quota_bytes.map_or("none".into(), human),
+                            human(g.used),
+                            human(g.peak),
+                            g.refused
+                        );
+                    }
                 }
                 Err(e) => {
                     failed = true;
@@ -392,13 +418,13 @@ fn create(
     if as_json {
         println!(
             "{}",
-            json!({ "model": model, "path": ledger.path(), "quota": quota_json(&ledger.snapshot()) })
+            json!({ "model": model, "path": ledger.path(), "quota": quota_json(ledger.quota()) })
         );
     } else {
         println!(
             "created {} (quota: {})",
             ledger.path().display(),
-            quota_text(&ledger.snapshot())
+            quota_text(ledger.quota())
         );
     }
     Ok(ExitCode::SUCCESS)

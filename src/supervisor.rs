@@ -10,7 +10,7 @@ use crate::cgroups::{Cgroup, Hierarchy, Limits};
 use crate::config::{Config, Logs, ModelConfig, RestartPolicy, SupervisorConfig};
 use crate::exec::{cstrings, worker_env};
 use crate::launch::{self, Privileges, ReadOnly, Spec};
-use crate::ledger::{self, CreateOptions, LedgerFile, Snapshot};
+use crate::ledger::{self, CreateOptions, GpuUsage, LedgerFile, Snapshot};
 use serde_json::{Value, json};
 use std::ffi::CString;
 use std::io::{BufRead, BufReader, Write};
@@ -550,10 +550,18 @@ impl Supervisor {
             "instances": instances,
             "restarts": model.instances.iter().map(|i| i.restarts).sum::<u64>(),
             "oom_kills": model.instances.iter().map(|i| i.oom_kills).sum::<u64>(),
-            "gpu_quota_bytes": snapshot.as_ref().and_then(|s| s.quota_bytes),
+            "gpu_quota_bytes": snapshot.as_ref().and_then(Snapshot::quota_bytes),
             "gpu_used_bytes": snapshot.as_ref().map(|s| s.used),
-            "gpu_peak_bytes": snapshot.as_ref().map(|s| s.peak),
+            "gpu_peak_bytes": snapshot.as_ref().map(|s| s.gpus.iter().map(|g| g.peak).max().unwrap_or(0)),
             "gpu_refusals": snapshot.as_ref().map(|s| s.refused),
+            "gpus": snapshot.as_ref().map(|s| s.gpus.iter().map(|g| json!({
+                "uuid": g.uuid.to_string(),
+                "quota_bytes": g.quota_bytes,
+                "physical_bytes": g.physical,
+                "used_bytes": g.used,
+                "peak_bytes": g.peak,
+                "refusals": g.refused,
+            })).collect::<Vec<_>>()),
             "host_memory_bytes": model.instances.iter().filter_map(|i| i.cgroup.as_ref().and_then(Cgroup::memory_current)).sum::<u64>(),
             "error": ledger_error,
         })
@@ -569,6 +577,50 @@ impl Supervisor {
         let snapshots: Vec<Option<Snapshot>> = (0..self.models.len())
             .map(|m| self.snapshot(m).ok())
             .collect();
+        // Per (model, GPU): the GPUs each model has met, by UUID.
+        type PerGpu<'a> = &'a dyn Fn(&GpuUsage) -> Option<u64>;
+        let mut per_gpu = |name: &str, kind: &str, help: &str, value: PerGpu| {
+            out += &format!("# TYPE {name} {kind}\n# HELP {name} {help}\n");
+            let sample = if kind == "counter" {
+                format!("{name}_total")
+            } else {
+                name.to_owned()
+            };
+            for (model, snap) in self.models.iter().zip(&snapshots) {
+                for g in snap.iter().flat_map(|s| &s.gpus) {
+                    if let Some(v) = value(g) {
+                        out += &format!(
+                            "{sample}{{model=\"{}\",gpu=\"{}\"}} {v}\n",
+                            model.cfg.name, g.uuid
+                        );
+                    }
+                }
+            }
+        };
+        per_gpu(
+            "cuvisor_gpu_quota_bytes",
+            "gauge",
+            "The model's memory quota on the GPU.",
+            &|g| g.quota_bytes,
+        );
+        per_gpu(
+            "cuvisor_gpu_used_bytes",
+            "gauge",
+            "GPU memory charged to the model on the GPU.",
+            &|g| Some(g.used),
+        );
+        per_gpu(
+            "cuvisor_gpu_peak_bytes",
+            "gauge",
+            "The most memory the model held on the GPU.",
+            &|g| Some(g.peak),
+        );
+        per_gpu(
+            "cuvisor_gpu_oom_refusals",
+            "counter",
+            "Allocations refused for the quota on the GPU.",
+            &|g| Some(g.refused),
+        );
         type Value<'a> = &'a dyn Fn(&Model, Option<&Snapshot>) -> Option<u64>;
         let mut family = |name: &str, kind: &str, help: &str, value: Value| {
             out += &format!("# TYPE {name} {kind}\n# HELP {name} {help}\n");
@@ -583,30 +635,6 @@ impl Supervisor {
                 }
             }
         };
-        family(
-            "cuvisor_gpu_quota_bytes",
-            "gauge",
-            "The model's GPU memory quota.",
-            &|_, s| s.and_then(|s| s.quota_bytes),
-        );
-        family(
-            "cuvisor_gpu_used_bytes",
-            "gauge",
-            "GPU memory charged to the model.",
-            &|_, s| s.map(|s| s.used),
-        );
-        family(
-            "cuvisor_gpu_peak_bytes",
-            "gauge",
-            "The most GPU memory the model held.",
-            &|_, s| s.map(|s| s.peak),
-        );
-        family(
-            "cuvisor_gpu_oom_refusals",
-            "counter",
-            "Allocations refused for the quota.",
-            &|_, s| s.map(|s| s.refused),
-        );
         family(
             "cuvisor_host_memory_bytes",
             "gauge",

@@ -15,10 +15,17 @@ fn the_demo_runs_two_models_under_the_supervisor() {
         // the supervisor's status table: llama 2 GiB of 3, qwen 1 GiB of 2
         " 2.0 GiB / 3.0 GiB ",
         " 1.0 GiB / 2.0 GiB ",
-        "cuvisor_gpu_oom_refusals_total{model=\"qwen\"} 1",
         "[qwen/0] alloc 2GiB -> 2",
         "cuvisor: stopped",
     ] {
         assert!(text.contains(expected), "{expected:?} in\n{text}");
     }
+    // The refusal is counted on the GPU (by UUID) where it happened.
+    assert!(
+        text.lines().any(|l| l
+            .trim_start()
+            .starts_with("cuvisor_gpu_oom_refusals_total{model=\"qwen\",gpu=\"GPU-")
+            && l.ends_with("\"} 1")),
+        "{text}"
+    );
 }

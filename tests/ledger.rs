@@ -89,7 +89,7 @@ fn two_processes_of_one_model_hit_the_quota_where_one_alone_would() {
     let all = ledger_json(&dir.0);
     let m = model_json(&all, "m");
     assert_eq!(
-        (m["used"].as_u64(), m["peak"].as_u64()),
+        (m["used"].as_u64(), m["gpus"][0]["peak"].as_u64()),
         (Some(3 * MIB), Some(8 * MIB)),
         "the second left"
     );
@@ -125,8 +125,8 @@ fn a_process_without_a_quota_joins_the_ledger_and_a_disagreeing_one_is_refused()
     assert_eq!(lines(&out), ["init -> 3", "alloc 1M -> 3"]);
     let err = stderr(&out);
     assert!(
-        err.contains("the quota asked for (8388608 bytes) disagrees with the ledger")
-            && err.contains("(4194304 bytes)")
+        err.contains("the quota asked for (8388608 bytes on each GPU) disagrees with the ledger")
+            && err.contains("(4194304 bytes on each GPU)")
             && err.contains("run without CUVISOR_QUOTA to join it"),
         "{err}"
     );
@@ -281,6 +281,8 @@ fn bad_ledger_files_fail_closed() {
     patch(&magic, 0, b"NOTALDGR");
     let version = good("version");
     patch(&version, 8, &7u32.to_ne_bytes());
+    let older = good("older");
+    patch(&older, 8, &1u32.to_ne_bytes()); // the layout before quotas per GPU
     let size = good("size");
     patch(&size, 20, &2048u32.to_ne_bytes()); // slot count no longer matches the file
     let slots = good("slots");
@@ -305,9 +307,17 @@ fn bad_ledger_files_fail_closed() {
     let cases = [
         ("magic", "wrong magic number"),
         ("version", "layout version 7"),
-        ("size", "65792 bytes where 131328 are expected"),
-        ("slots", "header of 256 bytes, slots of 64 bytes, 0 slots"),
-        ("truncated", "1000 bytes where 65792 are expected"),
+        (
+            "older",
+            "layout version 1, made by an older cuvisor (this one reads version 2, with a \
+             quota per GPU); stop the model's processes first",
+        ),
+        ("size", "328960 bytes where 656640 are expected"),
+        (
+            "slots",
+            "header of 256 bytes, 16 GPU entries of 64 bytes, slots of 320 bytes, 0 slots",
+        ),
+        ("truncated", "1000 bytes where 328960 are expected"),
         ("short", "100 bytes, shorter than its header"),
         ("directory", "is a directory, not a ledger file"),
         ("symlink", "is a symbolic link, not a ledger file"),
@@ -476,7 +486,7 @@ fn eight_processes_never_exceed_the_quota_together() {
         (m["used"].as_u64(), m["uncertain"].as_u64()),
         (Some(0), Some(0))
     );
-    assert!(m["peak"].as_u64().unwrap() <= quota);
+    assert!(m["gpus"][0]["peak"].as_u64().unwrap() <= quota);
 }
 
 /// The same with a third of the workers SIGKILLed at random moments: their bytes come
@@ -560,15 +570,15 @@ fn a_process_exiting_under_allocating_threads_leaves_its_model_at_zero() {
             "{out:?}"
         );
         let ledger = cuvisor::ledger::LedgerFile::open(&dir, "racing").unwrap();
-        let snap = ledger.snapshot();
+        let snap = ledger.snapshot().unwrap();
         assert_eq!(
             (
                 snap.used,
                 snap.uncertain,
                 snap.processes.len(),
-                snap.quota_bytes
+                snap.gpus.iter().map(|g| g.quota_bytes).collect::<Vec<_>>()
             ),
-            (0, 0, 0, Some(quota)),
+            (0, 0, 0, vec![Some(quota)]),
             "run {run_index}: the model drifted"
         );
     }

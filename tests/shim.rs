@@ -111,7 +111,8 @@ fn quota_boundary_for_every_family_on_every_resolution_path() {
             assert_eq!(report["leaked"]["count"], 0, "{path}: {script}");
             assert!(
                 err.contains("cuvisor: warn: model m1: ")
-                    && err.contains("refused: 8388608 of the quota's 8388608 bytes in use"),
+                    && err.contains(" bytes refused on GPU-")
+                    && err.contains(": 8388608 of the quota's 8388608 bytes in use there"),
                 "{path}: {script}: {err}"
             );
         }

@@ -81,11 +81,33 @@ fn status_and_metrics_report_a_worker_on_the_fake_gpu() {
     assert!(m["host_memory_bytes"].as_u64().unwrap() > 0);
     let (code, metrics) = cuvisor::control::request(&s.socket, "GET", "/metrics").unwrap();
     assert_eq!(code, 200);
+    // The one GPU the model met, with the quota, usage and refusal there.
+    let gpus = m["gpus"].as_array().unwrap();
+    assert_eq!(gpus.len(), 1, "{m}");
+    let uuid = gpus[0]["uuid"].as_str().unwrap();
+    assert!(uuid.starts_with("GPU-") && uuid.len() == 40, "{uuid}");
+    assert_eq!(
+        [
+            "quota_bytes",
+            "physical_bytes",
+            "used_bytes",
+            "peak_bytes",
+            "refusals"
+        ]
+        .map(|k| gpus[0][k].as_u64()),
+        [
+            Some(8 * MIB),
+            Some(16 << 30),
+            Some(3 * MIB),
+            Some(3 * MIB),
+            Some(1)
+        ]
+    );
     for line in [
-        "cuvisor_gpu_quota_bytes{model=\"llama\"} 8388608",
-        "cuvisor_gpu_used_bytes{model=\"llama\"} 3145728",
-        "cuvisor_gpu_peak_bytes{model=\"llama\"} 3145728",
-        "cuvisor_gpu_oom_refusals_total{model=\"llama\"} 1",
+        &format!("cuvisor_gpu_quota_bytes{{model=\"llama\",gpu=\"{uuid}\"}} 8388608"),
+        &format!("cuvisor_gpu_used_bytes{{model=\"llama\",gpu=\"{uuid}\"}} 3145728"),
+        &format!("cuvisor_gpu_peak_bytes{{model=\"llama\",gpu=\"{uuid}\"}} 3145728"),
+        &format!("cuvisor_gpu_oom_refusals_total{{model=\"llama\",gpu=\"{uuid}\"}} 1"),
         "cuvisor_running_instances{model=\"llama\"} 1",
         "cuvisor_restarts_total{model=\"llama\"} 0",
         "cuvisor_oom_kills_total{model=\"llama\"} 0",

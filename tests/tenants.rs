@@ -56,8 +56,14 @@ fn a_worker_that_truncates_its_ledger_breaks_only_its_own_model() {
     assert_eq!(vandal["gpu_used_bytes"], serde_json::Value::Null);
     let (code, metrics) = cuvisor::control::request(&s.socket, "GET", "/metrics").unwrap();
     assert_eq!(code, 200);
+    let gpu = s.model("steady")["gpus"][0]["uuid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert!(
-        metrics.contains("cuvisor_gpu_used_bytes{model=\"steady\"} 1048576"),
+        metrics.contains(&format!(
+            "cuvisor_gpu_used_bytes{{model=\"steady\",gpu=\"{gpu}\"}} 1048576"
+        )),
         "{metrics}"
     );
     // The vandal's worker dies: the reap reclaims in the damaged ledger.
@@ -135,7 +141,7 @@ fn the_ledger_listing_shows_host_pids_and_uncertain_bytes() {
             "MODEL",
             "QUOTA",
             "USED",
-            "PEAK",
+            "REFUSED",
             "UNCERTAIN",
             "LIVE",
             "DEAD",

@@ -1,17 +1,30 @@
 //! The per-model ledger: one small file per model, shared by every process of the model,
 //! that holds the model's quota and what its processes are charged.
 //!
-//! # Layout (version 1)
+//! # Layout (version 2)
 //!
-//! A 256-byte [`Header`] followed by [`SLOTS`] 64-byte [`Slot`]s, `#[repr(C)]`, native
-//! endianness, every counter an atomic. Slots never move: a process keeps its slot from
-//! attach to exit.
+//! A 256-byte [`Header`], then a table of [`MAX_GPUS`] 64-byte [`Gpu`] entries, then
+//! [`SLOTS`] 320-byte [`Slot`]s, `#[repr(C)]`, native endianness, every counter an atomic.
+//! Slots never move: a process keeps its slot from attach to exit. A GPU entry, once
+//! registered, names the same GPU (by UUID) for the life of the file.
+//!
+//! The quota is a limit on **each GPU** the model uses: a model under 40 GiB whose two
+//! tensor-parallel ranks run on two GPUs may hold 40 GiB on each. Usage, peak and
+//! refusals are kept per GPU, and per process per GPU, so that a dead process's bytes go
+//! back to the GPU they were on.
 //!
 //! # Protocol
 //!
-//! * **Reserve** is one compare-and-add of the model-wide `used` against the quota: there
+//! * **GPU registration.** The first time a process charges a GPU it looks the GPU's
+//!   UUID up in the table, and adds it if it is not there, under a byte-range lock on the
+//!   file (held by one process at a time; the kernel drops it if the holder dies). A new
+//!   entry gets the GPU's quota in bytes (a percentage is resolved against that GPU's own
+//!   memory, by the process that registers it) and is published last, with a release
+//!   store of its state. Registration is rare (once per process and GPU) and off the
+//!   allocation path.
+//! * **Reserve** is one compare-and-add of the GPU's `used` against its quota: there
 //!   is no check-then-act window between processes. The process's slot is updated after.
-//!   **Release** is one atomic subtraction (the slot first, then the model).
+//!   **Release** is one atomic subtraction (the slot first, then the GPU).
 //! * **Liveness** is a byte-range lock: a live process holds an open-file-description
 //!   lock (`F_OFD_SETLK`) on its slot's byte of the file. The kernel drops it when the
 //!   process dies, however it dies, and whatever its PID namespace; a reused PID cannot
@@ -25,6 +38,7 @@
 //! * **The quota in the file is authoritative.** A process whose own quota differs is
 //!   refused; one with no quota joins the file's.
 
+use crate::gpu::GpuUuid;
 use crate::size::QuotaSpec;
 use std::ffi::CString;
 use std::fmt;
@@ -40,13 +54,19 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 /// Where ledgers live unless told otherwise (`CUVISOR_LEDGER_DIR`).
 pub const DEFAULT_DIR: &str = "/dev/shm/cuvisor";
 pub const MAGIC: [u8; 8] = *b"CUVISLDG";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Processes per model.
 pub const SLOTS: u32 = 1024;
+/// GPUs per model (as many as the largest nodes have, twice over).
+pub const MAX_GPUS: usize = 16;
 const HEADER_SIZE: usize = 256;
-const SLOT_SIZE: usize = 64;
+const GPU_SIZE: usize = 64;
+const SLOT_SIZE: usize = 320;
+const SLOTS_START: usize = HEADER_SIZE + MAX_GPUS * GPU_SIZE;
 /// Liveness locks sit far beyond the end of the file, one byte per slot.
 const LOCK_BASE: i64 = 1 << 40;
+/// The byte whose lock serializes GPU registration.
+const REGISTRATION_LOCK: i64 = LOCK_BASE - 1;
 
 const QUOTA_NONE: u32 = 0;
 const QUOTA_BYTES: u32 = 1;
@@ -62,14 +82,15 @@ pub struct Header {
     pub slot_size: u32,
     pub slot_count: u32,
     pub file_size: u64,
-    /// 0: no quota; 1: `quota_bytes`; 2: `quota_percent` of the device.
+    /// 0: no quota; 1: `quota_bytes` on each GPU; 2: `quota_percent` of each GPU.
     pub quota_kind: u32,
     pub quota_percent: u32,
-    /// The quota in bytes; for a percentage, 0 until the first process knows the device.
-    pub quota_bytes: AtomicU64,
-    /// Bytes charged to the model: the number every reservation is checked against.
-    pub used: AtomicU64,
-    pub peak: AtomicU64,
+    /// The quota in bytes on each GPU (kind 1); `u64::MAX` without a quota; 0 for a
+    /// percentage (each GPU entry holds its own resolution).
+    pub quota_bytes: u64,
+    /// [`MAX_GPUS`] and the size of a GPU entry.
+    pub gpu_count: u32,
+    pub gpu_size: u32,
     /// Bytes that processes killed mid-operation may or may not have held.
     pub uncertain: AtomicU64,
     /// Incremented by every attach.
@@ -77,9 +98,34 @@ pub struct Header {
     pub created_unix: u64,
     /// The model's name, NUL-padded.
     pub model: [u8; 64],
+    pub reserved: [u8; 112],
+}
+
+/// One GPU the model uses.
+#[repr(C)]
+pub struct Gpu {
+    /// FREE until registered, then READY for good.
+    pub state: AtomicU32,
+    pub pad: u32,
+    /// The GPU's UUID, written before the entry is published.
+    pub uuid: [AtomicU64; 2],
+    /// The quota on this GPU in bytes (`u64::MAX`: none).
+    pub quota_bytes: AtomicU64,
+    /// The GPU's physical memory, as the process that registered it saw it.
+    pub physical: AtomicU64,
+    /// Bytes charged to the model on this GPU: the number every reservation is checked
+    /// against.
+    pub used: AtomicU64,
+    pub peak: AtomicU64,
     /// Reservations refused for the quota.
     pub refused: AtomicU64,
-    pub reserved: [u8; 96],
+}
+
+/// What one process holds on one GPU.
+#[repr(C)]
+pub struct SlotGpu {
+    pub used: AtomicU64,
+    pub peak: AtomicU64,
 }
 
 /// One process's place in the ledger.
@@ -92,23 +138,45 @@ pub struct Slot {
     pub generation: AtomicU64,
     /// The process's start time (clock ticks since boot, `/proc/PID/stat` field 22).
     pub start_time: AtomicU64,
-    pub used: AtomicU64,
-    pub peak: AtomicU64,
     /// Bytes of reservations and releases under way.
     pub inflight: AtomicU64,
     /// The inode of the process's PID namespace (0: unknown): with `pid` (the pid in that
     /// namespace) it names the process from any other namespace.
     pub pid_ns: AtomicU64,
-    pub reserved: [u64; 1],
+    pub reserved: [u64; 3],
+    /// Per GPU entry of the table: what this process holds there.
+    pub gpus: [SlotGpu; MAX_GPUS],
 }
 
 const FREE: u32 = 0;
 const CLAIMING: u32 = 1;
 const LIVE: u32 = 2;
 const RECLAIMING: u32 = 3;
+/// A GPU entry in use.
+const READY: u32 = 2;
 
 const _: () = assert!(std::mem::size_of::<Header>() == HEADER_SIZE);
+const _: () = assert!(std::mem::size_of::<Gpu>() == GPU_SIZE);
 const _: () = assert!(std::mem::size_of::<Slot>() == SLOT_SIZE);
+
+/// A GPU's place in a ledger's table (0 to [`MAX_GPUS`] - 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GpuIndex(u8);
+
+impl GpuIndex {
+    /// The place `index`, if a ledger has it.
+    pub const fn new(index: u8) -> Option<GpuIndex> {
+        if (index as usize) < MAX_GPUS {
+            Some(GpuIndex(index))
+        } else {
+            None
+        }
+    }
+
+    pub fn get(self) -> usize {
+        self.0 as usize
+    }
+}
 
 /// Where this user's ledgers live unless told otherwise: [`DEFAULT_DIR`] for root, and
 /// `/dev/shm/cuvisor-UID` for anyone else (a directory another user made first could not
@@ -286,7 +354,12 @@ fn reopen_dir(checked: &OwnedFd) -> io::Result<File> {
 
 /// Byte offsets of a slot's fields in the file, for tools that read the file directly.
 pub fn slot_offset(index: u32) -> u64 {
-    (HEADER_SIZE + index as usize * SLOT_SIZE) as u64
+    (SLOTS_START + index as usize * SLOT_SIZE) as u64
+}
+
+/// The byte offset of GPU entry `index` in the file.
+fn gpu_offset(index: usize) -> usize {
+    HEADER_SIZE + index * GPU_SIZE
 }
 
 /// Whether `name` can name a model (and so a ledger file): 1 to 64 letters, digits, `.`,
@@ -330,6 +403,11 @@ pub enum LedgerError {
     Full {
         path: PathBuf,
     },
+    /// The model already uses [`MAX_GPUS`] GPUs and a process met another one.
+    TooManyGpus {
+        path: PathBuf,
+        uuid: GpuUuid,
+    },
     /// A directory on the way to the ledger, or the ledger itself, that someone other than
     /// root or this user could change: using it would let them change the quota.
     Untrusted {
@@ -343,8 +421,8 @@ pub enum LedgerError {
 fn quota_text(q: Option<QuotaSpec>) -> String {
     match q {
         None => "no quota".into(),
-        Some(QuotaSpec::Bytes(b)) => format!("{b} bytes"),
-        Some(QuotaSpec::Percent(p)) => format!("{p}% of the device"),
+        Some(QuotaSpec::Bytes(b)) => format!("{b} bytes on each GPU"),
+        Some(QuotaSpec::Percent(p)) => format!("{p}% of each GPU"),
     }
 }
 
@@ -410,6 +488,12 @@ impl fmt::Display for LedgerError {
                 path.display(),
                 mode & 0o7777
             ),
+            LedgerError::TooManyGpus { path, uuid } => write!(
+                f,
+                "ledger {}: the model already uses {MAX_GPUS} GPUs, the most a ledger holds; {uuid} \
+                 is one more (place the model on fewer GPUs)",
+                path.display()
+            ),
             LedgerError::Full { path } => {
                 write!(
                     f,
@@ -444,6 +528,14 @@ pub struct Reclaimed {
     pub healed: bool,
 }
 
+/// What a process holds on one GPU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessGpu {
+    pub gpu: GpuUuid,
+    pub used: u64,
+    pub peak: u64,
+}
+
 /// One process of a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessUsage {
@@ -451,27 +543,60 @@ pub struct ProcessUsage {
     pub pid: u32,
     pub start_time: u64,
     pub generation: u64,
+    /// Bytes it holds on all its GPUs together.
     pub used: u64,
-    pub peak: u64,
+    /// Per GPU it ever charged.
+    pub gpus: Vec<ProcessGpu>,
     /// The inode of its PID namespace, in which it has `pid` (0: unknown).
     pub pid_ns: u64,
     /// False for a process that died and has not been reclaimed yet.
     pub alive: bool,
 }
 
+/// One GPU of a model, in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuUsage {
+    pub uuid: GpuUuid,
+    /// The quota on this GPU in bytes (None: no quota).
+    pub quota_bytes: Option<u64>,
+    /// The GPU's physical memory, as the process that registered it saw it.
+    pub physical: u64,
+    pub used: u64,
+    pub peak: u64,
+    /// Reservations refused for the quota, ever.
+    pub refused: u64,
+}
+
 /// A model's ledger at one moment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
     pub model: String,
+    /// The quota on each GPU, as written at creation.
     pub quota: Option<QuotaSpec>,
-    /// The quota in bytes, when known (a percentage is known once a process saw the device).
-    pub quota_bytes: Option<u64>,
+    /// The GPUs its processes charged, in the order they were first met.
+    pub gpus: Vec<GpuUsage>,
+    /// Bytes charged on all GPUs together.
     pub used: u64,
-    pub peak: u64,
     pub uncertain: u64,
-    /// Reservations refused for the quota, ever.
+    /// Reservations refused for the quota, ever, on all GPUs.
     pub refused: u64,
     pub processes: Vec<ProcessUsage>,
+}
+
+impl Snapshot {
+    /// The quota in bytes on each GPU, where that is one number: a quota in bytes (a
+    /// percentage has one per GPU, in [`GpuUsage::quota_bytes`]).
+    pub fn quota_bytes(&self) -> Option<u64> {
+        match self.quota {
+            Some(QuotaSpec::Bytes(b)) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// The model's usage of `uuid`, if its processes ever charged that GPU.
+    pub fn gpu(&self, uuid: GpuUuid) -> Option<&GpuUsage> {
+        self.gpus.iter().find(|g| g.uuid == uuid)
+    }
 }
 
 /// How a ledger file is created.
@@ -492,6 +617,9 @@ pub struct LedgerFile {
     len: usize,
     /// Slots attached through this handle (our own locks do not show in lock tests).
     own: Mutex<Vec<u32>>,
+    /// Serializes this process's threads in GPU registration (the file lock does not:
+    /// they share its open file description).
+    registering: Mutex<()>,
     /// When this process last scanned for dead processes because a reservation failed.
     last_reclaim_ns: AtomicU64,
 }
@@ -516,7 +644,7 @@ fn io_err<'a>(path: &'a Path, action: &'static str) -> impl FnOnce(io::Error) ->
 }
 
 fn file_size(slots: u32) -> usize {
-    HEADER_SIZE + slots as usize * SLOT_SIZE
+    SLOTS_START + slots as usize * SLOT_SIZE
 }
 
 impl LedgerFile {
@@ -747,6 +875,7 @@ impl LedgerFile {
             map: map.cast(),
             len,
             own: Mutex::new(Vec::new()),
+            registering: Mutex::new(()),
             last_reclaim_ns: AtomicU64::new(0),
         })
     }
@@ -767,7 +896,9 @@ impl LedgerFile {
         };
         h.quota_kind = kind;
         h.quota_percent = percent;
-        h.quota_bytes.store(bytes, Ordering::Relaxed);
+        h.quota_bytes = bytes;
+        h.gpu_count = MAX_GPUS as u32;
+        h.gpu_size = GPU_SIZE as u32;
         h.created_unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -782,13 +913,39 @@ impl LedgerFile {
     }
 
     fn slot_count(&self) -> u32 {
-        ((self.len - HEADER_SIZE) / SLOT_SIZE) as u32
+        ((self.len - SLOTS_START) / SLOT_SIZE) as u32
     }
 
     fn slot(&self, index: u32) -> &Slot {
         assert!(index < self.slot_count());
         // SAFETY: within the mapping (checked above); slots are only accessed atomically.
-        unsafe { &*(self.map.add(HEADER_SIZE + index as usize * SLOT_SIZE) as *const Slot) }
+        unsafe { &*(self.map.add(slot_offset(index) as usize) as *const Slot) }
+    }
+
+    fn gpu(&self, index: GpuIndex) -> &Gpu {
+        // SAFETY: a GpuIndex is below MAX_GPUS, and the table lies within every validated
+        // file; its fields are only accessed atomically.
+        unsafe { &*(self.map.add(gpu_offset(index.get())) as *const Gpu) }
+    }
+
+    /// The GPU entries in use, in table order.
+    fn ready_gpus(&self) -> impl Iterator<Item = GpuIndex> + '_ {
+        (0..MAX_GPUS as u8)
+            .map(GpuIndex)
+            .take_while(|&g| self.gpu(g).state.load(Ordering::Acquire) == READY)
+    }
+
+    /// The whole file, read word by word with atomic loads (the mapping is shared with
+    /// other processes and threads that write it).
+    fn copy(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len);
+        for at in (0..self.len).step_by(8) {
+            // SAFETY: within the mapping, 8-byte aligned (a page-aligned map; every
+            // structure is a multiple of 8 bytes).
+            let word = unsafe { &*(self.map.add(at) as *const AtomicU64) };
+            out.extend_from_slice(&word.load(Ordering::Acquire).to_ne_bytes());
+        }
+        out
     }
 
     pub fn path(&self) -> &Path {
@@ -816,43 +973,87 @@ impl LedgerFile {
         &self.model
     }
 
-    /// The quota as written at creation.
+    /// The quota on each GPU, as written at creation.
     pub fn quota(&self) -> Option<QuotaSpec> {
         let h = self.header();
         match h.quota_kind {
-            QUOTA_BYTES => Some(QuotaSpec::Bytes(h.quota_bytes.load(Ordering::Relaxed))),
+            QUOTA_BYTES => Some(QuotaSpec::Bytes(h.quota_bytes)),
             QUOTA_PERCENT => Some(QuotaSpec::Percent(h.quota_percent as u8)),
             _ => None,
         }
     }
 
-    /// The quota in bytes; None without a quota or while a percentage is unresolved.
-    pub fn quota_bytes(&self) -> Option<u64> {
-        match self.header().quota_bytes.load(Ordering::Acquire) {
-            0 | u64::MAX => None,
+    /// The entry of the GPU `uuid`, registered if this is the first time the model meets
+    /// it, with its quota in bytes resolved against `physical` (the GPU's memory). See the
+    /// protocol in the module's documentation.
+    pub fn register_gpu(&self, uuid: GpuUuid, physical: u64) -> Result<GpuIndex, LedgerError> {
+        if let Some(found) = self.find_gpu(uuid) {
+            return Ok(found);
+        }
+        let _threads = self.registering.lock().unwrap_or_else(|e| e.into_inner());
+        let _processes =
+            RegistrationLock::take(&self.file).map_err(io_err(&self.path, "lock the GPU table"))?;
+        if let Some(found) = self.find_gpu(uuid) {
+            return Ok(found);
+        }
+        let index = (0..MAX_GPUS as u8)
+            .map(GpuIndex)
+            .find(|&g| self.gpu(g).state.load(Ordering::Acquire) != READY)
+            .ok_or_else(|| LedgerError::TooManyGpus {
+                path: self.path.clone(),
+                uuid,
+            })?;
+        let g = self.gpu(index);
+        let quota = match self.quota() {
+            None => u64::MAX,
+            Some(spec) => spec.bytes(physical).max(1),
+        };
+        for (word, bytes) in g.uuid.iter().zip(uuid.0.chunks(8)) {
+            word.store(
+                u64::from_ne_bytes(bytes.try_into().expect("8 bytes")),
+                Ordering::Relaxed,
+            );
+        }
+        g.quota_bytes.store(quota, Ordering::Relaxed);
+        g.physical.store(physical, Ordering::Relaxed);
+        g.used.store(0, Ordering::Relaxed);
+        g.peak.store(0, Ordering::Relaxed);
+        g.refused.store(0, Ordering::Relaxed);
+        g.state.store(READY, Ordering::Release);
+        Ok(index)
+    }
+
+    /// The entry of the GPU `uuid`, if the model has met it.
+    pub fn find_gpu(&self, uuid: GpuUuid) -> Option<GpuIndex> {
+        self.ready_gpus().find(|&g| self.gpu_uuid(g) == uuid)
+    }
+
+    /// The UUID of a registered GPU entry.
+    pub fn gpu_uuid(&self, index: GpuIndex) -> GpuUuid {
+        let g = self.gpu(index);
+        let mut out = [0u8; 16];
+        for (bytes, word) in out.chunks_mut(8).zip(&g.uuid) {
+            bytes.copy_from_slice(&word.load(Ordering::Relaxed).to_ne_bytes());
+        }
+        GpuUuid(out)
+    }
+
+    /// The quota on a registered GPU in bytes; None without a quota.
+    pub fn gpu_quota(&self, index: GpuIndex) -> Option<u64> {
+        match self.gpu(index).quota_bytes.load(Ordering::Acquire) {
+            u64::MAX => None,
             b => Some(b),
         }
     }
 
-    /// Fixes a percentage quota once the device's size is known (the first process to
-    /// know it decides; later ones read the same number). Returns the quota in bytes.
-    pub fn resolve_percent(&self, physical: u64) -> Option<u64> {
-        let Some(QuotaSpec::Percent(p)) = self.quota() else {
-            return self.quota_bytes();
-        };
-        let bytes = QuotaSpec::Percent(p).bytes(physical).max(1);
-        let _ = self.header().quota_bytes.compare_exchange(
-            0,
-            bytes,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
-        self.quota_bytes()
+    /// Bytes charged to the model on a registered GPU now.
+    pub fn gpu_used(&self, index: GpuIndex) -> u64 {
+        self.gpu(index).used.load(Ordering::Acquire)
     }
 
-    /// Bytes charged to the model now.
+    /// Bytes charged to the model now, on all its GPUs together.
     pub fn used(&self) -> u64 {
-        self.header().used.load(Ordering::Acquire)
+        self.ready_gpus().map(|g| self.gpu_used(g)).sum()
     }
 
     // ---- liveness locks ----------------------------------------------------------------
@@ -927,8 +1128,10 @@ impl LedgerFile {
             s.pid.store(pid, Ordering::Relaxed);
             s.start_time.store(start_time(pid), Ordering::Relaxed);
             s.pid_ns.store(own_pid_namespace(), Ordering::Relaxed);
-            s.used.store(0, Ordering::Relaxed);
-            s.peak.store(0, Ordering::Relaxed);
+            for g in &s.gpus {
+                g.used.store(0, Ordering::Relaxed);
+                g.peak.store(0, Ordering::Relaxed);
+            }
             s.inflight.store(0, Ordering::Relaxed);
             s.generation.fetch_add(1, Ordering::Relaxed);
             s.state.store(LIVE, Ordering::Release);
@@ -963,9 +1166,8 @@ impl LedgerFile {
                 .compare_exchange(state, RECLAIMING, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
             {
-                let used = s.used.swap(0, Ordering::AcqRel);
+                let used = self.give_back(s);
                 let inflight = s.inflight.swap(0, Ordering::AcqRel);
-                saturating_sub(&h.used, used);
                 h.uncertain.fetch_add(inflight, Ordering::AcqRel);
                 free_slot(s);
                 found.slots += u32::from(state != CLAIMING);
@@ -997,59 +1199,58 @@ impl LedgerFile {
         self.reclaim_dead()
     }
 
+    /// Gives everything a slot holds back to the GPUs it was charged on; returns how much.
+    fn give_back(&self, s: &Slot) -> u64 {
+        let mut total = 0;
+        for g in self.ready_gpus() {
+            let used = s.gpus[g.get()].used.swap(0, Ordering::AcqRel);
+            saturating_sub(&self.gpu(g).used, used);
+            total += used;
+        }
+        total
+    }
+
     /// With no process left in the model, nothing can be charged: reset what was left
-    /// uncertain. Lock-free: a process that attaches and reserves meanwhile changes
-    /// `used`, and the reset does not happen.
+    /// uncertain. Lock-free: a process that attaches and reserves meanwhile changes a
+    /// GPU's `used`, and the reset of that GPU does not happen.
     fn heal_if_idle(&self) -> bool {
         let h = self.header();
-        let used = h.used.load(Ordering::Acquire);
-        if used == 0 && h.uncertain.load(Ordering::Acquire) == 0 {
+        let charged: Vec<(GpuIndex, u64)> = self
+            .ready_gpus()
+            .map(|g| (g, self.gpu_used(g)))
+            .filter(|&(_, used)| used != 0)
+            .collect();
+        if charged.is_empty() && h.uncertain.load(Ordering::Acquire) == 0 {
             return false;
         }
         if (0..self.slot_count()).any(|i| self.slot(i).state.load(Ordering::Acquire) != FREE) {
             return false;
         }
-        if h.used
-            .compare_exchange(used, 0, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
-            h.uncertain.store(0, Ordering::Release);
-            return true;
+        let mut healed = true;
+        for (g, used) in charged {
+            healed &= self
+                .gpu(g)
+                .used
+                .compare_exchange(used, 0, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok();
         }
-        false
+        if healed {
+            h.uncertain.store(0, Ordering::Release);
+        }
+        healed
     }
 
-    /// The model's usage and every process in it.
-    pub fn snapshot(&self) -> Snapshot {
-        let h = self.header();
-        let processes = (0..self.slot_count())
-            .filter_map(|index| {
-                let s = self.slot(index);
-                if s.state.load(Ordering::Acquire) != LIVE {
-                    return None;
-                }
-                Some(ProcessUsage {
-                    slot: index,
-                    pid: s.pid.load(Ordering::Relaxed),
-                    start_time: s.start_time.load(Ordering::Relaxed),
-                    generation: s.generation.load(Ordering::Relaxed),
-                    used: s.used.load(Ordering::Relaxed),
-                    peak: s.peak.load(Ordering::Relaxed),
-                    pid_ns: s.pid_ns.load(Ordering::Relaxed),
-                    alive: self.is_own(index) || self.held_elsewhere(index),
-                })
-            })
-            .collect();
-        Snapshot {
-            model: self.model.clone(),
-            quota: self.quota(),
-            quota_bytes: self.quota_bytes(),
-            used: h.used.load(Ordering::Acquire),
-            peak: h.peak.load(Ordering::Acquire),
-            uncertain: h.uncertain.load(Ordering::Acquire),
-            refused: h.refused.load(Ordering::Relaxed),
-            processes,
-        }
+    /// The model's usage and every process in it, from a copy of the mapping: checked
+    /// again, since any process of the model may have rewritten the file since it was
+    /// opened.
+    pub fn snapshot(&self) -> Result<Snapshot, LedgerError> {
+        parse_snapshot(&self.copy(), &self.model, |index| {
+            self.is_own(index) || self.held_elsewhere(index)
+        })
+        .map_err(|what| LedgerError::Damaged {
+            path: self.path.clone(),
+            what,
+        })
     }
 
     /// In a child just forked from a process that had this ledger open: let go of the
@@ -1096,21 +1297,36 @@ pub fn validate_header(raw: &[u8], size: u64, model: &str) -> Result<(), String>
     if raw[..8] != MAGIC {
         return Err("wrong magic number".into());
     }
-    if u32_at(8) != VERSION {
-        return Err(format!(
-            "layout version {}, this cuvisor reads version {VERSION}",
-            u32_at(8)
-        ));
+    match u32_at(8) {
+        VERSION => {}
+        old @ 1..VERSION => {
+            return Err(format!(
+                "layout version {old}, made by an older cuvisor (this one reads version \
+                 {VERSION}, with a quota per GPU); stop the model's processes first"
+            ));
+        }
+        other => {
+            return Err(format!(
+                "layout version {other}, this cuvisor reads version {VERSION}"
+            ));
+        }
     }
     let (header_size, slot_size, slot_count, declared) =
         (u32_at(12), u32_at(16), u32_at(20), u64_at(24));
+    let (gpu_count, gpu_size) = (
+        u32_at(offset_of!(Header, gpu_count)),
+        u32_at(offset_of!(Header, gpu_size)),
+    );
     if header_size as usize != HEADER_SIZE
         || slot_size as usize != SLOT_SIZE
+        || gpu_count as usize != MAX_GPUS
+        || gpu_size as usize != GPU_SIZE
         || slot_count == 0
         || slot_count > 65536
     {
         return Err(format!(
-            "header of {header_size} bytes, slots of {slot_size} bytes, {slot_count} slots"
+            "header of {header_size} bytes, {gpu_count} GPU entries of {gpu_size} bytes, \
+             slots of {slot_size} bytes, {slot_count} slots"
         ));
     }
     if declared != file_size(slot_count) as u64 || size != declared {
@@ -1148,29 +1364,61 @@ pub fn parse_snapshot(
     validate_header(raw, raw.len() as u64, model)?;
     let u32_at = |o| u32_at(raw, o);
     let u64_at = |o| u64_at(raw, o);
-    let quota_bytes = u64_at(offset_of!(Header, quota_bytes));
     let quota = match (
         u32_at(offset_of!(Header, quota_kind)),
         u32_at(offset_of!(Header, quota_percent)),
     ) {
-        (QUOTA_BYTES, _) => Some(QuotaSpec::Bytes(quota_bytes)),
+        (QUOTA_BYTES, _) => Some(QuotaSpec::Bytes(u64_at(offset_of!(Header, quota_bytes)))),
         (QUOTA_PERCENT, p @ 1..=100) => Some(QuotaSpec::Percent(p as u8)),
         _ => None,
     };
-    let slot_count = ((raw.len() - HEADER_SIZE) / SLOT_SIZE) as u32;
+    let gpus: Vec<GpuUsage> = (0..MAX_GPUS)
+        .map(gpu_offset)
+        .take_while(|&o| u32_at(o + offset_of!(Gpu, state)) == READY)
+        .map(|o| {
+            let at = |field| u64_at(o + field);
+            let mut uuid = [0u8; 16];
+            uuid.copy_from_slice(&raw[o + offset_of!(Gpu, uuid)..][..16]);
+            GpuUsage {
+                uuid: GpuUuid(uuid),
+                quota_bytes: match at(offset_of!(Gpu, quota_bytes)) {
+                    u64::MAX => None,
+                    b => Some(b),
+                },
+                physical: at(offset_of!(Gpu, physical)),
+                used: at(offset_of!(Gpu, used)),
+                peak: at(offset_of!(Gpu, peak)),
+                refused: at(offset_of!(Gpu, refused)),
+            }
+        })
+        .collect();
+    let slot_count = ((raw.len() - SLOTS_START) / SLOT_SIZE) as u32;
     let processes = (0..slot_count)
         .filter_map(|index| {
             let o = slot_offset(index) as usize;
             if u32_at(o + offset_of!(Slot, state)) != LIVE {
                 return None;
             }
+            let per_gpu: Vec<ProcessGpu> = gpus
+                .iter()
+                .enumerate()
+                .map(|(g, gpu)| {
+                    let at = o + offset_of!(Slot, gpus) + g * std::mem::size_of::<SlotGpu>();
+                    ProcessGpu {
+                        gpu: gpu.uuid,
+                        used: u64_at(at + offset_of!(SlotGpu, used)),
+                        peak: u64_at(at + offset_of!(SlotGpu, peak)),
+                    }
+                })
+                .filter(|p| p.peak != 0 || p.used != 0)
+                .collect();
             Some(ProcessUsage {
                 slot: index,
                 pid: u32_at(o + offset_of!(Slot, pid)),
                 generation: u64_at(o + offset_of!(Slot, generation)),
                 start_time: u64_at(o + offset_of!(Slot, start_time)),
-                used: u64_at(o + offset_of!(Slot, used)),
-                peak: u64_at(o + offset_of!(Slot, peak)),
+                used: per_gpu.iter().fold(0, |sum, p| sum.saturating_add(p.used)),
+                gpus: per_gpu,
                 pid_ns: u64_at(o + offset_of!(Slot, pid_ns)),
                 alive: alive(index),
             })
@@ -1179,25 +1427,53 @@ pub fn parse_snapshot(
     Ok(Snapshot {
         model: model.to_owned(),
         quota,
-        quota_bytes: match quota_bytes {
-            0 | u64::MAX => None,
-            b => Some(b),
-        },
-        used: u64_at(offset_of!(Header, used)),
-        peak: u64_at(offset_of!(Header, peak)),
+        used: gpus.iter().fold(0, |sum, g| sum.saturating_add(g.used)),
+        refused: gpus.iter().fold(0, |sum, g| sum.saturating_add(g.refused)),
+        gpus,
         uncertain: u64_at(offset_of!(Header, uncertain)),
-        refused: u64_at(offset_of!(Header, refused)),
         processes,
     })
+}
+
+/// The lock that serializes GPU registration between processes, held until dropped.
+struct RegistrationLock<'a>(&'a File);
+
+impl<'a> RegistrationLock<'a> {
+    fn take(file: &'a File) -> io::Result<RegistrationLock<'a>> {
+        lock_byte(
+            file,
+            REGISTRATION_LOCK,
+            libc::F_WRLCK as i16,
+            libc::F_OFD_SETLKW,
+        )?;
+        Ok(RegistrationLock(file))
+    }
+}
+
+impl Drop for RegistrationLock<'_> {
+    fn drop(&mut self) {
+        let _ = lock_byte(
+            self.0,
+            REGISTRATION_LOCK,
+            libc::F_UNLCK as i16,
+            libc::F_OFD_SETLK,
+        );
+    }
 }
 
 /// The liveness lock of slot `index` in `file`: `cmd` (`F_OFD_SETLK`, `F_OFD_GETLK`) with
 /// lock type `kind`.
 fn slot_lock(file: &File, index: u32, kind: i16, cmd: i32) -> io::Result<libc::flock> {
+    lock_byte(file, LOCK_BASE + index as i64, kind, cmd)
+}
+
+/// An open-file-description lock `cmd` of type `kind` on the byte at `at` of `file`.
+fn lock_byte(file: &File, at: i64, kind: i16, cmd: i32) -> io::Result<libc::flock> {
+    // SAFETY: flock is plain data; all zeros is a valid value.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
     fl.l_type = kind;
     fl.l_whence = libc::SEEK_SET as i16;
-    fl.l_start = LOCK_BASE + index as i64;
+    fl.l_start = at;
     fl.l_len = 1;
     // SAFETY: fcntl with a valid flock on an open file.
     if unsafe { libc::fcntl(file.as_raw_fd(), cmd, &mut fl) } == 0 {
@@ -1229,7 +1505,9 @@ fn u64_at(raw: &[u8], o: usize) -> u64 {
 fn free_slot(s: &Slot) {
     s.pid.store(0, Ordering::Relaxed);
     s.start_time.store(0, Ordering::Relaxed);
-    s.peak.store(0, Ordering::Relaxed);
+    for g in &s.gpus {
+        g.peak.store(0, Ordering::Relaxed);
+    }
     s.state.store(FREE, Ordering::Release);
 }
 
@@ -1314,80 +1592,57 @@ impl Attachment<'_> {
         s.inflight.fetch_sub(bytes, Ordering::SeqCst);
     }
 
-    /// Charges `bytes` to the model if it stays within the quota: one compare-and-add on
-    /// the model's total. Before refusing, dead processes of the model are reclaimed (at
-    /// most every 10 ms per process) and the reservation is tried once more.
-    pub fn try_reserve(&self, bytes: u64) -> Result<(), Refusal> {
-        let h = self.file.header();
+    /// Charges `bytes` on GPU `gpu` (an entry of [`LedgerFile::register_gpu`]) if the
+    /// model stays within its quota there: one compare-and-add on the GPU's total. Before
+    /// refusing, dead processes of the model are reclaimed (at most every 10 ms per
+    /// process) and the reservation is tried once more.
+    pub fn try_reserve(&self, gpu: GpuIndex, bytes: u64) -> Result<(), Refusal> {
+        let g = self.file.gpu(gpu);
         let s = self.file.slot(self.index);
         if !self.enter(s, bytes) {
             return Err(Refusal {
                 requested: bytes,
-                used: self.file.used(),
+                used: g.used.load(Ordering::Acquire),
                 quota: 0,
             });
         }
-        let mut result = self.commit(bytes);
+        let mut result = commit(g, bytes);
         if result.is_err() && self.file.reclaim_before_refusing().bytes > 0 {
-            result = self.commit(bytes);
+            result = commit(g, bytes);
         }
         if let Ok(total) = result {
-            // The model is charged first, the slot after: a death in between leaves the
+            // The GPU is charged first, the slot after: a death in between leaves the
             // bytes charged (safe), and `inflight` says they are uncertain.
-            let mine = s.used.fetch_add(bytes, Ordering::AcqRel) + bytes;
-            raise(&s.peak, mine);
-            raise(&h.peak, total);
+            let mine = &s.gpus[gpu.get()];
+            let held = mine.used.fetch_add(bytes, Ordering::AcqRel) + bytes;
+            raise(&mine.peak, held);
+            raise(&g.peak, total);
         }
         self.leave(s, bytes);
         if result.is_err() {
-            h.refused.fetch_add(1, Ordering::Relaxed);
+            g.refused.fetch_add(1, Ordering::Relaxed);
         }
         result.map(|_| ())
     }
 
-    fn commit(&self, bytes: u64) -> Result<u64, Refusal> {
-        let h = self.file.header();
-        let quota = h.quota_bytes.load(Ordering::Acquire);
-        let mut used = h.used.load(Ordering::Acquire);
-        loop {
-            let next = match used.checked_add(bytes) {
-                Some(n) if quota != 0 && n <= quota => n,
-                _ => {
-                    return Err(Refusal {
-                        requested: bytes,
-                        used,
-                        quota,
-                    });
-                }
-            };
-            match h
-                .used
-                .compare_exchange_weak(used, next, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => return Ok(next),
-                Err(actual) => used = actual,
-            }
-        }
-    }
-
-    /// Gives back what `try_reserve` charged: the slot first, then the model (a death in
-    /// between leaves the model over-charged, the safe side).
-    pub fn release(&self, bytes: u64) {
-        let h = self.file.header();
+    /// Gives back what `try_reserve` charged on `gpu`: the slot first, then the GPU (a
+    /// death in between leaves the model over-charged, the safe side).
+    pub fn release(&self, gpu: GpuIndex, bytes: u64) {
         let s = self.file.slot(self.index);
         if !self.enter(s, bytes) {
             return;
         }
-        saturating_sub(&s.used, bytes);
+        saturating_sub(&s.gpus[gpu.get()].used, bytes);
         // Exact, one instruction: a detach does not settle the slot while this runs, so
-        // the model's total cannot be subtracted from twice.
-        h.used.fetch_sub(bytes, Ordering::AcqRel);
+        // the GPU's total cannot be subtracted from twice.
+        self.file.gpu(gpu).used.fetch_sub(bytes, Ordering::AcqRel);
         self.leave(s, bytes);
     }
 
-    /// Bytes this process holds.
+    /// Bytes this process holds on all GPUs.
     pub fn held(&self) -> u64 {
-        self.file.slot(self.index).used.load(Ordering::Acquire)
+        let s = self.file.slot(self.index);
+        s.gpus.iter().map(|g| g.used.load(Ordering::Acquire)).sum()
     }
 
     /// Leaves the ledger: gives back everything this process holds and frees its slot.
@@ -1398,7 +1653,6 @@ impl Attachment<'_> {
         if self.closed.swap(true, Ordering::SeqCst) {
             return;
         }
-        let h = self.file.header();
         let s = self.file.slot(self.index);
         let start = monotonic_ns();
         while s.inflight.load(Ordering::SeqCst) != 0 {
@@ -1407,8 +1661,7 @@ impl Attachment<'_> {
             }
             std::thread::yield_now();
         }
-        let used = s.used.swap(0, Ordering::AcqRel);
-        saturating_sub(&h.used, used);
+        self.file.give_back(s);
         free_slot(s);
         self.file.unlock(self.index);
         self.file
@@ -1417,6 +1670,31 @@ impl Attachment<'_> {
             .unwrap_or_else(|e| e.into_inner())
             .retain(|&i| i != self.index);
         self.file.heal_if_idle();
+    }
+}
+
+/// Adds `bytes` to a GPU's total if it stays within the GPU's quota; the new total.
+fn commit(g: &Gpu, bytes: u64) -> Result<u64, Refusal> {
+    let quota = g.quota_bytes.load(Ordering::Acquire);
+    let mut used = g.used.load(Ordering::Acquire);
+    loop {
+        let next = match used.checked_add(bytes) {
+            Some(n) if n <= quota => n,
+            _ => {
+                return Err(Refusal {
+                    requested: bytes,
+                    used,
+                    quota,
+                });
+            }
+        };
+        match g
+            .used
+            .compare_exchange_weak(used, next, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => return Ok(next),
+            Err(actual) => used = actual,
+        }
     }
 }
 
@@ -1481,28 +1759,148 @@ mod tests {
         (dir, l)
     }
 
+    fn uuid(n: u8) -> GpuUuid {
+        GpuUuid([n; 16])
+    }
+
     #[test]
     fn reserve_to_the_quota_exactly_and_release() {
         let (dir, l) = fresh("basic", QuotaSpec::Bytes(100));
+        let g = l.register_gpu(uuid(1), 1000).unwrap();
         let a = l.attach().unwrap();
-        assert_eq!(a.try_reserve(60), Ok(()));
-        assert_eq!(a.try_reserve(40), Ok(()));
+        assert_eq!(a.try_reserve(g, 60), Ok(()));
+        assert_eq!(a.try_reserve(g, 40), Ok(()));
         assert_eq!(
-            a.try_reserve(1),
+            a.try_reserve(g, 1),
             Err(Refusal {
                 requested: 1,
                 used: 100,
                 quota: 100
             })
         );
-        a.release(40);
-        let s = l.snapshot();
-        assert_eq!((s.used, s.peak, s.processes.len()), (60, 100, 1));
+        a.release(g, 40);
+        let s = l.snapshot().unwrap();
+        assert_eq!((s.used, s.refused, s.processes.len()), (60, 1, 1));
+        let gpu = s.gpu(uuid(1)).unwrap();
+        assert_eq!(
+            (
+                gpu.used,
+                gpu.peak,
+                gpu.quota_bytes,
+                gpu.physical,
+                gpu.refused
+            ),
+            (60, 100, Some(100), 1000, 1)
+        );
         assert_eq!(s.processes[0].used, 60);
         assert!(s.processes[0].alive);
         drop(a);
         assert_eq!(l.used(), 0);
-        assert!(l.snapshot().processes.is_empty());
+        assert!(l.snapshot().unwrap().processes.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The quota holds on each GPU on its own: two GPUs hold the quota each, and a
+    /// process's bytes go back to the GPU they were charged on.
+    #[test]
+    fn each_gpu_has_the_whole_quota_and_gets_its_own_bytes_back() {
+        let (dir, l) = fresh("per-gpu", QuotaSpec::Bytes(100));
+        let g0 = l.register_gpu(uuid(1), 1000).unwrap();
+        let g1 = l.register_gpu(uuid(2), 1000).unwrap();
+        assert_ne!(g0, g1);
+        assert_eq!(l.register_gpu(uuid(2), 5).unwrap(), g1, "found, not again");
+        let a = l.attach().unwrap();
+        let b = l.attach().unwrap();
+        assert_eq!(a.try_reserve(g0, 100), Ok(()));
+        assert_eq!(b.try_reserve(g1, 70), Ok(()));
+        assert_eq!(
+            b.try_reserve(g0, 1),
+            Err(Refusal {
+                requested: 1,
+                used: 100,
+                quota: 100
+            })
+        );
+        assert_eq!(a.try_reserve(g1, 30), Ok(()));
+        assert_eq!((l.gpu_used(g0), l.gpu_used(g1), l.used()), (100, 100, 200));
+        let s = l.snapshot().unwrap();
+        let pa = s
+            .processes
+            .iter()
+            .find(|p| p.slot == a.slot_index())
+            .unwrap();
+        assert_eq!(pa.used, 130);
+        assert_eq!(
+            pa.gpus,
+            vec![
+                ProcessGpu {
+                    gpu: uuid(1),
+                    used: 100,
+                    peak: 100
+                },
+                ProcessGpu {
+                    gpu: uuid(2),
+                    used: 30,
+                    peak: 30
+                }
+            ]
+        );
+        drop(a);
+        assert_eq!((l.gpu_used(g0), l.gpu_used(g1)), (0, 70));
+        assert_eq!(b.try_reserve(g0, 100), Ok(()));
+        drop(b);
+        let s = l.snapshot().unwrap();
+        assert_eq!(
+            s.gpus.iter().map(|g| (g.used, g.peak)).collect::<Vec<_>>(),
+            [(0, 100), (0, 100)]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_sixteenth_gpu_fits_and_a_seventeenth_is_refused() {
+        let (dir, l) = fresh("many", QuotaSpec::Bytes(100));
+        for n in 0..MAX_GPUS as u8 {
+            assert_eq!(l.register_gpu(uuid(n), 1000).unwrap().get(), n as usize);
+        }
+        let err = l.register_gpu(uuid(200), 1000).unwrap_err();
+        assert!(matches!(err, LedgerError::TooManyGpus { .. }), "{err}");
+        assert!(err.to_string().contains(&uuid(200).to_string()), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_percentage_is_resolved_against_each_gpu() {
+        let (dir, l) = fresh("percent", QuotaSpec::Percent(25));
+        let small = l.register_gpu(uuid(1), 400).unwrap();
+        let big = l.register_gpu(uuid(2), 800).unwrap();
+        assert_eq!(
+            (l.gpu_quota(small), l.gpu_quota(big)),
+            (Some(100), Some(200))
+        );
+        let again = LedgerFile::open(&dir, "m").unwrap();
+        assert_eq!(
+            again.register_gpu(uuid(1), 4000).unwrap(),
+            small,
+            "the first resolution stands"
+        );
+        assert_eq!(again.gpu_quota(small), Some(100));
+        let a = l.attach().unwrap();
+        assert_eq!(a.try_reserve(big, 200), Ok(()));
+        assert!(a.try_reserve(small, 101).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn without_a_quota_nothing_is_refused_but_everything_is_counted() {
+        let dir = temp_dir("none");
+        let l = LedgerFile::create(&dir, "m", None, CreateOptions::default()).unwrap();
+        let g = l.register_gpu(uuid(1), 1000).unwrap();
+        assert_eq!(l.gpu_quota(g), None);
+        let a = l.attach().unwrap();
+        assert_eq!(a.try_reserve(g, 1 << 50), Ok(()));
+        assert_eq!(l.snapshot().unwrap().gpus[0].quota_bytes, None);
+        assert_eq!(l.used(), 1 << 50);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -1547,22 +1945,25 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A file of the first layout (one quota for all GPUs) is refused with what to do.
     #[test]
-    fn a_percentage_is_resolved_once() {
-        let (dir, l) = fresh("percent", QuotaSpec::Percent(25));
-        assert_eq!(l.quota_bytes(), None);
-        let a = l.attach().unwrap();
+    fn a_version_1_file_is_refused_with_what_to_do() {
+        let (dir, l) = fresh("v1", QuotaSpec::Bytes(100));
+        let path = l.path().to_path_buf();
+        drop(l);
+        let mut raw = std::fs::read(&path).unwrap();
+        raw[8..12].copy_from_slice(&1u32.to_ne_bytes());
+        std::fs::write(&path, &raw).unwrap();
+        let err = LedgerFile::open(&dir, "m").err().unwrap().to_string();
         assert!(
-            a.try_reserve(1).is_err(),
-            "nothing can be charged before the quota is known"
+            err.contains("version 1")
+                && err.contains("older cuvisor")
+                && err.contains("quota per GPU")
+                && err.contains("cuvisor ledger create"),
+            "{err}"
         );
-        assert_eq!(l.resolve_percent(400), Some(100));
-        assert_eq!(
-            l.resolve_percent(800),
-            Some(100),
-            "the first resolution stands"
-        );
-        assert_eq!(a.try_reserve(100), Ok(()));
+        let err = read_snapshot(&dir, "m").unwrap_err().to_string();
+        assert!(err.contains("version 1"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -1571,6 +1972,7 @@ mod tests {
     #[test]
     fn detach_while_other_threads_reserve_and_release_leaves_exactly_zero() {
         let (dir, l) = fresh("exit-race", QuotaSpec::Bytes(1 << 40));
+        let g = l.register_gpu(uuid(1), 1 << 40).unwrap();
         for round in 0..300 {
             let a = l.attach().unwrap();
             std::thread::scope(|scope| {
@@ -1579,8 +1981,8 @@ mod tests {
                     scope.spawn(move || {
                         let size = (t + 1) << 20;
                         for _ in 0..2_000 {
-                            if a.try_reserve(size).is_ok() {
-                                a.release(size);
+                            if a.try_reserve(g, size).is_ok() {
+                                a.release(g, size);
                             }
                         }
                     });
@@ -1598,13 +2000,14 @@ mod tests {
     #[test]
     fn a_copy_of_any_bytes_parses_or_is_refused() {
         let (dir, l) = fresh("parse", QuotaSpec::Bytes(100));
+        let g = l.register_gpu(uuid(1), 1000).unwrap();
         let a = l.attach().unwrap();
-        a.try_reserve(60).unwrap();
+        a.try_reserve(g, 60).unwrap();
         let raw = std::fs::read(l.path()).unwrap();
         let s = parse_snapshot(&raw, "m", |_| true).unwrap();
         assert_eq!(
-            (s.used, s.quota_bytes, s.processes.len()),
-            (60, Some(100), 1)
+            (s.used, s.quota_bytes(), s.gpus.len(), s.processes.len()),
+            (60, Some(100), 1, 1)
         );
         assert_eq!(s.processes[0].pid, std::process::id());
         assert!(
@@ -1619,7 +2022,7 @@ mod tests {
         longer.push(0);
         assert!(parse_snapshot(&longer, "m", |_| true).is_err());
         // Every byte of the header flipped in turn; slot bytes are plain numbers.
-        for at in 0..HEADER_SIZE + SLOT_SIZE {
+        for at in 0..SLOTS_START + SLOT_SIZE {
             let mut bad = raw.clone();
             bad[at] ^= 0xff;
             let _ = parse_snapshot(&bad, "m", |_| true);

@@ -2,6 +2,7 @@
 //! handle) to its charge, split in shards so that threads allocating at once rarely meet
 //! on the same lock.
 
+use cuvisor_common::ledger::GpuIndex;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -20,6 +21,8 @@ pub enum Kind {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Record {
+    /// The GPU the bytes are charged on.
+    pub gpu: GpuIndex,
     pub bytes: u64,
     pub kind: Kind,
 }
@@ -90,6 +93,7 @@ mod tests {
     fn insert_get_update_remove() {
         let r = Records::default();
         let rec = Record {
+            gpu: GpuIndex::new(1).unwrap(),
             bytes: 10,
             kind: Kind::Device,
         };

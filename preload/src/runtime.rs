@@ -7,11 +7,11 @@ use crate::config::{self, Config, Mode};
 use crate::driver;
 use crate::ffi::*;
 use crate::records::Records;
-use cuvisor_common::ledger::{Attachment, CreateOptions, LedgerFile, Refusal};
-use cuvisor_common::size::QuotaSpec;
+use cuvisor_common::gpu::GpuUuid;
+use cuvisor_common::ledger::{Attachment, CreateOptions, GpuIndex, LedgerFile, Refusal};
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicI8, AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI8, AtomicPtr, AtomicU8, Ordering};
 use std::sync::{Once, OnceLock};
 
 const MAX_DEVICES: usize = 64;
@@ -28,8 +28,11 @@ pub struct Runtime {
     pub arrays: Records,
     /// VMM mappings: start address -> (size, handle).
     pub mappings: Mutex<BTreeMap<u64, (u64, u64)>>,
-    /// Per device: concurrent managed access? -1 not asked yet.
+    /// Per device ordinal: concurrent managed access? -1 not asked yet.
     managed_access: [AtomicI8; MAX_DEVICES],
+    /// Per device ordinal: its entry in the ledger, plus one (0: not met yet). Ordinals
+    /// are fixed for the life of a process (`CUDA_VISIBLE_DEVICES` is read at `cuInit`).
+    gpus: [AtomicU8; MAX_DEVICES],
     warned_no_managed: AtomicBool,
     warned_ipc: AtomicBool,
 }
@@ -44,10 +47,14 @@ pub enum Active {
 
 /// Why an allocation is not charged.
 pub enum NotCharged {
-    /// Over the quota: the call answers out of memory.
+    /// Over the quota, or on a GPU the ledger cannot name: the call answers out of memory
+    /// (the log says which).
     Quota,
     /// The ledger cannot be used: CUDA initialization fails.
     NoLedger,
+    /// The driver could not say which device the calling thread uses: its own answer
+    /// (`CUDA_ERROR_INVALID_CONTEXT` without a current context).
+    Driver(CUresult),
 }
 
 static INIT: Once = Once::new();
@@ -65,6 +72,7 @@ impl Runtime {
             arrays: Records::default(),
             mappings: Mutex::new(BTreeMap::new()),
             managed_access: [const { AtomicI8::new(-1) }; MAX_DEVICES],
+            gpus: [const { AtomicU8::new(0) }; MAX_DEVICES],
             warned_no_managed: AtomicBool::new(false),
             warned_ipc: AtomicBool::new(false),
         }
@@ -99,46 +107,58 @@ impl Runtime {
         }
     }
 
-    /// The model's quota in bytes: the ledger's, a percentage fixed against `physical`
-    /// (the device's memory) the first time anyone needs it. None: no quota.
-    fn quota_bytes(
-        &self,
-        account: &Attachment<'static>,
-        physical: impl FnOnce() -> Option<u64>,
-    ) -> Option<u64> {
-        let ledger = account.ledger();
-        match ledger.quota()? {
-            QuotaSpec::Bytes(b) => Some(b),
-            QuotaSpec::Percent(_) => ledger
-                .quota_bytes()
-                .or_else(|| ledger.resolve_percent(physical()?)),
+    /// The ledger entry of device ordinal `dev`: found by the GPU's UUID (registered with
+    /// its memory the first time the model meets it), then remembered for the process.
+    pub fn gpu(&self, dev: CUdevice) -> Result<GpuIndex, NotCharged> {
+        let cached = usize::try_from(dev).ok().and_then(|d| self.gpus.get(d));
+        let known = cached.map_or(0, |c| c.load(Ordering::Relaxed));
+        if let Some(index) = known.checked_sub(1).and_then(GpuIndex::new) {
+            return Ok(index);
         }
-    }
-
-    /// Charges `bytes` to the model, or refuses with the one log line the user sees.
-    pub fn reserve(&self, bytes: u64, what: &str) -> Result<(), NotCharged> {
         let account = self.account().ok_or(NotCharged::NoLedger)?;
-        // A quota in bytes is known at once; only a percentage waits for the device.
-        if account.ledger().quota_bytes().is_none()
-            && account.ledger().quota().is_some()
-            && self
-                .quota_bytes(account, || {
-                    driver::current_device().and_then(driver::physical_memory)
-                })
-                .is_none()
-        {
+        let (Some(uuid), Some(physical)) = (driver::device_uuid(dev), driver::physical_memory(dev))
+        else {
             log::error!(
-                "model {}: {what} refused: the quota is a percentage of the device's memory, and the driver \
-                 did not say how large the current device is",
+                "model {}: the driver did not say which GPU device {dev} is (its UUID and memory):                  nothing can be charged on it",
                 self.config.model
             );
             return Err(NotCharged::Quota);
+        };
+        let index = self.register(account, uuid, physical)?;
+        if let Some(c) = cached {
+            c.store(index.get() as u8 + 1, Ordering::Relaxed);
         }
-        account.try_reserve(bytes).map_err(|r: Refusal| {
+        Ok(index)
+    }
+
+    fn register(
+        &self,
+        account: &Attachment<'static>,
+        uuid: GpuUuid,
+        physical: u64,
+    ) -> Result<GpuIndex, NotCharged> {
+        account.ledger().register_gpu(uuid, physical).map_err(|e| {
+            log::error!("model {}: {e}", self.config.model);
+            NotCharged::Quota
+        })
+    }
+
+    /// The ledger entry of the calling thread's current device.
+    pub fn current_gpu(&self) -> Result<(CUdevice, GpuIndex), NotCharged> {
+        let dev = driver::current_device().map_err(NotCharged::Driver)?;
+        Ok((dev, self.gpu(dev)?))
+    }
+
+    /// Charges `bytes` to the model on `gpu`, or refuses with the one log line the user
+    /// sees.
+    pub fn reserve(&self, gpu: GpuIndex, bytes: u64, what: &str) -> Result<(), NotCharged> {
+        let account = self.account().ok_or(NotCharged::NoLedger)?;
+        account.try_reserve(gpu, bytes).map_err(|r: Refusal| {
             log::warn!(
-                "model {}: {what} of {} bytes refused: {} of the quota's {} bytes in use",
+                "model {}: {what} of {} bytes refused on {}: {} of the quota's {} bytes in use there",
                 self.config.model,
                 r.requested,
+                account.ledger().gpu_uuid(gpu),
                 r.used,
                 r.quota
             );
@@ -146,33 +166,52 @@ impl Runtime {
         })
     }
 
-    pub fn release(&self, bytes: u64) {
+    pub fn release(&self, gpu: GpuIndex, bytes: u64) {
         if let Some(account) = self.account() {
-            account.release(bytes);
+            account.release(gpu, bytes);
         }
     }
 
-    /// Bytes charged to the whole model (every process).
-    pub fn model_used(&self) -> u64 {
-        self.account().map_or(0, |a| a.ledger().used())
+    /// The virtual story of one GPU: total = min(quota there, physical), free = total -
+    /// what the whole model holds there, saturating. None without a quota (the driver's
+    /// own numbers stand) or when the GPU cannot be named (then they stand too, and the
+    /// log said why).
+    pub fn virtual_memory(&self, gpu: GpuIndex, physical_total: u64) -> Option<(u64, u64)> {
+        let ledger = self.account()?.ledger();
+        let total = ledger.gpu_quota(gpu)?.min(physical_total);
+        Some((total.saturating_sub(ledger.gpu_used(gpu)), total))
     }
 
-    /// The virtual story: total = min(quota, physical), free = total - what the whole model
-    /// holds, saturating. None without a quota (the driver's own numbers stand).
-    pub fn virtual_memory(&self, physical_total: u64) -> Option<(u64, u64)> {
+    /// The virtual story of an NVML device, found by its UUID: (total, free, used).
+    pub fn nvml_memory(
+        &self,
+        device: nvmlDevice_t,
+        physical_total: u64,
+    ) -> Option<(u64, u64, u64)> {
         let account = self.account()?;
-        let quota = self.quota_bytes(account, || Some(physical_total))?;
-        let total = quota.min(physical_total);
-        Some((total.saturating_sub(account.ledger().used()), total))
+        let ledger = account.ledger();
+        let Some(uuid) = driver::nvml_uuid(device) else {
+            // Cannot happen with NVIDIA's NVML; the safe side is the whole model's usage.
+            let quota = ledger.quota()?.bytes(physical_total).min(physical_total);
+            let used = ledger.used();
+            return Some((quota, quota.saturating_sub(used), used));
+        };
+        let gpu = self.register(account, uuid, physical_total).ok()?;
+        let (free, total) = self.virtual_memory(gpu, physical_total)?;
+        Some((total, free, ledger.gpu_used(gpu)))
     }
 
-    /// The current device, when plain allocations are to become managed ones on it.
-    pub fn redirect_device(&self) -> Option<CUdevice> {
+    /// Whether plain allocations on `dev` are to become managed ones there.
+    pub fn redirects(&self, dev: CUdevice) -> bool {
         if self.config.mode != Mode::Managed {
-            return None;
+            return false;
         }
-        let dev = driver::current_device()?;
-        let slot = self.managed_access.get(dev as usize)?;
+        let Some(slot) = usize::try_from(dev)
+            .ok()
+            .and_then(|d| self.managed_access.get(d))
+        else {
+            return false;
+        };
         let mut access = slot.load(Ordering::Relaxed);
         if access < 0 {
             access = driver::device_attribute(CU_DEVICE_ATTRIBUTE_CONCURRENT_MANAGED_ACCESS, dev)
@@ -186,7 +225,7 @@ impl Runtime {
                 self.config.model
             );
         }
-        (access == 1).then_some(dev)
+        access == 1
     }
 
     /// Says once per process why IPC on a redirected allocation failed.

@@ -8,6 +8,7 @@ use crate::ffi::*;
 use crate::hooks::{self, Id};
 use crate::records::{Kind, Record, Records};
 use crate::runtime::{Active, NotCharged, Runtime, active};
+use cuvisor_common::ledger::GpuIndex;
 use std::ffi::{CStr, c_char, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -44,16 +45,30 @@ fn guard(body: impl FnOnce() -> i32) -> i32 {
     })
 }
 
-/// Reserves `bytes`, makes the driver call, rolls the reservation back if it fails.
-fn charged(rt: &Runtime, bytes: u64, what: &str, call: impl FnOnce() -> CUresult) -> CUresult {
-    match rt.reserve(bytes, what) {
-        Err(NotCharged::Quota) => return CUDA_ERROR_OUT_OF_MEMORY,
-        Err(NotCharged::NoLedger) => return CUDA_ERROR_NOT_INITIALIZED,
-        Ok(()) => {}
+/// What a call answers when its allocation cannot be charged.
+fn refused(why: NotCharged) -> CUresult {
+    match why {
+        NotCharged::Quota => CUDA_ERROR_OUT_OF_MEMORY,
+        NotCharged::NoLedger => CUDA_ERROR_NOT_INITIALIZED,
+        NotCharged::Driver(rc) => rc,
+    }
+}
+
+/// Reserves `bytes` on `gpu`, makes the driver call, rolls the reservation back if it
+/// fails.
+fn charged(
+    rt: &Runtime,
+    gpu: GpuIndex,
+    bytes: u64,
+    what: &str,
+    call: impl FnOnce() -> CUresult,
+) -> CUresult {
+    if let Err(why) = rt.reserve(gpu, bytes, what) {
+        return refused(why);
     }
     let rc = call();
     if rc != CUDA_SUCCESS {
-        rt.release(bytes);
+        rt.release(gpu, bytes);
     }
     rc
 }
@@ -69,7 +84,7 @@ fn uncharged(
     let record = records.remove(key);
     let rc = call();
     match record {
-        Some(r) if rc == CUDA_SUCCESS => rt.release(r.bytes),
+        Some(r) if rc == CUDA_SUCCESS => rt.release(r.gpu, r.bytes),
         Some(r) => records.insert(key, r),
         None => {}
     }
@@ -83,12 +98,12 @@ fn redirected(
     rt: &Runtime,
     dptr: *mut CUdeviceptr,
     bytes: u64,
-    dev: CUdevice,
+    (dev, gpu): (CUdevice, GpuIndex),
     what: &str,
 ) -> CUresult {
     let managed =
         real!(cuMemAllocManaged as unsafe extern "C" fn(*mut CUdeviceptr, usize, u32) -> CUresult);
-    let rc = charged(rt, bytes, what, || unsafe {
+    let rc = charged(rt, gpu, bytes, what, || unsafe {
         managed(dptr, bytes as usize, CU_MEM_ATTACH_GLOBAL)
     });
     if rc != CUDA_SUCCESS {
@@ -114,6 +129,7 @@ fn redirected(
     rt.ptrs.insert(
         ptr,
         Record {
+            gpu,
             bytes,
             kind: Kind::Managed { redirected: true },
         },
@@ -330,16 +346,21 @@ pub unsafe extern "C" fn cuMemAlloc_v2(dptr: *mut CUdeviceptr, bytesize: usize) 
             return unsafe { real(dptr, bytesize) }; // the driver's own answer to bad arguments
         }
         let bytes = bytesize as u64;
-        if let Some(dev) = rt.redirect_device() {
-            return redirected(rt, dptr, bytes, dev, "cuMemAlloc_v2");
+        let (dev, gpu) = match rt.current_gpu() {
+            Ok(on) => on,
+            Err(why) => return refused(why),
+        };
+        if rt.redirects(dev) {
+            return redirected(rt, dptr, bytes, (dev, gpu), "cuMemAlloc_v2");
         }
-        let rc = charged(rt, bytes, "cuMemAlloc_v2", || unsafe {
+        let rc = charged(rt, gpu, bytes, "cuMemAlloc_v2", || unsafe {
             real(dptr, bytesize)
         });
         if rc == CUDA_SUCCESS {
             rt.ptrs.insert(
                 unsafe { *dptr },
                 Record {
+                    gpu,
                     bytes,
                     kind: Kind::Device,
                 },
@@ -384,31 +405,39 @@ pub unsafe extern "C" fn cuMemAllocPitch_v2(
         let Some(estimate) = row.checked_mul(height as u64).filter(|_| valid) else {
             return forward();
         };
-        if let Some(dev) = rt.redirect_device() {
-            let rc = redirected(rt, dptr, estimate, dev, "cuMemAllocPitch_v2");
+        let (dev, gpu) = match rt.current_gpu() {
+            Ok(on) => on,
+            Err(why) => return refused(why),
+        };
+        if rt.redirects(dev) {
+            let rc = redirected(rt, dptr, estimate, (dev, gpu), "cuMemAllocPitch_v2");
             if rc == CUDA_SUCCESS {
                 unsafe { *pitch = row as usize };
             }
             return rc;
         }
-        let rc = charged(rt, estimate, "cuMemAllocPitch_v2", forward);
+        let rc = charged(rt, gpu, estimate, "cuMemAllocPitch_v2", forward);
         if rc != CUDA_SUCCESS {
             return rc;
         }
         // Charge what the driver really gave: pitch x height.
         let (ptr, actual) = unsafe { (*dptr, (*pitch as u64).saturating_mul(height as u64)) };
         if actual < estimate {
-            rt.release(estimate - actual);
-        } else if actual > estimate && rt.reserve(actual - estimate, "cuMemAllocPitch_v2").is_err()
+            rt.release(gpu, estimate - actual);
+        } else if actual > estimate
+            && rt
+                .reserve(gpu, actual - estimate, "cuMemAllocPitch_v2")
+                .is_err()
         {
             let free = real!(cuMemFree_v2 as unsafe extern "C" fn(CUdeviceptr) -> CUresult);
             unsafe { free(ptr) };
-            rt.release(estimate);
+            rt.release(gpu, estimate);
             return CUDA_ERROR_OUT_OF_MEMORY;
         }
         rt.ptrs.insert(
             ptr,
             Record {
+                gpu,
                 bytes: actual,
                 kind: Kind::Device,
             },
@@ -436,13 +465,18 @@ pub unsafe extern "C" fn cuMemAllocManaged(
             return unsafe { real(dptr, bytesize, flags) };
         }
         let bytes = bytesize as u64;
-        let rc = charged(rt, bytes, "cuMemAllocManaged", || unsafe {
+        let gpu = match rt.current_gpu() {
+            Ok((_, gpu)) => gpu,
+            Err(why) => return refused(why),
+        };
+        let rc = charged(rt, gpu, bytes, "cuMemAllocManaged", || unsafe {
             real(dptr, bytesize, flags)
         });
         if rc == CUDA_SUCCESS {
             rt.ptrs.insert(
                 unsafe { *dptr },
                 Record {
+                    gpu,
                     bytes,
                     kind: Kind::Managed { redirected: false },
                 },
@@ -453,6 +487,9 @@ pub unsafe extern "C" fn cuMemAllocManaged(
 }
 
 /// Stream-ordered allocations stay device memory (they may be captured into graphs).
+/// They are charged on the current device, where a stream of the current context
+/// allocates; a stream or pool of another device moves the charge there once the driver
+/// says where the memory is.
 fn stream_ordered(
     what: &str,
     dptr: *mut CUdeviceptr,
@@ -468,17 +505,39 @@ fn stream_ordered(
         return call();
     }
     let bytes = bytesize as u64;
-    let rc = charged(rt, bytes, what, call);
-    if rc == CUDA_SUCCESS {
-        rt.ptrs.insert(
-            unsafe { *dptr },
-            Record {
-                bytes,
-                kind: Kind::Device,
-            },
-        );
+    let (dev, mut gpu) = match rt.current_gpu() {
+        Ok(on) => on,
+        Err(why) => return refused(why),
+    };
+    let rc = charged(rt, gpu, bytes, what, call);
+    if rc != CUDA_SUCCESS {
+        return rc;
     }
-    rc
+    let ptr = unsafe { *dptr };
+    if let Some(landed) = driver::pointer_device(ptr).filter(|&d| d != dev) {
+        let moved = rt
+            .gpu(landed)
+            .and_then(|to| rt.reserve(to, bytes, what).map(|()| to));
+        rt.release(gpu, bytes);
+        match moved {
+            Ok(to) => gpu = to,
+            Err(why) => {
+                // The memory is on a GPU where the model has no room: give it back.
+                let free = real!(cuMemFree_v2 as unsafe extern "C" fn(CUdeviceptr) -> CUresult);
+                unsafe { free(ptr) };
+                return refused(why);
+            }
+        }
+    }
+    rt.ptrs.insert(
+        ptr,
+        Record {
+            gpu,
+            bytes,
+            kind: Kind::Device,
+        },
+    );
+    CUDA_SUCCESS
 }
 
 type AllocAsyncFn = unsafe extern "C" fn(*mut CUdeviceptr, usize, CUstream) -> CUresult;
@@ -608,11 +667,17 @@ pub unsafe extern "C" fn cuMemCreate(
             return forward();
         }
         let bytes = size as u64;
-        let rc = charged(rt, bytes, "cuMemCreate", forward);
+        // The memory is made on the device the properties name, current or not.
+        let gpu = match rt.gpu(unsafe { (*prop).location.id }) {
+            Ok(gpu) => gpu,
+            Err(why) => return refused(why),
+        };
+        let rc = charged(rt, gpu, bytes, "cuMemCreate", forward);
         if rc == CUDA_SUCCESS {
             rt.handles.insert(
                 unsafe { *handle },
                 Record {
+                    gpu,
                     bytes,
                     kind: Kind::Vmm {
                         maps: 0,
@@ -729,7 +794,7 @@ pub unsafe extern "C" fn cuMemUnmap(ptr: CUdeviceptr, size: usize) -> CUresult {
             if last == Some(true)
                 && let Some(r) = rt.handles.remove(handle)
             {
-                rt.release(r.bytes);
+                rt.release(r.gpu, r.bytes);
             }
         }
         rc
@@ -770,11 +835,16 @@ fn array_create(
     if array.is_null() || bytes == 0 {
         return call();
     }
-    let rc = charged(rt, bytes, what, call);
+    let gpu = match rt.current_gpu() {
+        Ok((_, gpu)) => gpu,
+        Err(why) => return refused(why),
+    };
+    let rc = charged(rt, gpu, bytes, what, call);
     if rc == CUDA_SUCCESS {
         rt.arrays.insert(
             unsafe { *array } as u64,
             Record {
+                gpu,
                 bytes,
                 kind: Kind::Array,
             },
@@ -913,7 +983,8 @@ pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) ->
         let rc = unsafe { real(free, total) };
         if rc == CUDA_SUCCESS
             && let Active::On(rt) = active()
-            && let Some((f, t)) = rt.virtual_memory(unsafe { *total } as u64)
+            && let Ok((_, gpu)) = rt.current_gpu()
+            && let Some((f, t)) = rt.virtual_memory(gpu, unsafe { *total } as u64)
         {
             unsafe {
                 *free = f as usize;
@@ -935,12 +1006,11 @@ pub unsafe extern "C" fn cuMemGetInfo(free: *mut u32, total: *mut u32) -> CUresu
         let rc = unsafe { real(free, total) };
         if rc == CUDA_SUCCESS
             && let Active::On(rt) = active()
+            && let Ok((dev, gpu)) = rt.current_gpu()
         {
             // The 32-bit ABI saturates; the physical size is asked in full.
-            let physical = driver::current_device()
-                .and_then(driver::physical_memory)
-                .unwrap_or(unsafe { *total } as u64);
-            if let Some((f, t)) = rt.virtual_memory(physical) {
+            let physical = driver::physical_memory(dev).unwrap_or(unsafe { *total } as u64);
+            if let Some((f, t)) = rt.virtual_memory(gpu, physical) {
                 unsafe {
                     *free = clamp32(f);
                     *total = clamp32(t);
@@ -959,7 +1029,8 @@ pub unsafe extern "C" fn cuDeviceTotalMem_v2(bytes: *mut usize, dev: CUdevice) -
         let rc = unsafe { real(bytes, dev) };
         if rc == CUDA_SUCCESS
             && let Active::On(rt) = active()
-            && let Some((_, t)) = rt.virtual_memory(unsafe { *bytes } as u64)
+            && let Ok(gpu) = rt.gpu(dev)
+            && let Some((_, t)) = rt.virtual_memory(gpu, unsafe { *bytes } as u64)
         {
             unsafe { *bytes = t as usize };
         }
@@ -974,9 +1045,10 @@ pub unsafe extern "C" fn cuDeviceTotalMem(bytes: *mut u32, dev: CUdevice) -> CUr
         let rc = unsafe { real(bytes, dev) };
         if rc == CUDA_SUCCESS
             && let Active::On(rt) = active()
+            && let Ok(gpu) = rt.gpu(dev)
         {
             let physical = driver::physical_memory(dev).unwrap_or(unsafe { *bytes } as u64);
-            if let Some((_, t)) = rt.virtual_memory(physical) {
+            if let Some((_, t)) = rt.virtual_memory(gpu, physical) {
                 unsafe { *bytes = clamp32(t) };
             }
         }
@@ -1018,12 +1090,11 @@ pub unsafe extern "C" fn nvmlInitWithFlags(flags: u32) -> nvmlReturn_t {
     })
 }
 
-/// NVML's view, made to agree with cuMemGetInfo: (total, free, used) of the model.
-fn nvml_virtual(total: u64) -> Option<(u64, u64, u64)> {
+/// NVML's view of one GPU, made to agree with cuMemGetInfo there: (total, free, used)
+/// of the model on it.
+fn nvml_virtual(device: nvmlDevice_t, total: u64) -> Option<(u64, u64, u64)> {
     match active() {
-        Active::On(rt) => rt
-            .virtual_memory(total)
-            .map(|(f, t)| (t, f, rt.model_used())),
+        Active::On(rt) => rt.nvml_memory(device, total),
         _ => None,
     }
 }
@@ -1041,7 +1112,7 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo(
         let rc = unsafe { real(device, memory) };
         if rc == NVML_SUCCESS
             && let Some(m) = unsafe { memory.as_mut() }
-            && let Some((total, free, used)) = nvml_virtual(m.total)
+            && let Some((total, free, used)) = nvml_virtual(device, m.total)
         {
             *m = nvmlMemory_t { total, free, used };
         }
@@ -1062,7 +1133,7 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
         let rc = unsafe { real(device, memory) };
         if rc == NVML_SUCCESS
             && let Some(m) = unsafe { memory.as_mut() }
-            && let Some((total, free, used)) = nvml_virtual(m.total)
+            && let Some((total, free, used)) = nvml_virtual(device, m.total)
         {
             m.total = total;
             m.reserved = 0;
