@@ -14,6 +14,7 @@ typedef unsigned long long CUdeviceptr;    /* CUdeviceptr_v2 */
 typedef unsigned int CUdeviceptr_v1;       /* legacy 32-bit ABI */
 typedef unsigned long long cuuint64_t;
 typedef struct fg_context *CUcontext;
+typedef struct fg_green_ctx *CUgreenCtx;   /* never created by the fake */
 typedef struct fg_stream *CUstream;
 typedef struct fg_event *CUevent;
 typedef struct fg_pool *CUmemoryPool;
@@ -31,6 +32,7 @@ enum {
     CUDA_ERROR_INVALID_DEVICE = 101,
     CUDA_ERROR_INVALID_CONTEXT = 201,
     CUDA_ERROR_CONTEXT_ALREADY_CURRENT = 202,
+    CUDA_ERROR_MAP_FAILED = 205,
     CUDA_ERROR_INVALID_HANDLE = 400,
     CUDA_ERROR_NOT_FOUND = 500,
     CUDA_ERROR_NOT_READY = 600,
@@ -167,6 +169,7 @@ typedef struct {
 } CUDA_ARRAY3D_DESCRIPTOR;
 
 typedef struct { char reserved[64]; } CUipcMemHandle;
+enum { CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS = 0x1 };
 typedef struct { char bytes[16]; } CUuuid;
 
 enum { /* cuGetProcAddress flags and CUdriverProcAddressQueryResult */

@@ -11,6 +11,7 @@
 #ifndef CUVISOR_FAKEGPU_H
 #define CUVISOR_FAKEGPU_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #define FG_API __attribute__((visibility("default")))
@@ -20,7 +21,7 @@
 #define FG_BLOCK (2ull << 20)
 
 typedef struct {
-    uint64_t device_mem;  /* bytes per device */
+    uint64_t device_mem[FG_MAX_DEVICES]; /* bytes of each physical device (0 past the count) */
     int device_count;
     int managed;          /* CONCURRENT_MANAGED_ACCESS */
     int pools;            /* MEMORY_POOLS_SUPPORTED */
@@ -56,6 +57,40 @@ FG_API uint64_t fg_range_resident(uint32_t r);
 
 /* Device-wide used bytes (all processes sharing the GPU), after reclaiming dead ones. */
 FG_API uint64_t fg_device_used(int dev);
+
+/* Devices are *physical* here: indices 0..device_count-1, the same in every process and in
+ * NVML. libcuda maps its ordinals (which CUDA_VISIBLE_DEVICES reorders and filters) to
+ * these before calling anything above.
+ *
+ * Identity: a UUID and a PCI location derived from the physical index alone, so that every
+ * process and both libraries agree. PCI: domain 0, bus FG_PCI_BUS(phys), device 0. */
+#define FG_UUID_TEXT_LEN 41 /* "GPU-" + 36 + NUL: NVML_DEVICE_UUID_ASCII_LEN */
+#define FG_PCI_BUS(phys) (0x10 + (phys))
+#define FG_PCI_DEVICE_ID 0x2330u /* H100 SXM5 */
+#define FG_PCI_VENDOR_ID 0x10deu /* NVIDIA */
+#define FG_PCI_SUBSYSTEM_ID 0x16c110deu
+FG_API void fg_device_uuid(int phys, unsigned char out[16]);
+/* "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx", lowercase, as nvidia-smi -L prints it. */
+FG_API void fg_device_uuid_text(int phys, char out[FG_UUID_TEXT_LEN]);
+/* The physical device whose UUID text starts with `s` (`len` characters, "GPU-" optional,
+ * hex digits in either case): -1 if none, -2 if several (an ambiguous prefix). */
+FG_API int fg_device_by_uuid_prefix(const char *s, size_t len);
+/* The physical device at a PCI bus id in any form NVIDIA accepts, all hex:
+ * domain:bus:device.function, domain:bus:device or bus:device.function. -1 if no device
+ * is there, -2 if the text is not a PCI bus id. */
+FG_API int fg_device_by_pci_bus_id(const char *s);
+
+/* The process has a context on physical device `phys` (lock not held). NVML lists the
+ * processes with a context on a device, as the real one does. */
+FG_API void fg_note_context(int phys);
+/* Processes using physical device `phys`: pid and resident bytes (lock held). Writes at
+ * most `max` and returns how many there are. */
+typedef struct { int32_t pid; uint64_t used; } fg_proc_usage_t;
+FG_API int fg_device_processes(int phys, fg_proc_usage_t *out, int max);
+
+/* Legacy IPC: who owns range r, and whether a range is still the one a handle named. */
+FG_API void fg_range_owner(uint32_t r, int32_t *pid, uint64_t *start_time);
+FG_API int fg_range_is(uint32_t r, int32_t pid, uint64_t start_time, uint64_t size);
 
 /* Per-process statistics for the report. */
 FG_API void fg_count_advise(void);

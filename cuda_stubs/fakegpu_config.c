@@ -1,8 +1,10 @@
 /* FAKE_CUDA_* environment: parsed once, every bad value reported with the accepted forms. */
+#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "fakegpu.h"
 
@@ -36,7 +38,8 @@ static int bad(const char *var, const char *value, const char *accepted) {
 
 static const char SIZE_FORMS[] =
     "expected a size greater than 0: bytes (17179869184), K/M/G/T or KiB/MiB/GiB/TiB "
-    "(powers of 1024), or KB/MB/GB/TB (powers of 1000), e.g. 16GiB";
+    "(powers of 1024), or KB/MB/GB/TB (powers of 1000), e.g. 16GiB; or a comma-separated "
+    "list of such sizes, one per device";
 
 static int parse_flag(const char *var, int *out) {
     const char *v = getenv(var);
@@ -56,14 +59,48 @@ static int parse_path(const char *var, const char **out) {
     return 0;
 }
 
+/* FAKE_CUDA_DEVICE_MEM: one size for every device, or one per device. */
+static int parse_device_mem(fg_config_t *c, int count_ok) {
+    const char *v = getenv("FAKE_CUDA_DEVICE_MEM");
+    uint64_t sizes[FG_MAX_DEVICES];
+    int n = 0;
+    if (!v) {
+        sizes[n++] = 16ull << 30;
+    } else {
+        for (const char *p = v;; n++) {
+            const char *comma = strchr(p, ',');
+            size_t len = comma ? (size_t)(comma - p) : strlen(p);
+            char item[64];
+            if (n == FG_MAX_DEVICES || len >= sizeof item) return bad("FAKE_CUDA_DEVICE_MEM", v, SIZE_FORMS);
+            memcpy(item, p, len);
+            item[len] = 0;
+            if (fg_parse_size(item, &sizes[n]) != 0 || sizes[n] == 0)
+                return bad("FAKE_CUDA_DEVICE_MEM", v, SIZE_FORMS);
+            if (!comma) {
+                n++;
+                break;
+            }
+            p = comma + 1;
+        }
+    }
+    if (!count_ok) return 0; /* FAKE_CUDA_DEVICE_COUNT was reported already */
+    if (n != 1 && n != c->device_count) {
+        char why[160];
+        snprintf(why, sizeof why,
+                 "expected one size for every device, or a comma-separated list of one size "
+                 "per device: %d of them (FAKE_CUDA_DEVICE_COUNT=%d)",
+                 c->device_count, c->device_count);
+        return bad("FAKE_CUDA_DEVICE_MEM", v, why);
+    }
+    for (int i = 0; i < c->device_count; i++) c->device_mem[i] = sizes[n == 1 ? 0 : i];
+    return 0;
+}
+
 /* Fills `c` from the environment; -1 after one message per bad variable. */
 int fg_config_from_env(fg_config_t *c) {
-    *c = (fg_config_t){.device_mem = 16ull << 30, .device_count = 1, .managed = 1, .pools = 1};
+    *c = (fg_config_t){.device_count = 1, .managed = 1, .pools = 1};
     int rc = 0;
-    const char *v = getenv("FAKE_CUDA_DEVICE_MEM");
-    if (v && (fg_parse_size(v, &c->device_mem) != 0 || c->device_mem == 0))
-        rc = bad("FAKE_CUDA_DEVICE_MEM", v, SIZE_FORMS);
-    v = getenv("FAKE_CUDA_DEVICE_COUNT");
+    const char *v = getenv("FAKE_CUDA_DEVICE_COUNT");
     if (v) {
         char *end;
         long n = strtol(v, &end, 10);
@@ -72,9 +109,96 @@ int fg_config_from_env(fg_config_t *c) {
         else
             c->device_count = (int)n;
     }
+    rc |= parse_device_mem(c, rc == 0);
     rc |= parse_flag("FAKE_CUDA_MANAGED", &c->managed);
     rc |= parse_flag("FAKE_CUDA_POOLS", &c->pools);
     rc |= parse_path("FAKE_CUDA_REPORT", &c->report_path);
     rc |= parse_path("FAKE_CUDA_STATE", &c->state_path);
     return rc ? -1 : 0;
+}
+
+/* ---- device identity ---------------------------------------------------------------- */
+
+/* splitmix64: a fixed, well-mixed function of the physical index, so that UUIDs differ
+ * from their first digit on and never change between builds or runs. */
+static uint64_t mix(uint64_t z) {
+    z += 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+#define UUID_SEED 0x63757669736f7266ull /* "cuvisorf" */
+
+void fg_device_uuid(int phys, unsigned char out[16]) {
+    for (int half = 0; half < 2; half++) {
+        uint64_t w = mix(UUID_SEED + 2 * (uint64_t)phys + (uint64_t)half);
+        for (int k = 0; k < 8; k++) out[half * 8 + k] = (unsigned char)(w >> (56 - 8 * k));
+    }
+    out[6] = (unsigned char)(0x40 | (out[6] & 0x0f)); /* RFC 4122: version 4 (random) */
+    out[8] = (unsigned char)(0x80 | (out[8] & 0x3f)); /* RFC 4122 variant */
+}
+
+void fg_device_uuid_text(int phys, char out[FG_UUID_TEXT_LEN]) {
+    unsigned char u[16];
+    fg_device_uuid(phys, u);
+    snprintf(out, FG_UUID_TEXT_LEN,
+             "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1],
+             u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
+}
+
+int fg_device_by_uuid_prefix(const char *s, size_t len) {
+    if (len >= 4 && strncmp(s, "GPU-", 4) == 0) {
+        s += 4;
+        len -= 4;
+    }
+    if (len == 0 || len > FG_UUID_TEXT_LEN - 5) return -1;
+    int found = -1;
+    for (int d = 0; d < fg_config()->device_count; d++) {
+        char text[FG_UUID_TEXT_LEN];
+        fg_device_uuid_text(d, text);
+        if (strncasecmp(text + 4, s, len) != 0) continue;
+        if (found >= 0) return -2;
+        found = d;
+    }
+    return found;
+}
+
+/* One hex field of a PCI bus id; advances *p. -1 if there is no hex digit. */
+static long hex_field(const char **p) {
+    char *end;
+    if (!isxdigit((unsigned char)**p)) return -1;
+    errno = 0;
+    unsigned long v = strtoul(*p, &end, 16);
+    if (errno || end - *p > 8) return -1;
+    *p = end;
+    return (long)v;
+}
+
+int fg_device_by_pci_bus_id(const char *s) {
+    if (!s) return -2;
+    long f[4];
+    char seps[4] = {0};
+    int n = 0;
+    const char *p = s;
+    for (;;) {
+        if (n == 4 || (f[n] = hex_field(&p)) < 0) return -2;
+        n++;
+        if (*p == 0) break;
+        if (*p != ':' && *p != '.') return -2;
+        seps[n - 1] = *p++;
+    }
+    long domain, bus, device, function = 0;
+    if (n == 4 && seps[0] == ':' && seps[1] == ':' && seps[2] == '.') {
+        domain = f[0], bus = f[1], device = f[2], function = f[3];
+    } else if (n == 3 && seps[0] == ':' && seps[1] == ':') {
+        domain = f[0], bus = f[1], device = f[2];
+    } else if (n == 3 && seps[0] == ':' && seps[1] == '.') {
+        domain = 0, bus = f[0], device = f[1], function = f[2];
+    } else {
+        return -2;
+    }
+    for (int d = 0; d < fg_config()->device_count; d++)
+        if (domain == 0 && bus == FG_PCI_BUS(d) && device == 0 && function == 0) return d;
+    return -1;
 }

@@ -20,7 +20,7 @@ int fg_config_from_env(fg_config_t *c);
 #define FG_MAX_PROCS 1024
 #define FG_MAX_RANGES 65536
 #define FG_MAGIC "FAKEGPU\0"
-#define FG_VERSION 2
+#define FG_VERSION 3
 
 struct fg_range {
     uint32_t owner;       /* process slot + 1; 0 = free */
@@ -36,7 +36,7 @@ enum { FLAG_EVICTABLE = 1, FLAG_PREFER_HOST = 2 };
 
 struct fg_proc {
     int32_t pid;          /* 0 = free */
-    uint32_t pad;
+    uint32_t devices;     /* bit d: the process has had a context on physical device d */
     uint64_t start_time;  /* /proc/PID/stat starttime: a reused pid is not the same process */
     uint64_t evicted_bytes;
 };
@@ -46,7 +46,7 @@ struct fg_region {
     uint32_t version;
     uint32_t header_size;
     uint64_t region_size;
-    uint64_t device_mem;
+    uint64_t device_mem[FG_MAX_DEVICES]; /* by physical device: never CUDA_VISIBLE_DEVICES's order */
     uint32_t device_count, managed, pools, pad;
     pthread_mutex_t lock;
     uint64_t clock;
@@ -129,7 +129,8 @@ static void recount_locked(void) {
 }
 
 static uint64_t free_bytes(int dev) {
-    return R->used[dev] >= config.device_mem ? 0 : config.device_mem - R->used[dev];
+    uint64_t cap = config.device_mem[dev];
+    return R->used[dev] >= cap ? 0 : cap - R->used[dev];
 }
 
 /* Makes `need` bytes free on `dev` if it can: reclaims dead processes, then evicts
@@ -244,6 +245,43 @@ uint64_t fg_device_used(int dev) {
     return R->used[dev];
 }
 
+void fg_note_context(int phys) {
+    if (!R || self_slot < 0 || phys < 0 || phys >= FG_MAX_DEVICES) return;
+    fg_lock();
+    R->procs[self_slot].devices |= 1u << phys;
+    fg_unlock();
+}
+
+int fg_device_processes(int phys, fg_proc_usage_t *out, int max) {
+    static uint64_t used[FG_MAX_PROCS]; /* lock held: one caller at a time */
+    reclaim_dead_locked();
+    memset(used, 0, sizeof(uint64_t) * R->procs_high);
+    for (uint32_t r = 0; r < R->high_water; r++) {
+        const struct fg_range *g = &R->ranges[r];
+        if (g->owner && g->dev == phys) used[g->owner - 1] += g->resident;
+    }
+    int n = 0;
+    for (uint32_t s = 0; s < R->procs_high; s++) {
+        const struct fg_proc *p = &R->procs[s];
+        if (p->pid == 0 || (!(p->devices & (1u << phys)) && used[s] == 0)) continue;
+        if (n < max) out[n] = (fg_proc_usage_t){.pid = p->pid, .used = used[s]};
+        n++;
+    }
+    return n;
+}
+
+void fg_range_owner(uint32_t r, int32_t *pid, uint64_t *start_time) {
+    const struct fg_proc *p = &R->procs[R->ranges[r].owner - 1];
+    *pid = p->pid;
+    *start_time = p->start_time;
+}
+
+int fg_range_is(uint32_t r, int32_t pid, uint64_t start_time, uint64_t size) {
+    if (r >= R->high_water || !R->ranges[r].owner || R->ranges[r].size != size) return 0;
+    const struct fg_proc *p = &R->procs[R->ranges[r].owner - 1];
+    return p->pid == pid && p->start_time == start_time && proc_alive(p);
+}
+
 void fg_count_advise(void) { stats.advise++; }
 void fg_count_prefetch(void) { stats.prefetch++; }
 void fg_count_oom(void) { stats.oom++; }
@@ -269,7 +307,7 @@ static int init_region(struct fg_region *g) {
     g->version = FG_VERSION;
     g->header_size = (uint32_t)offsetof(struct fg_region, procs);
     g->region_size = sizeof *g;
-    g->device_mem = config.device_mem;
+    memcpy(g->device_mem, config.device_mem, sizeof g->device_mem);
     g->device_count = (uint32_t)config.device_count;
     g->managed = (uint32_t)config.managed;
     g->pools = (uint32_t)config.pools;
@@ -317,13 +355,18 @@ static int attach_shared_file(void) {
         rc = init_region(R);
     } else if (memcmp(R->magic, FG_MAGIC, 8) != 0 || R->version != FG_VERSION) {
         state_error("not a fake GPU state file of this version (bad magic or version)");
-    } else if (R->device_mem != config.device_mem || R->device_count != (uint32_t)config.device_count ||
+    } else if (memcmp(R->device_mem, config.device_mem, sizeof R->device_mem) != 0 ||
+               R->device_count != (uint32_t)config.device_count ||
                R->managed != (uint32_t)config.managed || R->pools != (uint32_t)config.pools) {
-        char msg[256];
+        char sizes[FG_MAX_DEVICES * 21 + 1] = "", msg[sizeof sizes + 160];
+        size_t len = 0;
+        for (uint32_t d = 0; d < R->device_count && d < FG_MAX_DEVICES; d++)
+            len += (size_t)snprintf(sizes + len, sizeof sizes - len, "%s%llu", d ? "," : "",
+                                    (unsigned long long)R->device_mem[d]);
         snprintf(msg, sizeof msg,
-                 "it describes a GPU of %llu bytes x %u devices, managed=%u, pools=%u; "
+                 "it describes %u devices of %s bytes, managed=%u, pools=%u; "
                  "this process's FAKE_CUDA_* settings differ",
-                 (unsigned long long)R->device_mem, R->device_count, R->managed, R->pools);
+                 R->device_count, R->device_count ? sizes : "0", R->managed, R->pools);
         state_error(msg);
     } else {
         rc = 0;

@@ -38,14 +38,66 @@ CUresult cu_initialized(void) {
     return CUDA_SUCCESS;
 }
 
-int cu_valid_device(CUdevice dev) { return dev >= 0 && dev < fg_config()->device_count; }
+/* ---- CUDA_VISIBLE_DEVICES ------------------------------------------------------------ */
+
+static int visible[FG_MAX_DEVICES]; /* ordinal -> physical device */
+static int n_visible;
+static pthread_once_t visible_once = PTHREAD_ONCE_INIT;
+
+/* One entry: a physical index in decimal, or a UUID or a unique prefix of one, with or
+ * without "GPU-". -1 if it names no device (or several). */
+static int visible_entry(const char *s, size_t len) {
+    size_t digits = 0;
+    while (digits < len && s[digits] >= '0' && s[digits] <= '9') digits++;
+    if (len > 0 && digits == len) {
+        if (len > 2) return -1; /* at most 16 devices */
+        int i = s[0] - '0';
+        if (len == 2) i = i * 10 + (s[1] - '0');
+        return i < fg_config()->device_count ? i : -1;
+    }
+    int d = fg_device_by_uuid_prefix(s, len);
+    return d >= 0 ? d : -1;
+}
+
+/* As NVIDIA's driver reads it at cuInit: unset, every device in physical order; otherwise
+ * the listed devices in the listed order, up to the first entry that names no device or one
+ * already listed. Set but empty: no device. */
+static void parse_visible(void) {
+    const char *v = getenv("CUDA_VISIBLE_DEVICES");
+    if (!v) {
+        for (n_visible = 0; n_visible < fg_config()->device_count; n_visible++)
+            visible[n_visible] = n_visible;
+        return;
+    }
+    for (const char *p = v; *v && n_visible < FG_MAX_DEVICES;) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        int d = visible_entry(p, len);
+        for (int k = 0; k < n_visible && d >= 0; k++)
+            if (visible[k] == d) d = -1;
+        if (d < 0) break;
+        visible[n_visible++] = d;
+        if (!comma) break;
+        p = comma + 1;
+    }
+}
+
+int cu_valid_device(CUdevice dev) { return dev >= 0 && dev < n_visible; }
+int cu_phys(CUdevice dev) { return visible[dev]; }
+
+int cu_ordinal(int phys) {
+    for (int k = 0; k < n_visible; k++)
+        if (visible[k] == phys) return k;
+    return -1;
+}
 
 EXPORT CUresult cuInit(unsigned int flags) {
     COUNT(cuInit);
     if (flags != 0) return CUDA_ERROR_INVALID_VALUE;
     if (forked_after_init) return CUDA_ERROR_NOT_INITIALIZED;
     if (fg_init() != 0) return CUDA_ERROR_NOT_INITIALIZED;
-    if (fg_config()->device_count == 0) return CUDA_ERROR_NO_DEVICE;
+    pthread_once(&visible_once, parse_visible);
+    if (n_visible == 0) return CUDA_ERROR_NO_DEVICE;
     initialized = 1;
     return CUDA_SUCCESS;
 }
@@ -104,7 +156,7 @@ EXPORT CUresult cuDeviceGetCount(int *count) {
     CUresult rc = cu_initialized();
     if (rc) return rc;
     if (!count) return CUDA_ERROR_INVALID_VALUE;
-    *count = fg_config()->device_count;
+    *count = n_visible;
     return CUDA_SUCCESS;
 }
 
@@ -130,17 +182,17 @@ EXPORT CUresult cuDeviceGetName(char *name, int len, CUdevice dev) {
     CUresult rc = device_query(dev, name);
     if (rc) return rc;
     if (len <= 0) return CUDA_ERROR_INVALID_VALUE;
-    snprintf(name, (size_t)len, "cuvisor fake GPU %d (%llu MiB)", dev,
-             (unsigned long long)(fg_config()->device_mem >> 20));
+    /* Named by the physical device, as NVML names it: the same GPU has one name. */
+    int phys = cu_phys(dev);
+    snprintf(name, (size_t)len, "cuvisor fake GPU %d (%llu MiB)", phys,
+             (unsigned long long)(fg_config()->device_mem[phys] >> 20));
     return CUDA_SUCCESS;
 }
 
 static CUresult device_uuid(CUuuid *uuid, CUdevice dev) {
     CUresult rc = device_query(dev, uuid);
     if (rc) return rc;
-    memset(uuid, 0, sizeof *uuid);
-    memcpy(uuid->bytes, "cuvisorfake", 11);
-    uuid->bytes[15] = (char)dev;
+    fg_device_uuid(cu_phys(dev), (unsigned char *)uuid->bytes);
     return CUDA_SUCCESS;
 }
 EXPORT CUresult cuDeviceGetUuid(CUuuid *uuid, CUdevice dev) { COUNT(cuDeviceGetUuid); return device_uuid(uuid, dev); }
@@ -150,7 +202,7 @@ EXPORT CUresult cuDeviceTotalMem_v2(size_t *bytes, CUdevice dev) {
     COUNT(cuDeviceTotalMem_v2);
     CUresult rc = device_query(dev, bytes);
     if (rc) return rc;
-    *bytes = fg_config()->device_mem;
+    *bytes = fg_config()->device_mem[cu_phys(dev)];
     return CUDA_SUCCESS;
 }
 
@@ -159,7 +211,7 @@ EXPORT CUresult cuDeviceTotalMem(unsigned int *bytes, CUdevice dev) {
     COUNT(cuDeviceTotalMem);
     CUresult rc = device_query(dev, bytes);
     if (rc) return rc;
-    uint64_t m = fg_config()->device_mem;
+    uint64_t m = fg_config()->device_mem[cu_phys(dev)];
     *bytes = m > UINT32_MAX ? UINT32_MAX : (unsigned int)m;
     return CUDA_SUCCESS;
 }
@@ -176,7 +228,9 @@ EXPORT CUresult cuDeviceGetAttribute(int *value, int attrib, CUdevice dev) {
     case CU_DEVICE_ATTRIBUTE_TEXTURE_ALIGNMENT: *value = 512; break;
     case CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT: *value = 132; break;
     case CU_DEVICE_ATTRIBUTE_CAN_MAP_HOST_MEMORY: *value = 1; break;
-    case CU_DEVICE_ATTRIBUTE_PCI_BUS_ID: *value = 0x10 + dev; break;
+    case CU_DEVICE_ATTRIBUTE_PCI_BUS_ID: *value = FG_PCI_BUS(cu_phys(dev)); break;
+    case CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID: *value = 0; break; /* the slot on the bus */
+    case CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID: *value = 0; break;
     case CU_DEVICE_ATTRIBUTE_UNIFIED_ADDRESSING: *value = 1; break;
     case CU_DEVICE_ATTRIBUTE_TEXTURE_PITCH_ALIGNMENT: *value = 32; break;
     case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR: *value = 9; break;
@@ -197,6 +251,30 @@ EXPORT CUresult cuDeviceComputeCapability(int *major, int *minor, CUdevice dev) 
     if (!minor) return CUDA_ERROR_INVALID_VALUE;
     *major = 9;
     *minor = 0;
+    return CUDA_SUCCESS;
+}
+
+/* "domain:bus:device.function" with a 4-digit domain, in the 13 characters the driver
+ * documents ("0000:10:00.0"); NVML prints the 8-digit form. Upper case, as the driver's. */
+EXPORT CUresult cuDeviceGetPCIBusId(char *bus_id, int len, CUdevice dev) {
+    COUNT(cuDeviceGetPCIBusId);
+    CUresult rc = device_query(dev, bus_id);
+    if (rc) return rc;
+    if (len <= 0) return CUDA_ERROR_INVALID_VALUE;
+    snprintf(bus_id, (size_t)len, "%04X:%02X:%02X.0", 0u, (unsigned)FG_PCI_BUS(cu_phys(dev)), 0u);
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuDeviceGetByPCIBusId(CUdevice *dev, const char *bus_id) {
+    COUNT(cuDeviceGetByPCIBusId);
+    CUresult rc = cu_initialized();
+    if (rc) return rc;
+    if (!dev || !bus_id) return CUDA_ERROR_INVALID_VALUE;
+    int phys = fg_device_by_pci_bus_id(bus_id);
+    if (phys == -2) return CUDA_ERROR_INVALID_VALUE;
+    int ordinal = phys >= 0 ? cu_ordinal(phys) : -1; /* a hidden device is no device here */
+    if (ordinal < 0) return CUDA_ERROR_INVALID_DEVICE;
+    *dev = ordinal;
     return CUDA_SUCCESS;
 }
 
@@ -240,6 +318,7 @@ EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *ctx, CUdevice dev) {
     c->primary = 1;
     c->refcount++;
     pthread_mutex_unlock(&ctx_lock);
+    fg_note_context(cu_phys(dev));
     *ctx = c;
     return CUDA_SUCCESS;
 }
@@ -299,6 +378,7 @@ EXPORT CUresult cuCtxCreate_v2(CUcontext *ctx, unsigned flags, CUdevice dev) {
     if (!c) return CUDA_ERROR_OUT_OF_MEMORY;
     *c = (struct fg_context){.magic = CTX_MAGIC, .dev = dev, .refcount = 1, .flags = flags};
     ctx_stack[ctx_depth++] = c;
+    fg_note_context(cu_phys(dev));
     *ctx = c;
     return CUDA_SUCCESS;
 }
@@ -400,6 +480,30 @@ EXPORT CUresult cuStreamCreateWithPriority(CUstream *s, unsigned flags, int prio
     (void)priority;
     return stream_create(s, flags);
 }
+
+/* The stream's context; the special streams (NULL, legacy, per-thread) belong to the
+ * current context. No green contexts in the fake: *green is NULL. */
+static CUresult stream_ctx(CUstream s, CUcontext *ctx, CUgreenCtx *green, int v2) {
+    CUresult rc = cu_initialized();
+    if (rc) return rc;
+    if (!ctx || (v2 && !green)) return CUDA_ERROR_INVALID_VALUE;
+    CUcontext c;
+    if (s == NULL || s == CU_STREAM_LEGACY || s == CU_STREAM_PER_THREAD) {
+        c = cu_current_ctx();
+        if (!ctx_alive(c)) return CUDA_ERROR_INVALID_CONTEXT;
+    } else if (s->magic != STREAM_MAGIC) {
+        return CUDA_ERROR_INVALID_HANDLE;
+    } else {
+        c = s->ctx;
+    }
+    *ctx = c;
+    if (v2) *green = NULL;
+    return CUDA_SUCCESS;
+}
+EXPORT CUresult cuStreamGetCtx(CUstream s, CUcontext *c) { COUNT(cuStreamGetCtx); return stream_ctx(s, c, NULL, 0); }
+EXPORT CUresult cuStreamGetCtx_ptsz(CUstream s, CUcontext *c) { COUNT(cuStreamGetCtx_ptsz); return stream_ctx(s, c, NULL, 0); }
+EXPORT CUresult cuStreamGetCtx_v2(CUstream s, CUcontext *c, CUgreenCtx *g) { COUNT(cuStreamGetCtx_v2); return stream_ctx(s, c, g, 1); }
+EXPORT CUresult cuStreamGetCtx_v2_ptsz(CUstream s, CUcontext *c, CUgreenCtx *g) { COUNT(cuStreamGetCtx_v2_ptsz); return stream_ctx(s, c, g, 1); }
 
 EXPORT CUresult cuStreamDestroy_v2(CUstream s) {
     COUNT(cuStreamDestroy_v2);

@@ -22,6 +22,11 @@ CUresult cu_ready(int *dev);
 CUresult cu_initialized(void);
 CUcontext cu_current_ctx(void);
 int cu_valid_device(CUdevice dev);
+/* CUDA_VISIBLE_DEVICES: the physical device behind a valid ordinal, and the ordinal of a
+ * physical device in this process (-1 when it is not visible). The device state and NVML
+ * know only physical devices; contexts, pointers and every CUdevice here are ordinals. */
+int cu_phys(CUdevice dev);
+int cu_ordinal(int phys);
 int cu_valid_stream(CUstream s);
 /* The synchronizing calls release what memory pools hold beyond their threshold. */
 void cu_pools_sync(void);

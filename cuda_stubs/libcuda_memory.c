@@ -5,9 +5,12 @@
  * Managed and pinned host memory are host-accessible, so their addresses are the host
  * addresses. One lock (the device-state lock) guards everything here. */
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "libcuda_internal.h"
@@ -17,8 +20,8 @@
 #define PITCH_ALIGN 512ull        /* cuMemAllocPitch rounds rows up to this */
 #define ARRAY_ALIGN (64ull << 10) /* arrays occupy whole 64 KiB pages */
 
-enum akind { A_DEVICE = 1, A_PITCH, A_LEGACY, A_MANAGED, A_POOL, A_VA, A_HOST };
-static const char *const kind_names[] = {"", "device", "pitch", "legacy", "managed", "pool", "va", "host"};
+enum akind { A_DEVICE = 1, A_PITCH, A_LEGACY, A_MANAGED, A_POOL, A_VA, A_HOST, A_IPC };
+static const char *const kind_names[] = {"", "device", "pitch", "legacy", "managed", "pool", "va", "host", "ipc"};
 
 struct alloc {
     uint64_t dptr, size;
@@ -29,6 +32,12 @@ struct alloc {
     uint32_t range;       /* device-state range, or FG_NO_RANGE */
     struct fg_pool *pool;
     CUcontext ctx;
+    int ipc_fd;           /* exported (cuIpcGetMemHandle): the memfd now backing it; else -1 */
+    uint64_t ipc_serial;  /* exported: which export of this process (also in A_IPC: the source's) */
+    char *reserve;        /* exported heap block: kept so that no allocation reuses its address */
+    int32_t src_pid;      /* A_IPC: the exporter and its address, and the opens outstanding */
+    uint64_t src_dptr;
+    int refs;
 };
 static struct alloc *allocs; /* sorted by dptr */
 static size_t n_allocs, cap_allocs;
@@ -109,7 +118,7 @@ static CUresult new_alloc(enum akind kind, int dev, uint64_t size, uint64_t char
     uint64_t map_len;
     uint32_t range = FG_NO_RANGE;
     if (charge) {
-        range = fg_range_new(dev, fkind, charge);
+        range = fg_range_new(cu_phys(dev), fkind, charge);
         if (range == FG_NO_RANGE) {
             fg_count_oom();
             return CUDA_ERROR_OUT_OF_MEMORY;
@@ -123,7 +132,7 @@ static CUresult new_alloc(enum akind kind, int dev, uint64_t size, uint64_t char
     int host_visible = kind == A_MANAGED || kind == A_LEGACY || kind == A_HOST;
     struct alloc a = {.dptr = (uint64_t)(uintptr_t)host + (host_visible ? 0 : DEV_OFFSET),
                       .size = size, .host = host, .map_len = map_len, .kind = kind, .dev = dev,
-                      .range = range, .pool = pool, .ctx = cu_current_ctx()};
+                      .range = range, .pool = pool, .ctx = cu_current_ctx(), .ipc_fd = -1};
     if (table_insert(&a) != 0) {
         release_backing(host, map_len);
         if (range != FG_NO_RANGE) fg_range_free(range);
@@ -139,6 +148,8 @@ static void drop_alloc(struct alloc *a) {
     if (a->range != FG_NO_RANGE) fg_range_free(a->range);
     if (a->kind == A_POOL) pool_release_bytes(a->pool, a->size);
     release_backing(a->host, a->map_len);
+    if (a->ipc_fd >= 0) close(a->ipc_fd); /* importers' mappings keep the memory */
+    free(a->reserve);
     table_remove(a);
 }
 
@@ -226,7 +237,7 @@ static CUresult free_device(CUdeviceptr p, int host_kind) {
     fg_lock();
     struct alloc *a = find_base(p);
     int ok = a && (host_kind ? a->kind == A_HOST
-                             : a->kind != A_HOST && a->kind != A_VA);
+                             : a->kind != A_HOST && a->kind != A_VA && a->kind != A_IPC);
     if (ok) drop_alloc(a);
     fg_unlock();
     return ok ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
@@ -260,9 +271,9 @@ EXPORT CUresult cuMemGetInfo_v2(size_t *free_out, size_t *total_out) {
     CUresult rc = cu_ready(&dev);
     if (rc) return rc;
     if (!free_out || !total_out) return CUDA_ERROR_INVALID_VALUE;
-    uint64_t total = fg_config()->device_mem;
+    uint64_t total = fg_config()->device_mem[cu_phys(dev)];
     fg_lock();
-    uint64_t used = fg_device_used(dev);
+    uint64_t used = fg_device_used(cu_phys(dev));
     fg_unlock();
     *total_out = total;
     *free_out = used >= total ? 0 : total - used;
@@ -354,7 +365,7 @@ EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size,
                              .dev = on_device ? prop->location.id : -1, .range = FG_NO_RANGE};
     fg_lock();
     if (on_device) {
-        v->range = fg_range_new(v->dev, FG_FIXED, size);
+        v->range = fg_range_new(cu_phys(v->dev), FG_FIXED, size);
         if (v->range == FG_NO_RANGE) {
             fg_count_oom();
             fg_unlock();
@@ -401,7 +412,8 @@ EXPORT CUresult cuMemAddressReserve(CUdeviceptr *ptr, size_t size, size_t align,
     char *end = base + size, *raw_end = (char *)raw + size + a;
     if (raw_end > end) munmap(end, (size_t)(raw_end - end));
     struct alloc r = {.dptr = (uintptr_t)base + DEV_OFFSET, .size = size, .host = base,
-                      .map_len = size, .kind = A_VA, .range = FG_NO_RANGE, .ctx = cu_current_ctx()};
+                      .map_len = size, .kind = A_VA, .range = FG_NO_RANGE, .ctx = cu_current_ctx(),
+                      .ipc_fd = -1};
     fg_lock();
     if (table_insert(&r) != 0) {
         munmap(base, size);
@@ -563,7 +575,7 @@ static int pool_reserve(struct fg_pool *p, uint64_t target) {
         fg_range_free(p->range);
         p->range = FG_NO_RANGE;
     } else if (p->range == FG_NO_RANGE) {
-        p->range = fg_range_new(p->dev, FG_FIXED, target);
+        p->range = fg_range_new(cu_phys(p->dev), FG_FIXED, target);
         if (p->range == FG_NO_RANGE) return -1;
     } else if (fg_range_resize(p->range, target) != 0) {
         return -1;
@@ -804,7 +816,7 @@ static CUresult array_create(struct fg_array **out, uint64_t bytes, int mip) {
     if (!a) return CUDA_ERROR_OUT_OF_MEMORY;
     bytes = ROUND_UP(bytes, ARRAY_ALIGN);
     fg_lock();
-    a->range = fg_range_new(dev, FG_FIXED, bytes);
+    a->range = fg_range_new(cu_phys(dev), FG_FIXED, bytes);
     if (a->range == FG_NO_RANGE) {
         fg_count_oom();
         fg_unlock();
@@ -1082,6 +1094,84 @@ EXPORT CUresult cuPointerGetAttributes(unsigned n, int *attrs, void **data, CUde
     return rc;
 }
 
+/* Legacy IPC. A handle names the exporter (pid and start time), its allocation and
+ * device-state range, and the memfd that backs the allocation once it is exported; another
+ * process on the same fake GPU maps that memfd through /proc/PID/fd, so both see one copy
+ * of the data, as two processes do on a real GPU. */
+#define IPC_MAGIC "fakeipc\0"
+struct ipc_handle {
+    char magic[8];
+    int32_t pid;          /* the exporter */
+    int32_t fd;           /* its memfd */
+    uint64_t start_time;  /* tells a reused pid apart */
+    uint64_t dptr, size;  /* the allocation, in the exporter */
+    uint32_t range;       /* its device-state range: alive while the allocation is */
+    uint32_t phys;        /* the physical device */
+    uint64_t serial;      /* the exporter's export number: a later allocation at the same
+                             address, with the same fd number, is not the one named here */
+    char unused[8];
+};
+_Static_assert(sizeof(struct ipc_handle) == sizeof(CUipcMemHandle), "an IPC handle is 64 bytes");
+
+static uint64_t page_size(void) { return (uint64_t)sysconf(_SC_PAGESIZE); }
+
+static void ipc_name(char *buf, size_t len, uint64_t dptr, uint64_t serial) {
+    snprintf(buf, len, "fake-cuda-ipc-%llx-%llu", (unsigned long long)dptr, (unsigned long long)serial);
+}
+
+/* Copies into `fd` the pages of [host, host+len) that were ever written (present or swapped
+ * according to /proc/self/pagemap): the others read as zeros, and copying them would
+ * populate gigabytes of an allocation nobody touched. */
+static int copy_used_pages(int fd, const char *host, uint64_t len) {
+    uint64_t page = page_size(), entries[512];
+    int pm = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+    int rc = 0;
+    for (uint64_t off = 0; off < len && !rc; off += 512 * page) {
+        uint64_t n = (len - off) / page < 512 ? (len - off) / page : 512;
+        off_t at = (off_t)((uintptr_t)(host + off) / page * sizeof entries[0]);
+        if (pm < 0 || pread(pm, entries, n * sizeof entries[0], at) != (ssize_t)(n * sizeof entries[0]))
+            memset(entries, 0xff, sizeof entries); /* unknown: copy everything */
+        for (uint64_t k = 0; k < n && !rc; k++)
+            if ((entries[k] >> 62) && /* bit 63: present, bit 62: swapped */
+                pwrite(fd, host + off + k * page, page, (off_t)(off + k * page)) != (ssize_t)page)
+                rc = -1;
+    }
+    if (pm >= 0) close(pm);
+    return rc;
+}
+
+/* Puts an allocation's data in a memfd that other processes can map (lock held). Its own
+ * mapping is replaced in place; a heap block moves to a mapping of its own (the device
+ * address does not change: it is not the host address) and stays allocated as a reserve. */
+static int make_shareable(struct alloc *a) {
+    static uint64_t exports;
+    if (a->ipc_fd >= 0) return 0;
+    char name[64];
+    ipc_name(name, sizeof name, a->dptr, ++exports);
+    uint64_t len = ROUND_UP(a->size, page_size());
+    int fd = memfd_create(name, MFD_CLOEXEC);
+    if (fd < 0) return -1;
+    if (ftruncate(fd, (off_t)len) != 0) goto fail;
+    if (a->map_len) {
+        if (copy_used_pages(fd, a->host, a->map_len) != 0 ||
+            mmap(a->host, a->map_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0) == MAP_FAILED)
+            goto fail;
+    } else {
+        char *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (m == MAP_FAILED) goto fail;
+        memcpy(m, a->host, a->size);
+        a->reserve = a->host;
+        a->host = m;
+        a->map_len = len;
+    }
+    a->ipc_fd = fd;
+    a->ipc_serial = exports;
+    return 0;
+fail:
+    close(fd);
+    return -1;
+}
+
 /* Legacy IPC works only on memory from cuMemAlloc: not managed, pool or VMM memory. */
 EXPORT CUresult cuIpcGetMemHandle(CUipcMemHandle *handle, CUdeviceptr p) {
     COUNT(cuIpcGetMemHandle);
@@ -1092,11 +1182,99 @@ EXPORT CUresult cuIpcGetMemHandle(CUipcMemHandle *handle, CUdeviceptr p) {
     struct alloc *a = find_containing(p);
     if (!a || (a->kind != A_DEVICE && a->kind != A_PITCH)) {
         rc = CUDA_ERROR_INVALID_VALUE;
+    } else if (make_shareable(a) != 0) {
+        rc = CUDA_ERROR_OUT_OF_MEMORY;
     } else {
-        memset(handle, 0, sizeof *handle);
-        uint64_t words[3] = {(uint64_t)getpid(), a->dptr, a->size};
-        memcpy(handle->reserved, words, sizeof words);
+        struct ipc_handle h = {.magic = IPC_MAGIC, .fd = a->ipc_fd, .dptr = a->dptr,
+                               .size = a->size, .range = a->range, .phys = (uint32_t)cu_phys(a->dev),
+                               .serial = a->ipc_serial};
+        fg_range_owner(a->range, &h.pid, &h.start_time);
+        memcpy(handle, &h, sizeof h);
     }
+    fg_unlock();
+    return rc;
+}
+
+/* Maps the exporter's memfd (lock held). CUDA_ERROR_MAP_FAILED when it cannot. */
+static CUresult ipc_map(const struct ipc_handle *h, char **host, uint64_t *len) {
+    char path[64], link[128], want[80], name[64];
+    snprintf(path, sizeof path, "/proc/%d/fd/%d", (int)h->pid, (int)h->fd);
+    ipc_name(name, sizeof name, h->dptr, h->serial);
+    snprintf(want, sizeof want, "/memfd:%s ", name); /* then "(deleted)" */
+    ssize_t n = readlink(path, link, sizeof link - 1);
+    if (n < 0) return CUDA_ERROR_MAP_FAILED;
+    link[n] = 0;
+    if (strncmp(link, want, strlen(want)) != 0) return CUDA_ERROR_INVALID_HANDLE; /* not that memory */
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    if (fd < 0) return CUDA_ERROR_MAP_FAILED;
+    struct stat st;
+    *len = ROUND_UP(h->size, page_size());
+    void *m = MAP_FAILED;
+    if (fstat(fd, &st) == 0 && (uint64_t)st.st_size == *len)
+        m = mmap(NULL, *len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (m == MAP_FAILED) return CUDA_ERROR_MAP_FAILED;
+    *host = m;
+    return CUDA_SUCCESS;
+}
+
+/* Opening a handle again returns the same address and counts a reference, as documented;
+ * opening it in the process that exported it answers CUDA_ERROR_INVALID_CONTEXT, and a
+ * handle whose allocation or exporter is gone (or on another fake GPU) is unknown:
+ * CUDA_ERROR_INVALID_HANDLE. The mapping charges nothing: the exporter's allocation is the
+ * device memory. */
+static CUresult ipc_open(CUdeviceptr *pdptr, CUipcMemHandle handle, unsigned flags) {
+    int dev;
+    CUresult rc = cu_ready(&dev);
+    if (rc) return rc;
+    if (!pdptr || (flags & ~(unsigned)CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS)) return CUDA_ERROR_INVALID_VALUE;
+    struct ipc_handle h;
+    memcpy(&h, &handle, sizeof h);
+    if (memcmp(h.magic, IPC_MAGIC, sizeof h.magic) != 0 || h.size == 0 ||
+        h.phys >= (uint32_t)fg_config()->device_count)
+        return CUDA_ERROR_INVALID_HANDLE;
+    if (h.pid == getpid()) return CUDA_ERROR_INVALID_CONTEXT;
+    fg_lock();
+    for (size_t i = 0; i < n_allocs; i++)
+        if (allocs[i].kind == A_IPC && allocs[i].src_pid == h.pid && allocs[i].src_dptr == h.dptr &&
+            allocs[i].ipc_serial == h.serial) {
+            allocs[i].refs++;
+            *pdptr = allocs[i].dptr;
+            fg_unlock();
+            return CUDA_SUCCESS;
+        }
+    char *host = NULL;
+    uint64_t len = 0;
+    rc = fg_range_is(h.range, h.pid, h.start_time, h.size) ? ipc_map(&h, &host, &len)
+                                                          : CUDA_ERROR_INVALID_HANDLE;
+    if (!rc) {
+        int ordinal = cu_ordinal((int)h.phys);
+        struct alloc a = {.dptr = (uintptr_t)host + DEV_OFFSET, .size = h.size, .host = host,
+                          .map_len = len, .kind = A_IPC, .dev = ordinal >= 0 ? ordinal : dev,
+                          .range = FG_NO_RANGE, .ctx = cu_current_ctx(), .ipc_fd = -1,
+                          .ipc_serial = h.serial, .src_pid = h.pid, .src_dptr = h.dptr, .refs = 1};
+        if (table_insert(&a) != 0) {
+            munmap(host, len);
+            rc = CUDA_ERROR_OUT_OF_MEMORY;
+        } else {
+            *pdptr = a.dptr;
+        }
+    }
+    fg_unlock();
+    return rc;
+}
+EXPORT CUresult cuIpcOpenMemHandle(CUdeviceptr *p, CUipcMemHandle h, unsigned f) { COUNT(cuIpcOpenMemHandle); return ipc_open(p, h, f); }
+EXPORT CUresult cuIpcOpenMemHandle_v2(CUdeviceptr *p, CUipcMemHandle h, unsigned f) { COUNT(cuIpcOpenMemHandle_v2); return ipc_open(p, h, f); }
+
+/* Drops one reference; the mapping goes with the last. */
+EXPORT CUresult cuIpcCloseMemHandle(CUdeviceptr p) {
+    COUNT(cuIpcCloseMemHandle);
+    CUresult rc = cu_ready(NULL);
+    if (rc) return rc;
+    fg_lock();
+    struct alloc *a = find_base(p);
+    if (!a || a->kind != A_IPC) rc = CUDA_ERROR_INVALID_VALUE;
+    else if (--a->refs == 0) drop_alloc(a);
     fg_unlock();
     return rc;
 }

@@ -1,7 +1,12 @@
-/* Fake libnvidia-ml.so.1: device count, names and the truth about device memory, read
- * from the same device state as the fake libcuda (all processes sharing the GPU). */
+/* Fake libnvidia-ml.so.1: device count, names, identity (UUID, PCI), the truth about device
+ * memory and the processes using each device, read from the same device state as the fake
+ * libcuda (all processes sharing the GPU). NVML knows physical devices only: it ignores
+ * CUDA_VISIBLE_DEVICES, as the real one does. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include "cuda_types.h"
 
 #include "fakegpu.h"
 
@@ -11,6 +16,7 @@ enum {
     NVML_SUCCESS = 0,
     NVML_ERROR_UNINITIALIZED = 1,
     NVML_ERROR_INVALID_ARGUMENT = 2,
+    NVML_ERROR_NOT_FOUND = 6,
     NVML_ERROR_INSUFFICIENT_SIZE = 7,
     NVML_ERROR_DRIVER_NOT_LOADED = 9,
     NVML_ERROR_ARGUMENT_VERSION_MISMATCH = 25,
@@ -20,11 +26,32 @@ typedef struct { unsigned long long total, free, used; } nvmlMemory_t;
 typedef struct { unsigned int version; unsigned long long total, reserved, free, used; } nvmlMemory_v2_t;
 #define NVML_STRUCT_VERSION(type, ver) (unsigned int)(sizeof(type) | ((ver) << 24U))
 #define nvmlMemory_v2 NVML_STRUCT_VERSION(nvmlMemory_v2_t, 2)
+/* nvmlPciInfo_t as nvml.h has it since the 32-byte busId; the first 36 bytes are the layout
+ * of the oldest one (a 16-byte busId, then the five numbers), which is all that
+ * nvmlDeviceGetPciInfo (v1) writes. */
+typedef struct {
+    char busIdLegacy[16];
+    unsigned int domain, bus, device, pciDeviceId, pciSubSystemId;
+    char busId[32];
+} nvmlPciInfo_t;
+typedef struct { unsigned int pid; unsigned long long usedGpuMemory; } nvmlProcessInfo_v1_t;
+typedef struct {
+    unsigned int pid;
+    unsigned long long usedGpuMemory;
+    unsigned int gpuInstanceId, computeInstanceId; /* 0xFFFFFFFF without MIG */
+} nvmlProcessInfo_t; /* also nvmlProcessInfo_v2_t */
+#define NVML_DEVICE_UUID_ASCII_LEN 41
 
 #define NVML_ENTRIES(X) X(nvmlInit) X(nvmlInit_v2) X(nvmlInitWithFlags) X(nvmlShutdown) \
     X(nvmlDeviceGetCount) X(nvmlDeviceGetCount_v2) X(nvmlDeviceGetHandleByIndex)          \
     X(nvmlDeviceGetHandleByIndex_v2) X(nvmlDeviceGetName) X(nvmlDeviceGetMemoryInfo)      \
-    X(nvmlDeviceGetMemoryInfo_v2) X(nvmlSystemGetDriverVersion) X(nvmlErrorString)
+    X(nvmlDeviceGetMemoryInfo_v2) X(nvmlSystemGetDriverVersion) X(nvmlErrorString)            \
+    X(nvmlDeviceGetUUID) X(nvmlDeviceGetIndex) X(nvmlDeviceGetHandleByUUID)                   \
+    X(nvmlDeviceGetHandleByPciBusId) X(nvmlDeviceGetHandleByPciBusId_v2)                      \
+    X(nvmlDeviceGetPciInfo) X(nvmlDeviceGetPciInfo_v2) X(nvmlDeviceGetPciInfo_v3)             \
+    X(nvmlDeviceGetCudaComputeCapability) X(nvmlSystemGetCudaDriverVersion)                   \
+    X(nvmlSystemGetCudaDriverVersion_v2) X(nvmlDeviceGetComputeRunningProcesses)              \
+    X(nvmlDeviceGetComputeRunningProcesses_v2) X(nvmlDeviceGetComputeRunningProcesses_v3)
 enum {
 #define X(name) IDX_##name,
     NVML_ENTRIES(X)
@@ -97,7 +124,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t d, char *name, unsigned int l
     if (i < 0 || !name) return NVML_ERROR_INVALID_ARGUMENT;
     char buf[96];
     int n = snprintf(buf, sizeof buf, "cuvisor fake GPU %d (%llu MiB)", i,
-                     (unsigned long long)(fg_config()->device_mem >> 20));
+                     (unsigned long long)(fg_config()->device_mem[i] >> 20));
     if ((unsigned)n >= len) return NVML_ERROR_INSUFFICIENT_SIZE;
     memcpy(name, buf, (size_t)n + 1);
     return NVML_SUCCESS;
@@ -110,7 +137,7 @@ static nvmlReturn_t memory(nvmlDevice_t d, unsigned long long *total, unsigned l
     fg_lock();
     *used = fg_device_used(i);
     fg_unlock();
-    *total = fg_config()->device_mem;
+    *total = fg_config()->device_mem[i];
     if (*used > *total) *used = *total;
     return NVML_SUCCESS;
 }
@@ -148,12 +175,148 @@ EXPORT nvmlReturn_t nvmlSystemGetDriverVersion(char *version, unsigned int len) 
     return NVML_SUCCESS;
 }
 
+/* ---- identity ------------------------------------------------------------------------ */
+
+EXPORT nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t d, char *uuid, unsigned int len) {
+    COUNT(nvmlDeviceGetUUID);
+    if (!ready()) return NVML_ERROR_UNINITIALIZED;
+    int i = device_of(d);
+    if (i < 0 || !uuid) return NVML_ERROR_INVALID_ARGUMENT;
+    if (len < NVML_DEVICE_UUID_ASCII_LEN) return NVML_ERROR_INSUFFICIENT_SIZE;
+    fg_device_uuid_text(i, uuid);
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetIndex(nvmlDevice_t d, unsigned int *index) {
+    COUNT(nvmlDeviceGetIndex);
+    if (!ready()) return NVML_ERROR_UNINITIALIZED;
+    int i = device_of(d);
+    if (i < 0 || !index) return NVML_ERROR_INVALID_ARGUMENT;
+    *index = (unsigned)i;
+    return NVML_SUCCESS;
+}
+
+/* The whole UUID, as nvmlDeviceGetUUID prints it: NVML takes no prefixes. */
+EXPORT nvmlReturn_t nvmlDeviceGetHandleByUUID(const char *uuid, nvmlDevice_t *d) {
+    COUNT(nvmlDeviceGetHandleByUUID);
+    if (!ready()) return NVML_ERROR_UNINITIALIZED;
+    if (!uuid || !d) return NVML_ERROR_INVALID_ARGUMENT;
+    for (int i = 0; i < fg_config()->device_count; i++) {
+        char text[FG_UUID_TEXT_LEN];
+        fg_device_uuid_text(i, text);
+        if (strcmp(text, uuid) == 0) {
+            *d = (nvmlDevice_t)&device_handles[i];
+            return NVML_SUCCESS;
+        }
+    }
+    return NVML_ERROR_NOT_FOUND;
+}
+
+static nvmlReturn_t by_pci_bus_id(const char *bus_id, nvmlDevice_t *d) {
+    if (!ready()) return NVML_ERROR_UNINITIALIZED;
+    if (!bus_id || !d) return NVML_ERROR_INVALID_ARGUMENT;
+    int i = fg_device_by_pci_bus_id(bus_id);
+    if (i == -2) return NVML_ERROR_INVALID_ARGUMENT;
+    if (i < 0) return NVML_ERROR_NOT_FOUND;
+    *d = (nvmlDevice_t)&device_handles[i];
+    return NVML_SUCCESS;
+}
+EXPORT nvmlReturn_t nvmlDeviceGetHandleByPciBusId(const char *b, nvmlDevice_t *d) { COUNT(nvmlDeviceGetHandleByPciBusId); return by_pci_bus_id(b, d); }
+EXPORT nvmlReturn_t nvmlDeviceGetHandleByPciBusId_v2(const char *b, nvmlDevice_t *d) { COUNT(nvmlDeviceGetHandleByPciBusId_v2); return by_pci_bus_id(b, d); }
+
+static nvmlReturn_t pci_info(nvmlDevice_t d, nvmlPciInfo_t *pci, int v1) {
+    if (!ready()) return NVML_ERROR_UNINITIALIZED;
+    int i = device_of(d);
+    if (i < 0 || !pci) return NVML_ERROR_INVALID_ARGUMENT;
+    unsigned bus = FG_PCI_BUS(i) & 0xffu; /* domain 0, device 0, function 0 */
+    snprintf(pci->busIdLegacy, sizeof pci->busIdLegacy, "0000:%02X:00.0", bus);
+    pci->domain = 0;
+    pci->bus = bus;
+    pci->device = 0;
+    pci->pciDeviceId = (FG_PCI_DEVICE_ID << 16) | FG_PCI_VENDOR_ID;
+    pci->pciSubSystemId = FG_PCI_SUBSYSTEM_ID;
+    if (!v1) snprintf(pci->busId, sizeof pci->busId, "00000000:%02X:00.0", bus);
+    return NVML_SUCCESS;
+}
+EXPORT nvmlReturn_t nvmlDeviceGetPciInfo(nvmlDevice_t d, nvmlPciInfo_t *p) { COUNT(nvmlDeviceGetPciInfo); return pci_info(d, p, 1); }
+EXPORT nvmlReturn_t nvmlDeviceGetPciInfo_v2(nvmlDevice_t d, nvmlPciInfo_t *p) { COUNT(nvmlDeviceGetPciInfo_v2); return pci_info(d, p, 0); }
+EXPORT nvmlReturn_t nvmlDeviceGetPciInfo_v3(nvmlDevice_t d, nvmlPciInfo_t *p) { COUNT(nvmlDeviceGetPciInfo_v3); return pci_info(d, p, 0); }
+
+EXPORT nvmlReturn_t nvmlDeviceGetCudaComputeCapability(nvmlDevice_t d, int *major, int *minor) {
+    COUNT(nvmlDeviceGetCudaComputeCapability);
+    if (!ready()) return NVML_ERROR_UNINITIALIZED;
+    if (device_of(d) < 0 || !major || !minor) return NVML_ERROR_INVALID_ARGUMENT;
+    *major = 9;
+    *minor = 0;
+    return NVML_SUCCESS;
+}
+
+static nvmlReturn_t cuda_driver_version(int *v) {
+    if (!ready()) return NVML_ERROR_UNINITIALIZED;
+    if (!v) return NVML_ERROR_INVALID_ARGUMENT;
+    *v = FAKE_CUDA_DRIVER_VERSION;
+    return NVML_SUCCESS;
+}
+EXPORT nvmlReturn_t nvmlSystemGetCudaDriverVersion(int *v) { COUNT(nvmlSystemGetCudaDriverVersion); return cuda_driver_version(v); }
+EXPORT nvmlReturn_t nvmlSystemGetCudaDriverVersion_v2(int *v) { COUNT(nvmlSystemGetCudaDriverVersion_v2); return cuda_driver_version(v); }
+
+/* ---- processes -------------------------------------------------------------------------- */
+
+/* The processes with a context on the device (or memory on it), and the device memory each
+ * holds (resident bytes: what counts in nvmlDeviceGetMemoryInfo's `used`). With *count 0
+ * and no array this is the documented size query. */
+static nvmlReturn_t processes(nvmlDevice_t d, unsigned int *count, void *infos, int v1) {
+    if (!ready()) return NVML_ERROR_UNINITIALIZED;
+    int i = device_of(d);
+    if (i < 0 || !count) return NVML_ERROR_INVALID_ARGUMENT;
+    fg_lock();
+    int n = fg_device_processes(i, NULL, 0);
+    fg_proc_usage_t *list = n ? malloc(sizeof *list * (size_t)n) : NULL;
+    if (list) {
+        int again = fg_device_processes(i, list, n);
+        if (again < n) n = again;
+    }
+    fg_unlock();
+    nvmlReturn_t rc = NVML_SUCCESS;
+    if (n && !list) {
+        rc = NVML_ERROR_UNKNOWN;
+    } else if (*count < (unsigned)n) {
+        rc = NVML_ERROR_INSUFFICIENT_SIZE;
+    } else if (n && !infos) {
+        rc = NVML_ERROR_INVALID_ARGUMENT;
+    } else {
+        for (int k = 0; k < n; k++) {
+            if (v1)
+                ((nvmlProcessInfo_v1_t *)infos)[k] = (nvmlProcessInfo_v1_t){(unsigned)list[k].pid, list[k].used};
+            else
+                ((nvmlProcessInfo_t *)infos)[k] =
+                    (nvmlProcessInfo_t){(unsigned)list[k].pid, list[k].used, 0xffffffffu, 0xffffffffu};
+        }
+    }
+    if (rc == NVML_SUCCESS || rc == NVML_ERROR_INSUFFICIENT_SIZE) *count = (unsigned)n;
+    free(list);
+    return rc;
+}
+EXPORT nvmlReturn_t nvmlDeviceGetComputeRunningProcesses(nvmlDevice_t d, unsigned int *n, nvmlProcessInfo_v1_t *p) {
+    COUNT(nvmlDeviceGetComputeRunningProcesses);
+    return processes(d, n, p, 1);
+}
+EXPORT nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v2(nvmlDevice_t d, unsigned int *n, nvmlProcessInfo_t *p) {
+    COUNT(nvmlDeviceGetComputeRunningProcesses_v2);
+    return processes(d, n, p, 0);
+}
+EXPORT nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t d, unsigned int *n, nvmlProcessInfo_t *p) {
+    COUNT(nvmlDeviceGetComputeRunningProcesses_v3);
+    return processes(d, n, p, 0);
+}
+
 EXPORT const char *nvmlErrorString(nvmlReturn_t r) {
     COUNT(nvmlErrorString);
     switch (r) {
     case NVML_SUCCESS: return "Success";
     case NVML_ERROR_UNINITIALIZED: return "Uninitialized";
     case NVML_ERROR_INVALID_ARGUMENT: return "Invalid Argument";
+    case NVML_ERROR_NOT_FOUND: return "Not Found";
     case NVML_ERROR_INSUFFICIENT_SIZE: return "Insufficient Size";
     case NVML_ERROR_DRIVER_NOT_LOADED: return "Driver Not Loaded";
     case NVML_ERROR_ARGUMENT_VERSION_MISMATCH: return "Argument Version Mismatch";

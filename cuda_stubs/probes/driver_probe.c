@@ -7,6 +7,13 @@
  *
  *   init                    cuInit, retain the primary context of device 0, make it current
  *   init-only               cuInit alone (no current context)
+ *   device N                cuInit, retain the primary context of device ordinal N, make it
+ *                           current: "device N -> 0" (or the first error)
+ *   uuid                    cuDeviceGetUuid_v2 of the current context's device (cuCtxGetDevice):
+ *                           "uuid -> 0 GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"
+ *   devices                 cuDeviceGetCount: "devices -> 0 N", then per ordinal K one line
+ *                           "ordinal K GPU-<uuid> <cuDeviceGetPCIBusId>" ("ordinal K -> ERR")
+ *   by-pci BUSID            cuDeviceGetByPCIBusId: "by-pci BUSID -> 0 ORDINAL" (-1 on error)
  *   alloc SIZE              cuMemAlloc_v2          (SIZE: bytes or with K/M/G/KiB/MiB/GiB)
  *   legacy-alloc SIZE       cuMemAlloc (32-bit ABI)
  *   pitch WIDTH HEIGHT      cuMemAllocPitch_v2, prints the pitch
@@ -15,30 +22,58 @@
  *   free N / free-async N   cuMemFree_v2 / cuMemFreeAsync of the N-th allocation (0-based)
  *   sync                    cuCtxSynchronize
  *   info / legacy-info      cuMemGetInfo_v2 / cuMemGetInfo: "free total"
- *   total                   cuDeviceTotalMem_v2
+ *   total                   cuDeviceTotalMem_v2 of the current context's device
  *   roundtrip N             write a pattern to allocation N, read it back, compare
  *   memset N                cuMemsetD32 then read back
  *   attr N                  cuPointerGetAttribute MEMORY_TYPE and IS_MANAGED
+ *   ptr-device N            cuPointerGetAttribute DEVICE_ORDINAL of allocation N
  *   ipc N                   cuIpcGetMemHandle
+ *   ipc-export N FILE       cuIpcGetMemHandle, the 64 bytes written to FILE
+ *   ipc-open FILE           cuIpcOpenMemHandle_v2 of the handle in FILE: "ipc-open FILE -> 0 #K"
+ *                           (the mapping becomes allocation K)
+ *   ipc-close N             cuIpcCloseMemHandle of allocation N
+ *   peek N                  the first 4 bytes of allocation N (cuMemcpyDtoH), as 8 hex digits
+ *   stream-ctx              cuStreamGetCtx of the legacy stream (NULL), then cuStreamCreate and
+ *                           cuStreamGetCtx and cuStreamGetCtx_v2 (found with cuGetProcAddress_v2
+ *                           at 12050) of it: "stream-ctx -> 0 stream=current legacy=current
+ *                           v2=current green=null" when all name the current context (only
+ *                           "stream-ctx -> ERR" after an error)
  *   advise N cpu|gpu        cuMemAdvise SET_PREFERRED_LOCATION
  *   prefetch N cpu|gpu      cuMemPrefetchAsync
  *   vmm SIZE                cuMemCreate + cuMemAddressReserve + cuMemMap + cuMemSetAccess
+ *   vmm-on DEV SIZE         the same with the memory on device ordinal DEV (prop.location.id),
+ *                           whatever the current device: "vmm-on DEV SIZE -> R #K"
  *   vmm-free N              cuMemUnmap + cuMemAddressFree + cuMemRelease
  *   array W H               cuArrayCreate_v2 (FLOAT, 1 channel)
  *   array-free N            cuArrayDestroy
  *   pool-reserved           CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT of the default pool
  *   procaddr NAME VER FLAGS cuGetProcAddress_v2: status and the symbol returned, as
  *                           NAME@library (dladdr)
- *   attribute N             cuDeviceGetAttribute(N)
+ *   attribute N             cuDeviceGetAttribute(N) of the current context's device
  *   pool-alloc SIZE         cuMemPoolCreate + cuMemAllocFromPoolAsync (the pool is kept)
+ *   pool-on DEV SIZE        the same with a pool of device ordinal DEV, on the legacy stream
+ *                           of the current context: "pool-on DEV SIZE -> R #K"
  *   ptsz-alloc SIZE         the _ptsz variants, found with cuGetProcAddress_v2(flags=2):
  *                           cuMemAllocAsync_ptsz, cuMemAllocFromPoolAsync_ptsz, then
  *                           cuMemFreeAsync_ptsz of both
  *   array3d W H D / mipmap W H LEVELS   cuArray3DCreate_v2 / cuMipmappedArrayCreate, destroyed
  *   hints2 N                cuMemAdvise_v2 + cuMemPrefetchAsync_v2 to the device
- *   legacy-total            cuDeviceTotalMem (32-bit ABI)
+ *   legacy-total            cuDeviceTotalMem (32-bit ABI) of the current context's device
  *   nvml                    libnvidia-ml.so.1 by dlopen: nvmlDeviceGetMemoryInfo and _v2
  *                           ("total free used"), and _v2 with a wrong version field
+ *   nvml-list               NVML (all physical devices): "nvml-list -> 0 N", then per index
+ *                           "nvml INDEX GPU-<uuid> <busId> <busIdLegacy> TOTAL cc=9.0" (INDEX
+ *                           from nvmlDeviceGetIndex, the bus ids from nvmlDeviceGetPciInfo_v3
+ *                           and from nvmlDeviceGetPciInfo)
+ *   nvml-by-uuid UUID       nvmlDeviceGetHandleByUUID: "nvml-by-uuid UUID -> 0 INDEX" (-1 on error)
+ *   nvml-by-bus BUSID       nvmlDeviceGetHandleByPciBusId_v2: "nvml-by-bus BUSID -> 0 INDEX",
+ *                           plus " v1-differs" if nvmlDeviceGetHandleByPciBusId disagrees
+ *   nvml-procs N            nvmlDeviceGetComputeRunningProcesses_v3 on NVML device N, sized by
+ *                           a first call with a count of 0: "nvml-procs N -> 0 COUNT sizing=R",
+ *                           then "pid PID USED" per process (" self" for this one)
+ *   nvml-version            nvmlSystemGetCudaDriverVersion and _v2: "nvml-version -> 0 V V2"
+ *   nvml-info N             nvmlDeviceGetMemoryInfo of NVML device N (by index):
+ *                           "nvml-info N -> 0 TOTAL FREE USED"
  *   fork SCRIPT-COMMAND     fork; the child runs "init alloc 1M" (or only "alloc 1M" when the
  *                           argument is "alloc") and prints its results prefixed "child"
  *   threads N ITERS SIZE    N threads each allocate, write, read back and free SIZE bytes
@@ -104,7 +139,15 @@
     X(cuMipmappedArrayDestroy, (CUmipmappedArray))                                                  \
     X(cuMemAdvise_v2, (CUdeviceptr, size_t, int, CUmemLocation))                                    \
     X(cuMemPrefetchAsync_v2, (CUdeviceptr, size_t, CUmemLocation, unsigned, CUstream))              \
-    X(cuDeviceTotalMem, (unsigned *, CUdevice))
+    X(cuDeviceTotalMem, (unsigned *, CUdevice))                                                    \
+    X(cuCtxGetDevice, (CUdevice *)) X(cuCtxGetCurrent, (CUcontext *))                              \
+    X(cuDeviceGetCount, (int *)) X(cuDeviceGetUuid_v2, (CUuuid *, CUdevice))                       \
+    X(cuDeviceGetPCIBusId, (char *, int, CUdevice)) X(cuDeviceGetByPCIBusId, (CUdevice *, const char *)) \
+    X(cuIpcOpenMemHandle_v2, (CUdeviceptr *, CUipcMemHandle, unsigned))                            \
+    X(cuIpcCloseMemHandle, (CUdeviceptr))                                                          \
+    X(cuMemGetAddressRange_v2, (CUdeviceptr *, size_t *, CUdeviceptr))                             \
+    X(cuStreamCreate, (CUstream *, unsigned)) X(cuStreamDestroy_v2, (CUstream))                    \
+    X(cuStreamGetCtx, (CUstream, CUcontext *))
 
 #define DECLARE(name, args) CUresult name args;
 DRIVER_FNS(DECLARE)
@@ -113,7 +156,8 @@ static struct {
     DRIVER_FNS(FIELD)
 } d;
 
-/* For BIND_PROCADDR: the base name and CUDA version a runtime would ask for. */
+#if defined(BIND_PROCADDR)
+/* The base name and CUDA version a runtime would ask for. */
 static void base_and_version(const char *name, char *base, size_t len, int *version) {
     snprintf(base, len, "%s", name);
     size_t n = strlen(base);
@@ -124,6 +168,7 @@ static void base_and_version(const char *name, char *base, size_t len, int *vers
         *version = 2000; /* the 32-bit ABI */
     if (v2 && (!strcmp(base, "cuMemAdvise") || !strcmp(base, "cuMemPrefetchAsync"))) *version = 12020;
 }
+#endif
 
 static void bind(void) {
 #if defined(BIND_DLSYM) || defined(BIND_PROCADDR)
@@ -169,15 +214,81 @@ static const char *where(void *fn) {
     return buf;
 }
 
-/* cuInit, then the primary context of device 0 made current: what "init" means here. */
-static CUresult init_primary(void) {
+/* cuInit, then the primary context of device `ordinal` made current ("device N"). */
+static CUresult init_device(int ordinal) {
     CUdevice dev;
     CUcontext ctx;
     CUresult r = d.cuInit(0);
-    if (!r) r = d.cuDeviceGet(&dev, 0);
+    if (!r) r = d.cuDeviceGet(&dev, ordinal);
     if (!r) r = d.cuDevicePrimaryCtxRetain(&ctx, dev);
     if (!r) r = d.cuCtxSetCurrent(ctx);
     return r;
+}
+
+/* What "init" means here: device 0. */
+static CUresult init_primary(void) { return init_device(0); }
+
+/* The current context's device, and cuCtxGetDevice's answer in *r (device 0 if it fails,
+ * for the commands where the call that follows reports the error itself). */
+static CUdevice current_device(CUresult *r) {
+    CUdevice dev = 0;
+    CUresult e = d.cuCtxGetDevice(&dev);
+    if (r) *r = e;
+    return e ? 0 : dev;
+}
+
+/* NVIDIA's text form of a UUID. */
+static const char *uuid_text(const CUuuid *u) {
+    static char buf[48];
+    const unsigned char *b = (const unsigned char *)u->bytes;
+    snprintf(buf, sizeof buf, "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+             b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
+             b[14], b[15]);
+    return buf;
+}
+
+/* libnvidia-ml.so.1, by dlopen as pynvml and the supervisor reach it. */
+typedef struct {
+    char busIdLegacy[16];
+    unsigned domain, bus, device, pciDeviceId, pciSubSystemId;
+    char busId[32];
+} nvml_pci_t;
+typedef struct { unsigned pid; unsigned long long used; unsigned gi, ci; } nvml_proc_t;
+#define NVML_FNS(X)                                                                                \
+    X(nvmlInit_v2, (void)) X(nvmlDeviceGetCount_v2, (unsigned *))                                  \
+    X(nvmlDeviceGetHandleByIndex_v2, (unsigned, void **))                                          \
+    X(nvmlDeviceGetUUID, (void *, char *, unsigned)) X(nvmlDeviceGetIndex, (void *, unsigned *))   \
+    X(nvmlDeviceGetHandleByUUID, (const char *, void **))                                          \
+    X(nvmlDeviceGetHandleByPciBusId, (const char *, void **))                                      \
+    X(nvmlDeviceGetHandleByPciBusId_v2, (const char *, void **))                                   \
+    X(nvmlDeviceGetPciInfo, (void *, nvml_pci_t *)) X(nvmlDeviceGetPciInfo_v3, (void *, nvml_pci_t *)) \
+    X(nvmlDeviceGetCudaComputeCapability, (void *, int *, int *))                                  \
+    X(nvmlSystemGetCudaDriverVersion, (int *)) X(nvmlSystemGetCudaDriverVersion_v2, (int *))       \
+    X(nvmlDeviceGetMemoryInfo, (void *, unsigned long long *))                                     \
+    X(nvmlDeviceGetComputeRunningProcesses_v3, (void *, unsigned *, nvml_proc_t *))
+static struct {
+#define NVML_FIELD(name, args) int(*name) args;
+    NVML_FNS(NVML_FIELD)
+} nv;
+
+/* Loads NVML (once) and initializes it: 0, an nvmlReturn_t, or -1 without the library. */
+static int nvml_ready(void) {
+    static void *h;
+    if (!h) {
+        h = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
+        if (!h) return -1;
+#define NVML_BIND(name, args) if (!(*(void **)&nv.name = dlsym(h, #name))) return -1;
+        NVML_FNS(NVML_BIND)
+    }
+    return nv.nvmlInit_v2();
+}
+
+/* The 64 bytes of an IPC handle to or from a file. */
+static int handle_file(const char *path, CUipcMemHandle *h, int write) {
+    FILE *f = fopen(path, write ? "wb" : "rb");
+    if (!f) return -1;
+    size_t n = write ? fwrite(h, sizeof *h, 1, f) : fread(h, sizeof *h, 1, f);
+    return fclose(f) == 0 && n == 1 ? 0 : -1;
 }
 
 static pid_t keep_pids[64];
@@ -275,6 +386,33 @@ int main(int argc, char **argv) {
             printf("init-only -> %d\n", d.cuInit(0));
         } else if (!strcmp(c, "init")) {
             printf("init -> %d\n", init_primary());
+        } else if (!strcmp(c, "device")) {
+            printf("device %s -> %d\n", a1, init_device(atoi(a1)));
+            i++;
+        } else if (!strcmp(c, "uuid")) {
+            CUuuid u;
+            CUdevice dev = current_device(&r);
+            if (!r) r = d.cuDeviceGetUuid_v2(&u, dev);
+            printf("uuid -> %d%s%s\n", r, r ? "" : " ", r ? "" : uuid_text(&u));
+        } else if (!strcmp(c, "devices")) {
+            int n = 0;
+            r = d.cuDeviceGetCount(&n);
+            printf("devices -> %d %d\n", r, n);
+            for (int k = 0; !r && k < n; k++) {
+                CUdevice dev;
+                CUuuid u;
+                char bus[32] = "";
+                CUresult e = d.cuDeviceGet(&dev, k);
+                if (!e) e = d.cuDeviceGetUuid_v2(&u, dev);
+                if (!e) e = d.cuDeviceGetPCIBusId(bus, sizeof bus, dev);
+                if (e) printf("ordinal %d -> %d\n", k, e);
+                else printf("ordinal %d %s %s\n", k, uuid_text(&u), bus);
+            }
+        } else if (!strcmp(c, "by-pci")) {
+            CUdevice dev = -1;
+            r = d.cuDeviceGetByPCIBusId(&dev, a1);
+            printf("by-pci %s -> %d %d\n", a1, r, r ? -1 : dev);
+            i++;
         } else if (!strcmp(c, "alloc") || !strcmp(c, "managed") || !strcmp(c, "async") ||
                    !strcmp(c, "legacy-alloc")) {
             CUdeviceptr p = 0;
@@ -315,7 +453,8 @@ int main(int argc, char **argv) {
             printf("legacy-info -> %d %u %u\n", r, f, t);
         } else if (!strcmp(c, "total")) {
             size_t t = 0;
-            r = d.cuDeviceTotalMem_v2(&t, 0);
+            CUdevice dev = current_device(&r);
+            if (!r) r = d.cuDeviceTotalMem_v2(&t, dev);
             printf("total -> %d %zu\n", r, t);
         } else if (!strcmp(c, "roundtrip") || !strcmp(c, "memset")) {
             int k = atoi(a1);
@@ -335,36 +474,92 @@ int main(int argc, char **argv) {
             if (!r) r = d.cuPointerGetAttribute(&managed, CU_POINTER_ATTRIBUTE_IS_MANAGED, slot[k].p);
             printf("attr %s -> %d type=%u managed=%u\n", a1, r, type, managed);
             i++;
+        } else if (!strcmp(c, "ptr-device")) {
+            int ord = -1;
+            r = d.cuPointerGetAttribute(&ord, CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, slot[atoi(a1)].p);
+            printf("ptr-device %s -> %d %d\n", a1, r, ord);
+            i++;
         } else if (!strcmp(c, "ipc")) {
             CUipcMemHandle h;
             printf("ipc %s -> %d\n", a1, d.cuIpcGetMemHandle(&h, slot[atoi(a1)].p));
             i++;
+        } else if (!strcmp(c, "ipc-export")) {
+            CUipcMemHandle h;
+            r = d.cuIpcGetMemHandle(&h, slot[atoi(a1)].p);
+            if (!r && handle_file(a2, &h, 1) != 0) r = -1;
+            printf("ipc-export %s %s -> %d\n", a1, a2, r);
+            i += 2;
+        } else if (!strcmp(c, "ipc-open")) {
+            CUipcMemHandle h;
+            CUdeviceptr p = 0, base = 0;
+            size_t n = 0;
+            if (handle_file(a1, &h, 0) != 0) {
+                printf("ipc-open %s -> cannot read the handle\n", a1);
+                return 2;
+            }
+            r = d.cuIpcOpenMemHandle_v2(&p, h, CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS);
+            if (!r) r = d.cuMemGetAddressRange_v2(&base, &n, p);
+            printf("ipc-open %s -> %d", a1, r);
+            if (!r) printf(" #%d", add(p, n));
+            printf("\n");
+            i++;
+        } else if (!strcmp(c, "ipc-close")) {
+            printf("ipc-close %s -> %d\n", a1, d.cuIpcCloseMemHandle(slot[atoi(a1)].p));
+            i++;
+        } else if (!strcmp(c, "peek")) {
+            unsigned v = 0;
+            r = d.cuMemcpyDtoH_v2(&v, slot[atoi(a1)].p, sizeof v);
+            printf("peek %s -> %d %08x\n", a1, r, v);
+            i++;
+        } else if (!strcmp(c, "stream-ctx")) {
+            CUresult (*get_v2)(CUstream, CUcontext *, void **) = NULL;
+            CUstream s = NULL;
+            CUcontext cur = NULL, of_stream = NULL, of_legacy = NULL, of_v2 = NULL;
+            void *green = &green;
+            r = d.cuCtxGetCurrent(&cur);
+            if (!r) r = d.cuStreamGetCtx(NULL, &of_legacy);
+            if (!r) r = d.cuGetProcAddress_v2("cuStreamGetCtx", (void **)&get_v2, 12050, 0, NULL);
+            if (!r && !get_v2) r = -1;
+            if (!r) r = d.cuStreamCreate(&s, 0);
+            if (!r) r = d.cuStreamGetCtx(s, &of_stream);
+            if (!r) r = get_v2(s, &of_v2, &green);
+            if (s) d.cuStreamDestroy_v2(s);
+            printf("stream-ctx -> %d", r);
+            if (!r)
+                printf(" stream=%s legacy=%s v2=%s green=%s", of_stream == cur ? "current" : "other",
+                       of_legacy == cur ? "current" : "other", of_v2 == cur ? "current" : "other",
+                       green ? "set" : "null");
+            printf("\n");
         } else if (!strcmp(c, "advise") || !strcmp(c, "prefetch")) {
             int k = atoi(a1);
-            CUdevice to = strcmp(a2, "cpu") ? 0 : CU_DEVICE_CPU;
+            CUdevice to = strcmp(a2, "cpu") ? current_device(NULL) : CU_DEVICE_CPU;
             r = c[0] == 'a' ? d.cuMemAdvise(slot[k].p, slot[k].size, CU_MEM_ADVISE_SET_PREFERRED_LOCATION, to)
                             : d.cuMemPrefetchAsync(slot[k].p, slot[k].size, to, NULL);
             printf("%s %s %s -> %d\n", c, a1, a2, r);
             i += 2;
-        } else if (!strcmp(c, "vmm")) {
-            size_t n = size_arg(a1);
+        } else if (!strcmp(c, "vmm") || !strcmp(c, "vmm-on")) {
+            int on = c[3] == '-'; /* vmm-on DEV SIZE: memory of another device */
+            const char *size = on ? a2 : a1;
+            size_t n = size_arg(size);
+            CUdevice dev = on ? atoi(a1) : current_device(NULL);
             CUmemAllocationProp prop = {.type = CU_MEM_ALLOCATION_TYPE_PINNED,
-                                        .location = {CU_MEM_LOCATION_TYPE_DEVICE, 0}};
-            CUmemAccessDesc acc = {{CU_MEM_LOCATION_TYPE_DEVICE, 0}, CU_MEM_ACCESS_FLAGS_PROT_READWRITE};
+                                        .location = {CU_MEM_LOCATION_TYPE_DEVICE, dev}};
+            CUmemAccessDesc acc = {{CU_MEM_LOCATION_TYPE_DEVICE, dev}, CU_MEM_ACCESS_FLAGS_PROT_READWRITE};
             CUmemGenericAllocationHandle h = 0;
             CUdeviceptr p = 0;
             r = d.cuMemCreate(&h, n, &prop, 0);
             if (!r) r = d.cuMemAddressReserve(&p, n, 0, 0, 0);
             if (!r) r = d.cuMemMap(p, n, 0, h, 0);
             if (!r) r = d.cuMemSetAccess(p, n, &acc, 1);
-            printf("vmm %s -> %d", a1, r);
+            if (on) printf("vmm-on %s %s -> %d", a1, size, r);
+            else printf("vmm %s -> %d", a1, r);
             if (!r) {
                 int k = add(p, n);
                 slot[k].h = h;
                 printf(" #%d", k);
             }
             printf("\n");
-            i++;
+            i += on ? 2 : 1;
         } else if (!strcmp(c, "vmm-free")) {
             int k = atoi(a1);
             r = d.cuMemUnmap(slot[k].p, slot[k].size);
@@ -390,7 +585,8 @@ int main(int argc, char **argv) {
         } else if (!strcmp(c, "pool-reserved")) {
             CUmemoryPool pool;
             cuuint64_t v = 0;
-            r = d.cuDeviceGetDefaultMemPool(&pool, 0);
+            CUdevice dev = current_device(&r);
+            if (!r) r = d.cuDeviceGetDefaultMemPool(&pool, dev);
             if (!r) r = d.cuMemPoolGetAttribute(pool, CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT, &v);
             printf("pool-reserved -> %d %llu\n", r, v);
         } else if (!strcmp(c, "procaddr")) {
@@ -402,21 +598,26 @@ int main(int argc, char **argv) {
             i += 3;
         } else if (!strcmp(c, "attribute")) {
             int v = -1;
-            r = d.cuDeviceGetAttribute(&v, atoi(a1), 0);
+            CUdevice dev = current_device(&r);
+            if (!r) r = d.cuDeviceGetAttribute(&v, atoi(a1), dev);
             printf("attribute %s -> %d %d\n", a1, r, v);
             i++;
-        } else if (!strcmp(c, "pool-alloc")) {
+        } else if (!strcmp(c, "pool-alloc") || !strcmp(c, "pool-on")) {
+            int on = c[5] == 'o'; /* pool-on DEV SIZE: a pool of another device */
+            const char *size = on ? a2 : a1;
             CUmemPoolProps props = {.allocType = CU_MEM_ALLOCATION_TYPE_PINNED,
-                                    .location = {CU_MEM_LOCATION_TYPE_DEVICE, 0}};
+                                    .location = {CU_MEM_LOCATION_TYPE_DEVICE,
+                                                 on ? atoi(a1) : current_device(NULL)}};
             CUmemoryPool pool;
             CUdeviceptr p = 0;
-            size_t n = size_arg(a1);
+            size_t n = size_arg(size);
             r = d.cuMemPoolCreate(&pool, &props);
             if (!r) r = d.cuMemAllocFromPoolAsync(&p, n, pool, NULL);
-            printf("pool-alloc %s -> %d", a1, r);
+            if (on) printf("pool-on %s %s -> %d", a1, size, r);
+            else printf("pool-alloc %s -> %d", a1, r);
             if (!r) printf(" #%d", add(p, n));
             printf("\n");
-            i++;
+            i += on ? 2 : 1;
         } else if (!strcmp(c, "ptsz-alloc")) {
             CUresult (*alloc)(CUdeviceptr *, size_t, CUstream) = NULL;
             CUresult (*from_pool)(CUdeviceptr *, size_t, CUmemoryPool, CUstream) = NULL;
@@ -427,7 +628,7 @@ int main(int argc, char **argv) {
             r = d.cuGetProcAddress_v2("cuMemAllocAsync", (void **)&alloc, 12000, 2, NULL);
             if (!r) r = d.cuGetProcAddress_v2("cuMemAllocFromPoolAsync", (void **)&from_pool, 12000, 2, NULL);
             if (!r) r = d.cuGetProcAddress_v2("cuMemFreeAsync", (void **)&free_async, 12000, 2, NULL);
-            if (!r) r = d.cuDeviceGetDefaultMemPool(&pool, 0);
+            if (!r) r = d.cuDeviceGetDefaultMemPool(&pool, current_device(NULL));
             if (!r) r = alloc(&p1, n, CU_STREAM_PER_THREAD);
             if (!r) r = from_pool(&p2, n, pool, CU_STREAM_PER_THREAD);
             if (!r) r = free_async(p1, CU_STREAM_PER_THREAD);
@@ -450,14 +651,15 @@ int main(int argc, char **argv) {
             i += 3;
         } else if (!strcmp(c, "hints2")) {
             int k = atoi(a1);
-            CUmemLocation gpu = {CU_MEM_LOCATION_TYPE_DEVICE, 0};
+            CUmemLocation gpu = {CU_MEM_LOCATION_TYPE_DEVICE, current_device(NULL)};
             r = d.cuMemAdvise_v2(slot[k].p, slot[k].size, CU_MEM_ADVISE_SET_ACCESSED_BY, gpu);
             if (!r) r = d.cuMemPrefetchAsync_v2(slot[k].p, slot[k].size, gpu, 0, NULL);
             printf("hints2 %s -> %d\n", a1, r);
             i++;
         } else if (!strcmp(c, "legacy-total")) {
             unsigned t = 0;
-            r = d.cuDeviceTotalMem(&t, 0);
+            CUdevice dev = current_device(&r);
+            if (!r) r = d.cuDeviceTotalMem(&t, dev);
             printf("legacy-total -> %d %u\n", r, t);
         } else if (!strcmp(c, "nvml")) {
             void *h = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
@@ -481,6 +683,73 @@ int main(int argc, char **argv) {
             printf("nvml v2 -> %d %llu %llu %llu reserved=%llu\n", e, m2.total, m2.free, m2.used, m2.reserved);
             m2.version = (unsigned)sizeof m2 | (1u << 24);
             printf("nvml v2-wrong-version -> %d\n", info2(dev, &m2));
+        } else if (!strcmp(c, "nvml-list")) {
+            unsigned n = 0;
+            int e = nvml_ready();
+            if (!e) e = nv.nvmlDeviceGetCount_v2(&n);
+            printf("nvml-list -> %d %u\n", e, n);
+            for (unsigned k = 0; !e && k < n; k++) {
+                void *dev = NULL;
+                char uuid[96] = "";
+                nvml_pci_t pci = {0}, pci1 = {0};
+                unsigned long long mem[3] = {0};
+                unsigned index = 0;
+                int major = 0, minor = 0;
+                int e2 = nv.nvmlDeviceGetHandleByIndex_v2(k, &dev);
+                if (!e2) e2 = nv.nvmlDeviceGetIndex(dev, &index);
+                if (!e2) e2 = nv.nvmlDeviceGetUUID(dev, uuid, sizeof uuid);
+                if (!e2) e2 = nv.nvmlDeviceGetPciInfo_v3(dev, &pci);
+                if (!e2) e2 = nv.nvmlDeviceGetPciInfo(dev, &pci1);
+                if (!e2) e2 = nv.nvmlDeviceGetMemoryInfo(dev, mem);
+                if (!e2) e2 = nv.nvmlDeviceGetCudaComputeCapability(dev, &major, &minor);
+                if (e2) printf("nvml %u -> %d\n", k, e2);
+                else printf("nvml %u %s %s %s %llu cc=%d.%d\n", index, uuid, pci.busId, pci1.busIdLegacy,
+                            mem[0], major, minor);
+            }
+        } else if (!strcmp(c, "nvml-by-uuid") || !strcmp(c, "nvml-by-bus")) {
+            void *dev = NULL, *dev1 = NULL;
+            unsigned index = 0;
+            int by_uuid = c[8] == 'u', differs = 0;
+            int e = nvml_ready();
+            if (!e) e = by_uuid ? nv.nvmlDeviceGetHandleByUUID(a1, &dev) : nv.nvmlDeviceGetHandleByPciBusId_v2(a1, &dev);
+            if (!by_uuid) differs = nv.nvmlDeviceGetHandleByPciBusId(a1, &dev1) != e || dev1 != dev;
+            if (!e) e = nv.nvmlDeviceGetIndex(dev, &index);
+            printf("%s %s -> %d %d%s\n", c, a1, e, e ? -1 : (int)index, differs ? " v1-differs" : "");
+            i++;
+        } else if (!strcmp(c, "nvml-procs")) {
+            void *dev = NULL;
+            unsigned n = 0;
+            nvml_proc_t *procs = NULL;
+            int sizing = -1;
+            int e = nvml_ready();
+            if (!e) e = nv.nvmlDeviceGetHandleByIndex_v2((unsigned)atoi(a1), &dev);
+            if (!e) {
+                sizing = e = nv.nvmlDeviceGetComputeRunningProcesses_v3(dev, &n, NULL);
+                if (e == 7) { /* NVML_ERROR_INSUFFICIENT_SIZE: n says how many */
+                    procs = calloc(n, sizeof *procs);
+                    e = nv.nvmlDeviceGetComputeRunningProcesses_v3(dev, &n, procs);
+                }
+            }
+            printf("nvml-procs %s -> %d %u sizing=%d\n", a1, e, n, sizing);
+            for (unsigned k = 0; !e && k < n; k++)
+                printf("pid %u %llu%s\n", procs[k].pid, procs[k].used,
+                       procs[k].pid == (unsigned)getpid() ? " self" : "");
+            free(procs);
+            i++;
+        } else if (!strcmp(c, "nvml-info")) {
+            void *dev = NULL;
+            unsigned long long m[3] = {0};
+            int e = nvml_ready();
+            if (!e) e = nv.nvmlDeviceGetHandleByIndex_v2((unsigned)atoi(a1), &dev);
+            if (!e) e = nv.nvmlDeviceGetMemoryInfo(dev, m);
+            printf("nvml-info %s -> %d %llu %llu %llu\n", a1, e, m[0], m[1], m[2]);
+            i++;
+        } else if (!strcmp(c, "nvml-version")) {
+            int v = 0, v2 = 0;
+            int e = nvml_ready();
+            if (!e) e = nv.nvmlSystemGetCudaDriverVersion(&v);
+            if (!e) e = nv.nvmlSystemGetCudaDriverVersion_v2(&v2);
+            printf("nvml-version -> %d %d %d\n", e, v, v2);
         } else if (!strcmp(c, "fork")) {
             fflush(stdout);
             pid_t pid = fork();
@@ -503,7 +772,7 @@ int main(int argc, char **argv) {
             long failures = 0;
             thread_iters = atoi(a2);
             thread_size = size_arg(a3);
-            r = d.cuDevicePrimaryCtxRetain(&ctx, 0);
+            r = d.cuDevicePrimaryCtxRetain(&ctx, current_device(NULL));
             for (int k = 0; k < n && k < 64; k++) pthread_create(&t[k], NULL, thread_main, ctx);
             for (int k = 0; k < n && k < 64; k++) {
                 void *ret;
@@ -521,7 +790,7 @@ int main(int argc, char **argv) {
             stress_deadline_ns = c[6] ? now_ns() + atof(a2) * 1e6 : 0;
             stress_max = size_arg(a3);
             stress_seed = (unsigned)atoi(a4);
-            r = d.cuDevicePrimaryCtxRetain(&ctx, 0);
+            r = d.cuDevicePrimaryCtxRetain(&ctx, current_device(NULL));
             for (int k = 0; k < n && k < 64; k++) pthread_create(&t[k], NULL, stress_main, ctx);
             for (int k = 0; k < n && k < 64; k++) pthread_join(t[k], NULL);
             printf("%s %s %s %s %s -> %d ok=%s oom=%s other=%ld\n", c, a1, a2, a3, a4, r,
@@ -534,7 +803,7 @@ int main(int argc, char **argv) {
             pthread_t t;
             CUcontext ctx;
             racing_size = size_arg(a3);
-            r = d.cuDevicePrimaryCtxRetain(&ctx, 0);
+            r = d.cuDevicePrimaryCtxRetain(&ctx, current_device(NULL));
             for (int k = 0; k < atoi(a1); k++) pthread_create(&t, NULL, racing_main, ctx);
             usleep((useconds_t)atoi(a2) * 1000);
             printf("exit-racing %s %s %s -> %d\n", a1, a2, a3, r);
