@@ -6,12 +6,22 @@
 
 use std::fmt;
 
-/// A quota as written: an absolute size, or a share of the device's physical memory.
+/// A quota as written: an absolute size, or a share of each GPU's physical memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QuotaSpec {
     Bytes(u64),
-    /// 1 to 100 percent of the device's physical memory.
+    /// 1 to 100 percent of each GPU's physical memory.
     Percent(u8),
+}
+
+/// The form [`parse_quota`] reads back: a number of bytes, or `NN%`.
+impl fmt::Display for QuotaSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            QuotaSpec::Bytes(b) => write!(f, "{b}"),
+            QuotaSpec::Percent(p) => write!(f, "{p}%"),
+        }
+    }
 }
 
 impl QuotaSpec {

@@ -24,6 +24,8 @@ pub const CUDA_ERROR_NOT_FOUND: CUresult = 500;
 pub const CUDA_ERROR_UNKNOWN: CUresult = 999;
 
 pub const NVML_SUCCESS: nvmlReturn_t = 0;
+pub const NVML_ERROR_INVALID_ARGUMENT: nvmlReturn_t = 2;
+pub const NVML_ERROR_NOT_FOUND: nvmlReturn_t = 6;
 pub const NVML_ERROR_UNKNOWN: nvmlReturn_t = 999;
 
 pub const CU_MEM_ATTACH_GLOBAL: u32 = 1;

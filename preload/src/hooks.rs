@@ -28,6 +28,8 @@ pub enum Policy {
     Virtualize,
     /// Forwarded; a failure on redirected memory logs how to run the model instead.
     Ipc,
+    /// With `CUVISOR_GPUS`: only the model's GPUs, in that order; others are not found.
+    Filter,
 }
 
 impl Policy {
@@ -41,8 +43,11 @@ impl Policy {
             Policy::Charge => "charge before the call, roll back on failure",
             Policy::Release => "uncharge on success; unknown pointers forwarded",
             Policy::Track => "not charged; tracks mappings of VMM handles",
-            Policy::Virtualize => "virtual numbers: min(quota, physical), quota - used",
+            Policy::Virtualize => {
+                "virtual numbers of that GPU: min(quota, physical), quota - used there"
+            }
             Policy::Ipc => "forwarded; failure on redirected memory logs a hint",
+            Policy::Filter => "placement: only the model's GPUs (CUVISOR_GPUS), in order",
         }
     }
 }
@@ -86,7 +91,8 @@ impl Hook {
 macro_rules! hook_table {
     ($($sym:ident, $base:literal, $version:literal, $stream:ident, $lib:ident, $policy:ident;)*) => {
         /// One identifier per row of the table, named after its symbol.
-        #[allow(non_camel_case_types)]
+        // Named as the C symbols are (`nvmlDeviceGetHandleByPciBusId` ends in "Id").
+        #[allow(non_camel_case_types, clippy::enum_variant_names)]
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
         pub enum Id { $($sym),* }
 
@@ -137,6 +143,14 @@ hook_table! {
     nvmlInitWithFlags, "nvmlInitWithFlags", 0, Legacy, Nvml, Init;
     nvmlDeviceGetMemoryInfo, "nvmlDeviceGetMemoryInfo", 0, Legacy, Nvml, Virtualize;
     nvmlDeviceGetMemoryInfo_v2, "nvmlDeviceGetMemoryInfo_v2", 0, Legacy, Nvml, Virtualize;
+    nvmlDeviceGetCount, "nvmlDeviceGetCount", 0, Legacy, Nvml, Filter;
+    nvmlDeviceGetCount_v2, "nvmlDeviceGetCount_v2", 0, Legacy, Nvml, Filter;
+    nvmlDeviceGetHandleByIndex, "nvmlDeviceGetHandleByIndex", 0, Legacy, Nvml, Filter;
+    nvmlDeviceGetHandleByIndex_v2, "nvmlDeviceGetHandleByIndex_v2", 0, Legacy, Nvml, Filter;
+    nvmlDeviceGetHandleByUUID, "nvmlDeviceGetHandleByUUID", 0, Legacy, Nvml, Filter;
+    nvmlDeviceGetHandleByPciBusId, "nvmlDeviceGetHandleByPciBusId", 0, Legacy, Nvml, Filter;
+    nvmlDeviceGetHandleByPciBusId_v2, "nvmlDeviceGetHandleByPciBusId_v2", 0, Legacy, Nvml, Filter;
+    nvmlDeviceGetIndex, "nvmlDeviceGetIndex", 0, Legacy, Nvml, Filter;
     cudaGetDriverEntryPoint, "cudaGetDriverEntryPoint", 0, Legacy, Cudart, Resolver;
     cudaGetDriverEntryPoint_ptsz, "cudaGetDriverEntryPoint", 0, PerThread, Cudart, Resolver;
     cudaGetDriverEntryPointByVersion, "cudaGetDriverEntryPointByVersion", 0, Legacy, Cudart, Resolver;

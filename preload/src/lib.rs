@@ -5,9 +5,8 @@
 //!
 //! This is the only crate of the workspace that exports C symbols. The hooks are listed
 //! in one table (`hooks.rs`) and in `docs/INTERCEPTION.md`; the environment contract is
-//! in `config.rs`.
+//! is `cuvisor_common::contract`, shared with the supervisor that writes it.
 
-mod config;
 mod driver;
 mod ffi;
 mod hooks;

@@ -2,6 +2,7 @@
 //! it is one `write(2)` per line, takes no lock the host process could hold, and reads no
 //! environment variable after load (the level comes from `CUVISOR_LOG`).
 
+use cuvisor_common::contract::LogLevel;
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
 struct StderrLogger;
@@ -33,9 +34,15 @@ static LOGGER: StderrLogger = StderrLogger;
 
 /// Installs the logger (once; the shim has its own copy of the `log` crate, so this does
 /// not touch a Rust host's logger).
-pub fn init(level: LevelFilter) {
+pub fn init(level: LogLevel) {
     let _ = log::set_logger(&LOGGER);
-    log::set_max_level(level);
+    log::set_max_level(match level {
+        LogLevel::Error => LevelFilter::Error,
+        LogLevel::Warn => LevelFilter::Warn,
+        LogLevel::Info => LevelFilter::Info,
+        LogLevel::Debug => LevelFilter::Debug,
+        LogLevel::Trace => LevelFilter::Trace,
+    });
 }
 
 /// One line straight to file descriptor 2, whatever state the process is in.

@@ -3,10 +3,10 @@
 //! which is a new CUDA process owning none of its parent's allocations (it joins the same
 //! model's ledger with a slot of its own).
 
-use crate::config::{self, Config, Mode};
 use crate::driver;
 use crate::ffi::*;
 use crate::records::Records;
+use cuvisor_common::contract::{Contract, LogLevel, Mode};
 use cuvisor_common::gpu::GpuUuid;
 use cuvisor_common::ledger::{Attachment, CreateOptions, GpuIndex, LedgerFile, Refusal};
 use parking_lot::Mutex;
@@ -17,7 +17,7 @@ use std::sync::{Once, OnceLock};
 const MAX_DEVICES: usize = 64;
 
 pub struct Runtime {
-    pub config: Config,
+    pub config: Contract,
     /// This process's place in the model's ledger, opened on first need.
     account: OnceLock<Result<Attachment<'static>, String>>,
     /// Device pointers the shim charged (plain, pitched, managed, stream-ordered).
@@ -63,7 +63,7 @@ static CONFIG_ERRORS: OnceLock<Vec<String>> = OnceLock::new();
 static ERRORS_REPORTED: AtomicBool = AtomicBool::new(false);
 
 impl Runtime {
-    fn new(config: Config) -> Runtime {
+    fn new(config: Contract) -> Runtime {
         Runtime {
             config,
             account: OnceLock::new(),
@@ -119,7 +119,8 @@ impl Runtime {
         let (Some(uuid), Some(physical)) = (driver::device_uuid(dev), driver::physical_memory(dev))
         else {
             log::error!(
-                "model {}: the driver did not say which GPU device {dev} is (its UUID and memory):                  nothing can be charged on it",
+                "model {}: the driver did not say which GPU device {dev} is (its UUID and memory): \
+                 nothing can be charged on it",
                 self.config.model
             );
             return Err(NotCharged::Quota);
@@ -129,6 +130,24 @@ impl Runtime {
             c.store(index.get() as u8 + 1, Ordering::Relaxed);
         }
         Ok(index)
+    }
+
+    /// The ledger entry of device ordinal `dev` if the model has met that GPU: a query
+    /// (memory information) never registers one.
+    fn known_gpu(&self, dev: CUdevice) -> Option<GpuIndex> {
+        let cached = usize::try_from(dev).ok().and_then(|d| self.gpus.get(d));
+        let known = cached.map_or(0, |c| c.load(Ordering::Relaxed));
+        if let Some(index) = known.checked_sub(1).and_then(GpuIndex::new) {
+            return Some(index);
+        }
+        let index = self
+            .account()?
+            .ledger()
+            .find_gpu(driver::device_uuid(dev)?)?;
+        if let Some(c) = cached {
+            c.store(index.get() as u8 + 1, Ordering::Relaxed);
+        }
+        Some(index)
     }
 
     fn register(
@@ -172,33 +191,38 @@ impl Runtime {
         }
     }
 
-    /// The virtual story of one GPU: total = min(quota there, physical), free = total -
-    /// what the whole model holds there, saturating. None without a quota (the driver's
-    /// own numbers stand) or when the GPU cannot be named (then they stand too, and the
-    /// log said why).
-    pub fn virtual_memory(&self, gpu: GpuIndex, physical_total: u64) -> Option<(u64, u64)> {
+    /// The virtual story of one GPU (its entry, if the model has met it, and its physical
+    /// memory): total = min(quota there, physical), free = total - what the whole model
+    /// holds there, saturating; (free, total). None without a quota: the driver's own
+    /// numbers stand.
+    fn virtual_memory(&self, gpu: Option<GpuIndex>, physical: u64) -> Option<(u64, u64)> {
         let ledger = self.account()?.ledger();
-        let total = ledger.gpu_quota(gpu)?.min(physical_total);
-        Some((total.saturating_sub(ledger.gpu_used(gpu)), total))
+        let (quota, used) = match gpu {
+            Some(g) => (ledger.gpu_quota(g)?, ledger.gpu_used(g)),
+            // Not met yet: its quota as it would be registered, nothing used.
+            None => (ledger.quota()?.bytes(physical).max(1), 0),
+        };
+        let total = quota.min(physical);
+        Some((total.saturating_sub(used), total))
+    }
+
+    /// The virtual story of device ordinal `dev`: (free, total).
+    pub fn device_memory(&self, dev: CUdevice, physical: u64) -> Option<(u64, u64)> {
+        self.virtual_memory(self.known_gpu(dev), physical)
     }
 
     /// The virtual story of an NVML device, found by its UUID: (total, free, used).
-    pub fn nvml_memory(
-        &self,
-        device: nvmlDevice_t,
-        physical_total: u64,
-    ) -> Option<(u64, u64, u64)> {
-        let account = self.account()?;
-        let ledger = account.ledger();
+    pub fn nvml_memory(&self, device: nvmlDevice_t, physical: u64) -> Option<(u64, u64, u64)> {
+        let ledger = self.account()?.ledger();
         let Some(uuid) = driver::nvml_uuid(device) else {
             // Cannot happen with NVIDIA's NVML; the safe side is the whole model's usage.
-            let quota = ledger.quota()?.bytes(physical_total).min(physical_total);
             let used = ledger.used();
-            return Some((quota, quota.saturating_sub(used), used));
+            let total = ledger.quota()?.bytes(physical).max(1).min(physical);
+            return Some((total, total.saturating_sub(used), used));
         };
-        let gpu = self.register(account, uuid, physical_total).ok()?;
-        let (free, total) = self.virtual_memory(gpu, physical_total)?;
-        Some((total, free, ledger.gpu_used(gpu)))
+        let gpu = ledger.find_gpu(uuid);
+        let (free, total) = self.virtual_memory(gpu, physical)?;
+        Some((total, free, gpu.map_or(0, |g| ledger.gpu_used(g))))
     }
 
     /// Whether plain allocations on `dev` are to become managed ones there.
@@ -249,14 +273,14 @@ fn init() {
             crate::logging::write_stderr(&format!("cuvisor: error: internal error: {info}\n"));
         }));
         let lookup = |k: &str| std::env::var_os(k).map(|v| v.to_string_lossy().into_owned());
-        match config::from_lookup(lookup) {
+        match Contract::from_lookup(lookup) {
             Ok(config) => {
                 crate::logging::init(config.log_level);
                 let rt = Box::into_raw(Box::new(Runtime::new(config)));
                 RUNTIME.store(rt, Ordering::Release);
             }
             Err(errors) => {
-                crate::logging::init(log::LevelFilter::Error);
+                crate::logging::init(LogLevel::Error);
                 let _ = CONFIG_ERRORS.set(errors);
             }
         }

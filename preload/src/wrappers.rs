@@ -8,6 +8,7 @@ use crate::ffi::*;
 use crate::hooks::{self, Id};
 use crate::records::{Kind, Record, Records};
 use crate::runtime::{Active, NotCharged, Runtime, active};
+use cuvisor_common::gpu::GpuUuid;
 use cuvisor_common::ledger::GpuIndex;
 use std::ffi::{CStr, c_char, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -983,8 +984,8 @@ pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) ->
         let rc = unsafe { real(free, total) };
         if rc == CUDA_SUCCESS
             && let Active::On(rt) = active()
-            && let Ok((_, gpu)) = rt.current_gpu()
-            && let Some((f, t)) = rt.virtual_memory(gpu, unsafe { *total } as u64)
+            && let Ok(dev) = driver::current_device()
+            && let Some((f, t)) = rt.device_memory(dev, unsafe { *total } as u64)
         {
             unsafe {
                 *free = f as usize;
@@ -1006,11 +1007,11 @@ pub unsafe extern "C" fn cuMemGetInfo(free: *mut u32, total: *mut u32) -> CUresu
         let rc = unsafe { real(free, total) };
         if rc == CUDA_SUCCESS
             && let Active::On(rt) = active()
-            && let Ok((dev, gpu)) = rt.current_gpu()
+            && let Ok(dev) = driver::current_device()
         {
             // The 32-bit ABI saturates; the physical size is asked in full.
             let physical = driver::physical_memory(dev).unwrap_or(unsafe { *total } as u64);
-            if let Some((f, t)) = rt.virtual_memory(gpu, physical) {
+            if let Some((f, t)) = rt.device_memory(dev, physical) {
                 unsafe {
                     *free = clamp32(f);
                     *total = clamp32(t);
@@ -1029,8 +1030,7 @@ pub unsafe extern "C" fn cuDeviceTotalMem_v2(bytes: *mut usize, dev: CUdevice) -
         let rc = unsafe { real(bytes, dev) };
         if rc == CUDA_SUCCESS
             && let Active::On(rt) = active()
-            && let Ok(gpu) = rt.gpu(dev)
-            && let Some((_, t)) = rt.virtual_memory(gpu, unsafe { *bytes } as u64)
+            && let Some((_, t)) = rt.device_memory(dev, unsafe { *bytes } as u64)
         {
             unsafe { *bytes = t as usize };
         }
@@ -1045,10 +1045,9 @@ pub unsafe extern "C" fn cuDeviceTotalMem(bytes: *mut u32, dev: CUdevice) -> CUr
         let rc = unsafe { real(bytes, dev) };
         if rc == CUDA_SUCCESS
             && let Active::On(rt) = active()
-            && let Ok(gpu) = rt.gpu(dev)
         {
             let physical = driver::physical_memory(dev).unwrap_or(unsafe { *bytes } as u64);
-            if let Some((_, t)) = rt.virtual_memory(gpu, physical) {
+            if let Some((_, t)) = rt.device_memory(dev, physical) {
                 unsafe { *bytes = clamp32(t) };
             }
         }
@@ -1141,5 +1140,195 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
             m.used = used;
         }
         rc
+    })
+}
+
+// ---- NVML placement: only the model's GPUs ----------------------------------------------------
+
+type ByIdFn = unsafe extern "C" fn(*const c_char, *mut nvmlDevice_t) -> nvmlReturn_t;
+
+/// The GPUs the model was placed on (`CUVISOR_GPUS`), when the shim is on and it was.
+fn placed() -> Option<&'static [GpuUuid]> {
+    match active() {
+        Active::On(rt) => rt.config.gpus.as_deref(),
+        _ => None,
+    }
+}
+
+/// The handles of the model's GPUs, in its order: those NVML knows by UUID.
+fn placed_handles(gpus: &[GpuUuid]) -> Result<Vec<nvmlDevice_t>, nvmlReturn_t> {
+    let Some(by_uuid) = hooks::real(Id::nvmlDeviceGetHandleByUUID) else {
+        return Err(missing(Id::nvmlDeviceGetHandleByUUID));
+    };
+    // SAFETY: the row's real function has the signature of its wrapper.
+    let by_uuid = unsafe { std::mem::transmute::<usize, ByIdFn>(by_uuid) };
+    let mut handles = Vec::with_capacity(gpus.len());
+    for uuid in gpus {
+        let text = std::ffi::CString::new(uuid.to_string()).expect("a UUID has no NUL");
+        let mut device: nvmlDevice_t = std::ptr::null_mut();
+        match unsafe { by_uuid(text.as_ptr(), &mut device) } {
+            NVML_SUCCESS => handles.push(device),
+            NVML_ERROR_NOT_FOUND => {}
+            rc => return Err(rc),
+        }
+    }
+    Ok(handles)
+}
+
+/// Whether NVML's `device` is one of the model's GPUs (asked by its UUID).
+fn is_placed(gpus: &[GpuUuid], device: nvmlDevice_t) -> bool {
+    driver::nvml_uuid(device).is_some_and(|u| gpus.contains(&u))
+}
+
+fn nvml_count(count: *mut u32, call: impl FnOnce() -> nvmlReturn_t) -> nvmlReturn_t {
+    let Some(gpus) = placed() else {
+        return call();
+    };
+    let rc = call(); // NVML's own answer to bad arguments and an uninitialized library
+    if rc != NVML_SUCCESS {
+        return rc;
+    }
+    match placed_handles(gpus) {
+        Ok(handles) => {
+            unsafe { *count = handles.len() as u32 };
+            NVML_SUCCESS
+        }
+        Err(rc) => rc,
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetCount(count: *mut u32) -> nvmlReturn_t {
+    guard(|| {
+        let real = real!(nvmlDeviceGetCount as unsafe extern "C" fn(*mut u32) -> nvmlReturn_t);
+        nvml_count(count, || unsafe { real(count) })
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetCount_v2(count: *mut u32) -> nvmlReturn_t {
+    guard(|| {
+        let real = real!(nvmlDeviceGetCount_v2 as unsafe extern "C" fn(*mut u32) -> nvmlReturn_t);
+        nvml_count(count, || unsafe { real(count) })
+    })
+}
+
+type ByIndexFn = unsafe extern "C" fn(u32, *mut nvmlDevice_t) -> nvmlReturn_t;
+
+fn nvml_by_index(index: u32, device: *mut nvmlDevice_t, real: ByIndexFn) -> nvmlReturn_t {
+    let Some(gpus) = placed() else {
+        return unsafe { real(index, device) };
+    };
+    if device.is_null() {
+        return NVML_ERROR_INVALID_ARGUMENT;
+    }
+    match placed_handles(gpus) {
+        Ok(handles) => match handles.get(index as usize) {
+            Some(&h) => {
+                unsafe { *device = h };
+                NVML_SUCCESS
+            }
+            None => NVML_ERROR_INVALID_ARGUMENT, // NVML's answer to an index past the count
+        },
+        Err(rc) => rc,
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex(
+    index: u32,
+    device: *mut nvmlDevice_t,
+) -> nvmlReturn_t {
+    guard(|| {
+        nvml_by_index(
+            index,
+            device,
+            real!(nvmlDeviceGetHandleByIndex as ByIndexFn),
+        )
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(
+    index: u32,
+    device: *mut nvmlDevice_t,
+) -> nvmlReturn_t {
+    guard(|| {
+        nvml_by_index(
+            index,
+            device,
+            real!(nvmlDeviceGetHandleByIndex_v2 as ByIndexFn),
+        )
+    })
+}
+
+/// A lookup by UUID or PCI bus id: NVML's answer, unless it found a GPU of another model.
+fn nvml_lookup(device: *mut nvmlDevice_t, call: impl FnOnce() -> nvmlReturn_t) -> nvmlReturn_t {
+    let rc = call();
+    if rc == NVML_SUCCESS
+        && let Some(gpus) = placed()
+        && !is_placed(gpus, unsafe { *device })
+    {
+        unsafe { *device = std::ptr::null_mut() };
+        return NVML_ERROR_NOT_FOUND;
+    }
+    rc
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetHandleByUUID(
+    uuid: *const c_char,
+    device: *mut nvmlDevice_t,
+) -> nvmlReturn_t {
+    guard(|| {
+        let real = real!(nvmlDeviceGetHandleByUUID as ByIdFn);
+        nvml_lookup(device, || unsafe { real(uuid, device) })
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetHandleByPciBusId(
+    bus: *const c_char,
+    device: *mut nvmlDevice_t,
+) -> nvmlReturn_t {
+    guard(|| {
+        let real = real!(nvmlDeviceGetHandleByPciBusId as ByIdFn);
+        nvml_lookup(device, || unsafe { real(bus, device) })
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetHandleByPciBusId_v2(
+    bus: *const c_char,
+    device: *mut nvmlDevice_t,
+) -> nvmlReturn_t {
+    guard(|| {
+        let real = real!(nvmlDeviceGetHandleByPciBusId_v2 as ByIdFn);
+        nvml_lookup(device, || unsafe { real(bus, device) })
+    })
+}
+
+/// A GPU's index among the model's GPUs, as nvmlDeviceGetHandleByIndex numbers them.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetIndex(device: nvmlDevice_t, index: *mut u32) -> nvmlReturn_t {
+    guard(|| {
+        let real = real!(
+            nvmlDeviceGetIndex as unsafe extern "C" fn(nvmlDevice_t, *mut u32) -> nvmlReturn_t
+        );
+        let rc = unsafe { real(device, index) };
+        let Some(gpus) = placed() else {
+            return rc;
+        };
+        if rc != NVML_SUCCESS {
+            return rc;
+        }
+        match placed_handles(gpus).map(|h| h.iter().position(|&d| d == device)) {
+            Ok(Some(i)) => {
+                unsafe { *index = i as u32 };
+                NVML_SUCCESS
+            }
+            Ok(None) => NVML_ERROR_NOT_FOUND,
+            Err(rc) => rc,
+        }
     })
 }
