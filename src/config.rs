@@ -5,7 +5,10 @@
 //! documents every key with an annotated example.
 
 use crate::caps::{self, CapSet};
+use crate::contract::{self, Mode};
+use crate::gpu::GpuUuid;
 use crate::ledger::{self, valid_model_name};
+use crate::placement::{GpuDemand, GpuRef, Policy};
 use crate::size::{QuotaSpec, parse_quota, parse_size};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -34,23 +37,6 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ShimMode {
-    Managed,
-    Device,
-    Off,
-}
-
-impl ShimMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ShimMode::Managed => "managed",
-            ShimMode::Device => "device",
-            ShimMode::Off => "off",
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RestartPolicy {
@@ -94,7 +80,10 @@ pub struct ModelConfig {
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub gpu_quota: Option<QuotaSpec>,
-    pub mode: ShimMode,
+    /// The GPUs the model runs on (its workers' `CUDA_VISIBLE_DEVICES`); None: every GPU
+    /// of the node, unplaced.
+    pub gpus: Option<GpuDemand>,
+    pub mode: Mode,
     pub memory_limit: Option<u64>,
     /// CPU cores (fractions allowed).
     pub cpu_limit: Option<f64>,
@@ -136,6 +125,10 @@ pub struct SupervisorConfig {
     /// Host ids given to models with `isolation.user`, [`USERNS_BLOCK`] each, in the
     /// order of the file (inclusive bounds).
     pub userns_range: Option<(u32, u32)>,
+    /// How models with `gpus = N` are placed.
+    pub placement: Policy,
+    /// The quotas committed to a GPU may reach this many times its memory.
+    pub gpu_overcommit: f64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -168,6 +161,8 @@ struct RawSupervisor {
     allow_unlimited: Option<bool>,
     cgroup_name: Option<Spanned<String>>,
     userns_range: Option<Spanned<String>>,
+    placement: Option<Spanned<String>>,
+    gpu_overcommit: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -183,6 +178,7 @@ struct RawModel {
     user: Option<Spanned<String>>,
     group: Option<Spanned<String>>,
     gpu_quota: Option<Spanned<String>>,
+    gpus: Option<Spanned<toml::Value>>,
     mode: Option<Spanned<String>>,
     memory_limit: Option<Spanned<String>>,
     cpu_limit: Option<Spanned<f64>>,
@@ -505,6 +501,38 @@ fn check_supervisor(c: &mut Checker, s: RawSupervisor) -> SupervisorConfig {
             }
         }
     });
+    let placement = match &s.placement {
+        None => Policy::Pack,
+        Some(v) if v.get_ref() == "pack" => Policy::Pack,
+        Some(v) if v.get_ref() == "spread" => Policy::Spread,
+        Some(v) => {
+            c.error(
+                v,
+                format!(
+                    "placement = \"{}\": expected \"pack\" or \"spread\"",
+                    v.get_ref()
+                ),
+            );
+            Policy::Pack
+        }
+    };
+    let gpu_overcommit = match &s.gpu_overcommit {
+        None => 1.0,
+        Some(v) => match v.get_ref() {
+            toml::Value::Float(f) if f.is_finite() && *f > 0.0 && *f <= 64.0 => *f,
+            toml::Value::Integer(i) if (1..=64).contains(i) => *i as f64,
+            other => {
+                c.error(
+                    v,
+                    format!(
+                        "gpu_overcommit = {other}: expected a factor greater than 0 and at most 64 \
+                         (1.0: no GPU committed beyond its memory; Omni runs at about 4.0)"
+                    ),
+                );
+                1.0
+            }
+        },
+    };
     SupervisorConfig {
         socket,
         listen,
@@ -515,6 +543,46 @@ fn check_supervisor(c: &mut Checker, s: RawSupervisor) -> SupervisorConfig {
         allow_unlimited: s.allow_unlimited.unwrap_or(false),
         cgroup_name,
         userns_range,
+        placement,
+        gpu_overcommit,
+    }
+}
+
+/// `gpus = N` (1 to 16) or `gpus = [0, "GPU-…"]` (NVML indices or UUIDs).
+fn check_gpus(c: &mut Checker, v: &Spanned<toml::Value>) -> Option<GpuDemand> {
+    const FORMS: &str = "expected a number of GPUs from 1 to 16, or a list of GPU indices and \
+                         UUIDs such as [0, 1] or [\"GPU-6f2d0e7a-1b3c-4d5e-8f90-a1b2c3d4e5f6\"]";
+    let max = crate::ledger::MAX_GPUS;
+    match v.get_ref() {
+        toml::Value::Integer(n) if (1..=max as i64).contains(n) => {
+            Some(GpuDemand::Count(*n as u32))
+        }
+        toml::Value::Array(items) if !items.is_empty() && items.len() <= max => {
+            let mut refs = Vec::new();
+            for item in items {
+                match item {
+                    toml::Value::Integer(i) if (0..=u32::MAX as i64).contains(i) => {
+                        refs.push(GpuRef::Index(*i as u32))
+                    }
+                    toml::Value::String(u) => match u.parse::<GpuUuid>() {
+                        Ok(uuid) => refs.push(GpuRef::Uuid(uuid)),
+                        Err(e) => {
+                            c.error(v, format!("gpus: {e}"));
+                            return None;
+                        }
+                    },
+                    other => {
+                        c.error(v, format!("gpus: {other} is not a GPU: {FORMS}"));
+                        return None;
+                    }
+                }
+            }
+            Some(GpuDemand::These(refs))
+        }
+        other => {
+            c.error(v, format!("gpus = {other}: {FORMS}"));
+            None
+        }
     }
 }
 
@@ -568,12 +636,8 @@ fn assign_host_ids(
 }
 
 /// Variables the supervisor sets for every worker; a model cannot set them itself.
-const RESERVED_ENV: &[&str] = &[
-    "CUVISOR_MODEL",
-    "CUVISOR_QUOTA",
-    "CUVISOR_MODE",
-    "CUVISOR_LEDGER_DIR",
-];
+/// What cuvisor sets from `gpus`, when the model has it.
+const PLACEMENT_ENV: &str = "CUDA_VISIBLE_DEVICES";
 
 fn check_model(c: &mut Checker, m: &RawModel, line: usize) -> Option<ModelConfig> {
     let errors_before = c.errors.len();
@@ -607,12 +671,17 @@ fn check_model(c: &mut Checker, m: &RawModel, line: usize) -> Option<ModelConfig
     for (k, v) in &m.env {
         if k.is_empty() || k.contains('=') || k.contains('\0') || v.get_ref().contains('\0') {
             c.error(v, format!("env {k:?}: not a valid environment variable"));
-        } else if RESERVED_ENV.contains(&k.as_str()) {
+        } else if contract::SET_BY_CUVISOR.contains(&k.as_str()) {
             c.error(
                 v,
                 format!(
-                    "env {k}: set by cuvisor from this model's settings (name, gpu_quota, mode)"
+                    "env {k}: set by cuvisor from this model's settings (name, gpu_quota, mode, gpus)"
                 ),
+            );
+        } else if k == PLACEMENT_ENV && m.gpus.is_some() {
+            c.error(
+                v,
+                format!("env {k}: set by cuvisor from this model's gpus; remove one of the two"),
             );
         } else {
             env.insert(k.clone(), v.get_ref().clone());
@@ -663,17 +732,12 @@ fn check_model(c: &mut Checker, m: &RawModel, line: usize) -> Option<ModelConfig
                 None
             }
         });
-    let mode = match m.mode.as_ref().map(|v| (v, v.get_ref().as_str())) {
-        None | Some((_, "managed")) => ShimMode::Managed,
-        Some((_, "device")) => ShimMode::Device,
-        Some((_, "off")) => ShimMode::Off,
-        Some((v, other)) => {
-            c.error(
-                v,
-                format!("mode = \"{other}\": expected managed, device or off"),
-            );
-            ShimMode::Managed
-        }
+    let mode = match &m.mode {
+        None => Mode::Managed,
+        Some(v) => Mode::parse(v.get_ref()).unwrap_or_else(|| {
+            c.error(v, format!("mode = \"{}\": {}", v.get_ref(), Mode::FORMS));
+            Mode::Managed
+        }),
     };
     let memory_limit = m
         .memory_limit
@@ -791,6 +855,7 @@ fn check_model(c: &mut Checker, m: &RawModel, line: usize) -> Option<ModelConfig
             ),
         }
     }
+    let gpus = m.gpus.as_ref().and_then(|v| check_gpus(c, v));
     (c.errors.len() == errors_before).then_some(ModelConfig {
         name,
         command,
@@ -800,6 +865,7 @@ fn check_model(c: &mut Checker, m: &RawModel, line: usize) -> Option<ModelConfig
         uid,
         gid,
         gpu_quota,
+        gpus,
         mode,
         memory_limit,
         cpu_limit,
@@ -830,7 +896,7 @@ mod tests {
         let m = &c.models[0];
         assert_eq!(
             (m.instances, m.restart, m.mode),
-            (1, RestartPolicy::OnFailure, ShimMode::Managed)
+            (1, RestartPolicy::OnFailure, Mode::Managed)
         );
         assert_eq!(
             m.isolation,

@@ -2,7 +2,8 @@
 //! limits, without a configuration file. The exit status is passed through.
 
 use crate::cgroups::{Hierarchy, Limits};
-use crate::config::{Isolation, ShimMode};
+use crate::config::Isolation;
+use crate::contract::{self, Contract, Mode};
 use crate::launch::{self, Spec};
 use crate::ledger::CreateOptions;
 use crate::size::QuotaSpec;
@@ -16,7 +17,7 @@ pub const EXEC_CGROUP_NAME: &str = "cuvisor-exec";
 pub struct ExecOptions {
     pub model: String,
     pub quota: Option<QuotaSpec>,
-    pub mode: ShimMode,
+    pub mode: Mode,
     pub ledger_dir: PathBuf,
     pub shim: PathBuf,
     pub limits: Limits,
@@ -36,43 +37,24 @@ pub fn default_shim() -> Option<PathBuf> {
     .find(|p| p.is_file())
 }
 
-/// The environment of a worker: this process's, with the model's variables and the shim
+/// The environment of a worker: this process's, with the model's contract with the shim
+/// (every `CUVISOR_*` variable cuvisor decides replaced by `contract`'s) and the shim
 /// appended to any LD_PRELOAD already there. `extra` (a model's `env`) comes first.
 pub fn worker_env(
     extra: &[(String, String)],
-    model: &str,
-    quota: Option<QuotaSpec>,
-    mode: ShimMode,
-    ledger_dir: &Path,
+    contract: &Contract,
     shim: &Path,
 ) -> Vec<(String, String)> {
     let mut env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
     for (k, v) in extra {
         env.insert(k.clone(), v.clone());
     }
-    for k in [
-        "CUVISOR_QUOTA",
-        "CUVISOR_MODEL",
-        "CUVISOR_MODE",
-        "CUVISOR_LEDGER_DIR",
-    ] {
+    for k in contract::SET_BY_CUVISOR {
         env.remove(k);
     }
-    env.insert("CUVISOR_MODEL".into(), model.into());
-    if let Some(q) = quota {
-        env.insert(
-            "CUVISOR_QUOTA".into(),
-            match q {
-                QuotaSpec::Bytes(b) => b.to_string(),
-                QuotaSpec::Percent(p) => format!("{p}%"),
-            },
-        );
+    for (k, v) in contract.to_env() {
+        env.insert(k.to_owned(), v);
     }
-    env.insert("CUVISOR_MODE".into(), mode.as_str().into());
-    env.insert(
-        "CUVISOR_LEDGER_DIR".into(),
-        ledger_dir.display().to_string(),
-    );
     let shim = shim.display().to_string();
     let preload = match env.get("LD_PRELOAD") {
         Some(existing) if !existing.is_empty() => format!("{existing}:{shim}"),
@@ -94,7 +76,16 @@ pub fn exec(o: ExecOptions) -> Result<i32, String> {
     // The model's ledger first: a quota that disagrees with it stops us here.
     crate::ledger::ensure(&o.ledger_dir, &o.model, o.quota, CreateOptions::default())
         .map_err(|e| e.to_string())?;
-    let env = worker_env(&[], &o.model, o.quota, o.mode, &o.ledger_dir, &o.shim);
+    let env = worker_env(
+        &[],
+        &Contract {
+            quota: o.quota,
+            mode: o.mode,
+            ledger_dir: o.ledger_dir.clone(),
+            ..Contract::new(&o.model)
+        },
+        &o.shim,
+    );
     let path_var = env
         .iter()
         .find(|(k, _)| k == "PATH")

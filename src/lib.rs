@@ -20,8 +20,10 @@ pub mod control;
 pub mod exec;
 pub mod launch;
 pub mod ledger;
+pub mod nvml;
+pub mod placement;
 pub mod supervisor;
-pub use cuvisor_common::{gpu, size};
+pub use cuvisor_common::{contract, gpu, size};
 
 /// The version of this crate (and of the `cuvisor` binary).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

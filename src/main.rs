@@ -56,8 +56,8 @@ struct ExecArgs {
     #[arg(long, value_parser = parse_quota_arg)]
     quota: Option<QuotaSpec>,
     /// managed, device or off.
-    #[arg(long, default_value = "managed", value_parser = ["managed", "device", "off"])]
-    mode: String,
+    #[arg(long, default_value = "managed", value_parser = parse_mode_arg)]
+    mode: cuvisor::contract::Mode,
     /// Host memory limit (cgroup), e.g. 32GiB.
     #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
     mem_limit: Option<u64>,
@@ -75,6 +75,10 @@ struct ExecArgs {
     /// The program and its arguments.
     #[arg(last = true, required = true)]
     command: Vec<String>,
+}
+
+fn parse_mode_arg(s: &str) -> Result<cuvisor::contract::Mode, String> {
+    cuvisor::contract::Mode::parse(s).ok_or_else(|| cuvisor::contract::Mode::FORMS.to_owned())
 }
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {
@@ -198,7 +202,6 @@ fn status_command(socket: &std::path::Path, as_json: bool) -> ExitCode {
 }
 
 fn exec_command(a: ExecArgs) -> ExitCode {
-    use cuvisor::config::ShimMode;
     let shim = a
         .shim
         .or_else(|| std::env::var_os("CUVISOR_SHIM").map(PathBuf::from))
@@ -210,11 +213,7 @@ fn exec_command(a: ExecArgs) -> ExitCode {
     let options = cuvisor::exec::ExecOptions {
         model: a.model,
         quota: a.quota,
-        mode: match a.mode.as_str() {
-            "device" => ShimMode::Device,
-            "off" => ShimMode::Off,
-            _ => ShimMode::Managed,
-        },
+        mode: a.mode,
         ledger_dir: ledger_dir(&a.common),
         shim,
         limits: cuvisor::cgroups::Limits {
@@ -248,7 +247,27 @@ fn check(path: &std::path::Path) -> ExitCode {
                     eprintln!("WARNING: model {}: {why}", m.name);
                 }
             }
-            ExitCode::SUCCESS
+            match cuvisor::supervisor::place(&c, &cuvisor::nvml::Nvml) {
+                Ok(None) => ExitCode::SUCCESS,
+                Ok(Some(plan)) => {
+                    for line in cuvisor::supervisor::plan_lines(&plan) {
+                        println!("{line}");
+                    }
+                    for m in c.models.iter().filter(|m| m.gpus.is_none()) {
+                        eprintln!(
+                            "WARNING: model {}: no gpus: it sees every GPU, and its quota is not counted in the placement",
+                            m.name
+                        );
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(why) => {
+                    for line in why.lines() {
+                        eprintln!("{}: {line}", path.display());
+                    }
+                    ExitCode::FAILURE
+                }
+            }
         }
         Err(errors) => {
             for e in errors {

@@ -8,9 +8,13 @@
 
 use crate::cgroups::{Cgroup, Hierarchy, Limits};
 use crate::config::{Config, Logs, ModelConfig, RestartPolicy, SupervisorConfig};
+use crate::contract::Contract;
 use crate::exec::{cstrings, worker_env};
+use crate::gpu::GpuUuid;
 use crate::launch::{self, Privileges, ReadOnly, Spec};
 use crate::ledger::{self, CreateOptions, GpuUsage, LedgerFile, Snapshot};
+use crate::nvml::Inventory;
+use crate::placement::{self, Demand, Plan};
 use serde_json::{Value, json};
 use std::ffi::CString;
 use std::io::{BufRead, BufReader, Write};
@@ -100,6 +104,8 @@ pub struct Supervisor {
     config: Config,
     hierarchy: Hierarchy,
     shim: PathBuf,
+    /// Which GPUs the models with `gpus` run on; None when no model has `gpus`.
+    plan: Option<Plan>,
     models: Vec<Model>,
     shutting_down: bool,
 }
@@ -109,8 +115,14 @@ fn log(line: &str) {
 }
 
 impl Supervisor {
-    /// Prepares everything that can fail before any worker starts: cgroups, ledgers.
-    pub fn new(config: Config, shim: PathBuf, cgroup_root: &Path) -> Result<Supervisor, String> {
+    /// Prepares everything that can fail before any worker starts: cgroups, ledgers. `plan`
+    /// comes from [`place`].
+    pub fn new(
+        config: Config,
+        shim: PathBuf,
+        cgroup_root: &Path,
+        plan: Option<Plan>,
+    ) -> Result<Supervisor, String> {
         let hierarchy = Hierarchy::detect(cgroup_root, &config.supervisor.cgroup_name);
         let mut unenforced = Vec::new();
         for m in &config.models {
@@ -200,6 +212,7 @@ impl Supervisor {
             config,
             hierarchy,
             shim,
+            plan,
             models,
             shutting_down: false,
         })
@@ -223,11 +236,13 @@ impl Supervisor {
             // (made again if someone removed it) and still have the model's quota.
             prepare_ledger(&self.config.supervisor.ledger_dir, &cfg).map_err(|e| e.to_string())?;
             let (out_read, out_write) = pipe_for_output()?;
+            let visible = self.plan.as_ref().and_then(|p| p.uuids(&cfg.name));
             let spec = worker_spec(
                 &cfg,
                 &self.config.supervisor,
                 &self.shim,
                 out_write.as_raw_fd(),
+                visible.as_deref(),
             )?;
             // Last, so that nothing before it can fail and leave the cgroup behind.
             let cgroup = self
@@ -563,12 +578,31 @@ impl Supervisor {
                 "refusals": g.refused,
             })).collect::<Vec<_>>()),
             "host_memory_bytes": model.instances.iter().filter_map(|i| i.cgroup.as_ref().and_then(Cgroup::memory_current)).sum::<u64>(),
+            "placed_on": self.plan.as_ref().and_then(|p| p.uuids(&model.cfg.name)).map(|u| u.iter().map(ToString::to_string).collect::<Vec<_>>()),
             "error": ledger_error,
         })
     }
 
     pub fn status(&self) -> Value {
-        json!({ "models": (0..self.models.len()).map(|m| self.model_status(m)).collect::<Vec<_>>() })
+        let gpus: Option<Vec<Value>> = self.plan.as_ref().map(|p| {
+            p.gpus
+                .iter()
+                .map(|g| {
+                    json!({
+                        "index": g.gpu.index,
+                        "uuid": g.gpu.uuid.to_string(),
+                        "memory_bytes": g.gpu.memory,
+                        "committed_bytes": g.committed,
+                        "capacity_bytes": g.capacity,
+                        "models": g.models,
+                    })
+                })
+                .collect()
+        });
+        json!({
+            "models": (0..self.models.len()).map(|m| self.model_status(m)).collect::<Vec<_>>(),
+            "gpus": gpus,
+        })
     }
 
     fn metrics(&self) -> String {
@@ -577,6 +611,28 @@ impl Supervisor {
         let snapshots: Vec<Option<Snapshot>> = (0..self.models.len())
             .map(|m| self.snapshot(m).ok())
             .collect();
+        // Per GPU of the node, when models are placed: memory and committed quotas.
+        if let Some(p) = &self.plan {
+            type Node<'a> = &'a dyn Fn(&placement::GpuPlan) -> u64;
+            let families: [(&str, &str, Node); 2] = [
+                (
+                    "cuvisor_gpu_memory_bytes",
+                    "The GPU's physical memory.",
+                    &|g| g.gpu.memory,
+                ),
+                (
+                    "cuvisor_gpu_committed_bytes",
+                    "The quotas of the models placed on the GPU.",
+                    &|g| g.committed,
+                ),
+            ];
+            for (name, help, value) in families {
+                out += &format!("# TYPE {name} gauge\n# HELP {name} {help}\n");
+                for g in &p.gpus {
+                    out += &format!("{name}{{gpu=\"{}\"}} {}\n", g.gpu.uuid, value(g));
+                }
+            }
+        }
         // Per (model, GPU): the GPUs each model has met, by UUID.
         type PerGpu<'a> = &'a dyn Fn(&GpuUsage) -> Option<u64>;
         let mut per_gpu = |name: &str, kind: &str, help: &str, value: PerGpu| {
@@ -712,27 +768,34 @@ impl Supervisor {
 }
 
 /// How a worker of `cfg` is started (its program, arguments, environment, credentials,
-/// namespaces, privileges), with its output going to `output`. Creates nothing: it only
-/// looks for the program and reads this process's mount table.
+/// namespaces, privileges), with its output going to `output`, on the GPUs `visible` (its
+/// `CUDA_VISIBLE_DEVICES`, by UUID; None: every GPU). Creates nothing: it only looks for
+/// the program and reads this process's mount table.
 pub fn worker_spec(
     cfg: &ModelConfig,
     supervisor: &SupervisorConfig,
     shim: &Path,
     output: RawFd,
+    visible: Option<&[GpuUuid]>,
 ) -> Result<Spec, String> {
-    let extra: Vec<(String, String)> = cfg
+    let mut extra: Vec<(String, String)> = cfg
         .env
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let env = worker_env(
-        &extra,
-        &cfg.name,
-        cfg.gpu_quota,
-        cfg.mode,
-        &supervisor.ledger_dir,
-        shim,
-    );
+    if let Some(gpus) = visible {
+        // CUDA numbers the model's GPUs 0.. in this order; NVML is filtered by the shim.
+        let list: Vec<String> = gpus.iter().map(ToString::to_string).collect();
+        extra.push(("CUDA_VISIBLE_DEVICES".into(), list.join(",")));
+    }
+    let contract = Contract {
+        quota: cfg.gpu_quota,
+        mode: cfg.mode,
+        ledger_dir: supervisor.ledger_dir.clone(),
+        gpus: visible.map(<[GpuUuid]>::to_vec),
+        ..Contract::new(&cfg.name)
+    };
+    let env = worker_env(&extra, &contract, shim);
     let path_var = env
         .iter()
         .find(|(k, _)| k == "PATH")
@@ -1011,6 +1074,102 @@ fn signal_thread(tx: Sender<Event>) {
     });
 }
 
+/// Places the models that have `gpus` on the node's GPUs (from `inventory`), against the
+/// host memory left for what cannot be resident: the host's memory less the models'
+/// `memory_limit`s (each times its instances). None when no model has `gpus`; every
+/// reason it cannot be done otherwise, one per line.
+pub fn place(config: &Config, inventory: &dyn Inventory) -> Result<Option<Plan>, String> {
+    if config.models.iter().all(|m| m.gpus.is_none()) {
+        return Ok(None);
+    }
+    let node = inventory.gpus().map_err(|e| e.to_string())?;
+    let total = host_memory().ok_or("cannot read MemTotal from /proc/meminfo")?;
+    let limits: u64 = config
+        .models
+        .iter()
+        .filter_map(|m| {
+            m.memory_limit
+                .map(|l| l.saturating_mul(u64::from(m.instances)))
+        })
+        .fold(0, u64::saturating_add);
+    let demands: Vec<Demand> = config
+        .models
+        .iter()
+        .filter_map(|m| {
+            Some(Demand {
+                model: &m.name,
+                gpus: m.gpus.as_ref()?,
+                quota: m.gpu_quota,
+            })
+        })
+        .collect();
+    let s = &config.supervisor;
+    placement::plan(
+        &node,
+        &demands,
+        s.placement,
+        s.gpu_overcommit,
+        total.saturating_sub(limits),
+    )
+    .map(Some)
+    .map_err(|errors| {
+        errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    })
+}
+
+fn host_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    kib.checked_mul(1024)
+}
+
+/// The plan for people: one line per GPU, one per placed model.
+pub fn plan_lines(p: &Plan) -> Vec<String> {
+    use crate::size::format_bytes as b;
+    let mut lines = vec![format!(
+        "placement: {}, gpu_overcommit {}, host memory for what cannot be resident: {} needed of {}",
+        p.policy.as_str(),
+        p.overcommit,
+        b(p.host_needed),
+        b(p.host_available)
+    )];
+    for g in &p.gpus {
+        lines.push(format!(
+            "GPU {} {}: {} committed of {} ({} memory): {}",
+            g.gpu.index,
+            g.gpu.uuid,
+            b(g.committed),
+            b(g.capacity),
+            b(g.gpu.memory),
+            if g.models.is_empty() {
+                "-".to_owned()
+            } else {
+                g.models.join(", ")
+            }
+        ));
+    }
+    for m in &p.models {
+        let gpus: Vec<String> = m
+            .gpus
+            .iter()
+            .map(|&g| p.gpus[g].gpu.index.to_string())
+            .collect();
+        lines.push(format!("model {}: GPU {}", m.model, gpus.join(", ")));
+    }
+    lines
+}
+
 /// Runs the configuration until SIGTERM or SIGINT. Returns the process exit status.
 pub fn run(config: Config, shim: PathBuf) -> Result<i32, String> {
     // Before any thread exists: every thread inherits the blocked signals.
@@ -1020,7 +1179,13 @@ pub fn run(config: Config, shim: PathBuf) -> Result<i32, String> {
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
     // First: nothing of another supervisor's may be touched.
     let _lock = SupervisorLock::acquire(Path::new(RUN_DIR), &config.supervisor.cgroup_name)?;
-    let mut sup = Supervisor::new(config, shim, Path::new("/sys/fs/cgroup"))?;
+    let plan = place(&config, &crate::nvml::Nvml)?;
+    if let Some(p) = &plan {
+        for line in plan_lines(p) {
+            log(&line);
+        }
+    }
+    let mut sup = Supervisor::new(config, shim, Path::new("/sys/fs/cgroup"), plan)?;
     let server = crate::control::serve(&sup.config.supervisor, tx)?;
     for m in 0..sup.models.len() {
         for i in 0..sup.models[m].instances.len() {

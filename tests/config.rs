@@ -77,6 +77,42 @@ fn every_invalid_form_is_rejected_with_its_line() {
             "FILE:4: mode = \"fast\": expected managed, device or off",
         ),
         (
+            &format!("{MODEL}gpus = 0\n"),
+            "FILE:4: gpus = 0: expected a number of GPUs from 1 to 16, or a list of GPU indices and UUIDs",
+        ),
+        (
+            &format!("{MODEL}gpus = 17\n"),
+            "FILE:4: gpus = 17: expected a number of GPUs from 1 to 16",
+        ),
+        (
+            &format!("{MODEL}gpus = []\n"),
+            "FILE:4: gpus = []: expected a number of GPUs",
+        ),
+        (
+            &format!("{MODEL}gpus = [0, 1.5]\n"),
+            "FILE:4: gpus: 1.5 is not a GPU: expected a number of GPUs",
+        ),
+        (
+            &format!("{MODEL}gpus = [\"GPU-nope\"]\n"),
+            "FILE:4: gpus: \"GPU-nope\" is not a GPU UUID",
+        ),
+        (
+            &format!("{MODEL}gpus = 1\nenv = {{ CUDA_VISIBLE_DEVICES = \"0\" }}\n"),
+            "FILE:5: env CUDA_VISIBLE_DEVICES: set by cuvisor from this model's gpus",
+        ),
+        (
+            &format!("[supervisor]\nplacement = \"random\"\n{MODEL}"),
+            "FILE:2: placement = \"random\": expected \"pack\" or \"spread\"",
+        ),
+        (
+            &format!("[supervisor]\ngpu_overcommit = 0.0\n{MODEL}"),
+            "FILE:2: gpu_overcommit = 0.0: expected a factor greater than 0 and at most 64",
+        ),
+        (
+            &format!("[supervisor]\ngpu_overcommit = \"4x\"\n{MODEL}"),
+            "FILE:2: gpu_overcommit = \"4x\": expected a factor",
+        ),
+        (
             &format!("{MODEL}memory_limit = \"1.5G\"\n"),
             "FILE:4: memory_limit = \"1.5G\": expected a size greater than 0",
         ),
@@ -444,6 +480,7 @@ fn every_accepted_configuration_turns_into_launch_plans_without_panicking() {
                 &config.supervisor,
                 std::path::Path::new("/shim.so"),
                 1,
+                None,
             )
             .is_ok()
             {
