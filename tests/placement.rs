@@ -240,7 +240,7 @@ fn a_placed_model_runs_its_ranks_on_its_gpus() {
     let probe = stub_dir().join("driver_probe");
     let rank = |d: u32| {
         format!(
-            "{} device {d} alloc 3GiB alloc 1 info devices nvml-list sleep 100000 | sed -u s/^/rank{d}:/",
+            "{} device {d} alloc 3GiB alloc 1 info devices nvml-list nvml-info {d} sleep 100000 | sed -u s/^/rank{d}:/",
             probe.display()
         )
     };
@@ -257,7 +257,7 @@ fn a_placed_model_runs_its_ranks_on_its_gpus() {
     );
     wait_until("both ranks", Duration::from_secs(10), || {
         let log = s.log("tp-0");
-        log.contains("rank0:nvml 1 ") && log.contains("rank1:nvml 1 ")
+        log.contains("rank0:nvml-info") && log.contains("rank1:nvml-info")
     });
     let status = s.status();
     let uuids: Vec<String> = status["gpus"]
@@ -310,6 +310,12 @@ fn a_placed_model_runs_its_ranks_on_its_gpus() {
         );
         assert!(
             lines[9].starts_with(&format!("nvml 1 {} ", uuids[2])),
+            "{log}"
+        );
+        // NVML numbers the model's GPUs as CUDA does: the rank's own GPU, full.
+        assert_eq!(
+            lines[10],
+            format!("nvml-info {d} -> 0 {} 0 {}", 3 * GIB, 3 * GIB),
             "{log}"
         );
         // The shim's refusal names the rank's own GPU.
