@@ -87,6 +87,7 @@ fn two_models(stubs: &Path) {
     std::fs::create_dir_all(&dir).expect("a temporary directory");
     // As root each worker gets its own PID, mount, IPC and UTS namespaces and a host memory
     // limit; otherwise it runs as a plain child process.
+    // SAFETY: geteuid cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
     let isolation = if root {
         "memory_limit = \"512MiB\"\n"

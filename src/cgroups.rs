@@ -99,6 +99,7 @@ pub type Controller = Result<PathBuf, &'static str>;
 
 fn fs_magic(path: &Path) -> Option<i64> {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: statfs is plain data; all zeros is a valid value.
     let mut s: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: statfs with a valid path and buffer.
     (unsafe { libc::statfs(c.as_ptr(), &mut s) } == 0).then_some(s.f_type)

@@ -330,6 +330,7 @@ fn lookup_group(name: &str) -> Option<u32> {
     if gr.is_null() {
         None
     } else {
+        // SAFETY: non-null group entry, read at once.
         Some(unsafe { (*gr).gr_gid })
     }
 }

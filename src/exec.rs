@@ -135,7 +135,10 @@ pub fn exec(o: ExecOptions) -> Result<i32, String> {
             e.to_string()
         })?;
     // Signals for the program are forwarded to it while we wait.
+    // SAFETY: sigset_t is plain data; all zeros is a valid value (and emptied below).
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: sigemptyset and sigaddset on a local set of valid signals; pthread_sigmask
+    // only changes this thread's mask.
     unsafe {
         libc::sigemptyset(&mut set);
         for sig in [
@@ -174,6 +177,7 @@ pub fn exec(o: ExecOptions) -> Result<i32, String> {
         // SAFETY: sigtimedwait with a valid set.
         let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &timeout) };
         if sig > 0 && sig != libc::SIGCHLD {
+            // SAFETY: our own child, not reaped yet (so its pid cannot be reused).
             unsafe { libc::kill(child.pid, sig) };
         }
     };

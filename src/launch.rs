@@ -190,6 +190,7 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return Err(io::Error::last_os_error());
     }
+    // SAFETY: pipe2 succeeded: two new descriptors that nothing else owns.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
@@ -207,6 +208,10 @@ struct ChildArgs<'a> {
 }
 
 /// Writes (step, errno) to the report pipe and exits: the supervisor reads it.
+///
+/// # Safety
+///
+/// Only in the cloned child before exec: it ends the calling process with `_exit`.
 unsafe fn fail(report: RawFd, step: usize) -> ! {
     let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
     let msg = [step as i32, errno];
@@ -218,8 +223,15 @@ unsafe fn fail(report: RawFd, step: usize) -> ! {
 }
 
 /// Becomes the worker: credentials, directory, output, exec. Never returns.
+///
+/// # Safety
+///
+/// Only in the cloned child, with `a` as `launch` built it: it replaces or ends the
+/// calling process.
 unsafe fn exec_worker(a: &ChildArgs) -> ! {
     let s = a.spec;
+    // SAFETY: in the child before exec, as `fail` and `drop_capabilities` require: system
+    // calls on `a`'s C strings and NULL-terminated argv and envp; a zeroed sigset_t is valid.
     unsafe {
         // A fresh signal state: nothing blocked, SIGPIPE at its default (Rust ignores it).
         let mut empty: libc::sigset_t = std::mem::zeroed();
@@ -287,6 +299,10 @@ unsafe fn exec_worker(a: &ChildArgs) -> ! {
 }
 
 /// Leaves the calling process `keep` in every capability set, and `no_new_privs`.
+///
+/// # Safety
+///
+/// Only in the cloned child before exec: it ends the process (through `fail`) on error.
 unsafe fn drop_capabilities(a: &ChildArgs, keep: CapSet) {
     #[repr(C)]
     struct Header {
@@ -366,6 +382,10 @@ const AT_RECURSIVE: libc::c_uint = 0x8000;
 /// Makes one path read-only in this mount namespace, with every mount under it
 /// (mount_setattr; on kernels before 5.12, the mount itself). An optional path that this
 /// kernel does not have (no `/proc/sysrq-trigger` without magic SysRq) needs nothing.
+///
+/// # Safety
+///
+/// Only in the child, in its own mount namespace: the supervisor's mounts must not change.
 unsafe fn make_read_only(r: &ReadOnly) -> bool {
     // SAFETY: mount calls with valid C strings.
     unsafe {
@@ -412,6 +432,10 @@ unsafe fn make_read_only(r: &ReadOnly) -> bool {
 
 /// Covers the ledger directory with an empty read-only tmpfs that shows one file: the
 /// model's own ledger, bound from the real directory.
+///
+/// # Safety
+///
+/// Only in the child, in its own mount namespace: the supervisor's mounts must not change.
 unsafe fn show_own_ledger(dir: &CString, file: &CString) -> bool {
     // SAFETY: system calls on valid C strings and our own descriptors; the path of the
     // descriptor is formatted into a stack buffer.

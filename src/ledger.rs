@@ -110,6 +110,7 @@ pub fn reclaim_isolated(dir: &Path, model: &str) -> Result<Reclaimed, ReclaimErr
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         let e = std::io::Error::last_os_error();
+        // SAFETY: fork failed: both ends of the pipe are still ours alone, used no more.
         unsafe {
             libc::close(read_end);
             libc::close(write_end);

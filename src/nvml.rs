@@ -107,15 +107,19 @@ impl Inventory for Nvml {
         check("nvmlInit_v2", None, unsafe { init() })?;
         let result = (|| {
             let mut n: c_uint = 0;
+            // SAFETY: after a successful init; `n` is a live local c_uint.
             check("nvmlDeviceGetCount_v2", None, unsafe { count(&mut n) })?;
             let mut gpus = Vec::new();
             for index in 0..n {
                 let on = Some(index);
                 let mut device: Device = std::ptr::null_mut();
+                // SAFETY: `index` is below the count NVML gave; `device` is a live local.
                 check("nvmlDeviceGetHandleByIndex_v2", on, unsafe {
                     by_index(index, &mut device)
                 })?;
                 let mut text = [0 as c_char; 96];
+                // SAFETY: a handle NVML returned (its error returned above), and a local
+                // buffer passed with its length.
                 check("nvmlDeviceGetUUID", on, unsafe {
                     uuid(device, text.as_mut_ptr(), text.len() as c_uint)
                 })?;
@@ -127,6 +131,7 @@ impl Inventory for Nvml {
                     text: text.clone().into_owned(),
                 })?;
                 let mut m = Memory::default();
+                // SAFETY: a handle NVML returned; `m` is a live local laid out as nvmlMemory_t.
                 check("nvmlDeviceGetMemoryInfo", on, unsafe {
                     memory(device, &mut m)
                 })?;

@@ -1015,6 +1015,7 @@ fn pipe_for_output() -> Result<(OwnedFd, OwnedFd), String> {
             std::io::Error::last_os_error()
         ));
     }
+    // SAFETY: pipe2 succeeded: two new descriptors that nothing else owns.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
@@ -1054,7 +1055,10 @@ fn forward_output(output: OwnedFd, logs: &Logs, leaf: &str) {
 
 /// Blocks the signals we handle in every thread, and turns them into events.
 fn signal_thread(tx: Sender<Event>) {
+    // SAFETY: sigset_t is plain data; all zeros is a valid value (and emptied below).
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: sigemptyset and sigaddset on a local set of valid signals; pthread_sigmask
+    // only changes this thread's mask (threads spawned later inherit it).
     unsafe {
         libc::sigemptyset(&mut set);
         for sig in [libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {

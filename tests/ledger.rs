@@ -369,6 +369,7 @@ fn an_unreadable_ledger_fails_closed_for_another_user() {
         0o600
     );
     std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // SAFETY: geteuid(2), declared with its C signature in this file, cannot fail.
     if unsafe { libc_geteuid() } != 0 {
         println!("skipped: needs root to run a process as another user");
         return;
@@ -590,6 +591,7 @@ fn a_process_exiting_under_allocating_threads_leaves_its_model_at_zero() {
 /// bigger quota) is refused at the first step, with the path, owner and mode named.
 #[test]
 fn ledgers_that_another_user_could_change_are_refused() {
+    // SAFETY: geteuid(2), declared with its C signature in this file, cannot fail.
     if unsafe { libc_geteuid() } != 0 {
         println!("skipped: needs root to give files to another user");
         return;
@@ -694,6 +696,7 @@ fn ledgers_that_another_user_could_change_are_refused() {
 /// their own, not the shared default that another user could have made first.
 #[test]
 fn a_user_other_than_root_gets_a_ledger_directory_of_their_own() {
+    // SAFETY: geteuid(2), declared with its C signature in this file, cannot fail.
     if unsafe { libc_geteuid() } != 0 {
         println!("skipped: needs root to run a process as another user");
         return;

@@ -307,6 +307,7 @@ fn open_dir(dir: &Path, create_mode: Option<u32>) -> Result<OwnedFd, LedgerError
                 }
             }
         };
+        // SAFETY: stat is plain data; all zeros is a valid value.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: fstat on our own descriptor into a local struct.
         if unsafe { libc::fstat(next.as_raw_fd(), &mut st) } != 0 {
@@ -626,6 +627,8 @@ pub struct LedgerFile {
 
 // SAFETY: the mapping is shared memory accessed only through atomics.
 unsafe impl Send for LedgerFile {}
+// SAFETY: the other fields are Sync; threads change the shared mapping only through atomics
+// (its plain header fields are written once, in `create`, before the handle is returned).
 unsafe impl Sync for LedgerFile {}
 
 impl Drop for LedgerFile {
@@ -960,6 +963,7 @@ impl LedgerFile {
         let fd = file.as_raw_fd();
         // SAFETY: fchown and fchmod on our own descriptor.
         if unsafe { libc::fchown(fd, u32::MAX, gid) } != 0
+            // SAFETY: fchmod on the same descriptor, which we own.
             || unsafe { libc::fchmod(fd, 0o660) } != 0
         {
             return Err(io_err(&path, "give the ledger to its group")(
@@ -1512,6 +1516,7 @@ fn free_slot(s: &Slot) {
 }
 
 fn monotonic_ns() -> u64 {
+    // SAFETY: timespec is plain data; all zeros is a valid value.
     let mut t: libc::timespec = unsafe { std::mem::zeroed() };
     // SAFETY: clock_gettime with a valid timespec (served by the vDSO, no system call).
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };

@@ -1,180 +1,193 @@
 //! Driver functions the shim calls for its own purposes (current device, device identity,
-//! attributes, advice, prefetch) without wrapping them. Resolved behind the shim, once.
+//! attributes, advice, prefetch) without wrapping them. Each is declared once, with its
+//! C signature, and resolved behind the shim on first use; each call returns a typed
+//! result (the driver's error code on failure). Functions that are also hooked rows are
+//! reached through their wrapper's `real()` instead.
 
 use crate::ffi::*;
 use crate::real::{self, Lib};
+use crate::wrappers;
 use cuvisor_common::gpu::GpuUuid;
-use std::ffi::{CStr, c_void};
+use std::ffi::{CStr, c_char, c_void};
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-struct Lazy {
+/// A library function of type `F` (an `unsafe extern "C" fn`), looked up on first use.
+struct Lazy<F> {
     lib: Lib,
     name: &'static CStr,
     ptr: AtomicUsize, // 0: not looked up yet; 1: looked up, absent
+    signature: PhantomData<F>,
 }
 
-impl Lazy {
-    const fn new(lib: Lib, name: &'static CStr) -> Lazy {
+impl<F: Copy> Lazy<F> {
+    /// # Safety
+    /// `F` must be the C signature of `name` in `lib`.
+    const unsafe fn new(lib: Lib, name: &'static CStr) -> Lazy<F> {
         Lazy {
             lib,
             name,
             ptr: AtomicUsize::new(0),
+            signature: PhantomData,
         }
     }
 
-    fn get(&self) -> Option<usize> {
-        let p = self.ptr.load(Ordering::Acquire);
+    fn get(&self) -> Option<F> {
+        let mut p = self.ptr.load(Ordering::Acquire);
         if p == 0 {
-            let found = real::lookup(self.lib, self.name, std::ptr::null()) as usize;
-            self.ptr.store(found.max(1), Ordering::Release);
-            return (found != 0).then_some(found);
+            p = (real::lookup(self.lib, self.name, std::ptr::null()) as usize).max(1);
+            self.ptr.store(p, Ordering::Release);
         }
-        (p != 1).then_some(p)
+        // SAFETY: `p` is the address of `name`, whose signature is `F` (the promise of
+        // `new`); F is a function pointer, the size of an address.
+        (p != 1).then(|| unsafe { std::mem::transmute_copy::<usize, F>(&p) })
     }
 }
 
-static CTX_GET_DEVICE: Lazy = Lazy::new(Lib::Cuda, c"cuCtxGetDevice");
-static DEVICE_GET_ATTRIBUTE: Lazy = Lazy::new(Lib::Cuda, c"cuDeviceGetAttribute");
-static DEVICE_TOTAL_MEM: Lazy = Lazy::new(Lib::Cuda, c"cuDeviceTotalMem_v2");
-static MEM_ADVISE_V2: Lazy = Lazy::new(Lib::Cuda, c"cuMemAdvise_v2");
-static MEM_ADVISE: Lazy = Lazy::new(Lib::Cuda, c"cuMemAdvise");
-static PREFETCH_V2: Lazy = Lazy::new(Lib::Cuda, c"cuMemPrefetchAsync_v2");
-static PREFETCH: Lazy = Lazy::new(Lib::Cuda, c"cuMemPrefetchAsync");
-static DEVICE_GET_UUID_V2: Lazy = Lazy::new(Lib::Cuda, c"cuDeviceGetUuid_v2");
-static DEVICE_GET_UUID: Lazy = Lazy::new(Lib::Cuda, c"cuDeviceGetUuid");
-static POINTER_GET_ATTRIBUTE: Lazy = Lazy::new(Lib::Cuda, c"cuPointerGetAttribute");
-static NVML_DEVICE_GET_UUID: Lazy = Lazy::new(Lib::Nvml, c"nvmlDeviceGetUUID");
-static RUNTIME_GET_VERSION: Lazy = Lazy::new(Lib::Cudart, c"cudaRuntimeGetVersion");
+/// A driver function as the shim declares it: `static NAME: Lazy<signature> = (lib, "C name")`.
+macro_rules! functions {
+    ($($id:ident: $lib:ident $name:literal $sig:ty;)*) => {
+        // SAFETY: each signature is the C declaration of its name in CUDA's headers
+        // (cuda.h, nvml.h, cuda_runtime_api.h).
+        $(static $id: Lazy<$sig> = unsafe { Lazy::new(Lib::$lib, $name) };)*
+    };
+}
+
+functions! {
+    CTX_GET_DEVICE: Cuda c"cuCtxGetDevice" unsafe extern "C" fn(*mut CUdevice) -> CUresult;
+    DEVICE_GET_ATTRIBUTE: Cuda c"cuDeviceGetAttribute"
+        unsafe extern "C" fn(*mut i32, i32, CUdevice) -> CUresult;
+    DEVICE_GET_UUID_V2: Cuda c"cuDeviceGetUuid_v2"
+        unsafe extern "C" fn(*mut [u8; 16], CUdevice) -> CUresult;
+    DEVICE_GET_UUID: Cuda c"cuDeviceGetUuid"
+        unsafe extern "C" fn(*mut [u8; 16], CUdevice) -> CUresult;
+    POINTER_GET_ATTRIBUTE: Cuda c"cuPointerGetAttribute"
+        unsafe extern "C" fn(*mut c_void, i32, CUdeviceptr) -> CUresult;
+    MEM_ADVISE_V2: Cuda c"cuMemAdvise_v2"
+        unsafe extern "C" fn(CUdeviceptr, usize, i32, CUmemLocation) -> CUresult;
+    MEM_ADVISE: Cuda c"cuMemAdvise"
+        unsafe extern "C" fn(CUdeviceptr, usize, i32, CUdevice) -> CUresult;
+    PREFETCH_V2: Cuda c"cuMemPrefetchAsync_v2"
+        unsafe extern "C" fn(CUdeviceptr, usize, CUmemLocation, u32, CUstream) -> CUresult;
+    PREFETCH: Cuda c"cuMemPrefetchAsync"
+        unsafe extern "C" fn(CUdeviceptr, usize, CUdevice, CUstream) -> CUresult;
+    NVML_DEVICE_GET_UUID: Nvml c"nvmlDeviceGetUUID"
+        unsafe extern "C" fn(nvmlDevice_t, *mut c_char, u32) -> nvmlReturn_t;
+    RUNTIME_GET_VERSION: Cudart c"cudaRuntimeGetVersion" unsafe extern "C" fn(*mut i32) -> i32;
+}
+
+/// A driver call's result: the value, or the driver's error code.
+pub type DriverResult<T> = Result<T, CUresult>;
+
+fn check(rc: CUresult) -> DriverResult<()> {
+    if rc == CUDA_SUCCESS { Ok(()) } else { Err(rc) }
+}
 
 /// The device of the calling thread's current context, or the driver's reason why there
 /// is none (`CUDA_ERROR_INVALID_CONTEXT` without a current context).
-pub fn current_device() -> Result<CUdevice, CUresult> {
+pub fn current_device() -> DriverResult<CUdevice> {
     let f = CTX_GET_DEVICE.get().ok_or(CUDA_ERROR_NOT_FOUND)?;
-    // SAFETY: cuCtxGetDevice(CUdevice*).
-    let f: unsafe extern "C" fn(*mut CUdevice) -> CUresult = unsafe { std::mem::transmute(f) };
     let mut dev = 0;
-    match unsafe { f(&mut dev) } {
-        CUDA_SUCCESS => Ok(dev),
-        rc => Err(rc),
-    }
+    // SAFETY: an out-pointer to a live local.
+    check(unsafe { f(&mut dev) })?;
+    Ok(dev)
+}
+
+pub fn device_attribute(attribute: i32, dev: CUdevice) -> DriverResult<i32> {
+    let f = DEVICE_GET_ATTRIBUTE.get().ok_or(CUDA_ERROR_NOT_FOUND)?;
+    let mut value = 0;
+    // SAFETY: an out-pointer to a live local.
+    check(unsafe { f(&mut value, attribute, dev) })?;
+    Ok(value)
 }
 
 /// The UUID of a device ordinal: what names the GPU in the model's ledger, whatever
 /// ordinal this process sees it under.
-pub fn device_uuid(dev: CUdevice) -> Option<GpuUuid> {
-    let f = DEVICE_GET_UUID_V2.get().or_else(|| DEVICE_GET_UUID.get())?;
-    // SAFETY: cuDeviceGetUuid_v2 and cuDeviceGetUuid are both (CUuuid*, CUdevice), CUuuid
-    // being 16 bytes.
-    let f: unsafe extern "C" fn(*mut [u8; 16], CUdevice) -> CUresult =
-        unsafe { std::mem::transmute(f) };
+pub fn device_uuid(dev: CUdevice) -> DriverResult<GpuUuid> {
+    let f = DEVICE_GET_UUID_V2
+        .get()
+        .or_else(|| DEVICE_GET_UUID.get())
+        .ok_or(CUDA_ERROR_NOT_FOUND)?;
     let mut bytes = [0u8; 16];
-    (unsafe { f(&mut bytes, dev) } == CUDA_SUCCESS).then_some(GpuUuid(bytes))
+    // SAFETY: an out-pointer to a live 16-byte local (a CUuuid).
+    check(unsafe { f(&mut bytes, dev) })?;
+    Ok(GpuUuid(bytes))
+}
+
+/// The device's physical memory, asked of the real driver (not our virtual answer).
+pub fn physical_memory(dev: CUdevice) -> DriverResult<u64> {
+    let f = wrappers::cuDeviceTotalMem_v2::real().ok_or(CUDA_ERROR_NOT_FOUND)?;
+    let mut bytes = 0usize;
+    // SAFETY: an out-pointer to a live local.
+    check(unsafe { f(&mut bytes, dev) })?;
+    Ok(bytes as u64)
 }
 
 /// The device ordinal an allocation of this process lives on.
-pub fn pointer_device(ptr: CUdeviceptr) -> Option<CUdevice> {
-    let f = POINTER_GET_ATTRIBUTE.get()?;
-    // SAFETY: cuPointerGetAttribute(void*, CUpointer_attribute, CUdeviceptr); the device
-    // ordinal attribute writes an int.
-    let f: unsafe extern "C" fn(*mut c_void, i32, CUdeviceptr) -> CUresult =
-        unsafe { std::mem::transmute(f) };
+pub fn pointer_device(ptr: CUdeviceptr) -> DriverResult<CUdevice> {
+    let f = POINTER_GET_ATTRIBUTE.get().ok_or(CUDA_ERROR_NOT_FOUND)?;
     let mut dev: CUdevice = -1;
-    let rc = unsafe {
+    // SAFETY: the device-ordinal attribute writes an int: a live local of that type.
+    check(unsafe {
         f(
             (&raw mut dev).cast(),
             CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
             ptr,
         )
-    };
-    (rc == CUDA_SUCCESS && dev >= 0).then_some(dev)
+    })?;
+    Ok(dev)
 }
 
 /// The UUID of an NVML device handle.
 pub fn nvml_uuid(device: nvmlDevice_t) -> Option<GpuUuid> {
     let f = NVML_DEVICE_GET_UUID.get()?;
-    // SAFETY: nvmlDeviceGetUUID(nvmlDevice_t, char*, unsigned int): writes a NUL-terminated
-    // string of at most `length` bytes (NVML_DEVICE_UUID_V2_BUFFER_SIZE is 96).
-    let f: unsafe extern "C" fn(nvmlDevice_t, *mut std::ffi::c_char, u32) -> nvmlReturn_t =
-        unsafe { std::mem::transmute(f) };
-    let mut buf = [0 as std::ffi::c_char; 96];
+    // NVML_DEVICE_UUID_V2_BUFFER_SIZE is 96.
+    let mut buf = [0 as c_char; 96];
+    // SAFETY: a buffer of the length passed with it.
     if unsafe { f(device, buf.as_mut_ptr(), buf.len() as u32) } != NVML_SUCCESS {
         return None;
     }
-    // SAFETY: NVML wrote a NUL-terminated string into buf (the last byte stays 0 anyway).
     buf[95] = 0;
+    // SAFETY: NUL-terminated: by NVML, and by the line above in any case.
     let text = unsafe { CStr::from_ptr(buf.as_ptr()) };
     text.to_str().ok()?.parse().ok()
 }
 
-pub fn device_attribute(attribute: i32, dev: CUdevice) -> Option<i32> {
-    let f: unsafe extern "C" fn(*mut i32, i32, CUdevice) -> CUresult =
-        unsafe { std::mem::transmute(DEVICE_GET_ATTRIBUTE.get()?) };
-    let mut value = 0;
-    // SAFETY: cuDeviceGetAttribute(int*, CUdevice_attribute, CUdevice).
-    (unsafe { f(&mut value, attribute, dev) } == CUDA_SUCCESS).then_some(value)
-}
-
-/// The device's physical memory, asked of the real driver (not our virtual answer).
-pub fn physical_memory(dev: CUdevice) -> Option<u64> {
-    let f: unsafe extern "C" fn(*mut usize, CUdevice) -> CUresult =
-        unsafe { std::mem::transmute(DEVICE_TOTAL_MEM.get()?) };
-    let mut bytes = 0usize;
-    // SAFETY: cuDeviceTotalMem_v2(size_t*, CUdevice).
-    (unsafe { f(&mut bytes, dev) } == CUDA_SUCCESS).then_some(bytes as u64)
-}
-
 /// One piece of advice on a managed range, preferring the CUDA 12.2 location form.
-pub fn advise(ptr: CUdeviceptr, bytes: u64, advice: i32, dev: CUdevice) -> CUresult {
+pub fn advise(ptr: CUdeviceptr, bytes: u64, advice: i32, dev: CUdevice) -> DriverResult<()> {
     if let Some(f) = MEM_ADVISE_V2.get() {
-        let f: unsafe extern "C" fn(CUdeviceptr, usize, i32, CUmemLocation) -> CUresult =
-            unsafe { std::mem::transmute(f) };
         let location = CUmemLocation {
             type_: CU_MEM_LOCATION_TYPE_DEVICE,
             id: dev,
         };
-        // SAFETY: cuMemAdvise_v2(CUdeviceptr, size_t, CUmem_advise, CUmemLocation).
-        return unsafe { f(ptr, bytes as usize, advice, location) };
+        // SAFETY: plain values; the driver checks the range.
+        return check(unsafe { f(ptr, bytes as usize, advice, location) });
     }
-    match MEM_ADVISE.get() {
-        Some(f) => {
-            let f: unsafe extern "C" fn(CUdeviceptr, usize, i32, CUdevice) -> CUresult =
-                unsafe { std::mem::transmute(f) };
-            // SAFETY: cuMemAdvise(CUdeviceptr, size_t, CUmem_advise, CUdevice).
-            unsafe { f(ptr, bytes as usize, advice, dev) }
-        }
-        None => CUDA_ERROR_NOT_FOUND,
-    }
+    let f = MEM_ADVISE.get().ok_or(CUDA_ERROR_NOT_FOUND)?;
+    // SAFETY: plain values; the driver checks the range.
+    check(unsafe { f(ptr, bytes as usize, advice, dev) })
 }
 
 /// Prefetches a managed range to the device, on the legacy default stream.
-pub fn prefetch(ptr: CUdeviceptr, bytes: u64, dev: CUdevice) -> CUresult {
-    let stream: CUstream = std::ptr::null_mut::<c_void>();
+pub fn prefetch(ptr: CUdeviceptr, bytes: u64, dev: CUdevice) -> DriverResult<()> {
+    let stream: CUstream = std::ptr::null_mut();
     if let Some(f) = PREFETCH_V2.get() {
-        let f: unsafe extern "C" fn(CUdeviceptr, usize, CUmemLocation, u32, CUstream) -> CUresult =
-            unsafe { std::mem::transmute(f) };
         let location = CUmemLocation {
             type_: CU_MEM_LOCATION_TYPE_DEVICE,
             id: dev,
         };
-        // SAFETY: cuMemPrefetchAsync_v2(CUdeviceptr, size_t, CUmemLocation, unsigned, CUstream).
-        return unsafe { f(ptr, bytes as usize, location, 0, stream) };
+        // SAFETY: plain values and the legacy stream; the driver checks the range.
+        return check(unsafe { f(ptr, bytes as usize, location, 0, stream) });
     }
-    match PREFETCH.get() {
-        Some(f) => {
-            let f: unsafe extern "C" fn(CUdeviceptr, usize, CUdevice, CUstream) -> CUresult =
-                unsafe { std::mem::transmute(f) };
-            // SAFETY: cuMemPrefetchAsync(CUdeviceptr, size_t, CUdevice, CUstream).
-            unsafe { f(ptr, bytes as usize, dev, stream) }
-        }
-        None => CUDA_ERROR_NOT_FOUND,
-    }
+    let f = PREFETCH.get().ok_or(CUDA_ERROR_NOT_FOUND)?;
+    // SAFETY: plain values and the legacy stream; the driver checks the range.
+    check(unsafe { f(ptr, bytes as usize, dev, stream) })
 }
 
 /// The CUDA version of the loaded shared runtime, if there is one.
 pub fn runtime_version() -> Option<i32> {
-    let f: unsafe extern "C" fn(*mut i32) -> i32 =
-        unsafe { std::mem::transmute(RUNTIME_GET_VERSION.get()?) };
+    let f = RUNTIME_GET_VERSION.get()?;
     let mut v = 0;
-    // SAFETY: cudaRuntimeGetVersion(int*).
+    // SAFETY: an out-pointer to a live local.
     (unsafe { f(&mut v) } == 0).then_some(v)
 }

@@ -72,8 +72,8 @@ pub struct Hook {
     pub version: i32,
     pub stream: Stream,
     pub lib: Lib,
-    /// What the wrapper does (documentation: read by the INTERCEPTION.md check).
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// What the wrapper does: its prologue (`wrappers::prologue`), and its row in
+    /// INTERCEPTION.md.
     pub policy: Policy,
     pub wrapper: Wrapper,
 }

@@ -37,6 +37,7 @@ pub unsafe fn dlsym(handle: *mut c_void, name: *const c_char) -> *mut c_void {
     }
     // SAFETY: REAL_DLSYM holds glibc's dlsym.
     let f: DlsymFn = unsafe { std::mem::transmute(REAL_DLSYM.load(Ordering::Acquire)) };
+    // SAFETY: the caller's handle and name, as glibc's dlsym requires them.
     unsafe { f(handle, name) }
 }
 
@@ -82,6 +83,7 @@ pub fn lookup(lib: Lib, name: &CStr, ours: *const c_void) -> *mut c_void {
         if handle.is_null() {
             continue;
         }
+        // SAFETY: a handle dlopen just gave us, and a C string.
         let p = unsafe { dlsym(handle, name.as_ptr()) };
         // SAFETY: balances the dlopen above; the library stays loaded by its other users.
         unsafe { libc::dlclose(handle) };

@@ -116,7 +116,7 @@ impl Runtime {
             return Ok(index);
         }
         let account = self.account().ok_or(NotCharged::NoLedger)?;
-        let (Some(uuid), Some(physical)) = (driver::device_uuid(dev), driver::physical_memory(dev))
+        let (Ok(uuid), Ok(physical)) = (driver::device_uuid(dev), driver::physical_memory(dev))
         else {
             log::error!(
                 "model {}: the driver did not say which GPU device {dev} is (its UUID and memory): \
@@ -143,7 +143,7 @@ impl Runtime {
         let index = self
             .account()?
             .ledger()
-            .find_gpu(driver::device_uuid(dev)?)?;
+            .find_gpu(driver::device_uuid(dev).ok()?)?;
         if let Some(c) = cached {
             c.store(index.get() as u8 + 1, Ordering::Relaxed);
         }

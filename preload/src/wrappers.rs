@@ -1,11 +1,14 @@
-//! The exported wrappers, one per row of the hook table (`hooks.rs`). Each finds its real
-//! function, asks `runtime::active()` what to do, and answers as the driver would: no
-//! panic crosses this boundary, and unknown pointers are forwarded, never second-guessed.
-#![allow(non_snake_case, clippy::missing_safety_doc)]
+//! The exported wrappers, one per row of the hook table (`hooks.rs`). Each is declared
+//! with [`wrapper!`]: its C signature is written once, its real function is typed from
+//! it, and the row's policy decides its prologue. Every wrapper answers as the driver
+//! would: no panic crosses this boundary, and unknown pointers are forwarded, never
+//! second-guessed.
+#![allow(non_snake_case)] // the C names
 
 use crate::driver;
 use crate::ffi::*;
-use crate::hooks::{self, Id};
+use crate::hooks::{self, Id, Policy};
+use crate::real::Lib;
 use crate::records::{Kind, Record, Records};
 use crate::runtime::{Active, NotCharged, Runtime, active};
 use cuvisor_common::gpu::GpuUuid;
@@ -13,16 +16,106 @@ use cuvisor_common::ledger::GpuIndex;
 use std::ffi::{CStr, c_char, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-/// The real function of a row, typed; returns the "not found" code of its library if the
-/// library lacks it.
-macro_rules! real {
-    ($id:ident as $ty:ty) => {
-        match hooks::real(Id::$id) {
-            // SAFETY: the row's real function has the signature of its wrapper.
-            Some(p) => unsafe { std::mem::transmute::<usize, $ty>(p) },
-            None => return missing(Id::$id),
+/// Declares the exported wrapper of a hook-table row from its C signature, written once:
+///
+/// - the exported `extern "C"` function of that name and signature;
+/// - a module of the same name (modules and functions do not share a namespace) with
+///   `Real`, the real function's type built from the same signature, and `real()`, the
+///   real function of exactly this row: other code reaches a row's real function only
+///   through it, never with a signature of its own;
+/// - the body runs inside [`guard`], with `$forward()` calling the real function with the
+///   caller's own arguments.
+///
+/// `|$forward, $rt| body`: the row's policy runs [`prologue`] first, and the body runs
+/// only when the shim is on, with `$rt` its runtime. `|$forward| body`: no prologue (the
+/// resolvers, which decide for themselves what to hand out).
+macro_rules! wrapper {
+    (
+        $(#[$doc:meta])*
+        fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty;
+        |$forward:ident $(, $rt:ident)?| $body:block
+    ) => {
+        pub mod $name {
+            use super::*;
+
+            /// The real function's type: the wrapper's signature.
+            pub type Real = unsafe extern "C" fn($($ty),*) -> $ret;
+
+            /// The real function behind the wrapper, if its library has it.
+            pub fn real() -> Option<Real> {
+                // SAFETY: the address is this row's real function (the library's
+                // definition of the same C name), whose C signature is the wrapper's.
+                hooks::real(Id::$name).map(|p| unsafe { std::mem::transmute::<usize, Real>(p) })
+            }
+        }
+
+        $(#[$doc])*
+        ///
+        /// # Safety
+        /// The driver's own contract for this function: pointers valid as its
+        /// documentation requires.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name($($arg: $ty),*) -> $ret {
+            guard(|| {
+                let Some(real) = $name::real() else {
+                    return missing(Id::$name);
+                };
+                // SAFETY: the real function of this row, of this wrapper's signature,
+                // called with the caller's own arguments, under the caller's guarantees.
+                let $forward = move || unsafe { real($($arg),*) };
+                wrapper!(@body $name, $forward $(, $rt)?, $body)
+            })
         }
     };
+    (@body $name:ident, $forward:ident, $rt:ident, $body:block) => {
+        match prologue(Id::$name) {
+            Prologue::Forward => $forward(),
+            Prologue::Answer(code) => code,
+            Prologue::Run($rt) => $body,
+        }
+    };
+    (@body $name:ident, $forward:ident, $body:block) => {{
+        debug_assert_eq!(hooks::hook(Id::$name).policy, Policy::Resolver);
+        $body
+    }};
+}
+
+/// What a wrapper does before its own work.
+enum Prologue {
+    /// Call the real function and return its answer untouched.
+    Forward,
+    /// Answer this code without calling anything.
+    Answer(i32),
+    /// The shim is on: do the wrapper's work.
+    Run(&'static Runtime),
+}
+
+/// The prologue of a row, decided by its policy (docs/INTERCEPTION.md): with
+/// `CUVISOR_MODE=off` everything is forwarded; with an invalid configuration,
+/// initialization fails with its library's code and allocations answer
+/// `CUDA_ERROR_NOT_INITIALIZED` (a model never runs without its quota), while frees,
+/// queries and the rest are forwarded.
+fn prologue(id: Id) -> Prologue {
+    match active() {
+        Active::On(rt) => Prologue::Run(rt),
+        Active::Off => Prologue::Forward,
+        Active::Failed => {
+            let h = hooks::hook(id);
+            match h.policy {
+                Policy::Init => Prologue::Answer(init_failure(h.lib)),
+                Policy::Charge | Policy::Redirect => Prologue::Answer(CUDA_ERROR_NOT_INITIALIZED),
+                _ => Prologue::Forward,
+            }
+        }
+    }
+}
+
+/// What an initialization answers when the process must not run.
+fn init_failure(lib: Lib) -> i32 {
+    match lib {
+        Lib::Nvml => NVML_ERROR_UNKNOWN,
+        Lib::Cuda | Lib::Cudart => CUDA_ERROR_NOT_INITIALIZED,
+    }
 }
 
 fn missing(id: Id) -> i32 {
@@ -33,8 +126,8 @@ fn missing(id: Id) -> i32 {
         h.lib.name()
     );
     match h.lib {
-        crate::real::Lib::Nvml => 13, // NVML_ERROR_FUNCTION_NOT_FOUND
-        _ => CUDA_ERROR_NOT_FOUND,    // cudaErrorSymbolNotFound has the same value
+        Lib::Nvml => 13,           // NVML_ERROR_FUNCTION_NOT_FOUND
+        _ => CUDA_ERROR_NOT_FOUND, // cudaErrorSymbolNotFound has the same value
     }
 }
 
@@ -92,7 +185,42 @@ fn uncharged(
     rc
 }
 
+/// Frees device memory the shim allocated and cannot keep (the driver's own free).
+fn give_back_to_driver(ptr: CUdeviceptr) {
+    if let Some(free) = cuMemFree_v2::real() {
+        // SAFETY: `ptr` came from the driver's allocation just now and was never handed
+        // to the caller.
+        let rc = unsafe { free(ptr) };
+        if rc != CUDA_SUCCESS {
+            log::error!("the driver did not free {ptr:#x} (error {rc}): it stays allocated");
+        }
+    }
+}
+
+/// The value a successful driver call wrote through an out-pointer.
+///
+/// # Safety
+/// `out` is non-null and the driver just wrote it (its call answered success).
+unsafe fn written<T: Copy>(out: *const T) -> T {
+    // SAFETY: the caller's guarantee.
+    unsafe { *out }
+}
+
+/// Writes an answer through the caller's out-pointer.
+///
+/// # Safety
+/// `out` is non-null and valid for a write (the driver accepted it in this call).
+unsafe fn answer<T>(out: *mut T, value: T) {
+    // SAFETY: the caller's guarantee.
+    unsafe { *out = value }
+}
+
 const PITCH_ALIGNMENT: u64 = 512;
+
+/// The ledger entry of the calling thread's current device, or the answer to give.
+fn current(rt: &Runtime) -> Result<(CUdevice, GpuIndex), CUresult> {
+    rt.current_gpu().map_err(refused)
+}
 
 /// Managed memory in place of device memory, with advice that it lives on `dev`.
 fn redirected(
@@ -102,30 +230,30 @@ fn redirected(
     (dev, gpu): (CUdevice, GpuIndex),
     what: &str,
 ) -> CUresult {
-    let managed =
-        real!(cuMemAllocManaged as unsafe extern "C" fn(*mut CUdeviceptr, usize, u32) -> CUresult);
-    let rc = charged(rt, gpu, bytes, what, || unsafe {
-        managed(dptr, bytes as usize, CU_MEM_ATTACH_GLOBAL)
+    let Some(managed) = cuMemAllocManaged::real() else {
+        return missing(Id::cuMemAllocManaged);
+    };
+    let rc = charged(rt, gpu, bytes, what, || {
+        // SAFETY: cuMemAllocManaged with the caller's non-null out-pointer and a size.
+        unsafe { managed(dptr, bytes as usize, CU_MEM_ATTACH_GLOBAL) }
     });
     if rc != CUDA_SUCCESS {
         return rc;
     }
-    // SAFETY: the driver just wrote the pointer.
-    let ptr = unsafe { *dptr };
+    // SAFETY: the driver succeeded: it wrote the pointer.
+    let ptr = unsafe { written(dptr) };
     for advice in [
         CU_MEM_ADVISE_SET_PREFERRED_LOCATION,
         CU_MEM_ADVISE_SET_ACCESSED_BY,
     ] {
-        let a = driver::advise(ptr, bytes, advice, dev);
-        if a != CUDA_SUCCESS {
+        if let Err(a) = driver::advise(ptr, bytes, advice, dev) {
             log::debug!("advice {advice} on {ptr:#x} failed: {a}");
         }
     }
-    if rt.config.prefetch {
-        let p = driver::prefetch(ptr, bytes, dev);
-        if p != CUDA_SUCCESS {
-            log::debug!("prefetch of {ptr:#x} failed: {p}");
-        }
+    if rt.config.prefetch
+        && let Err(p) = driver::prefetch(ptr, bytes, dev)
+    {
+        log::debug!("prefetch of {ptr:#x} failed: {p}");
     }
     rt.ptrs.insert(
         ptr,
@@ -140,21 +268,24 @@ fn redirected(
 
 // ---- initialization and resolvers ---------------------------------------------------------
 
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuInit(flags: u32) -> CUresult {
-    guard(|| {
-        let real = real!(cuInit as unsafe extern "C" fn(u32) -> CUresult);
-        match active() {
-            Active::Failed => return CUDA_ERROR_NOT_INITIALIZED,
-            // Join the model's ledger now, so that a missing or damaged one stops CUDA
-            // from initializing rather than the first allocation.
-            Active::On(rt) if rt.account().is_none() => return CUDA_ERROR_NOT_INITIALIZED,
-            _ => {}
-        }
-        unsafe { real(flags) }
-    })
+/// Joins the model's ledger now, so that a missing or damaged one stops CUDA from
+/// initializing rather than the first allocation.
+fn initialize(rt: &Runtime, lib: Lib, forward: impl FnOnce() -> i32) -> i32 {
+    if rt.account().is_none() {
+        return init_failure(lib);
+    }
+    forward()
 }
 
+wrapper! {
+    fn cuInit(flags: u32) -> CUresult;
+    |forward, rt| { initialize(rt, Lib::Cuda, forward) }
+}
+
+/// Puts our wrapper of exactly the variant a resolver returned in `pfn`.
+///
+/// # Safety
+/// `symbol` and `pfn` are what the caller gave a resolver that succeeded with them.
 unsafe fn substitute_out(
     via: hooks::Via,
     symbol: *const c_char,
@@ -165,13 +296,17 @@ unsafe fn substitute_out(
     if symbol.is_null() || pfn.is_null() {
         return;
     }
-    // SAFETY: the resolver succeeded with these arguments, so both are valid.
-    unsafe { *pfn = hooks::substitute(via, CStr::from_ptr(symbol), version, flags, *pfn) };
+    // SAFETY: the resolver succeeded with these arguments, so the name is a C string and
+    // `pfn` holds the function it wrote.
+    unsafe {
+        let found = *pfn;
+        *pfn = hooks::substitute(via, CStr::from_ptr(symbol), version, flags, found);
+    }
 }
 
 /// What both cuGetProcAddress ABIs answer: the real resolver's code, with our wrapper in
 /// `pfn` when it succeeded.
-unsafe fn proc_address_answer(
+fn proc_address_answer(
     rc: CUresult,
     symbol: *const c_char,
     pfn: *mut *mut c_void,
@@ -180,222 +315,127 @@ unsafe fn proc_address_answer(
 ) -> CUresult {
     if rc == CUDA_SUCCESS {
         let via = hooks::Via::GetProcAddress;
+        // SAFETY: the real resolver succeeded with these arguments.
         unsafe { substitute_out(via, symbol, pfn, Some(version), flags) };
     }
     rc
 }
 
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGetProcAddress(
-    symbol: *const c_char,
-    pfn: *mut *mut c_void,
-    version: i32,
-    flags: u64,
-) -> CUresult {
-    guard(|| {
-        let real = real!(
-            cuGetProcAddress
-                as unsafe extern "C" fn(*const c_char, *mut *mut c_void, i32, u64) -> CUresult
-        );
-        let rc = unsafe { real(symbol, pfn, version, flags) };
-        unsafe { proc_address_answer(rc, symbol, pfn, version, flags) }
-    })
+wrapper! {
+    fn cuGetProcAddress(
+        symbol: *const c_char,
+        pfn: *mut *mut c_void,
+        version: i32,
+        flags: u64,
+    ) -> CUresult;
+    |forward| { proc_address_answer(forward(), symbol, pfn, version, flags) }
 }
 
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGetProcAddress_v2(
-    symbol: *const c_char,
-    pfn: *mut *mut c_void,
-    version: i32,
-    flags: u64,
-    status: *mut i32,
-) -> CUresult {
-    guard(|| {
-        let real = real!(
-            cuGetProcAddress_v2
-                as unsafe extern "C" fn(
-                    *const c_char,
-                    *mut *mut c_void,
-                    i32,
-                    u64,
-                    *mut i32,
-                ) -> CUresult
-        );
-        let rc = unsafe { real(symbol, pfn, version, flags, status) };
-        unsafe { proc_address_answer(rc, symbol, pfn, version, flags) }
-    })
+wrapper! {
+    fn cuGetProcAddress_v2(
+        symbol: *const c_char,
+        pfn: *mut *mut c_void,
+        version: i32,
+        flags: u64,
+        status: *mut i32,
+    ) -> CUresult;
+    |forward| { proc_address_answer(forward(), symbol, pfn, version, flags) }
 }
 
-type EntryPointFn =
-    unsafe extern "C" fn(*const c_char, *mut *mut c_void, u64, *mut i32) -> cudaError_t;
-type EntryPointByVersionFn =
-    unsafe extern "C" fn(*const c_char, *mut *mut c_void, u32, u64, *mut i32) -> cudaError_t;
-
-unsafe fn entry_point(
-    real: EntryPointFn,
+/// What the runtime's entry-point lookups answer: the real code, with our wrapper in `f`
+/// when it succeeded. `version` is the CUDA version asked for, or the runtime's own.
+fn entry_point_answer(
+    rc: cudaError_t,
     symbol: *const c_char,
     f: *mut *mut c_void,
+    version: Option<i32>,
     flags: u64,
-    status: *mut i32,
 ) -> cudaError_t {
-    let rc = unsafe { real(symbol, f, flags, status) };
     if rc == 0 {
-        unsafe {
-            substitute_out(
-                hooks::Via::EntryPoint,
-                symbol,
-                f,
-                driver::runtime_version(),
-                flags,
-            )
-        };
+        let via = hooks::Via::EntryPoint;
+        // SAFETY: the real lookup succeeded with these arguments.
+        unsafe { substitute_out(via, symbol, f, version, flags) };
     }
     rc
 }
 
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cudaGetDriverEntryPoint(
-    symbol: *const c_char,
-    f: *mut *mut c_void,
-    flags: u64,
-    status: *mut i32,
-) -> cudaError_t {
-    guard(|| {
-        let real = real!(cudaGetDriverEntryPoint as EntryPointFn);
-        unsafe { entry_point(real, symbol, f, flags, status) }
-    })
+wrapper! {
+    fn cudaGetDriverEntryPoint(
+        symbol: *const c_char,
+        f: *mut *mut c_void,
+        flags: u64,
+        status: *mut i32,
+    ) -> cudaError_t;
+    |forward| { entry_point_answer(forward(), symbol, f, driver::runtime_version(), flags) }
 }
 
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cudaGetDriverEntryPoint_ptsz(
-    symbol: *const c_char,
-    f: *mut *mut c_void,
-    flags: u64,
-    status: *mut i32,
-) -> cudaError_t {
-    guard(|| {
-        let real = real!(cudaGetDriverEntryPoint_ptsz as EntryPointFn);
-        unsafe { entry_point(real, symbol, f, flags, status) }
-    })
+wrapper! {
+    fn cudaGetDriverEntryPoint_ptsz(
+        symbol: *const c_char,
+        f: *mut *mut c_void,
+        flags: u64,
+        status: *mut i32,
+    ) -> cudaError_t;
+    |forward| { entry_point_answer(forward(), symbol, f, driver::runtime_version(), flags) }
 }
 
-unsafe fn entry_point_by_version(
-    real: EntryPointByVersionFn,
-    symbol: *const c_char,
-    f: *mut *mut c_void,
-    version: u32,
-    flags: u64,
-    status: *mut i32,
-) -> cudaError_t {
-    let rc = unsafe { real(symbol, f, version, flags, status) };
-    if rc == 0 {
-        unsafe {
-            substitute_out(
-                hooks::Via::EntryPoint,
-                symbol,
-                f,
-                i32::try_from(version).ok(),
-                flags,
-            )
-        };
-    }
-    rc
+wrapper! {
+    fn cudaGetDriverEntryPointByVersion(
+        symbol: *const c_char,
+        f: *mut *mut c_void,
+        version: u32,
+        flags: u64,
+        status: *mut i32,
+    ) -> cudaError_t;
+    |forward| { entry_point_answer(forward(), symbol, f, i32::try_from(version).ok(), flags) }
 }
 
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cudaGetDriverEntryPointByVersion(
-    symbol: *const c_char,
-    f: *mut *mut c_void,
-    version: u32,
-    flags: u64,
-    status: *mut i32,
-) -> cudaError_t {
-    guard(|| {
-        let real = real!(cudaGetDriverEntryPointByVersion as EntryPointByVersionFn);
-        unsafe { entry_point_by_version(real, symbol, f, version, flags, status) }
-    })
-}
-
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cudaGetDriverEntryPointByVersion_ptsz(
-    symbol: *const c_char,
-    f: *mut *mut c_void,
-    version: u32,
-    flags: u64,
-    status: *mut i32,
-) -> cudaError_t {
-    guard(|| {
-        let real = real!(cudaGetDriverEntryPointByVersion_ptsz as EntryPointByVersionFn);
-        unsafe { entry_point_by_version(real, symbol, f, version, flags, status) }
-    })
+wrapper! {
+    fn cudaGetDriverEntryPointByVersion_ptsz(
+        symbol: *const c_char,
+        f: *mut *mut c_void,
+        version: u32,
+        flags: u64,
+        status: *mut i32,
+    ) -> cudaError_t;
+    |forward| { entry_point_answer(forward(), symbol, f, i32::try_from(version).ok(), flags) }
 }
 
 // ---- device memory -----------------------------------------------------------------------
 
-type AllocFn = unsafe extern "C" fn(*mut CUdeviceptr, usize) -> CUresult;
-
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemAlloc_v2(dptr: *mut CUdeviceptr, bytesize: usize) -> CUresult {
-    guard(|| {
-        let real = real!(cuMemAlloc_v2 as AllocFn);
-        let rt = match active() {
-            Active::On(rt) => rt,
-            Active::Off => return unsafe { real(dptr, bytesize) },
-            Active::Failed => return CUDA_ERROR_NOT_INITIALIZED,
-        };
+wrapper! {
+    fn cuMemAlloc_v2(dptr: *mut CUdeviceptr, bytesize: usize) -> CUresult;
+    |forward, rt| {
         if dptr.is_null() || bytesize == 0 {
-            return unsafe { real(dptr, bytesize) }; // the driver's own answer to bad arguments
+            return forward(); // the driver's own answer to bad arguments
         }
         let bytes = bytesize as u64;
-        let (dev, gpu) = match rt.current_gpu() {
+        let (dev, gpu) = match current(rt) {
             Ok(on) => on,
-            Err(why) => return refused(why),
+            Err(rc) => return rc,
         };
         if rt.redirects(dev) {
             return redirected(rt, dptr, bytes, (dev, gpu), "cuMemAlloc_v2");
         }
-        let rc = charged(rt, gpu, bytes, "cuMemAlloc_v2", || unsafe {
-            real(dptr, bytesize)
-        });
+        let rc = charged(rt, gpu, bytes, "cuMemAlloc_v2", forward);
         if rc == CUDA_SUCCESS {
-            rt.ptrs.insert(
-                unsafe { *dptr },
-                Record {
-                    gpu,
-                    bytes,
-                    kind: Kind::Device,
-                },
-            );
+            // SAFETY: the driver succeeded: it wrote the pointer.
+            let ptr = unsafe { written(dptr) };
+            rt.ptrs.insert(ptr, Record { gpu, bytes, kind: Kind::Device });
         }
         rc
-    })
+    }
 }
 
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemAllocPitch_v2(
-    dptr: *mut CUdeviceptr,
-    pitch: *mut usize,
-    width: usize,
-    height: usize,
-    element_size: u32,
-) -> CUresult {
-    guard(|| {
-        let real = real!(
-            cuMemAllocPitch_v2
-                as unsafe extern "C" fn(
-                    *mut CUdeviceptr,
-                    *mut usize,
-                    usize,
-                    usize,
-                    u32,
-                ) -> CUresult
-        );
-        let forward = || unsafe { real(dptr, pitch, width, height, element_size) };
-        let rt = match active() {
-            Active::On(rt) => rt,
-            Active::Off => return forward(),
-            Active::Failed => return CUDA_ERROR_NOT_INITIALIZED,
-        };
+wrapper! {
+    fn cuMemAllocPitch_v2(
+        dptr: *mut CUdeviceptr,
+        pitch: *mut usize,
+        width: usize,
+        height: usize,
+        element_size: u32,
+    ) -> CUresult;
+    |forward, rt| {
         let valid = !dptr.is_null()
             && !pitch.is_null()
             && width > 0
@@ -406,14 +446,15 @@ pub unsafe extern "C" fn cuMemAllocPitch_v2(
         let Some(estimate) = row.checked_mul(height as u64).filter(|_| valid) else {
             return forward();
         };
-        let (dev, gpu) = match rt.current_gpu() {
+        let (dev, gpu) = match current(rt) {
             Ok(on) => on,
-            Err(why) => return refused(why),
+            Err(rc) => return rc,
         };
         if rt.redirects(dev) {
             let rc = redirected(rt, dptr, estimate, (dev, gpu), "cuMemAllocPitch_v2");
             if rc == CUDA_SUCCESS {
-                unsafe { *pitch = row as usize };
+                // SAFETY: checked non-null above; the caller's out-parameter.
+                unsafe { answer(pitch, row as usize) };
             }
             return rc;
         }
@@ -422,69 +463,41 @@ pub unsafe extern "C" fn cuMemAllocPitch_v2(
             return rc;
         }
         // Charge what the driver really gave: pitch x height.
-        let (ptr, actual) = unsafe { (*dptr, (*pitch as u64).saturating_mul(height as u64)) };
+        // SAFETY: the driver succeeded: it wrote both.
+        let (ptr, actual) = unsafe { (written(dptr), (written(pitch) as u64).saturating_mul(height as u64)) };
         if actual < estimate {
             rt.release(gpu, estimate - actual);
         } else if actual > estimate
-            && rt
-                .reserve(gpu, actual - estimate, "cuMemAllocPitch_v2")
-                .is_err()
+            && rt.reserve(gpu, actual - estimate, "cuMemAllocPitch_v2").is_err()
         {
-            let free = real!(cuMemFree_v2 as unsafe extern "C" fn(CUdeviceptr) -> CUresult);
-            unsafe { free(ptr) };
+            give_back_to_driver(ptr);
             rt.release(gpu, estimate);
             return CUDA_ERROR_OUT_OF_MEMORY;
         }
-        rt.ptrs.insert(
-            ptr,
-            Record {
-                gpu,
-                bytes: actual,
-                kind: Kind::Device,
-            },
-        );
+        rt.ptrs.insert(ptr, Record { gpu, bytes: actual, kind: Kind::Device });
         CUDA_SUCCESS
-    })
+    }
 }
 
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemAllocManaged(
-    dptr: *mut CUdeviceptr,
-    bytesize: usize,
-    flags: u32,
-) -> CUresult {
-    guard(|| {
-        let real = real!(
-            cuMemAllocManaged as unsafe extern "C" fn(*mut CUdeviceptr, usize, u32) -> CUresult
-        );
-        let rt = match active() {
-            Active::On(rt) => rt,
-            Active::Off => return unsafe { real(dptr, bytesize, flags) },
-            Active::Failed => return CUDA_ERROR_NOT_INITIALIZED,
-        };
+wrapper! {
+    fn cuMemAllocManaged(dptr: *mut CUdeviceptr, bytesize: usize, flags: u32) -> CUresult;
+    |forward, rt| {
         if dptr.is_null() || bytesize == 0 {
-            return unsafe { real(dptr, bytesize, flags) };
+            return forward();
         }
         let bytes = bytesize as u64;
-        let gpu = match rt.current_gpu() {
+        let gpu = match current(rt) {
             Ok((_, gpu)) => gpu,
-            Err(why) => return refused(why),
+            Err(rc) => return rc,
         };
-        let rc = charged(rt, gpu, bytes, "cuMemAllocManaged", || unsafe {
-            real(dptr, bytesize, flags)
-        });
+        let rc = charged(rt, gpu, bytes, "cuMemAllocManaged", forward);
         if rc == CUDA_SUCCESS {
-            rt.ptrs.insert(
-                unsafe { *dptr },
-                Record {
-                    gpu,
-                    bytes,
-                    kind: Kind::Managed { redirected: false },
-                },
-            );
+            // SAFETY: the driver succeeded: it wrote the pointer.
+            let ptr = unsafe { written(dptr) };
+            rt.ptrs.insert(ptr, Record { gpu, bytes, kind: Kind::Managed { redirected: false } });
         }
         rc
-    })
+    }
 }
 
 /// Stream-ordered allocations stay device memory (they may be captured into graphs).
@@ -492,30 +505,27 @@ pub unsafe extern "C" fn cuMemAllocManaged(
 /// allocates; a stream or pool of another device moves the charge there once the driver
 /// says where the memory is.
 fn stream_ordered(
+    rt: &Runtime,
     what: &str,
     dptr: *mut CUdeviceptr,
     bytesize: usize,
     call: impl FnOnce() -> CUresult,
 ) -> CUresult {
-    let rt = match active() {
-        Active::On(rt) => rt,
-        Active::Off => return call(),
-        Active::Failed => return CUDA_ERROR_NOT_INITIALIZED,
-    };
     if dptr.is_null() || bytesize == 0 {
         return call();
     }
     let bytes = bytesize as u64;
-    let (dev, mut gpu) = match rt.current_gpu() {
+    let (dev, mut gpu) = match current(rt) {
         Ok(on) => on,
-        Err(why) => return refused(why),
+        Err(rc) => return rc,
     };
     let rc = charged(rt, gpu, bytes, what, call);
     if rc != CUDA_SUCCESS {
         return rc;
     }
-    let ptr = unsafe { *dptr };
-    if let Some(landed) = driver::pointer_device(ptr).filter(|&d| d != dev) {
+    // SAFETY: the driver succeeded: it wrote the pointer.
+    let ptr = unsafe { written(dptr) };
+    if let Some(landed) = driver::pointer_device(ptr).ok().filter(|&d| d != dev) {
         let moved = rt
             .gpu(landed)
             .and_then(|to| rt.reserve(to, bytes, what).map(|()| to));
@@ -524,8 +534,7 @@ fn stream_ordered(
             Ok(to) => gpu = to,
             Err(why) => {
                 // The memory is on a GPU where the model has no room: give it back.
-                let free = real!(cuMemFree_v2 as unsafe extern "C" fn(CUdeviceptr) -> CUresult);
-                unsafe { free(ptr) };
+                give_back_to_driver(ptr);
                 return refused(why);
             }
         }
@@ -541,176 +550,96 @@ fn stream_ordered(
     CUDA_SUCCESS
 }
 
-type AllocAsyncFn = unsafe extern "C" fn(*mut CUdeviceptr, usize, CUstream) -> CUresult;
-type AllocFromPoolFn =
-    unsafe extern "C" fn(*mut CUdeviceptr, usize, CUmemoryPool, CUstream) -> CUresult;
-
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemAllocAsync(
-    dptr: *mut CUdeviceptr,
-    bytesize: usize,
-    stream: CUstream,
-) -> CUresult {
-    guard(|| {
-        let real = real!(cuMemAllocAsync as AllocAsyncFn);
-        stream_ordered("cuMemAllocAsync", dptr, bytesize, || unsafe {
-            real(dptr, bytesize, stream)
-        })
-    })
+wrapper! {
+    fn cuMemAllocAsync(dptr: *mut CUdeviceptr, bytesize: usize, stream: CUstream) -> CUresult;
+    |forward, rt| { stream_ordered(rt, "cuMemAllocAsync", dptr, bytesize, forward) }
 }
 
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemAllocAsync_ptsz(
-    dptr: *mut CUdeviceptr,
-    bytesize: usize,
-    stream: CUstream,
-) -> CUresult {
-    guard(|| {
-        let real = real!(cuMemAllocAsync_ptsz as AllocAsyncFn);
-        stream_ordered("cuMemAllocAsync", dptr, bytesize, || unsafe {
-            real(dptr, bytesize, stream)
-        })
-    })
+wrapper! {
+    fn cuMemAllocAsync_ptsz(dptr: *mut CUdeviceptr, bytesize: usize, stream: CUstream) -> CUresult;
+    |forward, rt| { stream_ordered(rt, "cuMemAllocAsync", dptr, bytesize, forward) }
 }
 
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemAllocFromPoolAsync(
-    dptr: *mut CUdeviceptr,
-    bytesize: usize,
-    pool: CUmemoryPool,
-    stream: CUstream,
-) -> CUresult {
-    guard(|| {
-        let real = real!(cuMemAllocFromPoolAsync as AllocFromPoolFn);
-        stream_ordered("cuMemAllocFromPoolAsync", dptr, bytesize, || unsafe {
-            real(dptr, bytesize, pool, stream)
-        })
-    })
+wrapper! {
+    fn cuMemAllocFromPoolAsync(
+        dptr: *mut CUdeviceptr,
+        bytesize: usize,
+        pool: CUmemoryPool,
+        stream: CUstream,
+    ) -> CUresult;
+    |forward, rt| { stream_ordered(rt, "cuMemAllocFromPoolAsync", dptr, bytesize, forward) }
 }
 
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemAllocFromPoolAsync_ptsz(
-    dptr: *mut CUdeviceptr,
-    bytesize: usize,
-    pool: CUmemoryPool,
-    stream: CUstream,
-) -> CUresult {
-    guard(|| {
-        let real = real!(cuMemAllocFromPoolAsync_ptsz as AllocFromPoolFn);
-        stream_ordered("cuMemAllocFromPoolAsync", dptr, bytesize, || unsafe {
-            real(dptr, bytesize, pool, stream)
-        })
-    })
+wrapper! {
+    fn cuMemAllocFromPoolAsync_ptsz(
+        dptr: *mut CUdeviceptr,
+        bytesize: usize,
+        pool: CUmemoryPool,
+        stream: CUstream,
+    ) -> CUresult;
+    |forward, rt| { stream_ordered(rt, "cuMemAllocFromPoolAsync", dptr, bytesize, forward) }
 }
 
-/// A free of device memory: uncharged on success, forwarded as is when unknown.
-fn free_pointer(ptr: CUdeviceptr, call: impl FnOnce() -> CUresult) -> CUresult {
-    match active() {
-        Active::On(rt) => uncharged(rt, &rt.ptrs, ptr, call),
-        Active::Off | Active::Failed => call(),
-    }
+wrapper! {
+    fn cuMemFree_v2(ptr: CUdeviceptr) -> CUresult;
+    |forward, rt| { uncharged(rt, &rt.ptrs, ptr, forward) }
 }
 
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemFree_v2(ptr: CUdeviceptr) -> CUresult {
-    guard(|| {
-        let real = real!(cuMemFree_v2 as unsafe extern "C" fn(CUdeviceptr) -> CUresult);
-        free_pointer(ptr, || unsafe { real(ptr) })
-    })
+wrapper! {
+    fn cuMemFreeAsync(ptr: CUdeviceptr, stream: CUstream) -> CUresult;
+    |forward, rt| { uncharged(rt, &rt.ptrs, ptr, forward) }
 }
 
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemFreeAsync(ptr: CUdeviceptr, stream: CUstream) -> CUresult {
-    guard(|| {
-        let real = real!(cuMemFreeAsync as unsafe extern "C" fn(CUdeviceptr, CUstream) -> CUresult);
-        free_pointer(ptr, || unsafe { real(ptr, stream) })
-    })
-}
-
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemFreeAsync_ptsz(ptr: CUdeviceptr, stream: CUstream) -> CUresult {
-    guard(|| {
-        let real =
-            real!(cuMemFreeAsync_ptsz as unsafe extern "C" fn(CUdeviceptr, CUstream) -> CUresult);
-        free_pointer(ptr, || unsafe { real(ptr, stream) })
-    })
+wrapper! {
+    fn cuMemFreeAsync_ptsz(ptr: CUdeviceptr, stream: CUstream) -> CUresult;
+    |forward, rt| { uncharged(rt, &rt.ptrs, ptr, forward) }
 }
 
 // ---- virtual memory management -----------------------------------------------------------
 
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemCreate(
-    handle: *mut CUmemGenericAllocationHandle,
-    size: usize,
-    prop: *const CUmemAllocationProp,
-    flags: u64,
-) -> CUresult {
-    guard(|| {
-        let real = real!(
-            cuMemCreate
-                as unsafe extern "C" fn(
-                    *mut CUmemGenericAllocationHandle,
-                    usize,
-                    *const CUmemAllocationProp,
-                    u64,
-                ) -> CUresult
-        );
-        let forward = || unsafe { real(handle, size, prop, flags) };
-        let rt = match active() {
-            Active::On(rt) => rt,
-            Active::Off => return forward(),
-            Active::Failed => return CUDA_ERROR_NOT_INITIALIZED,
+wrapper! {
+    fn cuMemCreate(
+        handle: *mut CUmemGenericAllocationHandle,
+        size: usize,
+        prop: *const CUmemAllocationProp,
+        flags: u64,
+    ) -> CUresult;
+    |forward, rt| {
+        // SAFETY: the caller's properties, read only if non-null.
+        let Some(prop) = (unsafe { prop.as_ref() }) else {
+            return forward();
         };
         // Only device-located physical memory counts; host-located handles are host RAM.
-        let on_device =
-            !prop.is_null() && unsafe { (*prop).location.type_ } == CU_MEM_LOCATION_TYPE_DEVICE;
-        if handle.is_null() || size == 0 || !on_device {
+        if handle.is_null() || size == 0 || prop.location.type_ != CU_MEM_LOCATION_TYPE_DEVICE {
             return forward();
         }
         let bytes = size as u64;
         // The memory is made on the device the properties name, current or not.
-        let gpu = match rt.gpu(unsafe { (*prop).location.id }) {
+        let gpu = match rt.gpu(prop.location.id) {
             Ok(gpu) => gpu,
             Err(why) => return refused(why),
         };
         let rc = charged(rt, gpu, bytes, "cuMemCreate", forward);
         if rc == CUDA_SUCCESS {
-            rt.handles.insert(
-                unsafe { *handle },
-                Record {
-                    gpu,
-                    bytes,
-                    kind: Kind::Vmm {
-                        maps: 0,
-                        released: false,
-                    },
-                },
-            );
+            // SAFETY: the driver succeeded: it wrote the handle.
+            let h = unsafe { written(handle) };
+            rt.handles.insert(h, Record { gpu, bytes, kind: Kind::Vmm { maps: 0, released: false } });
         }
         rc
-    })
+    }
 }
 
-/// The driver keeps a released handle's memory until its last mapping goes: so does the
-/// charge.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemRelease(handle: CUmemGenericAllocationHandle) -> CUresult {
-    guard(|| {
-        let real =
-            real!(cuMemRelease as unsafe extern "C" fn(CUmemGenericAllocationHandle) -> CUresult);
-        let rt = match active() {
-            Active::On(rt) => rt,
-            _ => return unsafe { real(handle) },
-        };
+wrapper! {
+    /// The driver keeps a released handle's memory until its last mapping goes: so does
+    /// the charge.
+    fn cuMemRelease(handle: CUmemGenericAllocationHandle) -> CUresult;
+    |forward, rt| {
         let mapped = match rt.handles.get(handle) {
-            Some(Record {
-                kind: Kind::Vmm { maps, .. },
-                ..
-            }) => maps > 0,
-            _ => return unsafe { real(handle) },
+            Some(Record { kind: Kind::Vmm { maps, .. }, .. }) => maps > 0,
+            _ => return forward(),
         };
         if !mapped {
-            return uncharged(rt, &rt.handles, handle, || unsafe { real(handle) });
+            return uncharged(rt, &rt.handles, handle, forward);
         }
         let set_released = |value: bool| {
             rt.handles.update(handle, |r| {
@@ -720,35 +649,25 @@ pub unsafe extern "C" fn cuMemRelease(handle: CUmemGenericAllocationHandle) -> C
             })
         };
         set_released(true);
-        let rc = unsafe { real(handle) };
+        let rc = forward();
         if rc != CUDA_SUCCESS {
             set_released(false);
         }
         rc
-    })
+    }
 }
 
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemMap(
-    ptr: CUdeviceptr,
-    size: usize,
-    offset: usize,
-    handle: CUmemGenericAllocationHandle,
-    flags: u64,
-) -> CUresult {
-    guard(|| {
-        let real = real!(
-            cuMemMap
-                as unsafe extern "C" fn(
-                    CUdeviceptr,
-                    usize,
-                    usize,
-                    CUmemGenericAllocationHandle,
-                    u64,
-                ) -> CUresult
-        );
-        let rc = unsafe { real(ptr, size, offset, handle, flags) };
-        if let (CUDA_SUCCESS, Active::On(rt)) = (rc, active()) {
+wrapper! {
+    fn cuMemMap(
+        ptr: CUdeviceptr,
+        size: usize,
+        offset: usize,
+        handle: CUmemGenericAllocationHandle,
+        flags: u64,
+    ) -> CUresult;
+    |forward, rt| {
+        let rc = forward();
+        if rc == CUDA_SUCCESS {
             let known = rt.handles.update(handle, |r| {
                 if let Kind::Vmm { maps, .. } = &mut r.kind {
                     *maps += 1;
@@ -759,17 +678,12 @@ pub unsafe extern "C" fn cuMemMap(
             }
         }
         rc
-    })
+    }
 }
 
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemUnmap(ptr: CUdeviceptr, size: usize) -> CUresult {
-    guard(|| {
-        let real = real!(cuMemUnmap as unsafe extern "C" fn(CUdeviceptr, usize) -> CUresult);
-        let rt = match active() {
-            Active::On(rt) => rt,
-            _ => return unsafe { real(ptr, size) },
-        };
+wrapper! {
+    fn cuMemUnmap(ptr: CUdeviceptr, size: usize) -> CUresult;
+    |forward, rt| {
         // Take the mappings in the range out first; put them back if the driver refuses.
         let end = ptr.saturating_add(size as u64);
         let taken: Vec<(u64, (u64, u64))> = {
@@ -779,7 +693,7 @@ pub unsafe extern "C" fn cuMemUnmap(ptr: CUdeviceptr, size: usize) -> CUresult {
                 .filter_map(|k| m.remove(&k).map(|v| (k, v)))
                 .collect()
         };
-        let rc = unsafe { real(ptr, size) };
+        let rc = forward();
         if rc != CUDA_SUCCESS {
             rt.mappings.lock().extend(taken);
             return rc;
@@ -799,7 +713,7 @@ pub unsafe extern "C" fn cuMemUnmap(ptr: CUdeviceptr, size: usize) -> CUresult {
             }
         }
         rc
-    })
+    }
 }
 
 // ---- arrays --------------------------------------------------------------------------------
@@ -823,27 +737,25 @@ fn array_bytes(width: usize, height: usize, depth: usize, format: u32, channels:
 }
 
 fn array_create(
+    rt: &Runtime,
     what: &str,
     array: *mut CUarray,
     bytes: u64,
     call: impl FnOnce() -> CUresult,
 ) -> CUresult {
-    let rt = match active() {
-        Active::On(rt) => rt,
-        Active::Off => return call(),
-        Active::Failed => return CUDA_ERROR_NOT_INITIALIZED,
-    };
     if array.is_null() || bytes == 0 {
         return call();
     }
-    let gpu = match rt.current_gpu() {
+    let gpu = match current(rt) {
         Ok((_, gpu)) => gpu,
-        Err(why) => return refused(why),
+        Err(rc) => return rc,
     };
     let rc = charged(rt, gpu, bytes, what, call);
     if rc == CUDA_SUCCESS {
+        // SAFETY: the driver succeeded: it wrote the array.
+        let a = unsafe { written(array) };
         rt.arrays.insert(
-            unsafe { *array } as u64,
+            a as u64,
             Record {
                 gpu,
                 bytes,
@@ -854,61 +766,38 @@ fn array_create(
     rc
 }
 
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuArrayCreate_v2(
-    array: *mut CUarray,
-    desc: *const CUDA_ARRAY_DESCRIPTOR,
-) -> CUresult {
-    guard(|| {
-        let real = real!(
-            cuArrayCreate_v2
-                as unsafe extern "C" fn(*mut CUarray, *const CUDA_ARRAY_DESCRIPTOR) -> CUresult
-        );
+wrapper! {
+    fn cuArrayCreate_v2(array: *mut CUarray, desc: *const CUDA_ARRAY_DESCRIPTOR) -> CUresult;
+    |forward, rt| {
+        // SAFETY: the caller's descriptor, read only if non-null.
         let bytes = match unsafe { desc.as_ref() } {
             Some(d) => array_bytes(d.width, d.height, 0, d.format, d.num_channels),
             None => 0,
         };
-        array_create("cuArrayCreate_v2", array, bytes, || unsafe {
-            real(array, desc)
-        })
-    })
+        array_create(rt, "cuArrayCreate_v2", array, bytes, forward)
+    }
 }
 
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuArray3DCreate_v2(
-    array: *mut CUarray,
-    desc: *const CUDA_ARRAY3D_DESCRIPTOR,
-) -> CUresult {
-    guard(|| {
-        let real = real!(
-            cuArray3DCreate_v2
-                as unsafe extern "C" fn(*mut CUarray, *const CUDA_ARRAY3D_DESCRIPTOR) -> CUresult
-        );
+wrapper! {
+    fn cuArray3DCreate_v2(array: *mut CUarray, desc: *const CUDA_ARRAY3D_DESCRIPTOR) -> CUresult;
+    |forward, rt| {
+        // SAFETY: the caller's descriptor, read only if non-null.
         let bytes = match unsafe { desc.as_ref() } {
             Some(d) => array_bytes(d.width, d.height, d.depth, d.format, d.num_channels),
             None => 0,
         };
-        array_create("cuArray3DCreate_v2", array, bytes, || unsafe {
-            real(array, desc)
-        })
-    })
+        array_create(rt, "cuArray3DCreate_v2", array, bytes, forward)
+    }
 }
 
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMipmappedArrayCreate(
-    array: *mut CUarray,
-    desc: *const CUDA_ARRAY3D_DESCRIPTOR,
-    levels: u32,
-) -> CUresult {
-    guard(|| {
-        let real = real!(
-            cuMipmappedArrayCreate
-                as unsafe extern "C" fn(
-                    *mut CUarray,
-                    *const CUDA_ARRAY3D_DESCRIPTOR,
-                    u32,
-                ) -> CUresult
-        );
+wrapper! {
+    fn cuMipmappedArrayCreate(
+        array: *mut CUarray,
+        desc: *const CUDA_ARRAY3D_DESCRIPTOR,
+        levels: u32,
+    ) -> CUresult;
+    |forward, rt| {
+        // SAFETY: the caller's descriptor, read only if non-null.
         let bytes = match unsafe { desc.as_ref() } {
             Some(d) => (0..levels.min(64))
                 .map(|l| {
@@ -924,215 +813,153 @@ pub unsafe extern "C" fn cuMipmappedArrayCreate(
                 .fold(0u64, u64::saturating_add),
             None => 0,
         };
-        array_create("cuMipmappedArrayCreate", array, bytes, || unsafe {
-            real(array, desc, levels)
-        })
-    })
-}
-
-fn array_destroy(array: CUarray, call: impl FnOnce() -> CUresult) -> CUresult {
-    match active() {
-        Active::On(rt) => uncharged(rt, &rt.arrays, array as u64, call),
-        _ => call(),
+        array_create(rt, "cuMipmappedArrayCreate", array, bytes, forward)
     }
 }
 
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuArrayDestroy(array: CUarray) -> CUresult {
-    guard(|| {
-        let real = real!(cuArrayDestroy as unsafe extern "C" fn(CUarray) -> CUresult);
-        array_destroy(array, || unsafe { real(array) })
-    })
+wrapper! {
+    fn cuArrayDestroy(array: CUarray) -> CUresult;
+    |forward, rt| { uncharged(rt, &rt.arrays, array as u64, forward) }
 }
 
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMipmappedArrayDestroy(array: CUarray) -> CUresult {
-    guard(|| {
-        let real = real!(cuMipmappedArrayDestroy as unsafe extern "C" fn(CUarray) -> CUresult);
-        array_destroy(array, || unsafe { real(array) })
-    })
+wrapper! {
+    fn cuMipmappedArrayDestroy(array: CUarray) -> CUresult;
+    |forward, rt| { uncharged(rt, &rt.arrays, array as u64, forward) }
 }
 
 // ---- IPC -----------------------------------------------------------------------------------
 
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuIpcGetMemHandle(handle: *mut c_void, ptr: CUdeviceptr) -> CUresult {
-    guard(|| {
-        let real =
-            real!(cuIpcGetMemHandle as unsafe extern "C" fn(*mut c_void, CUdeviceptr) -> CUresult);
-        let rc = unsafe { real(handle, ptr) };
+wrapper! {
+    fn cuIpcGetMemHandle(handle: *mut c_void, ptr: CUdeviceptr) -> CUresult;
+    |forward, rt| {
+        let rc = forward();
         if rc != CUDA_SUCCESS
-            && let Active::On(rt) = active()
-            && let Some(Record {
-                kind: Kind::Managed { redirected: true },
-                ..
-            }) = rt.ptrs.get(ptr)
+            && let Some(Record { kind: Kind::Managed { redirected: true }, .. }) = rt.ptrs.get(ptr)
         {
             rt.ipc_hint();
         }
         rc
-    })
+    }
 }
 
 // ---- memory information --------------------------------------------------------------------
-
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) -> CUresult {
-    guard(|| {
-        let real =
-            real!(cuMemGetInfo_v2 as unsafe extern "C" fn(*mut usize, *mut usize) -> CUresult);
-        let rc = unsafe { real(free, total) };
-        if rc == CUDA_SUCCESS
-            && let Active::On(rt) = active()
-            && let Ok(dev) = driver::current_device()
-            && let Some((f, t)) = rt.device_memory(dev, unsafe { *total } as u64)
-        {
-            unsafe {
-                *free = f as usize;
-                *total = t as usize;
-            }
-        }
-        rc
-    })
-}
 
 fn clamp32(v: u64) -> u32 {
     v.min(u32::MAX as u64) as u32
 }
 
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemGetInfo(free: *mut u32, total: *mut u32) -> CUresult {
-    guard(|| {
-        let real = real!(cuMemGetInfo as unsafe extern "C" fn(*mut u32, *mut u32) -> CUresult);
-        let rc = unsafe { real(free, total) };
+wrapper! {
+    fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) -> CUresult;
+    |forward, rt| {
+        let rc = forward();
         if rc == CUDA_SUCCESS
-            && let Active::On(rt) = active()
+            && let Ok(dev) = driver::current_device()
+            // SAFETY: the driver succeeded: both pointers were valid and written.
+            && let Some((f, t)) = rt.device_memory(dev, unsafe { written(total) } as u64)
+        {
+            // SAFETY: as above.
+            unsafe {
+                answer(free, f as usize);
+                answer(total, t as usize);
+            }
+        }
+        rc
+    }
+}
+
+wrapper! {
+    fn cuMemGetInfo(free: *mut u32, total: *mut u32) -> CUresult;
+    |forward, rt| {
+        let rc = forward();
+        if rc == CUDA_SUCCESS
             && let Ok(dev) = driver::current_device()
         {
             // The 32-bit ABI saturates; the physical size is asked in full.
-            let physical = driver::physical_memory(dev).unwrap_or(unsafe { *total } as u64);
+            // SAFETY: the driver succeeded: both pointers were valid and written.
+            let physical = driver::physical_memory(dev).unwrap_or(unsafe { written(total) } as u64);
             if let Some((f, t)) = rt.device_memory(dev, physical) {
+                // SAFETY: as above.
                 unsafe {
-                    *free = clamp32(f);
-                    *total = clamp32(t);
+                    answer(free, clamp32(f));
+                    answer(total, clamp32(t));
                 }
             }
         }
         rc
-    })
+    }
 }
 
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuDeviceTotalMem_v2(bytes: *mut usize, dev: CUdevice) -> CUresult {
-    guard(|| {
-        let real =
-            real!(cuDeviceTotalMem_v2 as unsafe extern "C" fn(*mut usize, CUdevice) -> CUresult);
-        let rc = unsafe { real(bytes, dev) };
+wrapper! {
+    fn cuDeviceTotalMem_v2(bytes: *mut usize, dev: CUdevice) -> CUresult;
+    |forward, rt| {
+        let rc = forward();
         if rc == CUDA_SUCCESS
-            && let Active::On(rt) = active()
-            && let Some((_, t)) = rt.device_memory(dev, unsafe { *bytes } as u64)
+            // SAFETY: the driver succeeded: the pointer was valid and written.
+            && let Some((_, t)) = rt.device_memory(dev, unsafe { written(bytes) } as u64)
         {
-            unsafe { *bytes = t as usize };
+            // SAFETY: as above.
+            unsafe { answer(bytes, t as usize) };
         }
         rc
-    })
+    }
 }
 
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuDeviceTotalMem(bytes: *mut u32, dev: CUdevice) -> CUresult {
-    guard(|| {
-        let real = real!(cuDeviceTotalMem as unsafe extern "C" fn(*mut u32, CUdevice) -> CUresult);
-        let rc = unsafe { real(bytes, dev) };
-        if rc == CUDA_SUCCESS
-            && let Active::On(rt) = active()
-        {
-            let physical = driver::physical_memory(dev).unwrap_or(unsafe { *bytes } as u64);
+wrapper! {
+    fn cuDeviceTotalMem(bytes: *mut u32, dev: CUdevice) -> CUresult;
+    |forward, rt| {
+        let rc = forward();
+        if rc == CUDA_SUCCESS {
+            // SAFETY: the driver succeeded: the pointer was valid and written.
+            let physical = driver::physical_memory(dev).unwrap_or(unsafe { written(bytes) } as u64);
             if let Some((_, t)) = rt.device_memory(dev, physical) {
-                unsafe { *bytes = clamp32(t) };
+                // SAFETY: as above.
+                unsafe { answer(bytes, clamp32(t)) };
             }
         }
         rc
-    })
+    }
 }
 
 // ---- NVML ------------------------------------------------------------------------------------
 
-fn nvml_init(call: impl FnOnce() -> nvmlReturn_t) -> nvmlReturn_t {
-    match active() {
-        Active::Failed => NVML_ERROR_UNKNOWN,
-        Active::On(rt) if rt.account().is_none() => NVML_ERROR_UNKNOWN,
-        _ => call(),
-    }
+wrapper! {
+    fn nvmlInit() -> nvmlReturn_t;
+    |forward, rt| { initialize(rt, Lib::Nvml, forward) }
 }
 
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlInit() -> nvmlReturn_t {
-    guard(|| {
-        let real = real!(nvmlInit as unsafe extern "C" fn() -> nvmlReturn_t);
-        nvml_init(|| unsafe { real() })
-    })
+wrapper! {
+    fn nvmlInit_v2() -> nvmlReturn_t;
+    |forward, rt| { initialize(rt, Lib::Nvml, forward) }
 }
 
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlInit_v2() -> nvmlReturn_t {
-    guard(|| {
-        let real = real!(nvmlInit_v2 as unsafe extern "C" fn() -> nvmlReturn_t);
-        nvml_init(|| unsafe { real() })
-    })
+wrapper! {
+    fn nvmlInitWithFlags(flags: u32) -> nvmlReturn_t;
+    |forward, rt| { initialize(rt, Lib::Nvml, forward) }
 }
 
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlInitWithFlags(flags: u32) -> nvmlReturn_t {
-    guard(|| {
-        let real = real!(nvmlInitWithFlags as unsafe extern "C" fn(u32) -> nvmlReturn_t);
-        nvml_init(|| unsafe { real(flags) })
-    })
-}
-
-/// NVML's view of one GPU, made to agree with cuMemGetInfo there: (total, free, used)
-/// of the model on it.
-fn nvml_virtual(device: nvmlDevice_t, total: u64) -> Option<(u64, u64, u64)> {
-    match active() {
-        Active::On(rt) => rt.nvml_memory(device, total),
-        _ => None,
-    }
-}
-
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo(
-    device: nvmlDevice_t,
-    memory: *mut nvmlMemory_t,
-) -> nvmlReturn_t {
-    guard(|| {
-        let real = real!(
-            nvmlDeviceGetMemoryInfo
-                as unsafe extern "C" fn(nvmlDevice_t, *mut nvmlMemory_t) -> nvmlReturn_t
-        );
-        let rc = unsafe { real(device, memory) };
+wrapper! {
+    fn nvmlDeviceGetMemoryInfo(device: nvmlDevice_t, memory: *mut nvmlMemory_t) -> nvmlReturn_t;
+    |forward, rt| {
+        let rc = forward();
         if rc == NVML_SUCCESS
+            // SAFETY: NVML succeeded: the structure was valid and written.
             && let Some(m) = unsafe { memory.as_mut() }
-            && let Some((total, free, used)) = nvml_virtual(device, m.total)
+            && let Some((total, free, used)) = rt.nvml_memory(device, m.total)
         {
             *m = nvmlMemory_t { total, free, used };
         }
         rc
-    })
+    }
 }
 
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
-    device: nvmlDevice_t,
-    memory: *mut nvmlMemory_v2_t,
-) -> nvmlReturn_t {
-    guard(|| {
-        let real = real!(
-            nvmlDeviceGetMemoryInfo_v2
-                as unsafe extern "C" fn(nvmlDevice_t, *mut nvmlMemory_v2_t) -> nvmlReturn_t
-        );
-        let rc = unsafe { real(device, memory) };
+wrapper! {
+    fn nvmlDeviceGetMemoryInfo_v2(device: nvmlDevice_t, memory: *mut nvmlMemory_v2_t) -> nvmlReturn_t;
+    |forward, rt| {
+        let rc = forward();
         if rc == NVML_SUCCESS
+            // SAFETY: NVML succeeded: the structure was valid and written.
             && let Some(m) = unsafe { memory.as_mut() }
-            && let Some((total, free, used)) = nvml_virtual(device, m.total)
+            && let Some((total, free, used)) = rt.nvml_memory(device, m.total)
         {
             m.total = total;
             m.reserved = 0;
@@ -1140,32 +967,21 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
             m.used = used;
         }
         rc
-    })
+    }
 }
 
 // ---- NVML placement: only the model's GPUs ----------------------------------------------------
 
-type ByIdFn = unsafe extern "C" fn(*const c_char, *mut nvmlDevice_t) -> nvmlReturn_t;
-
-/// The GPUs the model was placed on (`CUVISOR_GPUS`), when the shim is on and it was.
-fn placed() -> Option<&'static [GpuUuid]> {
-    match active() {
-        Active::On(rt) => rt.config.gpus.as_deref(),
-        _ => None,
-    }
-}
-
-/// The handles of the model's GPUs, in its order: those NVML knows by UUID.
+/// The handles of the model's GPUs (`CUVISOR_GPUS`), in its order: those NVML knows.
 fn placed_handles(gpus: &[GpuUuid]) -> Result<Vec<nvmlDevice_t>, nvmlReturn_t> {
-    let Some(by_uuid) = hooks::real(Id::nvmlDeviceGetHandleByUUID) else {
+    let Some(by_uuid) = nvmlDeviceGetHandleByUUID::real() else {
         return Err(missing(Id::nvmlDeviceGetHandleByUUID));
     };
-    // SAFETY: the row's real function has the signature of its wrapper.
-    let by_uuid = unsafe { std::mem::transmute::<usize, ByIdFn>(by_uuid) };
     let mut handles = Vec::with_capacity(gpus.len());
     for uuid in gpus {
         let text = std::ffi::CString::new(uuid.to_string()).expect("a UUID has no NUL");
         let mut device: nvmlDevice_t = std::ptr::null_mut();
+        // SAFETY: a C string and a live out-pointer.
         match unsafe { by_uuid(text.as_ptr(), &mut device) } {
             NVML_SUCCESS => handles.push(device),
             NVML_ERROR_NOT_FOUND => {}
@@ -1175,49 +991,48 @@ fn placed_handles(gpus: &[GpuUuid]) -> Result<Vec<nvmlDevice_t>, nvmlReturn_t> {
     Ok(handles)
 }
 
-/// Whether NVML's `device` is one of the model's GPUs (asked by its UUID).
-fn is_placed(gpus: &[GpuUuid], device: nvmlDevice_t) -> bool {
-    driver::nvml_uuid(device).is_some_and(|u| gpus.contains(&u))
-}
-
-fn nvml_count(count: *mut u32, call: impl FnOnce() -> nvmlReturn_t) -> nvmlReturn_t {
-    let Some(gpus) = placed() else {
-        return call();
+/// NVML's count, or with `CUVISOR_GPUS` the number of the model's GPUs.
+fn nvml_count(
+    rt: &Runtime,
+    count: *mut u32,
+    forward: impl FnOnce() -> nvmlReturn_t,
+) -> nvmlReturn_t {
+    let rc = forward(); // NVML's own answer to bad arguments and an uninitialized library
+    let Some(gpus) = rt.config.gpus.as_deref() else {
+        return rc;
     };
-    let rc = call(); // NVML's own answer to bad arguments and an uninitialized library
     if rc != NVML_SUCCESS {
         return rc;
     }
     match placed_handles(gpus) {
         Ok(handles) => {
-            unsafe { *count = handles.len() as u32 };
+            // SAFETY: NVML succeeded with this pointer: it is valid for a write.
+            unsafe { answer(count, handles.len() as u32) };
             NVML_SUCCESS
         }
         Err(rc) => rc,
     }
 }
 
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetCount(count: *mut u32) -> nvmlReturn_t {
-    guard(|| {
-        let real = real!(nvmlDeviceGetCount as unsafe extern "C" fn(*mut u32) -> nvmlReturn_t);
-        nvml_count(count, || unsafe { real(count) })
-    })
+wrapper! {
+    fn nvmlDeviceGetCount(count: *mut u32) -> nvmlReturn_t;
+    |forward, rt| { nvml_count(rt, count, forward) }
 }
 
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetCount_v2(count: *mut u32) -> nvmlReturn_t {
-    guard(|| {
-        let real = real!(nvmlDeviceGetCount_v2 as unsafe extern "C" fn(*mut u32) -> nvmlReturn_t);
-        nvml_count(count, || unsafe { real(count) })
-    })
+wrapper! {
+    fn nvmlDeviceGetCount_v2(count: *mut u32) -> nvmlReturn_t;
+    |forward, rt| { nvml_count(rt, count, forward) }
 }
 
-type ByIndexFn = unsafe extern "C" fn(u32, *mut nvmlDevice_t) -> nvmlReturn_t;
-
-fn nvml_by_index(index: u32, device: *mut nvmlDevice_t, real: ByIndexFn) -> nvmlReturn_t {
-    let Some(gpus) = placed() else {
-        return unsafe { real(index, device) };
+/// NVML's handle by index, or with `CUVISOR_GPUS` the index among the model's GPUs.
+fn nvml_by_index(
+    rt: &Runtime,
+    index: u32,
+    device: *mut nvmlDevice_t,
+    forward: impl FnOnce() -> nvmlReturn_t,
+) -> nvmlReturn_t {
+    let Some(gpus) = rt.config.gpus.as_deref() else {
+        return forward();
     };
     if device.is_null() {
         return NVML_ERROR_INVALID_ARGUMENT;
@@ -1225,7 +1040,8 @@ fn nvml_by_index(index: u32, device: *mut nvmlDevice_t, real: ByIndexFn) -> nvml
     match placed_handles(gpus) {
         Ok(handles) => match handles.get(index as usize) {
             Some(&h) => {
-                unsafe { *device = h };
+                // SAFETY: checked non-null; the caller's out-parameter.
+                unsafe { answer(device, h) };
                 NVML_SUCCESS
             }
             None => NVML_ERROR_INVALID_ARGUMENT, // NVML's answer to an index past the count
@@ -1234,89 +1050,58 @@ fn nvml_by_index(index: u32, device: *mut nvmlDevice_t, real: ByIndexFn) -> nvml
     }
 }
 
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex(
-    index: u32,
-    device: *mut nvmlDevice_t,
-) -> nvmlReturn_t {
-    guard(|| {
-        nvml_by_index(
-            index,
-            device,
-            real!(nvmlDeviceGetHandleByIndex as ByIndexFn),
-        )
-    })
+wrapper! {
+    fn nvmlDeviceGetHandleByIndex(index: u32, device: *mut nvmlDevice_t) -> nvmlReturn_t;
+    |forward, rt| { nvml_by_index(rt, index, device, forward) }
 }
 
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(
-    index: u32,
-    device: *mut nvmlDevice_t,
-) -> nvmlReturn_t {
-    guard(|| {
-        nvml_by_index(
-            index,
-            device,
-            real!(nvmlDeviceGetHandleByIndex_v2 as ByIndexFn),
-        )
-    })
+wrapper! {
+    fn nvmlDeviceGetHandleByIndex_v2(index: u32, device: *mut nvmlDevice_t) -> nvmlReturn_t;
+    |forward, rt| { nvml_by_index(rt, index, device, forward) }
 }
 
 /// A lookup by UUID or PCI bus id: NVML's answer, unless it found a GPU of another model.
-fn nvml_lookup(device: *mut nvmlDevice_t, call: impl FnOnce() -> nvmlReturn_t) -> nvmlReturn_t {
-    let rc = call();
+fn nvml_lookup(
+    rt: &Runtime,
+    device: *mut nvmlDevice_t,
+    forward: impl FnOnce() -> nvmlReturn_t,
+) -> nvmlReturn_t {
+    let rc = forward();
     if rc == NVML_SUCCESS
-        && let Some(gpus) = placed()
-        && !is_placed(gpus, unsafe { *device })
+        && let Some(gpus) = rt.config.gpus.as_deref()
     {
-        unsafe { *device = std::ptr::null_mut() };
-        return NVML_ERROR_NOT_FOUND;
+        // SAFETY: NVML succeeded: the pointer was valid and written.
+        let found = unsafe { written(device) };
+        if !driver::nvml_uuid(found).is_some_and(|u| gpus.contains(&u)) {
+            // SAFETY: as above.
+            unsafe { answer(device, std::ptr::null_mut()) };
+            return NVML_ERROR_NOT_FOUND;
+        }
     }
     rc
 }
 
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetHandleByUUID(
-    uuid: *const c_char,
-    device: *mut nvmlDevice_t,
-) -> nvmlReturn_t {
-    guard(|| {
-        let real = real!(nvmlDeviceGetHandleByUUID as ByIdFn);
-        nvml_lookup(device, || unsafe { real(uuid, device) })
-    })
+wrapper! {
+    fn nvmlDeviceGetHandleByUUID(uuid: *const c_char, device: *mut nvmlDevice_t) -> nvmlReturn_t;
+    |forward, rt| { nvml_lookup(rt, device, forward) }
 }
 
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetHandleByPciBusId(
-    bus: *const c_char,
-    device: *mut nvmlDevice_t,
-) -> nvmlReturn_t {
-    guard(|| {
-        let real = real!(nvmlDeviceGetHandleByPciBusId as ByIdFn);
-        nvml_lookup(device, || unsafe { real(bus, device) })
-    })
+wrapper! {
+    fn nvmlDeviceGetHandleByPciBusId(bus: *const c_char, device: *mut nvmlDevice_t) -> nvmlReturn_t;
+    |forward, rt| { nvml_lookup(rt, device, forward) }
 }
 
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetHandleByPciBusId_v2(
-    bus: *const c_char,
-    device: *mut nvmlDevice_t,
-) -> nvmlReturn_t {
-    guard(|| {
-        let real = real!(nvmlDeviceGetHandleByPciBusId_v2 as ByIdFn);
-        nvml_lookup(device, || unsafe { real(bus, device) })
-    })
+wrapper! {
+    fn nvmlDeviceGetHandleByPciBusId_v2(bus: *const c_char, device: *mut nvmlDevice_t) -> nvmlReturn_t;
+    |forward, rt| { nvml_lookup(rt, device, forward) }
 }
 
-/// A GPU's index among the model's GPUs, as nvmlDeviceGetHandleByIndex numbers them.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetIndex(device: nvmlDevice_t, index: *mut u32) -> nvmlReturn_t {
-    guard(|| {
-        let real = real!(
-            nvmlDeviceGetIndex as unsafe extern "C" fn(nvmlDevice_t, *mut u32) -> nvmlReturn_t
-        );
-        let rc = unsafe { real(device, index) };
-        let Some(gpus) = placed() else {
+wrapper! {
+    /// A GPU's index among the model's GPUs, as nvmlDeviceGetHandleByIndex numbers them.
+    fn nvmlDeviceGetIndex(device: nvmlDevice_t, index: *mut u32) -> nvmlReturn_t;
+    |forward, rt| {
+        let rc = forward();
+        let Some(gpus) = rt.config.gpus.as_deref() else {
             return rc;
         };
         if rc != NVML_SUCCESS {
@@ -1324,11 +1109,12 @@ pub unsafe extern "C" fn nvmlDeviceGetIndex(device: nvmlDevice_t, index: *mut u3
         }
         match placed_handles(gpus).map(|h| h.iter().position(|&d| d == device)) {
             Ok(Some(i)) => {
-                unsafe { *index = i as u32 };
+                // SAFETY: NVML succeeded with this pointer: it is valid for a write.
+                unsafe { answer(index, i as u32) };
                 NVML_SUCCESS
             }
             Ok(None) => NVML_ERROR_NOT_FOUND,
             Err(rc) => rc,
         }
-    })
+    }
 }

@@ -143,6 +143,7 @@ impl Supervisor {
     pub fn stop(&mut self) -> (i32, Duration) {
         let mut child = self.child.take().unwrap();
         let t = Instant::now();
+        // SAFETY: kill(2), declared with its C signature, on our child not yet waited for.
         unsafe { libc_kill(child.id() as i32, 15) };
         let status = child.wait().unwrap();
         (status.code().unwrap_or(-1), t.elapsed())
