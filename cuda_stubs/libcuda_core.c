@@ -481,6 +481,11 @@ EXPORT CUresult cuStreamCreateWithPriority(CUstream *s, unsigned flags, int prio
     return stream_create(s, flags);
 }
 
+int cu_stream_device(CUstream s, int current) {
+    if (s == NULL || s == CU_STREAM_LEGACY || s == CU_STREAM_PER_THREAD) return current;
+    return ctx_alive(s->ctx) ? s->ctx->dev : current;
+}
+
 /* The stream's context; the special streams (NULL, legacy, per-thread) belong to the
  * current context. No green contexts in the fake: *green is NULL. */
 static CUresult stream_ctx(CUstream s, CUcontext *ctx, CUgreenCtx *green, int v2) {

@@ -28,6 +28,9 @@ int cu_valid_device(CUdevice dev);
 int cu_phys(CUdevice dev);
 int cu_ordinal(int phys);
 int cu_valid_stream(CUstream s);
+/* The device ordinal of a valid stream's context (the current one for the legacy and
+ * per-thread streams): where cuMemAllocAsync allocates. */
+int cu_stream_device(CUstream s, int current);
 /* The synchronizing calls release what memory pools hold beyond their threshold. */
 void cu_pools_sync(void);
 void cu_report_leaks(void);

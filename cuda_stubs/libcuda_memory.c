@@ -619,6 +619,8 @@ static CUresult alloc_from_pool(CUdeviceptr *dptr, size_t size, CUmemoryPool poo
     if (!dptr || size == 0) return CUDA_ERROR_INVALID_VALUE;
     if (!cu_valid_stream(s)) return CUDA_ERROR_INVALID_HANDLE;
     fg_lock();
+    /* cuMemAllocAsync: the current pool of the stream's device, as the driver does. */
+    if (use_current) dev = cu_stream_device(s, dev);
     struct fg_pool *p = use_current ? device_pool(dev, &current_pool[dev]) : pool_valid(pool);
     if (!p) {
         fg_unlock();

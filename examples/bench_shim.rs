@@ -65,7 +65,9 @@ fn main() {
     }
     instruction_counts(&stubs, &shims);
     wall_clock(&stubs, &shims);
-    let _ = std::fs::remove_dir_all(ledger_dir());
+    for baseline in [false, true] {
+        let _ = std::fs::remove_dir_all(ledger_dir(baseline));
+    }
 }
 
 fn bench(stubs: &Path, shims: &Shims, config: Config, valgrind_out: Option<&Path>) -> Command {
@@ -92,14 +94,16 @@ fn bench(stubs: &Path, shims: &Shims, config: Config, valgrind_out: Option<&Path
         cmd.env("LD_PRELOAD", shim)
             .env("CUVISOR_MODE", mode)
             .env("CUVISOR_QUOTA", "32GiB")
-            .env("CUVISOR_LEDGER_DIR", ledger_dir());
+            .env("CUVISOR_LEDGER_DIR", ledger_dir(baseline));
     }
     cmd
 }
 
-/// The run's own ledger directory, on /dev/shm like the default one; removed at the end.
-fn ledger_dir() -> PathBuf {
-    Path::new("/dev/shm").join(format!("cuvisor-bench-{}", std::process::id()))
+/// The run's own ledger directory, on /dev/shm like the default one, one per shim build
+/// (another build may read another ledger layout); removed at the end.
+fn ledger_dir(baseline: bool) -> PathBuf {
+    let which = if baseline { "baseline" } else { "current" };
+    Path::new("/dev/shm").join(format!("cuvisor-bench-{}-{which}", std::process::id()))
 }
 
 fn instruction_counts(stubs: &Path, shims: &Shims) {

@@ -173,6 +173,18 @@ pub fn request(socket: &Path, method: &str, path: &str) -> Result<(u16, String),
     Ok((code, body.to_owned()))
 }
 
+/// GPU memory used of what the quota allows: the quota holds on each GPU, so a model on
+/// several GPUs shows its total against `N×QUOTA` (`6.0 GiB / 2×3.0 GiB`).
+fn used_of_quota(m: &serde_json::Value) -> String {
+    let bytes = |v: &serde_json::Value| v.as_u64().map_or("-".to_owned(), format_bytes);
+    let gpus = m["gpus"].as_array().map_or(0, Vec::len);
+    let quota = match (gpus, &m["gpu_quota_bytes"]) {
+        (2.., q) if q.is_u64() => format!("{gpus}×{}", bytes(q)),
+        (_, q) => bytes(q),
+    };
+    format!("{} / {quota}", bytes(&m["gpu_used_bytes"]))
+}
+
 /// The table `cuvisor status` prints, from the JSON of `GET /models`.
 pub fn status_table(status: &serde_json::Value) -> String {
     use std::fmt::Write as _;
@@ -203,7 +215,7 @@ pub fn status_table(status: &serde_json::Value) -> String {
             format!("{}/{}", pids.len(), instances.len()),
             m["restarts"].to_string(),
             m["oom_kills"].to_string(),
-            format!("{} / {}", bytes("gpu_used_bytes"), bytes("gpu_quota_bytes")),
+            used_of_quota(m),
             bytes("gpu_peak_bytes"),
             bytes("host_memory_bytes"),
             pids.join(",")

@@ -247,7 +247,10 @@ fn nvml_inside_a_placed_model_shows_only_its_gpus() {
     );
     let out = run_script(
         &mut cmd,
-        &format!("device 1 alloc 1GiB nvml-list nvml-by-uuid {gpu2} nvml-by-uuid {gpu1} devices"),
+        &format!(
+            "device 1 alloc 1GiB nvml-list nvml-by-uuid {gpu2} nvml-by-uuid {gpu1} devices \
+             nvml-by-bus 00000000:12:00.0 nvml-by-bus 00000000:11:00.0 nvml-info 1 nvml-info 2"
+        ),
     );
     assert_eq!(out[..2], ["device 1 -> 0", "alloc 1GiB -> 0 #0"]);
     assert_eq!(out[2], "nvml-list -> 0 2", "{out:?}");
@@ -274,14 +277,25 @@ fn nvml_inside_a_placed_model_shows_only_its_gpus() {
             && out[9].starts_with(&format!("ordinal 1 {gpu1} ")),
         "{out:?}"
     );
+    // By PCI bus: GPU 2 (bus 0x12) is not the model's; GPU 1 (bus 0x11) is its second.
+    assert_eq!(out[10], "nvml-by-bus 00000000:12:00.0 -> 6 -1");
+    assert_eq!(out[11], "nvml-by-bus 00000000:11:00.0 -> 0 1");
+    // NVML's index 1 is the model's GPU 1 (CUDA's device 1, where it holds 1 GiB); there
+    // is no index 2 (NVML_ERROR_INVALID_ARGUMENT).
+    assert_eq!(
+        out[12],
+        format!("nvml-info 1 -> 0 {} {} {}", 3 * GIB, 2 * GIB, GIB)
+    );
+    assert_eq!(out[13], "nvml-info 2 -> 2 0 0 0");
     // Without CUVISOR_GPUS, NVML shows every GPU, as NVML does.
     let all = run_script(&mut rank(&ledgers, &state, &[]), "nvml-list");
     assert_eq!(all[0], "nvml-list -> 0 4");
 }
 
-/// Memory that lands on another GPU than the current one is charged there: a VMM handle
-/// on the device its properties name, a pool allocation on the pool's device (the charge
-/// moves once the driver says where the pointer is). Frees give it back there.
+/// Memory that lands on another GPU than the current one is charged there, even when
+/// the current GPU is full: a VMM handle on the device its properties name, a pool
+/// allocation on the pool's device, an allocation on a stream of another device's
+/// context. Frees give it back there.
 #[test]
 fn memory_of_another_device_is_charged_on_that_gpu() {
     let dir = TempDir::new("elsewhere");
@@ -290,35 +304,76 @@ fn memory_of_another_device_is_charged_on_that_gpu() {
     let (gpu0, gpu1) = (uuid_of(&state, 0), uuid_of(&state, 1));
     let (held, seen) = hold(
         rank(&ledgers, &state, &[]),
-        "device 0 vmm-on 1 2MiB pool-on 1 1GiB ptr-device 1 wait",
-        4,
+        "device 0 alloc 3GiB vmm-on 1 2MiB pool-on 1 1GiB ptr-device 2 stream-on 1 1GiB \
+         ptr-device 3 free-async 3 wait",
+        8,
     );
     assert_eq!(
         seen,
         [
             "device 0 -> 0",
-            "vmm-on 1 2MiB -> 0 #0",
-            "pool-on 1 1GiB -> 0 #1",
-            "ptr-device 1 -> 0 1"
+            "alloc 3GiB -> 0 #0",
+            "vmm-on 1 2MiB -> 0 #1",
+            "pool-on 1 1GiB -> 0 #2",
+            "ptr-device 2 -> 0 1",
+            "stream-on 1 1GiB -> 0 #3",
+            "ptr-device 3 -> 0 1",
+            "free-async 3 -> 0",
         ]
     );
+    assert_eq!(used_on(&ledgers, gpu0), Some(3 * GIB));
     assert_eq!(used_on(&ledgers, gpu1), Some(GIB + (2 << 20)));
-    assert_eq!(used_on(&ledgers, gpu0).unwrap_or(0), 0);
-    // GPU 1 has 2 MiB less than 2 GiB left for the model: a pool allocation there that
-    // does not fit is refused, and given back to the driver.
+    // GPU 1 has 2 MiB less than 2 GiB left for the model: an allocation there that does
+    // not fit is refused.
     assert_eq!(
         run_script(
             &mut rank(&ledgers, &state, &[]),
-            "device 0 pool-on 1 2GiB pool-on 1 1GiB device 1 info"
+            "device 0 pool-on 1 2GiB stream-on 1 2GiB pool-on 1 1GiB device 1 info"
         ),
         [
             "device 0 -> 0".to_owned(),
             "pool-on 1 2GiB -> 2".into(),
+            "stream-on 1 2GiB -> 2".into(),
             "pool-on 1 1GiB -> 0 #0".into(),
             "device 1 -> 0".into(),
             format!("info -> 0 {} {}", GIB - (2 << 20), 3 * GIB),
         ]
     );
     release(held);
-    assert_eq!(used_on(&ledgers, gpu1), Some(0));
+    assert_eq!(
+        (used_on(&ledgers, gpu0), used_on(&ledgers, gpu1)),
+        (Some(0), Some(0))
+    );
+}
+
+/// A model placed on some GPUs (`CUVISOR_GPUS`) cannot charge any other, even when it
+/// sees it (here every GPU is visible to CUDA).
+#[test]
+fn a_placed_model_cannot_allocate_on_other_gpus() {
+    let dir = TempDir::new("fenced");
+    let state = dir.path("gpu-state");
+    let ledgers = dir.path("ledgers");
+    let gpu1 = uuid_of(&state, 1);
+    let gpu0 = uuid_of(&state, 0);
+    let out = run(
+        rank(&ledgers, &state, &[("CUVISOR_GPUS", &gpu1.to_string())])
+            .args("device 1 alloc 1M device 0 alloc 1M vmm-on 0 2MiB".split_whitespace()),
+    );
+    assert_eq!(
+        lines(&out),
+        [
+            "device 1 -> 0",
+            "alloc 1M -> 0 #0",
+            "device 0 -> 0",
+            "alloc 1M -> 2",
+            "vmm-on 0 2MiB -> 2"
+        ]
+    );
+    assert!(
+        stderr(&out).contains(&format!(
+            "device 0 is {gpu0}, which is not one of the GPUs the model was placed on"
+        )),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -1442,15 +1442,39 @@ pub fn parse_snapshot(
 /// The lock that serializes GPU registration between processes, held until dropped.
 struct RegistrationLock<'a>(&'a File);
 
+/// How long a registration waits for another process's: registration takes
+/// microseconds, so a holder this slow is stopped (SIGSTOP, a debugger, a frozen cgroup).
+const REGISTRATION_WAIT_NS: u64 = 2_000_000_000;
+
 impl<'a> RegistrationLock<'a> {
+    /// Takes the lock, trying again every millisecond (a signal does not interrupt the
+    /// wait), for at most [`REGISTRATION_WAIT_NS`].
     fn take(file: &'a File) -> io::Result<RegistrationLock<'a>> {
-        lock_byte(
-            file,
-            REGISTRATION_LOCK,
-            libc::F_WRLCK as i16,
-            libc::F_OFD_SETLKW,
-        )?;
-        Ok(RegistrationLock(file))
+        let start = monotonic_ns();
+        loop {
+            match lock_byte(
+                file,
+                REGISTRATION_LOCK,
+                libc::F_WRLCK as i16,
+                libc::F_OFD_SETLK,
+            ) {
+                Ok(_) => return Ok(RegistrationLock(file)),
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EAGAIN | libc::EACCES | libc::EINTR)
+                    ) => {}
+                Err(e) => return Err(e),
+            }
+            if monotonic_ns().saturating_sub(start) > REGISTRATION_WAIT_NS {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "another process of the model has held the GPU table's lock for 2 s \
+                     (is it stopped?)",
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 }
 
@@ -1860,6 +1884,39 @@ mod tests {
             [(0, 100), (0, 100)]
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Processes registering the same GPUs at once (here: threads with open file
+    /// descriptions of their own, which the registration lock excludes as it does
+    /// processes) agree on one entry per GPU.
+    #[test]
+    fn concurrent_registrations_give_one_entry_per_gpu() {
+        for round in 0..40 {
+            let (dir, l) = fresh(&format!("race-{round}"), QuotaSpec::Bytes(100));
+            let seen: Vec<Vec<GpuIndex>> = std::thread::scope(|scope| {
+                let workers: Vec<_> = (0..6)
+                    .map(|t| {
+                        let dir = &dir;
+                        scope.spawn(move || {
+                            let mine = LedgerFile::open(dir, "m").unwrap();
+                            (0..4u8)
+                                .map(|n| mine.register_gpu(uuid((n + t) % 4), 1000).unwrap())
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                workers.into_iter().map(|w| w.join().unwrap()).collect()
+            });
+            let snap = l.snapshot().unwrap();
+            assert_eq!(snap.gpus.len(), 4, "round {round}: {snap:?}");
+            for (t, indices) in seen.iter().enumerate() {
+                for (n, index) in indices.iter().enumerate() {
+                    let u = uuid((n as u8 + t as u8) % 4);
+                    assert_eq!(l.find_gpu(u), Some(*index), "round {round}");
+                }
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
 
     #[test]

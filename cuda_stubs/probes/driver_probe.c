@@ -9,6 +9,8 @@
  *   init-only               cuInit alone (no current context)
  *   device N                cuInit, retain the primary context of device ordinal N, make it
  *                           current: "device N -> 0" (or the first error)
+ *   stream-on DEV SIZE      cuMemAllocAsync on a stream of device DEV's primary context, with
+ *                           the caller's context current: "stream-on DEV SIZE -> R #K"
  *   uuid                    cuDeviceGetUuid_v2 of the current context's device (cuCtxGetDevice):
  *                           "uuid -> 0 GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"
  *   devices                 cuDeviceGetCount: "devices -> 0 N", then per ordinal K one line
@@ -389,6 +391,23 @@ int main(int argc, char **argv) {
         } else if (!strcmp(c, "device")) {
             printf("device %s -> %d\n", a1, init_device(atoi(a1)));
             i++;
+        } else if (!strcmp(c, "stream-on")) {
+            /* A stream of device DEV's primary context, made with that context current,
+             * then cuMemAllocAsync on it with the caller's context current again. */
+            CUcontext mine = NULL, other = NULL;
+            CUstream s = NULL;
+            CUdeviceptr p = 0;
+            size_t n = size_arg(a2);
+            r = d.cuCtxGetCurrent(&mine);
+            if (!r) r = d.cuDevicePrimaryCtxRetain(&other, atoi(a1));
+            if (!r) r = d.cuCtxSetCurrent(other);
+            if (!r) r = d.cuStreamCreate(&s, 0);
+            if (mine) d.cuCtxSetCurrent(mine);
+            if (!r) r = d.cuMemAllocAsync(&p, n, s);
+            printf("stream-on %s %s -> %d", a1, a2, r);
+            if (!r) printf(" #%d", add(p, n));
+            printf("\n");
+            i += 2;
         } else if (!strcmp(c, "uuid")) {
             CUuuid u;
             CUdevice dev = current_device(&r);

@@ -73,6 +73,10 @@ functions! {
         unsafe extern "C" fn(CUdeviceptr, usize, CUdevice, CUstream) -> CUresult;
     NVML_DEVICE_GET_UUID: Nvml c"nvmlDeviceGetUUID"
         unsafe extern "C" fn(nvmlDevice_t, *mut c_char, u32) -> nvmlReturn_t;
+    STREAM_GET_CTX: Cuda c"cuStreamGetCtx" unsafe extern "C" fn(CUstream, *mut CUcontext) -> CUresult;
+    CTX_GET_CURRENT: Cuda c"cuCtxGetCurrent" unsafe extern "C" fn(*mut CUcontext) -> CUresult;
+    CTX_PUSH_CURRENT: Cuda c"cuCtxPushCurrent_v2" unsafe extern "C" fn(CUcontext) -> CUresult;
+    CTX_POP_CURRENT: Cuda c"cuCtxPopCurrent_v2" unsafe extern "C" fn(*mut CUcontext) -> CUresult;
     RUNTIME_GET_VERSION: Cudart c"cudaRuntimeGetVersion" unsafe extern "C" fn(*mut i32) -> i32;
 }
 
@@ -112,6 +116,45 @@ pub fn device_uuid(dev: CUdevice) -> DriverResult<GpuUuid> {
     // SAFETY: an out-pointer to a live 16-byte local (a CUuuid).
     check(unsafe { f(&mut bytes, dev) })?;
     Ok(GpuUuid(bytes))
+}
+
+/// Whether `stream` is the legacy or per-thread default stream (`0`, `CU_STREAM_LEGACY`,
+/// `CU_STREAM_PER_THREAD`): the current context's.
+pub fn is_default_stream(stream: CUstream) -> bool {
+    matches!(stream as usize, 0..=2)
+}
+
+/// The device of a stream's context: where `cuMemAllocAsync` on it allocates.
+pub fn stream_device(stream: CUstream) -> DriverResult<CUdevice> {
+    if is_default_stream(stream) {
+        return current_device();
+    }
+    let missing = CUDA_ERROR_NOT_FOUND;
+    let (get_ctx, get_current) = (
+        STREAM_GET_CTX.get().ok_or(missing)?,
+        CTX_GET_CURRENT.get().ok_or(missing)?,
+    );
+    let (push, pop) = (
+        CTX_PUSH_CURRENT.get().ok_or(missing)?,
+        CTX_POP_CURRENT.get().ok_or(missing)?,
+    );
+    let (mut ctx, mut current): (CUcontext, CUcontext) =
+        (std::ptr::null_mut(), std::ptr::null_mut());
+    // SAFETY: the caller's stream (the driver checks it) and out-pointers to live locals.
+    check(unsafe { get_ctx(stream, &mut ctx) })?;
+    // SAFETY: an out-pointer to a live local.
+    check(unsafe { get_current(&mut current) })?;
+    if ctx == current {
+        return current_device();
+    }
+    // Another context's stream: ask its device with it current, then put ours back.
+    // SAFETY: a context the driver just gave us.
+    check(unsafe { push(ctx) })?;
+    let dev = current_device();
+    let mut popped: CUcontext = std::ptr::null_mut();
+    // SAFETY: pops what we pushed, into a live local.
+    let _ = unsafe { pop(&mut popped) };
+    dev
 }
 
 /// The device's physical memory, asked of the real driver (not our virtual answer).

@@ -52,6 +52,16 @@ pub struct CUmemAllocationProp {
     pub alloc_flags: [u8; 8],
 }
 
+/// The start of `CUmemPoolProps`: the shim reads only these fields of the caller's.
+#[repr(C)]
+pub struct CUmemPoolPropsHead {
+    pub alloc_type: i32,
+    pub handle_types: i32,
+    pub location: CUmemLocation,
+}
+
+pub type CUcontext = *mut c_void;
+
 #[repr(C)]
 pub struct CUDA_ARRAY_DESCRIPTOR {
     pub width: usize,

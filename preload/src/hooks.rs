@@ -30,6 +30,8 @@ pub enum Policy {
     Ipc,
     /// With `CUVISOR_GPUS`: only the model's GPUs, in that order; others are not found.
     Filter,
+    /// Not charged; remembers which device a memory pool allocates on.
+    Pools,
 }
 
 impl Policy {
@@ -48,6 +50,7 @@ impl Policy {
             }
             Policy::Ipc => "forwarded; failure on redirected memory logs a hint",
             Policy::Filter => "placement: only the model's GPUs (CUVISOR_GPUS), in order",
+            Policy::Pools => "not charged; remembers the device of each memory pool",
         }
     }
 }
@@ -124,6 +127,10 @@ hook_table! {
     cuMemFree_v2, "cuMemFree", 3020, Legacy, Cuda, Release;
     cuMemFreeAsync, "cuMemFreeAsync", 11020, Legacy, Cuda, Release;
     cuMemFreeAsync_ptsz, "cuMemFreeAsync", 11020, PerThread, Cuda, Release;
+    cuMemPoolCreate, "cuMemPoolCreate", 11020, Legacy, Cuda, Pools;
+    cuMemPoolDestroy, "cuMemPoolDestroy", 11020, Legacy, Cuda, Pools;
+    cuDeviceGetDefaultMemPool, "cuDeviceGetDefaultMemPool", 11020, Legacy, Cuda, Pools;
+    cuDeviceGetMemPool, "cuDeviceGetMemPool", 11020, Legacy, Cuda, Pools;
     cuMemCreate, "cuMemCreate", 10020, Legacy, Cuda, Charge;
     cuMemRelease, "cuMemRelease", 10020, Legacy, Cuda, Release;
     cuMemMap, "cuMemMap", 10020, Legacy, Cuda, Track;

@@ -10,7 +10,7 @@ use cuvisor_common::contract::{Contract, LogLevel, Mode};
 use cuvisor_common::gpu::GpuUuid;
 use cuvisor_common::ledger::{Attachment, CreateOptions, GpuIndex, LedgerFile, Refusal};
 use parking_lot::Mutex;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicI8, AtomicPtr, AtomicU8, Ordering};
 use std::sync::{Once, OnceLock};
 
@@ -28,6 +28,8 @@ pub struct Runtime {
     pub arrays: Records,
     /// VMM mappings: start address -> (size, handle).
     pub mappings: Mutex<BTreeMap<u64, (u64, u64)>>,
+    /// Memory pools -> the device ordinal they allocate on.
+    pub pools: Mutex<HashMap<usize, CUdevice>>,
     /// Per device ordinal: concurrent managed access? -1 not asked yet.
     managed_access: [AtomicI8; MAX_DEVICES],
     /// Per device ordinal: its entry in the ledger, plus one (0: not met yet). Ordinals
@@ -71,6 +73,7 @@ impl Runtime {
             handles: Records::default(),
             arrays: Records::default(),
             mappings: Mutex::new(BTreeMap::new()),
+            pools: Mutex::new(HashMap::new()),
             managed_access: [const { AtomicI8::new(-1) }; MAX_DEVICES],
             gpus: [const { AtomicU8::new(0) }; MAX_DEVICES],
             warned_no_managed: AtomicBool::new(false),
@@ -107,46 +110,57 @@ impl Runtime {
         }
     }
 
+    /// The remembered ledger entry of device ordinal `dev`, if any. Acquire pairs with
+    /// the Release in `remember`: a thread that finds the entry sees it whole.
+    fn cached(&self, dev: CUdevice) -> Option<GpuIndex> {
+        let slot = self.gpus.get(usize::try_from(dev).ok()?)?;
+        slot.load(Ordering::Acquire)
+            .checked_sub(1)
+            .and_then(GpuIndex::new)
+    }
+
+    fn remember(&self, dev: CUdevice, index: GpuIndex) {
+        if let Some(slot) = usize::try_from(dev).ok().and_then(|d| self.gpus.get(d)) {
+            slot.store(index.get() as u8 + 1, Ordering::Release);
+        }
+    }
+
     /// The ledger entry of device ordinal `dev`: found by the GPU's UUID (registered with
     /// its memory the first time the model meets it), then remembered for the process.
+    /// A placed model (`CUVISOR_GPUS`) may use only its GPUs: the supervisor admitted its
+    /// quota on those and no other.
     pub fn gpu(&self, dev: CUdevice) -> Result<GpuIndex, NotCharged> {
-        let cached = usize::try_from(dev).ok().and_then(|d| self.gpus.get(d));
-        let known = cached.map_or(0, |c| c.load(Ordering::Relaxed));
-        if let Some(index) = known.checked_sub(1).and_then(GpuIndex::new) {
+        if let Some(index) = self.cached(dev) {
             return Ok(index);
         }
         let account = self.account().ok_or(NotCharged::NoLedger)?;
-        let (Ok(uuid), Ok(physical)) = (driver::device_uuid(dev), driver::physical_memory(dev))
-        else {
+        // An ordinal the driver cannot name is its own error (CUDA_ERROR_INVALID_DEVICE).
+        let uuid = driver::device_uuid(dev).map_err(NotCharged::Driver)?;
+        let physical = driver::physical_memory(dev).map_err(NotCharged::Driver)?;
+        if let Some(placed) = &self.config.gpus
+            && !placed.contains(&uuid)
+        {
             log::error!(
-                "model {}: the driver did not say which GPU device {dev} is (its UUID and memory): \
-                 nothing can be charged on it",
+                "model {}: device {dev} is {uuid}, which is not one of the GPUs the model was \
+                 placed on (CUVISOR_GPUS): nothing can be allocated on it",
                 self.config.model
             );
             return Err(NotCharged::Quota);
-        };
-        let index = self.register(account, uuid, physical)?;
-        if let Some(c) = cached {
-            c.store(index.get() as u8 + 1, Ordering::Relaxed);
         }
+        let index = self.register(account, uuid, physical)?;
+        self.remember(dev, index);
         Ok(index)
     }
 
     /// The ledger entry of device ordinal `dev` if the model has met that GPU: a query
     /// (memory information) never registers one.
     fn known_gpu(&self, dev: CUdevice) -> Option<GpuIndex> {
-        let cached = usize::try_from(dev).ok().and_then(|d| self.gpus.get(d));
-        let known = cached.map_or(0, |c| c.load(Ordering::Relaxed));
-        if let Some(index) = known.checked_sub(1).and_then(GpuIndex::new) {
+        if let Some(index) = self.cached(dev) {
             return Some(index);
         }
-        let index = self
-            .account()?
-            .ledger()
-            .find_gpu(driver::device_uuid(dev).ok()?)?;
-        if let Some(c) = cached {
-            c.store(index.get() as u8 + 1, Ordering::Relaxed);
-        }
+        let uuid = driver::device_uuid(dev).ok()?;
+        let index = self.account()?.ledger().find_gpu(uuid)?;
+        self.remember(dev, index);
         Some(index)
     }
 
@@ -215,7 +229,8 @@ impl Runtime {
     pub fn nvml_memory(&self, device: nvmlDevice_t, physical: u64) -> Option<(u64, u64, u64)> {
         let ledger = self.account()?.ledger();
         let Some(uuid) = driver::nvml_uuid(device) else {
-            // Cannot happen with NVIDIA's NVML; the safe side is the whole model's usage.
+            // A MIG device (its UUID is `MIG-…`): not supported; the safe side is the
+            // whole model's usage.
             let used = ledger.used();
             let total = ledger.quota()?.bytes(physical).max(1).min(physical);
             return Some((total, total.saturating_sub(used), used));

@@ -500,22 +500,44 @@ wrapper! {
     }
 }
 
+/// Where a stream-ordered allocation lands: a pool's device, or the device of the
+/// stream's context (the current one for the default streams).
+#[derive(Clone, Copy)]
+enum Target {
+    Stream(CUstream),
+    Pool(CUmemoryPool),
+}
+
 /// Stream-ordered allocations stay device memory (they may be captured into graphs).
-/// They are charged on the current device, where a stream of the current context
-/// allocates; a stream or pool of another device moves the charge there once the driver
-/// says where the memory is.
+/// They are charged on the device they land on, found before the call: a pool's
+/// (remembered when it was created or asked for), or the stream's context's. For a pool
+/// the shim has not seen (imported from another process) the current device is charged
+/// first, and the charge moves once the driver says where the memory is; if that GPU has
+/// no room the memory is given back on the same stream, and the call answers out of
+/// memory.
 fn stream_ordered(
     rt: &Runtime,
     what: &str,
-    dptr: *mut CUdeviceptr,
-    bytesize: usize,
+    (dptr, bytesize, target): (*mut CUdeviceptr, usize, Target),
+    free_async: Option<cuMemFreeAsync::Real>,
     call: impl FnOnce() -> CUresult,
 ) -> CUresult {
     if dptr.is_null() || bytesize == 0 {
         return call();
     }
     let bytes = bytesize as u64;
-    let (dev, mut gpu) = match current(rt) {
+    let (stream, known) = match target {
+        Target::Stream(s) => (s, driver::stream_device(s).ok()),
+        Target::Pool(p) => (
+            std::ptr::null_mut(),
+            rt.pools.lock().get(&(p as usize)).copied(),
+        ),
+    };
+    let guessed = match known {
+        Some(dev) => rt.gpu(dev).map(|gpu| (dev, gpu)).map_err(refused),
+        None => current(rt),
+    };
+    let (dev, mut gpu) = match guessed {
         Ok(on) => on,
         Err(rc) => return rc,
     };
@@ -525,7 +547,11 @@ fn stream_ordered(
     }
     // SAFETY: the driver succeeded: it wrote the pointer.
     let ptr = unsafe { written(dptr) };
-    if let Some(landed) = driver::pointer_device(ptr).ok().filter(|&d| d != dev) {
+    let landed = match known {
+        Some(_) => None,
+        None => driver::pointer_device(ptr).ok().filter(|&d| d != dev),
+    };
+    if let Some(landed) = landed {
         let moved = rt
             .gpu(landed)
             .and_then(|to| rt.reserve(to, bytes, what).map(|()| to));
@@ -533,8 +559,13 @@ fn stream_ordered(
         match moved {
             Ok(to) => gpu = to,
             Err(why) => {
-                // The memory is on a GPU where the model has no room: give it back.
-                give_back_to_driver(ptr);
+                // On a GPU where the model has no room: back to the pool, in stream order.
+                match free_async {
+                    // SAFETY: the pointer the driver just allocated on this stream, never
+                    // handed to the caller.
+                    Some(free) => unsafe { free(ptr, stream) },
+                    None => CUDA_ERROR_NOT_FOUND,
+                };
                 return refused(why);
             }
         }
@@ -552,12 +583,20 @@ fn stream_ordered(
 
 wrapper! {
     fn cuMemAllocAsync(dptr: *mut CUdeviceptr, bytesize: usize, stream: CUstream) -> CUresult;
-    |forward, rt| { stream_ordered(rt, "cuMemAllocAsync", dptr, bytesize, forward) }
+    |forward, rt| {
+        let free = cuMemFreeAsync::real();
+        let call = (dptr, bytesize, Target::Stream(stream));
+        stream_ordered(rt, "cuMemAllocAsync", call, free, forward)
+    }
 }
 
 wrapper! {
     fn cuMemAllocAsync_ptsz(dptr: *mut CUdeviceptr, bytesize: usize, stream: CUstream) -> CUresult;
-    |forward, rt| { stream_ordered(rt, "cuMemAllocAsync", dptr, bytesize, forward) }
+    |forward, rt| {
+        let free = cuMemFreeAsync_ptsz::real();
+        let call = (dptr, bytesize, Target::Stream(stream));
+        stream_ordered(rt, "cuMemAllocAsync", call, free, forward)
+    }
 }
 
 wrapper! {
@@ -567,7 +606,11 @@ wrapper! {
         pool: CUmemoryPool,
         stream: CUstream,
     ) -> CUresult;
-    |forward, rt| { stream_ordered(rt, "cuMemAllocFromPoolAsync", dptr, bytesize, forward) }
+    |forward, rt| {
+        let free = cuMemFreeAsync::real();
+        let call = (dptr, bytesize, Target::Pool(pool));
+        stream_ordered(rt, "cuMemAllocFromPoolAsync", call, free, forward)
+    }
 }
 
 wrapper! {
@@ -577,7 +620,58 @@ wrapper! {
         pool: CUmemoryPool,
         stream: CUstream,
     ) -> CUresult;
-    |forward, rt| { stream_ordered(rt, "cuMemAllocFromPoolAsync", dptr, bytesize, forward) }
+    |forward, rt| {
+        let free = cuMemFreeAsync_ptsz::real();
+        let call = (dptr, bytesize, Target::Pool(pool));
+        stream_ordered(rt, "cuMemAllocFromPoolAsync", call, free, forward)
+    }
+}
+
+// ---- memory pools: which device each allocates on ----------------------------------------------
+
+/// Remembers the pool a successful call wrote, on `dev`.
+fn remember_pool(rt: &Runtime, rc: CUresult, pool: *mut CUmemoryPool, dev: CUdevice) -> CUresult {
+    if rc == CUDA_SUCCESS && !pool.is_null() {
+        // SAFETY: the driver succeeded: it wrote the pool.
+        let p = unsafe { written(pool) };
+        rt.pools.lock().insert(p as usize, dev);
+    }
+    rc
+}
+
+wrapper! {
+    fn cuMemPoolCreate(pool: *mut CUmemoryPool, props: *const CUmemPoolPropsHead) -> CUresult;
+    |forward, rt| {
+        let rc = forward();
+        // SAFETY: the driver accepted the properties: they are readable.
+        match unsafe { props.as_ref() } {
+            Some(p) if p.location.type_ == CU_MEM_LOCATION_TYPE_DEVICE => {
+                remember_pool(rt, rc, pool, p.location.id)
+            }
+            _ => rc,
+        }
+    }
+}
+
+wrapper! {
+    fn cuMemPoolDestroy(pool: CUmemoryPool) -> CUresult;
+    |forward, rt| {
+        let rc = forward();
+        if rc == CUDA_SUCCESS {
+            rt.pools.lock().remove(&(pool as usize));
+        }
+        rc
+    }
+}
+
+wrapper! {
+    fn cuDeviceGetDefaultMemPool(pool: *mut CUmemoryPool, dev: CUdevice) -> CUresult;
+    |forward, rt| { remember_pool(rt, forward(), pool, dev) }
+}
+
+wrapper! {
+    fn cuDeviceGetMemPool(pool: *mut CUmemoryPool, dev: CUdevice) -> CUresult;
+    |forward, rt| { remember_pool(rt, forward(), pool, dev) }
 }
 
 wrapper! {
@@ -972,7 +1066,9 @@ wrapper! {
 
 // ---- NVML placement: only the model's GPUs ----------------------------------------------------
 
-/// The handles of the model's GPUs (`CUVISOR_GPUS`), in its order: those NVML knows.
+/// The handles of the model's GPUs (`CUVISOR_GPUS`), in its order, up to the first one
+/// NVML does not know (where CUDA's `CUDA_VISIBLE_DEVICES` stops too, so that NVML index
+/// N and CUDA ordinal N stay the same GPU).
 fn placed_handles(gpus: &[GpuUuid]) -> Result<Vec<nvmlDevice_t>, nvmlReturn_t> {
     let Some(by_uuid) = nvmlDeviceGetHandleByUUID::real() else {
         return Err(missing(Id::nvmlDeviceGetHandleByUUID));
@@ -984,7 +1080,7 @@ fn placed_handles(gpus: &[GpuUuid]) -> Result<Vec<nvmlDevice_t>, nvmlReturn_t> {
         // SAFETY: a C string and a live out-pointer.
         match unsafe { by_uuid(text.as_ptr(), &mut device) } {
             NVML_SUCCESS => handles.push(device),
-            NVML_ERROR_NOT_FOUND => {}
+            NVML_ERROR_NOT_FOUND => break,
             rc => return Err(rc),
         }
     }
@@ -1113,7 +1209,8 @@ wrapper! {
                 unsafe { answer(index, i as u32) };
                 NVML_SUCCESS
             }
-            Ok(None) => NVML_ERROR_NOT_FOUND,
+            // Not a handle the model can have obtained: what NVML answers a bad handle.
+            Ok(None) => NVML_ERROR_INVALID_ARGUMENT,
             Err(rc) => rc,
         }
     }
