@@ -3,9 +3,8 @@
 
 mod common;
 use common::*;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 fn cli(dir: &Path, args: &[&str]) -> std::process::Output {
@@ -41,24 +40,6 @@ fn worker(dir: &Path, model: &str, extra: &[(&str, &str)], script: &str) -> Comm
     }
     cmd.args(script.split_whitespace());
     cmd
-}
-
-/// Starts a holder: runs `script` (ending in `wait`) and returns once it printed `lines`.
-fn hold(mut cmd: Command, lines: usize) -> (Child, BufReader<ChildStdout>, Vec<String>) {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut seen = Vec::new();
-    for _ in 0..lines {
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        seen.push(line.trim().to_owned());
-    }
-    (child, out, seen)
 }
 
 #[test]

@@ -7,9 +7,9 @@ mod common;
 use common::*;
 use cuvisor::gpu::GpuUuid;
 use cuvisor::ledger::LedgerFile;
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command};
 
 const GIB: u64 = 1 << 30;
 
@@ -32,23 +32,12 @@ fn rank(dir: &Path, state: &Path, extra: &[(&str, &str)]) -> Command {
 
 /// A process that holds its memory until its stdin closes, and its stdout (kept open: it
 /// prints a last line when it goes on).
-type Held = (Child, BufReader<std::process::ChildStdout>);
+type Held = (Child, BufReader<ChildStdout>);
 
 /// Starts `script` (ending in `wait`) and returns once it printed `n` lines.
-fn hold(mut cmd: Command, script: &str, n: usize) -> (Held, Vec<String>) {
-    let mut child = cmd
-        .args(script.split_whitespace())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut seen = Vec::new();
-    for _ in 0..n {
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        seen.push(line.trim_end().to_owned());
-    }
+fn hold_script(mut cmd: Command, script: &str, n: usize) -> (Held, Vec<String>) {
+    cmd.args(script.split_whitespace());
+    let (child, out, seen) = hold(cmd, n);
     ((child, out), seen)
 }
 
@@ -89,8 +78,8 @@ fn each_rank_has_the_quota_on_its_own_gpu_and_a_dead_rank_returns_its_bytes_ther
     // asks about its own GPU and the other's, as nvidia-smi would.
     let script =
         |d: u32| format!("device {d} alloc 3GiB alloc 1 info total nvml-info {d} nvml-info 3 wait");
-    let (rank0, seen0) = hold(rank(&ledgers, &state, &[]), &script(0), 7);
-    let ((mut rank1, _out1), seen1) = hold(rank(&ledgers, &state, &[]), &script(1), 7);
+    let (rank0, seen0) = hold_script(rank(&ledgers, &state, &[]), &script(0), 7);
+    let ((mut rank1, _out1), seen1) = hold_script(rank(&ledgers, &state, &[]), &script(1), 7);
     for (d, seen) in [(0, &seen0), (1, &seen1)] {
         assert_eq!(
             seen,
@@ -163,7 +152,7 @@ fn processes_that_see_a_gpu_under_different_ordinals_share_its_quota() {
     let state = dir.path("gpu-state");
     let ledgers = dir.path("ledgers");
     let gpu2 = uuid_of(&state, 2);
-    let (narrow, seen) = hold(
+    let (narrow, seen) = hold_script(
         rank(
             &ledgers,
             &state,
@@ -302,7 +291,7 @@ fn memory_of_another_device_is_charged_on_that_gpu() {
     let state = dir.path("gpu-state");
     let ledgers = dir.path("ledgers");
     let (gpu0, gpu1) = (uuid_of(&state, 0), uuid_of(&state, 1));
-    let (held, seen) = hold(
+    let (held, seen) = hold_script(
         rank(&ledgers, &state, &[]),
         "device 0 alloc 3GiB vmm-on 1 2MiB pool-on 1 1GiB ptr-device 2 stream-on 1 1GiB \
          ptr-device 3 free-async 3 wait",

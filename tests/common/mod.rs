@@ -2,8 +2,9 @@
 //! child process and read what it printed and what the fake GPU reported.
 #![allow(dead_code)] // each test binary uses its own subset
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, ChildStdout, Command, Output, Stdio};
 
 /// Where build.rs put the fake libcuda.so.1, libnvidia-ml.so.1, libcudart.so.12 and the probes.
 pub fn stub_dir() -> PathBuf {
@@ -161,3 +162,21 @@ pub fn calls(report: &serde_json::Value, entry: &str) -> u64 {
 
 pub const GIB: u64 = 1 << 30;
 pub const MIB: u64 = 1 << 20;
+
+/// Starts a holder: runs `script` (ending in `wait`) and returns once it printed `lines`.
+pub fn hold(mut cmd: Command, lines: usize) -> (Child, BufReader<ChildStdout>, Vec<String>) {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut seen = Vec::new();
+    for _ in 0..lines {
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        seen.push(line.trim().to_owned());
+    }
+    (child, out, seen)
+}
