@@ -1,11 +1,13 @@
 //! What the shim remembers about each allocation it charged: a map from the pointer (or
-//! handle) to its charge, split in shards so that threads allocating at once rarely meet
-//! on the same lock.
+//! handle) to its charge. Device pointers, on every allocation's path, live in a
+//! lock-free table ([`PointerTable`]); handles and arrays, and what the table cannot
+//! hold, in a map split in shards so that threads rarely meet on the same lock.
 
 use cuvisor_common::ledger::GpuIndex;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -85,6 +87,163 @@ impl Records {
     }
 }
 
+/// A map from a key to its record: the table of device pointers, or a sharded map.
+pub trait RecordMap {
+    fn insert(&self, key: u64, record: Record);
+    fn remove(&self, key: u64) -> Option<Record>;
+}
+
+impl RecordMap for Records {
+    fn insert(&self, key: u64, record: Record) {
+        Records::insert(self, key, record)
+    }
+    fn remove(&self, key: u64) -> Option<Record> {
+        Records::remove(self, key)
+    }
+}
+
+/// Device pointers and their records, without a lock: open addressing over a fixed
+/// table of (key, value) atomics, linear probing over at most [`PROBES`] slots. What
+/// does not fit there goes to a sharded map.
+///
+/// The protocol: a slot's key goes from EMPTY to a pointer (claimed by a compare-and-swap,
+/// then its value stored), and from a pointer to TOMBSTONE (by the compare-and-swap that
+/// removes it), and a TOMBSTONE is claimed again by a later insert; a slot never becomes
+/// EMPTY again, so a lookup stops at the first EMPTY slot. A pointer is in the table at
+/// most once: the driver never returns an address that is still allocated, and the shim
+/// removes a pointer before the driver frees it. The value is stored (Release) after the
+/// key is claimed and before the pointer is handed to the caller, and a remover loads it
+/// (Acquire) after finding the key: whoever frees a pointer got it from the allocating
+/// thread through the program's own synchronization.
+pub struct PointerTable {
+    slots: Box<[Slot]>,
+    overflow: Records,
+    /// Entries in `overflow`: while 0, a lookup that misses the table takes no lock.
+    overflowed: AtomicUsize,
+}
+
+struct Slot {
+    key: AtomicU64,
+    value: AtomicU64,
+}
+
+const EMPTY: u64 = 0;
+/// Not an address an allocation can have (they are at least 256-byte aligned).
+const TOMBSTONE: u64 = 1;
+const PROBES: usize = 32;
+const TABLE_BITS: u32 = 16;
+
+/// A record in 64 bits: bytes (56), GPU (4), kind (2). Only device and managed memory
+/// go in the table; anything else, or more than 2^56 bytes, goes to the overflow map.
+fn encode(r: Record) -> Option<u64> {
+    let kind = match r.kind {
+        Kind::Device => 0,
+        Kind::Managed { redirected: false } => 1,
+        Kind::Managed { redirected: true } => 2,
+        _ => return None,
+    };
+    let gpu = u64::try_from(r.gpu.get()).ok().filter(|&g| g < 16)?;
+    (r.bytes < 1 << 56).then_some(r.bytes | gpu << 56 | kind << 60)
+}
+
+fn decode(v: u64) -> Record {
+    Record {
+        bytes: v & ((1 << 56) - 1),
+        gpu: GpuIndex::new(((v >> 56) & 0xf) as u8).expect("below 16"),
+        kind: match v >> 60 {
+            0 => Kind::Device,
+            1 => Kind::Managed { redirected: false },
+            _ => Kind::Managed { redirected: true },
+        },
+    }
+}
+
+impl Default for PointerTable {
+    fn default() -> Self {
+        PointerTable {
+            // 1 MiB per process, written once when the shim starts.
+            slots: (0..1usize << TABLE_BITS)
+                .map(|_| Slot {
+                    key: AtomicU64::new(EMPTY),
+                    value: AtomicU64::new(0),
+                })
+                .collect(),
+            overflow: Records::default(),
+            overflowed: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl PointerTable {
+    /// The slots a key may be in, in probing order.
+    fn probe(&self, key: u64) -> impl Iterator<Item = &Slot> {
+        let mask = self.slots.len() - 1;
+        let start = ((key >> 8).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - TABLE_BITS)) as usize;
+        (0..PROBES).map(move |i| &self.slots[(start + i) & mask])
+    }
+
+    /// The slot holding `key`, if it is in the table.
+    fn find(&self, key: u64) -> Option<&Slot> {
+        for slot in self.probe(key) {
+            match slot.key.load(Ordering::Acquire) {
+                k if k == key => return Some(slot),
+                EMPTY => return None,
+                _ => {}
+            }
+        }
+        None
+    }
+
+    pub fn get(&self, key: u64) -> Option<Record> {
+        match self.find(key) {
+            Some(slot) => Some(decode(slot.value.load(Ordering::Acquire))),
+            None if self.overflowed.load(Ordering::Acquire) > 0 => self.overflow.get(key),
+            None => None,
+        }
+    }
+}
+
+impl RecordMap for PointerTable {
+    fn insert(&self, key: u64, record: Record) {
+        if let Some(value) = encode(record).filter(|_| key > TOMBSTONE) {
+            for slot in self.probe(key) {
+                let k = slot.key.load(Ordering::Relaxed);
+                if (k == EMPTY || k == TOMBSTONE)
+                    && slot
+                        .key
+                        .compare_exchange(k, key, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    slot.value.store(value, Ordering::Release);
+                    return;
+                }
+            }
+        }
+        self.overflowed.fetch_add(1, Ordering::AcqRel);
+        self.overflow.insert(key, record);
+    }
+
+    fn remove(&self, key: u64) -> Option<Record> {
+        if let Some(slot) = self.find(key) {
+            let value = slot.value.load(Ordering::Acquire);
+            // Only one of two threads freeing the same pointer at once takes it.
+            return slot
+                .key
+                .compare_exchange(key, TOMBSTONE, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+                .then(|| decode(value));
+        }
+        if self.overflowed.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let found = self.overflow.remove(key);
+        if found.is_some() {
+            self.overflowed.fetch_sub(1, Ordering::AcqRel);
+        }
+        found
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,5 +268,77 @@ mod tests {
         assert_eq!(r.update(1, |x| x.bytes), None);
         assert_eq!(r.remove(0x7f00_0000_1000).map(|x| x.bytes), Some(11));
         assert_eq!(r.remove(0x7f00_0000_1000), None);
+    }
+
+    fn rec(bytes: u64, gpu: u8, kind: Kind) -> Record {
+        Record {
+            gpu: GpuIndex::new(gpu).unwrap(),
+            bytes,
+            kind,
+        }
+    }
+
+    #[test]
+    fn the_table_keeps_every_record_and_overflows_past_its_size() {
+        let t = PointerTable::default();
+        let managed = Kind::Managed { redirected: true };
+        t.insert(0x7f00_0000_1000, rec(10, 3, managed));
+        assert_eq!(t.get(0x7f00_0000_1000), Some(rec(10, 3, managed)));
+        // More pointers than the table has slots: the rest overflows to the map.
+        let key = |i: u64| 0x7000_0000_0000 + (i << 9);
+        let n = (1u64 << TABLE_BITS) + 4_000;
+        for i in 0..n {
+            t.insert(key(i), rec(i + 1, (i % 16) as u8, Kind::Device));
+        }
+        assert!(t.overflowed.load(Ordering::Relaxed) >= 4_000);
+        for i in 0..n {
+            assert_eq!(t.get(key(i)).map(|r| r.bytes), Some(i + 1), "{i}");
+        }
+        for i in (0..n).rev() {
+            assert_eq!(
+                t.remove(key(i)),
+                Some(rec(i + 1, (i % 16) as u8, Kind::Device)),
+                "{i}"
+            );
+            assert_eq!(t.remove(key(i)), None, "removed once");
+        }
+        assert_eq!(t.overflowed.load(Ordering::Relaxed), 0);
+        // Records the table cannot encode go to the map.
+        let vmm = Kind::Vmm {
+            maps: 1,
+            released: false,
+        };
+        t.insert(0x9000, rec(1 << 60, 0, Kind::Device));
+        t.insert(0xa000, rec(5, 0, vmm));
+        assert_eq!(t.remove(0x9000).map(|r| r.bytes), Some(1 << 60));
+        assert_eq!(t.remove(0xa000), Some(rec(5, 0, vmm)));
+        assert_eq!(t.remove(0x7f00_0000_1000), Some(rec(10, 3, managed)));
+    }
+
+    /// Threads inserting and removing their own pointers at once, reusing tombstones,
+    /// never lose or duplicate a record.
+    #[test]
+    fn concurrent_inserts_and_removes_keep_every_record() {
+        let t = PointerTable::default();
+        std::thread::scope(|scope| {
+            for thread in 0..4u64 {
+                let t = &t;
+                scope.spawn(move || {
+                    let mut seed = thread + 1;
+                    for round in 0..20_000u64 {
+                        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+                        // Few distinct addresses per thread, so slots are reused a lot;
+                        // the thread number keeps the threads' addresses apart.
+                        let key = (((seed >> 40) & 0x3ff) << 12 | thread << 8) + 0x10000;
+                        let r = rec(round + 1, (thread * 4) as u8, Kind::Device);
+                        t.insert(key, r);
+                        assert_eq!(t.get(key), Some(r));
+                        assert_eq!(t.remove(key), Some(r));
+                        assert_eq!(t.get(key), None);
+                    }
+                });
+            }
+        });
+        assert_eq!(t.overflowed.load(Ordering::Relaxed), 0);
     }
 }

@@ -5,7 +5,7 @@
 
 use crate::driver;
 use crate::ffi::*;
-use crate::records::Records;
+use crate::records::{PointerTable, Records};
 use cuvisor_common::contract::{Contract, LogLevel, Mode};
 use cuvisor_common::gpu::GpuUuid;
 use cuvisor_common::ledger::{Attachment, CreateOptions, GpuIndex, LedgerFile, Refusal};
@@ -21,7 +21,7 @@ pub struct Runtime {
     /// This process's place in the model's ledger, opened on first need.
     account: OnceLock<Result<Attachment<'static>, String>>,
     /// Device pointers the shim charged (plain, pitched, managed, stream-ordered).
-    pub ptrs: Records,
+    pub ptrs: PointerTable,
     /// VMM physical handles (cuMemCreate).
     pub handles: Records,
     /// CUDA arrays and mipmapped arrays.
@@ -69,7 +69,7 @@ impl Runtime {
         Runtime {
             config,
             account: OnceLock::new(),
-            ptrs: Records::default(),
+            ptrs: PointerTable::default(),
             handles: Records::default(),
             arrays: Records::default(),
             mappings: Mutex::new(BTreeMap::new()),

@@ -9,7 +9,7 @@ use crate::driver;
 use crate::ffi::*;
 use crate::hooks::{self, Id, Policy};
 use crate::real::Lib;
-use crate::records::{Kind, Record, Records};
+use crate::records::{Kind, Record, RecordMap};
 use crate::runtime::{Active, NotCharged, Runtime, active};
 use cuvisor_common::gpu::GpuUuid;
 use cuvisor_common::ledger::GpuIndex;
@@ -171,7 +171,7 @@ fn charged(
 /// address is never confused with it), then uncharges on success or restores on failure.
 fn uncharged(
     rt: &Runtime,
-    records: &Records,
+    records: &impl RecordMap,
     key: u64,
     call: impl FnOnce() -> CUresult,
 ) -> CUresult {
