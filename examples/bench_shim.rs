@@ -25,16 +25,27 @@ use std::process::Command;
 const ROUNDS: usize = 9;
 const ITERS: u32 = 20_000;
 const SIZE: &str = "4K";
-/// (label, shim mode, use the baseline shim)
-type Config = (&'static str, Option<&'static str>, bool);
-const CONFIGS: [Config; 6] = [
-    ("no shim", None, false),
-    ("shim, off", Some("off"), false),
-    ("shim, device", Some("device"), false),
-    ("shim, managed", Some("managed"), false),
-    ("baseline shim, device", Some("device"), true),
-    ("baseline shim, managed", Some("managed"), true),
+/// (label, shim mode, use the baseline shim, GPUs on the fake node). Each row's
+/// "added" is against the row without a shim on as many GPUs.
+type Config = (&'static str, Option<&'static str>, bool, u32);
+const CONFIGS: [Config; 8] = [
+    ("no shim", None, false, 1),
+    ("shim, off", Some("off"), false, 1),
+    ("shim, device", Some("device"), false, 1),
+    ("shim, managed", Some("managed"), false, 1),
+    ("no shim, 4 GPUs", None, false, 4),
+    ("shim, device, 4 GPUs", Some("device"), false, 4),
+    ("baseline shim, device", Some("device"), true, 1),
+    ("baseline shim, managed", Some("managed"), true, 1),
 ];
+
+/// The row without a shim on as many GPUs as `config`.
+fn bare(config: Config) -> Config {
+    CONFIGS
+        .into_iter()
+        .find(|c| c.1.is_none() && c.3 == config.3)
+        .expect("a bare row per GPU count")
+}
 
 struct Shims {
     current: PathBuf,
@@ -71,7 +82,7 @@ fn main() {
 }
 
 fn bench(stubs: &Path, shims: &Shims, config: Config, valgrind_out: Option<&Path>) -> Command {
-    let (_, mode, baseline) = config;
+    let (_, mode, baseline, gpus) = config;
     let shim = if baseline {
         shims.baseline.as_deref().expect("baseline")
     } else {
@@ -89,6 +100,7 @@ fn bench(stubs: &Path, shims: &Shims, config: Config, valgrind_out: Option<&Path
     };
     cmd.env("LD_LIBRARY_PATH", stubs)
         .env("FAKE_CUDA_DEVICE_MEM", "64GiB")
+        .env("FAKE_CUDA_DEVICE_COUNT", gpus.to_string())
         .env_remove("LD_PRELOAD");
     if let Some(mode) = mode {
         cmd.env("LD_PRELOAD", shim)
@@ -139,10 +151,10 @@ fn instruction_counts(stubs: &Path, shims: &Shims) {
     println!("Instructions per operation (callgrind, 1 thread):\n");
     println!("| configuration | alloc+free pair | added | cuMemGetInfo_v2 | added |");
     println!("|---|---|---|---|---|");
-    let (base_pair, base_info) = (per_op(CONFIGS[0], "pairs"), per_op(CONFIGS[0], "info"));
     for config in shims.configs() {
         let name = config.0;
         let (pair, info) = (per_op(config, "pairs"), per_op(config, "info"));
+        let (base_pair, base_info) = (per_op(bare(config), "pairs"), per_op(bare(config), "info"));
         println!(
             "| {name} | {pair:.0} | {:+.0} | {info:.0} | {:+.0} |",
             pair - base_pair,
@@ -185,8 +197,9 @@ fn wall_clock(stubs: &Path, shims: &Shims) {
                 entry.1.push(value("mem_get_info_ns"));
             }
         }
-        let (base_pair, base_info) = (median(&samples["no shim"].0), median(&samples["no shim"].1));
-        for (name, _, _) in shims.configs() {
+        for config in shims.configs() {
+            let (name, base) = (config.0, bare(config).0);
+            let (base_pair, base_info) = (median(&samples[base].0), median(&samples[base].1));
             let (pair, info) = (median(&samples[name].0), median(&samples[name].1));
             println!(
                 "| {threads} | {name} | {pair:.0} | {:+.0} | {info:.0} | {:+.0} |",

@@ -55,6 +55,7 @@ macro_rules! functions {
 
 functions! {
     CTX_GET_DEVICE: Cuda c"cuCtxGetDevice" unsafe extern "C" fn(*mut CUdevice) -> CUresult;
+    DEVICE_GET_COUNT: Cuda c"cuDeviceGetCount" unsafe extern "C" fn(*mut i32) -> CUresult;
     DEVICE_GET_ATTRIBUTE: Cuda c"cuDeviceGetAttribute"
         unsafe extern "C" fn(*mut i32, i32, CUdevice) -> CUresult;
     DEVICE_GET_UUID_V2: Cuda c"cuDeviceGetUuid_v2"
@@ -95,6 +96,15 @@ pub fn current_device() -> DriverResult<CUdevice> {
     // SAFETY: an out-pointer to a live local.
     check(unsafe { f(&mut dev) })?;
     Ok(dev)
+}
+
+/// How many devices this process sees (fixed from `cuInit` on).
+pub fn device_count() -> DriverResult<i32> {
+    let f = DEVICE_GET_COUNT.get().ok_or(CUDA_ERROR_NOT_FOUND)?;
+    let mut n = 0;
+    // SAFETY: an out-pointer to a live local.
+    check(unsafe { f(&mut n) })?;
+    Ok(n)
 }
 
 pub fn device_attribute(attribute: i32, dev: CUdevice) -> DriverResult<i32> {

@@ -116,7 +116,7 @@ impl RecordMap for Records {
 /// (Acquire) after finding the key: whoever frees a pointer got it from the allocating
 /// thread through the program's own synchronization.
 pub struct PointerTable {
-    slots: Box<[Slot]>,
+    slots: Box<[Slot; TABLE_SIZE]>,
     overflow: Records,
     /// Entries in `overflow`: while 0, a lookup that misses the table takes no lock.
     overflowed: AtomicUsize,
@@ -132,6 +132,7 @@ const EMPTY: u64 = 0;
 const TOMBSTONE: u64 = 1;
 const PROBES: usize = 32;
 const TABLE_BITS: u32 = 16;
+const TABLE_SIZE: usize = 1 << TABLE_BITS;
 
 /// A record in 64 bits: bytes (56), GPU (4), kind (2). Only device and managed memory
 /// go in the table; anything else, or more than 2^56 bytes, goes to the overflow map.
@@ -162,12 +163,14 @@ impl Default for PointerTable {
     fn default() -> Self {
         PointerTable {
             // 1 MiB per process, written once when the shim starts.
-            slots: (0..1usize << TABLE_BITS)
+            slots: (0..TABLE_SIZE)
                 .map(|_| Slot {
                     key: AtomicU64::new(EMPTY),
                     value: AtomicU64::new(0),
                 })
-                .collect(),
+                .collect::<Box<[Slot]>>()
+                .try_into()
+                .unwrap_or_else(|_| unreachable!("TABLE_SIZE slots")),
             overflow: Records::default(),
             overflowed: AtomicUsize::new(0),
         }
@@ -176,10 +179,10 @@ impl Default for PointerTable {
 
 impl PointerTable {
     /// The slots a key may be in, in probing order.
+    #[inline]
     fn probe(&self, key: u64) -> impl Iterator<Item = &Slot> {
-        let mask = self.slots.len() - 1;
         let start = ((key >> 8).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - TABLE_BITS)) as usize;
-        (0..PROBES).map(move |i| &self.slots[(start + i) & mask])
+        (0..PROBES).map(move |i| &self.slots[(start + i) % TABLE_SIZE])
     }
 
     /// The slot holding `key`, if it is in the table.
@@ -286,7 +289,7 @@ mod tests {
         assert_eq!(t.get(0x7f00_0000_1000), Some(rec(10, 3, managed)));
         // More pointers than the table has slots: the rest overflows to the map.
         let key = |i: u64| 0x7000_0000_0000 + (i << 9);
-        let n = (1u64 << TABLE_BITS) + 4_000;
+        let n = TABLE_SIZE as u64 + 4_000;
         for i in 0..n {
             t.insert(key(i), rec(i + 1, (i % 16) as u8, Kind::Device));
         }

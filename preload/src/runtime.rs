@@ -30,6 +30,8 @@ pub struct Runtime {
     pub mappings: Mutex<BTreeMap<u64, (u64, u64)>>,
     /// Memory pools -> the device ordinal they allocate on.
     pub pools: Mutex<HashMap<usize, CUdevice>>,
+    /// Devices this process sees; -1 not known yet.
+    device_count: AtomicI8,
     /// Per device ordinal: concurrent managed access? -1 not asked yet.
     managed_access: [AtomicI8; MAX_DEVICES],
     /// Per device ordinal: its entry in the ledger, plus one (0: not met yet). Ordinals
@@ -74,6 +76,7 @@ impl Runtime {
             arrays: Records::default(),
             mappings: Mutex::new(BTreeMap::new()),
             pools: Mutex::new(HashMap::new()),
+            device_count: AtomicI8::new(-1),
             managed_access: [const { AtomicI8::new(-1) }; MAX_DEVICES],
             gpus: [const { AtomicU8::new(0) }; MAX_DEVICES],
             warned_no_managed: AtomicBool::new(false),
@@ -83,7 +86,17 @@ impl Runtime {
 
     /// This process's attachment to the model's ledger: opened (or created with this
     /// process's quota) the first time it is needed. An unusable ledger is reported once.
+    #[inline]
     pub fn account(&self) -> Option<&Attachment<'static>> {
+        match self.account.get() {
+            Some(Ok(a)) => Some(a),
+            _ => self.account_first_time(),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn account_first_time(&self) -> Option<&Attachment<'static>> {
         let attached = self.account.get_or_init(|| {
             let c = &self.config;
             let options = CreateOptions {
@@ -112,6 +125,7 @@ impl Runtime {
 
     /// The remembered ledger entry of device ordinal `dev`, if any. Acquire pairs with
     /// the Release in `remember`: a thread that finds the entry sees it whole.
+    #[inline]
     fn cached(&self, dev: CUdevice) -> Option<GpuIndex> {
         let slot = self.gpus.get(usize::try_from(dev).ok()?)?;
         slot.load(Ordering::Acquire)
@@ -129,10 +143,17 @@ impl Runtime {
     /// its memory the first time the model meets it), then remembered for the process.
     /// A placed model (`CUVISOR_GPUS`) may use only its GPUs: the supervisor admitted its
     /// quota on those and no other.
+    #[inline]
     pub fn gpu(&self, dev: CUdevice) -> Result<GpuIndex, NotCharged> {
-        if let Some(index) = self.cached(dev) {
-            return Ok(index);
+        match self.cached(dev) {
+            Some(index) => Ok(index),
+            None => self.meet_gpu(dev),
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn meet_gpu(&self, dev: CUdevice) -> Result<GpuIndex, NotCharged> {
         let account = self.account().ok_or(NotCharged::NoLedger)?;
         // An ordinal the driver cannot name is its own error (CUDA_ERROR_INVALID_DEVICE).
         let uuid = driver::device_uuid(dev).map_err(NotCharged::Driver)?;
@@ -176,10 +197,41 @@ impl Runtime {
         })
     }
 
-    /// The ledger entry of the calling thread's current device.
+    /// The ledger entry of the calling thread's current device. A process that sees one
+    /// device needs no driver call to know which: every context is on device 0 (without
+    /// a context, the allocation's own call then answers the driver's error, and its
+    /// charge is rolled back).
+    #[inline]
     pub fn current_gpu(&self) -> Result<(CUdevice, GpuIndex), NotCharged> {
-        let dev = driver::current_device().map_err(NotCharged::Driver)?;
+        let dev = self.current_device().map_err(NotCharged::Driver)?;
         Ok((dev, self.gpu(dev)?))
+    }
+
+    /// The calling thread's current device: 0 where the process sees one device (no
+    /// driver call), else the driver's answer.
+    #[inline]
+    pub fn current_device(&self) -> driver::DriverResult<CUdevice> {
+        if self.sees_one_device() {
+            Ok(0)
+        } else {
+            driver::current_device()
+        }
+    }
+
+    /// Whether the process sees exactly one device; asked of the driver until it answers
+    /// (the count is fixed once `cuInit` has succeeded).
+    fn sees_one_device(&self) -> bool {
+        match self.device_count.load(Ordering::Relaxed) {
+            -1 => match driver::device_count() {
+                Ok(n) => {
+                    self.device_count
+                        .store(n.clamp(0, 127) as i8, Ordering::Relaxed);
+                    n == 1
+                }
+                Err(_) => false,
+            },
+            n => n == 1,
+        }
     }
 
     /// Charges `bytes` to the model on `gpu`, or refuses with the one log line the user
@@ -241,10 +293,15 @@ impl Runtime {
     }
 
     /// Whether plain allocations on `dev` are to become managed ones there.
+    #[inline]
     pub fn redirects(&self, dev: CUdevice) -> bool {
         if self.config.mode != Mode::Managed {
             return false;
         }
+        self.managed_access_of(dev)
+    }
+
+    fn managed_access_of(&self, dev: CUdevice) -> bool {
         let Some(slot) = usize::try_from(dev)
             .ok()
             .and_then(|d| self.managed_access.get(d))

@@ -527,6 +527,7 @@ fn stream_ordered(
     }
     let bytes = bytesize as u64;
     let (stream, known) = match target {
+        Target::Stream(s) if driver::is_default_stream(s) => (s, rt.current_device().ok()),
         Target::Stream(s) => (s, driver::stream_device(s).ok()),
         Target::Pool(p) => (
             std::ptr::null_mut(),
@@ -947,7 +948,7 @@ wrapper! {
     |forward, rt| {
         let rc = forward();
         if rc == CUDA_SUCCESS
-            && let Ok(dev) = driver::current_device()
+            && let Ok(dev) = rt.current_device()
             // SAFETY: the driver succeeded: both pointers were valid and written.
             && let Some((f, t)) = rt.device_memory(dev, unsafe { written(total) } as u64)
         {
@@ -966,7 +967,7 @@ wrapper! {
     |forward, rt| {
         let rc = forward();
         if rc == CUDA_SUCCESS
-            && let Ok(dev) = driver::current_device()
+            && let Ok(dev) = rt.current_device()
         {
             // The 32-bit ABI saturates; the physical size is asked in full.
             // SAFETY: the driver succeeded: both pointers were valid and written.
