@@ -116,6 +116,8 @@ pub enum Logs {
 pub struct SupervisorConfig {
     pub socket: PathBuf,
     pub listen: Option<SocketAddr>,
+    /// The file holding the bearer token that requests over `listen` must carry.
+    pub listen_token: Option<PathBuf>,
     pub ledger_dir: PathBuf,
     pub shim: Option<PathBuf>,
     pub grace_period: Duration,
@@ -154,6 +156,7 @@ struct RawConfig {
 struct RawSupervisor {
     socket: Option<Spanned<String>>,
     listen: Option<Spanned<String>>,
+    listen_token: Option<Spanned<String>>,
     ledger_dir: Option<Spanned<String>>,
     shim: Option<Spanned<String>>,
     grace_period: Option<Spanned<String>>,
@@ -419,6 +422,24 @@ fn check_supervisor(c: &mut Checker, s: RawSupervisor) -> SupervisorConfig {
             None
         }
     });
+    let listen_token = s
+        .listen_token
+        .as_ref()
+        .and_then(|v| c.absolute("listen_token", v).map(|p| (v, p)))
+        .and_then(|(v, p)| match crate::control::read_token(&p) {
+            Ok(_) => Some(p),
+            Err(why) => {
+                c.error(v, format!("listen_token = \"{}\": {why}", p.display()));
+                None
+            }
+        });
+    if let (Some(l), None) = (&s.listen, &s.listen_token) {
+        c.error(
+            l,
+            "listen: the control API over TCP needs listen_token, a file with the token \
+             clients must send (Authorization: Bearer TOKEN)",
+        );
+    }
     let ledger_dir = s
         .ledger_dir
         .as_ref()
@@ -537,6 +558,7 @@ fn check_supervisor(c: &mut Checker, s: RawSupervisor) -> SupervisorConfig {
     SupervisorConfig {
         socket,
         listen,
+        listen_token,
         ledger_dir,
         shim,
         grace_period,
@@ -924,11 +946,16 @@ mod tests {
 
     #[test]
     fn every_key() {
-        let c = parse(
+        use std::os::unix::fs::PermissionsExt;
+        let token = std::env::temp_dir().join(format!("cuvisor-token-{}", std::process::id()));
+        std::fs::write(&token, "0123456789abcdef0123\n").unwrap();
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = parse(&format!(
             r#"
 [supervisor]
 socket = "/tmp/c.sock"
 listen = "127.0.0.1:9400"
+listen_token = "{}"
 ledger_dir = "/tmp/ledgers"
 grace_period = "3s"
 logs = "/tmp/logs"
@@ -939,7 +966,7 @@ cgroup_name = "cv"
 name = "llama"
 command = "python3"
 args = ["serve.py", "--port", "8000"]
-env = { HF_HOME = "/tmp" }
+env = {{ HF_HOME = "/tmp" }}
 cwd = "/tmp"
 user = "0"
 group = "0"
@@ -952,11 +979,14 @@ instances = 2
 restart = "always"
 backoff_initial = "500ms"
 backoff_max = "30s"
-isolation = { pid = true, mount = true, ipc = false, uts = true, network = true }
+isolation = {{ pid = true, mount = true, ipc = false, uts = true, network = true }}
 bind_ro = ["/tmp"]
 "#,
-        )
+            token.display()
+        ))
         .unwrap();
+        assert_eq!(c.supervisor.listen_token.as_deref(), Some(token.as_path()));
+        let _ = std::fs::remove_file(&token);
         let m = &c.models[0];
         assert_eq!(m.args, ["serve.py", "--port", "8000"]);
         assert_eq!(m.gpu_quota, Some(QuotaSpec::Bytes(20 << 30)));

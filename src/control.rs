@@ -12,13 +12,34 @@
 use crate::config::SupervisorConfig;
 use crate::size::format_bytes;
 use crate::supervisor::{Event, Reply, Request};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Sender, channel};
+use std::sync::Arc;
+use std::sync::mpsc::Sender;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Semaphore;
+
+/// A request's headers must arrive within this.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A whole connection (one request: keep-alive is off) ends within this.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Request line and headers: at most this many bytes (hyper's smallest buffer).
+const MAX_HEAD: usize = 8192;
+/// Connections served at once, per listener; more are closed as soon as accepted, so
+/// that they hold no descriptor. The Unix socket has its own: TCP clients cannot crowd
+/// out the CLI.
+const MAX_CONNECTIONS: usize = 32;
+/// How long the supervisor has to answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The listening control API; the socket file goes when this is dropped.
 pub struct Server {
@@ -29,6 +50,38 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.socket);
     }
+}
+
+/// The token of `listen_token`: the file must be a regular file that only its owner can
+/// read, holding at least 16 characters (surrounding whitespace is not part of it).
+pub fn read_token(path: &Path) -> Result<String, String> {
+    let meta = std::fs::symlink_metadata(path).map_err(|e| format!("cannot read: {e}"))?;
+    if !meta.file_type().is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(format!(
+            "other users can read it (mode {:04o}): chmod 600",
+            meta.mode() & 0o7777
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
+    let token = text.trim();
+    if token.len() < 16 || token.chars().any(char::is_whitespace) {
+        return Err("expected one token of at least 16 characters, without spaces".into());
+    }
+    Ok(token.to_owned())
+}
+
+/// Who may use a connection.
+#[derive(Clone)]
+enum Access {
+    /// A Unix-socket peer with the supervisor's user or root.
+    Local,
+    /// A Unix-socket peer of another user (the socket's mode was loosened).
+    Stranger,
+    /// TCP: the request must carry the token and name a loopback host.
+    Token(Arc<str>),
 }
 
 pub fn serve(cfg: &SupervisorConfig, tx: Sender<Event>) -> Result<Server, String> {
@@ -55,97 +108,236 @@ pub fn serve(cfg: &SupervisorConfig, tx: Sender<Event>) -> Result<Server, String
             )
         })?;
     }
-    let listener = UnixListener::bind(path)
+    let unix = std::os::unix::net::UnixListener::bind(path)
         .map_err(|e| format!("control socket {}: cannot listen: {e}", path.display()))?;
     let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
-    let unix_tx = tx.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let tx = unix_tx.clone();
-            std::thread::spawn(move || answer(stream, &tx));
+    let tcp = match cfg.listen {
+        None => None,
+        Some(addr) => {
+            let token_file = cfg
+                .listen_token
+                .as_deref()
+                .ok_or("listen needs listen_token (the configuration check says so)")?;
+            let token = read_token(token_file)
+                .map_err(|why| format!("listen_token {}: {why}", token_file.display()))?;
+            let listener = std::net::TcpListener::bind(addr)
+                .map_err(|e| format!("control API {addr}: cannot listen: {e}"))?;
+            Some((listener, Arc::<str>::from(token)))
         }
-    });
-    if let Some(addr) = cfg.listen {
-        let tcp = TcpListener::bind(addr)
-            .map_err(|e| format!("control API {addr}: cannot listen: {e}"))?;
-        std::thread::spawn(move || {
-            for stream in tcp.incoming().flatten() {
-                let tx = tx.clone();
-                std::thread::spawn(move || answer(stream, &tx));
-            }
-        });
+    };
+    for fd in [
+        Some(std::os::fd::AsRawFd::as_raw_fd(&unix)),
+        tcp.as_ref()
+            .map(|(l, _)| std::os::fd::AsRawFd::as_raw_fd(l)),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        // SAFETY: fcntl on a listening socket we own.
+        unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) };
     }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|e| format!("control API: cannot start its event loop: {e}"))?;
+    std::thread::Builder::new()
+        .name("control-api".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let unix = tokio::net::UnixListener::from_std(unix).expect("a non-blocking socket");
+                let unix_loop = accept_unix(unix, tx.clone());
+                match tcp {
+                    None => unix_loop.await,
+                    Some((listener, token)) => {
+                        let listener = tokio::net::TcpListener::from_std(listener)
+                            .expect("a non-blocking socket");
+                        tokio::spawn(accept_tcp(listener, token, tx));
+                        unix_loop.await;
+                    }
+                }
+            })
+        })
+        .map_err(|e| format!("control API: cannot start its thread: {e}"))?;
     Ok(Server {
         socket: path.clone(),
     })
 }
 
-fn answer<S: Read + Write>(stream: S, tx: &Sender<Event>) {
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    if reader.read_line(&mut line).is_err() {
-        return;
+/// What to do after an accept fails (out of descriptors, most likely): wait a little,
+/// instead of trying again at once in a tight loop.
+async fn accept_failed(e: std::io::Error) {
+    crate::supervisor::log(&format!("control API: accept failed: {e}"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+async fn accept_unix(listener: tokio::net::UnixListener, tx: Sender<Event>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let me = euid();
+                let access = match stream.peer_cred() {
+                    Ok(c) if c.uid() == 0 || c.uid() == me => Access::Local,
+                    _ => Access::Stranger,
+                };
+                if let Ok(slot) = slots.clone().try_acquire_owned() {
+                    tokio::spawn(connection(stream, access, tx.clone(), slot));
+                }
+            }
+            Err(e) => accept_failed(e).await,
+        }
     }
-    // Skip the headers; no request of this API has a body.
-    let mut header = String::new();
-    while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
-        header.clear();
+}
+
+async fn accept_tcp(listener: tokio::net::TcpListener, token: Arc<str>, tx: Sender<Event>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                if let Ok(slot) = slots.clone().try_acquire_owned() {
+                    let access = Access::Token(token.clone());
+                    tokio::spawn(connection(stream, access, tx.clone(), slot));
+                }
+                // Otherwise the stream is dropped here: closed at once.
+            }
+            Err(e) => accept_failed(e).await,
+        }
     }
-    let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+}
+
+/// This process's effective user.
+fn euid() -> u32 {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    unsafe { libc::geteuid() }
+}
+
+/// One connection, one request, within the limits above.
+async fn connection<S>(
+    stream: S,
+    access: Access,
+    tx: Sender<Event>,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request| {
+        let (access, tx) = (access.clone(), tx.clone());
+        async move { Ok::<_, std::convert::Infallible>(answer(request, &access, &tx).await) }
+    });
+    let served = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_HEAD)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), service);
+    let _ = tokio::time::timeout(CONNECTION_TIMEOUT, served).await;
+}
+
+fn reply(code: u16, content_type: &'static str, body: impl Into<String>) -> Reply {
+    Reply {
+        code,
+        content_type,
+        body: body.into(),
+    }
+}
+
+/// Whether a request over TCP is allowed: the token, and a Host that names this machine
+/// by a loopback name (a web page that resolves its own name to 127.0.0.1 cannot reach
+/// the API through a browser).
+fn authorized(request: &hyper::Request<Incoming>, token: &str) -> Result<(), Reply> {
+    let header = |name: hyper::header::HeaderName| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
+    let host = header(hyper::header::HOST);
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.split_once(']').map(|(h, _)| h))
+        .unwrap_or_else(|| host.split(':').next().unwrap_or(""));
+    if !(host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()))
+    {
+        return Err(reply(
+            403,
+            "text/plain",
+            "the Host must be a loopback address or localhost\n",
+        ));
+    }
+    let given = header(hyper::header::AUTHORIZATION)
+        .strip_prefix("Bearer ")
+        .unwrap_or("");
+    // Compared in time that does not depend on where they differ.
+    let same = given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if same {
+        Ok(())
+    } else {
+        Err(reply(
+            401,
+            "text/plain",
+            "a valid token is needed: Authorization: Bearer TOKEN\n",
+        ))
+    }
+}
+
+async fn answer(
+    request: hyper::Request<Incoming>,
+    access: &Access,
+    tx: &Sender<Event>,
+) -> Response<Full<Bytes>> {
+    let checked = match access {
+        Access::Local => Ok(()),
+        Access::Stranger => Err(reply(
+            403,
+            "text/plain",
+            "only the supervisor's user may use this socket\n",
+        )),
+        Access::Token(token) => authorized(&request, token),
+    };
+    let reply = match checked {
+        Err(refused) => refused,
+        Ok(()) => route(request.method().as_str(), request.uri().path(), tx).await,
+    };
+    Response::builder()
+        .status(StatusCode::from_u16(reply.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header(hyper::header::CONTENT_TYPE, reply.content_type)
+        .body(Full::new(Bytes::from(reply.body)))
+        .expect("a valid response")
+}
+
+async fn route(method: &str, path: &str, tx: &Sender<Event>) -> Reply {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let request = match (method, segments.as_slice()) {
-        ("GET", ["healthz"]) => Err(Reply {
-            code: 200,
-            content_type: "text/plain",
-            body: "ok\n".into(),
-        }),
-        ("GET", ["models"]) => Ok(Request::Status(None)),
-        ("GET", ["models", name]) => Ok(Request::Status(Some(name.to_string()))),
-        ("GET", ["metrics"]) => Ok(Request::Metrics),
-        ("POST", ["models", name, "start"]) => Ok(Request::Start(name.to_string())),
-        ("POST", ["models", name, "stop"]) => Ok(Request::Stop(name.to_string())),
-        ("POST", ["models", name, "restart"]) => Ok(Request::Restart(name.to_string())),
-        (_, ["healthz" | "models" | "metrics", ..]) => Err(Reply {
-            code: 405,
-            content_type: "text/plain",
-            body: "method not allowed\n".into(),
-        }),
-        _ => Err(Reply {
-            code: 404,
-            content_type: "text/plain",
-            body: "not found\n".into(),
-        }),
-    };
-    let reply = match request {
-        Err(direct) => direct,
-        Ok(request) => {
-            let (reply_tx, reply_rx) = channel();
-            let _ = tx.send(Event::Control(request, reply_tx));
-            reply_rx
-                .recv_timeout(Duration::from_secs(10))
-                .unwrap_or(Reply {
-                    code: 503,
-                    content_type: "text/plain",
-                    body: "the supervisor did not answer\n".into(),
-                })
+        ("GET", ["healthz"]) => return reply(200, "text/plain", "ok\n"),
+        ("GET", ["models"]) => Request::Status(None),
+        ("GET", ["models", name]) => Request::Status(Some(name.to_string())),
+        ("GET", ["metrics"]) => Request::Metrics,
+        ("POST", ["models", name, "start"]) => Request::Start(name.to_string()),
+        ("POST", ["models", name, "stop"]) => Request::Stop(name.to_string()),
+        ("POST", ["models", name, "restart"]) => Request::Restart(name.to_string()),
+        (_, ["healthz" | "models" | "metrics", ..]) => {
+            return reply(405, "text/plain", "method not allowed\n");
         }
+        _ => return reply(404, "text/plain", "not found\n"),
     };
-    let reason = match reply.code {
-        200 => "OK",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        _ => "Service Unavailable",
-    };
-    let mut stream = reader.into_inner();
-    let _ = write!(
-        stream,
-        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
-        reply.code,
-        reply.content_type,
-        reply.body.len(),
-        reply.body
-    );
+    let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
+    if tx.send(Event::Control(request, reply_tx)).is_err() {
+        return reply(503, "text/plain", "the supervisor is stopping\n");
+    }
+    match tokio::time::timeout(ANSWER_TIMEOUT, reply_rx).await {
+        Ok(Ok(answer)) => answer,
+        _ => reply(503, "text/plain", "the supervisor did not answer\n"),
+    }
 }
 
 /// One request to a supervisor's control socket: (HTTP status, body).

@@ -41,7 +41,8 @@ pub struct Reply {
 
 pub enum Event {
     Signal(i32),
-    Control(Request, Sender<Reply>),
+    /// A control API request, and where its answer goes.
+    Control(Request, tokio::sync::oneshot::Sender<Reply>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,7 +111,7 @@ pub struct Supervisor {
     shutting_down: bool,
 }
 
-fn log(line: &str) {
+pub(crate) fn log(line: &str) {
     let _ = writeln!(std::io::stderr(), "cuvisor: {line}");
 }
 

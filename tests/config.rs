@@ -324,7 +324,16 @@ fn a_missing_file_is_an_error() {
 #[test]
 fn every_accepted_configuration_turns_into_launch_plans_without_panicking() {
     use cuvisor::config::Config;
+    use std::os::unix::fs::PermissionsExt;
     use std::time::{Duration, Instant};
+    let tokens = TempDir::new("tokens");
+    let token = |name: &str, mode: u32| {
+        let path = tokens.path(name);
+        std::fs::write(&path, "0123456789abcdef0123\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        format!("\"{}\"", path.display())
+    };
+    let (good_token, open_token) = (token("good", 0o600), token("open", 0o644));
     const DURATIONS: &[&str] = &[
         "1ms",
         "0ms",
@@ -429,6 +438,10 @@ fn every_accepted_configuration_turns_into_launch_plans_without_panicking() {
         (
             "listen",
             &["\"127.0.0.1:0\"", "\"0.0.0.0:1\"", "\"[::1]:65535\""],
+        ),
+        (
+            "listen_token",
+            &[&good_token, &open_token, "\"relative\"", "\"/no/such\""],
         ),
         (
             "userns_range",
