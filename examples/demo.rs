@@ -135,17 +135,19 @@ fn two_models(stubs: &Path) {
         let Ok((200, body)) = cuvisor::control::request(&socket, "GET", "/models") else {
             return false;
         };
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        let models = v["models"].as_array().cloned().unwrap_or_default();
-        models.len() == 2
-            && models
+        let Ok(status) = serde_json::from_str::<cuvisor::status::Status>(&body) else {
+            return false;
+        };
+        status.models.len() == 2
+            && status
+                .models
                 .iter()
-                .all(|m| m["gpu_used_bytes"].as_u64().unwrap_or(0) > 0)
-            && models.iter().any(|m| m["gpu_refusals"] == 1)
+                .all(|m| m.gpu_used_bytes.unwrap_or(0) > 0)
+            && status.models.iter().any(|m| m.gpu_refusals == Some(1))
     });
     if settled {
         let (_, body) = cuvisor::control::request(&socket, "GET", "/models").expect("status");
-        let status: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        let status: cuvisor::status::Status = serde_json::from_str(&body).expect("JSON");
         println!(
             "  $ target/debug/cuvisor status --socket {}",
             socket.display()

@@ -11,6 +11,7 @@
 
 use crate::config::SupervisorConfig;
 use crate::size::format_bytes;
+use crate::status::{ModelStatus, Status};
 use crate::supervisor::{Event, Reply, Request};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -367,19 +368,20 @@ pub fn request(socket: &Path, method: &str, path: &str) -> Result<(u16, String),
 
 /// GPU memory used of what the quota allows: the quota holds on each GPU, so a model on
 /// several GPUs shows its total against `N×QUOTA` (`6.0 GiB / 2×3.0 GiB`).
-fn used_of_quota(m: &serde_json::Value) -> String {
-    let bytes = |v: &serde_json::Value| v.as_u64().map_or("-".to_owned(), format_bytes);
-    let gpus = m["gpus"].as_array().map_or(0, Vec::len);
-    let quota = match (gpus, &m["gpu_quota_bytes"]) {
-        (2.., q) if q.is_u64() => format!("{gpus}×{}", bytes(q)),
+fn used_of_quota(m: &ModelStatus) -> String {
+    let bytes = |v: Option<u64>| v.map_or("-".to_owned(), format_bytes);
+    let gpus = m.gpus.as_ref().map_or(0, Vec::len);
+    let quota = match (gpus, m.gpu_quota_bytes) {
+        (2.., Some(q)) => format!("{gpus}×{}", format_bytes(q)),
         (_, q) => bytes(q),
     };
-    format!("{} / {quota}", bytes(&m["gpu_used_bytes"]))
+    format!("{} / {quota}", bytes(m.gpu_used_bytes))
 }
 
-/// The table `cuvisor status` prints, from the JSON of `GET /models`.
-pub fn status_table(status: &serde_json::Value) -> String {
+/// The table `cuvisor status` prints, from the status of `GET /models`.
+pub fn status_table(status: &Status) -> String {
     use std::fmt::Write as _;
+    let bytes = |v: Option<u64>| v.map_or("-".to_owned(), format_bytes);
     let mut out = format!(
         "{:<20} {:<9} {:>9} {:>8} {:>4} {:>21} {:>10} {:>10}  PIDS\n",
         "MODEL",
@@ -391,44 +393,42 @@ pub fn status_table(status: &serde_json::Value) -> String {
         "GPU PEAK",
         "HOST MEM"
     );
-    for m in status["models"].as_array().into_iter().flatten() {
-        let instances = m["instances"].as_array().map(Vec::as_slice).unwrap_or(&[]);
-        let pids: Vec<String> = instances
+    for m in &status.models {
+        let pids: Vec<String> = m
+            .instances
             .iter()
-            .filter_map(|i| i["pid"].as_i64())
+            .filter_map(|i| i.pid)
             .map(|p| p.to_string())
             .collect();
-        let bytes = |k: &str| m[k].as_u64().map_or("-".to_owned(), format_bytes);
         let _ = writeln!(
             out,
             "{:<20} {:<9} {:>9} {:>8} {:>4} {:>21} {:>10} {:>10}  {}",
-            m["name"].as_str().unwrap_or("?"),
-            m["state"].as_str().unwrap_or("?"),
-            format!("{}/{}", pids.len(), instances.len()),
-            m["restarts"].to_string(),
-            m["oom_kills"].to_string(),
+            m.name,
+            m.state,
+            format!("{}/{}", pids.len(), m.instances.len()),
+            m.restarts,
+            m.oom_kills,
             used_of_quota(m),
-            bytes("gpu_peak_bytes"),
-            bytes("host_memory_bytes"),
+            bytes(m.gpu_peak_bytes),
+            format_bytes(m.host_memory_bytes),
             pids.join(",")
         );
         // One line per GPU the model uses: the quota holds on each.
-        for g in m["gpus"].as_array().into_iter().flatten() {
-            let bytes = |k: &str| g[k].as_u64().map_or("-".to_owned(), format_bytes);
+        for g in m.gpus.iter().flatten() {
             let _ = writeln!(
                 out,
                 "  {:<53} {:>21} {:>10}",
-                g["uuid"].as_str().unwrap_or("?"),
-                format!("{} / {}", bytes("used_bytes"), bytes("quota_bytes")),
-                bytes("peak_bytes"),
+                g.uuid,
+                format!("{} / {}", format_bytes(g.used_bytes), bytes(g.quota_bytes)),
+                format_bytes(g.peak_bytes),
             );
         }
-        if let Some(e) = m["error"].as_str() {
+        if let Some(e) = &m.error {
             let _ = writeln!(out, "  error: {e}");
         }
-        for i in instances {
-            if let Some(e) = i["error"].as_str() {
-                let _ = writeln!(out, "  instance {}: {e}", i["index"]);
+        for i in &m.instances {
+            if let Some(e) = &i.error {
+                let _ = writeln!(out, "  instance {}: {e}", i.index);
             }
         }
     }

@@ -20,8 +20,10 @@ pub mod control;
 pub mod exec;
 pub mod launch;
 pub mod ledger;
+pub mod metrics;
 pub mod nvml;
 pub mod placement;
+pub mod status;
 pub mod supervisor;
 pub use cuvisor_common::{contract, gpu, size};
 

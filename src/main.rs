@@ -189,7 +189,7 @@ fn status_command(socket: &std::path::Path, as_json: bool) -> ExitCode {
         print!("{body}");
         return ExitCode::SUCCESS;
     }
-    match serde_json::from_str(&body) {
+    match serde_json::from_str::<cuvisor::status::Status>(&body) {
         Ok(v) => {
             print!("{}", cuvisor::control::status_table(&v));
             ExitCode::SUCCESS

@@ -12,10 +12,11 @@ use crate::contract::Contract;
 use crate::exec::{cstrings, worker_env};
 use crate::gpu::GpuUuid;
 use crate::launch::{self, Privileges, ReadOnly, Spec};
-use crate::ledger::{self, CreateOptions, GpuUsage, LedgerFile, Snapshot};
+use crate::ledger::{self, CreateOptions, LedgerFile, Snapshot};
 use crate::nvml::Inventory;
 use crate::placement::{self, Demand, Plan};
-use serde_json::{Value, json};
+use crate::status::{InstanceStatus, ModelGpu, ModelStatus, NodeGpu, Status};
+use serde_json::json;
 use std::ffi::CString;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -482,8 +483,8 @@ impl Supervisor {
             },
             Request::Metrics => Reply {
                 code: 200,
-                content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                body: self.metrics(),
+                content_type: crate::metrics::CONTENT_TYPE,
+                body: crate::metrics::encode(&self.status()),
             },
             Request::Stop(name) => match self.model_index(&name) {
                 Some(m) => {
@@ -533,197 +534,88 @@ impl Supervisor {
         ledger::read_snapshot(&self.config.supervisor.ledger_dir, &self.models[m].cfg.name)
     }
 
-    fn model_status(&self, m: usize) -> Value {
+    fn model_status(&self, m: usize) -> ModelStatus {
         let model = &self.models[m];
         let snapshot = self.snapshot(m);
-        let ledger_error = model
+        let error = model
             .ledger_error
             .clone()
             .or_else(|| snapshot.as_ref().err().map(ToString::to_string));
         let snapshot = snapshot.ok();
-        let instances: Vec<Value> = model
+        let instances = model
             .instances
             .iter()
-            .map(|i| {
-                json!({
-                    "index": i.index,
-                    "state": i.state.as_str(),
-                    "pid": i.pid,
-                    "restarts": i.restarts,
-                    "oom_kills": i.oom_kills,
-                    "last_exit": i.last_exit,
-                    "backoff_ms": if i.state == State::Backoff { Some(i.backoff.as_millis() as u64) } else { None },
-                    "uptime_ms": i.started.filter(|_| i.pid.is_some()).map(|s| s.elapsed().as_millis() as u64),
-                    "host_memory_bytes": i.cgroup.as_ref().and_then(Cgroup::memory_current),
-                    "error": i.error,
-                })
+            .map(|i| InstanceStatus {
+                index: i.index,
+                state: i.state.as_str().to_owned(),
+                pid: i.pid,
+                restarts: i.restarts,
+                oom_kills: i.oom_kills,
+                last_exit: i.last_exit,
+                backoff_ms: (i.state == State::Backoff).then_some(i.backoff.as_millis() as u64),
+                uptime_ms: i
+                    .started
+                    .filter(|_| i.pid.is_some())
+                    .map(|s| s.elapsed().as_millis() as u64),
+                host_memory_bytes: i.cgroup.as_ref().and_then(Cgroup::memory_current),
+                error: i.error.clone(),
             })
-            .collect();
-        let state = summary_state(&model.instances);
-        json!({
-            "name": model.cfg.name,
-            "state": state,
-            "instances": instances,
-            "restarts": model.instances.iter().map(|i| i.restarts).sum::<u64>(),
-            "oom_kills": model.instances.iter().map(|i| i.oom_kills).sum::<u64>(),
-            "gpu_quota_bytes": snapshot.as_ref().and_then(Snapshot::quota_bytes),
-            "gpu_used_bytes": snapshot.as_ref().map(|s| s.used),
-            "gpu_peak_bytes": snapshot.as_ref().map(|s| s.gpus.iter().map(|g| g.peak).max().unwrap_or(0)),
-            "gpu_refusals": snapshot.as_ref().map(|s| s.refused),
-            "gpus": snapshot.as_ref().map(|s| s.gpus.iter().map(|g| json!({
-                "uuid": g.uuid.to_string(),
-                "quota_bytes": g.quota_bytes,
-                "physical_bytes": g.physical,
-                "used_bytes": g.used,
-                "peak_bytes": g.peak,
-                "refusals": g.refused,
-            })).collect::<Vec<_>>()),
-            "host_memory_bytes": model.instances.iter().filter_map(|i| i.cgroup.as_ref().and_then(Cgroup::memory_current)).sum::<u64>(),
-            "placed_on": self.plan.as_ref().and_then(|p| p.uuids(&model.cfg.name)).map(|u| u.iter().map(ToString::to_string).collect::<Vec<_>>()),
-            "error": ledger_error,
-        })
-    }
-
-    pub fn status(&self) -> Value {
-        let gpus: Option<Vec<Value>> = self.plan.as_ref().map(|p| {
-            p.gpus
-                .iter()
-                .map(|g| {
-                    json!({
-                        "index": g.gpu.index,
-                        "uuid": g.gpu.uuid.to_string(),
-                        "memory_bytes": g.gpu.memory,
-                        "committed_bytes": g.committed,
-                        "capacity_bytes": g.capacity,
-                        "models": g.models,
+            .collect::<Vec<_>>();
+        ModelStatus {
+            name: model.cfg.name.clone(),
+            state: summary_state(&model.instances).to_owned(),
+            restarts: instances.iter().map(|i| i.restarts).sum(),
+            oom_kills: instances.iter().map(|i| i.oom_kills).sum(),
+            host_memory_bytes: instances.iter().filter_map(|i| i.host_memory_bytes).sum(),
+            instances,
+            gpu_quota_bytes: snapshot.as_ref().and_then(Snapshot::quota_bytes),
+            gpu_used_bytes: snapshot.as_ref().map(|s| s.used),
+            gpu_peak_bytes: snapshot
+                .as_ref()
+                .map(|s| s.gpus.iter().map(|g| g.peak).max().unwrap_or(0)),
+            gpu_refusals: snapshot.as_ref().map(|s| s.refused),
+            gpus: snapshot.as_ref().map(|s| {
+                s.gpus
+                    .iter()
+                    .map(|g| ModelGpu {
+                        uuid: g.uuid.to_string(),
+                        quota_bytes: g.quota_bytes,
+                        physical_bytes: g.physical,
+                        used_bytes: g.used,
+                        peak_bytes: g.peak,
+                        refusals: g.refused,
                     })
-                })
-                .collect()
-        });
-        json!({
-            "models": (0..self.models.len()).map(|m| self.model_status(m)).collect::<Vec<_>>(),
-            "gpus": gpus,
-        })
+                    .collect()
+            }),
+            placed_on: self
+                .plan
+                .as_ref()
+                .and_then(|p| p.uuids(&model.cfg.name))
+                .map(|u| u.iter().map(ToString::to_string).collect()),
+            error,
+        }
     }
 
-    fn metrics(&self) -> String {
-        let mut out = String::new();
-        // One copy of each ledger per scrape.
-        let snapshots: Vec<Option<Snapshot>> = (0..self.models.len())
-            .map(|m| self.snapshot(m).ok())
-            .collect();
-        // Per GPU of the node, when models are placed: memory and committed quotas.
-        if let Some(p) = &self.plan {
-            type Node<'a> = &'a dyn Fn(&placement::GpuPlan) -> u64;
-            let families: [(&str, &str, Node); 2] = [
-                (
-                    "cuvisor_gpu_memory_bytes",
-                    "The GPU's physical memory.",
-                    &|g| g.gpu.memory,
-                ),
-                (
-                    "cuvisor_gpu_committed_bytes",
-                    "The quotas of the models placed on the GPU.",
-                    &|g| g.committed,
-                ),
-            ];
-            for (name, help, value) in families {
-                out += &format!("# TYPE {name} gauge\n# HELP {name} {help}\n");
-                for g in &p.gpus {
-                    out += &format!("{name}{{gpu=\"{}\"}} {}\n", g.gpu.uuid, value(g));
-                }
-            }
+    /// Every model, and the node's GPUs when models are placed: one copy of each ledger.
+    pub fn status(&self) -> Status {
+        Status {
+            models: (0..self.models.len())
+                .map(|m| self.model_status(m))
+                .collect(),
+            gpus: self.plan.as_ref().map(|p| {
+                p.gpus
+                    .iter()
+                    .map(|g| NodeGpu {
+                        index: g.gpu.index,
+                        uuid: g.gpu.uuid.to_string(),
+                        memory_bytes: g.gpu.memory,
+                        committed_bytes: g.committed,
+                        capacity_bytes: g.capacity,
+                        models: g.models.clone(),
+                    })
+                    .collect()
+            }),
         }
-        // Per (model, GPU): the GPUs each model has met, by UUID.
-        type PerGpu<'a> = &'a dyn Fn(&GpuUsage) -> Option<u64>;
-        let mut per_gpu = |name: &str, kind: &str, help: &str, value: PerGpu| {
-            out += &format!("# TYPE {name} {kind}\n# HELP {name} {help}\n");
-            let sample = if kind == "counter" {
-                format!("{name}_total")
-            } else {
-                name.to_owned()
-            };
-            for (model, snap) in self.models.iter().zip(&snapshots) {
-                for g in snap.iter().flat_map(|s| &s.gpus) {
-                    if let Some(v) = value(g) {
-                        out += &format!(
-                            "{sample}{{model=\"{}\",gpu=\"{}\"}} {v}\n",
-                            model.cfg.name, g.uuid
-                        );
-                    }
-                }
-            }
-        };
-        per_gpu(
-            "cuvisor_gpu_quota_bytes",
-            "gauge",
-            "The model's memory quota on the GPU.",
-            &|g| g.quota_bytes,
-        );
-        per_gpu(
-            "cuvisor_gpu_used_bytes",
-            "gauge",
-            "GPU memory charged to the model on the GPU.",
-            &|g| Some(g.used),
-        );
-        per_gpu(
-            "cuvisor_gpu_peak_bytes",
-            "gauge",
-            "The most memory the model held on the GPU.",
-            &|g| Some(g.peak),
-        );
-        per_gpu(
-            "cuvisor_gpu_oom_refusals",
-            "counter",
-            "Allocations refused for the quota on the GPU.",
-            &|g| Some(g.refused),
-        );
-        type Value<'a> = &'a dyn Fn(&Model, Option<&Snapshot>) -> Option<u64>;
-        let mut family = |name: &str, kind: &str, help: &str, value: Value| {
-            out += &format!("# TYPE {name} {kind}\n# HELP {name} {help}\n");
-            for (model, snap) in self.models.iter().zip(&snapshots) {
-                if let Some(v) = value(model, snap.as_ref()) {
-                    let sample = if kind == "counter" {
-                        format!("{name}_total")
-                    } else {
-                        name.to_owned()
-                    };
-                    out += &format!("{sample}{{model=\"{}\"}} {v}\n", model.cfg.name);
-                }
-            }
-        };
-        family(
-            "cuvisor_host_memory_bytes",
-            "gauge",
-            "Host memory used by the model's workers.",
-            &|m, _| {
-                Some(
-                    m.instances
-                        .iter()
-                        .filter_map(|i| i.cgroup.as_ref().and_then(Cgroup::memory_current))
-                        .sum(),
-                )
-            },
-        );
-        family(
-            "cuvisor_running_instances",
-            "gauge",
-            "Instances running.",
-            &|m, _| Some(m.instances.iter().filter(|i| i.pid.is_some()).count() as u64),
-        );
-        family(
-            "cuvisor_restarts",
-            "counter",
-            "Instance restarts.",
-            &|m, _| Some(m.instances.iter().map(|i| i.restarts).sum()),
-        );
-        family(
-            "cuvisor_oom_kills",
-            "counter",
-            "Workers killed by the host OOM killer.",
-            &|m, _| Some(m.instances.iter().map(|i| i.oom_kills).sum()),
-        );
-        out + "# EOF\n"
     }
 
     /// SIGTERM everywhere, the grace period, SIGKILL, cgroups removed.

@@ -1,0 +1,196 @@
+//! `GET /metrics`: OpenMetrics text made with `prometheus-client` from one [`Status`],
+//! so that metrics and the status JSON always agree.
+
+use crate::status::Status;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+/// The content type of [`encode`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabel {
+    model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelGpuLabels {
+    model: String,
+    gpu: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GpuLabel {
+    gpu: String,
+}
+
+type U64Gauge = Gauge<u64, AtomicU64>;
+
+/// The registry of one scrape: families registered, then filled from `status`.
+struct Scrape(Registry);
+
+impl Scrape {
+    fn gauge<L>(&mut self, name: &str, help: &str) -> Family<L, U64Gauge>
+    where
+        L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug + Send + Sync + 'static,
+    {
+        let family = Family::<L, U64Gauge>::default();
+        self.0.register(name, help, family.clone());
+        family
+    }
+
+    fn counter<L>(&mut self, name: &str, help: &str) -> Family<L, Counter>
+    where
+        L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug + Send + Sync + 'static,
+    {
+        let family = Family::<L, Counter>::default();
+        self.0.register(name, help, family.clone());
+        family
+    }
+}
+
+/// The metrics of `status`: per GPU of the node (when models are placed), per model and
+/// GPU it has met, per model.
+pub fn encode(status: &Status) -> String {
+    let mut scrape = Scrape(Registry::default());
+    if let Some(gpus) = &status.gpus {
+        let memory =
+            scrape.gauge::<GpuLabel>("cuvisor_gpu_memory_bytes", "The GPU's physical memory.");
+        let committed = scrape.gauge::<GpuLabel>(
+            "cuvisor_gpu_committed_bytes",
+            "The quotas of the models placed on the GPU.",
+        );
+        for g in gpus {
+            let label = GpuLabel {
+                gpu: g.uuid.clone(),
+            };
+            memory.get_or_create(&label).set(g.memory_bytes);
+            committed.get_or_create(&label).set(g.committed_bytes);
+        }
+    }
+    let quota = scrape.gauge::<ModelGpuLabels>(
+        "cuvisor_gpu_quota_bytes",
+        "The model's memory quota on the GPU.",
+    );
+    let used = scrape.gauge::<ModelGpuLabels>(
+        "cuvisor_gpu_used_bytes",
+        "GPU memory charged to the model on the GPU.",
+    );
+    let peak = scrape.gauge::<ModelGpuLabels>(
+        "cuvisor_gpu_peak_bytes",
+        "The most memory the model held on the GPU.",
+    );
+    let refused = scrape.counter::<ModelGpuLabels>(
+        "cuvisor_gpu_oom_refusals",
+        "Allocations refused for the quota on the GPU.",
+    );
+    let host = scrape.gauge::<ModelLabel>(
+        "cuvisor_host_memory_bytes",
+        "Host memory used by the model's workers.",
+    );
+    let running = scrape.gauge::<ModelLabel>("cuvisor_running_instances", "Instances running.");
+    let restarts = scrape.counter::<ModelLabel>("cuvisor_restarts", "Instance restarts.");
+    let oom_kills = scrape.counter::<ModelLabel>(
+        "cuvisor_oom_kills",
+        "Workers killed by the host OOM killer.",
+    );
+    for m in &status.models {
+        for g in m.gpus.iter().flatten() {
+            let labels = ModelGpuLabels {
+                model: m.name.clone(),
+                gpu: g.uuid.clone(),
+            };
+            if let Some(q) = g.quota_bytes {
+                quota.get_or_create(&labels).set(q);
+            }
+            used.get_or_create(&labels).set(g.used_bytes);
+            peak.get_or_create(&labels).set(g.peak_bytes);
+            refused.get_or_create(&labels).inc_by(g.refusals);
+        }
+        let label = ModelLabel {
+            model: m.name.clone(),
+        };
+        host.get_or_create(&label).set(m.host_memory_bytes);
+        let alive = m.instances.iter().filter(|i| i.pid.is_some()).count();
+        running.get_or_create(&label).set(alive as u64);
+        restarts.get_or_create(&label).inc_by(m.restarts);
+        oom_kills.get_or_create(&label).inc_by(m.oom_kills);
+    }
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &scrape.0).expect("writing to a String");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{InstanceStatus, ModelGpu, ModelStatus, NodeGpu};
+
+    #[test]
+    fn one_placed_model_on_one_gpu() {
+        let status = Status {
+            models: vec![ModelStatus {
+                name: "llama".into(),
+                state: "running".into(),
+                instances: vec![InstanceStatus {
+                    index: 0,
+                    state: "running".into(),
+                    pid: Some(42),
+                    restarts: 2,
+                    oom_kills: 0,
+                    last_exit: Some(1),
+                    backoff_ms: None,
+                    uptime_ms: Some(5),
+                    host_memory_bytes: Some(1024),
+                    error: None,
+                }],
+                restarts: 2,
+                oom_kills: 0,
+                gpu_quota_bytes: Some(300),
+                gpu_used_bytes: Some(200),
+                gpu_peak_bytes: Some(250),
+                gpu_refusals: Some(1),
+                gpus: Some(vec![ModelGpu {
+                    uuid: "GPU-a".into(),
+                    quota_bytes: Some(300),
+                    physical_bytes: 1000,
+                    used_bytes: 200,
+                    peak_bytes: 250,
+                    refusals: 1,
+                }]),
+                host_memory_bytes: 1024,
+                placed_on: Some(vec!["GPU-a".into()]),
+                error: None,
+            }],
+            gpus: Some(vec![NodeGpu {
+                index: 0,
+                uuid: "GPU-a".into(),
+                memory_bytes: 1000,
+                committed_bytes: 300,
+                capacity_bytes: 1000,
+                models: vec!["llama".into()],
+            }]),
+        };
+        let text = encode(&status);
+        for line in [
+            "cuvisor_gpu_memory_bytes{gpu=\"GPU-a\"} 1000",
+            "cuvisor_gpu_committed_bytes{gpu=\"GPU-a\"} 300",
+            "cuvisor_gpu_quota_bytes{model=\"llama\",gpu=\"GPU-a\"} 300",
+            "cuvisor_gpu_used_bytes{model=\"llama\",gpu=\"GPU-a\"} 200",
+            "cuvisor_gpu_peak_bytes{model=\"llama\",gpu=\"GPU-a\"} 250",
+            "cuvisor_gpu_oom_refusals_total{model=\"llama\",gpu=\"GPU-a\"} 1",
+            "# TYPE cuvisor_gpu_oom_refusals counter",
+            "cuvisor_host_memory_bytes{model=\"llama\"} 1024",
+            "cuvisor_running_instances{model=\"llama\"} 1",
+            "cuvisor_restarts_total{model=\"llama\"} 2",
+            "cuvisor_oom_kills_total{model=\"llama\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}
