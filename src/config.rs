@@ -99,6 +99,21 @@ pub struct ModelConfig {
     /// With `isolation.user`: the first host id of the model's block of
     /// [`USERNS_BLOCK`] ids (uid and gid), to which ids 0.. in its namespace map.
     pub host_ids: Option<u32>,
+    /// How the front door reaches the model's instances; None: not served.
+    pub serve: Option<Serve>,
+}
+
+/// A model the front door serves (`[model.serve]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Serve {
+    /// The path that answers 200 once an instance can take requests.
+    pub health: String,
+    /// How long an instance may take to become healthy before it is restarted.
+    pub ready_timeout: Duration,
+    /// Other names requests may give in their `model` field.
+    pub aliases: Vec<String>,
+    /// The largest request body the front door accepts for the model.
+    pub max_body: u64,
 }
 
 /// Ids each model in a user namespace gets: as many as a container usually has.
@@ -127,6 +142,11 @@ pub struct SupervisorConfig {
     /// Host ids given to models with `isolation.user`, [`USERNS_BLOCK`] each, in the
     /// order of the file (inclusive bounds).
     pub userns_range: Option<(u32, u32)>,
+    /// The front door's address (`http`): one endpoint for every served model.
+    pub http: Option<SocketAddr>,
+    /// A file of API keys (one per line) the front door requires, as `Authorization:
+    /// Bearer KEY`; None: no key needed.
+    pub api_keys: Option<PathBuf>,
     /// How models with `gpus = N` are placed.
     pub placement: Policy,
     /// The quotas committed to a GPU may reach this many times its memory.
@@ -166,6 +186,8 @@ struct RawSupervisor {
     userns_range: Option<Spanned<String>>,
     placement: Option<Spanned<String>>,
     gpu_overcommit: Option<Spanned<toml::Value>>,
+    http: Option<Spanned<String>>,
+    api_keys: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -195,6 +217,17 @@ struct RawModel {
     bind_ro: Vec<Spanned<String>>,
     #[serde(default)]
     capabilities: Vec<Spanned<String>>,
+    serve: Option<Spanned<RawServe>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServe {
+    health: Option<Spanned<String>>,
+    ready_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    aliases: Vec<Spanned<String>>,
+    max_body: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -389,6 +422,7 @@ impl Config {
                 models.push(m);
             }
         }
+        check_front_door(&mut c, &supervisor, &models);
         if c.errors.is_empty() {
             Ok(Config {
                 path: path.to_owned(),
@@ -555,10 +589,39 @@ fn check_supervisor(c: &mut Checker, s: RawSupervisor) -> SupervisorConfig {
             }
         },
     };
+    let http = s
+        .http
+        .as_ref()
+        .and_then(|v| match v.get_ref().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                c.error(
+                    v,
+                    format!(
+                        "http = \"{}\": expected an address such as 127.0.0.1:8000",
+                        v.get_ref()
+                    ),
+                );
+                None
+            }
+        });
+    let api_keys = s
+        .api_keys
+        .as_ref()
+        .and_then(|v| c.absolute("api_keys", v).map(|p| (v, p)))
+        .and_then(|(v, p)| match crate::gateway::read_keys(&p) {
+            Ok(_) => Some(p),
+            Err(why) => {
+                c.error(v, format!("api_keys = \"{}\": {why}", p.display()));
+                None
+            }
+        });
     SupervisorConfig {
         socket,
         listen,
         listen_token,
+        http,
+        api_keys,
         ledger_dir,
         shim,
         grace_period,
@@ -879,6 +942,7 @@ fn check_model(c: &mut Checker, m: &RawModel, line: usize) -> Option<ModelConfig
         }
     }
     let gpus = m.gpus.as_ref().and_then(|v| check_gpus(c, v));
+    let serve = m.serve.as_ref().and_then(|v| check_serve(c, v, &isolation));
     (c.errors.len() == errors_before).then_some(ModelConfig {
         name,
         command,
@@ -901,6 +965,108 @@ fn check_model(c: &mut Checker, m: &RawModel, line: usize) -> Option<ModelConfig
         bind_ro,
         capabilities,
         host_ids: None,
+        serve,
+    })
+}
+
+/// What the front door needs of the whole file: `http` for served models, and names and
+/// aliases that name one model each.
+fn check_front_door(c: &mut Checker, supervisor: &SupervisorConfig, models: &[ModelConfig]) {
+    let served: Vec<&ModelConfig> = models.iter().filter(|m| m.serve.is_some()).collect();
+    if !served.is_empty() && supervisor.http.is_none() {
+        c.error_at(
+            0,
+            format!(
+                "model {} has serve: set http in [supervisor] (the front door's address, e.g. 127.0.0.1:8000)",
+                served[0].name
+            ),
+        );
+    }
+    let mut seen: BTreeMap<&str, &str> = models
+        .iter()
+        .map(|m| (m.name.as_str(), m.name.as_str()))
+        .collect();
+    for m in &served {
+        for a in &m.serve.as_ref().expect("served").aliases {
+            if let Some(other) = seen.insert(a, &m.name) {
+                c.error_at(
+                    0,
+                    format!("model {}: alias {a:?} already names model {other}", m.name),
+                );
+            }
+        }
+    }
+}
+
+/// `[model.serve]`: a path for health, a start-up timeout, aliases, a body limit.
+fn check_serve(c: &mut Checker, v: &Spanned<RawServe>, isolation: &Isolation) -> Option<Serve> {
+    let r = v.get_ref();
+    let health = match &r.health {
+        Some(h) if h.get_ref().starts_with('/') && !h.get_ref().contains(char::is_whitespace) => {
+            h.get_ref().clone()
+        }
+        Some(h) => {
+            c.error(
+                h,
+                format!(
+                    "serve.health = \"{}\": expected a path such as /health",
+                    h.get_ref()
+                ),
+            );
+            return None;
+        }
+        None => {
+            c.error(v, "serve needs health: the path that answers 200 once the server is ready, e.g. /health");
+            return None;
+        }
+    };
+    if isolation.network {
+        c.error(
+            v,
+            "serve: the front door reaches the model on loopback, which isolation.network = true hides: set it to false",
+        );
+    }
+    let ready_timeout = c.duration(
+        "serve.ready_timeout",
+        &r.ready_timeout,
+        Duration::from_secs(600),
+    );
+    let mut aliases = Vec::new();
+    for a in &r.aliases {
+        if valid_model_name(a.get_ref())
+            || (!a.get_ref().is_empty()
+                && a.get_ref().len() <= 128
+                && !a.get_ref().contains(char::is_control))
+        {
+            aliases.push(a.get_ref().clone());
+        } else {
+            c.error(
+                a,
+                format!("serve.aliases: {:?} is not a model name", a.get_ref()),
+            );
+        }
+    }
+    let max_body = match &r.max_body {
+        None => 16 << 20,
+        Some(b) => match parse_size(b.get_ref()) {
+            Ok(n) if n > 0 => n,
+            _ => {
+                c.error(
+                    b,
+                    format!(
+                        "serve.max_body = \"{}\": expected a size greater than 0, e.g. 16MiB",
+                        b.get_ref()
+                    ),
+                );
+                16 << 20
+            }
+        },
+    };
+    Some(Serve {
+        health,
+        ready_timeout,
+        aliases,
+        max_body,
     })
 }
 

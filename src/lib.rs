@@ -18,6 +18,7 @@ pub mod cgroups;
 pub mod config;
 pub mod control;
 pub mod exec;
+pub mod gateway;
 pub mod launch;
 pub mod ledger;
 pub mod metrics;

@@ -10,6 +10,7 @@ use crate::cgroups::{Cgroup, Hierarchy, Limits};
 use crate::config::{Config, Logs, ModelConfig, RestartPolicy, SupervisorConfig};
 use crate::contract::Contract;
 use crate::exec::{cstrings, worker_env};
+use crate::gateway::{self, Routes};
 use crate::gpu::GpuUuid;
 use crate::launch::{self, Privileges, ReadOnly, Spec};
 use crate::ledger::{self, CreateOptions, LedgerFile, Snapshot};
@@ -21,6 +22,7 @@ use std::ffi::CString;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::{Duration, Instant};
 
@@ -108,6 +110,8 @@ pub struct Supervisor {
     shim: PathBuf,
     /// Which GPUs the models with `gpus` run on; None when no model has `gpus`.
     plan: Option<Plan>,
+    /// The served models' instances, for the front door.
+    routes: Arc<Routes>,
     models: Vec<Model>,
     shutting_down: bool,
 }
@@ -211,6 +215,7 @@ impl Supervisor {
             })
             .collect();
         Ok(Supervisor {
+            routes: Routes::new(&config),
             config,
             hierarchy,
             shim,
@@ -239,12 +244,19 @@ impl Supervisor {
             prepare_ledger(&self.config.supervisor.ledger_dir, &cfg).map_err(|e| e.to_string())?;
             let (out_read, out_write) = pipe_for_output()?;
             let visible = self.plan.as_ref().and_then(|p| p.uuids(&cfg.name));
+            let port = match cfg.serve {
+                Some(_) => Some(gateway::free_port()?),
+                None => None,
+            };
             let spec = worker_spec(
                 &cfg,
                 &self.config.supervisor,
                 &self.shim,
                 out_write.as_raw_fd(),
-                visible.as_deref(),
+                Placement {
+                    gpus: visible.as_deref(),
+                    port,
+                },
             )?;
             // Last, so that nothing before it can fail and leave the cgroup behind.
             let cgroup = self
@@ -259,6 +271,9 @@ impl Supervisor {
                 e.to_string()
             })?;
             drop(out_write);
+            if let Some(port) = port {
+                self.routes.started(&cfg.name, inst.index, port);
+            }
             Ok((launched.pid, Some(cgroup), out_read))
         })();
         match result {
@@ -319,6 +334,7 @@ impl Supervisor {
         let cfg = model.cfg.clone();
         let inst = &mut model.instances[i];
         let code = launch::exit_code(status);
+        self.routes.gone(&cfg.name, inst.index);
         inst.pid = None;
         inst.last_exit = Some(code);
         let oom_now = inst
@@ -660,22 +676,34 @@ impl Supervisor {
     }
 }
 
+/// Where an instance runs: its GPUs (its `CUDA_VISIBLE_DEVICES`, by UUID; None: every
+/// GPU) and, for a served model, the loopback port it listens on.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Placement<'a> {
+    pub gpus: Option<&'a [GpuUuid]>,
+    pub port: Option<u16>,
+}
+
 /// How a worker of `cfg` is started (its program, arguments, environment, credentials,
-/// namespaces, privileges), with its output going to `output`, on the GPUs `visible` (its
-/// `CUDA_VISIBLE_DEVICES`, by UUID; None: every GPU). Creates nothing: it only looks for
-/// the program and reads this process's mount table.
+/// namespaces, privileges), with its output going to `output`, where `at` says. Creates
+/// nothing: it only looks for the program and reads this process's mount table.
 pub fn worker_spec(
     cfg: &ModelConfig,
     supervisor: &SupervisorConfig,
     shim: &Path,
     output: RawFd,
-    visible: Option<&[GpuUuid]>,
+    at: Placement,
 ) -> Result<Spec, String> {
+    let visible = at.gpus;
     let mut extra: Vec<(String, String)> = cfg
         .env
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    if let Some(port) = at.port {
+        // The server's port: `PORT`, and `{port}` in its arguments.
+        extra.push(("PORT".into(), port.to_string()));
+    }
     if let Some(gpus) = visible {
         // CUDA numbers the model's GPUs 0.. in this order; NVML is filtered by the shim.
         let list: Vec<String> = gpus.iter().map(ToString::to_string).collect();
@@ -695,7 +723,10 @@ pub fn worker_spec(
         .map(|(_, v)| v.clone());
     let program = launch::resolve_program(&cfg.command, path_var.as_deref())?;
     let mut argv = vec![cfg.command.clone()];
-    argv.extend(cfg.args.iter().cloned());
+    argv.extend(cfg.args.iter().map(|a| match at.port {
+        Some(port) => a.replace("{port}", &port.to_string()),
+        None => a.clone(),
+    }));
     let path = |p: &PathBuf| {
         CString::new(p.as_os_str().as_encoded_bytes())
             .map_err(|_| format!("{}: a NUL byte in a path", p.display()))
@@ -1084,6 +1115,17 @@ pub fn run(config: Config, shim: PathBuf) -> Result<i32, String> {
     }
     let mut sup = Supervisor::new(config, shim, Path::new("/sys/fs/cgroup"), plan)?;
     let server = crate::control::serve(&sup.config.supervisor, tx)?;
+    if let Some(addr) = sup.config.supervisor.http {
+        let keys = match &sup.config.supervisor.api_keys {
+            Some(path) => Some(
+                gateway::read_keys(path)
+                    .map_err(|why| format!("api_keys {}: {why}", path.display()))?,
+            ),
+            None => None,
+        };
+        gateway::serve(addr, sup.routes.clone(), keys)?;
+        log(&format!("front door: listening on {addr}"));
+    }
     for m in 0..sup.models.len() {
         for i in 0..sup.models[m].instances.len() {
             sup.start_instance(m, i);

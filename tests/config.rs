@@ -101,6 +101,36 @@ fn every_invalid_form_is_rejected_with_its_line() {
             "FILE:5: env CUDA_VISIBLE_DEVICES: set by cuvisor from this model's gpus",
         ),
         (
+            &format!("{MODEL}[model.serve]\naliases = [\"x\"]\n"),
+            "FILE:4: serve needs health: the path that answers 200 once the server is ready",
+        ),
+        (
+            &format!(
+                "[supervisor]\nhttp = \"127.0.0.1:8000\"\n{MODEL}[model.serve]\nhealth = \"health\"\n"
+            ),
+            "FILE:7: serve.health = \"health\": expected a path such as /health",
+        ),
+        (
+            &format!(
+                "[supervisor]\nhttp = \"127.0.0.1:8000\"\n{MODEL}isolation = {{ network = true }}\n[model.serve]\nhealth = \"/h\"\n"
+            ),
+            "FILE:7: serve: the front door reaches the model on loopback, which isolation.network = true hides",
+        ),
+        (
+            &format!("{MODEL}[model.serve]\nhealth = \"/h\"\n"),
+            "FILE: model m has serve: set http in [supervisor]",
+        ),
+        (
+            &format!(
+                "[supervisor]\nhttp = \"127.0.0.1:8000\"\n{MODEL}[model.serve]\nhealth = \"/h\"\naliases = [\"n\"]\n[[model]]\nname = \"n\"\ncommand = \"x\"\n"
+            ),
+            "FILE: model m: alias \"n\" already names model n",
+        ),
+        (
+            &format!("[supervisor]\nhttp = \"8000\"\n{MODEL}"),
+            "FILE:2: http = \"8000\": expected an address such as 127.0.0.1:8000",
+        ),
+        (
             &format!("[supervisor]\nplacement = \"random\"\n{MODEL}"),
             "FILE:2: placement = \"random\": expected \"pack\" or \"spread\"",
         ),
@@ -198,7 +228,11 @@ fn every_invalid_form_is_rejected_with_its_line() {
         ),
         (
             &format!("[supervisor]\nhttp = true\n{MODEL}"),
-            "FILE:2: unknown field `http`",
+            "FILE:2: invalid type: boolean `true`, expected a string",
+        ),
+        (
+            &format!("[supervisor]\nfront_door = true\n{MODEL}"),
+            "FILE:2: unknown field `front_door`",
         ),
         (
             "[supervisor]\n",
@@ -493,7 +527,7 @@ fn every_accepted_configuration_turns_into_launch_plans_without_panicking() {
                 &config.supervisor,
                 std::path::Path::new("/shim.so"),
                 1,
-                None,
+                cuvisor::supervisor::Placement::default(),
             )
             .is_ok()
             {

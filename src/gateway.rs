@@ -1,0 +1,492 @@
+//! The front door: one HTTP endpoint (`[supervisor] http`) for every model that has a
+//! `[model.serve]` table. OpenAI-style requests go to the model their JSON body's `model`
+//! names (its name or an alias); `GET /v1/models` lists the models; `/models/NAME/…`
+//! forwards the rest of the path unchanged. Each instance listens on a loopback port the
+//! supervisor gave it, and gets traffic once its health path answers 200. Responses
+//! stream through as they arrive.
+//!
+//! The supervisor keeps [`Routes`] current (an instance started, an instance gone); this
+//! module only reads it, checks health, and forwards.
+
+use crate::config::Config;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A request's headers must arrive within this.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often instances that are not ready yet are asked for their health.
+const HEALTH_INTERVAL: Duration = Duration::from_millis(100);
+
+type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// The API keys of `api_keys`: one per line (blank lines and `#` comments skipped), each
+/// at least 16 characters; the file must be readable by its owner only.
+pub fn read_keys(path: &Path) -> Result<Vec<String>, String> {
+    let meta = std::fs::symlink_metadata(path).map_err(|e| format!("cannot read: {e}"))?;
+    if !meta.file_type().is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(format!(
+            "other users can read it (mode {:04o}): chmod 600",
+            meta.mode() & 0o7777
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
+    let keys: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    if keys.is_empty()
+        || keys
+            .iter()
+            .any(|k| k.len() < 16 || k.contains(char::is_whitespace))
+    {
+        return Err("expected one key per line, each of at least 16 characters".into());
+    }
+    Ok(keys)
+}
+
+/// One instance the front door may send requests to.
+struct Upstream {
+    index: u32,
+    port: u16,
+    /// Its health path answered 200.
+    ready: Arc<AtomicBool>,
+}
+
+struct Served {
+    aliases: Vec<String>,
+    health: String,
+    ready_timeout: Duration,
+    max_body: u64,
+    instances: Vec<Upstream>,
+    /// Round robin over the ready instances.
+    next: AtomicUsize,
+}
+
+/// The served models and their running instances, kept current by the supervisor.
+pub struct Routes {
+    models: Mutex<BTreeMap<String, Served>>,
+}
+
+impl Routes {
+    /// The models of `config` that have `serve`, with no instance yet.
+    pub fn new(config: &Config) -> Arc<Routes> {
+        let models = config
+            .models
+            .iter()
+            .filter_map(|m| {
+                let s = m.serve.as_ref()?;
+                Some((
+                    m.name.clone(),
+                    Served {
+                        aliases: s.aliases.clone(),
+                        health: s.health.clone(),
+                        ready_timeout: s.ready_timeout,
+                        max_body: s.max_body,
+                        instances: Vec::new(),
+                        next: AtomicUsize::new(0),
+                    },
+                ))
+            })
+            .collect();
+        Arc::new(Routes {
+            models: Mutex::new(models),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Served>> {
+        self.models.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `model` is served (its instances need a port).
+    pub fn serves(&self, model: &str) -> bool {
+        self.lock().contains_key(model)
+    }
+
+    /// An instance of `model` was started, listening (soon) on `port`: not ready yet.
+    pub fn started(&self, model: &str, index: u32, port: u16) {
+        if let Some(s) = self.lock().get_mut(model) {
+            s.instances.retain(|u| u.index != index);
+            s.instances.push(Upstream {
+                index,
+                port,
+                ready: Arc::new(AtomicBool::new(false)),
+            });
+        }
+    }
+
+    /// An instance of `model` is gone (exited, stopped): no more requests go to it.
+    pub fn gone(&self, model: &str, index: u32) {
+        if let Some(s) = self.lock().get_mut(model) {
+            s.instances.retain(|u| u.index != index);
+        }
+    }
+
+    /// The model a request's `model` field names: a model's name or one of its aliases.
+    fn resolve(&self, name: &str) -> Option<String> {
+        let models = self.lock();
+        if models.contains_key(name) {
+            return Some(name.to_owned());
+        }
+        models
+            .iter()
+            .find(|(_, s)| s.aliases.iter().any(|a| a == name))
+            .map(|(m, _)| m.clone())
+    }
+
+    /// A ready instance's port, in turn.
+    fn pick(&self, model: &str) -> Option<u16> {
+        let models = self.lock();
+        let s = models.get(model)?;
+        let ready: Vec<u16> = s
+            .instances
+            .iter()
+            .filter(|u| u.ready.load(Ordering::Acquire))
+            .map(|u| u.port)
+            .collect();
+        if ready.is_empty() {
+            return None;
+        }
+        Some(ready[s.next.fetch_add(1, Ordering::Relaxed) % ready.len()])
+    }
+
+    /// (port, health path, ready flag) of every instance not ready yet.
+    fn unready(&self) -> Vec<(u16, String, Arc<AtomicBool>)> {
+        self.lock()
+            .values()
+            .flat_map(|s| {
+                s.instances
+                    .iter()
+                    .filter(|u| !u.ready.load(Ordering::Acquire))
+                    .map(|u| (u.port, s.health.clone(), u.ready.clone()))
+            })
+            .collect()
+    }
+
+    fn limits(&self, model: &str) -> Option<(u64, Duration)> {
+        self.lock()
+            .get(model)
+            .map(|s| (s.max_body, s.ready_timeout))
+    }
+
+    fn largest_body(&self) -> u64 {
+        self.lock().values().map(|s| s.max_body).max().unwrap_or(0)
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+}
+
+/// A free loopback port for an instance (the kernel's choice, released for the worker to
+/// bind).
+pub fn free_port() -> Result<u16, String> {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| format!("no free loopback port: {e}"))?;
+    probe
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| format!("no free loopback port: {e}"))
+}
+
+/// Starts the front door on `addr`, on a thread of its own.
+pub fn serve(
+    addr: SocketAddr,
+    routes: Arc<Routes>,
+    keys: Option<Vec<String>>,
+) -> Result<(), String> {
+    let listener = std::net::TcpListener::bind(addr)
+        .map_err(|e| format!("front door {addr}: cannot listen: {e}"))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("front door {addr}: {e}"))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|e| format!("front door: cannot start its event loop: {e}"))?;
+    let keys: Arc<[String]> = keys.unwrap_or_default().into();
+    std::thread::Builder::new()
+        .name("front-door".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                tokio::spawn(check_health(routes.clone()));
+                let listener =
+                    tokio::net::TcpListener::from_std(listener).expect("a non-blocking socket");
+                loop {
+                    match listener.accept().await {
+                        Ok((stream, _)) => {
+                            let (routes, keys) = (routes.clone(), keys.clone());
+                            tokio::spawn(async move {
+                                let service = service_fn(move |request| {
+                                    let (routes, keys) = (routes.clone(), keys.clone());
+                                    async move {
+                                        Ok::<_, std::convert::Infallible>(
+                                            handle(request, &routes, &keys).await,
+                                        )
+                                    }
+                                });
+                                let _ = http1::Builder::new()
+                                    .timer(TokioTimer::new())
+                                    .header_read_timeout(HEADER_TIMEOUT)
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await;
+                            });
+                        }
+                        Err(e) => {
+                            crate::supervisor::log(&format!("front door: accept failed: {e}"));
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+            })
+        })
+        .map_err(|e| format!("front door: cannot start its thread: {e}"))?;
+    Ok(())
+}
+
+/// Asks instances that are not ready for their health, until they answer 200.
+async fn check_health(routes: Arc<Routes>) {
+    loop {
+        for (port, path, ready) in routes.unready() {
+            tokio::spawn(async move {
+                let request = Request::get(path)
+                    .header(hyper::header::HOST, format!("127.0.0.1:{port}"))
+                    .body(Full::new(Bytes::new()).map_err(Into::into).boxed())
+                    .expect("a valid request");
+                let answer =
+                    tokio::time::timeout(Duration::from_secs(1), forward(port, request)).await;
+                if let Ok(Ok(response)) = answer
+                    && response.status() == StatusCode::OK
+                {
+                    ready.store(true, Ordering::Release);
+                }
+            });
+        }
+        tokio::time::sleep(HEALTH_INTERVAL).await;
+    }
+}
+
+/// Sends `request` to the instance on `port`; its response's body streams from it.
+async fn forward(port: u16, request: Request<Body>) -> Result<Response<Incoming>, String> {
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("cannot reach the instance: {e}"))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("cannot talk to the instance: {e}"))?;
+    tokio::spawn(connection);
+    sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("the instance did not answer: {e}"))
+}
+
+fn full(status: StatusCode, content_type: &str, body: String) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(hyper::header::CONTENT_TYPE, content_type)
+        .body(Full::new(Bytes::from(body)).map_err(Into::into).boxed())
+        .expect("a valid response")
+}
+
+/// An error in the shape OpenAI-compatible clients read.
+fn error(status: StatusCode, kind: &str, message: String) -> Response<Body> {
+    let body = json!({"error": {"message": message, "type": kind, "code": status.as_u16()}});
+    full(status, "application/json", body.to_string())
+}
+
+fn authorized(request: &Request<Incoming>, keys: &[String]) -> bool {
+    if keys.is_empty() {
+        return true;
+    }
+    let given = request
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    keys.iter().any(|k| {
+        k.len() == given.len()
+            && k.bytes()
+                .zip(given.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    })
+}
+
+async fn handle(request: Request<Incoming>, routes: &Routes, keys: &[String]) -> Response<Body> {
+    if !authorized(&request, keys) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "a valid API key is needed: Authorization: Bearer KEY".into(),
+        );
+    }
+    let path = request.uri().path().to_owned();
+    if request.method() == hyper::Method::GET && path == "/v1/models" {
+        let data: Vec<_> = routes
+            .names()
+            .into_iter()
+            .map(|id| json!({"id": id, "object": "model", "owned_by": "cuvisor"}))
+            .collect();
+        return full(
+            StatusCode::OK,
+            "application/json",
+            json!({"object": "list", "data": data}).to_string(),
+        );
+    }
+    if let Some(rest) = path.strip_prefix("/models/") {
+        let (name, tail) = rest.split_once('/').unwrap_or((rest, ""));
+        let Some(model) = routes.resolve(name) else {
+            return not_found(name);
+        };
+        let tail = format!("/{tail}");
+        let (max_body, _) = routes.limits(&model).expect("a served model");
+        let (parts, body) = request.into_parts();
+        let body = Limited::new(body, max_body as usize).boxed();
+        return to_instance(routes, &model, parts, tail, body).await;
+    }
+    if path.starts_with("/v1/") && request.method() == hyper::Method::POST {
+        let (parts, body) = request.into_parts();
+        let body = match Limited::new(body, routes.largest_body() as usize)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    format!("{e}"),
+                );
+            }
+        };
+        let named = match serde_json::from_slice::<serde_json::Value>(&body) {
+            Ok(v) => v["model"].as_str().map(str::to_owned),
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    format!("the body is not JSON: {e}"),
+                );
+            }
+        };
+        let Some(named) = named else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "the body names no model (its \"model\" field)".into(),
+            );
+        };
+        let Some(model) = routes.resolve(&named) else {
+            return not_found(&named);
+        };
+        let (max_body, _) = routes.limits(&model).expect("a served model");
+        if body.len() as u64 > max_body {
+            return too_large();
+        }
+        let body = Full::new(body).map_err(Into::into).boxed();
+        return to_instance(routes, &model, parts, path, body).await;
+    }
+    error(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        format!("no route for {} {path}", parts_method(&request)),
+    )
+}
+
+fn parts_method(request: &Request<Incoming>) -> String {
+    request.method().to_string()
+}
+
+fn not_found(model: &str) -> Response<Body> {
+    error(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        format!("the model `{model}` does not exist"),
+    )
+}
+
+fn too_large() -> Response<Body> {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "invalid_request_error",
+        "the request body is larger than the model accepts (serve.max_body)".into(),
+    )
+}
+
+/// Sends the request to a ready instance of `model` (waiting up to its ready timeout for
+/// one), streaming the answer back.
+async fn to_instance(
+    routes: &Routes,
+    model: &str,
+    mut parts: hyper::http::request::Parts,
+    path: String,
+    body: Body,
+) -> Response<Body> {
+    let (_, ready_timeout) = routes.limits(model).expect("a served model");
+    let waited = tokio::time::timeout(ready_timeout, async {
+        loop {
+            if let Some(port) = routes.pick(model) {
+                return port;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let Ok(port) = waited else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            format!("no instance of `{model}` became ready within {ready_timeout:?}"),
+        );
+    };
+    let query = parts
+        .uri
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    parts.uri = match format!("{path}{query}").parse() {
+        Ok(uri) => uri,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                format!("{e}"),
+            );
+        }
+    };
+    parts.headers.insert(
+        hyper::header::HOST,
+        format!("127.0.0.1:{port}").parse().expect("a header"),
+    );
+    parts.headers.remove(hyper::header::AUTHORIZATION);
+    match forward(port, Request::from_parts(parts, body)).await {
+        Ok(response) => response.map(|b| b.map_err(Into::into).boxed()),
+        Err(why) => error(
+            StatusCode::BAD_GATEWAY,
+            "server_error",
+            format!("model `{model}`: {why}"),
+        ),
+    }
+}

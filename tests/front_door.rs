@@ -1,0 +1,295 @@
+//! Issue 12, the front door (first part: routing, readiness, streaming, errors, keys):
+//! `cuvisor run` with `http` serves models that run the OpenAI-compatible test server
+//! (`tests/servers/openai_model.py`), queried by a plain HTTP client
+//! (`tests/servers/client.py`).
+
+mod common;
+use common::supervisor::*;
+use common::*;
+use serde_json::Value;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+fn servers() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/servers")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A served model running the test server; `extra` goes into its `[model.serve]`.
+fn model(name: &str, serve_extra: &str, delay: f64) -> String {
+    format!(
+        "[[model]]\nname = \"{name}\"\ncommand = \"python3\"\n\
+         args = [\"{}\", \"--port\", \"{{port}}\", \"--name\", \"{name}\", \"--delay\", \"{delay}\"]\n\
+         restart = \"always\"\nbackoff_initial = \"10ms\"\nbackoff_max = \"10ms\"\n\
+         [model.serve]\nhealth = \"/health\"\n{serve_extra}\n",
+        servers().join("openai_model.py").display()
+    )
+}
+
+/// One request through the front door: the client's events (status, chunks, end).
+fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    key: Option<&str>,
+) -> Vec<Value> {
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg(servers().join("client.py"))
+        .args([&port.to_string(), method, path]);
+    if let Some(b) = body {
+        cmd.arg(b);
+    }
+    if let Some(k) = key {
+        cmd.args(["--key", k]);
+    }
+    let out = run(&mut cmd);
+    assert!(out.status.success(), "{}", stderr(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn status(events: &[Value]) -> u64 {
+    events[0]["status"].as_u64().unwrap()
+}
+
+fn body(events: &[Value]) -> String {
+    events.iter().filter_map(|e| e["chunk"].as_str()).collect()
+}
+
+fn json_body(events: &[Value]) -> Value {
+    serde_json::from_str(&body(events)).unwrap_or_else(|e| panic!("{e}: {events:?}"))
+}
+
+fn chat(model: &str) -> String {
+    format!(
+        "{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"hi\"}}]}}"
+    )
+}
+
+/// Requests go to the model their body names (or its alias); `/v1/models` lists the
+/// models; `/models/NAME/…` forwards the rest of the path; unknown models, malformed
+/// bodies and bodies over `max_body` get OpenAI-style errors.
+#[test]
+fn requests_are_routed_by_model_and_alias() {
+    let http = free_port();
+    let mut s = Supervisor::start_with(
+        "route",
+        &format!("http = \"127.0.0.1:{http}\"\n"),
+        &[],
+        &format!(
+            "{}{}",
+            model(
+                "alpha",
+                "aliases = [\"gpt-small\"]\nmax_body = \"1KiB\"",
+                0.0
+            ),
+            model("beta", "", 0.3)
+        ),
+    );
+    let answer = request(http, "GET", "/v1/models", None, None);
+    assert_eq!(status(&answer), 200);
+    let ids: Vec<String> = json_body(&answer)["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, ["alpha", "beta"]);
+    // beta starts listening 0.3 s late: its first request waits until it is healthy.
+    for (named, served_by) in [("alpha", "alpha"), ("gpt-small", "alpha"), ("beta", "beta")] {
+        let answer = request(
+            http,
+            "POST",
+            "/v1/chat/completions",
+            Some(&chat(named)),
+            None,
+        );
+        assert_eq!(status(&answer), 200, "{named}: {answer:?}");
+        let v = json_body(&answer);
+        assert_eq!(v["served_by"], served_by, "{v}");
+        assert_eq!(v["model"], named, "the body reaches the model unchanged");
+    }
+    let answer = request(http, "GET", "/models/beta/echo/deep?x=1", None, None);
+    assert_eq!(status(&answer), 200);
+    let v = json_body(&answer);
+    assert_eq!(
+        (
+            v["path"].as_str(),
+            v["query"].as_str(),
+            v["served_by"].as_str()
+        ),
+        (Some("/echo/deep"), Some("x=1"), Some("beta"))
+    );
+    // Errors.
+    let answer = request(
+        http,
+        "POST",
+        "/v1/chat/completions",
+        Some(&chat("gamma")),
+        None,
+    );
+    assert_eq!(status(&answer), 404);
+    assert_eq!(
+        json_body(&answer)["error"]["message"],
+        "the model `gamma` does not exist"
+    );
+    let answer = request(
+        http,
+        "POST",
+        "/v1/chat/completions",
+        Some("{not json"),
+        None,
+    );
+    assert_eq!(status(&answer), 400);
+    assert!(
+        json_body(&answer)["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("the body is not JSON")
+    );
+    let answer = request(
+        http,
+        "POST",
+        "/v1/chat/completions",
+        Some("{\"messages\": []}"),
+        None,
+    );
+    assert_eq!(status(&answer), 400);
+    let big = format!(
+        "{{\"model\": \"alpha\", \"pad\": \"{}\"}}",
+        "x".repeat(2000)
+    );
+    let answer = request(http, "POST", "/v1/completions", Some(&big), None);
+    assert_eq!(status(&answer), 413, "alpha takes 1 KiB at most");
+    let answer = request(http, "GET", "/v2/nothing", None, None);
+    assert_eq!(status(&answer), 404);
+    assert_eq!(s.stop().0, 0);
+}
+
+/// A streamed answer reaches the client chunk by chunk, as the model writes it.
+#[test]
+fn streamed_answers_arrive_as_they_are_written() {
+    let http = free_port();
+    let mut s = Supervisor::start_with(
+        "stream",
+        &format!("http = \"127.0.0.1:{http}\"\n"),
+        &[],
+        &model("alpha", "", 0.0),
+    );
+    // Warm: the instance is ready.
+    assert_eq!(
+        status(&request(
+            http,
+            "POST",
+            "/v1/completions",
+            Some(&chat("alpha")),
+            None
+        )),
+        200
+    );
+    let streamed = "{\"model\": \"alpha\", \"stream\": true, \"chunks\": 4, \"interval\": 0.4}";
+    let events = request(http, "POST", "/v1/chat/completions", Some(streamed), None);
+    assert_eq!(status(&events), 200);
+    let chunks: Vec<&Value> = events.iter().filter(|e| e["chunk"].is_string()).collect();
+    assert!(chunks.len() >= 3, "{events:?}");
+    let first = chunks[0]["t"].as_f64().unwrap();
+    let last = chunks[chunks.len() - 1]["t"].as_f64().unwrap();
+    assert!(
+        first < 0.5 && last - first > 1.0,
+        "the first chunk came at {first} s, the last at {last} s: not streamed"
+    );
+    assert!(body(&events).contains("chunk 0") && body(&events).ends_with("data: [DONE]\n\n"));
+    assert_eq!(s.stop().0, 0);
+}
+
+/// A worker killed in the middle of a stream cuts that stream; the next request is
+/// served by its replacement once that is healthy.
+#[test]
+fn a_killed_worker_cuts_its_stream_and_its_replacement_serves_the_next() {
+    let http = free_port();
+    let mut s = Supervisor::start_with(
+        "killed",
+        &format!("http = \"127.0.0.1:{http}\"\n"),
+        &[],
+        &model("alpha", "", 0.0),
+    );
+    let warm = request(http, "POST", "/v1/completions", Some(&chat("alpha")), None);
+    assert_eq!(status(&warm), 200);
+    // The instance's pid as the host sees it (its PID-namespace init), from the status.
+    let pid = s.model("alpha")["instances"][0]["pid"].as_i64().unwrap();
+    let stream = std::thread::spawn(move || {
+        let long = "{\"model\": \"alpha\", \"stream\": true, \"chunks\": 50, \"interval\": 0.1}";
+        request(http, "POST", "/v1/chat/completions", Some(long), None)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: kill(2) of the instance this test's supervisor started.
+    assert_eq!(unsafe { libc_kill(pid as i32, 9) }, 0);
+    let events = stream.join().unwrap();
+    assert_eq!(status(&events), 200);
+    assert!(
+        !body(&events).contains("[DONE]"),
+        "the stream was cut: {events:?}"
+    );
+    let next = request(http, "POST", "/v1/completions", Some(&chat("alpha")), None);
+    assert_eq!(status(&next), 200, "{next:?}");
+    let now = s.model("alpha")["instances"][0]["pid"].as_i64().unwrap();
+    assert_ne!(now, pid, "served by a new instance");
+    assert_eq!(s.model("alpha")["restarts"], 1);
+    assert_eq!(s.stop().0, 0);
+}
+
+/// With `api_keys`, every request needs one of the keys.
+#[test]
+fn api_keys_are_required_when_configured() {
+    let http = free_port();
+    let dir = TempDir::new("keys");
+    let keys = dir.path("keys");
+    std::fs::write(
+        &keys,
+        "# the keys\nsk-0123456789abcdef\nsk-fedcba9876543210\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut s = Supervisor::start_with(
+        "keys",
+        &format!(
+            "http = \"127.0.0.1:{http}\"\napi_keys = \"{}\"\n",
+            keys.display()
+        ),
+        &[],
+        &model("alpha", "", 0.0),
+    );
+    let refused = request(http, "GET", "/v1/models", None, None);
+    assert_eq!(status(&refused), 401);
+    assert_eq!(json_body(&refused)["error"]["type"], "authentication_error");
+    assert_eq!(
+        status(&request(
+            http,
+            "GET",
+            "/v1/models",
+            None,
+            Some("sk-wrong-key-000000")
+        )),
+        401
+    );
+    let answer = request(
+        http,
+        "POST",
+        "/v1/completions",
+        Some(&chat("alpha")),
+        Some("sk-fedcba9876543210"),
+    );
+    assert_eq!(status(&answer), 200);
+    assert_eq!(s.stop().0, 0);
+}

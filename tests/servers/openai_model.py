@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""A small OpenAI-compatible model server for the front door's tests (stdlib only).
+
+    openai_model.py --port PORT --name NAME [--delay SECONDS]
+
+It listens on 127.0.0.1:PORT after DELAY seconds (a model loading its weights), then:
+
+    GET  /health                 200 "ok"
+    POST /v1/chat/completions    a completion naming this server; with "stream": true,
+    POST /v1/completions         server-sent events: "chunks" events (default 3), one
+                                 every "interval" seconds (default 0.2), then [DONE]
+    POST /v1/embeddings          a one-number embedding
+    anything else                {"path", "query", "method", "body_bytes"} (the prefix route)
+
+Every JSON answer carries "served_by" (NAME) and "pid", so tests can tell instances apart.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+args = argparse.ArgumentParser()
+args.add_argument("--port", type=int, default=int(os.environ.get("PORT", "0")))
+args.add_argument("--name", default="model")
+args.add_argument("--delay", type=float, default=0.0)
+opts = args.parse_args()
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"  # a streamed body ends when the connection closes
+
+    def log_message(self, *a):
+        pass
+
+    def reply(self, code, value):
+        body = json.dumps(value).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        if self.path == "/health":
+            body = b"ok"
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        self.echo(b"")
+
+    def echo(self, body):
+        url = urlsplit(self.path)
+        self.reply(200, {"path": url.path, "query": url.query, "method": self.command,
+                         "body_bytes": len(body), "served_by": opts.name, "pid": os.getpid()})
+
+    def do_POST(self):
+        length = int(self.headers.get("Content-Length", "0"))
+        body = self.rfile.read(length)
+        if not self.path.startswith("/v1/"):
+            self.echo(body)
+            return
+        request = json.loads(body or b"{}")
+        if self.path == "/v1/embeddings":
+            self.reply(200, {"object": "list", "data": [{"embedding": [0.5], "index": 0}],
+                             "model": request.get("model"), "served_by": opts.name, "pid": os.getpid()})
+            return
+        if not request.get("stream"):
+            self.reply(200, {"object": "chat.completion", "model": request.get("model"),
+                             "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello from " + opts.name}}],
+                             "served_by": opts.name, "pid": os.getpid()})
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        for i in range(int(request.get("chunks", 3))):
+            event = {"choices": [{"index": 0, "delta": {"content": "chunk %d" % i}}],
+                     "served_by": opts.name, "pid": os.getpid()}
+            self.wfile.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+            self.wfile.flush()
+            time.sleep(float(request.get("interval", 0.2)))
+        self.wfile.write(b"data: [DONE]\n\n")
+        self.wfile.flush()
+
+
+time.sleep(opts.delay)
+server = ThreadingHTTPServer(("127.0.0.1", opts.port), Handler)
+print("listening on %d (pid %d)" % (server.server_address[1], os.getpid()), flush=True)
+try:
+    server.serve_forever()
+except KeyboardInterrupt:
+    sys.exit(0)
