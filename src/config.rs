@@ -114,6 +114,12 @@ pub struct Serve {
     pub aliases: Vec<String>,
     /// The largest request body the front door accepts for the model.
     pub max_body: u64,
+    /// Requests in flight at once per instance; the rest wait in the model's queue.
+    pub concurrency: usize,
+    /// Requests that may wait; more are answered 503 at once.
+    pub max_queue: usize,
+    /// How long a request waits in the queue before 503.
+    pub queue_timeout: Duration,
 }
 
 /// Ids each model in a user namespace gets: as many as a container usually has.
@@ -228,6 +234,9 @@ struct RawServe {
     #[serde(default)]
     aliases: Vec<Spanned<String>>,
     max_body: Option<Spanned<String>>,
+    concurrency: Option<Spanned<i64>>,
+    max_queue: Option<Spanned<i64>>,
+    queue_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -1062,11 +1071,40 @@ fn check_serve(c: &mut Checker, v: &Spanned<RawServe>, isolation: &Isolation) ->
             }
         },
     };
+    let mut count = |key: &str,
+                     v: &Option<Spanned<i64>>,
+                     range: std::ops::RangeInclusive<i64>,
+                     default: usize| match v {
+        None => default,
+        Some(n) if range.contains(n.get_ref()) => *n.get_ref() as usize,
+        Some(n) => {
+            c.error(
+                n,
+                format!(
+                    "serve.{key} = {}: expected {} to {}",
+                    n.get_ref(),
+                    range.start(),
+                    range.end()
+                ),
+            );
+            default
+        }
+    };
+    let concurrency = count("concurrency", &r.concurrency, 1..=4096, 10);
+    let max_queue = count("max_queue", &r.max_queue, 0..=1_000_000, 512);
+    let queue_timeout = c.duration(
+        "serve.queue_timeout",
+        &r.queue_timeout,
+        Duration::from_secs(60),
+    );
     Some(Serve {
         health,
         ready_timeout,
         aliases,
         max_body,
+        concurrency,
+        max_queue,
+        queue_timeout,
     })
 }
 

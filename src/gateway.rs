@@ -24,6 +24,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::Notify;
 
 /// A request's headers must arrive within this.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -68,6 +69,8 @@ struct Upstream {
     port: u16,
     /// Its health path answered 200.
     ready: Arc<AtomicBool>,
+    /// Requests sent to it whose answers have not ended.
+    in_flight: Arc<AtomicUsize>,
 }
 
 struct Served {
@@ -75,9 +78,36 @@ struct Served {
     health: String,
     ready_timeout: Duration,
     max_body: u64,
+    concurrency: usize,
+    max_queue: usize,
+    queue_timeout: Duration,
     instances: Vec<Upstream>,
-    /// Round robin over the ready instances.
+    /// Requests waiting for an instance.
+    waiting: Arc<AtomicUsize>,
+    /// Woken when an instance becomes ready or a request ends.
+    wake: Arc<Notify>,
+    /// Round robin among equally loaded instances.
     next: AtomicUsize,
+}
+
+/// A place in an instance's concurrency, held until the answer has ended.
+struct Slot {
+    port: u16,
+    in_flight: Arc<AtomicUsize>,
+    wake: Arc<Notify>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.wake.notify_waiters();
+    }
+}
+
+/// Why a request got no instance.
+enum NoSlot {
+    QueueFull,
+    Timeout(Duration, bool),
 }
 
 /// The served models and their running instances, kept current by the supervisor.
@@ -100,7 +130,12 @@ impl Routes {
                         health: s.health.clone(),
                         ready_timeout: s.ready_timeout,
                         max_body: s.max_body,
+                        concurrency: s.concurrency,
+                        max_queue: s.max_queue,
+                        queue_timeout: s.queue_timeout,
                         instances: Vec::new(),
+                        waiting: Arc::new(AtomicUsize::new(0)),
+                        wake: Arc::new(Notify::new()),
                         next: AtomicUsize::new(0),
                     },
                 ))
@@ -128,6 +163,7 @@ impl Routes {
                 index,
                 port,
                 ready: Arc::new(AtomicBool::new(false)),
+                in_flight: Arc::new(AtomicUsize::new(0)),
             });
         }
     }
@@ -151,20 +187,98 @@ impl Routes {
             .map(|(m, _)| m.clone())
     }
 
-    /// A ready instance's port, in turn.
-    fn pick(&self, model: &str) -> Option<u16> {
+    /// A place on the ready instance with the fewest requests in flight, if one has
+    /// room; whether any instance is ready at all.
+    fn try_slot(&self, model: &str) -> (Option<Slot>, bool) {
         let models = self.lock();
-        let s = models.get(model)?;
-        let ready: Vec<u16> = s
+        let Some(s) = models.get(model) else {
+            return (None, false);
+        };
+        let ready: Vec<&Upstream> = s
             .instances
             .iter()
             .filter(|u| u.ready.load(Ordering::Acquire))
-            .map(|u| u.port)
             .collect();
         if ready.is_empty() {
-            return None;
+            return (None, false);
         }
-        Some(ready[s.next.fetch_add(1, Ordering::Relaxed) % ready.len()])
+        let turn = s.next.fetch_add(1, Ordering::Relaxed);
+        let order = (0..ready.len()).map(|k| ready[(turn + k) % ready.len()]);
+        let least = order.min_by_key(|u| u.in_flight.load(Ordering::Acquire));
+        if let Some(u) = least {
+            let n = u.in_flight.load(Ordering::Acquire);
+            if n < s.concurrency
+                && u.in_flight
+                    .compare_exchange(n, n + 1, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            {
+                let slot = Slot {
+                    port: u.port,
+                    in_flight: u.in_flight.clone(),
+                    wake: s.wake.clone(),
+                };
+                return (Some(slot), true);
+            }
+        }
+        (None, true)
+    }
+
+    /// A place on an instance of `model`: at once if one has room, else in the model's
+    /// queue (at most `max_queue` waiting) until one does, up to `queue_timeout` (or
+    /// `ready_timeout` while no instance is ready).
+    async fn slot(&self, model: &str) -> Result<Slot, NoSlot> {
+        let (waiting, wake, limits) = {
+            let models = self.lock();
+            let s = models.get(model).expect("a served model");
+            (
+                s.waiting.clone(),
+                s.wake.clone(),
+                (s.max_queue, s.queue_timeout, s.ready_timeout),
+            )
+        };
+        let (max_queue, queue_timeout, ready_timeout) = limits;
+        let start = tokio::time::Instant::now();
+        let mut queued = false;
+        let result = loop {
+            let woken = wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let (slot, any_ready) = self.try_slot(model);
+            if let Some(slot) = slot {
+                break Ok(slot);
+            }
+            if !queued {
+                if waiting.fetch_add(1, Ordering::AcqRel) >= max_queue {
+                    waiting.fetch_sub(1, Ordering::AcqRel);
+                    return Err(NoSlot::QueueFull);
+                }
+                queued = true;
+            }
+            let limit = if any_ready {
+                queue_timeout
+            } else {
+                ready_timeout
+            };
+            let deadline = start + limit;
+            // Woken by a request that ends or an instance that becomes ready; checked
+            // again at least every 100 ms (an instance that exits wakes nobody).
+            let next = deadline.min(tokio::time::Instant::now() + Duration::from_millis(100));
+            if tokio::time::timeout_at(next, woken).await.is_err() && next >= deadline {
+                break Err(NoSlot::Timeout(limit, any_ready));
+            }
+        };
+        if queued {
+            waiting.fetch_sub(1, Ordering::AcqRel);
+        }
+        result
+    }
+
+    fn wake(&self, port: u16) {
+        for s in self.lock().values() {
+            if s.instances.iter().any(|u| u.port == port) {
+                s.wake.notify_waiters();
+            }
+        }
     }
 
     /// (port, health path, ready flag) of every instance not ready yet.
@@ -267,6 +381,7 @@ pub fn serve(
 async fn check_health(routes: Arc<Routes>) {
     loop {
         for (port, path, ready) in routes.unready() {
+            let routes = routes.clone();
             tokio::spawn(async move {
                 let request = Request::get(path)
                     .header(hyper::header::HOST, format!("127.0.0.1:{port}"))
@@ -278,6 +393,7 @@ async fn check_health(routes: Arc<Routes>) {
                     && response.status() == StatusCode::OK
                 {
                     ready.store(true, Ordering::Release);
+                    routes.wake(port);
                 }
             });
         }
@@ -444,23 +560,31 @@ async fn to_instance(
     path: String,
     body: Body,
 ) -> Response<Body> {
-    let (_, ready_timeout) = routes.limits(model).expect("a served model");
-    let waited = tokio::time::timeout(ready_timeout, async {
-        loop {
-            if let Some(port) = routes.pick(model) {
-                return port;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    let slot = match routes.slot(model).await {
+        Ok(slot) => slot,
+        Err(NoSlot::QueueFull) => {
+            let mut refused = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                format!("`{model}` has too many requests waiting (serve.max_queue)"),
+            );
+            refused
+                .headers_mut()
+                .insert(hyper::header::RETRY_AFTER, "1".parse().expect("a header"));
+            return refused;
         }
-    })
-    .await;
-    let Ok(port) = waited else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server_error",
-            format!("no instance of `{model}` became ready within {ready_timeout:?}"),
-        );
+        Err(NoSlot::Timeout(limit, ready)) => {
+            let why = if ready {
+                format!("waited {limit:?} for a free instance of `{model}` (serve.queue_timeout)")
+            } else {
+                format!(
+                    "no instance of `{model}` became ready within {limit:?} (serve.ready_timeout)"
+                )
+            };
+            return error(StatusCode::SERVICE_UNAVAILABLE, "server_error", why);
+        }
     };
+    let port = slot.port;
     let query = parts
         .uri
         .query()
@@ -482,7 +606,15 @@ async fn to_instance(
     );
     parts.headers.remove(hyper::header::AUTHORIZATION);
     match forward(port, Request::from_parts(parts, body)).await {
-        Ok(response) => response.map(|b| b.map_err(Into::into).boxed()),
+        // The place is held until the answer's body has ended (or the client left).
+        Ok(response) => response.map(move |b| {
+            b.map_frame(move |frame| {
+                let _held = &slot;
+                frame
+            })
+            .map_err(Into::into)
+            .boxed()
+        }),
         Err(why) => error(
             StatusCode::BAD_GATEWAY,
             "server_error",

@@ -228,14 +228,24 @@ fn a_killed_worker_cuts_its_stream_and_its_replacement_serves_the_next() {
     assert_eq!(status(&warm), 200);
     // The instance's pid as the host sees it (its PID-namespace init), from the status.
     let pid = s.model("alpha")["instances"][0]["pid"].as_i64().unwrap();
-    let stream = std::thread::spawn(move || {
-        let long = "{\"model\": \"alpha\", \"stream\": true, \"chunks\": 50, \"interval\": 0.1}";
-        request(http, "POST", "/v1/chat/completions", Some(long), None)
-    });
-    std::thread::sleep(Duration::from_millis(500));
+    // The client's events are read as they come: the worker is killed once its stream
+    // has begun.
+    let long = "{\"model\": \"alpha\", \"stream\": true, \"chunks\": 50, \"interval\": 0.1}";
+    let mut client = std::process::Command::new("python3")
+        .arg(servers().join("client.py"))
+        .args([&http.to_string(), "POST", "/v1/chat/completions", long])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(client.stdout.take().unwrap()));
+    let mut events: Vec<Value> = Vec::new();
+    while !events.iter().any(|e| e["chunk"].is_string()) {
+        events.push(serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap());
+    }
     // SAFETY: kill(2) of the instance this test's supervisor started.
     assert_eq!(unsafe { libc_kill(pid as i32, 9) }, 0);
-    let events = stream.join().unwrap();
+    events.extend(lines.map(|l| serde_json::from_str::<Value>(&l.unwrap()).unwrap()));
+    assert!(client.wait().unwrap().success());
     assert_eq!(status(&events), 200);
     assert!(
         !body(&events).contains("[DONE]"),
@@ -291,5 +301,84 @@ fn api_keys_are_required_when_configured() {
         Some("sk-fedcba9876543210"),
     );
     assert_eq!(status(&answer), 200);
+    assert_eq!(s.stop().0, 0);
+}
+
+/// At most `concurrency` requests per instance; then up to `max_queue` wait (served in
+/// turn), and more get 503 with Retry-After at once; a request that waits longer than
+/// `queue_timeout` gets 503 too.
+#[test]
+fn requests_beyond_the_concurrency_wait_in_a_bounded_queue() {
+    let http = free_port();
+    let mut s = Supervisor::start_with(
+        "queue",
+        &format!("http = \"127.0.0.1:{http}\"\n"),
+        &[],
+        &format!(
+            "{}{}",
+            model("alpha", "concurrency = 1\nmax_queue = 1", 0.0),
+            model("beta", "concurrency = 1\nqueue_timeout = \"300ms\"", 0.0)
+        ),
+    );
+    for m in ["alpha", "beta"] {
+        assert_eq!(
+            status(&request(
+                http,
+                "POST",
+                "/v1/completions",
+                Some(&chat(m)),
+                None
+            )),
+            200
+        );
+    }
+    let long = |m: &str| {
+        format!("{{\"model\": \"{m}\", \"stream\": true, \"chunks\": 5, \"interval\": 0.2}}")
+    };
+    // alpha: one in flight, one waiting, the third refused at once.
+    let spawn = |body: String, delay: u64| {
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(delay));
+            request(http, "POST", "/v1/chat/completions", Some(&body), None)
+        })
+    };
+    let first = spawn(long("alpha"), 0);
+    let second = spawn(long("alpha"), 200);
+    let third = spawn(long("alpha"), 400);
+    let (first, second, third) = (
+        first.join().unwrap(),
+        second.join().unwrap(),
+        third.join().unwrap(),
+    );
+    assert_eq!((status(&first), status(&second)), (200, 200));
+    assert!(
+        body(&second).ends_with("data: [DONE]\n\n"),
+        "served after the first"
+    );
+    assert_eq!(status(&third), 503);
+    assert!(
+        body(&third).contains("too many requests waiting"),
+        "{third:?}"
+    );
+    let last_of_first = first
+        .iter()
+        .filter_map(|e| e["t"].as_f64())
+        .fold(0.0, f64::max);
+    let first_of_second = second
+        .iter()
+        .find(|e| e["chunk"].is_string())
+        .and_then(|e| e["t"].as_f64())
+        .unwrap();
+    assert!(
+        first_of_second + 0.2 >= last_of_first - 0.2,
+        "the second waited for the first: {first_of_second} vs {last_of_first}"
+    );
+    // beta: the second waits 300 ms at most.
+    let hold = spawn(long("beta"), 0);
+    let late = spawn(long("beta"), 200);
+    let (hold, late) = (hold.join().unwrap(), late.join().unwrap());
+    assert_eq!(status(&hold), 200);
+    assert_eq!(status(&late), 503);
+    assert!(body(&late).contains("serve.queue_timeout"), "{late:?}");
     assert_eq!(s.stop().0, 0);
 }
