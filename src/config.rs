@@ -88,7 +88,11 @@ pub struct ModelConfig {
     /// CPU cores (fractions allowed).
     pub cpu_limit: Option<f64>,
     pub pids_limit: Option<u64>,
+    /// Instance slots: the fixed number, or `max_instances` for a scaled model.
     pub instances: u32,
+    /// A scaled model (`min_instances`): instances follow the front door's traffic
+    /// between this and `instances`; None: all `instances` always run.
+    pub min_instances: Option<u32>,
     pub restart: RestartPolicy,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
@@ -120,6 +124,10 @@ pub struct Serve {
     pub max_queue: usize,
     /// How long a request waits in the queue before 503.
     pub queue_timeout: Duration,
+    /// Requests in flight per ready instance above which a scaled model adds one.
+    pub target: usize,
+    /// How long an instance of a scaled model may go without requests before it stops.
+    pub idle_timeout: Duration,
 }
 
 /// Ids each model in a user namespace gets: as many as a container usually has.
@@ -215,6 +223,8 @@ struct RawModel {
     cpu_limit: Option<Spanned<f64>>,
     pids_limit: Option<Spanned<i64>>,
     instances: Option<Spanned<i64>>,
+    min_instances: Option<Spanned<i64>>,
+    max_instances: Option<Spanned<i64>>,
     restart: Option<Spanned<String>>,
     backoff_initial: Option<Spanned<String>>,
     backoff_max: Option<Spanned<String>>,
@@ -237,6 +247,8 @@ struct RawServe {
     concurrency: Option<Spanned<i64>>,
     max_queue: Option<Spanned<i64>>,
     queue_timeout: Option<Spanned<String>>,
+    target: Option<Spanned<i64>>,
+    idle_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -870,7 +882,7 @@ fn check_model(c: &mut Checker, m: &RawModel, line: usize) -> Option<ModelConfig
             None
         }
     });
-    let instances = match &m.instances {
+    let mut instances = match &m.instances {
         None => 1,
         Some(v) if (1..=64).contains(v.get_ref()) => *v.get_ref() as u32,
         Some(v) => {
@@ -878,6 +890,45 @@ fn check_model(c: &mut Checker, m: &RawModel, line: usize) -> Option<ModelConfig
             1
         }
     };
+    let mut min_instances = None;
+    if m.min_instances.is_some() || m.max_instances.is_some() {
+        if let Some(v) = &m.instances {
+            c.error(
+                v,
+                "instances is the fixed case: with min_instances and max_instances, leave it out",
+            );
+        }
+        if m.serve.is_none() {
+            c.error_at(line, "min_instances and max_instances follow the front door's traffic: the model needs [model.serve]");
+        }
+        let max = match &m.max_instances {
+            None => 1,
+            Some(v) if (1..=64).contains(v.get_ref()) => *v.get_ref() as u32,
+            Some(v) => {
+                c.error(
+                    v,
+                    format!("max_instances = {}: expected 1 to 64", v.get_ref()),
+                );
+                1
+            }
+        };
+        let min = match &m.min_instances {
+            None => 0,
+            Some(v) if (0..=i64::from(max)).contains(v.get_ref()) => *v.get_ref() as u32,
+            Some(v) => {
+                c.error(
+                    v,
+                    format!(
+                        "min_instances = {}: expected 0 (scale to zero) to max_instances ({max})",
+                        v.get_ref()
+                    ),
+                );
+                0
+            }
+        };
+        instances = max;
+        min_instances = Some(min);
+    }
     let restart = match m.restart.as_ref().map(|v| (v, v.get_ref().as_str())) {
         None | Some((_, "on-failure")) => RestartPolicy::OnFailure,
         Some((_, "always")) => RestartPolicy::Always,
@@ -967,6 +1018,7 @@ fn check_model(c: &mut Checker, m: &RawModel, line: usize) -> Option<ModelConfig
         cpu_limit,
         pids_limit,
         instances,
+        min_instances,
         restart,
         backoff_initial,
         backoff_max,
@@ -1092,10 +1144,16 @@ fn check_serve(c: &mut Checker, v: &Spanned<RawServe>, isolation: &Isolation) ->
     };
     let concurrency = count("concurrency", &r.concurrency, 1..=4096, 10);
     let max_queue = count("max_queue", &r.max_queue, 0..=1_000_000, 512);
+    let target = count("target", &r.target, 1..=4096, concurrency);
     let queue_timeout = c.duration(
         "serve.queue_timeout",
         &r.queue_timeout,
         Duration::from_secs(60),
+    );
+    let idle_timeout = c.duration(
+        "serve.idle_timeout",
+        &r.idle_timeout,
+        Duration::from_secs(300),
     );
     Some(Serve {
         health,
@@ -1105,6 +1163,8 @@ fn check_serve(c: &mut Checker, v: &Spanned<RawServe>, isolation: &Isolation) ->
         concurrency,
         max_queue,
         queue_timeout,
+        target,
+        idle_timeout,
     })
 }
 

@@ -23,7 +23,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// A request's headers must arrive within this.
@@ -71,6 +71,8 @@ struct Upstream {
     ready: Arc<AtomicBool>,
     /// Requests sent to it whose answers have not ended.
     in_flight: Arc<AtomicUsize>,
+    /// When it last had nothing in flight (an answer ended, or it became ready).
+    idle_since: Arc<Mutex<Instant>>,
 }
 
 struct Served {
@@ -94,14 +96,26 @@ struct Served {
 struct Slot {
     port: u16,
     in_flight: Arc<AtomicUsize>,
+    idle_since: Arc<Mutex<Instant>>,
     wake: Arc<Notify>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *self.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        }
         self.wake.notify_waiters();
     }
+}
+
+/// One instance's load, for the scaler.
+#[derive(Debug, Clone, Copy)]
+pub struct InstanceLoad {
+    pub ready: bool,
+    pub in_flight: usize,
+    /// How long it has had nothing in flight (zero while it has).
+    pub idle: Duration,
 }
 
 /// Why a request got no instance.
@@ -164,6 +178,7 @@ impl Routes {
                 port,
                 ready: Arc::new(AtomicBool::new(false)),
                 in_flight: Arc::new(AtomicUsize::new(0)),
+                idle_since: Arc::new(Mutex::new(Instant::now())),
             });
         }
     }
@@ -215,6 +230,7 @@ impl Routes {
                 let slot = Slot {
                     port: u.port,
                     in_flight: u.in_flight.clone(),
+                    idle_since: u.idle_since.clone(),
                     wake: s.wake.clone(),
                 };
                 return (Some(slot), true);
@@ -273,12 +289,46 @@ impl Routes {
         result
     }
 
-    fn wake(&self, port: u16) {
+    /// An instance became ready: its idle clock starts, and waiting requests look again.
+    fn became_ready(&self, port: u16) {
         for s in self.lock().values() {
-            if s.instances.iter().any(|u| u.port == port) {
+            for u in s.instances.iter().filter(|u| u.port == port) {
+                *u.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
                 s.wake.notify_waiters();
             }
         }
+    }
+
+    /// A model's load: requests waiting, and each routed instance's (by index).
+    pub fn load(&self, model: &str) -> (usize, BTreeMap<u32, InstanceLoad>) {
+        let models = self.lock();
+        let Some(s) = models.get(model) else {
+            return (0, BTreeMap::new());
+        };
+        let now = Instant::now();
+        let instances = s
+            .instances
+            .iter()
+            .map(|u| {
+                let in_flight = u.in_flight.load(Ordering::Acquire);
+                let since = *u.idle_since.lock().unwrap_or_else(|e| e.into_inner());
+                let idle = if in_flight == 0 {
+                    now.saturating_duration_since(since)
+                } else {
+                    Duration::ZERO
+                };
+                let ready = u.ready.load(Ordering::Acquire);
+                (
+                    u.index,
+                    InstanceLoad {
+                        ready,
+                        in_flight,
+                        idle,
+                    },
+                )
+            })
+            .collect();
+        (s.waiting.load(Ordering::Acquire), instances)
     }
 
     /// (port, health path, ready flag) of every instance not ready yet.
@@ -393,7 +443,7 @@ async fn check_health(routes: Arc<Routes>) {
                     && response.status() == StatusCode::OK
                 {
                     ready.store(true, Ordering::Release);
-                    routes.wake(port);
+                    routes.became_ready(port);
                 }
             });
         }

@@ -24,6 +24,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod nvml;
 pub mod placement;
+pub mod scaling;
 pub mod status;
 pub mod supervisor;
 pub use cuvisor_common::{contract, gpu, size};

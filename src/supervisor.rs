@@ -16,6 +16,7 @@ use crate::launch::{self, Privileges, ReadOnly, Spec};
 use crate::ledger::{self, CreateOptions, LedgerFile, Snapshot};
 use crate::nvml::Inventory;
 use crate::placement::{self, Demand, Plan};
+use crate::scaling;
 use crate::status::{InstanceStatus, ModelGpu, ModelStatus, NodeGpu, Status};
 use serde_json::json;
 use std::ffi::CString;
@@ -441,25 +442,109 @@ impl Supervisor {
     /// An operator's stop (`then_start` false) or restart (true) of every instance of a
     /// model: running ones get SIGTERM now and SIGKILL after the grace period.
     fn stop_model(&mut self, m: usize, then_start: bool) {
+        for i in 0..self.models[m].instances.len() {
+            self.stop_instance(m, i, then_start);
+        }
+    }
+
+    /// Stops one instance (SIGTERM, SIGKILL after the grace period); with `then_start`
+    /// it starts again once it has exited. No request is sent to it any more.
+    fn stop_instance(&mut self, m: usize, i: usize, then_start: bool) {
         let grace = self.config.supervisor.grace_period;
-        for inst in &mut self.models[m].instances {
-            inst.next_start = None;
-            inst.failures_in_a_row = 0;
-            match inst.pid {
-                Some(pid) => {
-                    inst.state = State::Stopping;
-                    inst.start_after_exit = then_start;
-                    if inst.kill_at.is_none() {
-                        inst.kill_at = Some(Instant::now() + grace);
+        let model = &mut self.models[m];
+        let inst = &mut model.instances[i];
+        self.routes.gone(&model.cfg.name, inst.index);
+        inst.next_start = None;
+        inst.failures_in_a_row = 0;
+        match inst.pid {
+            Some(pid) => {
+                inst.state = State::Stopping;
+                inst.start_after_exit = then_start;
+                if inst.kill_at.is_none() {
+                    inst.kill_at = Some(Instant::now() + grace);
+                }
+                // SAFETY: a worker we started and have not reaped yet.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+            None if then_start => {
+                inst.state = State::Backoff;
+                inst.next_start = Some(Instant::now());
+            }
+            None => inst.state = State::Stopped,
+        }
+    }
+
+    /// Whether any model's instances follow the front door's traffic.
+    fn scales(&self) -> bool {
+        self.models.iter().any(|m| m.cfg.min_instances.is_some())
+    }
+
+    /// Scaled models: starts or stops instances as the front door's load says
+    /// ([`scaling::decide`]).
+    fn scale(&mut self) {
+        if self.shutting_down {
+            return;
+        }
+        for m in 0..self.models.len() {
+            let cfg = &self.models[m].cfg;
+            let (Some(min), Some(serve)) = (cfg.min_instances, cfg.serve.as_ref()) else {
+                continue;
+            };
+            let policy = scaling::Policy {
+                min: min as usize,
+                max: cfg.instances as usize,
+                target: serve.target,
+                idle_timeout: serve.idle_timeout,
+            };
+            let (waiting, routed) = self.routes.load(&cfg.name);
+            let alive = |s: State| matches!(s, State::Running | State::Starting | State::Backoff);
+            let instances = self.models[m]
+                .instances
+                .iter()
+                .filter(|i| alive(i.state))
+                .map(|i| {
+                    let load = routed.get(&i.index);
+                    scaling::Instance {
+                        index: i.index,
+                        ready: load.is_some_and(|l| l.ready),
+                        in_flight: load.map_or(0, |l| l.in_flight),
+                        idle: load.map_or(Duration::ZERO, |l| l.idle),
                     }
-                    // SAFETY: a worker we started and have not reaped yet.
-                    unsafe { libc::kill(pid, libc::SIGTERM) };
+                })
+                .collect();
+            match scaling::decide(&policy, &scaling::Load { waiting, instances }) {
+                scaling::Decision::Hold => {}
+                scaling::Decision::Start(n) => {
+                    let idle: Vec<usize> = (0..self.models[m].instances.len())
+                        .filter(|&i| {
+                            let s = self.models[m].instances[i].state;
+                            matches!(s, State::Stopped | State::Exited | State::Failed)
+                        })
+                        .take(n)
+                        .collect();
+                    for i in idle {
+                        log(&format!(
+                            "model {}: instance {i} started for the front door's load",
+                            self.models[m].cfg.name
+                        ));
+                        self.start_instance(m, i);
+                    }
                 }
-                None if then_start => {
-                    inst.state = State::Backoff;
-                    inst.next_start = Some(Instant::now());
+                scaling::Decision::Stop(indices) => {
+                    for index in indices {
+                        if let Some(i) = self.models[m]
+                            .instances
+                            .iter()
+                            .position(|x| x.index == index)
+                        {
+                            log(&format!(
+                                "model {}: instance {index} idle for serve.idle_timeout: stopped",
+                                self.models[m].cfg.name
+                            ));
+                            self.stop_instance(m, i, false);
+                        }
+                    }
                 }
-                None => inst.state = State::Stopped,
             }
         }
     }
@@ -1127,13 +1212,24 @@ pub fn run(config: Config, shim: PathBuf) -> Result<i32, String> {
         log(&format!("front door: listening on {addr}"));
     }
     for m in 0..sup.models.len() {
-        for i in 0..sup.models[m].instances.len() {
+        // A scaled model starts with its minimum; the scaler does the rest.
+        let first = sup.models[m]
+            .cfg
+            .min_instances
+            .unwrap_or(sup.models[m].cfg.instances);
+        for i in 0..first as usize {
             sup.start_instance(m, i);
         }
     }
+    // The scaler looks at the front door's load this often.
+    let tick = if sup.scales() {
+        Duration::from_millis(50)
+    } else {
+        Duration::from_millis(500)
+    };
     loop {
-        let timeout = sup.next_deadline().map_or(Duration::from_millis(500), |t| {
-            t.saturating_duration_since(Instant::now())
+        let timeout = sup.next_deadline().map_or(tick, |t| {
+            t.saturating_duration_since(Instant::now()).min(tick)
         });
         match rx.recv_timeout(timeout) {
             Ok(Event::Signal(libc::SIGCHLD)) => sup.reap_all(),
@@ -1151,5 +1247,6 @@ pub fn run(config: Config, shim: PathBuf) -> Result<i32, String> {
         }
         sup.reap_all();
         sup.run_timers();
+        sup.scale();
     }
 }

@@ -127,6 +127,22 @@ fn every_invalid_form_is_rejected_with_its_line() {
             "FILE: model m: alias \"n\" already names model n",
         ),
         (
+            &format!("{MODEL}min_instances = 0\nmax_instances = 2\n"),
+            "FILE:1: min_instances and max_instances follow the front door's traffic: the model needs [model.serve]",
+        ),
+        (
+            &format!(
+                "[supervisor]\nhttp = \"127.0.0.1:8000\"\n{MODEL}instances = 2\nmax_instances = 3\n[model.serve]\nhealth = \"/h\"\n"
+            ),
+            "FILE:6: instances is the fixed case: with min_instances and max_instances, leave it out",
+        ),
+        (
+            &format!(
+                "[supervisor]\nhttp = \"127.0.0.1:8000\"\n{MODEL}min_instances = 3\nmax_instances = 2\n[model.serve]\nhealth = \"/h\"\n"
+            ),
+            "FILE:6: min_instances = 3: expected 0 (scale to zero) to max_instances (2)",
+        ),
+        (
             &format!("[supervisor]\nhttp = \"8000\"\n{MODEL}"),
             "FILE:2: http = \"8000\": expected an address such as 127.0.0.1:8000",
         ),

@@ -382,3 +382,66 @@ fn requests_beyond_the_concurrency_wait_in_a_bounded_queue() {
     assert!(body(&late).contains("serve.queue_timeout"), "{late:?}");
     assert_eq!(s.stop().0, 0);
 }
+
+/// A model with `min_instances = 0` runs nothing until asked: the first request starts an
+/// instance and is served once it is healthy (the cold start); load beyond the target
+/// adds instances up to `max_instances`; idle ones stop after `idle_timeout`, back to zero.
+#[test]
+fn instances_follow_the_traffic_down_to_zero() {
+    let http = free_port();
+    let mut s = Supervisor::start_with(
+        "scale",
+        &format!("http = \"127.0.0.1:{http}\"\n"),
+        &[],
+        &model("alpha", "concurrency = 1\nidle_timeout = \"1s\"", 0.3).replace(
+            "restart = \"always\"",
+            "min_instances = 0\nmax_instances = 2\nrestart = \"always\"",
+        ),
+    );
+    let running = |s: &Supervisor| {
+        s.model("alpha")["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["pid"].is_number())
+            .count()
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(running(&s), 0, "scaled to zero at start");
+    // The cold start: served, after the instance's 0.3 s of loading.
+    let cold = request(http, "POST", "/v1/completions", Some(&chat("alpha")), None);
+    assert_eq!(status(&cold), 200, "{cold:?}");
+    assert!(cold[0]["t"].as_f64().unwrap() >= 0.3, "{cold:?}");
+    assert_eq!(running(&s), 1);
+    // Two long requests at once with concurrency 1: a second instance starts.
+    let long = "{\"model\": \"alpha\", \"stream\": true, \"chunks\": 8, \"interval\": 0.25}";
+    let both: Vec<_> = (0..2)
+        .map(|_| {
+            std::thread::spawn(move || {
+                request(http, "POST", "/v1/chat/completions", Some(long), None)
+            })
+        })
+        .collect();
+    wait_until("a second instance", Duration::from_secs(5), || {
+        running(&s) == 2
+    });
+    for answer in both {
+        let answer = answer.join().unwrap();
+        assert_eq!(status(&answer), 200);
+        assert!(body(&answer).ends_with("data: [DONE]\n\n"));
+    }
+    // Idle for 1 s: both stop, down to zero.
+    wait_until("scaled back to zero", Duration::from_secs(6), || {
+        running(&s) == 0
+    });
+    let m = s.model("alpha");
+    assert_eq!(
+        m["restarts"], 0,
+        "stops by the scaler are not restarts: {m}"
+    );
+    assert!(
+        s.supervisor_log()
+            .contains("idle for serve.idle_timeout: stopped")
+    );
+    assert_eq!(s.stop().0, 0);
+}
