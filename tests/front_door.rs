@@ -445,3 +445,64 @@ fn instances_follow_the_traffic_down_to_zero() {
     );
     assert_eq!(s.stop().0, 0);
 }
+
+/// An instance that dies before answering gives its client 502 (and only that client);
+/// a client that goes away in the middle of a stream closes the request to the instance.
+#[test]
+fn a_dead_instance_is_a_502_and_a_client_that_leaves_cancels_upstream() {
+    let http = free_port();
+    let mut s = Supervisor::start_with(
+        "cancel",
+        &format!("http = \"127.0.0.1:{http}\"\n"),
+        &[],
+        &model("alpha", "", 0.0),
+    );
+    assert_eq!(
+        status(&request(
+            http,
+            "POST",
+            "/v1/completions",
+            Some(&chat("alpha")),
+            None
+        )),
+        200
+    );
+    let died = request(
+        http,
+        "POST",
+        "/v1/completions",
+        Some("{\"model\": \"alpha\", \"die\": true}"),
+        None,
+    );
+    assert_eq!(status(&died), 502, "{died:?}");
+    assert_eq!(json_body(&died)["error"]["type"], "server_error");
+    // The replacement serves the next one.
+    assert_eq!(
+        status(&request(
+            http,
+            "POST",
+            "/v1/completions",
+            Some(&chat("alpha")),
+            None
+        )),
+        200
+    );
+    // A client that reads one chunk of a long stream and hangs up.
+    let long = "{\"model\": \"alpha\", \"stream\": true, \"chunks\": 100, \"interval\": 0.05}";
+    let mut client = std::process::Command::new("python3")
+        .arg(servers().join("client.py"))
+        .args([&http.to_string(), "POST", "/v1/chat/completions", long])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(client.stdout.take().unwrap()));
+    while !lines.next().unwrap().unwrap().contains("chunk") {}
+    client.kill().unwrap();
+    client.wait().unwrap();
+    wait_until(
+        "the instance sees the cancel",
+        Duration::from_secs(5),
+        || s.log("alpha-0").contains("stream cancelled"),
+    );
+    assert_eq!(s.stop().0, 0);
+}

@@ -10,6 +10,7 @@ It listens on 127.0.0.1:PORT after DELAY seconds (a model loading its weights), 
     POST /v1/completions         server-sent events: "chunks" events (default 3), one
                                  every "interval" seconds (default 0.2), then [DONE]
     POST /v1/embeddings          a one-number embedding
+    any /v1 body with "die": true  the server exits at once, answering nothing
     anything else                {"path", "query", "method", "body_bytes"} (the prefix route)
 
 Every JSON answer carries "served_by" (NAME) and "pid", so tests can tell instances apart.
@@ -65,6 +66,8 @@ class Handler(BaseHTTPRequestHandler):
             self.echo(body)
             return
         request = json.loads(body or b"{}")
+        if request.get("die"):
+            os._exit(3)
         if self.path == "/v1/embeddings":
             self.reply(200, {"object": "list", "data": [{"embedding": [0.5], "index": 0}],
                              "model": request.get("model"), "served_by": opts.name, "pid": os.getpid()})
@@ -77,12 +80,16 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.end_headers()
-        for i in range(int(request.get("chunks", 3))):
-            event = {"choices": [{"index": 0, "delta": {"content": "chunk %d" % i}}],
-                     "served_by": opts.name, "pid": os.getpid()}
-            self.wfile.write(b"data: " + json.dumps(event).encode() + b"\n\n")
-            self.wfile.flush()
-            time.sleep(float(request.get("interval", 0.2)))
+        try:
+            for i in range(int(request.get("chunks", 3))):
+                event = {"choices": [{"index": 0, "delta": {"content": "chunk %d" % i}}],
+                         "served_by": opts.name, "pid": os.getpid()}
+                self.wfile.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+                self.wfile.flush()
+                time.sleep(float(request.get("interval", 0.2)))
+        except (BrokenPipeError, ConnectionResetError):
+            print("stream cancelled after %d chunks" % i, file=sys.stderr, flush=True)
+            return
         self.wfile.write(b"data: [DONE]\n\n")
         self.wfile.flush()
 
