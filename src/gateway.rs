@@ -9,6 +9,7 @@
 //! module only reads it, checks health, and forwards.
 
 use crate::config::Config;
+use crate::metrics::FrontDoorMetrics;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
@@ -127,6 +128,23 @@ enum NoSlot {
 /// The served models and their running instances, kept current by the supervisor.
 pub struct Routes {
     models: Mutex<BTreeMap<String, Served>>,
+    /// What the front door counts, for `GET /metrics`.
+    pub metrics: FrontDoorMetrics,
+}
+
+/// Records a request in the metrics when its answer's body ends (or the client leaves).
+struct Finished {
+    metrics: FrontDoorMetrics,
+    model: String,
+    code: u16,
+    arrived: Instant,
+}
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        let seconds = self.arrived.elapsed().as_secs_f64();
+        self.metrics.request(&self.model, self.code, seconds);
+    }
 }
 
 impl Routes {
@@ -157,6 +175,7 @@ impl Routes {
             .collect();
         Arc::new(Routes {
             models: Mutex::new(models),
+            metrics: FrontDoorMetrics::default(),
         })
     }
 
@@ -255,14 +274,20 @@ impl Routes {
         let (max_queue, queue_timeout, ready_timeout) = limits;
         let start = tokio::time::Instant::now();
         let mut queued = false;
+        let mut cold = false;
         let result = loop {
             let woken = wake.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
             let (slot, any_ready) = self.try_slot(model);
             if let Some(slot) = slot {
+                if cold {
+                    self.metrics
+                        .cold_start(model, start.elapsed().as_secs_f64());
+                }
                 break Ok(slot);
             }
+            cold |= !any_ready;
             if !queued {
                 if waiting.fetch_add(1, Ordering::AcqRel) >= max_queue {
                     waiting.fetch_sub(1, Ordering::AcqRel);
@@ -297,6 +322,18 @@ impl Routes {
                 s.wake.notify_waiters();
             }
         }
+    }
+
+    /// Requests in flight and waiting now, for a served model.
+    pub fn in_flight_and_waiting(&self, model: &str) -> Option<(usize, usize)> {
+        let models = self.lock();
+        let s = models.get(model)?;
+        let flying = s
+            .instances
+            .iter()
+            .map(|u| u.in_flight.load(Ordering::Acquire))
+            .sum();
+        Some((flying, s.waiting.load(Ordering::Acquire)))
     }
 
     /// A model's load: requests waiting, and each routed instance's (by index).
@@ -500,6 +537,7 @@ fn authorized(request: &Request<Incoming>, keys: &[String]) -> bool {
 }
 
 async fn handle(request: Request<Incoming>, routes: &Routes, keys: &[String]) -> Response<Body> {
+    let arrived = Instant::now();
     if !authorized(&request, keys) {
         return error(
             StatusCode::UNAUTHORIZED,
@@ -529,7 +567,8 @@ async fn handle(request: Request<Incoming>, routes: &Routes, keys: &[String]) ->
         let (max_body, _) = routes.limits(&model).expect("a served model");
         let (parts, body) = request.into_parts();
         let body = Limited::new(body, max_body as usize).boxed();
-        return to_instance(routes, &model, parts, tail, body).await;
+        let answer = to_instance(routes, &model, parts, tail, body, arrived).await;
+        return finished(routes, &model, arrived, answer);
     }
     if path.starts_with("/v1/") && request.method() == hyper::Method::POST {
         let (parts, body) = request.into_parts();
@@ -569,10 +608,11 @@ async fn handle(request: Request<Incoming>, routes: &Routes, keys: &[String]) ->
         };
         let (max_body, _) = routes.limits(&model).expect("a served model");
         if body.len() as u64 > max_body {
-            return too_large();
+            return finished(routes, &model, arrived, too_large());
         }
         let body = Full::new(body).map_err(Into::into).boxed();
-        return to_instance(routes, &model, parts, path, body).await;
+        let answer = to_instance(routes, &model, parts, path, body, arrived).await;
+        return finished(routes, &model, arrived, answer);
     }
     error(
         StatusCode::NOT_FOUND,
@@ -601,6 +641,28 @@ fn too_large() -> Response<Body> {
     )
 }
 
+/// Counts `answer` for `model` once its body has ended.
+fn finished(
+    routes: &Routes,
+    model: &str,
+    arrived: Instant,
+    answer: Response<Body>,
+) -> Response<Body> {
+    let record = Finished {
+        metrics: routes.metrics.clone(),
+        model: model.to_owned(),
+        code: answer.status().as_u16(),
+        arrived,
+    };
+    answer.map(move |b| {
+        b.map_frame(move |frame| {
+            let _until_the_end = &record;
+            frame
+        })
+        .boxed()
+    })
+}
+
 /// Sends the request to a ready instance of `model` (waiting up to its ready timeout for
 /// one), streaming the answer back.
 async fn to_instance(
@@ -609,6 +671,7 @@ async fn to_instance(
     mut parts: hyper::http::request::Parts,
     path: String,
     body: Body,
+    arrived: Instant,
 ) -> Response<Body> {
     let slot = match routes.slot(model).await {
         Ok(slot) => slot,
@@ -657,14 +720,19 @@ async fn to_instance(
     parts.headers.remove(hyper::header::AUTHORIZATION);
     match forward(port, Request::from_parts(parts, body)).await {
         // The place is held until the answer's body has ended (or the client left).
-        Ok(response) => response.map(move |b| {
-            b.map_frame(move |frame| {
-                let _held = &slot;
-                frame
+        Ok(response) => {
+            routes
+                .metrics
+                .first_byte(model, arrived.elapsed().as_secs_f64());
+            response.map(move |b| {
+                b.map_frame(move |frame| {
+                    let _held = &slot;
+                    frame
+                })
+                .map_err(Into::into)
+                .boxed()
             })
-            .map_err(Into::into)
-            .boxed()
-        }),
+        }
         Err(why) => error(
             StatusCode::BAD_GATEWAY,
             "server_error",

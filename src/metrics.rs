@@ -6,6 +6,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
@@ -57,6 +58,13 @@ impl Scrape {
 /// GPU it has met, per model.
 pub fn encode(status: &Status) -> String {
     let mut scrape = Scrape(Registry::default());
+    fill(&mut scrape, status);
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &scrape.0).expect("writing to a String");
+    out
+}
+
+fn fill(scrape: &mut Scrape, status: &Status) {
     if let Some(gpus) = &status.gpus {
         let memory =
             scrape.gauge::<GpuLabel>("cuvisor_gpu_memory_bytes", "The GPU's physical memory.");
@@ -120,9 +128,6 @@ pub fn encode(status: &Status) -> String {
         restarts.get_or_create(&label).inc_by(m.restarts);
         oom_kills.get_or_create(&label).inc_by(m.oom_kills);
     }
-    let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, &scrape.0).expect("writing to a String");
-    out
 }
 
 #[cfg(test)]
@@ -193,4 +198,145 @@ mod tests {
         }
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    model: String,
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelStateLabels {
+    model: String,
+    state: String,
+}
+
+type Seconds = Family<ModelLabel, Histogram, fn() -> Histogram>;
+
+fn seconds() -> Histogram {
+    // 1 ms to about 65 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+/// The front door's counters and histograms, kept for the life of the supervisor (each
+/// scrape registers them as they are).
+#[derive(Clone)]
+pub struct FrontDoorMetrics {
+    requests: Family<RequestLabels, Counter>,
+    duration: Seconds,
+    first_byte: Seconds,
+    cold_starts: Family<ModelLabel, Counter>,
+    cold_start_seconds: Seconds,
+}
+
+impl Default for FrontDoorMetrics {
+    fn default() -> Self {
+        let histograms = || Seconds::new_with_constructor(seconds as fn() -> Histogram);
+        FrontDoorMetrics {
+            requests: Family::default(),
+            duration: histograms(),
+            first_byte: histograms(),
+            cold_starts: Family::default(),
+            cold_start_seconds: histograms(),
+        }
+    }
+}
+
+impl FrontDoorMetrics {
+    /// A request to `model` answered `code`, its body ended after `seconds`.
+    pub fn request(&self, model: &str, code: u16, seconds: f64) {
+        let labels = RequestLabels {
+            model: model.to_owned(),
+            code,
+        };
+        self.requests.get_or_create(&labels).inc();
+        self.duration.get_or_create(&label(model)).observe(seconds);
+    }
+
+    /// The instance's answer began (its headers arrived) `seconds` after the request.
+    pub fn first_byte(&self, model: &str, seconds: f64) {
+        self.first_byte
+            .get_or_create(&label(model))
+            .observe(seconds);
+    }
+
+    /// A request found no ready instance and waited `seconds` for one.
+    pub fn cold_start(&self, model: &str, seconds: f64) {
+        self.cold_starts.get_or_create(&label(model)).inc();
+        self.cold_start_seconds
+            .get_or_create(&label(model))
+            .observe(seconds);
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "cuvisor_requests",
+            "Front-door requests, by model and status code.",
+            self.requests.clone(),
+        );
+        registry.register(
+            "cuvisor_request_duration_seconds",
+            "Front-door requests, from arrival to the end of the answer's body.",
+            self.duration.clone(),
+        );
+        registry.register(
+            "cuvisor_time_to_first_byte_seconds",
+            "Front-door requests, from arrival to the instance's first answer.",
+            self.first_byte.clone(),
+        );
+        registry.register(
+            "cuvisor_cold_starts",
+            "Requests that found no ready instance and waited for one.",
+            self.cold_starts.clone(),
+        );
+        registry.register(
+            "cuvisor_cold_start_seconds",
+            "How long cold-started requests waited for an instance.",
+            self.cold_start_seconds.clone(),
+        );
+    }
+}
+
+fn label(model: &str) -> ModelLabel {
+    ModelLabel {
+        model: model.to_owned(),
+    }
+}
+
+/// The front door's part of a scrape: its counters and histograms, and per served model
+/// the requests in flight and waiting now, and instances by state.
+pub fn encode_with_front_door(
+    status: &Status,
+    front_door: &FrontDoorMetrics,
+    load: impl Fn(&str) -> Option<(usize, usize)>,
+) -> String {
+    let mut scrape = Scrape(Registry::default());
+    fill(&mut scrape, status);
+    front_door.register(&mut scrape.0);
+    let in_flight = scrape.gauge::<ModelLabel>(
+        "cuvisor_in_flight_requests",
+        "Front-door requests an instance is answering now.",
+    );
+    let queued = scrape.gauge::<ModelLabel>(
+        "cuvisor_queued_requests",
+        "Front-door requests waiting for a free instance.",
+    );
+    let by_state = scrape.gauge::<ModelStateLabels>("cuvisor_instances", "Instances by state.");
+    for m in &status.models {
+        if let Some((flying, waiting)) = load(&m.name) {
+            in_flight.get_or_create(&label(&m.name)).set(flying as u64);
+            queued.get_or_create(&label(&m.name)).set(waiting as u64);
+        }
+        for i in &m.instances {
+            let labels = ModelStateLabels {
+                model: m.name.clone(),
+                state: i.state.clone(),
+            };
+            by_state.get_or_create(&labels).inc();
+        }
+    }
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &scrape.0).expect("writing to a String");
+    out
 }

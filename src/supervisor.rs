@@ -585,7 +585,14 @@ impl Supervisor {
             Request::Metrics => Reply {
                 code: 200,
                 content_type: crate::metrics::CONTENT_TYPE,
-                body: crate::metrics::encode(&self.status()),
+                body: match self.config.supervisor.http {
+                    None => crate::metrics::encode(&self.status()),
+                    Some(_) => crate::metrics::encode_with_front_door(
+                        &self.status(),
+                        &self.routes.metrics,
+                        |m| self.routes.in_flight_and_waiting(m),
+                    ),
+                },
             },
             Request::Stop(name) => match self.model_index(&name) {
                 Some(m) => {

@@ -174,6 +174,20 @@ fn requests_are_routed_by_model_and_alias() {
     assert_eq!(status(&answer), 413, "alpha takes 1 KiB at most");
     let answer = request(http, "GET", "/v2/nothing", None, None);
     assert_eq!(status(&answer), 404);
+    // What the front door counted, by model and code.
+    let (_, metrics) = cuvisor::control::request(&s.socket, "GET", "/metrics").unwrap();
+    for line in [
+        "cuvisor_requests_total{model=\"alpha\",code=\"200\"} 2",
+        "cuvisor_requests_total{model=\"alpha\",code=\"413\"} 1",
+        "cuvisor_requests_total{model=\"beta\",code=\"200\"} 2",
+        "cuvisor_request_duration_seconds_count{model=\"beta\"} 2",
+        "cuvisor_time_to_first_byte_seconds_count{model=\"alpha\"} 2",
+        "cuvisor_in_flight_requests{model=\"alpha\"} 0",
+        "cuvisor_queued_requests{model=\"beta\"} 0",
+        "cuvisor_instances{model=\"alpha\",state=\"running\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
     assert_eq!(s.stop().0, 0);
 }
 
@@ -443,6 +457,15 @@ fn instances_follow_the_traffic_down_to_zero() {
         s.supervisor_log()
             .contains("idle for serve.idle_timeout: stopped")
     );
+    let (_, metrics) = cuvisor::control::request(&s.socket, "GET", "/metrics").unwrap();
+    for line in [
+        "cuvisor_cold_starts_total{model=\"alpha\"} 1",
+        "cuvisor_cold_start_seconds_count{model=\"alpha\"} 1",
+        "cuvisor_requests_total{model=\"alpha\",code=\"200\"} 3",
+        "cuvisor_instances{model=\"alpha\",state=\"stopped\"} 2",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
     assert_eq!(s.stop().0, 0);
 }
 
