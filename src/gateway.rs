@@ -418,8 +418,7 @@ pub fn serve(
     listener
         .set_nonblocking(true)
         .map_err(|e| format!("front door {addr}: {e}"))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
         .build()
@@ -435,6 +434,8 @@ pub fn serve(
                 loop {
                     match listener.accept().await {
                         Ok((stream, _)) => {
+                            // Streamed chunks go to the client at once: no Nagle delay.
+                            let _ = stream.set_nodelay(true);
                             let (routes, keys) = (routes.clone(), keys.clone());
                             tokio::spawn(async move {
                                 let service = service_fn(move |request| {
@@ -488,17 +489,35 @@ async fn check_health(routes: Arc<Routes>) {
     }
 }
 
-/// Sends `request` to the instance on `port`; its response's body streams from it.
-async fn forward(port: u16, request: Request<Body>) -> Result<Response<Incoming>, String> {
-    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .map_err(|e| format!("cannot reach the instance: {e}"))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("cannot talk to the instance: {e}"))?;
-    tokio::spawn(connection);
-    sender
-        .send_request(request)
+/// The connections to the instances, kept open between requests (keep-alive).
+type Upstreams =
+    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Body>;
+
+fn upstreams() -> &'static Upstreams {
+    static CLIENT: std::sync::OnceLock<Upstreams> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(|| {
+        // Small writes (a streamed chunk) go out at once: no Nagle delay.
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_nodelay(true);
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector)
+    })
+}
+
+/// Sends `request` (its path) to the instance on `port`; its response's body streams
+/// from it.
+async fn forward(port: u16, mut request: Request<Body>) -> Result<Response<Incoming>, String> {
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    *request.uri_mut() = format!("http://127.0.0.1:{port}{path}")
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    upstreams()
+        .request(request)
         .await
         .map_err(|e| format!("the instance did not answer: {e}"))
 }
@@ -586,8 +605,14 @@ async fn handle(request: Request<Incoming>, routes: &Routes, keys: &[String]) ->
                 );
             }
         };
-        let named = match serde_json::from_slice::<serde_json::Value>(&body) {
-            Ok(v) => v["model"].as_str().map(str::to_owned),
+        /// The one field the front door reads of a request's body.
+        #[derive(serde::Deserialize)]
+        struct Named<'a> {
+            #[serde(borrow)]
+            model: Option<std::borrow::Cow<'a, str>>,
+        }
+        let named = match serde_json::from_slice::<Named>(&body) {
+            Ok(v) => v.model.map(std::borrow::Cow::into_owned),
             Err(e) => {
                 return error(
                     StatusCode::BAD_REQUEST,

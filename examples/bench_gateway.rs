@@ -1,0 +1,309 @@
+//! The front door's cost, for docs/BENCHMARKS.md: `cargo run --release --example bench_gateway`.
+//!
+//! One upstream (this program in `--upstream PORT` mode: a small hyper server answering a
+//! 200-byte JSON completion, and a streamed answer whose first chunk is written at once
+//! and the rest 20 ms later) is reached three ways in one run:
+//!
+//! 1. directly;
+//! 2. through cuvisor's front door (`cuvisor run` with `http`, the upstream as its model's
+//!    instance);
+//! 3. through nginx as a reverse proxy with upstream keep-alive (Debian's `nginx`; the
+//!    column is skipped, and says so, where nginx is not installed).
+//!
+//! For each: p50 and p99 latency and requests per second at concurrency 1 and 64
+//! (keep-alive connections, 3 s each after 0.5 s of warm-up), and the median time to the
+//! first byte of a streamed answer (200 sequential requests).
+
+#[path = "support/supervise.rs"]
+mod supervise;
+mod support;
+use supervise::{spawn_supervisor, supervise_if_asked};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Frame};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const COMPLETION: &str = r#"{"object":"chat.completion","model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"hello from the benchmark upstream, forty bytes"}}],"usage":{"total_tokens":12}}"#;
+
+fn main() {
+    supervise_if_asked();
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--upstream") {
+        upstream(args[2].parse().expect("a port"));
+        return;
+    }
+    if cfg!(debug_assertions) {
+        eprintln!("warning: a debug build measures unoptimized code; use --release");
+    }
+    let dir = std::env::temp_dir().join(format!("cuvisor-bench-gateway-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a work directory");
+    // 1. The upstream, reached directly.
+    let direct_port = free_port();
+    let mut direct = std::process::Command::new(std::env::current_exe().expect("current_exe"))
+        .args(["--upstream", &direct_port.to_string()])
+        .spawn()
+        .expect("the upstream");
+    // 2. cuvisor's front door, with the same program as its model.
+    let front_port = free_port();
+    let config = dir.join("cuvisor.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[supervisor]\nsocket = \"{dir}/control.sock\"\nledger_dir = \"{dir}/ledgers\"\n\
+             cgroup_name = \"bench-gateway\"\nallow_unlimited = true\nhttp = \"127.0.0.1:{front_port}\"\n\
+             [[model]]\nname = \"m\"\ncommand = \"{exe}\"\nargs = [\"--upstream\", \"{{port}}\"]\nmode = \"off\"\n\
+             isolation = {{ pid = false, mount = false, ipc = false, uts = false }}\n\
+             [model.serve]\nhealth = \"/health\"\nconcurrency = 256\n",
+            dir = dir.display(),
+            exe = std::env::current_exe().expect("current_exe").display()
+        ),
+    )
+    .expect("the configuration");
+    let mut supervisor = spawn_supervisor(
+        &config,
+        std::fs::File::create(dir.join("supervisor.log")).expect("a log"),
+    );
+    // 3. nginx, if installed.
+    let nginx_port = free_port();
+    let mut nginx = start_nginx(&dir, nginx_port, direct_port);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        for port in [direct_port, front_port] {
+            wait_ready(port).await;
+        }
+        if nginx.is_some() {
+            wait_ready(nginx_port).await;
+        }
+        let mut targets = vec![("direct", direct_port), ("cuvisor", front_port)];
+        match nginx {
+            Some(_) => targets.push(("nginx", nginx_port)),
+            None => {
+                println!("nginx is not installed: its column is left out (apt-get install nginx)\n")
+            }
+        }
+        println!("| through | concurrency | p50 (µs) | p99 (µs) | requests/s |");
+        println!("|---|---|---|---|---|");
+        for concurrency in [1usize, 64] {
+            for (name, port) in &targets {
+                let (p50, p99, rps) = load(*port, concurrency).await;
+                println!("| {name} | {concurrency} | {p50:.0} | {p99:.0} | {rps:.0} |");
+            }
+        }
+        println!("\n| through | time to first byte of a streamed answer, median of 200 (µs) |");
+        println!("|---|---|");
+        for (name, port) in &targets {
+            println!("| {name} | {:.0} |", first_byte(*port).await);
+        }
+    });
+    if let Some(n) = nginx.as_mut() {
+        let _ = n.kill();
+        let _ = n.wait();
+    }
+    let _ = direct.kill();
+    let _ = direct.wait();
+    // SAFETY: kill(2) of the supervisor this program started.
+    unsafe { libc::kill(supervisor.id() as i32, libc::SIGTERM) };
+    let _ = supervisor.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn start_nginx(dir: &Path, port: u16, upstream: u16) -> Option<std::process::Child> {
+    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())?;
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx.err;\ndaemon off;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n access_log off;\n client_body_temp_path {dir};\n proxy_temp_path {dir};\n\
+             upstream up {{ server 127.0.0.1:{upstream}; keepalive 64; }}\n\
+             server {{ listen 127.0.0.1:{port};\n  location / {{ proxy_pass http://up; proxy_http_version 1.1;\n\
+             proxy_set_header Connection \"\"; proxy_buffering off; }} }}\n}}\n",
+            dir = dir.display()
+        ),
+    )
+    .ok()?;
+    std::process::Command::new(nginx)
+        .arg("-c")
+        .arg(&conf)
+        .arg("-p")
+        .arg(dir)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()
+}
+
+type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+>;
+
+fn client() -> Client {
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector)
+}
+
+fn completion(port: u16, path: &str) -> Request<Full<Bytes>> {
+    Request::post(format!("http://127.0.0.1:{port}{path}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(
+            br#"{"model": "m", "prompt": "hi"}"#,
+        )))
+        .expect("a request")
+}
+
+async fn wait_ready(port: u16) {
+    let client = client();
+    for _ in 0..600 {
+        if let Ok(r) = client.request(completion(port, "/v1/completions")).await
+            && r.status() == 200
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("nothing answers on port {port}");
+}
+
+/// (p50 µs, p99 µs, requests per second) with `concurrency` keep-alive clients.
+async fn load(port: u16, concurrency: usize) -> (f64, f64, f64) {
+    let run = |seconds: f64| async move {
+        let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+        let tasks: Vec<_> = (0..concurrency)
+            .map(|_| {
+                tokio::spawn(async move {
+                    let client = client();
+                    let mut latencies = Vec::new();
+                    while Instant::now() < deadline {
+                        let start = Instant::now();
+                        let answer = client.request(completion(port, "/v1/completions")).await;
+                        let body = match answer {
+                            Ok(r) => r.into_body().collect().await.map(|b| b.to_bytes().len()),
+                            Err(_) => Ok(0),
+                        };
+                        assert!(body.is_ok_and(|n| n > 0), "a failed request on port {port}");
+                        latencies.push(start.elapsed().as_secs_f64() * 1e6);
+                    }
+                    latencies
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.expect("a load task"));
+        }
+        all
+    };
+    run(0.5).await;
+    let mut all = run(3.0).await;
+    all.sort_by(f64::total_cmp);
+    let at = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)];
+    (at(0.5), at(0.99), all.len() as f64 / 3.0)
+}
+
+/// Median time to the first body byte of a streamed answer, µs.
+async fn first_byte(port: u16) -> f64 {
+    let client = client();
+    let mut times = Vec::new();
+    for _ in 0..200 {
+        let start = Instant::now();
+        let answer = client
+            .request(completion(port, "/v1/chat/completions"))
+            .await
+            .expect("an answer");
+        let mut body = answer.into_body();
+        let first = body.frame().await.expect("a first frame").expect("a frame");
+        assert!(first.is_data());
+        times.push(start.elapsed().as_secs_f64() * 1e6);
+        while body.frame().await.is_some() {}
+    }
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+/// The upstream: `/health`, a JSON completion, and a streamed answer.
+fn upstream(port: u16) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("the upstream's port");
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let service = service_fn(|request: Request<hyper::body::Incoming>| async move {
+                    type Body =
+                        http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+                    let response: Response<Body> = match request.uri().path() {
+                        "/v1/chat/completions" => {
+                            let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+                            tokio::spawn(async move {
+                                let _ = tx
+                                    .send(Bytes::from_static(b"data: {\"first\": true}\n\n"))
+                                    .await;
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                                let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+                            });
+                            Response::builder()
+                                .header("content-type", "text/event-stream")
+                                .body(ChannelBody(rx).boxed())
+                                .expect("a response")
+                        }
+                        "/health" => Response::new(Full::new(Bytes::from_static(b"ok")).boxed()),
+                        _ => Response::builder()
+                            .header("content-type", "application/json")
+                            .body(Full::new(Bytes::from_static(COMPLETION.as_bytes())).boxed())
+                            .expect("a response"),
+                    };
+                    Ok::<_, std::convert::Infallible>(response)
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+}
+
+/// A body whose chunks come from a channel, as they are sent.
+struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|b| Ok(Frame::data(b))))
+    }
+}
