@@ -53,9 +53,8 @@ impl Drop for Server {
     }
 }
 
-/// The token of `listen_token`: the file must be a regular file that only its owner can
-/// read, holding at least 16 characters (surrounding whitespace is not part of it).
-pub fn read_token(path: &Path) -> Result<String, String> {
+/// A secret's file: a regular file that only its owner can read (no symbolic link).
+pub(crate) fn read_private(path: &Path) -> Result<String, String> {
     let meta = std::fs::symlink_metadata(path).map_err(|e| format!("cannot read: {e}"))?;
     if !meta.file_type().is_file() {
         return Err("not a regular file".into());
@@ -66,7 +65,13 @@ pub fn read_token(path: &Path) -> Result<String, String> {
             meta.mode() & 0o7777
         ));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
+    std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))
+}
+
+/// The token of `listen_token`: a private file ([`read_private`]) holding at least 16
+/// characters (surrounding whitespace is not part of it).
+pub fn read_token(path: &Path) -> Result<String, String> {
+    let text = read_private(path)?;
     let token = text.trim();
     if token.len() < 16 || token.chars().any(char::is_whitespace) {
         return Err("expected one token of at least 16 characters, without spaces".into());

@@ -20,7 +20,6 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,17 +36,7 @@ type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 /// The API keys of `api_keys`: one per line (blank lines and `#` comments skipped), each
 /// at least 16 characters; the file must be readable by its owner only.
 pub fn read_keys(path: &Path) -> Result<Vec<String>, String> {
-    let meta = std::fs::symlink_metadata(path).map_err(|e| format!("cannot read: {e}"))?;
-    if !meta.file_type().is_file() {
-        return Err("not a regular file".into());
-    }
-    if meta.mode() & 0o077 != 0 {
-        return Err(format!(
-            "other users can read it (mode {:04o}): chmod 600",
-            meta.mode() & 0o7777
-        ));
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
+    let text = crate::control::read_private(path)?;
     let keys: Vec<String> = text
         .lines()
         .map(str::trim)

@@ -71,6 +71,27 @@ fn json_body(events: &[Value]) -> Value {
     serde_json::from_str(&body(events)).unwrap_or_else(|e| panic!("{e}: {events:?}"))
 }
 
+/// `cuvisor run` with the front door on a free port, serving `models`.
+fn front_door(tag: &str, settings: &str, models: &str) -> (Supervisor, u16) {
+    let http = free_port();
+    let settings = format!("http = \"127.0.0.1:{http}\"\n{settings}");
+    (Supervisor::start_with(tag, &settings, &[], models), http)
+}
+
+/// Each of `lines` is a line of the supervisor's metrics.
+fn assert_metrics(s: &Supervisor, lines: &[&str]) {
+    let (_, metrics) = cuvisor::control::request(&s.socket, "GET", "/metrics").unwrap();
+    for line in lines {
+        assert!(metrics.lines().any(|l| l == *line), "{line} in\n{metrics}");
+    }
+}
+
+/// One plain request to `model`, answered 200 (the instance is ready).
+fn warm(http: u16, model: &str) {
+    let answer = request(http, "POST", "/v1/completions", Some(&chat(model)), None);
+    assert_eq!(status(&answer), 200, "{answer:?}");
+}
+
 fn chat(model: &str) -> String {
     format!(
         "{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"hi\"}}]}}"
@@ -82,11 +103,9 @@ fn chat(model: &str) -> String {
 /// bodies and bodies over `max_body` get OpenAI-style errors.
 #[test]
 fn requests_are_routed_by_model_and_alias() {
-    let http = free_port();
-    let mut s = Supervisor::start_with(
+    let (mut s, http) = front_door(
         "route",
-        &format!("http = \"127.0.0.1:{http}\"\n"),
-        &[],
+        "",
         &format!(
             "{}{}",
             model(
@@ -175,43 +194,28 @@ fn requests_are_routed_by_model_and_alias() {
     let answer = request(http, "GET", "/v2/nothing", None, None);
     assert_eq!(status(&answer), 404);
     // What the front door counted, by model and code.
-    let (_, metrics) = cuvisor::control::request(&s.socket, "GET", "/metrics").unwrap();
-    for line in [
-        "cuvisor_requests_total{model=\"alpha\",code=\"200\"} 2",
-        "cuvisor_requests_total{model=\"alpha\",code=\"413\"} 1",
-        "cuvisor_requests_total{model=\"beta\",code=\"200\"} 2",
-        "cuvisor_request_duration_seconds_count{model=\"beta\"} 2",
-        "cuvisor_time_to_first_byte_seconds_count{model=\"alpha\"} 2",
-        "cuvisor_in_flight_requests{model=\"alpha\"} 0",
-        "cuvisor_queued_requests{model=\"beta\"} 0",
-        "cuvisor_instances{model=\"alpha\",state=\"running\"} 1",
-    ] {
-        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
-    }
+    assert_metrics(
+        &s,
+        &[
+            "cuvisor_requests_total{model=\"alpha\",code=\"200\"} 2",
+            "cuvisor_requests_total{model=\"alpha\",code=\"413\"} 1",
+            "cuvisor_requests_total{model=\"beta\",code=\"200\"} 2",
+            "cuvisor_request_duration_seconds_count{model=\"beta\"} 2",
+            "cuvisor_time_to_first_byte_seconds_count{model=\"alpha\"} 2",
+            "cuvisor_in_flight_requests{model=\"alpha\"} 0",
+            "cuvisor_queued_requests{model=\"beta\"} 0",
+            "cuvisor_instances{model=\"alpha\",state=\"running\"} 1",
+        ],
+    );
     assert_eq!(s.stop().0, 0);
 }
 
 /// A streamed answer reaches the client chunk by chunk, as the model writes it.
 #[test]
 fn streamed_answers_arrive_as_they_are_written() {
-    let http = free_port();
-    let mut s = Supervisor::start_with(
-        "stream",
-        &format!("http = \"127.0.0.1:{http}\"\n"),
-        &[],
-        &model("alpha", "", 0.0),
-    );
+    let (mut s, http) = front_door("stream", "", &model("alpha", "", 0.0));
     // Warm: the instance is ready.
-    assert_eq!(
-        status(&request(
-            http,
-            "POST",
-            "/v1/completions",
-            Some(&chat("alpha")),
-            None
-        )),
-        200
-    );
+    warm(http, "alpha");
     let streamed = "{\"model\": \"alpha\", \"stream\": true, \"chunks\": 4, \"interval\": 0.4}";
     let events = request(http, "POST", "/v1/chat/completions", Some(streamed), None);
     assert_eq!(status(&events), 200);
@@ -231,13 +235,7 @@ fn streamed_answers_arrive_as_they_are_written() {
 /// served by its replacement once that is healthy.
 #[test]
 fn a_killed_worker_cuts_its_stream_and_its_replacement_serves_the_next() {
-    let http = free_port();
-    let mut s = Supervisor::start_with(
-        "killed",
-        &format!("http = \"127.0.0.1:{http}\"\n"),
-        &[],
-        &model("alpha", "", 0.0),
-    );
+    let (mut s, http) = front_door("killed", "", &model("alpha", "", 0.0));
     let warm = request(http, "POST", "/v1/completions", Some(&chat("alpha")), None);
     assert_eq!(status(&warm), 200);
     // The instance's pid as the host sees it (its PID-namespace init), from the status.
@@ -276,7 +274,6 @@ fn a_killed_worker_cuts_its_stream_and_its_replacement_serves_the_next() {
 /// With `api_keys`, every request needs one of the keys.
 #[test]
 fn api_keys_are_required_when_configured() {
-    let http = free_port();
     let dir = TempDir::new("keys");
     let keys = dir.path("keys");
     std::fs::write(
@@ -285,13 +282,9 @@ fn api_keys_are_required_when_configured() {
     )
     .unwrap();
     std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let mut s = Supervisor::start_with(
+    let (mut s, http) = front_door(
         "keys",
-        &format!(
-            "http = \"127.0.0.1:{http}\"\napi_keys = \"{}\"\n",
-            keys.display()
-        ),
-        &[],
+        &format!("api_keys = \"{}\"\n", keys.display()),
         &model("alpha", "", 0.0),
     );
     let refused = request(http, "GET", "/v1/models", None, None);
@@ -323,11 +316,9 @@ fn api_keys_are_required_when_configured() {
 /// `queue_timeout` gets 503 too.
 #[test]
 fn requests_beyond_the_concurrency_wait_in_a_bounded_queue() {
-    let http = free_port();
-    let mut s = Supervisor::start_with(
+    let (mut s, http) = front_door(
         "queue",
-        &format!("http = \"127.0.0.1:{http}\"\n"),
-        &[],
+        "",
         &format!(
             "{}{}",
             model("alpha", "concurrency = 1\nmax_queue = 1", 0.0),
@@ -404,11 +395,9 @@ fn requests_beyond_the_concurrency_wait_in_a_bounded_queue() {
 /// adds instances up to `max_instances`; idle ones stop after `idle_timeout`, back to zero.
 #[test]
 fn instances_follow_the_traffic_down_to_zero() {
-    let http = free_port();
-    let mut s = Supervisor::start_with(
+    let (mut s, http) = front_door(
         "scale",
-        &format!("http = \"127.0.0.1:{http}\"\n"),
-        &[],
+        "",
         &model("alpha", "concurrency = 1\nidle_timeout = \"1s\"", 0.3).replace(
             "restart = \"always\"",
             "min_instances = 0\nmax_instances = 2\nrestart = \"always\"",
@@ -459,15 +448,15 @@ fn instances_follow_the_traffic_down_to_zero() {
         s.supervisor_log()
             .contains("idle for serve.idle_timeout: stopped")
     );
-    let (_, metrics) = cuvisor::control::request(&s.socket, "GET", "/metrics").unwrap();
-    for line in [
-        "cuvisor_cold_starts_total{model=\"alpha\"} 1",
-        "cuvisor_cold_start_seconds_count{model=\"alpha\"} 1",
-        "cuvisor_requests_total{model=\"alpha\",code=\"200\"} 3",
-        "cuvisor_instances{model=\"alpha\",state=\"stopped\"} 2",
-    ] {
-        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
-    }
+    assert_metrics(
+        &s,
+        &[
+            "cuvisor_cold_starts_total{model=\"alpha\"} 1",
+            "cuvisor_cold_start_seconds_count{model=\"alpha\"} 1",
+            "cuvisor_requests_total{model=\"alpha\",code=\"200\"} 3",
+            "cuvisor_instances{model=\"alpha\",state=\"stopped\"} 2",
+        ],
+    );
     assert_eq!(s.stop().0, 0);
 }
 
@@ -475,23 +464,8 @@ fn instances_follow_the_traffic_down_to_zero() {
 /// a client that goes away in the middle of a stream closes the request to the instance.
 #[test]
 fn a_dead_instance_is_a_502_and_a_client_that_leaves_cancels_upstream() {
-    let http = free_port();
-    let mut s = Supervisor::start_with(
-        "cancel",
-        &format!("http = \"127.0.0.1:{http}\"\n"),
-        &[],
-        &model("alpha", "", 0.0),
-    );
-    assert_eq!(
-        status(&request(
-            http,
-            "POST",
-            "/v1/completions",
-            Some(&chat("alpha")),
-            None
-        )),
-        200
-    );
+    let (mut s, http) = front_door("cancel", "", &model("alpha", "", 0.0));
+    warm(http, "alpha");
     let died = request(
         http,
         "POST",
@@ -502,16 +476,7 @@ fn a_dead_instance_is_a_502_and_a_client_that_leaves_cancels_upstream() {
     assert_eq!(status(&died), 502, "{died:?}");
     assert_eq!(json_body(&died)["error"]["type"], "server_error");
     // The replacement serves the next one.
-    assert_eq!(
-        status(&request(
-            http,
-            "POST",
-            "/v1/completions",
-            Some(&chat("alpha")),
-            None
-        )),
-        200
-    );
+    warm(http, "alpha");
     // A client that reads one chunk of a long stream and hangs up.
     let long = "{\"model\": \"alpha\", \"stream\": true, \"chunks\": 100, \"interval\": 0.05}";
     let mut client = std::process::Command::new("python3")
