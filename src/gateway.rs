@@ -9,7 +9,7 @@
 //! module only reads it, checks health, and forwards.
 
 use crate::config::Config;
-use crate::metrics::FrontDoorMetrics;
+use crate::metrics::{FrontDoorMetrics, ModelMetrics};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
@@ -73,13 +73,17 @@ struct Served {
     concurrency: usize,
     max_queue: usize,
     queue_timeout: Duration,
-    instances: Vec<Upstream>,
+    /// Its running instances: the only part that changes (the supervisor's starts and
+    /// exits), under a lock of the model's own.
+    instances: Mutex<Vec<Upstream>>,
     /// Requests waiting for an instance.
     waiting: Arc<AtomicUsize>,
     /// Woken when an instance becomes ready or a request ends.
     wake: Arc<Notify>,
     /// Round robin among equally loaded instances.
     next: AtomicUsize,
+    /// Its front-door metrics.
+    metrics: Arc<ModelMetrics>,
 }
 
 /// A place in an instance's concurrency, held until the answer has ended.
@@ -114,17 +118,17 @@ enum NoSlot {
     Timeout(Duration, bool),
 }
 
-/// The served models and their running instances, kept current by the supervisor.
+/// The served models (fixed from the start) and their running instances, kept current
+/// by the supervisor.
 pub struct Routes {
-    models: Mutex<BTreeMap<String, Served>>,
+    models: BTreeMap<String, Served>,
     /// What the front door counts, for `GET /metrics`.
     pub metrics: FrontDoorMetrics,
 }
 
 /// Records a request in the metrics when its answer's body ends (or the client leaves).
 struct Finished {
-    metrics: FrontDoorMetrics,
-    model: String,
+    metrics: Arc<ModelMetrics>,
     code: u16,
     arrived: Instant,
 }
@@ -132,13 +136,14 @@ struct Finished {
 impl Drop for Finished {
     fn drop(&mut self) {
         let seconds = self.arrived.elapsed().as_secs_f64();
-        self.metrics.request(&self.model, self.code, seconds);
+        self.metrics.request(self.code, seconds);
     }
 }
 
 impl Routes {
     /// The models of `config` that have `serve`, with no instance yet.
     pub fn new(config: &Config) -> Arc<Routes> {
+        let metrics = FrontDoorMetrics::default();
         let models = config
             .models
             .iter()
@@ -154,34 +159,34 @@ impl Routes {
                         concurrency: s.concurrency,
                         max_queue: s.max_queue,
                         queue_timeout: s.queue_timeout,
-                        instances: Vec::new(),
+                        instances: Mutex::new(Vec::new()),
                         waiting: Arc::new(AtomicUsize::new(0)),
                         wake: Arc::new(Notify::new()),
                         next: AtomicUsize::new(0),
+                        metrics: Arc::new(metrics.model(&m.name)),
                     },
                 ))
             })
             .collect();
-        Arc::new(Routes {
-            models: Mutex::new(models),
-            metrics: FrontDoorMetrics::default(),
-        })
+        Arc::new(Routes { models, metrics })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Served>> {
-        self.models.lock().unwrap_or_else(|e| e.into_inner())
+    /// A served model's running instances.
+    fn instances(s: &Served) -> std::sync::MutexGuard<'_, Vec<Upstream>> {
+        s.instances.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether `model` is served (its instances need a port).
     pub fn serves(&self, model: &str) -> bool {
-        self.lock().contains_key(model)
+        self.models.contains_key(model)
     }
 
     /// An instance of `model` was started, listening (soon) on `port`: not ready yet.
     pub fn started(&self, model: &str, index: u32, port: u16) {
-        if let Some(s) = self.lock().get_mut(model) {
-            s.instances.retain(|u| u.index != index);
-            s.instances.push(Upstream {
+        if let Some(s) = self.models.get(model) {
+            let mut instances = Self::instances(s);
+            instances.retain(|u| u.index != index);
+            instances.push(Upstream {
                 index,
                 port,
                 ready: Arc::new(AtomicBool::new(false)),
@@ -193,32 +198,27 @@ impl Routes {
 
     /// An instance of `model` is gone (exited, stopped): no more requests go to it.
     pub fn gone(&self, model: &str, index: u32) {
-        if let Some(s) = self.lock().get_mut(model) {
-            s.instances.retain(|u| u.index != index);
+        if let Some(s) = self.models.get(model) {
+            Self::instances(s).retain(|u| u.index != index);
         }
     }
 
     /// The model a request's `model` field names: a model's name or one of its aliases.
-    fn resolve(&self, name: &str) -> Option<String> {
-        let models = self.lock();
-        if models.contains_key(name) {
-            return Some(name.to_owned());
+    fn resolve(&self, name: &str) -> Option<(&str, &Served)> {
+        if let Some((m, s)) = self.models.get_key_value(name) {
+            return Some((m, s));
         }
-        models
+        self.models
             .iter()
             .find(|(_, s)| s.aliases.iter().any(|a| a == name))
-            .map(|(m, _)| m.clone())
+            .map(|(m, s)| (m.as_str(), s))
     }
 
     /// A place on the ready instance with the fewest requests in flight, if one has
     /// room; whether any instance is ready at all.
-    fn try_slot(&self, model: &str) -> (Option<Slot>, bool) {
-        let models = self.lock();
-        let Some(s) = models.get(model) else {
-            return (None, false);
-        };
-        let ready: Vec<&Upstream> = s
-            .instances
+    fn try_slot(s: &Served) -> (Option<Slot>, bool) {
+        let instances = Self::instances(s);
+        let ready: Vec<&Upstream> = instances
             .iter()
             .filter(|u| u.ready.load(Ordering::Acquire))
             .collect();
@@ -250,44 +250,33 @@ impl Routes {
     /// A place on an instance of `model`: at once if one has room, else in the model's
     /// queue (at most `max_queue` waiting) until one does, up to `queue_timeout` (or
     /// `ready_timeout` while no instance is ready).
-    async fn slot(&self, model: &str) -> Result<Slot, NoSlot> {
-        let (waiting, wake, limits) = {
-            let models = self.lock();
-            let s = models.get(model).expect("a served model");
-            (
-                s.waiting.clone(),
-                s.wake.clone(),
-                (s.max_queue, s.queue_timeout, s.ready_timeout),
-            )
-        };
-        let (max_queue, queue_timeout, ready_timeout) = limits;
+    async fn slot(s: &Served) -> Result<Slot, NoSlot> {
         let start = tokio::time::Instant::now();
         let mut queued = false;
         let mut cold = false;
         let result = loop {
-            let woken = wake.notified();
+            let woken = s.wake.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            let (slot, any_ready) = self.try_slot(model);
+            let (slot, any_ready) = Self::try_slot(s);
             if let Some(slot) = slot {
                 if cold {
-                    self.metrics
-                        .cold_start(model, start.elapsed().as_secs_f64());
+                    s.metrics.cold_start(start.elapsed().as_secs_f64());
                 }
                 break Ok(slot);
             }
             cold |= !any_ready;
             if !queued {
-                if waiting.fetch_add(1, Ordering::AcqRel) >= max_queue {
-                    waiting.fetch_sub(1, Ordering::AcqRel);
+                if s.waiting.fetch_add(1, Ordering::AcqRel) >= s.max_queue {
+                    s.waiting.fetch_sub(1, Ordering::AcqRel);
                     return Err(NoSlot::QueueFull);
                 }
                 queued = true;
             }
             let limit = if any_ready {
-                queue_timeout
+                s.queue_timeout
             } else {
-                ready_timeout
+                s.ready_timeout
             };
             let deadline = start + limit;
             // Woken by a request that ends or an instance that becomes ready; checked
@@ -298,15 +287,15 @@ impl Routes {
             }
         };
         if queued {
-            waiting.fetch_sub(1, Ordering::AcqRel);
+            s.waiting.fetch_sub(1, Ordering::AcqRel);
         }
         result
     }
 
     /// An instance became ready: its idle clock starts, and waiting requests look again.
     fn became_ready(&self, port: u16) {
-        for s in self.lock().values() {
-            for u in s.instances.iter().filter(|u| u.port == port) {
+        for s in self.models.values() {
+            for u in Self::instances(s).iter().filter(|u| u.port == port) {
                 *u.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
                 s.wake.notify_waiters();
             }
@@ -315,10 +304,8 @@ impl Routes {
 
     /// Requests in flight and waiting now, for a served model.
     pub fn in_flight_and_waiting(&self, model: &str) -> Option<(usize, usize)> {
-        let models = self.lock();
-        let s = models.get(model)?;
-        let flying = s
-            .instances
+        let s = self.models.get(model)?;
+        let flying = Self::instances(s)
             .iter()
             .map(|u| u.in_flight.load(Ordering::Acquire))
             .sum();
@@ -327,13 +314,11 @@ impl Routes {
 
     /// A model's load: requests waiting, and each routed instance's (by index).
     pub fn load(&self, model: &str) -> (usize, BTreeMap<u32, InstanceLoad>) {
-        let models = self.lock();
-        let Some(s) = models.get(model) else {
+        let Some(s) = self.models.get(model) else {
             return (0, BTreeMap::new());
         };
         let now = Instant::now();
-        let instances = s
-            .instances
+        let instances = Self::instances(s)
             .iter()
             .map(|u| {
                 let in_flight = u.in_flight.load(Ordering::Acquire);
@@ -359,29 +344,24 @@ impl Routes {
 
     /// (port, health path, ready flag) of every instance not ready yet.
     fn unready(&self) -> Vec<(u16, String, Arc<AtomicBool>)> {
-        self.lock()
+        self.models
             .values()
             .flat_map(|s| {
-                s.instances
+                Self::instances(s)
                     .iter()
                     .filter(|u| !u.ready.load(Ordering::Acquire))
                     .map(|u| (u.port, s.health.clone(), u.ready.clone()))
+                    .collect::<Vec<_>>()
             })
             .collect()
     }
 
-    fn limits(&self, model: &str) -> Option<(u64, Duration)> {
-        self.lock()
-            .get(model)
-            .map(|s| (s.max_body, s.ready_timeout))
-    }
-
     fn largest_body(&self) -> u64 {
-        self.lock().values().map(|s| s.max_body).max().unwrap_or(0)
+        self.models.values().map(|s| s.max_body).max().unwrap_or(0)
     }
 
     fn names(&self) -> Vec<String> {
-        self.lock().keys().cloned().collect()
+        self.models.keys().cloned().collect()
     }
 }
 
@@ -568,15 +548,14 @@ async fn handle(request: Request<Incoming>, routes: &Routes, keys: &[String]) ->
     }
     if let Some(rest) = path.strip_prefix("/models/") {
         let (name, tail) = rest.split_once('/').unwrap_or((rest, ""));
-        let Some(model) = routes.resolve(name) else {
+        let Some((model, served)) = routes.resolve(name) else {
             return not_found(name);
         };
         let tail = format!("/{tail}");
-        let (max_body, _) = routes.limits(&model).expect("a served model");
         let (parts, body) = request.into_parts();
-        let body = Limited::new(body, max_body as usize).boxed();
-        let answer = to_instance(routes, &model, parts, tail, body, arrived).await;
-        return finished(routes, &model, arrived, answer);
+        let body = Limited::new(body, served.max_body as usize).boxed();
+        let answer = to_instance((model, served), parts, tail, body, arrived).await;
+        return finished(served, arrived, answer);
     }
     if path.starts_with("/v1/") && request.method() == hyper::Method::POST {
         let (parts, body) = request.into_parts();
@@ -617,16 +596,15 @@ async fn handle(request: Request<Incoming>, routes: &Routes, keys: &[String]) ->
                 "the body names no model (its \"model\" field)".into(),
             );
         };
-        let Some(model) = routes.resolve(&named) else {
+        let Some((model, served)) = routes.resolve(&named) else {
             return not_found(&named);
         };
-        let (max_body, _) = routes.limits(&model).expect("a served model");
-        if body.len() as u64 > max_body {
-            return finished(routes, &model, arrived, too_large());
+        if body.len() as u64 > served.max_body {
+            return finished(served, arrived, too_large());
         }
         let body = Full::new(body).map_err(Into::into).boxed();
-        let answer = to_instance(routes, &model, parts, path, body, arrived).await;
-        return finished(routes, &model, arrived, answer);
+        let answer = to_instance((model, served), parts, path, body, arrived).await;
+        return finished(served, arrived, answer);
     }
     error(
         StatusCode::NOT_FOUND,
@@ -656,15 +634,9 @@ fn too_large() -> Response<Body> {
 }
 
 /// Counts `answer` for `model` once its body has ended.
-fn finished(
-    routes: &Routes,
-    model: &str,
-    arrived: Instant,
-    answer: Response<Body>,
-) -> Response<Body> {
+fn finished(served: &Served, arrived: Instant, answer: Response<Body>) -> Response<Body> {
     let record = Finished {
-        metrics: routes.metrics.clone(),
-        model: model.to_owned(),
+        metrics: served.metrics.clone(),
         code: answer.status().as_u16(),
         arrived,
     };
@@ -680,14 +652,13 @@ fn finished(
 /// Sends the request to a ready instance of `model` (waiting up to its ready timeout for
 /// one), streaming the answer back.
 async fn to_instance(
-    routes: &Routes,
-    model: &str,
+    (model, served): (&str, &Served),
     mut parts: hyper::http::request::Parts,
     path: String,
     body: Body,
     arrived: Instant,
 ) -> Response<Body> {
-    let slot = match routes.slot(model).await {
+    let slot = match Routes::slot(served).await {
         Ok(slot) => slot,
         Err(NoSlot::QueueFull) => {
             let mut refused = error(
@@ -735,9 +706,7 @@ async fn to_instance(
     match forward(port, Request::from_parts(parts, body)).await {
         // The place is held until the answer's body has ended (or the client left).
         Ok(response) => {
-            routes
-                .metrics
-                .first_byte(model, arrived.elapsed().as_secs_f64());
+            served.metrics.first_byte(arrived.elapsed().as_secs_f64());
             response.map(move |b| {
                 b.map_frame(move |frame| {
                     let _held = &slot;

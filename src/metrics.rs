@@ -244,29 +244,18 @@ impl Default for FrontDoorMetrics {
 }
 
 impl FrontDoorMetrics {
-    /// A request to `model` answered `code`, its body ended after `seconds`.
-    pub fn request(&self, model: &str, code: u16, seconds: f64) {
-        let labels = RequestLabels {
+    /// The metrics of `model`, to record its requests with.
+    pub fn model(&self, model: &str) -> ModelMetrics {
+        let l = label(model);
+        ModelMetrics {
             model: model.to_owned(),
-            code,
-        };
-        self.requests.get_or_create(&labels).inc();
-        self.duration.get_or_create(&label(model)).observe(seconds);
-    }
-
-    /// The instance's answer began (its headers arrived) `seconds` after the request.
-    pub fn first_byte(&self, model: &str, seconds: f64) {
-        self.first_byte
-            .get_or_create(&label(model))
-            .observe(seconds);
-    }
-
-    /// A request found no ready instance and waited `seconds` for one.
-    pub fn cold_start(&self, model: &str, seconds: f64) {
-        self.cold_starts.get_or_create(&label(model)).inc();
-        self.cold_start_seconds
-            .get_or_create(&label(model))
-            .observe(seconds);
+            requests: self.requests.clone(),
+            by_code: std::sync::Mutex::new(Vec::new()),
+            duration: self.duration.get_or_create(&l).clone(),
+            first_byte: self.first_byte.get_or_create(&l).clone(),
+            cold_starts: self.cold_starts.get_or_create(&l).clone(),
+            cold_start_seconds: self.cold_start_seconds.get_or_create(&l).clone(),
+        }
     }
 
     fn register(&self, registry: &mut Registry) {
@@ -339,4 +328,51 @@ pub fn encode_with_front_door(
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &scrape.0).expect("writing to a String");
     out
+}
+
+/// One served model's front-door metrics, looked up once: a request records without
+/// building labels or looking them up (but its status code's counter, found in a short
+/// list).
+pub struct ModelMetrics {
+    model: String,
+    requests: Family<RequestLabels, Counter>,
+    by_code: std::sync::Mutex<Vec<(u16, Counter)>>,
+    duration: Histogram,
+    first_byte: Histogram,
+    cold_starts: Counter,
+    cold_start_seconds: Histogram,
+}
+
+impl ModelMetrics {
+    /// A request answered `code`, its body ended after `seconds`.
+    pub fn request(&self, code: u16, seconds: f64) {
+        let counter = {
+            let mut codes = self.by_code.lock().unwrap_or_else(|e| e.into_inner());
+            match codes.iter().find(|(c, _)| *c == code) {
+                Some((_, counter)) => counter.clone(),
+                None => {
+                    let labels = RequestLabels {
+                        model: self.model.clone(),
+                        code,
+                    };
+                    let counter = self.requests.get_or_create(&labels).clone();
+                    codes.push((code, counter.clone()));
+                    counter
+                }
+            }
+        };
+        counter.inc();
+        self.duration.observe(seconds);
+    }
+
+    /// The instance's answer began `seconds` after the request arrived.
+    pub fn first_byte(&self, seconds: f64) {
+        self.first_byte.observe(seconds);
+    }
+
+    /// A request found no ready instance and waited `seconds` for one.
+    pub fn cold_start(&self, seconds: f64) {
+        self.cold_starts.inc();
+        self.cold_start_seconds.observe(seconds);
+    }
 }
