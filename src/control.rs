@@ -10,9 +10,10 @@
 //! | `GET /healthz` | `ok` |
 
 use crate::config::SupervisorConfig;
+use crate::gateway::Routes;
 use crate::size::format_bytes;
 use crate::status::{ModelStatus, Status};
-use crate::supervisor::{Event, Reply, Request};
+use crate::supervisor::{Answer, Event, Request};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
@@ -42,15 +43,79 @@ const MAX_CONNECTIONS: usize = 32;
 /// How long the supervisor has to answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The listening control API; the socket file goes when this is dropped.
+/// The listening control API; dropped, it stops and its socket file goes.
 pub struct Server {
     socket: PathBuf,
+    _thread: ServerThread,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.socket);
     }
+}
+
+/// A server's event loop on a thread of its own. Dropped, it ends: its tasks are
+/// cancelled and its listeners closed.
+pub struct ServerThread {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ServerThread {
+    /// Runs the future `main` makes (inside the event loop, where sockets can join it) on
+    /// a thread called `name`.
+    pub(crate) fn spawn<F>(
+        name: &str,
+        main: impl FnOnce() -> F + Send + 'static,
+    ) -> Result<ServerThread, String>
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(|e| format!("{name}: cannot start its event loop: {e}"))?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    tokio::spawn(main());
+                    // Until the ServerThread is dropped (its sender with it).
+                    let _ = stopped.await;
+                });
+            })
+            .map_err(|e| format!("{name}: cannot start its thread: {e}"))?;
+        Ok(ServerThread {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for ServerThread {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Where requests go: the supervisor's events, and the front door (for its metrics).
+#[derive(Clone)]
+struct Backend {
+    events: Sender<Event>,
+    routes: Option<Arc<Routes>>,
+}
+
+/// An HTTP answer of the control API.
+struct Reply {
+    code: u16,
+    content_type: &'static str,
+    body: String,
 }
 
 /// A secret's file: a regular file that only its owner can read (no symbolic link).
@@ -90,7 +155,14 @@ enum Access {
     Token(Arc<str>),
 }
 
-pub fn serve(cfg: &SupervisorConfig, tx: Sender<Event>) -> Result<Server, String> {
+/// Serves the control API of `cfg` (its Unix socket; `listen` too, if set), handing
+/// requests to the supervisor through `tx`. With the front door's `routes`, the metrics
+/// include its figures.
+pub fn serve(
+    cfg: &SupervisorConfig,
+    tx: Sender<Event>,
+    routes: Option<Arc<Routes>>,
+) -> Result<Server, String> {
     let path = &cfg.socket;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| {
@@ -142,31 +214,19 @@ pub fn serve(cfg: &SupervisorConfig, tx: Sender<Event>) -> Result<Server, String
         // SAFETY: fcntl on a listening socket we own.
         unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) };
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()
-        .map_err(|e| format!("control API: cannot start its event loop: {e}"))?;
-    std::thread::Builder::new()
-        .name("control-api".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                let unix = tokio::net::UnixListener::from_std(unix).expect("a non-blocking socket");
-                let unix_loop = accept_unix(unix, tx.clone());
-                match tcp {
-                    None => unix_loop.await,
-                    Some((listener, token)) => {
-                        let listener = tokio::net::TcpListener::from_std(listener)
-                            .expect("a non-blocking socket");
-                        tokio::spawn(accept_tcp(listener, token, tx));
-                        unix_loop.await;
-                    }
-                }
-            })
-        })
-        .map_err(|e| format!("control API: cannot start its thread: {e}"))?;
+    let tx = Backend { events: tx, routes };
+    let thread = ServerThread::spawn("control-api", move || async move {
+        let unix = tokio::net::UnixListener::from_std(unix).expect("a non-blocking socket");
+        if let Some((listener, token)) = tcp {
+            let listener =
+                tokio::net::TcpListener::from_std(listener).expect("a non-blocking socket");
+            tokio::spawn(accept_tcp(listener, token, tx.clone()));
+        }
+        accept_unix(unix, tx).await;
+    })?;
     Ok(Server {
         socket: path.clone(),
+        _thread: thread,
     })
 }
 
@@ -177,7 +237,7 @@ async fn accept_failed(e: std::io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-async fn accept_unix(listener: tokio::net::UnixListener, tx: Sender<Event>) {
+async fn accept_unix(listener: tokio::net::UnixListener, tx: Backend) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         match listener.accept().await {
@@ -196,7 +256,7 @@ async fn accept_unix(listener: tokio::net::UnixListener, tx: Sender<Event>) {
     }
 }
 
-async fn accept_tcp(listener: tokio::net::TcpListener, token: Arc<str>, tx: Sender<Event>) {
+async fn accept_tcp(listener: tokio::net::TcpListener, token: Arc<str>, tx: Backend) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         match listener.accept().await {
@@ -222,7 +282,7 @@ fn euid() -> u32 {
 async fn connection<S>(
     stream: S,
     access: Access,
-    tx: Sender<Event>,
+    tx: Backend,
     _slot: tokio::sync::OwnedSemaphorePermit,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -299,7 +359,7 @@ fn authorized(request: &hyper::Request<Incoming>, token: &str) -> Result<(), Rep
 async fn answer(
     request: hyper::Request<Incoming>,
     access: &Access,
-    tx: &Sender<Event>,
+    tx: &Backend,
 ) -> Response<Full<Bytes>> {
     let checked = match access {
         Access::Local => Ok(()),
@@ -321,7 +381,7 @@ async fn answer(
         .expect("a valid response")
 }
 
-async fn route(method: &str, path: &str, tx: &Sender<Event>) -> Reply {
+async fn route(method: &str, path: &str, tx: &Backend) -> Reply {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let request = match (method, segments.as_slice()) {
         ("GET", ["healthz"]) => return reply(200, "text/plain", "ok\n"),
@@ -337,12 +397,43 @@ async fn route(method: &str, path: &str, tx: &Sender<Event>) -> Reply {
         _ => return reply(404, "text/plain", "not found\n"),
     };
     let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
-    if tx.send(Event::Control(request, reply_tx)).is_err() {
+    if tx.events.send(Event::Control(request, reply_tx)).is_err() {
         return reply(503, "text/plain", "the supervisor is stopping\n");
     }
     match tokio::time::timeout(ANSWER_TIMEOUT, reply_rx).await {
-        Ok(Ok(answer)) => answer,
+        Ok(Ok(answer)) => http(answer, tx.routes.as_deref()),
         _ => reply(503, "text/plain", "the supervisor did not answer\n"),
+    }
+}
+
+/// The HTTP form of the supervisor's answer.
+fn http(answer: Answer, routes: Option<&Routes>) -> Reply {
+    let json = |code, body: String| reply(code, "application/json", body);
+    match answer {
+        Answer::Status(s) => json(200, serde_json::to_string_pretty(&s).expect("JSON")),
+        Answer::Model(m) => json(200, serde_json::to_string_pretty(&m).expect("JSON")),
+        Answer::Metrics(s) => reply(
+            200,
+            crate::metrics::CONTENT_TYPE,
+            match routes {
+                None => crate::metrics::encode(&s),
+                Some(r) => crate::metrics::encode_with_front_door(&s, &r.metrics, |m| {
+                    r.in_flight_and_waiting(m)
+                }),
+            },
+        ),
+        Answer::Done { model, action } => json(
+            200,
+            serde_json::json!({"model": model, "action": action}).to_string(),
+        ),
+        Answer::NoSuchModel(name) => json(
+            404,
+            serde_json::json!({"error": format!("no model {name}")}).to_string(),
+        ),
+        Answer::ShuttingDown => json(
+            503,
+            serde_json::json!({"error": "the supervisor is stopping"}).to_string(),
+        ),
     }
 }
 

@@ -367,71 +367,55 @@ impl Routes {
 
 /// A free loopback port for an instance (the kernel's choice, released for the worker to
 /// bind).
-pub fn free_port() -> Result<u16, String> {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| format!("no free loopback port: {e}"))?;
-    probe
-        .local_addr()
-        .map(|a| a.port())
-        .map_err(|e| format!("no free loopback port: {e}"))
+pub fn free_port() -> std::io::Result<u16> {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+    probe.local_addr().map(|a| a.port())
 }
 
-/// Starts the front door on `addr`, on a thread of its own.
+/// Starts the front door on `addr`, on a thread of its own; dropped, it stops.
 pub fn serve(
     addr: SocketAddr,
     routes: Arc<Routes>,
     keys: Option<Vec<String>>,
-) -> Result<(), String> {
+) -> Result<crate::control::ServerThread, String> {
     let listener = std::net::TcpListener::bind(addr)
         .map_err(|e| format!("front door {addr}: cannot listen: {e}"))?;
     listener
         .set_nonblocking(true)
         .map_err(|e| format!("front door {addr}: {e}"))?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()
-        .map_err(|e| format!("front door: cannot start its event loop: {e}"))?;
     let keys: Arc<[String]> = keys.unwrap_or_default().into();
-    std::thread::Builder::new()
-        .name("front-door".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                tokio::spawn(check_health(routes.clone()));
-                let listener =
-                    tokio::net::TcpListener::from_std(listener).expect("a non-blocking socket");
-                loop {
-                    match listener.accept().await {
-                        Ok((stream, _)) => {
-                            // Streamed chunks go to the client at once: no Nagle delay.
-                            let _ = stream.set_nodelay(true);
+    crate::control::ServerThread::spawn("front-door", move || async move {
+        tokio::spawn(check_health(routes.clone()));
+        let listener = tokio::net::TcpListener::from_std(listener).expect("a non-blocking socket");
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    // Streamed chunks go to the client at once: no Nagle delay.
+                    let _ = stream.set_nodelay(true);
+                    let (routes, keys) = (routes.clone(), keys.clone());
+                    tokio::spawn(async move {
+                        let service = service_fn(move |request| {
                             let (routes, keys) = (routes.clone(), keys.clone());
-                            tokio::spawn(async move {
-                                let service = service_fn(move |request| {
-                                    let (routes, keys) = (routes.clone(), keys.clone());
-                                    async move {
-                                        Ok::<_, std::convert::Infallible>(
-                                            handle(request, &routes, &keys).await,
-                                        )
-                                    }
-                                });
-                                let _ = http1::Builder::new()
-                                    .timer(TokioTimer::new())
-                                    .header_read_timeout(HEADER_TIMEOUT)
-                                    .serve_connection(TokioIo::new(stream), service)
-                                    .await;
-                            });
-                        }
-                        Err(e) => {
-                            crate::supervisor::log(&format!("front door: accept failed: {e}"));
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
-                    }
+                            async move {
+                                Ok::<_, std::convert::Infallible>(
+                                    handle(request, &routes, &keys).await,
+                                )
+                            }
+                        });
+                        let _ = http1::Builder::new()
+                            .timer(TokioTimer::new())
+                            .header_read_timeout(HEADER_TIMEOUT)
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
                 }
-            })
-        })
-        .map_err(|e| format!("front door: cannot start its thread: {e}"))?;
-    Ok(())
+                Err(e) => {
+                    crate::supervisor::log(&format!("front door: accept failed: {e}"));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    })
 }
 
 /// Asks instances that are not ready for their health, until they answer 200.

@@ -10,8 +10,12 @@
 //!
 //! The modules, bottom up: the size syntax of quotas ([`size`]), the per-model ledgers
 //! ([`ledger`]), the configuration ([`config`]), host limits ([`cgroups`]), starting a
-//! worker in its namespaces ([`launch`]), one program under the shim ([`exec`]), and the
-//! supervisor ([`supervisor`]) with its control API ([`control`]). See the README.
+//! worker in its namespaces ([`launch`]), one program under the shim ([`exec`]), placement
+//! on a node's GPUs ([`placement`], [`nvml`]), an instance's life ([`lifecycle`]) and a
+//! served model's scaling ([`scaling`]) as pure state machines, their effects on the
+//! system ([`system`]), and the supervisor ([`supervisor`]) with its control API
+//! ([`control`]), front door ([`gateway`]), status ([`status`]) and metrics ([`metrics`]).
+//! A Rust program embeds a supervisor with [`supervisor::Running`]. See the README.
 
 pub mod caps;
 pub mod cgroups;
@@ -21,12 +25,14 @@ pub mod exec;
 pub mod gateway;
 pub mod launch;
 pub mod ledger;
+pub mod lifecycle;
 pub mod metrics;
 pub mod nvml;
 pub mod placement;
 pub mod scaling;
 pub mod status;
 pub mod supervisor;
+pub mod system;
 pub use cuvisor_common::{contract, gpu, size};
 
 /// The version of this crate (and of the `cuvisor` binary).

@@ -262,7 +262,7 @@ fn check(path: &std::path::Path) -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(why) => {
-                    for line in why.lines() {
+                    for line in why.to_string().lines() {
                         eprintln!("{}: {line}", path.display());
                     }
                     ExitCode::FAILURE

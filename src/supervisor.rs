@@ -1,33 +1,36 @@
 //! `cuvisor run`: the models of a configuration, each as isolated worker processes with
-//! the shim injected, restarted per policy, observed through the control API.
+//! the shim injected, restarted per policy, observed through the control API, served
+//! through the front door.
 //!
-//! One thread (the one that called [`run`]) starts every worker, so that the workers'
-//! parent-death signal is tied to a thread that lives as long as the supervisor. Every
-//! event reaches it through one channel: signals (from a `sigwait` thread), control
-//! requests (from the control server), and the timers of restarts.
+//! Three layers:
+//! - each instance's life is a pure state machine ([`crate::lifecycle`]), and how many
+//!   instances a served model runs a pure decision ([`crate::scaling`]);
+//! - [`Supervisor`] holds the models and their instances, turns what happens (a launch's
+//!   result, an exit, a control request, time passing) into lifecycle events, and the
+//!   resulting actions into [`Effects`]: the real ones ([`System`]) or a test's recording
+//!   double. It reads no clock: every call says what time it is;
+//! - [`Running`] is a supervisor at work, on a thread of its own: the binary's
+//!   [`run`], or a Rust program that embeds cuvisor (`examples/embed.rs`), starts one
+//!   and stops it. Every event reaches its thread through one channel: control requests,
+//!   launch results, signals (where the program forwards them) and the stop.
 
-use crate::cgroups::{Cgroup, Hierarchy, Limits};
-use crate::config::{Config, Logs, ModelConfig, RestartPolicy, SupervisorConfig};
-use crate::contract::Contract;
-use crate::exec::{cstrings, worker_env};
+use crate::config::{Config, ModelConfig};
 use crate::gateway::{self, Routes};
-use crate::gpu::GpuUuid;
-use crate::launch::{self, Privileges, ReadOnly, Spec};
-use crate::ledger::{self, CreateOptions, LedgerFile, Snapshot};
-use crate::nvml::Inventory;
-use crate::placement::{self, Demand, Plan};
+use crate::lifecycle::{self, Action, Signal, State};
+use crate::nvml::{Inventory, NvmlError};
+use crate::placement::{self, Demand, Plan, PlanError};
 use crate::scaling;
 use crate::status::{InstanceStatus, ModelGpu, ModelStatus, NodeGpu, Status};
-use serde_json::json;
-use std::ffi::CString;
-use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+pub use crate::system::{Effects, Placement, StartError, System, Worker, worker_spec};
+use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::{Duration, Instant};
 
 /// What the control API asks of the supervisor.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     Status(Option<String>),
     Metrics,
@@ -36,452 +39,387 @@ pub enum Request {
     Restart(String),
 }
 
-/// The control API's answer: an HTTP status and a body.
-pub struct Reply {
-    pub code: u16,
-    pub content_type: &'static str,
-    pub body: String,
+/// The supervisor's answer to a [`Request`] (the control API makes HTTP of it).
+#[derive(Debug)]
+pub enum Answer {
+    Status(Status),
+    Model(Box<ModelStatus>),
+    /// For `GET /metrics`: the status the metrics are made of.
+    Metrics(Status),
+    /// The model's instances were asked to start, stop or restart.
+    Done {
+        model: String,
+        action: &'static str,
+    },
+    NoSuchModel(String),
+    /// Shutting down: nothing starts any more.
+    ShuttingDown,
 }
 
+/// What reaches a running supervisor's thread.
 pub enum Event {
+    /// A signal, where the program forwards them: SIGCHLD to reap at once, SIGTERM or
+    /// SIGINT to stop.
     Signal(i32),
     /// A control API request, and where its answer goes.
-    Control(Request, tokio::sync::oneshot::Sender<Reply>),
+    Control(Request, tokio::sync::oneshot::Sender<Answer>),
+    /// The result of [`Effects::launch`].
+    Launched {
+        model: usize,
+        index: u32,
+        result: Result<Worker, StartError>,
+    },
+    /// Stop every worker and end ([`Running::stop`]).
+    Stop,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    Starting,
-    Running,
-    Backoff,
-    /// Asked to stop (or restart): SIGTERM sent, waiting for it to exit.
-    Stopping,
-    Stopped,
-    Exited,
-    Failed,
-}
-
-impl State {
-    fn as_str(self) -> &'static str {
-        match self {
-            State::Starting => "starting",
-            State::Running => "running",
-            State::Backoff => "backoff",
-            State::Stopping => "stopping",
-            State::Stopped => "stopped",
-            State::Exited => "exited",
-            State::Failed => "failed",
-        }
-    }
-}
-
-struct Instance {
-    index: u32,
-    state: State,
-    pid: Option<i32>,
-    cgroup: Option<Cgroup>,
-    oom_kills_at_start: u64,
-    started: Option<Instant>,
-    next_start: Option<Instant>,
-    /// While stopping: when SIGTERM turns into SIGKILL.
-    kill_at: Option<Instant>,
-    /// While stopping: start again once it has exited (an operator's start or restart).
-    start_after_exit: bool,
-    backoff: Duration,
-    failures_in_a_row: u32,
-    restarts: u64,
-    oom_kills: u64,
-    last_exit: Option<i32>,
-    error: Option<String>,
-}
-
-/// The supervisor never maps a ledger: its workers can shrink the file under any mapping
-/// (SIGBUS at the next access). It reads copies ([`ledger::read_snapshot`]) and reclaims
-/// in a child process ([`ledger::reclaim_isolated`]).
-struct Model {
-    cfg: ModelConfig,
-    /// Why the model's ledger could not be created or opened at start: it cannot run.
-    ledger_error: Option<String>,
-    instances: Vec<Instance>,
-}
-
-pub struct Supervisor {
-    config: Config,
-    hierarchy: Hierarchy,
-    shim: PathBuf,
-    /// Which GPUs the models with `gpus` run on; None when no model has `gpus`.
-    plan: Option<Plan>,
-    /// The served models' instances, for the front door.
-    routes: Arc<Routes>,
-    models: Vec<Model>,
-    shutting_down: bool,
+/// Why a supervisor cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    RunDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "another supervisor (pid {pid}) runs with cgroup_name = \"{cgroup_name}\" (it holds {}); stop it, or give this one another cgroup_name",
+        path.display()
+    )]
+    Busy {
+        pid: String,
+        cgroup_name: String,
+        path: PathBuf,
+    },
+    #[error(
+        "model {model}: its host limits cannot be enforced: {why}; set allow_unlimited = true in [supervisor] to run without them"
+    )]
+    Unenforced { model: String, why: String },
+    #[error(transparent)]
+    Nvml(#[from] NvmlError),
+    #[error("cannot read MemTotal from /proc/meminfo")]
+    HostMemory,
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Placement(Vec<PlanError>),
+    #[error("{0}")]
+    Control(String),
+    #[error("{0}")]
+    FrontDoor(String),
+    #[error("api_keys {}: {why}", path.display())]
+    ApiKeys { path: PathBuf, why: String },
+    #[error("cannot start the {0} thread: {1}")]
+    Thread(&'static str, std::io::Error),
+    #[error("the supervisor's thread panicked")]
+    Panicked,
 }
 
 pub(crate) fn log(line: &str) {
     let _ = writeln!(std::io::stderr(), "cuvisor: {line}");
 }
 
-impl Supervisor {
-    /// Prepares everything that can fail before any worker starts: cgroups, ledgers. `plan`
-    /// comes from [`place`].
-    pub fn new(
-        config: Config,
-        shim: PathBuf,
-        cgroup_root: &Path,
-        plan: Option<Plan>,
-    ) -> Result<Supervisor, String> {
-        let hierarchy = Hierarchy::detect(cgroup_root, &config.supervisor.cgroup_name);
-        let mut unenforced = Vec::new();
-        for m in &config.models {
-            if let Err(why) = hierarchy.supports(&limits(m)) {
-                if !config.supervisor.allow_unlimited {
-                    return Err(format!(
-                        "model {}: its host limits cannot be enforced: {why}; set allow_unlimited = true in [supervisor] to run without them",
-                        m.name
-                    ));
-                }
-                unenforced.push(format!(
-                    "WARNING: model {}: {why}: its host limits are NOT enforced (allow_unlimited = true)",
-                    m.name
-                ));
-            }
-        }
-        log(&format!("cgroups: {}", hierarchy.describe()));
-        for line in &unenforced {
-            log(line);
-        }
-        for m in &config.models {
-            for why in exposure(m) {
-                log(&format!("WARNING: model {}: {why}", m.name));
-            }
-        }
-        // Only the cgroups this configuration's instances would have (`<model>-<n>`): a
-        // cgroup_name shared with anything else never gets its other cgroups killed.
-        let is_ours = |leaf: &str| {
-            config.models.iter().any(|m| {
-                leaf.strip_prefix(m.name.as_str())
-                    .and_then(|rest| rest.strip_prefix('-'))
-                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-            })
-        };
-        for left in hierarchy.remove_leftovers(is_ours) {
-            match left {
-                Ok(dir) => log(&format!(
-                    "removed a cgroup left by an earlier supervisor: {}",
-                    dir.display()
-                )),
-                Err(e) => log(&format!(
-                    "WARNING: a cgroup left by an earlier supervisor cannot be removed: {e}"
-                )),
-            }
-        }
+/// One instance: its lifecycle and, while it has one, its worker process.
+struct Slot {
+    index: u32,
+    life: lifecycle::Instance,
+    worker: Option<Worker>,
+}
+
+/// The supervisor never maps a ledger: its workers can shrink the file under any mapping
+/// (SIGBUS at the next access). It reads copies ([`crate::ledger::read_snapshot`]) and
+/// reclaims in a child process ([`crate::ledger::reclaim_isolated`]).
+struct Model {
+    cfg: ModelConfig,
+    policy: lifecycle::Policy,
+    /// Why the model's ledger could not be created or opened at start: it cannot run.
+    ledger_error: Option<String>,
+    instances: Vec<Slot>,
+}
+
+/// The models of a configuration and their instances, driven by events.
+pub struct Supervisor<E: Effects> {
+    config: Config,
+    /// Which GPUs the models with `gpus` run on; None when no model has `gpus`.
+    plan: Option<Plan>,
+    /// The served models' instances, for the front door.
+    routes: Arc<Routes>,
+    models: Vec<Model>,
+    effects: E,
+    shutting_down: bool,
+}
+
+impl<E: Effects> Supervisor<E> {
+    /// The configuration's models, every instance stopped. `plan` comes from [`place`].
+    pub fn new(config: Config, plan: Option<Plan>, effects: E) -> Supervisor<E> {
+        let grace_period = config.supervisor.grace_period;
         let models = config
             .models
             .iter()
             .map(|cfg| {
-                let ledger_error = prepare_ledger(&config.supervisor.ledger_dir, cfg)
-                    .err()
-                    .map(|e| {
-                        log(&format!("model {}: {e}", cfg.name));
-                        e.to_string()
-                    });
-                if ledger_error.is_none() {
-                    // What the workers of an earlier supervisor held when they died.
-                    reclaim_logged(&config.supervisor.ledger_dir, &cfg.name);
-                }
-                let instances = (0..cfg.instances)
-                    .map(|index| Instance {
-                        index,
-                        state: State::Stopped,
-                        pid: None,
-                        cgroup: None,
-                        oom_kills_at_start: 0,
-                        started: None,
-                        next_start: None,
-                        kill_at: None,
-                        start_after_exit: false,
-                        backoff: cfg.backoff_initial,
-                        failures_in_a_row: 0,
-                        restarts: 0,
-                        oom_kills: 0,
-                        last_exit: None,
-                        error: ledger_error.clone(),
-                    })
-                    .collect();
+                let policy = lifecycle::Policy {
+                    restart: cfg.restart,
+                    backoff_initial: cfg.backoff_initial,
+                    backoff_max: cfg.backoff_max,
+                    grace_period,
+                    ready_timeout: cfg.serve.as_ref().map(|s| s.ready_timeout),
+                };
                 Model {
+                    instances: (0..cfg.instances)
+                        .map(|index| Slot {
+                            index,
+                            life: lifecycle::Instance::new(&policy),
+                            worker: None,
+                        })
+                        .collect(),
                     cfg: cfg.clone(),
-                    ledger_error,
-                    instances,
+                    policy,
+                    ledger_error: None,
                 }
             })
             .collect();
-        Ok(Supervisor {
+        Supervisor {
             routes: Routes::new(&config),
             config,
-            hierarchy,
-            shim,
             plan,
             models,
+            effects,
             shutting_down: false,
-        })
+        }
     }
 
-    fn start_instance(&mut self, m: usize, i: usize) {
-        let model = &mut self.models[m];
-        if model.ledger_error.is_some() {
-            let inst = &mut model.instances[i];
-            inst.state = State::Failed;
-            inst.error = model.ledger_error.clone();
-            return;
-        }
-        let cfg = model.cfg.clone();
-        let inst = &mut model.instances[i];
-        inst.state = State::Starting;
-        inst.next_start = None;
-        let leaf = format!("{}-{}", cfg.name, inst.index);
-        let result = (|| -> Result<(i32, Option<Cgroup>, OwnedFd), String> {
-            // Again at every start: the worker is shown its ledger, which must be there
-            // (made again if someone removed it) and still have the model's quota.
-            prepare_ledger(&self.config.supervisor.ledger_dir, &cfg).map_err(|e| e.to_string())?;
-            let (out_read, out_write) = pipe_for_output()?;
-            let visible = self.plan.as_ref().and_then(|p| p.uuids(&cfg.name));
-            let port = match cfg.serve {
-                Some(_) => Some(gateway::free_port()?),
-                None => None,
-            };
-            let spec = worker_spec(
-                &cfg,
-                &self.config.supervisor,
-                &self.shim,
-                out_write.as_raw_fd(),
-                Placement {
-                    gpus: visible.as_deref(),
-                    port,
-                },
-            )?;
-            // Last, so that nothing before it can fail and leave the cgroup behind.
-            let cgroup = self
-                .hierarchy
-                .create(&leaf, &limits(&cfg))
-                .map_err(|e| e.to_string())?;
-            let launched = launch::launch(&spec, |pid| {
-                cgroup.add(pid as u32).map_err(|e| e.to_string())
-            })
-            .map_err(|e| {
-                let _ = cgroup.remove();
-                e.to_string()
-            })?;
-            drop(out_write);
-            if let Some(port) = port {
-                self.routes.started(&cfg.name, inst.index, port);
+    /// Marks model `name` as unable to run (its ledger cannot be used: `why`).
+    pub fn unusable(&mut self, name: &str, why: String) {
+        if let Some(m) = self.model_index(name) {
+            let model = &mut self.models[m];
+            for slot in &mut model.instances {
+                slot.life.state = State::Failed;
+                slot.life.error = Some(why.clone());
             }
-            Ok((launched.pid, Some(cgroup), out_read))
-        })();
+            model.ledger_error = Some(why);
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The front door's view of the served models.
+    pub fn routes(&self) -> &Arc<Routes> {
+        &self.routes
+    }
+
+    pub fn effects(&self) -> &E {
+        &self.effects
+    }
+
+    /// Starts each model's first instances: `instances`, or a scaled model's minimum.
+    pub fn begin(&mut self, now: Instant) {
+        for m in 0..self.models.len() {
+            let cfg = &self.models[m].cfg;
+            let first = cfg.min_instances.unwrap_or(cfg.instances) as usize;
+            for i in 0..first {
+                self.apply(m, i, lifecycle::Event::Start, now);
+            }
+        }
+    }
+
+    /// A launch ended (its result from [`Effects::launch`]).
+    pub fn launched(
+        &mut self,
+        model: usize,
+        index: u32,
+        result: Result<Worker, StartError>,
+        now: Instant,
+    ) {
+        let Some(i) = self
+            .models
+            .get(model)
+            .and_then(|m| m.instances.iter().position(|s| s.index == index))
+        else {
+            return;
+        };
+        let name = self.models[model].cfg.name.clone();
         match result {
-            Ok((pid, cgroup, output)) => {
-                inst.oom_kills_at_start = cgroup.as_ref().and_then(Cgroup::oom_kills).unwrap_or(0);
-                inst.cgroup = cgroup;
-                inst.pid = Some(pid);
-                inst.state = State::Running;
-                inst.started = Some(Instant::now());
-                inst.error = None;
-                forward_output(output, &self.config.supervisor.logs, &leaf);
+            Ok(worker) => {
                 log(&format!(
-                    "model {}: instance {} started (pid {pid})",
-                    cfg.name, inst.index
+                    "model {name}: instance {index} started (pid {})",
+                    worker.pid
                 ));
+                let pid = worker.pid;
+                self.models[model].instances[i].worker = Some(worker);
+                self.apply(model, i, lifecycle::Event::Launched { pid }, now);
             }
             Err(e) => {
+                log(&format!("model {name}: instance {index} cannot start: {e}"));
+                let failed = lifecycle::Event::LaunchFailed {
+                    error: e.to_string(),
+                    retry: true,
+                };
+                self.apply(model, i, failed, now);
+            }
+        }
+    }
+
+    /// What time passing brings: exited workers reaped, timers (restarts after backoff,
+    /// SIGKILL after the grace period, ready timeouts), health checks passed, and the
+    /// scaler's decisions.
+    pub fn tick(&mut self, now: Instant) {
+        self.reap(now);
+        for m in 0..self.models.len() {
+            let ready = match self.models[m].cfg.serve {
+                Some(_) => self.routes.load(&self.models[m].cfg.name).1,
+                None => Default::default(),
+            };
+            for i in 0..self.models[m].instances.len() {
+                let slot = &self.models[m].instances[i];
+                if slot.life.state == State::Running
+                    && !slot.life.ready
+                    && ready.get(&slot.index).is_some_and(|l| l.ready)
+                {
+                    self.apply(m, i, lifecycle::Event::Ready, now);
+                }
+                self.apply(m, i, lifecycle::Event::Tick, now);
+            }
+        }
+        self.scale(now);
+    }
+
+    /// Reaps the workers that exited.
+    fn reap(&mut self, now: Instant) {
+        for m in 0..self.models.len() {
+            for i in 0..self.models[m].instances.len() {
+                let Some(worker) = &self.models[m].instances[i].worker else {
+                    continue;
+                };
+                let Some(status) = self.effects.reap(worker.pid) else {
+                    continue;
+                };
+                let oom_killed = self.effects.oom_killed(worker);
+                let code = crate::launch::exit_code(status);
+                let how = if oom_killed {
+                    "killed by the OOM killer".to_owned()
+                } else if code > 128 {
+                    format!("killed by signal {}", code - 128)
+                } else {
+                    format!("exited with status {code}")
+                };
+                let model = &self.models[m];
                 log(&format!(
-                    "model {}: instance {} cannot start: {e}",
-                    cfg.name, inst.index
+                    "model {}: instance {} {how}",
+                    model.cfg.name, model.instances[i].index
                 ));
-                inst.error = Some(e);
-                Self::after_failure(&cfg, inst, true);
+                self.apply(m, i, lifecycle::Event::Exited { code, oom_killed }, now);
             }
         }
     }
 
-    /// Schedules a restart (with backoff) or gives up, per the model's policy.
-    fn after_failure(cfg: &ModelConfig, inst: &mut Instance, failed: bool) {
-        let restart = match cfg.restart {
-            RestartPolicy::Always => true,
-            RestartPolicy::OnFailure => failed,
-            RestartPolicy::Never => false,
-        };
-        if !restart {
-            inst.state = if failed { State::Failed } else { State::Exited };
-            return;
-        }
-        // A worker that ran longer than the longest backoff was not crash-looping.
-        let stable = inst.started.is_some_and(|s| s.elapsed() > cfg.backoff_max);
-        inst.failures_in_a_row = if stable {
-            0
-        } else {
-            inst.failures_in_a_row + 1
-        };
-        inst.backoff = backoff_delay(cfg, inst.failures_in_a_row);
-        inst.next_start = Some(Instant::now() + inst.backoff);
-        inst.state = State::Backoff;
-        inst.restarts += 1;
-    }
-
-    /// A child exited: find its instance, record how, reclaim, restart per policy.
-    fn reaped(&mut self, pid: i32, status: i32) {
-        let Some((m, i)) = self.find(pid) else {
-            return; // an orphan adopted as subreaper: reaped, nothing else to do
-        };
-        let model = &mut self.models[m];
-        let cfg = model.cfg.clone();
-        let inst = &mut model.instances[i];
-        let code = launch::exit_code(status);
-        self.routes.gone(&cfg.name, inst.index);
-        inst.pid = None;
-        inst.last_exit = Some(code);
-        let oom_now = inst
-            .cgroup
-            .as_ref()
-            .and_then(Cgroup::oom_kills)
-            .unwrap_or(0);
-        let oom_killed = oom_now > inst.oom_kills_at_start;
-        if oom_killed {
-            inst.oom_kills += 1;
-        }
-        if let Some(cg) = inst.cgroup.take()
-            && let Err(e) = cg.remove()
-        {
-            log(&format!("model {}: {e}", cfg.name));
-        }
-        if model.ledger_error.is_none() {
-            reclaim_logged(&self.config.supervisor.ledger_dir, &cfg.name);
-        }
-        let how = if oom_killed {
-            "killed by the OOM killer".to_owned()
-        } else if code > 128 {
-            format!("killed by signal {}", code - 128)
-        } else {
-            format!("exited with status {code}")
-        };
-        log(&format!(
-            "model {}: instance {} {how}",
-            cfg.name, inst.index
-        ));
-        inst.kill_at = None;
-        if self.shutting_down {
-            inst.state = State::Stopped;
-            return;
-        }
-        if inst.state == State::Stopping {
-            // An operator's stop or restart, not a failure: the policy has no say.
-            if std::mem::take(&mut inst.start_after_exit) {
-                inst.state = State::Backoff;
-                inst.next_start = Some(Instant::now());
-            } else {
-                inst.state = State::Stopped;
-            }
-            return;
-        }
-        Self::after_failure(&cfg, inst, code != 0 || oom_killed);
-    }
-
-    fn find(&self, pid: i32) -> Option<(usize, usize)> {
-        self.models.iter().enumerate().find_map(|(m, model)| {
-            model
-                .instances
-                .iter()
-                .position(|i| i.pid == Some(pid))
-                .map(|i| (m, i))
+    /// Whether `pid` is one of the workers, or may be one whose launch has not been
+    /// reported yet.
+    pub fn may_be_a_worker(&self, pid: i32) -> bool {
+        self.slots().any(|s| {
+            s.life.state == State::Starting || s.worker.as_ref().is_some_and(|w| w.pid == pid)
         })
     }
 
-    fn reap_all(&mut self) {
-        loop {
-            let mut status = 0;
-            // SAFETY: waitpid for any child (workers and adopted orphans).
-            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-            if pid <= 0 {
-                break;
-            }
-            self.reaped(pid, status);
-        }
+    fn slots(&self) -> impl Iterator<Item = &Slot> {
+        self.models.iter().flat_map(|m| &m.instances)
     }
 
-    /// Starts the instances whose backoff is over; SIGKILLs those that outlived their
-    /// grace period while stopping.
-    fn run_timers(&mut self) {
-        let now = Instant::now();
+    /// Stops every worker (SIGTERM, SIGKILL after the grace period); nothing starts any
+    /// more. [`Supervisor::done`] says when it is over.
+    pub fn shutdown(&mut self, now: Instant) {
+        if self.shutting_down {
+            return;
+        }
+        self.shutting_down = true;
+        log("stopping: SIGTERM to every worker");
         for m in 0..self.models.len() {
             for i in 0..self.models[m].instances.len() {
-                let model = &mut self.models[m];
-                let inst = &mut model.instances[i];
-                if inst.state == State::Backoff && inst.next_start.is_some_and(|t| t <= now) {
-                    self.start_instance(m, i);
-                } else if let (Some(pid), Some(at)) = (inst.pid, inst.kill_at)
-                    && at <= now
-                {
-                    inst.kill_at = None;
-                    log(&format!(
-                        "model {}: instance {} still running after the grace period: SIGKILL",
-                        model.cfg.name, inst.index
-                    ));
-                    // SAFETY: a worker we started and have not reaped yet.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
+                self.apply(m, i, lifecycle::Event::Shutdown, now);
             }
         }
     }
 
-    fn next_deadline(&self) -> Option<Instant> {
+    /// Shut down, with no worker left and no launch under way.
+    pub fn done(&self) -> bool {
+        self.shutting_down
+            && self
+                .slots()
+                .all(|s| s.worker.is_none() && s.life.state != State::Starting)
+    }
+
+    /// The next time [`Supervisor::tick`] has a timer to fire.
+    pub fn next_deadline(&self) -> Option<Instant> {
         self.models
             .iter()
-            .flat_map(|m| &m.instances)
-            .filter_map(|i| i.next_start.or(i.kill_at))
+            .flat_map(|m| m.instances.iter().map(|s| s.life.deadline(&m.policy)))
+            .flatten()
             .min()
     }
 
-    /// An operator's stop (`then_start` false) or restart (true) of every instance of a
-    /// model: running ones get SIGTERM now and SIGKILL after the grace period.
-    fn stop_model(&mut self, m: usize, then_start: bool) {
-        for i in 0..self.models[m].instances.len() {
-            self.stop_instance(m, i, then_start);
-        }
-    }
-
-    /// Stops one instance (SIGTERM, SIGKILL after the grace period); with `then_start`
-    /// it starts again once it has exited. No request is sent to it any more.
-    fn stop_instance(&mut self, m: usize, i: usize, then_start: bool) {
-        let grace = self.config.supervisor.grace_period;
-        let model = &mut self.models[m];
-        let inst = &mut model.instances[i];
-        self.routes.gone(&model.cfg.name, inst.index);
-        inst.next_start = None;
-        inst.failures_in_a_row = 0;
-        match inst.pid {
-            Some(pid) => {
-                inst.state = State::Stopping;
-                inst.start_after_exit = then_start;
-                if inst.kill_at.is_none() {
-                    inst.kill_at = Some(Instant::now() + grace);
-                }
-                // SAFETY: a worker we started and have not reaped yet.
-                unsafe { libc::kill(pid, libc::SIGTERM) };
-            }
-            None if then_start => {
-                inst.state = State::Backoff;
-                inst.next_start = Some(Instant::now());
-            }
-            None => inst.state = State::Stopped,
-        }
-    }
-
     /// Whether any model's instances follow the front door's traffic.
-    fn scales(&self) -> bool {
+    pub fn scales(&self) -> bool {
         self.models.iter().any(|m| m.cfg.min_instances.is_some())
+    }
+
+    /// Applies a lifecycle event to instance `i` of model `m`, and carries out what it
+    /// leads to.
+    fn apply(&mut self, m: usize, i: usize, event: lifecycle::Event, now: Instant) {
+        let model = &mut self.models[m];
+        let actions = lifecycle::step(&mut model.instances[i].life, &model.policy, event, now);
+        for action in actions {
+            let Supervisor {
+                models,
+                effects,
+                routes,
+                shutting_down,
+                ..
+            } = self;
+            let model = &mut models[m];
+            let slot = &mut model.instances[i];
+            match action {
+                Action::Launch => match &model.ledger_error {
+                    Some(why) => {
+                        let failed = lifecycle::Event::LaunchFailed {
+                            error: why.clone(),
+                            retry: false,
+                        };
+                        self.apply(m, i, failed, now);
+                    }
+                    None => effects.launch(m, &model.cfg, slot.index),
+                },
+                Action::Signal(pid, signal) => {
+                    if signal == Signal::Kill {
+                        log(&if *shutting_down {
+                            format!(
+                                "grace period over: SIGKILL to model {} instance {}",
+                                model.cfg.name, slot.index
+                            )
+                        } else {
+                            format!(
+                                "model {}: instance {} still running after the grace period: SIGKILL",
+                                model.cfg.name, slot.index
+                            )
+                        });
+                    }
+                    effects.signal(pid, signal);
+                }
+                Action::Serve => {
+                    if let Some(port) = slot.worker.as_ref().and_then(|w| w.port) {
+                        routes.started(&model.cfg.name, slot.index, port);
+                    }
+                }
+                Action::Unserve => routes.gone(&model.cfg.name, slot.index),
+                Action::Release => {
+                    if let Some(worker) = slot.worker.take() {
+                        effects.release(&model.cfg, worker);
+                    }
+                }
+            }
+        }
     }
 
     /// Scaled models: starts or stops instances as the front door's load says
     /// ([`scaling::decide`]).
-    fn scale(&mut self) {
+    fn scale(&mut self, now: Instant) {
         if self.shutting_down {
             return;
         }
@@ -497,51 +435,44 @@ impl Supervisor {
                 idle_timeout: serve.idle_timeout,
             };
             let (waiting, routed) = self.routes.load(&cfg.name);
-            let alive = |s: State| matches!(s, State::Running | State::Starting | State::Backoff);
             let instances = self.models[m]
                 .instances
                 .iter()
-                .filter(|i| alive(i.state))
-                .map(|i| {
-                    let load = routed.get(&i.index);
+                .filter(|s| s.life.state.alive())
+                .map(|s| {
+                    let load = routed.get(&s.index);
                     scaling::Instance {
-                        index: i.index,
+                        index: s.index,
                         ready: load.is_some_and(|l| l.ready),
                         in_flight: load.map_or(0, |l| l.in_flight),
                         idle: load.map_or(Duration::ZERO, |l| l.idle),
                     }
                 })
                 .collect();
+            let name = cfg.name.clone();
             match scaling::decide(&policy, &scaling::Load { waiting, instances }) {
                 scaling::Decision::Hold => {}
                 scaling::Decision::Start(n) => {
                     let idle: Vec<usize> = (0..self.models[m].instances.len())
-                        .filter(|&i| {
-                            let s = self.models[m].instances[i].state;
-                            matches!(s, State::Stopped | State::Exited | State::Failed)
-                        })
+                        .filter(|&i| self.models[m].instances[i].life.state.idle())
                         .take(n)
                         .collect();
                     for i in idle {
                         log(&format!(
-                            "model {}: instance {i} started for the front door's load",
-                            self.models[m].cfg.name
+                            "model {name}: instance {i} started for the front door's load"
                         ));
-                        self.start_instance(m, i);
+                        self.apply(m, i, lifecycle::Event::Start, now);
                     }
                 }
                 scaling::Decision::Stop(indices) => {
                     for index in indices {
-                        if let Some(i) = self.models[m]
-                            .instances
-                            .iter()
-                            .position(|x| x.index == index)
-                        {
+                        let slots = &self.models[m].instances;
+                        if let Some(i) = slots.iter().position(|s| s.index == index) {
                             log(&format!(
-                                "model {}: instance {index} idle for serve.idle_timeout: stopped",
-                                self.models[m].cfg.name
+                                "model {name}: instance {index} idle for serve.idle_timeout: stopped"
                             ));
-                            self.stop_instance(m, i, false);
+                            let stop = lifecycle::Event::Stop { then_start: false };
+                            self.apply(m, i, stop, now);
                         }
                     }
                 }
@@ -553,98 +484,42 @@ impl Supervisor {
         self.models.iter().position(|m| m.cfg.name == name)
     }
 
-    fn signal_instances(&self, m: usize, sig: i32) {
-        for inst in &self.models[m].instances {
-            if let Some(pid) = inst.pid {
-                // SAFETY: a worker we started and have not reaped yet.
-                unsafe { libc::kill(pid, sig) };
+    /// Answers a control request.
+    pub fn handle(&mut self, request: Request, now: Instant) -> Answer {
+        let (name, action, event) = match request {
+            Request::Status(None) => return Answer::Status(self.status(now)),
+            Request::Metrics => return Answer::Metrics(self.status(now)),
+            Request::Status(Some(name)) => {
+                return match self.model_index(&name) {
+                    Some(m) => Answer::Model(Box::new(self.model_status(m, now))),
+                    None => Answer::NoSuchModel(name),
+                };
             }
-        }
-    }
-
-    fn handle(&mut self, request: Request) -> Reply {
-        let not_found = |name: &str| Reply {
-            code: 404,
-            content_type: "application/json",
-            body: json!({"error": format!("no model {name}")}).to_string(),
-        };
-        match request {
-            Request::Status(None) => Reply {
-                code: 200,
-                content_type: "application/json",
-                body: serde_json::to_string_pretty(&self.status()).expect("JSON"),
-            },
-            Request::Status(Some(name)) => match self.model_index(&name) {
-                Some(m) => Reply {
-                    code: 200,
-                    content_type: "application/json",
-                    body: serde_json::to_string_pretty(&self.model_status(m)).expect("JSON"),
-                },
-                None => not_found(&name),
-            },
-            Request::Metrics => Reply {
-                code: 200,
-                content_type: crate::metrics::CONTENT_TYPE,
-                body: match self.config.supervisor.http {
-                    None => crate::metrics::encode(&self.status()),
-                    Some(_) => crate::metrics::encode_with_front_door(
-                        &self.status(),
-                        &self.routes.metrics,
-                        |m| self.routes.in_flight_and_waiting(m),
-                    ),
-                },
-            },
-            Request::Stop(name) => match self.model_index(&name) {
-                Some(m) => {
-                    self.stop_model(m, false);
-                    Reply {
-                        code: 200,
-                        content_type: "application/json",
-                        body: json!({"model": name, "action": "stop"}).to_string(),
-                    }
-                }
-                None => not_found(&name),
-            },
-            Request::Start(name) | Request::Restart(name) if self.model_index(&name).is_none() => {
-                not_found(&name)
-            }
-            Request::Start(name) => {
-                let m = self.model_index(&name).expect("checked");
-                for i in 0..self.models[m].instances.len() {
-                    let inst = &mut self.models[m].instances[i];
-                    if inst.pid.is_none() {
-                        inst.failures_in_a_row = 0;
-                        self.start_instance(m, i);
-                    } else if inst.state == State::Stopping {
-                        inst.start_after_exit = true;
-                    }
-                }
-                Reply {
-                    code: 200,
-                    content_type: "application/json",
-                    body: json!({"model": name, "action": "start"}).to_string(),
-                }
-            }
+            Request::Start(name) => (name, "start", lifecycle::Event::Start),
+            Request::Stop(name) => (name, "stop", lifecycle::Event::Stop { then_start: false }),
             Request::Restart(name) => {
-                let m = self.model_index(&name).expect("checked");
-                self.stop_model(m, true);
-                Reply {
-                    code: 200,
-                    content_type: "application/json",
-                    body: json!({"model": name, "action": "restart"}).to_string(),
-                }
+                (name, "restart", lifecycle::Event::Stop { then_start: true })
             }
+        };
+        let Some(m) = self.model_index(&name) else {
+            return Answer::NoSuchModel(name);
+        };
+        if self.shutting_down && action != "stop" {
+            return Answer::ShuttingDown;
+        }
+        for i in 0..self.models[m].instances.len() {
+            self.apply(m, i, event.clone(), now);
+        }
+        Answer::Done {
+            model: name,
+            action,
         }
     }
 
-    /// The model's ledger, read from a copy.
-    fn snapshot(&self, m: usize) -> Result<Snapshot, ledger::LedgerError> {
-        ledger::read_snapshot(&self.config.supervisor.ledger_dir, &self.models[m].cfg.name)
-    }
-
-    fn model_status(&self, m: usize) -> ModelStatus {
+    fn model_status(&self, m: usize, now: Instant) -> ModelStatus {
         let model = &self.models[m];
-        let snapshot = self.snapshot(m);
+        let snapshot =
+            crate::ledger::read_snapshot(&self.config.supervisor.ledger_dir, &model.cfg.name);
         let error = model
             .ledger_error
             .clone()
@@ -653,30 +528,39 @@ impl Supervisor {
         let instances = model
             .instances
             .iter()
-            .map(|i| InstanceStatus {
-                index: i.index,
-                state: i.state.as_str().to_owned(),
-                pid: i.pid,
-                restarts: i.restarts,
-                oom_kills: i.oom_kills,
-                last_exit: i.last_exit,
-                backoff_ms: (i.state == State::Backoff).then_some(i.backoff.as_millis() as u64),
-                uptime_ms: i
-                    .started
-                    .filter(|_| i.pid.is_some())
-                    .map(|s| s.elapsed().as_millis() as u64),
-                host_memory_bytes: i.cgroup.as_ref().and_then(Cgroup::memory_current),
-                error: i.error.clone(),
+            .map(|s| {
+                let i = &s.life;
+                InstanceStatus {
+                    index: s.index,
+                    state: i.state.as_str().to_owned(),
+                    pid: i.pid,
+                    restarts: i.restarts,
+                    oom_kills: i.oom_kills,
+                    last_exit: i.last_exit,
+                    backoff_ms: (i.state == State::Backoff).then_some(i.backoff.as_millis() as u64),
+                    uptime_ms: i
+                        .started
+                        .filter(|_| i.pid.is_some())
+                        .map(|s| now.saturating_duration_since(s).as_millis() as u64),
+                    host_memory_bytes: s
+                        .worker
+                        .as_ref()
+                        .and_then(|w| w.cgroup.as_ref())
+                        .and_then(crate::cgroups::Cgroup::memory_current),
+                    error: i.error.clone(),
+                }
             })
             .collect::<Vec<_>>();
         ModelStatus {
             name: model.cfg.name.clone(),
-            state: summary_state(&model.instances).to_owned(),
+            state: summary_state(model.instances.iter().map(|s| s.life.state)).to_owned(),
             restarts: instances.iter().map(|i| i.restarts).sum(),
             oom_kills: instances.iter().map(|i| i.oom_kills).sum(),
             host_memory_bytes: instances.iter().filter_map(|i| i.host_memory_bytes).sum(),
             instances,
-            gpu_quota_bytes: snapshot.as_ref().and_then(Snapshot::quota_bytes),
+            gpu_quota_bytes: snapshot
+                .as_ref()
+                .and_then(crate::ledger::Snapshot::quota_bytes),
             gpu_used_bytes: snapshot.as_ref().map(|s| s.used),
             gpu_peak_bytes: snapshot
                 .as_ref()
@@ -705,10 +589,10 @@ impl Supervisor {
     }
 
     /// Every model, and the node's GPUs when models are placed: one copy of each ledger.
-    pub fn status(&self) -> Status {
+    pub fn status(&self, now: Instant) -> Status {
         Status {
             models: (0..self.models.len())
-                .map(|m| self.model_status(m))
+                .map(|m| self.model_status(m, now))
                 .collect(),
             gpus: self.plan.as_ref().map(|p| {
                 p.gpus
@@ -725,167 +609,303 @@ impl Supervisor {
             }),
         }
     }
+}
 
-    /// SIGTERM everywhere, the grace period, SIGKILL, cgroups removed.
-    fn shutdown(&mut self, events: &Receiver<Event>) {
-        self.shutting_down = true;
-        log("stopping: SIGTERM to every worker");
-        for m in 0..self.models.len() {
-            self.signal_instances(m, libc::SIGTERM);
+fn summary_state(states: impl Iterator<Item = State>) -> &'static str {
+    let states: Vec<State> = states.collect();
+    for s in [
+        State::Running,
+        State::Starting,
+        State::Stopping,
+        State::Backoff,
+        State::Failed,
+        State::Exited,
+    ] {
+        if states.contains(&s) {
+            return s.as_str();
         }
-        let deadline = Instant::now() + self.config.supervisor.grace_period;
-        while self.running() > 0 && Instant::now() < deadline {
-            let _ = events.recv_timeout(Duration::from_millis(20));
-            self.reap_all();
-        }
-        if self.running() > 0 {
-            log("grace period over: SIGKILL");
-            for m in 0..self.models.len() {
-                self.signal_instances(m, libc::SIGKILL);
+    }
+    State::Stopped.as_str()
+}
+
+/// A supervisor at work on a thread of its own, with its control API and, if configured,
+/// its front door. A Rust program embeds cuvisor with this:
+///
+/// ```no_run
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = cuvisor::config::Config::load(std::path::Path::new("cuvisor.toml"))
+///     .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))?;
+/// let shim = cuvisor::exec::default_shim().ok_or("libcuvisor_preload.so not found")?;
+/// let running = cuvisor::supervisor::Running::start(config, shim)?;
+/// println!("{} models", running.status()?.models.len());
+/// running.stop()?; // every worker stopped, the listeners closed
+/// # Ok(()) }
+/// ```
+///
+/// Workers are reaped by pid (the program's other children are left alone), at the
+/// latest 100 ms after they exit, at once where the program forwards SIGCHLD
+/// ([`Running::sender`], [`Event::Signal`]). A worker's own children that it leaves
+/// behind come to the program only if it is a child subreaper
+/// ([`become_subreaper`]); they are reaped then.
+pub struct Running {
+    events: Sender<Event>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The supervisor's thread wakes at least this often: to reap without SIGCHLD, and for
+/// the scaler to look at the front door's load.
+const TICK: Duration = Duration::from_millis(50);
+
+impl Running {
+    /// Checks and prepares everything that can fail (the supervisor's lock, the placement
+    /// on GPUs, cgroups, ledgers, the control API and the front door), then starts the
+    /// models' first instances on the supervisor's thread.
+    pub fn start(config: Config, shim: PathBuf) -> Result<Running, Error> {
+        Self::start_with(
+            config,
+            shim,
+            &crate::nvml::Nvml,
+            Path::new("/sys/fs/cgroup"),
+        )
+    }
+
+    fn start_with(
+        config: Config,
+        shim: PathBuf,
+        inventory: &dyn Inventory,
+        cgroup_root: &Path,
+    ) -> Result<Running, Error> {
+        // First: nothing of another supervisor's may be touched.
+        let lock = SupervisorLock::acquire(Path::new(RUN_DIR), &config.supervisor.cgroup_name)?;
+        let plan = place(&config, inventory)?;
+        if let Some(p) = &plan {
+            for line in plan_lines(p) {
+                log(&line);
             }
-            while self.running() > 0 {
-                std::thread::sleep(Duration::from_millis(10));
-                self.reap_all();
+        }
+        let (hierarchy, ledgers) = crate::system::prepare(&config, cgroup_root)?;
+        let (tx, rx) = channel();
+        let effects = System::new(&config, hierarchy, shim, plan.clone(), tx.clone())?;
+        let mut sup = Supervisor::new(config, plan, effects);
+        for (m, why) in ledgers.into_iter().enumerate() {
+            if let Some(why) = why {
+                let name = sup.config.models[m].name.clone();
+                sup.unusable(&name, why);
             }
         }
-        for model in &mut self.models {
-            for inst in &mut model.instances {
-                if let Some(cg) = inst.cgroup.take() {
-                    let _ = cg.remove();
+        let front_door = match sup.config.supervisor.http {
+            Some(_) => Some(sup.routes.clone()),
+            None => None,
+        };
+        let control = crate::control::serve(&sup.config.supervisor, tx.clone(), front_door)
+            .map_err(Error::Control)?;
+        let door = match sup.config.supervisor.http {
+            None => None,
+            Some(addr) => {
+                let keys = match &sup.config.supervisor.api_keys {
+                    Some(path) => Some(gateway::read_keys(path).map_err(|why| Error::ApiKeys {
+                        path: path.clone(),
+                        why,
+                    })?),
+                    None => None,
+                };
+                let door =
+                    gateway::serve(addr, sup.routes.clone(), keys).map_err(Error::FrontDoor)?;
+                log(&format!("front door: listening on {addr}"));
+                Some(door)
+            }
+        };
+        let thread = std::thread::Builder::new()
+            .name("supervisor".into())
+            .spawn(move || {
+                let _held = (lock, control, door);
+                supervise(&mut sup, &rx);
+                log("stopped");
+            })
+            .map_err(|e| Error::Thread("supervisor", e))?;
+        Ok(Running {
+            events: tx,
+            thread: Some(thread),
+        })
+    }
+
+    /// Where to send events: forwarded signals, control requests.
+    pub fn sender(&self) -> Sender<Event> {
+        self.events.clone()
+    }
+
+    /// Every model's status, as `GET /models` gives it.
+    pub fn status(&self) -> Result<Status, Error> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _ = self.events.send(Event::Control(Request::Status(None), tx));
+        match rx.blocking_recv() {
+            Ok(Answer::Status(s)) => Ok(s),
+            _ => Err(Error::Panicked),
+        }
+    }
+
+    /// Stops every worker (SIGTERM, SIGKILL after the grace period), closes the control
+    /// API and the front door, and returns once all of it is done.
+    pub fn stop(mut self) -> Result<(), Error> {
+        let _ = self.events.send(Event::Stop);
+        self.join()
+    }
+
+    /// Waits until the supervisor stops (a SIGTERM forwarded to it, or a stop sent).
+    pub fn wait(mut self) -> Result<(), Error> {
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<(), Error> {
+        match self.thread.take() {
+            Some(t) => t.join().map_err(|_| Error::Panicked),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Running {
+    /// A supervisor dropped without [`Running::stop`] stops all the same.
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            let _ = self.events.send(Event::Stop);
+            let _ = self.join();
+        }
+    }
+}
+
+/// The supervisor's loop: events as they come, [`Supervisor::tick`] after each and at
+/// least every [`TICK`], until it has shut down.
+fn supervise(sup: &mut Supervisor<System>, events: &Receiver<Event>) {
+    sup.begin(Instant::now());
+    let subreaper = is_subreaper();
+    loop {
+        let timeout = sup.next_deadline().map_or(TICK, |t| {
+            t.saturating_duration_since(Instant::now()).min(TICK)
+        });
+        let now = || Instant::now();
+        match events.recv_timeout(timeout) {
+            Ok(Event::Signal(sig)) if sig == libc::SIGTERM || sig == libc::SIGINT => {
+                sup.shutdown(now());
+            }
+            Ok(Event::Stop) => sup.shutdown(now()),
+            Ok(Event::Signal(_)) => {}
+            Ok(Event::Control(request, reply)) => {
+                let _ = reply.send(sup.handle(request, now()));
+            }
+            Ok(Event::Launched {
+                model,
+                index,
+                result,
+            }) => sup.launched(model, index, result, now()),
+            // Every sender gone: no one can stop it any more but itself.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => sup.shutdown(now()),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        sup.tick(now());
+        if subreaper {
+            reap_orphans(sup);
+        }
+        if sup.done() {
+            return;
+        }
+    }
+}
+
+/// As a child subreaper, the workers' orphaned children come to this process: reaped
+/// here, except workers (reaped by pid by the supervisor).
+fn reap_orphans(sup: &Supervisor<System>) {
+    loop {
+        // SAFETY: siginfo_t is plain data; all zeros is a valid value.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid with a valid buffer; WNOWAIT leaves the child waitable.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_ALL,
+                0,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        // SAFETY: si_pid is valid for the child-state changes waitid reports.
+        let pid = unsafe { info.si_pid() };
+        if r != 0 || pid == 0 || sup.may_be_a_worker(pid) {
+            return;
+        }
+        // SAFETY: reaping the orphan waitid just reported.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+    }
+}
+
+fn is_subreaper() -> bool {
+    let mut on: libc::c_int = 0;
+    // SAFETY: prctl writes one int to a local.
+    unsafe {
+        libc::prctl(libc::PR_GET_CHILD_SUBREAPER, &mut on as *mut libc::c_int) == 0 && on != 0
+    }
+}
+
+/// Makes this process a child subreaper: orphans of workers (their children that
+/// outlive them, outside a PID namespace) come to it, and the supervisor reaps them.
+pub fn become_subreaper() {
+    // SAFETY: prctl on ourselves.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+}
+
+/// Blocks the signals the binary handles (SIGCHLD, SIGTERM, SIGINT, SIGHUP) in this
+/// thread and the threads it starts later: call it before any other thread exists.
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; all zeros is a valid value (and emptied below).
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: sigemptyset and sigaddset on a local set of valid signals; pthread_sigmask
+    // only changes this thread's mask (threads spawned later inherit it).
+    unsafe {
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    set
+}
+
+/// `cuvisor run`: the configuration until SIGTERM or SIGINT, as a child subreaper.
+/// Returns the process exit status.
+pub fn run(config: Config, shim: PathBuf) -> Result<i32, Error> {
+    // Before any thread exists: every thread inherits the blocked signals.
+    let set = block_signals();
+    become_subreaper();
+    let running = Running::start(config, shim)?;
+    let events = running.sender();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            loop {
+                let mut sig = 0;
+                // SAFETY: sigwait with the set blocked in every thread.
+                if unsafe { libc::sigwait(&set, &mut sig) } == 0
+                    && events.send(Event::Signal(sig)).is_err()
+                {
+                    return;
                 }
             }
-        }
-        self.hierarchy.remove_base();
-        self.reap_all();
-    }
-
-    fn running(&self) -> usize {
-        self.models
-            .iter()
-            .flat_map(|m| &m.instances)
-            .filter(|i| i.pid.is_some())
-            .count()
-    }
+        })
+        .map_err(|e| Error::Thread("signals", e))?;
+    running.wait()?;
+    Ok(0)
 }
 
-/// Where an instance runs: its GPUs (its `CUDA_VISIBLE_DEVICES`, by UUID; None: every
-/// GPU) and, for a served model, the loopback port it listens on.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Placement<'a> {
-    pub gpus: Option<&'a [GpuUuid]>,
-    pub port: Option<u16>,
-}
-
-/// How a worker of `cfg` is started (its program, arguments, environment, credentials,
-/// namespaces, privileges), with its output going to `output`, where `at` says. Creates
-/// nothing: it only looks for the program and reads this process's mount table.
-pub fn worker_spec(
-    cfg: &ModelConfig,
-    supervisor: &SupervisorConfig,
-    shim: &Path,
-    output: RawFd,
-    at: Placement,
-) -> Result<Spec, String> {
-    let visible = at.gpus;
-    let mut extra: Vec<(String, String)> = cfg
-        .env
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    if let Some(port) = at.port {
-        // The server's port: `PORT`, and `{port}` in its arguments.
-        extra.push(("PORT".into(), port.to_string()));
-    }
-    if let Some(gpus) = visible {
-        // CUDA numbers the model's GPUs 0.. in this order; NVML is filtered by the shim.
-        let list: Vec<String> = gpus.iter().map(ToString::to_string).collect();
-        extra.push(("CUDA_VISIBLE_DEVICES".into(), list.join(",")));
-    }
-    let contract = Contract {
-        quota: cfg.gpu_quota,
-        mode: cfg.mode,
-        ledger_dir: supervisor.ledger_dir.clone(),
-        gpus: visible.map(<[GpuUuid]>::to_vec),
-        ..Contract::new(&cfg.name)
-    };
-    let env = worker_env(&extra, &contract, shim);
-    let path_var = env
-        .iter()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| v.clone());
-    let program = launch::resolve_program(&cfg.command, path_var.as_deref())?;
-    let mut argv = vec![cfg.command.clone()];
-    argv.extend(cfg.args.iter().map(|a| match at.port {
-        Some(port) => a.replace("{port}", &port.to_string()),
-        None => a.clone(),
-    }));
-    let path = |p: &PathBuf| {
-        CString::new(p.as_os_str().as_encoded_bytes())
-            .map_err(|_| format!("{}: a NUL byte in a path", p.display()))
-    };
-    // In its own mount namespace the worker is shown less of the host.
-    let (read_only, cover, ledger) = if cfg.isolation.mount {
-        // The model's bind_ro (checked by the configuration to exist) first.
-        let mut read_only = cfg
-            .bind_ro
-            .iter()
-            .map(|p| {
-                Ok(ReadOnly {
-                    path: path(p)?,
-                    flags: 0,
-                    bind: true,
-                    optional: false,
-                })
-            })
-            .collect::<Result<Vec<_>, String>>()?;
-        read_only.extend(launch::kernel_interfaces(
-            &std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
-        ));
-        // What every model runs: a worker that is root must not rewrite them.
-        let exe = std::env::current_exe().ok();
-        for p in [Some(shim.to_path_buf()), exe].into_iter().flatten() {
-            read_only.push(ReadOnly {
-                path: path(&p)?,
-                flags: 0,
-                bind: true,
-                optional: false,
-            });
-        }
-        let ledger = (
-            path(&supervisor.ledger_dir)?,
-            path(&LedgerFile::path_for(&supervisor.ledger_dir, &cfg.name))?,
-        );
-        (read_only, vec![path(&supervisor.socket)?], Some(ledger))
-    } else {
-        (Vec::new(), Vec::new(), None)
-    };
-    Ok(Spec {
-        program,
-        argv: cstrings(argv)?,
-        envp: cstrings(env.iter().map(|(k, v)| format!("{k}={v}")))?,
-        cwd: cfg.cwd.as_ref().map(path).transpose()?,
-        // In its own user namespace the worker becomes root there (host ids `host_ids`).
-        uid: cfg.uid.or(cfg.host_ids.map(|_| 0)),
-        gid: cfg.gid.or(cfg.host_ids.map(|_| 0)),
-        isolation: cfg.isolation,
-        hostname: cstrings([cfg.name.clone()])?.remove(0),
-        privileges: Privileges::Keep(cfg.capabilities),
-        read_only,
-        cover,
-        host_ids: cfg.host_ids,
-        ledger,
-        stdout: output,
-        stderr: output,
-    })
-}
-
-/// The delay before the next start of an instance that failed `failures_in_a_row` times:
-/// doubling from `backoff_initial`, capped at `backoff_max`.
+/// The delay before the next start of an instance of `cfg` that failed
+/// `failures_in_a_row` times ([`lifecycle::backoff_delay`]).
 pub fn backoff_delay(cfg: &ModelConfig, failures_in_a_row: u32) -> Duration {
-    let factor = 1u32 << failures_in_a_row.saturating_sub(1).min(20);
-    cfg.backoff_initial
-        .saturating_mul(factor)
-        .min(cfg.backoff_max)
+    let policy = lifecycle::Policy {
+        restart: cfg.restart,
+        backoff_initial: cfg.backoff_initial,
+        backoff_max: cfg.backoff_max,
+        grace_period: Duration::ZERO,
+        ready_timeout: None,
+    };
+    lifecycle::backoff_delay(&policy, failures_in_a_row)
 }
 
 /// What a model's workers can reach outside their model, as its settings leave it: each
@@ -922,31 +942,6 @@ pub fn exposure(m: &ModelConfig) -> Vec<&'static str> {
     out
 }
 
-/// The ledger of a model, made if missing, checked (its quota included) from a copy, and
-/// reachable by the model's user: the supervisor never maps a ledger.
-fn prepare_ledger(dir: &Path, cfg: &ModelConfig) -> Result<(), ledger::LedgerError> {
-    let group = cfg.gid.filter(|_| cfg.uid.is_some()).or(cfg.host_ids);
-    ledger::ensure(dir, &cfg.name, cfg.gpu_quota, CreateOptions { group })?;
-    if let Some(gid) = group {
-        LedgerFile::share_with_group(dir, &cfg.name, gid)?;
-        ledger::make_traversable(dir)?;
-    }
-    Ok(())
-}
-
-/// Gives back what the model's dead processes held (in a child process: the supervisor
-/// never maps a ledger), and says so.
-fn reclaim_logged(dir: &Path, model: &str) {
-    match ledger::reclaim_isolated(dir, model) {
-        Ok(r) if r.bytes > 0 || r.uncertain > 0 => log(&format!(
-            "model {model}: reclaimed {} bytes ({} uncertain) of dead processes",
-            r.bytes, r.uncertain
-        )),
-        Ok(_) => {}
-        Err(e) => log(&format!("model {model}: {e}")),
-    }
-}
-
 /// Where supervisors keep their locks: one per cgroup parent (`cgroup_name`).
 pub const RUN_DIR: &str = "/run/cuvisor";
 
@@ -958,14 +953,17 @@ pub struct SupervisorLock {
 }
 
 impl SupervisorLock {
-    pub fn acquire(run_dir: &Path, cgroup_name: &str) -> Result<SupervisorLock, String> {
+    pub fn acquire(run_dir: &Path, cgroup_name: &str) -> Result<SupervisorLock, Error> {
         use std::io::{Read, Seek};
         use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o755)
             .create(run_dir)
-            .map_err(|e| format!("{}: cannot create: {e}", run_dir.display()))?;
+            .map_err(|source| Error::RunDir {
+                path: run_dir.to_owned(),
+                source,
+            })?;
         let path = run_dir.join(format!("{cgroup_name}.lock"));
         let mut file = std::fs::OpenOptions::new()
             .read(true)
@@ -975,135 +973,39 @@ impl SupervisorLock {
             .mode(0o644)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&path)
-            .map_err(|e| format!("{}: cannot open: {e}", path.display()))?;
+            .map_err(|source| Error::RunDir {
+                path: path.clone(),
+                source,
+            })?;
         // SAFETY: flock on our own descriptor.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let mut pid = String::new();
             let _ = file.read_to_string(&mut pid);
-            return Err(format!(
-                "another supervisor (pid {}) runs with cgroup_name = \"{cgroup_name}\" (it holds {}); \
-                 stop it, or give this one another cgroup_name",
-                pid.trim(),
-                path.display()
-            ));
+            return Err(Error::Busy {
+                pid: pid.trim().to_owned(),
+                cgroup_name: cgroup_name.to_owned(),
+                path,
+            });
         }
         let written = file
             .set_len(0)
             .and_then(|()| file.rewind())
             .and_then(|()| writeln!(file, "{}", std::process::id()));
-        written.map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
+        written.map_err(|source| Error::RunDir { path, source })?;
         Ok(SupervisorLock { _file: file })
     }
-}
-
-fn summary_state(instances: &[Instance]) -> &'static str {
-    let states: Vec<State> = instances.iter().map(|i| i.state).collect();
-    for s in [
-        State::Running,
-        State::Starting,
-        State::Stopping,
-        State::Backoff,
-        State::Failed,
-        State::Exited,
-    ] {
-        if states.contains(&s) {
-            return s.as_str();
-        }
-    }
-    State::Stopped.as_str()
-}
-
-fn limits(m: &ModelConfig) -> Limits {
-    Limits {
-        memory: m.memory_limit,
-        cpu_cores: m.cpu_limit,
-        pids: m.pids_limit,
-    }
-}
-
-fn pipe_for_output() -> Result<(OwnedFd, OwnedFd), String> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills two descriptors we own. The write end is inherited by the
-    // worker only through the launch spec (dup2), so it is close-on-exec here.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(format!(
-            "cannot create a pipe: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    // SAFETY: pipe2 succeeded: two new descriptors that nothing else owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-/// Copies a worker's output, line by line, to the supervisor's stderr or its log file.
-fn forward_output(output: OwnedFd, logs: &Logs, leaf: &str) {
-    let file = std::fs::File::from(output);
-    let target = match logs {
-        Logs::Stderr => None,
-        Logs::Dir(dir) => {
-            let _ = std::fs::create_dir_all(dir);
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(dir.join(format!("{leaf}.log")))
-                .ok()
-        }
-    };
-    let prefix = format!(
-        "[{}] ",
-        leaf.rsplit_once('-')
-            .map_or(leaf.to_owned(), |(m, i)| format!("{m}/{i}"))
-    );
-    std::thread::spawn(move || {
-        let mut target = target;
-        for line in BufReader::new(file).lines().map_while(Result::ok) {
-            match &mut target {
-                Some(f) => {
-                    let _ = writeln!(f, "{line}");
-                }
-                None => {
-                    let _ = writeln!(std::io::stderr(), "{prefix}{line}");
-                }
-            }
-        }
-    });
-}
-
-/// Blocks the signals we handle in every thread, and turns them into events.
-fn signal_thread(tx: Sender<Event>) {
-    // SAFETY: sigset_t is plain data; all zeros is a valid value (and emptied below).
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: sigemptyset and sigaddset on a local set of valid signals; pthread_sigmask
-    // only changes this thread's mask (threads spawned later inherit it).
-    unsafe {
-        libc::sigemptyset(&mut set);
-        for sig in [libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-            libc::sigaddset(&mut set, sig);
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
-    std::thread::spawn(move || {
-        loop {
-            let mut sig = 0;
-            // SAFETY: sigwait with the set blocked in every thread.
-            if unsafe { libc::sigwait(&set, &mut sig) } == 0 && tx.send(Event::Signal(sig)).is_err()
-            {
-                return;
-            }
-        }
-    });
 }
 
 /// Places the models that have `gpus` on the node's GPUs (from `inventory`), against the
 /// host memory left for what cannot be resident: the host's memory less the models'
 /// `memory_limit`s (each times its instances). None when no model has `gpus`; every
 /// reason it cannot be done otherwise, one per line.
-pub fn place(config: &Config, inventory: &dyn Inventory) -> Result<Option<Plan>, String> {
+pub fn place(config: &Config, inventory: &dyn Inventory) -> Result<Option<Plan>, Error> {
     if config.models.iter().all(|m| m.gpus.is_none()) {
         return Ok(None);
     }
-    let node = inventory.gpus().map_err(|e| e.to_string())?;
-    let total = host_memory().ok_or("cannot read MemTotal from /proc/meminfo")?;
+    let node = inventory.gpus()?;
+    let total = host_memory().ok_or(Error::HostMemory)?;
     let limits: u64 = config
         .models
         .iter()
@@ -1132,13 +1034,7 @@ pub fn place(config: &Config, inventory: &dyn Inventory) -> Result<Option<Plan>,
         total.saturating_sub(limits),
     )
     .map(Some)
-    .map_err(|errors| {
-        errors
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("\n")
-    })
+    .map_err(Error::Placement)
 }
 
 fn host_memory() -> Option<u64> {
@@ -1190,70 +1086,240 @@ pub fn plan_lines(p: &Plan) -> Vec<String> {
     lines
 }
 
-/// Runs the configuration until SIGTERM or SIGINT. Returns the process exit status.
-pub fn run(config: Config, shim: PathBuf) -> Result<i32, String> {
-    // Before any thread exists: every thread inherits the blocked signals.
-    let (tx, rx) = channel();
-    signal_thread(tx.clone());
-    // SAFETY: prctl on ourselves: orphans of workers that left their namespace come to us.
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
-    // First: nothing of another supervisor's may be touched.
-    let _lock = SupervisorLock::acquire(Path::new(RUN_DIR), &config.supervisor.cgroup_name)?;
-    let plan = place(&config, &crate::nvml::Nvml)?;
-    if let Some(p) = &plan {
-        for line in plan_lines(p) {
-            log(&line);
+#[cfg(test)]
+mod tests {
+    //! The supervisor driven by events on a virtual clock, its effects recorded: no root,
+    //! no process, no sleeping.
+    use super::*;
+    use std::collections::HashMap;
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Done {
+        Launch(String, u32),
+        Signal(i32, Signal),
+        Release(String, i32),
+    }
+
+    /// Records what the supervisor does; `exits` are the statuses `reap` will report.
+    #[derive(Default)]
+    struct Recorder {
+        done: Vec<Done>,
+        exits: HashMap<i32, i32>,
+    }
+
+    impl Effects for Recorder {
+        fn launch(&mut self, _model: usize, cfg: &ModelConfig, index: u32) {
+            self.done.push(Done::Launch(cfg.name.clone(), index));
+        }
+        fn signal(&mut self, pid: i32, signal: Signal) {
+            self.done.push(Done::Signal(pid, signal));
+        }
+        fn reap(&mut self, pid: i32) -> Option<i32> {
+            self.exits.remove(&pid)
+        }
+        fn oom_killed(&self, _: &Worker) -> bool {
+            false
+        }
+        fn release(&mut self, cfg: &ModelConfig, worker: Worker) {
+            self.done.push(Done::Release(cfg.name.clone(), worker.pid));
         }
     }
-    let mut sup = Supervisor::new(config, shim, Path::new("/sys/fs/cgroup"), plan)?;
-    let server = crate::control::serve(&sup.config.supervisor, tx)?;
-    if let Some(addr) = sup.config.supervisor.http {
-        let keys = match &sup.config.supervisor.api_keys {
-            Some(path) => Some(
-                gateway::read_keys(path)
-                    .map_err(|why| format!("api_keys {}: {why}", path.display()))?,
-            ),
-            None => None,
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn supervisor(models: &str) -> (Supervisor<Recorder>, Instant) {
+        // The front door's address is only read by `Running`: nothing listens here.
+        let http = if models.contains("[model.serve]") {
+            "http = \"127.0.0.1:9\"\n"
+        } else {
+            ""
         };
-        gateway::serve(addr, sup.routes.clone(), keys)?;
-        log(&format!("front door: listening on {addr}"));
+        let text = format!(
+            "[supervisor]\nsocket = \"/nonexistent/s\"\nledger_dir = \"/nonexistent/l\"\n\
+             grace_period = \"1s\"\n{http}{models}"
+        );
+        let config = Config::parse(Path::new("test.toml"), &text).expect("a valid config");
+        (
+            Supervisor::new(config, None, Recorder::default()),
+            Instant::now(),
+        )
     }
-    for m in 0..sup.models.len() {
-        // A scaled model starts with its minimum; the scaler does the rest.
-        let first = sup.models[m]
-            .cfg
-            .min_instances
-            .unwrap_or(sup.models[m].cfg.instances);
-        for i in 0..first as usize {
-            sup.start_instance(m, i);
-        }
+
+    const ONE: &str =
+        "[[model]]\nname = \"a\"\ncommand = \"/bin/true\"\nbackoff_initial = \"100ms\"\n";
+
+    fn taken(s: &mut Supervisor<Recorder>) -> Vec<Done> {
+        std::mem::take(&mut s.effects.done)
     }
-    // The scaler looks at the front door's load this often.
-    let tick = if sup.scales() {
-        Duration::from_millis(50)
-    } else {
-        Duration::from_millis(500)
-    };
-    loop {
-        let timeout = sup.next_deadline().map_or(tick, |t| {
-            t.saturating_duration_since(Instant::now()).min(tick)
-        });
-        match rx.recv_timeout(timeout) {
-            Ok(Event::Signal(libc::SIGCHLD)) => sup.reap_all(),
-            Ok(Event::Signal(sig)) if sig == libc::SIGTERM || sig == libc::SIGINT => {
-                sup.shutdown(&rx);
-                drop(server);
-                log("stopped");
-                return Ok(0);
-            }
-            Ok(Event::Signal(_)) => {}
-            Ok(Event::Control(request, reply)) => {
-                let _ = reply.send(sup.handle(request));
-            }
-            Err(_) => {}
-        }
-        sup.reap_all();
-        sup.run_timers();
-        sup.scale();
+
+    fn instance(s: &Supervisor<Recorder>, now: Instant) -> InstanceStatus {
+        s.status(now).models[0].instances[0].clone()
+    }
+
+    /// A wait status for an exit with `code`.
+    fn exited(code: i32) -> i32 {
+        code << 8
+    }
+
+    #[test]
+    fn launches_do_not_wait_and_their_results_arrive_as_events() {
+        let (mut s, t) = supervisor(&format!(
+            "{ONE}[[model]]\nname = \"b\"\ncommand = \"/bin/true\"\ninstances = 2\n"
+        ));
+        s.begin(t);
+        // Three launches asked for at once: none has finished.
+        assert_eq!(
+            taken(&mut s),
+            [
+                Done::Launch("a".into(), 0),
+                Done::Launch("b".into(), 0),
+                Done::Launch("b".into(), 1)
+            ]
+        );
+        // The supervisor answers while they are under way.
+        assert_eq!(instance(&s, t).state, "starting");
+        s.launched(0, 0, Ok(Worker::new(100, None)), t + MS);
+        let i = instance(&s, t + 5 * MS);
+        assert_eq!(
+            (i.state.as_str(), i.pid, i.uptime_ms),
+            ("running", Some(100), Some(4))
+        );
+        let failed = StartError::Spec("nope: not found".into());
+        s.launched(1, 1, Err(failed), t + MS);
+        let b = &s.status(t).models[1].instances[1];
+        assert_eq!(b.state, "backoff");
+        assert_eq!(b.error.as_deref(), Some("nope: not found"));
+    }
+
+    #[test]
+    fn a_crash_is_reaped_released_and_restarted_after_its_backoff() {
+        let (mut s, t) = supervisor(ONE);
+        s.begin(t);
+        s.launched(0, 0, Ok(Worker::new(100, None)), t);
+        taken(&mut s);
+        s.effects.exits.insert(100, exited(3));
+        s.tick(t + MS);
+        assert_eq!(taken(&mut s), [Done::Release("a".into(), 100)]);
+        let i = instance(&s, t + MS);
+        assert_eq!(
+            (i.state.as_str(), i.last_exit, i.restarts),
+            ("backoff", Some(3), 1)
+        );
+        assert_eq!(s.next_deadline(), Some(t + 101 * MS));
+        s.tick(t + 100 * MS);
+        assert_eq!(taken(&mut s), []);
+        s.tick(t + 101 * MS);
+        assert_eq!(taken(&mut s), [Done::Launch("a".into(), 0)]);
+    }
+
+    #[test]
+    fn a_stop_terms_kills_after_the_grace_period_and_starts_nothing() {
+        let (mut s, t) = supervisor(ONE);
+        s.begin(t);
+        s.launched(0, 0, Ok(Worker::new(100, None)), t);
+        taken(&mut s);
+        let answer = s.handle(Request::Stop("a".into()), t);
+        assert!(
+            matches!(answer, Answer::Done { action: "stop", .. }),
+            "{answer:?}"
+        );
+        assert_eq!(taken(&mut s), [Done::Signal(100, Signal::Term)]);
+        s.tick(t + 999 * MS);
+        assert_eq!(taken(&mut s), []);
+        s.tick(t + 1000 * MS);
+        assert_eq!(taken(&mut s), [Done::Signal(100, Signal::Kill)]);
+        s.effects.exits.insert(100, 9); // killed by SIGKILL
+        s.tick(t + 1001 * MS);
+        assert_eq!(taken(&mut s), [Done::Release("a".into(), 100)]);
+        let i = instance(&s, t);
+        assert_eq!(
+            (i.state.as_str(), i.last_exit, i.restarts),
+            ("stopped", Some(137), 0)
+        );
+        assert!(
+            matches!(s.handle(Request::Stop("zz".into()), t), Answer::NoSuchModel(n) if n == "zz")
+        );
+    }
+
+    #[test]
+    fn a_shutdown_waits_for_launches_under_way_and_stops_what_they_started() {
+        let (mut s, t) = supervisor(ONE);
+        s.begin(t);
+        taken(&mut s);
+        s.shutdown(t);
+        assert!(!s.done(), "a launch is under way");
+        assert!(matches!(
+            s.handle(Request::Start("a".into()), t),
+            Answer::ShuttingDown
+        ));
+        s.launched(0, 0, Ok(Worker::new(100, None)), t + MS);
+        assert_eq!(taken(&mut s), [Done::Signal(100, Signal::Term)]);
+        assert!(!s.done());
+        s.effects.exits.insert(100, exited(0));
+        s.tick(t + 2 * MS);
+        assert_eq!(taken(&mut s), [Done::Release("a".into(), 100)]);
+        assert!(s.done());
+        // Nothing restarts after it.
+        s.tick(t + Duration::from_secs(60));
+        assert_eq!(taken(&mut s), []);
+    }
+
+    #[test]
+    fn a_model_whose_ledger_cannot_be_used_never_launches() {
+        let (mut s, t) = supervisor(ONE);
+        s.unusable("a", "ledger /l/a: layout version 1".into());
+        s.begin(t);
+        assert_eq!(taken(&mut s), []);
+        s.handle(Request::Start("a".into()), t);
+        assert_eq!(taken(&mut s), []);
+        let i = instance(&s, t);
+        assert_eq!(i.state, "failed");
+        assert_eq!(i.error.as_deref(), Some("ledger /l/a: layout version 1"));
+    }
+
+    #[test]
+    fn a_served_instance_never_ready_is_restarted_and_is_never_routed() {
+        let (mut s, t) = supervisor(&format!(
+            "{ONE}[model.serve]\nhealth = \"/health\"\nready_timeout = \"2s\"\n"
+        ));
+        s.begin(t);
+        s.launched(0, 0, Ok(Worker::new(100, Some(41000))), t);
+        taken(&mut s);
+        assert!(!s.routes().load("a").1[&0].ready, "routed, not ready");
+        s.tick(t + 1999 * MS);
+        assert_eq!(taken(&mut s), []);
+        s.tick(t + 2000 * MS);
+        assert_eq!(taken(&mut s), [Done::Signal(100, Signal::Term)]);
+        assert!(
+            s.routes().load("a").1.is_empty(),
+            "no request goes to it any more"
+        );
+        assert!(
+            instance(&s, t)
+                .error
+                .unwrap()
+                .contains("serve.ready_timeout")
+        );
+        s.effects.exits.insert(100, 15);
+        s.tick(t + 2001 * MS);
+        assert_eq!(taken(&mut s), [Done::Release("a".into(), 100)]);
+        s.tick(t + 2101 * MS);
+        assert_eq!(taken(&mut s), [Done::Launch("a".into(), 0)]);
+    }
+
+    #[test]
+    fn a_restart_starts_again_once_the_old_worker_has_exited() {
+        let (mut s, t) = supervisor(ONE);
+        s.begin(t);
+        s.launched(0, 0, Ok(Worker::new(100, None)), t);
+        taken(&mut s);
+        s.handle(Request::Restart("a".into()), t);
+        assert_eq!(taken(&mut s), [Done::Signal(100, Signal::Term)]);
+        s.effects.exits.insert(100, 15);
+        s.tick(t + MS);
+        assert_eq!(
+            taken(&mut s),
+            [Done::Release("a".into(), 100), Done::Launch("a".into(), 0)]
+        );
     }
 }

@@ -1,0 +1,502 @@
+//! What the supervisor's decisions do to the system: launching workers (on a thread of
+//! their own, so that a slow launch never holds up the supervisor), signalling and
+//! reaping them, their cgroups and their ledgers. The [`Effects`] trait is the narrow
+//! surface the supervisor sees; [`System`] is the real one, and the supervisor's tests
+//! put a recording double in its place.
+
+use crate::cgroups::{Cgroup, CgroupError, Hierarchy, Limits};
+use crate::config::{Config, Logs, ModelConfig, SupervisorConfig};
+use crate::contract::Contract;
+use crate::exec::{cstrings, worker_env};
+use crate::gateway;
+use crate::gpu::GpuUuid;
+use crate::launch::{self, LaunchError, Privileges, ReadOnly, Spec};
+use crate::ledger::{self, CreateOptions, LedgerError, LedgerFile};
+use crate::lifecycle::Signal;
+use crate::placement::Plan;
+use crate::supervisor::{Error, Event, log};
+use std::ffi::CString;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Sender, channel};
+
+/// A worker process that was started.
+#[derive(Debug)]
+pub struct Worker {
+    pub pid: i32,
+    /// A served model's instance listens here.
+    pub port: Option<u16>,
+    /// Its cgroup (None where cgroups are not used).
+    pub cgroup: Option<Cgroup>,
+    /// The cgroup's OOM kills before it started.
+    pub oom_kills_at_start: u64,
+}
+
+impl Worker {
+    /// A worker that has no cgroup.
+    pub fn new(pid: i32, port: Option<u16>) -> Worker {
+        Worker {
+            pid,
+            port,
+            cgroup: None,
+            oom_kills_at_start: 0,
+        }
+    }
+}
+
+/// Why a worker could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("cannot create a pipe for its output: {0}")]
+    Pipe(std::io::Error),
+    #[error("no free loopback port: {0}")]
+    Port(std::io::Error),
+    /// Its program, arguments or paths (a program not found, a NUL byte).
+    #[error("{0}")]
+    Spec(String),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
+}
+
+/// The supervisor's effects: everything it does to processes, cgroups and ledgers.
+pub trait Effects {
+    /// Starts instance `index` of model number `model` without waiting for it: the
+    /// result comes back to the supervisor as [`Event::Launched`].
+    fn launch(&mut self, model: usize, cfg: &ModelConfig, index: u32);
+    fn signal(&mut self, pid: i32, signal: Signal);
+    /// The status of the worker `pid` if it has exited (as `waitpid` gives it), reaped.
+    fn reap(&mut self, pid: i32) -> Option<i32>;
+    /// Whether the OOM killer ended the worker.
+    fn oom_killed(&self, worker: &Worker) -> bool;
+    /// The worker is gone: its cgroup is removed, what it held in the ledger given back.
+    fn release(&mut self, cfg: &ModelConfig, worker: Worker);
+}
+
+/// The real effects. Workers are launched by one thread that lives as long as this
+/// value: a worker's parent-death signal is tied to the thread that started it.
+pub struct System {
+    jobs: Option<Sender<Job>>,
+    launcher: Option<std::thread::JoinHandle<()>>,
+    hierarchy: Hierarchy,
+    ledger_dir: PathBuf,
+}
+
+struct Job {
+    model: usize,
+    cfg: ModelConfig,
+    index: u32,
+}
+
+/// What the launcher thread needs to start a worker.
+struct Launcher {
+    supervisor: SupervisorConfig,
+    hierarchy: Hierarchy,
+    shim: PathBuf,
+    plan: Option<Plan>,
+}
+
+impl System {
+    /// The effects for `config`'s workers, with launch results sent to `events`.
+    pub fn new(
+        config: &Config,
+        hierarchy: Hierarchy,
+        shim: PathBuf,
+        plan: Option<Plan>,
+        events: Sender<Event>,
+    ) -> Result<System, Error> {
+        let (jobs, queue) = channel::<Job>();
+        let launcher = Launcher {
+            supervisor: config.supervisor.clone(),
+            hierarchy: hierarchy.clone(),
+            shim,
+            plan,
+        };
+        let thread = std::thread::Builder::new()
+            .name("launcher".into())
+            .spawn(move || {
+                for job in queue {
+                    let result = launcher.start(&job.cfg, job.index);
+                    let gone = events.send(Event::Launched {
+                        model: job.model,
+                        index: job.index,
+                        result,
+                    });
+                    if gone.is_err() {
+                        return; // the supervisor has gone: our workers die with us
+                    }
+                }
+            })
+            .map_err(|e| Error::Thread("launcher", e))?;
+        Ok(System {
+            jobs: Some(jobs),
+            launcher: Some(thread),
+            hierarchy,
+            ledger_dir: config.supervisor.ledger_dir.clone(),
+        })
+    }
+}
+
+impl Drop for System {
+    /// Once every worker is gone: the launcher ends, and the cgroups' parent goes.
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(t) = self.launcher.take() {
+            let _ = t.join();
+        }
+        self.hierarchy.remove_base();
+    }
+}
+
+impl Effects for System {
+    fn launch(&mut self, model: usize, cfg: &ModelConfig, index: u32) {
+        let job = Job {
+            model,
+            cfg: cfg.clone(),
+            index,
+        };
+        if let Some(jobs) = &self.jobs {
+            // The launcher ends only when this value is dropped.
+            let _ = jobs.send(job);
+        }
+    }
+
+    fn signal(&mut self, pid: i32, signal: Signal) {
+        let sig = match signal {
+            Signal::Term => libc::SIGTERM,
+            Signal::Kill => libc::SIGKILL,
+        };
+        // SAFETY: a worker we started and have not reaped (the supervisor signals only
+        // the pids of its running instances, and forgets a pid when it reaps it).
+        unsafe { libc::kill(pid, sig) };
+    }
+
+    fn reap(&mut self, pid: i32) -> Option<i32> {
+        let mut status = 0;
+        // SAFETY: waitpid for one child of ours, not blocking.
+        let got = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        (got == pid).then_some(status)
+    }
+
+    fn oom_killed(&self, worker: &Worker) -> bool {
+        let now = worker.cgroup.as_ref().and_then(Cgroup::oom_kills);
+        now.unwrap_or(0) > worker.oom_kills_at_start
+    }
+
+    fn release(&mut self, cfg: &ModelConfig, worker: Worker) {
+        if let Some(cg) = worker.cgroup
+            && let Err(e) = cg.remove()
+        {
+            log(&format!("model {}: {e}", cfg.name));
+        }
+        reclaim_logged(&self.ledger_dir, &cfg.name);
+    }
+}
+
+impl Launcher {
+    /// Starts one worker: its ledger checked, its port chosen, its cgroup made, launched.
+    fn start(&self, cfg: &ModelConfig, index: u32) -> Result<Worker, StartError> {
+        // Again at every start: the worker is shown its ledger, which must be there (made
+        // again if someone removed it) and still have the model's quota.
+        prepare_ledger(&self.supervisor.ledger_dir, cfg)?;
+        let (out_read, out_write) = pipe_for_output().map_err(StartError::Pipe)?;
+        let visible = self.plan.as_ref().and_then(|p| p.uuids(&cfg.name));
+        let port = match cfg.serve {
+            Some(_) => Some(gateway::free_port().map_err(StartError::Port)?),
+            None => None,
+        };
+        let spec = worker_spec(
+            cfg,
+            &self.supervisor,
+            &self.shim,
+            out_write.as_raw_fd(),
+            Placement {
+                gpus: visible.as_deref(),
+                port,
+            },
+        )
+        .map_err(StartError::Spec)?;
+        let leaf = format!("{}-{index}", cfg.name);
+        // Last, so that nothing before it can fail and leave the cgroup behind.
+        let cgroup = self.hierarchy.create(&leaf, &limits(cfg))?;
+        let launched = launch::launch(&spec, |pid| {
+            cgroup.add(pid as u32).map_err(|e| e.to_string())
+        })
+        .inspect_err(|_| {
+            let _ = cgroup.remove();
+        })?;
+        drop(out_write);
+        forward_output(out_read, &self.supervisor.logs, &leaf);
+        Ok(Worker {
+            pid: launched.pid,
+            port,
+            oom_kills_at_start: cgroup.oom_kills().unwrap_or(0),
+            cgroup: Some(cgroup),
+        })
+    }
+}
+
+/// What must be true before any worker starts: the models' host limits can be enforced
+/// (or `allow_unlimited` says to go without), cgroups left by an earlier supervisor are
+/// gone, and each model's ledger exists. Returns the cgroup hierarchy and, per model, why
+/// its ledger cannot be used (that model cannot run; the others can).
+pub fn prepare(
+    config: &Config,
+    cgroup_root: &Path,
+) -> Result<(Hierarchy, Vec<Option<String>>), Error> {
+    let hierarchy = Hierarchy::detect(cgroup_root, &config.supervisor.cgroup_name);
+    let mut unenforced = Vec::new();
+    for m in &config.models {
+        if let Err(why) = hierarchy.supports(&limits(m)) {
+            if !config.supervisor.allow_unlimited {
+                return Err(Error::Unenforced {
+                    model: m.name.clone(),
+                    why,
+                });
+            }
+            unenforced.push(format!(
+                "WARNING: model {}: {why}: its host limits are NOT enforced (allow_unlimited = true)",
+                m.name
+            ));
+        }
+    }
+    log(&format!("cgroups: {}", hierarchy.describe()));
+    for line in &unenforced {
+        log(line);
+    }
+    for m in &config.models {
+        for why in crate::supervisor::exposure(m) {
+            log(&format!("WARNING: model {}: {why}", m.name));
+        }
+    }
+    // Only the cgroups this configuration's instances would have (`<model>-<n>`): a
+    // cgroup_name shared with anything else never gets its other cgroups killed.
+    let is_ours = |leaf: &str| {
+        config.models.iter().any(|m| {
+            leaf.strip_prefix(m.name.as_str())
+                .and_then(|rest| rest.strip_prefix('-'))
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+    };
+    for left in hierarchy.remove_leftovers(is_ours) {
+        match left {
+            Ok(dir) => log(&format!(
+                "removed a cgroup left by an earlier supervisor: {}",
+                dir.display()
+            )),
+            Err(e) => log(&format!(
+                "WARNING: a cgroup left by an earlier supervisor cannot be removed: {e}"
+            )),
+        }
+    }
+    let dir = &config.supervisor.ledger_dir;
+    let ledgers = config
+        .models
+        .iter()
+        .map(|cfg| match prepare_ledger(dir, cfg) {
+            Ok(()) => {
+                // What the workers of an earlier supervisor held when they died.
+                reclaim_logged(dir, &cfg.name);
+                None
+            }
+            Err(e) => {
+                log(&format!("model {}: {e}", cfg.name));
+                Some(e.to_string())
+            }
+        })
+        .collect();
+    Ok((hierarchy, ledgers))
+}
+
+/// Where an instance runs: its GPUs (its `CUDA_VISIBLE_DEVICES`, by UUID; None: every
+/// GPU) and, for a served model, the loopback port it listens on.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Placement<'a> {
+    pub gpus: Option<&'a [GpuUuid]>,
+    pub port: Option<u16>,
+}
+
+/// How a worker of `cfg` is started (its program, arguments, environment, credentials,
+/// namespaces, privileges), with its output going to `output`, where `at` says. Creates
+/// nothing: it only looks for the program and reads this process's mount table.
+pub fn worker_spec(
+    cfg: &ModelConfig,
+    supervisor: &SupervisorConfig,
+    shim: &Path,
+    output: RawFd,
+    at: Placement,
+) -> Result<Spec, String> {
+    let visible = at.gpus;
+    let mut extra: Vec<(String, String)> = cfg
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if let Some(port) = at.port {
+        // The server's port: `PORT`, and `{port}` in its arguments.
+        extra.push(("PORT".into(), port.to_string()));
+    }
+    if let Some(gpus) = visible {
+        // CUDA numbers the model's GPUs 0.. in this order; NVML is filtered by the shim.
+        let list: Vec<String> = gpus.iter().map(ToString::to_string).collect();
+        extra.push(("CUDA_VISIBLE_DEVICES".into(), list.join(",")));
+    }
+    let contract = Contract {
+        quota: cfg.gpu_quota,
+        mode: cfg.mode,
+        ledger_dir: supervisor.ledger_dir.clone(),
+        gpus: visible.map(<[GpuUuid]>::to_vec),
+        ..Contract::new(&cfg.name)
+    };
+    let env = worker_env(&extra, &contract, shim);
+    let path_var = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone());
+    let program = launch::resolve_program(&cfg.command, path_var.as_deref())?;
+    let mut argv = vec![cfg.command.clone()];
+    argv.extend(cfg.args.iter().map(|a| match at.port {
+        Some(port) => a.replace("{port}", &port.to_string()),
+        None => a.clone(),
+    }));
+    let path = |p: &PathBuf| {
+        CString::new(p.as_os_str().as_encoded_bytes())
+            .map_err(|_| format!("{}: a NUL byte in a path", p.display()))
+    };
+    // In its own mount namespace the worker is shown less of the host.
+    let (read_only, cover, ledger) = if cfg.isolation.mount {
+        // The model's bind_ro (checked by the configuration to exist) first.
+        let mut read_only = cfg
+            .bind_ro
+            .iter()
+            .map(|p| {
+                Ok(ReadOnly {
+                    path: path(p)?,
+                    flags: 0,
+                    bind: true,
+                    optional: false,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        read_only.extend(launch::kernel_interfaces(
+            &std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
+        ));
+        // What every model runs: a worker that is root must not rewrite them.
+        let exe = std::env::current_exe().ok();
+        for p in [Some(shim.to_path_buf()), exe].into_iter().flatten() {
+            read_only.push(ReadOnly {
+                path: path(&p)?,
+                flags: 0,
+                bind: true,
+                optional: false,
+            });
+        }
+        let ledger = (
+            path(&supervisor.ledger_dir)?,
+            path(&LedgerFile::path_for(&supervisor.ledger_dir, &cfg.name))?,
+        );
+        (read_only, vec![path(&supervisor.socket)?], Some(ledger))
+    } else {
+        (Vec::new(), Vec::new(), None)
+    };
+    Ok(Spec {
+        program,
+        argv: cstrings(argv)?,
+        envp: cstrings(env.iter().map(|(k, v)| format!("{k}={v}")))?,
+        cwd: cfg.cwd.as_ref().map(path).transpose()?,
+        // In its own user namespace the worker becomes root there (host ids `host_ids`).
+        uid: cfg.uid.or(cfg.host_ids.map(|_| 0)),
+        gid: cfg.gid.or(cfg.host_ids.map(|_| 0)),
+        isolation: cfg.isolation,
+        hostname: cstrings([cfg.name.clone()])?.remove(0),
+        privileges: Privileges::Keep(cfg.capabilities),
+        read_only,
+        cover,
+        host_ids: cfg.host_ids,
+        ledger,
+        stdout: output,
+        stderr: output,
+    })
+}
+
+/// The ledger of a model, made if missing, checked (its quota included) from a copy, and
+/// reachable by the model's user: the supervisor never maps a ledger.
+fn prepare_ledger(dir: &Path, cfg: &ModelConfig) -> Result<(), ledger::LedgerError> {
+    let group = cfg.gid.filter(|_| cfg.uid.is_some()).or(cfg.host_ids);
+    ledger::ensure(dir, &cfg.name, cfg.gpu_quota, CreateOptions { group })?;
+    if let Some(gid) = group {
+        LedgerFile::share_with_group(dir, &cfg.name, gid)?;
+        ledger::make_traversable(dir)?;
+    }
+    Ok(())
+}
+
+/// Gives back what the model's dead processes held (in a child process: the supervisor
+/// never maps a ledger), and says so.
+fn reclaim_logged(dir: &Path, model: &str) {
+    match ledger::reclaim_isolated(dir, model) {
+        Ok(r) if r.bytes > 0 || r.uncertain > 0 => log(&format!(
+            "model {model}: reclaimed {} bytes ({} uncertain) of dead processes",
+            r.bytes, r.uncertain
+        )),
+        Ok(_) => {}
+        Err(e) => log(&format!("model {model}: {e}")),
+    }
+}
+
+fn limits(m: &ModelConfig) -> Limits {
+    Limits {
+        memory: m.memory_limit,
+        cpu_cores: m.cpu_limit,
+        pids: m.pids_limit,
+    }
+}
+
+fn pipe_for_output() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two descriptors we own. The write end is inherited by the
+    // worker only through the launch spec (dup2), so it is close-on-exec here.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded: two new descriptors that nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Copies a worker's output, line by line, to the supervisor's stderr or its log file.
+fn forward_output(output: OwnedFd, logs: &Logs, leaf: &str) {
+    let file = std::fs::File::from(output);
+    let target = match logs {
+        Logs::Stderr => None,
+        Logs::Dir(dir) => {
+            let _ = std::fs::create_dir_all(dir);
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(format!("{leaf}.log")))
+                .ok()
+        }
+    };
+    let prefix = format!(
+        "[{}] ",
+        leaf.rsplit_once('-')
+            .map_or(leaf.to_owned(), |(m, i)| format!("{m}/{i}"))
+    );
+    std::thread::spawn(move || {
+        let mut target = target;
+        for line in BufReader::new(file).lines().map_while(Result::ok) {
+            match &mut target {
+                Some(f) => {
+                    let _ = writeln!(f, "{line}");
+                }
+                None => {
+                    let _ = writeln!(std::io::stderr(), "{prefix}{line}");
+                }
+            }
+        }
+    });
+}
