@@ -4,9 +4,13 @@
 //! they see: the configured device size, out-of-memory past it, managed memory that
 //! oversubscribes the device with least-recently-used eviction, the per-process report the
 //! test suite reads, then the same programs under the cuvisor shim with a quota, and last
-//! two models on one fake GPU under the supervisor (`cuvisor run`). Each step prints the
-//! command line, so it can be replayed by hand.
+//! two models on one fake GPU under the supervisor (`cuvisor run`), and two models behind
+//! the front door, one scaled to zero, with the supervisor embedded in the demo
+//! (`support/front_door.rs`). Each step prints the command line, so it can be replayed by
+//! hand.
 
+#[path = "support/front_door.rs"]
+mod front_door;
 #[path = "support/supervise.rs"]
 mod supervise;
 mod support;
@@ -78,6 +82,14 @@ fn main() {
     );
     let _ = std::fs::remove_dir_all(&ledgers);
     two_models(&stubs);
+    let dir = std::env::temp_dir().join(format!("cuvisor-demo-http-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let served = front_door::two_models_behind_the_front_door(&stubs, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    if !served {
+        eprintln!("the front door did not answer as expected");
+        std::process::exit(1);
+    }
 }
 
 /// Two models on one 4 GiB fake GPU under the supervisor; their quotas (3 + 2 GiB) add up

@@ -17,6 +17,13 @@ fn the_demo_runs_two_models_under_the_supervisor() {
         " 1.0 GiB / 2.0 GiB ",
         "[qwen/0] alloc 2GiB -> 2",
         "cuvisor: stopped",
+        // two models behind the front door, the supervisor embedded in the demo: the
+        // scaled-to-zero one started by its first request, found by its alias
+        "\"content\": \"hello from chat\"",
+        "\"model\": \"text-embedding-3-small\", \"served_by\": \"embed\"",
+        "embed: answered in",
+        "running.stop()",
+        "the front door is closed: true",
     ] {
         assert!(text.contains(expected), "{expected:?} in\n{text}");
     }
