@@ -13,6 +13,12 @@
 //! For each: p50 and p99 latency and requests per second at concurrency 1 and 64
 //! (keep-alive connections, 3 s each after 0.5 s of warm-up), and the median time to the
 //! first byte of a streamed answer (200 sequential requests).
+//!
+//! Then the cold start: a second model, scaled to zero, is asked for a completion 10
+//! times, each time after it has scaled back to zero. Its instance notes (CLOCK_MONOTONIC,
+//! shared by all processes) when it first answers its health check with 200; the client
+//! notes when the answer's first byte arrives. Their difference is what the front door
+//! adds once the instance is ready.
 
 #[path = "support/supervise.rs"]
 mod supervise;
@@ -58,7 +64,11 @@ fn main() {
              cgroup_name = \"bench-gateway\"\nallow_unlimited = true\nhttp = \"127.0.0.1:{front_port}\"\n\
              [[model]]\nname = \"m\"\ncommand = \"{exe}\"\nargs = [\"--upstream\", \"{{port}}\"]\nmode = \"off\"\n\
              isolation = {{ pid = false, mount = false, ipc = false, uts = false }}\n\
-             [model.serve]\nhealth = \"/health\"\nconcurrency = 256\n",
+             [model.serve]\nhealth = \"/health\"\nconcurrency = 256\n\
+             [[model]]\nname = \"cold\"\ncommand = \"{exe}\"\nargs = [\"--upstream\", \"{{port}}\"]\nmode = \"off\"\n\
+             min_instances = 0\nmax_instances = 1\nenv = {{ BENCH_HEALTH_LOG = \"{dir}/health\" }}\n\
+             isolation = {{ pid = false, mount = false, ipc = false, uts = false }}\n\
+             [model.serve]\nhealth = \"/health\"\nidle_timeout = \"100ms\"\n",
             dir = dir.display(),
             exe = std::env::current_exe().expect("current_exe").display()
         ),
@@ -103,6 +113,7 @@ fn main() {
         for (name, port) in &targets {
             println!("| {name} | {:.0} |", first_byte(*port).await);
         }
+        cold_starts(front_port, &dir).await;
     });
     if let Some(n) = nginx.as_mut() {
         let _ = n.kill();
@@ -128,12 +139,14 @@ fn start_nginx(dir: &Path, port: u16, upstream: u16) -> Option<std::process::Chi
         .into_iter()
         .find(|p| Path::new(p).exists())?;
     let conf = dir.join("nginx.conf");
+    // Its temporary files in a directory of their own: nginx gives them to its worker's
+    // user, and the work directory (the ledgers' parent) must stay root's.
     std::fs::write(
         &conf,
         format!(
             "worker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx.err;\ndaemon off;\n\
              events {{ worker_connections 1024; }}\n\
-             http {{\n access_log off;\n client_body_temp_path {dir};\n proxy_temp_path {dir};\n\
+             http {{\n access_log off;\n client_body_temp_path {dir}/nginx-temp;\n proxy_temp_path {dir}/nginx-temp;\n\
              upstream up {{ server 127.0.0.1:{upstream}; keepalive 64; }}\n\
              server {{ listen 127.0.0.1:{port};\n  location / {{ proxy_pass http://up; proxy_http_version 1.1;\n\
              proxy_set_header Connection \"\"; proxy_buffering off; }} }}\n}}\n",
@@ -163,12 +176,82 @@ fn client() -> Client {
 }
 
 fn completion(port: u16, path: &str) -> Request<Full<Bytes>> {
+    completion_of("m", port, path)
+}
+
+fn completion_of(model: &str, port: u16, path: &str) -> Request<Full<Bytes>> {
     Request::post(format!("http://127.0.0.1:{port}{path}"))
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(
-            br#"{"model": "m", "prompt": "hi"}"#,
-        )))
+        .body(Full::new(Bytes::from(format!(
+            r#"{{"model": "{model}", "prompt": "hi"}}"#
+        ))))
         .expect("a request")
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: one clock for every process of the machine.
+fn monotonic_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec to a local.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// Ten cold starts of the scaled-to-zero model `cold`: for each, the whole wait for the
+/// first byte, and the time from its instance's first health answer of 200 to that byte.
+async fn cold_starts(port: u16, dir: &Path) {
+    let health = dir.join("health");
+    let socket = dir.join("control.sock");
+    let client = client();
+    let (mut total, mut after_health) = (Vec::new(), Vec::new());
+    for _ in 0..10 {
+        // Back at zero: no instance of `cold` runs.
+        for _ in 0..200 {
+            let status = cuvisor::control::request(&socket, "GET", "/models/cold")
+                .ok()
+                .and_then(|(_, body)| {
+                    serde_json::from_str::<cuvisor::status::ModelStatus>(&body).ok()
+                });
+            if status.is_some_and(|s| s.instances.iter().all(|i| i.pid.is_none())) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = std::fs::remove_file(&health);
+        let start = monotonic_ns();
+        let answer = client
+            .request(completion_of("cold", port, "/v1/completions"))
+            .await
+            .expect("an answer");
+        let mut body = answer.into_body();
+        body.frame().await.expect("a first frame").expect("a frame");
+        let first_byte = monotonic_ns();
+        while body.frame().await.is_some() {}
+        let ready: u64 = std::fs::read_to_string(&health)
+            .expect("the instance noted its first health answer")
+            .trim()
+            .parse()
+            .expect("nanoseconds");
+        total.push((first_byte - start) as f64 / 1e6);
+        after_health.push((first_byte.saturating_sub(ready)) as f64 / 1e6);
+    }
+    for v in [&mut total, &mut after_health] {
+        v.sort_by(f64::total_cmp);
+    }
+    println!("\n| cold start of a scaled-to-zero model, 10 times | median (ms) | max (ms) |");
+    println!("|---|---|---|");
+    println!(
+        "| request to first byte (the worker's start included) | {:.1} | {:.1} |",
+        total[total.len() / 2],
+        total[total.len() - 1]
+    );
+    println!(
+        "| first health 200 to first byte | {:.2} | {:.2} |",
+        after_health[after_health.len() / 2],
+        after_health[after_health.len() - 1]
+    );
 }
 
 async fn wait_ready(port: u16) {
@@ -275,7 +358,10 @@ fn upstream(port: u16) {
                                 .body(ChannelBody(rx).boxed())
                                 .expect("a response")
                         }
-                        "/health" => Response::new(Full::new(Bytes::from_static(b"ok")).boxed()),
+                        "/health" => {
+                            note_first_health();
+                            Response::new(Full::new(Bytes::from_static(b"ok")).boxed())
+                        }
                         _ => Response::builder()
                             .header("content-type", "application/json")
                             .body(Full::new(Bytes::from_static(COMPLETION.as_bytes())).boxed())
@@ -289,6 +375,16 @@ fn upstream(port: u16) {
             });
         }
     });
+}
+
+/// Where BENCH_HEALTH_LOG says: the time of this upstream's first health answer.
+fn note_first_health() {
+    static NOTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if let Some(path) = std::env::var_os("BENCH_HEALTH_LOG")
+        && !NOTED.swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        let _ = std::fs::write(path, monotonic_ns().to_string());
+    }
 }
 
 /// A body whose chunks come from a channel, as they are sent.
