@@ -66,17 +66,18 @@ impl ServerThread {
     /// Runs the future `main` makes (inside the event loop, where sockets can join it) on
     /// a thread called `name`.
     pub(crate) fn spawn<F>(
-        name: &str,
+        name: &'static str,
         main: impl FnOnce() -> F + Send + 'static,
-    ) -> Result<ServerThread, String>
+    ) -> Result<ServerThread, ServeError>
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
+        let start = |source| ServeError::Start { name, source };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
             .build()
-            .map_err(|e| format!("{name}: cannot start its event loop: {e}"))?;
+            .map_err(start)?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name(name.into())
@@ -87,7 +88,7 @@ impl ServerThread {
                     let _ = stopped.await;
                 });
             })
-            .map_err(|e| format!("{name}: cannot start its thread: {e}"))?;
+            .map_err(start)?;
         Ok(ServerThread {
             stop: Some(stop),
             thread: Some(thread),
@@ -102,6 +103,37 @@ impl Drop for ServerThread {
             let _ = t.join();
         }
     }
+}
+
+/// Why a server (the control API, the front door) cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("control socket {}: {source}", path.display())]
+    Socket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("control socket {}: in use by a running supervisor", path.display())]
+    SocketInUse { path: PathBuf },
+    #[error("{what} {addr}: cannot listen: {source}")]
+    Listen {
+        what: &'static str,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("listen needs listen_token (the configuration check says so)")]
+    NoToken,
+    #[error("{key} {}: {why}", path.display())]
+    Secret {
+        key: &'static str,
+        path: PathBuf,
+        why: String,
+    },
+    #[error("{name}: cannot start its event loop: {source}")]
+    Start {
+        name: &'static str,
+        source: std::io::Error,
+    },
 }
 
 /// Where requests go: the supervisor's events, and the front door (for its metrics).
@@ -162,44 +194,38 @@ pub fn serve(
     cfg: &SupervisorConfig,
     tx: Sender<Event>,
     routes: Option<Arc<Routes>>,
-) -> Result<Server, String> {
+) -> Result<Server, ServeError> {
     let path = &cfg.socket;
+    let socket = |source| ServeError::Socket {
+        path: path.clone(),
+        source,
+    };
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            format!(
-                "control socket {}: cannot create its directory: {e}",
-                path.display()
-            )
-        })?;
+        std::fs::create_dir_all(dir).map_err(socket)?;
     }
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
-            return Err(format!(
-                "control socket {}: in use by a running supervisor",
-                path.display()
-            ));
+            return Err(ServeError::SocketInUse { path: path.clone() });
         }
-        std::fs::remove_file(path).map_err(|e| {
-            format!(
-                "control socket {}: stale, and cannot be removed: {e}",
-                path.display()
-            )
-        })?;
+        std::fs::remove_file(path).map_err(socket)?;
     }
-    let unix = std::os::unix::net::UnixListener::bind(path)
-        .map_err(|e| format!("control socket {}: cannot listen: {e}", path.display()))?;
+    let unix = std::os::unix::net::UnixListener::bind(path).map_err(socket)?;
     let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
     let tcp = match cfg.listen {
         None => None,
         Some(addr) => {
-            let token_file = cfg
-                .listen_token
-                .as_deref()
-                .ok_or("listen needs listen_token (the configuration check says so)")?;
-            let token = read_token(token_file)
-                .map_err(|why| format!("listen_token {}: {why}", token_file.display()))?;
-            let listener = std::net::TcpListener::bind(addr)
-                .map_err(|e| format!("control API {addr}: cannot listen: {e}"))?;
+            let token_file = cfg.listen_token.as_deref().ok_or(ServeError::NoToken)?;
+            let token = read_token(token_file).map_err(|why| ServeError::Secret {
+                key: "listen_token",
+                path: token_file.to_owned(),
+                why,
+            })?;
+            let listener =
+                std::net::TcpListener::bind(addr).map_err(|source| ServeError::Listen {
+                    what: "control API",
+                    addr,
+                    source,
+                })?;
             Some((listener, Arc::<str>::from(token)))
         }
     };

@@ -30,6 +30,10 @@ use tokio::sync::Notify;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often instances that are not ready yet are asked for their health.
 const HEALTH_INTERVAL: Duration = Duration::from_millis(100);
+/// In its first seconds an instance is asked this often: a model that loads fast is sent
+/// its waiting requests (the cold start) without waiting for the next slow round.
+const HEALTH_FAST: Duration = Duration::from_millis(10);
+const HEALTH_FAST_FOR: Duration = Duration::from_secs(5);
 
 type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -59,6 +63,9 @@ struct Upstream {
     port: u16,
     /// Its health path answered 200.
     ready: Arc<AtomicBool>,
+    /// A health check of it is under way.
+    probing: Arc<AtomicBool>,
+    started: Instant,
     /// Requests sent to it whose answers have not ended.
     in_flight: Arc<AtomicUsize>,
     /// When it last had nothing in flight (an answer ended, or it became ready).
@@ -110,6 +117,15 @@ pub struct InstanceLoad {
     pub in_flight: usize,
     /// How long it has had nothing in flight (zero while it has).
     pub idle: Duration,
+}
+
+/// An instance to ask for its health.
+struct Unready {
+    port: u16,
+    path: String,
+    ready: Arc<AtomicBool>,
+    probing: Arc<AtomicBool>,
+    age: Duration,
 }
 
 /// Why a request got no instance.
@@ -190,6 +206,8 @@ impl Routes {
                 index,
                 port,
                 ready: Arc::new(AtomicBool::new(false)),
+                probing: Arc::new(AtomicBool::new(false)),
+                started: Instant::now(),
                 in_flight: Arc::new(AtomicUsize::new(0)),
                 idle_since: Arc::new(Mutex::new(Instant::now())),
             });
@@ -343,14 +361,23 @@ impl Routes {
     }
 
     /// (port, health path, ready flag) of every instance not ready yet.
-    fn unready(&self) -> Vec<(u16, String, Arc<AtomicBool>)> {
+    /// The instances that are not ready and not being asked: (port, health path, ready,
+    /// probing, age).
+    fn unready(&self) -> Vec<Unready> {
         self.models
             .values()
             .flat_map(|s| {
                 Self::instances(s)
                     .iter()
                     .filter(|u| !u.ready.load(Ordering::Acquire))
-                    .map(|u| (u.port, s.health.clone(), u.ready.clone()))
+                    .filter(|u| !u.probing.load(Ordering::Acquire))
+                    .map(|u| Unready {
+                        port: u.port,
+                        path: s.health.clone(),
+                        ready: u.ready.clone(),
+                        probing: u.probing.clone(),
+                        age: u.started.elapsed(),
+                    })
                     .collect::<Vec<_>>()
             })
             .collect()
@@ -377,12 +404,14 @@ pub fn serve(
     addr: SocketAddr,
     routes: Arc<Routes>,
     keys: Option<Vec<String>>,
-) -> Result<crate::control::ServerThread, String> {
-    let listener = std::net::TcpListener::bind(addr)
-        .map_err(|e| format!("front door {addr}: cannot listen: {e}"))?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| format!("front door {addr}: {e}"))?;
+) -> Result<crate::control::ServerThread, crate::control::ServeError> {
+    let listen = |source| crate::control::ServeError::Listen {
+        what: "front door",
+        addr,
+        source,
+    };
+    let listener = std::net::TcpListener::bind(addr).map_err(listen)?;
+    listener.set_nonblocking(true).map_err(listen)?;
     let keys: Arc<[String]> = keys.unwrap_or_default().into();
     crate::control::ServerThread::spawn("front-door", move || async move {
         tokio::spawn(check_health(routes.clone()));
@@ -418,27 +447,35 @@ pub fn serve(
     })
 }
 
-/// Asks instances that are not ready for their health, until they answer 200.
+/// Asks instances that are not ready for their health, until they answer 200: every
+/// [`HEALTH_FAST`] in their first [`HEALTH_FAST_FOR`], then every [`HEALTH_INTERVAL`]; one
+/// question at a time per instance.
 async fn check_health(routes: Arc<Routes>) {
-    loop {
-        for (port, path, ready) in routes.unready() {
+    let slow_every = (HEALTH_INTERVAL.as_millis() / HEALTH_FAST.as_millis()).max(1) as u64;
+    for round in 0u64.. {
+        for u in routes.unready() {
+            if u.age >= HEALTH_FAST_FOR && round % slow_every != 0 {
+                continue;
+            }
+            u.probing.store(true, Ordering::Release);
             let routes = routes.clone();
             tokio::spawn(async move {
-                let request = Request::get(path)
-                    .header(hyper::header::HOST, format!("127.0.0.1:{port}"))
+                let request = Request::get(u.path)
+                    .header(hyper::header::HOST, format!("127.0.0.1:{}", u.port))
                     .body(Full::new(Bytes::new()).map_err(Into::into).boxed())
                     .expect("a valid request");
                 let answer =
-                    tokio::time::timeout(Duration::from_secs(1), forward(port, request)).await;
+                    tokio::time::timeout(Duration::from_secs(1), forward(u.port, request)).await;
                 if let Ok(Ok(response)) = answer
                     && response.status() == StatusCode::OK
                 {
-                    ready.store(true, Ordering::Release);
-                    routes.became_ready(port);
+                    u.ready.store(true, Ordering::Release);
+                    routes.became_ready(u.port);
                 }
+                u.probing.store(false, Ordering::Release);
             });
         }
-        tokio::time::sleep(HEALTH_INTERVAL).await;
+        tokio::time::sleep(HEALTH_FAST).await;
     }
 }
 

@@ -100,12 +100,8 @@ pub enum Error {
     HostMemory,
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Placement(Vec<PlanError>),
-    #[error("{0}")]
-    Control(String),
-    #[error("{0}")]
-    FrontDoor(String),
-    #[error("api_keys {}: {why}", path.display())]
-    ApiKeys { path: PathBuf, why: String },
+    #[error(transparent)]
+    Serve(#[from] crate::control::ServeError),
     #[error("cannot start the {0} thread: {1}")]
     Thread(&'static str, std::io::Error),
     #[error("the supervisor's thread panicked")]
@@ -276,7 +272,18 @@ impl<E: Effects> Supervisor<E> {
                 {
                     self.apply(m, i, lifecycle::Event::Ready, now);
                 }
+                let state = self.models[m].instances[i].life.state;
                 self.apply(m, i, lifecycle::Event::Tick, now);
+                let slot = &self.models[m].instances[i];
+                if state == State::Running && slot.life.state == State::Stopping {
+                    // Its ready timeout: the only timer that stops a running instance.
+                    log(&format!(
+                        "model {}: instance {} {}: stopped, to be restarted per its policy",
+                        self.models[m].cfg.name,
+                        slot.index,
+                        slot.life.error.as_deref().unwrap_or("")
+                    ));
+                }
             }
         }
         self.scale(now);
@@ -697,20 +704,21 @@ impl Running {
             Some(_) => Some(sup.routes.clone()),
             None => None,
         };
-        let control = crate::control::serve(&sup.config.supervisor, tx.clone(), front_door)
-            .map_err(Error::Control)?;
+        let control = crate::control::serve(&sup.config.supervisor, tx.clone(), front_door)?;
         let door = match sup.config.supervisor.http {
             None => None,
             Some(addr) => {
                 let keys = match &sup.config.supervisor.api_keys {
-                    Some(path) => Some(gateway::read_keys(path).map_err(|why| Error::ApiKeys {
-                        path: path.clone(),
-                        why,
+                    Some(path) => Some(gateway::read_keys(path).map_err(|why| {
+                        crate::control::ServeError::Secret {
+                            key: "api_keys",
+                            path: path.clone(),
+                            why,
+                        }
                     })?),
                     None => None,
                 };
-                let door =
-                    gateway::serve(addr, sup.routes.clone(), keys).map_err(Error::FrontDoor)?;
+                let door = gateway::serve(addr, sup.routes.clone(), keys)?;
                 log(&format!("front door: listening on {addr}"));
                 Some(door)
             }

@@ -496,3 +496,29 @@ fn a_dead_instance_is_a_502_and_a_client_that_leaves_cancels_upstream() {
     );
     assert_eq!(s.stop().0, 0);
 }
+
+#[test]
+fn an_instance_that_never_becomes_ready_is_restarted_as_a_failure() {
+    // It would listen after 60 s: its health check never answers within the 1 s allowed.
+    let (s, http) = front_door(
+        "never-ready",
+        "",
+        &model("slow", "ready_timeout = \"1s\"", 60.0),
+    );
+    let first = s.model("slow")["instances"][0]["pid"].as_i64().unwrap();
+    wait_until("a replacement", Duration::from_secs(10), || {
+        let m = s.model("slow");
+        let i = &m["instances"][0];
+        i["restarts"].as_u64().unwrap() >= 1 && i["pid"].as_i64().is_some_and(|p| p != first)
+    });
+    let log = s.supervisor_log();
+    for line in [
+        "model slow: instance 0 not ready within 1s (serve.ready_timeout): its health check never answered 200: stopped, to be restarted per its policy",
+        "model slow: instance 0 killed by signal 15",
+    ] {
+        assert!(log.contains(line), "{line} in\n{log}");
+    }
+    // A request waits for a ready instance up to the same timeout, then 503.
+    let answer = request(http, "POST", "/v1/completions", Some(&chat("slow")), None);
+    assert_eq!(status(&answer), 503, "{answer:?}");
+}

@@ -78,9 +78,24 @@ impl Supervisor {
         s
     }
 
+    /// Until the supervisor answers and has launched its first instances: launches run
+    /// in the background, so right after start an instance may still be `starting`.
     fn wait_for_socket(&self) {
         wait_until("the control socket", Duration::from_secs(10), || {
             cuvisor::control::request(&self.socket, "GET", "/healthz").is_ok()
+        });
+        wait_until("the first launches", Duration::from_secs(10), || {
+            let Ok((200, body)) = cuvisor::control::request(&self.socket, "GET", "/models") else {
+                return false;
+            };
+            let status: Value = serde_json::from_str(&body).unwrap();
+            status["models"].as_array().unwrap().iter().all(|m| {
+                m["instances"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|i| i["state"] != "starting")
+            })
         });
     }
 
