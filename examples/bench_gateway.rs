@@ -116,7 +116,10 @@ fn main() {
         cold_starts(front_port, &dir).await;
     });
     if let Some(n) = nginx.as_mut() {
-        let _ = n.kill();
+        // SIGTERM, not SIGKILL: nginx's master stops its workers first (killed, it would
+        // leave them running, holding the port and this program's output).
+        // SAFETY: kill(2) of the nginx this program started and has not waited for.
+        unsafe { libc::kill(n.id() as i32, libc::SIGTERM) };
         let _ = n.wait();
     }
     let _ = direct.kill();

@@ -71,6 +71,9 @@ pub enum Event {
     },
     /// Stop every worker and end ([`Running::stop`]).
     Stop,
+    /// A request waits at the front door and its model has no ready instance: time to
+    /// look at the load.
+    Demand,
 }
 
 /// Why a supervisor cannot start.
@@ -704,6 +707,10 @@ impl Running {
             Some(_) => Some(sup.routes.clone()),
             None => None,
         };
+        let demand = tx.clone();
+        sup.routes.on_demand(move || {
+            let _ = demand.send(Event::Demand);
+        });
         let control = crate::control::serve(&sup.config.supervisor, tx.clone(), front_door)?;
         let door = match sup.config.supervisor.http {
             None => None,
@@ -797,7 +804,7 @@ fn supervise(sup: &mut Supervisor<System>, events: &Receiver<Event>) {
                 sup.shutdown(now());
             }
             Ok(Event::Stop) => sup.shutdown(now()),
-            Ok(Event::Signal(_)) => {}
+            Ok(Event::Signal(_) | Event::Demand) => {}
             Ok(Event::Control(request, reply)) => {
                 let _ = reply.send(sup.handle(request, now()));
             }
