@@ -70,6 +70,9 @@ struct Upstream {
     in_flight: Arc<AtomicUsize>,
     /// When it last had nothing in flight (an answer ended, or it became ready).
     idle_since: Arc<Mutex<Instant>>,
+    /// Its idle keep-alive connections.
+    idle: Arc<Connections>,
+    host: hyper::header::HeaderValue,
 }
 
 struct Served {
@@ -99,20 +102,56 @@ struct Served {
 /// looks at the load at once instead of at its next tick (the cold start is shorter).
 type Demand = Box<dyn Fn() + Send + Sync>;
 
-/// A place in an instance's concurrency, held until the answer has ended.
+/// A place in an instance's concurrency, held until the answer has ended; then the
+/// connection it was sent on goes back to the instance's idle ones.
 struct Slot {
     port: u16,
     in_flight: Arc<AtomicUsize>,
     idle_since: Arc<Mutex<Instant>>,
     wake: Arc<Notify>,
+    idle: Arc<Connections>,
+    connection: Option<Sender>,
+    /// `127.0.0.1:PORT`, the Host of what is sent to it.
+    host: hyper::header::HeaderValue,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        if let Some(c) = self.connection.take() {
+            self.idle.put(c);
+        }
         if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             *self.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
         }
         self.wake.notify_waiters();
+    }
+}
+
+/// The sending half of a connection to an instance.
+type Sender = hyper::client::conn::http1::SendRequest<Body>;
+
+/// An instance's idle keep-alive connections, reused by the requests sent to it.
+#[derive(Default)]
+struct Connections(Mutex<Vec<Sender>>);
+
+/// Idle connections kept per instance; more are closed.
+const MAX_IDLE: usize = 512;
+
+impl Connections {
+    fn take(&self) -> Option<Sender> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
+
+    /// Keeps `c` for the next request, unless it is closed (an answer not read to its
+    /// end closes it: HTTP/1 cannot abandon one answer and go on).
+    fn put(&self, c: Sender) {
+        if c.is_closed() {
+            return;
+        }
+        let mut idle = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(c);
+        }
     }
 }
 
@@ -226,6 +265,8 @@ impl Routes {
                 started: Instant::now(),
                 in_flight: Arc::new(AtomicUsize::new(0)),
                 idle_since: Arc::new(Mutex::new(Instant::now())),
+                idle: Arc::default(),
+                host: format!("127.0.0.1:{port}").parse().expect("a header value"),
             });
         }
     }
@@ -274,6 +315,9 @@ impl Routes {
                     in_flight: u.in_flight.clone(),
                     idle_since: u.idle_since.clone(),
                     wake: s.wake.clone(),
+                    idle: u.idle.clone(),
+                    connection: None,
+                    host: u.host.clone(),
                 };
                 return (Some(slot), true);
             }
@@ -486,8 +530,11 @@ async fn check_health(routes: Arc<Routes>) {
                     .header(hyper::header::HOST, format!("127.0.0.1:{}", u.port))
                     .body(Full::new(Bytes::new()).map_err(Into::into).boxed())
                     .expect("a valid request");
-                let answer =
-                    tokio::time::timeout(Duration::from_secs(1), forward(u.port, request)).await;
+                let asked = async {
+                    let mut c = connect(u.port).await?;
+                    c.send_request(request).await.map_err(|e| e.to_string())
+                };
+                let answer = tokio::time::timeout(Duration::from_secs(1), asked).await;
                 if let Ok(Ok(response)) = answer
                     && response.status() == StatusCode::OK
                 {
@@ -501,37 +548,51 @@ async fn check_health(routes: Arc<Routes>) {
     }
 }
 
-/// The connections to the instances, kept open between requests (keep-alive).
-type Upstreams =
-    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Body>;
-
-fn upstreams() -> &'static Upstreams {
-    static CLIENT: std::sync::OnceLock<Upstreams> = std::sync::OnceLock::new();
-    CLIENT.get_or_init(|| {
-        // Small writes (a streamed chunk) go out at once: no Nagle delay.
-        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        connector.set_nodelay(true);
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector)
-    })
+/// A new connection to the instance on `port`, driven by a task of its own.
+async fn connect(port: u16) -> Result<Sender, String> {
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("cannot connect to the instance: {e}"))?;
+    // Small writes (a streamed chunk) go out at once: no Nagle delay.
+    let _ = stream.set_nodelay(true);
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("cannot connect to the instance: {e}"))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
 }
 
-/// Sends `request` (its path) to the instance on `port`; its response's body streams
-/// from it.
-async fn forward(port: u16, mut request: Request<Body>) -> Result<Response<Incoming>, String> {
-    let path = request
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
-    *request.uri_mut() = format!("http://127.0.0.1:{port}{path}")
-        .parse()
-        .map_err(|e| format!("{e}"))?;
-    upstreams()
-        .request(request)
-        .await
-        .map_err(|e| format!("the instance did not answer: {e}"))
+/// Sends `request` (origin-form, with its Host) to the instance on `port` over one of its
+/// `idle` connections, or a new one; the response's body streams from it. The connection
+/// comes back with the response: it may carry another request once that body has ended.
+/// A request that an idle connection could not take (the instance had closed it) goes on
+/// the next one.
+async fn send(
+    port: u16,
+    idle: &Connections,
+    mut request: Request<Body>,
+) -> Result<(Response<Incoming>, Sender), String> {
+    loop {
+        let (mut sender, reused) = match idle.take() {
+            Some(c) => (c, true),
+            None => (connect(port).await?, false),
+        };
+        if sender.ready().await.is_err() {
+            if reused {
+                continue;
+            }
+            return Err("the instance closed the connection".into());
+        }
+        match sender.try_send_request(request).await {
+            Ok(response) => return Ok((response, sender)),
+            Err(mut e) => match e.take_message() {
+                Some(unsent) if reused => request = unsent,
+                _ => return Err(format!("the instance did not answer: {}", e.into_error())),
+            },
+        }
+    }
 }
 
 fn full(status: StatusCode, content_type: &str, body: String) -> Response<Body> {
@@ -701,7 +762,7 @@ async fn to_instance(
     body: Body,
     arrived: Instant,
 ) -> Response<Body> {
-    let slot = match Routes::slot(served).await {
+    let mut slot = match Routes::slot(served).await {
         Ok(slot) => slot,
         Err(NoSlot::QueueFull) => {
             let mut refused = error(
@@ -725,30 +786,38 @@ async fn to_instance(
             return error(StatusCode::SERVICE_UNAVAILABLE, "server_error", why);
         }
     };
-    let port = slot.port;
-    let query = parts
-        .uri
-        .query()
-        .map(|q| format!("?{q}"))
-        .unwrap_or_default();
-    parts.uri = match format!("{path}{query}").parse() {
-        Ok(uri) => uri,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                format!("{e}"),
-            );
-        }
-    };
-    parts.headers.insert(
-        hyper::header::HOST,
-        format!("127.0.0.1:{port}").parse().expect("a header"),
-    );
+    if parts.uri.path() != path {
+        // The prefix route: the rest of the path, the same query.
+        let query = parts
+            .uri
+            .query()
+            .map(|q| format!("?{q}"))
+            .unwrap_or_default();
+        parts.uri = match format!("{path}{query}").parse() {
+            Ok(uri) => uri,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    format!("{e}"),
+                );
+            }
+        };
+    } else {
+        // Origin-form: what an HTTP/1 server is sent.
+        parts.uri = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .map(hyper::Uri::from)
+            .unwrap_or_default();
+    }
+    parts.headers.insert(hyper::header::HOST, slot.host.clone());
     parts.headers.remove(hyper::header::AUTHORIZATION);
-    match forward(port, Request::from_parts(parts, body)).await {
+    match send(slot.port, &slot.idle, Request::from_parts(parts, body)).await {
         // The place is held until the answer's body has ended (or the client left).
-        Ok(response) => {
+        Ok((response, connection)) => {
+            slot.connection = Some(connection);
             served.metrics.first_byte(arrived.elapsed().as_secs_f64());
             response.map(move |b| {
                 b.map_frame(move |frame| {
