@@ -64,18 +64,40 @@ pub fn worker_env(
     env.into_iter().collect()
 }
 
-pub fn cstrings(items: impl IntoIterator<Item = String>) -> Result<Vec<CString>, String> {
+pub fn cstrings(
+    items: impl IntoIterator<Item = String>,
+) -> Result<Vec<CString>, crate::launch::SpecError> {
     items
         .into_iter()
-        .map(|s| CString::new(s).map_err(|_| "a NUL byte in an argument or variable".to_owned()))
+        .map(|s| {
+            CString::new(s)
+                .map_err(|_| crate::launch::SpecError::Nul("an argument or variable".into()))
+        })
         .collect()
 }
 
+/// Why `cuvisor exec` cannot run its program.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error(transparent)]
+    Ledger(#[from] crate::ledger::LedgerError),
+    #[error(transparent)]
+    Spec(#[from] crate::launch::SpecError),
+    #[error("cannot apply the limits asked for: {0}")]
+    Limits(String),
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroups::CgroupError),
+    #[error("cannot start {command}: {source}")]
+    Launch {
+        command: String,
+        source: crate::launch::LaunchError,
+    },
+}
+
 /// Runs the program to its end; returns its exit status (128 + signal if killed).
-pub fn exec(o: ExecOptions) -> Result<i32, String> {
+pub fn exec(o: ExecOptions) -> Result<i32, ExecError> {
     // The model's ledger first: a quota that disagrees with it stops us here.
-    crate::ledger::ensure(&o.ledger_dir, &o.model, o.quota, CreateOptions::default())
-        .map_err(|e| e.to_string())?;
+    crate::ledger::ensure(&o.ledger_dir, &o.model, o.quota, CreateOptions::default())?;
     let env = worker_env(
         &[],
         &Contract {
@@ -98,9 +120,7 @@ pub fn exec(o: ExecOptions) -> Result<i32, String> {
             why: "no host limits asked for".into(),
         }
     };
-    hierarchy
-        .supports(&o.limits)
-        .map_err(|why| format!("cannot apply the limits asked for: {why}"))?;
+    hierarchy.supports(&o.limits).map_err(ExecError::Limits)?;
     let spec = Spec {
         program,
         argv: cstrings(o.command.iter().cloned())?,
@@ -130,10 +150,7 @@ pub fn exec(o: ExecOptions) -> Result<i32, String> {
             &format!("exec-{}-{}", o.model, std::process::id()),
             &o.limits,
         )
-        .map_err(|e| {
-            hierarchy.remove_base();
-            e.to_string()
-        })?;
+        .inspect_err(|_| hierarchy.remove_base())?;
     // Signals for the program are forwarded to it while we wait.
     // SAFETY: sigset_t is plain data; all zeros is a valid value (and emptied below).
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
@@ -160,7 +177,10 @@ pub fn exec(o: ExecOptions) -> Result<i32, String> {
         Err(e) => {
             let _ = cgroup.remove();
             hierarchy.remove_base();
-            return Err(format!("cannot start {}: {e}", o.command[0]));
+            return Err(ExecError::Launch {
+                command: o.command[0].clone(),
+                source: e,
+            });
         }
     };
     let status = loop {

@@ -159,8 +159,20 @@ const STEPS: &[&str] = &[
     "cover the control socket",
 ];
 
+/// Why a launch [`Spec`] cannot be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("{}: not an executable file", .0.display())]
+    NotExecutable(std::path::PathBuf),
+    #[error("{0}: not found in PATH")]
+    NotFound(String),
+    /// A NUL byte in what it names (a C string cannot hold one).
+    #[error("a NUL byte in {0}")]
+    Nul(String),
+}
+
 /// Finds `command` the way a shell would: as a path if it has a slash, else in PATH.
-pub fn resolve_program(command: &str, path_var: Option<&str>) -> Result<CString, String> {
+pub fn resolve_program(command: &str, path_var: Option<&str>) -> Result<CString, SpecError> {
     let found = if command.contains('/') {
         Some(std::path::PathBuf::from(command))
     } else {
@@ -173,9 +185,9 @@ pub fn resolve_program(command: &str, path_var: Option<&str>) -> Result<CString,
     };
     match found {
         Some(p) if is_executable(&p) => CString::new(p.as_os_str().as_encoded_bytes())
-            .map_err(|_| "NUL in the command".to_owned()),
-        Some(p) => Err(format!("{}: not an executable file", p.display())),
-        None => Err(format!("{command}: not found in PATH")),
+            .map_err(|_| SpecError::Nul("the command".into())),
+        Some(p) => Err(SpecError::NotExecutable(p)),
+        None => Err(SpecError::NotFound(command.to_owned())),
     }
 }
 

@@ -1199,11 +1199,11 @@ mod tests {
             (i.state.as_str(), i.pid, i.uptime_ms),
             ("running", Some(100), Some(4))
         );
-        let failed = StartError::Spec("nope: not found".into());
+        let failed = StartError::Spec(crate::launch::SpecError::NotFound("nope".into()));
         s.launched(1, 1, Err(failed), t + MS);
         let b = &s.status(t).models[1].instances[1];
         assert_eq!(b.state, "backoff");
-        assert_eq!(b.error.as_deref(), Some("nope: not found"));
+        assert_eq!(b.error.as_deref(), Some("nope: not found in PATH"));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::contract::Contract;
 use crate::exec::{cstrings, worker_env};
 use crate::gateway;
 use crate::gpu::GpuUuid;
-use crate::launch::{self, LaunchError, Privileges, ReadOnly, Spec};
+use crate::launch::{self, LaunchError, Privileges, ReadOnly, Spec, SpecError};
 use crate::ledger::{self, CreateOptions, LedgerError, LedgerFile};
 use crate::lifecycle::Signal;
 use crate::placement::Plan;
@@ -55,8 +55,8 @@ pub enum StartError {
     #[error("no free loopback port: {0}")]
     Port(std::io::Error),
     /// Its program, arguments or paths (a program not found, a NUL byte).
-    #[error("{0}")]
-    Spec(String),
+    #[error(transparent)]
+    Spec(#[from] SpecError),
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
     #[error(transparent)]
@@ -218,8 +218,7 @@ impl Launcher {
                 gpus: visible.as_deref(),
                 port,
             },
-        )
-        .map_err(StartError::Spec)?;
+        )?;
         let leaf = format!("{}-{index}", cfg.name);
         // Last, so that nothing before it can fail and leave the cgroup behind.
         let cgroup = self.hierarchy.create(&leaf, &limits(cfg))?;
@@ -329,7 +328,7 @@ pub fn worker_spec(
     shim: &Path,
     output: RawFd,
     at: Placement,
-) -> Result<Spec, String> {
+) -> Result<Spec, SpecError> {
     let visible = at.gpus;
     let mut extra: Vec<(String, String)> = cfg
         .env
@@ -365,7 +364,7 @@ pub fn worker_spec(
     }));
     let path = |p: &PathBuf| {
         CString::new(p.as_os_str().as_encoded_bytes())
-            .map_err(|_| format!("{}: a NUL byte in a path", p.display()))
+            .map_err(|_| SpecError::Nul(format!("the path {}", p.display())))
     };
     // In its own mount namespace the worker is shown less of the host.
     let (read_only, cover, ledger) = if cfg.isolation.mount {
@@ -381,7 +380,7 @@ pub fn worker_spec(
                     optional: false,
                 })
             })
-            .collect::<Result<Vec<_>, String>>()?;
+            .collect::<Result<Vec<_>, SpecError>>()?;
         read_only.extend(launch::kernel_interfaces(
             &std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
         ));
