@@ -9,7 +9,7 @@
 //! module only reads it, checks health, and forwards.
 
 use crate::config::Config;
-use crate::metrics::{FrontDoorMetrics, ModelMetrics};
+use crate::metrics::{FrontDoorMetrics, ModelMetrics, Refused};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
@@ -605,7 +605,17 @@ fn full(status: StatusCode, content_type: &str, body: String) -> Response<Body> 
 
 /// An error in the shape OpenAI-compatible clients read.
 fn error(status: StatusCode, kind: &str, message: String) -> Response<Body> {
-    let body = json!({"error": {"message": message, "type": kind, "code": status.as_u16()}});
+    error_with_code(status, kind, None, message)
+}
+
+/// OpenAI's error `code` is a string (`model_not_found`) or null.
+fn error_with_code(
+    status: StatusCode,
+    kind: &str,
+    code: Option<&str>,
+    message: String,
+) -> Response<Body> {
+    let body = json!({"error": {"message": message, "type": kind, "param": null, "code": code}});
     full(status, "application/json", body.to_string())
 }
 
@@ -630,12 +640,17 @@ fn authorized(request: &Request<Incoming>, keys: &[String]) -> bool {
 
 async fn handle(request: Request<Incoming>, routes: &Routes, keys: &[String]) -> Response<Body> {
     let arrived = Instant::now();
+    let refused = |reason: Refused, answer: Response<Body>| {
+        routes.metrics.refused(reason);
+        answer
+    };
     if !authorized(&request, keys) {
-        return error(
+        let answer = error(
             StatusCode::UNAUTHORIZED,
             "authentication_error",
             "a valid API key is needed: Authorization: Bearer KEY".into(),
         );
+        return refused(Refused::Unauthorized, answer);
     }
     let path = request.uri().path().to_owned();
     if request.method() == hyper::Method::GET && path == "/v1/models" {
@@ -653,7 +668,7 @@ async fn handle(request: Request<Incoming>, routes: &Routes, keys: &[String]) ->
     if let Some(rest) = path.strip_prefix("/models/") {
         let (name, tail) = rest.split_once('/').unwrap_or((rest, ""));
         let Some((model, served)) = routes.resolve(name) else {
-            return not_found(name);
+            return refused(Refused::UnknownModel, not_found(name));
         };
         let tail = format!("/{tail}");
         let (parts, body) = request.into_parts();
@@ -668,13 +683,16 @@ async fn handle(request: Request<Incoming>, routes: &Routes, keys: &[String]) ->
             .await
         {
             Ok(b) => b.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return refused(Refused::TooLarge, too_large());
+            }
             Err(e) => {
-                return error(
+                let answer = error(
                     StatusCode::BAD_REQUEST,
                     "invalid_request_error",
                     format!("{e}"),
                 );
+                return refused(Refused::BadRequest, answer);
             }
         };
         /// The one field the front door reads of a request's body.
@@ -686,22 +704,24 @@ async fn handle(request: Request<Incoming>, routes: &Routes, keys: &[String]) ->
         let named = match serde_json::from_slice::<Named>(&body) {
             Ok(v) => v.model.map(std::borrow::Cow::into_owned),
             Err(e) => {
-                return error(
+                let answer = error(
                     StatusCode::BAD_REQUEST,
                     "invalid_request_error",
                     format!("the body is not JSON: {e}"),
                 );
+                return refused(Refused::BadRequest, answer);
             }
         };
         let Some(named) = named else {
-            return error(
+            let answer = error(
                 StatusCode::BAD_REQUEST,
                 "invalid_request_error",
                 "the body names no model (its \"model\" field)".into(),
             );
+            return refused(Refused::BadRequest, answer);
         };
         let Some((model, served)) = routes.resolve(&named) else {
-            return not_found(&named);
+            return refused(Refused::UnknownModel, not_found(&named));
         };
         if body.len() as u64 > served.max_body {
             return finished(served, arrived, too_large());
@@ -710,11 +730,12 @@ async fn handle(request: Request<Incoming>, routes: &Routes, keys: &[String]) ->
         let answer = to_instance((model, served), parts, path, body, arrived).await;
         return finished(served, arrived, answer);
     }
-    error(
+    let answer = error(
         StatusCode::NOT_FOUND,
         "invalid_request_error",
         format!("no route for {} {path}", parts_method(&request)),
-    )
+    );
+    refused(Refused::NoRoute, answer)
 }
 
 fn parts_method(request: &Request<Incoming>) -> String {
@@ -722,9 +743,10 @@ fn parts_method(request: &Request<Incoming>) -> String {
 }
 
 fn not_found(model: &str) -> Response<Body> {
-    error(
+    error_with_code(
         StatusCode::NOT_FOUND,
         "invalid_request_error",
+        Some("model_not_found"),
         format!("the model `{model}` does not exist"),
     )
 }

@@ -207,6 +207,47 @@ struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedLabels {
+    reason: Refused,
+}
+
+/// Why the front door answered a request itself, before it could count it for a model.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Refused {
+    /// No valid API key (401).
+    Unauthorized,
+    /// The model it names is not served (404).
+    UnknownModel,
+    /// Not JSON, no `model` field, or a body that could not be read (400).
+    BadRequest,
+    /// A body larger than any served model accepts (413).
+    TooLarge,
+    /// No route for its method and path (404).
+    NoRoute,
+}
+
+impl Refused {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refused::Unauthorized => "unauthorized",
+            Refused::UnknownModel => "unknown_model",
+            Refused::BadRequest => "bad_request",
+            Refused::TooLarge => "too_large",
+            Refused::NoRoute => "no_route",
+        }
+    }
+}
+
+impl prometheus_client::encoding::EncodeLabelValue for Refused {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModelStateLabels {
     model: String,
     state: String,
@@ -228,6 +269,7 @@ pub struct FrontDoorMetrics {
     first_byte: Seconds,
     cold_starts: Family<ModelLabel, Counter>,
     cold_start_seconds: Seconds,
+    refused: Family<RefusedLabels, Counter>,
 }
 
 impl Default for FrontDoorMetrics {
@@ -239,6 +281,7 @@ impl Default for FrontDoorMetrics {
             first_byte: histograms(),
             cold_starts: Family::default(),
             cold_start_seconds: histograms(),
+            refused: Family::default(),
         }
     }
 }
@@ -258,7 +301,17 @@ impl FrontDoorMetrics {
         }
     }
 
+    /// A request answered by the front door itself, for no model.
+    pub fn refused(&self, reason: Refused) {
+        self.refused.get_or_create(&RefusedLabels { reason }).inc();
+    }
+
     fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "cuvisor_front_door_refused",
+            "Front-door requests answered before they reached a model, by reason.",
+            self.refused.clone(),
+        );
         registry.register(
             "cuvisor_requests",
             "Front-door requests, by model and status code.",

@@ -159,9 +159,16 @@ fn requests_are_routed_by_model_and_alias() {
         None,
     );
     assert_eq!(status(&answer), 404);
+    let error = &json_body(&answer)["error"];
+    assert_eq!(error["message"], "the model `gamma` does not exist");
+    // OpenAI's shape: a type, and a code that is a string or null.
     assert_eq!(
-        json_body(&answer)["error"]["message"],
-        "the model `gamma` does not exist"
+        (&error["type"], &error["code"], &error["param"]),
+        (
+            &Value::from("invalid_request_error"),
+            &Value::from("model_not_found"),
+            &Value::Null
+        )
     );
     let answer = request(
         http,
@@ -177,6 +184,7 @@ fn requests_are_routed_by_model_and_alias() {
             .unwrap()
             .starts_with("the body is not JSON")
     );
+    assert_eq!(json_body(&answer)["error"]["code"], Value::Null);
     let answer = request(
         http,
         "POST",
@@ -205,6 +213,10 @@ fn requests_are_routed_by_model_and_alias() {
             "cuvisor_in_flight_requests{model=\"alpha\"} 0",
             "cuvisor_queued_requests{model=\"beta\"} 0",
             "cuvisor_instances{model=\"alpha\",state=\"running\"} 1",
+            // and what it answered itself, for no model
+            "cuvisor_front_door_refused_total{reason=\"unknown_model\"} 1",
+            "cuvisor_front_door_refused_total{reason=\"bad_request\"} 2",
+            "cuvisor_front_door_refused_total{reason=\"no_route\"} 1",
         ],
     );
     assert_eq!(s.stop().0, 0);
@@ -308,6 +320,10 @@ fn api_keys_are_required_when_configured() {
         Some("sk-fedcba9876543210"),
     );
     assert_eq!(status(&answer), 200);
+    assert_metrics(
+        &s,
+        &["cuvisor_front_door_refused_total{reason=\"unauthorized\"} 2"],
+    );
     assert_eq!(s.stop().0, 0);
 }
 
