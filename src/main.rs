@@ -250,7 +250,7 @@ fn check(path: &std::path::Path) -> ExitCode {
             match cuvisor::supervisor::place(&c, &cuvisor::nvml::Nvml) {
                 Ok(None) => ExitCode::SUCCESS,
                 Ok(Some(plan)) => {
-                    for line in cuvisor::supervisor::plan_lines(&plan) {
+                    for line in plan.lines() {
                         println!("{line}");
                     }
                     for m in c.models.iter().filter(|m| m.gpus.is_none()) {

@@ -128,6 +128,42 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The plan for people: one line per GPU, one per placed model.
+    pub fn lines(&self) -> Vec<String> {
+        use crate::size::format_bytes as b;
+        let mut lines = vec![format!(
+            "placement: {}, gpu_overcommit {}, host memory for what cannot be resident: {} needed of {}",
+            self.policy.as_str(),
+            self.overcommit,
+            b(self.host_needed),
+            b(self.host_available)
+        )];
+        for g in &self.gpus {
+            lines.push(format!(
+                "GPU {} {}: {} committed of {} ({} memory): {}",
+                g.gpu.index,
+                g.gpu.uuid,
+                b(g.committed),
+                b(g.capacity),
+                b(g.gpu.memory),
+                if g.models.is_empty() {
+                    "-".to_owned()
+                } else {
+                    g.models.join(", ")
+                }
+            ));
+        }
+        for m in &self.models {
+            let gpus: Vec<String> = m
+                .gpus
+                .iter()
+                .map(|&g| self.gpus[g].gpu.index.to_string())
+                .collect();
+            lines.push(format!("model {}: GPU {}", m.model, gpus.join(", ")));
+        }
+        lines
+    }
+
     /// The UUIDs of a model's GPUs, in its order: its workers' `CUDA_VISIBLE_DEVICES`.
     pub fn uuids(&self, model: &str) -> Option<Vec<GpuUuid>> {
         let m = self.models.iter().find(|m| m.model == model)?;

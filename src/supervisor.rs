@@ -689,7 +689,7 @@ impl Running {
         let lock = SupervisorLock::acquire(Path::new(RUN_DIR), &config.supervisor.cgroup_name)?;
         let plan = place(&config, inventory)?;
         if let Some(p) = &plan {
-            for line in plan_lines(p) {
+            for line in p.lines() {
                 log(&line);
             }
         }
@@ -1063,42 +1063,6 @@ fn host_memory() -> Option<u64> {
         .parse()
         .ok()?;
     kib.checked_mul(1024)
-}
-
-/// The plan for people: one line per GPU, one per placed model.
-pub fn plan_lines(p: &Plan) -> Vec<String> {
-    use crate::size::format_bytes as b;
-    let mut lines = vec![format!(
-        "placement: {}, gpu_overcommit {}, host memory for what cannot be resident: {} needed of {}",
-        p.policy.as_str(),
-        p.overcommit,
-        b(p.host_needed),
-        b(p.host_available)
-    )];
-    for g in &p.gpus {
-        lines.push(format!(
-            "GPU {} {}: {} committed of {} ({} memory): {}",
-            g.gpu.index,
-            g.gpu.uuid,
-            b(g.committed),
-            b(g.capacity),
-            b(g.gpu.memory),
-            if g.models.is_empty() {
-                "-".to_owned()
-            } else {
-                g.models.join(", ")
-            }
-        ));
-    }
-    for m in &p.models {
-        let gpus: Vec<String> = m
-            .gpus
-            .iter()
-            .map(|&g| p.gpus[g].gpu.index.to_string())
-            .collect();
-        lines.push(format!("model {}: GPU {}", m.model, gpus.join(", ")));
-    }
-    lines
 }
 
 #[cfg(test)]
