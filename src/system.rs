@@ -77,11 +77,12 @@ pub trait Effects {
     fn release(&mut self, cfg: &ModelConfig, worker: Worker);
 }
 
-/// The real effects. Workers are launched by one thread that lives as long as this
-/// value: a worker's parent-death signal is tied to the thread that started it.
+/// The real effects. Workers are launched by [`LAUNCHERS`] threads that live as long as
+/// this value (a worker's parent-death signal is tied to the thread that started it), so
+/// that a launch stuck until its 30 s timeout holds up no other.
 pub struct System {
     jobs: Option<Sender<Job>>,
-    launcher: Option<std::thread::JoinHandle<()>>,
+    launchers: Vec<std::thread::JoinHandle<()>>,
     hierarchy: Hierarchy,
     ledger_dir: PathBuf,
 }
@@ -92,7 +93,10 @@ struct Job {
     index: u32,
 }
 
-/// What the launcher thread needs to start a worker.
+/// Launches under way at once, at most.
+pub const LAUNCHERS: usize = 4;
+
+/// What the launcher threads need to start a worker.
 struct Launcher {
     supervisor: SupervisorConfig,
     hierarchy: Hierarchy,
@@ -110,31 +114,42 @@ impl System {
         events: Sender<Event>,
     ) -> Result<System, Error> {
         let (jobs, queue) = channel::<Job>();
-        let launcher = Launcher {
+        let queue = std::sync::Arc::new(std::sync::Mutex::new(queue));
+        let launcher = std::sync::Arc::new(Launcher {
             supervisor: config.supervisor.clone(),
             hierarchy: hierarchy.clone(),
             shim,
             plan,
-        };
-        let thread = std::thread::Builder::new()
-            .name("launcher".into())
-            .spawn(move || {
-                for job in queue {
-                    let result = launcher.start(&job.cfg, job.index);
-                    let gone = events.send(Event::Launched {
-                        model: job.model,
-                        index: job.index,
-                        result,
-                    });
-                    if gone.is_err() {
-                        return; // the supervisor has gone: our workers die with us
+        });
+        let mut launchers = Vec::with_capacity(LAUNCHERS);
+        for _ in 0..LAUNCHERS {
+            let (queue, launcher, events) = (queue.clone(), launcher.clone(), events.clone());
+            let thread = std::thread::Builder::new()
+                .name("launcher".into())
+                .spawn(move || {
+                    loop {
+                        // The lock is held while waiting for a job only, not while launching.
+                        let job = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        let Ok(job) = job else {
+                            return; // the System was dropped: every worker is gone
+                        };
+                        let result = launcher.start(&job.cfg, job.index);
+                        let gone = events.send(Event::Launched {
+                            model: job.model,
+                            index: job.index,
+                            result,
+                        });
+                        if gone.is_err() {
+                            return; // the supervisor has gone: our workers die with us
+                        }
                     }
-                }
-            })
-            .map_err(|e| Error::Thread("launcher", e))?;
+                })
+                .map_err(|e| Error::Thread("launcher", e))?;
+            launchers.push(thread);
+        }
         Ok(System {
             jobs: Some(jobs),
-            launcher: Some(thread),
+            launchers,
             hierarchy,
             ledger_dir: config.supervisor.ledger_dir.clone(),
         })
@@ -142,10 +157,10 @@ impl System {
 }
 
 impl Drop for System {
-    /// Once every worker is gone: the launcher ends, and the cgroups' parent goes.
+    /// Once every worker is gone: the launchers end, and the cgroups' parent goes.
     fn drop(&mut self) {
         drop(self.jobs.take());
-        if let Some(t) = self.launcher.take() {
+        for t in self.launchers.drain(..) {
             let _ = t.join();
         }
         self.hierarchy.remove_base();
@@ -160,7 +175,7 @@ impl Effects for System {
             index,
         };
         if let Some(jobs) = &self.jobs {
-            // The launcher ends only when this value is dropped.
+            // The launchers end only when this value is dropped.
             let _ = jobs.send(job);
         }
     }
