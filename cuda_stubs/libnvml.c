@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cuda_types.h"
 
@@ -51,7 +52,9 @@ typedef struct {
     X(nvmlDeviceGetPciInfo) X(nvmlDeviceGetPciInfo_v2) X(nvmlDeviceGetPciInfo_v3)             \
     X(nvmlDeviceGetCudaComputeCapability) X(nvmlSystemGetCudaDriverVersion)                   \
     X(nvmlSystemGetCudaDriverVersion_v2) X(nvmlDeviceGetComputeRunningProcesses)              \
-    X(nvmlDeviceGetComputeRunningProcesses_v2) X(nvmlDeviceGetComputeRunningProcesses_v3)
+    X(nvmlDeviceGetComputeRunningProcesses_v2) X(nvmlDeviceGetComputeRunningProcesses_v3)     \
+    X(nvmlDeviceGetSerial) X(nvmlDeviceGetHandleBySerial) X(nvmlDeviceGetTopologyNearestGpus)  \
+    X(nvmlSystemGetTopologyGpuSet)
 enum {
 #define X(name) IDX_##name,
     NVML_ENTRIES(X)
@@ -259,6 +262,90 @@ static nvmlReturn_t cuda_driver_version(int *v) {
 }
 EXPORT nvmlReturn_t nvmlSystemGetCudaDriverVersion(int *v) { COUNT(nvmlSystemGetCudaDriverVersion); return cuda_driver_version(v); }
 EXPORT nvmlReturn_t nvmlSystemGetCudaDriverVersion_v2(int *v) { COUNT(nvmlSystemGetCudaDriverVersion_v2); return cuda_driver_version(v); }
+
+/* ---- serial numbers and topology ------------------------------------------------------- */
+
+#define NVML_DEVICE_SERIAL_BUFFER_SIZE 30
+#define NVML_TOPOLOGY_SYSTEM 50
+
+/* Each fake board's serial number: 13 digits, as NVIDIA's boards have. */
+static void serial_of(int i, char out[NVML_DEVICE_SERIAL_BUFFER_SIZE]) {
+    snprintf(out, NVML_DEVICE_SERIAL_BUFFER_SIZE, "16509240%05d", 100 + i);
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetSerial(nvmlDevice_t d, char *serial, unsigned int length) {
+    COUNT(nvmlDeviceGetSerial);
+    if (!ready()) return NVML_ERROR_UNINITIALIZED;
+    int i = device_of(d);
+    if (i < 0 || !serial) return NVML_ERROR_INVALID_ARGUMENT;
+    char text[NVML_DEVICE_SERIAL_BUFFER_SIZE];
+    serial_of(i, text);
+    if (strlen(text) >= length) return NVML_ERROR_INSUFFICIENT_SIZE;
+    memcpy(serial, text, strlen(text) + 1);
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetHandleBySerial(const char *serial, nvmlDevice_t *d) {
+    COUNT(nvmlDeviceGetHandleBySerial);
+    if (!ready()) return NVML_ERROR_UNINITIALIZED;
+    if (!serial || !d) return NVML_ERROR_INVALID_ARGUMENT;
+    for (int i = 0; i < fg_config()->device_count; i++) {
+        char text[NVML_DEVICE_SERIAL_BUFFER_SIZE];
+        serial_of(i, text);
+        if (strcmp(text, serial) == 0) {
+            *d = (nvmlDevice_t)&device_handles[i];
+            return NVML_SUCCESS;
+        }
+    }
+    return NVML_ERROR_NOT_FOUND;
+}
+
+/* The documented count protocol of the topology lists: a count of 0 asks how many (the
+ * array is not touched); otherwise up to *count handles are written and *count says how
+ * many. The devices are all but `skip` (-1: none skipped). */
+static nvmlReturn_t device_list(int skip, unsigned int *count, nvmlDevice_t *array) {
+    unsigned n = 0;
+    for (int i = 0; i < fg_config()->device_count; i++) n += i != skip;
+    if (*count == 0) {
+        *count = n;
+        return NVML_SUCCESS;
+    }
+    if (!array) return NVML_ERROR_INVALID_ARGUMENT;
+    unsigned k = 0;
+    for (int i = 0; i < fg_config()->device_count && k < *count; i++)
+        if (i != skip) array[k++] = (nvmlDevice_t)&device_handles[i];
+    *count = k;
+    return NVML_SUCCESS;
+}
+
+static int valid_level(int level) {
+    return level == 0 || level == 10 || level == 20 || level == 30 || level == 40 || level == 50;
+}
+
+/* The fake GPUs share no switch or bridge: they meet at the system level
+ * (NVML_TOPOLOGY_SYSTEM), and no GPU is nearer to another than that. */
+EXPORT nvmlReturn_t nvmlDeviceGetTopologyNearestGpus(nvmlDevice_t d, int level, unsigned int *count,
+                                                     nvmlDevice_t *array) {
+    COUNT(nvmlDeviceGetTopologyNearestGpus);
+    if (!ready()) return NVML_ERROR_UNINITIALIZED;
+    int i = device_of(d);
+    if (i < 0 || !valid_level(level) || !count) return NVML_ERROR_INVALID_ARGUMENT;
+    if (level < NVML_TOPOLOGY_SYSTEM) {
+        if (*count != 0 && !array) return NVML_ERROR_INVALID_ARGUMENT;
+        *count = 0;
+        return NVML_SUCCESS;
+    }
+    return device_list(i, count, array);
+}
+
+/* Every fake GPU is as near to every CPU of this machine. */
+EXPORT nvmlReturn_t nvmlSystemGetTopologyGpuSet(unsigned int cpu, unsigned int *count, nvmlDevice_t *array) {
+    COUNT(nvmlSystemGetTopologyGpuSet);
+    if (!ready()) return NVML_ERROR_UNINITIALIZED;
+    long cpus = sysconf(_SC_NPROCESSORS_CONF);
+    if (!count || (long)cpu >= cpus) return NVML_ERROR_INVALID_ARGUMENT;
+    return device_list(-1, count, array);
+}
 
 /* ---- processes -------------------------------------------------------------------------- */
 

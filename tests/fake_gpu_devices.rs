@@ -435,6 +435,38 @@ fn nvml_ignores_visible_devices_and_finds_devices_by_uuid_and_pci_bus_id() {
 }
 
 #[test]
+fn nvml_finds_boards_by_serial_and_lists_gpus_by_topology() {
+    let out = run_script(
+        four_gpus(&mut driver_probe()),
+        "nvml-serial 0 nvml-serial 3 nvml-by-serial 1650924000102 nvml-by-serial 1650924000199 \
+         nvml-nearest 1 50 nvml-nearest 1 40 nvml-nearest 1 0 nvml-nearest 1 45 \
+         nvml-gpuset 0 nvml-gpuset 100000",
+    );
+    assert_eq!(
+        out,
+        [
+            "nvml-serial 0 -> 0 1650924000100".to_owned(),
+            "nvml-serial 3 -> 0 1650924000103".to_owned(),
+            format!("nvml-by-serial 1650924000102 -> 0 {}", UUID[2]),
+            "nvml-by-serial 1650924000199 -> 6 -".to_owned(), // NVML_ERROR_NOT_FOUND
+            // The fake GPUs meet at NVML_TOPOLOGY_SYSTEM (50) only.
+            format!(
+                "nvml-nearest 1 50 -> 0 3 {} {} {}",
+                UUID[0], UUID[2], UUID[3]
+            ),
+            "nvml-nearest 1 40 -> 0 0".to_owned(),
+            "nvml-nearest 1 0 -> 0 0".to_owned(),
+            "nvml-nearest 1 45 -> 2 0".to_owned(), // not a level: NVML_ERROR_INVALID_ARGUMENT
+            format!(
+                "nvml-gpuset 0 -> 0 4 {} {} {} {}",
+                UUID[0], UUID[1], UUID[2], UUID[3]
+            ),
+            "nvml-gpuset 100000 -> 2 0".to_owned(), // no such CPU
+        ]
+    );
+}
+
+#[test]
 fn nvml_lists_the_processes_on_each_device_and_their_memory() {
     let dir = TempDir::new("nvml-procs");
     let state = dir.path("gpu.state");

@@ -281,6 +281,50 @@ fn nvml_inside_a_placed_model_shows_only_its_gpus() {
     assert_eq!(all[0], "nvml-list -> 0 4");
 }
 
+/// Inside a placed model, boards are not found by another GPU's serial number, and the
+/// topology lists hold only the model's GPUs; NVML's count protocol is kept.
+#[test]
+fn nvml_serials_and_topology_inside_a_placed_model_show_only_its_gpus() {
+    let dir = TempDir::new("nvml-topology");
+    let state = dir.path("gpu-state");
+    let ledgers = dir.path("ledgers");
+    let (gpu1, gpu3) = (uuid_of(&state, 1), uuid_of(&state, 3));
+    let placed = format!("{gpu3},{gpu1}");
+    let mut cmd = rank(
+        &ledgers,
+        &state,
+        &[("CUVISOR_GPUS", &placed), ("CUDA_VISIBLE_DEVICES", &placed)],
+    );
+    // The fake's boards have serials 1650924000100 + their physical index.
+    let script = "nvml-serial 0 nvml-by-serial 1650924000102 nvml-by-serial 1650924000101 \
+                  nvml-nearest 0 50 nvml-nearest 1 50 nvml-nearest 0 40 nvml-gpuset 0";
+    assert_eq!(
+        run_script(&mut cmd, script),
+        [
+            "nvml-serial 0 -> 0 1650924000103".to_owned(),
+            "nvml-by-serial 1650924000102 -> 6 -".to_owned(), // GPU 2: not the model's
+            format!("nvml-by-serial 1650924000101 -> 0 {gpu1}"),
+            // Of the three other GPUs, only the model's second one.
+            format!("nvml-nearest 0 50 -> 0 1 {gpu1}"),
+            format!("nvml-nearest 1 50 -> 0 1 {gpu3}"),
+            "nvml-nearest 0 40 -> 0 0".to_owned(),
+            // In NVML's order (physical), not the model's.
+            format!("nvml-gpuset 0 -> 0 2 {gpu1} {gpu3}"),
+        ]
+    );
+    // Without CUVISOR_GPUS: every GPU.
+    let all = run_script(
+        &mut rank(&ledgers, &state, &[]),
+        "nvml-nearest 0 50 nvml-gpuset 0 nvml-by-serial 1650924000102",
+    );
+    assert!(all[0].starts_with("nvml-nearest 0 50 -> 0 3 "), "{all:?}");
+    assert!(all[1].starts_with("nvml-gpuset 0 -> 0 4 "), "{all:?}");
+    assert_eq!(
+        all[2],
+        format!("nvml-by-serial 1650924000102 -> 0 {}", uuid_of(&state, 2))
+    );
+}
+
 /// Memory that lands on another GPU than the current one is charged there, even when
 /// the current GPU is full: a VMM handle on the device its properties name, a pool
 /// allocation on the pool's device, an allocation on a stream of another device's

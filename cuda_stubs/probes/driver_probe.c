@@ -73,6 +73,13 @@
  *   nvml-procs N            nvmlDeviceGetComputeRunningProcesses_v3 on NVML device N, sized by
  *                           a first call with a count of 0: "nvml-procs N -> 0 COUNT sizing=R",
  *                           then "pid PID USED" per process (" self" for this one)
+ *   nvml-serial N           nvmlDeviceGetSerial of NVML device N: "nvml-serial N -> 0 SERIAL"
+ *   nvml-by-serial SERIAL   nvmlDeviceGetHandleBySerial: "nvml-by-serial SERIAL -> 0 UUID"
+ *                           ("-" on error)
+ *   nvml-nearest N LEVEL    nvmlDeviceGetTopologyNearestGpus of NVML device N, sized by a first
+ *                           call with a count of 0: "nvml-nearest N LEVEL -> 0 COUNT UUID..."
+ *   nvml-gpuset CPU         nvmlSystemGetTopologyGpuSet, the same way:
+ *                           "nvml-gpuset CPU -> 0 COUNT UUID..."
  *   nvml-version            nvmlSystemGetCudaDriverVersion and _v2: "nvml-version -> 0 V V2"
  *   nvml-info N             nvmlDeviceGetMemoryInfo of NVML device N (by index):
  *                           "nvml-info N -> 0 TOTAL FREE USED"
@@ -267,7 +274,11 @@ typedef struct { unsigned pid; unsigned long long used; unsigned gi, ci; } nvml_
     X(nvmlDeviceGetCudaComputeCapability, (void *, int *, int *))                                  \
     X(nvmlSystemGetCudaDriverVersion, (int *)) X(nvmlSystemGetCudaDriverVersion_v2, (int *))       \
     X(nvmlDeviceGetMemoryInfo, (void *, unsigned long long *))                                     \
-    X(nvmlDeviceGetComputeRunningProcesses_v3, (void *, unsigned *, nvml_proc_t *))
+    X(nvmlDeviceGetComputeRunningProcesses_v3, (void *, unsigned *, nvml_proc_t *))           \
+    X(nvmlDeviceGetSerial, (void *, char *, unsigned))                                         \
+    X(nvmlDeviceGetHandleBySerial, (const char *, void **))                                    \
+    X(nvmlDeviceGetTopologyNearestGpus, (void *, int, unsigned *, void **))                    \
+    X(nvmlSystemGetTopologyGpuSet, (unsigned, unsigned *, void **))
 static struct {
 #define NVML_FIELD(name, args) int(*name) args;
     NVML_FNS(NVML_FIELD)
@@ -763,6 +774,42 @@ int main(int argc, char **argv) {
             if (!e) e = nv.nvmlDeviceGetMemoryInfo(dev, m);
             printf("nvml-info %s -> %d %llu %llu %llu\n", a1, e, m[0], m[1], m[2]);
             i++;
+        } else if (!strcmp(c, "nvml-serial")) {
+            void *dev = NULL;
+            char serial[64] = "";
+            int e = nvml_ready();
+            if (!e) e = nv.nvmlDeviceGetHandleByIndex_v2((unsigned)atoi(a1), &dev);
+            if (!e) e = nv.nvmlDeviceGetSerial(dev, serial, sizeof serial);
+            printf("nvml-serial %s -> %d %s\n", a1, e, e ? "-" : serial);
+            i++;
+        } else if (!strcmp(c, "nvml-by-serial")) {
+            void *dev = NULL;
+            char uuid[96] = "";
+            int e = nvml_ready();
+            if (!e) e = nv.nvmlDeviceGetHandleBySerial(a1, &dev);
+            if (!e) e = nv.nvmlDeviceGetUUID(dev, uuid, sizeof uuid);
+            printf("nvml-by-serial %s -> %d %s\n", a1, e, e ? "-" : uuid);
+            i++;
+        } else if (!strcmp(c, "nvml-nearest") || !strcmp(c, "nvml-gpuset")) {
+            int nearest = c[5] == 'n';
+            void *dev = NULL, *list[64];
+            unsigned n = 0;
+            int e = nvml_ready();
+            if (!e && nearest) e = nv.nvmlDeviceGetHandleByIndex_v2((unsigned)atoi(a1), &dev);
+            if (!e) e = nearest ? nv.nvmlDeviceGetTopologyNearestGpus(dev, atoi(a2), &n, NULL)
+                                : nv.nvmlSystemGetTopologyGpuSet((unsigned)atoi(a1), &n, NULL);
+            if (!e && n > 64) n = 64;
+            if (!e && n) e = nearest ? nv.nvmlDeviceGetTopologyNearestGpus(dev, atoi(a2), &n, list)
+                                     : nv.nvmlSystemGetTopologyGpuSet((unsigned)atoi(a1), &n, list);
+            if (nearest) printf("nvml-nearest %s %s -> %d %u", a1, a2, e, n);
+            else printf("nvml-gpuset %s -> %d %u", a1, e, n);
+            for (unsigned k = 0; !e && k < n; k++) {
+                char uuid[96] = "";
+                nv.nvmlDeviceGetUUID(list[k], uuid, sizeof uuid);
+                printf(" %s", uuid);
+            }
+            printf("\n");
+            i += nearest ? 2 : 1;
         } else if (!strcmp(c, "nvml-version")) {
             int v = 0, v2 = 0;
             int e = nvml_ready();

@@ -158,6 +158,9 @@ hook_table! {
     nvmlDeviceGetHandleByPciBusId, "nvmlDeviceGetHandleByPciBusId", 0, Legacy, Nvml, Filter;
     nvmlDeviceGetHandleByPciBusId_v2, "nvmlDeviceGetHandleByPciBusId_v2", 0, Legacy, Nvml, Filter;
     nvmlDeviceGetIndex, "nvmlDeviceGetIndex", 0, Legacy, Nvml, Filter;
+    nvmlDeviceGetHandleBySerial, "nvmlDeviceGetHandleBySerial", 0, Legacy, Nvml, Filter;
+    nvmlDeviceGetTopologyNearestGpus, "nvmlDeviceGetTopologyNearestGpus", 0, Legacy, Nvml, Filter;
+    nvmlSystemGetTopologyGpuSet, "nvmlSystemGetTopologyGpuSet", 0, Legacy, Nvml, Filter;
     cudaGetDriverEntryPoint, "cudaGetDriverEntryPoint", 0, Legacy, Cudart, Resolver;
     cudaGetDriverEntryPoint_ptsz, "cudaGetDriverEntryPoint", 0, PerThread, Cudart, Resolver;
     cudaGetDriverEntryPointByVersion, "cudaGetDriverEntryPointByVersion", 0, Legacy, Cudart, Resolver;

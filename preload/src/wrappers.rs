@@ -1194,6 +1194,89 @@ wrapper! {
 }
 
 wrapper! {
+    fn nvmlDeviceGetHandleBySerial(serial: *const c_char, device: *mut nvmlDevice_t) -> nvmlReturn_t;
+    |forward, rt| { nvml_lookup(rt, device, forward) }
+}
+
+/// A list of GPUs (the topology calls): NVML's, or with `CUVISOR_GPUS` only the model's
+/// GPUs in it, under NVML's count protocol (a count of 0 asks how many; otherwise up to
+/// `*count` handles are written and `*count` says how many). `list` asks NVML.
+fn nvml_list(
+    rt: &Runtime,
+    count: *mut u32,
+    array: *mut nvmlDevice_t,
+    list: impl Fn(*mut u32, *mut nvmlDevice_t) -> nvmlReturn_t,
+    forward: impl FnOnce() -> nvmlReturn_t,
+) -> nvmlReturn_t {
+    let Some(gpus) = rt.config.gpus.as_deref() else {
+        return forward();
+    };
+    if count.is_null() {
+        return forward(); // NVML's own answer to a bad argument
+    }
+    // SAFETY: checked non-null; the caller's in-out count.
+    let asked = unsafe { written(count) };
+    if asked != 0 && array.is_null() {
+        return forward();
+    }
+    // NVML's whole list first (its size, then its handles).
+    let mut n = 0u32;
+    let rc = list(&mut n, std::ptr::null_mut());
+    if rc != NVML_SUCCESS {
+        return rc;
+    }
+    let mut all: Vec<nvmlDevice_t> = vec![std::ptr::null_mut(); n as usize];
+    if n > 0 {
+        let rc = list(&mut n, all.as_mut_ptr());
+        if rc != NVML_SUCCESS {
+            return rc;
+        }
+        all.truncate(n as usize);
+    }
+    let placed = match placed_handles(gpus) {
+        Ok(h) => h,
+        Err(rc) => return rc,
+    };
+    let mine: Vec<nvmlDevice_t> = all.into_iter().filter(|d| placed.contains(d)).collect();
+    let written_back = if asked == 0 {
+        mine.len()
+    } else {
+        let k = (asked as usize).min(mine.len());
+        for (j, &d) in mine[..k].iter().enumerate() {
+            // SAFETY: NVML's contract: a non-zero count is the room in the caller's array,
+            // and k is at most that.
+            unsafe { answer(array.add(j), d) };
+        }
+        k
+    };
+    // SAFETY: checked non-null above.
+    unsafe { answer(count, written_back as u32) };
+    NVML_SUCCESS
+}
+
+wrapper! {
+    fn nvmlDeviceGetTopologyNearestGpus(device: nvmlDevice_t, level: i32, count: *mut u32, array: *mut nvmlDevice_t) -> nvmlReturn_t;
+    |forward, rt| {
+        let Some(real) = nvmlDeviceGetTopologyNearestGpus::real() else {
+            return forward();
+        };
+        // SAFETY: the caller's device and level, and a count and array of ours.
+        nvml_list(rt, count, array, |c, a| unsafe { real(device, level, c, a) }, forward)
+    }
+}
+
+wrapper! {
+    fn nvmlSystemGetTopologyGpuSet(cpu: u32, count: *mut u32, array: *mut nvmlDevice_t) -> nvmlReturn_t;
+    |forward, rt| {
+        let Some(real) = nvmlSystemGetTopologyGpuSet::real() else {
+            return forward();
+        };
+        // SAFETY: the caller's CPU number, and a count and array of ours.
+        nvml_list(rt, count, array, |c, a| unsafe { real(cpu, c, a) }, forward)
+    }
+}
+
+wrapper! {
     /// A GPU's index among the model's GPUs, as nvmlDeviceGetHandleByIndex numbers them.
     fn nvmlDeviceGetIndex(device: nvmlDevice_t, index: *mut u32) -> nvmlReturn_t;
     |forward, rt| {
