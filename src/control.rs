@@ -165,7 +165,7 @@ pub(crate) fn read_private(path: &Path) -> Result<String, String> {
     std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))
 }
 
-/// The token of `listen_token`: a private file ([`read_private`]) holding at least 16
+/// The token of `listen_token`: a private file (see `read_private`) holding at least 16
 /// characters (surrounding whitespace is not part of it).
 pub fn read_token(path: &Path) -> Result<String, String> {
     let text = read_private(path)?;

@@ -1290,7 +1290,7 @@ pub fn read_snapshot(dir: &Path, model: &str) -> Result<Snapshot, LedgerError> {
         .map_err(|what| LedgerError::Damaged { path, what })
 }
 
-/// Checks a ledger's header (`raw`, at least its first [`HEADER_SIZE`] bytes, of a file
+/// Checks a ledger's header (`raw`, at least its first `HEADER_SIZE` (256) bytes, of a file
 /// of `size` bytes) for `model`: what is wrong, if anything.
 pub fn validate_header(raw: &[u8], size: u64, model: &str) -> Result<(), String> {
     if raw.len() < HEADER_SIZE || size < HEADER_SIZE as u64 {
