@@ -136,6 +136,10 @@ struct Connections(Mutex<Vec<Sender>>);
 
 /// Idle connections kept per instance; more are closed.
 const MAX_IDLE: usize = 512;
+/// How long an idle connection may take to be ready for the next request.
+const REUSE_WAIT: Duration = Duration::from_millis(100);
+/// How long a new connection may take to be ready for its first request.
+const CONNECT_WAIT: Duration = Duration::from_secs(10);
 
 impl Connections {
     fn take(&self) -> Option<Sender> {
@@ -344,18 +348,16 @@ impl Routes {
                 break Ok(slot);
             }
             cold |= !any_ready;
-            if !queued
-                && !any_ready
-                && let Some(wake) = s.demand.get()
-            {
-                wake();
-            }
             if !queued {
                 if s.waiting.fetch_add(1, Ordering::AcqRel) >= s.max_queue {
                     s.waiting.fetch_sub(1, Ordering::AcqRel);
                     return Err(NoSlot::QueueFull);
                 }
                 queued = true;
+                // Counted first: the supervisor, woken, sees this request waiting.
+                if !any_ready && let Some(wake) = s.demand.get() {
+                    wake();
+                }
             }
             let limit = if any_ready {
                 s.queue_timeout
@@ -579,11 +581,14 @@ async fn send(
             Some(c) => (c, true),
             None => (connect(port).await?, false),
         };
-        if sender.ready().await.is_err() {
-            if reused {
-                continue;
-            }
-            return Err("the instance closed the connection".into());
+        // An idle connection is ready at once, unless the instance closed it, or answered
+        // before it had read the whole of the last request (the connection is not free
+        // until that body is sent): then the next one.
+        let wait = if reused { REUSE_WAIT } else { CONNECT_WAIT };
+        match tokio::time::timeout(wait, sender.ready()).await {
+            Ok(Ok(())) => {}
+            _ if reused => continue,
+            _ => return Err("the instance's new connection is not ready".into()),
         }
         match sender.try_send_request(request).await {
             Ok(response) => return Ok((response, sender)),

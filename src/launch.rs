@@ -677,6 +677,9 @@ extern "C" fn child_main(arg: *mut c_void) -> i32 {
 /// How long a child may take from `clone()` to `exec`: mounts, credentials, the exec.
 const LAUNCH_TIMEOUT_MS: i32 = 30_000;
 
+/// Held by a launch while its child's ends of its pipes are open in this process.
+static CLONING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A started worker: the process the supervisor waits for.
 #[derive(Debug)]
 pub struct Launched {
@@ -691,6 +694,10 @@ pub fn launch(
     join: impl FnOnce(i32) -> Result<(), String>,
 ) -> Result<Launched, LaunchError> {
     let os = |step: &'static str| move |source: io::Error| LaunchError { step, source };
+    // From the pipes' creation until this process has closed the child's ends, no other
+    // launch may clone: its child would hold our report pipe's write end open, and our
+    // wait for exec would last as long as that child's own setup.
+    let cloning = CLONING.lock().unwrap_or_else(|e| e.into_inner());
     let (go_read, go_write) = pipe().map_err(os("create a pipe"))?;
     let (report_read, report_write) = pipe().map_err(os("create a pipe"))?;
     let mut argv: Vec<*const libc::c_char> = spec.argv.iter().map(|a| a.as_ptr()).collect();
@@ -738,6 +745,7 @@ pub fn launch(
     }
     drop(go_read);
     drop(report_write);
+    drop(cloning);
     let reap = || {
         // SAFETY: our own child.
         unsafe {

@@ -350,6 +350,8 @@ fn launch(i: &mut Instance) -> Vec<Action> {
     i.state = State::Starting;
     i.next_start = None;
     i.pending = Pending::Nothing;
+    // A launch that fails has not run at all: the last run's length says nothing of it.
+    i.started = None;
     vec![Action::Launch]
 }
 
@@ -635,6 +637,29 @@ mod tests {
             [Action::Serve]
         );
         assert_eq!(i.error, None);
+    }
+
+    #[test]
+    fn launches_that_keep_failing_after_a_long_run_back_off_all_the_same() {
+        let p = policy(RestartPolicy::OnFailure);
+        let t = clock();
+        let mut i = running(&p, t(0), 10);
+        // It ran longer than backoff_max, then crashed: a new series from the first delay.
+        step(&mut i, &p, crash(1), t(100));
+        assert_eq!(i.backoff, S);
+        // Every relaunch fails: the delays double as for any crash loop (before the fix
+        // they stayed at 1 s, measured from the long run).
+        let failed = Event::LaunchFailed {
+            error: "exec: ENOENT".into(),
+            retry: true,
+        };
+        let mut now = 101;
+        for delay in [1u64, 2, 4, 8, 8] {
+            assert_eq!(step(&mut i, &p, Event::Tick, t(now)), [Action::Launch]);
+            step(&mut i, &p, failed.clone(), t(now));
+            assert_eq!(i.backoff, Duration::from_secs(delay), "at {now} s");
+            now += delay;
+        }
     }
 
     #[test]

@@ -434,6 +434,9 @@ impl<E: Effects> Supervisor<E> {
             return;
         }
         for m in 0..self.models.len() {
+            if self.models[m].ledger_error.is_some() {
+                continue; // it cannot run: starting it for the load would fail every time
+            }
             let cfg = &self.models[m].cfg;
             let (Some(min), Some(serve)) = (cfg.min_instances, cfg.serve.as_ref()) else {
                 continue;
@@ -653,10 +656,12 @@ fn summary_state(states: impl Iterator<Item = State>) -> &'static str {
 /// ```
 ///
 /// Workers are reaped by pid (the program's other children are left alone), at the
-/// latest 100 ms after they exit, at once where the program forwards SIGCHLD
+/// latest 50 ms after they exit, at once where the program forwards SIGCHLD
 /// ([`Running::sender`], [`Event::Signal`]). A worker's own children that it leaves
 /// behind come to the program only if it is a child subreaper
-/// ([`become_subreaper`]); they are reaped then.
+/// ([`become_subreaper`]); then the supervisor reaps every child of the program that is
+/// not a worker (a program that is a subreaper for children of its own should not embed
+/// a supervisor).
 pub struct Running {
     events: Sender<Event>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -733,9 +738,15 @@ impl Running {
         let thread = std::thread::Builder::new()
             .name("supervisor".into())
             .spawn(move || {
-                let _held = (lock, control, door);
                 supervise(&mut sup, &rx);
+                // In this order: the workers' effects (the launchers end, the cgroups'
+                // parent goes), the listeners, and last the lock, so that a supervisor
+                // that takes it next finds nothing of this one's.
+                drop(sup);
+                drop(door);
+                drop(control);
                 log("stopped");
+                drop(lock);
             })
             .map_err(|e| Error::Thread("supervisor", e))?;
         Ok(Running {
@@ -749,7 +760,8 @@ impl Running {
         self.events.clone()
     }
 
-    /// Every model's status, as `GET /models` gives it.
+    /// Every model's status, as `GET /models` gives it. It blocks: not to be called
+    /// from inside an async runtime (a Tokio task would panic).
     pub fn status(&self) -> Result<Status, Error> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let _ = self.events.send(Event::Control(Request::Status(None), tx));

@@ -61,6 +61,10 @@ pub enum StartError {
     Cgroup(#[from] CgroupError),
     #[error(transparent)]
     Launch(#[from] LaunchError),
+    #[error("cannot start the thread that copies its output: {0}")]
+    Thread(std::io::Error),
+    #[error("the launch panicked (a bug in cuvisor: please report it)")]
+    Panicked,
 }
 
 /// The supervisor's effects: everything it does to processes, cgroups and ledgers.
@@ -133,7 +137,12 @@ impl System {
                         let Ok(job) = job else {
                             return; // the System was dropped: every worker is gone
                         };
-                        let result = launcher.start(&job.cfg, job.index);
+                        // Every launch is answered: an instance left Starting would hold
+                        // up the shutdown forever.
+                        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            launcher.start(&job.cfg, job.index)
+                        }))
+                        .unwrap_or(Err(StartError::Panicked));
                         let gone = events.send(Event::Launched {
                             model: job.model,
                             index: job.index,
@@ -194,6 +203,14 @@ impl Effects for System {
         let mut status = 0;
         // SAFETY: waitpid for one child of ours, not blocking.
         let got = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if got == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD) {
+            // Someone else in this process reaped it (an embedding program waiting for
+            // any child): it is gone, how is unknown. Reported as status 255.
+            log(&format!(
+                "worker {pid} was reaped by someone else: its exit status is unknown"
+            ));
+            return Some(255 << 8);
+        }
         (got == pid).then_some(status)
     }
 
@@ -235,6 +252,9 @@ impl Launcher {
             },
         )?;
         let leaf = format!("{}-{index}", cfg.name);
+        // Before the worker exists: if the launch fails, the copier sees the end of the
+        // pipe (its write end goes with `out_write`) and ends.
+        forward_output(out_read, &self.supervisor.logs, &leaf).map_err(StartError::Thread)?;
         // Last, so that nothing before it can fail and leave the cgroup behind.
         let cgroup = self.hierarchy.create(&leaf, &limits(cfg))?;
         let launched = launch::launch(&spec, |pid| {
@@ -244,7 +264,6 @@ impl Launcher {
             let _ = cgroup.remove();
         })?;
         drop(out_write);
-        forward_output(out_read, &self.supervisor.logs, &leaf);
         Ok(Worker {
             pid: launched.pid,
             port,
@@ -482,7 +501,7 @@ fn pipe_for_output() -> std::io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Copies a worker's output, line by line, to the supervisor's stderr or its log file.
-fn forward_output(output: OwnedFd, logs: &Logs, leaf: &str) {
+fn forward_output(output: OwnedFd, logs: &Logs, leaf: &str) -> std::io::Result<()> {
     let file = std::fs::File::from(output);
     let target = match logs {
         Logs::Stderr => None,
@@ -500,17 +519,20 @@ fn forward_output(output: OwnedFd, logs: &Logs, leaf: &str) {
         leaf.rsplit_once('-')
             .map_or(leaf.to_owned(), |(m, i)| format!("{m}/{i}"))
     );
-    std::thread::spawn(move || {
-        let mut target = target;
-        for line in BufReader::new(file).lines().map_while(Result::ok) {
-            match &mut target {
-                Some(f) => {
-                    let _ = writeln!(f, "{line}");
-                }
-                None => {
-                    let _ = writeln!(std::io::stderr(), "{prefix}{line}");
+    std::thread::Builder::new()
+        .name(format!("output-{leaf}"))
+        .spawn(move || {
+            let mut target = target;
+            for line in BufReader::new(file).lines().map_while(Result::ok) {
+                match &mut target {
+                    Some(f) => {
+                        let _ = writeln!(f, "{line}");
+                    }
+                    None => {
+                        let _ = writeln!(std::io::stderr(), "{prefix}{line}");
+                    }
                 }
             }
-        }
-    });
+        })
+        .map(drop)
 }
