@@ -584,11 +584,13 @@ async fn send(
         // An idle connection is ready at once, unless the instance closed it, or answered
         // before it had read the whole of the last request (the connection is not free
         // until that body is sent): then the next one.
-        let wait = if reused { REUSE_WAIT } else { CONNECT_WAIT };
-        match tokio::time::timeout(wait, sender.ready()).await {
-            Ok(Ok(())) => {}
-            _ if reused => continue,
-            _ => return Err("the instance's new connection is not ready".into()),
+        if !(reused && sender.is_ready()) {
+            let wait = if reused { REUSE_WAIT } else { CONNECT_WAIT };
+            match tokio::time::timeout(wait, sender.ready()).await {
+                Ok(Ok(())) => {}
+                _ if reused => continue,
+                _ => return Err("the instance's new connection is not ready".into()),
+            }
         }
         match sender.try_send_request(request).await {
             Ok(response) => return Ok((response, sender)),
