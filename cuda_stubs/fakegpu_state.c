@@ -20,7 +20,7 @@ int fg_config_from_env(fg_config_t *c);
 #define FG_MAX_PROCS 1024
 #define FG_MAX_RANGES 65536
 #define FG_MAGIC "FAKEGPU\0"
-#define FG_VERSION 3
+#define FG_VERSION 4
 
 struct fg_range {
     uint32_t owner;       /* process slot + 1; 0 = free */
@@ -34,8 +34,12 @@ struct fg_range {
 };
 enum { FLAG_EVICTABLE = 1, FLAG_PREFER_HOST = 2 };
 
+/* A process's slot. Whether it is alive is not read from its pid, which names nothing
+ * outside the process's PID namespace: a live process holds an open-file-description
+ * lock on its slot's byte of the state file (LIVE_BASE + slot, past the end), which the
+ * kernel drops when the process is gone, however it goes and wherever its namespace. */
 struct fg_proc {
-    int32_t pid;          /* 0 = free */
+    int32_t pid;          /* 0 = free; for NVML's process list and legacy IPC handles */
     uint32_t devices;     /* bit d: the process has had a context on physical device d */
     uint64_t start_time;  /* /proc/PID/stat starttime: a reused pid is not the same process */
     uint64_t evicted_bytes;
@@ -61,6 +65,8 @@ struct fg_region {
 static fg_config_t config;
 static struct fg_region *R;
 static int self_slot = -1;         /* this process's slot in R->procs */
+static int live_fd = -1;           /* this process's own open file description of the state */
+#define LIVE_BASE ((off_t)sizeof(struct fg_region))
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 static int init_rc = -1;
 
@@ -92,11 +98,18 @@ static uint64_t proc_start_time(pid_t pid) {
     return p ? strtoull(p + 1, NULL, 10) : 0;
 }
 
-static int proc_alive(const struct fg_proc *p) {
-    if (p->pid == 0) return 0;
-    if (kill(p->pid, 0) != 0 && errno == ESRCH) return 0;
-    uint64_t st = proc_start_time(p->pid);
-    return st == 0 || st == p->start_time; /* unreadable /proc: assume alive */
+/* F_OFD_SETLK or F_OFD_GETLK of `type` on slot s's liveness byte. */
+static int live_lock(int cmd, short type, int s, struct flock *l) {
+    *l = (struct flock){.l_type = type, .l_whence = SEEK_SET, .l_start = LIVE_BASE + s, .l_len = 1};
+    return fcntl(live_fd, cmd, l);
+}
+
+/* Whether the process in slot s is alive: someone holds its lock. Unknown: alive. */
+static int proc_alive(int s) {
+    if (R->procs[s].pid == 0) return 0;
+    struct flock l;
+    if (live_lock(F_OFD_GETLK, F_WRLCK, s, &l) != 0) return 1;
+    return l.l_type != F_UNLCK;
 }
 
 /* ---- ranges (lock held) ---------------------------------------------------------- */
@@ -114,7 +127,7 @@ static void release_range_locked(uint32_t r) {
 static void reclaim_dead_locked(void) {
     for (int s = 0; s < (int)R->procs_high; s++) {
         struct fg_proc *p = &R->procs[s];
-        if (p->pid == 0 || s == self_slot || proc_alive(p)) continue;
+        if (p->pid == 0 || s == self_slot || proc_alive(s)) continue;
         for (uint32_t r = 0; r < R->high_water; r++)
             if (R->ranges[r].owner == (uint32_t)s + 1) release_range_locked(r);
         memset(p, 0, sizeof *p);
@@ -278,8 +291,9 @@ void fg_range_owner(uint32_t r, int32_t *pid, uint64_t *start_time) {
 
 int fg_range_is(uint32_t r, int32_t pid, uint64_t start_time, uint64_t size) {
     if (r >= R->high_water || !R->ranges[r].owner || R->ranges[r].size != size) return 0;
-    const struct fg_proc *p = &R->procs[R->ranges[r].owner - 1];
-    return p->pid == pid && p->start_time == start_time && proc_alive(p);
+    int s = (int)R->ranges[r].owner - 1;
+    const struct fg_proc *p = &R->procs[s];
+    return p->pid == pid && p->start_time == start_time && (s == self_slot || proc_alive(s));
 }
 
 void fg_count_advise(void) { stats.advise++; }
@@ -377,16 +391,28 @@ static int attach_shared_file(void) {
     }
 out:
     flock(fd, LOCK_UN);
-    close(fd);
+    if (rc == 0)
+        live_fd = fd; /* kept: this process's own description, for its liveness lock */
+    else
+        close(fd);
     return rc;
 }
 
-static void claim_slot(void) {
+/* Takes a free slot, or a dead process's, and holds its liveness lock. 0, or -1 after
+ * saying why (then CUDA initialization fails). */
+static int claim_slot(void) {
+    if (live_fd < 0) {
+        fprintf(stderr, "fake-cuda: this process could not open the device state of its parent "
+                        "for its own (a forked child needs /proc/self/fd); CUDA initialization fails\n");
+        return -1;
+    }
     fg_lock();
     pid_t pid = getpid();
     for (int s = 0; s < FG_MAX_PROCS && self_slot < 0; s++) {
         struct fg_proc *p = &R->procs[s];
-        if (p->pid != 0 && proc_alive(p)) continue;
+        if (p->pid != 0 && proc_alive(s)) continue;
+        struct flock l;
+        if (live_lock(F_OFD_SETLK, F_WRLCK, s, &l) != 0) continue; /* its owner is leaving */
         if (p->pid != 0) { /* a dead process's slot: reclaim its ranges first */
             for (uint32_t r = 0; r < R->high_water; r++)
                 if (R->ranges[r].owner == (uint32_t)s + 1) release_range_locked(r);
@@ -396,13 +422,34 @@ static void claim_slot(void) {
         if ((uint32_t)s >= R->procs_high) R->procs_high = (uint32_t)s + 1;
     }
     fg_unlock();
+    if (self_slot < 0) {
+        fprintf(stderr, "fake-cuda: all %d process slots of the device state are taken; CUDA "
+                        "initialization fails\n", FG_MAX_PROCS);
+        return -1;
+    }
+    return 0;
 }
 
 static void at_fork_prepare(void) { if (R) fg_lock(); }
 static void at_fork_parent(void) { if (R) fg_unlock(); }
 static void at_fork_child(void) {
     /* The child is a new process on the same GPU: it owns nothing yet. The lock stays
-     * with the parent's thread, which releases it in at_fork_parent. */
+     * with the parent's thread, which releases it in at_fork_parent. The child must not
+     * share its parent's file description, whose locks would keep the parent alive for as
+     * long as the child lives: it opens the file again, as its own (or goes without, and
+     * fails CUDA initialization if it uses CUDA). */
+    if (live_fd >= 0) {
+        char path[32] = "/proc/self/fd/";
+        char digits[12];
+        int n = 0, fd = live_fd;
+        do digits[n++] = (char)('0' + fd % 10); while ((fd /= 10) && n < 11);
+        size_t len = strlen(path);
+        while (n) path[len++] = digits[--n];
+        path[len] = 0;
+        int own = open(path, O_RDWR | O_CLOEXEC);
+        close(live_fd);
+        live_fd = own;
+    }
     self_slot = -1;
     memset(&stats, 0, sizeof stats);
     memset(&leaks, 0, sizeof leaks);
@@ -414,9 +461,11 @@ static void do_init(void) {
     if (fg_config_from_env(&config) != 0) return;
     if (config.state_path) {
         if (attach_shared_file() != 0) return;
-    } else {
-        R = mmap(NULL, sizeof *R, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-        if (R == MAP_FAILED || init_region(R) != 0) {
+    } else { /* a private GPU: an unnamed file, shared with forked children */
+        live_fd = memfd_create("fake-gpu-state", MFD_CLOEXEC);
+        if (live_fd < 0 || ftruncate(live_fd, sizeof *R) != 0 ||
+            (R = mmap(NULL, sizeof *R, PROT_READ | PROT_WRITE, MAP_SHARED, live_fd, 0)) == MAP_FAILED ||
+            init_region(R) != 0) {
             fprintf(stderr, "fake-cuda: cannot map the device state: %s\n", strerror(errno));
             R = NULL;
             return;
@@ -428,7 +477,7 @@ static void do_init(void) {
 
 int fg_init(void) {
     pthread_once(&init_once, do_init);
-    if (init_rc == 0 && self_slot < 0) claim_slot();
+    if (init_rc == 0 && self_slot < 0 && claim_slot() != 0) init_rc = -1; /* said once */
     return init_rc;
 }
 
@@ -529,6 +578,8 @@ __attribute__((destructor)) static void at_exit(void) {
     for (uint32_t r = 0; r < R->high_water; r++)
         if (R->ranges[r].owner == (uint32_t)self_slot + 1) release_range_locked(r);
     memset(&R->procs[self_slot], 0, sizeof R->procs[self_slot]);
+    struct flock l;
+    live_lock(F_OFD_SETLK, F_UNLCK, self_slot, &l);
     self_slot = -1;
     fg_unlock();
 }
