@@ -42,6 +42,10 @@ const MAX_HEAD: usize = 8192;
 const MAX_CONNECTIONS: usize = 32;
 /// How long the supervisor has to answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A hibernate or wake is answered when the model's processes acknowledged, or when the
+/// supervisor's wait for them ends.
+pub const POWER_ANSWER_TIMEOUT: Duration =
+    Duration::from_secs(crate::supervisor::POWER_TIMEOUT.as_secs() + 10);
 
 /// The listening control API; dropped, it stops and its socket file goes.
 pub struct Server {
@@ -417,6 +421,21 @@ async fn route(method: &str, path: &str, tx: &Backend) -> Reply {
         ("POST", ["models", name, "start"]) => Request::Start(name.to_string()),
         ("POST", ["models", name, "stop"]) => Request::Stop(name.to_string()),
         ("POST", ["models", name, "restart"]) => Request::Restart(name.to_string()),
+        ("POST", ["models", name, action @ ("hibernate" | "wake")]) => {
+            let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
+            let event = Event::Power {
+                model: name.to_string(),
+                hibernate: *action == "hibernate",
+                reply: reply_tx,
+            };
+            if tx.events.send(event).is_err() {
+                return reply(503, "text/plain", "the supervisor is stopping\n");
+            }
+            return match tokio::time::timeout(POWER_ANSWER_TIMEOUT, reply_rx).await {
+                Ok(Ok(answer)) => http(answer, tx.routes.as_deref()),
+                _ => reply(503, "text/plain", "the supervisor did not answer\n"),
+            };
+        }
         (_, ["healthz" | "models" | "metrics", ..]) => {
             return reply(405, "text/plain", "method not allowed\n");
         }
@@ -438,16 +457,25 @@ fn http(answer: Answer, routes: Option<&Routes>) -> Reply {
     match answer {
         Answer::Status(s) => json(200, serde_json::to_string_pretty(&s).expect("JSON")),
         Answer::Model(m) => json(200, serde_json::to_string_pretty(&m).expect("JSON")),
-        Answer::Metrics(s) => reply(
+        Answer::Metrics(s, swap) => reply(
             200,
             crate::metrics::CONTENT_TYPE,
             match routes {
-                None => crate::metrics::encode(&s),
-                Some(r) => crate::metrics::encode_with_front_door(&s, &r.metrics, |m| {
+                None => crate::metrics::encode(&s, &swap),
+                Some(r) => crate::metrics::encode_with_front_door(&s, &swap, &r.metrics, |m| {
                     r.in_flight_and_waiting(m)
                 }),
             },
         ),
+        Answer::Power(report) => {
+            let code = match report.outcome.as_str() {
+                "done" => 200,
+                "timed_out" => 504,
+                "superseded" => 409,
+                _ => 500,
+            };
+            json(code, serde_json::to_string_pretty(&report).expect("JSON"))
+        }
         Answer::Done { model, action } => json(
             200,
             serde_json::json!({"model": model, "action": action}).to_string(),
@@ -465,13 +493,29 @@ fn http(answer: Answer, routes: Option<&Routes>) -> Reply {
 
 /// One request to a supervisor's control socket: (HTTP status, body).
 pub fn request(socket: &Path, method: &str, path: &str) -> Result<(u16, String), String> {
+    request_waiting(
+        socket,
+        method,
+        path,
+        ANSWER_TIMEOUT + Duration::from_secs(5),
+    )
+}
+
+/// [`request`], waiting at most `wait` for the answer (a hibernate or wake is answered
+/// when the model's processes have moved their memory).
+pub fn request_waiting(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    wait: Duration,
+) -> Result<(u16, String), String> {
     let mut stream = UnixStream::connect(socket).map_err(|e| {
         format!(
             "control socket {}: {e} (is `cuvisor run` running?)",
             socket.display()
         )
     })?;
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(15)));
+    let _ = stream.set_read_timeout(Some(wait));
     write!(stream, "{method} {path} HTTP/1.1\r\nHost: cuvisor\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
     let mut response = String::new();
     stream
@@ -505,7 +549,7 @@ pub fn status_table(status: &Status) -> String {
     use std::fmt::Write as _;
     let bytes = |v: Option<u64>| v.map_or("-".to_owned(), format_bytes);
     let mut out = format!(
-        "{:<20} {:<9} {:>9} {:>8} {:>4} {:>21} {:>10} {:>10}  PIDS\n",
+        "{:<20} {:<10} {:>9} {:>8} {:>4} {:>21} {:>10} {:>10}  PIDS\n",
         "MODEL",
         "STATE",
         "INSTANCES",
@@ -524,7 +568,7 @@ pub fn status_table(status: &Status) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "{:<20} {:<9} {:>9} {:>8} {:>4} {:>21} {:>10} {:>10}  {}",
+            "{:<20} {:<10} {:>9} {:>8} {:>4} {:>21} {:>10} {:>10}  {}",
             m.name,
             m.state,
             format!("{}/{}", pids.len(), m.instances.len()),
@@ -539,7 +583,7 @@ pub fn status_table(status: &Status) -> String {
         for g in m.gpus.iter().flatten() {
             let _ = writeln!(
                 out,
-                "  {:<53} {:>21} {:>10}",
+                "  {:<54} {:>21} {:>10}",
                 g.uuid,
                 format!("{} / {}", format_bytes(g.used_bytes), bytes(g.quota_bytes)),
                 format_bytes(g.peak_bytes),

@@ -76,31 +76,123 @@ pub fn ensure(
     }
 }
 
-/// Why [`reclaim_isolated`] could not reclaim.
+/// Why work on a ledger in a child process ([`reclaim_isolated`], [`power_isolated`])
+/// did not end.
 #[derive(Debug, thiserror::Error)]
-pub enum ReclaimError {
+pub enum IsolatedError {
     #[error(transparent)]
     Ledger(#[from] LedgerError),
     #[error(
-        "ledger {path}: the reclaim died of signal {signal} (a process of the model shrank or damaged the file)"
+        "ledger {path}: the {work} died of signal {signal} (a process of the model shrank or damaged the file)"
     )]
-    Died { path: String, signal: i32 },
-    #[error("ledger {path}: the reclaim did not answer within 5 s; killed")]
-    TimedOut { path: String },
-    #[error("cannot run the reclaim in a child process: {0}")]
-    Os(std::io::Error),
+    Died {
+        path: String,
+        work: &'static str,
+        signal: i32,
+    },
+    #[error("ledger {path}: the {work} did not answer within {seconds} s; killed")]
+    TimedOut {
+        path: String,
+        work: &'static str,
+        seconds: u64,
+    },
+    #[error("cannot run the {work} in a child process: {source}")]
+    Os {
+        work: &'static str,
+        source: std::io::Error,
+    },
 }
 
-/// [`LedgerFile::reclaim_dead`] on the ledger of `model`, run in a short-lived child
-/// process: the only way to reclaim is to map the file and change it atomically, and a
-/// process of the model can shrink the file under any mapping (a later access is a
-/// SIGBUS). The child takes that risk instead of the caller, which never maps a ledger.
-pub fn reclaim_isolated(dir: &Path, model: &str) -> Result<Reclaimed, ReclaimError> {
+/// [`LedgerFile::reclaim_dead`] on the ledger of `model`, in a child process.
+pub fn reclaim_isolated(dir: &Path, model: &str) -> Result<Reclaimed, IsolatedError> {
+    let msg = isolated(dir, model, "reclaim", 5, |ledger| {
+        let r = ledger.reclaim_dead();
+        [
+            u64::from(r.slots),
+            r.bytes,
+            r.uncertain | (u64::from(r.healed) << 63),
+        ]
+    })?;
+    Ok(Reclaimed {
+        slots: msg[0] as u32,
+        bytes: msg[1],
+        uncertain: msg[2] & !(1 << 63),
+        healed: msg[2] >> 63 == 1,
+    })
+}
+
+/// How a hibernate or wake request ended ([`power_isolated`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PowerRequest {
+    /// The request, as written in the control word.
+    pub power: power::Power,
+    pub outcome: power::Outcome,
+    /// From the control word written to the last acknowledgement (or to the end of the
+    /// wait): the mechanism's latency, copies included.
+    pub nanos: u64,
+}
+
+/// Asks every process of `model` to hibernate (`true`) or wake, and waits at most
+/// `timeout` for their acknowledgements, in a child process.
+pub fn power_isolated(
+    dir: &Path,
+    model: &str,
+    hibernated: bool,
+    timeout: std::time::Duration,
+) -> Result<PowerRequest, IsolatedError> {
+    let work = if hibernated { "hibernate" } else { "wake" };
+    let msg = isolated(dir, model, work, timeout.as_secs() + 5, |ledger| {
+        let start = std::time::Instant::now();
+        let request = ledger.request_power(hibernated);
+        let (code, word) = match ledger.wait_acks(request, timeout) {
+            power::Outcome::Done => (0, 0),
+            power::Outcome::Superseded(now) => (1, u64::from(now.word())),
+            power::Outcome::TimedOut(_) => (2, 0),
+        };
+        [
+            u64::from(request.word()) | code << 32,
+            word,
+            start.elapsed().as_nanos() as u64,
+        ]
+    })?;
+    let power = power::Power::from_word(msg[0] as u32);
+    let outcome = match msg[0] >> 32 {
+        0 => power::Outcome::Done,
+        1 => power::Outcome::Superseded(power::Power::from_word(msg[1] as u32)),
+        // Who has not answered, from a copy of the file.
+        _ => power::Outcome::TimedOut(
+            read_snapshot(dir, model)?
+                .processes
+                .iter()
+                .filter(|p| p.alive && p.power.listening && p.power.ack.power != power)
+                .map(|p| p.slot)
+                .collect(),
+        ),
+    };
+    Ok(PowerRequest {
+        power,
+        outcome,
+        nanos: msg[2],
+    })
+}
+
+/// Runs `work` on the ledger of `model` in a short-lived child process, which answers
+/// three numbers: the only way to change a ledger is to map it, and a process of the
+/// model can shrink the file under any mapping (a later access is a SIGBUS). The child
+/// takes that risk instead of the caller, which never maps a ledger.
+fn isolated(
+    dir: &Path,
+    model: &str,
+    work: &'static str,
+    seconds: u64,
+    run: impl FnOnce(&LedgerFile) -> [u64; 3],
+) -> Result<[u64; 3], IsolatedError> {
     let path = LedgerFile::path_for(dir, model).display().to_string();
+    let os = |source| IsolatedError::Os { work, source };
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills two descriptors that we close below.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(ReclaimError::Os(std::io::Error::last_os_error()));
+        return Err(os(std::io::Error::last_os_error()));
     }
     let [read_end, write_end] = fds;
     // glibc's fork: it takes and resets malloc's locks around the fork, so the child may
@@ -115,7 +207,7 @@ pub fn reclaim_isolated(dir: &Path, model: &str) -> Result<Reclaimed, ReclaimErr
             libc::close(read_end);
             libc::close(write_end);
         }
-        return Err(ReclaimError::Os(e));
+        return Err(os(e));
     }
     if pid == 0 {
         // A SIGBUS here is expected of a damaged ledger: no core file for it.
@@ -127,15 +219,7 @@ pub fn reclaim_isolated(dir: &Path, model: &str) -> Result<Reclaimed, ReclaimErr
         unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) };
         let mut msg = [0u64; 4];
         match LedgerFile::open(dir, model) {
-            Ok(ledger) => {
-                let r = ledger.reclaim_dead();
-                msg = [
-                    0,
-                    u64::from(r.slots),
-                    r.bytes,
-                    r.uncertain | (u64::from(r.healed) << 63),
-                ];
-            }
+            Ok(ledger) => msg[1..].copy_from_slice(&run(&ledger)),
             Err(LedgerError::Io { source, .. }) => {
                 msg[0] = 1;
                 msg[1] = source.raw_os_error().unwrap_or(0) as u64;
@@ -157,11 +241,17 @@ pub fn reclaim_isolated(dir: &Path, model: &str) -> Result<Reclaimed, ReclaimErr
         events: libc::POLLIN,
         revents: 0,
     };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
     // SAFETY: poll and read on our own descriptor, into a local buffer.
     let n = unsafe {
-        while libc::poll(&mut ready, 1, 5000) < 0
-            && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
-        {}
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let rc = libc::poll(&mut ready, 1, left.as_millis() as i32);
+            if rc >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
+            {
+                break;
+            }
+        }
         if ready.revents == 0 {
             libc::kill(pid, libc::SIGKILL);
             -2
@@ -178,22 +268,22 @@ pub fn reclaim_isolated(dir: &Path, model: &str) -> Result<Reclaimed, ReclaimErr
         {}
     }
     if n == -2 {
-        return Err(ReclaimError::TimedOut { path });
+        return Err(IsolatedError::TimedOut {
+            path,
+            work,
+            seconds,
+        });
     }
     if libc::WIFSIGNALED(status) {
-        return Err(ReclaimError::Died {
+        return Err(IsolatedError::Died {
             path,
+            work,
             signal: libc::WTERMSIG(status),
         });
     }
     match (n, msg[0]) {
-        (32, 0) => Ok(Reclaimed {
-            slots: msg[1] as u32,
-            bytes: msg[2],
-            uncertain: msg[3] & !(1 << 63),
-            healed: msg[3] >> 63 == 1,
-        }),
-        (32, 1) => Err(ReclaimError::Ledger(LedgerError::Io {
+        (32, 0) => Ok([msg[1], msg[2], msg[3]]),
+        (32, 1) => Err(IsolatedError::Ledger(LedgerError::Io {
             path: LedgerFile::path_for(dir, model),
             action: "open",
             source: std::io::Error::from_raw_os_error(msg[1] as i32),
@@ -201,10 +291,10 @@ pub fn reclaim_isolated(dir: &Path, model: &str) -> Result<Reclaimed, ReclaimErr
         // The file did not validate in the child: read it here for the message (from a
         // copy; never mapped).
         _ => Err(match read_snapshot(dir, model) {
-            Err(e) => ReclaimError::Ledger(e),
-            Ok(_) => ReclaimError::Ledger(LedgerError::Damaged {
+            Err(e) => IsolatedError::Ledger(e),
+            Ok(_) => IsolatedError::Ledger(LedgerError::Damaged {
                 path: LedgerFile::path_for(dir, model),
-                what: "it changed while it was reclaimed".into(),
+                what: format!("it changed during the {work}"),
             }),
         }),
     }

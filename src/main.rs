@@ -36,6 +36,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Hibernate a model of a running supervisor: its processes move their GPU memory to
+    /// the host. Returns when every process has acknowledged.
+    Hibernate(PowerArgs),
+    /// Wake a hibernated model: its processes move their memory back to their GPUs.
+    Wake(PowerArgs),
     /// Check a configuration file without starting anything.
     Check {
         /// The configuration file (TOML).
@@ -45,6 +50,18 @@ enum Command {
     Exec(ExecArgs),
     /// List the models of a ledger directory, or manage their ledgers.
     Ledger(LedgerArgs),
+}
+
+#[derive(Args)]
+struct PowerArgs {
+    /// The model.
+    model: String,
+    /// The control socket [default: /run/cuvisor/control.sock].
+    #[arg(long, value_name = "PATH", default_value = "/run/cuvisor/control.sock")]
+    socket: PathBuf,
+    /// Print the supervisor's JSON answer.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -138,6 +155,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { config, shim } => run_command(&config, shim),
         Command::Status { socket, json } => status_command(&socket, json),
+        Command::Hibernate(args) => power_command(&args, "hibernate"),
+        Command::Wake(args) => power_command(&args, "wake"),
         Command::Check { config } => check(&config),
         Command::Exec(args) => exec_command(args),
         Command::Ledger(args) => ledger_command(args),
@@ -198,6 +217,62 @@ fn status_command(socket: &std::path::Path, as_json: bool) -> ExitCode {
             eprintln!("cuvisor: cannot read the supervisor's answer: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `cuvisor hibernate` and `cuvisor wake`: exit status 0 when every process of the model
+/// acknowledged.
+fn power_command(args: &PowerArgs, action: &str) -> ExitCode {
+    let path = format!("/models/{}/{action}", args.model);
+    let wait = cuvisor::control::POWER_ANSWER_TIMEOUT + std::time::Duration::from_secs(5);
+    let (code, body) = match cuvisor::control::request_waiting(&args.socket, "POST", &path, wait) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cuvisor: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.json {
+        print!("{body}");
+    }
+    let report = match serde_json::from_str::<cuvisor::status::PowerReport>(&body) {
+        Ok(r) => r,
+        Err(_) => {
+            if !args.json {
+                eprintln!(
+                    "cuvisor: the supervisor answered {code}: {}",
+                    body.trim_end()
+                );
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    if !args.json {
+        println!(
+            "model {}: {} {}: {} moved, {} pinned, {} process(es), {:.1} ms",
+            report.model,
+            report.action,
+            report.outcome,
+            human(report.moved_bytes),
+            human(report.pinned_bytes),
+            report.processes.len(),
+            report.duration_ms
+        );
+        if !report.pending.is_empty() {
+            let pids: Vec<String> = report.pending.iter().map(ToString::to_string).collect();
+            eprintln!(
+                "cuvisor: no acknowledgement from pid(s) {}",
+                pids.join(", ")
+            );
+        }
+        if let Some(e) = &report.error {
+            eprintln!("cuvisor: {e}");
+        }
+    }
+    if code == 200 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -55,10 +55,11 @@ impl Scrape {
 }
 
 /// The metrics of `status`: per GPU of the node (when models are placed), per model and
-/// GPU it has met, per model.
-pub fn encode(status: &Status) -> String {
+/// GPU it has met, per model; and the supervisor's histograms.
+pub fn encode(status: &Status, swap: &SwapMetrics) -> String {
     let mut scrape = Scrape(Registry::default());
     fill(&mut scrape, status);
+    swap.register(&mut scrape.0);
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &scrape.0).expect("writing to a String");
     out
@@ -106,6 +107,18 @@ fn fill(scrape: &mut Scrape, status: &Status) {
         "cuvisor_oom_kills",
         "Workers killed by the host OOM killer.",
     );
+    let hibernated = scrape.gauge::<ModelLabel>(
+        "cuvisor_hibernated",
+        "1 while the model is asked to be hibernated.",
+    );
+    let moved = scrape.gauge::<SwapLabels>(
+        "cuvisor_swap_moved_bytes",
+        "Bytes the last hibernate (direction out) or wake (in) moved.",
+    );
+    let pinned = scrape.gauge::<ModelLabel>(
+        "cuvisor_swap_pinned_bytes",
+        "Bytes the last hibernate could not move (not managed memory).",
+    );
     for m in &status.models {
         for g in m.gpus.iter().flatten() {
             let labels = ModelGpuLabels {
@@ -127,6 +140,21 @@ fn fill(scrape: &mut Scrape, status: &Status) {
         running.get_or_create(&label).set(alive as u64);
         restarts.get_or_create(&label).inc_by(m.restarts);
         oom_kills.get_or_create(&label).inc_by(m.oom_kills);
+        hibernated
+            .get_or_create(&label)
+            .set(u64::from(m.swap.hibernated));
+        for (direction, last) in [("out", &m.swap.last_out), ("in", &m.swap.last_in)] {
+            if let Some(r) = last {
+                let labels = SwapLabels {
+                    model: m.name.clone(),
+                    direction,
+                };
+                moved.get_or_create(&labels).set(r.moved_bytes);
+            }
+        }
+        if let Some(r) = &m.swap.last_out {
+            pinned.get_or_create(&label).set(r.pinned_bytes);
+        }
     }
 }
 
@@ -169,6 +197,7 @@ mod tests {
                 }]),
                 host_memory_bytes: 1024,
                 placed_on: Some(vec!["GPU-a".into()]),
+                swap: Default::default(),
                 error: None,
             }],
             gpus: Some(vec![NodeGpu {
@@ -180,7 +209,7 @@ mod tests {
                 models: vec!["llama".into()],
             }]),
         };
-        let text = encode(&status);
+        let text = encode(&status, &SwapMetrics::default());
         for line in [
             "cuvisor_gpu_memory_bytes{gpu=\"GPU-a\"} 1000",
             "cuvisor_gpu_committed_bytes{gpu=\"GPU-a\"} 300",
@@ -340,6 +369,52 @@ impl FrontDoorMetrics {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SwapLabels {
+    model: String,
+    /// `out` (hibernate) or `in` (wake).
+    direction: &'static str,
+}
+
+/// How long hibernates and wakes took, kept for the life of the supervisor.
+#[derive(Clone, Debug)]
+pub struct SwapMetrics {
+    seconds: Family<SwapLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for SwapMetrics {
+    fn default() -> Self {
+        SwapMetrics {
+            seconds: Family::new_with_constructor(swap_seconds as fn() -> Histogram),
+        }
+    }
+}
+
+fn swap_seconds() -> Histogram {
+    // 100 µs to about 105 s: a small model's wake to 80 GB over a slow link.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 21))
+}
+
+impl SwapMetrics {
+    /// A hibernate (`out`) or wake of `model` that every process acknowledged.
+    pub fn observe(&self, model: &str, out: bool, seconds: f64) {
+        let labels = SwapLabels {
+            model: model.to_owned(),
+            direction: if out { "out" } else { "in" },
+        };
+        self.seconds.get_or_create(&labels).observe(seconds);
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "cuvisor_swap_seconds",
+            "Hibernates (direction out) and wakes (in), from the request to the last \
+             process's acknowledgement, copies included.",
+            self.seconds.clone(),
+        );
+    }
+}
+
 fn label(model: &str) -> ModelLabel {
     ModelLabel {
         model: model.to_owned(),
@@ -350,11 +425,13 @@ fn label(model: &str) -> ModelLabel {
 /// the requests in flight and waiting now, and instances by state.
 pub fn encode_with_front_door(
     status: &Status,
+    swap: &SwapMetrics,
     front_door: &FrontDoorMetrics,
     load: impl Fn(&str) -> Option<(usize, usize)>,
 ) -> String {
     let mut scrape = Scrape(Registry::default());
     fill(&mut scrape, status);
+    swap.register(&mut scrape.0);
     front_door.register(&mut scrape.0);
     let in_flight = scrape.gauge::<ModelLabel>(
         "cuvisor_in_flight_requests",

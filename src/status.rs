@@ -34,8 +34,57 @@ pub struct ModelStatus {
     pub host_memory_bytes: u64,
     /// The UUIDs of the GPUs it was placed on (`gpus` in its configuration).
     pub placed_on: Option<Vec<String>>,
+    /// Hibernation: what was asked last, and the last move each way.
+    pub swap: SwapStatus,
     /// Why its ledger could not be used.
     pub error: Option<String>,
+}
+
+/// A model's hibernation, in its status.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SwapStatus {
+    /// Asked to hibernate (by `POST /models/NAME/hibernate` or the policy), and not woken
+    /// since.
+    pub hibernated: bool,
+    /// The last hibernate and the last wake, as they were answered.
+    pub last_out: Option<PowerReport>,
+    pub last_in: Option<PowerReport>,
+}
+
+/// The answer to a hibernate or wake request (`POST /models/NAME/hibernate`, `/wake`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PowerReport {
+    pub model: String,
+    /// `hibernate` or `wake`.
+    pub action: String,
+    /// `done` (every live process acknowledged), `timed_out` (see `pending`),
+    /// `superseded` (a later request replaced it), or `failed` (see `error`).
+    pub outcome: String,
+    /// The request's generation in the model's control word.
+    pub generation: u32,
+    /// From the request to the last acknowledgement: the copies and the mechanism.
+    pub duration_ms: f64,
+    /// Over the processes that acknowledged.
+    pub moved_bytes: u64,
+    pub pinned_bytes: u64,
+    pub failed_bytes: u64,
+    pub processes: Vec<ProcessPower>,
+    /// The pids (in the supervisor's namespace where it can see them) of the processes
+    /// that had not acknowledged when the time ran out.
+    pub pending: Vec<u32>,
+    pub error: Option<String>,
+}
+
+/// One process's acknowledgement of a request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessPower {
+    pub pid: u32,
+    pub moved_bytes: u64,
+    pub pinned_bytes: u64,
+    pub failed_bytes: u64,
+    /// The driver's error code for what failed to move.
+    pub error_code: Option<u32>,
+    pub duration_ms: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

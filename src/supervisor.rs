@@ -20,8 +20,12 @@ use crate::lifecycle::{self, Action, Signal, State};
 use crate::nvml::{Inventory, NvmlError};
 use crate::placement::{self, Demand, Plan, PlanError};
 use crate::scaling;
-use crate::status::{InstanceStatus, ModelGpu, ModelStatus, NodeGpu, Status};
-pub use crate::system::{Effects, Placement, StartError, System, Worker, worker_spec};
+use crate::status::{
+    InstanceStatus, ModelGpu, ModelStatus, NodeGpu, PowerReport, ProcessPower, Status, SwapStatus,
+};
+pub use crate::system::{
+    Effects, Placement, PowerJob, PowerResult, StartError, System, Worker, worker_spec,
+};
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -44,8 +48,11 @@ pub enum Request {
 pub enum Answer {
     Status(Status),
     Model(Box<ModelStatus>),
-    /// For `GET /metrics`: the status the metrics are made of.
-    Metrics(Status),
+    /// For `GET /metrics`: the status the metrics are made of, and the supervisor's
+    /// histograms.
+    Metrics(Status, crate::metrics::SwapMetrics),
+    /// A hibernate or wake request ended.
+    Power(Box<PowerReport>),
     /// The model's instances were asked to start, stop or restart.
     Done {
         model: String,
@@ -74,7 +81,23 @@ pub enum Event {
     /// A request waits at the front door and its model has no ready instance: time to
     /// look at the load.
     Demand,
+    /// A control API request to hibernate or wake a model, answered when its processes
+    /// have acknowledged.
+    Power {
+        model: String,
+        hibernate: bool,
+        reply: Reply,
+    },
+    /// The result of [`Effects::power`].
+    Powered { id: u64, result: PowerResult },
 }
+
+/// Where the answer to a control request goes.
+pub type Reply = tokio::sync::oneshot::Sender<Answer>;
+
+/// How long a hibernate or wake waits for the model's processes to acknowledge (their
+/// copies included: 80 GB at PCIe 4.0's 25 GB/s take about 3 s).
+pub const POWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why a supervisor cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +154,15 @@ struct Model {
     /// Why the model's ledger could not be created or opened at start: it cannot run.
     ledger_error: Option<String>,
     instances: Vec<Slot>,
+    swap: SwapStatus,
+}
+
+/// A hibernate or wake request waiting for its result.
+struct PowerWait {
+    id: u64,
+    model: usize,
+    hibernate: bool,
+    reply: Option<Reply>,
 }
 
 /// The models of a configuration and their instances, driven by events.
@@ -143,6 +175,9 @@ pub struct Supervisor<E: Effects> {
     models: Vec<Model>,
     effects: E,
     shutting_down: bool,
+    power_waits: Vec<PowerWait>,
+    next_power_id: u64,
+    swap_metrics: crate::metrics::SwapMetrics,
 }
 
 impl<E: Effects> Supervisor<E> {
@@ -171,6 +206,7 @@ impl<E: Effects> Supervisor<E> {
                     cfg: cfg.clone(),
                     policy,
                     ledger_error: None,
+                    swap: SwapStatus::default(),
                 }
             })
             .collect();
@@ -181,6 +217,9 @@ impl<E: Effects> Supervisor<E> {
             models,
             effects,
             shutting_down: false,
+            power_waits: Vec::new(),
+            next_power_id: 0,
+            swap_metrics: Default::default(),
         }
     }
 
@@ -501,7 +540,9 @@ impl<E: Effects> Supervisor<E> {
     pub fn handle(&mut self, request: Request, now: Instant) -> Answer {
         let (name, action, event) = match request {
             Request::Status(None) => return Answer::Status(self.status(now)),
-            Request::Metrics => return Answer::Metrics(self.status(now)),
+            Request::Metrics => {
+                return Answer::Metrics(self.status(now), self.swap_metrics.clone());
+            }
             Request::Status(Some(name)) => {
                 return match self.model_index(&name) {
                     Some(m) => Answer::Model(Box::new(self.model_status(m, now))),
@@ -526,6 +567,81 @@ impl<E: Effects> Supervisor<E> {
         Answer::Done {
             model: name,
             action,
+        }
+    }
+
+    /// Asks model `name`'s processes to hibernate or wake; `reply` gets the answer when
+    /// they have acknowledged ([`Supervisor::powered`]), or at once if it cannot be asked.
+    pub fn power(&mut self, name: &str, hibernate: bool, reply: Reply) {
+        let Some(m) = self.model_index(name) else {
+            let _ = reply.send(Answer::NoSuchModel(name.to_owned()));
+            return;
+        };
+        if self.shutting_down {
+            let _ = reply.send(Answer::ShuttingDown);
+            return;
+        }
+        self.request_power(m, hibernate, Some(reply));
+    }
+
+    fn request_power(&mut self, m: usize, hibernate: bool, reply: Option<Reply>) {
+        self.next_power_id += 1;
+        let id = self.next_power_id;
+        let model = &mut self.models[m];
+        model.swap.hibernated = hibernate;
+        log(&format!(
+            "model {}: {}",
+            model.cfg.name,
+            if hibernate { "hibernating" } else { "waking" }
+        ));
+        self.power_waits.push(PowerWait {
+            id,
+            model: m,
+            hibernate,
+            reply,
+        });
+        self.effects.power(PowerJob {
+            id,
+            model: model.cfg.name.clone(),
+            hibernate,
+            timeout: POWER_TIMEOUT,
+        });
+    }
+
+    /// A hibernate or wake request ended ([`Effects::power`]'s result): its numbers go to
+    /// the model's status and the metrics, its answer to whoever asked.
+    pub fn powered(&mut self, id: u64, result: PowerResult) {
+        let Some(at) = self.power_waits.iter().position(|w| w.id == id) else {
+            return;
+        };
+        let wait = self.power_waits.remove(at);
+        let model = &mut self.models[wait.model];
+        let report = power_report(&model.cfg.name, wait.hibernate, result);
+        log(&format!(
+            "model {}: {} {}: {} bytes moved, {} pinned, {} failed, in {:.1} ms{}",
+            report.model,
+            report.action,
+            report.outcome,
+            report.moved_bytes,
+            report.pinned_bytes,
+            report.failed_bytes,
+            report.duration_ms,
+            report
+                .error
+                .as_ref()
+                .map_or(String::new(), |e| format!(" ({e})"))
+        ));
+        if report.outcome == "done" {
+            self.swap_metrics
+                .observe(&report.model, wait.hibernate, report.duration_ms / 1000.0);
+        }
+        if wait.hibernate {
+            model.swap.last_out = Some(report.clone());
+        } else {
+            model.swap.last_in = Some(report.clone());
+        }
+        if let Some(reply) = wait.reply {
+            let _ = reply.send(Answer::Power(Box::new(report)));
         }
     }
 
@@ -564,9 +680,13 @@ impl<E: Effects> Supervisor<E> {
                 }
             })
             .collect::<Vec<_>>();
+        let state = match summary_state(model.instances.iter().map(|s| s.life.state)) {
+            "running" if model.swap.hibernated => "hibernated",
+            other => other,
+        };
         ModelStatus {
             name: model.cfg.name.clone(),
-            state: summary_state(model.instances.iter().map(|s| s.life.state)).to_owned(),
+            state: state.to_owned(),
             restarts: instances.iter().map(|i| i.restarts).sum(),
             oom_kills: instances.iter().map(|i| i.oom_kills).sum(),
             host_memory_bytes: instances.iter().filter_map(|i| i.host_memory_bytes).sum(),
@@ -597,6 +717,7 @@ impl<E: Effects> Supervisor<E> {
                 .as_ref()
                 .and_then(|p| p.uuids(&model.cfg.name))
                 .map(|u| u.iter().map(ToString::to_string).collect()),
+            swap: model.swap.clone(),
             error,
         }
     }
@@ -622,6 +743,71 @@ impl<E: Effects> Supervisor<E> {
             }),
         }
     }
+}
+
+/// The answer to a hibernate (`hibernate`) or wake request of `model`, from its result.
+fn power_report(model: &str, hibernate: bool, result: PowerResult) -> PowerReport {
+    let mut report = PowerReport {
+        model: model.to_owned(),
+        action: if hibernate { "hibernate" } else { "wake" }.to_owned(),
+        outcome: "failed".to_owned(),
+        generation: 0,
+        duration_ms: 0.0,
+        moved_bytes: 0,
+        pinned_bytes: 0,
+        failed_bytes: 0,
+        processes: Vec::new(),
+        pending: Vec::new(),
+        error: None,
+    };
+    let (request, snapshot) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            report.error = Some(e);
+            return report;
+        }
+    };
+    report.generation = request.power.generation;
+    report.duration_ms = request.nanos as f64 / 1e6;
+    let processes = snapshot.map(|s| s.processes).unwrap_or_default();
+    let host_pids = crate::ledger::HostPids::scan();
+    let pid = |p: &crate::ledger::ProcessUsage| host_pids.of(p).unwrap_or(p.pid);
+    for p in processes.iter().filter(|p| p.power.listening) {
+        let ack = p.power.ack;
+        if ack.power == request.power {
+            report.moved_bytes += ack.moved;
+            report.pinned_bytes += ack.pinned;
+            report.failed_bytes += ack.failed;
+            report.processes.push(ProcessPower {
+                pid: pid(p),
+                moved_bytes: ack.moved,
+                pinned_bytes: ack.pinned,
+                failed_bytes: ack.failed,
+                error_code: (ack.error != 0).then_some(ack.error),
+                duration_ms: ack.nanos as f64 / 1e6,
+            });
+        }
+    }
+    report.outcome = match request.outcome {
+        crate::ledger::power::Outcome::Done => "done",
+        crate::ledger::power::Outcome::Superseded(_) => "superseded",
+        crate::ledger::power::Outcome::TimedOut(slots) => {
+            report.pending = processes
+                .iter()
+                .filter(|p| slots.contains(&p.slot))
+                .map(pid)
+                .collect();
+            "timed_out"
+        }
+    }
+    .to_owned();
+    if report.failed_bytes > 0 {
+        report.error = Some(format!(
+            "{} bytes could not be moved (the driver's error codes are per process)",
+            report.failed_bytes
+        ));
+    }
+    report
 }
 
 fn summary_state(states: impl Iterator<Item = State>) -> &'static str {
@@ -820,6 +1006,12 @@ fn supervise(sup: &mut Supervisor<System>, events: &Receiver<Event>) {
             Ok(Event::Control(request, reply)) => {
                 let _ = reply.send(sup.handle(request, now()));
             }
+            Ok(Event::Power {
+                model,
+                hibernate,
+                reply,
+            }) => sup.power(&model, hibernate, reply),
+            Ok(Event::Powered { id, result }) => sup.powered(id, result),
             Ok(Event::Launched {
                 model,
                 index,
@@ -1089,6 +1281,7 @@ mod tests {
         Launch(String, u32),
         Signal(i32, Signal),
         Release(String, i32),
+        Power(PowerJob),
     }
 
     /// Records what the supervisor does; `exits` are the statuses `reap` will report.
@@ -1113,6 +1306,9 @@ mod tests {
         }
         fn release(&mut self, cfg: &ModelConfig, worker: Worker) {
             self.done.push(Done::Release(cfg.name.clone(), worker.pid));
+        }
+        fn power(&mut self, job: PowerJob) {
+            self.done.push(Done::Power(job));
         }
     }
 

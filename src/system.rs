@@ -79,7 +79,25 @@ pub trait Effects {
     fn oom_killed(&self, worker: &Worker) -> bool;
     /// The worker is gone: its cgroup is removed, what it held in the ledger given back.
     fn release(&mut self, cfg: &ModelConfig, worker: Worker);
+    /// Asks every process of a model to hibernate or wake, without waiting: the result
+    /// comes back as [`Event::Powered`].
+    fn power(&mut self, job: PowerJob);
 }
+
+/// A hibernate or wake request on its way to a model's processes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PowerJob {
+    /// Numbers the supervisor's requests, to match the result with the request.
+    pub id: u64,
+    pub model: String,
+    pub hibernate: bool,
+    /// How long to wait for every process's acknowledgement.
+    pub timeout: std::time::Duration,
+}
+
+/// How a [`PowerJob`] ended: the request and the ledger read right after it (for each
+/// process's acknowledgement), or why it could not be made.
+pub type PowerResult = Result<(ledger::PowerRequest, Option<ledger::Snapshot>), String>;
 
 /// The real effects. Workers are launched by [`LAUNCHERS`] threads that live as long as
 /// this value (a worker's parent-death signal is tied to the thread that started it), so
@@ -89,6 +107,7 @@ pub struct System {
     launchers: Vec<std::thread::JoinHandle<()>>,
     hierarchy: Hierarchy,
     ledger_dir: PathBuf,
+    events: Sender<Event>,
 }
 
 struct Job {
@@ -161,6 +180,7 @@ impl System {
             launchers,
             hierarchy,
             ledger_dir: config.supervisor.ledger_dir.clone(),
+            events,
         })
     }
 }
@@ -226,6 +246,26 @@ impl Effects for System {
             log(&format!("model {}: {e}", cfg.name));
         }
         reclaim_logged(&self.ledger_dir, &cfg.name);
+    }
+
+    fn power(&mut self, job: PowerJob) {
+        let (dir, events) = (self.ledger_dir.clone(), self.events.clone());
+        let id = job.id;
+        // A thread per request: they are rare, and one waits as long as the copies take.
+        let spawned = std::thread::Builder::new()
+            .name("power".into())
+            .spawn(move || {
+                let result = ledger::power_isolated(&dir, &job.model, job.hibernate, job.timeout)
+                    .map(|request| (request, ledger::read_snapshot(&dir, &job.model).ok()))
+                    .map_err(|e| e.to_string());
+                let _ = events.send(Event::Powered { id, result });
+            });
+        if let Err(e) = spawned {
+            let _ = self.events.send(Event::Powered {
+                id,
+                result: Err(format!("cannot start the request's thread: {e}")),
+            });
+        }
     }
 }
 
@@ -381,6 +421,7 @@ pub fn worker_spec(
     let contract = Contract {
         quota: cfg.gpu_quota,
         mode: cfg.mode,
+        hibernate: true,
         ledger_dir: supervisor.ledger_dir.clone(),
         gpus: visible.map(<[GpuUuid]>::to_vec),
         ..Contract::new(&cfg.name)

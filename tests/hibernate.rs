@@ -80,3 +80,231 @@ fn an_observer_outside_a_workers_pid_namespace_sees_its_memory() {
     // Asked again: the first observer did not reclaim it either.
     assert_eq!(observed_used(&gpu), 3 * GIB);
 }
+
+/// The resident bytes of each process on the device, as NVML outside every model lists
+/// them, in ascending order. (The fake lists each process by its pid in its own PID
+/// namespace: a worker is pid 2 there.)
+fn observed_processes(state: &Path) -> Vec<u64> {
+    let mut cmd = driver_probe();
+    cmd.env_remove("LD_PRELOAD");
+    for (k, v) in node_env(state) {
+        cmd.env(k, v);
+    }
+    let out = run_script(&mut cmd, "nvml-procs 0");
+    assert!(out[0].starts_with("nvml-procs 0 -> 0 "), "{out:?}");
+    let mut resident: Vec<u64> = out[1..]
+        .iter()
+        .map(|l| l.split(' ').nth(2).unwrap().parse().unwrap())
+        .collect();
+    resident.sort();
+    resident
+}
+
+/// `POST /models/NAME/ACTION` (hibernate or wake): the code and the report.
+fn power(s: &Supervisor, model: &str, action: &str) -> (u16, serde_json::Value) {
+    let (code, body) = cuvisor::control::request_waiting(
+        &s.socket,
+        "POST",
+        &format!("/models/{model}/{action}"),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    (
+        code,
+        serde_json::from_str(&body).unwrap_or_else(|_| panic!("{body}")),
+    )
+}
+
+/// The pid of the probe whose command line holds `marker` (a number only it has).
+fn probe_pid(marker: &str) -> u32 {
+    let probe = stub_dir().join("driver_probe");
+    let found = pgrep(&format!("^{} .*{marker}", probe.display()));
+    assert_eq!(found.len(), 1, "{found:?}");
+    found[0].parse().unwrap()
+}
+
+/// The issue's case: A holds 3 GiB of a 4 GiB GPU; hibernated, its bytes leave the
+/// device (an outside observer sees it), and B's 3 GiB fit without evicting anything;
+/// woken, A is resident again (B's least recently used memory makes room).
+#[test]
+fn a_hibernated_model_leaves_the_gpu_and_comes_back() {
+    let state = TempDir::new("swap-state");
+    let gpu = state.path("gpu-state");
+    let probe = stub_dir().join("driver_probe");
+    let s = supervise(
+        "swap",
+        &gpu,
+        "",
+        &format!(
+            "[[model]]\nname = \"a\"\ncommand = \"{}\"\nargs = [\"init\", \"alloc\", \"3GiB\", \"memset\", \"0\", \"sleep\", \"100001\"]\ngpu_quota = \"3GiB\"\n",
+            probe.display()
+        ),
+    );
+    wait_for_log(&s, "a-0", "memset 0 -> 0");
+    let a = probe_pid("100001");
+    assert_eq!(observed_used(&gpu), 3 * GIB);
+    assert_eq!(observed_processes(&gpu), [3 * GIB]);
+
+    let (code, report) = power(&s, "a", "hibernate");
+    assert_eq!(code, 200, "{report}");
+    assert_eq!(report["outcome"], "done");
+    assert_eq!(report["moved_bytes"], 3 * GIB, "{report}");
+    assert_eq!(report["pinned_bytes"], 0);
+    assert_eq!(report["failed_bytes"], 0);
+    assert_eq!(report["generation"], 1);
+    assert_eq!(report["processes"].as_array().unwrap().len(), 1, "{report}");
+    assert_eq!(report["processes"][0]["pid"], a);
+    assert_eq!(observed_used(&gpu), 0);
+    assert_eq!(observed_processes(&gpu), [0]);
+    let model = s.model("a");
+    assert_eq!(model["state"], "hibernated");
+    assert_eq!(model["swap"]["hibernated"], true);
+    assert_eq!(model["swap"]["last_out"]["moved_bytes"], 3 * GIB);
+
+    // B, outside the supervisor, takes 3 GiB of the device: it fits beside A's nothing.
+    let ledgers = TempDir::new("swap-b");
+    let mut b = shimmed(driver_probe());
+    b.env("CUVISOR_LEDGER_DIR", &ledgers.0)
+        .env("CUVISOR_MODEL", "b")
+        .env("CUVISOR_QUOTA", "3GiB");
+    for (k, v) in node_env(&gpu) {
+        b.env(k, v);
+    }
+    b.args(["init", "alloc", "3GiB", "memset", "0", "wait"]);
+    let (mut b, _b_out, seen) = hold(b, 3);
+    assert_eq!(seen[2], "memset 0 -> 0 ok", "{seen:?}");
+    assert_eq!(
+        observed_processes(&gpu),
+        [0, 3 * GIB],
+        "nothing of A's was evicted: it was on the host"
+    );
+
+    let (code, report) = power(&s, "a", "wake");
+    assert_eq!(code, 200, "{report}");
+    assert_eq!(report["moved_bytes"], 3 * GIB, "{report}");
+    assert_eq!(report["generation"], 2);
+    assert_eq!(
+        observed_processes(&gpu),
+        [GIB, 3 * GIB],
+        "A is back; B's least recently used memory made room"
+    );
+    let model = s.model("a");
+    assert_eq!(model["state"], "running");
+    assert_eq!(model["swap"]["hibernated"], false);
+    let (code, metrics) = cuvisor::control::request(&s.socket, "GET", "/metrics").unwrap();
+    assert_eq!(code, 200);
+    for line in [
+        "cuvisor_hibernated{model=\"a\"} 0".to_owned(),
+        format!(
+            "cuvisor_swap_moved_bytes{{model=\"a\",direction=\"out\"}} {}",
+            3 * GIB
+        ),
+        format!(
+            "cuvisor_swap_moved_bytes{{model=\"a\",direction=\"in\"}} {}",
+            3 * GIB
+        ),
+        "cuvisor_swap_pinned_bytes{model=\"a\"} 0".to_owned(),
+        "cuvisor_swap_seconds_count{model=\"a\",direction=\"out\"} 1".to_owned(),
+        "cuvisor_swap_seconds_count{model=\"a\",direction=\"in\"} 1".to_owned(),
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+    drop(b.stdin.take());
+    assert!(b.wait().unwrap().success());
+}
+
+/// A model of several processes: each acknowledges. One that is stopped and then dies
+/// during the hibernate does not hold it up. Device memory (`device` mode) cannot move:
+/// it is reported pinned.
+#[test]
+fn every_process_answers_a_dead_one_is_not_waited_for_and_device_memory_is_pinned() {
+    let state = TempDir::new("swap-many-state");
+    let gpu = state.path("gpu-state");
+    let probe = stub_dir().join("driver_probe");
+    let rank = |mem: &str, marker: u32| {
+        format!(
+            "{} init alloc {mem} memset 0 sleep {marker} | sed -u s/^/{marker}:/",
+            probe.display()
+        )
+    };
+    let s = supervise(
+        "swap-many",
+        &gpu,
+        "",
+        &format!(
+            "[[model]]\nname = \"tp\"\ncommand = \"sh\"\nargs = [\"-c\", \"{} & {} & {} & wait\"]\ngpu_quota = \"1GiB\"\n\
+             [[model]]\nname = \"pinned\"\ncommand = \"{}\"\nargs = [\"init\", \"alloc\", \"256MiB\", \"sleep\", \"200004\"]\nmode = \"device\"\ngpu_quota = \"1GiB\"\n",
+            rank("128MiB", 200001),
+            rank("256MiB", 200002),
+            rank("64MiB", 200003),
+            probe.display()
+        ),
+    );
+    for marker in [200001, 200002, 200003] {
+        wait_for_log(&s, "tp-0", &format!("{marker}:memset 0 -> 0"));
+    }
+    wait_for_log(&s, "pinned-0", "alloc 256MiB -> 0");
+
+    let (code, report) = power(&s, "tp", "hibernate");
+    assert_eq!(code, 200, "{report}");
+    assert_eq!(report["processes"].as_array().unwrap().len(), 3, "{report}");
+    assert_eq!(report["moved_bytes"], 448 * MIB, "{report}");
+    let mut moved: Vec<u64> = report["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["moved_bytes"].as_u64().unwrap())
+        .collect();
+    moved.sort();
+    assert_eq!(moved, [64 * MIB, 128 * MIB, 256 * MIB]);
+    assert_eq!(
+        observed_used(&gpu),
+        256 * MIB,
+        "only the pinned model is resident"
+    );
+
+    // One rank stopped: it cannot acknowledge; killed while the wake waits, it is not
+    // waited for any more.
+    let stopped = probe_pid("200002") as i32;
+    // SAFETY: signals to a process of the test's own.
+    assert_eq!(unsafe { libc_kill(stopped, libc::SIGSTOP) }, 0);
+    let waking = std::thread::spawn({
+        let socket = s.socket.clone();
+        move || {
+            cuvisor::control::request_waiting(
+                &socket,
+                "POST",
+                "/models/tp/wake",
+                Duration::from_secs(60),
+            )
+            .unwrap()
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!waking.is_finished(), "the wake waits for the stopped rank");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc_kill(stopped, libc::SIGKILL) }, 0);
+    let (code, body) = waking.join().unwrap();
+    assert_eq!(code, 200, "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(report["outcome"], "done");
+    assert_eq!(report["processes"].as_array().unwrap().len(), 2, "{report}");
+    assert_eq!(report["moved_bytes"], 192 * MIB, "{report}");
+
+    let (code, report) = power(&s, "pinned", "hibernate");
+    assert_eq!(code, 200, "{report}");
+    assert_eq!(report["moved_bytes"], 0, "{report}");
+    assert_eq!(report["pinned_bytes"], 256 * MIB, "{report}");
+    assert_eq!(
+        observed_used(&gpu),
+        448 * MIB,
+        "device memory stays on the GPU"
+    );
+
+    let (code, body) =
+        cuvisor::control::request(&s.socket, "POST", "/models/nobody/hibernate").unwrap();
+    assert_eq!(
+        (code, body.as_str()),
+        (404, "{\"error\":\"no model nobody\"}")
+    );
+}

@@ -12,6 +12,7 @@
 //! | `CUVISOR_MODE` | `managed`, `device`, `off` | `managed` |
 //! | `CUVISOR_GPUS` | comma-separated GPU UUIDs the model was placed on: NVML shows only these | every GPU |
 //! | `CUVISOR_PREFETCH` | `on`, `off` | `off` |
+//! | `CUVISOR_HIBERNATE` | `on`, `off`: a thread carries out hibernate and wake requests (see [`crate::ledger::power`]) | `off` |
 //! | `CUVISOR_LOG` | `error`, `warn`, `info`, `debug`, `trace` | `warn` |
 //!
 //! A bad value is an error naming the variable and the accepted forms; the shim then makes
@@ -100,12 +101,21 @@ pub const LEDGER_GROUP: &str = "CUVISOR_LEDGER_GROUP";
 pub const MODE: &str = "CUVISOR_MODE";
 pub const GPUS: &str = "CUVISOR_GPUS";
 pub const PREFETCH: &str = "CUVISOR_PREFETCH";
+pub const HIBERNATE: &str = "CUVISOR_HIBERNATE";
 pub const LOG: &str = "CUVISOR_LOG";
 
 /// What cuvisor decides for a model's workers from its settings (name, quota, mode,
 /// ledger, placement): a model's own `env` may not set them. `CUVISOR_PREFETCH` and
 /// `CUVISOR_LOG` are the model's to choose.
-pub const SET_BY_CUVISOR: [&str; 6] = [MODEL, QUOTA, LEDGER_DIR, LEDGER_GROUP, MODE, GPUS];
+pub const SET_BY_CUVISOR: [&str; 7] = [
+    MODEL,
+    QUOTA,
+    LEDGER_DIR,
+    LEDGER_GROUP,
+    MODE,
+    GPUS,
+    HIBERNATE,
+];
 
 /// The shim's configuration in one process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,6 +129,8 @@ pub struct Contract {
     /// The GPUs the model was placed on; None: every GPU.
     pub gpus: Option<Vec<GpuUuid>>,
     pub prefetch: bool,
+    /// Whether each process carries out hibernate and wake requests.
+    pub hibernate: bool,
     pub log_level: LogLevel,
 }
 
@@ -133,6 +145,7 @@ impl Contract {
             mode: Mode::Managed,
             gpus: None,
             prefetch: false,
+            hibernate: false,
             log_level: LogLevel::Warn,
         }
     }
@@ -157,6 +170,9 @@ impl Contract {
         }
         if self.prefetch {
             env.push((PREFETCH, "on".to_owned()));
+        }
+        if self.hibernate {
+            env.push((HIBERNATE, "on".to_owned()));
         }
         if self.log_level != LogLevel::Warn {
             env.push((LOG, self.log_level.as_str().to_owned()));
@@ -228,6 +244,13 @@ impl Contract {
                 _ => bad(PREFETCH, &p, "expected on or off"),
             }
         }
+        if let Some(h) = get(HIBERNATE) {
+            match h.as_str() {
+                "off" => {}
+                "on" => c.hibernate = true,
+                _ => bad(HIBERNATE, &h, "expected on or off"),
+            }
+        }
         if let Some(l) = get(LOG) {
             match LogLevel::ALL.iter().find(|(_, s)| *s == l) {
                 Some((level, _)) => c.log_level = *level,
@@ -262,6 +285,7 @@ mod tests {
         assert_eq!(c.quota, None);
         assert_eq!(c.mode, Mode::Managed);
         assert!(!c.prefetch);
+        assert!(!c.hibernate);
         assert_eq!(c.log_level, LogLevel::Warn);
         assert_eq!(c.ledger_dir, default_dir());
         assert_eq!((c.ledger_group, c.gpus), (None, None));
@@ -277,6 +301,7 @@ mod tests {
             (QUOTA, "40%"),
             (MODE, "device"),
             (PREFETCH, "on"),
+            (HIBERNATE, "on"),
             (LOG, "debug"),
             (LEDGER_DIR, "/run/cuvisor"),
             (LEDGER_GROUP, "1000"),
@@ -289,6 +314,7 @@ mod tests {
         assert_eq!(c.quota, Some(QuotaSpec::Percent(40)));
         assert_eq!(c.mode, Mode::Device);
         assert!(c.prefetch);
+        assert!(c.hibernate);
         assert_eq!(c.log_level, LogLevel::Debug);
         assert_eq!(
             c.gpus,
@@ -311,9 +337,10 @@ mod tests {
             (GPUS, "GPU-1,"),
             (PREFETCH, "yes"),
             (LOG, "verbose"),
+            (HIBERNATE, "1"),
         ])
         .unwrap_err();
-        assert_eq!(errors.len(), 6, "{errors:?}");
+        assert_eq!(errors.len(), 7, "{errors:?}");
         assert!(errors[0].starts_with("CUVISOR_MODEL=\"../etc\" is invalid"));
         assert!(
             errors[1].starts_with("CUVISOR_QUOTA=\"lots\" is invalid") && errors[1].contains("50%")
@@ -321,7 +348,8 @@ mod tests {
         assert!(errors[2].contains("expected managed, device or off"));
         assert!(errors[3].starts_with("CUVISOR_GPUS=\"GPU-1,\" is invalid: expected GPU UUIDs"));
         assert!(errors[4].contains("expected on or off"));
-        assert!(errors[5].contains("expected error, warn, info, debug or trace"));
+        assert!(errors[5].starts_with("CUVISOR_HIBERNATE=\"1\" is invalid: expected on or off"));
+        assert!(errors[6].contains("expected error, warn, info, debug or trace"));
         assert_eq!(parse(&[(QUOTA, "0")]).unwrap_err().len(), 1);
         assert_eq!(parse(&[(MODEL, "")]).unwrap_err().len(), 1);
         assert!(parse(&[(LEDGER_DIR, "relative/dir")]).unwrap_err()[0].contains("absolute path"));

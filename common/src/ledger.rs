@@ -1,10 +1,10 @@
 //! The per-model ledger: one small file per model, shared by every process of the model,
 //! that holds the model's quota and what its processes are charged.
 //!
-//! # Layout (version 2)
+//! # Layout (version 3)
 //!
 //! A 256-byte [`Header`], then a table of [`MAX_GPUS`] 64-byte [`Gpu`] entries, then
-//! [`SLOTS`] 320-byte [`Slot`]s, `#[repr(C)]`, native endianness, every counter an atomic.
+//! [`SLOTS`] 384-byte [`Slot`]s, `#[repr(C)]`, native endianness, every counter an atomic.
 //! Slots never move: a process keeps its slot from attach to exit. A GPU entry, once
 //! registered, names the same GPU (by UUID) for the life of the file.
 //!
@@ -37,6 +37,9 @@
 //!   exceeded) until the model has no live process left, when the total is reset to zero.
 //! * **The quota in the file is authoritative.** A process whose own quota differs is
 //!   refused; one with no quota joins the file's.
+//! * **Hibernation** ([`power`]): a control word in the header says whether the model
+//!   should be awake or hibernated; each process carries it out and acknowledges in its
+//!   slot.
 
 use crate::gpu::GpuUuid;
 use crate::size::QuotaSpec;
@@ -51,17 +54,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+pub mod power;
+
 /// Where ledgers live unless told otherwise (`CUVISOR_LEDGER_DIR`).
 pub const DEFAULT_DIR: &str = "/dev/shm/cuvisor";
 pub const MAGIC: [u8; 8] = *b"CUVISLDG";
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// Processes per model.
 pub const SLOTS: u32 = 1024;
 /// GPUs per model (as many as the largest nodes have, twice over).
 pub const MAX_GPUS: usize = 16;
 const HEADER_SIZE: usize = 256;
 const GPU_SIZE: usize = 64;
-const SLOT_SIZE: usize = 320;
+const SLOT_SIZE: usize = 384;
 const SLOTS_START: usize = HEADER_SIZE + MAX_GPUS * GPU_SIZE;
 /// Liveness locks sit far beyond the end of the file, one byte per slot.
 const LOCK_BASE: i64 = 1 << 40;
@@ -98,7 +103,12 @@ pub struct Header {
     pub created_unix: u64,
     /// The model's name, NUL-padded.
     pub model: [u8; 64],
-    pub reserved: [u8; 112],
+    /// Whether the model should be awake or hibernated ([`power::Power`] as a word): a
+    /// 32-bit word, which the processes wait on with a futex.
+    pub power: AtomicU32,
+    /// Incremented by every acknowledgement of a power request; the requester waits on it.
+    pub acks: AtomicU32,
+    pub reserved: [u8; 104],
 }
 
 /// One GPU the model uses.
@@ -146,6 +156,8 @@ pub struct Slot {
     pub reserved: [u64; 3],
     /// Per GPU entry of the table: what this process holds there.
     pub gpus: [SlotGpu; MAX_GPUS],
+    /// What the process did for the last power request it carried out.
+    pub power: power::SlotPower,
 }
 
 const FREE: u32 = 0;
@@ -552,6 +564,8 @@ pub struct ProcessUsage {
     pub pid_ns: u64,
     /// False for a process that died and has not been reclaimed yet.
     pub alive: bool,
+    /// Its part in hibernation.
+    pub power: power::ProcessPower,
 }
 
 /// One GPU of a model, in a snapshot.
@@ -582,6 +596,8 @@ pub struct Snapshot {
     /// Reservations refused for the quota, ever, on all GPUs.
     pub refused: u64,
     pub processes: Vec<ProcessUsage>,
+    /// What the model should be: awake or hibernated.
+    pub power: power::Power,
 }
 
 impl Snapshot {
@@ -1137,6 +1153,7 @@ impl LedgerFile {
                 g.peak.store(0, Ordering::Relaxed);
             }
             s.inflight.store(0, Ordering::Relaxed);
+            s.power.reset();
             s.generation.fetch_add(1, Ordering::Relaxed);
             s.state.store(LIVE, Ordering::Release);
             self.header().attach_seq.fetch_add(1, Ordering::AcqRel);
@@ -1306,7 +1323,8 @@ pub fn validate_header(raw: &[u8], size: u64, model: &str) -> Result<(), String>
         old @ 1..VERSION => {
             return Err(format!(
                 "layout version {old}, made by an older cuvisor (this one reads version \
-                 {VERSION}, with a quota per GPU); stop the model's processes first"
+                 {VERSION}, with a quota per GPU and hibernation); stop the model's processes \
+                 first"
             ));
         }
         other => {
@@ -1425,6 +1443,23 @@ pub fn parse_snapshot(
                 gpus: per_gpu,
                 pid_ns: u64_at(o + offset_of!(Slot, pid_ns)),
                 alive: alive(index),
+                power: {
+                    let p = o + offset_of!(Slot, power);
+                    let at = |field| u64_at(p + field);
+                    power::ProcessPower {
+                        listening: u32_at(p + offset_of!(power::SlotPower, listening)) == 1,
+                        ack: power::PowerAck {
+                            power: power::Power::from_word(u32_at(
+                                p + offset_of!(power::SlotPower, acked),
+                            )),
+                            moved: at(offset_of!(power::SlotPower, moved)),
+                            pinned: at(offset_of!(power::SlotPower, pinned)),
+                            failed: at(offset_of!(power::SlotPower, failed)),
+                            error: u32_at(p + offset_of!(power::SlotPower, error)),
+                            nanos: at(offset_of!(power::SlotPower, nanos)),
+                        },
+                    }
+                },
             })
         })
         .collect();
@@ -1436,6 +1471,7 @@ pub fn parse_snapshot(
         gpus,
         uncertain: u64_at(offset_of!(Header, uncertain)),
         processes,
+        power: power::Power::from_word(u32_at(offset_of!(Header, power))),
     })
 }
 

@@ -79,6 +79,14 @@ functions! {
     CTX_PUSH_CURRENT: Cuda c"cuCtxPushCurrent_v2" unsafe extern "C" fn(CUcontext) -> CUresult;
     CTX_POP_CURRENT: Cuda c"cuCtxPopCurrent_v2" unsafe extern "C" fn(*mut CUcontext) -> CUresult;
     RUNTIME_GET_VERSION: Cudart c"cudaRuntimeGetVersion" unsafe extern "C" fn(*mut i32) -> i32;
+    PRIMARY_CTX_GET_STATE: Cuda c"cuDevicePrimaryCtxGetState"
+        unsafe extern "C" fn(CUdevice, *mut u32, *mut i32) -> CUresult;
+    PRIMARY_CTX_RETAIN: Cuda c"cuDevicePrimaryCtxRetain"
+        unsafe extern "C" fn(*mut CUcontext, CUdevice) -> CUresult;
+    PRIMARY_CTX_RELEASE: Cuda c"cuDevicePrimaryCtxRelease_v2" unsafe extern "C" fn(CUdevice) -> CUresult;
+    STREAM_CREATE: Cuda c"cuStreamCreate" unsafe extern "C" fn(*mut CUstream, u32) -> CUresult;
+    STREAM_SYNCHRONIZE: Cuda c"cuStreamSynchronize" unsafe extern "C" fn(CUstream) -> CUresult;
+    STREAM_DESTROY: Cuda c"cuStreamDestroy_v2" unsafe extern "C" fn(CUstream) -> CUresult;
 }
 
 /// A driver call's result: the value, or the driver's error code.
@@ -221,20 +229,111 @@ pub fn advise(ptr: CUdeviceptr, bytes: u64, advice: i32, dev: CUdevice) -> Drive
     check(unsafe { f(ptr, bytes as usize, advice, dev) })
 }
 
-/// Prefetches a managed range to the device, on the legacy default stream.
-pub fn prefetch(ptr: CUdeviceptr, bytes: u64, dev: CUdevice) -> DriverResult<()> {
-    let stream: CUstream = std::ptr::null_mut();
+/// Where a prefetch moves managed memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    Host,
+    Device(CUdevice),
+}
+
+/// Prefetches a managed range to `to`, on `stream` (null: the current context's legacy
+/// default stream), preferring the CUDA 12.2 location form.
+pub fn prefetch(ptr: CUdeviceptr, bytes: u64, to: Place, stream: CUstream) -> DriverResult<()> {
     if let Some(f) = PREFETCH_V2.get() {
-        let location = CUmemLocation {
-            type_: CU_MEM_LOCATION_TYPE_DEVICE,
-            id: dev,
+        let location = match to {
+            Place::Host => CUmemLocation {
+                type_: CU_MEM_LOCATION_TYPE_HOST,
+                id: 0,
+            },
+            Place::Device(dev) => CUmemLocation {
+                type_: CU_MEM_LOCATION_TYPE_DEVICE,
+                id: dev,
+            },
         };
-        // SAFETY: plain values and the legacy stream; the driver checks the range.
+        // SAFETY: plain values and the caller's stream; the driver checks the range.
         return check(unsafe { f(ptr, bytes as usize, location, 0, stream) });
     }
     let f = PREFETCH.get().ok_or(CUDA_ERROR_NOT_FOUND)?;
-    // SAFETY: plain values and the legacy stream; the driver checks the range.
+    let dev = match to {
+        Place::Host => CU_DEVICE_CPU,
+        Place::Device(dev) => dev,
+    };
+    // SAFETY: plain values and the caller's stream; the driver checks the range.
     check(unsafe { f(ptr, bytes as usize, dev, stream) })
+}
+
+/// The context current on the calling thread (null: none).
+pub fn current_context() -> DriverResult<CUcontext> {
+    let f = CTX_GET_CURRENT.get().ok_or(CUDA_ERROR_NOT_FOUND)?;
+    let mut ctx: CUcontext = std::ptr::null_mut();
+    // SAFETY: an out-pointer to a live local.
+    check(unsafe { f(&mut ctx) })?;
+    Ok(ctx)
+}
+
+/// The primary context of `dev` if it is active, retained: the caller releases it with
+/// [`release_primary_context`]. None if the process has not activated it (it would cost
+/// the GPU a context the process never asked for).
+pub fn retain_active_primary_context(dev: CUdevice) -> DriverResult<Option<CUcontext>> {
+    let missing = CUDA_ERROR_NOT_FOUND;
+    let (state, retain) = (
+        PRIMARY_CTX_GET_STATE.get().ok_or(missing)?,
+        PRIMARY_CTX_RETAIN.get().ok_or(missing)?,
+    );
+    let (mut flags, mut active) = (0u32, 0i32);
+    // SAFETY: out-pointers to live locals.
+    check(unsafe { state(dev, &mut flags, &mut active) })?;
+    if active == 0 {
+        return Ok(None);
+    }
+    let mut ctx: CUcontext = std::ptr::null_mut();
+    // SAFETY: an out-pointer to a live local.
+    check(unsafe { retain(&mut ctx, dev) })?;
+    Ok(Some(ctx))
+}
+
+pub fn release_primary_context(dev: CUdevice) {
+    if let Some(f) = PRIMARY_CTX_RELEASE.get() {
+        // SAFETY: releases the reference `retain_active_primary_context` took.
+        unsafe { f(dev) };
+    }
+}
+
+/// Makes `ctx` current on the calling thread until [`pop_context`].
+pub fn push_context(ctx: CUcontext) -> DriverResult<()> {
+    let f = CTX_PUSH_CURRENT.get().ok_or(CUDA_ERROR_NOT_FOUND)?;
+    // SAFETY: a context the driver gave us; the driver checks it.
+    check(unsafe { f(ctx) })
+}
+
+pub fn pop_context() {
+    if let Some(f) = CTX_POP_CURRENT.get() {
+        let mut popped: CUcontext = std::ptr::null_mut();
+        // SAFETY: an out-pointer to a live local.
+        unsafe { f(&mut popped) };
+    }
+}
+
+/// A new non-blocking stream in the current context.
+pub fn create_stream() -> DriverResult<CUstream> {
+    let f = STREAM_CREATE.get().ok_or(CUDA_ERROR_NOT_FOUND)?;
+    let mut stream: CUstream = std::ptr::null_mut();
+    // SAFETY: an out-pointer to a live local.
+    check(unsafe { f(&mut stream, CU_STREAM_NON_BLOCKING) })?;
+    Ok(stream)
+}
+
+pub fn synchronize(stream: CUstream) -> DriverResult<()> {
+    let f = STREAM_SYNCHRONIZE.get().ok_or(CUDA_ERROR_NOT_FOUND)?;
+    // SAFETY: a stream we created; the driver checks it.
+    check(unsafe { f(stream) })
+}
+
+pub fn destroy_stream(stream: CUstream) {
+    if let Some(f) = STREAM_DESTROY.get() {
+        // SAFETY: a stream we created and use no more.
+        unsafe { f(stream) };
+    }
 }
 
 /// The CUDA version of the loaded shared runtime, if there is one.

@@ -20,6 +20,8 @@ pub type cudaError_t = i32;
 pub const CUDA_SUCCESS: CUresult = 0;
 pub const CUDA_ERROR_OUT_OF_MEMORY: CUresult = 2;
 pub const CUDA_ERROR_NOT_INITIALIZED: CUresult = 3;
+pub const CUDA_ERROR_INVALID_DEVICE: CUresult = 101;
+pub const CUDA_ERROR_INVALID_CONTEXT: CUresult = 201;
 pub const CUDA_ERROR_NOT_FOUND: CUresult = 500;
 pub const CUDA_ERROR_UNKNOWN: CUresult = 999;
 
@@ -34,6 +36,9 @@ pub const CU_DEVICE_ATTRIBUTE_CONCURRENT_MANAGED_ACCESS: i32 = 89;
 pub const CU_MEM_ADVISE_SET_PREFERRED_LOCATION: i32 = 3;
 pub const CU_MEM_ADVISE_SET_ACCESSED_BY: i32 = 5;
 pub const CU_MEM_LOCATION_TYPE_DEVICE: i32 = 1;
+pub const CU_MEM_LOCATION_TYPE_HOST: i32 = 2;
+pub const CU_DEVICE_CPU: CUdevice = -1;
+pub const CU_STREAM_NON_BLOCKING: u32 = 1;
 pub const CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM: u64 = 2;
 
 #[repr(C)]

@@ -9,6 +9,7 @@
 
 mod driver;
 mod ffi;
+mod hibernate;
 mod hooks;
 mod logging;
 mod real;

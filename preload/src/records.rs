@@ -85,6 +85,17 @@ impl Records {
     pub fn update<T>(&self, key: u64, f: impl FnOnce(&mut Record) -> T) -> Option<T> {
         self.shard(key).lock().get_mut(&key).map(f)
     }
+
+    /// Every record, one shard at a time (a record inserted or removed meanwhile may or
+    /// may not be seen).
+    pub fn for_each(&self, mut f: impl FnMut(u64, Record)) {
+        for shard in &self.shards {
+            let copy: Vec<(u64, Record)> = shard.lock().iter().map(|(&k, &r)| (k, r)).collect();
+            for (k, r) in copy {
+                f(k, r);
+            }
+        }
+    }
 }
 
 /// A map from a key to its record: the table of device pointers, or a sharded map.
@@ -195,6 +206,26 @@ impl PointerTable {
             }
         }
         None
+    }
+
+    /// Every record in the table and its overflow. A pointer allocated or freed meanwhile
+    /// may or may not be seen, and one being inserted at that instant (its key claimed,
+    /// its value not stored yet) may be seen with the value of the slot's previous
+    /// occupant: callers must treat what they find as a hint the driver checks.
+    pub fn for_each(&self, mut f: impl FnMut(u64, Record)) {
+        for slot in self.slots.iter() {
+            let key = slot.key.load(Ordering::Acquire);
+            if key == EMPTY || key == TOMBSTONE {
+                continue;
+            }
+            let value = slot.value.load(Ordering::Acquire);
+            if value != 0 {
+                f(key, decode(value));
+            }
+        }
+        if self.overflowed.load(Ordering::Acquire) > 0 {
+            self.overflow.for_each(f);
+        }
     }
 
     pub fn get(&self, key: u64) -> Option<Record> {

@@ -251,7 +251,8 @@ fn redirected(
         }
     }
     if rt.config.prefetch
-        && let Err(p) = driver::prefetch(ptr, bytes, dev)
+        && let Err(p) =
+            driver::prefetch(ptr, bytes, driver::Place::Device(dev), std::ptr::null_mut())
     {
         log::debug!("prefetch of {ptr:#x} failed: {p}");
     }
