@@ -770,8 +770,10 @@ fn power_report(model: &str, hibernate: bool, result: PowerResult) -> PowerRepor
     report.generation = request.power.generation;
     report.duration_ms = request.nanos as f64 / 1e6;
     let processes = snapshot.map(|s| s.processes).unwrap_or_default();
-    let host_pids = crate::ledger::HostPids::scan();
-    let pid = |p: &crate::ledger::ProcessUsage| host_pids.of(p).unwrap_or(p.pid);
+    // The pids as this process sees them (one pass over /proc, where there is anyone).
+    let host_pids = (!processes.is_empty()).then(crate::ledger::HostPids::scan);
+    let pid =
+        |p: &crate::ledger::ProcessUsage| host_pids.as_ref().and_then(|h| h.of(p)).unwrap_or(p.pid);
     for p in processes.iter().filter(|p| p.power.listening) {
         let ack = p.power.ack;
         if ack.power == request.power {
@@ -1274,6 +1276,7 @@ mod tests {
     //! The supervisor driven by events on a virtual clock, its effects recorded: no root,
     //! no process, no sleeping.
     use super::*;
+    use crate::ledger::power::{Outcome, Power};
     use std::collections::HashMap;
 
     #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1426,6 +1429,92 @@ mod tests {
         assert!(
             matches!(s.handle(Request::Stop("zz".into()), t), Answer::NoSuchModel(n) if n == "zz")
         );
+    }
+
+    fn power_request(generation: u32, hibernated: bool, outcome: Outcome) -> PowerResult {
+        let request = crate::ledger::PowerRequest {
+            power: Power {
+                generation,
+                hibernated,
+            },
+            outcome,
+            nanos: 2_500_000,
+        };
+        Ok((request, None))
+    }
+
+    fn reported(rx: &mut tokio::sync::oneshot::Receiver<Answer>) -> PowerReport {
+        match rx.try_recv() {
+            Ok(Answer::Power(report)) => *report,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A hibernate is sent to the model's processes and answered when they have
+    /// acknowledged; the model shows hibernated from the request on; a request replaced
+    /// by a later one says so; one that could not be made says why.
+    #[test]
+    fn hibernate_and_wake_are_answered_when_the_processes_are_done() {
+        let (mut s, t) = supervisor(ONE);
+        s.begin(t);
+        s.launched(0, 0, Ok(Worker::new(100, None)), t);
+        taken(&mut s);
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        s.power("a", true, tx);
+        assert_eq!(
+            taken(&mut s),
+            [Done::Power(PowerJob {
+                id: 1,
+                model: "a".into(),
+                hibernate: true,
+                timeout: POWER_TIMEOUT,
+            })]
+        );
+        assert!(
+            rx.try_recv().is_err(),
+            "not answered before the processes are"
+        );
+        assert_eq!(s.model_status(0, t).state, "hibernated");
+        s.powered(1, power_request(1, true, Outcome::Done));
+        let report = reported(&mut rx);
+        assert_eq!(
+            (report.action.as_str(), report.outcome.as_str()),
+            ("hibernate", "done")
+        );
+        assert_eq!((report.generation, report.duration_ms), (1, 2.5));
+        let swap = s.model_status(0, t).swap;
+        assert!(swap.hibernated);
+        assert_eq!(swap.last_out, Some(report));
+        assert_eq!(swap.last_in, None);
+
+        // A wake replaced by a hibernate before its processes answered.
+        let (tx1, mut rx1) = tokio::sync::oneshot::channel();
+        let (tx2, mut rx2) = tokio::sync::oneshot::channel();
+        s.power("a", false, tx1);
+        s.power("a", true, tx2);
+        assert_eq!(taken(&mut s).len(), 2);
+        let newer = Power {
+            generation: 3,
+            hibernated: true,
+        };
+        s.powered(2, power_request(2, false, Outcome::Superseded(newer)));
+        assert_eq!(reported(&mut rx1).outcome, "superseded");
+        s.powered(3, Err("ledger /l/a: cannot open: gone".into()));
+        let failed = reported(&mut rx2);
+        assert_eq!(failed.outcome, "failed");
+        assert_eq!(
+            failed.error.as_deref(),
+            Some("ledger /l/a: cannot open: gone")
+        );
+        s.powered(99, Err("an unknown request: ignored".into()));
+
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        s.power("zz", true, tx);
+        assert!(matches!(rx.try_recv(), Ok(Answer::NoSuchModel(n)) if n == "zz"));
+        s.shutdown(t);
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        s.power("a", false, tx);
+        assert!(matches!(rx.try_recv(), Ok(Answer::ShuttingDown)));
     }
 
     #[test]
