@@ -128,6 +128,9 @@ pub struct Serve {
     pub target: usize,
     /// How long an instance of a scaled model may go without requests before it stops.
     pub idle_timeout: Duration,
+    /// How long every instance may go without requests before the model hibernates
+    /// (None: only when asked, or pushed out by another model's wake).
+    pub hibernate_after: Option<Duration>,
 }
 
 /// Ids each model in a user namespace gets: as many as a container usually has.
@@ -249,6 +252,7 @@ struct RawServe {
     queue_timeout: Option<Spanned<String>>,
     target: Option<Spanned<i64>>,
     idle_timeout: Option<Spanned<String>>,
+    hibernate_after: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -1155,6 +1159,10 @@ fn check_serve(c: &mut Checker, v: &Spanned<RawServe>, isolation: &Isolation) ->
         &r.idle_timeout,
         Duration::from_secs(300),
     );
+    let hibernate_after = r
+        .hibernate_after
+        .as_ref()
+        .map(|_| c.duration("serve.hibernate_after", &r.hibernate_after, Duration::ZERO));
     Some(Serve {
         health,
         ready_timeout,
@@ -1165,6 +1173,7 @@ fn check_serve(c: &mut Checker, v: &Spanned<RawServe>, isolation: &Isolation) ->
         queue_timeout,
         target,
         idle_timeout,
+        hibernate_after,
     })
 }
 
@@ -1263,6 +1272,26 @@ bind_ro = ["/tmp"]
         assert!(m.isolation.network && !m.isolation.ipc);
         assert_eq!(c.supervisor.logs, Logs::Dir(PathBuf::from("/tmp/logs")));
         assert_eq!(c.supervisor.listen, Some("127.0.0.1:9400".parse().unwrap()));
+    }
+
+    #[test]
+    fn hibernate_after_is_a_served_models_choice() {
+        let served = |serve: &str| {
+            parse(&format!(
+                "[supervisor]\nhttp = \"127.0.0.1:8000\"\n[[model]]\nname = \"m\"\ncommand = \"x\"\n[model.serve]\nhealth = \"/h\"\n{serve}"
+            ))
+        };
+        let c = served("hibernate_after = \"30s\"\n").unwrap();
+        let serve = c.models[0].serve.as_ref().unwrap();
+        assert_eq!(serve.hibernate_after, Some(Duration::from_secs(30)));
+        let c = served("").unwrap();
+        assert_eq!(c.models[0].serve.as_ref().unwrap().hibernate_after, None);
+        assert_eq!(
+            served("hibernate_after = \"soon\"\n").unwrap_err(),
+            [format!(
+                "cuvisor.toml:8: serve.hibernate_after = \"soon\": {DURATION_FORMS}"
+            )]
+        );
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //! ([`ledger`]), the configuration ([`config`]), host limits ([`cgroups`]), starting a
 //! worker in its namespaces ([`launch`]), one program under the shim ([`exec`]), placement
 //! on a node's GPUs ([`placement`], [`nvml`]), an instance's life ([`lifecycle`]) and a
-//! served model's scaling ([`scaling`]) as pure state machines, their effects on the
+//! served model's scaling ([`scaling`]) and hibernation ([`hibernation`]) as pure
+//! decisions, their effects on the
 //! system ([`system`]), and the supervisor ([`supervisor`]) with its control API
 //! ([`control`]), front door ([`gateway`]), status ([`status`]) and metrics ([`metrics`]).
 //! A Rust program embeds a supervisor with [`supervisor::Running`]. See the README.
@@ -23,6 +24,7 @@ pub mod config;
 pub mod control;
 pub mod exec;
 pub mod gateway;
+pub mod hibernation;
 pub mod launch;
 pub mod ledger;
 pub mod lifecycle;
