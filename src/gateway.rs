@@ -88,6 +88,8 @@ struct Served {
     instances: Mutex<Vec<Upstream>>,
     /// Requests waiting for an instance.
     waiting: Arc<AtomicUsize>,
+    /// Hibernated, or waking: requests wait (as for a cold start) until it is awake.
+    asleep: AtomicBool,
     /// Woken when an instance becomes ready or a request ends.
     wake: Arc<Notify>,
     /// Round robin among equally loaded instances.
@@ -227,6 +229,7 @@ impl Routes {
                         queue_timeout: s.queue_timeout,
                         instances: Mutex::new(Vec::new()),
                         waiting: Arc::new(AtomicUsize::new(0)),
+                        asleep: AtomicBool::new(false),
                         wake: Arc::new(Notify::new()),
                         next: AtomicUsize::new(0),
                         metrics: Arc::new(metrics.model(&m.name)),
@@ -275,6 +278,17 @@ impl Routes {
         }
     }
 
+    /// `model` hibernates (`true`: new requests wait, and their demand wakes it) or is
+    /// awake again (the waiting requests go on).
+    pub fn set_asleep(&self, model: &str, asleep: bool) {
+        if let Some(s) = self.models.get(model) {
+            s.asleep.store(asleep, Ordering::Release);
+            if !asleep {
+                s.wake.notify_waiters();
+            }
+        }
+    }
+
     /// An instance of `model` is gone (exited, stopped): no more requests go to it.
     pub fn gone(&self, model: &str, index: u32) {
         if let Some(s) = self.models.get(model) {
@@ -296,6 +310,9 @@ impl Routes {
     /// A place on the ready instance with the fewest requests in flight, if one has
     /// room; whether any instance is ready at all.
     fn try_slot(s: &Served) -> (Option<Slot>, bool) {
+        if s.asleep.load(Ordering::Acquire) {
+            return (None, false); // none is ready until the model is awake
+        }
         let instances = Self::instances(s);
         let ready: Vec<&Upstream> = instances
             .iter()

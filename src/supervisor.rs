@@ -16,6 +16,7 @@
 
 use crate::config::{Config, ModelConfig};
 use crate::gateway::{self, Routes};
+use crate::hibernation;
 use crate::lifecycle::{self, Action, Signal, State};
 use crate::nvml::{Inventory, NvmlError};
 use crate::placement::{self, Demand, Plan, PlanError};
@@ -165,6 +166,13 @@ struct PowerWait {
     reply: Option<Reply>,
 }
 
+/// A wake held back until the models pushed out to make room for it have hibernated.
+struct Deferred {
+    model: usize,
+    reply: Option<Reply>,
+    after: Vec<u64>,
+}
+
 /// The models of a configuration and their instances, driven by events.
 pub struct Supervisor<E: Effects> {
     config: Config,
@@ -176,6 +184,7 @@ pub struct Supervisor<E: Effects> {
     effects: E,
     shutting_down: bool,
     power_waits: Vec<PowerWait>,
+    deferred_wakes: Vec<Deferred>,
     next_power_id: u64,
     swap_metrics: crate::metrics::SwapMetrics,
 }
@@ -218,6 +227,7 @@ impl<E: Effects> Supervisor<E> {
             effects,
             shutting_down: false,
             power_waits: Vec::new(),
+            deferred_wakes: Vec::new(),
             next_power_id: 0,
             swap_metrics: Default::default(),
         }
@@ -329,6 +339,7 @@ impl<E: Effects> Supervisor<E> {
             }
         }
         self.scale(now);
+        self.hibernation();
     }
 
     /// Reaps the workers that exited.
@@ -486,25 +497,22 @@ impl<E: Effects> Supervisor<E> {
                 target: serve.target,
                 idle_timeout: serve.idle_timeout,
             };
-            let (waiting, routed) = self.routes.load(&cfg.name);
-            let instances = self.models[m]
-                .instances
-                .iter()
-                .filter(|s| s.life.state.alive())
-                .map(|s| {
-                    let load = routed.get(&s.index);
-                    scaling::Instance {
-                        index: s.index,
-                        ready: load.is_some_and(|l| l.ready),
-                        in_flight: load.map_or(0, |l| l.in_flight),
-                        idle: load.map_or(Duration::ZERO, |l| l.idle),
-                    }
-                })
-                .collect();
+            let waiting = self.routes.load(&cfg.name).0;
             let name = cfg.name.clone();
+            let instances = self.instance_loads(m);
             match scaling::decide(&policy, &scaling::Load { waiting, instances }) {
                 scaling::Decision::Hold => {}
                 scaling::Decision::Start(n) => {
+                    if !self.models[m]
+                        .instances
+                        .iter()
+                        .any(|s| s.life.state.alive())
+                    {
+                        // A cold start: its quota must fit beside what is resident.
+                        for victim in self.pressure_victims(m) {
+                            self.request_power(victim, true, None);
+                        }
+                    }
                     let idle: Vec<usize> = (0..self.models[m].instances.len())
                         .filter(|&i| self.models[m].instances[i].life.state.idle())
                         .take(n)
@@ -530,6 +538,121 @@ impl<E: Effects> Supervisor<E> {
                 }
             }
         }
+    }
+
+    /// Served models: hibernates the idle ones with `serve.hibernate_after`, wakes the
+    /// hibernated ones that have requests ([`hibernation::decide`]).
+    fn hibernation(&mut self) {
+        if self.shutting_down {
+            return;
+        }
+        for m in 0..self.models.len() {
+            let Some(serve) = &self.models[m].cfg.serve else {
+                continue;
+            };
+            let after = serve.hibernate_after;
+            let instances = self.instance_loads(m);
+            let load = hibernation::Load {
+                hibernated: self.models[m].swap.hibernated,
+                changing: self.changing(m),
+                waiting: self.routes.load(&self.models[m].cfg.name).0,
+                instances: &instances,
+            };
+            match hibernation::decide(after, &load) {
+                hibernation::Decision::Hold => {}
+                hibernation::Decision::Hibernate => {
+                    log(&format!(
+                        "model {}: idle for serve.hibernate_after: hibernating",
+                        self.models[m].cfg.name
+                    ));
+                    self.request_power(m, true, None);
+                }
+                hibernation::Decision::Wake => {
+                    log(&format!(
+                        "model {}: a request for it: waking",
+                        self.models[m].cfg.name
+                    ));
+                    self.request_power(m, false, None);
+                }
+            }
+        }
+    }
+
+    /// Whether a hibernate or wake of model `m` is under way or held back.
+    fn changing(&self, m: usize) -> bool {
+        self.power_waits.iter().any(|w| w.model == m)
+            || self.deferred_wakes.iter().any(|d| d.model == m)
+    }
+
+    /// The front door's view of model `m`'s instances that are running or starting.
+    fn instance_loads(&self, m: usize) -> Vec<scaling::Instance> {
+        let (_, routed) = self.routes.load(&self.models[m].cfg.name);
+        self.models[m]
+            .instances
+            .iter()
+            .filter(|s| s.life.state.alive())
+            .map(|s| {
+                let load = routed.get(&s.index);
+                scaling::Instance {
+                    index: s.index,
+                    ready: load.is_some_and(|l| l.ready),
+                    in_flight: load.map_or(0, |l| l.in_flight),
+                    idle: load.map_or(Duration::ZERO, |l| l.idle),
+                }
+            })
+            .collect()
+    }
+
+    /// The awake models to hibernate so that model `m`'s quota fits on each GPU it uses
+    /// beside what stays resident there ([`hibernation::make_room`]), from the ledgers.
+    fn pressure_victims(&self, m: usize) -> Vec<usize> {
+        let dir = &self.config.supervisor.ledger_dir;
+        let snapshots: Vec<Option<crate::ledger::Snapshot>> = self
+            .models
+            .iter()
+            .map(|model| crate::ledger::read_snapshot(dir, &model.cfg.name).ok())
+            .collect();
+        let Some(mine) = &snapshots[m] else {
+            return Vec::new();
+        };
+        let mut victims: Vec<usize> = Vec::new();
+        for gpu in &mine.gpus {
+            let need = gpu.quota_bytes.unwrap_or(gpu.used).min(gpu.physical);
+            let resident: Vec<hibernation::Resident> = snapshots
+                .iter()
+                .enumerate()
+                .filter(|&(o, _)| o != m && !self.models[o].swap.hibernated)
+                .filter(|&(o, _)| !victims.contains(&o))
+                .filter_map(|(o, snap)| {
+                    let used = snap.as_ref()?.gpu(gpu.uuid)?.used;
+                    let idle = match self.models[o].cfg.serve {
+                        Some(_) => {
+                            let instances = self.instance_loads(o);
+                            hibernation::idle_for(&hibernation::Load {
+                                hibernated: false,
+                                changing: false,
+                                waiting: self.routes.load(&self.models[o].cfg.name).0,
+                                instances: &instances,
+                            })
+                        }
+                        None => None,
+                    };
+                    (used > 0).then_some(hibernation::Resident {
+                        model: o,
+                        bytes: used,
+                        idle,
+                    })
+                })
+                .collect();
+            victims.extend(hibernation::make_room(gpu.physical, need, &resident));
+        }
+        for &v in &victims {
+            log(&format!(
+                "model {}: hibernating to make room for model {}",
+                self.models[v].cfg.name, self.models[m].cfg.name
+            ));
+        }
+        victims
     }
 
     fn model_index(&self, name: &str) -> Option<usize> {
@@ -585,6 +708,28 @@ impl<E: Effects> Supervisor<E> {
     }
 
     fn request_power(&mut self, m: usize, hibernate: bool, reply: Option<Reply>) {
+        if !hibernate {
+            // Room first: the least recently used idle models leave in bulk before this
+            // one comes back, rather than page by page under its faults.
+            let after: Vec<u64> = self
+                .pressure_victims(m)
+                .into_iter()
+                .map(|v| self.send_power(v, true, None))
+                .collect();
+            if !after.is_empty() {
+                self.deferred_wakes.push(Deferred {
+                    model: m,
+                    reply,
+                    after,
+                });
+                return;
+            }
+        }
+        self.send_power(m, hibernate, reply);
+    }
+
+    /// Sends a hibernate or wake to model `m`'s processes; the request's number.
+    fn send_power(&mut self, m: usize, hibernate: bool, reply: Option<Reply>) -> u64 {
         self.next_power_id += 1;
         let id = self.next_power_id;
         let model = &mut self.models[m];
@@ -600,12 +745,16 @@ impl<E: Effects> Supervisor<E> {
             hibernate,
             reply,
         });
+        if hibernate {
+            self.routes.set_asleep(&model.cfg.name, true);
+        }
         self.effects.power(PowerJob {
             id,
             model: model.cfg.name.clone(),
             hibernate,
             timeout: POWER_TIMEOUT,
         });
+        id
     }
 
     /// A hibernate or wake request ended ([`Effects::power`]'s result): its numbers go to
@@ -640,8 +789,23 @@ impl<E: Effects> Supervisor<E> {
         } else {
             model.swap.last_in = Some(report.clone());
         }
+        if !wait.hibernate && report.outcome != "superseded" {
+            // Awake, or as awake as it will get: a wake that failed or timed out still
+            // serves (the driver faults the pages back).
+            self.routes.set_asleep(&report.model, false);
+        }
         if let Some(reply) = wait.reply {
             let _ = reply.send(Answer::Power(Box::new(report)));
+        }
+        // Wakes that waited for room: those whose pushed-out models are done.
+        let pending: Vec<u64> = self.power_waits.iter().map(|w| w.id).collect();
+        let (ready, held): (Vec<Deferred>, Vec<Deferred>) =
+            std::mem::take(&mut self.deferred_wakes)
+                .into_iter()
+                .partition(|d| d.after.iter().all(|id| !pending.contains(id)));
+        self.deferred_wakes = held;
+        for d in ready {
+            self.send_power(d.model, false, d.reply);
         }
     }
 

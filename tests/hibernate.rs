@@ -308,3 +308,123 @@ fn every_process_answers_a_dead_one_is_not_waited_for_and_device_memory_is_pinne
         (404, "{\"error\":\"no model nobody\"}")
     );
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A served model of two processes: the probe, which takes 3 GiB of the GPU (once
+/// `flag` exists, if given) and holds it, and the OpenAI-style test server.
+fn served(name: &str, marker: u32, flag: Option<&Path>, serve_extra: &str) -> String {
+    let servers = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/servers");
+    let wait = flag.map_or(String::new(), |f| {
+        format!("while [ ! -e {} ]; do sleep 0.02; done; ", f.display())
+    });
+    format!(
+        "[[model]]\nname = \"{name}\"\ncommand = \"sh\"\n\
+         args = [\"-c\", \"({wait}{probe} init alloc 3GiB memset 0 sleep {marker}) & exec python3 {server} --port $PORT --name {name} --delay 0\"]\n\
+         gpu_quota = \"3GiB\"\n[model.serve]\nhealth = \"/health\"\n{serve_extra}\n",
+        probe = stub_dir().join("driver_probe").display(),
+        server = servers.join("openai_model.py").display(),
+    )
+}
+
+/// A chat completion for `model` through the front door: the HTTP status.
+fn ask(http: u16, model: &str) -> u64 {
+    let servers = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/servers");
+    let body = format!(
+        "{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"hi\"}}]}}"
+    );
+    let out = run(std::process::Command::new("python3")
+        .arg(servers.join("client.py"))
+        .args([&http.to_string(), "POST", "/v1/completions", &body]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let first: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    first["status"].as_u64().unwrap()
+}
+
+/// The rest of the issue's case, with the front door: A hibernated, B takes the GPU; a
+/// request for A wakes it, and B, idle, is hibernated first to make room (in bulk, not
+/// evicted page by page under A's faults); the request is answered.
+#[test]
+fn a_request_wakes_its_model_and_pushes_the_idle_one_out_first() {
+    let state = TempDir::new("pressure-state");
+    let gpu = state.path("gpu-state");
+    let flag = state.path("b-may-allocate");
+    let http = free_port();
+    let s = supervise(
+        "pressure",
+        &gpu,
+        &format!("http = \"127.0.0.1:{http}\"\n"),
+        &format!(
+            "{}{}",
+            served("a", 300001, None, ""),
+            served("b", 300002, Some(&flag), "")
+        ),
+    );
+    wait_for_log(&s, "a-0", "memset 0 -> 0");
+    let (code, report) = power(&s, "a", "hibernate");
+    assert_eq!((code, report["moved_bytes"].as_u64()), (200, Some(3 * GIB)));
+    std::fs::write(&flag, "").unwrap();
+    wait_for_log(&s, "b-0", "memset 0 -> 0");
+    assert_eq!(observed_processes(&gpu), [0, 3 * GIB]);
+    assert_eq!(ask(http, "b"), 200, "B served, then idle");
+
+    assert_eq!(ask(http, "a"), 200);
+    assert_eq!(
+        observed_processes(&gpu),
+        [0, 3 * GIB],
+        "B left in bulk before A came back: nothing of B's was evicted\n{}",
+        s.supervisor_log()
+    );
+    let (a, b) = (s.model("a"), s.model("b"));
+    assert_eq!(a["swap"]["hibernated"], false, "{a}");
+    assert_eq!(a["swap"]["last_in"]["moved_bytes"], 3 * GIB, "{a}");
+    assert_eq!(b["state"], "hibernated", "{b}");
+    assert_eq!(b["swap"]["last_out"]["moved_bytes"], 3 * GIB, "{b}");
+    assert!(
+        s.supervisor_log()
+            .contains("model b: hibernating to make room for model a"),
+        "{}",
+        s.supervisor_log()
+    );
+    // B's next request wakes it in turn, pushing A (now idle) out.
+    assert_eq!(ask(http, "b"), 200);
+    assert_eq!(s.model("a")["state"], "hibernated");
+    assert_eq!(s.model("b")["swap"]["hibernated"], false);
+}
+
+/// `serve.hibernate_after`: an idle model hibernates by itself, and its next request
+/// wakes it.
+#[test]
+fn an_idle_model_hibernates_after_its_delay_and_wakes_for_a_request() {
+    let state = TempDir::new("idle-state");
+    let gpu = state.path("gpu-state");
+    let http = free_port();
+    let s = supervise(
+        "idle",
+        &gpu,
+        &format!("http = \"127.0.0.1:{http}\"\n"),
+        &served("a", 300003, None, "hibernate_after = \"300ms\"\n"),
+    );
+    wait_for_log(&s, "a-0", "memset 0 -> 0");
+    wait_until("the hibernation", Duration::from_secs(20), || {
+        s.model("a")["state"] == "hibernated"
+            && s.model("a")["swap"]["last_out"]["outcome"] == "done"
+    });
+    assert_eq!(observed_used(&gpu), 0);
+    assert!(
+        s.supervisor_log()
+            .contains("model a: idle for serve.hibernate_after: hibernating")
+    );
+    assert_eq!(ask(http, "a"), 200);
+    let a = s.model("a");
+    assert_eq!(a["swap"]["hibernated"], false, "{a}");
+    assert_eq!(a["swap"]["last_in"]["moved_bytes"], 3 * GIB, "{a}");
+    assert_eq!(observed_used(&gpu), 3 * GIB);
+}
