@@ -132,7 +132,7 @@ fn bare_threads(dir: &Path, n: usize) -> Vec<f64> {
         for _ in 0..n {
             let (ledger, stop) = (&ledger, &stop);
             let me = ledger.attach().unwrap();
-            me.listen();
+            me.listen(true);
             scope.spawn(move || {
                 let mut done = Power::default();
                 while !stop.load(std::sync::atomic::Ordering::Acquire) {

@@ -1,6 +1,7 @@
 //! Host limits for workers: memory, CPU and pids, through cgroup v2 where the host has it
-//! and cgroup v1 where it has that (our CI machines: v1 memory, cpu and pids controllers
-//! on a tmpfs, v2 mounted under `unified` with no controllers).
+//! and cgroup v1 where it has that (our CI machines: v1 memory, cpu, pids and freezer
+//! controllers on a tmpfs, v2 mounted under `unified` with no controllers); and the
+//! freezer, for hibernated workers (`freeze_hibernated`).
 //!
 //! The hierarchy is detected with `statfs`, never guessed, and controller files are only
 //! ever opened without `O_CREAT`: a missing file is an error, never a plain file made in a
@@ -22,11 +23,13 @@ pub struct Limits {
     pub memory: Option<u64>,
     pub cpu_cores: Option<f64>,
     pub pids: Option<u64>,
+    /// The worker may be frozen ([`Cgroup::freeze`]).
+    pub freeze: bool,
 }
 
 impl Limits {
     pub fn any(&self) -> bool {
-        self.memory.is_some() || self.cpu_cores.is_some() || self.pids.is_some()
+        self.memory.is_some() || self.cpu_cores.is_some() || self.pids.is_some() || self.freeze
     }
 }
 
@@ -115,6 +118,7 @@ pub enum Hierarchy {
         memory: Controller,
         cpu: Controller,
         pids: Controller,
+        freezer: Controller,
     },
     /// No cgroups: none usable here (`why`), or none wanted.
     None { why: String },
@@ -146,8 +150,13 @@ impl Hierarchy {
                 Ok(dir.join(name))
             }
         };
-        let (memory, cpu, pids) = (controller("memory"), controller("cpu"), controller("pids"));
-        if [&memory, &cpu, &pids]
+        let (memory, cpu, pids, freezer) = (
+            controller("memory"),
+            controller("cpu"),
+            controller("pids"),
+            controller("freezer"),
+        );
+        if [&memory, &cpu, &pids, &freezer]
             .iter()
             .all(|c| **c == Err(NOT_MOUNTED))
         {
@@ -155,7 +164,12 @@ impl Hierarchy {
                 why: format!("no cgroup controller is mounted at {}", fs_root.display()),
             }
         } else {
-            Hierarchy::V1 { memory, cpu, pids }
+            Hierarchy::V1 {
+                memory,
+                cpu,
+                pids,
+                freezer,
+            }
         }
     }
 
@@ -163,14 +177,24 @@ impl Hierarchy {
     pub fn describe(&self) -> String {
         match self {
             Hierarchy::V2 { base, .. } => format!("cgroup v2 at {}", base.display()),
-            Hierarchy::V1 { memory, cpu, pids } => {
-                let each: Vec<String> = [("memory", memory), ("cpu", cpu), ("pids", pids)]
-                    .iter()
-                    .map(|(n, c)| match c {
-                        Ok(_) => n.to_string(),
-                        Err(why) => format!("{n}: {why}"),
-                    })
-                    .collect();
+            Hierarchy::V1 {
+                memory,
+                cpu,
+                pids,
+                freezer,
+            } => {
+                let each: Vec<String> = [
+                    ("memory", memory),
+                    ("cpu", cpu),
+                    ("pids", pids),
+                    ("freezer", freezer),
+                ]
+                .iter()
+                .map(|(n, c)| match c {
+                    Ok(_) => n.to_string(),
+                    Err(why) => format!("{n}: {why}"),
+                })
+                .collect();
                 format!("cgroup v1 ({})", each.join("; "))
             }
             Hierarchy::None { why } => why.clone(),
@@ -183,10 +207,16 @@ impl Hierarchy {
             Hierarchy::V2 { .. } => Ok(()),
             Hierarchy::None { why } if limits.any() => Err(why.clone()),
             Hierarchy::None { .. } => Ok(()),
-            Hierarchy::V1 { memory, cpu, pids } => [
+            Hierarchy::V1 {
+                memory,
+                cpu,
+                pids,
+                freezer,
+            } => [
                 ("memory", limits.memory.is_some(), memory),
                 ("cpu", limits.cpu_cores.is_some(), cpu),
                 ("pids", limits.pids.is_some(), pids),
+                ("freezer", limits.freeze, freezer),
             ]
             .into_iter()
             .find_map(|(name, wanted, c)| match c {
@@ -224,7 +254,12 @@ impl Hierarchy {
                 ];
                 vec![(base.join(leaf), files.into_iter().flatten().collect())]
             }
-            Hierarchy::V1 { memory, cpu, pids } => [
+            Hierarchy::V1 {
+                memory,
+                cpu,
+                pids,
+                freezer,
+            } => [
                 (
                     memory,
                     vec![set(
@@ -248,6 +283,8 @@ impl Hierarchy {
                 ),
             ]
             .into_iter()
+            // A freezer cgroup only for workers that may be frozen.
+            .chain(limits.freeze.then(|| (freezer, vec![])))
             .filter_map(|(base, files)| {
                 let dir = base.as_ref().ok()?.join(leaf);
                 Some((dir, files.into_iter().flatten().collect()))
@@ -280,9 +317,12 @@ impl Hierarchy {
     fn bases(&self) -> Vec<&PathBuf> {
         match self {
             Hierarchy::V2 { base, .. } => vec![base],
-            Hierarchy::V1 { memory, cpu, pids } => {
-                [memory, cpu, pids].into_iter().flatten().collect()
-            }
+            Hierarchy::V1 {
+                memory,
+                cpu,
+                pids,
+                freezer,
+            } => [memory, cpu, pids, freezer].into_iter().flatten().collect(),
             Hierarchy::None { .. } => vec![],
         }
     }
@@ -346,16 +386,56 @@ impl Cgroup {
         Ok(())
     }
 
-    fn memory_dir(&self) -> Option<&Path> {
+    /// Its directory of v1 controller `controller` (`<root>/<controller>/<name>/<leaf>`),
+    /// or its one v2 directory.
+    fn dir_of(&self, controller: &str) -> Option<&Path> {
         self.dirs
             .iter()
             .find(|d| {
                 self.v2
                     || d.parent()
                         .and_then(Path::parent)
-                        .is_some_and(|p| p.ends_with("memory"))
+                        .is_some_and(|p| p.ends_with(controller))
             })
             .map(PathBuf::as_path)
+    }
+
+    fn memory_dir(&self) -> Option<&Path> {
+        self.dir_of("memory")
+    }
+
+    /// Freezes (`true`) or thaws every process of the cgroup. A freeze returns once the
+    /// kernel says the cgroup is frozen (at most 1 s). A frozen process runs nothing:
+    /// it must be thawed before it is asked anything, or signalled (a cgroup v1 freezer
+    /// holds even SIGKILL until the thaw).
+    pub fn freeze(&self, frozen: bool) -> Result<(), CgroupError> {
+        let dir = self.dir_of("freezer").ok_or_else(|| CgroupError {
+            path: self.dirs.first().cloned().unwrap_or_default(),
+            action: "freeze".into(),
+            source: io::Error::new(io::ErrorKind::NotFound, "the worker has no freezer cgroup"),
+        })?;
+        let (file, value, done) = match (self.v2, frozen) {
+            (true, _) => ("cgroup.freeze", if frozen { "1" } else { "0" }, None),
+            (false, true) => ("freezer.state", "FROZEN", Some("FROZEN")),
+            (false, false) => ("freezer.state", "THAWED", None),
+        };
+        let action = if frozen { "freeze" } else { "thaw" };
+        write_file(&dir.join(file), value, action)?;
+        let frozen_now = || match done {
+            Some(state) => std::fs::read_to_string(dir.join(file)).is_ok_and(|s| s.trim() == state),
+            None if self.v2 && frozen => read_key(&dir.join("cgroup.events"), "frozen") == Some(1),
+            None => true,
+        };
+        for _ in 0..100 {
+            if frozen_now() {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Err(err(dir, action)(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the kernel did not say it was frozen within 1 s",
+        )))
     }
 
     /// Host memory in use by the worker's processes.
@@ -397,8 +477,14 @@ impl Cgroup {
         all
     }
 
-    /// SIGKILLs whatever is left in the cgroup, waits for it to empty, removes it.
+    /// SIGKILLs whatever is left in the cgroup, waits for it to empty, removes it. A
+    /// frozen cgroup is thawed first (a cgroup v1 freezer holds even SIGKILL).
     pub fn remove(&self) -> Result<(), CgroupError> {
+        if !self.v2
+            && let Some(dir) = self.dir_of("freezer")
+        {
+            let _ = write_file(&dir.join("freezer.state"), "THAWED", "thaw");
+        }
         for _ in 0..200 {
             let left = self.procs();
             if left.is_empty() {
@@ -458,6 +544,7 @@ mod tests {
             memory: Some(1 << 30),
             cpu_cores: Some(2.5),
             pids: Some(64),
+            freeze: false,
         };
         assert_eq!(h.supports(&limits), Ok(()));
         let cg = h.create("m-0", &limits).unwrap();
@@ -477,6 +564,38 @@ mod tests {
         assert_eq!(read("cgroup.procs"), "4242");
         assert_eq!(cg.memory_current(), Some(1234));
         assert_eq!(cg.oom_kills(), Some(2));
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn freezing_writes_the_freezer_and_waits_for_the_kernel() {
+        let (root, h) = fake_v2("freeze", "m-0");
+        let dir = root.join("cuvisor/m-0");
+        std::fs::write(dir.join("cgroup.freeze"), "").unwrap();
+        std::fs::write(dir.join("cgroup.events"), "populated 1\nfrozen 1\n").unwrap();
+        let limits = Limits {
+            freeze: true,
+            ..Limits::default()
+        };
+        let cg = h.create("m-0", &limits).unwrap();
+        cg.freeze(true).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.join("cgroup.freeze")).unwrap(),
+            "1"
+        );
+        cg.freeze(false).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.join("cgroup.freeze")).unwrap(),
+            "0"
+        );
+        // A kernel that never says frozen: an error, after 1 s.
+        std::fs::write(dir.join("cgroup.events"), "populated 1\nfrozen 0\n").unwrap();
+        let e = cg.freeze(true).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("cannot freeze: the kernel did not say"),
+            "{e}"
+        );
         let _ = std::fs::remove_dir_all(&root);
     }
 
@@ -527,6 +646,7 @@ mod tests {
             memory: Ok(PathBuf::from("/x/memory/c")),
             cpu: Err(NOT_MOUNTED),
             pids: Err(NOT_WRITABLE),
+            freezer: Err(NOT_MOUNTED),
         };
         assert_eq!(
             h.supports(&Limits {
@@ -554,8 +674,15 @@ mod tests {
             Ok(())
         );
         assert_eq!(
+            h.supports(&Limits {
+                freeze: true,
+                ..Limits::default()
+            }),
+            Err("the cgroup v1 freezer controller is not mounted".to_owned())
+        );
+        assert_eq!(
             h.describe(),
-            "cgroup v1 (memory; cpu: not mounted; pids: not writable (a read-only mount, or not root))"
+            "cgroup v1 (memory; cpu: not mounted; pids: not writable (a read-only mount, or not root); freezer: not mounted)"
         );
     }
 }

@@ -88,6 +88,8 @@ pub struct ModelConfig {
     /// CPU cores (fractions allowed).
     pub cpu_limit: Option<f64>,
     pub pids_limit: Option<u64>,
+    /// Freeze a hibernated model's workers (cgroup freezer), thawed before the wake.
+    pub freeze_hibernated: bool,
     /// Instance slots: the fixed number, or `max_instances` for a scaled model.
     pub instances: u32,
     /// A scaled model (`min_instances`): instances follow the front door's traffic
@@ -225,6 +227,7 @@ struct RawModel {
     memory_limit: Option<Spanned<String>>,
     cpu_limit: Option<Spanned<f64>>,
     pids_limit: Option<Spanned<i64>>,
+    freeze_hibernated: Option<bool>,
     instances: Option<Spanned<i64>>,
     min_instances: Option<Spanned<i64>>,
     max_instances: Option<Spanned<i64>>,
@@ -1021,6 +1024,7 @@ fn check_model(c: &mut Checker, m: &RawModel, line: usize) -> Option<ModelConfig
         memory_limit,
         cpu_limit,
         pids_limit,
+        freeze_hibernated: m.freeze_hibernated.unwrap_or(false),
         instances,
         min_instances,
         restart,

@@ -295,6 +295,7 @@ fn exec_command(a: ExecArgs) -> ExitCode {
             memory: a.mem_limit,
             cpu_cores: a.cpu_limit,
             pids: a.pids_limit,
+            freeze: false,
         },
         command: a.command,
     };

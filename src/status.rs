@@ -46,6 +46,8 @@ pub struct SwapStatus {
     /// Asked to hibernate (by `POST /models/NAME/hibernate` or the policy), and not woken
     /// since.
     pub hibernated: bool,
+    /// Its workers' processes are frozen (`freeze_hibernated`).
+    pub frozen: bool,
     /// The last hibernate and the last wake, as they were answered.
     pub last_out: Option<PowerReport>,
     pub last_in: Option<PowerReport>,

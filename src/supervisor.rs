@@ -144,6 +144,8 @@ struct Slot {
     index: u32,
     life: lifecycle::Instance,
     worker: Option<Worker>,
+    /// Its worker's processes are frozen (`freeze_hibernated`).
+    frozen: bool,
 }
 
 /// The supervisor never maps a ledger: its workers can shrink the file under any mapping
@@ -210,6 +212,7 @@ impl<E: Effects> Supervisor<E> {
                             index,
                             life: lifecycle::Instance::new(&policy),
                             worker: None,
+                            frozen: false,
                         })
                         .collect(),
                     cfg: cfg.clone(),
@@ -447,6 +450,14 @@ impl<E: Effects> Supervisor<E> {
                     None => effects.launch(m, &model.cfg, slot.index),
                 },
                 Action::Signal(pid, signal) => {
+                    if slot.frozen
+                        && let Some(worker) = &slot.worker
+                    {
+                        // A frozen process would not run its handler (nor, under cgroup
+                        // v1, even die) until thawed.
+                        effects.freeze(&model.cfg, worker, false);
+                        slot.frozen = false;
+                    }
                     if signal == Signal::Kill {
                         log(&if *shutting_down {
                             format!(
@@ -469,6 +480,7 @@ impl<E: Effects> Supervisor<E> {
                 }
                 Action::Unserve => routes.gone(&model.cfg.name, slot.index),
                 Action::Release => {
+                    slot.frozen = false;
                     if let Some(worker) = slot.worker.take() {
                         effects.release(&model.cfg, worker);
                     }
@@ -574,6 +586,22 @@ impl<E: Effects> Supervisor<E> {
                     ));
                     self.request_power(m, false, None);
                 }
+            }
+        }
+    }
+
+    /// Freezes (`true`) or thaws model `m`'s workers.
+    fn freeze(&mut self, m: usize, frozen: bool) {
+        let Supervisor {
+            models, effects, ..
+        } = self;
+        let model = &mut models[m];
+        for slot in &mut model.instances {
+            if let Some(worker) = &slot.worker
+                && slot.frozen != frozen
+                && effects.freeze(&model.cfg, worker, frozen)
+            {
+                slot.frozen = frozen;
             }
         }
     }
@@ -730,6 +758,9 @@ impl<E: Effects> Supervisor<E> {
 
     /// Sends a hibernate or wake to model `m`'s processes; the request's number.
     fn send_power(&mut self, m: usize, hibernate: bool, reply: Option<Reply>) -> u64 {
+        if !hibernate {
+            self.freeze(m, false); // a frozen process cannot move anything
+        }
         self.next_power_id += 1;
         let id = self.next_power_id;
         let model = &mut self.models[m];
@@ -788,6 +819,13 @@ impl<E: Effects> Supervisor<E> {
             model.swap.last_out = Some(report.clone());
         } else {
             model.swap.last_in = Some(report.clone());
+        }
+        let freeze = wait.hibernate
+            && report.outcome == "done"
+            && model.cfg.freeze_hibernated
+            && model.swap.hibernated;
+        if freeze {
+            self.freeze(wait.model, true);
         }
         if !wait.hibernate && report.outcome != "superseded" {
             // Awake, or as awake as it will get: a wake that failed or timed out still
@@ -881,7 +919,10 @@ impl<E: Effects> Supervisor<E> {
                 .as_ref()
                 .and_then(|p| p.uuids(&model.cfg.name))
                 .map(|u| u.iter().map(ToString::to_string).collect()),
-            swap: model.swap.clone(),
+            swap: SwapStatus {
+                frozen: model.instances.iter().any(|s| s.frozen),
+                ..model.swap.clone()
+            },
             error,
         }
     }
@@ -1449,6 +1490,7 @@ mod tests {
         Signal(i32, Signal),
         Release(String, i32),
         Power(PowerJob),
+        Freeze(i32, bool),
     }
 
     /// Records what the supervisor does; `exits` are the statuses `reap` will report.
@@ -1476,6 +1518,10 @@ mod tests {
         }
         fn power(&mut self, job: PowerJob) {
             self.done.push(Done::Power(job));
+        }
+        fn freeze(&mut self, _: &ModelConfig, worker: &Worker, frozen: bool) -> bool {
+            self.done.push(Done::Freeze(worker.pid, frozen));
+            true
         }
     }
 
@@ -1647,7 +1693,7 @@ mod tests {
         );
         assert_eq!((report.generation, report.duration_ms), (1, 2.5));
         let swap = s.model_status(0, t).swap;
-        assert!(swap.hibernated);
+        assert!(swap.hibernated && !swap.frozen);
         assert_eq!(swap.last_out, Some(report));
         assert_eq!(swap.last_in, None);
 
@@ -1679,6 +1725,39 @@ mod tests {
         let (tx, mut rx) = tokio::sync::oneshot::channel();
         s.power("a", false, tx);
         assert!(matches!(rx.try_recv(), Ok(Answer::ShuttingDown)));
+    }
+
+    /// `freeze_hibernated`: frozen once the hibernate is done, thawed before the wake is
+    /// sent and before a signal.
+    #[test]
+    fn a_frozen_model_is_thawed_before_its_wake_and_before_a_signal() {
+        let (mut s, t) =
+            supervisor(&ONE.replace("command = ", "freeze_hibernated = true\ncommand = "));
+        s.begin(t);
+        s.launched(0, 0, Ok(Worker::new(100, None)), t);
+        taken(&mut s);
+        let (tx, _rx) = tokio::sync::oneshot::channel();
+        s.power("a", true, tx);
+        taken(&mut s);
+        s.powered(1, power_request(1, true, Outcome::Done));
+        assert_eq!(taken(&mut s), [Done::Freeze(100, true)]);
+        assert!(s.model_status(0, t).swap.frozen);
+        let (tx, _rx) = tokio::sync::oneshot::channel();
+        s.power("a", false, tx);
+        let done = taken(&mut s);
+        assert_eq!(done[0], Done::Freeze(100, false));
+        assert!(matches!(&done[1], Done::Power(j) if !j.hibernate));
+        s.powered(2, power_request(2, false, Outcome::Done));
+        // Frozen again, then stopped: thawed first.
+        let (tx, _rx) = tokio::sync::oneshot::channel();
+        s.power("a", true, tx);
+        s.powered(3, power_request(3, true, Outcome::Done));
+        taken(&mut s);
+        s.handle(Request::Stop("a".into()), t);
+        assert_eq!(
+            taken(&mut s),
+            [Done::Freeze(100, false), Done::Signal(100, Signal::Term)]
+        );
     }
 
     #[test]

@@ -82,6 +82,9 @@ pub trait Effects {
     /// Asks every process of a model to hibernate or wake, without waiting: the result
     /// comes back as [`Event::Powered`].
     fn power(&mut self, job: PowerJob);
+    /// Freezes (`true`) or thaws the worker's processes (its cgroup's freezer); whether
+    /// that was done.
+    fn freeze(&mut self, cfg: &ModelConfig, worker: &Worker, frozen: bool) -> bool;
 }
 
 /// A hibernate or wake request on its way to a model's processes.
@@ -246,6 +249,23 @@ impl Effects for System {
             log(&format!("model {}: {e}", cfg.name));
         }
         reclaim_logged(&self.ledger_dir, &cfg.name);
+    }
+
+    fn freeze(&mut self, cfg: &ModelConfig, worker: &Worker, frozen: bool) -> bool {
+        let Some(cg) = &worker.cgroup else {
+            log(&format!(
+                "model {}: worker {} has no cgroup to freeze",
+                cfg.name, worker.pid
+            ));
+            return false;
+        };
+        match cg.freeze(frozen) {
+            Ok(()) => true,
+            Err(e) => {
+                log(&format!("model {}: {e}", cfg.name));
+                false
+            }
+        }
     }
 
     fn power(&mut self, job: PowerJob) {
@@ -527,6 +547,7 @@ fn limits(m: &ModelConfig) -> Limits {
         memory: m.memory_limit,
         cpu_cores: m.cpu_limit,
         pids: m.pids_limit,
+        freeze: m.freeze_hibernated,
     }
 }
 

@@ -428,3 +428,60 @@ fn an_idle_model_hibernates_after_its_delay_and_wakes_for_a_request() {
     assert_eq!(a["swap"]["last_in"]["moved_bytes"], 3 * GIB, "{a}");
     assert_eq!(observed_used(&gpu), 3 * GIB);
 }
+
+/// `freeze_hibernated`: the hibernated model's workers are frozen (cgroup freezer), and
+/// thawed before the wake (a frozen process could not move anything back) and before
+/// they are stopped.
+#[test]
+fn a_hibernated_model_can_be_frozen_and_thawed() {
+    let state = TempDir::new("freeze-state");
+    let gpu = state.path("gpu-state");
+    let probe = stub_dir().join("driver_probe");
+    let mut s = supervise(
+        "freeze",
+        &gpu,
+        "",
+        &format!(
+            "[[model]]\nname = \"a\"\ncommand = \"{}\"\nargs = [\"init\", \"alloc\", \"1GiB\", \"memset\", \"0\", \"sleep\", \"400001\"]\ngpu_quota = \"1GiB\"\nfreeze_hibernated = true\n",
+            probe.display()
+        ),
+    );
+    wait_for_log(&s, "a-0", "memset 0 -> 0");
+    let freezer = s
+        .cgroup_dirs()
+        .into_iter()
+        .find(|d| d.starts_with("/sys/fs/cgroup/freezer"))
+        .expect("the freezer cgroup");
+    let state_of = || {
+        let leaf = std::fs::read_dir(&freezer)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .find(|e| e.path().is_dir())
+            .expect("the worker's freezer cgroup")
+            .path();
+        std::fs::read_to_string(leaf.join("freezer.state"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(state_of(), "THAWED");
+    let (code, report) = power(&s, "a", "hibernate");
+    assert_eq!(code, 200, "{report}");
+    assert_eq!(state_of(), "FROZEN");
+    assert_eq!(s.model("a")["swap"]["frozen"], true);
+    let (code, report) = power(&s, "a", "wake");
+    assert_eq!(code, 200, "{report}");
+    assert_eq!(
+        report["moved_bytes"], GIB,
+        "a thawed process moved its memory back"
+    );
+    assert_eq!(state_of(), "THAWED");
+    assert_eq!(s.model("a")["swap"]["frozen"], false);
+    // Frozen again, the supervisor still stops it within its grace period.
+    power(&s, "a", "hibernate");
+    assert_eq!(state_of(), "FROZEN");
+    let (code, took) = s.stop();
+    assert_eq!(code, 0);
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(pgrep("400001").is_empty(), "the worker is gone");
+}

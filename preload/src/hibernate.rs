@@ -16,16 +16,18 @@ use crate::driver::{self, DriverResult, Place};
 use crate::ffi::*;
 use crate::records::Kind;
 use crate::runtime::Runtime;
-use cuvisor_common::ledger::GpuIndex;
 use cuvisor_common::ledger::power::{Power, PowerAck};
+use cuvisor_common::ledger::{Attachment, GpuIndex};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-/// Starts this process's thread, once.
-pub fn start(rt: &Runtime) {
+/// Starts this process's thread, once. The slot says it listens before the thread runs:
+/// a request made meanwhile waits for this process too.
+pub fn start(rt: &Runtime, account: &Attachment<'_>) {
     if rt.listener.swap(true, Ordering::AcqRel) {
         return;
     }
+    account.listen(true);
     let addr = rt as *const Runtime as usize;
     let spawned = std::thread::Builder::new()
         .name("cuvisor-power".into())
@@ -36,6 +38,7 @@ pub fn start(rt: &Runtime) {
             listen(rt)
         });
     if let Err(e) = spawned {
+        account.listen(false);
         log::error!(
             "model {}: cannot start the hibernation thread ({e}): this process's memory will not \
              be moved by hibernate and wake",
@@ -48,7 +51,6 @@ fn listen(rt: &'static Runtime) {
     let Some(account) = rt.account() else {
         return;
     };
-    account.listen();
     let mut done = Power::default();
     // Whether this process's memory was moved out by the last request it carried out.
     let mut moved_out = false;

@@ -117,7 +117,7 @@ impl Runtime {
         match attached {
             Ok(a) => {
                 if self.config.hibernate {
-                    crate::hibernate::start(self);
+                    crate::hibernate::start(self, a);
                 }
                 Some(a)
             }

@@ -164,13 +164,14 @@ impl LedgerFile {
 }
 
 impl Attachment<'_> {
-    /// Says that this process carries requests out (its thread is waiting).
-    pub fn listen(&self) {
+    /// Says whether this process carries requests out (it has a thread for them):
+    /// requesters wait for the acknowledgements of those that do.
+    pub fn listen(&self, on: bool) {
         self.ledger()
             .slot(self.slot_index())
             .power
             .listening
-            .store(1, Ordering::Release);
+            .store(u32::from(on), Ordering::Release);
     }
 
     /// Waits until the control word is no longer `seen` (or a signal or spurious wake-up
@@ -291,7 +292,7 @@ mod tests {
             Outcome::Done
         );
         let a = l.attach().unwrap();
-        a.listen();
+        a.listen(true);
         let request = l.request_power(false);
         assert_eq!(
             l.wait_acks(request, Duration::from_millis(20)),
