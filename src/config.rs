@@ -283,7 +283,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     }
 }
 
-const DURATION_FORMS: &str = "expected a duration such as 500ms, 10s, 2m or 1h";
+pub const DURATION_FORMS: &str = "expected a duration such as 500ms, 10s, 2m or 1h";
 
 /// The longest duration any key accepts: deadlines computed from it never overflow.
 pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);

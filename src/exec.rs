@@ -21,6 +21,8 @@ pub struct ExecOptions {
     pub ledger_dir: PathBuf,
     pub shim: PathBuf,
     pub limits: Limits,
+    /// The program's processes carry out `cuvisor ledger hibernate` and `wake`.
+    pub hibernate: bool,
     pub command: Vec<String>,
 }
 
@@ -104,6 +106,7 @@ pub fn exec(o: ExecOptions) -> Result<i32, ExecError> {
             quota: o.quota,
             mode: o.mode,
             ledger_dir: o.ledger_dir.clone(),
+            hibernate: o.hibernate,
             ..Contract::new(&o.model)
         },
         &o.shim,

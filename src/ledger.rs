@@ -132,6 +132,22 @@ pub struct PowerRequest {
     pub nanos: u64,
 }
 
+/// How a hibernate or wake request ended: the request and the ledger read right after it
+/// (for each process's acknowledgement), or why it could not be made.
+pub type PowerResult = Result<(PowerRequest, Option<Snapshot>), String>;
+
+/// [`power_isolated`], then the ledger read for each process's acknowledgement.
+pub fn power_and_read(
+    dir: &Path,
+    model: &str,
+    hibernated: bool,
+    timeout: std::time::Duration,
+) -> PowerResult {
+    power_isolated(dir, model, hibernated, timeout)
+        .map(|request| (request, read_snapshot(dir, model).ok()))
+        .map_err(|e| e.to_string())
+}
+
 /// Asks every process of `model` to hibernate (`true`) or wake, and waits at most
 /// `timeout` for their acknowledgements, in a child process.
 pub fn power_isolated(

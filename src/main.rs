@@ -87,6 +87,10 @@ struct ExecArgs {
     /// The shim [default: $CUVISOR_SHIM, else libcuvisor_preload.so next to this binary].
     #[arg(long, value_name = "PATH")]
     shim: Option<PathBuf>,
+    /// The program's processes carry out `cuvisor ledger hibernate` and `wake` (each has
+    /// a thread for them).
+    #[arg(long)]
+    hibernate: bool,
     #[command(flatten)]
     common: Common,
     /// The program and its arguments.
@@ -144,6 +148,25 @@ enum LedgerAction {
         #[arg(long)]
         model: Option<String>,
     },
+    /// Ask a model's processes (started with CUVISOR_HIBERNATE=on, as `cuvisor run` and
+    /// `cuvisor exec --hibernate` do) to move their GPU memory to the host; returns when
+    /// each has acknowledged. Under `cuvisor run`, use `cuvisor hibernate` instead.
+    Hibernate(LedgerPowerArgs),
+    /// Ask a hibernated model's processes to move their memory back to their GPUs.
+    Wake(LedgerPowerArgs),
+}
+
+#[derive(Args)]
+struct LedgerPowerArgs {
+    #[arg(long)]
+    model: String,
+    /// How long to wait for every process's acknowledgement.
+    #[arg(long, default_value = "30s", value_parser = parse_duration_arg)]
+    timeout: std::time::Duration,
+}
+
+fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
+    cuvisor::config::parse_duration(s).ok_or_else(|| cuvisor::config::DURATION_FORMS.to_owned())
 }
 
 fn parse_quota_arg(s: &str) -> Result<QuotaSpec, String> {
@@ -220,34 +243,24 @@ fn status_command(socket: &std::path::Path, as_json: bool) -> ExitCode {
     }
 }
 
-/// `cuvisor hibernate` and `cuvisor wake`: exit status 0 when every process of the model
-/// acknowledged.
-fn power_command(args: &PowerArgs, action: &str) -> ExitCode {
-    let path = format!("/models/{}/{action}", args.model);
-    let wait = cuvisor::control::POWER_ANSWER_TIMEOUT + std::time::Duration::from_secs(5);
-    let (code, body) = match cuvisor::control::request_waiting(&args.socket, "POST", &path, wait) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("cuvisor: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    if args.json {
-        print!("{body}");
-    }
-    let report = match serde_json::from_str::<cuvisor::status::PowerReport>(&body) {
-        Ok(r) => r,
-        Err(_) => {
-            if !args.json {
-                eprintln!(
-                    "cuvisor: the supervisor answered {code}: {}",
-                    body.trim_end()
-                );
-            }
-            return ExitCode::FAILURE;
-        }
-    };
-    if !args.json {
+/// `cuvisor ledger hibernate` and `wake`: the request made here, on the ledger.
+fn ledger_power(
+    dir: &std::path::Path,
+    args: &LedgerPowerArgs,
+    hibernate: bool,
+    as_json: bool,
+) -> ExitCode {
+    let result = ledger::power_and_read(dir, &args.model, hibernate, args.timeout);
+    let report = cuvisor::status::PowerReport::from_result(&args.model, hibernate, result);
+    print_power(&report, as_json)
+}
+
+/// A hibernate or wake report, as JSON or a line (and what went wrong on stderr); exit
+/// status 0 when every process acknowledged.
+fn print_power(report: &cuvisor::status::PowerReport, as_json: bool) -> ExitCode {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(report).expect("JSON"));
+    } else {
         println!(
             "model {}: {} {}: {} moved, {} pinned, {} process(es), {:.1} ms",
             report.model,
@@ -269,10 +282,34 @@ fn power_command(args: &PowerArgs, action: &str) -> ExitCode {
             eprintln!("cuvisor: {e}");
         }
     }
-    if code == 200 {
+    if report.outcome == "done" {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// `cuvisor hibernate` and `cuvisor wake`: exit status 0 when every process of the model
+/// acknowledged.
+fn power_command(args: &PowerArgs, action: &str) -> ExitCode {
+    let path = format!("/models/{}/{action}", args.model);
+    let wait = cuvisor::control::POWER_ANSWER_TIMEOUT + std::time::Duration::from_secs(5);
+    let (code, body) = match cuvisor::control::request_waiting(&args.socket, "POST", &path, wait) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cuvisor: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match serde_json::from_str::<cuvisor::status::PowerReport>(&body) {
+        Ok(report) => print_power(&report, args.json),
+        Err(_) => {
+            eprintln!(
+                "cuvisor: the supervisor answered {code}: {}",
+                body.trim_end()
+            );
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -297,6 +334,7 @@ fn exec_command(a: ExecArgs) -> ExitCode {
             pids: a.pids_limit,
             freeze: false,
         },
+        hibernate: a.hibernate,
         command: a.command,
     };
     match cuvisor::exec::exec(options) {
@@ -372,6 +410,8 @@ fn ledger_command(args: LedgerArgs) -> ExitCode {
             group,
         }) => create(&dir, &model, quota, group, args.json),
         Some(LedgerAction::Reclaim { model }) => reclaim(&dir, model.as_deref(), args.json),
+        Some(LedgerAction::Hibernate(p)) => Ok(ledger_power(&dir, &p, true, args.json)),
+        Some(LedgerAction::Wake(p)) => Ok(ledger_power(&dir, &p, false, args.json)),
     };
     match result {
         Ok(code) => code,

@@ -22,7 +22,7 @@ use crate::nvml::{Inventory, NvmlError};
 use crate::placement::{self, Demand, Plan, PlanError};
 use crate::scaling;
 use crate::status::{
-    InstanceStatus, ModelGpu, ModelStatus, NodeGpu, PowerReport, ProcessPower, Status, SwapStatus,
+    InstanceStatus, ModelGpu, ModelStatus, NodeGpu, PowerReport, Status, SwapStatus,
 };
 pub use crate::system::{
     Effects, Placement, PowerJob, PowerResult, StartError, System, Worker, worker_spec,
@@ -796,7 +796,7 @@ impl<E: Effects> Supervisor<E> {
         };
         let wait = self.power_waits.remove(at);
         let model = &mut self.models[wait.model];
-        let report = power_report(&model.cfg.name, wait.hibernate, result);
+        let report = PowerReport::from_result(&model.cfg.name, wait.hibernate, result);
         log(&format!(
             "model {}: {} {}: {} bytes moved, {} pinned, {} failed, in {:.1} ms{}",
             report.model,
@@ -948,73 +948,6 @@ impl<E: Effects> Supervisor<E> {
             }),
         }
     }
-}
-
-/// The answer to a hibernate (`hibernate`) or wake request of `model`, from its result.
-fn power_report(model: &str, hibernate: bool, result: PowerResult) -> PowerReport {
-    let mut report = PowerReport {
-        model: model.to_owned(),
-        action: if hibernate { "hibernate" } else { "wake" }.to_owned(),
-        outcome: "failed".to_owned(),
-        generation: 0,
-        duration_ms: 0.0,
-        moved_bytes: 0,
-        pinned_bytes: 0,
-        failed_bytes: 0,
-        processes: Vec::new(),
-        pending: Vec::new(),
-        error: None,
-    };
-    let (request, snapshot) = match result {
-        Ok(r) => r,
-        Err(e) => {
-            report.error = Some(e);
-            return report;
-        }
-    };
-    report.generation = request.power.generation;
-    report.duration_ms = request.nanos as f64 / 1e6;
-    let processes = snapshot.map(|s| s.processes).unwrap_or_default();
-    // The pids as this process sees them (one pass over /proc, where there is anyone).
-    let host_pids = (!processes.is_empty()).then(crate::ledger::HostPids::scan);
-    let pid =
-        |p: &crate::ledger::ProcessUsage| host_pids.as_ref().and_then(|h| h.of(p)).unwrap_or(p.pid);
-    for p in processes.iter().filter(|p| p.power.listening) {
-        let ack = p.power.ack;
-        if ack.power == request.power {
-            report.moved_bytes += ack.moved;
-            report.pinned_bytes += ack.pinned;
-            report.failed_bytes += ack.failed;
-            report.processes.push(ProcessPower {
-                pid: pid(p),
-                moved_bytes: ack.moved,
-                pinned_bytes: ack.pinned,
-                failed_bytes: ack.failed,
-                error_code: (ack.error != 0).then_some(ack.error),
-                duration_ms: ack.nanos as f64 / 1e6,
-            });
-        }
-    }
-    report.outcome = match request.outcome {
-        crate::ledger::power::Outcome::Done => "done",
-        crate::ledger::power::Outcome::Superseded(_) => "superseded",
-        crate::ledger::power::Outcome::TimedOut(slots) => {
-            report.pending = processes
-                .iter()
-                .filter(|p| slots.contains(&p.slot))
-                .map(pid)
-                .collect();
-            "timed_out"
-        }
-    }
-    .to_owned();
-    if report.failed_bytes > 0 {
-        report.error = Some(format!(
-            "{} bytes could not be moved (the driver's error codes are per process)",
-            report.failed_bytes
-        ));
-    }
-    report
 }
 
 fn summary_state(states: impl Iterator<Item = State>) -> &'static str {

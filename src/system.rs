@@ -98,9 +98,7 @@ pub struct PowerJob {
     pub timeout: std::time::Duration,
 }
 
-/// How a [`PowerJob`] ended: the request and the ledger read right after it (for each
-/// process's acknowledgement), or why it could not be made.
-pub type PowerResult = Result<(ledger::PowerRequest, Option<ledger::Snapshot>), String>;
+pub use crate::ledger::PowerResult;
 
 /// The real effects. Workers are launched by [`LAUNCHERS`] threads that live as long as
 /// this value (a worker's parent-death signal is tied to the thread that started it), so
@@ -275,9 +273,7 @@ impl Effects for System {
         let spawned = std::thread::Builder::new()
             .name("power".into())
             .spawn(move || {
-                let result = ledger::power_isolated(&dir, &job.model, job.hibernate, job.timeout)
-                    .map(|request| (request, ledger::read_snapshot(&dir, &job.model).ok()))
-                    .map_err(|e| e.to_string());
+                let result = ledger::power_and_read(&dir, &job.model, job.hibernate, job.timeout);
                 let _ = events.send(Event::Powered { id, result });
             });
         if let Err(e) = spawned {

@@ -485,3 +485,161 @@ fn a_hibernated_model_can_be_frozen_and_thawed() {
     assert!(took < Duration::from_secs(5), "{took:?}");
     assert!(pgrep("400001").is_empty(), "the worker is gone");
 }
+
+/// The threads of process `pid` named `name`.
+fn threads_named(pid: u32, name: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim() == name)
+        .count()
+}
+
+/// Without a supervisor: a process under the shim with `CUVISOR_HIBERNATE=on` has one
+/// thread for it (one without has none), and `cuvisor ledger hibernate` and `wake` move
+/// its memory. While hibernated, the process stays correct: its data is intact and it
+/// can allocate and use more.
+#[test]
+fn ledger_hibernate_and_wake_work_without_a_supervisor_and_the_process_stays_correct() {
+    let dir = TempDir::new("ledger-power");
+    let probe = |model: &str, hibernate: Option<&str>| {
+        let mut cmd = shimmed(driver_probe());
+        cmd.env("CUVISOR_LEDGER_DIR", &dir.0)
+            .env("CUVISOR_MODEL", model)
+            .env("FAKE_CUDA_DEVICE_MEM", "4GiB")
+            .args(
+                "init alloc 64MiB roundtrip 0 wait alloc 64MiB roundtrip 1 roundtrip 0 wait"
+                    .split(' '),
+            );
+        if let Some(h) = hibernate {
+            cmd.env("CUVISOR_HIBERNATE", h);
+        }
+        cmd
+    };
+    let (mut plain, _plain_out, _) = hold(probe("plain", None), 3);
+    assert_eq!(threads_named(plain.id(), "cuvisor-power"), 0);
+    let (mut p, mut out, seen) = hold(probe("m", Some("on")), 3);
+    assert_eq!(seen[2], "roundtrip 0 -> 0 ok", "{seen:?}");
+    assert_eq!(threads_named(p.id(), "cuvisor-power"), 1);
+
+    let cuvisor = |action: &str, model: &str| {
+        run(std::process::Command::new(env!("CARGO_BIN_EXE_cuvisor"))
+            .args(["ledger", action, "--model", model, "--dir"])
+            .arg(&dir.0)
+            .env_remove("LD_PRELOAD"))
+    };
+    let out_h = cuvisor("hibernate", "m");
+    assert!(out_h.status.success(), "{}", stderr(&out_h));
+    let line = String::from_utf8_lossy(&out_h.stdout).into_owned();
+    assert!(
+        line.starts_with("model m: hibernate done: 64.0 MiB moved, 0 B pinned, 1 process(es), "),
+        "{line}"
+    );
+    // Hibernated, the process goes on: more memory, and what it had, intact.
+    use std::io::{BufRead, Write};
+    writeln!(p.stdin.as_mut().unwrap()).unwrap();
+    let mut next = |expected: &str| {
+        let mut l = String::new();
+        out.read_line(&mut l).unwrap();
+        assert_eq!(l.trim(), expected);
+    };
+    next("wait -> 0");
+    next("alloc 64MiB -> 0 #1");
+    next("roundtrip 1 -> 0 ok");
+    next("roundtrip 0 -> 0 ok");
+    // The wake brings back everything the process holds now.
+    let out_w = cuvisor("wake", "m");
+    assert!(out_w.status.success(), "{}", stderr(&out_w));
+    assert!(
+        String::from_utf8_lossy(&out_w.stdout)
+            .starts_with("model m: wake done: 128.0 MiB moved, 0 B pinned, 1 process(es), "),
+        "{}",
+        String::from_utf8_lossy(&out_w.stdout)
+    );
+    // The process without the thread is not waited for (its model: nobody listens).
+    let out_plain = cuvisor("hibernate", "plain");
+    assert!(out_plain.status.success(), "{}", stderr(&out_plain));
+    assert!(
+        String::from_utf8_lossy(&out_plain.stdout)
+            .starts_with("model plain: hibernate done: 0 B moved, 0 B pinned, 0 process(es)")
+    );
+    // A model with no ledger: the error says so, exit status 1.
+    let missing = cuvisor("hibernate", "nobody");
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        stderr(&missing).contains("nobody.ledger"),
+        "{}",
+        stderr(&missing)
+    );
+    for child in [&mut p, &mut plain] {
+        drop(child.stdin.take());
+        assert!(child.wait().unwrap().success());
+    }
+}
+
+/// `cuvisor exec --hibernate` gives the program's processes the thread; `cuvisor
+/// hibernate` asks a supervisor.
+#[test]
+fn exec_and_the_supervisor_cli_speak_hibernation() {
+    let dir = TempDir::new("exec-power");
+    let out = run(std::process::Command::new(env!("CARGO_BIN_EXE_cuvisor"))
+        .args(["exec", "--hibernate", "--model", "m", "--shim"])
+        .arg(shim_path())
+        .arg("--dir")
+        .arg(&dir.0)
+        .args(["--", "sh", "-c", "echo $CUVISOR_HIBERNATE"])
+        .env("CUVISOR_HIBERNATE", "off")
+        .env_remove("LD_PRELOAD"));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "on\n",
+        "{}",
+        stderr(&out)
+    );
+
+    let state = TempDir::new("cli-power-state");
+    let probe = stub_dir().join("driver_probe");
+    let s = supervise(
+        "cli-power",
+        &state.path("gpu-state"),
+        "",
+        &format!(
+            "[[model]]\nname = \"a\"\ncommand = \"{}\"\nargs = [\"init\", \"alloc\", \"1GiB\", \"memset\", \"0\", \"sleep\", \"500001\"]\n",
+            probe.display()
+        ),
+    );
+    wait_for_log(&s, "a-0", "memset 0 -> 0");
+    let cli = |args: &[&str]| {
+        run(std::process::Command::new(env!("CARGO_BIN_EXE_cuvisor"))
+            .args(args)
+            .arg("--socket")
+            .arg(&s.socket)
+            .env_remove("LD_PRELOAD"))
+    };
+    let out = cli(&["hibernate", "a"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .starts_with("model a: hibernate done: 1.0 GiB moved, 0 B pinned, 1 process(es), "),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let status = cli(&["status"]);
+    assert!(
+        String::from_utf8_lossy(&status.stdout)
+            .lines()
+            .any(|l| l.starts_with("a                    hibernated ")),
+        "{}",
+        String::from_utf8_lossy(&status.stdout)
+    );
+    let out = cli(&["wake", "a", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["moved_bytes"], GIB);
+    let out = cli(&["wake", "nobody"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out).trim_end(),
+        "cuvisor: the supervisor answered 404: {\"error\":\"no model nobody\"}"
+    );
+}
