@@ -145,6 +145,7 @@ pub fn exec(o: ExecOptions) -> Result<i32, ExecError> {
         cover: Vec::new(),
         ledger: None,
         host_ids: None,
+        stdin: Some(0), // the program is ours to talk to, as if run directly
         stdout: 1,
         stderr: 2,
     };

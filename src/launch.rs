@@ -43,7 +43,9 @@ pub struct Spec {
     /// With `isolation.user`: the first of the [`USERNS_BLOCK`] host ids that ids 0.. in
     /// the worker's user namespace map to (uids and gids alike).
     pub host_ids: Option<u32>,
-    /// Where the worker's stdout and stderr go (stdin is /dev/null).
+    /// The worker's stdin (None: /dev/null, as for a supervised worker), stdout and
+    /// stderr.
+    pub stdin: Option<RawFd>,
     pub stdout: RawFd,
     pub stderr: RawFd,
 }
@@ -250,9 +252,12 @@ unsafe fn exec_worker(a: &ChildArgs) -> ! {
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
-        if null < 0
-            || libc::dup2(null, 0) < 0
+        let input = match s.stdin {
+            Some(fd) => fd,
+            None => libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY),
+        };
+        if input < 0
+            || (input != 0 && libc::dup2(input, 0) < 0)
             || libc::dup2(s.stdout, 1) < 0
             || libc::dup2(s.stderr, 2) < 0
         {

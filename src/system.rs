@@ -508,6 +508,7 @@ pub fn worker_spec(
         cover,
         host_ids: cfg.host_ids,
         ledger,
+        stdin: None,
         stdout: output,
         stderr: output,
     })

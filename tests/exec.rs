@@ -136,3 +136,25 @@ fn a_host_memory_limit_oom_kills_and_leaves_no_cgroup() {
         "{leftovers:?}"
     );
 }
+
+/// The program reads what `cuvisor exec` reads, as if it were run directly.
+#[test]
+fn the_program_gets_the_stdin_of_exec() {
+    let dir = TempDir::new("exec-stdin");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cuvisor"));
+    cmd.arg("exec")
+        .arg("--dir")
+        .arg(&dir.0)
+        .arg("--shim")
+        .arg(shim_path())
+        .args(["--", "sh", "-c", "read line; echo got: $line"])
+        .env_remove("LD_PRELOAD")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"a line\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "got: a line\n");
+    assert!(out.status.success());
+}

@@ -113,3 +113,34 @@ fn the_framework_workers_are_valid_python() {
     ]));
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// The kit's hibernate part, on the fake GPU: a model of 64 MiB under `cuvisor exec
+/// --hibernate` is moved out and back in whole by `cuvisor ledger hibernate` and `wake`.
+#[test]
+fn the_hibernate_part_moves_the_model_out_and_back_on_the_fake_gpu() {
+    let dir = TempDir::new("kit-hibernate");
+    let out = run(Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/gpu/kit.py"))
+        .arg("hibernate")
+        .arg("--out")
+        .arg(&dir.0)
+        .arg("--fake")
+        .arg(stub_dir())
+        .arg("--shim")
+        .arg(shim_path())
+        .arg("--cuvisor")
+        .arg(env!("CARGO_BIN_EXE_cuvisor"))
+        .env_remove("LD_PRELOAD"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let recs = records(&dir.0, "hibernate");
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    let r = &recs[0];
+    assert_eq!(r["ok"], true, "{r}");
+    for (action, generation) in [("hibernate", 1), ("wake", 2)] {
+        let report = &r[action];
+        assert_eq!(report["outcome"], "done", "{r}");
+        assert_eq!(report["generation"], generation, "{r}");
+        assert_eq!(report["moved_bytes"], 64 << 20, "{r}");
+        assert_eq!(report["processes"].as_array().unwrap().len(), 1, "{r}");
+    }
+}

@@ -3,7 +3,7 @@
 
     python3 examples/gpu/kit.py PART --out DIR [--shim SO] [--cuvisor BIN] [--fake STUB_DIR]
 
-PART: env, interception, oversubscription, cost, summary (run.sh runs them all).
+PART: env, interception, oversubscription, cost, hibernate, summary (run.sh runs them all).
 Every part appends its records to DIR/PART.jsonl, the raw output of every command it
 runs to DIR/raw.log and the long-lived workers' stderr to DIR/workers.log; `summary` turns the records into DIR/results.md. With --fake the
 kit runs against the fake GPU (no NVIDIA hardware): only what needs no framework, so that
@@ -74,10 +74,20 @@ class Kit:
         self.raw.flush()
         return rc, out, err
 
-    def under_cuvisor(self, model, quota, cmd, mode="managed"):
+    def under_cuvisor(self, model, quota, cmd, mode="managed", hibernate=False):
         """`cuvisor exec` of cmd with the model's quota, the shim logging its paths."""
         return [self.cuvisor, "exec", "--model", model, "--quota", str(quota), "--mode", mode,
-                "--shim", self.shim, "--dir", self.ledgers, "--", *cmd]
+                "--shim", self.shim, "--dir", self.ledgers, *(["--hibernate"] if hibernate else []),
+                "--", *cmd]
+
+    def power(self, model, action):
+        """`cuvisor ledger hibernate` or `wake` of a model: its JSON report."""
+        rc, out, err = self.run(f"{action} {model}", [self.cuvisor, "ledger", action, "--model", model,
+                                                      "--dir", self.ledgers, "--json"], timeout=120)
+        try:
+            return json.loads(out)
+        except ValueError:
+            return {"outcome": "failed", "error": f"exit {rc}: {(out + err)[-400:]}"}
 
     def record(self, part, **fields):
         fields["part"] = part
@@ -388,11 +398,79 @@ def part_cost(kit, usable, page_bytes):
         workers.stop_all()
 
 
+# ---- part: hibernate ---------------------------------------------------------------------
+
+def part_hibernate(kit, page_bytes):
+    """A model holding `page_bytes` hibernated and woken by `cuvisor ledger`: the swap-in
+    time against the host-to-device copy bandwidth of the same machine (Omni: 5 GB in about
+    156 ms over PCIe 4.0; the goal on PCIe 5 is under 100 ms), and the first request of a
+    woken model against one left to fault its pages back. On the fake GPU: the C probe
+    holds 64 MiB, and only the moves are checked (copies there take no time)."""
+    size = 64 * MiB if kit.fake else page_bytes
+    model = "kit-swap"
+    if kit.fake:
+        exe = kit.bin / "hibernate-probe"
+        cc = shutil.which("gcc") or shutil.which("cc")
+        rc, _, err = kit.run("build hibernate-probe", [cc, "-std=gnu11", "-D_GNU_SOURCE", "-O1", "-o", exe,
+                                                       REPO / "cuda_stubs/probes/driver_probe.c",
+                                                       kit.fake / "libcuda.so.1", "-ldl", "-lpthread"])
+        if rc != 0:
+            kit.record("hibernate", ok=False, failure=f"build: {err.strip()[:300]}")
+            return
+        p = subprocess.Popen([str(c) for c in kit.under_cuvisor(model, 2 * size, [
+            exe, "init", "alloc", str(size), "memset", "0", "wait"], hibernate=True)],
+            env=kit.env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        held = [p.stdout.readline().strip() for _ in range(3)]
+        if held[-1] != "memset 0 -> 0 ok":
+            p.kill()
+            kit.record("hibernate", ok=False, failure=f"the probe: {held} {p.stderr.read()[-400:]}")
+            return
+        out, back = kit.power(model, "hibernate"), kit.power(model, "wake")
+        p.communicate("\n", timeout=60)
+        ok = all(r.get("outcome") == "done" and r.get("moved_bytes") == size for r in (out, back))
+        kit.record("hibernate", ok=ok, bytes=size, hibernate=out, wake=back,
+                   failure=None if ok else "a move did not complete")
+        return
+    rc, out, err = kit.run("h2d", kit.python_worker("h2d", "--bytes", size))
+    h2d = json.loads(out.strip().splitlines()[-1])
+    workers = Workers(kit)
+    try:
+        p, ready = workers.start("swap", kit.under_cuvisor(model, 2 * size, kit.python_worker(
+            "hold", "--bytes", size, "--seed", 5), hibernate=True))
+        if not ready.get("ready"):
+            kit.record("hibernate", ok=False, failure=f"the model did not start: {ready}")
+            return
+        resident = workers.ask(p, "work 1")
+        out = kit.power(model, "hibernate")
+        back = kit.power(model, "wake")
+        after_wake = workers.ask(p, "work 1")
+        out_again = kit.power(model, "hibernate")
+        faulting = workers.ask(p, "work 1")  # no wake: the driver faults the pages back
+        kit.power(model, "wake")
+        swap_in = back.get("duration_ms", 0) / 1000
+        ok = (all(r.get("outcome") == "done" for r in (out, back, out_again))
+              and back.get("moved_bytes", 0) >= 0.95 * size
+              and all(r.get("ok") for r in (resident, after_wake, faulting)))
+        kit.record("hibernate", ok=ok, bytes=size,
+                   moved_out=out.get("moved_bytes"), moved_in=back.get("moved_bytes"),
+                   pinned=out.get("pinned_bytes"),
+                   swap_out_seconds=out.get("duration_ms", 0) / 1000, swap_in_seconds=swap_in,
+                   swap_in_gb_per_second=back.get("moved_bytes", 0) / swap_in / 1e9 if swap_in else None,
+                   h2d_seconds=h2d["seconds"], h2d_gb_per_second=size / h2d["seconds"] / 1e9,
+                   swap_in_over_h2d=swap_in / h2d["seconds"] if h2d["seconds"] else None,
+                   resident_round_seconds=resident.get("seconds"),
+                   first_round_after_wake_seconds=after_wake.get("seconds"),
+                   first_round_faulting_seconds=faulting.get("seconds"),
+                   detail={"hibernate": out, "wake": back})
+    finally:
+        workers.stop_all()
+
+
 # ---- summary -----------------------------------------------------------------------------
 
 def part_summary(kit):
     lines = ["# cuvisor real-GPU kit results", ""]
-    for part in ["env", "interception", "oversubscription", "cost"]:
+    for part in ["env", "interception", "oversubscription", "cost", "hibernate"]:
         path = kit.out / f"{part}.jsonl"
         if not path.exists():
             continue
@@ -408,20 +486,21 @@ def part_summary(kit):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("part", choices=["env", "interception", "oversubscription", "cost", "summary"])
+    p.add_argument("part", choices=["env", "interception", "oversubscription", "cost", "hibernate", "summary"])
     p.add_argument("--out", required=True)
     p.add_argument("--shim", default=REPO / "target/release/libcuvisor_preload.so")
     p.add_argument("--cuvisor", default=REPO / "target/release/cuvisor")
     p.add_argument("--fake", help="the fake GPU's directory (CUDA_STUB_DIR): test the kit without a GPU")
     p.add_argument("--usable", type=int, default=16 * GiB,
                    help="GPU memory left to the models next to the ballast (oversubscription, cost)")
-    p.add_argument("--page-bytes", type=int, default=5 * 10**9, help="the idle model's size (cost)")
+    p.add_argument("--page-bytes", type=int, default=5 * 10**9, help="the idle model's size (cost, hibernate)")
     a = p.parse_args()
     kit = Kit(a)
     try:
         {"env": part_env, "interception": part_interception, "summary": part_summary,
          "oversubscription": lambda k: part_oversubscription(k, a.usable),
-         "cost": lambda k: part_cost(k, a.usable, a.page_bytes)}[a.part](kit)
+         "cost": lambda k: part_cost(k, a.usable, a.page_bytes),
+         "hibernate": lambda k: part_hibernate(k, a.page_bytes)}[a.part](kit)
     finally:
         shutil.rmtree(kit.ledgers, ignore_errors=True)
         shutil.rmtree(kit.bin, ignore_errors=True)

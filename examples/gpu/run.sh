@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # cuvisor's real-GPU validation kit in one command (see README.md beside this file):
 #
-#   bash examples/gpu/run.sh OUT_DIR [PART...]      PART: env interception oversubscription cost
+#   bash examples/gpu/run.sh OUT_DIR [PART...]      PART: env interception oversubscription cost hibernate
 #
 # Runs the parts asked for (all by default), each under a time limit, then writes
 # OUT_DIR/results.md from the records. Exits 77 (skipped) with the reason where there is
 # no NVIDIA GPU, 1 if a check failed, 0 if every check passed or was skipped.
 set -uo pipefail
-out=${1:?usage: run.sh OUT_DIR [env interception oversubscription cost]}
+out=${1:?usage: run.sh OUT_DIR [env interception oversubscription cost hibernate]}
 shift
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(env interception oversubscription cost)
+[ ${#parts[@]} -gt 0 ] || parts=(env interception hibernate oversubscription cost)
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 
@@ -35,7 +35,7 @@ if [ ! -f "$shim" ] || [ ! -x "$cuvisor" ]; then
 fi
 mkdir -p "$out"
 # Part -> time limit in seconds: together they fit one 10-minute call of the device tool.
-declare -A limit=([env]=40 [interception]=160 [oversubscription]=230 [cost]=130)
+declare -A limit=([env]=40 [interception]=160 [hibernate]=60 [oversubscription]=200 [cost]=110)
 for part in "${parts[@]}"; do
     [ -n "${limit[$part]:-}" ] || { echo "kit: unknown part $part" >&2; exit 2; }
     echo "kit: === $part (at most ${limit[$part]} s)"
