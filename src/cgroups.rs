@@ -432,9 +432,13 @@ impl Cgroup {
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
+        // Not frozen in time (a task stuck in the kernel): thawed again, so that nothing
+        // is left to freeze later behind the caller's back.
+        let thaw = if self.v2 { "0" } else { "THAWED" };
+        let _ = write_file(&dir.join(file), thaw, "thaw");
         Err(err(dir, action)(io::Error::new(
             io::ErrorKind::TimedOut,
-            "the kernel did not say it was frozen within 1 s",
+            "the kernel did not say it was frozen within 1 s; thawed again",
         )))
     }
 

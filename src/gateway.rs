@@ -289,6 +289,13 @@ impl Routes {
         }
     }
 
+    /// Whether `model`'s requests wait for it to wake.
+    pub fn asleep(&self, model: &str) -> bool {
+        self.models
+            .get(model)
+            .is_some_and(|s| s.asleep.load(Ordering::Acquire))
+    }
+
     /// An instance of `model` is gone (exited, stopped): no more requests go to it.
     pub fn gone(&self, model: &str, index: u32) {
         if let Some(s) = self.models.get(model) {

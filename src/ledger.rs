@@ -226,6 +226,22 @@ fn isolated(
         return Err(os(e));
     }
     if pid == 0 {
+        // Nothing of the caller's stays open here but the pipe: a copy of a launch's
+        // pipe end would hold up its report, a copy of a connection would keep it open
+        // after the caller closed it, for as long as this child waits.
+        // SAFETY: close_range on descriptors this process will not use (3.. but the
+        // write end of its pipe); stdin, stdout and stderr stay.
+        unsafe {
+            if write_end > 3 {
+                libc::syscall(libc::SYS_close_range, 3u32, (write_end - 1) as u32, 0u32);
+            }
+            libc::syscall(
+                libc::SYS_close_range,
+                (write_end + 1) as u32,
+                u32::MAX,
+                0u32,
+            );
+        }
         // A SIGBUS here is expected of a damaged ledger: no core file for it.
         let no_core = libc::rlimit {
             rlim_cur: 0,

@@ -450,11 +450,12 @@ impl<E: Effects> Supervisor<E> {
                     None => effects.launch(m, &model.cfg, slot.index),
                 },
                 Action::Signal(pid, signal) => {
-                    if slot.frozen
+                    if model.cfg.freeze_hibernated
                         && let Some(worker) = &slot.worker
                     {
                         // A frozen process would not run its handler (nor, under cgroup
-                        // v1, even die) until thawed.
+                        // v1, even die) until thawed. Always thawed here, whatever we
+                        // believe: a thaw is harmless, a frozen worker never dies.
                         effects.freeze(&model.cfg, worker, false);
                         slot.frozen = false;
                     }
@@ -498,6 +499,9 @@ impl<E: Effects> Supervisor<E> {
         for m in 0..self.models.len() {
             if self.models[m].ledger_error.is_some() {
                 continue; // it cannot run: starting it for the load would fail every time
+            }
+            if self.models[m].swap.hibernated || self.changing(m) {
+                continue; // its requests wait for the wake, not for more instances
             }
             let cfg = &self.models[m].cfg;
             let (Some(min), Some(serve)) = (cfg.min_instances, cfg.serve.as_ref()) else {
@@ -736,7 +740,22 @@ impl<E: Effects> Supervisor<E> {
     }
 
     fn request_power(&mut self, m: usize, hibernate: bool, reply: Option<Reply>) {
-        if !hibernate {
+        // A wake still waiting for room is replaced by this request.
+        let (replaced, kept): (Vec<Deferred>, Vec<Deferred>) =
+            std::mem::take(&mut self.deferred_wakes)
+                .into_iter()
+                .partition(|d| d.model == m);
+        self.deferred_wakes = kept;
+        for d in replaced {
+            if let Some(reply) = d.reply {
+                let mut report =
+                    PowerReport::from_result(&self.models[m].cfg.name, false, Err(String::new()));
+                report.outcome = "superseded".into();
+                report.error = None;
+                let _ = reply.send(Answer::Power(Box::new(report)));
+            }
+        }
+        if !hibernate && self.models[m].swap.hibernated {
             // Room first: the least recently used idle models leave in bulk before this
             // one comes back, rather than page by page under its faults.
             let after: Vec<u64> = self
@@ -758,9 +777,7 @@ impl<E: Effects> Supervisor<E> {
 
     /// Sends a hibernate or wake to model `m`'s processes; the request's number.
     fn send_power(&mut self, m: usize, hibernate: bool, reply: Option<Reply>) -> u64 {
-        if !hibernate {
-            self.freeze(m, false); // a frozen process cannot move anything
-        }
+        self.freeze(m, false); // a frozen process cannot move anything, nor answer
         self.next_power_id += 1;
         let id = self.next_power_id;
         let model = &mut self.models[m];
@@ -820,16 +837,20 @@ impl<E: Effects> Supervisor<E> {
         } else {
             model.swap.last_in = Some(report.clone());
         }
+        // Frozen once hibernated, unless another request for it is under way (its
+        // processes must be able to answer that one).
         let freeze = wait.hibernate
             && report.outcome == "done"
             && model.cfg.freeze_hibernated
-            && model.swap.hibernated;
+            && model.swap.hibernated
+            && !self.changing(wait.model);
         if freeze {
             self.freeze(wait.model, true);
         }
-        if !wait.hibernate && report.outcome != "superseded" {
+        let model = &self.models[wait.model];
+        if !wait.hibernate && report.outcome != "superseded" && !model.swap.hibernated {
             // Awake, or as awake as it will get: a wake that failed or timed out still
-            // serves (the driver faults the pages back).
+            // serves (the driver faults the pages back). Not if a hibernate came since.
             self.routes.set_asleep(&report.model, false);
         }
         if let Some(reply) = wait.reply {
@@ -1691,6 +1712,37 @@ mod tests {
             taken(&mut s),
             [Done::Freeze(100, false), Done::Signal(100, Signal::Term)]
         );
+    }
+
+    /// Results that come late do not undo a later request: a wake's result after a newer
+    /// hibernate leaves the front door asleep, and a hibernate's result while another
+    /// request is under way does not freeze the workers that must answer it.
+    #[test]
+    fn a_late_result_does_not_undo_a_newer_request() {
+        let served = "[[model]]\nname = \"a\"\ncommand = \"/bin/true\"\nfreeze_hibernated = true\n\
+                      [model.serve]\nhealth = \"/h\"\n";
+        let (mut s, t) = supervisor(served);
+        s.begin(t);
+        s.launched(0, 0, Ok(Worker::new(100, None)), t);
+        taken(&mut s);
+        let (tx, _rx) = tokio::sync::oneshot::channel();
+        s.power("a", true, tx);
+        assert!(s.routes.asleep("a"));
+        let (tx, _rx) = tokio::sync::oneshot::channel();
+        s.power("a", false, tx);
+        let (tx, _rx) = tokio::sync::oneshot::channel();
+        s.power("a", true, tx);
+        taken(&mut s);
+        // The first hibernate ends while the others are under way: no freeze.
+        s.powered(1, power_request(1, true, Outcome::Done));
+        // The wake ends after the second hibernate was sent: still asleep.
+        s.powered(2, power_request(2, false, Outcome::Done));
+        assert!(s.routes.asleep("a"));
+        assert_eq!(taken(&mut s), []);
+        // The last one ends: frozen now.
+        s.powered(3, power_request(3, true, Outcome::Done));
+        assert_eq!(taken(&mut s), [Done::Freeze(100, true)]);
+        assert!(s.routes.asleep("a"));
     }
 
     #[test]

@@ -520,7 +520,10 @@ fn ledger_hibernate_and_wake_work_without_a_supervisor_and_the_process_stays_cor
     assert_eq!(threads_named(plain.id(), "cuvisor-power"), 0);
     let (mut p, mut out, seen) = hold(probe("m", Some("on")), 3);
     assert_eq!(seen[2], "roundtrip 0 -> 0 ok", "{seen:?}");
-    assert_eq!(threads_named(p.id(), "cuvisor-power"), 1);
+    // The thread names itself when it runs: soon after the attach.
+    wait_until("the thread", Duration::from_secs(5), || {
+        threads_named(p.id(), "cuvisor-power") == 1
+    });
 
     let cuvisor = |action: &str, model: &str| {
         run(std::process::Command::new(env!("CARGO_BIN_EXE_cuvisor"))
@@ -642,4 +645,45 @@ fn exec_and_the_supervisor_cli_speak_hibernation() {
         stderr(&out).trim_end(),
         "cuvisor: the supervisor answered 404: {\"error\":\"no model nobody\"}"
     );
+}
+
+/// The request's child process keeps nothing of its caller's open: a descriptor the
+/// caller closes (a launch's pipe, a client's connection) is closed at once, not when the
+/// child's wait ends.
+#[test]
+fn the_request_child_holds_none_of_the_callers_descriptors() {
+    let dir = TempDir::new("power-fds");
+    let mut cmd = shimmed(driver_probe());
+    cmd.env("CUVISOR_LEDGER_DIR", &dir.0)
+        .env("CUVISOR_MODEL", "m")
+        .env("CUVISOR_HIBERNATE", "on")
+        .args(["init", "alloc", "1MiB", "wait"]);
+    let (mut p, _out, _) = hold(cmd, 2);
+    // Stopped, it cannot acknowledge: the request waits its whole timeout.
+    // SAFETY: a signal to our own child.
+    assert_eq!(unsafe { libc_kill(p.id() as i32, libc::SIGSTOP) }, 0);
+    let (read_end, write_end) = std::io::pipe().unwrap();
+    let ledgers = dir.0.clone();
+    let request = std::thread::spawn(move || {
+        cuvisor::ledger::power_isolated(&ledgers, "m", true, Duration::from_secs(3))
+    });
+    std::thread::sleep(Duration::from_millis(300)); // the child is forked and waiting
+    let closed_at = std::time::Instant::now();
+    drop(write_end);
+    let mut rest = Vec::new();
+    use std::io::Read;
+    (&read_end).read_to_end(&mut rest).unwrap();
+    assert!(
+        closed_at.elapsed() < Duration::from_secs(1),
+        "EOF only after {:?}: the child held the pipe",
+        closed_at.elapsed()
+    );
+    let outcome = request.join().unwrap().unwrap().outcome;
+    assert!(
+        matches!(outcome, cuvisor::ledger::power::Outcome::TimedOut(ref s) if s.len() == 1),
+        "{outcome:?}"
+    );
+    // SAFETY: as above.
+    unsafe { libc_kill(p.id() as i32, libc::SIGKILL) };
+    let _ = p.wait();
 }

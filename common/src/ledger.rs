@@ -1109,10 +1109,11 @@ impl LedgerFile {
     /// the process dies and someone reclaims them).
     pub fn attach(&self) -> Result<Attachment<'_>, LedgerError> {
         for pass in 0..2 {
-            if let Some(index) = self.claim() {
+            if let Some((index, generation)) = self.claim() {
                 return Ok(Attachment {
                     file: self,
                     index,
+                    generation,
                     closed: std::sync::atomic::AtomicBool::new(false),
                 });
             }
@@ -1125,7 +1126,8 @@ impl LedgerFile {
         })
     }
 
-    fn claim(&self) -> Option<u32> {
+    /// A free slot, claimed: its index and its new generation.
+    fn claim(&self) -> Option<(u32, u64)> {
         let mut own = self.own.lock().unwrap_or_else(|e| e.into_inner());
         let pid = std::process::id();
         let n = self.slot_count();
@@ -1154,11 +1156,11 @@ impl LedgerFile {
             }
             s.inflight.store(0, Ordering::Relaxed);
             s.power.reset();
-            s.generation.fetch_add(1, Ordering::Relaxed);
+            let generation = s.generation.fetch_add(1, Ordering::Relaxed) + 1;
             s.state.store(LIVE, Ordering::Release);
             self.header().attach_seq.fetch_add(1, Ordering::AcqRel);
             own.push(index);
-            return Some(index);
+            return Some((index, generation));
         }
         None
     }
@@ -1443,23 +1445,10 @@ pub fn parse_snapshot(
                 gpus: per_gpu,
                 pid_ns: u64_at(o + offset_of!(Slot, pid_ns)),
                 alive: alive(index),
-                power: {
-                    let p = o + offset_of!(Slot, power);
-                    let at = |field| u64_at(p + field);
-                    power::ProcessPower {
-                        listening: u32_at(p + offset_of!(power::SlotPower, listening)) == 1,
-                        ack: power::PowerAck {
-                            power: power::Power::from_word(u32_at(
-                                p + offset_of!(power::SlotPower, acked),
-                            )),
-                            moved: at(offset_of!(power::SlotPower, moved)),
-                            pinned: at(offset_of!(power::SlotPower, pinned)),
-                            failed: at(offset_of!(power::SlotPower, failed)),
-                            error: u32_at(p + offset_of!(power::SlotPower, error)),
-                            nanos: at(offset_of!(power::SlotPower, nanos)),
-                        },
-                    }
-                },
+                power: power::parse_slot(
+                    &raw[o + offset_of!(Slot, power)..][..std::mem::size_of::<power::SlotPower>()],
+                    u64_at(o + offset_of!(Slot, generation)),
+                ),
             })
         })
         .collect();
@@ -1625,6 +1614,8 @@ pub fn start_time(pid: u32) -> u64 {
 pub struct Attachment<'a> {
     file: &'a LedgerFile,
     index: u32,
+    /// The slot's generation when this process claimed it.
+    generation: u64,
     closed: std::sync::atomic::AtomicBool,
 }
 

@@ -262,15 +262,6 @@ pub fn prefetch(ptr: CUdeviceptr, bytes: u64, to: Place, stream: CUstream) -> Dr
     check(unsafe { f(ptr, bytes as usize, dev, stream) })
 }
 
-/// The context current on the calling thread (null: none).
-pub fn current_context() -> DriverResult<CUcontext> {
-    let f = CTX_GET_CURRENT.get().ok_or(CUDA_ERROR_NOT_FOUND)?;
-    let mut ctx: CUcontext = std::ptr::null_mut();
-    // SAFETY: an out-pointer to a live local.
-    check(unsafe { f(&mut ctx) })?;
-    Ok(ctx)
-}
-
 /// The primary context of `dev` if it is active, retained: the caller releases it with
 /// [`release_primary_context`]. None if the process has not activated it (it would cost
 /// the GPU a context the process never asked for).
@@ -302,7 +293,8 @@ pub fn release_primary_context(dev: CUdevice) {
 /// Makes `ctx` current on the calling thread until [`pop_context`].
 pub fn push_context(ctx: CUcontext) -> DriverResult<()> {
     let f = CTX_PUSH_CURRENT.get().ok_or(CUDA_ERROR_NOT_FOUND)?;
-    // SAFETY: a context the driver gave us; the driver checks it.
+    // SAFETY: a context the caller holds a reference to (a retained primary context):
+    // it cannot be destroyed while pushed.
     check(unsafe { f(ctx) })
 }
 

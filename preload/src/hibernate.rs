@@ -4,10 +4,12 @@
 //! (hibernate) or back to its GPU (wake), in bulk, then acknowledges in its slot with
 //! what it moved, what cannot move, and how long it took.
 //!
-//! The moves are `cuMemPrefetchAsync` on a stream of the thread's own, in a context of
-//! the process's (the device's primary context if it is active, else the one current
-//! when the process first charged that device), pushed on this thread only: the
-//! process's own threads and their contexts are not touched. What is not managed memory
+//! The moves are `cuMemPrefetchAsync` on a stream of the thread's own, in the device's
+//! primary context (retained for the move, so it cannot go away meanwhile), pushed on
+//! this thread only: the process's own threads and their contexts are not touched. A
+//! process whose primary context is not active (one that made contexts of its own with
+//! `cuCtxCreate` only) cannot be moved: a context the shim did not retain could be
+//! destroyed under it. Its ranges are reported failed (`CUDA_ERROR_INVALID_CONTEXT`). What is not managed memory
 //! cannot move and is reported pinned: device memory (`device` mode), stream-ordered
 //! pools, VMM handles, arrays. The process stays correct whatever its state: a kernel
 //! that touches a hibernated range faults its pages back.
@@ -114,14 +116,11 @@ fn carry_out(rt: &Runtime, power: Power, to: Option<Move>) -> PowerAck {
         for on_gpu in ranges.chunk_by(|a, b| a.0 == b.0) {
             let bytes: u64 = on_gpu.iter().map(|r| r.2).sum();
             let moved = match rt.ordinal_of(on_gpu[0].0) {
-                Some(dev) => move_ranges(rt, dev, on_gpu, to, &mut ack),
+                Some(dev) => move_ranges(dev, on_gpu, to, &mut ack),
                 None => Err(CUDA_ERROR_INVALID_DEVICE),
             };
             if let Err(e) = moved {
-                ack.failed += bytes;
-                if ack.error == 0 {
-                    ack.error = e as u32;
-                }
+                fail(&mut ack, bytes, e);
             }
         }
     }
@@ -129,11 +128,10 @@ fn carry_out(rt: &Runtime, power: Power, to: Option<Move>) -> PowerAck {
     ack
 }
 
-/// Prefetches the ranges of one device, on a stream of ours in a context of the process,
-/// and waits for the copies. A range the driver refuses counts as failed; an error that
-/// stops the whole device's work is returned (all its bytes failed).
+/// Prefetches the ranges of one device, on a stream of ours in its primary context, and
+/// waits for the copies. A range the driver refuses counts as failed, and all of them if
+/// the wait fails; an error before any move is returned (all the device's bytes failed).
 fn move_ranges(
-    rt: &Runtime,
     dev: CUdevice,
     ranges: &[(GpuIndex, CUdeviceptr, u64)],
     to: Move,
@@ -143,34 +141,34 @@ fn move_ranges(
         Move::Out => Place::Host,
         Move::In => Place::Device(dev),
     };
-    let primary = driver::retain_active_primary_context(dev)?;
-    let ctx = primary
-        .or_else(|| rt.first_context(dev))
-        .ok_or(CUDA_ERROR_INVALID_CONTEXT)?;
+    let ctx = driver::retain_active_primary_context(dev)?.ok_or(CUDA_ERROR_INVALID_CONTEXT)?;
     let result = driver::push_context(ctx).and_then(|()| {
         let stream = driver::create_stream();
-        let done = stream.and_then(|stream| {
+        let done = stream.map(|stream| {
             let mut moved = 0;
             for &(_, ptr, bytes) in ranges {
                 match driver::prefetch(ptr, bytes, to, stream) {
                     Ok(()) => moved += bytes,
-                    Err(e) => {
-                        ack.failed += bytes;
-                        if ack.error == 0 {
-                            ack.error = e as u32;
-                        }
-                    }
+                    Err(e) => fail(ack, bytes, e),
                 }
             }
-            let synced = driver::synchronize(stream);
+            match driver::synchronize(stream) {
+                Ok(()) => ack.moved += moved,
+                Err(e) => fail(ack, moved, e),
+            }
             driver::destroy_stream(stream);
-            synced.map(|()| ack.moved += moved)
         });
         driver::pop_context();
         done
     });
-    if primary.is_some() {
-        driver::release_primary_context(dev);
-    }
+    driver::release_primary_context(dev);
     result
+}
+
+/// `bytes` did not move, for the driver's reason `e` (the first one is kept).
+fn fail(ack: &mut PowerAck, bytes: u64, e: CUresult) {
+    ack.failed += bytes;
+    if ack.error == 0 {
+        ack.error = e as u32;
+    }
 }

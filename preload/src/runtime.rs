@@ -11,7 +11,7 @@ use cuvisor_common::gpu::GpuUuid;
 use cuvisor_common::ledger::{Attachment, CreateOptions, GpuIndex, LedgerFile, Refusal};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicI8, AtomicPtr, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI8, AtomicPtr, AtomicU8, Ordering};
 use std::sync::{Once, OnceLock};
 
 const MAX_DEVICES: usize = 64;
@@ -37,9 +37,6 @@ pub struct Runtime {
     /// Per device ordinal: its entry in the ledger, plus one (0: not met yet). Ordinals
     /// are fixed for the life of a process (`CUDA_VISIBLE_DEVICES` is read at `cuInit`).
     gpus: [AtomicU8; MAX_DEVICES],
-    /// Per device ordinal: the context current when the process first charged it (0:
-    /// none seen), where hibernation works if the primary context is not active.
-    contexts: [AtomicUsize; MAX_DEVICES],
     /// Whether this process's hibernation thread was started.
     pub listener: AtomicBool,
     warned_no_managed: AtomicBool,
@@ -84,7 +81,6 @@ impl Runtime {
             device_count: AtomicI8::new(-1),
             managed_access: [const { AtomicI8::new(-1) }; MAX_DEVICES],
             gpus: [const { AtomicU8::new(0) }; MAX_DEVICES],
-            contexts: [const { AtomicUsize::new(0) }; MAX_DEVICES],
             listener: AtomicBool::new(false),
             warned_no_managed: AtomicBool::new(false),
             warned_ipc: AtomicBool::new(false),
@@ -182,12 +178,6 @@ impl Runtime {
         }
         let index = self.register(account, uuid, physical)?;
         self.remember(dev, index);
-        if self.current_device() == Ok(dev)
-            && let Ok(ctx) = driver::current_context()
-            && let Some(slot) = usize::try_from(dev).ok().and_then(|d| self.contexts.get(d))
-        {
-            slot.store(ctx as usize, Ordering::Relaxed);
-        }
         Ok(index)
     }
 
@@ -199,13 +189,6 @@ impl Runtime {
             .iter()
             .position(|g| g.load(Ordering::Acquire) == wanted)?;
         CUdevice::try_from(at).ok()
-    }
-
-    /// The context current when this process first charged device `dev` (None: not seen).
-    pub fn first_context(&self, dev: CUdevice) -> Option<CUcontext> {
-        let slot = self.contexts.get(usize::try_from(dev).ok()?)?;
-        let ctx = slot.load(Ordering::Relaxed);
-        (ctx != 0).then_some(ctx as CUcontext)
     }
 
     /// The ledger entry of device ordinal `dev` if the model has met that GPU: a query

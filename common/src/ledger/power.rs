@@ -9,8 +9,10 @@
 //! * Each process of the model that carries requests out has one thread that waits on the
 //!   word (no polling: nothing runs while nothing changes) and marks its slot `listening`.
 //!   When the word changes, it moves what it can, then **acknowledges** in its slot: the
-//!   numbers first, the word it carried out last (Release), then it increments the
-//!   header's `acks` and wakes the requester.
+//!   numbers first, then the word it carried out with the slot's generation as it claimed
+//!   it (Release), then it increments the header's `acks` and wakes the requester. A late
+//!   acknowledgement of a process that has left, into a slot another process claimed
+//!   since, carries the old generation: it counts for no one.
 //! * The requester waits until every live, listening process acknowledged its word, a
 //!   newer request replaced it, or its time ran out. A process that dies meanwhile stops
 //!   counting: liveness is the slot's lock, as everywhere in the ledger.
@@ -62,15 +64,46 @@ pub struct PowerAck {
 pub struct SlotPower {
     /// 1 while the process has a thread that carries requests out.
     pub listening: AtomicU32,
-    /// The control word last carried out.
-    pub acked: AtomicU32,
+    pub pad0: u32,
+    /// The control word last carried out (low 32 bits), and the slot's generation of the
+    /// process that did (high 32 bits).
+    pub acked: AtomicU64,
     pub moved: AtomicU64,
     pub pinned: AtomicU64,
     pub failed: AtomicU64,
     pub error: AtomicU32,
     pub pad: u32,
     pub nanos: AtomicU64,
-    pub reserved: [u64; 2],
+    pub reserved: [u64; 1],
+}
+
+/// The `acked` value of a process of slot generation `generation` that carried out `power`.
+fn acked(generation: u64, power: Power) -> u64 {
+    (generation << 32) | u64::from(power.word())
+}
+
+/// A slot's part, from a copy of its bytes, for the process of slot generation
+/// `generation`: an acknowledgement left by an earlier process of the slot is not its.
+pub(super) fn parse_slot(raw: &[u8], generation: u64) -> ProcessPower {
+    let at = |o: usize| u64::from_ne_bytes(raw[o..o + 8].try_into().expect("8 bytes"));
+    let at32 = |o: usize| u32::from_ne_bytes(raw[o..o + 4].try_into().expect("4 bytes"));
+    let acked_raw = at(std::mem::offset_of!(SlotPower, acked));
+    let ack = if acked_raw >> 32 == generation & u64::from(u32::MAX) {
+        PowerAck {
+            power: Power::from_word(acked_raw as u32),
+            moved: at(std::mem::offset_of!(SlotPower, moved)),
+            pinned: at(std::mem::offset_of!(SlotPower, pinned)),
+            failed: at(std::mem::offset_of!(SlotPower, failed)),
+            error: at32(std::mem::offset_of!(SlotPower, error)),
+            nanos: at(std::mem::offset_of!(SlotPower, nanos)),
+        }
+    } else {
+        PowerAck::default()
+    };
+    ProcessPower {
+        listening: at32(std::mem::offset_of!(SlotPower, listening)) == 1,
+        ack,
+    }
 }
 
 const _: () = assert!(std::mem::size_of::<SlotPower>() == 64);
@@ -146,7 +179,8 @@ impl LedgerFile {
                     let s = self.slot(i);
                     s.state.load(Ordering::Acquire) == LIVE
                         && s.power.listening.load(Ordering::Acquire) == 1
-                        && s.power.acked.load(Ordering::Acquire) != request.word()
+                        && s.power.acked.load(Ordering::Acquire)
+                            != acked(s.generation.load(Ordering::Acquire), request)
                         && (self.is_own(i) || self.held_elsewhere(i))
                 })
                 .collect();
@@ -184,15 +218,20 @@ impl Attachment<'_> {
         self.ledger().power()
     }
 
-    /// Records what this process did for a request, and tells the requester.
+    /// Records what this process did for a request, and tells the requester. Nothing once
+    /// the process has left the ledger (its slot may be another's).
     pub fn acknowledge(&self, ack: &PowerAck) {
+        if self.closed.load(Ordering::SeqCst) {
+            return;
+        }
         let p = &self.ledger().slot(self.slot_index()).power;
         p.moved.store(ack.moved, Ordering::Relaxed);
         p.pinned.store(ack.pinned, Ordering::Relaxed);
         p.failed.store(ack.failed, Ordering::Relaxed);
         p.error.store(ack.error, Ordering::Relaxed);
         p.nanos.store(ack.nanos, Ordering::Relaxed);
-        p.acked.store(ack.power.word(), Ordering::Release);
+        p.acked
+            .store(acked(self.generation, ack.power), Ordering::Release);
         let acks = &self.ledger().header().acks;
         acks.fetch_add(1, Ordering::AcqRel);
         futex_wake(acks);
@@ -330,16 +369,31 @@ mod tests {
         let old = l.request_power(true);
         let new = l.request_power(false);
         assert_eq!(l.wait_acks(old, Duration::ZERO), Outcome::Superseded(new));
-        // A slot claimed again starts over.
+        // A slot claimed again starts over; a process that has left acknowledges nothing.
         a.detach();
         let b = l.attach().unwrap();
+        b.listen(true);
+        let request = l.request_power(true);
+        a.acknowledge(&PowerAck {
+            power: request,
+            ..ack
+        });
         let snap = l.snapshot().unwrap();
         let fresh = snap
             .processes
             .iter()
             .find(|p| p.slot == b.slot_index())
             .unwrap();
-        assert_eq!(fresh.power, ProcessPower::default());
+        assert_eq!(fresh.power.ack, PowerAck::default());
+        assert_eq!(
+            l.wait_acks(request, Duration::ZERO),
+            Outcome::TimedOut(vec![b.slot_index()])
+        );
+        // An acknowledgement of an earlier process of the slot is not the new one's.
+        let mut raw = [0u8; 64];
+        raw[8..16].copy_from_slice(&((3u64 << 32) | u64::from(request.word())).to_ne_bytes());
+        assert_eq!(parse_slot(&raw, 4).ack, PowerAck::default());
+        assert_eq!(parse_slot(&raw, 3).ack.power, request);
     }
 
     /// The listener's wait ends when the word changes: no polling.
