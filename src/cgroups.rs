@@ -7,6 +7,7 @@
 //! ever opened without `O_CREAT`: a missing file is an error, never a plain file made in a
 //! tmpfs by mistake.
 
+use crate::cpus::CpuSet;
 use std::fmt;
 use std::fs::OpenOptions;
 use std::io::{self, Write};
@@ -18,18 +19,24 @@ const CGROUP_SUPER_MAGIC: i64 = 0x0027_e0eb;
 const CPU_PERIOD_US: u64 = 100_000;
 
 /// Limits for one worker.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Limits {
     pub memory: Option<u64>,
     pub cpu_cores: Option<f64>,
     pub pids: Option<u64>,
+    /// The CPUs it may run on (cpuset).
+    pub cpus: Option<CpuSet>,
     /// The worker may be frozen ([`Cgroup::freeze`]).
     pub freeze: bool,
 }
 
 impl Limits {
     pub fn any(&self) -> bool {
-        self.memory.is_some() || self.cpu_cores.is_some() || self.pids.is_some() || self.freeze
+        self.memory.is_some()
+            || self.cpu_cores.is_some()
+            || self.pids.is_some()
+            || self.cpus.is_some()
+            || self.freeze
     }
 }
 
@@ -119,6 +126,7 @@ pub enum Hierarchy {
         cpu: Controller,
         pids: Controller,
         freezer: Controller,
+        cpuset: Controller,
     },
     /// No cgroups: none usable here (`why`), or none wanted.
     None { why: String },
@@ -150,13 +158,14 @@ impl Hierarchy {
                 Ok(dir.join(name))
             }
         };
-        let (memory, cpu, pids, freezer) = (
+        let (memory, cpu, pids, freezer, cpuset) = (
             controller("memory"),
             controller("cpu"),
             controller("pids"),
             controller("freezer"),
+            controller("cpuset"),
         );
-        if [&memory, &cpu, &pids, &freezer]
+        if [&memory, &cpu, &pids, &freezer, &cpuset]
             .iter()
             .all(|c| **c == Err(NOT_MOUNTED))
         {
@@ -169,6 +178,7 @@ impl Hierarchy {
                 cpu,
                 pids,
                 freezer,
+                cpuset,
             }
         }
     }
@@ -182,12 +192,14 @@ impl Hierarchy {
                 cpu,
                 pids,
                 freezer,
+                cpuset,
             } => {
                 let each: Vec<String> = [
                     ("memory", memory),
                     ("cpu", cpu),
                     ("pids", pids),
                     ("freezer", freezer),
+                    ("cpuset", cpuset),
                 ]
                 .iter()
                 .map(|(n, c)| match c {
@@ -212,11 +224,13 @@ impl Hierarchy {
                 cpu,
                 pids,
                 freezer,
+                cpuset,
             } => [
                 ("memory", limits.memory.is_some(), memory),
                 ("cpu", limits.cpu_cores.is_some(), cpu),
                 ("pids", limits.pids.is_some(), pids),
                 ("freezer", limits.freeze, freezer),
+                ("cpuset", limits.cpus.is_some(), cpuset),
             ]
             .into_iter()
             .find_map(|(name, wanted, c)| match c {
@@ -239,18 +253,27 @@ impl Hierarchy {
             Hierarchy::None { .. } => Vec::new(),
             Hierarchy::V2 { root, base } => {
                 std::fs::create_dir_all(base).map_err(err(base, "create"))?;
-                // Delegate the controllers down to our cgroups.
+                // Delegate the controllers down to our cgroups (cpuset only where it is
+                // asked for: it pins, and not every host delegates it).
                 for parent in [root.as_path(), base.as_path()] {
                     write_file(
                         &parent.join("cgroup.subtree_control"),
                         "+memory +cpu +pids",
                         "enable controllers",
                     )?;
+                    if limits.cpus.is_some() {
+                        write_file(
+                            &parent.join("cgroup.subtree_control"),
+                            "+cpuset",
+                            "enable the cpuset controller",
+                        )?;
+                    }
                 }
                 let files = [
                     set("memory.max", limits.memory.map(|b| b.to_string())),
                     set("cpu.max", cpu_quota.map(|q| format!("{q} {CPU_PERIOD_US}"))),
                     set("pids.max", limits.pids.map(|p| p.to_string())),
+                    set("cpuset.cpus", limits.cpus.as_ref().map(ToString::to_string)),
                 ];
                 vec![(base.join(leaf), files.into_iter().flatten().collect())]
             }
@@ -259,37 +282,49 @@ impl Hierarchy {
                 cpu,
                 pids,
                 freezer,
-            } => [
-                (
-                    memory,
-                    vec![set(
-                        "memory.limit_in_bytes",
-                        limits.memory.map(|b| b.to_string()),
-                    )],
-                ),
-                (
-                    cpu,
-                    vec![
-                        set(
-                            "cpu.cfs_period_us",
-                            cpu_quota.map(|_| CPU_PERIOD_US.to_string()),
-                        ),
-                        set("cpu.cfs_quota_us", cpu_quota.map(|q| q.to_string())),
+                cpuset,
+            } => {
+                // A cpuset only for workers given CPUs: its memory nodes are its parent's.
+                let cpuset_files = match (&limits.cpus, cpuset) {
+                    (Some(cpus), Ok(base)) => vec![
+                        set("cpuset.mems", Some(v1_cpuset_base(base)?)),
+                        set("cpuset.cpus", Some(cpus.to_string())),
                     ],
-                ),
-                (
-                    pids,
-                    vec![set("pids.max", limits.pids.map(|p| p.to_string()))],
-                ),
-            ]
-            .into_iter()
-            // A freezer cgroup only for workers that may be frozen.
-            .chain(limits.freeze.then(|| (freezer, vec![])))
-            .filter_map(|(base, files)| {
-                let dir = base.as_ref().ok()?.join(leaf);
-                Some((dir, files.into_iter().flatten().collect()))
-            })
-            .collect(),
+                    _ => vec![],
+                };
+                [
+                    (
+                        memory,
+                        vec![set(
+                            "memory.limit_in_bytes",
+                            limits.memory.map(|b| b.to_string()),
+                        )],
+                    ),
+                    (
+                        cpu,
+                        vec![
+                            set(
+                                "cpu.cfs_period_us",
+                                cpu_quota.map(|_| CPU_PERIOD_US.to_string()),
+                            ),
+                            set("cpu.cfs_quota_us", cpu_quota.map(|q| q.to_string())),
+                        ],
+                    ),
+                    (
+                        pids,
+                        vec![set("pids.max", limits.pids.map(|p| p.to_string()))],
+                    ),
+                ]
+                .into_iter()
+                // A freezer cgroup only for workers that may be frozen.
+                .chain(limits.freeze.then(|| (freezer, vec![])))
+                .chain(limits.cpus.is_some().then_some((cpuset, cpuset_files)))
+                .filter_map(|(base, files)| {
+                    let dir = base.as_ref().ok()?.join(leaf);
+                    Some((dir, files.into_iter().flatten().collect()))
+                })
+                .collect()
+            }
         };
         let mut cg = Cgroup {
             dirs: Vec::new(),
@@ -322,7 +357,11 @@ impl Hierarchy {
                 cpu,
                 pids,
                 freezer,
-            } => [memory, cpu, pids, freezer].into_iter().flatten().collect(),
+                cpuset,
+            } => [memory, cpu, pids, freezer, cpuset]
+                .into_iter()
+                .flatten()
+                .collect(),
             Hierarchy::None { .. } => vec![],
         }
     }
@@ -360,6 +399,28 @@ impl Hierarchy {
             let _ = std::fs::remove_dir(b);
         }
     }
+}
+
+/// Our parent cgroup in the v1 cpuset hierarchy, made usable: a v1 cpuset takes no
+/// process and no child until its `cpuset.cpus` and `cpuset.mems` are set, so a new one
+/// gets its parent's. Returns its memory nodes (for the workers' cpusets).
+fn v1_cpuset_base(base: &Path) -> Result<String, CgroupError> {
+    std::fs::create_dir_all(base).map_err(err(base, "create"))?;
+    let parent = base.parent().unwrap_or(base);
+    for file in ["cpuset.cpus", "cpuset.mems"] {
+        let path = base.join(file);
+        let now = std::fs::read_to_string(&path).map_err(err(&path, "read"))?;
+        if now.trim().is_empty() {
+            let from = parent.join(file);
+            let value = std::fs::read_to_string(&from).map_err(err(&from, "read"))?;
+            write_file(&path, value.trim(), &format!("set {file}"))?;
+        }
+    }
+    let mems = base.join("cpuset.mems");
+    Ok(std::fs::read_to_string(&mems)
+        .map_err(err(&mems, "read"))?
+        .trim()
+        .to_owned())
 }
 
 /// One worker's cgroup (one directory per v1 controller, or one v2 directory).
@@ -548,6 +609,7 @@ mod tests {
             memory: Some(1 << 30),
             cpu_cores: Some(2.5),
             pids: Some(64),
+            cpus: None,
             freeze: false,
         };
         assert_eq!(h.supports(&limits), Ok(()));
@@ -568,6 +630,47 @@ mod tests {
         assert_eq!(read("cgroup.procs"), "4242");
         assert_eq!(cg.memory_current(), Some(1234));
         assert_eq!(cg.oom_kills(), Some(2));
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    /// A v1 cpuset takes nothing until its CPUs and memory nodes are set: our parent
+    /// cpuset gets the root's, a worker's its memory nodes and its CPUs.
+    #[test]
+    fn a_v1_cpuset_is_made_usable_from_its_parent() {
+        let root = std::env::temp_dir().join(format!("cuvisor-cgv1-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let (top, base, leaf) = (
+            root.join("cpuset"),
+            root.join("cpuset/cuvisor"),
+            root.join("cpuset/cuvisor/m-0"),
+        );
+        for dir in [&top, &base, &leaf] {
+            std::fs::create_dir_all(dir).unwrap();
+            for f in ["cpuset.cpus", "cpuset.mems", "cgroup.procs"] {
+                std::fs::write(dir.join(f), "").unwrap();
+            }
+        }
+        std::fs::write(top.join("cpuset.cpus"), "0-3\n").unwrap();
+        std::fs::write(top.join("cpuset.mems"), "0\n").unwrap();
+        let h = Hierarchy::V1 {
+            memory: Err(NOT_MOUNTED),
+            cpu: Err(NOT_MOUNTED),
+            pids: Err(NOT_MOUNTED),
+            freezer: Err(NOT_MOUNTED),
+            cpuset: Ok(base.clone()),
+        };
+        let limits = Limits {
+            cpus: Some("1-2".parse().unwrap()),
+            ..Limits::default()
+        };
+        assert_eq!(h.supports(&limits), Ok(()));
+        let cg = h.create("m-0", &limits).unwrap();
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap();
+        assert_eq!(read(&base.join("cpuset.cpus")), "0-3");
+        assert_eq!(read(&base.join("cpuset.mems")), "0");
+        assert_eq!(read(&leaf.join("cpuset.mems")), "0");
+        assert_eq!(read(&leaf.join("cpuset.cpus")), "1-2");
+        assert_eq!(cg.dirs(), [leaf]);
         let _ = std::fs::remove_dir_all(&root);
     }
 
@@ -651,6 +754,7 @@ mod tests {
             cpu: Err(NOT_MOUNTED),
             pids: Err(NOT_WRITABLE),
             freezer: Err(NOT_MOUNTED),
+            cpuset: Err(NOT_MOUNTED),
         };
         assert_eq!(
             h.supports(&Limits {
@@ -686,7 +790,7 @@ mod tests {
         );
         assert_eq!(
             h.describe(),
-            "cgroup v1 (memory; cpu: not mounted; pids: not writable (a read-only mount, or not root); freezer: not mounted)"
+            "cgroup v1 (memory; cpu: not mounted; pids: not writable (a read-only mount, or not root); freezer: not mounted; cpuset: not mounted)"
         );
     }
 }

@@ -87,6 +87,8 @@ pub struct ModelConfig {
     pub memory_limit: Option<u64>,
     /// CPU cores (fractions allowed).
     pub cpu_limit: Option<f64>,
+    /// The CPUs the model's workers may run on (a cpuset).
+    pub cpus: Option<crate::cpus::CpuSet>,
     pub pids_limit: Option<u64>,
     /// Freeze a hibernated model's workers (cgroup freezer), thawed before the wake.
     pub freeze_hibernated: bool,
@@ -226,6 +228,7 @@ struct RawModel {
     mode: Option<Spanned<String>>,
     memory_limit: Option<Spanned<String>>,
     cpu_limit: Option<Spanned<f64>>,
+    cpus: Option<Spanned<String>>,
     pids_limit: Option<Spanned<i64>>,
     freeze_hibernated: Option<bool>,
     instances: Option<Spanned<i64>>,
@@ -878,6 +881,28 @@ fn check_model(c: &mut Checker, m: &RawModel, line: usize) -> Option<ModelConfig
             None
         }
     });
+    let cpus = m
+        .cpus
+        .as_ref()
+        .and_then(|v| match v.get_ref().parse::<crate::cpus::CpuSet>() {
+            Err(why) => {
+                c.error(v, format!("cpus = {why}"));
+                None
+            }
+            Ok(set) => match crate::cpus::CpuSet::online() {
+                Some(host) if !set.is_subset(&host) => {
+                    c.error(
+                        v,
+                        format!(
+                            "cpus = \"{}\": this host's online CPUs are {host}",
+                            v.get_ref()
+                        ),
+                    );
+                    None
+                }
+                _ => Some(set),
+            },
+        });
     let pids_limit = m.pids_limit.as_ref().and_then(|v| {
         if *v.get_ref() >= 1 {
             Some(*v.get_ref() as u64)
@@ -1023,6 +1048,7 @@ fn check_model(c: &mut Checker, m: &RawModel, line: usize) -> Option<ModelConfig
         mode,
         memory_limit,
         cpu_limit,
+        cpus,
         pids_limit,
         freeze_hibernated: m.freeze_hibernated.unwrap_or(false),
         instances,

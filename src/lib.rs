@@ -22,6 +22,7 @@ pub mod caps;
 pub mod cgroups;
 pub mod config;
 pub mod control;
+pub mod cpus;
 pub mod exec;
 pub mod gateway;
 pub mod hibernation;

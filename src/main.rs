@@ -332,6 +332,7 @@ fn exec_command(a: ExecArgs) -> ExitCode {
             memory: a.mem_limit,
             cpu_cores: a.cpu_limit,
             pids: a.pids_limit,
+            cpus: None,
             freeze: false,
         },
         hibernate: a.hibernate,

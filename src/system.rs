@@ -420,10 +420,16 @@ pub fn worker_spec(
     at: Placement,
 ) -> Result<Spec, SpecError> {
     let visible = at.gpus;
-    let mut extra: Vec<(String, String)> = cfg
-        .env
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
+    // Thread pools sized to the model's CPUs (its own `env` may say otherwise).
+    let threads = crate::cpus::threads(cfg.cpus.as_ref(), cfg.cpu_limit);
+    let mut extra: Vec<(String, String)> = threads
+        .into_iter()
+        .flat_map(|n| {
+            crate::cpus::THREAD_VARIABLES
+                .iter()
+                .map(move |v| (v.to_string(), n.to_string()))
+        })
+        .chain(cfg.env.iter().map(|(k, v)| (k.clone(), v.clone())))
         .collect();
     if let Some(port) = at.port {
         // The server's port: `PORT`, and `{port}` in its arguments.
@@ -544,6 +550,7 @@ fn limits(m: &ModelConfig) -> Limits {
         memory: m.memory_limit,
         cpu_cores: m.cpu_limit,
         pids: m.pids_limit,
+        cpus: m.cpus.clone(),
         freeze: m.freeze_hibernated,
     }
 }

@@ -165,7 +165,7 @@ impl Supervisor {
     }
 
     pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
-        ["memory", "cpu", "pids", "freezer"]
+        ["memory", "cpu", "pids", "freezer", "cpuset"]
             .iter()
             .map(|c| Path::new("/sys/fs/cgroup").join(c).join(&self.cgroup_name))
             .filter(|p| p.exists())
