@@ -77,14 +77,19 @@ pub struct ReadOnly {
 /// worker would move itself out of its cgroups), `/proc/sys` (sysctls, and mounts under
 /// it such as `binfmt_misc`), `/proc/sysrq-trigger`, `/proc/irq` and `/proc/bus`. Read
 /// from `mountinfo` (this process's). Each is made read-only with everything mounted
-/// under it.
-pub fn kernel_interfaces(mountinfo: &str) -> Vec<ReadOnly> {
+/// under it. With `own_sysfs` (a worker in its own network namespace gets a sysfs of its
+/// own, read-only, with the cgroup tree bound into it) only the mounts under
+/// `/sys/fs/cgroup` remain of `/sys`'s.
+pub fn kernel_interfaces(mountinfo: &str, own_sysfs: bool) -> Vec<ReadOnly> {
     let mut out: Vec<ReadOnly> = mountinfo
         .lines()
         .filter_map(|line| {
             let fields: Vec<&str> = line.split(' ').collect();
             let (point, options) = (*fields.get(4)?, *fields.get(5)?);
             if point != "/sys" && !point.starts_with("/sys/") {
+                return None;
+            }
+            if own_sysfs && point != "/sys/fs/cgroup" && !point.starts_with("/sys/fs/cgroup/") {
                 return None;
             }
             let mut flags = 0;
@@ -159,6 +164,7 @@ const STEPS: &[&str] = &[
     "show the worker its own ledger only",
     "drop capabilities",
     "cover the control socket",
+    "mount its own /sys",
 ];
 
 /// Why a launch [`Spec`] cannot be made.
@@ -447,6 +453,67 @@ unsafe fn make_read_only(r: &ReadOnly) -> bool {
     }
 }
 
+/// `/proc/self/fd/N`, NUL-terminated, formatted without allocating (in the child).
+fn fd_path(fd: i32) -> [u8; 32] {
+    let mut path = [0u8; 32];
+    path[..14].copy_from_slice(b"/proc/self/fd/");
+    let mut digits = [0u8; 10];
+    let (mut n, mut len) = (fd as u32, 0);
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for k in 0..len {
+        path[14 + k] = digits[len - 1 - k];
+    }
+    path
+}
+
+/// Mounts a sysfs of the worker's own on `/sys`, read-only: in its own network namespace,
+/// `/sys/class/net` then lists its own devices, not the host's. The cgroup tree (with
+/// its mounts) is bound into it again, for the programs that read their limits there.
+///
+/// # Safety
+///
+/// Only in the child, in its own mount namespace: the supervisor's mounts must not change.
+unsafe fn mount_own_sysfs() -> bool {
+    // SAFETY: system calls on valid C strings and our own descriptor.
+    unsafe {
+        let cgroups = libc::open(
+            c"/sys/fs/cgroup".as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        );
+        let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        if libc::mount(
+            c"sysfs".as_ptr(),
+            c"/sys".as_ptr(),
+            c"sysfs".as_ptr(),
+            flags,
+            std::ptr::null(),
+        ) != 0
+        {
+            return false;
+        }
+        if cgroups < 0 {
+            return true; // the host has none to show
+        }
+        let source = fd_path(cgroups);
+        let ok = libc::mount(
+            source.as_ptr().cast(),
+            c"/sys/fs/cgroup".as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND | libc::MS_REC,
+            std::ptr::null(),
+        ) == 0;
+        libc::close(cgroups);
+        ok
+    }
+}
+
 /// Covers the ledger directory with an empty read-only tmpfs that shows one file: the
 /// model's own ledger, bound from the real directory.
 ///
@@ -484,20 +551,7 @@ unsafe fn show_own_ledger(dir: &CString, file: &CString) -> bool {
             return false;
         }
         libc::close(target);
-        let mut source = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0";
-        let mut digits = [0u8; 10];
-        let (mut n, mut len) = (own as u32, 0);
-        loop {
-            digits[len] = b'0' + (n % 10) as u8;
-            len += 1;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        for k in 0..len {
-            source[14 + k] = digits[len - 1 - k];
-        }
+        let source = fd_path(own);
         let ok = libc::mount(
             source.as_ptr().cast(),
             file.as_ptr(),
@@ -584,6 +638,9 @@ extern "C" fn child_main(arg: *mut c_void) -> i32 {
                 ) != 0
             {
                 fail(a.report, 2);
+            }
+            if s.isolation.network && !mount_own_sysfs() {
+                fail(a.report, 15);
             }
             for r in &s.read_only {
                 if !make_read_only(r) {

@@ -480,6 +480,7 @@ pub fn worker_spec(
             .collect::<Result<Vec<_>, SpecError>>()?;
         read_only.extend(launch::kernel_interfaces(
             &std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
+            cfg.isolation.network,
         ));
         // What every model runs: a worker that is root must not rewrite them.
         let exe = std::env::current_exe().ok();

@@ -78,3 +78,32 @@ fn cpus_pin_a_model_and_thread_pools_follow_its_cpus() {
         )
     );
 }
+
+/// In its own network namespace a worker gets a sysfs of its own, read-only: its network
+/// devices are its own (only `lo`), and the cgroup tree is still there.
+#[test]
+fn a_worker_in_its_own_network_namespace_sees_its_own_sys() {
+    let script = "ls /sys/class/net | tr '\\\\n' ' '; echo; ls /sys/fs/cgroup | grep -cx memory; touch /sys/x 2>/dev/null && echo writable || echo read-only; (echo $$ > /sys/fs/cgroup/memory/cgroup.procs) 2>/dev/null && echo moved || echo stays; sleep 600";
+    let model = |name: &str, network: bool| {
+        format!(
+            "[[model]]\nname = \"{name}\"\ncommand = \"sh\"\nargs = [\"-c\", \"{script}\"]\nrestart = \"never\"\nisolation = {{ network = {network} }}\n"
+        )
+    };
+    let s = Supervisor::start(
+        "own-sys",
+        &[model("boxed", true), model("shared", false)].concat(),
+    );
+    // The cgroup tree is read-only too: the worker cannot move itself out.
+    assert_eq!(log_of(&s, "boxed-0", 4), ["lo ", "1", "read-only", "stays"]);
+    let host: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    let shared = log_of(&s, "shared-0", 4);
+    assert_eq!(shared[1..], ["1", "read-only", "stays"]);
+    let mut seen: Vec<&str> = shared[0].split_whitespace().collect();
+    let mut expected: Vec<&str> = host.iter().map(String::as_str).collect();
+    seen.sort();
+    expected.sort();
+    assert_eq!(seen, expected, "the host's network: its devices");
+}
