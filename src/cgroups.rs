@@ -465,6 +465,11 @@ impl Cgroup {
         self.dir_of("memory")
     }
 
+    /// Its memory controller's directory, and whether that is cgroup v2.
+    pub fn memory_files(&self) -> Option<(PathBuf, bool)> {
+        self.memory_dir().map(|d| (d.to_owned(), self.v2))
+    }
+
     /// Freezes (`true`) or thaws every process of the cgroup. A freeze returns once the
     /// kernel says the cgroup is frozen (at most 1 s). A frozen process runs nothing:
     /// it must be thawed before it is asked anything, or signalled (a cgroup v1 freezer

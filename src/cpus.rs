@@ -83,6 +83,15 @@ impl CpuSet {
         self.0.is_empty()
     }
 
+    pub fn contains(&self, cpu: u32) -> bool {
+        self.0.binary_search(&cpu).is_ok()
+    }
+
+    /// The first `n` CPUs of the set.
+    pub fn first(&self, n: usize) -> CpuSet {
+        CpuSet(self.0.iter().take(n).copied().collect())
+    }
+
     pub fn is_subset(&self, of: &CpuSet) -> bool {
         self.0.iter().all(|c| of.0.binary_search(c).is_ok())
     }

@@ -143,6 +143,7 @@ pub fn exec(o: ExecOptions) -> Result<i32, ExecError> {
         privileges: launch::Privileges::Inherit,
         read_only: Vec::new(),
         cover: Vec::new(),
+        binds: Vec::new(),
         ledger: None,
         host_ids: None,
         stdin: Some(0), // the program is ours to talk to, as if run directly

@@ -43,6 +43,9 @@ pub struct Spec {
     /// With `isolation.user`: the first of the [`USERNS_BLOCK`] host ids that ids 0.. in
     /// the worker's user namespace map to (uids and gids alike).
     pub host_ids: Option<u32>,
+    /// With a mount namespace: files bound over others (source, target), each read-only:
+    /// the model's view of its memory and CPUs.
+    pub binds: Vec<(CString, CString)>,
     /// The worker's stdin (None: /dev/null, as for a supervised worker), stdout and
     /// stderr.
     pub stdin: Option<RawFd>,
@@ -165,6 +168,7 @@ const STEPS: &[&str] = &[
     "drop capabilities",
     "cover the control socket",
     "mount its own /sys",
+    "show the worker its own memory and CPUs",
 ];
 
 /// Why a launch [`Spec`] cannot be made.
@@ -641,6 +645,18 @@ extern "C" fn child_main(arg: *mut c_void) -> i32 {
             }
             if s.isolation.network && !mount_own_sysfs() {
                 fail(a.report, 15);
+            }
+            for (source, target) in &s.binds {
+                if libc::mount(
+                    source.as_ptr(),
+                    target.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    fail(a.report, 16);
+                }
             }
             for r in &s.read_only {
                 if !make_read_only(r) {

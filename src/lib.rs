@@ -36,6 +36,7 @@ pub mod scaling;
 pub mod status;
 pub mod supervisor;
 pub mod system;
+pub mod view;
 pub use cuvisor_common::{contract, gpu, size};
 
 /// The version of this crate (and of the `cuvisor` binary).

@@ -362,6 +362,15 @@ fn check(path: &std::path::Path) -> ExitCode {
                     eprintln!("WARNING: model {}: {why}", m.name);
                 }
             }
+            if cuvisor::view::needed(&c) && !std::path::Path::new("/dev/fuse").exists() {
+                eprintln!(
+                    "{}: models with memory_limit, cpus or cpu_limit are shown their own \
+                     /proc/meminfo and CPUs through FUSE, and this host has no /dev/fuse \
+                     (load the fuse module)",
+                    path.display()
+                );
+                return ExitCode::FAILURE;
+            }
             match cuvisor::supervisor::place(&c, &cuvisor::nvml::Nvml) {
                 Ok(None) => ExitCode::SUCCESS,
                 Ok(Some(plan)) => {

@@ -131,6 +131,14 @@ pub enum Error {
     Serve(#[from] crate::control::ServeError),
     #[error("cannot start the {0} thread: {1}")]
     Thread(&'static str, std::io::Error),
+    #[error(
+        "cannot mount the models' view of their memory and CPUs (FUSE) at {}: {source} (it needs /dev/fuse and root)",
+        path.display()
+    )]
+    View {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the supervisor's thread panicked")]
     Panicked,
 }

@@ -15,6 +15,7 @@ use crate::ledger::{self, CreateOptions, LedgerError, LedgerFile};
 use crate::lifecycle::Signal;
 use crate::placement::Plan;
 use crate::supervisor::{Error, Event, log};
+use crate::view::{self, Views};
 use std::ffi::CString;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -31,6 +32,8 @@ pub struct Worker {
     pub cgroup: Option<Cgroup>,
     /// The cgroup's OOM kills before it started.
     pub oom_kills_at_start: u64,
+    /// Its view of its memory and CPUs is served under this name ([`Views`]).
+    pub view: Option<String>,
 }
 
 impl Worker {
@@ -41,6 +44,7 @@ impl Worker {
             port,
             cgroup: None,
             oom_kills_at_start: 0,
+            view: None,
         }
     }
 }
@@ -109,6 +113,7 @@ pub struct System {
     hierarchy: Hierarchy,
     ledger_dir: PathBuf,
     events: Sender<Event>,
+    views: Option<std::sync::Arc<Views>>,
 }
 
 struct Job {
@@ -126,6 +131,7 @@ struct Launcher {
     hierarchy: Hierarchy,
     shim: PathBuf,
     plan: Option<Plan>,
+    views: Option<std::sync::Arc<Views>>,
 }
 
 impl System {
@@ -137,6 +143,16 @@ impl System {
         plan: Option<Plan>,
         events: Sender<Event>,
     ) -> Result<System, Error> {
+        let views = match view::needed(config) {
+            false => None,
+            true => {
+                let root = Path::new(crate::supervisor::RUN_DIR)
+                    .join(format!("{}.view", config.supervisor.cgroup_name));
+                let views =
+                    Views::mount(&root).map_err(|source| Error::View { path: root, source })?;
+                Some(std::sync::Arc::new(views))
+            }
+        };
         let (jobs, queue) = channel::<Job>();
         let queue = std::sync::Arc::new(std::sync::Mutex::new(queue));
         let launcher = std::sync::Arc::new(Launcher {
@@ -144,6 +160,7 @@ impl System {
             hierarchy: hierarchy.clone(),
             shim,
             plan,
+            views: views.clone(),
         });
         let mut launchers = Vec::with_capacity(LAUNCHERS);
         for _ in 0..LAUNCHERS {
@@ -182,6 +199,7 @@ impl System {
             hierarchy,
             ledger_dir: config.supervisor.ledger_dir.clone(),
             events,
+            views,
         })
     }
 }
@@ -241,6 +259,9 @@ impl Effects for System {
     }
 
     fn release(&mut self, cfg: &ModelConfig, worker: Worker) {
+        if let (Some(views), Some(leaf)) = (&self.views, &worker.view) {
+            views.remove(leaf);
+        }
         if let Some(cg) = worker.cgroup
             && let Err(e) = cg.remove()
         {
@@ -297,7 +318,9 @@ impl Launcher {
             Some(_) => Some(gateway::free_port().map_err(StartError::Port)?),
             None => None,
         };
-        let spec = worker_spec(
+        let leaf = format!("{}-{index}", cfg.name);
+        let view_dir = self.views.as_ref().map(|v| v.dir(&leaf));
+        let mut spec = worker_spec(
             cfg,
             &self.supervisor,
             &self.shim,
@@ -305,19 +328,48 @@ impl Launcher {
             Placement {
                 gpus: visible.as_deref(),
                 port,
+                view: view_dir.as_deref(),
             },
         )?;
-        let leaf = format!("{}-{index}", cfg.name);
         // Before the worker exists: if the launch fails, the copier sees the end of the
         // pipe (its write end goes with `out_write`) and ends.
         forward_output(out_read, &self.supervisor.logs, &leaf).map_err(StartError::Thread)?;
         // Last, so that nothing before it can fail and leave the cgroup behind.
         let cgroup = self.hierarchy.create(&leaf, &limits(cfg))?;
+        // Its view is served before it starts: its mount namespace binds the files.
+        let view = self
+            .views
+            .as_ref()
+            .filter(|_| !spec.binds.is_empty())
+            .map(|views| {
+                let limit = cfg.cpu_limit.map(|c| (c.ceil() as usize).max(1));
+                let host = crate::cpus::CpuSet::online();
+                let source = view::Source {
+                    memory: cfg
+                        .memory_limit
+                        .and_then(|l| cgroup.memory_files().map(|(dir, v2)| (dir, v2, l))),
+                    cpus: (cfg.cpus.is_some() || limit.is_some())
+                        .then(|| host.map(|h| view::shown_cpus(&h, cfg.cpus.as_ref(), limit)))
+                        .flatten(),
+                };
+                // Only what it can be shown: a memory limit the host does not enforce is
+                // not one to show.
+                spec.binds.retain(|(_, target)| {
+                    view::FILES
+                        .iter()
+                        .any(|(f, t)| t.as_bytes() == target.as_bytes() && source.shows(f))
+                });
+                views.add(&leaf, source);
+                leaf.clone()
+            });
         let launched = launch::launch(&spec, |pid| {
             cgroup.add(pid as u32).map_err(|e| e.to_string())
         })
         .inspect_err(|_| {
             let _ = cgroup.remove();
+            if let (Some(views), Some(leaf)) = (&self.views, &view) {
+                views.remove(leaf);
+            }
         })?;
         drop(out_write);
         Ok(Worker {
@@ -325,6 +377,7 @@ impl Launcher {
             port,
             oom_kills_at_start: cgroup.oom_kills().unwrap_or(0),
             cgroup: Some(cgroup),
+            view,
         })
     }
 }
@@ -407,6 +460,8 @@ pub fn prepare(
 pub struct Placement<'a> {
     pub gpus: Option<&'a [GpuUuid]>,
     pub port: Option<u16>,
+    /// Where the worker's own view of its memory and CPUs is served ([`crate::view`]).
+    pub view: Option<&'a Path>,
 }
 
 /// How a worker of `cfg` is started (its program, arguments, environment, credentials,
@@ -500,6 +555,18 @@ pub fn worker_spec(
     } else {
         (Vec::new(), Vec::new(), None)
     };
+    // Its own /proc/meminfo and CPU files, over the host's (in its mount namespace).
+    let binds = match at.view.filter(|_| cfg.isolation.mount) {
+        Some(dir) => view::files_for(cfg.memory_limit, cfg.cpus.as_ref(), cfg.cpu_limit)
+            .map(|(file, target)| {
+                Ok((
+                    path(&dir.join(file))?,
+                    CString::new(target).expect("no NUL in a constant"),
+                ))
+            })
+            .collect::<Result<Vec<_>, SpecError>>()?,
+        None => Vec::new(),
+    };
     Ok(Spec {
         program,
         argv: cstrings(argv)?,
@@ -513,6 +580,7 @@ pub fn worker_spec(
         privileges: Privileges::Keep(cfg.capabilities),
         read_only,
         cover,
+        binds,
         host_ids: cfg.host_ids,
         ledger,
         stdin: None,

@@ -107,3 +107,133 @@ fn a_worker_in_its_own_network_namespace_sees_its_own_sys() {
     expected.sort();
     assert_eq!(seen, expected, "the host's network: its devices");
 }
+
+/// The view filesystem on its own: a worker's files come from its cgroup (a fake one
+/// here) and change as it does; only the files its limits call for are there.
+#[test]
+fn the_view_filesystem_serves_each_workers_files_from_its_cgroup() {
+    let dir = TempDir::new("viewfs");
+    let cg = dir.path("cgroup");
+    std::fs::create_dir_all(&cg).unwrap();
+    std::fs::write(cg.join("memory.current"), "104857600\n").unwrap();
+    std::fs::write(cg.join("memory.stat"), "file 0\nanon 104857600\nshmem 0\n").unwrap();
+    let views = cuvisor::view::Views::mount(&dir.path("mnt")).unwrap();
+    views.add(
+        "m-0",
+        cuvisor::view::Source {
+            memory: Some((cg.clone(), true, 512 << 20)),
+            cpus: Some("0".parse().unwrap()),
+        },
+    );
+    views.add(
+        "n-0",
+        cuvisor::view::Source {
+            memory: None,
+            cpus: Some("0".parse().unwrap()),
+        },
+    );
+    let read = |leaf: &str, file: &str| std::fs::read_to_string(views.path(leaf, file));
+    let meminfo = read("m-0", "meminfo").unwrap();
+    assert!(
+        meminfo.starts_with("MemTotal:         524288 kB\nMemFree:          421888 kB\n"),
+        "{meminfo}"
+    );
+    std::fs::write(cg.join("memory.current"), "209715200\n").unwrap();
+    assert!(
+        read("m-0", "meminfo")
+            .unwrap()
+            .contains("\nMemFree:          319488 kB\n"),
+        "read again, made again"
+    );
+    assert_eq!(read("m-0", "online").unwrap(), "0\n");
+    assert_eq!(
+        read("m-0", "cpuinfo").unwrap().matches("processor").count(),
+        1
+    );
+    assert!(
+        read("m-0", "stat")
+            .unwrap()
+            .lines()
+            .any(|l| l.starts_with("cpu0 "))
+    );
+    assert!(
+        !read("m-0", "stat")
+            .unwrap()
+            .lines()
+            .any(|l| l.starts_with("cpu1 "))
+    );
+    // No memory limit: no meminfo of its own.
+    assert_eq!(
+        read("n-0", "meminfo").unwrap_err().kind(),
+        std::io::ErrorKind::NotFound
+    );
+    views.remove("m-0");
+    assert!(read("m-0", "online").is_err());
+    let mut listed: Vec<String> = std::fs::read_dir(dir.path("mnt"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    listed.sort();
+    assert_eq!(listed, ["n-0"]);
+    drop(views);
+}
+
+/// The issue's case: a worker with `memory_limit = "512MiB"` reads 512 MiB in
+/// `/proc/meminfo`, and MemAvailable falls as it allocates; with `cpu_limit = 1`,
+/// `nproc`, `os.cpu_count()` and `/sys/devices/system/cpu/online` say one CPU. A model
+/// without limits sees the host's.
+#[test]
+fn a_worker_sees_its_own_memory_and_cpus() {
+    let script = r#"python3 -c '
+import os
+def avail():
+    return [l for l in open(\"/proc/meminfo\") if l.startswith(\"MemAvailable:\")][0].split()[1]
+print(open(\"/proc/meminfo\").readline().strip())
+before = int(avail())
+b = bytearray(200 * 1024 * 1024)
+for i in range(0, len(b), 4096): b[i] = 1
+print(\"fell\" if before - int(avail()) >= 190 * 1024 else \"stayed\", before, avail())
+print(os.cpu_count())
+'; cat /sys/devices/system/cpu/online; nproc; sleep 607"#;
+    let model = |name: &str, keys: &str| {
+        format!(
+            "[[model]]\nname = \"{name}\"\ncommand = \"sh\"\nargs = [\"-c\", \"{}\"]\nrestart = \"never\"\n{keys}\n",
+            script.replace('\n', "\\n")
+        )
+    };
+    let s = Supervisor::start(
+        "own-view",
+        &[
+            model("small", "memory_limit = \"512MiB\"\ncpu_limit = 1.0"),
+            model("host", ""),
+        ]
+        .concat(),
+    );
+    let small = log_of(&s, "small-0", 5);
+    assert_eq!(small[0], "MemTotal:         524288 kB", "{small:?}");
+    assert!(small[1].starts_with("fell "), "{small:?}");
+    assert_eq!(small[2..], ["1", "0", "1"], "{small:?}");
+    let host_total = std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_owned();
+    let host = log_of(&s, "host-0", 5);
+    assert_eq!(host[0], host_total);
+    let online = cuvisor::cpus::CpuSet::online().unwrap();
+    assert_eq!(host[2], online.len().to_string());
+    assert_eq!(host[3], online.to_string());
+    // Killed, the supervisor leaves its view mounted and dead; the next one of the same
+    // name detaches it and serves its own.
+    let mut s = s;
+    let mut child = s.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    wait_until("the old worker's end", Duration::from_secs(10), || {
+        pgrep("sleep 607").is_empty()
+    });
+    s.respawn();
+    let again = log_of(&s, "small-0", 10);
+    assert_eq!(again[5], "MemTotal:         524288 kB", "{again:?}");
+}

@@ -179,6 +179,17 @@ impl Drop for Supervisor {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // Killed, it could not unmount its view filesystem (a real supervisor detaches it
+        // at its next start, under the same name).
+        let view = std::path::Path::new(cuvisor::supervisor::RUN_DIR)
+            .join(format!("{}.view", self.cgroup_name));
+        // (A dead FUSE mount answers ENOTCONN to a stat: no test of it first.)
+        if std::fs::read_dir(cuvisor::supervisor::RUN_DIR)
+            .is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.path() == view)))
+        {
+            let _ = run(Command::new("umount").arg("-l").arg(&view));
+            let _ = std::fs::remove_dir(&view);
+        }
         // The supervisor is gone: its lock file (which a supervisor never removes) can go.
         let _ = std::fs::remove_file(
             std::path::Path::new(cuvisor::supervisor::RUN_DIR)

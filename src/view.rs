@@ -1,0 +1,566 @@
+//! Each model's own view of the machine: `/proc/meminfo` that reports its host memory
+//! limit and its cgroup's usage, and `/proc/cpuinfo`, `/proc/stat` and
+//! `/sys/devices/system/cpu/online` that list its CPUs (its cpuset, or as many as its CPU
+//! limit), so that programs that size themselves from them (psutil, frameworks, glibc's
+//! `sysconf(_SC_NPROCESSORS_ONLN)`, Python's `os.cpu_count()`) see the model's share.
+//!
+//! The supervisor serves the files from a small FUSE filesystem of its own (the `fuser`
+//! crate; no daemon to install or manage, and it goes when the supervisor goes), one
+//! directory per worker, and each worker's mount namespace binds them over the host's.
+//! A file's content is made when it is opened, from the worker's cgroup, by the pure
+//! functions below (the host's files and the cgroup's numbers in, text out).
+
+use crate::cpus::CpuSet;
+use std::collections::HashMap;
+
+/// The files a worker's view replaces: (name in the view, path in the worker).
+pub const FILES: [(&str, &str); 4] = [
+    ("meminfo", "/proc/meminfo"),
+    ("cpuinfo", "/proc/cpuinfo"),
+    ("stat", "/proc/stat"),
+    ("online", "/sys/devices/system/cpu/online"),
+];
+
+/// The files of [`FILES`] a worker with these limits is shown its own of: `meminfo`
+/// with a memory limit, the CPU files with `cpus` or a CPU limit.
+pub fn files_for(
+    memory_limit: Option<u64>,
+    cpus: Option<&CpuSet>,
+    cpu_limit: Option<f64>,
+) -> impl Iterator<Item = (&'static str, &'static str)> {
+    let cpu = cpus.is_some() || cpu_limit.is_some();
+    FILES.into_iter().filter(move |(f, _)| {
+        if *f == "meminfo" {
+            memory_limit.is_some()
+        } else {
+            cpu
+        }
+    })
+}
+
+/// Whether any model of `config` is shown its own memory or CPUs: one in its own mount
+/// namespace with a memory limit, `cpus` or a CPU limit.
+pub fn needed(config: &crate::config::Config) -> bool {
+    config.models.iter().any(|m| {
+        m.isolation.mount
+            && files_for(m.memory_limit, m.cpus.as_ref(), m.cpu_limit)
+                .next()
+                .is_some()
+    })
+}
+
+/// A cgroup's memory, in bytes: its limit, what it uses, and `memory.stat`'s counters
+/// under cgroup v2's names (`file`, `anon`, `shmem`, `active_file`, `inactive_file`,
+/// `active_anon`, `inactive_anon`; v1's `total_*` counters are given under these).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Memory {
+    pub limit: u64,
+    pub usage: u64,
+    pub stat: HashMap<String, u64>,
+}
+
+/// `/proc/meminfo` for a cgroup: MemTotal is its limit (at most the host's), MemFree what
+/// it does not use, MemAvailable that plus its reclaimable page cache, and the page-cache
+/// and anonymous lines its own; the lines that are the host's (swap, huge pages,
+/// vmalloc) stay as the host's file has them.
+pub fn meminfo(host: &str, memory: &Memory) -> String {
+    let stat = |key: &str| memory.stat.get(key).copied().unwrap_or(0);
+    let host_total = host
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(u64::MAX, |k| k.saturating_mul(1024));
+    let total = memory.limit.min(host_total);
+    let free = total - memory.usage.min(total);
+    let reclaimable = (stat("active_file") + stat("inactive_file")).saturating_sub(stat("shmem"));
+    let ours: [(&str, u64); 14] = [
+        ("MemTotal", total),
+        ("MemFree", free),
+        ("MemAvailable", (free + reclaimable).min(total)),
+        ("Buffers", 0),
+        ("Cached", stat("file")),
+        ("SwapCached", 0),
+        ("Active", stat("active_anon") + stat("active_file")),
+        ("Inactive", stat("inactive_anon") + stat("inactive_file")),
+        ("Active(anon)", stat("active_anon")),
+        ("Inactive(anon)", stat("inactive_anon")),
+        ("Active(file)", stat("active_file")),
+        ("Inactive(file)", stat("inactive_file")),
+        ("AnonPages", stat("anon")),
+        ("Shmem", stat("shmem")),
+    ];
+    let mut out = String::new();
+    for line in host.lines() {
+        let key = line.split(':').next().unwrap_or("");
+        match ours.iter().find(|(k, _)| *k == key) {
+            Some((k, bytes)) => out += &format!("{:<16}{:>8} kB\n", format!("{k}:"), bytes / 1024),
+            None => {
+                out += line;
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+/// The CPUs a model is shown: its cpuset, or the host's online CPUs; at most `limit` of
+/// them (its CPU limit rounded up), the first ones.
+pub fn shown_cpus(host: &CpuSet, cpus: Option<&CpuSet>, limit: Option<usize>) -> CpuSet {
+    let from = cpus.unwrap_or(host);
+    from.first(limit.map_or(from.len(), |l| l.clamp(1, from.len())))
+}
+
+/// `/proc/cpuinfo` with the blocks of the `shown` CPUs only.
+pub fn cpuinfo(host: &str, shown: &CpuSet) -> String {
+    let mut out = String::new();
+    for block in host.split("\n\n").filter(|b| !b.trim().is_empty()) {
+        let processor = block.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == "processor").then(|| v.trim().parse::<u32>().ok())?
+        });
+        if processor.is_some_and(|p| shown.contains(p)) {
+            out += block.trim_start_matches('\n');
+            out += "\n\n";
+        }
+    }
+    out
+}
+
+/// `/proc/stat` with the `cpuN` lines of the `shown` CPUs only, and the `cpu` line their
+/// sum.
+pub fn stat(host: &str, shown: &CpuSet) -> String {
+    fn ours<'a>(line: &'a str, shown: &CpuSet) -> Option<&'a str> {
+        let (n, fields) = line.strip_prefix("cpu")?.split_once(' ')?;
+        shown.contains(n.parse::<u32>().ok()?).then_some(fields)
+    }
+    let mut sum: Vec<u64> = Vec::new();
+    for fields in host.lines().filter_map(|l| ours(l, shown)) {
+        let values: Vec<u64> = fields
+            .split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        sum.resize(sum.len().max(values.len()), 0);
+        for (s, v) in sum.iter_mut().zip(&values) {
+            *s += v;
+        }
+    }
+    let mut out = String::new();
+    for line in host.lines() {
+        if line.starts_with("cpu ") {
+            let values: Vec<String> = sum.iter().map(ToString::to_string).collect();
+            out += &format!("cpu  {}\n", values.join(" "));
+        } else if !line.starts_with("cpu") || ours(line, shown).is_some() {
+            out += line;
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOST_MEMINFO: &str = "MemTotal:       16000000 kB\nMemFree:        12000000 kB\nMemAvailable:   14000000 kB\nBuffers:            1000 kB\nCached:          2000000 kB\nSwapCached:            0 kB\nActive:          1000000 kB\nInactive:        1000000 kB\nActive(anon):     500000 kB\nInactive(anon):   500000 kB\nActive(file):     500000 kB\nInactive(file):   500000 kB\nSwapTotal:       2000000 kB\nSwapFree:        2000000 kB\nAnonPages:       1000000 kB\nShmem:             10000 kB\nHugePages_Total:       0\n";
+
+    #[test]
+    fn meminfo_shows_the_cgroup_and_keeps_the_hosts_other_lines() {
+        let mib = 1 << 20;
+        let memory = Memory {
+            limit: 512 * mib,
+            usage: 128 * mib,
+            stat: [
+                ("file", 64 * mib),
+                ("active_file", 32 * mib),
+                ("inactive_file", 32 * mib),
+                ("shmem", 8 * mib),
+                ("anon", 56 * mib),
+                ("active_anon", 50 * mib),
+                ("inactive_anon", 6 * mib),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+        };
+        let text = meminfo(HOST_MEMINFO, &memory);
+        let line = |k: &str| {
+            text.lines()
+                .find(|l| l.starts_with(&format!("{k}:")))
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(line("MemTotal"), "MemTotal:         524288 kB");
+        assert_eq!(line("MemFree"), "MemFree:          393216 kB");
+        // Free, plus the page cache that is not shared memory.
+        assert_eq!(line("MemAvailable"), "MemAvailable:     450560 kB");
+        assert_eq!(line("Cached"), "Cached:            65536 kB");
+        assert_eq!(line("Active"), "Active:            83968 kB");
+        assert_eq!(line("Shmem"), "Shmem:              8192 kB");
+        assert_eq!(line("SwapTotal"), "SwapTotal:       2000000 kB");
+        assert_eq!(line("HugePages_Total"), "HugePages_Total:       0");
+        assert_eq!(text.lines().count(), HOST_MEMINFO.lines().count());
+        // A limit above the host's memory: the host's.
+        let big = Memory {
+            limit: u64::MAX,
+            ..memory
+        };
+        assert!(meminfo(HOST_MEMINFO, &big).starts_with("MemTotal:       16000000 kB\n"));
+    }
+
+    #[test]
+    fn the_cpu_files_list_the_models_cpus() {
+        let host: CpuSet = "0-3".parse().unwrap();
+        let set: CpuSet = "1,3".parse().unwrap();
+        assert_eq!(shown_cpus(&host, Some(&set), None), set);
+        assert_eq!(shown_cpus(&host, None, Some(2)).to_string(), "0-1");
+        assert_eq!(shown_cpus(&host, Some(&set), Some(1)).to_string(), "1");
+        assert_eq!(shown_cpus(&host, None, None), host);
+        let cpuinfo_host = "processor\t: 0\nmodel name\t: X\n\nprocessor\t: 1\nmodel name\t: X\n\nprocessor\t: 2\nmodel name\t: X\n\nprocessor\t: 3\nmodel name\t: X\n\n";
+        assert_eq!(
+            cpuinfo(cpuinfo_host, &set),
+            "processor\t: 1\nmodel name\t: X\n\nprocessor\t: 3\nmodel name\t: X\n\n"
+        );
+        let stat_host =
+            "cpu  10 20 30\ncpu0 1 2 3\ncpu1 2 4 6\ncpu2 3 6 9\ncpu3 4 8 12\nintr 5\nctxt 6\n";
+        assert_eq!(
+            stat(stat_host, &set),
+            "cpu  6 12 18\ncpu1 2 4 6\ncpu3 4 8 12\nintr 5\nctxt 6\n"
+        );
+    }
+}
+
+// ---- where a view's numbers come from ------------------------------------------------
+
+/// What one worker's view is made from.
+#[derive(Debug, Clone, Default)]
+pub struct Source {
+    /// Its memory: the cgroup's memory directory, whether it is cgroup v2, and its limit
+    /// (None: the host's meminfo stands).
+    pub memory: Option<(std::path::PathBuf, bool, u64)>,
+    /// The CPUs it is shown (None: the host's CPU files stand).
+    pub cpus: Option<CpuSet>,
+}
+
+impl Source {
+    /// Whether the view replaces `file` (a name of [`FILES`]).
+    pub fn shows(&self, file: &str) -> bool {
+        match file {
+            "meminfo" => self.memory.is_some(),
+            _ => self.cpus.is_some(),
+        }
+    }
+
+    /// The content of `file` now.
+    fn content(&self, file: &str) -> String {
+        let host = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+        match (file, &self.memory, &self.cpus) {
+            ("meminfo", Some((dir, v2, limit)), _) => {
+                meminfo(&host("/proc/meminfo"), &read_memory(dir, *v2, *limit))
+            }
+            ("cpuinfo", _, Some(cpus)) => cpuinfo(&host("/proc/cpuinfo"), cpus),
+            ("stat", _, Some(cpus)) => stat(&host("/proc/stat"), cpus),
+            ("online", _, Some(cpus)) => format!("{cpus}\n"),
+            _ => String::new(),
+        }
+    }
+}
+
+/// A cgroup's memory now (v1's `total_*` counters under v2's names).
+fn read_memory(dir: &std::path::Path, v2: bool, limit: u64) -> Memory {
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+    let usage = read(if v2 {
+        "memory.current"
+    } else {
+        "memory.usage_in_bytes"
+    })
+    .trim()
+    .parse()
+    .unwrap_or(0);
+    let names: &[(&str, &str)] = if v2 {
+        &[
+            ("file", "file"),
+            ("anon", "anon"),
+            ("shmem", "shmem"),
+            ("active_file", "active_file"),
+            ("inactive_file", "inactive_file"),
+            ("active_anon", "active_anon"),
+            ("inactive_anon", "inactive_anon"),
+        ]
+    } else {
+        &[
+            ("total_cache", "file"),
+            ("total_rss", "anon"),
+            ("total_shmem", "shmem"),
+            ("total_active_file", "active_file"),
+            ("total_inactive_file", "inactive_file"),
+            ("total_active_anon", "active_anon"),
+            ("total_inactive_anon", "inactive_anon"),
+        ]
+    };
+    let stat = read("memory.stat")
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            let (_, ours) = names.iter().find(|(theirs, _)| *theirs == k)?;
+            Some(((*ours).to_owned(), v.trim().parse().ok()?))
+        })
+        .collect();
+    Memory { limit, usage, stat }
+}
+
+// ---- the filesystem --------------------------------------------------------------------
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, INodeNo, LockOwner, OpenFlags,
+    ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, Request,
+};
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+/// Inodes: 1 the root; a worker's directory `2 + 8 × id`, its files the next four.
+const PER_WORKER: u64 = 8;
+
+#[derive(Default)]
+struct State {
+    /// Worker (its cgroup's leaf name) -> (id, source).
+    workers: HashMap<String, (u64, Source)>,
+    next_id: u64,
+    /// Open files: their content, made when opened.
+    open: HashMap<u64, Arc<Vec<u8>>>,
+    next_fh: u64,
+}
+
+impl State {
+    fn by_ino(&self, ino: u64) -> Option<(&Source, Option<&'static str>)> {
+        let rel = ino.checked_sub(2)?;
+        let (id, k) = (rel / PER_WORKER, rel % PER_WORKER);
+        let (_, source) = self.workers.values().find(|(i, _)| *i == id)?;
+        match k {
+            0 => Some((source, None)),
+            k if (k as usize) <= FILES.len() => {
+                let name = FILES[k as usize - 1].0;
+                source.shows(name).then_some((source, Some(name)))
+            }
+            _ => None,
+        }
+    }
+}
+
+struct ViewFs(Arc<Mutex<State>>);
+
+fn attr(ino: u64, directory: bool) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        // Made when opened: read as a stream (direct I/O), as the kernel's own files are.
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: if directory {
+            FileType::Directory
+        } else {
+            FileType::RegularFile
+        },
+        perm: if directory { 0o555 } else { 0o444 },
+        nlink: if directory { 2 } else { 1 },
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        flags: 0,
+        blksize: 4096,
+    }
+}
+
+const TTL: Duration = Duration::ZERO;
+
+impl ViewFs {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Filesystem for ViewFs {
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let state = self.state();
+        let name = name.to_str().unwrap_or("");
+        let found = if parent.0 == 1 {
+            state
+                .workers
+                .get(name)
+                .map(|(id, _)| attr(2 + id * PER_WORKER, true))
+        } else {
+            FILES.iter().position(|(f, _)| *f == name).and_then(|k| {
+                let ino = parent.0 + 1 + k as u64;
+                state.by_ino(ino).map(|_| attr(ino, false))
+            })
+        };
+        match found {
+            Some(a) => reply.entry(&TTL, &a, fuser::Generation(0)),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let state = self.state();
+        match (ino.0, state.by_ino(ino.0)) {
+            (1, _) => reply.attr(&TTL, &attr(1, true)),
+            (ino, Some((_, file))) => reply.attr(&TTL, &attr(ino, file.is_none())),
+            _ => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let mut state = self.state();
+        let content = match state.by_ino(ino.0) {
+            Some((source, Some(file))) => source.clone().content(file),
+            _ => return reply.error(Errno::ENOENT),
+        };
+        state.next_fh += 1;
+        let fh = state.next_fh;
+        state.open.insert(fh, Arc::new(content.into_bytes()));
+        reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let Some(content) = self.state().open.get(&fh.0).cloned() else {
+            return reply.error(Errno::EBADF);
+        };
+        let start = (offset as usize).min(content.len());
+        let end = start.saturating_add(size as usize).min(content.len());
+        reply.data(&content[start..end]);
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.state().open.remove(&fh.0);
+        reply.ok();
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let state = self.state();
+        let mut entries: Vec<(u64, FileType, String)> = vec![
+            (ino.0, FileType::Directory, ".".into()),
+            (1, FileType::Directory, "..".into()),
+        ];
+        if ino.0 == 1 {
+            for (name, (id, _)) in &state.workers {
+                entries.push((2 + id * PER_WORKER, FileType::Directory, name.clone()));
+            }
+        } else if let Some((source, None)) = state.by_ino(ino.0) {
+            for (k, (name, _)) in FILES.iter().enumerate() {
+                if source.shows(name) {
+                    entries.push((ino.0 + 1 + k as u64, FileType::RegularFile, (*name).into()));
+                }
+            }
+        } else {
+            return reply.error(Errno::ENOENT);
+        }
+        for (i, (ino, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(ino), (i + 1) as u64, kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+}
+
+/// The supervisor's view filesystem, mounted while this value lives.
+pub struct Views {
+    root: PathBuf,
+    state: Arc<Mutex<State>>,
+    session: Option<fuser::BackgroundSession>,
+}
+
+impl Drop for Views {
+    /// Unmounted, and its mount point removed.
+    fn drop(&mut self) {
+        drop(self.session.take());
+        let _ = std::fs::remove_dir(&self.root);
+    }
+}
+
+impl Views {
+    /// Mounts the view filesystem on `root` (made if missing; whatever an earlier
+    /// supervisor left mounted there is detached first).
+    pub fn mount(root: &Path) -> std::io::Result<Views> {
+        if let Ok(c) = std::ffi::CString::new(root.as_os_str().as_encoded_bytes()) {
+            // SAFETY: umount2 with a valid C string; failing (nothing mounted) is fine.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+        std::fs::create_dir_all(root)?;
+        let state = Arc::new(Mutex::new(State::default()));
+        let mut config = fuser::Config::default();
+        config.mount_options = vec![
+            fuser::MountOption::RO,
+            fuser::MountOption::NoSuid,
+            fuser::MountOption::NoDev,
+            fuser::MountOption::NoExec,
+            fuser::MountOption::FSName("cuvisor-view".into()),
+        ];
+        // Workers run as other users (`user`, `isolation.user`).
+        config.acl = fuser::SessionACL::All;
+        let session = fuser::spawn_mount(ViewFs(state.clone()), root, &config)?;
+        Ok(Views {
+            root: root.to_owned(),
+            state,
+            session: Some(session),
+        })
+    }
+
+    /// Serves the view of worker `leaf` (its cgroup's name) from `source`, replacing any.
+    pub fn add(&self, leaf: &str, source: Source) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let id = match state.workers.get(leaf) {
+            Some((id, _)) => *id,
+            None => {
+                state.next_id += 1;
+                state.next_id
+            }
+        };
+        state.workers.insert(leaf.to_owned(), (id, source));
+    }
+
+    pub fn remove(&self, leaf: &str) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.workers.remove(leaf);
+    }
+
+    /// Where worker `leaf`'s files are served.
+    pub fn dir(&self, leaf: &str) -> PathBuf {
+        self.root.join(leaf)
+    }
+
+    /// Where worker `leaf`'s `file` is served.
+    pub fn path(&self, leaf: &str, file: &str) -> PathBuf {
+        self.dir(leaf).join(file)
+    }
+}
