@@ -109,6 +109,8 @@ pub struct ModelConfig {
     pub host_ids: Option<u32>,
     /// How the front door reaches the model's instances; None: not served.
     pub serve: Option<Serve>,
+    /// Its own Python environment, built by uv.
+    pub python: Option<crate::pyenv::PythonSpec>,
 }
 
 /// A model the front door serves (`[model.serve]`).
@@ -172,6 +174,8 @@ pub struct SupervisorConfig {
     pub placement: Policy,
     /// The quotas committed to a GPU may reach this many times its memory.
     pub gpu_overcommit: f64,
+    /// Where models' Python environments are built, and with which uv.
+    pub envs: crate::pyenv::Envs,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -209,6 +213,8 @@ struct RawSupervisor {
     gpu_overcommit: Option<Spanned<toml::Value>>,
     http: Option<Spanned<String>>,
     api_keys: Option<Spanned<String>>,
+    envs_dir: Option<Spanned<String>>,
+    uv: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -238,6 +244,7 @@ struct RawModel {
     backoff_initial: Option<Spanned<String>>,
     backoff_max: Option<Spanned<String>>,
     isolation: Option<Spanned<RawIsolation>>,
+    python: Option<Spanned<RawPython>>,
     #[serde(default)]
     bind_ro: Vec<Spanned<String>>,
     #[serde(default)]
@@ -259,6 +266,19 @@ struct RawServe {
     target: Option<Spanned<i64>>,
     idle_timeout: Option<Spanned<String>>,
     hibernate_after: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPython {
+    requirements: Option<Spanned<String>>,
+    #[serde(default)]
+    packages: Vec<String>,
+    version: Option<Spanned<String>>,
+    index_url: Option<String>,
+    #[serde(default)]
+    find_links: Vec<String>,
+    offline: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -647,12 +667,25 @@ fn check_supervisor(c: &mut Checker, s: RawSupervisor) -> SupervisorConfig {
                 None
             }
         });
+    let envs = crate::pyenv::Envs {
+        dir: s
+            .envs_dir
+            .as_ref()
+            .and_then(|v| c.absolute("envs_dir", v))
+            .unwrap_or_else(|| PathBuf::from("/var/lib/cuvisor/envs")),
+        uv: s
+            .uv
+            .as_ref()
+            .filter(|v| c.no_nul("uv", v))
+            .map_or_else(|| PathBuf::from("uv"), |v| PathBuf::from(v.get_ref())),
+    };
     SupervisorConfig {
         socket,
         listen,
         listen_token,
         http,
         api_keys,
+        envs,
         ledger_dir,
         shim,
         grace_period,
@@ -1035,6 +1068,7 @@ fn check_model(c: &mut Checker, m: &RawModel, line: usize) -> Option<ModelConfig
     }
     let gpus = m.gpus.as_ref().and_then(|v| check_gpus(c, v));
     let serve = m.serve.as_ref().and_then(|v| check_serve(c, v, &isolation));
+    let python = m.python.as_ref().and_then(|v| check_python(c, v));
     (c.errors.len() == errors_before).then_some(ModelConfig {
         name,
         command,
@@ -1061,6 +1095,7 @@ fn check_model(c: &mut Checker, m: &RawModel, line: usize) -> Option<ModelConfig
         capabilities,
         host_ids: None,
         serve,
+        python,
     })
 }
 
@@ -1094,6 +1129,56 @@ fn check_front_door(c: &mut Checker, supervisor: &SupervisorConfig, models: &[Mo
 }
 
 /// `[model.serve]`: a path for health, a start-up timeout, aliases, a body limit.
+fn check_python(c: &mut Checker, v: &Spanned<RawPython>) -> Option<crate::pyenv::PythonSpec> {
+    let r = v.get_ref();
+    let requirements = r.requirements.as_ref().and_then(|p| {
+        let path = c.absolute("python.requirements", p)?;
+        if path.is_file() {
+            Some(path)
+        } else {
+            c.error(
+                p,
+                format!("python.requirements = \"{}\": no such file", path.display()),
+            );
+            None
+        }
+    });
+    if r.requirements.is_none() && r.packages.is_empty() {
+        c.error(
+            v,
+            "python needs requirements (a requirements file) or packages (a list)",
+        );
+        return None;
+    }
+    let version = r.version.as_ref().and_then(|ver| {
+        let ok = !ver.get_ref().is_empty()
+            && ver
+                .get_ref()
+                .split('.')
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        if ok {
+            Some(ver.get_ref().clone())
+        } else {
+            c.error(
+                ver,
+                format!(
+                    "python.version = \"{}\": expected a version such as 3.11",
+                    ver.get_ref()
+                ),
+            );
+            None
+        }
+    });
+    Some(crate::pyenv::PythonSpec {
+        requirements,
+        packages: r.packages.clone(),
+        version,
+        index_url: r.index_url.clone(),
+        find_links: r.find_links.clone(),
+        offline: r.offline.unwrap_or(false),
+    })
+}
+
 fn check_serve(c: &mut Checker, v: &Spanned<RawServe>, isolation: &Isolation) -> Option<Serve> {
     let r = v.get_ref();
     let health = match &r.health {

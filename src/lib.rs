@@ -32,6 +32,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod nvml;
 pub mod placement;
+pub mod pyenv;
 pub mod scaling;
 pub mod status;
 pub mod supervisor;

@@ -50,6 +50,19 @@ enum Command {
     Exec(ExecArgs),
     /// List the models of a ledger directory, or manage their ledgers.
     Ledger(LedgerArgs),
+    /// The models' Python environments.
+    #[command(subcommand)]
+    Env(EnvAction),
+}
+
+#[derive(Subcommand)]
+enum EnvAction {
+    /// Build every model's Python environment now (`cuvisor run` builds them before a
+    /// model's first start otherwise).
+    Build {
+        /// The configuration file (TOML).
+        config: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -183,6 +196,7 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Exec(args) => exec_command(args),
         Command::Ledger(args) => ledger_command(args),
+        Command::Env(EnvAction::Build { config }) => env_build(&config),
     }
 }
 
@@ -240,6 +254,35 @@ fn status_command(socket: &std::path::Path, as_json: bool) -> ExitCode {
             eprintln!("cuvisor: cannot read the supervisor's answer: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `cuvisor env build`: each model's environment, or why it cannot be built.
+fn env_build(path: &std::path::Path) -> ExitCode {
+    let config = match cuvisor::config::Config::load(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("{e}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut failed = false;
+    for m in &config.models {
+        let Some(spec) = &m.python else { continue };
+        match config.supervisor.envs.build(spec) {
+            Ok(dir) => println!("model {}: {}", m.name, dir.display()),
+            Err(e) => {
+                eprintln!("cuvisor: model {}: {e}", m.name);
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

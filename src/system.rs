@@ -69,6 +69,8 @@ pub enum StartError {
     Thread(std::io::Error),
     #[error("the launch panicked (a bug in cuvisor: please report it)")]
     Panicked,
+    #[error("its Python environment: {0}")]
+    Python(#[from] crate::pyenv::EnvError),
 }
 
 /// The supervisor's effects: everything it does to processes, cgroups and ledgers.
@@ -320,6 +322,12 @@ impl Launcher {
         };
         let leaf = format!("{}-{index}", cfg.name);
         let view_dir = self.views.as_ref().map(|v| v.dir(&leaf));
+        // Built once for all its instances (and for every model with the same
+        // requirements); here, on a launcher thread: it may take minutes.
+        let python = match &cfg.python {
+            Some(spec) => Some(self.supervisor.envs.build(spec)?),
+            None => None,
+        };
         let mut spec = worker_spec(
             cfg,
             &self.supervisor,
@@ -329,6 +337,7 @@ impl Launcher {
                 gpus: visible.as_deref(),
                 port,
                 view: view_dir.as_deref(),
+                python: python.as_deref(),
             },
         )?;
         // Before the worker exists: if the launch fails, the copier sees the end of the
@@ -462,6 +471,8 @@ pub struct Placement<'a> {
     pub port: Option<u16>,
     /// Where the worker's own view of its memory and CPUs is served ([`crate::view`]).
     pub view: Option<&'a Path>,
+    /// Its Python environment ([`crate::pyenv`]): first on its `PATH`, its `VIRTUAL_ENV`.
+    pub python: Option<&'a Path>,
 }
 
 /// How a worker of `cfg` is started (its program, arguments, environment, credentials,
@@ -489,6 +500,19 @@ pub fn worker_spec(
     if let Some(port) = at.port {
         // The server's port: `PORT`, and `{port}` in its arguments.
         extra.push(("PORT".into(), port.to_string()));
+    }
+    if let Some(env) = at.python {
+        let path = cfg
+            .env
+            .get("PATH")
+            .cloned()
+            .or_else(|| std::env::var("PATH").ok())
+            .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+        extra.push((
+            "PATH".into(),
+            format!("{}:{path}", env.join("bin").display()),
+        ));
+        extra.push(("VIRTUAL_ENV".into(), env.display().to_string()));
     }
     if let Some(gpus) = visible {
         // CUDA numbers the model's GPUs 0.. in this order; NVML is filtered by the shim.

@@ -1,0 +1,130 @@
+//! Issue 14: a Python environment per model, built by uv from local wheels made in the
+//! test (no index, no network): each model imports its own version of one package,
+//! models with the same requirements share one environment, and a requirement that
+//! cannot be met fails that model only, with uv's message.
+
+mod common;
+use common::supervisor::*;
+use common::*;
+use std::path::Path;
+use std::time::Duration;
+
+fn wheels(dir: &Path) {
+    let uv = std::process::Command::new("uv").arg("--version").output();
+    assert!(
+        uv.is_ok_and(|o| o.status.success()),
+        "these tests need uv on the PATH: python3 -m pip install uv (README, set-up)"
+    );
+    for version in ["1.0", "2.0"] {
+        let out = run(std::process::Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/servers/make_wheel.py"
+            ))
+            .args(["cvpkg", version])
+            .arg(dir));
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+}
+
+fn model(name: &str, requirement: &str, wheels: &Path) -> String {
+    format!(
+        "[[model]]\nname = \"{name}\"\ncommand = \"python\"\n\
+         args = [\"-u\", \"-c\", \"import cvpkg, os; print(cvpkg.VERSION, os.environ['VIRTUAL_ENV'], cvpkg.__file__); import time; time.sleep(600)\"]\n\
+         restart = \"never\"\n\
+         python = {{ packages = [\"{requirement}\"], find_links = [\"{}\"], offline = true }}\n",
+        wheels.display()
+    )
+}
+
+#[test]
+fn each_model_imports_its_own_version_and_same_requirements_share_an_environment() {
+    let dir = TempDir::new("pyenv");
+    let wheel_dir = dir.path("wheels");
+    std::fs::create_dir_all(&wheel_dir).unwrap();
+    wheels(&wheel_dir);
+    let s = Supervisor::start(
+        "pyenv",
+        &format!(
+            "envs_dir = \"{}\"\n{}{}{}{}",
+            dir.path("envs").display(),
+            model("one", "cvpkg==1.0", &wheel_dir),
+            model("two", "cvpkg==2.0", &wheel_dir),
+            model("also-one", "cvpkg==1.0", &wheel_dir),
+            model("broken", "cvpkg==9.9", &wheel_dir),
+        ),
+    );
+    let line = |leaf: &str| {
+        wait_until(&format!("{leaf}'s line"), Duration::from_secs(60), || {
+            !s.log(leaf).is_empty()
+        });
+        let log = s.log(leaf);
+        let fields: Vec<String> = log.split_whitespace().map(str::to_owned).collect();
+        assert_eq!(fields.len(), 3, "{log}");
+        fields
+    };
+    let (one, two, also) = (line("one-0"), line("two-0"), line("also-one-0"));
+    assert_eq!((one[0].as_str(), two[0].as_str()), ("1.0", "2.0"));
+    assert_eq!(also[1], one[1], "the same requirements: one environment");
+    assert_ne!(two[1], one[1]);
+    assert!(Path::new(&one[1]).starts_with(dir.path("envs")), "{one:?}");
+    // Installed by hard links from uv's cache, not copies.
+    use std::os::unix::fs::MetadataExt;
+    assert!(std::fs::metadata(&one[2]).unwrap().nlink() >= 2, "{one:?}");
+    // The broken one fails alone, with uv's message.
+    wait_until("the broken model's error", Duration::from_secs(30), || {
+        s.model("broken")["instances"][0]["error"].is_string()
+    });
+    let error = s.model("broken")["instances"][0]["error"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        error.starts_with("its Python environment: uv pip compile failed: ")
+            && error.contains("cvpkg==9.9"),
+        "{error}"
+    );
+    assert_eq!(s.model("one")["state"], "running");
+}
+
+/// `cuvisor env build` builds ahead of time and says where; a missing uv is named.
+#[test]
+fn env_build_builds_ahead_and_names_a_missing_uv() {
+    let dir = TempDir::new("pyenv-build");
+    let wheel_dir = dir.path("wheels");
+    std::fs::create_dir_all(&wheel_dir).unwrap();
+    wheels(&wheel_dir);
+    let config = |uv: &str| {
+        let path = dir.path("cuvisor.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[supervisor]\nenvs_dir = \"{}\"\n{uv}{}",
+                dir.path("envs").display(),
+                model("one", "cvpkg==1.0", &wheel_dir)
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let out = run(std::process::Command::new(env!("CARGO_BIN_EXE_cuvisor"))
+        .args(["env", "build"])
+        .arg(config("")));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let env = printed
+        .trim()
+        .strip_prefix("model one: ")
+        .unwrap()
+        .to_owned();
+    assert!(Path::new(&env).join("bin/python").exists(), "{printed}");
+    let out = run(std::process::Command::new(env!("CARGO_BIN_EXE_cuvisor"))
+        .args(["env", "build"])
+        .arg(config("uv = \"/nonexistent/uv\"\n")));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).starts_with("cuvisor: model one: cannot run uv (/nonexistent/uv): "),
+        "{}",
+        stderr(&out)
+    );
+}
