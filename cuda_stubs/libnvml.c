@@ -54,7 +54,7 @@ typedef struct {
     X(nvmlSystemGetCudaDriverVersion_v2) X(nvmlDeviceGetComputeRunningProcesses)              \
     X(nvmlDeviceGetComputeRunningProcesses_v2) X(nvmlDeviceGetComputeRunningProcesses_v3)     \
     X(nvmlDeviceGetSerial) X(nvmlDeviceGetHandleBySerial) X(nvmlDeviceGetTopologyNearestGpus)  \
-    X(nvmlSystemGetTopologyGpuSet)
+    X(nvmlSystemGetTopologyGpuSet) X(nvmlDeviceGetMinorNumber)
 enum {
 #define X(name) IDX_##name,
     NVML_ENTRIES(X)
@@ -187,6 +187,16 @@ EXPORT nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t d, char *uuid, unsigned int l
     if (i < 0 || !uuid) return NVML_ERROR_INVALID_ARGUMENT;
     if (len < NVML_DEVICE_UUID_ASCII_LEN) return NVML_ERROR_INSUFFICIENT_SIZE;
     fg_device_uuid_text(i, uuid);
+    return NVML_SUCCESS;
+}
+
+/* The N of the GPU's /dev/nvidiaN: its physical index, on this fake node. */
+EXPORT nvmlReturn_t nvmlDeviceGetMinorNumber(nvmlDevice_t d, unsigned int *minor) {
+    COUNT(nvmlDeviceGetMinorNumber);
+    if (!ready()) return NVML_ERROR_UNINITIALIZED;
+    int i = device_of(d);
+    if (i < 0 || !minor) return NVML_ERROR_INVALID_ARGUMENT;
+    *minor = (unsigned)i;
     return NVML_SUCCESS;
 }
 

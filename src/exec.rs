@@ -144,6 +144,7 @@ pub fn exec(o: ExecOptions) -> Result<i32, ExecError> {
         read_only: Vec::new(),
         cover: Vec::new(),
         binds: Vec::new(),
+        dev: None,
         ledger: None,
         host_ids: None,
         stdin: Some(0), // the program is ours to talk to, as if run directly

@@ -46,6 +46,9 @@ pub struct Spec {
     /// With a mount namespace: files bound over others (source, target), each read-only:
     /// the model's view of its memory and CPUs.
     pub binds: Vec<(CString, CString)>,
+    /// With a mount namespace: the entries of `/dev` the worker is shown (a new `/dev`
+    /// with these of the host's bound into it); None: the host's `/dev` whole.
+    pub dev: Option<Vec<DevEntry>>,
     /// The worker's stdin (None: /dev/null, as for a supervised worker), stdout and
     /// stderr.
     pub stdin: Option<RawFd>,
@@ -136,6 +139,140 @@ pub fn kernel_interfaces(mountinfo: &str, own_sysfs: bool) -> Vec<ReadOnly> {
     out
 }
 
+/// An entry of the host's `/dev` to show a worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevEntry {
+    pub name: CString,
+    pub kind: DevKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DevKind {
+    /// A directory (bound with every mount under it: `/dev/pts`, `/dev/shm`, …).
+    Dir,
+    /// A symbolic link, made again with this target.
+    Link(CString),
+    /// A device node or any other file, bound.
+    Node,
+}
+
+/// The entries of `/dev` (as listed in `dir`) a worker is shown: all but the GPU nodes
+/// `nvidiaN` whose N is not in `gpus` (NVIDIA's control nodes, `nvidiactl`,
+/// `nvidia-uvm`, …, stay).
+pub fn dev_entries(dir: &std::path::Path, gpus: &[u32]) -> io::Result<Vec<DevEntry>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(text) = name.to_str() else { continue };
+        if let Some(n) = text.strip_prefix("nvidia")
+            && !n.is_empty()
+            && n.bytes().all(|b| b.is_ascii_digit())
+            && !n.parse::<u32>().is_ok_and(|n| gpus.contains(&n))
+        {
+            continue; // another GPU's node
+        }
+        let Ok(name) = CString::new(text) else {
+            continue;
+        };
+        let kind = entry.file_type()?;
+        let kind = if kind.is_symlink() {
+            let target = std::fs::read_link(entry.path())?;
+            match CString::new(target.as_os_str().as_encoded_bytes()) {
+                Ok(t) => DevKind::Link(t),
+                Err(_) => continue,
+            }
+        } else if kind.is_dir() {
+            DevKind::Dir
+        } else {
+            DevKind::Node
+        };
+        out.push(DevEntry { name, kind });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// `a` + `/` + `b`, NUL-terminated, in `buf` (no allocation: in the child). False if it
+/// does not fit.
+fn join_path(buf: &mut [u8; 512], a: &[u8], b: &[u8]) -> bool {
+    if a.len() + 1 + b.len() + 1 > buf.len() {
+        return false;
+    }
+    buf[..a.len()].copy_from_slice(a);
+    buf[a.len()] = b'/';
+    buf[a.len() + 1..a.len() + 1 + b.len()].copy_from_slice(b);
+    buf[a.len() + 1 + b.len()] = 0;
+    true
+}
+
+/// A new `/dev` (a tmpfs) holding `entries` of the host's, bound from it.
+///
+/// # Safety
+///
+/// Only in the child, in its own mount namespace: the supervisor's mounts must not change.
+unsafe fn show_dev(entries: &[DevEntry]) -> bool {
+    // SAFETY: system calls on valid C strings, our own descriptor, and stack buffers
+    // made NUL-terminated by `join_path`.
+    unsafe {
+        let host = libc::open(
+            c"/dev".as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        );
+        if host < 0 {
+            return false;
+        }
+        if libc::mount(
+            c"tmpfs".as_ptr(),
+            c"/dev".as_ptr(),
+            c"tmpfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            c"mode=0755,size=64k".as_ptr().cast(),
+        ) != 0
+        {
+            return false;
+        }
+        let source_dir = fd_path(host);
+        let source_len = source_dir.iter().position(|&b| b == 0).unwrap_or(0);
+        let (mut source, mut target) = ([0u8; 512], [0u8; 512]);
+        for e in entries {
+            let name = e.name.as_bytes();
+            if !join_path(&mut source, &source_dir[..source_len], name)
+                || !join_path(&mut target, b"/dev", name)
+            {
+                return false;
+            }
+            let t = target.as_ptr().cast();
+            let made = match &e.kind {
+                DevKind::Link(to) => libc::symlink(to.as_ptr(), t) == 0,
+                DevKind::Dir => libc::mkdir(t, 0o755) == 0,
+                DevKind::Node => {
+                    let fd = libc::open(t, libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC, 0o600);
+                    fd >= 0 && libc::close(fd) == 0
+                }
+            };
+            if !made {
+                return false;
+            }
+            if let DevKind::Link(_) = e.kind {
+                continue;
+            }
+            if libc::mount(
+                source.as_ptr().cast(),
+                t,
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            ) != 0
+            {
+                return false;
+            }
+        }
+        libc::close(host);
+        true
+    }
+}
+
 /// What went wrong in the child, and at which step.
 #[derive(Debug)]
 pub struct LaunchError {
@@ -169,11 +306,14 @@ const STEPS: &[&str] = &[
     "cover the control socket",
     "mount its own /sys",
     "show the worker its own memory and CPUs",
+    "show the worker its own GPUs' device nodes",
 ];
 
 /// Why a launch [`Spec`] cannot be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpecError {
+    #[error("cannot list /dev for the worker's GPUs: {0}")]
+    Dev(String),
     #[error("{}: not an executable file", .0.display())]
     NotExecutable(std::path::PathBuf),
     #[error("{0}: not found in PATH")]
@@ -631,6 +771,11 @@ extern "C" fn child_main(arg: *mut c_void) -> i32 {
             ) != 0
             {
                 fail(a.report, 1);
+            }
+            if let Some(dev) = &s.dev
+                && !show_dev(dev)
+            {
+                fail(a.report, 17);
             }
             if s.isolation.pid
                 && libc::mount(

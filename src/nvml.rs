@@ -59,7 +59,7 @@ impl Inventory for Nvml {
         let lib = unsafe { libloading::Library::new("libnvidia-ml.so.1") }
             .map_err(|e| NvmlError::Load(e.to_string()))?;
         // SAFETY: each symbol is given the signature nvml.h declares for it.
-        let (init, shutdown, count, by_index, uuid, memory) = unsafe {
+        let (init, shutdown, count, by_index, uuid, memory, minor) = unsafe {
             (
                 sym::<unsafe extern "C" fn() -> i32>(&lib, "nvmlInit_v2")?,
                 sym::<unsafe extern "C" fn() -> i32>(&lib, "nvmlShutdown")?,
@@ -75,6 +75,10 @@ impl Inventory for Nvml {
                 sym::<unsafe extern "C" fn(Device, *mut Memory) -> i32>(
                     &lib,
                     "nvmlDeviceGetMemoryInfo",
+                )?,
+                sym::<unsafe extern "C" fn(Device, *mut c_uint) -> i32>(
+                    &lib,
+                    "nvmlDeviceGetMinorNumber",
                 )?,
             )
         };
@@ -135,10 +139,16 @@ impl Inventory for Nvml {
                 check("nvmlDeviceGetMemoryInfo", on, unsafe {
                     memory(device, &mut m)
                 })?;
+                let mut node: c_uint = 0;
+                // SAFETY: a handle NVML returned; `node` is a live local c_uint.
+                check("nvmlDeviceGetMinorNumber", on, unsafe {
+                    minor(device, &mut node)
+                })?;
                 gpus.push(NodeGpu {
                     index,
                     uuid: parsed,
                     memory: m.total,
+                    minor: node,
                 });
             }
             Ok(gpus)

@@ -15,7 +15,7 @@
 //!
 //! const GIB: u64 = 1 << 30;
 //! let node: Vec<NodeGpu> = (0..2)
-//!     .map(|i| NodeGpu { index: i, uuid: GpuUuid([i as u8; 16]), memory: 80 * GIB })
+//!     .map(|i| NodeGpu { index: i, uuid: GpuUuid([i as u8; 16]), memory: 80 * GIB, minor: i })
 //!     .collect();
 //! let two = GpuDemand::Count(2);
 //! let one = GpuDemand::Count(1);
@@ -41,6 +41,8 @@ pub struct NodeGpu {
     pub uuid: GpuUuid,
     /// Physical memory in bytes.
     pub memory: u64,
+    /// The N of its device node `/dev/nvidiaN` (NVML's minor number).
+    pub minor: u32,
 }
 
 /// A GPU named in a model's `gpus = [...]`.
@@ -168,6 +170,12 @@ impl Plan {
     pub fn uuids(&self, model: &str) -> Option<Vec<GpuUuid>> {
         let m = self.models.iter().find(|m| m.model == model)?;
         Some(m.gpus.iter().map(|&g| self.gpus[g].gpu.uuid).collect())
+    }
+
+    /// The minor numbers (`/dev/nvidiaN`) of the GPUs `model` was placed on.
+    pub fn minors(&self, model: &str) -> Option<Vec<u32>> {
+        let m = self.models.iter().find(|m| m.model == model)?;
+        Some(m.gpus.iter().map(|&g| self.gpus[g].gpu.minor).collect())
     }
 }
 
@@ -450,6 +458,7 @@ mod tests {
                 index: i,
                 uuid: GpuUuid([i as u8 + 1; 16]),
                 memory,
+                minor: i,
             })
             .collect()
     }

@@ -316,6 +316,7 @@ impl Launcher {
         prepare_ledger(&self.supervisor.ledger_dir, cfg)?;
         let (out_read, out_write) = pipe_for_output().map_err(StartError::Pipe)?;
         let visible = self.plan.as_ref().and_then(|p| p.uuids(&cfg.name));
+        let minors = self.plan.as_ref().and_then(|p| p.minors(&cfg.name));
         let port = match cfg.serve {
             Some(_) => Some(gateway::free_port().map_err(StartError::Port)?),
             None => None,
@@ -338,6 +339,7 @@ impl Launcher {
                 port,
                 view: view_dir.as_deref(),
                 python: python.as_deref(),
+                gpu_minors: minors.as_deref(),
             },
         )?;
         // Before the worker exists: if the launch fails, the copier sees the end of the
@@ -473,6 +475,9 @@ pub struct Placement<'a> {
     pub view: Option<&'a Path>,
     /// Its Python environment ([`crate::pyenv`]): first on its `PATH`, its `VIRTUAL_ENV`.
     pub python: Option<&'a Path>,
+    /// The minor numbers of its GPUs' device nodes (`/dev/nvidiaN`), when it is placed:
+    /// the only GPU nodes it is shown.
+    pub gpu_minors: Option<&'a [u32]>,
 }
 
 /// How a worker of `cfg` is started (its program, arguments, environment, credentials,
@@ -591,8 +596,16 @@ pub fn worker_spec(
             .collect::<Result<Vec<_>, SpecError>>()?,
         None => Vec::new(),
     };
+    let dev = match at.gpu_minors.filter(|_| cfg.isolation.mount) {
+        Some(minors) => Some(
+            launch::dev_entries(Path::new("/dev"), minors)
+                .map_err(|e| SpecError::Dev(e.to_string()))?,
+        ),
+        None => None,
+    };
     Ok(Spec {
         program,
+        dev,
         argv: cstrings(argv)?,
         envp: cstrings(env.iter().map(|(k, v)| format!("{k}={v}")))?,
         cwd: cfg.cwd.as_ref().map(path).transpose()?,
