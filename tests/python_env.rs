@@ -6,15 +6,35 @@
 mod common;
 use common::supervisor::*;
 use common::*;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// uv: the one on the PATH, else one installed for the tests under target/ (PyPI).
+fn uv() -> &'static Path {
+    static UV: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    UV.get_or_init(|| {
+        let on_path = std::process::Command::new("uv").arg("--version").output();
+        if on_path.is_ok_and(|o| o.status.success()) {
+            return PathBuf::from("uv");
+        }
+        let dir = target_dir().join("tools/uv");
+        let uv = dir.join("bin/uv");
+        if !uv.exists() {
+            let out = run(std::process::Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet", "--target"])
+                .arg(&dir)
+                .arg("uv"));
+            assert!(
+                out.status.success() && uv.exists(),
+                "no uv on the PATH, and installing it failed (python3 -m pip install uv): {}",
+                stderr(&out)
+            );
+        }
+        uv
+    })
+}
+
 fn wheels(dir: &Path) {
-    let uv = std::process::Command::new("uv").arg("--version").output();
-    assert!(
-        uv.is_ok_and(|o| o.status.success()),
-        "these tests need uv on the PATH: python3 -m pip install uv (README, set-up)"
-    );
     for version in ["1.0", "2.0"] {
         let out = run(std::process::Command::new("python3")
             .arg(concat!(
@@ -46,8 +66,9 @@ fn each_model_imports_its_own_version_and_same_requirements_share_an_environment
     let s = Supervisor::start(
         "pyenv",
         &format!(
-            "envs_dir = \"{}\"\n{}{}{}{}",
+            "envs_dir = \"{}\"\nuv = \"{}\"\n{}{}{}{}",
             dir.path("envs").display(),
+            uv().display(),
             model("one", "cvpkg==1.0", &wheel_dir),
             model("two", "cvpkg==2.0", &wheel_dir),
             model("also-one", "cvpkg==1.0", &wheel_dir),
@@ -109,7 +130,7 @@ fn env_build_builds_ahead_and_names_a_missing_uv() {
     };
     let out = run(std::process::Command::new(env!("CARGO_BIN_EXE_cuvisor"))
         .args(["env", "build"])
-        .arg(config("")));
+        .arg(config(&format!("uv = \"{}\"\n", uv().display()))));
     assert!(out.status.success(), "{}", stderr(&out));
     let printed = String::from_utf8_lossy(&out.stdout).into_owned();
     let env = printed
