@@ -145,6 +145,7 @@ pub fn exec(o: ExecOptions) -> Result<i32, ExecError> {
         cover: Vec::new(),
         binds: Vec::new(),
         dev: None,
+        hide: None,
         ledger: None,
         host_ids: None,
         stdin: Some(0), // the program is ours to talk to, as if run directly

@@ -49,6 +49,9 @@ pub struct Spec {
     /// With a mount namespace: the entries of `/dev` the worker is shown (a new `/dev`
     /// with these of the host's bound into it); None: the host's `/dev` whole.
     pub dev: Option<Vec<DevEntry>>,
+    /// With a mount namespace: a mount detached once the binds are made (the supervisor's
+    /// view filesystem: the worker keeps its own files, and sees no other worker's).
+    pub hide: Option<CString>,
     /// The worker's stdin (None: /dev/null, as for a supervised worker), stdout and
     /// stderr.
     pub stdin: Option<RawFd>,
@@ -158,13 +161,17 @@ pub enum DevKind {
 
 /// The entries of `/dev` (as listed in `dir`) a worker is shown: all but the GPU nodes
 /// `nvidiaN` whose N is not in `gpus` (NVIDIA's control nodes, `nvidiactl`,
-/// `nvidia-uvm`, …, stay).
+/// `nvidia-uvm`, …, stay), and but `pts` and `ptmx`: the worker gets a pseudo-terminal
+/// filesystem of its own (a `ptmx` bound alone could not find its `pts`).
 pub fn dev_entries(dir: &std::path::Path, gpus: &[u32]) -> io::Result<Vec<DevEntry>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name();
         let Some(text) = name.to_str() else { continue };
+        if text == "pts" || text == "ptmx" {
+            continue;
+        }
         if let Some(n) = text.strip_prefix("nvidia")
             && !n.is_empty()
             && n.bytes().all(|b| b.is_ascii_digit())
@@ -206,7 +213,9 @@ fn join_path(buf: &mut [u8; 512], a: &[u8], b: &[u8]) -> bool {
     true
 }
 
-/// A new `/dev` (a tmpfs) holding `entries` of the host's, bound from it.
+/// A new `/dev` (a tmpfs where no device node can be made) holding `entries` of the
+/// host's, bound from it, and a pseudo-terminal filesystem of its own (`pts`, and `ptmx`
+/// its multiplexer).
 ///
 /// # Safety
 ///
@@ -226,9 +235,21 @@ unsafe fn show_dev(entries: &[DevEntry]) -> bool {
             c"tmpfs".as_ptr(),
             c"/dev".as_ptr(),
             c"tmpfs".as_ptr(),
-            libc::MS_NOSUID | libc::MS_NOEXEC,
+            libc::MS_NOSUID | libc::MS_NOEXEC | libc::MS_NODEV,
             c"mode=0755,size=64k".as_ptr().cast(),
         ) != 0
+        {
+            return false;
+        }
+        if libc::mkdir(c"/dev/pts".as_ptr(), 0o755) != 0
+            || libc::mount(
+                c"devpts".as_ptr(),
+                c"/dev/pts".as_ptr(),
+                c"devpts".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NOEXEC,
+                c"newinstance,ptmxmode=0666,mode=0620".as_ptr().cast(),
+            ) != 0
+            || libc::symlink(c"pts/ptmx".as_ptr(), c"/dev/ptmx".as_ptr()) != 0
         {
             return false;
         }
@@ -802,6 +823,12 @@ extern "C" fn child_main(arg: *mut c_void) -> i32 {
                 {
                     fail(a.report, 16);
                 }
+            }
+            if let Some(hide) = &s.hide
+                && libc::umount2(hide.as_ptr(), libc::MNT_DETACH) != 0
+                && *libc::__errno_location() != libc::EINVAL
+            {
+                fail(a.report, 16);
             }
             for r in &s.read_only {
                 if !make_read_only(r) {

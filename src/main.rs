@@ -271,7 +271,7 @@ fn env_build(path: &std::path::Path) -> ExitCode {
     let mut failed = false;
     for m in &config.models {
         let Some(spec) = &m.python else { continue };
-        match config.supervisor.envs.build(spec) {
+        match config.supervisor.envs.build(spec, true) {
             Ok(dir) => println!("model {}: {}", m.name, dir.display()),
             Err(e) => {
                 eprintln!("cuvisor: model {}: {e}", m.name);

@@ -140,15 +140,15 @@ impl Inventory for Nvml {
                     memory(device, &mut m)
                 })?;
                 let mut node: c_uint = 0;
-                // SAFETY: a handle NVML returned; `node` is a live local c_uint.
-                check("nvmlDeviceGetMinorNumber", on, unsafe {
-                    minor(device, &mut node)
-                })?;
+                // SAFETY: a handle NVML returned; `node` is a live local c_uint. A GPU
+                // without a minor number (NVML_ERROR_NOT_SUPPORTED) is not an error: its
+                // models are shown every GPU node.
+                let known = unsafe { minor(device, &mut node) } == 0;
                 gpus.push(NodeGpu {
                     index,
                     uuid: parsed,
                     memory: m.total,
-                    minor: node,
+                    minor: known.then_some(node),
                 });
             }
             Ok(gpus)

@@ -15,7 +15,7 @@
 //!
 //! const GIB: u64 = 1 << 30;
 //! let node: Vec<NodeGpu> = (0..2)
-//!     .map(|i| NodeGpu { index: i, uuid: GpuUuid([i as u8; 16]), memory: 80 * GIB, minor: i })
+//!     .map(|i| NodeGpu { index: i, uuid: GpuUuid([i as u8; 16]), memory: 80 * GIB, minor: Some(i) })
 //!     .collect();
 //! let two = GpuDemand::Count(2);
 //! let one = GpuDemand::Count(1);
@@ -41,8 +41,9 @@ pub struct NodeGpu {
     pub uuid: GpuUuid,
     /// Physical memory in bytes.
     pub memory: u64,
-    /// The N of its device node `/dev/nvidiaN` (NVML's minor number).
-    pub minor: u32,
+    /// The N of its device node `/dev/nvidiaN` (NVML's minor number; None where NVML
+    /// gives none).
+    pub minor: Option<u32>,
 }
 
 /// A GPU named in a model's `gpus = [...]`.
@@ -172,10 +173,11 @@ impl Plan {
         Some(m.gpus.iter().map(|&g| self.gpus[g].gpu.uuid).collect())
     }
 
-    /// The minor numbers (`/dev/nvidiaN`) of the GPUs `model` was placed on.
+    /// The minor numbers (`/dev/nvidiaN`) of the GPUs `model` was placed on; None if the
+    /// model is not placed, or NVML did not give one of them.
     pub fn minors(&self, model: &str) -> Option<Vec<u32>> {
         let m = self.models.iter().find(|m| m.model == model)?;
-        Some(m.gpus.iter().map(|&g| self.gpus[g].gpu.minor).collect())
+        m.gpus.iter().map(|&g| self.gpus[g].gpu.minor).collect()
     }
 }
 
@@ -458,7 +460,7 @@ mod tests {
                 index: i,
                 uuid: GpuUuid([i as u8 + 1; 16]),
                 memory,
-                minor: i,
+                minor: Some(i),
             })
             .collect()
     }

@@ -4,18 +4,24 @@
 //! with the same requirements share one environment; every environment shares uv's cache
 //! (in the same directory, so that uv hard-links packages instead of copying them).
 //!
-//! Building: `uv pip compile` resolves the requirements (the model's index, find-links
-//! and offline settings passed through) to exact versions; their hash names the
-//! environment; if it is not there yet, `uv venv` makes it and `uv pip sync` installs
+//! Building: `uv pip compile` resolves the requirements (for the model's Python version,
+//! with its index, find-links and offline settings, the index lines and the hashes of
+//! what it chose written into the result) to exact versions. The resolution is kept,
+//! named by a hash of the model's input (its requirements file's content, its packages,
+//! its settings): a model's later starts reuse it without asking an index, until the
+//! input changes or `cuvisor env build` resolves again. A hash of the resolution names
+//! the environment; if it is not there yet, `uv venv` makes it and `uv pip sync` installs
 //! exactly the resolution, under a lock (two instances starting at once build it once),
-//! and a marker file says it is complete (an environment left half-built by a crash is
-//! built again).
+//! and a marker file says it is complete (an environment left half-built is built again).
+//! Every uv run has a time limit and dies with the thread that started it.
 
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// A model's `python` table.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -24,7 +30,7 @@ pub struct PythonSpec {
     pub requirements: Option<PathBuf>,
     /// Requirements given inline (`packages = ["torch==2.5.1", …]`).
     pub packages: Vec<String>,
-    /// The interpreter version (`uv venv --python`); None: the one uv finds.
+    /// The interpreter version; None: the one uv finds.
     pub version: Option<String>,
     pub index_url: Option<String>,
     pub find_links: Vec<String>,
@@ -51,6 +57,8 @@ pub enum EnvError {
     },
     #[error("uv {step} failed: {message}")]
     Uv { step: &'static str, message: String },
+    #[error("uv {step} did not end within {} min: killed", LIMIT.as_secs() / 60)]
+    TimedOut { step: &'static str },
 }
 
 /// Where environments are built, and with which uv.
@@ -62,61 +70,77 @@ pub struct Envs {
 
 /// The marker of a complete environment.
 const READY: &str = ".cuvisor-ready";
+/// How long one uv run may take (large wheels over a slow link).
+const LIMIT: Duration = Duration::from_secs(30 * 60);
+
+/// All of a pipe, read on a thread of its own.
+fn drain<R: std::io::Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut buf);
+        }
+        buf
+    })
+}
+
+fn hex(digest: &[u8]) -> String {
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
 
 impl Envs {
-    /// The environment of `spec`: its directory, built first if needed.
-    pub fn build(&self, spec: &PythonSpec) -> Result<PathBuf, EnvError> {
+    /// The environment of `spec`: its directory, built first if needed. `resolve_again`:
+    /// ask the index again even if the model's input was resolved before (`cuvisor env
+    /// build`).
+    pub fn build(&self, spec: &PythonSpec, resolve_again: bool) -> Result<PathBuf, EnvError> {
         let io = |path: &Path| {
             let path = path.to_owned();
             move |source| EnvError::Io { path, source }
         };
-        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
-        let mut wanted = match &spec.requirements {
-            Some(path) => {
-                std::fs::read_to_string(path).map_err(|source| EnvError::Requirements {
-                    path: path.clone(),
-                    source,
-                })?
-            }
-            None => String::new(),
-        };
-        for p in &spec.packages {
-            wanted += &format!("\n{p}");
+        let resolved_dir = self.dir.join("resolved");
+        std::fs::create_dir_all(&resolved_dir).map_err(io(&resolved_dir))?;
+        // The model's input, all of it: what it asks for and where from.
+        let mut input = Sha256::new();
+        if let Some(path) = &spec.requirements {
+            let text = std::fs::read(path).map_err(|source| EnvError::Requirements {
+                path: path.clone(),
+                source,
+            })?;
+            input.update(path.as_os_str().as_encoded_bytes());
+            input.update(&text);
         }
-        let resolved = self.uv(
-            "pip compile",
-            &["pip", "compile", "-", "--quiet"],
-            spec,
-            Some(&wanted),
-        )?;
-        let pins: Vec<&str> = resolved
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .collect();
+        input.update(format!("{spec:?}"));
+        let resolution = resolved_dir.join(hex(&input.finalize()));
+        let pins = match std::fs::read_to_string(&resolution) {
+            Ok(text) if !resolve_again => text,
+            _ => {
+                let text = self.resolve(spec)?;
+                std::fs::write(&resolution, &text).map_err(io(&resolution))?;
+                text
+            }
+        };
         let mut hash = Sha256::new();
         hash.update(format!(
             "python={}\n",
             spec.version.as_deref().unwrap_or("")
         ));
-        for p in &pins {
-            hash.update(p.as_bytes());
-            hash.update(b"\n");
-        }
-        let key: String = hash.finalize()[..8]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let env = self.dir.join(&key);
+        hash.update(&pins);
+        let env = self.dir.join(hex(&hash.finalize()));
         if env.join(READY).exists() {
             return Ok(env);
         }
         // One builder at a time (a lock the kernel drops if the builder dies).
-        let lock_path = self.dir.join(format!("{key}.lock"));
+        let lock_path = env.with_extension("lock");
         let lock = std::fs::File::create(&lock_path).map_err(io(&lock_path))?;
+        let start = Instant::now();
         // SAFETY: flock on a descriptor we own, released when it is closed.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(io(&lock_path)(std::io::Error::last_os_error()));
+        while unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            if start.elapsed() > LIMIT {
+                return Err(EnvError::TimedOut {
+                    step: "build by another instance",
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
         if env.join(READY).exists() {
             return Ok(env); // another built it meanwhile
@@ -129,11 +153,9 @@ impl Envs {
         if let Some(v) = &spec.version {
             venv.extend(["--python", v]);
         }
-        self.uv("venv", &venv, spec, None)?;
+        self.uv("venv", &venv, spec, None, None)?;
         let lock_file = env.join("requirements.lock");
-        let mut text = pins.join("\n");
-        text.push('\n');
-        std::fs::write(&lock_file, text).map_err(io(&lock_file))?;
+        std::fs::write(&lock_file, &pins).map_err(io(&lock_file))?;
         let python = env.join("bin/python").display().to_string();
         let lock_text = lock_file.display().to_string();
         self.uv(
@@ -141,22 +163,60 @@ impl Envs {
             &["pip", "sync", &lock_text, "--python", &python, "--quiet"],
             spec,
             None,
+            None,
         )?;
         std::fs::write(env.join(READY), "").map_err(io(&env))?;
         Ok(env)
     }
 
-    /// Runs `uv ARGS` with the model's index settings and our cache; its stdout.
+    /// `uv pip compile` of the model's requirements: the pinned list, with the index
+    /// lines and the hashes of what was chosen (so that two indexes, or a wheel rebuilt
+    /// under the same version, make two resolutions).
+    fn resolve(&self, spec: &PythonSpec) -> Result<String, EnvError> {
+        let mut args = vec!["pip", "compile", "--quiet", "--generate-hashes"];
+        args.extend(["--emit-index-url", "--emit-find-links"]);
+        if let Some(v) = &spec.version {
+            args.extend(["--python-version", v]);
+        }
+        let file = spec.requirements.as_ref().map(|p| p.display().to_string());
+        if let Some(f) = &file {
+            args.push(f);
+        }
+        let inline = spec.packages.join("\n");
+        if !spec.packages.is_empty() {
+            args.push("-");
+        }
+        // Relative paths in a requirements file are its directory's.
+        let cwd = spec.requirements.as_deref().and_then(Path::parent);
+        let out = self.uv(
+            "pip compile",
+            &args,
+            spec,
+            (!inline.is_empty()).then_some(inline.as_str()),
+            cwd,
+        )?;
+        Ok(out
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect())
+    }
+
+    /// Runs `uv ARGS` with the model's index settings and our cache and interpreters, for
+    /// at most [`LIMIT`]; its stdout.
     fn uv(
         &self,
         step: &'static str,
         args: &[&str],
         spec: &PythonSpec,
         stdin: Option<&str>,
+        cwd: Option<&Path>,
     ) -> Result<String, EnvError> {
         let mut cmd = Command::new(&self.uv);
         cmd.args(args)
             .env("UV_CACHE_DIR", self.dir.join("cache"))
+            // Interpreters uv downloads go here too: readable by workers of any user.
+            .env("UV_PYTHON_INSTALL_DIR", self.dir.join("python"))
             .env("UV_LINK_MODE", "hardlink")
             .env_remove("VIRTUAL_ENV")
             .stdin(if stdin.is_some() {
@@ -166,6 +226,9 @@ impl Envs {
             })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if let Some(dir) = cwd {
+            cmd.current_dir(dir);
+        }
         if step != "venv" {
             if let Some(i) = &spec.index_url {
                 cmd.args(["--index-url", i]);
@@ -177,19 +240,43 @@ impl Envs {
         if spec.offline {
             cmd.arg("--offline");
         }
-        let mut child = cmd.spawn().map_err(|source| EnvError::NoUv {
+        // SAFETY: prctl in the child between fork and exec, async-signal-safe: uv dies
+        // with the thread that started it (a supervisor killed mid-build leaves no uv
+        // writing into an environment the next one builds again).
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let no_uv = |source| EnvError::NoUv {
             uv: self.uv.clone(),
             source,
-        })?;
+        };
+        let mut child = cmd.spawn().map_err(no_uv)?;
         if let (Some(text), Some(mut input)) = (stdin, child.stdin.take()) {
             let _ = input.write_all(text.as_bytes());
         }
-        let out = child.wait_with_output().map_err(|source| EnvError::NoUv {
-            uv: self.uv.clone(),
-            source,
-        })?;
-        if !out.status.success() {
-            let message = String::from_utf8_lossy(&out.stderr)
+        // Both pipes read on threads while waiting with a limit.
+        let (out, err) = (drain(child.stdout.take()), drain(child.stderr.take()));
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().map_err(no_uv)? {
+                break status;
+            }
+            if start.elapsed() > LIMIT {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(EnvError::TimedOut { step });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let (out, err) = (
+            out.join().unwrap_or_default(),
+            err.join().unwrap_or_default(),
+        );
+        if !status.success() {
+            let message = String::from_utf8_lossy(&err)
                 .lines()
                 .map(str::trim)
                 .filter(|l| !l.is_empty())
@@ -197,6 +284,6 @@ impl Envs {
                 .join("; ");
             return Err(EnvError::Uv { step, message });
         }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        Ok(String::from_utf8_lossy(&out).into_owned())
     }
 }

@@ -1317,8 +1317,8 @@ pub fn exposure(m: &ModelConfig) -> Vec<&'static str> {
     if host_root && !m.isolation.mount {
         out.push(
             "runs as root without a mount namespace: it can open every model's ledger and \
-             write the kernel's interfaces (/sys, /proc/sys) (set user, isolation.user, or \
-             isolation.mount = true)",
+             write the kernel's interfaces (/sys, /proc/sys) and the Python environments \
+             the models share (set user, isolation.user, or isolation.mount = true)",
         );
     }
     if m.capabilities.0 != 0 && !m.isolation.user {

@@ -314,6 +314,13 @@ impl Launcher {
         // Again at every start: the worker is shown its ledger, which must be there (made
         // again if someone removed it) and still have the model's quota.
         prepare_ledger(&self.supervisor.ledger_dir, cfg)?;
+        // Built once for all its instances (and for every model with the same
+        // requirements); here, on a launcher thread: it may take minutes. Before its port
+        // is chosen, which another process could take meanwhile.
+        let python = match &cfg.python {
+            Some(spec) => Some(self.supervisor.envs.build(spec, false)?),
+            None => None,
+        };
         let (out_read, out_write) = pipe_for_output().map_err(StartError::Pipe)?;
         let visible = self.plan.as_ref().and_then(|p| p.uuids(&cfg.name));
         let minors = self.plan.as_ref().and_then(|p| p.minors(&cfg.name));
@@ -323,12 +330,6 @@ impl Launcher {
         };
         let leaf = format!("{}-{index}", cfg.name);
         let view_dir = self.views.as_ref().map(|v| v.dir(&leaf));
-        // Built once for all its instances (and for every model with the same
-        // requirements); here, on a launcher thread: it may take minutes.
-        let python = match &cfg.python {
-            Some(spec) => Some(self.supervisor.envs.build(spec)?),
-            None => None,
-        };
         let mut spec = worker_spec(
             cfg,
             &self.supervisor,
@@ -576,6 +577,14 @@ pub fn worker_spec(
                 optional: false,
             });
         }
+        // The Python environments: their files are hard links of uv's cache, shared by
+        // every model that uses the same package.
+        read_only.push(ReadOnly {
+            path: path(&supervisor.envs.dir)?,
+            flags: 0,
+            bind: true,
+            optional: true,
+        });
         let ledger = (
             path(&supervisor.ledger_dir)?,
             path(&LedgerFile::path_for(&supervisor.ledger_dir, &cfg.name))?,
@@ -603,9 +612,15 @@ pub fn worker_spec(
         ),
         None => None,
     };
+    // The view filesystem whole stays the supervisor's: the worker keeps its binds only.
+    let hide = match (at.view, binds.is_empty()) {
+        (Some(dir), false) => dir.parent().map(|p| path(&p.to_path_buf())).transpose()?,
+        _ => None,
+    };
     Ok(Spec {
         program,
         dev,
+        hide,
         argv: cstrings(argv)?,
         envp: cstrings(env.iter().map(|(k, v)| format!("{k}={v}")))?,
         cwd: cfg.cwd.as_ref().map(path).transpose()?,

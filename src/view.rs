@@ -72,8 +72,9 @@ pub fn meminfo(host: &str, memory: &Memory) -> String {
         .map_or(u64::MAX, |k| k.saturating_mul(1024));
     let total = memory.limit.min(host_total);
     let free = total - memory.usage.min(total);
-    let reclaimable = (stat("active_file") + stat("inactive_file")).saturating_sub(stat("shmem"));
-    let ours: [(&str, u64); 14] = [
+    // Shared memory is on the anonymous lists: not reclaimable page cache.
+    let reclaimable = stat("active_file") + stat("inactive_file");
+    let ours: [(&str, u64); 17] = [
         ("MemTotal", total),
         ("MemFree", free),
         ("MemAvailable", (free + reclaimable).min(total)),
@@ -88,6 +89,12 @@ pub fn meminfo(host: &str, memory: &Memory) -> String {
         ("Inactive(file)", stat("inactive_file")),
         ("AnonPages", stat("anon")),
         ("Shmem", stat("shmem")),
+        (
+            "Slab",
+            stat("slab_reclaimable") + stat("slab_unreclaimable"),
+        ),
+        ("SReclaimable", stat("slab_reclaimable")),
+        ("SUnreclaim", stat("slab_unreclaimable")),
     ];
     let mut out = String::new();
     for line in host.lines() {
@@ -191,8 +198,8 @@ mod tests {
         };
         assert_eq!(line("MemTotal"), "MemTotal:         524288 kB");
         assert_eq!(line("MemFree"), "MemFree:          393216 kB");
-        // Free, plus the page cache that is not shared memory.
-        assert_eq!(line("MemAvailable"), "MemAvailable:     450560 kB");
+        // Free, plus the page cache (shared memory is not on its lists).
+        assert_eq!(line("MemAvailable"), "MemAvailable:     458752 kB");
         assert_eq!(line("Cached"), "Cached:            65536 kB");
         assert_eq!(line("Active"), "Active:            83968 kB");
         assert_eq!(line("Shmem"), "Shmem:              8192 kB");
@@ -281,6 +288,8 @@ fn read_memory(dir: &std::path::Path, v2: bool, limit: u64) -> Memory {
             ("file", "file"),
             ("anon", "anon"),
             ("shmem", "shmem"),
+            ("slab_reclaimable", "slab_reclaimable"),
+            ("slab_unreclaimable", "slab_unreclaimable"),
             ("active_file", "active_file"),
             ("inactive_file", "inactive_file"),
             ("active_anon", "active_anon"),
@@ -327,10 +336,14 @@ struct State {
     /// Worker (its cgroup's leaf name) -> (id, source).
     workers: HashMap<String, (u64, Source)>,
     next_id: u64,
-    /// Open files: their content, made when opened.
-    open: HashMap<u64, Arc<Vec<u8>>>,
+    /// Open files: the worker's id, and their content, made when opened.
+    open: HashMap<u64, (u64, Arc<Vec<u8>>)>,
     next_fh: u64,
 }
+
+/// Files a worker may hold open at once: their contents live in the supervisor's memory,
+/// not the worker's.
+const OPEN_PER_WORKER: usize = 64;
 
 impl State {
     fn by_ino(&self, ino: u64) -> Option<(&Source, Option<&'static str>)> {
@@ -419,9 +432,15 @@ impl Filesystem for ViewFs {
             Some((source, Some(file))) => source.clone().content(file),
             _ => return reply.error(Errno::ENOENT),
         };
+        let worker = (ino.0 - 2) / PER_WORKER;
+        if state.open.values().filter(|(w, _)| *w == worker).count() >= OPEN_PER_WORKER {
+            return reply.error(Errno::EMFILE);
+        }
         state.next_fh += 1;
         let fh = state.next_fh;
-        state.open.insert(fh, Arc::new(content.into_bytes()));
+        state
+            .open
+            .insert(fh, (worker, Arc::new(content.into_bytes())));
         reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
     }
 
@@ -436,7 +455,7 @@ impl Filesystem for ViewFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let Some(content) = self.state().open.get(&fh.0).cloned() else {
+        let Some((_, content)) = self.state().open.get(&fh.0).cloned() else {
             return reply.error(Errno::EBADF);
         };
         let start = (offset as usize).min(content.len());

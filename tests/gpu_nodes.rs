@@ -63,7 +63,7 @@ fn a_placed_worker_sees_only_its_own_gpu_nodes() {
     let mut wrapper: Vec<String> = vec!["env".into()];
     wrapper.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
-    let script = "ls /dev | grep ^nvidia | tr '\\\\n' ' '; echo; ls /dev/null /dev/pts/ptmx >/dev/null && echo rest; sleep 600";
+    let script = "ls /dev | grep ^nvidia | tr '\\\\n' ' '; echo; ls /dev/null /dev/pts/ptmx >/dev/null && echo rest; python3 -c 'import os; os.openpty(); print(1)' && echo pty; sleep 600";
     let model = |name: &str, gpus: &str| {
         format!(
             "[[model]]\nname = \"{name}\"\ncommand = \"sh\"\nargs = [\"-c\", \"{script}\"]\nrestart = \"never\"\n{gpus}\n"
@@ -77,14 +77,23 @@ fn a_placed_worker_sees_only_its_own_gpu_nodes() {
     );
     let lines = |leaf: &str| {
         wait_until(&format!("{leaf}'s lines"), Duration::from_secs(10), || {
-            s.log(leaf).lines().count() >= 2
+            s.log(leaf).lines().count() >= 4
         });
         s.log(leaf).lines().map(str::to_owned).collect::<Vec<_>>()
     };
-    assert_eq!(lines("placed-0"), ["nvidia1 nvidia2 nvidiactl ", "rest"]);
+    // A pseudo-terminal of its own works (openpty through /dev/ptmx).
+    assert_eq!(
+        lines("placed-0"),
+        ["nvidia1 nvidia2 nvidiactl ", "rest", "1", "pty"]
+    );
     // Not placed: every GPU (CUDA_VISIBLE_DEVICES is not set either).
     assert_eq!(
         lines("unplaced-0"),
-        ["nvidia0 nvidia1 nvidia2 nvidia3 nvidiactl ", "rest"]
+        [
+            "nvidia0 nvidia1 nvidia2 nvidia3 nvidiactl ",
+            "rest",
+            "1",
+            "pty"
+        ]
     );
 }

@@ -50,7 +50,7 @@ fn wheels(dir: &Path) {
 fn model(name: &str, requirement: &str, wheels: &Path) -> String {
     format!(
         "[[model]]\nname = \"{name}\"\ncommand = \"python\"\n\
-         args = [\"-u\", \"-c\", \"import cvpkg, os; print(cvpkg.VERSION, os.environ['VIRTUAL_ENV'], cvpkg.__file__); import time; time.sleep(600)\"]\n\
+         args = [\"-u\", \"-c\", \"import cvpkg, os\\ntry:\\n  open(cvpkg.__file__, 'a'); w = 'writable'\\nexcept OSError:\\n  w = 'read-only'\\nprint(cvpkg.VERSION, os.environ['VIRTUAL_ENV'], cvpkg.__file__, w)\\nimport time; time.sleep(600)\"]\n\
          restart = \"never\"\n\
          python = {{ packages = [\"{requirement}\"], find_links = [\"{}\"], offline = true }}\n",
         wheels.display()
@@ -81,7 +81,7 @@ fn each_model_imports_its_own_version_and_same_requirements_share_an_environment
         });
         let log = s.log(leaf);
         let fields: Vec<String> = log.split_whitespace().map(str::to_owned).collect();
-        assert_eq!(fields.len(), 3, "{log}");
+        assert_eq!(fields.len(), 4, "{log}");
         fields
     };
     let (one, two, also) = (line("one-0"), line("two-0"), line("also-one-0"));
@@ -92,6 +92,8 @@ fn each_model_imports_its_own_version_and_same_requirements_share_an_environment
     // Installed by hard links from uv's cache, not copies.
     use std::os::unix::fs::MetadataExt;
     assert!(std::fs::metadata(&one[2]).unwrap().nlink() >= 2, "{one:?}");
+    // Shared, the environments are read-only to the workers.
+    assert_eq!(one[3], "read-only", "{one:?}");
     // The broken one fails alone, with uv's message.
     wait_until("the broken model's error", Duration::from_secs(30), || {
         s.model("broken")["instances"][0]["error"].is_string()
@@ -139,6 +141,28 @@ fn env_build_builds_ahead_and_names_a_missing_uv() {
         .unwrap()
         .to_owned();
     assert!(Path::new(&env).join("bin/python").exists(), "{printed}");
+    // A later start asks no index: the resolution is kept (here, the wheels are gone,
+    // and the build cache with them).
+    std::fs::remove_dir_all(&wheel_dir).unwrap();
+    std::fs::remove_dir_all(dir.path("envs/cache")).unwrap();
+    let envs = cuvisor::pyenv::Envs {
+        dir: dir.path("envs"),
+        uv: uv().to_owned(),
+    };
+    let spec = cuvisor::pyenv::PythonSpec {
+        packages: vec!["cvpkg==1.0".into()],
+        find_links: vec![wheel_dir.display().to_string()],
+        offline: true,
+        ..Default::default()
+    };
+    assert_eq!(envs.build(&spec, false).unwrap(), Path::new(&env));
+    assert!(
+        matches!(
+            envs.build(&spec, true),
+            Err(cuvisor::pyenv::EnvError::Uv { .. })
+        ),
+        "resolving again needs the wheels"
+    );
     let out = run(std::process::Command::new(env!("CARGO_BIN_EXE_cuvisor"))
         .args(["env", "build"])
         .arg(config("uv = \"/nonexistent/uv\"\n")));

@@ -194,7 +194,7 @@ b = bytearray(200 * 1024 * 1024)
 for i in range(0, len(b), 4096): b[i] = 1
 print(\"fell\" if before - int(avail()) >= 190 * 1024 else \"stayed\", before, avail())
 print(os.cpu_count())
-'; cat /sys/devices/system/cpu/online; nproc; sleep 607"#;
+'; cat /sys/devices/system/cpu/online; nproc; cat /run/cuvisor/*.view/*/meminfo 2>/dev/null | wc -l; sleep 607"#;
     let model = |name: &str, keys: &str| {
         format!(
             "[[model]]\nname = \"{name}\"\ncommand = \"sh\"\nargs = [\"-c\", \"{}\"]\nrestart = \"never\"\n{keys}\n",
@@ -209,17 +209,18 @@ print(os.cpu_count())
         ]
         .concat(),
     );
-    let small = log_of(&s, "small-0", 5);
+    let small = log_of(&s, "small-0", 6);
     assert_eq!(small[0], "MemTotal:         524288 kB", "{small:?}");
     assert!(small[1].starts_with("fell "), "{small:?}");
-    assert_eq!(small[2..], ["1", "0", "1"], "{small:?}");
+    // Its own files only: the view filesystem of every worker is not there.
+    assert_eq!(small[2..], ["1", "0", "1", "0"], "{small:?}");
     let host_total = std::fs::read_to_string("/proc/meminfo")
         .unwrap()
         .lines()
         .next()
         .unwrap()
         .to_owned();
-    let host = log_of(&s, "host-0", 5);
+    let host = log_of(&s, "host-0", 6);
     assert_eq!(host[0], host_total);
     let online = cuvisor::cpus::CpuSet::online().unwrap();
     assert_eq!(host[2], online.len().to_string());
@@ -234,6 +235,6 @@ print(os.cpu_count())
         pgrep("sleep 607").is_empty()
     });
     s.respawn();
-    let again = log_of(&s, "small-0", 10);
-    assert_eq!(again[5], "MemTotal:         524288 kB", "{again:?}");
+    let again = log_of(&s, "small-0", 12);
+    assert_eq!(again[6], "MemTotal:         524288 kB", "{again:?}");
 }
