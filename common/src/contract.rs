@@ -18,6 +18,17 @@
 //! A bad value is an error naming the variable and the accepted forms; the shim then makes
 //! CUDA initialization fail rather than run the process without its quota.
 //!
+//! **HAMi's contract** is honoured too, for the shim injected where HAMi injects its own
+//! `libvgpu.so` (docs/KUBERNETES.md). Each variable applies only where its `CUVISOR_*`
+//! counterpart is not set:
+//!
+//! | HAMi's variable | becomes |
+//! |---|---|
+//! | `CUDA_DEVICE_MEMORY_LIMIT_<i>` (device `i` as the container sees it), `CUDA_DEVICE_MEMORY_LIMIT` (every device without its own) | the quota on each GPU; HAMi's syntax: bytes, or a number with `k`, `m` or `g` (KiB, MiB, GiB; either case), decimal or `0x` hexadecimal; `0` is no limit. Limits that differ between devices: the smallest, on each GPU (cuvisor's quota is one limit per GPU), with a warning |
+//! | `CUDA_OVERSUBSCRIBE=true` | `managed` mode (memory past the device is usable); without it, with a HAMi limit, `device` mode |
+//! | `CUDA_DISABLE_CONTROL=true` | `off` |
+//! | `CUDA_DEVICE_MEMORY_SHARED_CACHE=DIR/NAME.cache` | the ledger `DIR/NAME.ledger` (model `NAME`), shared by the container's processes |
+//!
 //! ```
 //! use cuvisor_common::contract::{Contract, Mode};
 //! use cuvisor_common::size::QuotaSpec;
@@ -132,6 +143,9 @@ pub struct Contract {
     /// Whether each process carries out hibernate and wake requests.
     pub hibernate: bool,
     pub log_level: LogLevel,
+    /// What the shim says once at start about how it read the environment (HAMi's limits
+    /// that differ between devices).
+    pub warnings: Vec<String>,
 }
 
 impl Contract {
@@ -147,6 +161,7 @@ impl Contract {
             prefetch: false,
             hibernate: false,
             log_level: LogLevel::Warn,
+            warnings: Vec::new(),
         }
     }
 
@@ -257,10 +272,107 @@ impl Contract {
                 None => bad(LOG, &l, "expected error, warn, info, debug or trace"),
             }
         }
+        hami::apply(&get, &mut c, &mut errors);
         if errors.is_empty() {
             Ok(c)
         } else {
             Err(errors)
+        }
+    }
+}
+
+/// HAMi's variables (HAMi's device plugin sets them; HAMi-core reads them), where the
+/// `CUVISOR_*` ones are not set.
+mod hami {
+    use super::*;
+
+    pub const LIMIT: &str = "CUDA_DEVICE_MEMORY_LIMIT";
+    pub const OVERSUBSCRIBE: &str = "CUDA_OVERSUBSCRIBE";
+    pub const DISABLE: &str = "CUDA_DISABLE_CONTROL";
+    pub const SHARED_CACHE: &str = "CUDA_DEVICE_MEMORY_SHARED_CACHE";
+    /// HAMi-core's most devices per container.
+    const DEVICES: usize = 16;
+
+    /// HAMi-core's size syntax: an unsigned number (decimal, or `0x` hexadecimal) with an
+    /// optional `k`, `m` or `g` (binary multiples, either case). None: not one.
+    pub fn size(text: &str) -> Option<u64> {
+        let (digits, scale) = match text.as_bytes().last()? {
+            b'k' | b'K' => (&text[..text.len() - 1], 1u64 << 10),
+            b'm' | b'M' => (&text[..text.len() - 1], 1 << 20),
+            b'g' | b'G' => (&text[..text.len() - 1], 1 << 30),
+            _ => (text, 1),
+        };
+        let n = match digits
+            .strip_prefix("0x")
+            .or_else(|| digits.strip_prefix("0X"))
+        {
+            Some(hex) if !hex.is_empty() => u64::from_str_radix(hex, 16).ok()?,
+            Some(_) => return None,
+            None if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
+                digits.parse().ok()?
+            }
+            None => return None,
+        };
+        n.checked_mul(scale)
+    }
+
+    pub fn apply(
+        get: &impl Fn(&str) -> Option<String>,
+        c: &mut Contract,
+        errors: &mut Vec<String>,
+    ) {
+        let set = |name: &str| get(name).is_some();
+        if !set(MODE) && get(DISABLE).as_deref() == Some("true") {
+            c.mode = Mode::Off;
+            return;
+        }
+        let mut limits: Vec<(String, u64)> = Vec::new();
+        let names =
+            std::iter::once(LIMIT.to_owned()).chain((0..DEVICES).map(|i| format!("{LIMIT}_{i}")));
+        for name in names {
+            let Some(text) = get(&name) else { continue };
+            match size(&text) {
+                Some(0) => {} // HAMi's "no limit"
+                Some(bytes) => limits.push((name, bytes)),
+                None => errors.push(format!(
+                    "{name}=\"{text}\" is invalid: expected HAMi's form, bytes or a number with k, \
+                     m or g (e.g. 3000m)"
+                )),
+            }
+        }
+        if !set(QUOTA)
+            && let Some(&(_, smallest)) = limits.iter().min_by_key(|(_, b)| *b)
+        {
+            c.quota = Some(QuotaSpec::Bytes(smallest));
+            if limits.iter().any(|(_, b)| *b != smallest) {
+                let all: Vec<String> = limits.iter().map(|(n, b)| format!("{n}={b}")).collect();
+                c.warnings.push(format!(
+                    "HAMi's limits differ between devices ({}): cuvisor holds one quota on each \
+                     GPU, the smallest ({smallest} bytes)",
+                    all.join(", ")
+                ));
+            }
+            if !set(MODE) {
+                c.mode = if get(OVERSUBSCRIBE).as_deref() == Some("true") {
+                    Mode::Managed
+                } else {
+                    Mode::Device
+                };
+            }
+        }
+        if let Some(cache) = get(SHARED_CACHE).filter(|_| !set(LEDGER_DIR) && !set(MODEL)) {
+            let path = std::path::Path::new(&cache);
+            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+            match path.parent().filter(|d| d.is_absolute()) {
+                Some(dir) if valid_model_name(stem) => {
+                    c.ledger_dir = dir.to_owned();
+                    c.model = stem.to_owned();
+                }
+                _ => errors.push(format!(
+                    "{SHARED_CACHE}=\"{cache}\" is invalid: expected an absolute path DIR/NAME.cache, \
+                     NAME of letters, digits, '.', '_' or '-'"
+                )),
+            }
         }
     }
 }
@@ -326,6 +438,99 @@ mod tests {
             vars.iter().map(|&(k, v)| (k, v.to_owned())).collect();
         expected.sort();
         assert_eq!(written, expected);
+    }
+
+    #[test]
+    fn hamis_sizes_are_read_as_hami_core_reads_them() {
+        for (text, bytes) in [
+            ("3000m", 3000 << 20),
+            ("3000M", 3000 << 20),
+            ("2g", 2 << 30),
+            ("64k", 64 << 10),
+            ("1024", 1024),
+            ("0x400m", 1024 << 20),
+            ("0", 0),
+        ] {
+            assert_eq!(hami::size(text), Some(bytes), "{text}");
+        }
+        for bad in ["", "m", "3 g", "1.5g", "-1", "0x", "3000mb", "g2"] {
+            assert_eq!(hami::size(bad), None, "{bad:?}");
+        }
+    }
+
+    /// Each of HAMi's variables, and that CUVISOR_* ones win over them.
+    #[test]
+    fn hamis_variables_become_the_contract() {
+        let c = parse(&[("CUDA_DEVICE_MEMORY_LIMIT_0", "3000m")]).unwrap();
+        assert_eq!(c.quota, Some(QuotaSpec::Bytes(3000 << 20)));
+        assert_eq!(c.mode, Mode::Device, "no oversubscription asked for");
+        let c = parse(&[
+            ("CUDA_DEVICE_MEMORY_LIMIT", "2g"),
+            ("CUDA_OVERSUBSCRIBE", "true"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.quota, c.mode),
+            (Some(QuotaSpec::Bytes(2 << 30)), Mode::Managed)
+        );
+        // A device's own limit, with the global one for the others: the smallest, said.
+        let c = parse(&[
+            ("CUDA_DEVICE_MEMORY_LIMIT", "4g"),
+            ("CUDA_DEVICE_MEMORY_LIMIT_1", "1g"),
+        ])
+        .unwrap();
+        assert_eq!(c.quota, Some(QuotaSpec::Bytes(1 << 30)));
+        assert_eq!(
+            c.warnings,
+            [
+                "HAMi's limits differ between devices (CUDA_DEVICE_MEMORY_LIMIT=4294967296, \
+              CUDA_DEVICE_MEMORY_LIMIT_1=1073741824): cuvisor holds one quota on each GPU, \
+              the smallest (1073741824 bytes)"
+            ]
+        );
+        // 0 is HAMi's "no limit".
+        let c = parse(&[("CUDA_DEVICE_MEMORY_LIMIT_0", "0")]).unwrap();
+        assert_eq!((c.quota, c.mode), (None, Mode::Managed));
+        assert_eq!(
+            parse(&[("CUDA_DISABLE_CONTROL", "true")]).unwrap().mode,
+            Mode::Off
+        );
+        let c = parse(&[(
+            "CUDA_DEVICE_MEMORY_SHARED_CACHE",
+            "/usr/local/vgpu/ab-12.cache",
+        )])
+        .unwrap();
+        assert_eq!(
+            (c.ledger_dir, c.model.as_str()),
+            (PathBuf::from("/usr/local/vgpu"), "ab-12")
+        );
+        // CUVISOR_* first.
+        let c = parse(&[
+            ("CUDA_DEVICE_MEMORY_LIMIT_0", "3000m"),
+            (QUOTA, "1GiB"),
+            (MODE, "managed"),
+            ("CUDA_DISABLE_CONTROL", "true"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.quota, c.mode),
+            (Some(QuotaSpec::Bytes(1 << 30)), Mode::Managed)
+        );
+        // Bad values, named.
+        let errors = parse(&[
+            ("CUDA_DEVICE_MEMORY_LIMIT_2", "lots"),
+            ("CUDA_DEVICE_MEMORY_SHARED_CACHE", "relative.cache"),
+        ])
+        .unwrap_err();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].starts_with(
+                "CUDA_DEVICE_MEMORY_LIMIT_2=\"lots\" is invalid: expected HAMi's form"
+            )
+        );
+        assert!(
+            errors[1].starts_with("CUDA_DEVICE_MEMORY_SHARED_CACHE=\"relative.cache\" is invalid")
+        );
     }
 
     #[test]

@@ -366,6 +366,9 @@ fn init() {
         match Contract::from_lookup(lookup) {
             Ok(config) => {
                 crate::logging::init(config.log_level);
+                for w in &config.warnings {
+                    log::warn!("model {}: {w}", config.model);
+                }
                 let rt = Box::into_raw(Box::new(Runtime::new(config)));
                 RUNTIME.store(rt, Ordering::Release);
             }
