@@ -53,6 +53,9 @@ enum Command {
     /// The models' Python environments.
     #[command(subcommand)]
     Env(EnvAction),
+    /// Print the path of the shim, for LD_PRELOAD=$(cuvisor shim-path): $CUVISOR_SHIM, else
+    /// libcuvisor_preload.so beside this binary (as `pip install cuvisor` places it).
+    ShimPath,
 }
 
 #[derive(Subcommand)]
@@ -197,6 +200,7 @@ fn main() -> ExitCode {
         Command::Exec(args) => exec_command(args),
         Command::Ledger(args) => ledger_command(args),
         Command::Env(EnvAction::Build { config }) => env_build(&config),
+        Command::ShimPath => shim_path(),
     }
 }
 
@@ -252,6 +256,27 @@ fn status_command(socket: &std::path::Path, as_json: bool) -> ExitCode {
         }
         Err(e) => {
             eprintln!("cuvisor: cannot read the supervisor's answer: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `cuvisor shim-path`: where `cuvisor exec` finds the shim.
+fn shim_path() -> ExitCode {
+    let found = std::env::var_os("CUVISOR_SHIM")
+        .map(PathBuf::from)
+        .or_else(cuvisor::exec::default_shim)
+        .filter(|p| p.is_file());
+    match found {
+        Some(p) => {
+            println!("{}", std::fs::canonicalize(&p).unwrap_or(p).display());
+            ExitCode::SUCCESS
+        }
+        None => {
+            eprintln!(
+                "cuvisor: libcuvisor_preload.so not found beside this binary (nor in ../lib): \
+                 set CUVISOR_SHIM"
+            );
             ExitCode::FAILURE
         }
     }
