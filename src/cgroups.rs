@@ -118,8 +118,15 @@ fn fs_magic(path: &Path) -> Option<i64> {
 /// Where this host's cgroups are, and which kind.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Hierarchy {
-    /// The unified hierarchy: `base` is our parent cgroup (`<root>/<name>`).
-    V2 { root: PathBuf, base: PathBuf },
+    /// The unified hierarchy: `base` is our parent cgroup (`<root>/<name>`). `delegated`:
+    /// `root` is not the host's root cgroup but one given to us (a container's, seen
+    /// through its cgroup namespace): its processes must leave it for a leaf before its
+    /// controllers can be given to children (the "no internal processes" rule).
+    V2 {
+        root: PathBuf,
+        base: PathBuf,
+        delegated: bool,
+    },
     /// Per-controller hierarchies.
     V1 {
         memory: Controller,
@@ -141,6 +148,8 @@ impl Hierarchy {
                 Hierarchy::V2 {
                     root: fs_root.to_owned(),
                     base: fs_root.join(name),
+                    // Only a non-root cgroup has cgroup.freeze.
+                    delegated: fs_root.join("cgroup.freeze").exists(),
                 }
             } else {
                 Hierarchy::None {
@@ -186,7 +195,13 @@ impl Hierarchy {
     /// Which limits this hierarchy can enforce, for the supervisor's startup message.
     pub fn describe(&self) -> String {
         match self {
-            Hierarchy::V2 { base, .. } => format!("cgroup v2 at {}", base.display()),
+            Hierarchy::V2 {
+                base, delegated, ..
+            } => format!(
+                "cgroup v2 at {}{}",
+                base.display(),
+                if *delegated { " (delegated)" } else { "" }
+            ),
             Hierarchy::V1 {
                 memory,
                 cpu,
@@ -251,7 +266,14 @@ impl Hierarchy {
         // Each directory to make, and the limit files to write in it.
         let plan: Vec<(PathBuf, Vec<(&'static str, String)>)> = match self {
             Hierarchy::None { .. } => Vec::new(),
-            Hierarchy::V2 { root, base } => {
+            Hierarchy::V2 {
+                root,
+                base,
+                delegated,
+            } => {
+                if *delegated {
+                    enter_leaf(root, base)?;
+                }
                 std::fs::create_dir_all(base).map_err(err(base, "create"))?;
                 // Delegate the controllers down to our cgroups (cpuset only where it is
                 // asked for: it pins, and not every host delegates it).
@@ -399,6 +421,40 @@ impl Hierarchy {
             let _ = std::fs::remove_dir(b);
         }
     }
+}
+
+/// Moves every process of the delegated cgroup `root` (this supervisor, and whatever else
+/// its container runs there) into the leaf `<base>.supervisor` beside `base`, so that
+/// `root` can give its controllers to the workers' cgroups. Nothing to do once it is
+/// empty.
+fn enter_leaf(root: &Path, base: &Path) -> Result<(), CgroupError> {
+    let procs = root.join("cgroup.procs");
+    let pids = std::fs::read_to_string(&procs).map_err(err(&procs, "read"))?;
+    let pids: Vec<&str> = pids
+        .lines()
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    if pids.is_empty() {
+        return Ok(());
+    }
+    let mut leaf = base.as_os_str().to_owned();
+    leaf.push(".supervisor");
+    let leaf = PathBuf::from(leaf);
+    std::fs::create_dir_all(&leaf).map_err(err(&leaf, "create"))?;
+    for pid in pids {
+        // One write per process (the kernel takes one pid per write); one that has exited
+        // meanwhile is gone from `root` anyway.
+        match write_file(
+            &leaf.join("cgroup.procs"),
+            pid,
+            "move the supervisor to a leaf",
+        ) {
+            Err(e) if e.source.raw_os_error() == Some(libc::ESRCH) => {}
+            other => other?,
+        }
+    }
+    Ok(())
 }
 
 /// Our parent cgroup in the v1 cpuset hierarchy, made usable: a v1 cpuset takes no
@@ -604,7 +660,14 @@ mod tests {
             "low 0\nhigh 0\nmax 3\noom 1\noom_kill 2\n",
         )
         .unwrap();
-        (root.clone(), Hierarchy::V2 { root, base })
+        (
+            root.clone(),
+            Hierarchy::V2 {
+                root,
+                base,
+                delegated: false,
+            },
+        )
     }
 
     #[test]
@@ -707,6 +770,36 @@ mod tests {
             e.to_string()
                 .contains("cannot freeze: the kernel did not say"),
             "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    /// In a container's cgroup (delegated, seen through its cgroup namespace) the
+    /// supervisor first moves the cgroup's processes into a leaf of their own.
+    #[test]
+    fn a_delegated_cgroup_is_emptied_into_a_leaf_first() {
+        let (root, h) = fake_v2("delegated", "m-0");
+        let Hierarchy::V2 { root: r, base, .. } = h else {
+            unreachable!()
+        };
+        let h = Hierarchy::V2 {
+            root: r,
+            base,
+            delegated: true,
+        };
+        std::fs::write(root.join("cgroup.procs"), "4242\n").unwrap();
+        let leaf = root.join("cuvisor.supervisor");
+        std::fs::create_dir_all(&leaf).unwrap();
+        std::fs::write(leaf.join("cgroup.procs"), "").unwrap();
+        h.create("m-0", &Limits::default()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(leaf.join("cgroup.procs")).unwrap(),
+            "4242"
+        );
+        assert!(
+            h.describe().ends_with("cuvisor (delegated)"),
+            "{}",
+            h.describe()
         );
         let _ = std::fs::remove_dir_all(&root);
     }
