@@ -117,7 +117,7 @@ fn every_unit_of_hamis_syntax() {
 }
 
 #[test]
-fn control_disabled_turns_the_shim_off_and_differing_limits_take_the_smallest() {
+fn control_disabled_turns_the_shim_off_and_each_device_has_its_own_limit() {
     let dir = TempDir::new("hami-off");
     let out = run_script(
         &mut pod(
@@ -138,24 +138,33 @@ fn control_disabled_turns_the_shim_off_and_differing_limits_take_the_smallest() 
             "attr 0 -> 0 type=2 managed=0"
         ]
     );
+    // Limits that differ between devices: each GPU its own (gpumem-percentage on GPUs
+    // of two sizes).
     let dir = TempDir::new("hami-differ");
-    let out = run(pod(
-        &dir,
-        2,
-        &[
-            ("CUDA_DEVICE_MEMORY_LIMIT_0", "64m"),
-            ("CUDA_DEVICE_MEMORY_LIMIT_1", "32m"),
-        ],
-    )
-    .args(["init", "info"]));
-    assert_eq!(
-        lines(&out)[1],
-        format!("info -> 0 {} {}", 32 * MIB, 32 * MIB)
+    let out = run_script(
+        &mut pod(
+            &dir,
+            2,
+            &[
+                ("CUDA_DEVICE_MEMORY_LIMIT_0", "64m"),
+                ("CUDA_DEVICE_MEMORY_LIMIT_1", "32m"),
+            ],
+        ),
+        "init info alloc 64M alloc 1 device 1 info alloc 32M alloc 1 info",
     );
-    assert!(
-        stderr(&out).contains("HAMi's limits differ between devices"),
-        "{}",
-        stderr(&out)
+    assert_eq!(
+        out,
+        [
+            "init -> 0".to_owned(),
+            format!("info -> 0 {} {}", 64 * MIB, 64 * MIB),
+            "alloc 64M -> 0 #0".into(),
+            "alloc 1 -> 2".into(),
+            "device 1 -> 0".into(),
+            format!("info -> 0 {} {}", 32 * MIB, 32 * MIB),
+            "alloc 32M -> 0 #1".into(),
+            "alloc 1 -> 2".into(),
+            format!("info -> 0 0 {}", 32 * MIB),
+        ]
     );
 }
 

@@ -24,7 +24,7 @@
 //!
 //! | HAMi's variable | becomes |
 //! |---|---|
-//! | `CUDA_DEVICE_MEMORY_LIMIT_<i>` (device `i` as the container sees it), `CUDA_DEVICE_MEMORY_LIMIT` (every device without its own) | the quota on each GPU; HAMi's syntax: bytes, or a number with `k`, `m` or `g` (KiB, MiB, GiB; either case), decimal or `0x` hexadecimal; `0` is no limit. Limits that differ between devices: the smallest, on each GPU (cuvisor's quota is one limit per GPU), with a warning |
+//! | `CUDA_DEVICE_MEMORY_LIMIT_<i>` (device `i` as the container sees it), `CUDA_DEVICE_MEMORY_LIMIT` (every device without its own) | the quota on each GPU; HAMi's syntax: bytes, or a number with `k`, `m` or `g` (KiB, MiB, GiB; either case), decimal or `0x` hexadecimal; `0` is no limit. Limits that differ between devices: each GPU its own ([`Contract::device_quotas`]) |
 //! | `CUDA_OVERSUBSCRIBE=true` | `managed` mode (memory past the device is usable); without it, with a HAMi limit, `device` mode |
 //! | `CUDA_DISABLE_CONTROL=true` | `off` |
 //! | `CUDA_DEVICE_MEMORY_SHARED_CACHE=DIR/NAME.cache` | the ledger `DIR/NAME.ledger` (model `NAME`), shared by the container's processes |
@@ -143,9 +143,11 @@ pub struct Contract {
     /// Whether each process carries out hibernate and wake requests.
     pub hibernate: bool,
     pub log_level: LogLevel,
-    /// What the shim says once at start about how it read the environment (HAMi's limits
-    /// that differ between devices).
+    /// What the shim says once at start about how it read the environment.
     pub warnings: Vec<String>,
+    /// Per device ordinal, its own quota (HAMi's limits that differ between devices),
+    /// given to the GPU when the process registers it; empty: the quota holds.
+    pub device_quotas: Vec<Option<u64>>,
 }
 
 impl Contract {
@@ -162,6 +164,7 @@ impl Contract {
             hibernate: false,
             log_level: LogLevel::Warn,
             warnings: Vec::new(),
+            device_quotas: Vec::new(),
         }
     }
 
@@ -326,31 +329,34 @@ mod hami {
             c.mode = Mode::Off;
             return;
         }
-        let mut limits: Vec<(String, u64)> = Vec::new();
-        let names =
-            std::iter::once(LIMIT.to_owned()).chain((0..DEVICES).map(|i| format!("{LIMIT}_{i}")));
-        for name in names {
-            let Some(text) = get(&name) else { continue };
+        // None: not set; Some(None): HAMi's 0 (no limit); Some(Some(bytes)).
+        let mut read = |name: &str| -> Option<Option<u64>> {
+            let text = get(name)?;
             match size(&text) {
-                Some(0) => {} // HAMi's "no limit"
-                Some(bytes) => limits.push((name, bytes)),
-                None => errors.push(format!(
-                    "{name}=\"{text}\" is invalid: expected HAMi's form, bytes or a number with k, \
-                     m or g (e.g. 3000m)"
-                )),
+                Some(0) => Some(None),
+                Some(bytes) => Some(Some(bytes)),
+                None => {
+                    errors.push(format!(
+                        "{name}=\"{text}\" is invalid: expected HAMi's form, bytes or a number \
+                         with k, m or g (e.g. 3000m)"
+                    ));
+                    None
+                }
             }
-        }
-        if !set(QUOTA)
-            && let Some(&(_, smallest)) = limits.iter().min_by_key(|(_, b)| *b)
-        {
-            c.quota = Some(QuotaSpec::Bytes(smallest));
-            if limits.iter().any(|(_, b)| *b != smallest) {
-                let all: Vec<String> = limits.iter().map(|(n, b)| format!("{n}={b}")).collect();
-                c.warnings.push(format!(
-                    "HAMi's limits differ between devices ({}): cuvisor holds one quota on each \
-                     GPU, the smallest ({smallest} bytes)",
-                    all.join(", ")
-                ));
+        };
+        let global = read(LIMIT);
+        let own: Vec<Option<Option<u64>>> = (0..DEVICES)
+            .map(|i| read(&format!("{LIMIT}_{i}")))
+            .collect();
+        // Each device's: its own, else the global one (HAMi-core's rule).
+        let per_device: Vec<Option<u64>> =
+            own.iter().map(|o| o.unwrap_or(global.flatten())).collect();
+        if !set(QUOTA) && per_device.iter().any(Option::is_some) {
+            let first = per_device[0];
+            if per_device.iter().all(|d| *d == first) {
+                c.quota = first.map(QuotaSpec::Bytes); // one limit on each GPU
+            } else {
+                c.device_quotas = per_device; // each GPU its own
             }
             if !set(MODE) {
                 c.mode = if get(OVERSUBSCRIBE).as_deref() == Some("true") {
@@ -461,8 +467,10 @@ mod tests {
     /// Each of HAMi's variables, and that CUVISOR_* ones win over them.
     #[test]
     fn hamis_variables_become_the_contract() {
+        // Device 0's limit; the others (if the container sees any) have none.
         let c = parse(&[("CUDA_DEVICE_MEMORY_LIMIT_0", "3000m")]).unwrap();
-        assert_eq!(c.quota, Some(QuotaSpec::Bytes(3000 << 20)));
+        assert_eq!(c.quota, None);
+        assert_eq!(c.device_quotas[..2], [Some(3000 << 20), None]);
         assert_eq!(c.mode, Mode::Device, "no oversubscription asked for");
         let c = parse(&[
             ("CUDA_DEVICE_MEMORY_LIMIT", "2g"),
@@ -473,21 +481,21 @@ mod tests {
             (c.quota, c.mode),
             (Some(QuotaSpec::Bytes(2 << 30)), Mode::Managed)
         );
-        // A device's own limit, with the global one for the others: the smallest, said.
+        // A device's own limit, with the global one for the others: each its own.
         let c = parse(&[
             ("CUDA_DEVICE_MEMORY_LIMIT", "4g"),
             ("CUDA_DEVICE_MEMORY_LIMIT_1", "1g"),
         ])
         .unwrap();
-        assert_eq!(c.quota, Some(QuotaSpec::Bytes(1 << 30)));
+        assert_eq!(c.quota, None);
         assert_eq!(
-            c.warnings,
-            [
-                "HAMi's limits differ between devices (CUDA_DEVICE_MEMORY_LIMIT=4294967296, \
-              CUDA_DEVICE_MEMORY_LIMIT_1=1073741824): cuvisor holds one quota on each GPU, \
-              the smallest (1073741824 bytes)"
-            ]
+            c.device_quotas[..3],
+            [Some(4 << 30), Some(1 << 30), Some(4 << 30)]
         );
+        assert_eq!(c.device_quotas.len(), 16);
+        // One device named, no global limit: the others have none (HAMi-core's rule).
+        let c = parse(&[("CUDA_DEVICE_MEMORY_LIMIT_1", "1g")]).unwrap();
+        assert_eq!(c.device_quotas[..3], [None, Some(1 << 30), None]);
         // 0 is HAMi's "no limit".
         let c = parse(&[("CUDA_DEVICE_MEMORY_LIMIT_0", "0")]).unwrap();
         assert_eq!((c.quota, c.mode), (None, Mode::Managed));

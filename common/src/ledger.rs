@@ -1007,6 +1007,18 @@ impl LedgerFile {
     /// it, with its quota in bytes resolved against `physical` (the GPU's memory). See the
     /// protocol in the module's documentation.
     pub fn register_gpu(&self, uuid: GpuUuid, physical: u64) -> Result<GpuIndex, LedgerError> {
+        self.register_gpu_with_quota(uuid, physical, None)
+    }
+
+    /// [`LedgerFile::register_gpu`], the GPU's quota given by its registrant (`quota`:
+    /// HAMi's limit of that device, which may differ between devices) instead of the
+    /// file's. The first registrant of a GPU fixes it, as for a percentage.
+    pub fn register_gpu_with_quota(
+        &self,
+        uuid: GpuUuid,
+        physical: u64,
+        quota: Option<u64>,
+    ) -> Result<GpuIndex, LedgerError> {
         if let Some(found) = self.find_gpu(uuid) {
             return Ok(found);
         }
@@ -1024,9 +1036,10 @@ impl LedgerFile {
                 uuid,
             })?;
         let g = self.gpu(index);
-        let quota = match self.quota() {
-            None => u64::MAX,
-            Some(spec) => spec.bytes(physical).max(1),
+        let quota = match (quota, self.quota()) {
+            (Some(q), _) => q.max(1),
+            (None, None) => u64::MAX,
+            (None, Some(spec)) => spec.bytes(physical).max(1),
         };
         for (word, bytes) in g.uuid.iter().zip(uuid.0.chunks(8)) {
             word.store(

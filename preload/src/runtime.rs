@@ -176,7 +176,7 @@ impl Runtime {
             );
             return Err(NotCharged::Quota);
         }
-        let index = self.register(account, uuid, physical)?;
+        let index = self.register(account, uuid, physical, dev)?;
         self.remember(dev, index);
         Ok(index)
     }
@@ -208,11 +208,16 @@ impl Runtime {
         account: &Attachment<'static>,
         uuid: GpuUuid,
         physical: u64,
+        dev: CUdevice,
     ) -> Result<GpuIndex, NotCharged> {
-        account.ledger().register_gpu(uuid, physical).map_err(|e| {
-            log::error!("model {}: {e}", self.config.model);
-            NotCharged::Quota
-        })
+        let own = self.device_quota(dev);
+        account
+            .ledger()
+            .register_gpu_with_quota(uuid, physical, own)
+            .map_err(|e| {
+                log::error!("model {}: {e}", self.config.model);
+                NotCharged::Quota
+            })
     }
 
     /// The ledger entry of the calling thread's current device. A process that sees one
@@ -292,7 +297,17 @@ impl Runtime {
 
     /// The virtual story of device ordinal `dev`: (free, total).
     pub fn device_memory(&self, dev: CUdevice, physical: u64) -> Option<(u64, u64)> {
-        self.virtual_memory(self.known_gpu(dev), physical)
+        match (self.known_gpu(dev), self.device_quota(dev)) {
+            // Its own quota (HAMi's limit of that device), not met yet: nothing used.
+            (None, Some(own)) => Some((own.min(physical), own.min(physical))),
+            (gpu, _) => self.virtual_memory(gpu, physical),
+        }
+    }
+
+    /// Device ordinal `dev`'s own quota, where the limits differ between devices.
+    fn device_quota(&self, dev: CUdevice) -> Option<u64> {
+        let dev = usize::try_from(dev).ok()?;
+        self.config.device_quotas.get(dev).copied().flatten()
     }
 
     /// The virtual story of an NVML device, found by its UUID: (total, free, used).
