@@ -436,6 +436,7 @@ impl<E: Effects> Supervisor<E> {
     fn apply(&mut self, m: usize, i: usize, event: lifecycle::Event, now: Instant) {
         let model = &mut self.models[m];
         let actions = lifecycle::step(&mut model.instances[i].life, &model.policy, event, now);
+        let mut wake = false;
         for action in actions {
             let Supervisor {
                 models,
@@ -455,7 +456,17 @@ impl<E: Effects> Supervisor<E> {
                         };
                         self.apply(m, i, failed, now);
                     }
-                    None => effects.launch(m, &model.cfg, slot.index),
+                    None => {
+                        effects.launch(m, &model.cfg, slot.index);
+                        // A hibernated model with nothing running starts awake: there is
+                        // nothing left to keep on the host.
+                        let others = model
+                            .instances
+                            .iter()
+                            .enumerate()
+                            .any(|(k, s)| k != i && s.life.state.alive());
+                        wake = model.swap.hibernated && !others;
+                    }
                 },
                 Action::Signal(pid, signal) => {
                     if model.cfg.freeze_hibernated
@@ -495,6 +506,9 @@ impl<E: Effects> Supervisor<E> {
                     }
                 }
             }
+        }
+        if wake && !self.changing(m) {
+            self.send_power(m, false, None);
         }
     }
 
@@ -1725,6 +1739,29 @@ mod tests {
     /// Results that come late do not undo a later request: a wake's result after a newer
     /// hibernate leaves the front door asleep, and a hibernate's result while another
     /// request is under way does not freeze the workers that must answer it.
+    /// A hibernated model whose last worker exited starts its next one awake.
+    #[test]
+    fn a_hibernated_model_with_nothing_running_starts_awake() {
+        let (mut s, t) = supervisor(ONE);
+        s.begin(t);
+        s.launched(0, 0, Ok(Worker::new(100, None)), t);
+        let (tx, _rx) = tokio::sync::oneshot::channel();
+        s.power("a", true, tx);
+        s.powered(1, power_request(1, true, Outcome::Done));
+        taken(&mut s);
+        s.effects.exits.insert(100, exited(1)); // it crashed
+        s.tick(t + MS);
+        s.tick(t + 200 * MS); // after the backoff: started again
+        let done = taken(&mut s);
+        assert!(done.contains(&Done::Launch("a".into(), 0)), "{done:?}");
+        assert!(
+            done.iter()
+                .any(|d| matches!(d, Done::Power(j) if !j.hibernate && j.model == "a")),
+            "{done:?}"
+        );
+        assert!(!s.model_status(0, t).swap.hibernated);
+    }
+
     #[test]
     fn a_late_result_does_not_undo_a_newer_request() {
         let served = "[[model]]\nname = \"a\"\ncommand = \"/bin/true\"\nfreeze_hibernated = true\n\
