@@ -92,6 +92,8 @@ pub struct ModelConfig {
     pub pids_limit: Option<u64>,
     /// Freeze a hibernated model's workers (cgroup freezer), thawed before the wake.
     pub freeze_hibernated: bool,
+    /// How long a hibernate or wake waits for the model's processes to acknowledge.
+    pub swap_timeout: Duration,
     /// Instance slots: the fixed number, or `max_instances` for a scaled model.
     pub instances: u32,
     /// A scaled model (`min_instances`): instances follow the front door's traffic
@@ -237,6 +239,7 @@ struct RawModel {
     cpus: Option<Spanned<String>>,
     pids_limit: Option<Spanned<i64>>,
     freeze_hibernated: Option<bool>,
+    swap_timeout: Option<Spanned<String>>,
     instances: Option<Spanned<i64>>,
     min_instances: Option<Spanned<i64>>,
     max_instances: Option<Spanned<i64>>,
@@ -305,6 +308,9 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         _ => None,
     }
 }
+
+/// The longest a hibernate or wake may wait for a model's processes.
+pub const MAX_SWAP_TIMEOUT: Duration = Duration::from_secs(300);
 
 pub const DURATION_FORMS: &str = "expected a duration such as 500ms, 10s, 2m or 1h";
 
@@ -914,6 +920,16 @@ fn check_model(c: &mut Checker, m: &RawModel, line: usize) -> Option<ModelConfig
             None
         }
     });
+    let swap_timeout = c.duration(
+        "swap_timeout",
+        &m.swap_timeout,
+        crate::supervisor::POWER_TIMEOUT,
+    );
+    if let Some(v) = &m.swap_timeout
+        && swap_timeout > MAX_SWAP_TIMEOUT
+    {
+        c.error(v, format!("swap_timeout = \"{}\": at most 5m", v.get_ref()));
+    }
     let cpus = m
         .cpus
         .as_ref()
@@ -1085,6 +1101,7 @@ fn check_model(c: &mut Checker, m: &RawModel, line: usize) -> Option<ModelConfig
         cpus,
         pids_limit,
         freeze_hibernated: m.freeze_hibernated.unwrap_or(false),
+        swap_timeout,
         instances,
         min_instances,
         restart,
@@ -1406,6 +1423,28 @@ bind_ro = ["/tmp"]
             [format!(
                 "cuvisor.toml:8: serve.hibernate_after = \"soon\": {DURATION_FORMS}"
             )]
+        );
+    }
+
+    #[test]
+    fn swap_timeout_is_bounded() {
+        let model = |t: &str| {
+            parse(&format!(
+                "[[model]]\nname = \"m\"\ncommand = \"x\"\nswap_timeout = \"{t}\"\n"
+            ))
+        };
+        assert_eq!(
+            model("2s").unwrap().models[0].swap_timeout,
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            model("10m").unwrap_err(),
+            ["cuvisor.toml:4: swap_timeout = \"10m\": at most 5m"]
+        );
+        let default = parse("[[model]]\nname = \"m\"\ncommand = \"x\"\n").unwrap();
+        assert_eq!(
+            default.models[0].swap_timeout,
+            crate::supervisor::POWER_TIMEOUT
         );
     }
 

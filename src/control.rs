@@ -45,7 +45,7 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// A hibernate or wake is answered when the model's processes acknowledged, or when the
 /// supervisor's wait for them ends: twice, for a wake that first makes room.
 pub const POWER_ANSWER_TIMEOUT: Duration =
-    Duration::from_secs(2 * crate::supervisor::POWER_TIMEOUT.as_secs() + 10);
+    Duration::from_secs(2 * crate::config::MAX_SWAP_TIMEOUT.as_secs() + 10);
 
 /// The listening control API; dropped, it stops and its socket file goes.
 pub struct Server {

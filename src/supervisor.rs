@@ -96,8 +96,9 @@ pub enum Event {
 /// Where the answer to a control request goes.
 pub type Reply = tokio::sync::oneshot::Sender<Answer>;
 
-/// How long a hibernate or wake waits for the model's processes to acknowledge (their
-/// copies included: 80 GB at PCIe 4.0's 25 GB/s take about 3 s).
+/// How long a hibernate or wake waits for the model's processes to acknowledge unless
+/// the model says otherwise (`swap_timeout`; their copies included: 80 GB at PCIe 4.0's
+/// 25 GB/s take about 3 s).
 pub const POWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why a supervisor cannot start.
@@ -822,7 +823,7 @@ impl<E: Effects> Supervisor<E> {
             id,
             model: model.cfg.name.clone(),
             hibernate,
-            timeout: POWER_TIMEOUT,
+            timeout: model.cfg.swap_timeout,
         });
         id
     }

@@ -687,3 +687,32 @@ fn the_request_child_holds_none_of_the_callers_descriptors() {
     unsafe { libc_kill(p.id() as i32, libc::SIGKILL) };
     let _ = p.wait();
 }
+
+/// A process that cannot answer (stopped) makes the request time out after the model's
+/// `swap_timeout`, and the answer names it (504).
+#[test]
+fn a_request_that_times_out_names_who_did_not_answer() {
+    let state = TempDir::new("swap-timeout-state");
+    let probe = stub_dir().join("driver_probe");
+    let s = supervise(
+        "swap-timeout",
+        &state.path("gpu-state"),
+        "",
+        &format!(
+            "[[model]]\nname = \"a\"\ncommand = \"{}\"\nargs = [\"init\", \"alloc\", \"64MiB\", \"sleep\", \"600001\"]\nswap_timeout = \"1s\"\n",
+            probe.display()
+        ),
+    );
+    wait_for_log(&s, "a-0", "alloc 64MiB -> 0");
+    let pid = probe_pid("600001");
+    // SAFETY: signals to a process of the test's own.
+    assert_eq!(unsafe { libc_kill(pid as i32, libc::SIGSTOP) }, 0);
+    let started = std::time::Instant::now();
+    let (code, report) = power(&s, "a", "hibernate");
+    // SAFETY: as above.
+    unsafe { libc_kill(pid as i32, libc::SIGCONT) };
+    assert_eq!(code, 504, "{report}");
+    assert_eq!(report["outcome"], "timed_out");
+    assert_eq!(report["pending"], serde_json::json!([pid]), "{report}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
