@@ -26,12 +26,7 @@ fn main() {
     if cfg!(debug_assertions) {
         eprintln!("warning: a debug build measures unoptimized code; use --release");
     }
-    let base = if Path::new("/dev/shm").is_dir() {
-        Path::new("/dev/shm")
-    } else {
-        Path::new("/tmp")
-    };
-    let dir = base.join(format!("cuvisor-bench-hibernate-{}", std::process::id()));
+    let dir = support::bench_dir("hibernate");
     println!(
         "| processes | shim processes: median µs | p99 µs | bare threads (baseline): median µs | p99 µs | ratio of medians |"
     );

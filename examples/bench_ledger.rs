@@ -5,6 +5,8 @@
 //! in production) and runs 4 KiB reserve+release pairs for the measured time; the rows
 //! are the median of 5 rounds. A worker is this same program started with `worker`.
 
+mod support;
+
 use cuvisor::gpu::GpuUuid;
 use cuvisor::ledger::{CreateOptions, LedgerFile};
 use cuvisor::size::QuotaSpec;
@@ -24,12 +26,7 @@ fn main() {
     if cfg!(debug_assertions) {
         eprintln!("warning: a debug build measures unoptimized code; use --release");
     }
-    let base = if Path::new("/dev/shm").is_dir() {
-        Path::new("/dev/shm")
-    } else {
-        Path::new("/tmp")
-    };
-    let dir = base.join(format!("cuvisor-bench-ledger-{}", std::process::id()));
+    let dir = support::bench_dir("ledger");
     LedgerFile::create(
         &dir,
         "bench",

@@ -202,26 +202,15 @@ impl Hierarchy {
                 base.display(),
                 if *delegated { " (delegated)" } else { "" }
             ),
-            Hierarchy::V1 {
-                memory,
-                cpu,
-                pids,
-                freezer,
-                cpuset,
-            } => {
-                let each: Vec<String> = [
-                    ("memory", memory),
-                    ("cpu", cpu),
-                    ("pids", pids),
-                    ("freezer", freezer),
-                    ("cpuset", cpuset),
-                ]
-                .iter()
-                .map(|(n, c)| match c {
-                    Ok(_) => n.to_string(),
-                    Err(why) => format!("{n}: {why}"),
-                })
-                .collect();
+            Hierarchy::V1 { .. } => {
+                let each: Vec<String> = self
+                    .v1_controllers()
+                    .into_iter()
+                    .map(|(n, c)| match c {
+                        Ok(_) => n.to_string(),
+                        Err(why) => format!("{n}: {why}"),
+                    })
+                    .collect();
                 format!("cgroup v1 ({})", each.join("; "))
             }
             Hierarchy::None { why } => why.clone(),
@@ -234,25 +223,46 @@ impl Hierarchy {
             Hierarchy::V2 { .. } => Ok(()),
             Hierarchy::None { why } if limits.any() => Err(why.clone()),
             Hierarchy::None { .. } => Ok(()),
+            Hierarchy::V1 { .. } => {
+                // In the order of `v1_controllers`.
+                let wanted = [
+                    limits.memory.is_some(),
+                    limits.cpu_cores.is_some(),
+                    limits.pids.is_some(),
+                    limits.freeze,
+                    limits.cpus.is_some(),
+                ];
+                self.v1_controllers()
+                    .into_iter()
+                    .zip(wanted)
+                    .find_map(|((name, c), wanted)| match c {
+                        Err(why) if wanted => {
+                            Some(format!("the cgroup v1 {name} controller is {why}"))
+                        }
+                        _ => None,
+                    })
+                    .map_or(Ok(()), Err)
+            }
+        }
+    }
+
+    /// The v1 controllers, each with its name (none but on cgroup v1).
+    fn v1_controllers(&self) -> Vec<(&'static str, &Controller)> {
+        match self {
             Hierarchy::V1 {
                 memory,
                 cpu,
                 pids,
                 freezer,
                 cpuset,
-            } => [
-                ("memory", limits.memory.is_some(), memory),
-                ("cpu", limits.cpu_cores.is_some(), cpu),
-                ("pids", limits.pids.is_some(), pids),
-                ("freezer", limits.freeze, freezer),
-                ("cpuset", limits.cpus.is_some(), cpuset),
-            ]
-            .into_iter()
-            .find_map(|(name, wanted, c)| match c {
-                Err(why) if wanted => Some(format!("the cgroup v1 {name} controller is {why}")),
-                _ => None,
-            })
-            .map_or(Ok(()), Err),
+            } => vec![
+                ("memory", memory),
+                ("cpu", cpu),
+                ("pids", pids),
+                ("freezer", freezer),
+                ("cpuset", cpuset),
+            ],
+            _ => Vec::new(),
         }
     }
 
@@ -374,15 +384,10 @@ impl Hierarchy {
     fn bases(&self) -> Vec<&PathBuf> {
         match self {
             Hierarchy::V2 { base, .. } => vec![base],
-            Hierarchy::V1 {
-                memory,
-                cpu,
-                pids,
-                freezer,
-                cpuset,
-            } => [memory, cpu, pids, freezer, cpuset]
+            Hierarchy::V1 { .. } => self
+                .v1_controllers()
                 .into_iter()
-                .flatten()
+                .filter_map(|(_, c)| c.as_ref().ok())
                 .collect(),
             Hierarchy::None { .. } => vec![],
         }

@@ -15,14 +15,6 @@ fn servers() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/servers")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A served model running the test server; `extra` goes into its `[model.serve]`.
 fn model(name: &str, serve_extra: &str, delay: f64) -> String {
     format!(
@@ -73,7 +65,7 @@ fn json_body(events: &[Value]) -> Value {
 
 /// `cuvisor run` with the front door on a free port, serving `models`.
 fn front_door(tag: &str, settings: &str, models: &str) -> (Supervisor, u16) {
-    let http = free_port();
+    let http = cuvisor::gateway::free_port().unwrap();
     let settings = format!("http = \"127.0.0.1:{http}\"\n{settings}");
     (Supervisor::start_with(tag, &settings, &[], models), http)
 }

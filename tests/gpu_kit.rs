@@ -14,14 +14,13 @@ fn records(dir: &std::path::Path, part: &str) -> Vec<Value> {
         .collect()
 }
 
-#[test]
-fn the_interception_checks_pass_on_the_fake_gpu_and_name_the_paths_used() {
-    let dir = TempDir::new("kit");
-    let out = run(Command::new("python3")
+/// Runs the kit's `part` against the fake GPU, its records in `out`; it must succeed.
+fn kit_on_fake_gpu(part: &str, out: &std::path::Path) {
+    let run_out = run(Command::new("python3")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/gpu/kit.py"))
-        .arg("interception")
+        .arg(part)
         .arg("--out")
-        .arg(&dir.0)
+        .arg(out)
         .arg("--fake")
         .arg(stub_dir())
         .arg("--shim")
@@ -29,7 +28,13 @@ fn the_interception_checks_pass_on_the_fake_gpu_and_name_the_paths_used() {
         .arg("--cuvisor")
         .arg(env!("CARGO_BIN_EXE_cuvisor"))
         .env_remove("LD_PRELOAD"));
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(run_out.status.success(), "{}", stderr(&run_out));
+}
+
+#[test]
+fn the_interception_checks_pass_on_the_fake_gpu_and_name_the_paths_used() {
+    let dir = TempDir::new("kit");
+    kit_on_fake_gpu("interception", &dir.0);
     let recs = records(&dir.0, "interception");
     let case = |name: &str| {
         recs.iter()
@@ -119,19 +124,7 @@ fn the_framework_workers_are_valid_python() {
 #[test]
 fn the_hibernate_part_moves_the_model_out_and_back_on_the_fake_gpu() {
     let dir = TempDir::new("kit-hibernate");
-    let out = run(Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/gpu/kit.py"))
-        .arg("hibernate")
-        .arg("--out")
-        .arg(&dir.0)
-        .arg("--fake")
-        .arg(stub_dir())
-        .arg("--shim")
-        .arg(shim_path())
-        .arg("--cuvisor")
-        .arg(env!("CARGO_BIN_EXE_cuvisor"))
-        .env_remove("LD_PRELOAD"));
-    assert!(out.status.success(), "{}", stderr(&out));
+    kit_on_fake_gpu("hibernate", &dir.0);
     let recs = records(&dir.0, "hibernate");
     assert_eq!(recs.len(), 1, "{recs:?}");
     let r = &recs[0];

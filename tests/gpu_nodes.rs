@@ -51,29 +51,24 @@ fn a_placed_worker_sees_only_its_own_gpu_nodes() {
         ("nvidiactl", 255),
     ]);
     let state = TempDir::new("gpu-nodes-state");
-    let env = [
-        ("LD_LIBRARY_PATH", stub_dir().display().to_string()),
-        ("FAKE_CUDA_DEVICE_COUNT", "4".into()),
-        ("FAKE_CUDA_DEVICE_MEM", "16GiB".into()),
-        (
-            "FAKE_CUDA_STATE",
-            state.path("gpu-state").display().to_string(),
-        ),
-    ];
-    let mut wrapper: Vec<String> = vec!["env".into()];
-    wrapper.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
-    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let env = fake_node(4, "16GiB", &state.path("gpu-state"));
     let script = "ls /dev | grep ^nvidia | tr '\\\\n' ' '; echo; ls /dev/null /dev/pts/ptmx >/dev/null && echo rest; python3 -c 'import os; os.openpty(); print(1)' && echo pty; sleep 600";
     let model = |name: &str, gpus: &str| {
         format!(
             "[[model]]\nname = \"{name}\"\ncommand = \"sh\"\nargs = [\"-c\", \"{script}\"]\nrestart = \"never\"\n{gpus}\n"
         )
     };
-    let s = Supervisor::start_with(
+    let s = Supervisor::start_in(
         "gpu-nodes",
         "",
-        &wrapper,
-        &[model("placed", "gpus = [1, 2]"), model("unplaced", "")].concat(),
+        &env,
+        &[
+            model("placed", "gpus = [1, 2]"),
+            model("unplaced", ""),
+            // May make device nodes: in its /dev they are of no use (nodev).
+            "[[model]]\nname = \"maker\"\ncommand = \"sh\"\nargs = [\"-c\", \"mknod /dev/again c 1 3 && (echo x > /dev/again) 2>/dev/null && echo opened || echo refused; sleep 600\"]\nrestart = \"never\"\ngpus = [3]\ncapabilities = [\"CAP_MKNOD\"]\n".into(),
+        ]
+        .concat(),
     );
     let lines = |leaf: &str| {
         wait_until(&format!("{leaf}'s lines"), Duration::from_secs(10), || {
@@ -86,6 +81,11 @@ fn a_placed_worker_sees_only_its_own_gpu_nodes() {
         lines("placed-0"),
         ["nvidia1 nvidia2 nvidiactl ", "rest", "1", "pty"]
     );
+    // A worker that may make device nodes cannot make a hidden GPU's again.
+    wait_until("maker's line", Duration::from_secs(10), || {
+        !s.log("maker-0").is_empty()
+    });
+    assert_eq!(s.log("maker-0"), "refused\n");
     // Not placed: every GPU (CUDA_VISIBLE_DEVICES is not set either).
     assert_eq!(
         lines("unplaced-0"),

@@ -9,23 +9,19 @@ use std::time::Duration;
 
 /// The fake node: one 4 GiB GPU whose state file every process of the test shares.
 fn node_env(state: &Path) -> Vec<(String, String)> {
-    [
-        ("LD_LIBRARY_PATH", stub_dir().display().to_string()),
-        ("FAKE_CUDA_DEVICE_COUNT", "1".into()),
-        ("FAKE_CUDA_DEVICE_MEM", "4GiB".into()),
-        ("FAKE_CUDA_STATE", state.display().to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
+    fake_node(1, "4GiB", state)
 }
 
 /// `cuvisor run` on the fake node (its workers inherit the node's environment).
 fn supervise(tag: &str, state: &Path, settings: &str, models: &str) -> Supervisor {
-    let mut wrapper: Vec<String> = vec!["env".into()];
-    wrapper.extend(node_env(state).iter().map(|(k, v)| format!("{k}={v}")));
-    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
-    Supervisor::start_with(tag, settings, &wrapper, models)
+    Supervisor::start_in(tag, settings, &node_env(state), models)
+}
+
+/// NVML's probe outside every model (no shim), on the fake node.
+fn observer(state: &Path) -> std::process::Command {
+    let mut cmd = driver_probe();
+    cmd.env_remove("LD_PRELOAD").envs(node_env(state));
+    cmd
 }
 
 /// Waits until worker log `leaf` contains `text`; fails with the logs.
@@ -44,12 +40,7 @@ fn wait_for_log(s: &Supervisor, leaf: &str, text: &str) {
 
 /// The device's used bytes, as NVML outside every model reports them.
 fn observed_used(state: &Path) -> u64 {
-    let mut cmd = driver_probe();
-    cmd.env_remove("LD_PRELOAD");
-    for (k, v) in node_env(state) {
-        cmd.env(k, v);
-    }
-    let out = run_script(&mut cmd, "nvml-info 0");
+    let out = run_script(&mut observer(state), "nvml-info 0");
     let fields: Vec<&str> = out[0]
         .strip_prefix("nvml-info 0 -> 0 ")
         .unwrap_or_else(|| panic!("{out:?}"))
@@ -85,12 +76,7 @@ fn an_observer_outside_a_workers_pid_namespace_sees_its_memory() {
 /// them, in ascending order. (The fake lists each process by its pid in its own PID
 /// namespace: a worker is pid 2 there.)
 fn observed_processes(state: &Path) -> Vec<u64> {
-    let mut cmd = driver_probe();
-    cmd.env_remove("LD_PRELOAD");
-    for (k, v) in node_env(state) {
-        cmd.env(k, v);
-    }
-    let out = run_script(&mut cmd, "nvml-procs 0");
+    let out = run_script(&mut observer(state), "nvml-procs 0");
     assert!(out[0].starts_with("nvml-procs 0 -> 0 "), "{out:?}");
     let mut resident: Vec<u64> = out[1..]
         .iter()
@@ -167,9 +153,7 @@ fn a_hibernated_model_leaves_the_gpu_and_comes_back() {
     b.env("CUVISOR_LEDGER_DIR", &ledgers.0)
         .env("CUVISOR_MODEL", "b")
         .env("CUVISOR_QUOTA", "3GiB");
-    for (k, v) in node_env(&gpu) {
-        b.env(k, v);
-    }
+    b.envs(node_env(&gpu));
     b.args(["init", "alloc", "3GiB", "memset", "0", "wait"]);
     let (mut b, _b_out, seen) = hold(b, 3);
     assert_eq!(seen[2], "memset 0 -> 0 ok", "{seen:?}");
@@ -309,14 +293,6 @@ fn every_process_answers_a_dead_one_is_not_waited_for_and_device_memory_is_pinne
     );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A served model of two processes: the probe, which takes 3 GiB of the GPU (once
 /// `flag` exists, if given) and holds it, and the OpenAI-style test server.
 fn served(name: &str, marker: u32, flag: Option<&Path>, serve_extra: &str) -> String {
@@ -356,7 +332,7 @@ fn a_request_wakes_its_model_and_pushes_the_idle_one_out_first() {
     let state = TempDir::new("pressure-state");
     let gpu = state.path("gpu-state");
     let flag = state.path("b-may-allocate");
-    let http = free_port();
+    let http = cuvisor::gateway::free_port().unwrap();
     let s = supervise(
         "pressure",
         &gpu,
@@ -405,7 +381,7 @@ fn a_request_wakes_its_model_and_pushes_the_idle_one_out_first() {
 fn an_idle_model_hibernates_after_its_delay_and_wakes_for_a_request() {
     let state = TempDir::new("idle-state");
     let gpu = state.path("gpu-state");
-    let http = free_port();
+    let http = cuvisor::gateway::free_port().unwrap();
     let s = supervise(
         "idle",
         &gpu,

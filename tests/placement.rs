@@ -20,15 +20,7 @@ fn nvml_is_installed() -> bool {
 
 /// The fake node, for the supervisor and (through its environment) its workers.
 fn node_env(state: &std::path::Path) -> Vec<(String, String)> {
-    [
-        ("LD_LIBRARY_PATH", stub_dir().display().to_string()),
-        ("FAKE_CUDA_DEVICE_COUNT", "4".into()),
-        ("FAKE_CUDA_DEVICE_MEM", "16GiB".into()),
-        ("FAKE_CUDA_STATE", state.display().to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
+    fake_node(4, "16GiB", state)
 }
 
 /// `cuvisor check` of `text` on the fake node: (exit code, stdout, stderr).
@@ -247,9 +239,6 @@ fn named_gpus_and_bad_names_are_checked_against_the_node() {
 fn a_placed_model_runs_its_ranks_on_its_gpus() {
     let state = TempDir::new("placed-state");
     let env = node_env(&state.path("gpu-state"));
-    let mut wrapper: Vec<String> = vec!["env".into()];
-    wrapper.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
-    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
     let probe = stub_dir().join("driver_probe");
     let rank = |d: u32| {
         format!(
@@ -257,10 +246,10 @@ fn a_placed_model_runs_its_ranks_on_its_gpus() {
             probe.display()
         )
     };
-    let mut s = Supervisor::start_with(
+    let mut s = Supervisor::start_in(
         "placed",
         "placement = \"spread\"\n",
-        &wrapper,
+        &env,
         &format!(
             "[[model]]\nname = \"filler\"\ncommand = \"sleep\"\nargs = [\"100000\"]\ngpus = [0]\ngpu_quota = \"8GiB\"\n\
              [[model]]\nname = \"tp\"\ncommand = \"sh\"\nargs = [\"-c\", \"{} & {} & wait\"]\ngpus = 2\ngpu_quota = \"3GiB\"\nmode = \"device\"\n",

@@ -167,6 +167,18 @@ fn the_view_filesystem_serves_each_workers_files_from_its_cgroup() {
         read("n-0", "meminfo").unwrap_err().kind(),
         std::io::ErrorKind::NotFound
     );
+    // Open files are capped per worker: their contents live in the supervisor.
+    let held: Vec<std::fs::File> = (0..64)
+        .map(|_| std::fs::File::open(views.path("m-0", "cpuinfo")).unwrap())
+        .collect();
+    let more = std::fs::File::open(views.path("m-0", "cpuinfo")).unwrap_err();
+    assert_eq!(more.raw_os_error(), Some(libc::EMFILE), "{more}");
+    assert!(
+        std::fs::File::open(views.path("n-0", "cpuinfo")).is_ok(),
+        "another worker's"
+    );
+    drop(held);
+    assert!(std::fs::File::open(views.path("m-0", "cpuinfo")).is_ok());
     views.remove("m-0");
     assert!(read("m-0", "online").is_err());
     let mut listed: Vec<String> = std::fs::read_dir(dir.path("mnt"))

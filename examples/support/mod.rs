@@ -1,6 +1,8 @@
 //! Shared by the examples and the integration tests (not an example itself: cargo only
 //! discovers `examples/*.rs` and `examples/*/main.rs`).
 
+#![allow(dead_code)] // each example (and test binary) uses its own subset
+
 use std::path::{Path, PathBuf};
 
 /// libcuvisor_preload.so as cargo built it for the running program (an example in
@@ -21,4 +23,15 @@ pub fn shim_path() -> PathBuf {
     .into_iter()
     .find(|p| p.exists())
     .expect("libcuvisor_preload.so is built with the package's tests and examples (dev-dependency)")
+}
+
+/// A directory for a benchmark's ledgers, as in production: on /dev/shm (tmpfs) where the
+/// machine has it, else /tmp.
+pub fn bench_dir(tag: &str) -> PathBuf {
+    let base = if Path::new("/dev/shm").is_dir() {
+        Path::new("/dev/shm")
+    } else {
+        Path::new("/tmp")
+    };
+    base.join(format!("cuvisor-bench-{tag}-{}", std::process::id()))
 }

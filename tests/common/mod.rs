@@ -160,6 +160,21 @@ pub fn calls(report: &serde_json::Value, entry: &str) -> u64 {
     report["calls"][entry].as_u64().unwrap_or(0)
 }
 
+/// The environment of a fake node of `gpus` GPUs of `memory` each (`4GiB`), whose state
+/// file `state` every process given it shares: for a supervisor and its workers, or for
+/// an observer outside every model.
+pub fn fake_node(gpus: u32, memory: &str, state: &Path) -> Vec<(String, String)> {
+    [
+        ("LD_LIBRARY_PATH", stub_dir().display().to_string()),
+        ("FAKE_CUDA_DEVICE_COUNT", gpus.to_string()),
+        ("FAKE_CUDA_DEVICE_MEM", memory.to_owned()),
+        ("FAKE_CUDA_STATE", state.display().to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
 pub const GIB: u64 = 1 << 30;
 pub const MIB: u64 = 1 << 20;
 

@@ -99,6 +99,20 @@ impl Supervisor {
         });
     }
 
+    /// `start_with` with `env` added to the supervisor's environment (and so its
+    /// workers'): a fake node ([`fake_node`]).
+    pub fn start_in(
+        tag: &str,
+        settings: &str,
+        env: &[(String, String)],
+        models: &str,
+    ) -> Supervisor {
+        let mut wrapper: Vec<String> = vec!["env".into()];
+        wrapper.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
+        let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+        Self::start_with(tag, settings, &wrapper, models)
+    }
+
     /// `cuvisor run` on this supervisor's configuration, its stderr appended to the log.
     pub fn command(&self, config: &Path) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_cuvisor"));
