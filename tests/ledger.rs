@@ -290,15 +290,15 @@ fn bad_ledger_files_fail_closed() {
         ("version", "layout version 7"),
         (
             "older",
-            "layout version 1, made by an older cuvisor (this one reads version 3, with a \
+            "layout version 1, made by an older cuvisor (this one reads version 4, with a \
              quota per GPU and hibernation); stop the model's processes first",
         ),
-        ("size", "394496 bytes where 787712 are expected"),
+        ("size", "525568 bytes where 1049856 are expected"),
         (
             "slots",
-            "header of 256 bytes, 16 GPU entries of 64 bytes, slots of 384 bytes, 0 slots",
+            "header of 256 bytes, 16 GPU entries of 64 bytes, slots of 512 bytes, 0 slots",
         ),
-        ("truncated", "1000 bytes where 394496 are expected"),
+        ("truncated", "1000 bytes where 525568 are expected"),
         ("short", "100 bytes, shorter than its header"),
         ("directory", "is a directory, not a ledger file"),
         ("symlink", "is a symbolic link, not a ledger file"),

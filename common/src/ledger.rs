@@ -1,10 +1,10 @@
 //! The per-model ledger: one small file per model, shared by every process of the model,
 //! that holds the model's quota and what its processes are charged.
 //!
-//! # Layout (version 3)
+//! # Layout (version 4)
 //!
 //! A 256-byte [`Header`], then a table of [`MAX_GPUS`] 64-byte [`Gpu`] entries, then
-//! [`SLOTS`] 384-byte [`Slot`]s, `#[repr(C)]`, native endianness, every counter an atomic.
+//! [`SLOTS`] 512-byte [`Slot`]s, `#[repr(C)]`, native endianness, every counter an atomic.
 //! Slots never move: a process keeps its slot from attach to exit. A GPU entry, once
 //! registered, names the same GPU (by UUID) for the life of the file.
 //!
@@ -54,19 +54,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+mod gate;
 pub mod power;
 
 /// Where ledgers live unless told otherwise (`CUVISOR_LEDGER_DIR`).
 pub const DEFAULT_DIR: &str = "/dev/shm/cuvisor";
 pub const MAGIC: [u8; 8] = *b"CUVISLDG";
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 /// Processes per model.
 pub const SLOTS: u32 = 1024;
 /// GPUs per model (as many as the largest nodes have, twice over).
 pub const MAX_GPUS: usize = 16;
 const HEADER_SIZE: usize = 256;
 const GPU_SIZE: usize = 64;
-const SLOT_SIZE: usize = 384;
+const SLOT_SIZE: usize = 512;
 const SLOTS_START: usize = HEADER_SIZE + MAX_GPUS * GPU_SIZE;
 /// Liveness locks sit far beyond the end of the file, one byte per slot.
 const LOCK_BASE: i64 = 1 << 40;
@@ -148,7 +149,8 @@ pub struct Slot {
     pub generation: AtomicU64,
     /// The process's start time (clock ticks since boot, `/proc/PID/stat` field 22).
     pub start_time: AtomicU64,
-    /// Bytes of reservations and releases under way.
+    /// Bytes of reservations and releases under way on threads without a cell of their
+    /// own in `threads`.
     pub inflight: AtomicU64,
     /// The inode of the process's PID namespace (0: unknown): with `pid` (the pid in that
     /// namespace) it names the process from any other namespace.
@@ -158,6 +160,9 @@ pub struct Slot {
     pub gpus: [SlotGpu; MAX_GPUS],
     /// What the process did for the last power request it carried out.
     pub power: power::SlotPower,
+    /// Bytes of the reservation or release under way on each of the process's first
+    /// threads (0: none), one cell per thread.
+    pub threads: [AtomicU64; gate::THREADS],
 }
 
 const FREE: u32 = 0;
@@ -1168,6 +1173,9 @@ impl LedgerFile {
                 g.peak.store(0, Ordering::Relaxed);
             }
             s.inflight.store(0, Ordering::Relaxed);
+            for t in &s.threads {
+                t.store(0, Ordering::Relaxed);
+            }
             s.power.reset();
             let generation = s.generation.fetch_add(1, Ordering::Relaxed) + 1;
             s.state.store(LIVE, Ordering::Release);
@@ -1203,7 +1211,12 @@ impl LedgerFile {
                 .is_ok()
             {
                 let used = self.give_back(s);
-                let inflight = s.inflight.swap(0, Ordering::AcqRel);
+                let inflight = s
+                    .threads
+                    .iter()
+                    .fold(s.inflight.swap(0, Ordering::AcqRel), |sum, t| {
+                        sum.saturating_add(t.swap(0, Ordering::AcqRel))
+                    });
                 h.uncertain.fetch_add(inflight, Ordering::AcqRel);
                 free_slot(s);
                 found.slots += u32::from(state != CLAIMING);
@@ -1618,18 +1631,34 @@ pub fn start_time(pid: u32) -> u64 {
 ///
 /// Reservations and releases may run on any number of threads while another thread
 /// detaches (a process returning from `main` while its threads still allocate). Each
-/// operation first adds its bytes to the slot's `inflight` and then checks `closed`;
-/// `detach` first sets `closed` and then waits until `inflight` is back to zero (both
-/// sides sequentially consistent, so each sees the other's first step): the detach
-/// settles the slot only once no operation is under way, and every later operation sees
-/// `closed`, takes its bytes back out of `inflight`, and is refused (a reservation) or
-/// ignored (a release: the detach gave everything back). It costs an operation one load.
+/// operation first marks itself under way and then checks `closed`; `detach` first sets
+/// `closed` and then waits until no operation is under way ([`gate`]: each side sees the
+/// other's first step): the detach settles the slot only once no operation is under way,
+/// and every later operation sees `closed`, unmarks itself, and is refused (a
+/// reservation) or ignored (a release: the detach gave everything back). An operation
+/// also writes its bytes in its thread's cell of the slot, for a reclaimer to count as
+/// uncertain should the process be killed in the middle. On the process's first
+/// [`gate::THREADS`] threads that costs plain stores; other threads add to and subtract
+/// from the slot's shared `inflight` instead.
 pub struct Attachment<'a> {
     file: &'a LedgerFile,
     index: u32,
     /// The slot's generation when this process claimed it.
     generation: u64,
     closed: std::sync::atomic::AtomicBool,
+}
+
+/// An operation under way, as [`Attachment::enter`] marked it.
+enum UnderWay {
+    /// In the calling thread's record and cell; what they held before (an operation a
+    /// signal handler interrupted).
+    Thread {
+        thread: usize,
+        was_busy: bool,
+        before: u64,
+    },
+    /// In the slot's shared `inflight`.
+    Shared { bytes: u64 },
 }
 
 /// How long `detach` waits for operations under way before it leaves the slot to be
@@ -1646,19 +1675,48 @@ impl Attachment<'_> {
         self.index
     }
 
-    /// Starts an operation on `bytes`: counts them in flight, unless the attachment is
+    /// Starts an operation on `bytes`: marks it under way, unless the attachment is
     /// detaching or detached.
-    fn enter(&self, s: &Slot, bytes: u64) -> bool {
-        s.inflight.fetch_add(bytes, Ordering::SeqCst);
-        if self.closed.load(Ordering::SeqCst) {
-            s.inflight.fetch_sub(bytes, Ordering::SeqCst);
-            return false;
+    #[inline]
+    fn enter(&self, s: &Slot, bytes: u64) -> Option<UnderWay> {
+        let Some(thread) = gate::mine() else {
+            s.inflight.fetch_add(bytes, Ordering::SeqCst);
+            if self.closed.load(Ordering::SeqCst) {
+                s.inflight.fetch_sub(bytes, Ordering::SeqCst);
+                return None;
+            }
+            return Some(UnderWay::Shared { bytes });
+        };
+        let was_busy = gate::busy(thread);
+        if self.closed.load(Ordering::Relaxed) {
+            gate::idle(thread, was_busy);
+            return None;
         }
-        true
+        let cell = &s.threads[thread];
+        let before = cell.load(Ordering::Relaxed);
+        cell.store(bytes, Ordering::Relaxed);
+        Some(UnderWay::Thread {
+            thread,
+            was_busy,
+            before,
+        })
     }
 
-    fn leave(&self, s: &Slot, bytes: u64) {
-        s.inflight.fetch_sub(bytes, Ordering::SeqCst);
+    #[inline]
+    fn leave(&self, s: &Slot, op: UnderWay) {
+        match op {
+            UnderWay::Thread {
+                thread,
+                was_busy,
+                before,
+            } => {
+                s.threads[thread].store(before, Ordering::Release);
+                gate::idle(thread, was_busy);
+            }
+            UnderWay::Shared { bytes } => {
+                s.inflight.fetch_sub(bytes, Ordering::SeqCst);
+            }
+        }
     }
 
     /// Charges `bytes` on GPU `gpu` (an entry of [`LedgerFile::register_gpu`]) if the
@@ -1668,26 +1726,26 @@ impl Attachment<'_> {
     pub fn try_reserve(&self, gpu: GpuIndex, bytes: u64) -> Result<(), Refusal> {
         let g = self.file.gpu(gpu);
         let s = self.file.slot(self.index);
-        if !self.enter(s, bytes) {
+        let Some(op) = self.enter(s, bytes) else {
             return Err(Refusal {
                 requested: bytes,
                 used: g.used.load(Ordering::Acquire),
                 quota: 0,
             });
-        }
+        };
         let mut result = commit(g, bytes);
         if result.is_err() && self.file.reclaim_before_refusing().bytes > 0 {
             result = commit(g, bytes);
         }
         if let Ok(total) = result {
             // The GPU is charged first, the slot after: a death in between leaves the
-            // bytes charged (safe), and `inflight` says they are uncertain.
+            // bytes charged (safe), and the thread's cell says they are uncertain.
             let mine = &s.gpus[gpu.get()];
             let held = mine.used.fetch_add(bytes, Ordering::AcqRel) + bytes;
             raise(&mine.peak, held);
             raise(&g.peak, total);
         }
-        self.leave(s, bytes);
+        self.leave(s, op);
         if result.is_err() {
             g.refused.fetch_add(1, Ordering::Relaxed);
         }
@@ -1698,14 +1756,14 @@ impl Attachment<'_> {
     /// death in between leaves the model over-charged, the safe side).
     pub fn release(&self, gpu: GpuIndex, bytes: u64) {
         let s = self.file.slot(self.index);
-        if !self.enter(s, bytes) {
+        let Some(op) = self.enter(s, bytes) else {
             return;
-        }
+        };
         saturating_sub(&s.gpus[gpu.get()].used, bytes);
         // Exact, one instruction: a detach does not settle the slot while this runs, so
         // the GPU's total cannot be subtracted from twice.
         self.file.gpu(gpu).used.fetch_sub(bytes, Ordering::AcqRel);
-        self.leave(s, bytes);
+        self.leave(s, op);
     }
 
     /// Bytes this process holds on all GPUs.
@@ -1722,13 +1780,25 @@ impl Attachment<'_> {
         if self.closed.swap(true, Ordering::SeqCst) {
             return;
         }
+        gate::heavy_fence();
         let s = self.file.slot(self.index);
         let start = monotonic_ns();
-        while s.inflight.load(Ordering::SeqCst) != 0 {
-            if monotonic_ns().saturating_sub(start) > DETACH_WAIT_NS {
-                return;
+        // Until `busy` answers false, at most until the deadline.
+        let waited = |busy: &dyn Fn() -> bool| {
+            while busy() {
+                if monotonic_ns().saturating_sub(start) > DETACH_WAIT_NS {
+                    return false;
+                }
+                std::thread::yield_now();
             }
-            std::thread::yield_now();
+            true
+        };
+        // Each thread's record idle once is enough: an operation that starts afterwards
+        // sees `closed`.
+        let settled = (0..gate::THREADS).all(|t| waited(&|| gate::is_busy(t)))
+            && waited(&|| s.inflight.load(Ordering::SeqCst) != 0);
+        if !settled {
+            return;
         }
         self.file.give_back(s);
         free_slot(s);
@@ -2094,6 +2164,72 @@ mod tests {
             });
             assert_eq!(l.used(), 0, "round {round}: the model's total drifted");
         }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The same with more threads than the process has records for: some operations
+    /// are marked in their threads' records and cells, the others in the slot's shared
+    /// `inflight`, and the detach waits for both.
+    #[test]
+    fn detach_with_more_threads_than_records_leaves_exactly_zero() {
+        let (dir, l) = fresh("exit-race-many", QuotaSpec::Bytes(1 << 40));
+        let g = l.register_gpu(uuid(1), 1 << 40).unwrap();
+        let threads = gate::THREADS as u64 + 4;
+        for round in 0..40 {
+            let a = l.attach().unwrap();
+            let started = std::sync::Barrier::new(threads as usize + 1);
+            std::thread::scope(|scope| {
+                for t in 0..threads {
+                    let (a, started) = (&a, &started);
+                    scope.spawn(move || {
+                        let size = (t + 1) << 12;
+                        // Every thread holds a record or found none before the detach.
+                        let _ = a.try_reserve(g, size).map(|()| a.release(g, size));
+                        started.wait();
+                        for _ in 0..500 {
+                            if a.try_reserve(g, size).is_ok() {
+                                a.release(g, size);
+                            }
+                        }
+                    });
+                }
+                started.wait();
+                a.detach();
+            });
+            assert_eq!(l.used(), 0, "round {round}: the model's total drifted");
+            let s = l.slot(a.slot_index());
+            assert_eq!(s.inflight.load(Ordering::Acquire), 0);
+            assert!(s.threads.iter().all(|c| c.load(Ordering::Acquire) == 0));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A process killed in the middle of operations (here: its slot left as such a
+    /// process leaves it) has its in-flight bytes, in its threads' cells and in the
+    /// shared counter, counted as uncertain by the reclaim, and the rest given back.
+    #[test]
+    fn reclaim_counts_the_threads_in_flight_bytes_as_uncertain() {
+        let (dir, l) = fresh("uncertain", QuotaSpec::Bytes(1 << 30));
+        let g = l.register_gpu(uuid(1), 1 << 30).unwrap();
+        let a = l.attach().unwrap();
+        a.try_reserve(g, 1000).unwrap();
+        let index = a.slot_index();
+        let s = l.slot(index);
+        s.threads[0].store(300, Ordering::Release);
+        s.threads[gate::THREADS - 1].store(20, Ordering::Release);
+        s.inflight.store(4, Ordering::Release);
+        // The process "dies": its slot stays as it was, and its lock goes.
+        std::mem::forget(a);
+        l.own.lock().unwrap().retain(|&i| i != index);
+        l.unlock(index);
+        let found = l.reclaim_dead();
+        assert_eq!((found.slots, found.bytes, found.uncertain), (1, 1000, 324));
+        assert!(
+            found.healed,
+            "no process left: the model starts again from zero"
+        );
+        assert_eq!(l.used(), 0);
+        assert!(s.threads.iter().all(|c| c.load(Ordering::Acquire) == 0));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
