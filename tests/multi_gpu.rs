@@ -281,6 +281,63 @@ fn nvml_inside_a_placed_model_shows_only_its_gpus() {
     assert_eq!(all[0], "nvml-list -> 0 4");
 }
 
+/// Inside a placed model, NVML's process lists show only the model's own processes:
+/// another model's process on the same GPU (another tenant's pid and memory) is not
+/// listed. NVML's count protocol is kept. Without `CUVISOR_GPUS`, NVML's whole list.
+#[test]
+fn nvml_process_lists_inside_a_placed_model_show_only_its_processes() {
+    let dir = TempDir::new("nvml-processes");
+    let state = dir.path("gpu-state");
+    let ledgers = dir.path("ledgers");
+    let placed = uuid_of(&state, 1).to_string();
+    let of = |model: &str| {
+        let mut cmd = rank(
+            &ledgers,
+            &state,
+            &[("CUVISOR_GPUS", &placed), ("CUDA_VISIBLE_DEVICES", &placed)],
+        );
+        cmd.env("CUVISOR_MODEL", model);
+        cmd
+    };
+    let (other, seen) = hold_script(of("other"), "init alloc 1GiB wait", 2);
+    assert_eq!(seen, ["init -> 0", "alloc 1GiB -> 0 #0"]);
+    let (sibling, seen) = hold_script(of("m"), "init alloc 512MiB wait", 2);
+    assert_eq!(seen, ["init -> 0", "alloc 512MiB -> 0 #0"]);
+    let mut out = run_script(&mut of("m"), "init alloc 256MiB nvml-procs 0");
+    let own = out.pop().unwrap();
+    assert!(own.ends_with(" 268435456 self"), "{own}");
+    assert_eq!(
+        out,
+        [
+            "init -> 0".to_owned(),
+            "alloc 256MiB -> 0 #0".to_owned(),
+            // NVML_ERROR_INSUFFICIENT_SIZE (7) with the count, then the list.
+            "nvml-procs 0 -> 0 2 sizing=7".to_owned(),
+            format!("pid {} 536870912", sibling.0.id()),
+        ]
+    );
+    // The other model sees only itself.
+    assert_eq!(
+        run_script(&mut of("other"), "nvml-procs 0"),
+        [
+            "nvml-procs 0 -> 0 1 sizing=7".to_owned(),
+            format!("pid {} 1073741824", other.0.id()),
+        ]
+    );
+    // Not placed: every process on the GPU (physical index 1), as NVML lists them.
+    let mut all = run_script(&mut rank(&ledgers, &state, &[]), "nvml-procs 1");
+    all[1..].sort();
+    let mut expected = vec![
+        format!("pid {} 1073741824", other.0.id()),
+        format!("pid {} 536870912", sibling.0.id()),
+    ];
+    expected.sort();
+    assert_eq!(all[0], "nvml-procs 1 -> 0 2 sizing=7");
+    assert_eq!(all[1..], expected);
+    release(other);
+    release(sibling);
+}
+
 /// Inside a placed model, boards are not found by another GPU's serial number, and the
 /// topology lists hold only the model's GPUs; NVML's count protocol is kept.
 #[test]

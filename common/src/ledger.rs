@@ -1186,6 +1186,21 @@ impl LedgerFile {
         None
     }
 
+    /// The pids of the model's live processes in this process's PID namespace, as that
+    /// namespace numbers them (this process included once it has attached).
+    pub fn pids_in_own_namespace(&self) -> Vec<u32> {
+        let ns = own_pid_namespace();
+        (0..self.slot_count())
+            .map(|i| self.slot(i))
+            .filter(|s| {
+                ns != 0
+                    && s.state.load(Ordering::Acquire) == LIVE
+                    && s.pid_ns.load(Ordering::Relaxed) == ns
+            })
+            .map(|s| s.pid.load(Ordering::Relaxed))
+            .collect()
+    }
+
     /// Frees the slots of processes that died without detaching and gives their bytes
     /// back to the model. Safe to run from any number of processes at once.
     pub fn reclaim_dead(&self) -> Reclaimed {

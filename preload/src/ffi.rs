@@ -28,6 +28,7 @@ pub const CUDA_ERROR_UNKNOWN: CUresult = 999;
 pub const NVML_SUCCESS: nvmlReturn_t = 0;
 pub const NVML_ERROR_INVALID_ARGUMENT: nvmlReturn_t = 2;
 pub const NVML_ERROR_NOT_FOUND: nvmlReturn_t = 6;
+pub const NVML_ERROR_INSUFFICIENT_SIZE: nvmlReturn_t = 7;
 pub const NVML_ERROR_UNKNOWN: nvmlReturn_t = 999;
 
 pub const CU_MEM_ATTACH_GLOBAL: u32 = 1;
@@ -100,6 +101,24 @@ pub struct nvmlMemory_t {
     pub total: u64,
     pub free: u64,
     pub used: u64,
+}
+
+/// `nvmlDeviceGetComputeRunningProcesses`' entry.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct nvmlProcessInfo_v1_t {
+    pub pid: u32,
+    pub used_gpu_memory: u64,
+}
+
+/// The entry of `nvmlDeviceGetComputeRunningProcesses_v2` and `_v3`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct nvmlProcessInfo_t {
+    pub pid: u32,
+    pub used_gpu_memory: u64,
+    pub gpu_instance_id: u32,
+    pub compute_instance_id: u32,
 }
 
 #[repr(C)]

@@ -32,6 +32,8 @@ pub enum Policy {
     Filter,
     /// Not charged; remembers which device a memory pool allocates on.
     Pools,
+    /// With `CUVISOR_GPUS`: only the model's own processes.
+    Processes,
 }
 
 impl Policy {
@@ -51,6 +53,7 @@ impl Policy {
             Policy::Ipc => "forwarded; failure on redirected memory logs a hint",
             Policy::Filter => "placement: only the model's GPUs (CUVISOR_GPUS), in order",
             Policy::Pools => "not charged; remembers the device of each memory pool",
+            Policy::Processes => "placement: only the model's own processes (CUVISOR_GPUS)",
         }
     }
 }
@@ -161,6 +164,9 @@ hook_table! {
     nvmlDeviceGetHandleBySerial, "nvmlDeviceGetHandleBySerial", 0, Legacy, Nvml, Filter;
     nvmlDeviceGetTopologyNearestGpus, "nvmlDeviceGetTopologyNearestGpus", 0, Legacy, Nvml, Filter;
     nvmlSystemGetTopologyGpuSet, "nvmlSystemGetTopologyGpuSet", 0, Legacy, Nvml, Filter;
+    nvmlDeviceGetComputeRunningProcesses, "nvmlDeviceGetComputeRunningProcesses", 0, Legacy, Nvml, Processes;
+    nvmlDeviceGetComputeRunningProcesses_v2, "nvmlDeviceGetComputeRunningProcesses_v2", 0, Legacy, Nvml, Processes;
+    nvmlDeviceGetComputeRunningProcesses_v3, "nvmlDeviceGetComputeRunningProcesses_v3", 0, Legacy, Nvml, Processes;
     cudaGetDriverEntryPoint, "cudaGetDriverEntryPoint", 0, Legacy, Cudart, Resolver;
     cudaGetDriverEntryPoint_ptsz, "cudaGetDriverEntryPoint", 0, PerThread, Cudart, Resolver;
     cudaGetDriverEntryPointByVersion, "cudaGetDriverEntryPointByVersion", 0, Legacy, Cudart, Resolver;

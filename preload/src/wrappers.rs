@@ -1277,6 +1277,157 @@ wrapper! {
     }
 }
 
+/// An entry of NVML's process lists.
+trait ProcessEntry: Copy {
+    fn pid(&self) -> u32;
+    /// An entry for NVML to overwrite.
+    fn blank() -> Self;
+}
+
+impl ProcessEntry for nvmlProcessInfo_v1_t {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+    fn blank() -> Self {
+        nvmlProcessInfo_v1_t {
+            pid: 0,
+            used_gpu_memory: 0,
+        }
+    }
+}
+
+impl ProcessEntry for nvmlProcessInfo_t {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+    fn blank() -> Self {
+        nvmlProcessInfo_t {
+            pid: 0,
+            used_gpu_memory: 0,
+            gpu_instance_id: 0,
+            compute_instance_id: 0,
+        }
+    }
+}
+
+/// NVML's processes on a GPU, or with `CUVISOR_GPUS` (a model the supervisor placed,
+/// perhaps beside other tenants' models) only the model's own: those of its ledger's
+/// live processes that share this process's PID namespace. NVML names processes by
+/// their pid in the host's namespace, so in a worker with a PID namespace of its own the
+/// list is empty, as `nvidia-smi` in a container shows it. NVML's count protocol is
+/// kept: a count too small (0 asks) answers `NVML_ERROR_INSUFFICIENT_SIZE` with the
+/// count needed, and no processes answer success with 0.
+fn nvml_processes<T: ProcessEntry>(
+    rt: &Runtime,
+    count: *mut u32,
+    infos: *mut T,
+    list: impl Fn(*mut u32, *mut T) -> nvmlReturn_t,
+    forward: impl FnOnce() -> nvmlReturn_t,
+) -> nvmlReturn_t {
+    if rt.config.gpus.is_none() || count.is_null() {
+        return forward(); // NVML's own list, or its answer to a bad argument
+    }
+    // SAFETY: checked non-null; the caller's in-out count.
+    let asked = unsafe { written(count) };
+    if asked != 0 && infos.is_null() {
+        return forward();
+    }
+    let all = match nvml_process_list(list) {
+        Ok(all) => all,
+        Err(rc) => return rc,
+    };
+    let own = rt
+        .account()
+        .map(|a| a.ledger().pids_in_own_namespace())
+        .unwrap_or_else(|| vec![std::process::id()]);
+    let mine: Vec<T> = all.into_iter().filter(|e| own.contains(&e.pid())).collect();
+    let n = mine.len() as u32;
+    if n > asked {
+        // SAFETY: the caller's count, checked non-null.
+        unsafe { answer(count, n) };
+        return NVML_ERROR_INSUFFICIENT_SIZE;
+    }
+    for (j, &e) in mine.iter().enumerate() {
+        // SAFETY: NVML's contract: `*count` entries of room in the caller's array, and
+        // there are at most that many.
+        unsafe { answer(infos.add(j), e) };
+    }
+    // SAFETY: as above.
+    unsafe { answer(count, n) };
+    NVML_SUCCESS
+}
+
+/// NVML's whole list: its size first, then the entries (asked again, a few times, while
+/// processes start in between).
+fn nvml_process_list<T: ProcessEntry>(
+    list: impl Fn(*mut u32, *mut T) -> nvmlReturn_t,
+) -> Result<Vec<T>, nvmlReturn_t> {
+    let mut n = 0u32;
+    match list(&mut n, std::ptr::null_mut()) {
+        NVML_SUCCESS => return Ok(Vec::new()),
+        NVML_ERROR_INSUFFICIENT_SIZE => {}
+        rc => return Err(rc),
+    }
+    for _ in 0..8 {
+        let mut all = vec![T::blank(); n as usize + 8];
+        let mut got = all.len() as u32;
+        match list(&mut got, all.as_mut_ptr()) {
+            NVML_SUCCESS => {
+                all.truncate(got as usize);
+                return Ok(all);
+            }
+            NVML_ERROR_INSUFFICIENT_SIZE => n = got,
+            rc => return Err(rc),
+        }
+    }
+    Err(NVML_ERROR_UNKNOWN)
+}
+
+wrapper! {
+    fn nvmlDeviceGetComputeRunningProcesses(
+        device: nvmlDevice_t,
+        count: *mut u32,
+        infos: *mut nvmlProcessInfo_v1_t,
+    ) -> nvmlReturn_t;
+    |forward, rt| {
+        let Some(real) = nvmlDeviceGetComputeRunningProcesses::real() else {
+            return forward();
+        };
+        // SAFETY: the caller's device, and a count and array of ours.
+        nvml_processes(rt, count, infos, |c, a| unsafe { real(device, c, a) }, forward)
+    }
+}
+
+wrapper! {
+    fn nvmlDeviceGetComputeRunningProcesses_v2(
+        device: nvmlDevice_t,
+        count: *mut u32,
+        infos: *mut nvmlProcessInfo_t,
+    ) -> nvmlReturn_t;
+    |forward, rt| {
+        let Some(real) = nvmlDeviceGetComputeRunningProcesses_v2::real() else {
+            return forward();
+        };
+        // SAFETY: the caller's device, and a count and array of ours.
+        nvml_processes(rt, count, infos, |c, a| unsafe { real(device, c, a) }, forward)
+    }
+}
+
+wrapper! {
+    fn nvmlDeviceGetComputeRunningProcesses_v3(
+        device: nvmlDevice_t,
+        count: *mut u32,
+        infos: *mut nvmlProcessInfo_t,
+    ) -> nvmlReturn_t;
+    |forward, rt| {
+        let Some(real) = nvmlDeviceGetComputeRunningProcesses_v3::real() else {
+            return forward();
+        };
+        // SAFETY: the caller's device, and a count and array of ours.
+        nvml_processes(rt, count, infos, |c, a| unsafe { real(device, c, a) }, forward)
+    }
+}
+
 wrapper! {
     /// A GPU's index among the model's GPUs, as nvmlDeviceGetHandleByIndex numbers them.
     fn nvmlDeviceGetIndex(device: nvmlDevice_t, index: *mut u32) -> nvmlReturn_t;
