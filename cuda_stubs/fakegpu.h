@@ -25,6 +25,7 @@ typedef struct {
     int device_count;
     int managed;          /* CONCURRENT_MANAGED_ACCESS */
     int pools;            /* MEMORY_POOLS_SUPPORTED */
+    int nvml_units;       /* S-class units (NVML): device i is in unit i % nvml_units */
     const char *report_path; /* NULL: no report */
     const char *state_path;  /* NULL: private GPU */
 } fg_config_t;

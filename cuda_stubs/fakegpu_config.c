@@ -112,6 +112,15 @@ int fg_config_from_env(fg_config_t *c) {
     rc |= parse_device_mem(c, rc == 0);
     rc |= parse_flag("FAKE_CUDA_MANAGED", &c->managed);
     rc |= parse_flag("FAKE_CUDA_POOLS", &c->pools);
+    v = getenv("FAKE_CUDA_NVML_UNITS");
+    if (v) {
+        char *end;
+        long n = strtol(v, &end, 10);
+        if (*v < '0' || *v > '9' || *end || n > FG_MAX_DEVICES)
+            rc |= bad("FAKE_CUDA_NVML_UNITS", v, "expected a number of units from 0 to 16");
+        else
+            c->nvml_units = (int)n;
+    }
     rc |= parse_path("FAKE_CUDA_REPORT", &c->report_path);
     rc |= parse_path("FAKE_CUDA_STATE", &c->state_path);
     return rc ? -1 : 0;

@@ -54,7 +54,8 @@ typedef struct {
     X(nvmlSystemGetCudaDriverVersion_v2) X(nvmlDeviceGetComputeRunningProcesses)              \
     X(nvmlDeviceGetComputeRunningProcesses_v2) X(nvmlDeviceGetComputeRunningProcesses_v3)     \
     X(nvmlDeviceGetSerial) X(nvmlDeviceGetHandleBySerial) X(nvmlDeviceGetTopologyNearestGpus)  \
-    X(nvmlSystemGetTopologyGpuSet) X(nvmlDeviceGetMinorNumber)
+    X(nvmlSystemGetTopologyGpuSet) X(nvmlDeviceGetMinorNumber) X(nvmlUnitGetCount)           \
+    X(nvmlUnitGetHandleByIndex) X(nvmlUnitGetDevices)
 enum {
 #define X(name) IDX_##name,
     NVML_ENTRIES(X)
@@ -355,6 +356,55 @@ EXPORT nvmlReturn_t nvmlSystemGetTopologyGpuSet(unsigned int cpu, unsigned int *
     long cpus = sysconf(_SC_NPROCESSORS_CONF);
     if (!count || (long)cpu >= cpus) return NVML_ERROR_INVALID_ARGUMENT;
     return device_list(-1, count, array);
+}
+
+/* ---- S-class units ---------------------------------------------------------------------- */
+
+/* Units are the enclosures of NVIDIA's S-class systems; other machines have none (the
+ * default). With FAKE_CUDA_NVML_UNITS=N, device i is in unit i % N. Unit handles are
+ * addresses inside this array. */
+typedef struct fg_nvml_unit *nvmlUnit_t;
+static char unit_handles[FG_MAX_DEVICES];
+
+static int unit_of(nvmlUnit_t u) {
+    long i = (char *)u - unit_handles;
+    return i >= 0 && i < fg_config()->nvml_units ? (int)i : -1;
+}
+
+EXPORT nvmlReturn_t nvmlUnitGetCount(unsigned int *n) {
+    COUNT(nvmlUnitGetCount);
+    if (!ready()) return NVML_ERROR_UNINITIALIZED;
+    if (!n) return NVML_ERROR_INVALID_ARGUMENT;
+    *n = (unsigned)fg_config()->nvml_units;
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlUnitGetHandleByIndex(unsigned int i, nvmlUnit_t *u) {
+    COUNT(nvmlUnitGetHandleByIndex);
+    if (!ready()) return NVML_ERROR_UNINITIALIZED;
+    if (!u || i >= (unsigned)fg_config()->nvml_units) return NVML_ERROR_INVALID_ARGUMENT;
+    *u = (nvmlUnit_t)&unit_handles[i];
+    return NVML_SUCCESS;
+}
+
+/* The documented protocol: *count is the room in `devices`; too little answers
+ * NVML_ERROR_INSUFFICIENT_SIZE with the count needed; NULLs are invalid arguments. */
+EXPORT nvmlReturn_t nvmlUnitGetDevices(nvmlUnit_t u, unsigned int *count, nvmlDevice_t *devices) {
+    COUNT(nvmlUnitGetDevices);
+    if (!ready()) return NVML_ERROR_UNINITIALIZED;
+    int unit = unit_of(u);
+    if (unit < 0 || !count || !devices) return NVML_ERROR_INVALID_ARGUMENT;
+    const fg_config_t *c = fg_config();
+    unsigned n = 0;
+    for (int i = unit; i < c->device_count; i += c->nvml_units) n++;
+    if (*count < n) {
+        *count = n;
+        return NVML_ERROR_INSUFFICIENT_SIZE;
+    }
+    n = 0;
+    for (int i = unit; i < c->device_count; i += c->nvml_units) devices[n++] = (nvmlDevice_t)&device_handles[i];
+    *count = n;
+    return NVML_SUCCESS;
 }
 
 /* ---- processes -------------------------------------------------------------------------- */

@@ -382,6 +382,50 @@ fn nvml_serials_and_topology_inside_a_placed_model_show_only_its_gpus() {
     );
 }
 
+/// On a node with NVML's S-class units (two here: GPUs 0 and 2 in unit 0, 1 and 3 in
+/// unit 1), a unit's GPU list inside a placed model holds only the model's GPUs, under
+/// the call's own protocol (too little room: NVML_ERROR_INSUFFICIENT_SIZE and the count).
+#[test]
+fn nvml_units_inside_a_placed_model_list_only_its_gpus() {
+    let dir = TempDir::new("nvml-units");
+    let state = dir.path("gpu-state");
+    let ledgers = dir.path("ledgers");
+    let gpu: Vec<GpuUuid> = (0..4).map(|n| uuid_of(&state, n)).collect();
+    let units = [("FAKE_CUDA_NVML_UNITS", "2")];
+    let placed_on = |gpus: &str| {
+        let mut cmd = rank(&ledgers, &state, &units);
+        cmd.env("CUVISOR_GPUS", gpus)
+            .env("CUDA_VISIBLE_DEVICES", gpus);
+        cmd
+    };
+    assert_eq!(
+        run_script(
+            &mut placed_on(&format!("{},{}", gpu[3], gpu[1])),
+            "nvml-unit 1 nvml-unit 0"
+        ),
+        [
+            // Two of the model's GPUs: the first call's room for one is too little.
+            format!("nvml-unit 1 -> 0 2 2 sizing=7 {} {}", gpu[1], gpu[3]),
+            "nvml-unit 0 -> 0 2 0 sizing=0".to_owned(),
+        ]
+    );
+    assert_eq!(
+        run_script(&mut placed_on(&gpu[3].to_string()), "nvml-unit 1"),
+        [format!("nvml-unit 1 -> 0 2 1 sizing=0 {}", gpu[3])]
+    );
+    // Not placed: NVML's own lists.
+    assert_eq!(
+        run_script(
+            &mut rank(&ledgers, &state, &units),
+            "nvml-unit 0 nvml-unit 2"
+        ),
+        [
+            format!("nvml-unit 0 -> 0 2 2 sizing=7 {} {}", gpu[0], gpu[2]),
+            "nvml-unit 2 -> 2 2 0 sizing=-1".to_owned(), // no unit 2
+        ]
+    );
+}
+
 /// Memory that lands on another GPU than the current one is charged there, even when
 /// the current GPU is full: a VMM handle on the device its properties name, a pool
 /// allocation on the pool's device, an allocation on a stream of another device's

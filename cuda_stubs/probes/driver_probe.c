@@ -80,6 +80,8 @@
  *                           call with a count of 0: "nvml-nearest N LEVEL -> 0 COUNT UUID..."
  *   nvml-gpuset CPU         nvmlSystemGetTopologyGpuSet, the same way:
  *                           "nvml-gpuset CPU -> 0 COUNT UUID..."
+ *   nvml-unit U             nvmlUnitGetCount, then nvmlUnitGetDevices of unit U, first with room
+ *                           for one device: "nvml-unit U -> RC UNITS COUNT sizing=R UUID..."
  *   nvml-version            nvmlSystemGetCudaDriverVersion and _v2: "nvml-version -> 0 V V2"
  *   nvml-info N             nvmlDeviceGetMemoryInfo of NVML device N (by index):
  *                           "nvml-info N -> 0 TOTAL FREE USED"
@@ -278,7 +280,9 @@ typedef struct { unsigned pid; unsigned long long used; unsigned gi, ci; } nvml_
     X(nvmlDeviceGetSerial, (void *, char *, unsigned))                                         \
     X(nvmlDeviceGetHandleBySerial, (const char *, void **))                                    \
     X(nvmlDeviceGetTopologyNearestGpus, (void *, int, unsigned *, void **))                    \
-    X(nvmlSystemGetTopologyGpuSet, (unsigned, unsigned *, void **))
+    X(nvmlSystemGetTopologyGpuSet, (unsigned, unsigned *, void **))                            \
+    X(nvmlUnitGetCount, (unsigned *)) X(nvmlUnitGetHandleByIndex, (unsigned, void **))        \
+    X(nvmlUnitGetDevices, (void *, unsigned *, void **))
 static struct {
 #define NVML_FIELD(name, args) int(*name) args;
     NVML_FNS(NVML_FIELD)
@@ -789,6 +793,25 @@ int main(int argc, char **argv) {
             if (!e) e = nv.nvmlDeviceGetHandleBySerial(a1, &dev);
             if (!e) e = nv.nvmlDeviceGetUUID(dev, uuid, sizeof uuid);
             printf("nvml-by-serial %s -> %d %s\n", a1, e, e ? "-" : uuid);
+            i++;
+        } else if (!strcmp(c, "nvml-unit")) {
+            void *unit = NULL, *list[64];
+            unsigned units = 0, n = 1;
+            int sizing = -1;
+            int e = nvml_ready();
+            if (!e) e = nv.nvmlUnitGetCount(&units);
+            if (!e) e = nv.nvmlUnitGetHandleByIndex((unsigned)atoi(a1), &unit);
+            if (!e) {
+                sizing = e = nv.nvmlUnitGetDevices(unit, &n, list);
+                if (e == 7 && n <= 64) e = nv.nvmlUnitGetDevices(unit, &n, list);
+            }
+            printf("nvml-unit %s -> %d %u %u sizing=%d", a1, e, units, e ? 0 : n, sizing);
+            for (unsigned k = 0; !e && k < n; k++) {
+                char uuid[96] = "";
+                nv.nvmlDeviceGetUUID(list[k], uuid, sizeof uuid);
+                printf(" %s", uuid);
+            }
+            printf("\n");
             i++;
         } else if (!strcmp(c, "nvml-nearest") || !strcmp(c, "nvml-gpuset")) {
             int nearest = c[5] == 'n';

@@ -15,6 +15,7 @@ pub type CUarray = *mut c_void;
 pub type CUmemGenericAllocationHandle = u64;
 pub type nvmlReturn_t = i32;
 pub type nvmlDevice_t = *mut c_void;
+pub type nvmlUnit_t = *mut c_void;
 pub type cudaError_t = i32;
 
 pub const CUDA_SUCCESS: CUresult = 0;

@@ -164,6 +164,7 @@ hook_table! {
     nvmlDeviceGetHandleBySerial, "nvmlDeviceGetHandleBySerial", 0, Legacy, Nvml, Filter;
     nvmlDeviceGetTopologyNearestGpus, "nvmlDeviceGetTopologyNearestGpus", 0, Legacy, Nvml, Filter;
     nvmlSystemGetTopologyGpuSet, "nvmlSystemGetTopologyGpuSet", 0, Legacy, Nvml, Filter;
+    nvmlUnitGetDevices, "nvmlUnitGetDevices", 0, Legacy, Nvml, Filter;
     nvmlDeviceGetComputeRunningProcesses, "nvmlDeviceGetComputeRunningProcesses", 0, Legacy, Nvml, Processes;
     nvmlDeviceGetComputeRunningProcesses_v2, "nvmlDeviceGetComputeRunningProcesses_v2", 0, Legacy, Nvml, Processes;
     nvmlDeviceGetComputeRunningProcesses_v3, "nvmlDeviceGetComputeRunningProcesses_v3", 0, Legacy, Nvml, Processes;

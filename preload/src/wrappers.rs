@@ -1429,6 +1429,60 @@ wrapper! {
 }
 
 wrapper! {
+    /// The GPUs of an S-class unit: with `CUVISOR_GPUS` only the model's, in NVML's order,
+    /// under this call's protocol (the count is the room in the array; too little room
+    /// answers NVML_ERROR_INSUFFICIENT_SIZE with the count needed).
+    fn nvmlUnitGetDevices(unit: nvmlUnit_t, count: *mut u32, devices: *mut nvmlDevice_t) -> nvmlReturn_t;
+    |forward, rt| {
+        let (Some(gpus), Some(real)) = (rt.config.gpus.as_deref(), nvmlUnitGetDevices::real())
+        else {
+            return forward();
+        };
+        if count.is_null() || devices.is_null() {
+            return forward(); // NVML's own answer to a bad argument
+        }
+        let mut all: Vec<nvmlDevice_t> = vec![std::ptr::null_mut(); 16];
+        let mut attempts = 0;
+        loop {
+            let mut n = all.len() as u32;
+            // SAFETY: the caller's unit, and a count and array of ours of that room.
+            match unsafe { real(unit, &mut n, all.as_mut_ptr()) } {
+                NVML_SUCCESS => {
+                    all.truncate(n as usize);
+                    break;
+                }
+                NVML_ERROR_INSUFFICIENT_SIZE if attempts < 4 => {
+                    all.resize(n as usize, std::ptr::null_mut());
+                    attempts += 1;
+                }
+                rc => return rc,
+            }
+        }
+        let placed = match placed_handles(gpus) {
+            Ok(h) => h,
+            Err(rc) => return rc,
+        };
+        let mine: Vec<nvmlDevice_t> = all.into_iter().filter(|d| placed.contains(d)).collect();
+        // SAFETY: checked non-null; the caller's in-out count.
+        let room = unsafe { written(count) } as usize;
+        let n = mine.len() as u32;
+        if mine.len() > room {
+            // SAFETY: as above.
+            unsafe { answer(count, n) };
+            return NVML_ERROR_INSUFFICIENT_SIZE;
+        }
+        for (j, &d) in mine.iter().enumerate() {
+            // SAFETY: the call's contract: `*count` handles of room in the caller's
+            // array, and there are at most that many.
+            unsafe { answer(devices.add(j), d) };
+        }
+        // SAFETY: as above.
+        unsafe { answer(count, n) };
+        NVML_SUCCESS
+    }
+}
+
+wrapper! {
     /// A GPU's index among the model's GPUs, as nvmlDeviceGetHandleByIndex numbers them.
     fn nvmlDeviceGetIndex(device: nvmlDevice_t, index: *mut u32) -> nvmlReturn_t;
     |forward, rt| {
