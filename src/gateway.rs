@@ -60,19 +60,37 @@ pub fn read_keys(path: &Path) -> Result<Vec<String>, String> {
 /// One instance the front door may send requests to.
 struct Upstream {
     index: u32,
-    port: u16,
     /// Its health path answered 200.
     ready: Arc<AtomicBool>,
     /// A health check of it is under way.
     probing: Arc<AtomicBool>,
     started: Instant,
-    /// Requests sent to it whose answers have not ended.
-    in_flight: Arc<AtomicUsize>,
-    /// When it last had nothing in flight (an answer ended, or it became ready).
-    idle_since: Arc<Mutex<Instant>>,
-    /// Its idle keep-alive connections.
-    idle: Arc<Connections>,
+    /// What its requests share (one reference per request).
+    shared: Arc<Instance>,
+}
+
+/// What the requests sent to one instance share.
+struct Instance {
+    port: u16,
+    /// `127.0.0.1:PORT`, the Host of what is sent to it.
     host: hyper::header::HeaderValue,
+    /// Requests sent to it whose answers have not ended.
+    in_flight: AtomicUsize,
+    /// When it last had nothing in flight (an answer ended, or it became ready).
+    idle_since: Mutex<Instant>,
+    /// Its idle keep-alive connections.
+    idle: Connections,
+}
+
+/// A model's queue: the requests waiting for a place on an instance.
+#[derive(Default)]
+struct Queue {
+    /// How many wait (counted before they look for a place again, so that a request that
+    /// ends sees them: see [`Slot`]'s drop).
+    waiting: AtomicUsize,
+    /// Woken when an instance becomes ready, the model wakes, or a request ends while
+    /// some wait.
+    wake: Notify,
 }
 
 struct Served {
@@ -87,11 +105,9 @@ struct Served {
     /// exits), under a lock of the model's own.
     instances: Mutex<Vec<Upstream>>,
     /// Requests waiting for an instance.
-    waiting: Arc<AtomicUsize>,
+    queue: Arc<Queue>,
     /// Hibernated, or waking: requests wait (as for a cold start) until it is awake.
     asleep: AtomicBool,
-    /// Woken when an instance becomes ready or a request ends.
-    wake: Arc<Notify>,
     /// Round robin among equally loaded instances.
     next: AtomicUsize,
     /// Its front-door metrics.
@@ -106,26 +122,29 @@ type Demand = Box<dyn Fn() + Send + Sync>;
 
 /// A place in an instance's concurrency, held until the answer has ended; then the
 /// connection it was sent on goes back to the instance's idle ones.
+///
+/// Its end wakes the model's waiting requests only if some wait: it gives the place
+/// back, then reads `waiting`; a request that starts to wait counts itself in `waiting`,
+/// then looks for a place (both sides sequentially consistent), so either the request
+/// finds the place or the end sees it waiting and wakes it.
 struct Slot {
-    port: u16,
-    in_flight: Arc<AtomicUsize>,
-    idle_since: Arc<Mutex<Instant>>,
-    wake: Arc<Notify>,
-    idle: Arc<Connections>,
+    instance: Arc<Instance>,
+    queue: Arc<Queue>,
     connection: Option<Sender>,
-    /// `127.0.0.1:PORT`, the Host of what is sent to it.
-    host: hyper::header::HeaderValue,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        let i = &self.instance;
         if let Some(c) = self.connection.take() {
-            self.idle.put(c);
+            i.idle.put(c);
         }
-        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            *self.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        if i.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            *i.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
         }
-        self.wake.notify_waiters();
+        if self.queue.waiting.load(Ordering::SeqCst) > 0 {
+            self.queue.wake.notify_waiters();
+        }
     }
 }
 
@@ -228,9 +247,8 @@ impl Routes {
                         max_queue: s.max_queue,
                         queue_timeout: s.queue_timeout,
                         instances: Mutex::new(Vec::new()),
-                        waiting: Arc::new(AtomicUsize::new(0)),
+                        queue: Arc::default(),
                         asleep: AtomicBool::new(false),
-                        wake: Arc::new(Notify::new()),
                         next: AtomicUsize::new(0),
                         metrics: Arc::new(metrics.model(&m.name)),
                         demand: demand.clone(),
@@ -266,14 +284,16 @@ impl Routes {
             instances.retain(|u| u.index != index);
             instances.push(Upstream {
                 index,
-                port,
                 ready: Arc::new(AtomicBool::new(false)),
                 probing: Arc::new(AtomicBool::new(false)),
                 started: Instant::now(),
-                in_flight: Arc::new(AtomicUsize::new(0)),
-                idle_since: Arc::new(Mutex::new(Instant::now())),
-                idle: Arc::default(),
-                host: format!("127.0.0.1:{port}").parse().expect("a header value"),
+                shared: Arc::new(Instance {
+                    port,
+                    host: format!("127.0.0.1:{port}").parse().expect("a header value"),
+                    in_flight: AtomicUsize::new(0),
+                    idle_since: Mutex::new(Instant::now()),
+                    idle: Connections::default(),
+                }),
             });
         }
     }
@@ -284,7 +304,7 @@ impl Routes {
         if let Some(s) = self.models.get(model) {
             s.asleep.store(asleep, Ordering::Release);
             if !asleep {
-                s.wake.notify_waiters();
+                s.queue.wake.notify_waiters();
             }
         }
     }
@@ -321,31 +341,30 @@ impl Routes {
             return (None, false); // none is ready until the model is awake
         }
         let instances = Self::instances(s);
-        let ready: Vec<&Upstream> = instances
-            .iter()
-            .filter(|u| u.ready.load(Ordering::Acquire))
-            .collect();
-        if ready.is_empty() {
+        let ready = || instances.iter().filter(|u| u.ready.load(Ordering::Acquire));
+        let count = ready().count();
+        if count == 0 {
             return (None, false);
         }
-        let turn = s.next.fetch_add(1, Ordering::Relaxed);
-        let order = (0..ready.len()).map(|k| ready[(turn + k) % ready.len()]);
-        let least = order.min_by_key(|u| u.in_flight.load(Ordering::Acquire));
-        if let Some(u) = least {
-            let n = u.in_flight.load(Ordering::Acquire);
+        // Round robin among equally loaded ones: the search starts at the next in turn.
+        let turn = s.next.fetch_add(1, Ordering::Relaxed) % count;
+        let least = ready()
+            .cycle()
+            .skip(turn)
+            .take(count)
+            .map(|u| &u.shared)
+            .min_by_key(|i| i.in_flight.load(Ordering::SeqCst));
+        if let Some(i) = least {
+            let n = i.in_flight.load(Ordering::SeqCst);
             if n < s.concurrency
-                && u.in_flight
-                    .compare_exchange(n, n + 1, Ordering::AcqRel, Ordering::Relaxed)
+                && i.in_flight
+                    .compare_exchange(n, n + 1, Ordering::SeqCst, Ordering::SeqCst)
                     .is_ok()
             {
                 let slot = Slot {
-                    port: u.port,
-                    in_flight: u.in_flight.clone(),
-                    idle_since: u.idle_since.clone(),
-                    wake: s.wake.clone(),
-                    idle: u.idle.clone(),
+                    instance: i.clone(),
+                    queue: s.queue.clone(),
                     connection: None,
-                    host: u.host.clone(),
                 };
                 return (Some(slot), true);
             }
@@ -357,11 +376,24 @@ impl Routes {
     /// queue (at most `max_queue` waiting) until one does, up to `queue_timeout` (or
     /// `ready_timeout` while no instance is ready).
     async fn slot(s: &Served) -> Result<Slot, NoSlot> {
+        let (slot, any_ready) = Self::try_slot(s);
+        if let Some(slot) = slot {
+            return Ok(slot);
+        }
         let start = tokio::time::Instant::now();
-        let mut queued = false;
-        let mut cold = false;
+        let q = &s.queue;
+        if q.waiting.fetch_add(1, Ordering::SeqCst) >= s.max_queue {
+            q.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(NoSlot::QueueFull);
+        }
+        // Counted first: the supervisor, woken, sees this request waiting.
+        if !any_ready && let Some(wake) = s.demand.get() {
+            wake();
+        }
+        let mut cold = !any_ready;
         let result = loop {
-            let woken = s.wake.notified();
+            // Created before looking again: it sees every wake-up from here on.
+            let woken = q.wake.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
             let (slot, any_ready) = Self::try_slot(s);
@@ -372,17 +404,6 @@ impl Routes {
                 break Ok(slot);
             }
             cold |= !any_ready;
-            if !queued {
-                if s.waiting.fetch_add(1, Ordering::AcqRel) >= s.max_queue {
-                    s.waiting.fetch_sub(1, Ordering::AcqRel);
-                    return Err(NoSlot::QueueFull);
-                }
-                queued = true;
-                // Counted first: the supervisor, woken, sees this request waiting.
-                if !any_ready && let Some(wake) = s.demand.get() {
-                    wake();
-                }
-            }
             let limit = if any_ready {
                 s.queue_timeout
             } else {
@@ -396,18 +417,19 @@ impl Routes {
                 break Err(NoSlot::Timeout(limit, any_ready));
             }
         };
-        if queued {
-            s.waiting.fetch_sub(1, Ordering::AcqRel);
-        }
+        q.waiting.fetch_sub(1, Ordering::SeqCst);
         result
     }
 
     /// An instance became ready: its idle clock starts, and waiting requests look again.
     fn became_ready(&self, port: u16) {
         for s in self.models.values() {
-            for u in Self::instances(s).iter().filter(|u| u.port == port) {
-                *u.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-                s.wake.notify_waiters();
+            for u in Self::instances(s).iter().filter(|u| u.shared.port == port) {
+                *u.shared
+                    .idle_since
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Instant::now();
+                s.queue.wake.notify_waiters();
             }
         }
     }
@@ -417,9 +439,9 @@ impl Routes {
         let s = self.models.get(model)?;
         let flying = Self::instances(s)
             .iter()
-            .map(|u| u.in_flight.load(Ordering::Acquire))
+            .map(|u| u.shared.in_flight.load(Ordering::Acquire))
             .sum();
-        Some((flying, s.waiting.load(Ordering::Acquire)))
+        Some((flying, s.queue.waiting.load(Ordering::Acquire)))
     }
 
     /// A model's load: requests waiting, and each routed instance's (by index).
@@ -431,8 +453,12 @@ impl Routes {
         let instances = Self::instances(s)
             .iter()
             .map(|u| {
-                let in_flight = u.in_flight.load(Ordering::Acquire);
-                let since = *u.idle_since.lock().unwrap_or_else(|e| e.into_inner());
+                let in_flight = u.shared.in_flight.load(Ordering::Acquire);
+                let since = *u
+                    .shared
+                    .idle_since
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
                 let idle = if in_flight == 0 {
                     now.saturating_duration_since(since)
                 } else {
@@ -449,7 +475,7 @@ impl Routes {
                 )
             })
             .collect();
-        (s.waiting.load(Ordering::Acquire), instances)
+        (s.queue.waiting.load(Ordering::Acquire), instances)
     }
 
     /// (port, health path, ready flag) of every instance not ready yet.
@@ -464,7 +490,7 @@ impl Routes {
                     .filter(|u| !u.ready.load(Ordering::Acquire))
                     .filter(|u| !u.probing.load(Ordering::Acquire))
                     .map(|u| Unready {
-                        port: u.port,
+                        port: u.shared.port,
                         path: s.health.clone(),
                         ready: u.ready.clone(),
                         probing: u.probing.clone(),
@@ -865,9 +891,18 @@ async fn to_instance(
             .map(hyper::Uri::from)
             .unwrap_or_default();
     }
-    parts.headers.insert(hyper::header::HOST, slot.host.clone());
+    let instance = &slot.instance;
+    parts
+        .headers
+        .insert(hyper::header::HOST, instance.host.clone());
     parts.headers.remove(hyper::header::AUTHORIZATION);
-    match send(slot.port, &slot.idle, Request::from_parts(parts, body)).await {
+    match send(
+        instance.port,
+        &instance.idle,
+        Request::from_parts(parts, body),
+    )
+    .await
+    {
         // The place is held until the answer's body has ended (or the client left).
         Ok((response, connection)) => {
             slot.connection = Some(connection);
