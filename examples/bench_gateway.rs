@@ -11,8 +11,12 @@
 //!    column is skipped, and says so, where nginx is not installed).
 //!
 //! For each: p50 and p99 latency and requests per second at concurrency 1 and 64
-//! (keep-alive connections, 3 s each after 0.5 s of warm-up), and the median time to the
-//! first byte of a streamed answer (200 sequential requests).
+//! (keep-alive connections, 3 s each after 0.5 s of warm-up), the CPU time the serving
+//! side spends per request (the upstream itself for the direct row; the front-door thread
+//! of the supervisor, or nginx's worker process: the proxy alone), and the median time to
+//! the first byte of a streamed answer (200 sequential requests). Requests per second
+//! depend on how the machine's cores are shared between the load generator, the upstream
+//! and the proxy; CPU per request says what the proxy costs whatever the sharing.
 //!
 //! Then the cold start: a second model, scaled to zero, is asked for a completion 10
 //! times, each time after it has scaled back to zero. Its instance notes (CLOCK_MONOTONIC,
@@ -93,24 +97,36 @@ fn main() {
         if nginx.is_some() {
             wait_ready(nginx_port).await;
         }
-        let mut targets = vec![("direct", direct_port), ("cuvisor", front_port)];
-        match nginx {
-            Some(_) => targets.push(("nginx", nginx_port)),
+        let front_door = front_door_thread(supervisor.id());
+        let mut targets = vec![
+            ("direct", direct_port, Some(stat_path(direct.id(), None))),
+            ("cuvisor", front_port, front_door),
+        ];
+        match &nginx {
+            Some(n) => targets.push(("nginx", nginx_port, nginx_worker(n.id()))),
             None => {
                 println!("nginx is not installed: its column is left out (apt-get install nginx)\n")
             }
         }
-        println!("| through | concurrency | p50 (µs) | p99 (µs) | requests/s |");
-        println!("|---|---|---|---|---|");
+        println!(
+            "| through | concurrency | p50 (µs) | p99 (µs) | requests/s | serving CPU per request (µs) |"
+        );
+        println!("|---|---|---|---|---|---|");
         for concurrency in [1usize, 64] {
-            for (name, port) in &targets {
-                let (p50, p99, rps) = load(*port, concurrency).await;
-                println!("| {name} | {concurrency} | {p50:.0} | {p99:.0} | {rps:.0} |");
+            for (name, port, serving) in &targets {
+                let before = serving.as_deref().and_then(cpu_seconds);
+                let (p50, p99, rps, requests) = load(*port, concurrency).await;
+                let after = serving.as_deref().and_then(cpu_seconds);
+                let cpu = match (before, after) {
+                    (Some(b), Some(a)) => format!("{:.1}", (a - b) / requests as f64 * 1e6),
+                    _ => "-".into(),
+                };
+                println!("| {name} | {concurrency} | {p50:.0} | {p99:.0} | {rps:.0} | {cpu} |");
             }
         }
         println!("\n| through | time to first byte of a streamed answer, median of 200 (µs) |");
         println!("|---|---|");
-        for (name, port) in &targets {
+        for (name, port, _) in &targets {
             println!("| {name} | {:.0} |", first_byte(*port).await);
         }
         cold_starts(front_port, &dir).await;
@@ -270,8 +286,54 @@ async fn wait_ready(port: u16) {
     panic!("nothing answers on port {port}");
 }
 
-/// (p50 µs, p99 µs, requests per second) with `concurrency` keep-alive clients.
-async fn load(port: u16, concurrency: usize) -> (f64, f64, f64) {
+/// `/proc/PID/stat`, or a thread's `/proc/PID/task/TID/stat`.
+fn stat_path(pid: u32, tid: Option<u32>) -> std::path::PathBuf {
+    match tid {
+        Some(tid) => format!("/proc/{pid}/task/{tid}/stat").into(),
+        None => format!("/proc/{pid}/stat").into(),
+    }
+}
+
+/// The supervisor's front-door thread (named so), once it runs.
+fn front_door_thread(supervisor: u32) -> Option<std::path::PathBuf> {
+    let tasks = std::fs::read_dir(format!("/proc/{supervisor}/task")).ok()?;
+    tasks.flatten().find_map(|t| {
+        let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+        let tid = t.file_name().to_str()?.parse().ok()?;
+        (comm.trim() == "front-door").then(|| stat_path(supervisor, Some(tid)))
+    })
+}
+
+/// nginx's worker: the child of its master process.
+fn nginx_worker(master: u32) -> Option<std::path::PathBuf> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|p| {
+        let pid: u32 = p.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(p.path().join("stat")).ok()?;
+        let ppid: u32 = stat
+            .rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        (ppid == master).then(|| stat_path(pid, None))
+    })
+}
+
+/// User and system CPU time of a process or thread so far, in seconds (`stat` fields 14
+/// and 15, in clock ticks).
+fn cpu_seconds(stat: &Path) -> Option<f64> {
+    let text = std::fs::read_to_string(stat).ok()?;
+    let mut fields = text.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let (user, system): (u64, u64) = (fields.next()?.parse().ok()?, fields.next()?.parse().ok()?);
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Some((user + system) as f64 / ticks as f64)
+}
+
+/// (p50 µs, p99 µs, requests per second, every request sent, warm-up included) with
+/// `concurrency` keep-alive clients.
+async fn load(port: u16, concurrency: usize) -> (f64, f64, f64, usize) {
     let run = |seconds: f64| async move {
         let deadline = Instant::now() + Duration::from_secs_f64(seconds);
         let tasks: Vec<_> = (0..concurrency)
@@ -299,11 +361,16 @@ async fn load(port: u16, concurrency: usize) -> (f64, f64, f64) {
         }
         all
     };
-    run(0.5).await;
+    let warm_up = run(0.5).await.len();
     let mut all = run(3.0).await;
     all.sort_by(f64::total_cmp);
     let at = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)];
-    (at(0.5), at(0.99), all.len() as f64 / 3.0)
+    (
+        at(0.5),
+        at(0.99),
+        all.len() as f64 / 3.0,
+        warm_up + all.len(),
+    )
 }
 
 /// Median time to the first body byte of a streamed answer, µs.
