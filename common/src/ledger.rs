@@ -1133,6 +1133,7 @@ impl LedgerFile {
                     index,
                     generation,
                     closed: std::sync::atomic::AtomicBool::new(false),
+                    unrecorded: AtomicU64::new(0),
                 });
             }
             if pass == 0 {
@@ -1661,6 +1662,10 @@ pub struct Attachment<'a> {
     /// The slot's generation when this process claimed it.
     generation: u64,
     closed: std::sync::atomic::AtomicBool,
+    /// Operations under way on threads without a record: counted here, in process
+    /// memory, before they touch the slot's shared `inflight` (which, once the detach has
+    /// freed the slot, may be another process's).
+    unrecorded: AtomicU64,
 }
 
 /// An operation under way, as [`Attachment::enter`] marked it.
@@ -1695,11 +1700,12 @@ impl Attachment<'_> {
     #[inline]
     fn enter(&self, s: &Slot, bytes: u64) -> Option<UnderWay> {
         let Some(thread) = gate::mine() else {
-            s.inflight.fetch_add(bytes, Ordering::SeqCst);
+            self.unrecorded.fetch_add(1, Ordering::SeqCst);
             if self.closed.load(Ordering::SeqCst) {
-                s.inflight.fetch_sub(bytes, Ordering::SeqCst);
+                self.unrecorded.fetch_sub(1, Ordering::SeqCst);
                 return None;
             }
+            s.inflight.fetch_add(bytes, Ordering::SeqCst);
             return Some(UnderWay::Shared { bytes });
         };
         let was_busy = gate::busy(thread);
@@ -1708,8 +1714,9 @@ impl Attachment<'_> {
             return None;
         }
         let cell = &s.threads[thread];
+        // What an operation this one interrupted (a signal handler's) had under way stays.
         let before = cell.load(Ordering::Relaxed);
-        cell.store(bytes, Ordering::Relaxed);
+        cell.store(before.saturating_add(bytes), Ordering::Relaxed);
         Some(UnderWay::Thread {
             thread,
             was_busy,
@@ -1730,6 +1737,7 @@ impl Attachment<'_> {
             }
             UnderWay::Shared { bytes } => {
                 s.inflight.fetch_sub(bytes, Ordering::SeqCst);
+                self.unrecorded.fetch_sub(1, Ordering::SeqCst);
             }
         }
     }
@@ -1792,10 +1800,13 @@ impl Attachment<'_> {
     /// reservations and releases other threads have under way; if they do not end within
     /// 2 s, the slot is left as it is, for a reclaimer to settle after this process dies.
     pub fn detach(&self) {
+        gate::prepare();
         if self.closed.swap(true, Ordering::SeqCst) {
             return;
         }
-        gate::heavy_fence();
+        if !gate::heavy_fence() {
+            return; // whether operations are under way cannot be known: left to reclaim
+        }
         let s = self.file.slot(self.index);
         let start = monotonic_ns();
         // Until `busy` answers false, at most until the deadline.
@@ -1811,7 +1822,7 @@ impl Attachment<'_> {
         // Each thread's record idle once is enough: an operation that starts afterwards
         // sees `closed`.
         let settled = (0..gate::THREADS).all(|t| waited(&|| gate::is_busy(t)))
-            && waited(&|| s.inflight.load(Ordering::SeqCst) != 0);
+            && waited(&|| self.unrecorded.load(Ordering::SeqCst) != 0);
         if !settled {
             return;
         }

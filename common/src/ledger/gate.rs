@@ -65,8 +65,13 @@ impl Mine {
 impl Drop for Mine {
     fn drop(&mut self) {
         if let Some(i) = self.index() {
-            RECORDS[i].busy.store(false, Ordering::Relaxed);
-            RECORDS[i].owned.store(false, Ordering::Release);
+            // A thread that exits in the middle of an operation (`pthread_exit` from a
+            // signal handler) keeps its record busy for good: a detach then leaves the
+            // slot to be reclaimed after the process is gone, as for any operation that
+            // never ends.
+            if !RECORDS[i].busy.load(Ordering::Relaxed) {
+                RECORDS[i].owned.store(false, Ordering::Release);
+            }
         }
     }
 }
@@ -90,7 +95,7 @@ pub fn mine() -> Option<usize> {
 #[cold]
 #[inline(never)]
 fn take(m: &Mine) -> Option<usize> {
-    init();
+    prepare();
     let i = RECORDS.iter().position(|r| {
         r.owned
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
@@ -100,18 +105,21 @@ fn take(m: &Mine) -> Option<usize> {
     i
 }
 
-/// Decides the ordering and installs the fork handler, once per process. Without a lock
-/// (a `Once` that a fork caught half-way would stay so in the child): two threads that
-/// race both register, which the kernel takes as once.
-fn init() {
+/// Decides the ordering and installs the fork handler, before a thread takes a record
+/// and before a detach. Without a lock (a `Once` that a fork caught half-way would stay
+/// so in the child): threads that race here all register, which the kernel takes as
+/// once, and may all install the handler, which does the same work however many times
+/// it runs; the flag is published only once the handler is in place.
+pub fn prepare() {
     if ORDERING.load(Ordering::Acquire) == UNDECIDED {
         register();
     }
-    if !FORK_HANDLER.swap(true, Ordering::AcqRel) {
+    if !FORK_HANDLER.load(Ordering::Acquire) {
         // SAFETY: `in_child` is an `extern "C" fn()` that lives as long as the process
         // (this library is never unloaded: the shim is preloaded, the supervisor links
         // it).
         unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
+        FORK_HANDLER.store(true, Ordering::Release);
     }
 }
 
@@ -157,18 +165,20 @@ fn light_fence() {
     }
 }
 
-/// The detach's side, between setting `closed` and looking at the records: afterwards
-/// every operation that has not seen `closed` is seen busy.
-pub fn heavy_fence() {
-    if ORDERING.load(Ordering::Acquire) == MEMBARRIER {
-        // SAFETY: membarrier takes no pointers. It cannot fail once the process is
-        // registered (registration precedes every record, and a forked child registers
-        // again before it returns from fork).
+/// The detach's side, between setting `closed` and looking at the records (after
+/// [`prepare`]): afterwards every operation that has not seen `closed` is seen busy.
+/// False if that cannot be known (`membarrier` refused, e.g. by a seccomp filter
+/// installed after the registration): the caller must not settle anything then.
+#[must_use]
+pub fn heavy_fence() -> bool {
+    let ok = ORDERING.load(Ordering::Acquire) != MEMBARRIER || {
+        // SAFETY: membarrier takes no pointers; a refusal only returns an error.
         let rc =
             unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) };
-        debug_assert_eq!(rc, 0, "membarrier after registration");
-    }
+        rc == 0
+    };
     fence(Ordering::SeqCst);
+    ok
 }
 
 /// Marks record `i` busy (the calling thread's own) and orders that before what the
