@@ -99,8 +99,8 @@ static int ready(void) { return __atomic_load_n(&init_count, __ATOMIC_SEQ_CST) >
 
 /* The device index of a handle, or -1. */
 static int device_of(nvmlDevice_t d) {
-    long i = (char *)d - device_handles;
-    return i >= 0 && i < fg_config()->device_count ? (int)i : -1;
+    uintptr_t i = (uintptr_t)d - (uintptr_t)device_handles; /* wraps for foreign pointers */
+    return i < (uintptr_t)fg_config()->device_count ? (int)i : -1;
 }
 
 static nvmlReturn_t count(unsigned int *n) {
@@ -367,8 +367,8 @@ typedef struct fg_nvml_unit *nvmlUnit_t;
 static char unit_handles[FG_MAX_DEVICES];
 
 static int unit_of(nvmlUnit_t u) {
-    long i = (char *)u - unit_handles;
-    return i >= 0 && i < fg_config()->nvml_units ? (int)i : -1;
+    uintptr_t i = (uintptr_t)u - (uintptr_t)unit_handles; /* wraps for foreign pointers */
+    return i < (uintptr_t)fg_config()->nvml_units ? (int)i : -1;
 }
 
 EXPORT nvmlReturn_t nvmlUnitGetCount(unsigned int *n) {

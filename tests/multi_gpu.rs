@@ -324,6 +324,22 @@ fn nvml_process_lists_inside_a_placed_model_show_only_its_processes() {
             format!("pid {} 1073741824", other.0.id()),
         ]
     );
+    // In a PID namespace of its own, NVML's pids (the initial namespace's) cannot be
+    // told from another tenant's: nothing is listed.
+    let mut own_namespace = Command::new("unshare");
+    let probe = of("m");
+    own_namespace
+        .args(["--pid", "--fork", "--mount-proc"])
+        .arg(probe.get_program())
+        .envs(probe.get_envs().filter_map(|(k, v)| Some((k, v?))));
+    assert_eq!(
+        run_script(&mut own_namespace, "init alloc 64MiB nvml-procs 0"),
+        [
+            "init -> 0",
+            "alloc 64MiB -> 0 #0",
+            "nvml-procs 0 -> 0 0 sizing=0"
+        ]
+    );
     // Not placed: every process on the GPU (physical index 1), as NVML lists them.
     let mut all = run_script(&mut rank(&ledgers, &state, &[]), "nvml-procs 1");
     all[1..].sort();

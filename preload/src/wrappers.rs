@@ -1277,70 +1277,78 @@ wrapper! {
     }
 }
 
-/// An entry of NVML's process lists.
+/// An entry of NVML's process lists, made from the `_v2` entry: the one layout the shim
+/// asks NVML for (the `_v3` entry's size changed between drivers, 24 or 32 bytes, with the
+/// same symbol, so the shim never has NVML write one).
 trait ProcessEntry: Copy {
-    fn pid(&self) -> u32;
-    /// An entry for NVML to overwrite.
-    fn blank() -> Self;
+    fn from_v2(e: nvmlProcessInfo_t) -> Self;
 }
 
 impl ProcessEntry for nvmlProcessInfo_v1_t {
-    fn pid(&self) -> u32 {
-        self.pid
-    }
-    fn blank() -> Self {
+    fn from_v2(e: nvmlProcessInfo_t) -> Self {
         nvmlProcessInfo_v1_t {
-            pid: 0,
-            used_gpu_memory: 0,
+            pid: e.pid,
+            used_gpu_memory: e.used_gpu_memory,
         }
     }
 }
 
 impl ProcessEntry for nvmlProcessInfo_t {
-    fn pid(&self) -> u32 {
-        self.pid
-    }
-    fn blank() -> Self {
-        nvmlProcessInfo_t {
-            pid: 0,
-            used_gpu_memory: 0,
-            gpu_instance_id: 0,
-            compute_instance_id: 0,
-        }
+    fn from_v2(e: nvmlProcessInfo_t) -> Self {
+        e
     }
 }
 
+/// The inode of the initial PID namespace (`PROC_PID_INIT_INO`): NVML names processes by
+/// their pid there.
+const INITIAL_PID_NAMESPACE: u64 = 0xEFFF_FFFC;
+
 /// NVML's processes on a GPU, or with `CUVISOR_GPUS` (a model the supervisor placed,
 /// perhaps beside other tenants' models) only the model's own: those of its ledger's
-/// live processes that share this process's PID namespace. NVML names processes by
-/// their pid in the host's namespace, so in a worker with a PID namespace of its own the
-/// list is empty, as `nvidia-smi` in a container shows it. NVML's count protocol is
-/// kept: a count too small (0 asks) answers `NVML_ERROR_INSUFFICIENT_SIZE` with the
-/// count needed, and no processes answer success with 0.
+/// live processes, when this process is in the initial PID namespace, whose pids NVML
+/// reports. In a PID namespace of its own (a worker with `isolation.pid`), NVML's pids
+/// cannot be told from others' (a pid there may be another tenant's process in the
+/// host's numbering), and the list is empty, as `nvidia-smi` in a container shows it.
+/// NVML's count protocol is kept: a count too small (0 asks) answers
+/// `NVML_ERROR_INSUFFICIENT_SIZE` with the count needed, and no processes answer success
+/// with 0.
 fn nvml_processes<T: ProcessEntry>(
     rt: &Runtime,
+    device: nvmlDevice_t,
     count: *mut u32,
     infos: *mut T,
-    list: impl Fn(*mut u32, *mut T) -> nvmlReturn_t,
     forward: impl FnOnce() -> nvmlReturn_t,
 ) -> nvmlReturn_t {
-    if rt.config.gpus.is_none() || count.is_null() {
-        return forward(); // NVML's own list, or its answer to a bad argument
+    let (Some(_), Some(list)) = (
+        rt.config.gpus.as_deref(),
+        nvmlDeviceGetComputeRunningProcesses_v2::real(),
+    ) else {
+        return forward(); // NVML's own list (without _v2: a driver older than R470)
+    };
+    if count.is_null() {
+        return forward(); // NVML's own answer to a bad argument
     }
     // SAFETY: checked non-null; the caller's in-out count.
     let asked = unsafe { written(count) };
     if asked != 0 && infos.is_null() {
         return forward();
     }
-    let all = match nvml_process_list(list) {
+    // SAFETY: the caller's device, and a count and array of ours.
+    let all = match nvml_process_list(|c, a| unsafe { list(device, c, a) }) {
         Ok(all) => all,
         Err(rc) => return rc,
     };
-    let own = rt
-        .account()
-        .map(|a| a.ledger().pids_in_own_namespace())
-        .unwrap_or_else(|| vec![std::process::id()]);
-    let mine: Vec<T> = all.into_iter().filter(|e| own.contains(&e.pid())).collect();
+    let initial = std::fs::metadata("/proc/self/ns/pid")
+        .is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == INITIAL_PID_NAMESPACE);
+    let own = match rt.account() {
+        Some(a) if initial => a.ledger().pids_in_own_namespace(),
+        _ => Vec::new(),
+    };
+    let mine: Vec<T> = all
+        .into_iter()
+        .filter(|e| own.contains(&e.pid))
+        .map(T::from_v2)
+        .collect();
     let n = mine.len() as u32;
     if n > asked {
         // SAFETY: the caller's count, checked non-null.
@@ -1357,26 +1365,32 @@ fn nvml_processes<T: ProcessEntry>(
     NVML_SUCCESS
 }
 
-/// NVML's whole list: its size first, then the entries (asked again, a few times, while
-/// processes start in between).
-fn nvml_process_list<T: ProcessEntry>(
-    list: impl Fn(*mut u32, *mut T) -> nvmlReturn_t,
-) -> Result<Vec<T>, nvmlReturn_t> {
+/// NVML's whole list (`_v2` entries): its size first, then the entries (asked again, a
+/// few times, while processes start in between).
+fn nvml_process_list(
+    list: impl Fn(*mut u32, *mut nvmlProcessInfo_t) -> nvmlReturn_t,
+) -> Result<Vec<nvmlProcessInfo_t>, nvmlReturn_t> {
     let mut n = 0u32;
     match list(&mut n, std::ptr::null_mut()) {
         NVML_SUCCESS => return Ok(Vec::new()),
         NVML_ERROR_INSUFFICIENT_SIZE => {}
         rc => return Err(rc),
     }
+    let blank = nvmlProcessInfo_t {
+        pid: 0,
+        used_gpu_memory: 0,
+        gpu_instance_id: 0,
+        compute_instance_id: 0,
+    };
     for _ in 0..8 {
-        let mut all = vec![T::blank(); n as usize + 8];
+        let mut all = vec![blank; n as usize + 8];
         let mut got = all.len() as u32;
         match list(&mut got, all.as_mut_ptr()) {
             NVML_SUCCESS => {
                 all.truncate(got as usize);
                 return Ok(all);
             }
-            NVML_ERROR_INSUFFICIENT_SIZE => n = got,
+            NVML_ERROR_INSUFFICIENT_SIZE => n = got.max(n.saturating_mul(2)),
             rc => return Err(rc),
         }
     }
@@ -1389,13 +1403,7 @@ wrapper! {
         count: *mut u32,
         infos: *mut nvmlProcessInfo_v1_t,
     ) -> nvmlReturn_t;
-    |forward, rt| {
-        let Some(real) = nvmlDeviceGetComputeRunningProcesses::real() else {
-            return forward();
-        };
-        // SAFETY: the caller's device, and a count and array of ours.
-        nvml_processes(rt, count, infos, |c, a| unsafe { real(device, c, a) }, forward)
-    }
+    |forward, rt| { nvml_processes(rt, device, count, infos, forward) }
 }
 
 wrapper! {
@@ -1404,28 +1412,18 @@ wrapper! {
         count: *mut u32,
         infos: *mut nvmlProcessInfo_t,
     ) -> nvmlReturn_t;
-    |forward, rt| {
-        let Some(real) = nvmlDeviceGetComputeRunningProcesses_v2::real() else {
-            return forward();
-        };
-        // SAFETY: the caller's device, and a count and array of ours.
-        nvml_processes(rt, count, infos, |c, a| unsafe { real(device, c, a) }, forward)
-    }
+    |forward, rt| { nvml_processes(rt, device, count, infos, forward) }
 }
 
 wrapper! {
+    /// The entries written are `_v2`'s (24 bytes, as nvml.h has them since CUDA 12.3;
+    /// the 32-byte entry of CUDA 12.2's nvml.h is not written).
     fn nvmlDeviceGetComputeRunningProcesses_v3(
         device: nvmlDevice_t,
         count: *mut u32,
         infos: *mut nvmlProcessInfo_t,
     ) -> nvmlReturn_t;
-    |forward, rt| {
-        let Some(real) = nvmlDeviceGetComputeRunningProcesses_v3::real() else {
-            return forward();
-        };
-        // SAFETY: the caller's device, and a count and array of ours.
-        nvml_processes(rt, count, infos, |c, a| unsafe { real(device, c, a) }, forward)
-    }
+    |forward, rt| { nvml_processes(rt, device, count, infos, forward) }
 }
 
 wrapper! {
@@ -1452,9 +1450,12 @@ wrapper! {
                     break;
                 }
                 NVML_ERROR_INSUFFICIENT_SIZE if attempts < 4 => {
-                    all.resize(n as usize, std::ptr::null_mut());
+                    let room = (n as usize).max(2 * all.len());
+                    all.resize(room, std::ptr::null_mut());
                     attempts += 1;
                 }
+                // The list kept growing: nothing the caller could size for.
+                NVML_ERROR_INSUFFICIENT_SIZE => return NVML_ERROR_UNKNOWN,
                 rc => return rc,
             }
         }
