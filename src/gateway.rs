@@ -198,6 +198,23 @@ struct Unready {
     age: Duration,
 }
 
+/// A request counted in its model's queue while this lives.
+struct Waiting<'a>(&'a Queue);
+
+impl<'a> Waiting<'a> {
+    /// Counts a request in; how many were waiting before it.
+    fn count(q: &'a Queue) -> (Waiting<'a>, usize) {
+        let ahead = q.waiting.fetch_add(1, Ordering::SeqCst);
+        (Waiting(q), ahead)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Why a request got no instance.
 enum NoSlot {
     QueueFull,
@@ -354,19 +371,26 @@ impl Routes {
             .take(count)
             .map(|u| &u.shared)
             .min_by_key(|i| i.in_flight.load(Ordering::SeqCst));
-        if let Some(i) = least {
-            let n = i.in_flight.load(Ordering::SeqCst);
-            if n < s.concurrency
-                && i.in_flight
-                    .compare_exchange(n, n + 1, Ordering::SeqCst, Ordering::SeqCst)
-                    .is_ok()
+        let Some(i) = least else {
+            return (None, true);
+        };
+        // Taken by a compare-and-add, tried again while the instance has room (another
+        // request may take a place between the choice and the add).
+        let mut n = i.in_flight.load(Ordering::SeqCst);
+        while n < s.concurrency {
+            match i
+                .in_flight
+                .compare_exchange(n, n + 1, Ordering::SeqCst, Ordering::SeqCst)
             {
-                let slot = Slot {
-                    instance: i.clone(),
-                    queue: s.queue.clone(),
-                    connection: None,
-                };
-                return (Some(slot), true);
+                Ok(_) => {
+                    let slot = Slot {
+                        instance: i.clone(),
+                        queue: s.queue.clone(),
+                        connection: None,
+                    };
+                    return (Some(slot), true);
+                }
+                Err(now) => n = now,
             }
         }
         (None, true)
@@ -382,8 +406,10 @@ impl Routes {
         }
         let start = tokio::time::Instant::now();
         let q = &s.queue;
-        if q.waiting.fetch_add(1, Ordering::SeqCst) >= s.max_queue {
-            q.waiting.fetch_sub(1, Ordering::SeqCst);
+        // Counted until this request has a place, gives up, or is dropped (its client
+        // left while it waited).
+        let (_waiting, ahead) = Waiting::count(q);
+        if ahead >= s.max_queue {
             return Err(NoSlot::QueueFull);
         }
         // Counted first: the supervisor, woken, sees this request waiting.
@@ -417,7 +443,6 @@ impl Routes {
                 break Err(NoSlot::Timeout(limit, any_ready));
             }
         };
-        q.waiting.fetch_sub(1, Ordering::SeqCst);
         result
     }
 

@@ -70,9 +70,16 @@ fn front_door(tag: &str, settings: &str, models: &str) -> (Supervisor, u16) {
     (Supervisor::start_with(tag, &settings, &[], models), http)
 }
 
+/// The supervisor's metrics, as `GET /metrics` answers them.
+fn metrics(s: &Supervisor) -> String {
+    cuvisor::control::request(&s.socket, "GET", "/metrics")
+        .unwrap()
+        .1
+}
+
 /// Each of `lines` is a line of the supervisor's metrics.
 fn assert_metrics(s: &Supervisor, lines: &[&str]) {
-    let (_, metrics) = cuvisor::control::request(&s.socket, "GET", "/metrics").unwrap();
+    let metrics = metrics(s);
     for line in lines {
         assert!(metrics.lines().any(|l| l == *line), "{line} in\n{metrics}");
     }
@@ -395,6 +402,41 @@ fn requests_beyond_the_concurrency_wait_in_a_bounded_queue() {
     assert_eq!(status(&hold), 200);
     assert_eq!(status(&late), 503);
     assert!(body(&late).contains("serve.queue_timeout"), "{late:?}");
+    assert_eq!(s.stop().0, 0);
+}
+
+/// A client that leaves while its request waits in the queue leaves the queue: the
+/// model's count of waiting requests goes back to zero (it would otherwise creep up
+/// until every request that has to wait is refused as if the queue were full).
+#[test]
+fn a_client_that_leaves_while_queued_leaves_the_queue() {
+    let (mut s, http) = front_door(
+        "queue-leave",
+        "",
+        &model("gamma", "concurrency = 1\nmax_queue = 1", 0.0),
+    );
+    warm(http, "gamma");
+    let long = "{\"model\": \"gamma\", \"stream\": true, \"chunks\": 20, \"interval\": 0.1}";
+    let hold =
+        std::thread::spawn(move || request(http, "POST", "/v1/chat/completions", Some(long), None));
+    wait_until("the first in flight", Duration::from_secs(5), || {
+        metrics(&s).contains("cuvisor_in_flight_requests{model=\"gamma\"} 1")
+    });
+    let mut queued = std::process::Command::new("python3")
+        .arg(servers().join("client.py"))
+        .args([&http.to_string(), "POST", "/v1/completions", &chat("gamma")])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the second waiting", Duration::from_secs(5), || {
+        metrics(&s).contains("cuvisor_queued_requests{model=\"gamma\"} 1")
+    });
+    queued.kill().unwrap();
+    queued.wait().unwrap();
+    wait_until("the queue empty again", Duration::from_secs(5), || {
+        metrics(&s).contains("cuvisor_queued_requests{model=\"gamma\"} 0")
+    });
+    assert_eq!(status(&hold.join().unwrap()), 200);
     assert_eq!(s.stop().0, 0);
 }
 
