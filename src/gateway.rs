@@ -417,7 +417,7 @@ impl Routes {
             wake();
         }
         let mut cold = !any_ready;
-        let result = loop {
+        loop {
             // Created before looking again: it sees every wake-up from here on.
             let woken = q.wake.notified();
             tokio::pin!(woken);
@@ -442,8 +442,7 @@ impl Routes {
             if tokio::time::timeout_at(next, woken).await.is_err() && next >= deadline {
                 break Err(NoSlot::Timeout(limit, any_ready));
             }
-        };
-        result
+        }
     }
 
     /// An instance became ready: its idle clock starts, and waiting requests look again.
