@@ -1349,18 +1349,31 @@ fn nvml_processes<T: ProcessEntry>(
         .filter(|e| own.contains(&e.pid))
         .map(T::from_v2)
         .collect();
-    let n = mine.len() as u32;
-    if n > asked {
-        // SAFETY: the caller's count, checked non-null.
+    // SAFETY: the caller's count (non-null) and array, with NVML's contract for them.
+    unsafe { answer_list(&mine, count, infos) }
+}
+
+/// Answers `list` under the protocol of NVML's process and unit lists: `*count` is the
+/// room in `array`; too little room answers `NVML_ERROR_INSUFFICIENT_SIZE` with the count
+/// needed; otherwise the entries are written and `*count` says how many.
+///
+/// # Safety
+/// `count` is non-null and valid for reads and writes; `array` is valid for `*count`
+/// writes (or null with `*count` 0).
+unsafe fn answer_list<T: Copy>(list: &[T], count: *mut u32, array: *mut T) -> nvmlReturn_t {
+    // SAFETY: the caller's guarantee.
+    let room = unsafe { written(count) } as usize;
+    let n = list.len() as u32;
+    if list.len() > room {
+        // SAFETY: the caller's guarantee.
         unsafe { answer(count, n) };
         return NVML_ERROR_INSUFFICIENT_SIZE;
     }
-    for (j, &e) in mine.iter().enumerate() {
-        // SAFETY: NVML's contract: `*count` entries of room in the caller's array, and
-        // there are at most that many.
-        unsafe { answer(infos.add(j), e) };
+    for (j, &e) in list.iter().enumerate() {
+        // SAFETY: `room` entries fit in `array`, and there are at most that many.
+        unsafe { answer(array.add(j), e) };
     }
-    // SAFETY: as above.
+    // SAFETY: the caller's guarantee.
     unsafe { answer(count, n) };
     NVML_SUCCESS
 }
@@ -1464,22 +1477,9 @@ wrapper! {
             Err(rc) => return rc,
         };
         let mine: Vec<nvmlDevice_t> = all.into_iter().filter(|d| placed.contains(d)).collect();
-        // SAFETY: checked non-null; the caller's in-out count.
-        let room = unsafe { written(count) } as usize;
-        let n = mine.len() as u32;
-        if mine.len() > room {
-            // SAFETY: as above.
-            unsafe { answer(count, n) };
-            return NVML_ERROR_INSUFFICIENT_SIZE;
-        }
-        for (j, &d) in mine.iter().enumerate() {
-            // SAFETY: the call's contract: `*count` handles of room in the caller's
-            // array, and there are at most that many.
-            unsafe { answer(devices.add(j), d) };
-        }
-        // SAFETY: as above.
-        unsafe { answer(count, n) };
-        NVML_SUCCESS
+        // SAFETY: both checked non-null; the caller's count and array, with the call's
+        // contract for them.
+        unsafe { answer_list(&mine, count, devices) }
     }
 }
 
