@@ -309,13 +309,7 @@ fn nginx_worker(master: u32) -> Option<std::path::PathBuf> {
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|p| {
         let pid: u32 = p.file_name().to_str()?.parse().ok()?;
         let stat = std::fs::read_to_string(p.path().join("stat")).ok()?;
-        let ppid: u32 = stat
-            .rsplit_once(')')?
-            .1
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()?;
+        let ppid: u32 = cuvisor::ledger::stat_field(&stat, 4)?.parse().ok()?;
         (ppid == master).then(|| stat_path(pid, None))
     })
 }
@@ -324,8 +318,8 @@ fn nginx_worker(master: u32) -> Option<std::path::PathBuf> {
 /// and 15, in clock ticks).
 fn cpu_seconds(stat: &Path) -> Option<f64> {
     let text = std::fs::read_to_string(stat).ok()?;
-    let mut fields = text.rsplit_once(')')?.1.split_whitespace().skip(11);
-    let (user, system): (u64, u64) = (fields.next()?.parse().ok()?, fields.next()?.parse().ok()?);
+    let field = |n| -> Option<u64> { cuvisor::ledger::stat_field(&text, n)?.parse().ok() };
+    let (user, system) = (field(14)?, field(15)?);
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     Some((user + system) as f64 / ticks as f64)

@@ -117,12 +117,7 @@ fn the_ledger_listing_shows_host_pids_and_uncertain_bytes() {
     let pid = process["pid"].as_u64().expect("a host pid");
     // The worker is the child of the instance's init, as the host sees it.
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let ppid: u64 = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .nth(1)
+    let ppid: u64 = cuvisor::ledger::stat_field(&stat, 4)
         .unwrap()
         .parse()
         .unwrap();

@@ -1633,14 +1633,20 @@ fn own_pid_namespace() -> u64 {
 
 /// A process's start time in clock ticks since boot (0 if unknown).
 pub fn start_time(pid: u32) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0;
-    };
-    // The command name (field 2) may contain spaces: count fields after its ')'.
-    stat.rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().nth(19))
-        .and_then(|v| v.parse().ok())
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat_field(&stat, 22)?.parse().ok())
         .unwrap_or(0)
+}
+
+/// Field `n` (numbered from 1, as proc(5) numbers them; 3 or more) of the text of a
+/// `/proc/PID/stat` or `/proc/PID/task/TID/stat`. The command name (field 2) may contain
+/// spaces and parentheses: fields are counted after its last `)`.
+pub fn stat_field(stat: &str, n: usize) -> Option<&str> {
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(n.checked_sub(3)?)
 }
 
 /// A process's place in a ledger: reserve and release bytes against the model's quota.
@@ -1654,8 +1660,8 @@ pub fn start_time(pid: u32) -> u64 {
 /// reservation) or ignored (a release: the detach gave everything back). An operation
 /// also writes its bytes in its thread's cell of the slot, for a reclaimer to count as
 /// uncertain should the process be killed in the middle. On the process's first
-/// [`gate::THREADS`] threads that costs plain stores; other threads add to and subtract
-/// from the slot's shared `inflight` instead.
+/// [`gate::THREADS`] threads that costs plain stores; other threads count themselves in
+/// `unrecorded` (process memory) and then use the slot's shared `inflight`.
 pub struct Attachment<'a> {
     file: &'a LedgerFile,
     index: u32,
@@ -1926,6 +1932,23 @@ mod tests {
 
     fn uuid(n: u8) -> GpuUuid {
         GpuUuid([n; 16])
+    }
+
+    #[test]
+    fn stat_fields_are_counted_after_the_last_parenthesis_of_the_name() {
+        let stat = "42 (a) (b c) S 7 42 42 0 -1 4194560 1 2 3 4 150 25 0 0 20 0 1 0 9001 0";
+        assert_eq!(stat_field(stat, 3), Some("S"));
+        assert_eq!(stat_field(stat, 4), Some("7"));
+        assert_eq!(
+            (
+                stat_field(stat, 14),
+                stat_field(stat, 15),
+                stat_field(stat, 22)
+            ),
+            (Some("150"), Some("25"), Some("9001"))
+        );
+        assert_eq!(stat_field(stat, 2), None);
+        assert_eq!(stat_field("no name here", 3), None);
     }
 
     #[test]
