@@ -26,7 +26,14 @@ fn main() {
     shared_object(
         &out,
         "libcuda.so.1",
-        &["libcuda_core.c", "libcuda_memory.c", "libcuda_procaddr.c"],
+        &[
+            "libcuda_core.c",
+            "libcuda_memory.c",
+            "libcuda_modules.c",
+            "libcuda_procaddr.c",
+            "libcuda_darkapi.c",
+            "hmac_md2.c",
+        ],
         &with_core,
     );
     shared_object(&out, "libnvidia-ml.so.1", &["libnvml.c"], &with_core);
@@ -66,6 +73,8 @@ fn main() {
     );
     let runtime = ["-L", path_str(&out), "-lcudart", "-ldl"];
     executable(&out, "runtime_probe", "probes/runtime_probe.c", &runtime);
+    // NVIDIA's runtime from its wheels (tests/nvidia_runtime.rs): opened by path at run time.
+    executable(&out, "nvrt_probe", "probes/nvrt_probe.c", &["-ldl"]);
     executable(&out, "bench", "probes/bench.c", &direct);
     executable(&out, "stamp", "probes/stamp.c", &[]);
     shared_object(

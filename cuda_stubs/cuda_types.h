@@ -13,6 +13,7 @@ typedef int CUdevice;
 typedef unsigned long long CUdeviceptr;    /* CUdeviceptr_v2 */
 typedef unsigned int CUdeviceptr_v1;       /* legacy 32-bit ABI */
 typedef unsigned long long cuuint64_t;
+typedef uint32_t cuuint32_t;
 typedef struct fg_context *CUcontext;
 typedef struct fg_green_ctx *CUgreenCtx;   /* never created by the fake */
 typedef struct fg_stream *CUstream;
@@ -21,6 +22,12 @@ typedef struct fg_pool *CUmemoryPool;
 typedef struct fg_array *CUarray;
 typedef struct fg_array *CUmipmappedArray;
 typedef unsigned long long CUmemGenericAllocationHandle;
+/* Code objects are opaque handles (libcuda_modules.c): a module is its library, a kernel
+ * its function. */
+typedef struct fg_library *CUlibrary;
+typedef struct fg_library *CUmodule;
+typedef struct fg_function *CUkernel;
+typedef struct fg_function *CUfunction;
 
 enum {
     CUDA_SUCCESS = 0,
@@ -32,6 +39,7 @@ enum {
     CUDA_ERROR_INVALID_DEVICE = 101,
     CUDA_ERROR_INVALID_CONTEXT = 201,
     CUDA_ERROR_CONTEXT_ALREADY_CURRENT = 202,
+    CUDA_ERROR_INVALID_IMAGE = 200,
     CUDA_ERROR_MAP_FAILED = 205,
     CUDA_ERROR_INVALID_HANDLE = 400,
     CUDA_ERROR_NOT_FOUND = 500,
@@ -61,7 +69,7 @@ enum {
     CU_DEVICE_ATTRIBUTE_CONCURRENT_MANAGED_ACCESS = 89,
     CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED = 102,
     CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED = 115,
-    CU_DEVICE_ATTRIBUTE_MAX = 150, /* beyond the last attribute of CUDA 12.9 */
+    CU_DEVICE_ATTRIBUTE_MAX = 148, /* beyond the last attribute of CUDA 13.0 (h100_attributes.h) */
 };
 
 enum { CU_MEM_ATTACH_GLOBAL = 0x1, CU_MEM_ATTACH_HOST = 0x2, CU_MEM_ATTACH_SINGLE = 0x4 };
@@ -86,7 +94,7 @@ enum { /* CUmemLocationType */
 typedef struct { int type; int id; } CUmemLocation;
 
 enum { CU_MEM_ALLOCATION_TYPE_PINNED = 1 };
-enum { CU_MEM_HANDLE_TYPE_NONE = 0 };
+enum { CU_MEM_HANDLE_TYPE_NONE = 0, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR = 1 };
 enum { CU_MEM_ALLOC_GRANULARITY_MINIMUM = 0, CU_MEM_ALLOC_GRANULARITY_RECOMMENDED = 1 };
 enum { CU_MEM_ACCESS_FLAGS_PROT_NONE = 0, CU_MEM_ACCESS_FLAGS_PROT_READ = 1, CU_MEM_ACCESS_FLAGS_PROT_READWRITE = 3 };
 
@@ -188,7 +196,23 @@ enum { CU_STREAM_CAPTURE_STATUS_NONE = 0 };
 #define CU_STREAM_LEGACY ((CUstream)0x1)
 #define CU_STREAM_PER_THREAD ((CUstream)0x2)
 
-/* The driver version the fake reports (CUDA 12.9) and answers cuGetProcAddress for. */
-#define FAKE_CUDA_DRIVER_VERSION 12090
+enum { /* CUfunction_attribute */
+    CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK = 0,
+    CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES = 1,
+    CU_FUNC_ATTRIBUTE_CONST_SIZE_BYTES = 2,
+    CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES = 3,
+    CU_FUNC_ATTRIBUTE_NUM_REGS = 4,
+    CU_FUNC_ATTRIBUTE_PTX_VERSION = 5,
+    CU_FUNC_ATTRIBUTE_BINARY_VERSION = 6,
+    CU_FUNC_ATTRIBUTE_CACHE_MODE_CA = 7,
+    CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8,
+    CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT = 9,
+    CU_FUNC_ATTRIBUTE_CLUSTER_SIZE_MUST_BE_SET = 10,
+    CU_FUNC_ATTRIBUTE_REQUIRED_CLUSTER_WIDTH = 11,
+    CU_FUNC_ATTRIBUTE_REQUIRED_CLUSTER_HEIGHT = 12,
+    CU_FUNC_ATTRIBUTE_REQUIRED_CLUSTER_DEPTH = 13,
+    CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED = 14,
+    CU_FUNC_ATTRIBUTE_CLUSTER_SCHEDULING_POLICY_PREFERENCE = 15,
+};
 
 #endif

@@ -103,6 +103,13 @@ FG_API void fg_register_calls(const char *const *names, uint64_t *counters, int 
 /* libcuda hands over what the process did not free, just before the report is written. */
 FG_API void fg_report_leak(const char *kind, uint64_t ptr, uint64_t bytes);
 
+/* The CUDA version the driver reports (cuDriverGetVersion, NVML) and answers
+ * cuGetProcAddress for: FAKE_CUDA_DRIVER_VERSION, read once (works before fg_init, as the
+ * runtime asks before cuInit), default CUDA 12.9. -1 when the variable is invalid (said
+ * once; fg_init fails too). */
+#define FG_DRIVER_VERSION_DEFAULT 12090
+FG_API int fg_driver_version(void);
+
 /* Size syntax shared with CUVISOR_QUOTA (without the percent form). 0 on success. */
 FG_API int fg_parse_size(const char *s, uint64_t *out);
 

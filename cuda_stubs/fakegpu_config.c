@@ -1,6 +1,7 @@
 /* FAKE_CUDA_* environment: parsed once, every bad value reported with the accepted forms. */
 #include <ctype.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -96,6 +97,32 @@ static int parse_device_mem(fg_config_t *c, int count_ok) {
     return 0;
 }
 
+static int driver_version;
+static pthread_once_t driver_version_once = PTHREAD_ONCE_INIT;
+
+/* major * 1000 + minor * 10, as CUDA writes versions: 12090 is 12.9, 13020 is 13.2. */
+static void parse_driver_version(void) {
+    const char *v = getenv("FAKE_CUDA_DRIVER_VERSION");
+    driver_version = FG_DRIVER_VERSION_DEFAULT;
+    if (!v) return;
+    char *end;
+    errno = 0;
+    long n = strtol(v, &end, 10);
+    if (*v < '0' || *v > '9' || *end || errno || n < 11000 || n > 99990 || n % 10) {
+        bad("FAKE_CUDA_DRIVER_VERSION", v,
+            "expected a CUDA version as major*1000 + minor*10, from 11000 to 99990, e.g. 12090 "
+            "for 12.9 or 13020 for 13.2");
+        driver_version = -1;
+        return;
+    }
+    driver_version = (int)n;
+}
+
+int fg_driver_version(void) {
+    pthread_once(&driver_version_once, parse_driver_version);
+    return driver_version;
+}
+
 /* Fills `c` from the environment; -1 after one message per bad variable. */
 int fg_config_from_env(fg_config_t *c) {
     *c = (fg_config_t){.device_count = 1, .managed = 1, .pools = 1};
@@ -121,6 +148,7 @@ int fg_config_from_env(fg_config_t *c) {
         else
             c->nvml_units = (int)n;
     }
+    if (fg_driver_version() < 0) rc = -1;
     rc |= parse_path("FAKE_CUDA_REPORT", &c->report_path);
     rc |= parse_path("FAKE_CUDA_STATE", &c->state_path);
     return rc ? -1 : 0;

@@ -83,6 +83,7 @@ static void parse_visible(void) {
 }
 
 int cu_valid_device(CUdevice dev) { return dev >= 0 && dev < n_visible; }
+int cu_visible_count(void) { return n_visible; }
 int cu_phys(CUdevice dev) { return visible[dev]; }
 
 int cu_ordinal(int phys) {
@@ -102,10 +103,15 @@ EXPORT CUresult cuInit(unsigned int flags) {
     return CUDA_SUCCESS;
 }
 
+int cu_driver_version(void) {
+    int v = fg_driver_version();
+    return v > 0 ? v : FG_DRIVER_VERSION_DEFAULT; /* invalid: said once, and cuInit fails */
+}
+
 EXPORT CUresult cuDriverGetVersion(int *version) {
     COUNT(cuDriverGetVersion);
     if (!version) return CUDA_ERROR_INVALID_VALUE;
-    *version = FAKE_CUDA_DRIVER_VERSION;
+    *version = cu_driver_version();
     return CUDA_SUCCESS;
 }
 
@@ -216,31 +222,32 @@ EXPORT CUresult cuDeviceTotalMem(unsigned int *bytes, CUdevice dev) {
     return CUDA_SUCCESS;
 }
 
+/* An H100 SXM5's answers (h100_attributes.h), but for what the fake models per device and
+ * per configuration. */
+int cu_attribute(int attrib, CUdevice dev) {
+    const fg_config_t *c = fg_config();
+    switch (attrib) {
+    case CU_DEVICE_ATTRIBUTE_PCI_BUS_ID: return FG_PCI_BUS(cu_phys(dev));
+    case CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID: return 0; /* the slot on the bus */
+    case CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID: return 0;
+    case CU_DEVICE_ATTRIBUTE_CONCURRENT_MANAGED_ACCESS: return c->managed;
+    case CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED: return c->pools;
+    default: break;
+    }
+    switch (attrib) { /* the table's "modelled" lines were answered above */
+#define ATTR(name, number, h100) case number: return h100;
+#include "h100_attributes.h"
+#undef ATTR
+    default: return 0;
+    }
+}
+
 EXPORT CUresult cuDeviceGetAttribute(int *value, int attrib, CUdevice dev) {
     COUNT(cuDeviceGetAttribute);
     CUresult rc = device_query(dev, value);
     if (rc) return rc;
     if (attrib <= 0 || attrib >= CU_DEVICE_ATTRIBUTE_MAX) return CUDA_ERROR_INVALID_VALUE;
-    const fg_config_t *c = fg_config();
-    switch (attrib) {
-    case CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK: *value = 1024; break;
-    case CU_DEVICE_ATTRIBUTE_WARP_SIZE: *value = 32; break;
-    case CU_DEVICE_ATTRIBUTE_TEXTURE_ALIGNMENT: *value = 512; break;
-    case CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT: *value = 132; break;
-    case CU_DEVICE_ATTRIBUTE_CAN_MAP_HOST_MEMORY: *value = 1; break;
-    case CU_DEVICE_ATTRIBUTE_PCI_BUS_ID: *value = FG_PCI_BUS(cu_phys(dev)); break;
-    case CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID: *value = 0; break; /* the slot on the bus */
-    case CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID: *value = 0; break;
-    case CU_DEVICE_ATTRIBUTE_UNIFIED_ADDRESSING: *value = 1; break;
-    case CU_DEVICE_ATTRIBUTE_TEXTURE_PITCH_ALIGNMENT: *value = 32; break;
-    case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR: *value = 9; break;
-    case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR: *value = 0; break;
-    case CU_DEVICE_ATTRIBUTE_MANAGED_MEMORY: *value = 1; break;
-    case CU_DEVICE_ATTRIBUTE_CONCURRENT_MANAGED_ACCESS: *value = c->managed; break;
-    case CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED: *value = 1; break;
-    case CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED: *value = c->pools; break;
-    default: *value = 0; /* not modelled: the capability is absent */
-    }
+    *value = cu_attribute(attrib, dev);
     return CUDA_SUCCESS;
 }
 
@@ -287,7 +294,9 @@ struct fg_context {
     int primary;
     int refcount;     /* primary: retains; created: 1 until destroyed */
     unsigned flags;
+    unsigned long long id; /* cuCtxGetId: unique in the process, new for a reset primary */
 };
+static unsigned long long next_ctx_id = 1;
 
 static struct fg_context primary_ctx[FG_MAX_DEVICES];
 static pthread_mutex_t ctx_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -295,6 +304,9 @@ static __thread CUcontext ctx_stack[32];
 static __thread int ctx_depth;
 
 static int ctx_alive(CUcontext c) { return c && c->magic == CTX_MAGIC && c->refcount > 0; }
+/* A primary context's handle stays valid while inactive: it can be made current (work in it
+ * fails until it is retained). The runtime does this with the handle from its private table. */
+static int ctx_settable(CUcontext c) { return ctx_alive(c) || (c && c->magic == CTX_MAGIC && c->primary); }
 
 CUcontext cu_current_ctx(void) { return ctx_depth ? ctx_stack[ctx_depth - 1] : NULL; }
 
@@ -307,15 +319,28 @@ CUresult cu_ready(int *dev) {
     return CUDA_SUCCESS;
 }
 
+/* The primary context's handle, the same for the life of the process. A reset or last
+ * release deactivates it; its next activation is a new context with a new id. */
+static struct fg_context *primary_locked(CUdevice dev) {
+    struct fg_context *c = &primary_ctx[dev];
+    *c = (struct fg_context){.magic = CTX_MAGIC, .dev = dev, .primary = 1, .refcount = c->refcount,
+                             .flags = c->flags, .id = c->id ? c->id : next_ctx_id++};
+    return c;
+}
+
+CUcontext cu_primary_ctx(CUdevice dev) {
+    pthread_mutex_lock(&ctx_lock);
+    struct fg_context *c = primary_locked(dev);
+    pthread_mutex_unlock(&ctx_lock);
+    return c;
+}
+
 EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *ctx, CUdevice dev) {
     COUNT(cuDevicePrimaryCtxRetain);
     CUresult rc = device_query(dev, ctx);
     if (rc) return rc;
     pthread_mutex_lock(&ctx_lock);
-    struct fg_context *c = &primary_ctx[dev];
-    c->magic = CTX_MAGIC;
-    c->dev = dev;
-    c->primary = 1;
+    struct fg_context *c = primary_locked(dev);
     c->refcount++;
     pthread_mutex_unlock(&ctx_lock);
     fg_note_context(cu_phys(dev));
@@ -329,8 +354,10 @@ static CUresult primary_release(CUdevice dev) {
     if (!cu_valid_device(dev)) return CUDA_ERROR_INVALID_DEVICE;
     pthread_mutex_lock(&ctx_lock);
     rc = primary_ctx[dev].refcount > 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_CONTEXT;
-    if (!rc) primary_ctx[dev].refcount--;
+    int last = !rc && --primary_ctx[dev].refcount == 0;
+    if (last) primary_ctx[dev].id = 0; /* its next activation is a new context */
     pthread_mutex_unlock(&ctx_lock);
+    if (last) cu_cls_context_gone(&primary_ctx[dev]);
     return rc;
 }
 EXPORT CUresult cuDevicePrimaryCtxRelease(CUdevice dev) { COUNT(cuDevicePrimaryCtxRelease); return primary_release(dev); }
@@ -363,7 +390,9 @@ static CUresult primary_reset(CUdevice dev) {
     pthread_mutex_lock(&ctx_lock);
     primary_ctx[dev].refcount = 0;
     primary_ctx[dev].flags = 0;
+    primary_ctx[dev].id = 0;
     pthread_mutex_unlock(&ctx_lock);
+    cu_cls_context_gone(&primary_ctx[dev]); /* the runtime's destructors run here */
     return CUDA_SUCCESS;
 }
 EXPORT CUresult cuDevicePrimaryCtxReset(CUdevice dev) { COUNT(cuDevicePrimaryCtxReset); return primary_reset(dev); }
@@ -376,7 +405,11 @@ EXPORT CUresult cuCtxCreate_v2(CUcontext *ctx, unsigned flags, CUdevice dev) {
     if (ctx_depth == (int)(sizeof ctx_stack / sizeof ctx_stack[0])) return CUDA_ERROR_UNKNOWN;
     struct fg_context *c = calloc(1, sizeof *c);
     if (!c) return CUDA_ERROR_OUT_OF_MEMORY;
-    *c = (struct fg_context){.magic = CTX_MAGIC, .dev = dev, .refcount = 1, .flags = flags};
+    *c = (struct fg_context){.magic = CTX_MAGIC, .dev = dev, .refcount = 1, .flags = flags,
+                             .id = 0};
+    pthread_mutex_lock(&ctx_lock);
+    c->id = next_ctx_id++;
+    pthread_mutex_unlock(&ctx_lock);
     ctx_stack[ctx_depth++] = c;
     fg_note_context(cu_phys(dev));
     *ctx = c;
@@ -391,6 +424,7 @@ EXPORT CUresult cuCtxDestroy_v2(CUcontext ctx) {
     ctx->refcount = 0;
     ctx->magic = 0;
     if (cu_current_ctx() == ctx) ctx_depth--;
+    cu_cls_context_gone(ctx);
     return CUDA_SUCCESS;
 }
 
@@ -398,7 +432,7 @@ EXPORT CUresult cuCtxPushCurrent_v2(CUcontext ctx) {
     COUNT(cuCtxPushCurrent_v2);
     CUresult rc = cu_initialized();
     if (rc) return rc;
-    if (!ctx_alive(ctx)) return CUDA_ERROR_INVALID_CONTEXT;
+    if (!ctx_settable(ctx)) return CUDA_ERROR_INVALID_CONTEXT;
     if (ctx_depth == (int)(sizeof ctx_stack / sizeof ctx_stack[0])) return CUDA_ERROR_UNKNOWN;
     ctx_stack[ctx_depth++] = ctx;
     return CUDA_SUCCESS;
@@ -422,7 +456,7 @@ EXPORT CUresult cuCtxSetCurrent(CUcontext ctx) {
         if (ctx_depth) ctx_depth--;
         return CUDA_SUCCESS;
     }
-    if (!ctx_alive(ctx)) return CUDA_ERROR_INVALID_CONTEXT;
+    if (!ctx_settable(ctx)) return CUDA_ERROR_INVALID_CONTEXT;
     if (ctx_depth == 0) ctx_depth = 1;
     ctx_stack[ctx_depth - 1] = ctx;
     return CUDA_SUCCESS;
@@ -444,6 +478,55 @@ EXPORT CUresult cuCtxGetDevice(CUdevice *dev) {
     if (rc) return rc;
     if (!dev) return CUDA_ERROR_INVALID_VALUE;
     *dev = d;
+    return CUDA_SUCCESS;
+}
+
+/* A context argument: NULL is the current one. */
+static CUresult ctx_arg(CUcontext *ctx) {
+    CUresult rc = cu_initialized();
+    if (rc) return rc;
+    if (!*ctx) *ctx = cu_current_ctx();
+    return ctx_settable(*ctx) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_CONTEXT;
+}
+
+EXPORT CUresult cuCtxGetId(CUcontext ctx, unsigned long long *id) {
+    COUNT(cuCtxGetId);
+    return cu_context_id(ctx, id);
+}
+
+CUresult cu_context_id(CUcontext ctx, unsigned long long *id) {
+    CUresult rc = ctx_arg(&ctx);
+    if (rc) return rc;
+    if (!id) return CUDA_ERROR_INVALID_VALUE;
+    *id = ctx->id;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuCtxGetApiVersion(CUcontext ctx, unsigned *version) {
+    COUNT(cuCtxGetApiVersion);
+    CUresult rc = ctx_arg(&ctx);
+    if (rc) return rc;
+    if (!version) return CUDA_ERROR_INVALID_VALUE;
+    *version = 3020; /* contexts of the _v2 API */
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuCtxGetFlags(unsigned *flags) {
+    COUNT(cuCtxGetFlags);
+    CUresult rc = cu_ready(NULL);
+    if (rc) return rc;
+    if (!flags) return CUDA_ERROR_INVALID_VALUE;
+    *flags = cu_current_ctx()->flags;
+    return CUDA_SUCCESS;
+}
+
+/* Lower numbers are higher priorities: 0 (least) to -5 (greatest) on an H100. */
+EXPORT CUresult cuCtxGetStreamPriorityRange(int *least, int *greatest) {
+    COUNT(cuCtxGetStreamPriorityRange);
+    CUresult rc = cu_ready(NULL);
+    if (rc) return rc;
+    if (least) *least = 0;
+    if (greatest) *greatest = -5;
     return CUDA_SUCCESS;
 }
 
@@ -583,6 +666,15 @@ static CUresult event_record(CUevent e, CUstream s) {
     return CUDA_SUCCESS;
 }
 EXPORT CUresult cuEventRecord(CUevent e, CUstream s) { COUNT(cuEventRecord); return event_record(e, s); }
+/* Flags: CU_EVENT_RECORD_DEFAULT (0) or CU_EVENT_RECORD_EXTERNAL (1, graphs only). */
+EXPORT CUresult cuEventRecordWithFlags(CUevent e, CUstream s, unsigned f) {
+    COUNT(cuEventRecordWithFlags);
+    return f > 1 ? CUDA_ERROR_INVALID_VALUE : event_record(e, s);
+}
+EXPORT CUresult cuEventRecordWithFlags_ptsz(CUevent e, CUstream s, unsigned f) {
+    COUNT(cuEventRecordWithFlags_ptsz);
+    return f > 1 ? CUDA_ERROR_INVALID_VALUE : event_record(e, s);
+}
 EXPORT CUresult cuEventRecord_ptsz(CUevent e, CUstream s) { COUNT(cuEventRecord_ptsz); return event_record(e, s); }
 
 EXPORT CUresult cuEventSynchronize(CUevent e) {
@@ -636,10 +728,22 @@ EXPORT CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int version,
     return cu_get_proc_address(symbol, pfn, version, flags, status);
 }
 
-/* The real cudart asks for private tables here; the fake has none to offer. */
-EXPORT CUresult cuGetExportTable(const void **table, const CUuuid *id) {
-    COUNT(cuGetExportTable);
-    (void)id;
-    if (table) *table = NULL;
-    return CUDA_ERROR_NOT_SUPPORTED;
+/* cuGetExportTable, the runtime's private tables, is in libcuda_darkapi.c. */
+
+/* Graph memory: the fake has no graphs, so none is ever used or reserved (the four
+ * CUgraphMem_attribute values are cuuint64_t counters). */
+EXPORT CUresult cuDeviceGetGraphMemAttribute(CUdevice dev, int attr, void *value) {
+    COUNT(cuDeviceGetGraphMemAttribute);
+    CUresult rc = device_query(dev, value);
+    if (rc) return rc;
+    if (attr < 0 || attr > 3) return CUDA_ERROR_INVALID_VALUE;
+    *(cuuint64_t *)value = 0;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuDeviceGraphMemTrim(CUdevice dev) {
+    COUNT(cuDeviceGraphMemTrim);
+    CUresult rc = cu_initialized();
+    if (rc) return rc;
+    return cu_valid_device(dev) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_DEVICE;
 }

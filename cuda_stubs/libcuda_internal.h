@@ -34,6 +34,19 @@ int cu_stream_device(CUstream s, int current);
 /* The synchronizing calls release what memory pools hold beyond their threshold. */
 void cu_pools_sync(void);
 void cu_report_leaks(void);
+/* The number of visible devices (after cuInit), and cuDeviceGetAttribute's answer for a
+ * valid ordinal and attribute, without counting a call. */
+int cu_visible_count(void);
+int cu_attribute(int attrib, CUdevice dev);
+/* The device's primary context without retaining it (the runtime's private table). */
+CUcontext cu_primary_ctx(CUdevice dev);
+/* A context's state is gone (reset, last release, destroy): its context-local storage
+ * values are removed and their destructors run. */
+void cu_cls_context_gone(CUcontext ctx);
+/* cuCtxGetId without counting a call: NULL is the current context. */
+CUresult cu_context_id(CUcontext ctx, unsigned long long *id);
+/* The driver version this process reports (FAKE_CUDA_DRIVER_VERSION, read once). */
+int cu_driver_version(void);
 /* cuGetProcAddress: base name + cudaVersion + flags -> the variant, with NVIDIA's rules. */
 CUresult cu_get_proc_address(const char *symbol, void **pfn, int version, cuuint64_t flags,
                              CUdriverProcAddressQueryResult *status);

@@ -300,7 +300,8 @@ struct vmm_handle {
     uint64_t size;
     int dev;
     uint32_t range;
-    int released;
+    int refs;             /* cuMemCreate and each cuMemRetainAllocationHandle; cuMemRelease drops one */
+    CUmemAllocationProp prop;
     int maps;
     struct vmm_handle *next;
 };
@@ -312,12 +313,12 @@ static size_t n_mappings, cap_mappings;
 
 static struct vmm_handle *handle_of(CUmemGenericAllocationHandle h) {
     for (struct vmm_handle *v = handles; v; v = v->next)
-        if ((uintptr_t)v == h && v->magic == VMM_MAGIC && !v->released) return v;
+        if ((uintptr_t)v == h && v->magic == VMM_MAGIC && v->refs > 0) return v;
     return NULL;
 }
 
 static void handle_destroy_if_unused(struct vmm_handle *v) {
-    if (!v->released || v->maps) return;
+    if (v->refs > 0 || v->maps) return;
     if (v->range != FG_NO_RANGE) fg_range_free(v->range);
     close(v->fd);
     v->magic = 0;
@@ -362,7 +363,8 @@ EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size,
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
     *v = (struct vmm_handle){.magic = VMM_MAGIC, .fd = fd, .size = size,
-                             .dev = on_device ? prop->location.id : -1, .range = FG_NO_RANGE};
+                             .dev = on_device ? prop->location.id : -1, .range = FG_NO_RANGE,
+                             .refs = 1, .prop = *prop};
     fg_lock();
     if (on_device) {
         v->range = fg_range_new(cu_phys(v->dev), FG_FIXED, size);
@@ -389,11 +391,77 @@ EXPORT CUresult cuMemRelease(CUmemGenericAllocationHandle handle) {
     fg_lock();
     struct vmm_handle *v = handle_of(handle);
     if (v) {
-        v->released = 1;
+        v->refs--;
         handle_destroy_if_unused(v);
     }
     fg_unlock();
     return v ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+/* The handle mapped at `addr`, with one more reference that cuMemRelease must drop. */
+EXPORT CUresult cuMemRetainAllocationHandle(CUmemGenericAllocationHandle *handle, void *addr) {
+    COUNT(cuMemRetainAllocationHandle);
+    CUresult rc = cu_ready(NULL);
+    if (rc) return rc;
+    if (!handle) return CUDA_ERROR_INVALID_VALUE;
+    uint64_t a = (uintptr_t)addr;
+    rc = CUDA_ERROR_INVALID_VALUE;
+    fg_lock();
+    for (size_t i = 0; i < n_mappings; i++)
+        if (a >= mappings[i].va && a < mappings[i].va + mappings[i].size) {
+            mappings[i].h->refs++;
+            *handle = (uintptr_t)mappings[i].h;
+            rc = CUDA_SUCCESS;
+            break;
+        }
+    fg_unlock();
+    return rc;
+}
+
+EXPORT CUresult cuMemGetAllocationPropertiesFromHandle(CUmemAllocationProp *prop,
+                                                       CUmemGenericAllocationHandle handle) {
+    COUNT(cuMemGetAllocationPropertiesFromHandle);
+    CUresult rc = cu_initialized();
+    if (rc) return rc;
+    if (!prop) return CUDA_ERROR_INVALID_VALUE;
+    fg_lock();
+    struct vmm_handle *v = handle_of(handle);
+    if (v) *prop = v->prop;
+    fg_unlock();
+    return v ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+/* A POSIX file descriptor of the handle's memory (a new descriptor the caller closes),
+ * for a handle created with that type among its requestedHandleTypes, as the driver
+ * requires. Other types are not supported by the fake. */
+EXPORT CUresult cuMemExportToShareableHandle(void *shareable, CUmemGenericAllocationHandle handle, int type,
+                                             unsigned long long flags) {
+    COUNT(cuMemExportToShareableHandle);
+    CUresult rc = cu_initialized();
+    if (rc) return rc;
+    if (!shareable || flags != 0) return CUDA_ERROR_INVALID_VALUE;
+    if (type != CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR) return CUDA_ERROR_NOT_SUPPORTED;
+    fg_lock();
+    struct vmm_handle *v = handle_of(handle);
+    int fd = -1;
+    if (v && (v->prop.requestedHandleTypes & CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR))
+        fd = fcntl(v->fd, F_DUPFD_CLOEXEC, 0);
+    fg_unlock();
+    if (!v || !(v->prop.requestedHandleTypes & CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR))
+        return CUDA_ERROR_INVALID_VALUE;
+    if (fd < 0) return CUDA_ERROR_OUT_OF_MEMORY;
+    *(int *)shareable = fd;
+    return CUDA_SUCCESS;
+}
+
+/* Importing would make another process's memory this one's: the fake does not model it. */
+EXPORT CUresult cuMemImportFromShareableHandle(CUmemGenericAllocationHandle *handle, void *os_handle, int type) {
+    COUNT(cuMemImportFromShareableHandle);
+    CUresult rc = cu_initialized();
+    if (rc) return rc;
+    if (!handle || (type == CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR && (intptr_t)os_handle < 0))
+        return CUDA_ERROR_INVALID_VALUE;
+    return CUDA_ERROR_NOT_SUPPORTED;
 }
 
 EXPORT CUresult cuMemAddressReserve(CUdeviceptr *ptr, size_t size, size_t align, CUdeviceptr addr,
@@ -953,6 +1021,16 @@ static CUresult memset_n(CUdeviceptr d, uint32_t value, size_t count, unsigned w
     fg_unlock();
     return rc;
 }
+/* Stream memory operations: the write happens at once (the fake's streams are synchronous). */
+static CUresult write_value32(CUdeviceptr d, uint32_t value, unsigned flags, CUstream s) {
+    return flags > 1 /* CU_STREAM_WRITE_VALUE_NO_MEMORY_BARRIER */ ? CUDA_ERROR_INVALID_VALUE
+                                                                     : memset_n(d, value, 1, 4, s);
+}
+EXPORT CUresult cuStreamWriteValue32(CUstream s, CUdeviceptr d, cuuint32_t v, unsigned f) { COUNT(cuStreamWriteValue32); return write_value32(d, v, f, s); }
+EXPORT CUresult cuStreamWriteValue32_ptsz(CUstream s, CUdeviceptr d, cuuint32_t v, unsigned f) { COUNT(cuStreamWriteValue32_ptsz); return write_value32(d, v, f, s); }
+EXPORT CUresult cuStreamWriteValue32_v2(CUstream s, CUdeviceptr d, cuuint32_t v, unsigned f) { COUNT(cuStreamWriteValue32_v2); return write_value32(d, v, f, s); }
+EXPORT CUresult cuStreamWriteValue32_v2_ptsz(CUstream s, CUdeviceptr d, cuuint32_t v, unsigned f) { COUNT(cuStreamWriteValue32_v2_ptsz); return write_value32(d, v, f, s); }
+
 EXPORT CUresult cuMemsetD8_v2(CUdeviceptr d, unsigned char v, size_t n) { COUNT(cuMemsetD8_v2); return memset_n(d, v, n, 1, NULL); }
 EXPORT CUresult cuMemsetD8_v2_ptds(CUdeviceptr d, unsigned char v, size_t n) { COUNT(cuMemsetD8_v2_ptds); return memset_n(d, v, n, 1, NULL); }
 EXPORT CUresult cuMemsetD32_v2(CUdeviceptr d, unsigned int v, size_t n) { COUNT(cuMemsetD32_v2); return memset_n(d, v, n, 4, NULL); }
@@ -1288,7 +1366,7 @@ void cu_report_leaks(void) {
     for (size_t i = 0; i < n_allocs; i++)
         if (allocs[i].kind != A_VA) fg_report_leak(kind_names[allocs[i].kind], allocs[i].dptr, allocs[i].size);
     for (struct vmm_handle *v = handles; v; v = v->next)
-        if (!v->released) fg_report_leak("vmm", (uintptr_t)v, v->size);
+        if (v->refs > 0) fg_report_leak("vmm", (uintptr_t)v, v->size);
     for (struct fg_array *a = arrays; a; a = a->next) fg_report_leak("array", (uintptr_t)a, a->bytes);
     fg_unlock();
 }

@@ -268,7 +268,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetCudaComputeCapability(nvmlDevice_t d, int *majo
 static nvmlReturn_t cuda_driver_version(int *v) {
     if (!ready()) return NVML_ERROR_UNINITIALIZED;
     if (!v) return NVML_ERROR_INVALID_ARGUMENT;
-    *v = FAKE_CUDA_DRIVER_VERSION;
+    *v = fg_driver_version() > 0 ? fg_driver_version() : FG_DRIVER_VERSION_DEFAULT;
     return NVML_SUCCESS;
 }
 EXPORT nvmlReturn_t nvmlSystemGetCudaDriverVersion(int *v) { COUNT(nvmlSystemGetCudaDriverVersion); return cuda_driver_version(v); }
