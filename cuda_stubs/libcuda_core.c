@@ -357,7 +357,10 @@ static CUresult primary_release(CUdevice dev) {
     int last = !rc && --primary_ctx[dev].refcount == 0;
     if (last) primary_ctx[dev].id = 0; /* its next activation is a new context */
     pthread_mutex_unlock(&ctx_lock);
-    if (last) cu_cls_context_gone(&primary_ctx[dev]);
+    if (last) {
+        cu_cls_context_gone(&primary_ctx[dev]);
+        cu_memory_context_gone(&primary_ctx[dev]);
+    }
     return rc;
 }
 EXPORT CUresult cuDevicePrimaryCtxRelease(CUdevice dev) { COUNT(cuDevicePrimaryCtxRelease); return primary_release(dev); }
@@ -393,6 +396,7 @@ static CUresult primary_reset(CUdevice dev) {
     primary_ctx[dev].id = 0;
     pthread_mutex_unlock(&ctx_lock);
     cu_cls_context_gone(&primary_ctx[dev]); /* the runtime's destructors run here */
+    cu_memory_context_gone(&primary_ctx[dev]);
     return CUDA_SUCCESS;
 }
 EXPORT CUresult cuDevicePrimaryCtxReset(CUdevice dev) { COUNT(cuDevicePrimaryCtxReset); return primary_reset(dev); }
@@ -425,6 +429,7 @@ EXPORT CUresult cuCtxDestroy_v2(CUcontext ctx) {
     ctx->magic = 0;
     if (cu_current_ctx() == ctx) ctx_depth--;
     cu_cls_context_gone(ctx);
+    cu_memory_context_gone(ctx);
     return CUDA_SUCCESS;
 }
 

@@ -43,6 +43,8 @@ CUcontext cu_primary_ctx(CUdevice dev);
 /* A context's state is gone (reset, last release, destroy): its context-local storage
  * values are removed and their destructors run. */
 void cu_cls_context_gone(CUcontext ctx);
+/* ...and every allocation made in it is freed (libcuda_memory.c). */
+void cu_memory_context_gone(CUcontext ctx);
 /* cuCtxGetId without counting a call: NULL is the current context. */
 CUresult cu_context_id(CUcontext ctx, unsigned long long *id);
 /* The driver version this process reports (FAKE_CUDA_DRIVER_VERSION, read once). */

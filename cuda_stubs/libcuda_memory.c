@@ -153,6 +153,17 @@ static void drop_alloc(struct alloc *a) {
     table_remove(a);
 }
 
+/* A context is reset or destroyed: every allocation made in it goes, as the driver
+ * documents ("destroy all allocations"), but for reserved address ranges, which belong to
+ * the process. */
+void cu_memory_context_gone(CUcontext ctx) {
+    fg_lock();
+    for (size_t i = n_allocs; i-- > 0;)
+        if (allocs[i].ctx == ctx && allocs[i].kind != A_VA) drop_alloc(&allocs[i]);
+    fg_unlock();
+    cu_pools_sync();
+}
+
 /* ---- plain, pitched, legacy and managed allocations ----------------------------------- */
 
 static CUresult alloc_device(CUdeviceptr *dptr, uint64_t size, enum akind kind) {

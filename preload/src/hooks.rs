@@ -34,6 +34,8 @@ pub enum Policy {
     Pools,
     /// With `CUVISOR_GPUS`: only the model's own processes.
     Processes,
+    /// After a successful reset, uncharges what the driver destroyed with the context.
+    Reset,
 }
 
 impl Policy {
@@ -54,6 +56,7 @@ impl Policy {
             Policy::Filter => "placement: only the model's GPUs (CUVISOR_GPUS), in order",
             Policy::Pools => "not charged; remembers the device of each memory pool",
             Policy::Processes => "placement: only the model's own processes (CUVISOR_GPUS)",
+            Policy::Reset => "after a successful reset, uncharges the allocations it destroyed",
         }
     }
 }
@@ -144,6 +147,8 @@ hook_table! {
     cuArrayDestroy, "cuArrayDestroy", 2000, Legacy, Cuda, Release;
     cuMipmappedArrayDestroy, "cuMipmappedArrayDestroy", 5000, Legacy, Cuda, Release;
     cuIpcGetMemHandle, "cuIpcGetMemHandle", 4010, Legacy, Cuda, Ipc;
+    cuDevicePrimaryCtxReset, "cuDevicePrimaryCtxReset", 7000, Legacy, Cuda, Reset;
+    cuDevicePrimaryCtxReset_v2, "cuDevicePrimaryCtxReset", 11000, Legacy, Cuda, Reset;
     cuMemGetInfo, "cuMemGetInfo", 2000, Legacy, Cuda, Virtualize;
     cuMemGetInfo_v2, "cuMemGetInfo", 3020, Legacy, Cuda, Virtualize;
     cuDeviceTotalMem, "cuDeviceTotalMem", 2000, Legacy, Cuda, Virtualize;

@@ -682,6 +682,51 @@ wrapper! {
 }
 
 wrapper! {
+    /// What `cudaDeviceReset` calls: the driver destroys every allocation of the device's
+    /// primary context.
+    fn cuDevicePrimaryCtxReset(dev: CUdevice) -> CUresult;
+    |forward, rt| { reset(rt, dev, forward) }
+}
+
+wrapper! {
+    fn cuDevicePrimaryCtxReset_v2(dev: CUdevice) -> CUresult;
+    |forward, rt| { reset(rt, dev, forward) }
+}
+
+/// A successful reset destroyed the primary context's allocations behind the shim's back:
+/// every pointer charged on that device that the driver no longer knows is uncharged.
+/// Pointers made in another context of the device, which the driver still knows, stay.
+/// (CUDA requires that no other thread use the device during a reset, so no allocation
+/// reuses a destroyed address before this sweep.) VMM handles are not the context's;
+/// arrays it destroyed stay charged until the process exits (noted in INTERCEPTION.md).
+fn reset(rt: &Runtime, dev: CUdevice, forward: impl FnOnce() -> CUresult) -> CUresult {
+    let rc = forward();
+    if rc != CUDA_SUCCESS {
+        return rc;
+    }
+    let Ok(gpu) = rt.gpu(dev) else {
+        return rc; // never charged anything there
+    };
+    let mut gone = Vec::new();
+    rt.ptrs.for_each(|ptr, record| {
+        if record.gpu == gpu && driver::pointer_device(ptr).is_err() {
+            gone.push(ptr);
+        }
+    });
+    let mut bytes = 0;
+    for ptr in gone {
+        if let Some(record) = rt.ptrs.remove(ptr) {
+            rt.release(record.gpu, record.bytes);
+            bytes += record.bytes;
+        }
+    }
+    if bytes > 0 {
+        log::info!("device {dev} reset: {bytes} bytes of its allocations uncharged");
+    }
+    rc
+}
+
+wrapper! {
     fn cuMemFreeAsync(ptr: CUdeviceptr, stream: CUstream) -> CUresult;
     |forward, rt| { uncharged(rt, &rt.ptrs, ptr, forward) }
 }

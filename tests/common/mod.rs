@@ -71,6 +71,7 @@ pub fn on_fake_gpu(program: impl AsRef<Path>) -> Command {
     cmd
 }
 
+pub mod frameworks;
 pub mod supervisor;
 
 #[path = "../../examples/support/mod.rs"]

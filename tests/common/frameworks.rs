@@ -1,0 +1,178 @@
+//! NVIDIA's own runtime and the frameworks (PyTorch, CuPy) on the fake GPU: pinned wheels
+//! from PyPI, installed as users install them and cached under `target/frameworks/`
+//! (never committed). A test that cannot fetch them fails with the reason;
+//! `CUVISOR_SKIP_FRAMEWORKS=1` skips this tier, loudly.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+/// NVIDIA's runtime wheels the tests pin: (label, pip requirement, the shared library and
+/// the static archive inside the wheel; 12.4's wheel has no static archive).
+pub const RUNTIMES: [(&str, &str, &str, Option<&str>); 3] = [
+    (
+        "12.4",
+        "nvidia-cuda-runtime-cu12==12.4.127",
+        "nvidia/cuda_runtime/lib/libcudart.so.12",
+        None,
+    ),
+    (
+        "12.9",
+        "nvidia-cuda-runtime-cu12==12.9.79",
+        "nvidia/cuda_runtime/lib/libcudart.so.12",
+        Some("nvidia/cuda_runtime/lib/libcudart_static.a"),
+    ),
+    (
+        "13.0",
+        "nvidia-cuda-runtime==13.0.96",
+        "nvidia/cu13/lib/libcudart.so.13",
+        Some("nvidia/cu13/lib/libcudart_static.a"),
+    ),
+];
+
+/// The frameworks' environment: PyTorch 2.15.0 (the PyPI default build, CUDA 13.2 inside),
+/// CuPy 14.2.0 for CUDA 13, and the numpy they share.
+pub const FRAMEWORK_PINS: [&str; 3] = ["torch==2.15.0", "cupy-cuda13x==14.2.0", "numpy==2.4.6"];
+
+/// The driver version the frameworks' runtime needs (13.2).
+pub const FRAMEWORK_DRIVER_VERSION: &str = "13020";
+
+/// False (after saying so on stderr) when the framework tier is switched off.
+pub fn frameworks_enabled(test: &str) -> bool {
+    if std::env::var_os("CUVISOR_SKIP_FRAMEWORKS").is_some_and(|v| v == "1") {
+        eprintln!(
+            "\n*** SKIPPED {test}: CUVISOR_SKIP_FRAMEWORKS=1 switches off the tests of NVIDIA's runtime, PyTorch and CuPy on the fake GPU ***\n"
+        );
+        return false;
+    }
+    true
+}
+
+fn root() -> PathBuf {
+    super::target_dir()
+        .parent()
+        .expect("target/")
+        .join("frameworks")
+}
+
+/// One installation at a time in this test binary.
+static INSTALL: Mutex<()> = Mutex::new(());
+
+fn run_checked(cmd: &mut Command, what: &str) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {cmd:?}\n{}\n{}\nThe framework tier needs PyPI; CUVISOR_SKIP_FRAMEWORKS=1 skips it.",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The unpacked wheel of one pinned runtime (downloaded once).
+pub fn nvidia_runtime(label: &str) -> PathBuf {
+    let (_, requirement, _, _) = RUNTIMES
+        .iter()
+        .find(|r| r.0 == label)
+        .unwrap_or_else(|| panic!("no pinned runtime {label}"));
+    let dir = root().join("runtimes").join(label);
+    let _guard = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    if dir.join(".complete").exists() {
+        return dir;
+    }
+    let wheels = root().join("wheels");
+    let download = root().join("download").join(label);
+    let _ = std::fs::remove_dir_all(&download);
+    run_checked(
+        Command::new("python3")
+            .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
+            .arg("--dest")
+            .arg(&download)
+            .arg(requirement),
+        &format!("downloading {requirement}"),
+    );
+    let wheel = std::fs::read_dir(&download)
+        .expect("download dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "whl"))
+        .unwrap_or_else(|| panic!("pip downloaded no wheel for {requirement}"));
+    std::fs::create_dir_all(&wheels).expect("wheels dir");
+    let _ = std::fs::remove_dir_all(&dir);
+    run_checked(
+        Command::new("python3")
+            .args(["-m", "zipfile", "-e"])
+            .arg(&wheel)
+            .arg(&dir),
+        &format!("unpacking {}", wheel.display()),
+    );
+    std::fs::rename(&wheel, wheels.join(wheel.file_name().expect("name"))).expect("keep wheel");
+    std::fs::write(dir.join(".complete"), requirement).expect("mark complete");
+    dir
+}
+
+/// A directory holding only the fake driver (libcuda, NVML and their core), for
+/// `LD_LIBRARY_PATH`: the fake's own libcudart must not shadow NVIDIA's.
+pub fn driver_only_dir() -> PathBuf {
+    // Named after the build's stub directory; made once and never changed, so that no
+    // process of a parallel test finds it half-made.
+    let stubs = super::stub_dir();
+    let tag = stubs
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::file_name)
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let dir = root().join(format!("driver-{tag}"));
+    let _guard = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    if dir.exists() {
+        return dir;
+    }
+    let partial = root().join(format!("driver-{tag}.partial-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&partial);
+    std::fs::create_dir_all(&partial).expect("driver dir");
+    for lib in ["libcuda.so.1", "libnvidia-ml.so.1", "libfakegpu_core.so"] {
+        std::os::unix::fs::symlink(stubs.join(lib), partial.join(lib))
+            .expect("link a driver library");
+    }
+    if std::fs::rename(&partial, &dir).is_err() {
+        let _ = std::fs::remove_dir_all(&partial); // another test binary made it first
+    }
+    dir
+}
+
+/// The Python of a virtual environment with the pinned frameworks (installed once; about
+/// 5.6 GB, a minute and a half from a nearby index).
+pub fn framework_python() -> PathBuf {
+    let venv = root().join("venv");
+    let python = venv.join("bin").join("python");
+    let marker = venv.join(".cuvisor-pins");
+    let pins = FRAMEWORK_PINS.join(" ");
+    let _guard = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    if std::fs::read_to_string(&marker).is_ok_and(|m| m == pins) {
+        return python;
+    }
+    let _ = std::fs::remove_dir_all(&venv);
+    run_checked(
+        Command::new("python3").args(["-m", "venv"]).arg(&venv),
+        "creating the frameworks' virtual environment",
+    );
+    run_checked(
+        Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", "--only-binary=:all:"])
+            .args(FRAMEWORK_PINS),
+        &format!("installing {pins}"),
+    );
+    std::fs::write(&marker, &pins).expect("mark the environment");
+    python
+}
+
+/// A command on the fake GPU that loads NVIDIA's runtime, not the fake's: the driver-only
+/// directory on `LD_LIBRARY_PATH`, nothing inherited from the test run's environment.
+pub fn on_fake_driver(program: impl AsRef<Path>) -> Command {
+    let mut cmd = super::on_fake_gpu(program);
+    cmd.env("LD_LIBRARY_PATH", driver_only_dir());
+    cmd
+}
