@@ -17,6 +17,7 @@ enum {
     NVML_SUCCESS = 0,
     NVML_ERROR_UNINITIALIZED = 1,
     NVML_ERROR_INVALID_ARGUMENT = 2,
+    NVML_ERROR_NOT_SUPPORTED = 3,
     NVML_ERROR_NOT_FOUND = 6,
     NVML_ERROR_INSUFFICIENT_SIZE = 7,
     NVML_ERROR_DRIVER_NOT_LOADED = 9,
@@ -55,7 +56,8 @@ typedef struct {
     X(nvmlDeviceGetComputeRunningProcesses_v2) X(nvmlDeviceGetComputeRunningProcesses_v3)     \
     X(nvmlDeviceGetSerial) X(nvmlDeviceGetHandleBySerial) X(nvmlDeviceGetTopologyNearestGpus)  \
     X(nvmlSystemGetTopologyGpuSet) X(nvmlDeviceGetMinorNumber) X(nvmlUnitGetCount)           \
-    X(nvmlUnitGetHandleByIndex) X(nvmlUnitGetDevices)
+    X(nvmlUnitGetHandleByIndex) X(nvmlUnitGetDevices) X(nvmlDeviceGetNvLinkRemoteDeviceType)    \
+    X(nvmlDeviceGetNvLinkRemotePciInfo_v2) X(nvmlDeviceGetGpuFabricInfoV)
 enum {
 #define X(name) IDX_##name,
     NVML_ENTRIES(X)
@@ -457,12 +459,33 @@ EXPORT nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t d, unsi
     return processes(d, n, p, 0);
 }
 
+/* ---- NVLink and fabric: the fake GPU has neither (a PCIe H100 answers the same) ------ */
+
+static nvmlReturn_t no_nvlink(nvmlDevice_t d, unsigned link, const void *out) {
+    if (!ready()) return NVML_ERROR_UNINITIALIZED;
+    if (device_of(d) < 0 || !out || link >= 18 /* NVML_NVLINK_MAX_LINKS */) return NVML_ERROR_INVALID_ARGUMENT;
+    return NVML_ERROR_NOT_SUPPORTED;
+}
+EXPORT nvmlReturn_t nvmlDeviceGetNvLinkRemoteDeviceType(nvmlDevice_t d, unsigned link, int *type) {
+    COUNT(nvmlDeviceGetNvLinkRemoteDeviceType);
+    return no_nvlink(d, link, type);
+}
+EXPORT nvmlReturn_t nvmlDeviceGetNvLinkRemotePciInfo_v2(nvmlDevice_t d, unsigned link, void *pci) {
+    COUNT(nvmlDeviceGetNvLinkRemotePciInfo_v2);
+    return no_nvlink(d, link, pci);
+}
+EXPORT nvmlReturn_t nvmlDeviceGetGpuFabricInfoV(nvmlDevice_t d, void *info) {
+    COUNT(nvmlDeviceGetGpuFabricInfoV);
+    return no_nvlink(d, 0, info);
+}
+
 EXPORT const char *nvmlErrorString(nvmlReturn_t r) {
     COUNT(nvmlErrorString);
     switch (r) {
     case NVML_SUCCESS: return "Success";
     case NVML_ERROR_UNINITIALIZED: return "Uninitialized";
     case NVML_ERROR_INVALID_ARGUMENT: return "Invalid Argument";
+    case NVML_ERROR_NOT_SUPPORTED: return "Not Supported";
     case NVML_ERROR_NOT_FOUND: return "Not Found";
     case NVML_ERROR_INSUFFICIENT_SIZE: return "Insufficient Size";
     case NVML_ERROR_DRIVER_NOT_LOADED: return "Driver Not Loaded";

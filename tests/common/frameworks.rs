@@ -31,8 +31,14 @@ pub const RUNTIMES: [(&str, &str, &str, Option<&str>); 3] = [
 ];
 
 /// The frameworks' environment: PyTorch 2.15.0 (the PyPI default build, CUDA 13.2 inside),
-/// CuPy 14.2.0 for CUDA 13, and the numpy they share.
-pub const FRAMEWORK_PINS: [&str; 3] = ["torch==2.15.0", "cupy-cuda13x==14.2.0", "numpy==2.4.6"];
+/// CuPy 14.2.0 for CUDA 13, the numpy they share, and NVML's Python binding (what
+/// `torch.cuda.device_memory_used` asks, as nvidia-smi does).
+pub const FRAMEWORK_PINS: [&str; 4] = [
+    "torch==2.15.0",
+    "cupy-cuda13x==14.2.0",
+    "numpy==2.4.6",
+    "nvidia-ml-py==13.615.71",
+];
 
 /// The driver version the frameworks' runtime needs (13.2).
 pub const FRAMEWORK_DRIVER_VERSION: &str = "13020";
