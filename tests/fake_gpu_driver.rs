@@ -378,3 +378,73 @@ fn many_threads_allocate_copy_and_free_concurrently() {
     assert!(r["device_bytes"]["peak"].as_u64().unwrap() <= 8 * MIB);
     assert_eq!(r["leaked"]["count"], 0);
 }
+
+/// What NVIDIA's runtime needs of the driver beyond the public allocation calls: its
+/// private tables (an unknown one is CUDA_ERROR_NOT_FOUND), context ids, code objects and
+/// a launch that checks its configuration and runs nothing, and a primary-context reset
+/// that destroys the context's allocations (the driver's documented semantics).
+#[test]
+fn private_tables_code_objects_launches_and_resets() {
+    for probe in [
+        driver_probe as fn() -> std::process::Command,
+        driver_probe_dlsym,
+        driver_probe_procaddr,
+    ] {
+        let out = run_script(
+            &mut probe(),
+            "export-table 6bd5fb6c5bf4e74a8987d93912fd9df9 export-table 00112233445566778899aabbccddeeff \
+             export-table f8cff95121468b4eb9e2fb469e7c0dd9 driver-version init ctx-id alloc 1GiB \
+             managed 1GiB roundtrip 1 info launch 2 128 0 launch 2 2048 0 launch 0 1 0 \
+             launch 1 1 49152 launch 1 1 49153 bad-image reset info init ctx-id info",
+        );
+        assert_eq!(
+            out,
+            [
+                "export-table 6bd5fb6c5bf4e74a8987d93912fd9df9 -> 0 table", // CUDART_INTERFACE
+                "export-table 00112233445566778899aabbccddeeff -> 500 null",
+                "export-table f8cff95121468b4eb9e2fb469e7c0dd9 -> 500 null", // known, refused
+                "driver-version -> 0 12090",
+                "init -> 0",
+                "ctx-id -> 0 1",
+                "alloc 1GiB -> 0 #0",
+                "managed 1GiB -> 0 #1",
+                "roundtrip 1 -> 0 ok",
+                "info -> 0 15032385536 17179869184",
+                "launch 2 128 0 -> 0",
+                "launch 2 2048 0 -> 1", // more than 1024 threads a block
+                "launch 0 1 0 -> 1",    // an empty grid
+                "launch 1 1 49152 -> 0",
+                "launch 1 1 49153 -> 1", // past 48 KiB of dynamic shared memory
+                "bad-image -> 200",      // CUDA_ERROR_INVALID_IMAGE
+                "reset -> 0",
+                "info -> 201 0 0", // the reset context is no longer current-and-active
+                "init -> 0",
+                "ctx-id -> 0 2",                     // a new context, with a new id
+                "info -> 0 17179869184 17179869184", // the reset destroyed both allocations
+            ]
+        );
+    }
+}
+
+#[test]
+fn the_driver_version_knob() {
+    let out = run_script(
+        driver_probe().env("FAKE_CUDA_DRIVER_VERSION", "13020"),
+        "driver-version nvml-version",
+    );
+    assert_eq!(
+        out,
+        ["driver-version -> 0 13020", "nvml-version -> 0 13020 13020"]
+    );
+    let out = run(driver_probe()
+        .env("FAKE_CUDA_DRIVER_VERSION", "13.2")
+        .args(["init"]));
+    assert_eq!(lines(&out), ["init -> 3"]);
+    assert!(
+        stderr(&out).contains(
+            "fake-cuda: FAKE_CUDA_DRIVER_VERSION=\"13.2\" is invalid: expected a CUDA version as major*1000 + minor*10, from 11000 to 99990"
+        ),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -597,3 +597,39 @@ fn the_resolution_paths_used_are_reported_at_exit() {
     let (_, _, err) = under_shim(driver_probe_dlsym, &info[..1], "init alloc 4096 free 0");
     assert!(!err.contains("handed out"), "{err}");
 }
+
+/// `cudaDeviceReset` (cuDevicePrimaryCtxReset) destroys the context's allocations in the
+/// driver: the shim gives their bytes back to the quota, on every way of reaching it.
+/// Before the fix, what the process held stayed charged until it exited (found under
+/// NVIDIA's runtime: tests/nvidia_runtime.rs).
+#[test]
+fn a_primary_context_reset_gives_its_allocations_back_to_the_quota() {
+    for (path, probe) in DRIVER_PATHS {
+        let (out, report, err) = under_shim(
+            probe,
+            &[("CUVISOR_QUOTA", "1GiB"), ("CUVISOR_LOG", "info")],
+            "init alloc 512MiB managed 256MiB async 128MiB info reset init info alloc 1GiB info",
+        );
+        assert_eq!(
+            out,
+            [
+                "init -> 0",
+                "alloc 512MiB -> 0 #0",
+                "managed 256MiB -> 0 #1",
+                "async 128MiB -> 0 #2",
+                "info -> 0 134217728 1073741824",
+                "reset -> 0",
+                "init -> 0",
+                "info -> 0 1073741824 1073741824",
+                "alloc 1GiB -> 0 #3",
+                "info -> 0 0 1073741824",
+            ],
+            "{path}"
+        );
+        assert!(
+            err.contains("device 0 reset: 939524096 bytes of its allocations uncharged"),
+            "{path}: {err}"
+        );
+        assert_eq!(calls(&report, "cuDevicePrimaryCtxReset_v2"), 1, "{path}");
+    }
+}

@@ -99,6 +99,15 @@
  *   watch-nvml MS           sample NVML's used memory of device 0 for MS milliseconds (as
  *                           an observer outside the model); prints the largest value seen
  *   sleep MS                sleep MS milliseconds (a worker that holds its memory)
+ *   export-table UUID       cuGetExportTable of a 32-hex-digit UUID: "export-table UUID -> R table"
+ *                           ("null" when no table came back)
+ *   driver-version          cuDriverGetVersion: "driver-version -> 0 V"
+ *   ctx-id                  cuCtxGetId of the current context: "ctx-id -> 0 ID"
+ *   reset                   cuDevicePrimaryCtxReset_v2 of the current context's device (the
+ *                           context is inactive afterwards: "init" makes one current again)
+ *   launch GRID BLOCK SHMEM cuModuleLoadData of a fatbin (once), cuModuleGetFunction "k" and
+ *                           cuLaunchKernel(GRID x 1 x 1, BLOCK x 1 x 1, SHMEM bytes): "-> R"
+ *   bad-image               cuModuleLoadData of bytes that are no fatbin, cubin or PTX
  *   wait                    block until a line (or end of file) arrives on stdin
  *   exit                    return from main now (the report is written at exit) */
 #include <dlfcn.h>
@@ -158,7 +167,13 @@
     X(cuIpcCloseMemHandle, (CUdeviceptr))                                                          \
     X(cuMemGetAddressRange_v2, (CUdeviceptr *, size_t *, CUdeviceptr))                             \
     X(cuStreamCreate, (CUstream *, unsigned)) X(cuStreamDestroy_v2, (CUstream))                    \
-    X(cuStreamGetCtx, (CUstream, CUcontext *))
+    X(cuStreamGetCtx, (CUstream, CUcontext *))                                                    \
+    X(cuGetExportTable, (const void **, const CUuuid *)) X(cuDriverGetVersion, (int *))            \
+    X(cuDevicePrimaryCtxReset_v2, (CUdevice)) X(cuCtxGetId, (CUcontext, unsigned long long *))     \
+    X(cuModuleLoadData, (CUmodule *, const void *))                                                \
+    X(cuModuleGetFunction, (CUfunction *, CUmodule, const char *))                                 \
+    X(cuLaunchKernel, (CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,    \
+                       unsigned, CUstream, void **, void **))
 
 #define DECLARE(name, args) CUresult name args;
 DRIVER_FNS(DECLARE)
@@ -956,6 +971,46 @@ int main(int argc, char **argv) {
             usleep((useconds_t)atoi(a1) * 1000);
             printf("sleep %s -> 0\n", a1);
             i++;
+        } else if (!strcmp(c, "export-table")) {
+            CUuuid id;
+            for (int k = 0; k < 16; k++) {
+                unsigned byte = 0;
+                sscanf(a1 + 2 * k, "%2x", &byte);
+                id.bytes[k] = (char)byte;
+            }
+            const void *table = NULL;
+            r = d.cuGetExportTable(&table, &id);
+            printf("export-table %s -> %d %s\n", a1, r, table ? "table" : "null");
+            i++;
+        } else if (!strcmp(c, "driver-version")) {
+            int v = -1;
+            r = d.cuDriverGetVersion(&v);
+            printf("driver-version -> %d %d\n", r, v);
+        } else if (!strcmp(c, "ctx-id")) {
+            unsigned long long id = 0;
+            r = d.cuCtxGetId(NULL, &id);
+            printf("ctx-id -> %d %llu\n", r, id);
+        } else if (!strcmp(c, "reset")) {
+            CUdevice dev = -1;
+            r = d.cuCtxGetDevice(&dev);
+            if (!r) r = d.cuDevicePrimaryCtxReset_v2(dev);
+            printf("reset -> %d\n", r);
+        } else if (!strcmp(c, "launch")) {
+            static const struct { unsigned magic; unsigned short version, header; unsigned long long size; }
+                fatbin = {0xba55ed50u, 1, 16, 0};
+            static CUmodule mod;
+            CUfunction f = NULL;
+            r = mod ? 0 : d.cuModuleLoadData(&mod, &fatbin);
+            if (!r) r = d.cuModuleGetFunction(&f, mod, "k");
+            if (!r)
+                r = d.cuLaunchKernel(f, (unsigned)atoi(a1), 1, 1, (unsigned)atoi(a2), 1, 1,
+                                     (unsigned)atoi(i + 3 < argc ? argv[i + 3] : "0"), NULL, NULL, NULL);
+            printf("launch %s %s %s -> %d\n", a1, a2, i + 3 < argc ? argv[i + 3] : "0", r);
+            i += 3;
+        } else if (!strcmp(c, "bad-image")) {
+            static const unsigned char junk[16] = {1, 2, 3, 4, 5, 6, 7, 8};
+            CUmodule m = NULL;
+            printf("bad-image -> %d\n", d.cuModuleLoadData(&m, junk));
         } else if (!strcmp(c, "wait")) {
             int ch;
             while ((ch = getchar()) != EOF && ch != '\n') {}
