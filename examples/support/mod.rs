@@ -5,6 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod frameworks;
+
 /// libcuvisor_preload.so as cargo built it for the running program (an example in
 /// `target/<profile>/examples/` or a test in `target/<profile>/deps/`). `deps/` first:
 /// cargo rebuilds it there with every build of the package's tests and examples, while

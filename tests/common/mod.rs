@@ -71,11 +71,12 @@ pub fn on_fake_gpu(program: impl AsRef<Path>) -> Command {
     cmd
 }
 
-pub mod frameworks;
 pub mod supervisor;
 
 #[path = "../../examples/support/mod.rs"]
 mod support;
+#[allow(unused_imports)] // the framework tier's tests use it
+pub use support::frameworks;
 pub use support::shim_path;
 
 /// A fresh ledger directory under target/ (so that tests never share a model's ledger

@@ -54,11 +54,19 @@ pub fn frameworks_enabled(test: &str) -> bool {
     true
 }
 
+/// `target/frameworks/`, found from the running program (`target/<profile>/deps/…` for a
+/// test, `target/<profile>/examples/…` for an example).
 fn root() -> PathBuf {
-    super::target_dir()
-        .parent()
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.ancestors()
+        .nth(3)
         .expect("target/")
         .join("frameworks")
+}
+
+/// Where build.rs put the fake GPU.
+fn stub_dir() -> PathBuf {
+    PathBuf::from(env!("CUDA_STUB_DIR"))
 }
 
 /// One installation at a time in this test binary.
@@ -124,7 +132,7 @@ pub fn nvidia_runtime(label: &str) -> PathBuf {
 pub fn driver_only_dir() -> PathBuf {
     // Named after the build's stub directory; made once and never changed, so that no
     // process of a parallel test finds it half-made.
-    let stubs = super::stub_dir();
+    let stubs = stub_dir();
     let tag = stubs
         .parent()
         .and_then(Path::parent)
@@ -178,7 +186,13 @@ pub fn framework_python() -> PathBuf {
 /// A command on the fake GPU that loads NVIDIA's runtime, not the fake's: the driver-only
 /// directory on `LD_LIBRARY_PATH`, nothing inherited from the test run's environment.
 pub fn on_fake_driver(program: impl AsRef<Path>) -> Command {
-    let mut cmd = super::on_fake_gpu(program);
+    let mut cmd = Command::new(program.as_ref());
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().into_owned();
+        if key.starts_with("FAKE_CUDA_") || key.starts_with("CUVISOR_") || key == "LD_PRELOAD" {
+            cmd.env_remove(key);
+        }
+    }
     cmd.env("LD_LIBRARY_PATH", driver_only_dir());
     cmd
 }
