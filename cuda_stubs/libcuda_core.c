@@ -433,8 +433,7 @@ EXPORT CUresult cuCtxDestroy_v2(CUcontext ctx) {
     return CUDA_SUCCESS;
 }
 
-EXPORT CUresult cuCtxPushCurrent_v2(CUcontext ctx) {
-    COUNT(cuCtxPushCurrent_v2);
+static CUresult ctx_push(CUcontext ctx) {
     CUresult rc = cu_initialized();
     if (rc) return rc;
     if (!ctx_settable(ctx)) return CUDA_ERROR_INVALID_CONTEXT;
@@ -443,8 +442,7 @@ EXPORT CUresult cuCtxPushCurrent_v2(CUcontext ctx) {
     return CUDA_SUCCESS;
 }
 
-EXPORT CUresult cuCtxPopCurrent_v2(CUcontext *ctx) {
-    COUNT(cuCtxPopCurrent_v2);
+static CUresult ctx_pop(CUcontext *ctx) {
     CUresult rc = cu_initialized();
     if (rc) return rc;
     if (ctx_depth == 0) return CUDA_ERROR_INVALID_CONTEXT;
@@ -452,6 +450,11 @@ EXPORT CUresult cuCtxPopCurrent_v2(CUcontext *ctx) {
     if (ctx) *ctx = c;
     return CUDA_SUCCESS;
 }
+/* The pre-3.2 names, which the driver still exports, behave as the _v2 ones. */
+EXPORT CUresult cuCtxPushCurrent_v2(CUcontext ctx) { COUNT(cuCtxPushCurrent_v2); return ctx_push(ctx); }
+EXPORT CUresult cuCtxPushCurrent(CUcontext ctx) { COUNT(cuCtxPushCurrent); return ctx_push(ctx); }
+EXPORT CUresult cuCtxPopCurrent_v2(CUcontext *ctx) { COUNT(cuCtxPopCurrent_v2); return ctx_pop(ctx); }
+EXPORT CUresult cuCtxPopCurrent(CUcontext *ctx) { COUNT(cuCtxPopCurrent); return ctx_pop(ctx); }
 
 EXPORT CUresult cuCtxSetCurrent(CUcontext ctx) {
     COUNT(cuCtxSetCurrent);
@@ -532,6 +535,28 @@ EXPORT CUresult cuCtxGetStreamPriorityRange(int *least, int *greatest) {
     if (rc) return rc;
     if (least) *least = 0;
     if (greatest) *greatest = -5;
+    return CUDA_SUCCESS;
+}
+
+/* CUlimit values an H100 context starts with; settable, remembered per process. */
+static size_t limits[7] = {1024, 1 << 20, 8 << 20, 2, 2048, 64, 0};
+
+EXPORT CUresult cuCtxGetLimit(size_t *value, int limit) {
+    COUNT(cuCtxGetLimit);
+    CUresult rc = cu_ready(NULL);
+    if (rc) return rc;
+    if (!value) return CUDA_ERROR_INVALID_VALUE;
+    if (limit < 0 || limit >= (int)(sizeof limits / sizeof limits[0])) return CUDA_ERROR_UNSUPPORTED_LIMIT;
+    *value = __atomic_load_n(&limits[limit], __ATOMIC_RELAXED);
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuCtxSetLimit(int limit, size_t value) {
+    COUNT(cuCtxSetLimit);
+    CUresult rc = cu_ready(NULL);
+    if (rc) return rc;
+    if (limit < 0 || limit >= (int)(sizeof limits / sizeof limits[0])) return CUDA_ERROR_UNSUPPORTED_LIMIT;
+    __atomic_store_n(&limits[limit], value, __ATOMIC_RELAXED);
     return CUDA_SUCCESS;
 }
 
@@ -639,6 +664,19 @@ static CUresult stream_wait(CUstream s, CUevent e, unsigned flags) {
 }
 EXPORT CUresult cuStreamWaitEvent(CUstream s, CUevent e, unsigned f) { COUNT(cuStreamWaitEvent); return stream_wait(s, e, f); }
 EXPORT CUresult cuStreamWaitEvent_ptsz(CUstream s, CUevent e, unsigned f) { COUNT(cuStreamWaitEvent_ptsz); return stream_wait(s, e, f); }
+
+/* Host functions run in stream order; the fake's streams have finished everything, so
+ * the function runs now, on the calling thread. */
+static CUresult launch_host_func(CUstream s, void (*fn)(void *), void *data) {
+    CUresult rc = cu_ready(NULL);
+    if (rc) return rc;
+    if (!fn) return CUDA_ERROR_INVALID_VALUE;
+    if (!cu_valid_stream(s)) return CUDA_ERROR_INVALID_HANDLE;
+    fn(data);
+    return CUDA_SUCCESS;
+}
+EXPORT CUresult cuLaunchHostFunc(CUstream s, void (*fn)(void *), void *data) { COUNT(cuLaunchHostFunc); return launch_host_func(s, fn, data); }
+EXPORT CUresult cuLaunchHostFunc_ptsz(CUstream s, void (*fn)(void *), void *data) { COUNT(cuLaunchHostFunc_ptsz); return launch_host_func(s, fn, data); }
 
 static CUresult stream_capturing(CUstream s, int *status) {
     CUresult rc = stream_query(s);

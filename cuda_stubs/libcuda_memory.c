@@ -241,6 +241,22 @@ EXPORT CUresult cuMemHostAlloc(void **pp, size_t size, unsigned int flags) {
     return host_alloc(pp, size);
 }
 
+/* Pinned host memory is mapped into the device's (unified) address space at the same
+ * address. */
+EXPORT CUresult cuMemHostGetDevicePointer_v2(CUdeviceptr *dptr, void *host, unsigned flags) {
+    COUNT(cuMemHostGetDevicePointer_v2);
+    CUresult rc = cu_ready(NULL);
+    if (rc) return rc;
+    if (!dptr || flags != 0) return CUDA_ERROR_INVALID_VALUE;
+    fg_lock();
+    struct alloc *a = find_containing((uintptr_t)host);
+    int ok = a && a->kind == A_HOST;
+    fg_unlock();
+    if (!ok) return CUDA_ERROR_INVALID_VALUE;
+    *dptr = (uintptr_t)host;
+    return CUDA_SUCCESS;
+}
+
 /* Frees a device, managed or stream-ordered allocation by its base address. */
 static CUresult free_device(CUdeviceptr p, int host_kind) {
     CUresult rc = cu_ready(NULL);

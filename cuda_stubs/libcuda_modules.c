@@ -284,6 +284,63 @@ EXPORT CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned 
     return launch(f, gx, gy, gz, bx, by, bz, shared, s, params, extra);
 }
 
+/* CUlaunchConfig: the grid, the block, the shared memory, the stream, then attributes
+ * (none of which changes what the fake checks). */
+typedef struct {
+    unsigned grid[3], block[3], shared;
+    CUstream stream;
+    void *attrs;
+    unsigned n_attrs;
+} launch_config;
+
+static CUresult launch_ex(const launch_config *c, CUfunction f, void **params, void **extra) {
+    if (!c || (c->n_attrs && !c->attrs)) return CUDA_ERROR_INVALID_VALUE;
+    return launch(f, c->grid[0], c->grid[1], c->grid[2], c->block[0], c->block[1], c->block[2], c->shared,
+                  c->stream, params, extra);
+}
+EXPORT CUresult cuLaunchKernelEx(const void *c, CUfunction f, void **params, void **extra) {
+    COUNT(cuLaunchKernelEx);
+    return launch_ex(c, f, params, extra);
+}
+EXPORT CUresult cuLaunchKernelEx_ptsz(const void *c, CUfunction f, void **params, void **extra) {
+    COUNT(cuLaunchKernelEx_ptsz);
+    return launch_ex(c, f, params, extra);
+}
+
+/* Resident blocks a multiprocessor holds of a kernel with this block size: the H100's
+ * limits of 32 blocks and 2048 threads (the fake's kernels use few registers). */
+static CUresult occupancy(int *blocks, CUfunction func, int block_size, size_t shared) {
+    CUresult rc = cu_initialized();
+    if (rc) return rc;
+    const struct fg_function *f = function_of(func);
+    if (!blocks || block_size <= 0 || block_size > 1024) return CUDA_ERROR_INVALID_VALUE;
+    if (!f) return CUDA_ERROR_INVALID_HANDLE;
+    int by_threads = 2048 / block_size, by_shared = shared ? (int)(233472 / shared) : 32;
+    *blocks = by_threads < 32 ? by_threads : 32;
+    if (by_shared < *blocks) *blocks = by_shared;
+    return CUDA_SUCCESS;
+}
+EXPORT CUresult cuOccupancyMaxActiveBlocksPerMultiprocessor(int *n, CUfunction f, int block, size_t shared) {
+    COUNT(cuOccupancyMaxActiveBlocksPerMultiprocessor);
+    return occupancy(n, f, block, shared);
+}
+EXPORT CUresult cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(int *n, CUfunction f, int block, size_t shared,
+                                                                     unsigned flags) {
+    COUNT(cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags);
+    return flags > 1 ? CUDA_ERROR_INVALID_VALUE : occupancy(n, f, block, shared);
+}
+
+/* The fake never parses an image, so it knows no global variable in one. */
+EXPORT CUresult cuModuleGetGlobal_v2(CUdeviceptr *dptr, size_t *bytes, CUmodule mod, const char *name) {
+    COUNT(cuModuleGetGlobal_v2);
+    CUresult rc = cu_ready(NULL);
+    if (rc) return rc;
+    (void)dptr;
+    (void)bytes;
+    if (!name) return CUDA_ERROR_INVALID_VALUE;
+    return library_of(mod) ? CUDA_ERROR_NOT_FOUND : CUDA_ERROR_INVALID_HANDLE;
+}
+
 EXPORT CUresult cuLaunchKernel_ptsz(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
                                     unsigned bz, unsigned shared, CUstream s, void **params, void **extra) {
     COUNT(cuLaunchKernel_ptsz);

@@ -9,7 +9,7 @@
 //! each configuration's median against the bare fake driver's of the same run.
 
 mod support;
-use support::frameworks::{FRAMEWORK_DRIVER_VERSION, framework_python, on_fake_driver};
+use support::frameworks::{FRAMEWORK_DRIVER_VERSION, TORCH_ENV, framework_python, on_fake_driver};
 use support::{bench_dir, shim_path};
 
 use std::path::Path;
@@ -24,8 +24,9 @@ const CONFIGS: [(&str, Option<&str>); 3] = [
 ];
 
 fn main() {
-    let python = framework_python();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/frameworks/torch_alloc_loop.py");
+    let python = framework_python(&TORCH_ENV);
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/frameworks/torch_alloc_loop.py");
     let ledgers = bench_dir("torch");
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); CONFIGS.len()];
     for round in 0..ROUNDS {
@@ -62,7 +63,9 @@ fn main() {
         v[v.len() / 2]
     };
     let base = median(&mut samples[0].clone());
-    println!("| configuration | torch.empty + del, 1 MiB (ns, median of {ROUNDS}) | min - max | against no shim |");
+    println!(
+        "| configuration | torch.empty + del, 1 MiB (ns, median of {ROUNDS}) | min - max | against no shim |"
+    );
     println!("|---|---|---|---|");
     for (i, (label, _)) in CONFIGS.iter().enumerate() {
         let v = &mut samples[i];

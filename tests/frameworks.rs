@@ -18,9 +18,13 @@ fn checks() -> PathBuf {
 }
 
 /// `checks.py SCENARIO` under the shim, as model `model` with a 1 GiB quota on a 16 GiB
-/// fake H100 whose driver is CUDA 13.2, with its ledgers in `ledgers`.
+/// fake H100 whose driver is CUDA 13.5, with its ledgers in `ledgers`.
 fn scenario(name: &str, model: &str, ledgers: &Path) -> Command {
-    let mut cmd = on_fake_driver(framework_python());
+    scenario_in(&TORCH_ENV, name, model, ledgers)
+}
+
+fn scenario_in(env: &PythonEnv, name: &str, model: &str, ledgers: &Path) -> Command {
+    let mut cmd = on_fake_driver(framework_python(env));
     cmd.arg(checks())
         .arg(name)
         .env("LD_PRELOAD", shim_path())
@@ -243,7 +247,7 @@ fn cupy_pool_is_held_to_the_quota_and_nvrtc_kernels_launch() {
     assert_eq!(
         lines(&out),
         [
-            "runtime 13020 driver 13020",
+            "runtime 13020 driver 13050",
             "totalGlobalMem 1073741824 sms 132",
             "memGetInfo 1073741824 1073741824",
             "pool used 268435456 total 268435456",
@@ -254,4 +258,34 @@ fn cupy_pool_is_held_to_the_quota_and_nvrtc_kernels_launch() {
             "nvrtc compile and launch: ok",
         ]
     );
+}
+
+/// JAX as far as it goes: its device, XLA's pool sized from the quota (75% of it, with
+/// `XLA_PYTHON_CLIENT_PREALLOCATE` on or off), copies, a compiled launch, and
+/// `RESOURCE_EXHAUSTED` past the pool.
+#[test]
+fn jax_sizes_its_pool_to_the_quota() {
+    if !frameworks_enabled("frameworks") {
+        return;
+    }
+    for preallocate in ["true", "false"] {
+        let ledgers = ledger_dir();
+        let mut cmd = scenario_in(&JAX_ENV, "jax", "jax", &ledgers);
+        cmd.env("CUVISOR_QUOTA", "4GiB")
+            .env("XLA_PYTHON_CLIENT_PREALLOCATE", preallocate)
+            .env("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1"); // it wants CUPTI's private table
+        let out = run(&mut cmd);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(
+            lines(&out),
+            [
+                "devices ['gpu']",
+                "bytes_limit 3221225472 bytes_in_use 4194304",
+                "roundtrip True",
+                "compiled and launched (1048576,)",
+                "3 GiB: RESOURCE_EXHAUSTED",
+            ],
+            "XLA_PYTHON_CLIENT_PREALLOCATE={preallocate}"
+        );
+    }
 }

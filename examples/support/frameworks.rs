@@ -30,18 +30,34 @@ pub const RUNTIMES: [(&str, &str, &str, Option<&str>); 3] = [
     ),
 ];
 
-/// The frameworks' environment: PyTorch 2.15.0 (the PyPI default build, CUDA 13.2 inside),
-/// CuPy 14.2.0 for CUDA 13, the numpy they share, and NVML's Python binding (what
-/// `torch.cuda.device_memory_used` asks, as nvidia-smi does).
-pub const FRAMEWORK_PINS: [&str; 4] = [
-    "torch==2.15.0",
-    "cupy-cuda13x==14.2.0",
-    "numpy==2.4.6",
-    "nvidia-ml-py==13.615.71",
-];
+/// A virtual environment of pinned frameworks, installed from PyPI on first use.
+pub struct PythonEnv {
+    pub name: &'static str,
+    pub pins: &'static [&'static str],
+}
 
-/// The driver version the frameworks' runtime needs (13.2).
-pub const FRAMEWORK_DRIVER_VERSION: &str = "13020";
+/// PyTorch 2.15.0 (the PyPI default build, CUDA 13.2 inside), CuPy 14.2.0 for CUDA 13,
+/// the numpy they share, and NVML's Python binding (what `torch.cuda.device_memory_used`
+/// asks, as nvidia-smi does).
+pub const TORCH_ENV: PythonEnv = PythonEnv {
+    name: "venv",
+    pins: &[
+        "torch==2.15.0",
+        "cupy-cuda13x==14.2.0",
+        "numpy==2.4.6",
+        "nvidia-ml-py==13.615.71",
+    ],
+};
+
+/// JAX 0.10.2 with its CUDA 13 plugin (NVIDIA's runtime 13.5 and XLA's static copies).
+pub const JAX_ENV: PythonEnv = PythonEnv {
+    name: "jax-venv",
+    pins: &["jax[cuda13]==0.10.2", "numpy==2.4.6"],
+};
+
+/// The driver version the frameworks' runtimes need: PyTorch's and CuPy's are 13.2,
+/// JAX's 13.5.
+pub const FRAMEWORK_DRIVER_VERSION: &str = "13050";
 
 /// False (after saying so on stderr) when the framework tier is switched off.
 pub fn frameworks_enabled(test: &str) -> bool {
@@ -58,10 +74,7 @@ pub fn frameworks_enabled(test: &str) -> bool {
 /// test, `target/<profile>/examples/…` for an example).
 fn root() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    exe.ancestors()
-        .nth(3)
-        .expect("target/")
-        .join("frameworks")
+    exe.ancestors().nth(3).expect("target/").join("frameworks")
 }
 
 /// Where build.rs put the fake GPU.
@@ -157,13 +170,13 @@ pub fn driver_only_dir() -> PathBuf {
     dir
 }
 
-/// The Python of a virtual environment with the pinned frameworks (installed once; about
-/// 5.6 GB, a minute and a half from a nearby index).
-pub fn framework_python() -> PathBuf {
-    let venv = root().join("venv");
+/// The Python of `env`, installed once (the PyTorch one is about 5.6 GB and a minute and
+/// a half from a nearby index; JAX's about 3.8 GB).
+pub fn framework_python(env: &PythonEnv) -> PathBuf {
+    let venv = root().join(env.name);
     let python = venv.join("bin").join("python");
     let marker = venv.join(".cuvisor-pins");
-    let pins = FRAMEWORK_PINS.join(" ");
+    let pins = env.pins.join(" ");
     let _guard = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
     if std::fs::read_to_string(&marker).is_ok_and(|m| m == pins) {
         return python;
@@ -171,12 +184,12 @@ pub fn framework_python() -> PathBuf {
     let _ = std::fs::remove_dir_all(&venv);
     run_checked(
         Command::new("python3").args(["-m", "venv"]).arg(&venv),
-        "creating the frameworks' virtual environment",
+        &format!("creating the virtual environment {}", venv.display()),
     );
     run_checked(
         Command::new(&python)
             .args(["-m", "pip", "install", "--quiet", "--only-binary=:all:"])
-            .args(FRAMEWORK_PINS),
+            .args(env.pins),
         &format!("installing {pins}"),
     );
     std::fs::write(&marker, &pins).expect("mark the environment");

@@ -155,12 +155,38 @@ def cupy_checks():
     say("nvrtc compile and launch: ok")
 
 
+def jax_checks():
+    # JAX looks for /dev/nvidia0 (or /dev/nvidiactl, /dev/dxg) before it loads its CUDA
+    # plugin; the fake GPU has no device node, so the test says it has one.
+    import jax._src.hardware_utils as hardware_utils
+
+    hardware_utils.has_visible_nvidia_gpu = lambda: True
+    import jax
+    import numpy
+
+    devices = jax.devices()
+    say("devices", [d.platform for d in devices])
+    host = numpy.arange(1 << 20, dtype=numpy.float32)
+    x = jax.device_put(host)
+    stats = devices[0].memory_stats()
+    # XLA sizes its pool to 75% of what cuMemGetInfo says: of the quota, under the shim.
+    say("bytes_limit", stats["bytes_limit"], "bytes_in_use", stats["bytes_in_use"])
+    say("roundtrip", bool((numpy.asarray(x) == host).all()))
+    say("compiled and launched", (x + 1).shape)
+    try:
+        jax.device_put(numpy.zeros(3 << 30, dtype=numpy.uint8)).block_until_ready()
+        say("3 GiB: allocated")
+    except Exception as e:  # jax.errors.JaxRuntimeError
+        say("3 GiB:", str(e).split(":")[0])
+
+
 SCENARIOS = {
     "torch-basics": torch_basics,
     "torch-quota": torch_quota,
     "torch-share": torch_share,
     "torch-hibernate": torch_hibernate,
     "cupy": cupy_checks,
+    "jax": jax_checks,
 }
 
 if __name__ == "__main__":
