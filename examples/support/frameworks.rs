@@ -199,13 +199,7 @@ pub fn framework_python(env: &PythonEnv) -> PathBuf {
 /// A command on the fake GPU that loads NVIDIA's runtime, not the fake's: the driver-only
 /// directory on `LD_LIBRARY_PATH`, nothing inherited from the test run's environment.
 pub fn on_fake_driver(program: impl AsRef<Path>) -> Command {
-    let mut cmd = Command::new(program.as_ref());
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy().into_owned();
-        if key.starts_with("FAKE_CUDA_") || key.starts_with("CUVISOR_") || key == "LD_PRELOAD" {
-            cmd.env_remove(key);
-        }
-    }
+    let mut cmd = super::clean_command(program);
     cmd.env("LD_LIBRARY_PATH", driver_only_dir());
     cmd
 }

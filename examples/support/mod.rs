@@ -37,3 +37,16 @@ pub fn bench_dir(tag: &str) -> PathBuf {
     };
     base.join(format!("cuvisor-bench-{tag}-{}", std::process::id()))
 }
+
+/// A command for a child on the fake GPU that inherits nothing of the fake's, the shim's
+/// or a preload's settings from the environment of the test or benchmark run.
+pub fn clean_command(program: impl AsRef<Path>) -> std::process::Command {
+    let mut cmd = std::process::Command::new(program.as_ref());
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().into_owned();
+        if key.starts_with("FAKE_CUDA_") || key.starts_with("CUVISOR_") || key == "LD_PRELOAD" {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}

@@ -60,13 +60,7 @@ impl Drop for TempDir {
 /// A child process on the fake GPU: LD_LIBRARY_PATH points at the stubs, and no
 /// FAKE_CUDA_*, CUVISOR_* or LD_PRELOAD leaks in from the environment of the test run.
 pub fn on_fake_gpu(program: impl AsRef<Path>) -> Command {
-    let mut cmd = Command::new(program.as_ref());
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy().into_owned();
-        if key.starts_with("FAKE_CUDA_") || key.starts_with("CUVISOR_") || key == "LD_PRELOAD" {
-            cmd.env_remove(key);
-        }
-    }
+    let mut cmd = support::clean_command(program);
     cmd.env("LD_LIBRARY_PATH", stub_dir());
     cmd
 }
