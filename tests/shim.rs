@@ -633,3 +633,42 @@ fn a_primary_context_reset_gives_its_allocations_back_to_the_quota() {
         assert_eq!(calls(&report, "cuDevicePrimaryCtxReset_v2"), 1, "{path}");
     }
 }
+
+/// The last release of a primary context and the destruction of a created one take their
+/// allocations too: each gives exactly its own back to the quota.
+#[test]
+fn a_context_that_goes_gives_its_allocations_back_to_the_quota() {
+    for (path, probe) in DRIVER_PATHS {
+        let (out, _, err) = under_shim(
+            probe,
+            &[("CUVISOR_QUOTA", "1GiB"), ("CUVISOR_LOG", "info")],
+            "init alloc 256MiB ctx-create alloc 512MiB info ctx-destroy info release init info \
+             alloc 1GiB",
+        );
+        assert_eq!(
+            out,
+            [
+                "init -> 0",
+                "alloc 256MiB -> 0 #0",
+                "ctx-create -> 0",
+                "alloc 512MiB -> 0 #1",
+                "info -> 0 268435456 1073741824",
+                "ctx-destroy -> 0",
+                "info -> 0 805306368 1073741824", // the created context's 512 MiB went
+                "release -> 0",
+                "init -> 0",
+                "info -> 0 1073741824 1073741824", // the primary context's 256 MiB too
+                "alloc 1GiB -> 0 #2",
+            ],
+            "{path}"
+        );
+        assert!(
+            err.contains("context destroyed: 536870912 bytes of its allocations uncharged"),
+            "{path}: {err}"
+        );
+        assert!(
+            err.contains("device 0 released: 268435456 bytes of its allocations uncharged"),
+            "{path}: {err}"
+        );
+    }
+}

@@ -105,6 +105,10 @@
  *   ctx-id                  cuCtxGetId of the current context: "ctx-id -> 0 ID"
  *   reset                   cuDevicePrimaryCtxReset_v2 of the current context's device (the
  *                           context is inactive afterwards: "init" makes one current again)
+ *   release                 cuDevicePrimaryCtxRelease_v2 of the current context's device
+ *   ctx-create              cuCtxCreate_v2 on the current context's device (pushed current)
+ *   ctx-destroy             cuCtxDestroy_v2 of the context ctx-create made (the one under it
+ *                           becomes current again)
  *   launch GRID BLOCK SHMEM cuModuleLoadData of a fatbin (once), cuModuleGetFunction "k" and
  *                           cuLaunchKernel(GRID x 1 x 1, BLOCK x 1 x 1, SHMEM bytes): "-> R"
  *   bad-image               cuModuleLoadData of bytes that are no fatbin, cubin or PTX
@@ -170,6 +174,8 @@
     X(cuStreamGetCtx, (CUstream, CUcontext *))                                                    \
     X(cuGetExportTable, (const void **, const CUuuid *)) X(cuDriverGetVersion, (int *))            \
     X(cuDevicePrimaryCtxReset_v2, (CUdevice)) X(cuCtxGetId, (CUcontext, unsigned long long *))     \
+    X(cuDevicePrimaryCtxRelease_v2, (CUdevice)) X(cuCtxCreate_v2, (CUcontext *, unsigned, CUdevice)) \
+    X(cuCtxDestroy_v2, (CUcontext))                                                                \
     X(cuModuleLoadData, (CUmodule *, const void *))                                                \
     X(cuModuleGetFunction, (CUfunction *, CUmodule, const char *))                                 \
     X(cuLaunchKernel, (CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,    \
@@ -995,6 +1001,21 @@ int main(int argc, char **argv) {
             r = d.cuCtxGetDevice(&dev);
             if (!r) r = d.cuDevicePrimaryCtxReset_v2(dev);
             printf("reset -> %d\n", r);
+        } else if (!strcmp(c, "release")) {
+            CUdevice dev = -1;
+            r = d.cuCtxGetDevice(&dev);
+            if (!r) r = d.cuDevicePrimaryCtxRelease_v2(dev);
+            printf("release -> %d\n", r);
+        } else if (!strcmp(c, "ctx-create") || !strcmp(c, "ctx-destroy")) {
+            static CUcontext created;
+            CUdevice dev = 0;
+            if (c[4] == 'c') {
+                r = d.cuCtxGetDevice(&dev);
+                if (!r) r = d.cuCtxCreate_v2(&created, 0, dev);
+            } else {
+                r = d.cuCtxDestroy_v2(created);
+            }
+            printf("%s -> %d\n", c, r);
         } else if (!strcmp(c, "launch")) {
             static const struct { unsigned magic; unsigned short version, header; unsigned long long size; }
                 fatbin = {0xba55ed50u, 1, 16, 0};

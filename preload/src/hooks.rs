@@ -34,7 +34,7 @@ pub enum Policy {
     Pools,
     /// With `CUVISOR_GPUS`: only the model's own processes.
     Processes,
-    /// After a successful reset, uncharges what the driver destroyed with the context.
+    /// After it succeeds, uncharges what the driver destroyed with the context.
     Reset,
 }
 
@@ -56,7 +56,9 @@ impl Policy {
             Policy::Filter => "placement: only the model's GPUs (CUVISOR_GPUS), in order",
             Policy::Pools => "not charged; remembers the device of each memory pool",
             Policy::Processes => "placement: only the model's own processes (CUVISOR_GPUS)",
-            Policy::Reset => "after a successful reset, uncharges the allocations it destroyed",
+            Policy::Reset => {
+                "on success, uncharges the allocations the driver destroyed with the context"
+            }
         }
     }
 }
@@ -149,6 +151,9 @@ hook_table! {
     cuIpcGetMemHandle, "cuIpcGetMemHandle", 4010, Legacy, Cuda, Ipc;
     cuDevicePrimaryCtxReset, "cuDevicePrimaryCtxReset", 7000, Legacy, Cuda, Reset;
     cuDevicePrimaryCtxReset_v2, "cuDevicePrimaryCtxReset", 11000, Legacy, Cuda, Reset;
+    cuDevicePrimaryCtxRelease, "cuDevicePrimaryCtxRelease", 7000, Legacy, Cuda, Reset;
+    cuDevicePrimaryCtxRelease_v2, "cuDevicePrimaryCtxRelease", 11000, Legacy, Cuda, Reset;
+    cuCtxDestroy_v2, "cuCtxDestroy", 4000, Legacy, Cuda, Reset;
     cuMemGetInfo, "cuMemGetInfo", 2000, Legacy, Cuda, Virtualize;
     cuMemGetInfo_v2, "cuMemGetInfo", 3020, Legacy, Cuda, Virtualize;
     cuDeviceTotalMem, "cuDeviceTotalMem", 2000, Legacy, Cuda, Virtualize;

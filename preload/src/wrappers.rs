@@ -685,31 +685,56 @@ wrapper! {
     /// What `cudaDeviceReset` calls: the driver destroys every allocation of the device's
     /// primary context.
     fn cuDevicePrimaryCtxReset(dev: CUdevice) -> CUresult;
-    |forward, rt| { reset(rt, dev, forward) }
+    |forward, rt| { swept(rt, Some(dev), "reset", forward) }
 }
 
 wrapper! {
     fn cuDevicePrimaryCtxReset_v2(dev: CUdevice) -> CUresult;
-    |forward, rt| { reset(rt, dev, forward) }
+    |forward, rt| { swept(rt, Some(dev), "reset", forward) }
 }
 
-/// A successful reset destroyed the primary context's allocations behind the shim's back:
-/// every pointer charged on that device that the driver no longer knows is uncharged.
-/// Pointers made in another context of the device, which the driver still knows, stay.
-/// (CUDA requires that no other thread use the device during a reset, so no allocation
-/// reuses a destroyed address before this sweep.) VMM handles are not the context's;
-/// arrays it destroyed stay charged until the process exits (noted in INTERCEPTION.md).
-fn reset(rt: &Runtime, dev: CUdevice, forward: impl FnOnce() -> CUresult) -> CUresult {
+wrapper! {
+    /// The last release of a primary context destroys its allocations too.
+    fn cuDevicePrimaryCtxRelease(dev: CUdevice) -> CUresult;
+    |forward, rt| { swept(rt, Some(dev), "released", forward) }
+}
+
+wrapper! {
+    fn cuDevicePrimaryCtxRelease_v2(dev: CUdevice) -> CUresult;
+    |forward, rt| { swept(rt, Some(dev), "released", forward) }
+}
+
+wrapper! {
+    /// A created context's allocations go with it, on whatever device it was.
+    fn cuCtxDestroy_v2(ctx: CUcontext) -> CUresult;
+    |forward, rt| { swept(rt, None, "context destroyed", forward) }
+}
+
+/// A context went (reset, last release, destroy) and took its allocations with it behind
+/// the shim's back: every pointer charged on `dev` (every device when None) that the
+/// driver no longer knows is uncharged. Pointers of another live context, which the
+/// driver still knows, stay. (CUDA requires that no other thread use the context while it
+/// goes, so no allocation reuses a destroyed address before this sweep.) VMM handles are
+/// no context's; arrays it destroyed stay charged until the process exits (noted in
+/// INTERCEPTION.md).
+fn swept(
+    rt: &Runtime,
+    dev: Option<CUdevice>,
+    what: &str,
+    forward: impl FnOnce() -> CUresult,
+) -> CUresult {
     let rc = forward();
     if rc != CUDA_SUCCESS {
         return rc;
     }
-    let Ok(gpu) = rt.gpu(dev) else {
-        return rc; // never charged anything there
+    let gpu = match dev.map(|d| rt.gpu(d)) {
+        Some(Ok(gpu)) => Some(gpu),
+        Some(Err(_)) => return rc, // never charged anything there
+        None => None,
     };
     let mut gone = Vec::new();
     rt.ptrs.for_each(|ptr, record| {
-        if record.gpu == gpu && driver::pointer_device(ptr).is_err() {
+        if gpu.is_none_or(|g| record.gpu == g) && driver::pointer_device(ptr).is_err() {
             gone.push(ptr);
         }
     });
@@ -721,7 +746,10 @@ fn reset(rt: &Runtime, dev: CUdevice, forward: impl FnOnce() -> CUresult) -> CUr
         }
     }
     if bytes > 0 {
-        log::info!("device {dev} reset: {bytes} bytes of its allocations uncharged");
+        match dev {
+            Some(d) => log::info!("device {d} {what}: {bytes} bytes of its allocations uncharged"),
+            None => log::info!("{what}: {bytes} bytes of its allocations uncharged"),
+        }
     }
     rc
 }
