@@ -23,6 +23,9 @@ fn scenario(name: &str, model: &str, ledgers: &Path) -> Command {
     scenario_in(&TORCH_ENV, name, model, ledgers)
 }
 
+/// The two PyTorch builds: 2.15 with NVIDIA's runtime 13.2, 2.9 with 12.8.
+const TORCHES: [&PythonEnv; 2] = [&TORCH_ENV, &TORCH_CU12_ENV];
+
 fn scenario_in(env: &PythonEnv, name: &str, model: &str, ledgers: &Path) -> Command {
     let mut cmd = on_fake_driver(framework_python(env));
     cmd.arg(checks())
@@ -110,23 +113,27 @@ fn pytorch_sees_the_quota_as_its_device_and_nvml_agrees() {
     if !frameworks_enabled("frameworks") {
         return;
     }
-    let ledgers = ledger_dir();
-    let out = run(&mut scenario("torch-basics", "basics", &ledgers));
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(
-        lines(&out),
-        [
-            "available True devices 1",
-            "total_memory 1073741824 capability 9.0 sms 132",
-            "mem_get_info 1073741824 1073741824",
-            "reserved 20971520 allocated 4194304", // one 20 MiB segment for a 4 MiB tensor
-            "roundtrip True",
-            "events timed True",
-            // What nvidia-smi's library says inside the model: its own 24 MiB (two
-            // segments and a small block), not the device's.
-            "nvml device_memory_used 25165824",
-        ]
-    );
+    for torch in TORCHES {
+        let ledgers = ledger_dir();
+        let out = run(&mut scenario_in(torch, "torch-basics", "basics", &ledgers));
+        assert!(out.status.success(), "{}: {}", torch.pins[0], stderr(&out));
+        assert_eq!(
+            lines(&out),
+            [
+                "available True devices 1",
+                "total_memory 1073741824 capability 9.0 sms 132",
+                "mem_get_info 1073741824 1073741824",
+                "reserved 20971520 allocated 4194304", // one 20 MiB segment for a 4 MiB tensor
+                "roundtrip True",
+                "events timed True",
+                // What nvidia-smi's library says inside the model: its own 24 MiB (two
+                // segments and a small block), not the device's.
+                "nvml device_memory_used 25165824",
+            ],
+            "{}",
+            torch.pins[0]
+        );
+    }
 }
 
 /// The three allocator modes: tensors up to the quota, then `torch.OutOfMemoryError`;
@@ -146,38 +153,41 @@ fn pytorch_allocators_are_held_to_the_quota_and_give_it_back() {
         // Stream-ordered allocations of 256 MiB each.
         ("cudaMallocAsync", "backend:cudaMallocAsync", 4, QUOTA),
     ] {
-        let ledgers = ledger_dir();
-        let model = format!("quota-{mode}");
-        let mut cmd = scenario("torch-quota", &model, &ledgers);
-        if !conf.is_empty() {
-            cmd.env("PYTORCH_CUDA_ALLOC_CONF", conf);
+        for torch in TORCHES {
+            let mode = format!("{mode}, {}", torch.pins[0]);
+            let ledgers = ledger_dir();
+            let model = "quota";
+            let mut cmd = scenario_in(torch, "torch-quota", model, &ledgers);
+            if !conf.is_empty() {
+                cmd.env("PYTORCH_CUDA_ALLOC_CONF", conf);
+            }
+            let mut s = Running::start(cmd);
+            assert_eq!(
+                s.until("full"),
+                [
+                    "mem_get_info 1073741824 1073741824".to_owned(),
+                    format!("tensors {tensors} then OutOfMemoryError"),
+                    format!(
+                        "reserved {reserved} mem_get_info {} 1073741824",
+                        QUOTA - reserved
+                    ),
+                ],
+                "{mode}"
+            );
+            assert_eq!(ledger_used(&ledgers, model), reserved, "{mode}");
+            s.resume();
+            assert_eq!(
+                s.until("empty"),
+                [
+                    format!("freed: reserved {reserved}"), // cached until asked
+                    "empty_cache: reserved 0 mem_get_info 1073741824 1073741824".to_owned(),
+                ],
+                "{mode}"
+            );
+            assert_eq!(ledger_used(&ledgers, model), 0, "{mode}");
+            s.resume();
+            assert!(s.finish().is_empty());
         }
-        let mut s = Running::start(cmd);
-        assert_eq!(
-            s.until("full"),
-            [
-                "mem_get_info 1073741824 1073741824".to_owned(),
-                format!("tensors {tensors} then OutOfMemoryError"),
-                format!(
-                    "reserved {reserved} mem_get_info {} 1073741824",
-                    QUOTA - reserved
-                ),
-            ],
-            "{mode}"
-        );
-        assert_eq!(ledger_used(&ledgers, &model), reserved, "{mode}");
-        s.resume();
-        assert_eq!(
-            s.until("empty"),
-            [
-                format!("freed: reserved {reserved}"), // cached until asked
-                "empty_cache: reserved 0 mem_get_info 1073741824 1073741824".to_owned(),
-            ],
-            "{mode}"
-        );
-        assert_eq!(ledger_used(&ledgers, &model), 0, "{mode}");
-        s.resume();
-        assert!(s.finish().is_empty());
     }
 }
 
@@ -186,18 +196,22 @@ fn two_pytorch_processes_of_one_model_share_its_quota() {
     if !frameworks_enabled("frameworks") {
         return;
     }
-    let ledgers = ledger_dir();
-    let out = run(&mut scenario("torch-share", "shared", &ledgers));
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(
-        lines(&out),
-        [
-            "rank 0 2 MiB more: OutOfMemoryError",
-            "rank 0 both hold 512 MiB: mem_get_info 0 1073741824",
-            "rank 1 both hold 512 MiB: mem_get_info 0 1073741824",
-            "exit codes 0 0",
-        ]
-    );
+    for torch in TORCHES {
+        let ledgers = ledger_dir();
+        let out = run(&mut scenario_in(torch, "torch-share", "shared", &ledgers));
+        assert!(out.status.success(), "{}: {}", torch.pins[0], stderr(&out));
+        assert_eq!(
+            lines(&out),
+            [
+                "rank 0 2 MiB more: OutOfMemoryError",
+                "rank 0 both hold 512 MiB: mem_get_info 0 1073741824",
+                "rank 1 both hold 512 MiB: mem_get_info 0 1073741824",
+                "exit codes 0 0",
+            ],
+            "{}",
+            torch.pins[0]
+        );
+    }
 }
 
 #[test]
@@ -205,35 +219,39 @@ fn a_pytorch_process_keeps_its_tensors_bit_exact_across_hibernate_and_wake() {
     if !frameworks_enabled("frameworks") {
         return;
     }
-    let ledgers = ledger_dir();
-    let mut cmd = scenario("torch-hibernate", "sleepy", &ledgers);
-    cmd.env("CUVISOR_HIBERNATE", "on");
-    let mut s = Running::start(cmd);
-    assert_eq!(s.until("loaded"), ["loaded 67108864"]);
-    let cuvisor = |action: &str| {
-        let out = run(Command::new(env!("CARGO_BIN_EXE_cuvisor"))
-            .args(["ledger", action, "--model", "sleepy", "--dir"])
-            .arg(&ledgers));
-        assert!(out.status.success(), "{action}: {}", stderr(&out));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    // The caching allocator's 64 MiB segment moves to the host, and back.
-    let hibernated = cuvisor("hibernate");
-    assert!(
-        hibernated.starts_with(
-            "model sleepy: hibernate done: 64.0 MiB moved, 0 B pinned, 1 process(es), "
-        ),
-        "{hibernated}"
-    );
-    s.resume();
-    assert_eq!(s.until("read"), ["while hibernated: intact True"]);
-    let woken = cuvisor("wake");
-    assert!(
-        woken.starts_with("model sleepy: wake done: 64.0 MiB moved, 0 B pinned, 1 process(es), "),
-        "{woken}"
-    );
-    s.resume();
-    assert_eq!(s.finish(), ["after wake: intact True"]);
+    for torch in TORCHES {
+        let ledgers = ledger_dir();
+        let mut cmd = scenario_in(torch, "torch-hibernate", "sleepy", &ledgers);
+        cmd.env("CUVISOR_HIBERNATE", "on");
+        let mut s = Running::start(cmd);
+        assert_eq!(s.until("loaded"), ["loaded 67108864"]);
+        let cuvisor = |action: &str| {
+            let out = run(Command::new(env!("CARGO_BIN_EXE_cuvisor"))
+                .args(["ledger", action, "--model", "sleepy", "--dir"])
+                .arg(&ledgers));
+            assert!(out.status.success(), "{action}: {}", stderr(&out));
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        // The caching allocator's 64 MiB segment moves to the host, and back.
+        let hibernated = cuvisor("hibernate");
+        assert!(
+            hibernated.starts_with(
+                "model sleepy: hibernate done: 64.0 MiB moved, 0 B pinned, 1 process(es), "
+            ),
+            "{hibernated}"
+        );
+        s.resume();
+        assert_eq!(s.until("read"), ["while hibernated: intact True"]);
+        let woken = cuvisor("wake");
+        assert!(
+            woken.starts_with(
+                "model sleepy: wake done: 64.0 MiB moved, 0 B pinned, 1 process(es), "
+            ),
+            "{woken}"
+        );
+        s.resume();
+        assert_eq!(s.finish(), ["after wake: intact True"], "{}", torch.pins[0]);
+    }
 }
 
 #[test]

@@ -49,6 +49,12 @@ pub const TORCH_ENV: PythonEnv = PythonEnv {
     ],
 };
 
+/// PyTorch 2.9.1, the last PyPI default build for CUDA 12 (NVIDIA's runtime 12.8 inside).
+pub const TORCH_CU12_ENV: PythonEnv = PythonEnv {
+    name: "torch-cu12-venv",
+    pins: &["torch==2.9.1", "numpy==2.4.6", "nvidia-ml-py==13.615.71"],
+};
+
 /// JAX 0.10.2 with its CUDA 13 plugin (NVIDIA's runtime 13.5 and XLA's static copies).
 pub const JAX_ENV: PythonEnv = PythonEnv {
     name: "jax-venv",
@@ -170,8 +176,8 @@ pub fn driver_only_dir() -> PathBuf {
     dir
 }
 
-/// The Python of `env`, installed once (the PyTorch one is about 5.6 GB and a minute and
-/// a half from a nearby index; JAX's about 3.8 GB).
+/// The Python of `env`, installed once (PyTorch's environments are about 5.6 and 6.8 GB,
+/// JAX's about 3.8 GB: a minute and a half each from a nearby index).
 pub fn framework_python(env: &PythonEnv) -> PathBuf {
     let venv = root().join(env.name);
     let python = venv.join("bin").join("python");
