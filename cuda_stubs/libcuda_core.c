@@ -685,6 +685,36 @@ static CUresult stream_capturing(CUstream s, int *status) {
     *status = CU_STREAM_CAPTURE_STATUS_NONE; /* the fake has no graph capture */
     return CUDA_SUCCESS;
 }
+/* The fake never captures: the status is NONE, and the other outputs (id, graph,
+ * dependencies, edges), which the driver fills only while capturing, are left alone. */
+static CUresult capture_info(CUstream s, int *status, cuuint64_t *id) {
+    (void)id;
+    return stream_capturing(s, status);
+}
+EXPORT CUresult cuStreamGetCaptureInfo(CUstream s, int *st, cuuint64_t *id) { COUNT(cuStreamGetCaptureInfo); return capture_info(s, st, id); }
+EXPORT CUresult cuStreamGetCaptureInfo_ptsz(CUstream s, int *st, cuuint64_t *id) { COUNT(cuStreamGetCaptureInfo_ptsz); return capture_info(s, st, id); }
+EXPORT CUresult cuStreamGetCaptureInfo_v2(CUstream s, int *st, cuuint64_t *id, void **graph, const void **deps, size_t *n) {
+    COUNT(cuStreamGetCaptureInfo_v2);
+    (void)graph, (void)deps, (void)n;
+    return capture_info(s, st, id);
+}
+EXPORT CUresult cuStreamGetCaptureInfo_v2_ptsz(CUstream s, int *st, cuuint64_t *id, void **graph, const void **deps, size_t *n) {
+    COUNT(cuStreamGetCaptureInfo_v2_ptsz);
+    (void)graph, (void)deps, (void)n;
+    return capture_info(s, st, id);
+}
+EXPORT CUresult cuStreamGetCaptureInfo_v3(CUstream s, int *st, cuuint64_t *id, void **graph, const void **deps,
+                                          const void **edges, size_t *n) {
+    COUNT(cuStreamGetCaptureInfo_v3);
+    (void)graph, (void)deps, (void)edges, (void)n;
+    return capture_info(s, st, id);
+}
+EXPORT CUresult cuStreamGetCaptureInfo_v3_ptsz(CUstream s, int *st, cuuint64_t *id, void **graph, const void **deps,
+                                               const void **edges, size_t *n) {
+    COUNT(cuStreamGetCaptureInfo_v3_ptsz);
+    (void)graph, (void)deps, (void)edges, (void)n;
+    return capture_info(s, st, id);
+}
 EXPORT CUresult cuStreamIsCapturing(CUstream s, int *st) { COUNT(cuStreamIsCapturing); return stream_capturing(s, st); }
 EXPORT CUresult cuStreamIsCapturing_ptsz(CUstream s, int *st) { COUNT(cuStreamIsCapturing_ptsz); return stream_capturing(s, st); }
 

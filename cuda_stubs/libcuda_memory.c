@@ -270,8 +270,11 @@ static CUresult free_device(CUdeviceptr p, int host_kind) {
     return ok ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
 }
 
-EXPORT CUresult cuMemFree_v2(CUdeviceptr p) { COUNT(cuMemFree_v2); return free_device(p, 0); }
-EXPORT CUresult cuMemFree(CUdeviceptr_v1 p) { COUNT(cuMemFree); return free_device(p, 0); }
+/* A NULL pointer is freed with success, as NVIDIA's driver does: the runtime forwards
+ * `cudaFree(0)` (the classic "initialize the context" call, which cuBLAS's runtime makes
+ * in cublasCreate) to cuMemFree_v2, and cuBLAS fails if it is refused. */
+EXPORT CUresult cuMemFree_v2(CUdeviceptr p) { COUNT(cuMemFree_v2); return p ? free_device(p, 0) : cu_ready(NULL); }
+EXPORT CUresult cuMemFree(CUdeviceptr_v1 p) { COUNT(cuMemFree); return p ? free_device(p, 0) : cu_ready(NULL); }
 EXPORT CUresult cuMemFreeHost(void *p) { COUNT(cuMemFreeHost); return free_device((uintptr_t)p, 1); }
 
 EXPORT CUresult cuMemGetAddressRange_v2(CUdeviceptr *base, size_t *size, CUdeviceptr p) {

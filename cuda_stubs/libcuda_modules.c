@@ -330,6 +330,53 @@ EXPORT CUresult cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(int *n, CUf
     return flags > 1 ? CUDA_ERROR_INVALID_VALUE : occupancy(n, f, block, shared);
 }
 
+/* A TMA descriptor (CUtensorMap, 128 opaque bytes, 64-byte aligned), checked against the
+ * documented limits and filled with the arguments: only the fake's no-op kernels read it. */
+EXPORT CUresult cuTensorMapEncodeTiled(void *map, int type, cuuint32_t rank, void *address, const cuuint64_t *dims,
+                                       const cuuint64_t *strides, const cuuint32_t *box,
+                                       const cuuint32_t *element_strides, int interleave, int swizzle, int l2,
+                                       int oob) {
+    COUNT(cuTensorMapEncodeTiled);
+    if (!map || (uintptr_t)map % 64 || !dims || !box || !element_strides || (rank > 1 && !strides))
+        return CUDA_ERROR_INVALID_VALUE;
+    if (type < 0 || type > 15 || rank < 1 || rank > 5 || (interleave && rank < 3)) return CUDA_ERROR_INVALID_VALUE;
+    if (!address || (uintptr_t)address % (interleave ? 32 : 16)) return CUDA_ERROR_INVALID_VALUE;
+    for (cuuint32_t i = 0; i < rank; i++) {
+        if (!dims[i] || dims[i] > (1ull << 32) || !box[i] || box[i] > 256 || !element_strides[i] ||
+            element_strides[i] > 8)
+            return CUDA_ERROR_INVALID_VALUE;
+        if (i + 1 < rank && (strides[i] % 16 || strides[i] >= (1ull << 40))) return CUDA_ERROR_INVALID_VALUE;
+    }
+    if (interleave < 0 || interleave > 2 || swizzle < 0 || swizzle > 7 || l2 < 0 || l2 > 3 || oob < 0 || oob > 1)
+        return CUDA_ERROR_INVALID_VALUE;
+    uint64_t *words = map;
+    memset(map, 0, 128);
+    words[0] = (uintptr_t)address;
+    words[1] = (uint64_t)type | (uint64_t)rank << 8 | (uint64_t)interleave << 16 | (uint64_t)swizzle << 24 |
+               (uint64_t)l2 << 32 | (uint64_t)oob << 40;
+    for (cuuint32_t i = 0; i < rank; i++) words[2 + i] = dims[i] | (uint64_t)box[i] << 48;
+    return CUDA_SUCCESS;
+}
+
+/* Dynamic shared memory a block may have when `blocks` blocks of `block_size` threads share
+ * a multiprocessor: the H100's 228 KiB each (1 KiB reserved per block), at most the 227 KiB
+ * a block may opt into. */
+EXPORT CUresult cuOccupancyAvailableDynamicSMemPerBlock(size_t *bytes, CUfunction func, int blocks, int block_size) {
+    COUNT(cuOccupancyAvailableDynamicSMemPerBlock);
+    CUresult rc = cu_initialized();
+    if (rc) return rc;
+    if (!bytes || blocks <= 0 || block_size <= 0 || block_size > 1024) return CUDA_ERROR_INVALID_VALUE;
+    if (!function_of(func)) return CUDA_ERROR_INVALID_HANDLE;
+    if ((long)blocks * block_size > 2048 || blocks > 32) {
+        *bytes = 0;
+        return CUDA_SUCCESS;
+    }
+    size_t per_block = 233472 / (size_t)blocks;
+    per_block = per_block > 1024 ? per_block - 1024 : 0;
+    *bytes = per_block < 232448 ? per_block : 232448;
+    return CUDA_SUCCESS;
+}
+
 /* The fake never parses an image, so it knows no global variable in one. */
 EXPORT CUresult cuModuleGetGlobal_v2(CUdeviceptr *dptr, size_t *bytes, CUmodule mod, const char *name) {
     COUNT(cuModuleGetGlobal_v2);

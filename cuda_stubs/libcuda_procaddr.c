@@ -1,5 +1,6 @@
 /* Fake libcuda.so.1: the table behind cuGetProcAddress. It is in a translation unit of its
  * own because it names every entry point without its prototype. */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,38 @@ static const struct { const char *base; int version; int per_thread; void (*fn)(
 #include "libcuda_entries.h"
 #undef ENTRY
 };
+
+/* FAKE_CUDA_TRACE=calls: a name the fake does not have gets a trampoline that says, when
+ * it is called, which function the caller wanted (a debugging aid: the caller then sees a
+ * function where the driver would give none). Up to 500 names. */
+#define TRAMP_BASE 100
+#define TRAMP_COUNT 500
+static const char *tramp_names[TRAMP_COUNT];
+static int n_tramps;
+static pthread_mutex_t tramp_lock = PTHREAD_MUTEX_INITIALIZER;
+
+#define T(n)                                                                                    \
+    static CUresult tramp_##n(void) {                                                           \
+        fprintf(stderr, "fake-cuda: %s was called; the fake does not have it (answered "        \
+                        "CUDA_ERROR_NOT_SUPPORTED)\n", tramp_names[n - TRAMP_BASE]);            \
+        return CUDA_ERROR_NOT_SUPPORTED;                                                        \
+    }
+#define T10(p) T(p##0) T(p##1) T(p##2) T(p##3) T(p##4) T(p##5) T(p##6) T(p##7) T(p##8) T(p##9)
+#define T100(p) T10(p##0) T10(p##1) T10(p##2) T10(p##3) T10(p##4) T10(p##5) T10(p##6) T10(p##7) T10(p##8) T10(p##9)
+T100(1) T100(2) T100(3) T100(4) T100(5)
+#undef T
+#define T(n) tramp_##n,
+static CUresult (*const tramps[TRAMP_COUNT])(void) = {T100(1) T100(2) T100(3) T100(4) T100(5)};
+#undef T
+
+static void *trampoline(const char *symbol) {
+    pthread_mutex_lock(&tramp_lock);
+    int i = 0;
+    while (i < n_tramps && strcmp(tramp_names[i], symbol) != 0) i++;
+    if (i == n_tramps && n_tramps < TRAMP_COUNT) tramp_names[n_tramps++] = strdup(symbol);
+    pthread_mutex_unlock(&tramp_lock);
+    return i < n_tramps && tramp_names[i] ? (void *)tramps[i] : NULL;
+}
 
 CUresult cu_get_proc_address(const char *symbol, void **pfn, int version, cuuint64_t flags,
                                  CUdriverProcAddressQueryResult *status) {
@@ -33,8 +66,13 @@ CUresult cu_get_proc_address(const char *symbol, void **pfn, int version, cuuint
     if (want_pt && best_pt >= 0) best = best_pt; /* per-thread preferred, legacy the fallback */
     *pfn = best >= 0 ? (void *)proc_table[best].fn : NULL;
     const char *trace = getenv("FAKE_CUDA_TRACE");
-    if (!found && trace && *trace && strcmp(trace, "0") != 0)
+    if (!found && trace && *trace && strcmp(trace, "0") != 0) {
         fprintf(stderr, "fake-cuda: cuGetProcAddress: %s (version %d) is not in the fake\n", symbol, version);
+        if (strcmp(trace, "calls") == 0 && (*pfn = trampoline(symbol))) {
+            if (status) *status = CU_GET_PROC_ADDRESS_SUCCESS;
+            return CUDA_SUCCESS;
+        }
+    }
     if (status)
         *status = best >= 0 ? CU_GET_PROC_ADDRESS_SUCCESS
                   : found   ? CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT

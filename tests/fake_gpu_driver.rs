@@ -393,7 +393,8 @@ fn private_tables_code_objects_launches_and_resets() {
         let out = run_script(
             &mut probe(),
             "export-table 6bd5fb6c5bf4e74a8987d93912fd9df9 export-table 00112233445566778899aabbccddeeff \
-             export-table f8cff95121468b4eb9e2fb469e7c0dd9 driver-version init ctx-id alloc 1GiB \
+             export-table f8cff95121468b4eb9e2fb469e7c0dd9 driver-version free-null init free-null \
+             ctx-id alloc 1GiB \
              managed 1GiB roundtrip 1 info launch 2 128 0 launch 2 2048 0 launch 0 1 0 \
              launch 1 1 49152 launch 1 1 49153 bad-image reset info init ctx-id info",
         );
@@ -404,7 +405,9 @@ fn private_tables_code_objects_launches_and_resets() {
                 "export-table 00112233445566778899aabbccddeeff -> 500 null",
                 "export-table f8cff95121468b4eb9e2fb469e7c0dd9 -> 500 null", // known, refused
                 "driver-version -> 0 12090",
+                "free-null -> 3", // before cuInit
                 "init -> 0",
+                "free-null -> 0", // cudaFree(0), which cuBLAS's runtime forwards
                 "ctx-id -> 0 1",
                 "alloc 1GiB -> 0 #0",
                 "managed 1GiB -> 0 #1",
@@ -443,6 +446,54 @@ fn the_driver_version_knob() {
     assert!(
         stderr(&out).contains(
             "fake-cuda: FAKE_CUDA_DRIVER_VERSION=\"13.2\" is invalid: expected a CUDA version as major*1000 + minor*10, from 11000 to 99990"
+        ),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// What XLA, cuBLAS and vLLM's kernels ask of the driver besides: capture state (never
+/// capturing), occupancy by the H100's limits, and TMA descriptors checked against the
+/// documented limits.
+#[test]
+fn capture_state_occupancy_and_tensor_maps() {
+    let out = run_script(
+        &mut driver_probe(),
+        "init capture-info occupancy 256 0 occupancy 128 100K occupancy 1024 0 alloc 64MiB \
+         tensor-map 2 0 tensor-map 5 0 tensor-map 6 0",
+    );
+    assert_eq!(
+        out,
+        [
+            "init -> 0",
+            "capture-info -> 0 0",              // CU_STREAM_CAPTURE_STATUS_NONE
+            "occupancy 256 0 -> 0 8 28160",     // 2048 threads a multiprocessor
+            "occupancy 128 100K -> 0 2 115712", // 228 KiB of shared memory
+            "occupancy 1024 0 -> 0 2 115712",
+            "alloc 64MiB -> 0 #0",
+            "tensor-map 2 0 -> 0",
+            "tensor-map 5 0 -> 0",
+            "tensor-map 6 0 -> 1", // at most 5 dimensions
+        ]
+    );
+}
+
+/// FAKE_CUDA_TRACE=calls: a name the fake lacks still resolves, to a function that names
+/// itself when called (to find what a framework needs).
+#[test]
+fn the_trace_knob_names_what_the_fake_lacks() {
+    let out = run(driver_probe_procaddr()
+        .env("FAKE_CUDA_TRACE", "calls")
+        .args(["procaddr", "cuNoSuchThing", "12000", "0"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let line = &lines(&out)[0];
+    assert!(
+        line.starts_with("procaddr cuNoSuchThing 12000 0 -> 0 status=0 "),
+        "{line}"
+    );
+    assert!(
+        stderr(&out).contains(
+            "fake-cuda: cuGetProcAddress: cuNoSuchThing (version 12000) is not in the fake"
         ),
         "{}",
         stderr(&out)

@@ -105,6 +105,12 @@
  *   ctx-id                  cuCtxGetId of the current context: "ctx-id -> 0 ID"
  *   reset                   cuDevicePrimaryCtxReset_v2 of the current context's device (the
  *                           context is inactive afterwards: "init" makes one current again)
+ *   free-null               cuMemFree_v2(0)
+ *   capture-info            cuStreamGetCaptureInfo_v3 of the legacy stream: "-> R STATUS"
+ *   occupancy BLOCK SHMEM   of the function "k" (loaded as by launch): blocks a multiprocessor
+ *                           holds, and the dynamic shared memory left to each: "-> R N BYTES"
+ *   tensor-map RANK N       cuTensorMapEncodeTiled of allocation N as a RANK-dimensional
+ *                           float32 tensor of 64 x 64 x ..., boxes of 32: "-> R"
  *   release                 cuDevicePrimaryCtxRelease_v2 of the current context's device
  *   ctx-create              cuCtxCreate_v2 on the current context's device (pushed current)
  *   ctx-destroy             cuCtxDestroy_v2 of the context ctx-create made (the one under it
@@ -176,6 +182,11 @@
     X(cuDevicePrimaryCtxReset_v2, (CUdevice)) X(cuCtxGetId, (CUcontext, unsigned long long *))     \
     X(cuDevicePrimaryCtxRelease_v2, (CUdevice)) X(cuCtxCreate_v2, (CUcontext *, unsigned, CUdevice)) \
     X(cuCtxDestroy_v2, (CUcontext))                                                                \
+    X(cuStreamGetCaptureInfo_v3, (CUstream, int *, cuuint64_t *, void **, const void **, const void **, size_t *)) \
+    X(cuOccupancyMaxActiveBlocksPerMultiprocessor, (int *, CUfunction, int, size_t))               \
+    X(cuOccupancyAvailableDynamicSMemPerBlock, (size_t *, CUfunction, int, int))                   \
+    X(cuTensorMapEncodeTiled, (void *, int, cuuint32_t, void *, const cuuint64_t *, const cuuint64_t *, \
+                               const cuuint32_t *, const cuuint32_t *, int, int, int, int))         \
     X(cuModuleLoadData, (CUmodule *, const void *))                                                \
     X(cuModuleGetFunction, (CUfunction *, CUmodule, const char *))                                 \
     X(cuLaunchKernel, (CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,    \
@@ -199,6 +210,10 @@ static void base_and_version(const char *name, char *base, size_t len, int *vers
     if (!v2 && (!strcmp(name, "cuMemAlloc") || !strcmp(name, "cuMemGetInfo") || !strcmp(name, "cuDeviceTotalMem")))
         *version = 2000; /* the 32-bit ABI */
     if (v2 && (!strcmp(base, "cuMemAdvise") || !strcmp(base, "cuMemPrefetchAsync"))) *version = 12020;
+    if (n > 3 && !strcmp(base + n - 3, "_v3")) { /* cuStreamGetCaptureInfo_v3: CUDA 12.3 */
+        base[n - 3] = 0;
+        *version = 12030;
+    }
 }
 #endif
 
@@ -1001,6 +1016,39 @@ int main(int argc, char **argv) {
             r = d.cuCtxGetDevice(&dev);
             if (!r) r = d.cuDevicePrimaryCtxReset_v2(dev);
             printf("reset -> %d\n", r);
+        } else if (!strcmp(c, "capture-info")) {
+            int status = -1;
+            cuuint64_t id = 0;
+            r = d.cuStreamGetCaptureInfo_v3(NULL, &status, &id, NULL, NULL, NULL, NULL);
+            printf("capture-info -> %d %d\n", r, status);
+        } else if (!strcmp(c, "occupancy")) {
+            static const struct { unsigned magic; unsigned short version, header; unsigned long long size; }
+                fatbin = {0xba55ed50u, 1, 16, 0};
+            CUmodule mod = NULL;
+            CUfunction f = NULL;
+            int blocks = -1;
+            size_t smem = 0;
+            r = d.cuModuleLoadData(&mod, &fatbin);
+            if (!r) r = d.cuModuleGetFunction(&f, mod, "k");
+            if (!r) r = d.cuOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, f, atoi(a1), size_arg(a2));
+            if (!r) r = d.cuOccupancyAvailableDynamicSMemPerBlock(&smem, f, blocks, atoi(a1));
+            printf("occupancy %s %s -> %d %d %zu\n", a1, a2, r, blocks, smem);
+            i += 2;
+        } else if (!strcmp(c, "tensor-map")) {
+            static __attribute__((aligned(64))) unsigned char map[128];
+            cuuint64_t dims[5], strides[4];
+            cuuint32_t box[5], elem[5];
+            cuuint32_t rank = (cuuint32_t)atoi(a1);
+            for (int k = 0; k < 5; k++) {
+                dims[k] = 64, box[k] = 32, elem[k] = 1;
+                if (k < 4) strides[k] = 256ull << (6 * k); /* 64 floats a row, and so on */
+            }
+            r = d.cuTensorMapEncodeTiled(map, 7 /* FLOAT32 */, rank, (void *)(uintptr_t)slot[atoi(a2)].p, dims,
+                                         strides, box, elem, 0, 0, 0, 0);
+            printf("tensor-map %s %s -> %d\n", a1, a2, r);
+            i += 2;
+        } else if (!strcmp(c, "free-null")) {
+            printf("free-null -> %d\n", d.cuMemFree_v2(0));
         } else if (!strcmp(c, "release")) {
             CUdevice dev = -1;
             r = d.cuCtxGetDevice(&dev);
