@@ -126,6 +126,7 @@ fn pytorch_sees_the_quota_as_its_device_and_nvml_agrees() {
                 "reserved 20971520 allocated 4194304", // one 20 MiB segment for a 4 MiB tensor
                 "roundtrip True",
                 "events timed True",
+                "seeded",
                 // What nvidia-smi's library says inside the model: its own 24 MiB (two
                 // segments and a small block), not the device's.
                 "nvml device_memory_used 25165824",

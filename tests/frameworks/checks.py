@@ -43,6 +43,9 @@ def torch_basics():
     end.record()
     end.synchronize()
     say("events timed", start.elapsed_time(end) >= 0)
+    # Seeding asks the runtime whether the stream is capturing (cuStreamGetCaptureInfo).
+    torch.manual_seed(0)
+    say("seeded")
     del x, y
     # NVML as PyTorch reads it (nvidia-smi's numbers): the model's own view.
     say("nvml device_memory_used", torch.cuda.device_memory_used(0))
