@@ -10,6 +10,9 @@
 //! | `GET /healthz` | `ok` |
 
 use crate::config::SupervisorConfig;
+use crate::config::secrets;
+/// Moved to [`crate::config::secrets`]; this path stays for one release.
+pub use crate::config::secrets::read_token;
 use crate::gateway::Routes;
 use crate::size::format_bytes;
 use crate::status::{ModelStatus, Status};
@@ -21,7 +24,7 @@ use hyper::service::service_fn;
 use hyper::{Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -154,32 +157,6 @@ struct Reply {
     body: String,
 }
 
-/// A secret's file: a regular file that only its owner can read (no symbolic link).
-pub(crate) fn read_private(path: &Path) -> Result<String, String> {
-    let meta = std::fs::symlink_metadata(path).map_err(|e| format!("cannot read: {e}"))?;
-    if !meta.file_type().is_file() {
-        return Err("not a regular file".into());
-    }
-    if meta.mode() & 0o077 != 0 {
-        return Err(format!(
-            "other users can read it (mode {:04o}): chmod 600",
-            meta.mode() & 0o7777
-        ));
-    }
-    std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))
-}
-
-/// The token of `listen_token`: a private file (see `read_private`) holding at least 16
-/// characters (surrounding whitespace is not part of it).
-pub fn read_token(path: &Path) -> Result<String, String> {
-    let text = read_private(path)?;
-    let token = text.trim();
-    if token.len() < 16 || token.chars().any(char::is_whitespace) {
-        return Err("expected one token of at least 16 characters, without spaces".into());
-    }
-    Ok(token.to_owned())
-}
-
 /// Who may use a connection.
 #[derive(Clone)]
 enum Access {
@@ -219,7 +196,7 @@ pub fn serve(
         None => None,
         Some(addr) => {
             let token_file = cfg.listen_token.as_deref().ok_or(ServeError::NoToken)?;
-            let token = read_token(token_file).map_err(|why| ServeError::Secret {
+            let token = secrets::read_token(token_file).map_err(|why| ServeError::Secret {
                 key: "listen_token",
                 path: token_file.to_owned(),
                 why,

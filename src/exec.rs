@@ -10,9 +10,8 @@ use crate::size::QuotaSpec;
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
-/// The parent cgroup of `cuvisor exec` programs: not a supervisor's (`cgroup_name`, by
-/// default `cuvisor`), whose leftovers a starting supervisor removes.
-pub const EXEC_CGROUP_NAME: &str = "cuvisor-exec";
+/// Moved to [`crate::config::EXEC_CGROUP_NAME`]; this path stays for one release.
+pub use crate::config::EXEC_CGROUP_NAME;
 
 pub struct ExecOptions {
     pub model: String,

@@ -9,6 +9,8 @@
 //! module only reads it, checks health, and forwards.
 
 use crate::config::Config;
+/// Moved to [`crate::config::secrets`]; this path stays for one release.
+pub use crate::config::secrets::read_keys;
 use crate::metrics::{FrontDoorMetrics, ModelMetrics, Refused};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
@@ -20,7 +22,6 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -36,26 +37,6 @@ const HEALTH_FAST: Duration = Duration::from_millis(10);
 const HEALTH_FAST_FOR: Duration = Duration::from_secs(5);
 
 type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
-
-/// The API keys of `api_keys`: one per line (blank lines and `#` comments skipped), each
-/// at least 16 characters; the file must be readable by its owner only.
-pub fn read_keys(path: &Path) -> Result<Vec<String>, String> {
-    let text = crate::control::read_private(path)?;
-    let keys: Vec<String> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_owned)
-        .collect();
-    if keys.is_empty()
-        || keys
-            .iter()
-            .any(|k| k.len() < 16 || k.contains(char::is_whitespace))
-    {
-        return Err("expected one key per line, each of at least 16 characters".into());
-    }
-    Ok(keys)
-}
 
 /// One instance the front door may send requests to.
 struct Upstream {

@@ -9,7 +9,8 @@
 //!   programs that embed it.
 //!
 //! The modules, bottom up: the size syntax of quotas ([`size`]), the per-model ledgers
-//! ([`ledger`]), the configuration ([`config`]), host limits ([`cgroups`]), starting a
+//! ([`ledger`]), the configuration ([`config`]: declared values, the leaf of the crate's
+//! layers, which reaches the host only through [`config::Host`]), host limits ([`cgroups`]), starting a
 //! worker in its namespaces ([`launch`]), one program under the shim ([`exec`]), placement
 //! on a node's GPUs ([`placement`], [`nvml`]), an instance's life ([`lifecycle`]) and a
 //! served model's scaling ([`scaling`]) and hibernation ([`hibernation`]) as pure

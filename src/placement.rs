@@ -29,9 +29,10 @@
 //! assert_eq!(plan.gpus[0].committed, 76 * GIB);
 //! ```
 
+/// Declared in the configuration ([`crate::config::gpus`]); these paths stay for one release.
+pub use crate::config::{GpuDemand, GpuRef, Policy};
 use crate::gpu::GpuUuid;
 use crate::size::{QuotaSpec, format_bytes};
-use std::fmt;
 
 /// One GPU of the node, as NVML numbers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,41 +45,6 @@ pub struct NodeGpu {
     /// The N of its device node `/dev/nvidiaN` (NVML's minor number; None where NVML
     /// gives none).
     pub minor: Option<u32>,
-}
-
-/// A GPU named in a model's `gpus = [...]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GpuRef {
-    Index(u32),
-    Uuid(GpuUuid),
-}
-
-impl fmt::Display for GpuRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            GpuRef::Index(i) => write!(f, "{i}"),
-            GpuRef::Uuid(u) => write!(f, "{u}"),
-        }
-    }
-}
-
-/// Where a model wants to run.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GpuDemand {
-    /// These GPUs (`gpus = [0, 1]`, indices or UUIDs).
-    These(Vec<GpuRef>),
-    /// This many GPUs, chosen by the policy (`gpus = 2`).
-    Count(u32),
-}
-
-/// How the supervisor chooses GPUs for `gpus = N`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Policy {
-    /// The GPU with the most committed quota that still has room: whole GPUs stay free
-    /// for large models.
-    Pack,
-    /// The GPU with the least committed share of its memory: load is spread.
-    Spread,
 }
 
 impl Policy {

@@ -15,6 +15,8 @@
 //! and a marker file says it is complete (an environment left half-built is built again).
 //! Every uv run has a time limit and dies with the thread that started it.
 
+/// Declared in the configuration ([`crate::config::python`]); these paths stay for one release.
+pub use crate::config::{Envs, PythonSpec};
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::os::fd::AsRawFd;
@@ -22,21 +24,6 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// A model's `python` table.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct PythonSpec {
-    /// A requirements file (absolute path).
-    pub requirements: Option<PathBuf>,
-    /// Requirements given inline (`packages = ["torch==2.5.1", …]`).
-    pub packages: Vec<String>,
-    /// The interpreter version; None: the one uv finds.
-    pub version: Option<String>,
-    pub index_url: Option<String>,
-    pub find_links: Vec<String>,
-    /// Resolve and install from uv's cache and `find_links` only.
-    pub offline: bool,
-}
 
 /// Why an environment could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -59,13 +46,6 @@ pub enum EnvError {
     Uv { step: &'static str, message: String },
     #[error("uv {step} did not end within {} min: killed", LIMIT.as_secs() / 60)]
     TimedOut { step: &'static str },
-}
-
-/// Where environments are built, and with which uv.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Envs {
-    pub dir: PathBuf,
-    pub uv: PathBuf,
 }
 
 /// The marker of a complete environment.

@@ -96,10 +96,8 @@ pub enum Event {
 /// Where the answer to a control request goes.
 pub type Reply = tokio::sync::oneshot::Sender<Answer>;
 
-/// How long a hibernate or wake waits for the model's processes to acknowledge unless
-/// the model says otherwise (`swap_timeout`; their copies included: 80 GB at PCIe 4.0's
-/// 25 GB/s take about 3 s).
-pub const POWER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Moved to [`crate::config::DEFAULT_SWAP_TIMEOUT`]; this name stays for one release.
+pub use crate::config::DEFAULT_SWAP_TIMEOUT as POWER_TIMEOUT;
 
 /// Why a supervisor cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -1091,7 +1089,7 @@ impl Running {
             None => None,
             Some(addr) => {
                 let keys = match &sup.config.supervisor.api_keys {
-                    Some(path) => Some(gateway::read_keys(path).map_err(|why| {
+                    Some(path) => Some(crate::config::secrets::read_keys(path).map_err(|why| {
                         crate::control::ServeError::Secret {
                             key: "api_keys",
                             path: path.clone(),
@@ -1345,8 +1343,8 @@ pub fn exposure(m: &ModelConfig) -> Vec<&'static str> {
     out
 }
 
-/// Where supervisors keep their locks: one per cgroup parent (`cgroup_name`).
-pub const RUN_DIR: &str = "/run/cuvisor";
+/// Moved to [`crate::config::RUN_DIR`]; this path stays for one release.
+pub use crate::config::RUN_DIR;
 
 /// The one supervisor of a cgroup parent: an exclusive `flock` on
 /// `RUN_DIR/<cgroup_name>.lock`, which holds its pid. The kernel releases it when the

@@ -148,7 +148,7 @@ impl System {
         let views = match view::needed(config) {
             false => None,
             true => {
-                let root = Path::new(crate::supervisor::RUN_DIR)
+                let root = Path::new(crate::config::RUN_DIR)
                     .join(format!("{}.view", config.supervisor.cgroup_name));
                 let views =
                     Views::mount(&root).map_err(|source| Error::View { path: root, source })?;

@@ -597,3 +597,82 @@ fn check_warns_about_models_that_can_reach_the_others() {
         assert!(w.starts_with(e), "expected {e:?}, got {w:?}");
     }
 }
+
+/// A host that is not this machine: what the configuration means is decided against it
+/// alone (`Config::parse_on`), so a check needs no user, file or CPU of the machine that
+/// runs it.
+struct FakeHost;
+
+impl cuvisor::config::Host for FakeHost {
+    fn user(&self, name: &str) -> Option<(u32, u32)> {
+        (name == "alice").then_some((1000, 1000))
+    }
+    fn group(&self, name: &str) -> Option<u32> {
+        (name == "gpu").then_some(44)
+    }
+    fn id_in_use(&self, first: u32, last: u32) -> Option<String> {
+        (first..=last)
+            .contains(&200_000)
+            .then(|| "user bob (uid 200000)".to_owned())
+    }
+    fn is_file(&self, path: &std::path::Path) -> bool {
+        path == std::path::Path::new("/models/requirements.txt")
+    }
+    fn exists(&self, path: &std::path::Path) -> bool {
+        path == std::path::Path::new("/data")
+    }
+    fn read_token(&self, path: &std::path::Path) -> Result<String, String> {
+        if path == std::path::Path::new("/secret/token") {
+            Ok("0123456789abcdef".into())
+        } else {
+            Err("cannot read: No such file or directory (os error 2)".into())
+        }
+    }
+    fn read_keys(&self, _: &std::path::Path) -> Result<Vec<String>, String> {
+        Err("other users can read it (mode 0644): chmod 600".into())
+    }
+    fn online_cpus(&self) -> Option<cuvisor::config::cpus::CpuSet> {
+        "0-3".parse().ok()
+    }
+}
+
+#[test]
+fn the_host_is_asked_only_through_the_host_it_is_checked_against() {
+    use cuvisor::config::Config;
+    let path = std::path::Path::new("h.toml");
+    // Valid on the fake host, though this machine has no /data, no alice and no token.
+    let valid = "[supervisor]\nlisten = \"127.0.0.1:9400\"\nlisten_token = \"/secret/token\"\n\
+                 userns_range = \"100000-165535\"\n\n[[model]]\nname = \"m\"\ncommand = \"/bin/true\"\n\
+                 user = \"alice\"\ngroup = \"gpu\"\ncpus = \"0-3\"\nbind_ro = [\"/data\"]\n\
+                 python = { requirements = \"/models/requirements.txt\" }\n";
+    let config = Config::parse_on(path, valid, &FakeHost).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(
+        (config.models[0].uid, config.models[0].gid),
+        (Some(1000), Some(44))
+    );
+    // And each answer of the host decides its error.
+    let invalid = "[supervisor]\nlisten = \"127.0.0.1:9400\"\nlisten_token = \"/other\"\n\
+                   userns_range = \"165536-231071\"\napi_keys = \"/keys\"\n\n[[model]]\nname = \"m\"\n\
+                   command = \"/bin/true\"\nuser = \"carol\"\ngroup = \"video\"\ncpus = \"0-7\"\n\
+                   bind_ro = [\"/srv\"]\npython = { requirements = \"/r.txt\" }\n";
+    let errors: Vec<String> = Config::parse_on(path, invalid, &FakeHost)
+        .expect_err("invalid on the fake host")
+        .iter()
+        .map(|e| format!("{}: {}", e.line, e.message))
+        .collect();
+    for expected in [
+        "3: listen_token = \"/other\": cannot read: No such file or directory (os error 2)",
+        "4: userns_range = \"165536-231071\": user bob (uid 200000) has an id in it; choose ids no user or group of the host has",
+        "5: api_keys = \"/keys\": other users can read it (mode 0644): chmod 600",
+        "10: user = \"carol\": no such user",
+        "11: group = \"video\": no such group",
+        "12: cpus = \"0-7\": this host's online CPUs are 0-3",
+        "13: bind_ro \"/srv\": no such file or directory",
+        "14: python.requirements = \"/r.txt\": no such file",
+    ] {
+        assert!(
+            errors.iter().any(|e| e == expected),
+            "{expected:?} not in {errors:#?}"
+        );
+    }
+}

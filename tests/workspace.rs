@@ -1,6 +1,7 @@
 //! The layout's promises: `cargo test` builds libcuvisor_preload.so, which carries its
 //! version marker, and no C hook symbol leaks into the supervisor binary (a `dlsym` or
-//! `cu*` export there would interpose on the supervisor itself).
+//! `cu*` export there would interpose on the supervisor itself); the configuration is the
+//! leaf of the supervisor's layers.
 
 mod common;
 use common::*;
@@ -66,5 +67,56 @@ fn cuvisor_cli_answers_version_and_rejects_unknown_commands() {
         stderr(&out).contains("unrecognized subcommand 'launch'"),
         "{}",
         stderr(&out)
+    );
+}
+
+/// The modules of this crate a file names (`crate::NAME`), outside comments.
+fn crate_modules(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for line in text.lines().filter(|l| !l.trim_start().starts_with("//")) {
+        let mut rest = line;
+        while let Some(at) = rest.find("crate::") {
+            rest = &rest[at + "crate::".len()..];
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '{')
+                .collect();
+            if name.starts_with('{') {
+                // `crate::{a, b::c}`: every name of the group.
+                let group = &rest[1..rest.find('}').unwrap_or(rest.len())];
+                found.extend(
+                    group
+                        .split(',')
+                        .map(|n| n.trim().split("::").next().unwrap_or("").to_owned()),
+                );
+            } else {
+                found.push(name);
+            }
+        }
+    }
+    found
+}
+
+/// `src/config/` is the leaf (issue: folders that are layers): declared values, which
+/// import no module of the supervisor but the configuration itself and what is
+/// `cuvisor-common`'s (`gpu`, `size`, `contract`).
+#[test]
+fn the_configuration_imports_nothing_above_it() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/config");
+    let mut bad = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("src/config") {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for module in crate_modules(&text) {
+            if !["config", "gpu", "size", "contract"].contains(&module.as_str()) {
+                bad.push(format!("{}: crate::{module}", path.display()));
+            }
+        }
+    }
+    assert!(bad.is_empty(), "src/config/ reaches up: {bad:#?}");
+    // The scan itself finds what it must.
+    assert_eq!(
+        crate_modules("use crate::x::Y;\n// crate::no\nlet z = crate::{a, b::c};"),
+        ["x", "a", "b"]
     );
 }

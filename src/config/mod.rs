@@ -4,12 +4,35 @@
 //! invalid values are errors that name the file and the line. `docs/OPERATIONS.md`
 //! documents every key with an annotated example.
 
-use crate::caps::{self, CapSet};
+pub mod caps;
+pub mod cpus;
+pub mod gpus;
+pub mod host;
+pub mod python;
+pub mod secrets;
+
+pub use gpus::{GpuDemand, GpuRef, Policy};
+pub use host::{Host, SystemHost};
+pub use python::{Envs, PythonSpec};
+
+/// The parent cgroup of `cuvisor exec` programs: not a supervisor's (`cgroup_name`, by
+/// default `cuvisor`), whose leftovers a starting supervisor removes; no supervisor may
+/// take the name.
+pub const EXEC_CGROUP_NAME: &str = "cuvisor-exec";
+
+/// How long a hibernate or wake waits for the model's processes to acknowledge unless the
+/// model says otherwise (`swap_timeout`; their copies included: 80 GB at PCIe 4.0's 25 GB/s
+/// take about 3 s).
+pub const DEFAULT_SWAP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where supervisors keep their locks: one per cgroup parent (`cgroup_name`).
+pub const RUN_DIR: &str = "/run/cuvisor";
+
 use crate::contract::{self, Mode};
 use crate::gpu::GpuUuid;
-use crate::ledger::{self, valid_model_name};
-use crate::placement::{GpuDemand, GpuRef, Policy};
 use crate::size::{QuotaSpec, parse_quota, parse_size};
+use caps::CapSet;
+use cuvisor_common::ledger::{self, valid_model_name};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -88,7 +111,7 @@ pub struct ModelConfig {
     /// CPU cores (fractions allowed).
     pub cpu_limit: Option<f64>,
     /// The CPUs the model's workers may run on (a cpuset).
-    pub cpus: Option<crate::cpus::CpuSet>,
+    pub cpus: Option<cpus::CpuSet>,
     pub pids_limit: Option<u64>,
     /// Freeze a hibernated model's workers (cgroup freezer), thawed before the wake.
     pub freeze_hibernated: bool,
@@ -112,7 +135,7 @@ pub struct ModelConfig {
     /// How the front door reaches the model's instances; None: not served.
     pub serve: Option<Serve>,
     /// Its own Python environment, built by uv.
-    pub python: Option<crate::pyenv::PythonSpec>,
+    pub python: Option<PythonSpec>,
 }
 
 /// A model the front door serves (`[model.serve]`).
@@ -177,7 +200,7 @@ pub struct SupervisorConfig {
     /// The quotas committed to a GPU may reach this many times its memory.
     pub gpu_overcommit: f64,
     /// Where models' Python environments are built, and with which uv.
-    pub envs: crate::pyenv::Envs,
+    pub envs: Envs,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -325,6 +348,7 @@ struct Checker<'a> {
     path: &'a Path,
     text: &'a str,
     errors: Vec<ConfigError>,
+    host: &'a dyn Host,
 }
 
 impl Checker<'_> {
@@ -397,37 +421,6 @@ impl Checker<'_> {
     }
 }
 
-/// Looks a user up by name or number.
-fn lookup_user(name: &str) -> Option<(u32, u32)> {
-    if let Ok(uid) = name.parse::<u32>() {
-        return Some((uid, uid));
-    }
-    let c = std::ffi::CString::new(name).ok()?;
-    // SAFETY: getpwnam with a valid C string; the result is copied at once.
-    let pw = unsafe { libc::getpwnam(c.as_ptr()) };
-    if pw.is_null() {
-        None
-    } else {
-        // SAFETY: non-null passwd entry.
-        Some(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
-    }
-}
-
-fn lookup_group(name: &str) -> Option<u32> {
-    if let Ok(gid) = name.parse::<u32>() {
-        return Some(gid);
-    }
-    let c = std::ffi::CString::new(name).ok()?;
-    // SAFETY: getgrnam with a valid C string; the result is copied at once.
-    let gr = unsafe { libc::getgrnam(c.as_ptr()) };
-    if gr.is_null() {
-        None
-    } else {
-        // SAFETY: non-null group entry, read at once.
-        Some(unsafe { (*gr).gr_gid })
-    }
-}
-
 impl Config {
     /// Reads and checks a configuration file; every error found, not just the first.
     pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
@@ -441,12 +434,19 @@ impl Config {
         Self::parse(path, &text)
     }
 
-    /// Checks a configuration given as text (`path` is for messages).
+    /// Checks a configuration given as text (`path` is for messages) against this host.
     pub fn parse(path: &Path, text: &str) -> Result<Config, Vec<ConfigError>> {
+        Self::parse_on(path, text, &SystemHost)
+    }
+
+    /// Checks a configuration given as text against `host`'s users, groups, files,
+    /// secrets and CPUs (a test's or the fuzz target's own, or [`SystemHost`]).
+    pub fn parse_on(path: &Path, text: &str, host: &dyn Host) -> Result<Config, Vec<ConfigError>> {
         let mut c = Checker {
             path,
             text,
             errors: Vec::new(),
+            host,
         };
         let raw: RawConfig = match toml::from_str(text) {
             Ok(r) => r,
@@ -517,7 +517,7 @@ fn check_supervisor(c: &mut Checker, s: RawSupervisor) -> SupervisorConfig {
         .listen_token
         .as_ref()
         .and_then(|v| c.absolute("listen_token", v).map(|p| (v, p)))
-        .and_then(|(v, p)| match crate::control::read_token(&p) {
+        .and_then(|(v, p)| match c.host.read_token(&p) {
             Ok(_) => Some(p),
             Err(why) => {
                 c.error(v, format!("listen_token = \"{}\": {why}", p.display()));
@@ -538,7 +538,7 @@ fn check_supervisor(c: &mut Checker, s: RawSupervisor) -> SupervisorConfig {
         .unwrap_or_else(ledger::default_dir);
     let shim = s.shim.as_ref().and_then(|v| {
         let p = c.absolute("shim", v)?;
-        if p.is_file() {
+        if c.host.is_file(&p) {
             Some(p)
         } else {
             c.error(v, format!("shim = \"{}\": no such file", p.display()));
@@ -554,7 +554,7 @@ fn check_supervisor(c: &mut Checker, s: RawSupervisor) -> SupervisorConfig {
     let cgroup_name = match &s.cgroup_name {
         None => "cuvisor".to_owned(),
         Some(v)
-            if crate::exec::EXEC_CGROUP_NAME == v.get_ref()
+            if EXEC_CGROUP_NAME == v.get_ref()
                 || [".slice", ".scope", ".service", ".mount"]
                     .iter()
                     .any(|suffix| v.get_ref().ends_with(suffix)) =>
@@ -588,7 +588,7 @@ fn check_supervisor(c: &mut Checker, s: RawSupervisor) -> SupervisorConfig {
             .and_then(|(a, b)| Some((a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?)));
         match parsed {
             Some((first, last)) if first >= 1 && first <= last && last < u32::MAX => {
-                match id_in_use(first, last) {
+                match c.host.id_in_use(first, last) {
                     Some(who) => {
                         c.error(
                             v,
@@ -666,14 +666,14 @@ fn check_supervisor(c: &mut Checker, s: RawSupervisor) -> SupervisorConfig {
         .api_keys
         .as_ref()
         .and_then(|v| c.absolute("api_keys", v).map(|p| (v, p)))
-        .and_then(|(v, p)| match crate::gateway::read_keys(&p) {
+        .and_then(|(v, p)| match c.host.read_keys(&p) {
             Ok(_) => Some(p),
             Err(why) => {
                 c.error(v, format!("api_keys = \"{}\": {why}", p.display()));
                 None
             }
         });
-    let envs = crate::pyenv::Envs {
+    let envs = Envs {
         dir: s
             .envs_dir
             .as_ref()
@@ -708,7 +708,7 @@ fn check_supervisor(c: &mut Checker, s: RawSupervisor) -> SupervisorConfig {
 fn check_gpus(c: &mut Checker, v: &Spanned<toml::Value>) -> Option<GpuDemand> {
     const FORMS: &str = "expected a number of GPUs from 1 to 16, or a list of GPU indices and \
                          UUIDs such as [0, 1] or [\"GPU-6f2d0e7a-1b3c-4d5e-8f90-a1b2c3d4e5f6\"]";
-    let max = crate::ledger::MAX_GPUS;
+    let max = ledger::MAX_GPUS;
     match v.get_ref() {
         toml::Value::Integer(n) if (1..=max as i64).contains(n) => {
             Some(GpuDemand::Count(*n as u32))
@@ -740,27 +740,6 @@ fn check_gpus(c: &mut Checker, v: &Spanned<toml::Value>) -> Option<GpuDemand> {
             None
         }
     }
-}
-
-/// A user or group of this host (from `/etc/passwd` and `/etc/group`) whose id is in
-/// `first..=last`, as "user NAME (uid N)".
-fn id_in_use(first: u32, last: u32) -> Option<String> {
-    [
-        ("/etc/passwd", "user", "uid"),
-        ("/etc/group", "group", "gid"),
-    ]
-    .into_iter()
-    .find_map(|(file, what, id)| {
-        let text = std::fs::read_to_string(file).ok()?;
-        text.lines().find_map(|line| {
-            let mut fields = line.split(':');
-            let name = fields.next()?;
-            let n: u32 = fields.nth(1)?.parse().ok()?;
-            (first..=last)
-                .contains(&n)
-                .then(|| format!("{what} {name} ({id} {n})"))
-        })
-    })
 }
 
 /// The next block of host ids in the supervisor's `userns_range`.
@@ -846,7 +825,7 @@ fn check_model(c: &mut Checker, m: &RawModel, line: usize) -> Option<ModelConfig
     let cwd = m.cwd.as_ref().and_then(|v| c.absolute("cwd", v));
     let (mut uid, mut gid) = (None, None);
     if let Some(u) = &m.user {
-        match lookup_user(u.get_ref()) {
+        match c.host.user(u.get_ref()) {
             Some((id, _)) if id == NO_CHANGE_ID => c.error(
                 u,
                 format!(
@@ -862,7 +841,7 @@ fn check_model(c: &mut Checker, m: &RawModel, line: usize) -> Option<ModelConfig
         }
     }
     if let Some(g) = &m.group {
-        match lookup_group(g.get_ref()) {
+        match c.host.group(g.get_ref()) {
             Some(id) if id == NO_CHANGE_ID => c.error(
                 g,
                 format!(
@@ -920,11 +899,7 @@ fn check_model(c: &mut Checker, m: &RawModel, line: usize) -> Option<ModelConfig
             None
         }
     });
-    let swap_timeout = c.duration(
-        "swap_timeout",
-        &m.swap_timeout,
-        crate::supervisor::POWER_TIMEOUT,
-    );
+    let swap_timeout = c.duration("swap_timeout", &m.swap_timeout, DEFAULT_SWAP_TIMEOUT);
     if let Some(v) = &m.swap_timeout
         && swap_timeout > MAX_SWAP_TIMEOUT
     {
@@ -933,12 +908,12 @@ fn check_model(c: &mut Checker, m: &RawModel, line: usize) -> Option<ModelConfig
     let cpus = m
         .cpus
         .as_ref()
-        .and_then(|v| match v.get_ref().parse::<crate::cpus::CpuSet>() {
+        .and_then(|v| match v.get_ref().parse::<cpus::CpuSet>() {
             Err(why) => {
                 c.error(v, format!("cpus = {why}"));
                 None
             }
-            Ok(set) => match crate::cpus::CpuSet::online() {
+            Ok(set) => match c.host.online_cpus() {
                 Some(host) if !set.is_subset(&host) => {
                     c.error(
                         v,
@@ -1057,7 +1032,7 @@ fn check_model(c: &mut Checker, m: &RawModel, line: usize) -> Option<ModelConfig
     let mut bind_ro = Vec::new();
     for b in &m.bind_ro {
         if let Some(p) = c.absolute("bind_ro", b) {
-            if !p.exists() {
+            if !c.host.exists(&p) {
                 c.error(
                     b,
                     format!("bind_ro \"{}\": no such file or directory", p.display()),
@@ -1146,11 +1121,11 @@ fn check_front_door(c: &mut Checker, supervisor: &SupervisorConfig, models: &[Mo
 }
 
 /// `[model.serve]`: a path for health, a start-up timeout, aliases, a body limit.
-fn check_python(c: &mut Checker, v: &Spanned<RawPython>) -> Option<crate::pyenv::PythonSpec> {
+fn check_python(c: &mut Checker, v: &Spanned<RawPython>) -> Option<PythonSpec> {
     let r = v.get_ref();
     let requirements = r.requirements.as_ref().and_then(|p| {
         let path = c.absolute("python.requirements", p)?;
-        if path.is_file() {
+        if c.host.is_file(&path) {
             Some(path)
         } else {
             c.error(
@@ -1186,7 +1161,7 @@ fn check_python(c: &mut Checker, v: &Spanned<RawPython>) -> Option<crate::pyenv:
             None
         }
     });
-    Some(crate::pyenv::PythonSpec {
+    Some(PythonSpec {
         requirements,
         packages: r.packages.clone(),
         version,
@@ -1442,10 +1417,7 @@ bind_ro = ["/tmp"]
             ["cuvisor.toml:4: swap_timeout = \"10m\": at most 5m"]
         );
         let default = parse("[[model]]\nname = \"m\"\ncommand = \"x\"\n").unwrap();
-        assert_eq!(
-            default.models[0].swap_timeout,
-            crate::supervisor::POWER_TIMEOUT
-        );
+        assert_eq!(default.models[0].swap_timeout, DEFAULT_SWAP_TIMEOUT);
     }
 
     #[test]
