@@ -426,7 +426,7 @@ fn check(path: &std::path::Path) -> ExitCode {
                 names.join(", ")
             );
             for m in &c.models {
-                for why in cuvisor::supervisor::exposure(m) {
+                for why in cuvisor::config::exposure::exposure(m) {
                     eprintln!("WARNING: model {}: {why}", m.name);
                 }
             }

@@ -1309,39 +1309,8 @@ pub fn backoff_delay(cfg: &ModelConfig, failures_in_a_row: u32) -> Duration {
     lifecycle::backoff_delay(&policy, failures_in_a_row)
 }
 
-/// What a model's workers can reach outside their model, as its settings leave it: each
-/// a reason to isolate it further (docs/SECURITY.md).
-pub fn exposure(m: &ModelConfig) -> Vec<&'static str> {
-    let host_root = m.uid.is_none_or(|u| u == 0) && !m.isolation.user;
-    let mut out = Vec::new();
-    if host_root {
-        out.push(
-            "runs as root of the host: without capabilities, and with the kernel's interfaces, \
-             the shim and the other ledgers out of reach, it still owns root's files (/etc, \
-             anything shared with it); for code you do not trust set user or isolation.user",
-        );
-    }
-    if host_root && !m.isolation.pid {
-        out.push(
-            "runs as root without a PID namespace: it can signal and trace the other models' \
-             workers (set user, isolation.user, or isolation.pid = true)",
-        );
-    }
-    if host_root && !m.isolation.mount {
-        out.push(
-            "runs as root without a mount namespace: it can open every model's ledger and \
-             write the kernel's interfaces (/sys, /proc/sys) and the Python environments \
-             the models share (set user, isolation.user, or isolation.mount = true)",
-        );
-    }
-    if m.capabilities.0 != 0 && !m.isolation.user {
-        out.push(
-            "keeps capabilities on the host (some, such as CAP_SYS_ADMIN, CAP_DAC_OVERRIDE or \
-             CAP_SYS_PTRACE, undo its confinement)",
-        );
-    }
-    out
-}
+/// Moved to [`crate::config::exposure`]; this path stays for one release.
+pub use crate::config::exposure::exposure;
 
 /// Moved to [`crate::config::RUN_DIR`]; this path stays for one release.
 pub use crate::config::RUN_DIR;

@@ -423,7 +423,7 @@ pub fn prepare(
         log(line);
     }
     for m in &config.models {
-        for why in crate::supervisor::exposure(m) {
+        for why in crate::config::exposure::exposure(m) {
             log(&format!("WARNING: model {}: {why}", m.name));
         }
     }

@@ -6,6 +6,7 @@
 
 pub mod caps;
 pub mod cpus;
+pub mod exposure;
 pub mod gpus;
 pub mod host;
 pub mod python;
