@@ -240,7 +240,7 @@ pub fn serve(
 /// What to do after an accept fails (out of descriptors, most likely): wait a little,
 /// instead of trying again at once in a tight loop.
 async fn accept_failed(e: std::io::Error) {
-    crate::supervisor::log(&format!("control API: accept failed: {e}"));
+    crate::log::log(&format!("control API: accept failed: {e}"));
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 

@@ -562,7 +562,7 @@ pub fn serve(
                     });
                 }
                 Err(e) => {
-                    crate::supervisor::log(&format!("front door: accept failed: {e}"));
+                    crate::log::log(&format!("front door: accept failed: {e}"));
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }

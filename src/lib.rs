@@ -30,6 +30,7 @@ pub mod hibernation;
 pub mod launch;
 pub mod ledger;
 pub mod lifecycle;
+mod log;
 pub mod metrics;
 pub mod nvml;
 pub mod placement;

@@ -142,9 +142,7 @@ pub enum Error {
     Panicked,
 }
 
-pub(crate) fn log(line: &str) {
-    let _ = writeln!(std::io::stderr(), "cuvisor: {line}");
-}
+pub(crate) use crate::log::log;
 
 /// One instance: its lifecycle and, while it has one, its worker process.
 struct Slot {
