@@ -40,6 +40,7 @@ const fn nul_terminated() -> [u8; VERSION.len() + 1] {
 /// CUDA call, no thread).
 extern "C" fn on_load() {
     real::ensure_real_dlsym();
+    runtime::set_on_attach(hibernate::start);
     runtime::load();
 }
 

@@ -63,6 +63,17 @@ pub enum NotCharged {
     Driver(CUresult),
 }
 
+/// What runs once this process has attached to its model's ledger, where hibernation is
+/// on: set at load by the layer above (the hibernation listener), so that the runtime
+/// names nothing above it.
+pub type OnAttach = fn(&Runtime, &Attachment<'_>);
+static ON_ATTACH: OnceLock<OnAttach> = OnceLock::new();
+
+/// Registers the on-attach callback (once; later calls are ignored).
+pub fn set_on_attach(f: OnAttach) {
+    let _ = ON_ATTACH.set(f);
+}
+
 static INIT: Once = Once::new();
 static RUNTIME: AtomicPtr<Runtime> = AtomicPtr::new(std::ptr::null_mut());
 static CONFIG_ERRORS: OnceLock<Vec<String>> = OnceLock::new();
@@ -113,7 +124,14 @@ impl Runtime {
         match attached {
             Ok(a) => {
                 if self.config.hibernate {
-                    crate::hibernate::start(self, a);
+                    match ON_ATTACH.get() {
+                        Some(on_attach) => on_attach(self, a),
+                        // Only if the process attached before the shim's constructor ran.
+                        None => log::error!(
+                            "model {}: attached before the shim was loaded: this process will not answer hibernate and wake",
+                            self.config.model
+                        ),
+                    }
                 }
                 Some(a)
             }
