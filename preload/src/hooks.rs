@@ -1,12 +1,13 @@
-//! The one table of hooks. Everything that decides whether a caller gets one of our
-//! wrappers reads it: the exported symbols (each row's wrapper is an exported function of
-//! the same name), the `dlsym` interposer, and the `cuGetProcAddress` /
-//! `cudaGetDriverEntryPoint` resolvers. `docs/INTERCEPTION.md` is checked against it by a
-//! test.
+//! The one table of hooks, and the real function behind each row. Everything that decides
+//! whether a caller gets one of our wrappers reads it: the exported symbols (each row's
+//! wrapper is an exported function of the same name), and the resolution above it
+//! ([`crate::resolve`]: the `dlsym` interposer, the `cuGetProcAddress` /
+//! `cudaGetDriverEntryPoint` resolvers). `docs/INTERCEPTION.md` is checked against it by a
+//! test. It imports nothing of the shim's runtime.
 
 use crate::real::{self, Lib};
-use std::ffi::{CStr, c_char, c_void};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::ffi::{CStr, c_void};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// What a hook does; the words are those of docs/INTERCEPTION.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,7 +118,7 @@ macro_rules! hook_table {
             wrapper: Wrapper(crate::wrappers::$sym as *const c_void),
         }),*];
 
-        const N_HOOKS: usize = [$(stringify!($sym)),*].len();
+        pub(crate) const N_HOOKS: usize = [$(stringify!($sym)),*].len();
     };
 }
 
@@ -184,61 +185,9 @@ hook_table! {
     cudaGetDriverEntryPointByVersion_ptsz, "cudaGetDriverEntryPointByVersion", 0, PerThread, Cudart, Resolver;
 }
 
-/// How a caller found one of our wrappers. Direct binding to the exported symbols is the
-/// fourth way, and leaves no trace here.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Via {
-    Dlsym,
-    GetProcAddress,
-    EntryPoint,
-}
-
-const VIAS: [(Via, &str); 3] = [
-    (Via::Dlsym, "dlsym"),
-    (Via::GetProcAddress, "cuGetProcAddress"),
-    (Via::EntryPoint, "cudaGetDriverEntryPoint"),
-];
-
-/// How many times each row's wrapper was handed out by each path: lookups are rare, so a
-/// relaxed counter costs nothing that matters (and takes no lock, as `dlsym` requires).
-static HANDED_OUT: [[AtomicU32; 3]; N_HOOKS] =
-    [const { [const { AtomicU32::new(0) }; 3] }; N_HOOKS];
-
-fn handed_out(index: usize, via: Via) {
-    HANDED_OUT[index][via as usize].fetch_add(1, Ordering::Relaxed);
-}
-
-/// Logs (at info level) which wrappers each path handed out, so that a run on a real
-/// stack shows how its framework reached the driver.
-pub fn log_resolutions() {
-    if !log::log_enabled!(log::Level::Info) {
-        return;
-    }
-    let mut any = false;
-    for (via, name) in VIAS {
-        let used: Vec<String> = HOOKS
-            .iter()
-            .zip(&HANDED_OUT)
-            .filter_map(|(h, counts)| {
-                let n = counts[via as usize].load(Ordering::Relaxed);
-                (n > 0).then(|| format!("{}={n}", h.name()))
-            })
-            .collect();
-        if !used.is_empty() {
-            any = true;
-            log::info!("wrappers handed out through {name}: {}", used.join(" "));
-        }
-    }
-    if !any {
-        log::info!(
-            "no wrapper was handed out through dlsym, cuGetProcAddress or cudaGetDriverEntryPoint: calls came by direct binding, if at all"
-        );
-    }
-}
-
 /// The real function behind each row, found on first use or handed to us by a `dlsym`
 /// or resolver call that we answered with the wrapper.
-static REAL: [AtomicUsize; N_HOOKS] = [const { AtomicUsize::new(0) }; N_HOOKS];
+pub(crate) static REAL: [AtomicUsize; N_HOOKS] = [const { AtomicUsize::new(0) }; N_HOOKS];
 
 pub fn hook(id: Id) -> &'static Hook {
     &HOOKS[id as usize]
@@ -261,149 +210,13 @@ pub fn real(id: Id) -> Option<usize> {
 }
 
 /// Keeps the first real pointer learned for a row (later ones are the same function).
-fn remember(index: usize, real: *mut c_void) {
+pub(crate) fn remember(index: usize, real: *mut c_void) {
     let _ = REAL[index].compare_exchange(0, real as usize, Ordering::AcqRel, Ordering::Acquire);
 }
 
 pub fn by_symbol(name: &[u8]) -> Option<usize> {
     HOOKS.iter().position(|h| h.name().as_bytes() == name)
 }
-
-fn wrapper_index(p: *mut c_void) -> Option<usize> {
-    HOOKS.iter().position(|h| std::ptr::eq(h.wrapper.0, p))
-}
-
-/// A resolver (cuGetProcAddress, cudaGetDriverEntryPoint) returned `ptr` for `base`:
-/// answer with our wrapper of exactly that variant, or `ptr` itself if we wrap none.
-///
-/// The variant is identified by the real pointer when the driver's exported symbol has
-/// the same address; otherwise by the driver's documented rule (the newest ABI version at
-/// or below `version`; per-thread variants when `flags` ask for them) over our rows. A
-/// variant we do not wrap (the 32-bit `cuMemAlloc`, a future `_v3`) is left untouched.
-pub fn substitute(
-    via: Via,
-    base: &CStr,
-    version: Option<i32>,
-    flags: u64,
-    ptr: *mut c_void,
-) -> *mut c_void {
-    if ptr.is_null() || crate::runtime::is_off() {
-        return ptr;
-    }
-    // Already ours: the runtime's entry-point lookup goes through the cuGetProcAddress we
-    // wrapped. Counted for this path too, since it is how the caller got it.
-    if let Some(i) = wrapper_index(ptr) {
-        handed_out(i, via);
-        return ptr;
-    }
-    let base = base.to_bytes();
-    let rows = || {
-        HOOKS
-            .iter()
-            .enumerate()
-            .filter(move |(_, h)| h.version > 0 && h.base.as_bytes() == base)
-    };
-    for (i, h) in rows() {
-        let known = REAL[i].load(Ordering::Acquire);
-        let known = if known != 0 {
-            known
-        } else {
-            real::lookup(h.lib, h.c_name(), h.wrapper.0) as usize
-        };
-        if known == ptr as usize {
-            remember(i, ptr);
-            handed_out(i, via);
-            return h.wrapper.0 as *mut c_void;
-        }
-    }
-    let Some(version) = version else {
-        return ptr;
-    };
-    let newest = |stream: Stream| {
-        rows()
-            .filter(|(_, h)| h.stream == stream && h.version <= version)
-            .max_by_key(|(_, h)| h.version)
-    };
-    let per_thread = flags == crate::ffi::CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM;
-    let chosen = if per_thread {
-        newest(Stream::PerThread).or_else(|| newest(Stream::Legacy))
-    } else {
-        newest(Stream::Legacy)
-    };
-    match chosen {
-        Some((i, h)) => {
-            remember(i, ptr);
-            handed_out(i, via);
-            h.wrapper.0 as *mut c_void
-        }
-        None => ptr, // a variant older than any we wrap (the 32-bit cuMemAlloc): untouched
-    }
-}
-
-/// The decision behind our `dlsym`: our wrapper for a hooked name looked up in a handle
-/// that has it, or null to let glibc's `dlsym` answer (tail call, caller preserved).
-///
-/// Called from the naked `dlsym` below: no locks, no CUDA calls, no allocation.
-extern "C" fn decide(handle: *mut c_void, name: *const c_char) -> *mut c_void {
-    if !real::ensure_real_dlsym() || name.is_null() || handle == libc::RTLD_NEXT {
-        return std::ptr::null_mut();
-    }
-    std::panic::catch_unwind(|| {
-        // SAFETY: dlsym's contract: a NUL-terminated name.
-        let bytes = unsafe { CStr::from_ptr(name) }.to_bytes();
-        if !(bytes.starts_with(b"cu") || bytes.starts_with(b"nvml")) {
-            return std::ptr::null_mut();
-        }
-        let Some(index) = by_symbol(bytes) else {
-            return std::ptr::null_mut();
-        };
-        let h = &HOOKS[index];
-        // SAFETY: forwarding the caller's own arguments to glibc's dlsym.
-        let found = unsafe { real::dlsym(handle, name) };
-        if found.is_null() {
-            return std::ptr::null_mut(); // not in that handle: let glibc say so (and set dlerror)
-        }
-        if std::ptr::eq(found, h.wrapper.0) {
-            return found; // RTLD_DEFAULT found our export
-        }
-        remember(index, found);
-        if crate::runtime::is_off() {
-            found
-        } else {
-            handed_out(index, Via::Dlsym);
-            h.wrapper.0 as *mut c_void
-        }
-    })
-    .unwrap_or(std::ptr::null_mut())
-}
-
-/// `dlsym`, interposed. A naked function so that what we do not answer ourselves reaches
-/// glibc by a tail jump: glibc then sees the original caller's return address, which is
-/// what `dlsym(RTLD_NEXT, …)` is resolved against.
-#[cfg(target_arch = "x86_64")]
-#[unsafe(naked)]
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn dlsym(handle: *mut c_void, name: *const c_char) -> *mut c_void {
-    core::arch::naked_asm!(
-        "push rdi",
-        "push rsi",
-        "sub rsp, 8", // 16-byte alignment for the call
-        "call {decide}",
-        "add rsp, 8",
-        "pop rsi",
-        "pop rdi",
-        "test rax, rax",
-        "jz 2f",
-        "ret",
-        "2:",
-        "jmp qword ptr [rip + {real}]",
-        decide = sym decide,
-        real = sym real::REAL_DLSYM,
-    )
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-compile_error!("cuvisor-preload's dlsym interposer is written for x86_64 only so far");
 
 #[cfg(test)]
 mod tests {

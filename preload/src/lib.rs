@@ -14,6 +14,7 @@ mod hooks;
 mod logging;
 mod real;
 mod records;
+mod resolve;
 mod runtime;
 mod wrappers;
 
@@ -52,7 +53,7 @@ static ON_LOAD: extern "C" fn() = on_load;
 /// (the driver frees the memory itself). A process that dies otherwise is reclaimed by
 /// the supervisor or by the model's other processes.
 extern "C" fn on_exit() {
-    hooks::log_resolutions();
+    resolve::log_resolutions();
     runtime::leave_ledger();
 }
 

@@ -10,6 +10,7 @@ use crate::ffi::*;
 use crate::hooks::{self, Id, Policy};
 use crate::real::Lib;
 use crate::records::{Kind, Record, RecordMap};
+use crate::resolve;
 use crate::runtime::{Active, NotCharged, Runtime, active};
 use cuvisor_common::gpu::GpuUuid;
 use cuvisor_common::ledger::GpuIndex;
@@ -288,7 +289,7 @@ wrapper! {
 /// # Safety
 /// `symbol` and `pfn` are what the caller gave a resolver that succeeded with them.
 unsafe fn substitute_out(
-    via: hooks::Via,
+    via: resolve::Via,
     symbol: *const c_char,
     pfn: *mut *mut c_void,
     version: Option<i32>,
@@ -301,7 +302,7 @@ unsafe fn substitute_out(
     // `pfn` holds the function it wrote.
     unsafe {
         let found = *pfn;
-        *pfn = hooks::substitute(via, CStr::from_ptr(symbol), version, flags, found);
+        *pfn = resolve::substitute(via, CStr::from_ptr(symbol), version, flags, found);
     }
 }
 
@@ -315,7 +316,7 @@ fn proc_address_answer(
     flags: u64,
 ) -> CUresult {
     if rc == CUDA_SUCCESS {
-        let via = hooks::Via::GetProcAddress;
+        let via = resolve::Via::GetProcAddress;
         // SAFETY: the real resolver succeeded with these arguments.
         unsafe { substitute_out(via, symbol, pfn, Some(version), flags) };
     }
@@ -353,7 +354,7 @@ fn entry_point_answer(
     flags: u64,
 ) -> cudaError_t {
     if rc == 0 {
-        let via = hooks::Via::EntryPoint;
+        let via = resolve::Via::EntryPoint;
         // SAFETY: the real lookup succeeded with these arguments.
         unsafe { substitute_out(via, symbol, f, version, flags) };
     }
