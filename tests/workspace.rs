@@ -120,3 +120,34 @@ fn the_configuration_imports_nothing_above_it() {
         ["x", "a", "b"]
     );
 }
+
+/// The shim's layers, as far as they are cut (issue: folders that are layers): the
+/// runtime names neither the hibernation listener (an on-attach callback starts it) nor
+/// the resolution or the wrappers above it, and the hook table does not ask the runtime.
+/// What is still to cut: the wrappers' addresses in the table, and the driver helpers'
+/// use of a wrapper's real function.
+#[test]
+fn the_shim_imports_only_downward_where_it_is_cut() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("preload/src");
+    for (file, never) in [
+        (
+            "runtime.rs",
+            &["hibernate", "resolve", "wrappers", "hooks"][..],
+        ),
+        ("hooks.rs", &["runtime", "hibernate"][..]),
+        ("resolve.rs", &["wrappers", "hibernate"][..]),
+        (
+            "records.rs",
+            &["runtime", "wrappers", "hooks", "driver"][..],
+        ),
+    ] {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        let imported = crate_modules(&text);
+        for m in never {
+            assert!(
+                !imported.iter().any(|i| i == m),
+                "preload/src/{file} imports crate::{m}"
+            );
+        }
+    }
+}
