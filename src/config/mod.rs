@@ -353,6 +353,24 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
+    /// A secret's file (`listen_token`, `api_keys`): an absolute path that `read` accepts
+    /// on the host.
+    fn secret(
+        &mut self,
+        field: &str,
+        v: &Spanned<String>,
+        read: impl Fn(&dyn Host, &Path) -> Result<(), String>,
+    ) -> Option<PathBuf> {
+        let p = self.absolute(field, v)?;
+        match read(self.host, &p) {
+            Ok(()) => Some(p),
+            Err(why) => {
+                self.error(v, format!("{field} = \"{}\": {why}", p.display()));
+                None
+            }
+        }
+    }
+
     fn line_of(&self, offset: usize) -> usize {
         self.text[..offset.min(self.text.len())]
             .matches('\n')
@@ -517,14 +535,7 @@ fn check_supervisor(c: &mut Checker, s: RawSupervisor) -> SupervisorConfig {
     let listen_token = s
         .listen_token
         .as_ref()
-        .and_then(|v| c.absolute("listen_token", v).map(|p| (v, p)))
-        .and_then(|(v, p)| match c.host.read_token(&p) {
-            Ok(_) => Some(p),
-            Err(why) => {
-                c.error(v, format!("listen_token = \"{}\": {why}", p.display()));
-                None
-            }
-        });
+        .and_then(|v| c.secret("listen_token", v, |host, p| host.read_token(p).map(drop)));
     if let (Some(l), None) = (&s.listen, &s.listen_token) {
         c.error(
             l,
@@ -666,14 +677,7 @@ fn check_supervisor(c: &mut Checker, s: RawSupervisor) -> SupervisorConfig {
     let api_keys = s
         .api_keys
         .as_ref()
-        .and_then(|v| c.absolute("api_keys", v).map(|p| (v, p)))
-        .and_then(|(v, p)| match c.host.read_keys(&p) {
-            Ok(_) => Some(p),
-            Err(why) => {
-                c.error(v, format!("api_keys = \"{}\": {why}", p.display()));
-                None
-            }
-        });
+        .and_then(|v| c.secret("api_keys", v, |host, p| host.read_keys(p).map(drop)));
     let envs = Envs {
         dir: s
             .envs_dir
