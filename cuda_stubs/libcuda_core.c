@@ -803,6 +803,30 @@ EXPORT CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int version,
 
 /* cuGetExportTable, the runtime's private tables, is in libcuda_darkapi.c. */
 
+/* ---- error log callbacks (CUDA 12.9): the fake writes no log, so a registered callback
+ * is kept and never called ------------------------------------------------------------- */
+
+#define LOG_CALLBACK_MAGIC 0x4c4f4743u
+struct fg_log_callback { uint32_t magic; void (*fn)(void *, int, char *, size_t); void *data; };
+
+EXPORT CUresult cuLogsRegisterCallback(void (*fn)(void *, int, char *, size_t), void *data, void **handle) {
+    COUNT(cuLogsRegisterCallback);
+    if (!fn) return CUDA_ERROR_INVALID_VALUE;
+    struct fg_log_callback *cb = calloc(1, sizeof *cb);
+    if (!cb) return CUDA_ERROR_OUT_OF_MEMORY;
+    *cb = (struct fg_log_callback){LOG_CALLBACK_MAGIC, fn, data};
+    if (handle) *handle = cb;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuLogsUnregisterCallback(void *handle) {
+    COUNT(cuLogsUnregisterCallback);
+    struct fg_log_callback *cb = handle;
+    if (!cb || cb->magic != LOG_CALLBACK_MAGIC) return CUDA_ERROR_INVALID_VALUE;
+    cb->magic = 0; /* kept allocated: a stale handle stays detectable */
+    return CUDA_SUCCESS;
+}
+
 /* Graph memory: the fake has no graphs, so none is ever used or reserved (the four
  * CUgraphMem_attribute values are cuuint64_t counters). */
 EXPORT CUresult cuDeviceGetGraphMemAttribute(CUdevice dev, int attr, void *value) {
