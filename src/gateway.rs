@@ -515,13 +515,6 @@ impl Routes {
     }
 }
 
-/// A free loopback port for an instance (the kernel's choice, released for the worker to
-/// bind).
-pub fn free_port() -> std::io::Result<u16> {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
-    probe.local_addr().map(|a| a.port())
-}
-
 /// Starts the front door on `addr`, on a thread of its own; dropped, it stops.
 pub fn serve(
     addr: SocketAddr,

@@ -10,7 +10,9 @@
 //!
 //! The modules, bottom up: the size syntax of quotas ([`size`]), the per-model ledgers
 //! ([`ledger`]), the configuration ([`config`]: declared values, the leaf of the crate's
-//! layers, which reaches the host only through [`config::Host`]), host limits ([`cgroups`]), starting a
+//! layers, which reaches the host only through [`config::Host`]), the effects on the host
+//! ([`node`], which never reaches the servers; its modules keep their old paths for one
+//! release): host limits ([`cgroups`]), starting a
 //! worker in its namespaces ([`launch`]), one program under the shim ([`exec`]), placement
 //! on a node's GPUs ([`placement`], [`nvml`]), an instance's life ([`lifecycle`]) and a
 //! served model's scaling ([`scaling`]) and hibernation ([`hibernation`]) as pure
@@ -20,27 +22,22 @@
 //! A Rust program embeds a supervisor with [`supervisor::Running`]. See the README.
 
 pub mod caps;
-pub mod cgroups;
 pub mod config;
 pub mod control;
-pub mod cpus;
 pub mod exec;
 pub mod gateway;
 pub mod hibernation;
-pub mod launch;
-pub mod ledger;
 pub mod lifecycle;
 mod log;
 pub mod metrics;
-pub mod nvml;
+pub mod node;
 pub mod placement;
-pub mod pyenv;
 pub mod scaling;
 pub mod status;
 pub mod supervisor;
-pub mod system;
-pub mod view;
 pub use cuvisor_common::{contract, gpu, size};
+/// The node's modules at their old paths, for one release.
+pub use node::{cgroups, cpus, launch, ledger, nvml, pyenv, system, view};
 
 /// The version of this crate (and of the `cuvisor` binary).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -65,7 +65,7 @@ fn json_body(events: &[Value]) -> Value {
 
 /// `cuvisor run` with the front door on a free port, serving `models`.
 fn front_door(tag: &str, settings: &str, models: &str) -> (Supervisor, u16) {
-    let http = cuvisor::gateway::free_port().unwrap();
+    let http = cuvisor::node::process::free_port().unwrap();
     let settings = format!("http = \"127.0.0.1:{http}\"\n{settings}");
     (Supervisor::start_with(tag, &settings, &[], models), http)
 }

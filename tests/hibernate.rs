@@ -332,7 +332,7 @@ fn a_request_wakes_its_model_and_pushes_the_idle_one_out_first() {
     let state = TempDir::new("pressure-state");
     let gpu = state.path("gpu-state");
     let flag = state.path("b-may-allocate");
-    let http = cuvisor::gateway::free_port().unwrap();
+    let http = cuvisor::node::process::free_port().unwrap();
     let s = supervise(
         "pressure",
         &gpu,
@@ -381,7 +381,7 @@ fn a_request_wakes_its_model_and_pushes_the_idle_one_out_first() {
 fn an_idle_model_hibernates_after_its_delay_and_wakes_for_a_request() {
     let state = TempDir::new("idle-state");
     let gpu = state.path("gpu-state");
-    let http = cuvisor::gateway::free_port().unwrap();
+    let http = cuvisor::node::process::free_port().unwrap();
     let s = supervise(
         "idle",
         &gpu,

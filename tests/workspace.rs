@@ -151,3 +151,22 @@ fn the_shim_imports_only_downward_where_it_is_cut() {
         }
     }
 }
+
+/// `src/node/` (effects on the host) never reaches the servers: the control API, the
+/// front door, their metrics. (Its one edge up, to the supervisor's protocol, goes when
+/// the protocol moves below both.)
+#[test]
+fn the_node_never_imports_the_servers() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/node");
+    let mut bad = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("src/node") {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for module in crate_modules(&text) {
+            if ["gateway", "control", "metrics", "exec"].contains(&module.as_str()) {
+                bad.push(format!("{}: crate::{module}", path.display()));
+            }
+        }
+    }
+    assert!(bad.is_empty(), "src/node/ reaches the servers: {bad:#?}");
+}

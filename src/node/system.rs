@@ -7,13 +7,12 @@
 use crate::cgroups::{Cgroup, CgroupError, Hierarchy, Limits};
 use crate::config::{Config, Logs, ModelConfig, SupervisorConfig};
 use crate::contract::Contract;
-use crate::exec::{cstrings, worker_env};
-use crate::gateway;
 use crate::gpu::GpuUuid;
 use crate::launch::{self, LaunchError, Privileges, ReadOnly, Spec, SpecError};
 use crate::ledger::{self, CreateOptions, LedgerError, LedgerFile};
 use crate::lifecycle::Signal;
 use crate::log::log;
+use crate::node::worker::{cstrings, worker_env};
 use crate::placement::Plan;
 use crate::supervisor::{Error, Event};
 use crate::view::{self, Views};
@@ -326,7 +325,7 @@ impl Launcher {
         let visible = self.plan.as_ref().and_then(|p| p.uuids(&cfg.name));
         let minors = self.plan.as_ref().and_then(|p| p.minors(&cfg.name));
         let port = match cfg.serve {
-            Some(_) => Some(gateway::free_port().map_err(StartError::Port)?),
+            Some(_) => Some(crate::node::process::free_port().map_err(StartError::Port)?),
             None => None,
         };
         let leaf = format!("{}-{index}", cfg.name);
