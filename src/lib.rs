@@ -17,27 +17,29 @@
 //! on a node's GPUs ([`placement`], [`nvml`]), an instance's life ([`lifecycle`]) and a
 //! served model's scaling ([`scaling`]) and hibernation ([`hibernation`]) as pure
 //! decisions, their effects on the
-//! system ([`system`]), and the supervisor ([`supervisor`]) with its control API
-//! ([`control`]), front door ([`gateway`]), status ([`status`]) and metrics ([`metrics`]).
+//! system ([`system`]), and the supervisor ([`supervisor`]) with its status ([`status`])
+//! and the servers ([`serve`], which never reach the node; old paths kept for one
+//! release): the control API ([`control`]), the front door ([`gateway`]) and metrics
+//! ([`metrics`]).
 //! A Rust program embeds a supervisor with [`supervisor::Running`]. See the README.
 
 pub mod caps;
 pub mod config;
-pub mod control;
 pub mod exec;
-pub mod gateway;
 pub mod hibernation;
 pub mod lifecycle;
 mod log;
-pub mod metrics;
 pub mod node;
 pub mod placement;
 pub mod scaling;
+pub mod serve;
 pub mod status;
 pub mod supervisor;
 pub use cuvisor_common::{contract, gpu, size};
 /// The node's modules at their old paths, for one release.
 pub use node::{cgroups, cpus, launch, ledger, nvml, pyenv, system, view};
+/// The servers' modules at their old paths, for one release.
+pub use serve::{control, gateway, metrics};
 
 /// The version of this crate (and of the `cuvisor` binary).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -170,3 +170,24 @@ fn the_node_never_imports_the_servers() {
     }
     assert!(bad.is_empty(), "src/node/ reaches the servers: {bad:#?}");
 }
+
+/// `src/serve/` (the control API, the front door, metrics) never reaches the host's
+/// effects: nothing of `node/`.
+#[test]
+fn the_servers_never_import_the_node() {
+    let node = [
+        "node", "system", "launch", "cgroups", "view", "pyenv", "nvml", "ledger", "cpus",
+    ];
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/serve");
+    let mut bad = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("src/serve") {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for module in crate_modules(&text) {
+            if node.contains(&module.as_str()) {
+                bad.push(format!("{}: crate::{module}", path.display()));
+            }
+        }
+    }
+    assert!(bad.is_empty(), "src/serve/ reaches the node: {bad:#?}");
+}
