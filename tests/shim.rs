@@ -672,3 +672,27 @@ fn a_context_that_goes_gives_its_allocations_back_to_the_quota() {
         );
     }
 }
+
+/// A context that goes on a GPU the process never charged leaves the model's ledger as it
+/// was: the sweep asks about no GPU the process has not met (it used to register it,
+/// which is the first charge's job, at every context release; the runtime releases its
+/// primary contexts at exit).
+#[test]
+fn a_context_that_goes_on_an_unused_gpu_touches_no_ledger_entry() {
+    let dir = TempDir::new("sweep-unused");
+    let out = run(shimmed(driver_probe())
+        .env("CUVISOR_LEDGER_DIR", &dir.0)
+        .env("CUVISOR_MODEL", "quiet")
+        .env("CUVISOR_QUOTA", "1GiB")
+        .args(["init", "release", "init", "reset"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        lines(&out),
+        ["init -> 0", "release -> 0", "init -> 0", "reset -> 0"]
+    );
+    let snapshot = cuvisor::ledger::LedgerFile::open(&dir.0, "quiet")
+        .unwrap()
+        .snapshot()
+        .unwrap();
+    assert!(snapshot.gpus.is_empty(), "{:?}", snapshot.gpus);
+}

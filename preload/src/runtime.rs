@@ -151,8 +151,10 @@ impl Runtime {
 
     /// The remembered ledger entry of device ordinal `dev`, if any. Acquire pairs with
     /// the Release in `remember`: a thread that finds the entry sees it whole.
+    /// The ledger entry of a device this process has met (charged or asked about), without
+    /// meeting it.
     #[inline]
-    fn cached(&self, dev: CUdevice) -> Option<GpuIndex> {
+    pub fn cached(&self, dev: CUdevice) -> Option<GpuIndex> {
         let slot = self.gpus.get(usize::try_from(dev).ok()?)?;
         slot.load(Ordering::Acquire)
             .checked_sub(1)

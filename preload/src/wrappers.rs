@@ -728,9 +728,11 @@ fn swept(
     if rc != CUDA_SUCCESS {
         return rc;
     }
-    let gpu = match dev.map(|d| rt.gpu(d)) {
-        Some(Ok(gpu)) => Some(gpu),
-        Some(Err(_)) => return rc, // never charged anything there
+    // A device the process has not met holds none of its charges: nothing to ask (and
+    // meeting it now would register it in the ledger).
+    let gpu = match dev.map(|d| rt.cached(d)) {
+        Some(None) => return rc,
+        Some(known) => known,
         None => None,
     };
     let mut gone = Vec::new();
