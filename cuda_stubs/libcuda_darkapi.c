@@ -80,14 +80,14 @@ __attribute__((constructor)) static void dark_load(void) { fg_register_calls(dar
 
 /* ---- knobs ------------------------------------------------------------------------------ */
 
-static int trace_on;
+static int trace_level; /* FAKE_CUDA_TRACE: 0 off, 1 on, 2 `calls` */
 static char withheld[256];
 static int wrong_integrity;
 static pthread_once_t knobs_once = PTHREAD_ONCE_INIT;
 
 static void read_knobs(void) {
     const char *t = getenv("FAKE_CUDA_TRACE");
-    trace_on = t && strcmp(t, "0") != 0 && *t;
+    trace_level = !t || !*t || strcmp(t, "0") == 0 ? 0 : strcmp(t, "calls") == 0 ? 2 : 1;
     const char *w = getenv("FAKE_CUDA_DARKAPI_WITHHOLD");
     if (w) snprintf(withheld, sizeof withheld, ",%s,", w);
     const char *i = getenv("FAKE_CUDA_DARKAPI_INTEGRITY");
@@ -96,9 +96,14 @@ static void read_knobs(void) {
         fprintf(stderr, "fake-cuda: FAKE_CUDA_DARKAPI_INTEGRITY=\"%s\" is invalid: expected \"wrong\" or unset\n", i);
 }
 
+int cu_trace_level(void) {
+    pthread_once(&knobs_once, read_knobs);
+    return trace_level;
+}
+
 #define TRACE(...)                                                   \
     do {                                                             \
-        if (trace_on) fprintf(stderr, "fake-cuda darkapi: " __VA_ARGS__); \
+        if (trace_level) fprintf(stderr, "fake-cuda darkapi: " __VA_ARGS__); \
     } while (0)
 
 static void called(int counter, const char *what) {

@@ -47,6 +47,8 @@ void cu_cls_context_gone(CUcontext ctx);
 void cu_memory_context_gone(CUcontext ctx);
 /* cuCtxGetId without counting a call: NULL is the current context. */
 CUresult cu_context_id(CUcontext ctx, unsigned long long *id);
+/* FAKE_CUDA_TRACE, read once: 0 off, 1 on, 2 `calls` (libcuda_darkapi.c). */
+int cu_trace_level(void);
 /* The driver version this process reports (FAKE_CUDA_DRIVER_VERSION, read once). */
 int cu_driver_version(void);
 /* cuGetProcAddress: base name + cudaVersion + flags -> the variant, with NVIDIA's rules. */

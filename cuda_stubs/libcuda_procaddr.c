@@ -2,7 +2,7 @@
  * own because it names every entry point without its prototype. */
 #include <pthread.h>
 #include <stdio.h>
-#include <stdlib.h>
+#include <stdlib.h> /* strdup */
 #include <string.h>
 
 #include "libcuda_internal.h"
@@ -65,10 +65,9 @@ CUresult cu_get_proc_address(const char *symbol, void **pfn, int version, cuuint
     }
     if (want_pt && best_pt >= 0) best = best_pt; /* per-thread preferred, legacy the fallback */
     *pfn = best >= 0 ? (void *)proc_table[best].fn : NULL;
-    const char *trace = getenv("FAKE_CUDA_TRACE");
-    if (!found && trace && *trace && strcmp(trace, "0") != 0) {
+    if (!found && cu_trace_level()) {
         fprintf(stderr, "fake-cuda: cuGetProcAddress: %s (version %d) is not in the fake\n", symbol, version);
-        if (strcmp(trace, "calls") == 0 && (*pfn = trampoline(symbol))) {
+        if (cu_trace_level() == 2 && (*pfn = trampoline(symbol))) {
             if (status) *status = CU_GET_PROC_ADDRESS_SUCCESS;
             return CUDA_SUCCESS;
         }
