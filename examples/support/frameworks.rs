@@ -112,10 +112,10 @@ pub fn nvidia_runtime(label: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("no pinned runtime {label}"));
     let dir = root().join("runtimes").join(label);
     let _guard = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
-    if dir.join(".complete").exists() {
+    let marker = dir.join(".complete");
+    if std::fs::read_to_string(&marker).is_ok_and(|m| m == *requirement) {
         return dir;
     }
-    let wheels = root().join("wheels");
     let download = root().join("download").join(label);
     let _ = std::fs::remove_dir_all(&download);
     run_checked(
@@ -132,7 +132,6 @@ pub fn nvidia_runtime(label: &str) -> PathBuf {
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|x| x == "whl"))
         .unwrap_or_else(|| panic!("pip downloaded no wheel for {requirement}"));
-    std::fs::create_dir_all(&wheels).expect("wheels dir");
     let _ = std::fs::remove_dir_all(&dir);
     run_checked(
         Command::new("python3")
@@ -141,8 +140,8 @@ pub fn nvidia_runtime(label: &str) -> PathBuf {
             .arg(&dir),
         &format!("unpacking {}", wheel.display()),
     );
-    std::fs::rename(&wheel, wheels.join(wheel.file_name().expect("name"))).expect("keep wheel");
-    std::fs::write(dir.join(".complete"), requirement).expect("mark complete");
+    let _ = std::fs::remove_dir_all(&download);
+    std::fs::write(&marker, requirement).expect("mark complete");
     dir
 }
 
