@@ -1,9 +1,9 @@
 //! cuvisor embedded in a Rust program: `cargo run --example embed`.
 //!
-//! The supervisor is a value ([`cuvisor::supervisor::Running`]) that the program starts
+//! The supervisor is a value ([`cuvisor::run::Running`]) that the program starts
 //! (its control API, its front door and its models' workers with it), asks for its status
 //! and stops; nothing of the process is taken over (no signal handling, no subreaper:
-//! [`cuvisor::supervisor::become_subreaper`] is the program's choice). The code is in
+//! [`cuvisor::run::become_subreaper`] is the program's choice). The code is in
 //! `support/front_door.rs`, which the demo's last step shares.
 
 #[path = "support/front_door.rs"]

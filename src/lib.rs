@@ -8,38 +8,54 @@
 //! * this crate: the `cuvisor` supervisor CLI and the library it is built from, for Rust
 //!   programs that embed it.
 //!
-//! The modules, bottom up: the size syntax of quotas ([`size`]), the per-model ledgers
-//! ([`ledger`]), the configuration ([`config`]: declared values, the leaf of the crate's
-//! layers, which reaches the host only through [`config::Host`]), the effects on the host
-//! ([`node`], which never reaches the servers; its modules keep their old paths for one
-//! release): host limits ([`cgroups`]), starting a
-//! worker in its namespaces ([`launch`]), one program under the shim ([`exec`]), placement
-//! on a node's GPUs ([`placement`], [`nvml`]), an instance's life ([`lifecycle`]) and a
-//! served model's scaling ([`scaling`]) and hibernation ([`hibernation`]) as pure
-//! decisions, their effects on the
-//! system ([`system`]), and the supervisor ([`supervisor`]) with its status ([`status`])
-//! and the servers ([`serve`], which never reach the node; old paths kept for one
-//! release): the control API ([`control`]), the front door ([`gateway`]) and metrics
-//! ([`metrics`]).
-//! A Rust program embeds a supervisor with [`supervisor::Running`]. See the README.
+//! The folders are layers; each imports only the ones below it (`tests/workspace.rs`
+//! keeps it so):
+//!
+//! | layer | what it is |
+//! |---|---|
+//! | [`run`], [`exec`], the CLI | composition: the only code that knows the node, the servers and the core together |
+//! | [`node`] and [`serve`] | effects on the host (processes, cgroups, namespaces, ledgers, NVML, Python environments); the servers (control API, front door, metrics). Neither imports the other |
+//! | [`core`] | every decision and none of the effects: the supervisor, an instance's life, scaling, hibernation, placement, the mailbox protocol, the status types. No I/O, no clock, no threads |
+//! | [`config`] | declared values only; the host reached through [`config::Host`] |
+//! | `cuvisor-common` ([`size`], [`gpu`], [`contract`], the ledger format) | shared with the shim |
+//!
+//! A Rust program embeds a supervisor with [`run::Running`]. See the README.
+//!
+//! The modules' paths before this layout stay for one release: [`supervisor`] and the
+//! re-exports below.
 
-pub mod caps;
 pub mod config;
+pub mod core;
 pub mod exec;
-pub mod hibernation;
-pub mod lifecycle;
 mod log;
 pub mod node;
-pub mod placement;
-pub mod scaling;
+pub mod run;
 pub mod serve;
-pub mod status;
-pub mod supervisor;
 pub use cuvisor_common::{contract, gpu, size};
+
+/// The core's modules at their old paths, for one release.
+pub use crate::core::{hibernation, lifecycle, placement, scaling, status};
+/// Moved to [`config::caps`]; this path stays for one release.
+pub use config::caps;
 /// The node's modules at their old paths, for one release.
 pub use node::{cgroups, cpus, launch, ledger, nvml, pyenv, system, view};
 /// The servers' modules at their old paths, for one release.
 pub use serve::{control, gateway, metrics};
+
+/// The supervisor's items at their old paths, for one release: the core's
+/// ([`crate::core`]), the composition root's ([`crate::run`]) and the node's.
+pub mod supervisor {
+    pub use crate::config::DEFAULT_SWAP_TIMEOUT as POWER_TIMEOUT;
+    pub use crate::config::RUN_DIR;
+    pub use crate::config::exposure::exposure;
+    pub use crate::core::api::{Answer, Reply, Request};
+    pub use crate::core::supervisor::{Supervisor, backoff_delay};
+    pub use crate::node::process::SupervisorLock;
+    pub use crate::node::system::{
+        Effects, Placement, PowerJob, PowerResult, StartError, System, Worker, worker_spec,
+    };
+    pub use crate::run::{Error, Event, Running, become_subreaper, place, run};
+}
 
 /// The version of this crate (and of the `cuvisor` binary).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

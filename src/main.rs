@@ -224,7 +224,7 @@ fn run_command(path: &std::path::Path, shim: Option<PathBuf>) -> ExitCode {
         );
         return ExitCode::FAILURE;
     };
-    match cuvisor::supervisor::run(config, shim) {
+    match cuvisor::run::run(config, shim) {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
             eprintln!("cuvisor: {e}");
@@ -439,7 +439,7 @@ fn check(path: &std::path::Path) -> ExitCode {
                 );
                 return ExitCode::FAILURE;
             }
-            match cuvisor::supervisor::place(&c, &cuvisor::nvml::Nvml) {
+            match cuvisor::run::place(&c, &cuvisor::nvml::Nvml) {
                 Ok(None) => ExitCode::SUCCESS,
                 Ok(Some(plan)) => {
                     for line in plan.lines() {

@@ -538,19 +538,19 @@ fn every_accepted_configuration_turns_into_launch_plans_without_panicking() {
         let now = Instant::now();
         let _ = now + config.supervisor.grace_period;
         for m in &config.models {
-            if cuvisor::supervisor::worker_spec(
+            if cuvisor::node::worker::worker_spec(
                 m,
                 &config.supervisor,
                 std::path::Path::new("/shim.so"),
                 1,
-                cuvisor::supervisor::Placement::default(),
+                cuvisor::node::worker::Placement::default(),
             )
             .is_ok()
             {
                 planned += 1;
             }
             for failures in [0, 1, 2, 20, 21, 40, u32::MAX] {
-                let delay = cuvisor::supervisor::backoff_delay(m, failures);
+                let delay = cuvisor::core::supervisor::backoff_delay(m, failures);
                 assert!(
                     delay <= m.backoff_max && delay >= m.backoff_initial.min(m.backoff_max),
                     "{text}"

@@ -363,7 +363,7 @@ fn a_broken_model_does_not_take_down_the_others_and_models_can_be_controlled() {
         stderr(&out)
     );
     let _ = std::fs::remove_file(
-        Path::new(cuvisor::supervisor::RUN_DIR).join(format!("{}-other.lock", s.cgroup_name)),
+        Path::new(cuvisor::config::RUN_DIR).join(format!("{}-other.lock", s.cgroup_name)),
     );
     assert_eq!(s.stop().0, 0);
     assert!(

@@ -97,27 +97,111 @@ fn crate_modules(text: &str) -> Vec<String> {
     found
 }
 
-/// `src/config/` is the leaf (issue: folders that are layers): declared values, which
-/// import no module of the supervisor but the configuration itself and what is
-/// `cuvisor-common`'s (`gpu`, `size`, `contract`).
-#[test]
-fn the_configuration_imports_nothing_above_it() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/config");
-    let mut bad = Vec::new();
-    for entry in std::fs::read_dir(&dir).expect("src/config") {
+/// Every `.rs` file under `dir`, its subfolders included.
+fn sources(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
         let path = entry.unwrap().path();
-        let text = std::fs::read_to_string(&path).unwrap();
-        for module in crate_modules(&text) {
-            if !["config", "gpu", "size", "contract"].contains(&module.as_str()) {
-                bad.push(format!("{}: crate::{module}", path.display()));
+        if path.is_dir() {
+            found.extend(sources(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            found.push(path);
+        }
+    }
+    found
+}
+
+/// `src/`'s folders are layers (issue: folders that are layers), each importing only the
+/// ones below it: `config` (the leaf) ← `core` (decisions, no effects) ← `node` (effects
+/// on the host) and `serve` (the servers), which never import each other ← `run`, `exec`
+/// and the CLI. `log` is the one facade every layer may call; `gpu`, `size` and
+/// `contract` are `cuvisor-common`'s. The old paths kept for one release (`crate::ledger`
+/// for `crate::node::ledger`, …) count as the layer they point into.
+#[test]
+fn the_layers_import_downward_only() {
+    let common = ["gpu", "size", "contract"];
+    let core = [
+        "core",
+        "lifecycle",
+        "scaling",
+        "hibernation",
+        "placement",
+        "status",
+    ];
+    let node = [
+        "node", "system", "launch", "cgroups", "view", "pyenv", "nvml", "ledger", "cpus",
+    ];
+    let serve = ["serve", "control", "gateway", "metrics"];
+    let layers: [(&str, Vec<&str>); 4] = [
+        ("config", [&["config"][..], &common].concat()),
+        ("core", [&["config", "log"][..], &common, &core].concat()),
+        (
+            "node",
+            [&["config", "log"][..], &common, &core, &node].concat(),
+        ),
+        (
+            "serve",
+            [&["config", "log"][..], &common, &core, &serve].concat(),
+        ),
+    ];
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut bad = Vec::new();
+    for (layer, allowed) in &layers {
+        for path in sources(&src.join(layer)) {
+            let text = std::fs::read_to_string(&path).unwrap();
+            for module in crate_modules(&text) {
+                if !allowed.contains(&module.as_str()) {
+                    bad.push(format!("{}: crate::{module}", path.display()));
+                }
             }
         }
     }
-    assert!(bad.is_empty(), "src/config/ reaches up: {bad:#?}");
+    assert!(bad.is_empty(), "an import reaches up or across: {bad:#?}");
     // The scan itself finds what it must.
     assert_eq!(
         crate_modules("use crate::x::Y;\n// crate::no\nlet z = crate::{a, b::c};"),
         ["x", "a", "b"]
+    );
+}
+
+/// The core does nothing to the host: no file, process, clock, thread or socket call in
+/// `src/core/` (its tests excepted), so that every decision runs on a virtual clock.
+#[test]
+fn the_core_has_no_effects() {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/core");
+    let effects = [
+        "std::fs",
+        "std::process",
+        "std::thread",
+        "std::net",
+        "Instant::now",
+        "SystemTime::now",
+        "libc::",
+        "File::open",
+        "read_snapshot",
+    ];
+    let mut bad = Vec::new();
+    for path in sources(&src) {
+        if path.ends_with("tests.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        // Doc examples and unit tests (a `mod tests` at the end of a file) may do anything.
+        let code = text.split("#[cfg(test)]\nmod tests").next().unwrap_or("");
+        for line in code.lines().filter(|l| {
+            let l = l.trim_start();
+            !l.starts_with("//")
+        }) {
+            for e in effects {
+                if line.contains(e) {
+                    bad.push(format!("{}: {e}: {}", path.display(), line.trim()));
+                }
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "the core does something to the host: {bad:#?}"
     );
 }
 
@@ -150,44 +234,4 @@ fn the_shim_imports_only_downward_where_it_is_cut() {
             );
         }
     }
-}
-
-/// `src/node/` (effects on the host) never reaches the servers: the control API, the
-/// front door, their metrics. (Its one edge up, to the supervisor's protocol, goes when
-/// the protocol moves below both.)
-#[test]
-fn the_node_never_imports_the_servers() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/node");
-    let mut bad = Vec::new();
-    for entry in std::fs::read_dir(&dir).expect("src/node") {
-        let path = entry.unwrap().path();
-        let text = std::fs::read_to_string(&path).unwrap();
-        for module in crate_modules(&text) {
-            if ["gateway", "control", "metrics", "exec"].contains(&module.as_str()) {
-                bad.push(format!("{}: crate::{module}", path.display()));
-            }
-        }
-    }
-    assert!(bad.is_empty(), "src/node/ reaches the servers: {bad:#?}");
-}
-
-/// `src/serve/` (the control API, the front door, metrics) never reaches the host's
-/// effects: nothing of `node/`.
-#[test]
-fn the_servers_never_import_the_node() {
-    let node = [
-        "node", "system", "launch", "cgroups", "view", "pyenv", "nvml", "ledger", "cpus",
-    ];
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/serve");
-    let mut bad = Vec::new();
-    for entry in std::fs::read_dir(&dir).expect("src/serve") {
-        let path = entry.unwrap().path();
-        let text = std::fs::read_to_string(&path).unwrap();
-        for module in crate_modules(&text) {
-            if node.contains(&module.as_str()) {
-                bad.push(format!("{}: crate::{module}", path.display()));
-            }
-        }
-    }
-    assert!(bad.is_empty(), "src/serve/ reaches the node: {bad:#?}");
 }

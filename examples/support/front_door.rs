@@ -1,10 +1,10 @@
 //! Two models behind one front door, with the supervisor embedded in this process as a
-//! value ([`cuvisor::supervisor::Running`]): started, asked for its status, stopped.
+//! value ([`cuvisor::run::Running`]): started, asked for its status, stopped.
 //! Shared by the demo (its last step) and `examples/embed.rs`; included with `#[path]`
 //! next to `mod support`.
 
 use cuvisor::config::Config;
-use cuvisor::supervisor::Running;
+use cuvisor::run::Running;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -63,7 +63,7 @@ pub fn two_models_behind_the_front_door(stubs: &Path, dir: &Path) -> bool {
         }
     };
     let shim = crate::support::shim_path();
-    println!("\n  cuvisor::supervisor::Running::start(config, shim)");
+    println!("\n  cuvisor::run::Running::start(config, shim)");
     let running = match Running::start(config, shim) {
         Ok(r) => r,
         Err(e) => {

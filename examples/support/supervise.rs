@@ -27,7 +27,7 @@ pub fn supervise_if_asked() {
         errors.iter().for_each(|e| eprintln!("{e}"));
         std::process::exit(1)
     });
-    match cuvisor::supervisor::run(config, crate::support::shim_path()) {
+    match cuvisor::run::run(config, crate::support::shim_path()) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("cuvisor: {e}");

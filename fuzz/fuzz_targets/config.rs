@@ -47,9 +47,9 @@ fuzz_target!(|text: &str| {
         Ok(config) => {
             let _ = std::time::Instant::now() + config.supervisor.grace_period;
             for m in &config.models {
-                let _ = cuvisor::supervisor::worker_spec(m, &config.supervisor, Path::new("/shim.so"), 1, cuvisor::supervisor::Placement::default());
+                let _ = cuvisor::node::worker::worker_spec(m, &config.supervisor, Path::new("/shim.so"), 1, cuvisor::node::worker::Placement::default());
                 for failures in [0, 1, 30, u32::MAX] {
-                    let _ = std::time::Instant::now() + cuvisor::supervisor::backoff_delay(m, failures);
+                    let _ = std::time::Instant::now() + cuvisor::core::supervisor::backoff_delay(m, failures);
                 }
             }
         }

@@ -13,7 +13,7 @@
 //! `fork()` (it takes malloc's locks for its atfork handlers) and `setuid()`/`setgid()`/
 //! `setgroups()` (they signal every thread of the process) are made as raw system calls.
 
-use crate::caps::CapSet;
+use crate::config::caps::CapSet;
 use crate::config::{Isolation, USERNS_BLOCK};
 use std::ffi::{CString, c_void};
 use std::io;

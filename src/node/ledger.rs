@@ -43,6 +43,7 @@
 
 pub use cuvisor_common::ledger::*;
 
+use crate::core::status::{PowerReport, ProcessPower};
 use std::path::Path;
 
 /// Makes sure `model` has a ledger with `quota` in `dir`, for a process that must not map
@@ -374,5 +375,64 @@ impl HostPids {
         self.by_slot_identity
             .get(&(p.pid, p.pid_ns, p.start_time))
             .copied()
+    }
+}
+
+/// The answer to a hibernate or wake request, made here because the pids are translated
+/// to this process's view of them (one pass over `/proc`).
+impl PowerReport {
+    /// The answer to a hibernate (`hibernate`) or wake request of `model`, from its
+    /// result.
+    pub fn from_result(model: &str, hibernate: bool, result: PowerResult) -> PowerReport {
+        let mut report = PowerReport::new(model, hibernate, "failed");
+        let (request, snapshot) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                report.error = Some(e);
+                return report;
+            }
+        };
+        report.generation = request.power.generation;
+        report.duration_ms = request.nanos as f64 / 1e6;
+        let processes = snapshot.map(|s| s.processes).unwrap_or_default();
+        // The pids as this process sees them (one pass over /proc, where there is anyone).
+        let host_pids = (!processes.is_empty()).then(HostPids::scan);
+        let pid = |p: &ProcessUsage| host_pids.as_ref().and_then(|h| h.of(p)).unwrap_or(p.pid);
+        for p in processes.iter().filter(|p| p.power.listening) {
+            let ack = p.power.ack;
+            if ack.power == request.power {
+                report.moved_bytes += ack.moved;
+                report.pinned_bytes += ack.pinned;
+                report.failed_bytes += ack.failed;
+                report.processes.push(ProcessPower {
+                    pid: pid(p),
+                    moved_bytes: ack.moved,
+                    pinned_bytes: ack.pinned,
+                    failed_bytes: ack.failed,
+                    error_code: (ack.error != 0).then_some(ack.error),
+                    duration_ms: ack.nanos as f64 / 1e6,
+                });
+            }
+        }
+        report.outcome = match request.outcome {
+            power::Outcome::Done => "done",
+            power::Outcome::Superseded(_) => "superseded",
+            power::Outcome::TimedOut(slots) => {
+                report.pending = processes
+                    .iter()
+                    .filter(|p| slots.contains(&p.slot))
+                    .map(pid)
+                    .collect();
+                "timed_out"
+            }
+        }
+        .to_owned();
+        if report.failed_bytes > 0 {
+            report.error = Some(format!(
+                "{} bytes could not be moved (the driver's error codes are per process)",
+                report.failed_bytes
+            ));
+        }
+        report
     }
 }

@@ -1,17 +1,20 @@
 //! What the supervisor's decisions do to the system: launching workers (on a thread of
 //! their own, so that a slow launch never holds up the supervisor), signalling and
-//! reaping them, their cgroups and their ledgers. The [`Effects`] trait is the narrow
-//! surface the supervisor sees; [`System`] is the real one, and the supervisor's tests
-//! put a recording double in its place.
+//! reaping them, their cgroups and their ledgers. [`Effects`] (in the core) is the narrow
+//! surface the supervisor sees; [`System`] is the real one, and the core's tests put a
+//! recording double in its place. What it reports back (a launch's result, a hibernate's)
+//! goes to the [`Report`] sink the composition root gives it.
 
 use crate::cgroups::{Cgroup, CgroupError, Hierarchy, Limits};
 use crate::config::{Config, Logs, ModelConfig, SupervisorConfig};
+pub use crate::core::effects::{Effects, PowerJob};
+use crate::core::effects::{Exit, Process};
+use crate::core::lifecycle::Signal;
+use crate::core::placement::Plan;
+use crate::core::status::PowerReport;
 use crate::launch::{self, LaunchError, SpecError};
 use crate::ledger::{self, CreateOptions, LedgerError, LedgerFile};
-use crate::lifecycle::Signal;
 use crate::log::log;
-use crate::placement::Plan;
-use crate::supervisor::{Error, Event};
 use crate::view::{self, Views};
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -30,6 +33,15 @@ pub struct Worker {
     pub oom_kills_at_start: u64,
     /// Its view of its memory and CPUs is served under this name ([`Views`]).
     pub view: Option<String>,
+}
+
+impl Process for Worker {
+    fn pid(&self) -> i32 {
+        self.pid
+    }
+    fn port(&self) -> Option<u16> {
+        self.port
+    }
 }
 
 impl Worker {
@@ -69,36 +81,39 @@ pub enum StartError {
     Python(#[from] crate::pyenv::EnvError),
 }
 
-/// The supervisor's effects: everything it does to processes, cgroups and ledgers.
-pub trait Effects {
-    /// Starts instance `index` of model number `model` without waiting for it: the
-    /// result comes back to the supervisor as [`Event::Launched`].
-    fn launch(&mut self, model: usize, cfg: &ModelConfig, index: u32);
-    fn signal(&mut self, pid: i32, signal: Signal);
-    /// The status of the worker `pid` if it has exited (as `waitpid` gives it), reaped.
-    fn reap(&mut self, pid: i32) -> Option<i32>;
-    /// Whether the OOM killer ended the worker.
-    fn oom_killed(&self, worker: &Worker) -> bool;
-    /// The worker is gone: its cgroup is removed, what it held in the ledger given back.
-    fn release(&mut self, cfg: &ModelConfig, worker: Worker);
-    /// Asks every process of a model to hibernate or wake, without waiting: the result
-    /// comes back as [`Event::Powered`].
-    fn power(&mut self, job: PowerJob);
-    /// Freezes (`true`) or thaws the worker's processes (its cgroup's freezer); whether
-    /// that was done.
-    fn freeze(&mut self, cfg: &ModelConfig, worker: &Worker, frozen: bool) -> bool;
+/// Why the effects cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(
+        "model {model}: its host limits cannot be enforced: {why}; set allow_unlimited = true in [supervisor] to run without them"
+    )]
+    Unenforced { model: String, why: String },
+    #[error("cannot start the {0} thread: {1}")]
+    Thread(&'static str, std::io::Error),
+    #[error(
+        "cannot mount the models' view of their memory and CPUs (FUSE) at {}: {source} (it needs /dev/fuse and root)",
+        path.display()
+    )]
+    View {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
-/// A hibernate or wake request on its way to a model's processes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PowerJob {
-    /// Numbers the supervisor's requests, to match the result with the request.
-    pub id: u64,
-    pub model: String,
-    pub hibernate: bool,
-    /// How long to wait for every process's acknowledgement.
-    pub timeout: std::time::Duration,
+/// What [`System`] reports back to the supervisor, through the sink it was given.
+pub enum Report {
+    /// The result of [`Effects::launch`].
+    Launched {
+        model: usize,
+        index: u32,
+        result: Result<Worker, StartError>,
+    },
+    /// The result of [`Effects::power`].
+    Powered { id: u64, report: PowerReport },
 }
+
+/// Where [`System`] sends its reports; false once the supervisor is gone.
+pub type Sink = std::sync::Arc<dyn Fn(Report) -> bool + Send + Sync>;
 
 pub use crate::ledger::PowerResult;
 
@@ -110,7 +125,7 @@ pub struct System {
     launchers: Vec<std::thread::JoinHandle<()>>,
     hierarchy: Hierarchy,
     ledger_dir: PathBuf,
-    events: Sender<Event>,
+    report: Sink,
     views: Option<std::sync::Arc<Views>>,
 }
 
@@ -133,21 +148,21 @@ struct Launcher {
 }
 
 impl System {
-    /// The effects for `config`'s workers, with launch results sent to `events`.
+    /// The effects for `config`'s workers, with launch and power results sent to `report`.
     pub fn new(
         config: &Config,
         hierarchy: Hierarchy,
         shim: PathBuf,
         plan: Option<Plan>,
-        events: Sender<Event>,
-    ) -> Result<System, Error> {
+        report: Sink,
+    ) -> Result<System, SetupError> {
         let views = match view::needed(config) {
             false => None,
             true => {
                 let root = Path::new(crate::config::RUN_DIR)
                     .join(format!("{}.view", config.supervisor.cgroup_name));
-                let views =
-                    Views::mount(&root).map_err(|source| Error::View { path: root, source })?;
+                let views = Views::mount(&root)
+                    .map_err(|source| SetupError::View { path: root, source })?;
                 Some(std::sync::Arc::new(views))
             }
         };
@@ -162,7 +177,7 @@ impl System {
         });
         let mut launchers = Vec::with_capacity(LAUNCHERS);
         for _ in 0..LAUNCHERS {
-            let (queue, launcher, events) = (queue.clone(), launcher.clone(), events.clone());
+            let (queue, launcher, report) = (queue.clone(), launcher.clone(), report.clone());
             let thread = std::thread::Builder::new()
                 .name("launcher".into())
                 .spawn(move || {
@@ -178,17 +193,17 @@ impl System {
                             launcher.start(&job.cfg, job.index)
                         }))
                         .unwrap_or(Err(StartError::Panicked));
-                        let gone = events.send(Event::Launched {
+                        let delivered = report(Report::Launched {
                             model: job.model,
                             index: job.index,
                             result,
                         });
-                        if gone.is_err() {
+                        if !delivered {
                             return; // the supervisor has gone: our workers die with us
                         }
                     }
                 })
-                .map_err(|e| Error::Thread("launcher", e))?;
+                .map_err(|e| SetupError::Thread("launcher", e))?;
             launchers.push(thread);
         }
         Ok(System {
@@ -196,7 +211,7 @@ impl System {
             launchers,
             hierarchy,
             ledger_dir: config.supervisor.ledger_dir.clone(),
-            events,
+            report,
             views,
         })
     }
@@ -214,6 +229,9 @@ impl Drop for System {
 }
 
 impl Effects for System {
+    type Worker = Worker;
+    type StartError = StartError;
+
     fn launch(&mut self, model: usize, cfg: &ModelConfig, index: u32) {
         let job = Job {
             model,
@@ -236,7 +254,8 @@ impl Effects for System {
         unsafe { libc::kill(pid, sig) };
     }
 
-    fn reap(&mut self, pid: i32) -> Option<i32> {
+    fn reap(&mut self, worker: &Worker) -> Option<Exit> {
+        let pid = worker.pid;
         let mut status = 0;
         // SAFETY: waitpid for one child of ours, not blocking.
         let got = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
@@ -246,14 +265,23 @@ impl Effects for System {
             log(&format!(
                 "worker {pid} was reaped by someone else: its exit status is unknown"
             ));
-            return Some(255 << 8);
+            status = 255 << 8;
+        } else if got != pid {
+            return None;
         }
-        (got == pid).then_some(status)
+        let oom_kills = worker.cgroup.as_ref().and_then(Cgroup::oom_kills);
+        Some(Exit {
+            code: launch::exit_code(status),
+            oom_killed: oom_kills.unwrap_or(0) > worker.oom_kills_at_start,
+        })
     }
 
-    fn oom_killed(&self, worker: &Worker) -> bool {
-        let now = worker.cgroup.as_ref().and_then(Cgroup::oom_kills);
-        now.unwrap_or(0) > worker.oom_kills_at_start
+    fn host_memory(&self, worker: &Worker) -> Option<u64> {
+        worker.cgroup.as_ref().and_then(Cgroup::memory_current)
+    }
+
+    fn snapshot(&self, model: &str) -> Result<ledger::Snapshot, LedgerError> {
+        ledger::read_snapshot(&self.ledger_dir, model)
     }
 
     fn release(&mut self, cfg: &ModelConfig, worker: Worker) {
@@ -286,20 +314,20 @@ impl Effects for System {
     }
 
     fn power(&mut self, job: PowerJob) {
-        let (dir, events) = (self.ledger_dir.clone(), self.events.clone());
-        let id = job.id;
+        let (dir, sink) = (self.ledger_dir.clone(), self.report.clone());
+        let (id, model, hibernate) = (job.id, job.model.clone(), job.hibernate);
         // A thread per request: they are rare, and one waits as long as the copies take.
         let spawned = std::thread::Builder::new()
             .name("power".into())
             .spawn(move || {
                 let result = ledger::power_and_read(&dir, &job.model, job.hibernate, job.timeout);
-                let _ = events.send(Event::Powered { id, result });
+                let report = PowerReport::from_result(&job.model, job.hibernate, result);
+                sink(Report::Powered { id, report });
             });
         if let Err(e) = spawned {
-            let _ = self.events.send(Event::Powered {
-                id,
-                result: Err(format!("cannot start the request's thread: {e}")),
-            });
+            let why = format!("cannot start the request's thread: {e}");
+            let report = PowerReport::from_result(&model, hibernate, Err(why));
+            (self.report)(Report::Powered { id, report });
         }
     }
 }
@@ -397,13 +425,13 @@ impl Launcher {
 pub fn prepare(
     config: &Config,
     cgroup_root: &Path,
-) -> Result<(Hierarchy, Vec<Option<String>>), Error> {
+) -> Result<(Hierarchy, Vec<Option<String>>), SetupError> {
     let hierarchy = Hierarchy::detect(cgroup_root, &config.supervisor.cgroup_name);
     let mut unenforced = Vec::new();
     for m in &config.models {
         if let Err(why) = hierarchy.supports(&limits(m)) {
             if !config.supervisor.allow_unlimited {
-                return Err(Error::Unenforced {
+                return Err(SetupError::Unenforced {
                     model: m.name.clone(),
                     why,
                 });

@@ -13,10 +13,11 @@ use crate::config::SupervisorConfig;
 use crate::config::secrets;
 /// Moved to [`crate::config::secrets`]; this path stays for one release.
 pub use crate::config::secrets::read_token;
+use crate::core::api::{Answer, Call, Mailbox, Request};
 use crate::gateway::Routes;
+use crate::metrics::SwapMetrics;
 use crate::size::format_bytes;
 use crate::status::{ModelStatus, Status};
-use crate::supervisor::{Answer, Event, Request};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
@@ -28,7 +29,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::mpsc::Sender;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Semaphore;
@@ -143,11 +143,13 @@ pub enum ServeError {
     },
 }
 
-/// Where requests go: the supervisor's events, and the front door (for its metrics).
+/// Where requests go: the supervisor's mailbox; the front door and the swap times, for
+/// the metrics.
 #[derive(Clone)]
 struct Backend {
-    events: Sender<Event>,
+    mailbox: Mailbox,
     routes: Option<Arc<Routes>>,
+    swaps: SwapMetrics,
 }
 
 /// An HTTP answer of the control API.
@@ -169,12 +171,13 @@ enum Access {
 }
 
 /// Serves the control API of `cfg` (its Unix socket; `listen` too, if set), handing
-/// requests to the supervisor through `tx`. With the front door's `routes`, the metrics
-/// include its figures.
+/// requests to the supervisor through `mailbox`. The metrics include the swap times
+/// `swaps` records and, with the front door's `routes`, its figures.
 pub fn serve(
     cfg: &SupervisorConfig,
-    tx: Sender<Event>,
+    mailbox: Mailbox,
     routes: Option<Arc<Routes>>,
+    swaps: SwapMetrics,
 ) -> Result<Server, ServeError> {
     let path = &cfg.socket;
     let socket = |source| ServeError::Socket {
@@ -221,7 +224,11 @@ pub fn serve(
         // SAFETY: fcntl on a listening socket we own.
         unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) };
     }
-    let tx = Backend { events: tx, routes };
+    let tx = Backend {
+        mailbox,
+        routes,
+        swaps,
+    };
     let thread = ServerThread::spawn("control-api", move || async move {
         let unix = tokio::net::UnixListener::from_std(unix).expect("a non-blocking socket");
         if let Some((listener, token)) = tcp {
@@ -400,16 +407,16 @@ async fn route(method: &str, path: &str, tx: &Backend) -> Reply {
         ("POST", ["models", name, "restart"]) => Request::Restart(name.to_string()),
         ("POST", ["models", name, action @ ("hibernate" | "wake")]) => {
             let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
-            let event = Event::Power {
+            let call = Call::Power {
                 model: name.to_string(),
                 hibernate: *action == "hibernate",
                 reply: reply_tx,
             };
-            if tx.events.send(event).is_err() {
+            if (tx.mailbox)(call).is_err() {
                 return reply(503, "text/plain", "the supervisor is stopping\n");
             }
             return match tokio::time::timeout(POWER_ANSWER_TIMEOUT, reply_rx).await {
-                Ok(Ok(answer)) => http(answer, tx.routes.as_deref()),
+                Ok(Ok(answer)) => http(answer, tx),
                 _ => reply(503, "text/plain", "the supervisor did not answer\n"),
             };
         }
@@ -419,29 +426,31 @@ async fn route(method: &str, path: &str, tx: &Backend) -> Reply {
         _ => return reply(404, "text/plain", "not found\n"),
     };
     let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
-    if tx.events.send(Event::Control(request, reply_tx)).is_err() {
+    if (tx.mailbox)(Call::Control(request, reply_tx)).is_err() {
         return reply(503, "text/plain", "the supervisor is stopping\n");
     }
     match tokio::time::timeout(ANSWER_TIMEOUT, reply_rx).await {
-        Ok(Ok(answer)) => http(answer, tx.routes.as_deref()),
+        Ok(Ok(answer)) => http(answer, tx),
         _ => reply(503, "text/plain", "the supervisor did not answer\n"),
     }
 }
 
 /// The HTTP form of the supervisor's answer.
-fn http(answer: Answer, routes: Option<&Routes>) -> Reply {
+fn http(answer: Answer, backend: &Backend) -> Reply {
     let json = |code, body: String| reply(code, "application/json", body);
     match answer {
         Answer::Status(s) => json(200, serde_json::to_string_pretty(&s).expect("JSON")),
         Answer::Model(m) => json(200, serde_json::to_string_pretty(&m).expect("JSON")),
-        Answer::Metrics(s, swap) => reply(
+        Answer::Metrics(s) => reply(
             200,
             crate::metrics::CONTENT_TYPE,
-            match routes {
-                None => crate::metrics::encode(&s, &swap),
-                Some(r) => crate::metrics::encode_with_front_door(&s, &swap, &r.metrics, |m| {
-                    r.in_flight_and_waiting(m)
-                }),
+            match backend.routes.as_deref() {
+                None => crate::metrics::encode(&s, &backend.swaps),
+                Some(r) => {
+                    crate::metrics::encode_with_front_door(&s, &backend.swaps, &r.metrics, |m| {
+                        r.in_flight_and_waiting(m)
+                    })
+                }
             },
         ),
         Answer::Power(report) => {

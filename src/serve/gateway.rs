@@ -161,14 +161,8 @@ impl Connections {
     }
 }
 
-/// One instance's load, for the scaler.
-#[derive(Debug, Clone, Copy)]
-pub struct InstanceLoad {
-    pub ready: bool,
-    pub in_flight: usize,
-    /// How long it has had nothing in flight (zero while it has).
-    pub idle: Duration,
-}
+/// One instance's load, for the scaler: the core's type.
+pub use crate::core::effects::InstanceLoad;
 
 /// An instance to ask for its health.
 struct Unready {

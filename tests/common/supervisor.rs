@@ -195,10 +195,10 @@ impl Drop for Supervisor {
         }
         // Killed, it could not unmount its view filesystem (a real supervisor detaches it
         // at its next start, under the same name).
-        let view = std::path::Path::new(cuvisor::supervisor::RUN_DIR)
+        let view = std::path::Path::new(cuvisor::config::RUN_DIR)
             .join(format!("{}.view", self.cgroup_name));
         // (A dead FUSE mount answers ENOTCONN to a stat: no test of it first.)
-        if std::fs::read_dir(cuvisor::supervisor::RUN_DIR)
+        if std::fs::read_dir(cuvisor::config::RUN_DIR)
             .is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.path() == view)))
         {
             let _ = run(Command::new("umount").arg("-l").arg(&view));
@@ -206,7 +206,7 @@ impl Drop for Supervisor {
         }
         // The supervisor is gone: its lock file (which a supervisor never removes) can go.
         let _ = std::fs::remove_file(
-            std::path::Path::new(cuvisor::supervisor::RUN_DIR)
+            std::path::Path::new(cuvisor::config::RUN_DIR)
                 .join(format!("{}.lock", self.cgroup_name)),
         );
     }

@@ -130,17 +130,13 @@ pub struct NodeGpu {
 }
 
 impl PowerReport {
-    /// The answer to a hibernate (`hibernate`) or wake request of `model`, from its
-    /// result.
-    pub fn from_result(
-        model: &str,
-        hibernate: bool,
-        result: crate::ledger::PowerResult,
-    ) -> PowerReport {
-        let mut report = PowerReport {
+    /// A report of a hibernate (`hibernate`) or wake of `model` that moved nothing yet,
+    /// with its `outcome` (`done`, `failed`, `superseded`, `timed_out`).
+    pub fn new(model: &str, hibernate: bool, outcome: &str) -> PowerReport {
+        PowerReport {
             model: model.to_owned(),
             action: if hibernate { "hibernate" } else { "wake" }.to_owned(),
-            outcome: "failed".to_owned(),
+            outcome: outcome.to_owned(),
             generation: 0,
             duration_ms: 0.0,
             moved_bytes: 0,
@@ -149,57 +145,6 @@ impl PowerReport {
             processes: Vec::new(),
             pending: Vec::new(),
             error: None,
-        };
-        let (request, snapshot) = match result {
-            Ok(r) => r,
-            Err(e) => {
-                report.error = Some(e);
-                return report;
-            }
-        };
-        report.generation = request.power.generation;
-        report.duration_ms = request.nanos as f64 / 1e6;
-        let processes = snapshot.map(|s| s.processes).unwrap_or_default();
-        // The pids as this process sees them (one pass over /proc, where there is anyone).
-        let host_pids = (!processes.is_empty()).then(crate::ledger::HostPids::scan);
-        let pid = |p: &crate::ledger::ProcessUsage| {
-            host_pids.as_ref().and_then(|h| h.of(p)).unwrap_or(p.pid)
-        };
-        for p in processes.iter().filter(|p| p.power.listening) {
-            let ack = p.power.ack;
-            if ack.power == request.power {
-                report.moved_bytes += ack.moved;
-                report.pinned_bytes += ack.pinned;
-                report.failed_bytes += ack.failed;
-                report.processes.push(ProcessPower {
-                    pid: pid(p),
-                    moved_bytes: ack.moved,
-                    pinned_bytes: ack.pinned,
-                    failed_bytes: ack.failed,
-                    error_code: (ack.error != 0).then_some(ack.error),
-                    duration_ms: ack.nanos as f64 / 1e6,
-                });
-            }
         }
-        report.outcome = match request.outcome {
-            crate::ledger::power::Outcome::Done => "done",
-            crate::ledger::power::Outcome::Superseded(_) => "superseded",
-            crate::ledger::power::Outcome::TimedOut(slots) => {
-                report.pending = processes
-                    .iter()
-                    .filter(|p| slots.contains(&p.slot))
-                    .map(pid)
-                    .collect();
-                "timed_out"
-            }
-        }
-        .to_owned();
-        if report.failed_bytes > 0 {
-            report.error = Some(format!(
-                "{} bytes could not be moved (the driver's error codes are per process)",
-                report.failed_bytes
-            ));
-        }
-        report
     }
 }

@@ -1,3 +1,0 @@
-//! Moved to [`crate::config::caps`]; this path stays for one release.
-
-pub use crate::config::caps::*;

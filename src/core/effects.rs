@@ -1,0 +1,89 @@
+//! The core's ports: [`Effects`] on the host, [`Door`] towards the front door. The node
+//! implements the first (`node::system::System`), the composition root the second over
+//! the front door's routes; the core's tests implement both with recording doubles.
+
+use super::lifecycle::Signal;
+use crate::config::ModelConfig;
+use cuvisor_common::ledger::{LedgerError, Snapshot};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// What the core needs to know of a running worker; the rest is the host's.
+pub trait Process {
+    fn pid(&self) -> i32;
+    /// The port its engine serves on, for a served model.
+    fn port(&self) -> Option<u16>;
+}
+
+/// How a worker ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exit {
+    /// Its exit status, or 128 + the signal that killed it.
+    pub code: i32,
+    /// The OOM killer ended it.
+    pub oom_killed: bool,
+}
+
+/// The supervisor's effects on the host.
+pub trait Effects {
+    /// A worker process, while it runs.
+    type Worker: Process;
+    /// Why a worker could not be started.
+    type StartError: std::fmt::Display;
+
+    /// Starts instance `index` of model number `model` without waiting for it: the
+    /// result comes back to the supervisor's `launched`.
+    fn launch(&mut self, model: usize, cfg: &ModelConfig, index: u32);
+    fn signal(&mut self, pid: i32, signal: Signal);
+    /// How the worker ended if it has exited, reaped.
+    fn reap(&mut self, worker: &Self::Worker) -> Option<Exit>;
+    /// The worker is gone: its cgroup is removed, what it held in the ledger given back.
+    fn release(&mut self, cfg: &ModelConfig, worker: Self::Worker);
+    /// Asks every process of a model to hibernate or wake, without waiting: the result
+    /// comes back to the supervisor's `powered`.
+    fn power(&mut self, job: PowerJob);
+    /// Freezes (`true`) or thaws the worker's processes (its cgroup's freezer); whether
+    /// that was done.
+    fn freeze(&mut self, cfg: &ModelConfig, worker: &Self::Worker, frozen: bool) -> bool;
+    /// The host memory the worker uses now, where it is measured.
+    fn host_memory(&self, worker: &Self::Worker) -> Option<u64>;
+    /// A copy of model `model`'s ledger: its GPUs, quotas and usage.
+    fn snapshot(&self, model: &str) -> Result<Snapshot, LedgerError>;
+}
+
+/// A hibernate or wake request on its way to a model's processes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PowerJob {
+    /// Numbers the supervisor's requests, to match the result with the request.
+    pub id: u64,
+    pub model: String,
+    pub hibernate: bool,
+    /// How long to wait for every process's acknowledgement.
+    pub timeout: Duration,
+}
+
+/// The front door's view of one instance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InstanceLoad {
+    pub ready: bool,
+    pub in_flight: usize,
+    /// How long it has had nothing in flight (zero while it has).
+    pub idle: Duration,
+}
+
+/// The front door's load on a model: requests waiting for an instance, and each routed
+/// instance's load by index.
+pub type Load = (usize, BTreeMap<u32, InstanceLoad>);
+
+/// The front door, as the core sees it: where it routes, and the load it reports.
+pub trait Door {
+    /// Instance `index` of `model` serves on `port` (routed once its health check passes).
+    fn started(&self, model: &str, index: u32, port: u16);
+    /// Instance `index` of `model` serves no more.
+    fn gone(&self, model: &str, index: u32);
+    /// `model` is hibernated (its requests wait) or awake.
+    fn set_asleep(&self, model: &str, asleep: bool);
+    fn load(&self, model: &str) -> Load;
+    /// A hibernate (`out`) or wake of `model` ended, every process done, in `seconds`.
+    fn swapped(&self, model: &str, out: bool, seconds: f64);
+}

@@ -1,0 +1,608 @@
+//! The models of a configuration and their instances, driven by events.
+//!
+//! [`Supervisor`] turns what happens (a launch's result, an exit, a control request,
+//! time passing) into [`lifecycle`] events, and the actions they lead to into calls on
+//! its [`Effects`] and its [`Door`]. It reads no clock: every call says what time it is.
+//! Hibernation and wakes are in `power.rs`, the status it reports in `report.rs`.
+
+use super::api::{Answer, Request};
+use super::effects::{Door, Effects, Exit, Process};
+use super::hibernation;
+use super::lifecycle::{self, Action, Signal, State};
+use super::placement::Plan;
+use super::scaling;
+use super::status::SwapStatus;
+use crate::config::{Config, ModelConfig};
+use crate::log::log;
+use std::time::{Duration, Instant};
+
+/// One instance: its lifecycle and, while it has one, its worker process.
+struct Slot<W> {
+    index: u32,
+    life: lifecycle::Instance,
+    worker: Option<W>,
+    /// Its worker's processes are frozen (`freeze_hibernated`).
+    frozen: bool,
+}
+
+/// The supervisor never maps a ledger: its workers can shrink the file under any mapping
+/// (SIGBUS at the next access). It reads copies
+/// ([`Effects::snapshot`]) and the node reclaims in a child process.
+struct Model<W> {
+    cfg: ModelConfig,
+    policy: lifecycle::Policy,
+    /// Why the model's ledger could not be created or opened at start: it cannot run.
+    ledger_error: Option<String>,
+    instances: Vec<Slot<W>>,
+    swap: SwapStatus,
+}
+
+/// The models of a configuration and their instances, driven by events.
+pub struct Supervisor<E: Effects, D: Door> {
+    config: Config,
+    /// Which GPUs the models with `gpus` run on; None when no model has `gpus`.
+    plan: Option<Plan>,
+    /// The front door: where the served models' instances are routed.
+    door: D,
+    models: Vec<Model<E::Worker>>,
+    effects: E,
+    shutting_down: bool,
+    power: power::Power,
+}
+
+mod power;
+mod report;
+
+/// The lifecycle policy of `cfg`'s instances.
+fn policy(cfg: &ModelConfig, grace_period: Duration) -> lifecycle::Policy {
+    lifecycle::Policy {
+        restart: cfg.restart,
+        backoff_initial: cfg.backoff_initial,
+        backoff_max: cfg.backoff_max,
+        grace_period,
+        ready_timeout: cfg.serve.as_ref().map(|s| s.ready_timeout),
+    }
+}
+
+/// The delay before the next start of an instance of `cfg` that failed
+/// `failures_in_a_row` times ([`lifecycle::backoff_delay`]).
+pub fn backoff_delay(cfg: &ModelConfig, failures_in_a_row: u32) -> Duration {
+    lifecycle::backoff_delay(&policy(cfg, Duration::ZERO), failures_in_a_row)
+}
+#[cfg(test)]
+mod tests;
+
+impl<E: Effects, D: Door> Supervisor<E, D> {
+    /// The configuration's models, every instance stopped. `plan` is where the models
+    /// with `gpus` run ([`super::placement::plan`]).
+    pub fn new(config: Config, plan: Option<Plan>, effects: E, door: D) -> Supervisor<E, D> {
+        let grace_period = config.supervisor.grace_period;
+        let models = config
+            .models
+            .iter()
+            .map(|cfg| {
+                let policy = policy(cfg, grace_period);
+                Model {
+                    instances: (0..cfg.instances)
+                        .map(|index| Slot {
+                            index,
+                            life: lifecycle::Instance::new(&policy),
+                            worker: None,
+                            frozen: false,
+                        })
+                        .collect(),
+                    cfg: cfg.clone(),
+                    policy,
+                    ledger_error: None,
+                    swap: SwapStatus::default(),
+                }
+            })
+            .collect();
+        Supervisor {
+            config,
+            plan,
+            door,
+            models,
+            effects,
+            shutting_down: false,
+            power: power::Power::default(),
+        }
+    }
+
+    /// Marks model `name` as unable to run (its ledger cannot be used: `why`).
+    pub fn unusable(&mut self, name: &str, why: String) {
+        if let Some(m) = self.model_index(name) {
+            let model = &mut self.models[m];
+            for slot in &mut model.instances {
+                slot.life.state = State::Failed;
+                slot.life.error = Some(why.clone());
+            }
+            model.ledger_error = Some(why);
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The front door, as the supervisor drives it.
+    pub fn door(&self) -> &D {
+        &self.door
+    }
+
+    pub fn effects(&self) -> &E {
+        &self.effects
+    }
+
+    /// Starts each model's first instances: `instances`, or a scaled model's minimum.
+    pub fn begin(&mut self, now: Instant) {
+        for m in 0..self.models.len() {
+            let cfg = &self.models[m].cfg;
+            let first = cfg.min_instances.unwrap_or(cfg.instances) as usize;
+            for i in 0..first {
+                self.apply(m, i, lifecycle::Event::Start, now);
+            }
+        }
+    }
+
+    /// A launch ended (its result from [`Effects::launch`]).
+    pub fn launched(
+        &mut self,
+        model: usize,
+        index: u32,
+        result: Result<E::Worker, E::StartError>,
+        now: Instant,
+    ) {
+        let Some(i) = self
+            .models
+            .get(model)
+            .and_then(|m| m.instances.iter().position(|s| s.index == index))
+        else {
+            return;
+        };
+        let name = self.models[model].cfg.name.clone();
+        match result {
+            Ok(worker) => {
+                log(&format!(
+                    "model {name}: instance {index} started (pid {})",
+                    worker.pid()
+                ));
+                let pid = worker.pid();
+                self.models[model].instances[i].worker = Some(worker);
+                self.apply(model, i, lifecycle::Event::Launched { pid }, now);
+            }
+            Err(e) => {
+                log(&format!("model {name}: instance {index} cannot start: {e}"));
+                let failed = lifecycle::Event::LaunchFailed {
+                    error: e.to_string(),
+                    retry: true,
+                };
+                self.apply(model, i, failed, now);
+            }
+        }
+    }
+
+    /// What time passing brings: exited workers reaped, timers (restarts after backoff,
+    /// SIGKILL after the grace period, ready timeouts), health checks passed, and the
+    /// scaler's decisions.
+    pub fn tick(&mut self, now: Instant) {
+        self.reap(now);
+        for m in 0..self.models.len() {
+            let ready = match self.models[m].cfg.serve {
+                Some(_) => self.door.load(&self.models[m].cfg.name).1,
+                None => Default::default(),
+            };
+            for i in 0..self.models[m].instances.len() {
+                let slot = &self.models[m].instances[i];
+                if slot.life.state == State::Running
+                    && !slot.life.ready
+                    && ready.get(&slot.index).is_some_and(|l| l.ready)
+                {
+                    self.apply(m, i, lifecycle::Event::Ready, now);
+                }
+                let state = self.models[m].instances[i].life.state;
+                self.apply(m, i, lifecycle::Event::Tick, now);
+                let slot = &self.models[m].instances[i];
+                if state == State::Running && slot.life.state == State::Stopping {
+                    // Its ready timeout: the only timer that stops a running instance.
+                    log(&format!(
+                        "model {}: instance {} {}: stopped, to be restarted per its policy",
+                        self.models[m].cfg.name,
+                        slot.index,
+                        slot.life.error.as_deref().unwrap_or("")
+                    ));
+                }
+            }
+        }
+        self.scale(now);
+        self.hibernation();
+    }
+
+    /// Reaps the workers that exited.
+    fn reap(&mut self, now: Instant) {
+        for m in 0..self.models.len() {
+            for i in 0..self.models[m].instances.len() {
+                let Some(worker) = &self.models[m].instances[i].worker else {
+                    continue;
+                };
+                let Some(Exit { code, oom_killed }) = self.effects.reap(worker) else {
+                    continue;
+                };
+                let how = if oom_killed {
+                    "killed by the OOM killer".to_owned()
+                } else if code > 128 {
+                    format!("killed by signal {}", code - 128)
+                } else {
+                    format!("exited with status {code}")
+                };
+                let model = &self.models[m];
+                log(&format!(
+                    "model {}: instance {} {how}",
+                    model.cfg.name, model.instances[i].index
+                ));
+                self.apply(m, i, lifecycle::Event::Exited { code, oom_killed }, now);
+            }
+        }
+    }
+
+    /// Whether `pid` is one of the workers, or may be one whose launch has not been
+    /// reported yet.
+    pub fn may_be_a_worker(&self, pid: i32) -> bool {
+        self.slots().any(|s| {
+            s.life.state == State::Starting || s.worker.as_ref().is_some_and(|w| w.pid() == pid)
+        })
+    }
+
+    fn slots(&self) -> impl Iterator<Item = &Slot<E::Worker>> {
+        self.models.iter().flat_map(|m| &m.instances)
+    }
+
+    /// Stops every worker (SIGTERM, SIGKILL after the grace period); nothing starts any
+    /// more. [`Supervisor::done`] says when it is over.
+    pub fn shutdown(&mut self, now: Instant) {
+        if self.shutting_down {
+            return;
+        }
+        self.shutting_down = true;
+        log("stopping: SIGTERM to every worker");
+        for m in 0..self.models.len() {
+            for i in 0..self.models[m].instances.len() {
+                self.apply(m, i, lifecycle::Event::Shutdown, now);
+            }
+        }
+    }
+
+    /// Shut down, with no worker left and no launch under way.
+    pub fn done(&self) -> bool {
+        self.shutting_down
+            && self
+                .slots()
+                .all(|s| s.worker.is_none() && s.life.state != State::Starting)
+    }
+
+    /// The next time [`Supervisor::tick`] has a timer to fire.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.models
+            .iter()
+            .flat_map(|m| m.instances.iter().map(|s| s.life.deadline(&m.policy)))
+            .flatten()
+            .min()
+    }
+
+    /// Whether any model's instances follow the front door's traffic.
+    pub fn scales(&self) -> bool {
+        self.models.iter().any(|m| m.cfg.min_instances.is_some())
+    }
+
+    /// Applies a lifecycle event to instance `i` of model `m`, and carries out what it
+    /// leads to.
+    fn apply(&mut self, m: usize, i: usize, event: lifecycle::Event, now: Instant) {
+        let model = &mut self.models[m];
+        let actions = lifecycle::step(&mut model.instances[i].life, &model.policy, event, now);
+        let mut wake = false;
+        for action in actions {
+            let Supervisor {
+                models,
+                effects,
+                door,
+                shutting_down,
+                ..
+            } = self;
+            let model = &mut models[m];
+            let slot = &mut model.instances[i];
+            match action {
+                Action::Launch => match &model.ledger_error {
+                    Some(why) => {
+                        let failed = lifecycle::Event::LaunchFailed {
+                            error: why.clone(),
+                            retry: false,
+                        };
+                        self.apply(m, i, failed, now);
+                    }
+                    None => {
+                        effects.launch(m, &model.cfg, slot.index);
+                        // A hibernated model with nothing running starts awake: there is
+                        // nothing left to keep on the host.
+                        let others = model
+                            .instances
+                            .iter()
+                            .enumerate()
+                            .any(|(k, s)| k != i && s.life.state.alive());
+                        wake = model.swap.hibernated && !others;
+                    }
+                },
+                Action::Signal(pid, signal) => {
+                    if model.cfg.freeze_hibernated
+                        && let Some(worker) = &slot.worker
+                    {
+                        // A frozen process would not run its handler (nor, under cgroup
+                        // v1, even die) until thawed. Always thawed here, whatever we
+                        // believe: a thaw is harmless, a frozen worker never dies.
+                        effects.freeze(&model.cfg, worker, false);
+                        slot.frozen = false;
+                    }
+                    if signal == Signal::Kill {
+                        log(&if *shutting_down {
+                            format!(
+                                "grace period over: SIGKILL to model {} instance {}",
+                                model.cfg.name, slot.index
+                            )
+                        } else {
+                            format!(
+                                "model {}: instance {} still running after the grace period: SIGKILL",
+                                model.cfg.name, slot.index
+                            )
+                        });
+                    }
+                    effects.signal(pid, signal);
+                }
+                Action::Serve => {
+                    if let Some(port) = slot.worker.as_ref().and_then(|w| w.port()) {
+                        door.started(&model.cfg.name, slot.index, port);
+                    }
+                }
+                Action::Unserve => door.gone(&model.cfg.name, slot.index),
+                Action::Release => {
+                    slot.frozen = false;
+                    if let Some(worker) = slot.worker.take() {
+                        effects.release(&model.cfg, worker);
+                    }
+                }
+            }
+        }
+        if wake && !self.changing(m) {
+            self.send_power(m, false, None);
+        }
+    }
+
+    /// Scaled models: starts or stops instances as the front door's load says
+    /// ([`scaling::decide`]).
+    fn scale(&mut self, now: Instant) {
+        if self.shutting_down {
+            return;
+        }
+        for m in 0..self.models.len() {
+            if self.models[m].ledger_error.is_some() {
+                continue; // it cannot run: starting it for the load would fail every time
+            }
+            if self.models[m].swap.hibernated || self.changing(m) {
+                continue; // its requests wait for the wake, not for more instances
+            }
+            let cfg = &self.models[m].cfg;
+            let (Some(min), Some(serve)) = (cfg.min_instances, cfg.serve.as_ref()) else {
+                continue;
+            };
+            let policy = scaling::Policy {
+                min: min as usize,
+                max: cfg.instances as usize,
+                target: serve.target,
+                idle_timeout: serve.idle_timeout,
+            };
+            let waiting = self.door.load(&cfg.name).0;
+            let name = cfg.name.clone();
+            let instances = self.instance_loads(m);
+            match scaling::decide(&policy, &scaling::Load { waiting, instances }) {
+                scaling::Decision::Hold => {}
+                scaling::Decision::Start(n) => {
+                    if !self.models[m]
+                        .instances
+                        .iter()
+                        .any(|s| s.life.state.alive())
+                    {
+                        // A cold start: its quota must fit beside what is resident.
+                        for victim in self.pressure_victims(m) {
+                            self.request_power(victim, true, None);
+                        }
+                    }
+                    let idle: Vec<usize> = (0..self.models[m].instances.len())
+                        .filter(|&i| self.models[m].instances[i].life.state.idle())
+                        .take(n)
+                        .collect();
+                    for i in idle {
+                        log(&format!(
+                            "model {name}: instance {i} started for the front door's load"
+                        ));
+                        self.apply(m, i, lifecycle::Event::Start, now);
+                    }
+                }
+                scaling::Decision::Stop(indices) => {
+                    for index in indices {
+                        let slots = &self.models[m].instances;
+                        if let Some(i) = slots.iter().position(|s| s.index == index) {
+                            log(&format!(
+                                "model {name}: instance {index} idle for serve.idle_timeout: stopped"
+                            ));
+                            let stop = lifecycle::Event::Stop { then_start: false };
+                            self.apply(m, i, stop, now);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Served models: hibernates the idle ones with `serve.hibernate_after`, wakes the
+    /// hibernated ones that have requests ([`hibernation::decide`]).
+    fn hibernation(&mut self) {
+        if self.shutting_down {
+            return;
+        }
+        for m in 0..self.models.len() {
+            let Some(serve) = &self.models[m].cfg.serve else {
+                continue;
+            };
+            let after = serve.hibernate_after;
+            let instances = self.instance_loads(m);
+            let load = hibernation::Load {
+                hibernated: self.models[m].swap.hibernated,
+                changing: self.changing(m),
+                waiting: self.door.load(&self.models[m].cfg.name).0,
+                instances: &instances,
+            };
+            match hibernation::decide(after, &load) {
+                hibernation::Decision::Hold => {}
+                hibernation::Decision::Hibernate => {
+                    log(&format!(
+                        "model {}: idle for serve.hibernate_after: hibernating",
+                        self.models[m].cfg.name
+                    ));
+                    self.request_power(m, true, None);
+                }
+                hibernation::Decision::Wake => {
+                    log(&format!(
+                        "model {}: a request for it: waking",
+                        self.models[m].cfg.name
+                    ));
+                    self.request_power(m, false, None);
+                }
+            }
+        }
+    }
+
+    /// Freezes (`true`) or thaws model `m`'s workers.
+    fn freeze(&mut self, m: usize, frozen: bool) {
+        let Supervisor {
+            models, effects, ..
+        } = self;
+        let model = &mut models[m];
+        for slot in &mut model.instances {
+            if let Some(worker) = &slot.worker
+                && slot.frozen != frozen
+                && effects.freeze(&model.cfg, worker, frozen)
+            {
+                slot.frozen = frozen;
+            }
+        }
+    }
+
+    /// Whether a hibernate or wake of model `m` is under way or held back.
+    fn changing(&self, m: usize) -> bool {
+        self.power.changing(m)
+    }
+
+    /// The front door's view of model `m`'s instances that are running or starting.
+    fn instance_loads(&self, m: usize) -> Vec<scaling::Instance> {
+        let (_, routed) = self.door.load(&self.models[m].cfg.name);
+        self.models[m]
+            .instances
+            .iter()
+            .filter(|s| s.life.state.alive())
+            .map(|s| {
+                let load = routed.get(&s.index);
+                scaling::Instance {
+                    index: s.index,
+                    ready: load.is_some_and(|l| l.ready),
+                    in_flight: load.map_or(0, |l| l.in_flight),
+                    idle: load.map_or(Duration::ZERO, |l| l.idle),
+                }
+            })
+            .collect()
+    }
+
+    /// The awake models to hibernate so that model `m`'s quota fits on each GPU it uses
+    /// beside what stays resident there ([`hibernation::make_room`]), from the ledgers.
+    fn pressure_victims(&self, m: usize) -> Vec<usize> {
+        let snapshots: Vec<Option<cuvisor_common::ledger::Snapshot>> = self
+            .models
+            .iter()
+            .map(|model| self.effects.snapshot(&model.cfg.name).ok())
+            .collect();
+        let Some(mine) = &snapshots[m] else {
+            return Vec::new();
+        };
+        let mut victims: Vec<usize> = Vec::new();
+        for gpu in &mine.gpus {
+            let need = gpu.quota_bytes.unwrap_or(gpu.used).min(gpu.physical);
+            let resident: Vec<hibernation::Resident> = snapshots
+                .iter()
+                .enumerate()
+                .filter(|&(o, _)| o != m && !self.models[o].swap.hibernated)
+                .filter(|&(o, _)| !victims.contains(&o))
+                .filter_map(|(o, snap)| {
+                    let used = snap.as_ref()?.gpu(gpu.uuid)?.used;
+                    let idle = match self.models[o].cfg.serve {
+                        Some(_) => {
+                            let instances = self.instance_loads(o);
+                            hibernation::idle_for(&hibernation::Load {
+                                hibernated: false,
+                                changing: false,
+                                waiting: self.door.load(&self.models[o].cfg.name).0,
+                                instances: &instances,
+                            })
+                        }
+                        None => None,
+                    };
+                    (used > 0).then_some(hibernation::Resident {
+                        model: o,
+                        bytes: used,
+                        idle,
+                    })
+                })
+                .collect();
+            victims.extend(hibernation::make_room(gpu.physical, need, &resident));
+        }
+        for &v in &victims {
+            log(&format!(
+                "model {}: hibernating to make room for model {}",
+                self.models[v].cfg.name, self.models[m].cfg.name
+            ));
+        }
+        victims
+    }
+
+    fn model_index(&self, name: &str) -> Option<usize> {
+        self.models.iter().position(|m| m.cfg.name == name)
+    }
+
+    /// Answers a control request.
+    pub fn handle(&mut self, request: Request, now: Instant) -> Answer {
+        let (name, action, event) = match request {
+            Request::Status(None) => return Answer::Status(self.status(now)),
+            Request::Metrics => return Answer::Metrics(self.status(now)),
+            Request::Status(Some(name)) => {
+                return match self.model_index(&name) {
+                    Some(m) => Answer::Model(Box::new(self.model_status(m, now))),
+                    None => Answer::NoSuchModel(name),
+                };
+            }
+            Request::Start(name) => (name, "start", lifecycle::Event::Start),
+            Request::Stop(name) => (name, "stop", lifecycle::Event::Stop { then_start: false }),
+            Request::Restart(name) => {
+                (name, "restart", lifecycle::Event::Stop { then_start: true })
+            }
+        };
+        let Some(m) = self.model_index(&name) else {
+            return Answer::NoSuchModel(name);
+        };
+        if self.shutting_down && action != "stop" {
+            return Answer::ShuttingDown;
+        }
+        for i in 0..self.models[m].instances.len() {
+            self.apply(m, i, event.clone(), now);
+        }
+        Answer::Done {
+            model: name,
+            action,
+        }
+    }
+}

@@ -1,0 +1,735 @@
+//! The supervisor driven by events on a virtual clock, its effects and its front door
+//! recorded: no root, no process, no sleeping.
+
+use super::*;
+use crate::core::api::{Answer, Request};
+use crate::core::effects::{InstanceLoad, Load, PowerJob};
+use crate::core::status::{InstanceStatus, PowerReport};
+use cuvisor_common::gpu::GpuUuid;
+use cuvisor_common::ledger::{GpuUsage, LedgerError, Snapshot};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Done {
+    Launch(String, u32),
+    Signal(i32, Signal),
+    Release(String, i32),
+    Power(PowerJob),
+    Freeze(i32, bool),
+}
+
+/// A worker as the recorder starts it.
+#[derive(Debug)]
+struct Worker {
+    pid: i32,
+    port: Option<u16>,
+}
+
+impl Worker {
+    fn new(pid: i32, port: Option<u16>) -> Worker {
+        Worker { pid, port }
+    }
+}
+
+impl Process for Worker {
+    fn pid(&self) -> i32 {
+        self.pid
+    }
+    fn port(&self) -> Option<u16> {
+        self.port
+    }
+}
+
+/// Records what the supervisor does; `exits` are what `reap` will report, `ledgers` the
+/// models' ledgers as `snapshot` reads them.
+#[derive(Default)]
+struct Recorder {
+    done: Vec<Done>,
+    exits: HashMap<i32, Exit>,
+    ledgers: HashMap<String, Snapshot>,
+}
+
+impl Effects for Recorder {
+    type Worker = Worker;
+    type StartError = String;
+    fn launch(&mut self, _model: usize, cfg: &ModelConfig, index: u32) {
+        self.done.push(Done::Launch(cfg.name.clone(), index));
+    }
+    fn signal(&mut self, pid: i32, signal: Signal) {
+        self.done.push(Done::Signal(pid, signal));
+    }
+    fn reap(&mut self, worker: &Worker) -> Option<Exit> {
+        self.exits.remove(&worker.pid)
+    }
+    fn release(&mut self, cfg: &ModelConfig, worker: Worker) {
+        self.done.push(Done::Release(cfg.name.clone(), worker.pid));
+    }
+    fn power(&mut self, job: PowerJob) {
+        self.done.push(Done::Power(job));
+    }
+    fn freeze(&mut self, _: &ModelConfig, worker: &Worker, frozen: bool) -> bool {
+        self.done.push(Done::Freeze(worker.pid, frozen));
+        true
+    }
+    fn host_memory(&self, _: &Worker) -> Option<u64> {
+        None
+    }
+    fn snapshot(&self, model: &str) -> Result<Snapshot, LedgerError> {
+        self.ledgers
+            .get(model)
+            .cloned()
+            .ok_or_else(|| LedgerError::Damaged {
+                path: model.into(),
+                what: "no ledger in this test".into(),
+            })
+    }
+}
+
+/// The front door as a test sees it: what is routed, what sleeps, and the load it is
+/// told to report.
+#[derive(Default)]
+struct Front {
+    /// (model, index) → (port, ready).
+    routed: RefCell<BTreeMap<(String, u32), (u16, bool)>>,
+    asleep: RefCell<BTreeSet<String>>,
+    /// Requests waiting, per model.
+    waiting: RefCell<HashMap<String, usize>>,
+    /// How long each model's routed instances have been idle (zero: busy, one in flight).
+    idle: RefCell<HashMap<String, Duration>>,
+    swaps: RefCell<Vec<(String, bool)>>,
+}
+
+impl Front {
+    fn asleep(&self, model: &str) -> bool {
+        self.asleep.borrow().contains(model)
+    }
+    fn ready(&self, model: &str, index: u32) {
+        if let Some(r) = self.routed.borrow_mut().get_mut(&(model.to_owned(), index)) {
+            r.1 = true;
+        }
+    }
+}
+
+impl Door for Front {
+    fn started(&self, model: &str, index: u32, port: u16) {
+        self.routed
+            .borrow_mut()
+            .insert((model.to_owned(), index), (port, false));
+    }
+    fn gone(&self, model: &str, index: u32) {
+        self.routed.borrow_mut().remove(&(model.to_owned(), index));
+    }
+    fn set_asleep(&self, model: &str, asleep: bool) {
+        let mut set = self.asleep.borrow_mut();
+        if asleep {
+            set.insert(model.to_owned());
+        } else {
+            set.remove(model);
+        }
+    }
+    fn load(&self, model: &str) -> Load {
+        let idle = self.idle.borrow().get(model).copied().unwrap_or_default();
+        let instances = self
+            .routed
+            .borrow()
+            .iter()
+            .filter(|((m, _), _)| m == model)
+            .map(|((_, index), &(_, ready))| {
+                let busy = idle.is_zero();
+                let load = InstanceLoad {
+                    ready,
+                    in_flight: usize::from(busy && ready),
+                    idle,
+                };
+                (*index, load)
+            })
+            .collect();
+        let waiting = self.waiting.borrow().get(model).copied().unwrap_or(0);
+        (waiting, instances)
+    }
+    fn swapped(&self, model: &str, out: bool, _seconds: f64) {
+        self.swaps.borrow_mut().push((model.to_owned(), out));
+    }
+}
+
+type Sup = Supervisor<Recorder, Front>;
+
+const MS: Duration = Duration::from_millis(1);
+
+fn supervisor(models: &str) -> (Sup, Instant) {
+    // The front door's address is only read by the composition root: nothing listens.
+    let http = if models.contains("[model.serve]") {
+        "http = \"127.0.0.1:9\"\n"
+    } else {
+        ""
+    };
+    let text = format!(
+        "[supervisor]\nsocket = \"/nonexistent/s\"\nledger_dir = \"/nonexistent/l\"\n\
+         grace_period = \"1s\"\n{http}{models}"
+    );
+    let config = Config::parse(Path::new("test.toml"), &text).expect("a valid config");
+    (
+        Supervisor::new(config, None, Recorder::default(), Front::default()),
+        Instant::now(),
+    )
+}
+
+const ONE: &str = "[[model]]\nname = \"a\"\ncommand = \"/bin/true\"\nbackoff_initial = \"100ms\"\n";
+
+fn taken(s: &mut Sup) -> Vec<Done> {
+    std::mem::take(&mut s.effects.done)
+}
+
+fn instance(s: &Sup, now: Instant) -> InstanceStatus {
+    s.status(now).models[0].instances[0].clone()
+}
+
+/// An exit with `code`.
+fn exited(code: i32) -> Exit {
+    Exit {
+        code,
+        oom_killed: false,
+    }
+}
+
+#[test]
+fn launches_do_not_wait_and_their_results_arrive_as_events() {
+    let (mut s, t) = supervisor(&format!(
+        "{ONE}[[model]]\nname = \"b\"\ncommand = \"/bin/true\"\ninstances = 2\n"
+    ));
+    s.begin(t);
+    // Three launches asked for at once: none has finished.
+    assert_eq!(
+        taken(&mut s),
+        [
+            Done::Launch("a".into(), 0),
+            Done::Launch("b".into(), 0),
+            Done::Launch("b".into(), 1)
+        ]
+    );
+    // The supervisor answers while they are under way.
+    assert_eq!(instance(&s, t).state, "starting");
+    s.launched(0, 0, Ok(Worker::new(100, None)), t + MS);
+    let i = instance(&s, t + 5 * MS);
+    assert_eq!(
+        (i.state.as_str(), i.pid, i.uptime_ms),
+        ("running", Some(100), Some(4))
+    );
+    s.launched(1, 1, Err("nope: not found in PATH".into()), t + MS);
+    let b = &s.status(t).models[1].instances[1];
+    assert_eq!(b.state, "backoff");
+    assert_eq!(b.error.as_deref(), Some("nope: not found in PATH"));
+}
+
+#[test]
+fn a_crash_is_reaped_released_and_restarted_after_its_backoff() {
+    let (mut s, t) = supervisor(ONE);
+    s.begin(t);
+    s.launched(0, 0, Ok(Worker::new(100, None)), t);
+    taken(&mut s);
+    s.effects.exits.insert(100, exited(3));
+    s.tick(t + MS);
+    assert_eq!(taken(&mut s), [Done::Release("a".into(), 100)]);
+    let i = instance(&s, t + MS);
+    assert_eq!(
+        (i.state.as_str(), i.last_exit, i.restarts),
+        ("backoff", Some(3), 1)
+    );
+    assert_eq!(s.next_deadline(), Some(t + 101 * MS));
+    s.tick(t + 100 * MS);
+    assert_eq!(taken(&mut s), []);
+    s.tick(t + 101 * MS);
+    assert_eq!(taken(&mut s), [Done::Launch("a".into(), 0)]);
+}
+
+#[test]
+fn a_stop_terms_kills_after_the_grace_period_and_starts_nothing() {
+    let (mut s, t) = supervisor(ONE);
+    s.begin(t);
+    s.launched(0, 0, Ok(Worker::new(100, None)), t);
+    taken(&mut s);
+    let answer = s.handle(Request::Stop("a".into()), t);
+    assert!(
+        matches!(answer, Answer::Done { action: "stop", .. }),
+        "{answer:?}"
+    );
+    assert_eq!(taken(&mut s), [Done::Signal(100, Signal::Term)]);
+    s.tick(t + 999 * MS);
+    assert_eq!(taken(&mut s), []);
+    s.tick(t + 1000 * MS);
+    assert_eq!(taken(&mut s), [Done::Signal(100, Signal::Kill)]);
+    s.effects.exits.insert(100, exited(137)); // killed by SIGKILL
+    s.tick(t + 1001 * MS);
+    assert_eq!(taken(&mut s), [Done::Release("a".into(), 100)]);
+    let i = instance(&s, t);
+    assert_eq!(
+        (i.state.as_str(), i.last_exit, i.restarts),
+        ("stopped", Some(137), 0)
+    );
+    assert!(matches!(s.handle(Request::Stop("zz".into()), t), Answer::NoSuchModel(n) if n == "zz"));
+}
+
+/// What the node reports when request `generation` of model `a` ended with `outcome`,
+/// in 2.5 ms.
+fn power_request(generation: u32, hibernated: bool, outcome: &str) -> PowerReport {
+    power_report("a", generation, hibernated, outcome)
+}
+
+/// What the node reports when request `generation` of `model` ended with `outcome`.
+fn power_report(model: &str, generation: u32, hibernated: bool, outcome: &str) -> PowerReport {
+    let mut report = PowerReport::new(model, hibernated, outcome);
+    report.generation = generation;
+    report.duration_ms = 2.5;
+    report
+}
+
+fn failure(hibernated: bool, why: &str) -> PowerReport {
+    let mut report = PowerReport::new("a", hibernated, "failed");
+    report.error = Some(why.into());
+    report
+}
+
+fn reported(rx: &mut tokio::sync::oneshot::Receiver<Answer>) -> PowerReport {
+    match rx.try_recv() {
+        Ok(Answer::Power(report)) => *report,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A hibernate is sent to the model's processes and answered when they have
+/// acknowledged; the model shows hibernated from the request on; a request replaced
+/// by a later one says so; one that could not be made says why.
+#[test]
+fn hibernate_and_wake_are_answered_when_the_processes_are_done() {
+    let (mut s, t) = supervisor(ONE);
+    s.begin(t);
+    s.launched(0, 0, Ok(Worker::new(100, None)), t);
+    taken(&mut s);
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    s.power("a", true, tx);
+    assert_eq!(
+        taken(&mut s),
+        [Done::Power(PowerJob {
+            id: 1,
+            model: "a".into(),
+            hibernate: true,
+            timeout: crate::config::DEFAULT_SWAP_TIMEOUT,
+        })]
+    );
+    assert!(
+        rx.try_recv().is_err(),
+        "not answered before the processes are"
+    );
+    assert_eq!(s.model_status(0, t).state, "hibernated");
+    s.powered(1, power_request(1, true, "done"));
+    let report = reported(&mut rx);
+    assert_eq!(
+        (report.action.as_str(), report.outcome.as_str()),
+        ("hibernate", "done")
+    );
+    assert_eq!((report.generation, report.duration_ms), (1, 2.5));
+    let swap = s.model_status(0, t).swap;
+    assert!(swap.hibernated && !swap.frozen);
+    assert_eq!(swap.last_out, Some(report));
+    assert_eq!(swap.last_in, None);
+
+    // A wake replaced by a hibernate before its processes answered.
+    let (tx1, mut rx1) = tokio::sync::oneshot::channel();
+    let (tx2, mut rx2) = tokio::sync::oneshot::channel();
+    s.power("a", false, tx1);
+    s.power("a", true, tx2);
+    assert_eq!(taken(&mut s).len(), 2);
+    s.powered(2, power_request(2, false, "superseded"));
+    assert_eq!(reported(&mut rx1).outcome, "superseded");
+    s.powered(3, failure(true, "ledger /l/a: cannot open: gone"));
+    let failed = reported(&mut rx2);
+    assert_eq!(failed.outcome, "failed");
+    assert_eq!(
+        failed.error.as_deref(),
+        Some("ledger /l/a: cannot open: gone")
+    );
+    s.powered(99, failure(true, "an unknown request: ignored"));
+
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    s.power("zz", true, tx);
+    assert!(matches!(rx.try_recv(), Ok(Answer::NoSuchModel(n)) if n == "zz"));
+    s.shutdown(t);
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    s.power("a", false, tx);
+    assert!(matches!(rx.try_recv(), Ok(Answer::ShuttingDown)));
+}
+
+/// `freeze_hibernated`: frozen once the hibernate is done, thawed before the wake is
+/// sent and before a signal.
+#[test]
+fn a_frozen_model_is_thawed_before_its_wake_and_before_a_signal() {
+    let (mut s, t) = supervisor(&ONE.replace("command = ", "freeze_hibernated = true\ncommand = "));
+    s.begin(t);
+    s.launched(0, 0, Ok(Worker::new(100, None)), t);
+    taken(&mut s);
+    let (tx, _rx) = tokio::sync::oneshot::channel();
+    s.power("a", true, tx);
+    taken(&mut s);
+    s.powered(1, power_request(1, true, "done"));
+    assert_eq!(taken(&mut s), [Done::Freeze(100, true)]);
+    assert!(s.model_status(0, t).swap.frozen);
+    let (tx, _rx) = tokio::sync::oneshot::channel();
+    s.power("a", false, tx);
+    let done = taken(&mut s);
+    assert_eq!(done[0], Done::Freeze(100, false));
+    assert!(matches!(&done[1], Done::Power(j) if !j.hibernate));
+    s.powered(2, power_request(2, false, "done"));
+    // Frozen again, then stopped: thawed first.
+    let (tx, _rx) = tokio::sync::oneshot::channel();
+    s.power("a", true, tx);
+    s.powered(3, power_request(3, true, "done"));
+    taken(&mut s);
+    s.handle(Request::Stop("a".into()), t);
+    assert_eq!(
+        taken(&mut s),
+        [Done::Freeze(100, false), Done::Signal(100, Signal::Term)]
+    );
+}
+
+/// Results that come late do not undo a later request: a wake's result after a newer
+/// hibernate leaves the front door asleep, and a hibernate's result while another
+/// request is under way does not freeze the workers that must answer it.
+/// A hibernated model whose last worker exited starts its next one awake.
+#[test]
+fn a_hibernated_model_with_nothing_running_starts_awake() {
+    let (mut s, t) = supervisor(ONE);
+    s.begin(t);
+    s.launched(0, 0, Ok(Worker::new(100, None)), t);
+    let (tx, _rx) = tokio::sync::oneshot::channel();
+    s.power("a", true, tx);
+    s.powered(1, power_request(1, true, "done"));
+    taken(&mut s);
+    s.effects.exits.insert(100, exited(1)); // it crashed
+    s.tick(t + MS);
+    s.tick(t + 200 * MS); // after the backoff: started again
+    let done = taken(&mut s);
+    assert!(done.contains(&Done::Launch("a".into(), 0)), "{done:?}");
+    assert!(
+        done.iter()
+            .any(|d| matches!(d, Done::Power(j) if !j.hibernate && j.model == "a")),
+        "{done:?}"
+    );
+    assert!(!s.model_status(0, t).swap.hibernated);
+}
+
+#[test]
+fn a_late_result_does_not_undo_a_newer_request() {
+    let served = "[[model]]\nname = \"a\"\ncommand = \"/bin/true\"\nfreeze_hibernated = true\n\
+                  [model.serve]\nhealth = \"/h\"\n";
+    let (mut s, t) = supervisor(served);
+    s.begin(t);
+    s.launched(0, 0, Ok(Worker::new(100, None)), t);
+    taken(&mut s);
+    let (tx, _rx) = tokio::sync::oneshot::channel();
+    s.power("a", true, tx);
+    assert!(s.door.asleep("a"));
+    let (tx, _rx) = tokio::sync::oneshot::channel();
+    s.power("a", false, tx);
+    let (tx, _rx) = tokio::sync::oneshot::channel();
+    s.power("a", true, tx);
+    taken(&mut s);
+    // The first hibernate ends while the others are under way: no freeze.
+    s.powered(1, power_request(1, true, "done"));
+    // The wake ends after the second hibernate was sent: still asleep.
+    s.powered(2, power_request(2, false, "done"));
+    assert!(s.door.asleep("a"));
+    assert_eq!(taken(&mut s), []);
+    // The last one ends: frozen now.
+    s.powered(3, power_request(3, true, "done"));
+    assert_eq!(taken(&mut s), [Done::Freeze(100, true)]);
+    assert!(s.door.asleep("a"));
+}
+
+#[test]
+fn a_shutdown_waits_for_launches_under_way_and_stops_what_they_started() {
+    let (mut s, t) = supervisor(ONE);
+    s.begin(t);
+    taken(&mut s);
+    s.shutdown(t);
+    assert!(!s.done(), "a launch is under way");
+    assert!(matches!(
+        s.handle(Request::Start("a".into()), t),
+        Answer::ShuttingDown
+    ));
+    s.launched(0, 0, Ok(Worker::new(100, None)), t + MS);
+    assert_eq!(taken(&mut s), [Done::Signal(100, Signal::Term)]);
+    assert!(!s.done());
+    s.effects.exits.insert(100, exited(0));
+    s.tick(t + 2 * MS);
+    assert_eq!(taken(&mut s), [Done::Release("a".into(), 100)]);
+    assert!(s.done());
+    // Nothing restarts after it.
+    s.tick(t + Duration::from_secs(60));
+    assert_eq!(taken(&mut s), []);
+}
+
+#[test]
+fn a_model_whose_ledger_cannot_be_used_never_launches() {
+    let (mut s, t) = supervisor(ONE);
+    s.unusable("a", "ledger /l/a: layout version 1".into());
+    s.begin(t);
+    assert_eq!(taken(&mut s), []);
+    s.handle(Request::Start("a".into()), t);
+    assert_eq!(taken(&mut s), []);
+    let i = instance(&s, t);
+    assert_eq!(i.state, "failed");
+    assert_eq!(i.error.as_deref(), Some("ledger /l/a: layout version 1"));
+}
+
+#[test]
+fn a_served_instance_never_ready_is_restarted_and_is_never_routed() {
+    let (mut s, t) = supervisor(&format!(
+        "{ONE}[model.serve]\nhealth = \"/health\"\nready_timeout = \"2s\"\n"
+    ));
+    s.begin(t);
+    s.launched(0, 0, Ok(Worker::new(100, Some(41000))), t);
+    taken(&mut s);
+    assert!(!s.door().load("a").1[&0].ready, "routed, not ready");
+    s.tick(t + 1999 * MS);
+    assert_eq!(taken(&mut s), []);
+    s.tick(t + 2000 * MS);
+    assert_eq!(taken(&mut s), [Done::Signal(100, Signal::Term)]);
+    assert!(
+        s.door().load("a").1.is_empty(),
+        "no request goes to it any more"
+    );
+    assert!(
+        instance(&s, t)
+            .error
+            .unwrap()
+            .contains("serve.ready_timeout")
+    );
+    s.effects.exits.insert(100, exited(143));
+    s.tick(t + 2001 * MS);
+    assert_eq!(taken(&mut s), [Done::Release("a".into(), 100)]);
+    s.tick(t + 2101 * MS);
+    assert_eq!(taken(&mut s), [Done::Launch("a".into(), 0)]);
+}
+
+#[test]
+fn a_restart_starts_again_once_the_old_worker_has_exited() {
+    let (mut s, t) = supervisor(ONE);
+    s.begin(t);
+    s.launched(0, 0, Ok(Worker::new(100, None)), t);
+    taken(&mut s);
+    s.handle(Request::Restart("a".into()), t);
+    assert_eq!(taken(&mut s), [Done::Signal(100, Signal::Term)]);
+    s.effects.exits.insert(100, exited(143));
+    s.tick(t + MS);
+    assert_eq!(
+        taken(&mut s),
+        [Done::Release("a".into(), 100), Done::Launch("a".into(), 0)]
+    );
+}
+
+const GIB: u64 = 1 << 30;
+const GPU: GpuUuid = GpuUuid([7; 16]);
+
+/// Model `model`'s ledger on one 10 GiB GPU: a quota of `quota` GiB, `used` GiB charged.
+fn ledger(model: &str, quota: u64, used: u64) -> Snapshot {
+    let (quota, used) = (quota * GIB, used * GIB);
+    Snapshot {
+        model: model.into(),
+        quota: Some(cuvisor_common::size::QuotaSpec::Bytes(quota)),
+        gpus: vec![GpuUsage {
+            uuid: GPU,
+            quota_bytes: Some(quota),
+            physical: 10 * GIB,
+            used,
+            peak: used,
+            refused: 0,
+        }],
+        used,
+        uncertain: 0,
+        refused: 0,
+        processes: Vec::new(),
+        power: Default::default(),
+    }
+}
+
+/// Three served models on one GPU: `a` and `b` always running, `c` scaled to zero. `a`
+/// has been idle for 30 s, `b` for 5 s; each of them holds 4 of the GPU's 10 GiB.
+fn crowded() -> (Sup, Instant) {
+    let model = |name: &str, quota: u64, scaled: bool| {
+        format!(
+            "[[model]]\nname = \"{name}\"\ncommand = \"/bin/true\"\ngpu_quota = \"{quota}GiB\"\n{}\
+             [model.serve]\nhealth = \"/h\"\n",
+            if scaled {
+                "min_instances = 0\nmax_instances = 1\n"
+            } else {
+                ""
+            }
+        )
+    };
+    let (mut s, t) = supervisor(&format!(
+        "{}{}{}",
+        model("a", 4, false),
+        model("b", 4, false),
+        model("c", 6, true)
+    ));
+    for (name, used) in [("a", 4), ("b", 4), ("c", 0)] {
+        let quota = if name == "c" { 6 } else { 4 };
+        s.effects
+            .ledgers
+            .insert(name.into(), ledger(name, quota, used));
+    }
+    s.begin(t);
+    s.launched(0, 0, Ok(Worker::new(100, Some(41000))), t);
+    s.launched(1, 0, Ok(Worker::new(101, Some(41001))), t);
+    s.door.ready("a", 0);
+    s.door.ready("b", 0);
+    s.tick(t);
+    s.door
+        .idle
+        .borrow_mut()
+        .insert("a".into(), Duration::from_secs(30));
+    s.door
+        .idle
+        .borrow_mut()
+        .insert("b".into(), Duration::from_secs(5));
+    taken(&mut s);
+    (s, t)
+}
+
+fn hibernates(done: &[Done]) -> Vec<(u64, String)> {
+    done.iter()
+        .filter_map(|d| match d {
+            Done::Power(j) if j.hibernate => Some((j.id, j.model.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A cold start under pressure: `c`'s 6 GiB do not fit beside `a` and `b` (8 of 10 GiB),
+/// so the least recently used idle model (`a`, idle 30 s) is hibernated, and only it:
+/// `b` stays, and 4 + 6 GiB fit.
+#[test]
+fn a_cold_start_pushes_out_the_least_recently_used_idle_model_only() {
+    let (mut s, t) = crowded();
+    s.door.waiting.borrow_mut().insert("c".into(), 1);
+    s.tick(t + MS);
+    let done = taken(&mut s);
+    assert_eq!(hibernates(&done), [(1, "a".to_owned())], "{done:?}");
+    assert!(done.contains(&Done::Launch("c".into(), 0)), "{done:?}");
+    assert!(s.door.asleep("a") && !s.door.asleep("b"));
+}
+
+/// A busy model is never pushed out: with `a` serving a request, `b` goes instead.
+#[test]
+fn a_busy_model_is_not_pushed_out() {
+    let (mut s, t) = crowded();
+    s.door.idle.borrow_mut().insert("a".into(), Duration::ZERO); // one in flight
+    s.door.waiting.borrow_mut().insert("c".into(), 1);
+    s.tick(t + MS);
+    assert_eq!(hibernates(&taken(&mut s)), [(1, "b".to_owned())]);
+}
+
+/// Nothing is pushed out when the newcomer fits.
+#[test]
+fn a_cold_start_that_fits_pushes_out_nothing() {
+    let (mut s, t) = crowded();
+    s.effects.ledgers.insert("c".into(), ledger("c", 2, 0));
+    s.door.waiting.borrow_mut().insert("c".into(), 1);
+    s.tick(t + MS);
+    let done = taken(&mut s);
+    assert_eq!(hibernates(&done), [], "{done:?}");
+    assert!(done.contains(&Done::Launch("c".into(), 0)));
+}
+
+/// A wake that needs room waits until the models pushed out for it have hibernated, and
+/// is then sent; it is answered when its own processes are done.
+#[test]
+fn a_wake_waits_for_the_room_made_for_it() {
+    let (mut s, t) = crowded();
+    // `c` runs with 4 GiB; `a` is hibernated: waking it needs 4 more, 12 > 10.
+    s.effects.ledgers.insert("c".into(), ledger("c", 6, 4));
+    s.handle(Request::Start("c".into()), t);
+    s.launched(2, 0, Ok(Worker::new(102, Some(41002))), t);
+    s.door.ready("c", 0);
+    s.door
+        .idle
+        .borrow_mut()
+        .insert("c".into(), Duration::from_secs(60));
+    let (tx, _rx) = tokio::sync::oneshot::channel();
+    s.power("a", true, tx);
+    s.powered(1, power_request(1, true, "done"));
+    taken(&mut s);
+
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    s.power("a", false, tx);
+    // `c`, idle the longest (60 s), goes first; `a`'s wake is held back.
+    assert_eq!(
+        taken(&mut s),
+        [Done::Power(PowerJob {
+            id: 2,
+            model: "c".into(),
+            hibernate: true,
+            timeout: crate::config::DEFAULT_SWAP_TIMEOUT,
+        })]
+    );
+    s.tick(t + MS);
+    assert_eq!(taken(&mut s), [], "held back: nothing else is sent");
+    assert!(rx.try_recv().is_err());
+    assert!(s.door.asleep("a"));
+
+    s.powered(2, power_report("c", 2, true, "done"));
+    assert_eq!(
+        taken(&mut s),
+        [Done::Power(PowerJob {
+            id: 3,
+            model: "a".into(),
+            hibernate: false,
+            timeout: crate::config::DEFAULT_SWAP_TIMEOUT,
+        })]
+    );
+    assert!(
+        rx.try_recv().is_err(),
+        "answered when a's processes are done"
+    );
+    s.powered(3, power_request(3, false, "done"));
+    assert_eq!(reported(&mut rx).outcome, "done");
+    assert!(!s.door.asleep("a") && s.door.asleep("c"));
+    assert_eq!(
+        *s.door.swaps.borrow(),
+        [
+            ("a".to_owned(), true),
+            ("c".to_owned(), true),
+            ("a".to_owned(), false)
+        ]
+    );
+}
+
+/// A wake held back for room is replaced by a newer request for the same model: the
+/// waiting caller is told so, and the newer request goes out.
+#[test]
+fn a_wake_held_back_is_superseded_by_a_newer_request() {
+    let (mut s, t) = crowded();
+    s.effects.ledgers.insert("c".into(), ledger("c", 6, 4));
+    s.handle(Request::Start("c".into()), t);
+    s.launched(2, 0, Ok(Worker::new(102, Some(41002))), t);
+    s.door.ready("c", 0);
+    s.door
+        .idle
+        .borrow_mut()
+        .insert("c".into(), Duration::from_secs(60));
+    let (tx, _rx) = tokio::sync::oneshot::channel();
+    s.power("a", true, tx);
+    s.powered(1, power_request(1, true, "done"));
+    let (tx, mut held) = tokio::sync::oneshot::channel();
+    s.power("a", false, tx);
+    taken(&mut s);
+    let (tx, _rx) = tokio::sync::oneshot::channel();
+    s.power("a", true, tx);
+    assert_eq!(reported(&mut held).outcome, "superseded");
+    assert_eq!(hibernates(&taken(&mut s)), [(3, "a".to_owned())]);
+    // The push-out it asked for ends: no wake follows.
+    s.powered(2, power_report("c", 2, true, "done"));
+    assert_eq!(taken(&mut s), []);
+}

@@ -1,0 +1,419 @@
+//! The composition root: the one place that knows the node, the servers and the core
+//! together. [`Running`] is a supervisor at work on a thread of its own: the binary's
+//! [`run`], or a Rust program that embeds cuvisor (`examples/embed.rs`), starts one and
+//! stops it. Every event reaches its thread through one channel: the servers' calls, the
+//! node's reports, signals (where the program forwards them) and the stop; the loop
+//! ([`supervise`]) hands each to the core's [`Supervisor`] with the time.
+
+use crate::config::{Config, RUN_DIR};
+use crate::core::Supervisor;
+use crate::core::api::{Answer, Call, Closed, Mailbox, Reply, Request};
+use crate::core::effects::{Door, Load};
+use crate::core::placement::{self, Demand, Plan, PlanError};
+use crate::core::status::{PowerReport, Status};
+use crate::log::log;
+use crate::metrics::SwapMetrics;
+use crate::node::nvml::{Inventory, NvmlError};
+use crate::node::process::{self, LockError, SupervisorLock};
+use crate::node::system::{self, Report, SetupError, StartError, System, Worker};
+use crate::serve::control::ServeError;
+use crate::serve::gateway::{self, Routes};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::time::{Duration, Instant};
+
+pub use crate::node::process::become_subreaper;
+
+/// What reaches a running supervisor's thread.
+pub enum Event {
+    /// A signal, where the program forwards them: SIGCHLD to reap at once, SIGTERM or
+    /// SIGINT to stop.
+    Signal(i32),
+    /// A control API request, and where its answer goes.
+    Control(Request, Reply),
+    /// The result of a launch.
+    Launched {
+        model: usize,
+        index: u32,
+        result: Result<Worker, StartError>,
+    },
+    /// Stop every worker and end ([`Running::stop`]).
+    Stop,
+    /// A request waits at the front door and its model has no ready instance: time to
+    /// look at the load.
+    Demand,
+    /// A control API request to hibernate or wake a model, answered when its processes
+    /// have acknowledged.
+    Power {
+        model: String,
+        hibernate: bool,
+        reply: Reply,
+    },
+    /// A hibernate or wake ended.
+    Powered { id: u64, report: PowerReport },
+}
+
+impl From<Call> for Event {
+    fn from(call: Call) -> Event {
+        match call {
+            Call::Control(request, reply) => Event::Control(request, reply),
+            Call::Power {
+                model,
+                hibernate,
+                reply,
+            } => Event::Power {
+                model,
+                hibernate,
+                reply,
+            },
+            Call::Demand => Event::Demand,
+        }
+    }
+}
+
+impl From<Report> for Event {
+    fn from(report: Report) -> Event {
+        match report {
+            Report::Launched {
+                model,
+                index,
+                result,
+            } => Event::Launched {
+                model,
+                index,
+                result,
+            },
+            Report::Powered { id, report } => Event::Powered { id, report },
+        }
+    }
+}
+
+/// Why a supervisor cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    #[error(transparent)]
+    Nvml(#[from] NvmlError),
+    #[error("cannot read MemTotal from /proc/meminfo")]
+    HostMemory,
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Placement(Vec<PlanError>),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    #[error("cannot start the {0} thread: {1}")]
+    Thread(&'static str, std::io::Error),
+    #[error("the supervisor's thread panicked")]
+    Panicked,
+}
+
+/// The front door as the core drives it: the routes, and the swap times for the metrics.
+pub struct Front {
+    routes: Arc<Routes>,
+    swaps: SwapMetrics,
+}
+
+impl Door for Front {
+    fn started(&self, model: &str, index: u32, port: u16) {
+        self.routes.started(model, index, port);
+    }
+    fn gone(&self, model: &str, index: u32) {
+        self.routes.gone(model, index);
+    }
+    fn set_asleep(&self, model: &str, asleep: bool) {
+        self.routes.set_asleep(model, asleep);
+    }
+    fn load(&self, model: &str) -> Load {
+        self.routes.load(model)
+    }
+    fn swapped(&self, model: &str, out: bool, seconds: f64) {
+        self.swaps.observe(model, out, seconds);
+    }
+}
+
+/// The mailbox of the supervisor's thread, as a server or the node posts to it.
+fn post<T: Into<Event>>(events: &Sender<Event>, message: T) -> Result<(), Closed> {
+    events.send(message.into()).map_err(|_| Closed)
+}
+
+/// A supervisor at work on a thread of its own, with its control API and, if configured,
+/// its front door. A Rust program embeds cuvisor with this:
+///
+/// ```no_run
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = cuvisor::config::Config::load(std::path::Path::new("cuvisor.toml"))
+///     .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))?;
+/// let shim = cuvisor::exec::default_shim().ok_or("libcuvisor_preload.so not found")?;
+/// let running = cuvisor::run::Running::start(config, shim)?;
+/// println!("{} models", running.status()?.models.len());
+/// running.stop()?; // every worker stopped, the listeners closed
+/// # Ok(()) }
+/// ```
+///
+/// Workers are reaped by pid (the program's other children are left alone), at the
+/// latest 50 ms after they exit, at once where the program forwards SIGCHLD
+/// ([`Running::sender`], [`Event::Signal`]). A worker's own children that it leaves
+/// behind come to the program only if it is a child subreaper
+/// ([`become_subreaper`]); then the supervisor reaps every child of the program that is
+/// not a worker (a program that is a subreaper for children of its own should not embed
+/// a supervisor).
+pub struct Running {
+    events: Sender<Event>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The supervisor's thread wakes at least this often: to reap without SIGCHLD, and for
+/// the scaler to look at the front door's load.
+const TICK: Duration = Duration::from_millis(50);
+
+impl Running {
+    /// Checks and prepares everything that can fail (the supervisor's lock, the placement
+    /// on GPUs, cgroups, ledgers, the control API and the front door), then starts the
+    /// models' first instances on the supervisor's thread.
+    pub fn start(config: Config, shim: PathBuf) -> Result<Running, Error> {
+        Self::start_with(
+            config,
+            shim,
+            &crate::node::nvml::Nvml,
+            Path::new("/sys/fs/cgroup"),
+        )
+    }
+
+    fn start_with(
+        config: Config,
+        shim: PathBuf,
+        inventory: &dyn Inventory,
+        cgroup_root: &Path,
+    ) -> Result<Running, Error> {
+        // First: nothing of another supervisor's may be touched.
+        let lock = SupervisorLock::acquire(Path::new(RUN_DIR), &config.supervisor.cgroup_name)?;
+        let plan = place(&config, inventory)?;
+        if let Some(p) = &plan {
+            for line in p.lines() {
+                log(&line);
+            }
+        }
+        let (hierarchy, ledgers) = system::prepare(&config, cgroup_root)?;
+        let (tx, rx) = channel();
+        let sink = tx.clone();
+        let report: system::Sink = Arc::new(move |r: Report| post(&sink, r).is_ok());
+        let effects = System::new(&config, hierarchy, shim, plan.clone(), report)?;
+        let routes = Routes::new(&config);
+        let swaps = SwapMetrics::default();
+        let front = Front {
+            routes: routes.clone(),
+            swaps: swaps.clone(),
+        };
+        let settings = config.supervisor.clone();
+        let mut sup = Supervisor::new(config, plan, effects, front);
+        for (m, why) in ledgers.into_iter().enumerate() {
+            if let Some(why) = why {
+                let name = sup.config().models[m].name.clone();
+                sup.unusable(&name, why);
+            }
+        }
+        let demand = tx.clone();
+        routes.on_demand(move || {
+            let _ = demand.send(Event::Demand);
+        });
+        let mailbox = tx.clone();
+        let mailbox: Mailbox = Arc::new(move |call: Call| post(&mailbox, call));
+        let front_door = settings.http.map(|_| routes.clone());
+        let control = crate::serve::control::serve(&settings, mailbox, front_door, swaps)?;
+        let door = match settings.http {
+            None => None,
+            Some(addr) => {
+                let keys = match &settings.api_keys {
+                    Some(path) => Some(crate::config::secrets::read_keys(path).map_err(|why| {
+                        ServeError::Secret {
+                            key: "api_keys",
+                            path: path.clone(),
+                            why,
+                        }
+                    })?),
+                    None => None,
+                };
+                let door = gateway::serve(addr, routes, keys)?;
+                log(&format!("front door: listening on {addr}"));
+                Some(door)
+            }
+        };
+        let thread = std::thread::Builder::new()
+            .name("supervisor".into())
+            .spawn(move || {
+                supervise(&mut sup, &rx);
+                // In this order: the workers' effects (the launchers end, the cgroups'
+                // parent goes), the listeners, and last the lock, so that a supervisor
+                // that takes it next finds nothing of this one's.
+                drop(sup);
+                drop(door);
+                drop(control);
+                log("stopped");
+                drop(lock);
+            })
+            .map_err(|e| Error::Thread("supervisor", e))?;
+        Ok(Running {
+            events: tx,
+            thread: Some(thread),
+        })
+    }
+
+    /// Where to send events: forwarded signals, control requests.
+    pub fn sender(&self) -> Sender<Event> {
+        self.events.clone()
+    }
+
+    /// Every model's status, as `GET /models` gives it. It blocks: not to be called
+    /// from inside an async runtime (a Tokio task would panic).
+    pub fn status(&self) -> Result<Status, Error> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _ = self.events.send(Event::Control(Request::Status(None), tx));
+        match rx.blocking_recv() {
+            Ok(Answer::Status(s)) => Ok(s),
+            _ => Err(Error::Panicked),
+        }
+    }
+
+    /// Stops every worker (SIGTERM, SIGKILL after the grace period), closes the control
+    /// API and the front door, and returns once all of it is done.
+    pub fn stop(mut self) -> Result<(), Error> {
+        let _ = self.events.send(Event::Stop);
+        self.join()
+    }
+
+    /// Waits until the supervisor stops (a SIGTERM forwarded to it, or a stop sent).
+    pub fn wait(mut self) -> Result<(), Error> {
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<(), Error> {
+        match self.thread.take() {
+            Some(t) => t.join().map_err(|_| Error::Panicked),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Running {
+    /// A supervisor dropped without [`Running::stop`] stops all the same.
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            let _ = self.events.send(Event::Stop);
+            let _ = self.join();
+        }
+    }
+}
+
+/// The supervisor's loop: events as they come, [`Supervisor::tick`] after each and at
+/// least every [`TICK`], until it has shut down.
+fn supervise(sup: &mut Supervisor<System, Front>, events: &Receiver<Event>) {
+    sup.begin(Instant::now());
+    let subreaper = process::is_subreaper();
+    loop {
+        let timeout = sup.next_deadline().map_or(TICK, |t| {
+            t.saturating_duration_since(Instant::now()).min(TICK)
+        });
+        let now = || Instant::now();
+        match events.recv_timeout(timeout) {
+            Ok(Event::Signal(sig)) if sig == libc::SIGTERM || sig == libc::SIGINT => {
+                sup.shutdown(now());
+            }
+            Ok(Event::Stop) => sup.shutdown(now()),
+            Ok(Event::Signal(_) | Event::Demand) => {}
+            Ok(Event::Control(request, reply)) => {
+                let _ = reply.send(sup.handle(request, now()));
+            }
+            Ok(Event::Power {
+                model,
+                hibernate,
+                reply,
+            }) => sup.power(&model, hibernate, reply),
+            Ok(Event::Powered { id, report }) => sup.powered(id, report),
+            Ok(Event::Launched {
+                model,
+                index,
+                result,
+            }) => sup.launched(model, index, result, now()),
+            // Every sender gone: no one can stop it any more but itself.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => sup.shutdown(now()),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        sup.tick(now());
+        if subreaper {
+            process::reap_orphans(|pid| sup.may_be_a_worker(pid));
+        }
+        if sup.done() {
+            return;
+        }
+    }
+}
+
+/// `cuvisor run`: the configuration until SIGTERM or SIGINT, as a child subreaper.
+/// Returns the process exit status.
+pub fn run(config: Config, shim: PathBuf) -> Result<i32, Error> {
+    // Before any thread exists: every thread inherits the blocked signals.
+    let set = process::block_signals();
+    process::become_subreaper();
+    let running = Running::start(config, shim)?;
+    let events = running.sender();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            loop {
+                let mut sig = 0;
+                // SAFETY: sigwait with the set blocked in every thread.
+                if unsafe { libc::sigwait(&set, &mut sig) } == 0
+                    && events.send(Event::Signal(sig)).is_err()
+                {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| Error::Thread("signals", e))?;
+    running.wait()?;
+    Ok(0)
+}
+
+/// Places the models that have `gpus` on the node's GPUs (from `inventory`), against the
+/// host memory left for what cannot be resident: the host's memory less the models'
+/// `memory_limit`s (each times its instances). None when no model has `gpus`; every
+/// reason it cannot be done otherwise, one per line.
+pub fn place(config: &Config, inventory: &dyn Inventory) -> Result<Option<Plan>, Error> {
+    if config.models.iter().all(|m| m.gpus.is_none()) {
+        return Ok(None);
+    }
+    let node = inventory.gpus()?;
+    let total = process::host_memory().ok_or(Error::HostMemory)?;
+    let limits: u64 = config
+        .models
+        .iter()
+        .filter_map(|m| {
+            m.memory_limit
+                .map(|l| l.saturating_mul(u64::from(m.instances)))
+        })
+        .fold(0, u64::saturating_add);
+    let demands: Vec<Demand> = config
+        .models
+        .iter()
+        .filter_map(|m| {
+            Some(Demand {
+                model: &m.name,
+                gpus: m.gpus.as_ref()?,
+                quota: m.gpu_quota,
+            })
+        })
+        .collect();
+    let s = &config.supervisor;
+    placement::plan(
+        &node,
+        &demands,
+        s.placement,
+        s.gpu_overcommit,
+        total.saturating_sub(limits),
+    )
+    .map(Some)
+    .map_err(Error::Placement)
+}
