@@ -350,7 +350,7 @@ fn print_power(report: &cuvisor::status::PowerReport, as_json: bool) -> ExitCode
             eprintln!("cuvisor: {e}");
         }
     }
-    if report.outcome == "done" {
+    if report.outcome == cuvisor::status::PowerOutcome::Done {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

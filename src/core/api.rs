@@ -24,11 +24,29 @@ pub enum Answer {
     /// The model's instances were asked to start, stop or restart.
     Done {
         model: String,
-        action: &'static str,
+        action: Action,
     },
     NoSuchModel(String),
     /// Shutting down: nothing starts any more.
     ShuttingDown,
+}
+
+/// What a request asked of a model's instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Start,
+    Stop,
+    Restart,
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Action::Start => "start",
+            Action::Stop => "stop",
+            Action::Restart => "restart",
+        })
+    }
 }
 
 /// Where the answer to a request goes.

@@ -20,7 +20,10 @@ pub mod effects;
 pub mod hibernation;
 pub mod lifecycle;
 pub mod placement;
+mod power;
+mod report;
 pub mod scaling;
+mod state;
 pub mod status;
 pub mod supervisor;
 

@@ -57,11 +57,8 @@ pub struct SwapStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PowerReport {
     pub model: String,
-    /// `hibernate` or `wake`.
-    pub action: String,
-    /// `done` (every live process acknowledged), `timed_out` (see `pending`),
-    /// `superseded` (a later request replaced it), or `failed` (see `error`).
-    pub outcome: String,
+    pub action: PowerAction,
+    pub outcome: PowerOutcome,
     /// The request's generation in the model's control word.
     pub generation: u32,
     /// From the request to the last acknowledgement: the copies and the mechanism.
@@ -75,6 +72,48 @@ pub struct PowerReport {
     /// that had not acknowledged when the time ran out.
     pub pending: Vec<u32>,
     pub error: Option<String>,
+}
+
+/// What a power request asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PowerAction {
+    Hibernate,
+    Wake,
+}
+
+/// How a power request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PowerOutcome {
+    /// Every live process acknowledged.
+    Done,
+    /// Some did not in time (see `pending`).
+    TimedOut,
+    /// A later request replaced it.
+    Superseded,
+    /// It could not be made (see `error`).
+    Failed,
+}
+
+impl std::fmt::Display for PowerAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PowerAction::Hibernate => "hibernate",
+            PowerAction::Wake => "wake",
+        })
+    }
+}
+
+impl std::fmt::Display for PowerOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PowerOutcome::Done => "done",
+            PowerOutcome::TimedOut => "timed_out",
+            PowerOutcome::Superseded => "superseded",
+            PowerOutcome::Failed => "failed",
+        })
+    }
 }
 
 /// One process's acknowledgement of a request.
@@ -131,12 +170,16 @@ pub struct NodeGpu {
 
 impl PowerReport {
     /// A report of a hibernate (`hibernate`) or wake of `model` that moved nothing yet,
-    /// with its `outcome` (`done`, `failed`, `superseded`, `timed_out`).
-    pub fn new(model: &str, hibernate: bool, outcome: &str) -> PowerReport {
+    /// with its `outcome`.
+    pub fn new(model: &str, hibernate: bool, outcome: PowerOutcome) -> PowerReport {
         PowerReport {
             model: model.to_owned(),
-            action: if hibernate { "hibernate" } else { "wake" }.to_owned(),
-            outcome: outcome.to_owned(),
+            action: if hibernate {
+                PowerAction::Hibernate
+            } else {
+                PowerAction::Wake
+            },
+            outcome,
             generation: 0,
             duration_ms: 0.0,
             moved_bytes: 0,

@@ -3,39 +3,22 @@
 //! [`Supervisor`] turns what happens (a launch's result, an exit, a control request,
 //! time passing) into [`lifecycle`] events, and the actions they lead to into calls on
 //! its [`Effects`] and its [`Door`]. It reads no clock: every call says what time it is.
-//! Hibernation and wakes are in `power.rs`, the status it reports in `report.rs`.
+//! What it holds is in `state.rs`, the bookkeeping of hibernates and wakes under way in
+//! `power.rs`, how its status is made in `report.rs`.
 
-use super::api::{Answer, Request};
-use super::effects::{Door, Effects, Exit, Process};
+use super::api::{self, Answer, Reply, Request};
+use super::effects::{Door, Effects, Exit, PowerJob, Process};
 use super::hibernation;
 use super::lifecycle::{self, Action, Signal, State};
 use super::placement::Plan;
+use super::power::Power;
+use super::report;
 use super::scaling;
-use super::status::SwapStatus;
+use super::state::{self, Model, Slot};
+use super::status::{ModelStatus, PowerOutcome, PowerReport, Status};
 use crate::config::{Config, ModelConfig};
 use crate::log::log;
 use std::time::{Duration, Instant};
-
-/// One instance: its lifecycle and, while it has one, its worker process.
-struct Slot<W> {
-    index: u32,
-    life: lifecycle::Instance,
-    worker: Option<W>,
-    /// Its worker's processes are frozen (`freeze_hibernated`).
-    frozen: bool,
-}
-
-/// The supervisor never maps a ledger: its workers can shrink the file under any mapping
-/// (SIGBUS at the next access). It reads copies
-/// ([`Effects::snapshot`]) and the node reclaims in a child process.
-struct Model<W> {
-    cfg: ModelConfig,
-    policy: lifecycle::Policy,
-    /// Why the model's ledger could not be created or opened at start: it cannot run.
-    ledger_error: Option<String>,
-    instances: Vec<Slot<W>>,
-    swap: SwapStatus,
-}
 
 /// The models of a configuration and their instances, driven by events.
 pub struct Supervisor<E: Effects, D: Door> {
@@ -47,27 +30,13 @@ pub struct Supervisor<E: Effects, D: Door> {
     models: Vec<Model<E::Worker>>,
     effects: E,
     shutting_down: bool,
-    power: power::Power,
-}
-
-mod power;
-mod report;
-
-/// The lifecycle policy of `cfg`'s instances.
-fn policy(cfg: &ModelConfig, grace_period: Duration) -> lifecycle::Policy {
-    lifecycle::Policy {
-        restart: cfg.restart,
-        backoff_initial: cfg.backoff_initial,
-        backoff_max: cfg.backoff_max,
-        grace_period,
-        ready_timeout: cfg.serve.as_ref().map(|s| s.ready_timeout),
-    }
+    power: Power,
 }
 
 /// The delay before the next start of an instance of `cfg` that failed
 /// `failures_in_a_row` times ([`lifecycle::backoff_delay`]).
 pub fn backoff_delay(cfg: &ModelConfig, failures_in_a_row: u32) -> Duration {
-    lifecycle::backoff_delay(&policy(cfg, Duration::ZERO), failures_in_a_row)
+    lifecycle::backoff_delay(&state::policy(cfg, Duration::ZERO), failures_in_a_row)
 }
 #[cfg(test)]
 mod tests;
@@ -80,23 +49,7 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
         let models = config
             .models
             .iter()
-            .map(|cfg| {
-                let policy = policy(cfg, grace_period);
-                Model {
-                    instances: (0..cfg.instances)
-                        .map(|index| Slot {
-                            index,
-                            life: lifecycle::Instance::new(&policy),
-                            worker: None,
-                            frozen: false,
-                        })
-                        .collect(),
-                    cfg: cfg.clone(),
-                    policy,
-                    ledger_error: None,
-                    swap: SwapStatus::default(),
-                }
-            })
+            .map(|cfg| Model::new(cfg, grace_period))
             .collect();
         Supervisor {
             config,
@@ -105,7 +58,7 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
             models,
             effects,
             shutting_down: false,
-            power: power::Power::default(),
+            power: Power::default(),
         }
     }
 
@@ -570,6 +523,140 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
         victims
     }
 
+    /// Asks model `name`'s processes to hibernate or wake; `reply` gets the answer when
+    /// they have acknowledged ([`Supervisor::powered`]), or at once if it cannot be asked.
+    pub fn power(&mut self, name: &str, hibernate: bool, reply: Reply) {
+        let Some(m) = self.model_index(name) else {
+            let _ = reply.send(Answer::NoSuchModel(name.to_owned()));
+            return;
+        };
+        if self.shutting_down {
+            let _ = reply.send(Answer::ShuttingDown);
+            return;
+        }
+        self.request_power(m, hibernate, Some(reply));
+    }
+
+    fn request_power(&mut self, m: usize, hibernate: bool, reply: Option<Reply>) {
+        // A wake still waiting for room is replaced by this request.
+        for reply in self.power.withdraw(m).into_iter().flatten() {
+            let report =
+                PowerReport::new(&self.models[m].cfg.name, false, PowerOutcome::Superseded);
+            let _ = reply.send(Answer::Power(Box::new(report)));
+        }
+        if !hibernate && self.models[m].swap.hibernated {
+            // Room first: the least recently used idle models leave in bulk before this
+            // one comes back, rather than page by page under its faults.
+            let after: Vec<u64> = self
+                .pressure_victims(m)
+                .into_iter()
+                .map(|v| self.send_power(v, true, None))
+                .collect();
+            if !after.is_empty() {
+                self.power.defer(m, reply, after);
+                return;
+            }
+        }
+        self.send_power(m, hibernate, reply);
+    }
+
+    /// Sends a hibernate or wake to model `m`'s processes; the request's number.
+    fn send_power(&mut self, m: usize, hibernate: bool, reply: Option<Reply>) -> u64 {
+        self.freeze(m, false); // a frozen process cannot move anything, nor answer
+        let id = self.power.sent(m, hibernate, reply);
+        let model = &mut self.models[m];
+        model.swap.hibernated = hibernate;
+        log(&format!(
+            "model {}: {}",
+            model.cfg.name,
+            if hibernate { "hibernating" } else { "waking" }
+        ));
+        if hibernate {
+            self.door.set_asleep(&model.cfg.name, true);
+        }
+        self.effects.power(PowerJob {
+            id,
+            model: model.cfg.name.clone(),
+            hibernate,
+            timeout: model.cfg.swap_timeout,
+        });
+        id
+    }
+
+    /// A hibernate or wake request ended ([`Effects::power`]'s result): its numbers go to
+    /// the model's status and the metrics, its answer to whoever asked.
+    pub fn powered(&mut self, id: u64, report: PowerReport) {
+        let Some(wait) = self.power.finish(id) else {
+            return;
+        };
+        let model = &mut self.models[wait.model];
+        log(&format!(
+            "model {}: {} {}: {} bytes moved, {} pinned, {} failed, in {:.1} ms{}",
+            report.model,
+            report.action,
+            report.outcome,
+            report.moved_bytes,
+            report.pinned_bytes,
+            report.failed_bytes,
+            report.duration_ms,
+            report
+                .error
+                .as_ref()
+                .map_or(String::new(), |e| format!(" ({e})"))
+        ));
+        if report.outcome == PowerOutcome::Done {
+            let seconds = report.duration_ms / 1000.0;
+            self.door.swapped(&model.cfg.name, wait.hibernate, seconds);
+        }
+        if wait.hibernate {
+            model.swap.last_out = Some(report.clone());
+        } else {
+            model.swap.last_in = Some(report.clone());
+        }
+        // Frozen once hibernated, unless another request for it is under way (its
+        // processes must be able to answer that one).
+        let freeze = wait.hibernate
+            && report.outcome == PowerOutcome::Done
+            && model.cfg.freeze_hibernated
+            && model.swap.hibernated
+            && !self.changing(wait.model);
+        if freeze {
+            self.freeze(wait.model, true);
+        }
+        let model = &self.models[wait.model];
+        if !wait.hibernate && report.outcome != PowerOutcome::Superseded && !model.swap.hibernated {
+            // Awake, or as awake as it will get: a wake that failed or timed out still
+            // serves (the driver faults the pages back). Not if a hibernate came since.
+            self.door.set_asleep(&report.model, false);
+        }
+        if let Some(reply) = wait.reply {
+            let _ = reply.send(Answer::Power(Box::new(report)));
+        }
+        // Wakes that waited for room: those whose pushed-out models are done.
+        for (m, reply) in self.power.released() {
+            self.send_power(m, false, reply);
+        }
+    }
+
+    /// Model number `m`'s status, as `GET /models/NAME` gives it.
+    fn model_status(&self, m: usize, now: Instant) -> ModelStatus {
+        let model = &self.models[m];
+        let snapshot = self.effects.snapshot(&model.cfg.name);
+        let effects = &self.effects;
+        let memory = |w: &E::Worker| effects.host_memory(w);
+        report::model_status(model, snapshot, memory, self.plan.as_ref(), now)
+    }
+
+    /// Every model, and the node's GPUs when models are placed: one copy of each ledger.
+    pub fn status(&self, now: Instant) -> Status {
+        Status {
+            models: (0..self.models.len())
+                .map(|m| self.model_status(m, now))
+                .collect(),
+            gpus: self.plan.as_ref().map(report::node_gpus),
+        }
+    }
+
     fn model_index(&self, name: &str) -> Option<usize> {
         self.models.iter().position(|m| m.cfg.name == name)
     }
@@ -585,16 +672,20 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
                     None => Answer::NoSuchModel(name),
                 };
             }
-            Request::Start(name) => (name, "start", lifecycle::Event::Start),
-            Request::Stop(name) => (name, "stop", lifecycle::Event::Stop { then_start: false }),
+            Request::Start(name) => (name, api::Action::Start, lifecycle::Event::Start),
+            Request::Stop(name) => {
+                let stop = lifecycle::Event::Stop { then_start: false };
+                (name, api::Action::Stop, stop)
+            }
             Request::Restart(name) => {
-                (name, "restart", lifecycle::Event::Stop { then_start: true })
+                let restart = lifecycle::Event::Stop { then_start: true };
+                (name, api::Action::Restart, restart)
             }
         };
         let Some(m) = self.model_index(&name) else {
             return Answer::NoSuchModel(name);
         };
-        if self.shutting_down && action != "stop" {
+        if self.shutting_down && action != api::Action::Stop {
             return Answer::ShuttingDown;
         }
         for i in 0..self.models[m].instances.len() {

@@ -43,7 +43,7 @@
 
 pub use cuvisor_common::ledger::*;
 
-use crate::core::status::{PowerReport, ProcessPower};
+use crate::core::status::{PowerOutcome, PowerReport, ProcessPower};
 use std::path::Path;
 
 /// Makes sure `model` has a ledger with `quota` in `dir`, for a process that must not map
@@ -384,7 +384,7 @@ impl PowerReport {
     /// The answer to a hibernate (`hibernate`) or wake request of `model`, from its
     /// result.
     pub fn from_result(model: &str, hibernate: bool, result: PowerResult) -> PowerReport {
-        let mut report = PowerReport::new(model, hibernate, "failed");
+        let mut report = PowerReport::new(model, hibernate, PowerOutcome::Failed);
         let (request, snapshot) = match result {
             Ok(r) => r,
             Err(e) => {
@@ -415,18 +415,17 @@ impl PowerReport {
             }
         }
         report.outcome = match request.outcome {
-            power::Outcome::Done => "done",
-            power::Outcome::Superseded(_) => "superseded",
+            power::Outcome::Done => PowerOutcome::Done,
+            power::Outcome::Superseded(_) => PowerOutcome::Superseded,
             power::Outcome::TimedOut(slots) => {
                 report.pending = processes
                     .iter()
                     .filter(|p| slots.contains(&p.slot))
                     .map(pid)
                     .collect();
-                "timed_out"
+                PowerOutcome::TimedOut
             }
-        }
-        .to_owned();
+        };
         if report.failed_bytes > 0 {
             report.error = Some(format!(
                 "{} bytes could not be moved (the driver's error codes are per process)",

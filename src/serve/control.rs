@@ -17,7 +17,7 @@ use crate::core::api::{Answer, Call, Mailbox, Request};
 use crate::gateway::Routes;
 use crate::metrics::SwapMetrics;
 use crate::size::format_bytes;
-use crate::status::{ModelStatus, Status};
+use crate::status::{ModelStatus, PowerOutcome, Status};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
@@ -454,17 +454,17 @@ fn http(answer: Answer, backend: &Backend) -> Reply {
             },
         ),
         Answer::Power(report) => {
-            let code = match report.outcome.as_str() {
-                "done" => 200,
-                "timed_out" => 504,
-                "superseded" => 409,
-                _ => 500,
+            let code = match report.outcome {
+                PowerOutcome::Done => 200,
+                PowerOutcome::TimedOut => 504,
+                PowerOutcome::Superseded => 409,
+                PowerOutcome::Failed => 500,
             };
             json(code, serde_json::to_string_pretty(&report).expect("JSON"))
         }
         Answer::Done { model, action } => json(
             200,
-            serde_json::json!({"model": model, "action": action}).to_string(),
+            serde_json::json!({"model": model, "action": action.to_string()}).to_string(),
         ),
         Answer::NoSuchModel(name) => json(
             404,

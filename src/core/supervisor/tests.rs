@@ -2,9 +2,11 @@
 //! recorded: no root, no process, no sleeping.
 
 use super::*;
-use crate::core::api::{Answer, Request};
+use crate::core::api::{self, Answer, Request};
 use crate::core::effects::{InstanceLoad, Load, PowerJob};
-use crate::core::status::{InstanceStatus, PowerReport};
+use crate::core::status::{InstanceStatus, PowerAction, PowerOutcome, PowerReport};
+
+const DONE: PowerOutcome = PowerOutcome::Done;
 use cuvisor_common::gpu::GpuUuid;
 use cuvisor_common::ledger::{GpuUsage, LedgerError, Snapshot};
 use std::cell::RefCell;
@@ -252,7 +254,13 @@ fn a_stop_terms_kills_after_the_grace_period_and_starts_nothing() {
     taken(&mut s);
     let answer = s.handle(Request::Stop("a".into()), t);
     assert!(
-        matches!(answer, Answer::Done { action: "stop", .. }),
+        matches!(
+            answer,
+            Answer::Done {
+                action: api::Action::Stop,
+                ..
+            }
+        ),
         "{answer:?}"
     );
     assert_eq!(taken(&mut s), [Done::Signal(100, Signal::Term)]);
@@ -273,12 +281,17 @@ fn a_stop_terms_kills_after_the_grace_period_and_starts_nothing() {
 
 /// What the node reports when request `generation` of model `a` ended with `outcome`,
 /// in 2.5 ms.
-fn power_request(generation: u32, hibernated: bool, outcome: &str) -> PowerReport {
+fn power_request(generation: u32, hibernated: bool, outcome: PowerOutcome) -> PowerReport {
     power_report("a", generation, hibernated, outcome)
 }
 
 /// What the node reports when request `generation` of `model` ended with `outcome`.
-fn power_report(model: &str, generation: u32, hibernated: bool, outcome: &str) -> PowerReport {
+fn power_report(
+    model: &str,
+    generation: u32,
+    hibernated: bool,
+    outcome: PowerOutcome,
+) -> PowerReport {
     let mut report = PowerReport::new(model, hibernated, outcome);
     report.generation = generation;
     report.duration_ms = 2.5;
@@ -286,7 +299,7 @@ fn power_report(model: &str, generation: u32, hibernated: bool, outcome: &str) -
 }
 
 fn failure(hibernated: bool, why: &str) -> PowerReport {
-    let mut report = PowerReport::new("a", hibernated, "failed");
+    let mut report = PowerReport::new("a", hibernated, PowerOutcome::Failed);
     report.error = Some(why.into());
     report
 }
@@ -323,11 +336,11 @@ fn hibernate_and_wake_are_answered_when_the_processes_are_done() {
         "not answered before the processes are"
     );
     assert_eq!(s.model_status(0, t).state, "hibernated");
-    s.powered(1, power_request(1, true, "done"));
+    s.powered(1, power_request(1, true, DONE));
     let report = reported(&mut rx);
     assert_eq!(
-        (report.action.as_str(), report.outcome.as_str()),
-        ("hibernate", "done")
+        (report.action, report.outcome),
+        (PowerAction::Hibernate, DONE)
     );
     assert_eq!((report.generation, report.duration_ms), (1, 2.5));
     let swap = s.model_status(0, t).swap;
@@ -341,11 +354,11 @@ fn hibernate_and_wake_are_answered_when_the_processes_are_done() {
     s.power("a", false, tx1);
     s.power("a", true, tx2);
     assert_eq!(taken(&mut s).len(), 2);
-    s.powered(2, power_request(2, false, "superseded"));
-    assert_eq!(reported(&mut rx1).outcome, "superseded");
+    s.powered(2, power_request(2, false, PowerOutcome::Superseded));
+    assert_eq!(reported(&mut rx1).outcome, PowerOutcome::Superseded);
     s.powered(3, failure(true, "ledger /l/a: cannot open: gone"));
     let failed = reported(&mut rx2);
-    assert_eq!(failed.outcome, "failed");
+    assert_eq!(failed.outcome, PowerOutcome::Failed);
     assert_eq!(
         failed.error.as_deref(),
         Some("ledger /l/a: cannot open: gone")
@@ -372,7 +385,7 @@ fn a_frozen_model_is_thawed_before_its_wake_and_before_a_signal() {
     let (tx, _rx) = tokio::sync::oneshot::channel();
     s.power("a", true, tx);
     taken(&mut s);
-    s.powered(1, power_request(1, true, "done"));
+    s.powered(1, power_request(1, true, DONE));
     assert_eq!(taken(&mut s), [Done::Freeze(100, true)]);
     assert!(s.model_status(0, t).swap.frozen);
     let (tx, _rx) = tokio::sync::oneshot::channel();
@@ -380,11 +393,11 @@ fn a_frozen_model_is_thawed_before_its_wake_and_before_a_signal() {
     let done = taken(&mut s);
     assert_eq!(done[0], Done::Freeze(100, false));
     assert!(matches!(&done[1], Done::Power(j) if !j.hibernate));
-    s.powered(2, power_request(2, false, "done"));
+    s.powered(2, power_request(2, false, DONE));
     // Frozen again, then stopped: thawed first.
     let (tx, _rx) = tokio::sync::oneshot::channel();
     s.power("a", true, tx);
-    s.powered(3, power_request(3, true, "done"));
+    s.powered(3, power_request(3, true, DONE));
     taken(&mut s);
     s.handle(Request::Stop("a".into()), t);
     assert_eq!(
@@ -404,7 +417,7 @@ fn a_hibernated_model_with_nothing_running_starts_awake() {
     s.launched(0, 0, Ok(Worker::new(100, None)), t);
     let (tx, _rx) = tokio::sync::oneshot::channel();
     s.power("a", true, tx);
-    s.powered(1, power_request(1, true, "done"));
+    s.powered(1, power_request(1, true, DONE));
     taken(&mut s);
     s.effects.exits.insert(100, exited(1)); // it crashed
     s.tick(t + MS);
@@ -436,13 +449,13 @@ fn a_late_result_does_not_undo_a_newer_request() {
     s.power("a", true, tx);
     taken(&mut s);
     // The first hibernate ends while the others are under way: no freeze.
-    s.powered(1, power_request(1, true, "done"));
+    s.powered(1, power_request(1, true, DONE));
     // The wake ends after the second hibernate was sent: still asleep.
-    s.powered(2, power_request(2, false, "done"));
+    s.powered(2, power_request(2, false, DONE));
     assert!(s.door.asleep("a"));
     assert_eq!(taken(&mut s), []);
     // The last one ends: frozen now.
-    s.powered(3, power_request(3, true, "done"));
+    s.powered(3, power_request(3, true, DONE));
     assert_eq!(taken(&mut s), [Done::Freeze(100, true)]);
     assert!(s.door.asleep("a"));
 }
@@ -659,7 +672,7 @@ fn a_wake_waits_for_the_room_made_for_it() {
         .insert("c".into(), Duration::from_secs(60));
     let (tx, _rx) = tokio::sync::oneshot::channel();
     s.power("a", true, tx);
-    s.powered(1, power_request(1, true, "done"));
+    s.powered(1, power_request(1, true, DONE));
     taken(&mut s);
 
     let (tx, mut rx) = tokio::sync::oneshot::channel();
@@ -679,7 +692,7 @@ fn a_wake_waits_for_the_room_made_for_it() {
     assert!(rx.try_recv().is_err());
     assert!(s.door.asleep("a"));
 
-    s.powered(2, power_report("c", 2, true, "done"));
+    s.powered(2, power_report("c", 2, true, DONE));
     assert_eq!(
         taken(&mut s),
         [Done::Power(PowerJob {
@@ -693,8 +706,8 @@ fn a_wake_waits_for_the_room_made_for_it() {
         rx.try_recv().is_err(),
         "answered when a's processes are done"
     );
-    s.powered(3, power_request(3, false, "done"));
-    assert_eq!(reported(&mut rx).outcome, "done");
+    s.powered(3, power_request(3, false, DONE));
+    assert_eq!(reported(&mut rx).outcome, DONE);
     assert!(!s.door.asleep("a") && s.door.asleep("c"));
     assert_eq!(
         *s.door.swaps.borrow(),
@@ -721,15 +734,15 @@ fn a_wake_held_back_is_superseded_by_a_newer_request() {
         .insert("c".into(), Duration::from_secs(60));
     let (tx, _rx) = tokio::sync::oneshot::channel();
     s.power("a", true, tx);
-    s.powered(1, power_request(1, true, "done"));
+    s.powered(1, power_request(1, true, DONE));
     let (tx, mut held) = tokio::sync::oneshot::channel();
     s.power("a", false, tx);
     taken(&mut s);
     let (tx, _rx) = tokio::sync::oneshot::channel();
     s.power("a", true, tx);
-    assert_eq!(reported(&mut held).outcome, "superseded");
+    assert_eq!(reported(&mut held).outcome, PowerOutcome::Superseded);
     assert_eq!(hibernates(&taken(&mut s)), [(3, "a".to_owned())]);
     // The push-out it asked for ends: no wake follows.
-    s.powered(2, power_report("c", 2, true, "done"));
+    s.powered(2, power_report("c", 2, true, DONE));
     assert_eq!(taken(&mut s), []);
 }

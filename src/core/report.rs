@@ -1,15 +1,22 @@
 //! The status the supervisor reports: one copy of each ledger, its own states.
 
-use super::{Door, Effects, Supervisor};
-use crate::core::lifecycle::State;
-use crate::core::status::{InstanceStatus, ModelGpu, ModelStatus, NodeGpu, Status, SwapStatus};
+use super::lifecycle::State;
+use super::placement::Plan;
+use super::state::Model;
+use super::status::{InstanceStatus, ModelGpu, ModelStatus, NodeGpu, SwapStatus};
+use cuvisor_common::ledger::{LedgerError, Snapshot};
 use std::time::Instant;
 
-impl<E: Effects, D: Door> Supervisor<E, D> {
-    /// Model number `m`'s status, as `GET /models/NAME` gives it.
-    pub(super) fn model_status(&self, m: usize, now: Instant) -> ModelStatus {
-        let model = &self.models[m];
-        let snapshot = self.effects.snapshot(&model.cfg.name);
+/// A model's status, as `GET /models/NAME` gives it, from its ledger's `snapshot`, the
+/// host memory of its workers and the `plan` it is placed by.
+pub(super) fn model_status<W>(
+    model: &Model<W>,
+    snapshot: Result<Snapshot, LedgerError>,
+    host_memory: impl Fn(&W) -> Option<u64>,
+    plan: Option<&Plan>,
+    now: Instant,
+) -> ModelStatus {
+    {
         let error = model
             .ledger_error
             .clone()
@@ -32,7 +39,7 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
                         .started
                         .filter(|_| i.pid.is_some())
                         .map(|s| now.saturating_duration_since(s).as_millis() as u64),
-                    host_memory_bytes: s.worker.as_ref().and_then(|w| self.effects.host_memory(w)),
+                    host_memory_bytes: s.worker.as_ref().and_then(&host_memory),
                     error: i.error.clone(),
                 }
             })
@@ -69,9 +76,7 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
                     })
                     .collect()
             }),
-            placed_on: self
-                .plan
-                .as_ref()
+            placed_on: plan
                 .and_then(|p| p.uuids(&model.cfg.name))
                 .map(|u| u.iter().map(ToString::to_string).collect()),
             swap: SwapStatus {
@@ -81,28 +86,21 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
             error,
         }
     }
+}
 
-    /// Every model, and the node's GPUs when models are placed: one copy of each ledger.
-    pub fn status(&self, now: Instant) -> Status {
-        Status {
-            models: (0..self.models.len())
-                .map(|m| self.model_status(m, now))
-                .collect(),
-            gpus: self.plan.as_ref().map(|p| {
-                p.gpus
-                    .iter()
-                    .map(|g| NodeGpu {
-                        index: g.gpu.index,
-                        uuid: g.gpu.uuid.to_string(),
-                        memory_bytes: g.gpu.memory,
-                        committed_bytes: g.committed,
-                        capacity_bytes: g.capacity,
-                        models: g.models.clone(),
-                    })
-                    .collect()
-            }),
-        }
-    }
+/// The node's GPUs, as the plan places the models on them.
+pub(super) fn node_gpus(plan: &Plan) -> Vec<NodeGpu> {
+    plan.gpus
+        .iter()
+        .map(|g| NodeGpu {
+            index: g.gpu.index,
+            uuid: g.gpu.uuid.to_string(),
+            memory_bytes: g.gpu.memory,
+            committed_bytes: g.committed,
+            capacity_bytes: g.capacity,
+            models: g.models.clone(),
+        })
+        .collect()
 }
 
 fn summary_state(states: impl Iterator<Item = State>) -> &'static str {
