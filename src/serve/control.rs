@@ -9,6 +9,8 @@
 //! | `GET /metrics` | OpenMetrics text |
 //! | `GET /healthz` | `ok` |
 
+/// Moved to [`super::server`]; these paths stay for one release.
+pub use super::server::{ServeError, ServerThread};
 use crate::config::SupervisorConfig;
 use crate::config::secrets;
 /// Moved to [`crate::config::secrets`]; this path stays for one release.
@@ -60,87 +62,6 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.socket);
     }
-}
-
-/// A server's event loop on a thread of its own. Dropped, it ends: its tasks are
-/// cancelled and its listeners closed.
-pub struct ServerThread {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl ServerThread {
-    /// Runs the future `main` makes (inside the event loop, where sockets can join it) on
-    /// a thread called `name`.
-    pub(crate) fn spawn<F>(
-        name: &'static str,
-        main: impl FnOnce() -> F + Send + 'static,
-    ) -> Result<ServerThread, ServeError>
-    where
-        F: std::future::Future<Output = ()> + Send + 'static,
-    {
-        let start = |source| ServeError::Start { name, source };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
-            .build()
-            .map_err(start)?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    tokio::spawn(main());
-                    // Until the ServerThread is dropped (its sender with it).
-                    let _ = stopped.await;
-                });
-            })
-            .map_err(start)?;
-        Ok(ServerThread {
-            stop: Some(stop),
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for ServerThread {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Why a server (the control API, the front door) cannot start.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    #[error("control socket {}: {source}", path.display())]
-    Socket {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("control socket {}: in use by a running supervisor", path.display())]
-    SocketInUse { path: PathBuf },
-    #[error("{what} {addr}: cannot listen: {source}")]
-    Listen {
-        what: &'static str,
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("listen needs listen_token (the configuration check says so)")]
-    NoToken,
-    #[error("{key} {}: {why}", path.display())]
-    Secret {
-        key: &'static str,
-        path: PathBuf,
-        why: String,
-    },
-    #[error("{name}: cannot start its event loop: {source}")]
-    Start {
-        name: &'static str,
-        source: std::io::Error,
-    },
 }
 
 /// Where requests go: the supervisor's mailbox; the front door and the swap times, for
@@ -352,14 +273,7 @@ fn authorized(request: &hyper::Request<Incoming>, token: &str) -> Result<(), Rep
     let given = header(hyper::header::AUTHORIZATION)
         .strip_prefix("Bearer ")
         .unwrap_or("");
-    // Compared in time that does not depend on where they differ.
-    let same = given.len() == token.len()
-        && given
-            .bytes()
-            .zip(token.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if same {
+    if super::server::same_secret(given.as_bytes(), token.as_bytes()) {
         Ok(())
     } else {
         Err(reply(

@@ -1,7 +1,13 @@
-//! The servers: the control API ([`control`]), the OpenAI front door ([`gateway`]) and
-//! their metrics ([`metrics`]). They speak to the supervisor through its protocol and read
-//! the configuration; they never touch the host's effects (`node/`): a test keeps it so.
+//! The servers: the control API ([`control`]), the OpenAI front door ([`gateway`]: its
+//! routes and queues in `routes.rs`, its connections to the instances in `upstream.rs`),
+//! their metrics ([`metrics`]) and what they share ([`server`]: the event loop on a thread
+//! of its own, start-up errors, the comparison of secrets).
+//!
+//! They reach the supervisor through the core's protocol (`core::api`) and read the
+//! configuration; they never touch the host's effects (`node/`), and the node never
+//! touches them: `tests/workspace.rs` keeps it so.
 
 pub mod control;
 pub mod gateway;
 pub mod metrics;
+pub mod server;

@@ -1,0 +1,390 @@
+//! The front door: one HTTP endpoint (`[supervisor] http`) for every model that has a
+//! `[model.serve]` table. OpenAI-style requests go to the model their JSON body's `model`
+//! names (its name or an alias); `GET /v1/models` lists the models; `/models/NAME/…`
+//! forwards the rest of the path unchanged. Each instance listens on a loopback port the
+//! supervisor gave it, and gets traffic once its health path answers 200. Responses
+//! stream through as they arrive.
+//!
+//! The supervisor keeps [`Routes`] current (an instance started, an instance gone); this
+//! module only reads it, checks health, and forwards.
+
+/// Moved to [`crate::config::secrets`]; this path stays for one release.
+pub use crate::config::secrets::read_keys;
+use crate::metrics::Refused;
+
+mod routes;
+mod upstream;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use routes::{Finished, NoSlot, Served};
+pub use routes::{InstanceLoad, Routes};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use upstream::{Body, connect, send};
+
+/// A request's headers must arrive within this.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often instances that are not ready yet are asked for their health.
+const HEALTH_INTERVAL: Duration = Duration::from_millis(100);
+/// In its first seconds an instance is asked this often: a model that loads fast is sent
+/// its waiting requests (the cold start) without waiting for the next slow round.
+const HEALTH_FAST: Duration = Duration::from_millis(10);
+const HEALTH_FAST_FOR: Duration = Duration::from_secs(5);
+
+/// Starts the front door on `addr`, on a thread of its own; dropped, it stops.
+pub fn serve(
+    addr: SocketAddr,
+    routes: Arc<Routes>,
+    keys: Option<Vec<String>>,
+) -> Result<super::server::ServerThread, super::server::ServeError> {
+    let listen = |source| super::server::ServeError::Listen {
+        what: "front door",
+        addr,
+        source,
+    };
+    let listener = std::net::TcpListener::bind(addr).map_err(listen)?;
+    listener.set_nonblocking(true).map_err(listen)?;
+    let keys: Arc<[String]> = keys.unwrap_or_default().into();
+    super::server::ServerThread::spawn("front-door", move || async move {
+        tokio::spawn(check_health(routes.clone()));
+        let listener = tokio::net::TcpListener::from_std(listener).expect("a non-blocking socket");
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    // Streamed chunks go to the client at once: no Nagle delay.
+                    let _ = stream.set_nodelay(true);
+                    let (routes, keys) = (routes.clone(), keys.clone());
+                    tokio::spawn(async move {
+                        let service = service_fn(move |request| {
+                            let (routes, keys) = (routes.clone(), keys.clone());
+                            async move {
+                                Ok::<_, std::convert::Infallible>(
+                                    handle(request, &routes, &keys).await,
+                                )
+                            }
+                        });
+                        let _ = http1::Builder::new()
+                            .timer(TokioTimer::new())
+                            .header_read_timeout(HEADER_TIMEOUT)
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+                Err(e) => {
+                    crate::log::log(&format!("front door: accept failed: {e}"));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    })
+}
+
+/// Asks instances that are not ready for their health, until they answer 200: every
+/// [`HEALTH_FAST`] in their first [`HEALTH_FAST_FOR`], then every [`HEALTH_INTERVAL`]; one
+/// question at a time per instance.
+async fn check_health(routes: Arc<Routes>) {
+    let slow_every = (HEALTH_INTERVAL.as_millis() / HEALTH_FAST.as_millis()).max(1) as u64;
+    for round in 0u64.. {
+        for u in routes.unready() {
+            if u.age >= HEALTH_FAST_FOR && round % slow_every != 0 {
+                continue;
+            }
+            u.probing.store(true, Ordering::Release);
+            let routes = routes.clone();
+            tokio::spawn(async move {
+                let request = Request::get(u.path)
+                    .header(hyper::header::HOST, format!("127.0.0.1:{}", u.port))
+                    .body(Full::new(Bytes::new()).map_err(Into::into).boxed())
+                    .expect("a valid request");
+                let asked = async {
+                    let mut c = connect(u.port).await?;
+                    c.send_request(request).await.map_err(|e| e.to_string())
+                };
+                let answer = tokio::time::timeout(Duration::from_secs(1), asked).await;
+                if let Ok(Ok(response)) = answer
+                    && response.status() == StatusCode::OK
+                {
+                    u.ready.store(true, Ordering::Release);
+                    routes.became_ready(u.port);
+                }
+                u.probing.store(false, Ordering::Release);
+            });
+        }
+        tokio::time::sleep(HEALTH_FAST).await;
+    }
+}
+
+fn full(status: StatusCode, content_type: &str, body: String) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(hyper::header::CONTENT_TYPE, content_type)
+        .body(Full::new(Bytes::from(body)).map_err(Into::into).boxed())
+        .expect("a valid response")
+}
+
+/// An error in the shape OpenAI-compatible clients read.
+fn error(status: StatusCode, kind: &str, message: String) -> Response<Body> {
+    error_with_code(status, kind, None, message)
+}
+
+/// OpenAI's error `code` is a string (`model_not_found`) or null.
+fn error_with_code(
+    status: StatusCode,
+    kind: &str,
+    code: Option<&str>,
+    message: String,
+) -> Response<Body> {
+    let body = json!({"error": {"message": message, "type": kind, "param": null, "code": code}});
+    full(status, "application/json", body.to_string())
+}
+
+fn authorized(request: &Request<Incoming>, keys: &[String]) -> bool {
+    if keys.is_empty() {
+        return true;
+    }
+    let given = request
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    keys.iter()
+        .any(|k| super::server::same_secret(given.as_bytes(), k.as_bytes()))
+}
+
+async fn handle(request: Request<Incoming>, routes: &Routes, keys: &[String]) -> Response<Body> {
+    let arrived = Instant::now();
+    let refused = |reason: Refused, answer: Response<Body>| {
+        routes.metrics.refused(reason);
+        answer
+    };
+    if !authorized(&request, keys) {
+        let answer = error(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "a valid API key is needed: Authorization: Bearer KEY".into(),
+        );
+        return refused(Refused::Unauthorized, answer);
+    }
+    let path = request.uri().path().to_owned();
+    if request.method() == hyper::Method::GET && path == "/v1/models" {
+        let data: Vec<_> = routes
+            .names()
+            .into_iter()
+            .map(|id| json!({"id": id, "object": "model", "owned_by": "cuvisor"}))
+            .collect();
+        return full(
+            StatusCode::OK,
+            "application/json",
+            json!({"object": "list", "data": data}).to_string(),
+        );
+    }
+    if let Some(rest) = path.strip_prefix("/models/") {
+        let (name, tail) = rest.split_once('/').unwrap_or((rest, ""));
+        let Some((model, served)) = routes.resolve(name) else {
+            return refused(Refused::UnknownModel, not_found(name));
+        };
+        let tail = format!("/{tail}");
+        let (parts, body) = request.into_parts();
+        let body = Limited::new(body, served.max_body as usize).boxed();
+        let answer = to_instance((model, served), parts, tail, body, arrived).await;
+        return finished(served, arrived, answer);
+    }
+    if path.starts_with("/v1/") && request.method() == hyper::Method::POST {
+        let (parts, body) = request.into_parts();
+        let body = match Limited::new(body, routes.largest_body() as usize)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return refused(Refused::TooLarge, too_large());
+            }
+            Err(e) => {
+                let answer = error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    format!("{e}"),
+                );
+                return refused(Refused::BadRequest, answer);
+            }
+        };
+        /// The one field the front door reads of a request's body.
+        #[derive(serde::Deserialize)]
+        struct Named<'a> {
+            #[serde(borrow)]
+            model: Option<std::borrow::Cow<'a, str>>,
+        }
+        let named = match serde_json::from_slice::<Named>(&body) {
+            Ok(v) => v.model.map(std::borrow::Cow::into_owned),
+            Err(e) => {
+                let answer = error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    format!("the body is not JSON: {e}"),
+                );
+                return refused(Refused::BadRequest, answer);
+            }
+        };
+        let Some(named) = named else {
+            let answer = error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "the body names no model (its \"model\" field)".into(),
+            );
+            return refused(Refused::BadRequest, answer);
+        };
+        let Some((model, served)) = routes.resolve(&named) else {
+            return refused(Refused::UnknownModel, not_found(&named));
+        };
+        if body.len() as u64 > served.max_body {
+            return finished(served, arrived, too_large());
+        }
+        let body = Full::new(body).map_err(Into::into).boxed();
+        let answer = to_instance((model, served), parts, path, body, arrived).await;
+        return finished(served, arrived, answer);
+    }
+    let answer = error(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        format!("no route for {} {path}", parts_method(&request)),
+    );
+    refused(Refused::NoRoute, answer)
+}
+
+fn parts_method(request: &Request<Incoming>) -> String {
+    request.method().to_string()
+}
+
+fn not_found(model: &str) -> Response<Body> {
+    error_with_code(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        Some("model_not_found"),
+        format!("the model `{model}` does not exist"),
+    )
+}
+
+fn too_large() -> Response<Body> {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "invalid_request_error",
+        "the request body is larger than the model accepts (serve.max_body)".into(),
+    )
+}
+
+/// Counts `answer` for `model` once its body has ended.
+fn finished(served: &Served, arrived: Instant, answer: Response<Body>) -> Response<Body> {
+    let record = Finished {
+        metrics: served.metrics.clone(),
+        code: answer.status().as_u16(),
+        arrived,
+    };
+    answer.map(move |b| {
+        b.map_frame(move |frame| {
+            let _until_the_end = &record;
+            frame
+        })
+        .boxed()
+    })
+}
+
+/// Sends the request to a ready instance of `model` (waiting up to its ready timeout for
+/// one), streaming the answer back.
+async fn to_instance(
+    (model, served): (&str, &Served),
+    mut parts: hyper::http::request::Parts,
+    path: String,
+    body: Body,
+    arrived: Instant,
+) -> Response<Body> {
+    let mut slot = match Routes::slot(served).await {
+        Ok(slot) => slot,
+        Err(NoSlot::QueueFull) => {
+            let mut refused = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                format!("`{model}` has too many requests waiting (serve.max_queue)"),
+            );
+            refused
+                .headers_mut()
+                .insert(hyper::header::RETRY_AFTER, "1".parse().expect("a header"));
+            return refused;
+        }
+        Err(NoSlot::Timeout(limit, ready)) => {
+            let why = if ready {
+                format!("waited {limit:?} for a free instance of `{model}` (serve.queue_timeout)")
+            } else {
+                format!(
+                    "no instance of `{model}` became ready within {limit:?} (serve.ready_timeout)"
+                )
+            };
+            return error(StatusCode::SERVICE_UNAVAILABLE, "server_error", why);
+        }
+    };
+    if parts.uri.path() != path {
+        // The prefix route: the rest of the path, the same query.
+        let query = parts
+            .uri
+            .query()
+            .map(|q| format!("?{q}"))
+            .unwrap_or_default();
+        parts.uri = match format!("{path}{query}").parse() {
+            Ok(uri) => uri,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    format!("{e}"),
+                );
+            }
+        };
+    } else {
+        // Origin-form: what an HTTP/1 server is sent.
+        parts.uri = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .map(hyper::Uri::from)
+            .unwrap_or_default();
+    }
+    let instance = &slot.instance;
+    parts
+        .headers
+        .insert(hyper::header::HOST, instance.host.clone());
+    parts.headers.remove(hyper::header::AUTHORIZATION);
+    match send(
+        instance.port,
+        &instance.idle,
+        Request::from_parts(parts, body),
+    )
+    .await
+    {
+        // The place is held until the answer's body has ended (or the client left).
+        Ok((response, connection)) => {
+            slot.connection = Some(connection);
+            served.metrics.first_byte(arrived.elapsed().as_secs_f64());
+            response.map(move |b| {
+                b.map_frame(move |frame| {
+                    let _held = &slot;
+                    frame
+                })
+                .map_err(Into::into)
+                .boxed()
+            })
+        }
+        Err(why) => error(
+            StatusCode::BAD_GATEWAY,
+            "server_error",
+            format!("model `{model}`: {why}"),
+        ),
+    }
+}

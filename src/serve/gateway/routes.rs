@@ -1,0 +1,451 @@
+//! The served models and their instances, as the supervisor keeps them current; how a
+//! request gets a place on an instance (the least loaded ready one, or a wait in the
+//! model's queue), and each instance's load for the scaler.
+
+use super::upstream::{Connections, Sender};
+use crate::config::Config;
+use crate::metrics::{FrontDoorMetrics, ModelMetrics};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// One instance the front door may send requests to.
+pub(super) struct Upstream {
+    pub(super) index: u32,
+    /// Its health path answered 200.
+    pub(super) ready: Arc<AtomicBool>,
+    /// A health check of it is under way.
+    pub(super) probing: Arc<AtomicBool>,
+    pub(super) started: Instant,
+    /// What its requests share (one reference per request).
+    pub(super) shared: Arc<Instance>,
+}
+
+/// What the requests sent to one instance share.
+pub(super) struct Instance {
+    pub(super) port: u16,
+    /// `127.0.0.1:PORT`, the Host of what is sent to it.
+    pub(super) host: hyper::header::HeaderValue,
+    /// Requests sent to it whose answers have not ended.
+    pub(super) in_flight: AtomicUsize,
+    /// When it last had nothing in flight (an answer ended, or it became ready).
+    pub(super) idle_since: Mutex<Instant>,
+    /// Its idle keep-alive connections.
+    pub(super) idle: Connections,
+}
+
+/// A model's queue: the requests waiting for a place on an instance.
+#[derive(Default)]
+pub(super) struct Queue {
+    /// How many wait (counted before they look for a place again, so that a request that
+    /// ends sees them: see [`Slot`]'s drop).
+    pub(super) waiting: AtomicUsize,
+    /// Woken when an instance becomes ready, the model wakes, or a request ends while
+    /// some wait.
+    pub(super) wake: Notify,
+}
+
+pub(super) struct Served {
+    pub(super) aliases: Vec<String>,
+    pub(super) health: String,
+    pub(super) ready_timeout: Duration,
+    pub(super) max_body: u64,
+    pub(super) concurrency: usize,
+    pub(super) max_queue: usize,
+    pub(super) queue_timeout: Duration,
+    /// Its running instances: the only part that changes (the supervisor's starts and
+    /// exits), under a lock of the model's own.
+    pub(super) instances: Mutex<Vec<Upstream>>,
+    /// Requests waiting for an instance.
+    pub(super) queue: Arc<Queue>,
+    /// Hibernated, or waking: requests wait (as for a cold start) until it is awake.
+    pub(super) asleep: AtomicBool,
+    /// Round robin among equally loaded instances.
+    pub(super) next: AtomicUsize,
+    /// Its front-door metrics.
+    pub(super) metrics: Arc<ModelMetrics>,
+    /// Told when a request waits and no instance is ready ([`Routes::on_demand`]).
+    pub(super) demand: Arc<OnceLock<Demand>>,
+}
+
+/// What the front door calls when a request finds no ready instance: the supervisor
+/// looks at the load at once instead of at its next tick (the cold start is shorter).
+pub(super) type Demand = Box<dyn Fn() + Send + Sync>;
+
+/// A place in an instance's concurrency, held until the answer has ended; then the
+/// connection it was sent on goes back to the instance's idle ones.
+///
+/// Its end wakes the model's waiting requests only if some wait: it gives the place
+/// back, then reads `waiting`; a request that starts to wait counts itself in `waiting`,
+/// then looks for a place (both sides sequentially consistent), so either the request
+/// finds the place or the end sees it waiting and wakes it.
+pub(super) struct Slot {
+    pub(super) instance: Arc<Instance>,
+    pub(super) queue: Arc<Queue>,
+    pub(super) connection: Option<Sender>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let i = &self.instance;
+        if let Some(c) = self.connection.take() {
+            i.idle.put(c);
+        }
+        if i.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            *i.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        }
+        if self.queue.waiting.load(Ordering::SeqCst) > 0 {
+            self.queue.wake.notify_waiters();
+        }
+    }
+}
+
+/// One instance's load, for the scaler: the core's type.
+pub use crate::core::effects::InstanceLoad;
+
+/// An instance to ask for its health.
+pub(super) struct Unready {
+    pub(super) port: u16,
+    pub(super) path: String,
+    pub(super) ready: Arc<AtomicBool>,
+    pub(super) probing: Arc<AtomicBool>,
+    pub(super) age: Duration,
+}
+
+/// A request counted in its model's queue while this lives.
+pub(super) struct Waiting<'a>(&'a Queue);
+
+impl<'a> Waiting<'a> {
+    /// Counts a request in; how many were waiting before it.
+    fn count(q: &'a Queue) -> (Waiting<'a>, usize) {
+        let ahead = q.waiting.fetch_add(1, Ordering::SeqCst);
+        (Waiting(q), ahead)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Why a request got no instance.
+pub(super) enum NoSlot {
+    QueueFull,
+    Timeout(Duration, bool),
+}
+
+/// The served models (fixed from the start) and their running instances, kept current
+/// by the supervisor.
+pub struct Routes {
+    pub(super) models: BTreeMap<String, Served>,
+    /// What the front door counts, for `GET /metrics`.
+    pub metrics: FrontDoorMetrics,
+}
+
+/// Records a request in the metrics when its answer's body ends (or the client leaves).
+pub(super) struct Finished {
+    pub(super) metrics: Arc<ModelMetrics>,
+    pub(super) code: u16,
+    pub(super) arrived: Instant,
+}
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        let seconds = self.arrived.elapsed().as_secs_f64();
+        self.metrics.request(self.code, seconds);
+    }
+}
+
+impl Routes {
+    /// The models of `config` that have `serve`, with no instance yet.
+    pub fn new(config: &Config) -> Arc<Routes> {
+        let metrics = FrontDoorMetrics::default();
+        let demand = Arc::new(OnceLock::new());
+        let models = config
+            .models
+            .iter()
+            .filter_map(|m| {
+                let s = m.serve.as_ref()?;
+                Some((
+                    m.name.clone(),
+                    Served {
+                        aliases: s.aliases.clone(),
+                        health: s.health.clone(),
+                        ready_timeout: s.ready_timeout,
+                        max_body: s.max_body,
+                        concurrency: s.concurrency,
+                        max_queue: s.max_queue,
+                        queue_timeout: s.queue_timeout,
+                        instances: Mutex::new(Vec::new()),
+                        queue: Arc::default(),
+                        asleep: AtomicBool::new(false),
+                        next: AtomicUsize::new(0),
+                        metrics: Arc::new(metrics.model(&m.name)),
+                        demand: demand.clone(),
+                    },
+                ))
+            })
+            .collect();
+        Arc::new(Routes { models, metrics })
+    }
+
+    /// Calls `wake` whenever a request starts waiting while its model has no ready
+    /// instance (set once; later calls are ignored).
+    pub fn on_demand(&self, wake: impl Fn() + Send + Sync + 'static) {
+        if let Some(s) = self.models.values().next() {
+            let _ = s.demand.set(Box::new(wake));
+        }
+    }
+
+    /// A served model's running instances.
+    pub(super) fn instances(s: &Served) -> std::sync::MutexGuard<'_, Vec<Upstream>> {
+        s.instances.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `model` is served (its instances need a port).
+    pub fn serves(&self, model: &str) -> bool {
+        self.models.contains_key(model)
+    }
+
+    /// An instance of `model` was started, listening (soon) on `port`: not ready yet.
+    pub fn started(&self, model: &str, index: u32, port: u16) {
+        if let Some(s) = self.models.get(model) {
+            let mut instances = Self::instances(s);
+            instances.retain(|u| u.index != index);
+            instances.push(Upstream {
+                index,
+                ready: Arc::new(AtomicBool::new(false)),
+                probing: Arc::new(AtomicBool::new(false)),
+                started: Instant::now(),
+                shared: Arc::new(Instance {
+                    port,
+                    host: format!("127.0.0.1:{port}").parse().expect("a header value"),
+                    in_flight: AtomicUsize::new(0),
+                    idle_since: Mutex::new(Instant::now()),
+                    idle: Connections::default(),
+                }),
+            });
+        }
+    }
+
+    /// `model` hibernates (`true`: new requests wait, and their demand wakes it) or is
+    /// awake again (the waiting requests go on).
+    pub fn set_asleep(&self, model: &str, asleep: bool) {
+        if let Some(s) = self.models.get(model) {
+            s.asleep.store(asleep, Ordering::Release);
+            if !asleep {
+                s.queue.wake.notify_waiters();
+            }
+        }
+    }
+
+    /// Whether `model`'s requests wait for it to wake.
+    pub fn asleep(&self, model: &str) -> bool {
+        self.models
+            .get(model)
+            .is_some_and(|s| s.asleep.load(Ordering::Acquire))
+    }
+
+    /// An instance of `model` is gone (exited, stopped): no more requests go to it.
+    pub fn gone(&self, model: &str, index: u32) {
+        if let Some(s) = self.models.get(model) {
+            Self::instances(s).retain(|u| u.index != index);
+        }
+    }
+
+    /// The model a request's `model` field names: a model's name or one of its aliases.
+    pub(super) fn resolve(&self, name: &str) -> Option<(&str, &Served)> {
+        if let Some((m, s)) = self.models.get_key_value(name) {
+            return Some((m, s));
+        }
+        self.models
+            .iter()
+            .find(|(_, s)| s.aliases.iter().any(|a| a == name))
+            .map(|(m, s)| (m.as_str(), s))
+    }
+
+    /// A place on the ready instance with the fewest requests in flight, if one has
+    /// room; whether any instance is ready at all.
+    pub(super) fn try_slot(s: &Served) -> (Option<Slot>, bool) {
+        if s.asleep.load(Ordering::Acquire) {
+            return (None, false); // none is ready until the model is awake
+        }
+        let instances = Self::instances(s);
+        let ready = || instances.iter().filter(|u| u.ready.load(Ordering::Acquire));
+        let count = ready().count();
+        if count == 0 {
+            return (None, false);
+        }
+        // Round robin among equally loaded ones: the search starts at the next in turn.
+        let turn = s.next.fetch_add(1, Ordering::Relaxed) % count;
+        let least = ready()
+            .cycle()
+            .skip(turn)
+            .take(count)
+            .map(|u| &u.shared)
+            .min_by_key(|i| i.in_flight.load(Ordering::SeqCst));
+        let Some(i) = least else {
+            return (None, true);
+        };
+        // Taken by a compare-and-add, tried again while the instance has room (another
+        // request may take a place between the choice and the add).
+        let mut n = i.in_flight.load(Ordering::SeqCst);
+        while n < s.concurrency {
+            match i
+                .in_flight
+                .compare_exchange(n, n + 1, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => {
+                    let slot = Slot {
+                        instance: i.clone(),
+                        queue: s.queue.clone(),
+                        connection: None,
+                    };
+                    return (Some(slot), true);
+                }
+                Err(now) => n = now,
+            }
+        }
+        (None, true)
+    }
+
+    /// A place on an instance of `model`: at once if one has room, else in the model's
+    /// queue (at most `max_queue` waiting) until one does, up to `queue_timeout` (or
+    /// `ready_timeout` while no instance is ready).
+    pub(super) async fn slot(s: &Served) -> Result<Slot, NoSlot> {
+        let (slot, any_ready) = Self::try_slot(s);
+        if let Some(slot) = slot {
+            return Ok(slot);
+        }
+        let start = tokio::time::Instant::now();
+        let q = &s.queue;
+        // Counted until this request has a place, gives up, or is dropped (its client
+        // left while it waited).
+        let (_waiting, ahead) = Waiting::count(q);
+        if ahead >= s.max_queue {
+            return Err(NoSlot::QueueFull);
+        }
+        // Counted first: the supervisor, woken, sees this request waiting.
+        if !any_ready && let Some(wake) = s.demand.get() {
+            wake();
+        }
+        let mut cold = !any_ready;
+        loop {
+            // Created before looking again: it sees every wake-up from here on.
+            let woken = q.wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let (slot, any_ready) = Self::try_slot(s);
+            if let Some(slot) = slot {
+                if cold {
+                    s.metrics.cold_start(start.elapsed().as_secs_f64());
+                }
+                break Ok(slot);
+            }
+            cold |= !any_ready;
+            let limit = if any_ready {
+                s.queue_timeout
+            } else {
+                s.ready_timeout
+            };
+            let deadline = start + limit;
+            // Woken by a request that ends or an instance that becomes ready; checked
+            // again at least every 100 ms (an instance that exits wakes nobody).
+            let next = deadline.min(tokio::time::Instant::now() + Duration::from_millis(100));
+            if tokio::time::timeout_at(next, woken).await.is_err() && next >= deadline {
+                break Err(NoSlot::Timeout(limit, any_ready));
+            }
+        }
+    }
+
+    /// An instance became ready: its idle clock starts, and waiting requests look again.
+    pub(super) fn became_ready(&self, port: u16) {
+        for s in self.models.values() {
+            for u in Self::instances(s).iter().filter(|u| u.shared.port == port) {
+                *u.shared
+                    .idle_since
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Instant::now();
+                s.queue.wake.notify_waiters();
+            }
+        }
+    }
+
+    /// Requests in flight and waiting now, for a served model.
+    pub fn in_flight_and_waiting(&self, model: &str) -> Option<(usize, usize)> {
+        let s = self.models.get(model)?;
+        let flying = Self::instances(s)
+            .iter()
+            .map(|u| u.shared.in_flight.load(Ordering::Acquire))
+            .sum();
+        Some((flying, s.queue.waiting.load(Ordering::Acquire)))
+    }
+
+    /// A model's load: requests waiting, and each routed instance's (by index).
+    pub fn load(&self, model: &str) -> (usize, BTreeMap<u32, InstanceLoad>) {
+        let Some(s) = self.models.get(model) else {
+            return (0, BTreeMap::new());
+        };
+        let now = Instant::now();
+        let instances = Self::instances(s)
+            .iter()
+            .map(|u| {
+                let in_flight = u.shared.in_flight.load(Ordering::Acquire);
+                let since = *u
+                    .shared
+                    .idle_since
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                let idle = if in_flight == 0 {
+                    now.saturating_duration_since(since)
+                } else {
+                    Duration::ZERO
+                };
+                let ready = u.ready.load(Ordering::Acquire);
+                (
+                    u.index,
+                    InstanceLoad {
+                        ready,
+                        in_flight,
+                        idle,
+                    },
+                )
+            })
+            .collect();
+        (s.queue.waiting.load(Ordering::Acquire), instances)
+    }
+
+    /// (port, health path, ready flag) of every instance not ready yet.
+    /// The instances that are not ready and not being asked: (port, health path, ready,
+    /// probing, age).
+    pub(super) fn unready(&self) -> Vec<Unready> {
+        self.models
+            .values()
+            .flat_map(|s| {
+                Self::instances(s)
+                    .iter()
+                    .filter(|u| !u.ready.load(Ordering::Acquire))
+                    .filter(|u| !u.probing.load(Ordering::Acquire))
+                    .map(|u| Unready {
+                        port: u.shared.port,
+                        path: s.health.clone(),
+                        ready: u.ready.clone(),
+                        probing: u.probing.clone(),
+                        age: u.started.elapsed(),
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    pub(super) fn largest_body(&self) -> u64 {
+        self.models.values().map(|s| s.max_body).max().unwrap_or(0)
+    }
+
+    pub(super) fn names(&self) -> Vec<String> {
+        self.models.keys().cloned().collect()
+    }
+}

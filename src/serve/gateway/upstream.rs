@@ -1,0 +1,96 @@
+//! The instances' side of the front door: connections to an instance (kept alive and
+//! reused) and sending a request over one.
+
+use http_body_util::combinators::BoxBody;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// A body sent to an instance or to a client.
+pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// The sending half of a connection to an instance.
+pub(super) type Sender = hyper::client::conn::http1::SendRequest<Body>;
+
+/// An instance's idle keep-alive connections, reused by the requests sent to it.
+#[derive(Default)]
+pub(super) struct Connections(Mutex<Vec<Sender>>);
+
+/// Idle connections kept per instance; more are closed.
+pub(super) const MAX_IDLE: usize = 512;
+/// How long an idle connection may take to be ready for the next request.
+pub(super) const REUSE_WAIT: Duration = Duration::from_millis(100);
+/// How long a new connection may take to be ready for its first request.
+pub(super) const CONNECT_WAIT: Duration = Duration::from_secs(10);
+
+impl Connections {
+    pub(super) fn take(&self) -> Option<Sender> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
+
+    /// Keeps `c` for the next request, unless it is closed (an answer not read to its
+    /// end closes it: HTTP/1 cannot abandon one answer and go on).
+    pub(super) fn put(&self, c: Sender) {
+        if c.is_closed() {
+            return;
+        }
+        let mut idle = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(c);
+        }
+    }
+}
+
+/// A new connection to the instance on `port`, driven by a task of its own.
+pub(super) async fn connect(port: u16) -> Result<Sender, String> {
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("cannot connect to the instance: {e}"))?;
+    // Small writes (a streamed chunk) go out at once: no Nagle delay.
+    let _ = stream.set_nodelay(true);
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("cannot connect to the instance: {e}"))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
+
+/// Sends `request` (origin-form, with its Host) to the instance on `port` over one of its
+/// `idle` connections, or a new one; the response's body streams from it. The connection
+/// comes back with the response: it may carry another request once that body has ended.
+/// A request that an idle connection could not take (the instance had closed it) goes on
+/// the next one.
+pub(super) async fn send(
+    port: u16,
+    idle: &Connections,
+    mut request: Request<Body>,
+) -> Result<(Response<Incoming>, Sender), String> {
+    loop {
+        let (mut sender, reused) = match idle.take() {
+            Some(c) => (c, true),
+            None => (connect(port).await?, false),
+        };
+        // An idle connection is ready at once, unless the instance closed it, or answered
+        // before it had read the whole of the last request (the connection is not free
+        // until that body is sent): then the next one.
+        if !(reused && sender.is_ready()) {
+            let wait = if reused { REUSE_WAIT } else { CONNECT_WAIT };
+            match tokio::time::timeout(wait, sender.ready()).await {
+                Ok(Ok(())) => {}
+                _ if reused => continue,
+                _ => return Err("the instance's new connection is not ready".into()),
+            }
+        }
+        match sender.try_send_request(request).await {
+            Ok(response) => return Ok((response, sender)),
+            Err(mut e) => match e.take_message() {
+                Some(unsent) if reused => request = unsent,
+                _ => return Err(format!("the instance did not answer: {}", e.into_error())),
+            },
+        }
+    }
+}
