@@ -205,33 +205,216 @@ fn the_core_has_no_effects() {
     );
 }
 
-/// The shim's layers, as far as they are cut (issue: folders that are layers): the
-/// runtime names neither the hibernation listener (an on-attach callback starts it) nor
-/// the resolution or the wrappers above it, and the hook table does not ask the runtime.
-/// What is still to cut: the wrappers' addresses in the table, and the driver helpers'
-/// use of a wrapper's real function.
+/// The shim's modules are layers (`preload/src/lib.rs` lists them), each importing only
+/// lower ones: so no two of its files import each other, directly or around a circle.
+/// `exports/` is one layer, the top one.
 #[test]
-fn the_shim_imports_only_downward_where_it_is_cut() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("preload/src");
-    for (file, never) in [
-        (
-            "runtime.rs",
-            &["hibernate", "resolve", "wrappers", "hooks"][..],
-        ),
-        ("hooks.rs", &["runtime", "hibernate"][..]),
-        ("resolve.rs", &["wrappers", "hibernate"][..]),
-        (
-            "records.rs",
-            &["runtime", "wrappers", "hooks", "driver"][..],
-        ),
-    ] {
-        let text = std::fs::read_to_string(dir.join(file)).unwrap();
-        let imported = crate_modules(&text);
-        for m in never {
-            assert!(
-                !imported.iter().any(|i| i == m),
-                "preload/src/{file} imports crate::{m}"
-            );
+fn the_shim_imports_only_downward() {
+    let rank = |module: &str| match module {
+        "ffi" | "real" | "logging" => Some(0),
+        "hooks" => Some(1),
+        "driver" => Some(2),
+        "records" => Some(3),
+        "runtime" => Some(4),
+        "hibernate" | "resolve" => Some(5),
+        "exports" => Some(6),
+        _ => None,
+    };
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("preload/src");
+    let mut bad = Vec::new();
+    for path in sources(&src) {
+        let relative = path.strip_prefix(&src).unwrap();
+        let module = match relative.components().next().unwrap().as_os_str().to_str() {
+            Some(f) => f.trim_end_matches(".rs").to_owned(),
+            None => continue,
+        };
+        if module == "lib" {
+            continue;
+        }
+        let mine = rank(&module).unwrap_or_else(|| panic!("{module}: give it a layer"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut imported = crate_modules(&text);
+        if relative.components().count() == 1 {
+            // At the crate's root, `super::x` is `crate::x`.
+            imported.extend(crate_modules(&text.replace("super::", "crate::")));
+        }
+        // (`super::*` and `super::super::` in nested modules name no module here.)
+        imported.retain(|m| !m.is_empty() && m != "crate" && m != "*");
+        for m in imported {
+            if m != module && rank(&m).is_none_or(|r| r >= mine) {
+                bad.push(format!("{}: crate::{m}", relative.display()));
+            }
         }
     }
+    assert!(bad.is_empty(), "the shim imports up or across: {bad:#?}");
+}
+
+/// The module a file of `src/` is (`core/supervisor.rs` → `core::supervisor`,
+/// `serve/gateway/mod.rs` → `serve::gateway`, `lib.rs` → the root).
+fn module_of(src: &std::path::Path, path: &std::path::Path) -> Vec<String> {
+    let relative = path.strip_prefix(src).unwrap().with_extension("");
+    let mut parts: Vec<String> = relative
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    if parts
+        .last()
+        .is_some_and(|p| p == "mod" || p == "lib" || p == "main")
+    {
+        parts.pop();
+    }
+    parts
+}
+
+/// Every path a file names through `crate::` or `super::` (comments and a trailing
+/// `mod tests` left out), as module segments from the crate's root.
+fn named_paths(module: &[String], text: &str) -> Vec<Vec<String>> {
+    let code = text.split("#[cfg(test)]\nmod tests").next().unwrap_or("");
+    let mut found = Vec::new();
+    let segments = |rest: &str| -> Vec<Vec<String>> {
+        let take = |s: &str| -> Vec<String> {
+            s.split("::")
+                .map(|p| {
+                    p.chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect::<String>()
+                })
+                .take_while(|p| !p.is_empty())
+                .collect()
+        };
+        if let Some(group) = rest.strip_prefix('{') {
+            let group = &group[..group.find('}').unwrap_or(group.len())];
+            group.split(',').map(|g| take(g.trim())).collect()
+        } else {
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+                .unwrap_or(rest.len());
+            vec![take(&rest[..end])]
+        }
+    };
+    for line in code.lines().filter(|l| !l.trim_start().starts_with("//")) {
+        for (at, _) in line.match_indices("crate::") {
+            if line[..at].ends_with('$') {
+                continue; // `$crate::` in a macro
+            }
+            found.extend(segments(&line[at + "crate::".len()..]));
+        }
+        let mut rest = line;
+        while let Some(at) = rest.find("super::") {
+            if at > 0 && rest[..at].ends_with("::") {
+                rest = &rest[at + 7..];
+                continue; // counted with the `super::` before it
+            }
+            let mut ups = 0;
+            let mut tail = &rest[at..];
+            while let Some(t) = tail.strip_prefix("super::") {
+                ups += 1;
+                tail = t;
+            }
+            // `super` is the module's parent (in `a/mod.rs`, module `a`, it is the root).
+            let parent = &module[..module.len().saturating_sub(ups)];
+            for s in segments(tail) {
+                found.push(parent.iter().cloned().chain(s).collect());
+            }
+            rest = tail;
+        }
+    }
+    found
+}
+
+/// No two files of `src/` import each other, directly or around a circle: the layers'
+/// guard above keeps the folders in order, this one the files inside them. The old paths
+/// kept for one release (`crate::ledger` for `crate::node::ledger`, …) are followed.
+#[test]
+fn no_file_of_src_imports_itself_around_a_circle() {
+    use std::collections::{BTreeMap, BTreeSet};
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let lib = std::fs::read_to_string(src.join("lib.rs")).unwrap();
+    // `pub use node::{cgroups, …};` and the like at the crate's root: alias → module.
+    let mut aliases: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in lib.lines() {
+        let Some(rest) = line.strip_prefix("pub use ") else {
+            continue;
+        };
+        let rest = rest.trim_start_matches("crate::").trim_end_matches(';');
+        if let Some((base, group)) = rest.split_once("::{") {
+            for name in group.trim_end_matches('}').split(',') {
+                let name = name.trim();
+                let path = base.split("::").chain(name.split("::"));
+                aliases.insert(name.to_owned(), path.map(str::to_owned).collect());
+            }
+        }
+    }
+    let files: Vec<std::path::PathBuf> = sources(&src)
+        .into_iter()
+        .filter(|p| !p.ends_with("tests.rs") && !p.ends_with("main.rs"))
+        .collect();
+    let modules: BTreeSet<Vec<String>> = files.iter().map(|p| module_of(&src, p)).collect();
+    let mut edges: BTreeMap<Vec<String>, BTreeSet<Vec<String>>> = BTreeMap::new();
+    for path in &files {
+        let me = module_of(&src, path);
+        let text = std::fs::read_to_string(path).unwrap();
+        // A child module named relatively (`power::Power` in `core/mod.rs`).
+        let code = text.split("#[cfg(test)]\nmod tests").next().unwrap_or("");
+        for child in modules
+            .iter()
+            .filter(|m| m.len() == me.len() + 1 && m.starts_with(&me))
+        {
+            let name = format!("{}::", child.last().unwrap());
+            let named = code.match_indices(&name).any(|(at, _)| {
+                !code[..at].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+            });
+            if named {
+                edges.entry(me.clone()).or_default().insert(child.clone());
+            }
+        }
+        for mut named in named_paths(&me, &text) {
+            if let Some(target) = named.first().and_then(|f| aliases.get(f)) {
+                named.splice(0..1, target.iter().cloned());
+            }
+            // The longest prefix that is a module of a file.
+            let target = (1..=named.len())
+                .rev()
+                .map(|n| named[..n].to_vec())
+                .find(|m| modules.contains(m));
+            if let Some(t) = target
+                && t != me
+                && !me.starts_with(&t)
+            {
+                edges.entry(me.clone()).or_default().insert(t);
+            }
+        }
+    }
+    // A circle is an edge a → b with a path back from b to a.
+    let reaches = |from: &Vec<String>, to: &Vec<String>| {
+        let mut seen = BTreeSet::new();
+        let mut stack = vec![from.clone()];
+        while let Some(m) = stack.pop() {
+            if &m == to {
+                return true;
+            }
+            if seen.insert(m.clone()) {
+                stack.extend(edges.get(&m).into_iter().flatten().cloned());
+            }
+        }
+        false
+    };
+    let mut circles = Vec::new();
+    for (a, targets) in &edges {
+        for b in targets {
+            if reaches(b, a) {
+                circles.push(format!("{} -> {}", a.join("::"), b.join("::")));
+            }
+        }
+    }
+    assert!(
+        circles.is_empty(),
+        "import circles between files: {circles:#?}"
+    );
+    // The scan itself finds what it must.
+    let paths = named_paths(
+        &["core".into(), "power".into()],
+        "use super::api::Reply;\nuse crate::log::log;",
+    );
+    assert_eq!(paths, [vec!["core", "api", "Reply"], vec!["log", "log"]]);
 }

@@ -6,7 +6,6 @@
 
 use crate::ffi::*;
 use crate::real::{self, Lib};
-use crate::wrappers;
 use cuvisor_common::gpu::GpuUuid;
 use std::ffi::{CStr, c_char, c_void};
 use std::marker::PhantomData;
@@ -35,7 +34,7 @@ impl<F: Copy> Lazy<F> {
     fn get(&self) -> Option<F> {
         let mut p = self.ptr.load(Ordering::Acquire);
         if p == 0 {
-            p = (real::lookup(self.lib, self.name, std::ptr::null()) as usize).max(1);
+            p = (real::lookup(self.lib, self.name) as usize).max(1);
             self.ptr.store(p, Ordering::Release);
         }
         // SAFETY: `p` is the address of `name`, whose signature is `F` (the promise of
@@ -83,7 +82,6 @@ functions! {
         unsafe extern "C" fn(CUdevice, *mut u32, *mut i32) -> CUresult;
     PRIMARY_CTX_RETAIN: Cuda c"cuDevicePrimaryCtxRetain"
         unsafe extern "C" fn(*mut CUcontext, CUdevice) -> CUresult;
-    PRIMARY_CTX_RELEASE: Cuda c"cuDevicePrimaryCtxRelease_v2" unsafe extern "C" fn(CUdevice) -> CUresult;
     STREAM_CREATE: Cuda c"cuStreamCreate" unsafe extern "C" fn(*mut CUstream, u32) -> CUresult;
     STREAM_SYNCHRONIZE: Cuda c"cuStreamSynchronize" unsafe extern "C" fn(CUstream) -> CUresult;
     STREAM_DESTROY: Cuda c"cuStreamDestroy_v2" unsafe extern "C" fn(CUstream) -> CUresult;
@@ -177,7 +175,7 @@ pub fn stream_device(stream: CUstream) -> DriverResult<CUdevice> {
 
 /// The device's physical memory, asked of the real driver (not our virtual answer).
 pub fn physical_memory(dev: CUdevice) -> DriverResult<u64> {
-    let f = wrappers::cuDeviceTotalMem_v2::real().ok_or(CUDA_ERROR_NOT_FOUND)?;
+    let f = crate::hooks::row::cuDeviceTotalMem_v2::real().ok_or(CUDA_ERROR_NOT_FOUND)?;
     let mut bytes = 0usize;
     // SAFETY: an out-pointer to a live local.
     check(unsafe { f(&mut bytes, dev) })?;
@@ -284,7 +282,7 @@ pub fn retain_active_primary_context(dev: CUdevice) -> DriverResult<Option<CUcon
 }
 
 pub fn release_primary_context(dev: CUdevice) {
-    if let Some(f) = PRIMARY_CTX_RELEASE.get() {
+    if let Some(f) = crate::hooks::row::cuDevicePrimaryCtxRelease_v2::real() {
         // SAFETY: releases the reference `retain_active_primary_context` took.
         unsafe { f(dev) };
     }

@@ -1,12 +1,16 @@
-//! The one table of hooks, and the real function behind each row. Everything that decides
-//! whether a caller gets one of our wrappers reads it: the exported symbols (each row's
-//! wrapper is an exported function of the same name), and the resolution above it
-//! ([`crate::resolve`]: the `dlsym` interposer, the `cuGetProcAddress` /
-//! `cudaGetDriverEntryPoint` resolvers). `docs/INTERCEPTION.md` is checked against it by a
-//! test. It imports nothing of the shim's runtime.
+//! The one list of hooked C functions, and the real function behind each row.
+//!
+//! Each row of [`for_each_hook!`] says everything about one exported symbol, once: its
+//! C signature, the name `cuGetProcAddress` knows it by, the CUDA version whose ABI it
+//! implements, its stream variant, its library and its policy (docs/INTERCEPTION.md,
+//! checked against it by a test). From that list come, here, the row identifiers
+//! ([`Id`]), the metadata ([`HOOKS`]), the real function of each row, typed by its
+//! signature (`row::NAME::real()`), and, in `exports/`, the exported wrapper of each
+//! row and the table of their addresses. Nothing here knows the wrappers.
 
-use crate::real::{self, Lib};
-use std::ffi::{CStr, c_void};
+use super::ffi::*;
+use super::real::{self, Lib};
+use std::ffi::{CStr, c_char, c_void};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// What a hook does; the words are those of docs/INTERCEPTION.md.
@@ -71,10 +75,6 @@ pub enum Stream {
     PerThread,
 }
 
-pub struct Wrapper(pub *const c_void);
-// SAFETY: the address of a function, never written.
-unsafe impl Sync for Wrapper {}
-
 pub struct Hook {
     /// The exported symbol, NUL-terminated.
     symbol: &'static str,
@@ -84,10 +84,9 @@ pub struct Hook {
     pub version: i32,
     pub stream: Stream,
     pub lib: Lib,
-    /// What the wrapper does: its prologue (`wrappers::prologue`), and its row in
+    /// What the wrapper does: its prologue (`exports::prologue`), and its row in
     /// INTERCEPTION.md.
     pub policy: Policy,
-    pub wrapper: Wrapper,
 }
 
 impl Hook {
@@ -100,8 +99,87 @@ impl Hook {
     }
 }
 
+/// Our wrappers' addresses, row by row (made by the exports, which are above this table;
+/// the resolution is handed it).
+pub struct Wrappers(pub [*const c_void; N_HOOKS]);
+// SAFETY: the addresses of functions, never written.
+unsafe impl Sync for Wrappers {}
+
+/// Hands the list of hooked functions to `$callback!`, one row per exported symbol:
+/// `symbol(arg: type, …) -> return type, "base name", version, stream, library, policy;`.
+macro_rules! for_each_hook {
+    ($callback:ident) => {
+        $callback! {
+            cuInit(flags: u32) -> CUresult, "cuInit", 2000, Legacy, Cuda, Init;
+            cuGetProcAddress(symbol: *const c_char, pfn: *mut *mut c_void, version: i32, flags: u64) -> CUresult, "cuGetProcAddress", 11030, Legacy, Cuda, Resolver;
+            cuGetProcAddress_v2(symbol: *const c_char, pfn: *mut *mut c_void, version: i32, flags: u64, status: *mut i32) -> CUresult, "cuGetProcAddress", 12000, Legacy, Cuda, Resolver;
+            cuMemAlloc_v2(dptr: *mut CUdeviceptr, bytesize: usize) -> CUresult, "cuMemAlloc", 3020, Legacy, Cuda, Redirect;
+            cuMemAllocPitch_v2(dptr: *mut CUdeviceptr, pitch: *mut usize, width: usize, height: usize, element_size: u32) -> CUresult, "cuMemAllocPitch", 3020, Legacy, Cuda, Redirect;
+            cuMemAllocManaged(dptr: *mut CUdeviceptr, bytesize: usize, flags: u32) -> CUresult, "cuMemAllocManaged", 6000, Legacy, Cuda, Charge;
+            cuMemAllocAsync(dptr: *mut CUdeviceptr, bytesize: usize, stream: CUstream) -> CUresult, "cuMemAllocAsync", 11020, Legacy, Cuda, Charge;
+            cuMemAllocAsync_ptsz(dptr: *mut CUdeviceptr, bytesize: usize, stream: CUstream) -> CUresult, "cuMemAllocAsync", 11020, PerThread, Cuda, Charge;
+            cuMemAllocFromPoolAsync(dptr: *mut CUdeviceptr, bytesize: usize, pool: CUmemoryPool, stream: CUstream) -> CUresult, "cuMemAllocFromPoolAsync", 11020, Legacy, Cuda, Charge;
+            cuMemAllocFromPoolAsync_ptsz(dptr: *mut CUdeviceptr, bytesize: usize, pool: CUmemoryPool, stream: CUstream) -> CUresult, "cuMemAllocFromPoolAsync", 11020, PerThread, Cuda, Charge;
+            cuMemFree_v2(ptr: CUdeviceptr) -> CUresult, "cuMemFree", 3020, Legacy, Cuda, Release;
+            cuMemFreeAsync(ptr: CUdeviceptr, stream: CUstream) -> CUresult, "cuMemFreeAsync", 11020, Legacy, Cuda, Release;
+            cuMemFreeAsync_ptsz(ptr: CUdeviceptr, stream: CUstream) -> CUresult, "cuMemFreeAsync", 11020, PerThread, Cuda, Release;
+            cuMemPoolCreate(pool: *mut CUmemoryPool, props: *const CUmemPoolPropsHead) -> CUresult, "cuMemPoolCreate", 11020, Legacy, Cuda, Pools;
+            cuMemPoolDestroy(pool: CUmemoryPool) -> CUresult, "cuMemPoolDestroy", 11020, Legacy, Cuda, Pools;
+            cuDeviceGetDefaultMemPool(pool: *mut CUmemoryPool, dev: CUdevice) -> CUresult, "cuDeviceGetDefaultMemPool", 11020, Legacy, Cuda, Pools;
+            cuDeviceGetMemPool(pool: *mut CUmemoryPool, dev: CUdevice) -> CUresult, "cuDeviceGetMemPool", 11020, Legacy, Cuda, Pools;
+            cuMemCreate(handle: *mut CUmemGenericAllocationHandle, size: usize, prop: *const CUmemAllocationProp, flags: u64) -> CUresult, "cuMemCreate", 10020, Legacy, Cuda, Charge;
+            cuMemRelease(handle: CUmemGenericAllocationHandle) -> CUresult, "cuMemRelease", 10020, Legacy, Cuda, Release;
+            cuMemMap(ptr: CUdeviceptr, size: usize, offset: usize, handle: CUmemGenericAllocationHandle, flags: u64) -> CUresult, "cuMemMap", 10020, Legacy, Cuda, Track;
+            cuMemUnmap(ptr: CUdeviceptr, size: usize) -> CUresult, "cuMemUnmap", 10020, Legacy, Cuda, Track;
+            cuArrayCreate_v2(array: *mut CUarray, desc: *const CUDA_ARRAY_DESCRIPTOR) -> CUresult, "cuArrayCreate", 3020, Legacy, Cuda, Charge;
+            cuArray3DCreate_v2(array: *mut CUarray, desc: *const CUDA_ARRAY3D_DESCRIPTOR) -> CUresult, "cuArray3DCreate", 3020, Legacy, Cuda, Charge;
+            cuMipmappedArrayCreate(array: *mut CUarray, desc: *const CUDA_ARRAY3D_DESCRIPTOR, levels: u32) -> CUresult, "cuMipmappedArrayCreate", 5000, Legacy, Cuda, Charge;
+            cuArrayDestroy(array: CUarray) -> CUresult, "cuArrayDestroy", 2000, Legacy, Cuda, Release;
+            cuMipmappedArrayDestroy(array: CUarray) -> CUresult, "cuMipmappedArrayDestroy", 5000, Legacy, Cuda, Release;
+            cuIpcGetMemHandle(handle: *mut c_void, ptr: CUdeviceptr) -> CUresult, "cuIpcGetMemHandle", 4010, Legacy, Cuda, Ipc;
+            cuDevicePrimaryCtxReset(dev: CUdevice) -> CUresult, "cuDevicePrimaryCtxReset", 7000, Legacy, Cuda, Reset;
+            cuDevicePrimaryCtxReset_v2(dev: CUdevice) -> CUresult, "cuDevicePrimaryCtxReset", 11000, Legacy, Cuda, Reset;
+            cuDevicePrimaryCtxRelease(dev: CUdevice) -> CUresult, "cuDevicePrimaryCtxRelease", 7000, Legacy, Cuda, Reset;
+            cuDevicePrimaryCtxRelease_v2(dev: CUdevice) -> CUresult, "cuDevicePrimaryCtxRelease", 11000, Legacy, Cuda, Reset;
+            cuCtxDestroy_v2(ctx: CUcontext) -> CUresult, "cuCtxDestroy", 4000, Legacy, Cuda, Reset;
+            cuMemGetInfo(free: *mut u32, total: *mut u32) -> CUresult, "cuMemGetInfo", 2000, Legacy, Cuda, Virtualize;
+            cuMemGetInfo_v2(free: *mut usize, total: *mut usize) -> CUresult, "cuMemGetInfo", 3020, Legacy, Cuda, Virtualize;
+            cuDeviceTotalMem(bytes: *mut u32, dev: CUdevice) -> CUresult, "cuDeviceTotalMem", 2000, Legacy, Cuda, Virtualize;
+            cuDeviceTotalMem_v2(bytes: *mut usize, dev: CUdevice) -> CUresult, "cuDeviceTotalMem", 3020, Legacy, Cuda, Virtualize;
+            nvmlInit() -> nvmlReturn_t, "nvmlInit", 0, Legacy, Nvml, Init;
+            nvmlInit_v2() -> nvmlReturn_t, "nvmlInit_v2", 0, Legacy, Nvml, Init;
+            nvmlInitWithFlags(flags: u32) -> nvmlReturn_t, "nvmlInitWithFlags", 0, Legacy, Nvml, Init;
+            nvmlDeviceGetMemoryInfo(device: nvmlDevice_t, memory: *mut nvmlMemory_t) -> nvmlReturn_t, "nvmlDeviceGetMemoryInfo", 0, Legacy, Nvml, Virtualize;
+            nvmlDeviceGetMemoryInfo_v2(device: nvmlDevice_t, memory: *mut nvmlMemory_v2_t) -> nvmlReturn_t, "nvmlDeviceGetMemoryInfo_v2", 0, Legacy, Nvml, Virtualize;
+            nvmlDeviceGetCount(count: *mut u32) -> nvmlReturn_t, "nvmlDeviceGetCount", 0, Legacy, Nvml, Filter;
+            nvmlDeviceGetCount_v2(count: *mut u32) -> nvmlReturn_t, "nvmlDeviceGetCount_v2", 0, Legacy, Nvml, Filter;
+            nvmlDeviceGetHandleByIndex(index: u32, device: *mut nvmlDevice_t) -> nvmlReturn_t, "nvmlDeviceGetHandleByIndex", 0, Legacy, Nvml, Filter;
+            nvmlDeviceGetHandleByIndex_v2(index: u32, device: *mut nvmlDevice_t) -> nvmlReturn_t, "nvmlDeviceGetHandleByIndex_v2", 0, Legacy, Nvml, Filter;
+            nvmlDeviceGetHandleByUUID(uuid: *const c_char, device: *mut nvmlDevice_t) -> nvmlReturn_t, "nvmlDeviceGetHandleByUUID", 0, Legacy, Nvml, Filter;
+            nvmlDeviceGetHandleByPciBusId(bus: *const c_char, device: *mut nvmlDevice_t) -> nvmlReturn_t, "nvmlDeviceGetHandleByPciBusId", 0, Legacy, Nvml, Filter;
+            nvmlDeviceGetHandleByPciBusId_v2(bus: *const c_char, device: *mut nvmlDevice_t) -> nvmlReturn_t, "nvmlDeviceGetHandleByPciBusId_v2", 0, Legacy, Nvml, Filter;
+            nvmlDeviceGetIndex(device: nvmlDevice_t, index: *mut u32) -> nvmlReturn_t, "nvmlDeviceGetIndex", 0, Legacy, Nvml, Filter;
+            nvmlDeviceGetHandleBySerial(serial: *const c_char, device: *mut nvmlDevice_t) -> nvmlReturn_t, "nvmlDeviceGetHandleBySerial", 0, Legacy, Nvml, Filter;
+            nvmlDeviceGetTopologyNearestGpus(device: nvmlDevice_t, level: i32, count: *mut u32, array: *mut nvmlDevice_t) -> nvmlReturn_t, "nvmlDeviceGetTopologyNearestGpus", 0, Legacy, Nvml, Filter;
+            nvmlSystemGetTopologyGpuSet(cpu: u32, count: *mut u32, array: *mut nvmlDevice_t) -> nvmlReturn_t, "nvmlSystemGetTopologyGpuSet", 0, Legacy, Nvml, Filter;
+            nvmlUnitGetDevices(unit: nvmlUnit_t, count: *mut u32, devices: *mut nvmlDevice_t) -> nvmlReturn_t, "nvmlUnitGetDevices", 0, Legacy, Nvml, Filter;
+            nvmlDeviceGetComputeRunningProcesses(device: nvmlDevice_t, count: *mut u32, infos: *mut nvmlProcessInfo_v1_t) -> nvmlReturn_t, "nvmlDeviceGetComputeRunningProcesses", 0, Legacy, Nvml, Processes;
+            nvmlDeviceGetComputeRunningProcesses_v2(device: nvmlDevice_t, count: *mut u32, infos: *mut nvmlProcessInfo_t) -> nvmlReturn_t, "nvmlDeviceGetComputeRunningProcesses_v2", 0, Legacy, Nvml, Processes;
+            nvmlDeviceGetComputeRunningProcesses_v3(device: nvmlDevice_t, count: *mut u32, infos: *mut nvmlProcessInfo_t) -> nvmlReturn_t, "nvmlDeviceGetComputeRunningProcesses_v3", 0, Legacy, Nvml, Processes;
+            cudaGetDriverEntryPoint(symbol: *const c_char, f: *mut *mut c_void, flags: u64, status: *mut i32) -> cudaError_t, "cudaGetDriverEntryPoint", 0, Legacy, Cudart, Resolver;
+            cudaGetDriverEntryPoint_ptsz(symbol: *const c_char, f: *mut *mut c_void, flags: u64, status: *mut i32) -> cudaError_t, "cudaGetDriverEntryPoint", 0, PerThread, Cudart, Resolver;
+            cudaGetDriverEntryPointByVersion(symbol: *const c_char, f: *mut *mut c_void, version: u32, flags: u64, status: *mut i32) -> cudaError_t, "cudaGetDriverEntryPointByVersion", 0, Legacy, Cudart, Resolver;
+            cudaGetDriverEntryPointByVersion_ptsz(symbol: *const c_char, f: *mut *mut c_void, version: u32, flags: u64, status: *mut i32) -> cudaError_t, "cudaGetDriverEntryPointByVersion", 0, PerThread, Cudart, Resolver;
+        }
+    };
+}
+pub(crate) use for_each_hook;
+
 macro_rules! hook_table {
-    ($($sym:ident, $base:literal, $version:literal, $stream:ident, $lib:ident, $policy:ident;)*) => {
+    ($(
+        $sym:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty,
+        $base:literal, $version:literal, $stream:ident, $lib:ident, $policy:ident;
+    )*) => {
         /// One identifier per row of the table, named after its symbol.
         // Named as the C symbols are (`nvmlDeviceGetHandleByPciBusId` ends in "Id").
         #[allow(non_camel_case_types, clippy::enum_variant_names)]
@@ -115,75 +193,39 @@ macro_rules! hook_table {
             stream: Stream::$stream,
             lib: Lib::$lib,
             policy: Policy::$policy,
-            wrapper: Wrapper(crate::wrappers::$sym as *const c_void),
         }),*];
 
         pub(crate) const N_HOOKS: usize = [$(stringify!($sym)),*].len();
+
+        /// Per row, its C signature as types: `Args` (the arguments as a tuple), `Ret`,
+        /// `Real` (the function), and `real()`, the real function of exactly this row.
+        /// Other code reaches a hooked function's real one only through it.
+        #[allow(non_snake_case)]
+        pub mod row {
+            use super::*;
+            $(
+                pub mod $sym {
+                    use super::*;
+                    pub type Args = ($($ty,)*);
+                    pub type Ret = $ret;
+                    pub type Real = unsafe extern "C" fn($($ty),*) -> $ret;
+
+                    /// The real function behind the row, if its library has it.
+                    pub fn real() -> Option<Real> {
+                        super::super::real(Id::$sym).map(|p| {
+                            // SAFETY: the address is this row's real function (the
+                            // library's definition of the same C name), whose C
+                            // signature is the row's.
+                            unsafe { std::mem::transmute::<usize, Real>(p) }
+                        })
+                    }
+                }
+            )*
+        }
     };
 }
 
-hook_table! {
-    cuInit, "cuInit", 2000, Legacy, Cuda, Init;
-    cuGetProcAddress, "cuGetProcAddress", 11030, Legacy, Cuda, Resolver;
-    cuGetProcAddress_v2, "cuGetProcAddress", 12000, Legacy, Cuda, Resolver;
-    cuMemAlloc_v2, "cuMemAlloc", 3020, Legacy, Cuda, Redirect;
-    cuMemAllocPitch_v2, "cuMemAllocPitch", 3020, Legacy, Cuda, Redirect;
-    cuMemAllocManaged, "cuMemAllocManaged", 6000, Legacy, Cuda, Charge;
-    cuMemAllocAsync, "cuMemAllocAsync", 11020, Legacy, Cuda, Charge;
-    cuMemAllocAsync_ptsz, "cuMemAllocAsync", 11020, PerThread, Cuda, Charge;
-    cuMemAllocFromPoolAsync, "cuMemAllocFromPoolAsync", 11020, Legacy, Cuda, Charge;
-    cuMemAllocFromPoolAsync_ptsz, "cuMemAllocFromPoolAsync", 11020, PerThread, Cuda, Charge;
-    cuMemFree_v2, "cuMemFree", 3020, Legacy, Cuda, Release;
-    cuMemFreeAsync, "cuMemFreeAsync", 11020, Legacy, Cuda, Release;
-    cuMemFreeAsync_ptsz, "cuMemFreeAsync", 11020, PerThread, Cuda, Release;
-    cuMemPoolCreate, "cuMemPoolCreate", 11020, Legacy, Cuda, Pools;
-    cuMemPoolDestroy, "cuMemPoolDestroy", 11020, Legacy, Cuda, Pools;
-    cuDeviceGetDefaultMemPool, "cuDeviceGetDefaultMemPool", 11020, Legacy, Cuda, Pools;
-    cuDeviceGetMemPool, "cuDeviceGetMemPool", 11020, Legacy, Cuda, Pools;
-    cuMemCreate, "cuMemCreate", 10020, Legacy, Cuda, Charge;
-    cuMemRelease, "cuMemRelease", 10020, Legacy, Cuda, Release;
-    cuMemMap, "cuMemMap", 10020, Legacy, Cuda, Track;
-    cuMemUnmap, "cuMemUnmap", 10020, Legacy, Cuda, Track;
-    cuArrayCreate_v2, "cuArrayCreate", 3020, Legacy, Cuda, Charge;
-    cuArray3DCreate_v2, "cuArray3DCreate", 3020, Legacy, Cuda, Charge;
-    cuMipmappedArrayCreate, "cuMipmappedArrayCreate", 5000, Legacy, Cuda, Charge;
-    cuArrayDestroy, "cuArrayDestroy", 2000, Legacy, Cuda, Release;
-    cuMipmappedArrayDestroy, "cuMipmappedArrayDestroy", 5000, Legacy, Cuda, Release;
-    cuIpcGetMemHandle, "cuIpcGetMemHandle", 4010, Legacy, Cuda, Ipc;
-    cuDevicePrimaryCtxReset, "cuDevicePrimaryCtxReset", 7000, Legacy, Cuda, Reset;
-    cuDevicePrimaryCtxReset_v2, "cuDevicePrimaryCtxReset", 11000, Legacy, Cuda, Reset;
-    cuDevicePrimaryCtxRelease, "cuDevicePrimaryCtxRelease", 7000, Legacy, Cuda, Reset;
-    cuDevicePrimaryCtxRelease_v2, "cuDevicePrimaryCtxRelease", 11000, Legacy, Cuda, Reset;
-    cuCtxDestroy_v2, "cuCtxDestroy", 4000, Legacy, Cuda, Reset;
-    cuMemGetInfo, "cuMemGetInfo", 2000, Legacy, Cuda, Virtualize;
-    cuMemGetInfo_v2, "cuMemGetInfo", 3020, Legacy, Cuda, Virtualize;
-    cuDeviceTotalMem, "cuDeviceTotalMem", 2000, Legacy, Cuda, Virtualize;
-    cuDeviceTotalMem_v2, "cuDeviceTotalMem", 3020, Legacy, Cuda, Virtualize;
-    nvmlInit, "nvmlInit", 0, Legacy, Nvml, Init;
-    nvmlInit_v2, "nvmlInit_v2", 0, Legacy, Nvml, Init;
-    nvmlInitWithFlags, "nvmlInitWithFlags", 0, Legacy, Nvml, Init;
-    nvmlDeviceGetMemoryInfo, "nvmlDeviceGetMemoryInfo", 0, Legacy, Nvml, Virtualize;
-    nvmlDeviceGetMemoryInfo_v2, "nvmlDeviceGetMemoryInfo_v2", 0, Legacy, Nvml, Virtualize;
-    nvmlDeviceGetCount, "nvmlDeviceGetCount", 0, Legacy, Nvml, Filter;
-    nvmlDeviceGetCount_v2, "nvmlDeviceGetCount_v2", 0, Legacy, Nvml, Filter;
-    nvmlDeviceGetHandleByIndex, "nvmlDeviceGetHandleByIndex", 0, Legacy, Nvml, Filter;
-    nvmlDeviceGetHandleByIndex_v2, "nvmlDeviceGetHandleByIndex_v2", 0, Legacy, Nvml, Filter;
-    nvmlDeviceGetHandleByUUID, "nvmlDeviceGetHandleByUUID", 0, Legacy, Nvml, Filter;
-    nvmlDeviceGetHandleByPciBusId, "nvmlDeviceGetHandleByPciBusId", 0, Legacy, Nvml, Filter;
-    nvmlDeviceGetHandleByPciBusId_v2, "nvmlDeviceGetHandleByPciBusId_v2", 0, Legacy, Nvml, Filter;
-    nvmlDeviceGetIndex, "nvmlDeviceGetIndex", 0, Legacy, Nvml, Filter;
-    nvmlDeviceGetHandleBySerial, "nvmlDeviceGetHandleBySerial", 0, Legacy, Nvml, Filter;
-    nvmlDeviceGetTopologyNearestGpus, "nvmlDeviceGetTopologyNearestGpus", 0, Legacy, Nvml, Filter;
-    nvmlSystemGetTopologyGpuSet, "nvmlSystemGetTopologyGpuSet", 0, Legacy, Nvml, Filter;
-    nvmlUnitGetDevices, "nvmlUnitGetDevices", 0, Legacy, Nvml, Filter;
-    nvmlDeviceGetComputeRunningProcesses, "nvmlDeviceGetComputeRunningProcesses", 0, Legacy, Nvml, Processes;
-    nvmlDeviceGetComputeRunningProcesses_v2, "nvmlDeviceGetComputeRunningProcesses_v2", 0, Legacy, Nvml, Processes;
-    nvmlDeviceGetComputeRunningProcesses_v3, "nvmlDeviceGetComputeRunningProcesses_v3", 0, Legacy, Nvml, Processes;
-    cudaGetDriverEntryPoint, "cudaGetDriverEntryPoint", 0, Legacy, Cudart, Resolver;
-    cudaGetDriverEntryPoint_ptsz, "cudaGetDriverEntryPoint", 0, PerThread, Cudart, Resolver;
-    cudaGetDriverEntryPointByVersion, "cudaGetDriverEntryPointByVersion", 0, Legacy, Cudart, Resolver;
-    cudaGetDriverEntryPointByVersion_ptsz, "cudaGetDriverEntryPointByVersion", 0, PerThread, Cudart, Resolver;
-}
+for_each_hook!(hook_table);
 
 /// The real function behind each row, found on first use or handed to us by a `dlsym`
 /// or resolver call that we answered with the wrapper.
@@ -201,7 +243,7 @@ pub fn real(id: Id) -> Option<usize> {
         return Some(p);
     }
     let h = hook(id);
-    let found = real::lookup(h.lib, h.c_name(), h.wrapper.0);
+    let found = real::lookup(h.lib, h.c_name());
     if found.is_null() {
         return None;
     }

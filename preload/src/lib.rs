@@ -4,10 +4,24 @@
 //! the model's virtual numbers.
 //!
 //! This is the only crate of the workspace that exports C symbols. The hooks are listed
-//! in one table (`hooks.rs`) and in `docs/INTERCEPTION.md`; the environment contract is
-//! is `cuvisor_common::contract`, shared with the supervisor that writes it.
+//! in one table (`hooks.rs`, each row with its C signature) and in
+//! `docs/INTERCEPTION.md`; the environment contract is `cuvisor_common::contract`, shared
+//! with the supervisor that writes it.
+//!
+//! The modules are layers; each imports only the ones below it (`tests/workspace.rs`
+//! keeps it so):
+//!
+//! | layer | modules |
+//! |---|---|
+//! | 5 | `exports/`: every exported function (the wrappers, by family, and `dlsym`) |
+//! | 4 | `resolve` (which wrapper a lookup gets), `hibernate` (the power listener, started by the runtime's on-attach callback) |
+//! | 3 | `runtime` (the configuration, the ledger, the accounting), `records` (what each pointer and handle holds) |
+//! | 2 | `driver`: the driver calls the shim makes for itself, as results |
+//! | 1 | `hooks`: the row list; per row its metadata, its signature as types and its real function |
+//! | 0 | `ffi` (C types and constants), `real` (glibc's `dlsym`, lookups behind the shim), `logging` |
 
 mod driver;
+mod exports;
 mod ffi;
 mod hibernate;
 mod hooks;
@@ -16,7 +30,6 @@ mod real;
 mod records;
 mod resolve;
 mod runtime;
-mod wrappers;
 
 /// The shim's version, NUL-terminated, exported as the C symbol
 /// `cuvisor_preload_version` so that tools (and tests) can tell which shim a process

@@ -70,11 +70,11 @@ impl Lib {
 /// Looks `name` up behind the shim: first the next object in the global scope (another
 /// preload chained after us, or the library itself when linked), then the library
 /// already loaded under its soname (a library the program dlopen()ed privately).
-/// Null if neither has it, or if what was found is `ours` (we found ourselves).
-pub fn lookup(lib: Lib, name: &CStr, ours: *const c_void) -> *mut c_void {
+/// Null if neither has it, or if what was found is ours (the shim found itself).
+pub fn lookup(lib: Lib, name: &CStr) -> *mut c_void {
     // SAFETY: constant NUL-terminated names and pseudo-handles.
     let next = unsafe { dlsym(libc::RTLD_NEXT, name.as_ptr()) };
-    if !next.is_null() && !std::ptr::eq(next, ours) {
+    if !next.is_null() && !is_ours(next) {
         return next;
     }
     for soname in lib.sonames() {
@@ -87,9 +87,23 @@ pub fn lookup(lib: Lib, name: &CStr, ours: *const c_void) -> *mut c_void {
         let p = unsafe { dlsym(handle, name.as_ptr()) };
         // SAFETY: balances the dlopen above; the library stays loaded by its other users.
         unsafe { libc::dlclose(handle) };
-        if !p.is_null() && !std::ptr::eq(p, ours) {
+        if !p.is_null() && !is_ours(p) {
             return p;
         }
     }
     std::ptr::null_mut()
+}
+
+/// Whether `p` is an address in the shim's own object (one of our exports).
+pub fn is_ours(p: *const c_void) -> bool {
+    /// The shim's load address: `dladdr` of one of its own functions.
+    fn base_of(p: *const c_void) -> Option<usize> {
+        // SAFETY: Dl_info is plain data; all zeros is a valid value.
+        let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+        // SAFETY: dladdr only reads the loader's maps and writes `info`.
+        let found = unsafe { libc::dladdr(p, &mut info) } != 0;
+        (found && !info.dli_fbase.is_null()).then_some(info.dli_fbase as usize)
+    }
+    let ours = base_of(is_ours as *const c_void);
+    ours.is_some() && base_of(p) == ours
 }

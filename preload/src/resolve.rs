@@ -1,9 +1,10 @@
 //! How a caller gets one of our wrappers by name, above the table ([`crate::hooks`]): the
-//! `dlsym` interposer, the substitution behind the `cuGetProcAddress` and
-//! `cudaGetDriverEntryPoint` wrappers, and the count of what each path handed out. It asks
-//! the runtime only whether the shim is off.
+//! decision behind the `dlsym` interposer, the substitution behind the `cuGetProcAddress`
+//! and `cudaGetDriverEntryPoint` wrappers, and the count of what each path handed out.
+//! The wrappers' addresses are handed to it by the exports above; it asks the runtime only
+//! whether the shim is off.
 
-use crate::hooks::{HOOKS, N_HOOKS, REAL, Stream, by_symbol, remember};
+use crate::hooks::{HOOKS, N_HOOKS, REAL, Stream, Wrappers, by_symbol, remember};
 use crate::real;
 use std::ffi::{CStr, c_char, c_void};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -60,8 +61,8 @@ pub fn log_resolutions() {
     }
 }
 
-fn wrapper_index(p: *mut c_void) -> Option<usize> {
-    HOOKS.iter().position(|h| std::ptr::eq(h.wrapper.0, p))
+fn wrapper_index(p: *mut c_void, wrappers: &Wrappers) -> Option<usize> {
+    wrappers.0.iter().position(|&w| std::ptr::eq(w, p))
 }
 
 /// A resolver (cuGetProcAddress, cudaGetDriverEntryPoint) returned `ptr` for `base`:
@@ -77,13 +78,14 @@ pub fn substitute(
     version: Option<i32>,
     flags: u64,
     ptr: *mut c_void,
+    wrappers: &Wrappers,
 ) -> *mut c_void {
     if ptr.is_null() || crate::runtime::is_off() {
         return ptr;
     }
     // Already ours: the runtime's entry-point lookup goes through the cuGetProcAddress we
     // wrapped. Counted for this path too, since it is how the caller got it.
-    if let Some(i) = wrapper_index(ptr) {
+    if let Some(i) = wrapper_index(ptr, wrappers) {
         handed_out(i, via);
         return ptr;
     }
@@ -99,12 +101,12 @@ pub fn substitute(
         let known = if known != 0 {
             known
         } else {
-            real::lookup(h.lib, h.c_name(), h.wrapper.0) as usize
+            real::lookup(h.lib, h.c_name()) as usize
         };
         if known == ptr as usize {
             remember(i, ptr);
             handed_out(i, via);
-            return h.wrapper.0 as *mut c_void;
+            return wrappers.0[i] as *mut c_void;
         }
     }
     let Some(version) = version else {
@@ -122,20 +124,21 @@ pub fn substitute(
         newest(Stream::Legacy)
     };
     match chosen {
-        Some((i, h)) => {
+        Some((i, _)) => {
             remember(i, ptr);
             handed_out(i, via);
-            h.wrapper.0 as *mut c_void
+            wrappers.0[i] as *mut c_void
         }
         None => ptr, // a variant older than any we wrap (the 32-bit cuMemAlloc): untouched
     }
 }
 
-/// The decision behind our `dlsym`: our wrapper for a hooked name looked up in a handle
-/// that has it, or null to let glibc's `dlsym` answer (tail call, caller preserved).
+/// The decision behind our `dlsym` (`exports::interpose`): our wrapper (from
+/// `wrappers`) for a hooked name looked up in a handle that has it, or null to let
+/// glibc's `dlsym` answer.
 ///
-/// Called from the naked `dlsym` below: no locks, no CUDA calls, no allocation.
-extern "C" fn decide(handle: *mut c_void, name: *const c_char) -> *mut c_void {
+/// No locks, no CUDA calls, no allocation.
+pub fn dlsym_answer(handle: *mut c_void, name: *const c_char, wrappers: &Wrappers) -> *mut c_void {
     if !real::ensure_real_dlsym() || name.is_null() || handle == libc::RTLD_NEXT {
         return std::ptr::null_mut();
     }
@@ -148,13 +151,13 @@ extern "C" fn decide(handle: *mut c_void, name: *const c_char) -> *mut c_void {
         let Some(index) = by_symbol(bytes) else {
             return std::ptr::null_mut();
         };
-        let h = &HOOKS[index];
+        let ours = wrappers.0[index];
         // SAFETY: forwarding the caller's own arguments to glibc's dlsym.
         let found = unsafe { real::dlsym(handle, name) };
         if found.is_null() {
             return std::ptr::null_mut(); // not in that handle: let glibc say so (and set dlerror)
         }
-        if std::ptr::eq(found, h.wrapper.0) {
+        if std::ptr::eq(found, ours) {
             return found; // RTLD_DEFAULT found our export
         }
         remember(index, found);
@@ -162,36 +165,8 @@ extern "C" fn decide(handle: *mut c_void, name: *const c_char) -> *mut c_void {
             found
         } else {
             handed_out(index, Via::Dlsym);
-            h.wrapper.0 as *mut c_void
+            ours as *mut c_void
         }
     })
     .unwrap_or(std::ptr::null_mut())
 }
-
-/// `dlsym`, interposed. A naked function so that what we do not answer ourselves reaches
-/// glibc by a tail jump: glibc then sees the original caller's return address, which is
-/// what `dlsym(RTLD_NEXT, …)` is resolved against.
-#[cfg(target_arch = "x86_64")]
-#[unsafe(naked)]
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn dlsym(handle: *mut c_void, name: *const c_char) -> *mut c_void {
-    core::arch::naked_asm!(
-        "push rdi",
-        "push rsi",
-        "sub rsp, 8", // 16-byte alignment for the call
-        "call {decide}",
-        "add rsp, 8",
-        "pop rsi",
-        "pop rdi",
-        "test rax, rax",
-        "jz 2f",
-        "ret",
-        "2:",
-        "jmp qword ptr [rip + {real}]",
-        decide = sym decide,
-        real = sym real::REAL_DLSYM,
-    )
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-compile_error!("cuvisor-preload's dlsym interposer is written for x86_64 only so far");
