@@ -1,8 +1,8 @@
 //! The checker that collects every error of a file with its line, and the checks of
 //! `[supervisor]` and of the front door across models.
 
-use super::host::Host;
 use super::gpus::Policy;
+use super::host::Host;
 use super::python::Envs;
 use super::raw::*;
 use super::types::*;

@@ -11,6 +11,7 @@ use crate::runtime::{NotCharged, Runtime};
 use cuvisor_common::ledger::GpuIndex;
 
 /// What a call answers when its allocation cannot be charged.
+#[inline] // on the hot path, from the wrappers' modules
 pub(super) fn refused(why: NotCharged) -> CUresult {
     match why {
         NotCharged::Quota => CUDA_ERROR_OUT_OF_MEMORY,
@@ -21,6 +22,7 @@ pub(super) fn refused(why: NotCharged) -> CUresult {
 
 /// Reserves `bytes` on `gpu`, makes the driver call, rolls the reservation back if it
 /// fails.
+#[inline] // on the hot path, from the wrappers' modules
 pub(super) fn charged(
     rt: &Runtime,
     gpu: GpuIndex,
@@ -40,6 +42,7 @@ pub(super) fn charged(
 
 /// Forgets `key` before the driver frees it (so that a concurrent allocation reusing the
 /// address is never confused with it), then uncharges on success or restores on failure.
+#[inline] // on the hot path, from the wrappers' modules
 pub(super) fn uncharged(
     rt: &Runtime,
     records: &impl RecordMap,
@@ -89,6 +92,7 @@ pub(super) unsafe fn answer<T>(out: *mut T, value: T) {
 pub(super) const PITCH_ALIGNMENT: u64 = 512;
 
 /// The ledger entry of the calling thread's current device, or the answer to give.
+#[inline] // on the hot path, from the wrappers' modules
 pub(super) fn current(rt: &Runtime) -> Result<(CUdevice, GpuIndex), CUresult> {
     rt.current_gpu().map_err(refused)
 }

@@ -31,6 +31,7 @@ macro_rules! hook {
     ) => {
         $(#[$doc])*
         #[allow(non_snake_case)]
+        #[inline(always)] // into its export: a body is called from there only
         pub(crate) fn $name(
             $forward: impl FnOnce() -> $crate::hooks::row::$name::Ret,
             $wrappers: &$crate::hooks::Wrappers,
@@ -43,6 +44,7 @@ macro_rules! hook {
     ) => {
         $(#[$doc])*
         #[allow(non_snake_case)]
+        #[inline(always)] // into its export: a body is called from there only
         pub(crate) fn $name(
             $forward: impl FnOnce() -> $crate::hooks::row::$name::Ret,
             $rt: &'static $crate::runtime::Runtime,
