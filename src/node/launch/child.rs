@@ -1,217 +1,12 @@
-//! Starting one worker: `clone()` into new namespaces, join its cgroups, exec.
-//!
-//! With a PID namespace the cloned child is a tiny init (PID 1 there): it waits until the
-//! supervisor has put it in its cgroups, makes `/` private, mounts a fresh `/proc` and the
-//! read-only binds, then forks the worker (PID 2), forwards signals to it, reaps every
-//! orphan of the namespace, and exits with the worker's status (the kernel then kills
-//! whatever is left in the namespace). Without a PID namespace the child is the worker.
-//!
-//! After `clone()` the child runs only raw system calls on data prepared beforehand. The
-//! supervisor has threads, and the child is a copy of it with one thread: a lock another
-//! thread held at the instant of the clone stays held forever there. So no allocation, and
-//! none of glibc's wrappers that take locks or believe the process still has its threads:
-//! `fork()` (it takes malloc's locks for its atfork handlers) and `setuid()`/`setgid()`/
-//! `setgroups()` (they signal every thread of the process) are made as raw system calls.
+//! The code that runs in the cloned child, between `clone()` and `exec`: raw system
+//! calls on data the parent prepared, no allocation, no lock (see the module above).
 
+use super::spec::*;
+use super::step::Step;
 use crate::config::caps::CapSet;
-use crate::config::{Isolation, USERNS_BLOCK};
 use std::ffi::{CString, c_void};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-
-/// Everything the child needs, prepared before `clone()`.
-pub struct Spec {
-    pub program: CString,
-    pub argv: Vec<CString>,
-    pub envp: Vec<CString>,
-    pub cwd: Option<CString>,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-    pub isolation: Isolation,
-    pub hostname: CString,
-    /// What the worker keeps of the supervisor's privileges.
-    pub privileges: Privileges,
-    /// With a mount namespace: what becomes read-only in it (the model's `bind_ro`, the
-    /// kernel's interfaces, the shim, the supervisor's binary).
-    pub read_only: Vec<ReadOnly>,
-    /// With a mount namespace: files covered with `/dev/null` in it (the supervisor's
-    /// control socket).
-    pub cover: Vec<CString>,
-    /// With a mount namespace: the ledger directory, and the model's ledger in it, the one
-    /// file the worker sees there.
-    pub ledger: Option<(CString, CString)>,
-    /// With `isolation.user`: the first of the [`USERNS_BLOCK`] host ids that ids 0.. in
-    /// the worker's user namespace map to (uids and gids alike).
-    pub host_ids: Option<u32>,
-    /// With a mount namespace: files bound over others (source, target), each read-only:
-    /// the model's view of its memory and CPUs.
-    pub binds: Vec<(CString, CString)>,
-    /// With a mount namespace: the entries of `/dev` the worker is shown (a new `/dev`
-    /// with these of the host's bound into it); None: the host's `/dev` whole.
-    pub dev: Option<Vec<DevEntry>>,
-    /// With a mount namespace: a mount detached once the binds are made (the supervisor's
-    /// view filesystem: the worker keeps its own files, and sees no other worker's).
-    pub hide: Option<CString>,
-    /// The worker's stdin (None: /dev/null, as for a supervised worker), stdout and
-    /// stderr.
-    pub stdin: Option<RawFd>,
-    pub stdout: RawFd,
-    pub stderr: RawFd,
-}
-
-/// What a worker keeps of the supervisor's (root's) privileges.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Privileges {
-    /// Everything (`cuvisor exec`: the operator's own program, as if run directly).
-    Inherit,
-    /// These capabilities only, in every set (bounding, permitted, effective, inheritable,
-    /// ambient), and `no_new_privs`: exec can never give more back.
-    Keep(CapSet),
-}
-
-/// A path made read-only in the worker's mount namespace, with every mount under it: a
-/// mount point, or (`bind`) a path bound onto itself first. `flags` are the mount's own
-/// (kept by the remount of kernels without mount_setattr). A path that is `optional`
-/// and missing is skipped.
-#[derive(Debug, Clone)]
-pub struct ReadOnly {
-    pub path: CString,
-    pub flags: libc::c_ulong,
-    pub bind: bool,
-    pub optional: bool,
-}
-
-/// The kernel interfaces a worker could change the host through as uid 0 without any
-/// capability (their files are root's, mode 0644): every mount under `/sys` (cgroupfs: a
-/// worker would move itself out of its cgroups), `/proc/sys` (sysctls, and mounts under
-/// it such as `binfmt_misc`), `/proc/sysrq-trigger`, `/proc/irq` and `/proc/bus`. Read
-/// from `mountinfo` (this process's). Each is made read-only with everything mounted
-/// under it. With `own_sysfs` (a worker in its own network namespace gets a sysfs of its
-/// own, read-only, with the cgroup tree bound into it) only the mounts under
-/// `/sys/fs/cgroup` remain of `/sys`'s.
-pub fn kernel_interfaces(mountinfo: &str, own_sysfs: bool) -> Vec<ReadOnly> {
-    let mut out: Vec<ReadOnly> = mountinfo
-        .lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split(' ').collect();
-            let (point, options) = (*fields.get(4)?, *fields.get(5)?);
-            if point != "/sys" && !point.starts_with("/sys/") {
-                return None;
-            }
-            if own_sysfs && point != "/sys/fs/cgroup" && !point.starts_with("/sys/fs/cgroup/") {
-                return None;
-            }
-            let mut flags = 0;
-            for o in options.split(',') {
-                flags |= match o {
-                    "nosuid" => libc::MS_NOSUID,
-                    "nodev" => libc::MS_NODEV,
-                    "noexec" => libc::MS_NOEXEC,
-                    "noatime" => libc::MS_NOATIME,
-                    "nodiratime" => libc::MS_NODIRATIME,
-                    "relatime" => libc::MS_RELATIME,
-                    "strictatime" => libc::MS_STRICTATIME,
-                    _ => 0,
-                };
-            }
-            // mountinfo escapes spaces and the like as \ooo: such paths are left alone.
-            (!point.contains('\\'))
-                .then(|| CString::new(point).ok())
-                .flatten()
-                .map(|path| ReadOnly {
-                    path,
-                    flags,
-                    bind: false,
-                    optional: false,
-                })
-        })
-        .collect();
-    for path in [
-        c"/proc/sys",
-        c"/proc/sysrq-trigger",
-        c"/proc/irq",
-        c"/proc/bus",
-    ] {
-        out.push(ReadOnly {
-            path: path.to_owned(),
-            flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            bind: true,
-            optional: true,
-        });
-    }
-    out
-}
-
-/// An entry of the host's `/dev` to show a worker.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DevEntry {
-    pub name: CString,
-    pub kind: DevKind,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DevKind {
-    /// A directory (bound with every mount under it: `/dev/pts`, `/dev/shm`, …).
-    Dir,
-    /// A symbolic link, made again with this target.
-    Link(CString),
-    /// A device node or any other file, bound.
-    Node,
-}
-
-/// The entries of `/dev` (as listed in `dir`) a worker is shown: all but the GPU nodes
-/// `nvidiaN` whose N is not in `gpus` (NVIDIA's control nodes, `nvidiactl`,
-/// `nvidia-uvm`, …, stay), and but `pts` and `ptmx`: the worker gets a pseudo-terminal
-/// filesystem of its own (a `ptmx` bound alone could not find its `pts`).
-pub fn dev_entries(dir: &std::path::Path, gpus: &[u32]) -> io::Result<Vec<DevEntry>> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let Some(text) = name.to_str() else { continue };
-        if text == "pts" || text == "ptmx" {
-            continue;
-        }
-        if let Some(n) = text.strip_prefix("nvidia")
-            && !n.is_empty()
-            && n.bytes().all(|b| b.is_ascii_digit())
-            && !n.parse::<u32>().is_ok_and(|n| gpus.contains(&n))
-        {
-            continue; // another GPU's node
-        }
-        let Ok(name) = CString::new(text) else {
-            continue;
-        };
-        let kind = entry.file_type()?;
-        let kind = if kind.is_symlink() {
-            let target = std::fs::read_link(entry.path())?;
-            match CString::new(target.as_os_str().as_encoded_bytes()) {
-                Ok(t) => DevKind::Link(t),
-                Err(_) => continue,
-            }
-        } else if kind.is_dir() {
-            DevKind::Dir
-        } else {
-            DevKind::Node
-        };
-        out.push(DevEntry { name, kind });
-    }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
-}
-
-/// `a` + `/` + `b`, NUL-terminated, in `buf` (no allocation: in the child). False if it
-/// does not fit.
-fn join_path(buf: &mut [u8; 512], a: &[u8], b: &[u8]) -> bool {
-    if a.len() + 1 + b.len() + 1 > buf.len() {
-        return false;
-    }
-    buf[..a.len()].copy_from_slice(a);
-    buf[a.len()] = b'/';
-    buf[a.len() + 1..a.len() + 1 + b.len()].copy_from_slice(b);
-    buf[a.len() + 1 + b.len()] = 0;
-    true
-}
+use std::os::fd::RawFd;
 
 /// A new `/dev` (a tmpfs where no device node can be made) holding `entries` of the
 /// host's, bound from it, and a pseudo-terminal filesystem of its own (`pts`, and `ptmx`
@@ -294,102 +89,17 @@ unsafe fn show_dev(entries: &[DevEntry]) -> bool {
     }
 }
 
-/// What went wrong in the child, and at which step.
-#[derive(Debug)]
-pub struct LaunchError {
-    pub step: &'static str,
-    pub source: io::Error,
-}
-
-impl std::fmt::Display for LaunchError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.step, self.source)
-    }
-}
-
-impl std::error::Error for LaunchError {}
-
-const STEPS: &[&str] = &[
-    "wait for the supervisor",
-    "make / private",
-    "mount /proc",
-    "make a path read-only",
-    "set the hostname",
-    "fork the worker",
-    "drop supplementary groups",
-    "set the group",
-    "set the user",
-    "change directory",
-    "redirect output",
-    "exec",
-    "show the worker its own ledger only",
-    "drop capabilities",
-    "cover the control socket",
-    "mount its own /sys",
-    "show the worker its own memory and CPUs",
-    "show the worker its own GPUs' device nodes",
-];
-
-/// Why a launch [`Spec`] cannot be made.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SpecError {
-    #[error("cannot list /dev for the worker's GPUs: {0}")]
-    Dev(String),
-    #[error("{}: not an executable file", .0.display())]
-    NotExecutable(std::path::PathBuf),
-    #[error("{0}: not found in PATH")]
-    NotFound(String),
-    /// A NUL byte in what it names (a C string cannot hold one).
-    #[error("a NUL byte in {0}")]
-    Nul(String),
-}
-
-/// Finds `command` the way a shell would: as a path if it has a slash, else in PATH.
-pub fn resolve_program(command: &str, path_var: Option<&str>) -> Result<CString, SpecError> {
-    let found = if command.contains('/') {
-        Some(std::path::PathBuf::from(command))
-    } else {
-        path_var
-            .unwrap_or("/usr/local/bin:/usr/bin:/bin")
-            .split(':')
-            .filter(|d| !d.is_empty())
-            .map(|d| std::path::Path::new(d).join(command))
-            .find(|p| is_executable(p))
-    };
-    match found {
-        Some(p) if is_executable(&p) => CString::new(p.as_os_str().as_encoded_bytes())
-            .map_err(|_| SpecError::Nul("the command".into())),
-        Some(p) => Err(SpecError::NotExecutable(p)),
-        None => Err(SpecError::NotFound(command.to_owned())),
-    }
-}
-
-fn is_executable(p: &std::path::Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills two descriptors we then own.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 succeeded: two new descriptors that nothing else owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
 /// The child's view: raw pointers into the parent's (copied) memory.
-struct ChildArgs<'a> {
-    spec: &'a Spec,
-    argv: Vec<*const libc::c_char>,
-    envp: Vec<*const libc::c_char>,
-    go: RawFd,
-    report: RawFd,
-    init: bool,
+pub(super) struct ChildArgs<'a> {
+    pub(super) spec: &'a Spec,
+    pub(super) argv: Vec<*const libc::c_char>,
+    pub(super) envp: Vec<*const libc::c_char>,
+    pub(super) go: RawFd,
+    pub(super) report: RawFd,
+    pub(super) init: bool,
     /// The supervisor's pid, to tell whether it died before the child armed its
     /// parent-death signal.
-    supervisor: libc::pid_t,
+    pub(super) supervisor: libc::pid_t,
 }
 
 /// Writes (step, errno) to the report pipe and exits: the supervisor reads it.
@@ -397,7 +107,7 @@ struct ChildArgs<'a> {
 /// # Safety
 ///
 /// Only in the cloned child before exec: it ends the calling process with `_exit`.
-unsafe fn fail(report: RawFd, step: usize) -> ! {
+unsafe fn fail(report: RawFd, step: Step) -> ! {
     let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
     let msg = [step as i32, errno];
     // SAFETY: writing 8 bytes from the stack.
@@ -432,7 +142,7 @@ unsafe fn exec_worker(a: &ChildArgs) -> ! {
             || libc::dup2(s.stdout, 1) < 0
             || libc::dup2(s.stderr, 2) < 0
         {
-            fail(a.report, 10);
+            fail(a.report, Step::RedirectOutput);
         }
         // Nothing the supervisor had open goes past exec (the report pipe stays until then).
         libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC);
@@ -444,25 +154,25 @@ unsafe fn exec_worker(a: &ChildArgs) -> ! {
                     && libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0
                     && *libc::__errno_location() != libc::EINVAL
                 {
-                    fail(a.report, 13);
+                    fail(a.report, Step::DropCapabilities);
                 }
             }
             if keep.0 != 0 && libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0 {
-                fail(a.report, 13);
+                fail(a.report, Step::DropCapabilities);
             }
         }
         if let Some(gid) = s.gid {
             if libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) != 0 {
-                fail(a.report, 6);
+                fail(a.report, Step::DropGroups);
             }
             if libc::syscall(libc::SYS_setresgid, gid, gid, gid) != 0 {
-                fail(a.report, 7);
+                fail(a.report, Step::SetGroup);
             }
         }
         if let Some(uid) = s.uid
             && libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0
         {
-            fail(a.report, 8);
+            fail(a.report, Step::SetUser);
         }
         if let Privileges::Keep(keep) = s.privileges {
             drop_capabilities(a, keep);
@@ -479,10 +189,10 @@ unsafe fn exec_worker(a: &ChildArgs) -> ! {
         if let Some(cwd) = &s.cwd
             && libc::chdir(cwd.as_ptr()) != 0
         {
-            fail(a.report, 9);
+            fail(a.report, Step::ChangeDirectory);
         }
         libc::execve(s.program.as_ptr(), a.argv.as_ptr(), a.envp.as_ptr());
-        fail(a.report, 11)
+        fail(a.report, Step::Exec)
     }
 }
 
@@ -533,7 +243,7 @@ unsafe fn drop_capabilities(a: &ChildArgs, keep: CapSet) {
                 0,
             ) != 0
         {
-            fail(a.report, 13);
+            fail(a.report, Step::DropCapabilities);
         }
         // Ambient: a kept capability survives exec for a worker that is not root.
         for cap in 0..64u32 {
@@ -546,11 +256,11 @@ unsafe fn drop_capabilities(a: &ChildArgs, keep: CapSet) {
                     0,
                 ) != 0
             {
-                fail(a.report, 13);
+                fail(a.report, Step::DropCapabilities);
             }
         }
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-            fail(a.report, 13);
+            fail(a.report, Step::DropCapabilities);
         }
     }
 }
@@ -748,7 +458,7 @@ const FORWARDED: [i32; 6] = [
     libc::SIGUSR2,
 ];
 
-extern "C" fn child_main(arg: *mut c_void) -> i32 {
+pub(super) extern "C" fn child_main(arg: *mut c_void) -> i32 {
     // SAFETY: `arg` is the ChildArgs the parent prepared; only system calls from here on.
     unsafe {
         let a = &*(arg as *const ChildArgs);
@@ -767,7 +477,7 @@ extern "C" fn child_main(arg: *mut c_void) -> i32 {
                 || libc::syscall(libc::SYS_setresgid, 0, 0, 0) != 0
                 || libc::syscall(libc::SYS_setresuid, 0, 0, 0) != 0
             {
-                fail(a.report, 8);
+                fail(a.report, Step::SetUser);
             }
             // The change of credentials cleared the parent-death signal: arm it again. A
             // supervisor that died before that closed its end of the report pipe (it
@@ -791,12 +501,12 @@ extern "C" fn child_main(arg: *mut c_void) -> i32 {
                 std::ptr::null(),
             ) != 0
             {
-                fail(a.report, 1);
+                fail(a.report, Step::MakeRootPrivate);
             }
             if let Some(dev) = &s.dev
                 && !show_dev(dev)
             {
-                fail(a.report, 17);
+                fail(a.report, Step::ShowOwnDevices);
             }
             if s.isolation.pid
                 && libc::mount(
@@ -807,10 +517,10 @@ extern "C" fn child_main(arg: *mut c_void) -> i32 {
                     std::ptr::null(),
                 ) != 0
             {
-                fail(a.report, 2);
+                fail(a.report, Step::MountProc);
             }
             if s.isolation.network && !mount_own_sysfs() {
-                fail(a.report, 15);
+                fail(a.report, Step::MountOwnSys);
             }
             for (source, target) in &s.binds {
                 if libc::mount(
@@ -821,24 +531,24 @@ extern "C" fn child_main(arg: *mut c_void) -> i32 {
                     std::ptr::null(),
                 ) != 0
                 {
-                    fail(a.report, 16);
+                    fail(a.report, Step::ShowOwnView);
                 }
             }
             if let Some(hide) = &s.hide
                 && libc::umount2(hide.as_ptr(), libc::MNT_DETACH) != 0
                 && *libc::__errno_location() != libc::EINVAL
             {
-                fail(a.report, 16);
+                fail(a.report, Step::ShowOwnView);
             }
             for r in &s.read_only {
                 if !make_read_only(r) {
-                    fail(a.report, 3);
+                    fail(a.report, Step::MakeReadOnly);
                 }
             }
             if let Some((dir, file)) = &s.ledger
                 && !show_own_ledger(dir, file)
             {
-                fail(a.report, 12);
+                fail(a.report, Step::ShowOwnLedger);
             }
             for path in &s.cover {
                 if libc::mount(
@@ -850,14 +560,14 @@ extern "C" fn child_main(arg: *mut c_void) -> i32 {
                 ) != 0
                     && *libc::__errno_location() != libc::ENOENT
                 {
-                    fail(a.report, 14);
+                    fail(a.report, Step::CoverControlSocket);
                 }
             }
         }
         if s.isolation.uts
             && libc::sethostname(s.hostname.as_ptr(), s.hostname.as_bytes().len()) != 0
         {
-            fail(a.report, 4);
+            fail(a.report, Step::SetHostname);
         }
         if !a.init {
             exec_worker(a);
@@ -881,7 +591,7 @@ extern "C" fn child_main(arg: *mut c_void) -> i32 {
             0usize,
         ) as libc::pid_t;
         if worker < 0 {
-            fail(a.report, 5);
+            fail(a.report, Step::ForkWorker);
         }
         if worker == 0 {
             exec_worker(a);
@@ -924,157 +634,32 @@ extern "C" fn child_main(arg: *mut c_void) -> i32 {
     }
 }
 
-/// How long a child may take from `clone()` to `exec`: mounts, credentials, the exec.
-const LAUNCH_TIMEOUT_MS: i32 = 30_000;
-
-/// Held by a launch while its child's ends of its pipes are open in this process.
-static CLONING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// A started worker: the process the supervisor waits for.
-#[derive(Debug)]
-pub struct Launched {
-    /// In the supervisor's PID namespace.
-    pub pid: i32,
+/// `a` + `/` + `b`, NUL-terminated, in `buf` (no allocation: in the child). False if it
+/// does not fit.
+fn join_path(buf: &mut [u8; 512], a: &[u8], b: &[u8]) -> bool {
+    if a.len() + 1 + b.len() + 1 > buf.len() {
+        return false;
+    }
+    buf[..a.len()].copy_from_slice(a);
+    buf[a.len()] = b'/';
+    buf[a.len() + 1..a.len() + 1 + b.len()].copy_from_slice(b);
+    buf[a.len() + 1 + b.len()] = 0;
+    true
 }
 
-/// Starts a worker. `join` runs in the supervisor with the child's pid before the child
-/// goes on (put it in its cgroups there); its error cancels the launch.
-pub fn launch(
-    spec: &Spec,
-    join: impl FnOnce(i32) -> Result<(), String>,
-) -> Result<Launched, LaunchError> {
-    let os = |step: &'static str| move |source: io::Error| LaunchError { step, source };
-    // From the pipes' creation until this process has closed the child's ends, no other
-    // launch may clone: its child would hold our report pipe's write end open, and our
-    // wait for exec would last as long as that child's own setup.
-    let cloning = CLONING.lock().unwrap_or_else(|e| e.into_inner());
-    let (go_read, go_write) = pipe().map_err(os("create a pipe"))?;
-    let (report_read, report_write) = pipe().map_err(os("create a pipe"))?;
-    let mut argv: Vec<*const libc::c_char> = spec.argv.iter().map(|a| a.as_ptr()).collect();
-    argv.push(std::ptr::null());
-    let mut envp: Vec<*const libc::c_char> = spec.envp.iter().map(|e| e.as_ptr()).collect();
-    envp.push(std::ptr::null());
-    let args = ChildArgs {
-        spec,
-        argv,
-        envp,
-        go: go_read.as_raw_fd(),
-        report: report_write.as_raw_fd(),
-        init: spec.isolation.pid,
-        supervisor: std::process::id() as libc::pid_t,
-    };
-    let i = &spec.isolation;
-    let mut flags = libc::SIGCHLD;
-    for (on, flag) in [
-        (i.pid, libc::CLONE_NEWPID),
-        (i.mount, libc::CLONE_NEWNS),
-        (i.ipc, libc::CLONE_NEWIPC),
-        (i.uts, libc::CLONE_NEWUTS),
-        (i.network, libc::CLONE_NEWNET),
-        (spec.host_ids.is_some(), libc::CLONE_NEWUSER),
-    ] {
-        if on {
-            flags |= flag;
-        }
-    }
-    const STACK: usize = 256 << 10;
-    let mut stack = vec![0u8; STACK];
-    // SAFETY: the child gets a copy of this address space (no CLONE_VM) and runs
-    // child_main on the top of `stack`, 16-byte aligned.
-    let pid = unsafe {
-        let top = stack.as_mut_ptr().add(STACK) as usize & !15;
-        libc::clone(
-            child_main,
-            top as *mut c_void,
-            flags,
-            (&raw const args) as *mut c_void,
-        )
-    };
-    if pid < 0 {
-        return Err(os("clone")(io::Error::last_os_error()));
-    }
-    drop(go_read);
-    drop(report_write);
-    drop(cloning);
-    let reap = || {
-        // SAFETY: our own child.
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-            libc::waitpid(pid, std::ptr::null_mut(), 0);
-        }
-    };
-    if let Some(first) = spec.host_ids {
-        // The child waits for "go": its namespace has no ids until these maps exist.
-        let map = format!("0 {first} {USERNS_BLOCK}\n");
-        for file in ["uid_map", "gid_map"] {
-            if let Err(e) = std::fs::write(format!("/proc/{pid}/{file}"), &map) {
-                reap();
-                return Err(LaunchError {
-                    step: "map the user namespace's ids",
-                    source: e,
-                });
-            }
-        }
-    }
-    if let Err(e) = join(pid) {
-        reap();
-        return Err(LaunchError {
-            step: "join the cgroups",
-            source: io::Error::other(e),
-        });
-    }
-    // SAFETY: one byte to our own pipe.
-    if unsafe { libc::write(go_write.as_raw_fd(), [1u8].as_ptr().cast(), 1) } != 1 {
-        reap();
-        return Err(os("start the child")(io::Error::last_os_error()));
-    }
-    drop(go_write);
-    // EOF on the report pipe: the worker exec'd. Eight bytes: a step failed. Nothing at
-    // all: the child is stuck, and must not freeze the supervisor with it.
-    let mut ready = libc::pollfd {
-        fd: report_read.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: poll on one descriptor we own, retried on EINTR.
-    while unsafe { libc::poll(&mut ready, 1, LAUNCH_TIMEOUT_MS) } < 0 {
-        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            reap();
-            return Err(os("wait for the child")(io::Error::last_os_error()));
-        }
-    }
-    if ready.revents == 0 {
-        reap();
-        return Err(LaunchError {
-            step: "exec",
-            source: io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!(
-                    "the child did not reach exec within {} s; killed",
-                    LAUNCH_TIMEOUT_MS / 1000
-                ),
-            ),
-        });
-    }
-    let mut msg = [0i32; 2];
-    // SAFETY: reading into a local buffer.
-    let n = unsafe { libc::read(report_read.as_raw_fd(), msg.as_mut_ptr().cast(), 8) };
-    if n == 8 {
-        reap();
-        let step = STEPS.get(msg[0] as usize).copied().unwrap_or("start");
-        return Err(LaunchError {
-            step,
-            source: io::Error::from_raw_os_error(msg[1]),
-        });
-    }
-    Ok(Launched { pid })
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// How a waited-for process ended, as a shell would say it (128 + signal).
-pub fn exit_code(status: i32) -> i32 {
-    if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        128 + libc::WTERMSIG(status)
+    #[test]
+    fn paths_are_joined_nul_terminated_or_refused_when_too_long() {
+        let mut buf = [0xffu8; 512];
+        assert!(join_path(&mut buf, b"/dev", b"nvidia0"));
+        assert_eq!(&buf[..13], b"/dev/nvidia0\0");
+        // "/dev" + '/' + name + NUL in 512 bytes: a name of 506 bytes fits, 507 does not.
+        let long = [b'a'; 507];
+        assert!(join_path(&mut buf, b"/dev", &long[..506]));
+        assert_eq!(buf[511], 0);
+        assert!(!join_path(&mut buf, b"/dev", &long));
     }
 }

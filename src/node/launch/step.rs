@@ -1,0 +1,109 @@
+//! The steps of a worker's start in the cloned child, as the child reports the one that
+//! failed to the supervisor (its number and `errno`, on a pipe), and the error they make.
+
+use std::io;
+
+/// A step of the child's work between `clone()` and `exec`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i32)]
+pub enum Step {
+    WaitForSupervisor,
+    MakeRootPrivate,
+    MountProc,
+    MakeReadOnly,
+    SetHostname,
+    ForkWorker,
+    DropGroups,
+    SetGroup,
+    SetUser,
+    ChangeDirectory,
+    RedirectOutput,
+    Exec,
+    ShowOwnLedger,
+    DropCapabilities,
+    CoverControlSocket,
+    MountOwnSys,
+    ShowOwnView,
+    ShowOwnDevices,
+}
+
+impl Step {
+    const ALL: [Step; 18] = [
+        Step::WaitForSupervisor,
+        Step::MakeRootPrivate,
+        Step::MountProc,
+        Step::MakeReadOnly,
+        Step::SetHostname,
+        Step::ForkWorker,
+        Step::DropGroups,
+        Step::SetGroup,
+        Step::SetUser,
+        Step::ChangeDirectory,
+        Step::RedirectOutput,
+        Step::Exec,
+        Step::ShowOwnLedger,
+        Step::DropCapabilities,
+        Step::CoverControlSocket,
+        Step::MountOwnSys,
+        Step::ShowOwnView,
+        Step::ShowOwnDevices,
+    ];
+
+    /// The step the child reported by its number, if it is one.
+    pub fn from_report(n: i32) -> Option<Step> {
+        Step::ALL.iter().copied().find(|s| *s as i32 == n)
+    }
+
+    /// What the step does, as errors say it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Step::WaitForSupervisor => "wait for the supervisor",
+            Step::MakeRootPrivate => "make / private",
+            Step::MountProc => "mount /proc",
+            Step::MakeReadOnly => "make a path read-only",
+            Step::SetHostname => "set the hostname",
+            Step::ForkWorker => "fork the worker",
+            Step::DropGroups => "drop supplementary groups",
+            Step::SetGroup => "set the group",
+            Step::SetUser => "set the user",
+            Step::ChangeDirectory => "change directory",
+            Step::RedirectOutput => "redirect output",
+            Step::Exec => "exec",
+            Step::ShowOwnLedger => "show the worker its own ledger only",
+            Step::DropCapabilities => "drop capabilities",
+            Step::CoverControlSocket => "cover the control socket",
+            Step::MountOwnSys => "mount its own /sys",
+            Step::ShowOwnView => "show the worker its own memory and CPUs",
+            Step::ShowOwnDevices => "show the worker its own GPUs' device nodes",
+        }
+    }
+}
+
+/// What went wrong in the child, and at which step.
+#[derive(Debug)]
+pub struct LaunchError {
+    pub step: &'static str,
+    pub source: io::Error,
+}
+
+impl std::fmt::Display for LaunchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.step, self.source)
+    }
+}
+
+impl std::error::Error for LaunchError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_step_comes_back_from_its_report() {
+        for s in Step::ALL {
+            assert_eq!(Step::from_report(s as i32), Some(s));
+        }
+        assert_eq!(Step::from_report(Step::ALL.len() as i32), None);
+        assert_eq!(Step::from_report(-1), None);
+    }
+}
