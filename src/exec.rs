@@ -48,7 +48,7 @@ pub enum ExecError {
     #[error(transparent)]
     Spec(#[from] crate::launch::SpecError),
     #[error("cannot apply the limits asked for: {0}")]
-    Limits(String),
+    Limits(#[from] crate::cgroups::Unsupported),
     #[error(transparent)]
     Cgroup(#[from] crate::cgroups::CgroupError),
     #[error("cannot start {command}: {source}")]
@@ -85,7 +85,7 @@ pub fn exec(o: ExecOptions) -> Result<i32, ExecError> {
             why: "no host limits asked for".into(),
         }
     };
-    hierarchy.supports(&o.limits).map_err(ExecError::Limits)?;
+    hierarchy.supports(&o.limits)?;
     let spec = Spec {
         program,
         argv: cstrings(o.command.iter().cloned())?,
@@ -138,9 +138,7 @@ pub fn exec(o: ExecOptions) -> Result<i32, ExecError> {
         }
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
-    let result = launch::launch(&spec, |pid| {
-        cgroup.add(pid as u32).map_err(|e| e.to_string())
-    });
+    let result = launch::launch(&spec, |pid| cgroup.add(pid as u32));
     let child = match result {
         Ok(c) => c,
         Err(e) => {

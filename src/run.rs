@@ -212,7 +212,7 @@ impl Running {
         for (m, why) in ledgers.into_iter().enumerate() {
             if let Some(why) = why {
                 let name = sup.config().models[m].name.clone();
-                sup.unusable(&name, why);
+                sup.unusable(&name, why.to_string());
             }
         }
         let demand = tx.clone();

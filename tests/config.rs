@@ -3,6 +3,7 @@
 
 mod common;
 use common::*;
+use cuvisor::config::secrets::SecretError;
 use std::process::Command;
 
 fn check(text: &str) -> (i32, String, String) {
@@ -621,15 +622,15 @@ impl cuvisor::config::Host for FakeHost {
     fn exists(&self, path: &std::path::Path) -> bool {
         path == std::path::Path::new("/data")
     }
-    fn read_token(&self, path: &std::path::Path) -> Result<String, String> {
+    fn read_token(&self, path: &std::path::Path) -> Result<String, SecretError> {
         if path == std::path::Path::new("/secret/token") {
             Ok("0123456789abcdef".into())
         } else {
-            Err("cannot read: No such file or directory (os error 2)".into())
+            Err(std::io::Error::from_raw_os_error(libc::ENOENT).into())
         }
     }
-    fn read_keys(&self, _: &std::path::Path) -> Result<Vec<String>, String> {
-        Err("other users can read it (mode 0644): chmod 600".into())
+    fn read_keys(&self, _: &std::path::Path) -> Result<Vec<String>, SecretError> {
+        Err(SecretError::Shared { mode: 0o644 })
     }
     fn online_cpus(&self) -> Option<cuvisor::config::cpus::CpuSet> {
         "0-3".parse().ok()

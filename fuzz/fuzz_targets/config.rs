@@ -5,6 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use cuvisor::config::secrets::SecretError;
 use std::path::Path;
 
 /// A host with one user and group, a few files, a token, keys and four CPUs.
@@ -26,10 +27,10 @@ impl cuvisor::config::Host for FuzzHost {
     fn exists(&self, path: &Path) -> bool {
         path.starts_with("/files") || path == Path::new("/")
     }
-    fn read_token(&self, path: &Path) -> Result<String, String> {
-        self.is_file(path).then(|| "0123456789abcdef".to_owned()).ok_or_else(|| "cannot read".to_owned())
+    fn read_token(&self, path: &Path) -> Result<String, SecretError> {
+        self.is_file(path).then(|| "0123456789abcdef".to_owned()).ok_or(SecretError::NotAFile)
     }
-    fn read_keys(&self, path: &Path) -> Result<Vec<String>, String> {
+    fn read_keys(&self, path: &Path) -> Result<Vec<String>, SecretError> {
         self.read_token(path).map(|k| vec![k])
     }
     fn online_cpus(&self) -> Option<cuvisor::config::cpus::CpuSet> {

@@ -5,6 +5,7 @@ use super::gpus::Policy;
 use super::host::Host;
 use super::python::Envs;
 use super::raw::*;
+use super::secrets::SecretError;
 use super::types::*;
 use cuvisor_common::ledger::{self, valid_model_name};
 use std::collections::BTreeMap;
@@ -31,7 +32,7 @@ impl Checker<'_> {
         &mut self,
         field: &str,
         v: &Spanned<String>,
-        read: impl Fn(&dyn Host, &Path) -> Result<(), String>,
+        read: impl Fn(&dyn Host, &Path) -> Result<(), SecretError>,
     ) -> Option<PathBuf> {
         let p = self.absolute(field, v)?;
         match read(self.host, &p) {

@@ -20,11 +20,16 @@ pub struct CpuSet(Vec<u32>);
 /// The highest CPU number accepted (the kernel's `NR_CPUS` is at most 8192).
 const MAX_CPU: u32 = 8191;
 
-impl FromStr for CpuSet {
-    type Err = String;
+/// A CPU list that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("\"{0}\": expected CPU numbers and ranges such as \"0-7,16-23\"")]
+pub struct NotACpuList(pub String);
 
-    fn from_str(s: &str) -> Result<CpuSet, String> {
-        let bad = || format!("\"{s}\": expected CPU numbers and ranges such as \"0-7,16-23\"");
+impl FromStr for CpuSet {
+    type Err = NotACpuList;
+
+    fn from_str(s: &str) -> Result<CpuSet, NotACpuList> {
+        let bad = || NotACpuList(s.to_owned());
         let mut cpus = Vec::new();
         for part in s.split(',') {
             let (first, last) = match part.split_once('-') {
@@ -120,7 +125,7 @@ mod tests {
             assert!(bad.parse::<CpuSet>().is_err(), "{bad:?}");
         }
         assert_eq!(
-            "x".parse::<CpuSet>().unwrap_err(),
+            "x".parse::<CpuSet>().unwrap_err().to_string(),
             "\"x\": expected CPU numbers and ranges such as \"0-7,16-23\""
         );
     }

@@ -4,7 +4,7 @@
 //! machine that checks it.
 
 use super::cpus::CpuSet;
-use super::secrets;
+use super::secrets::{self, SecretError};
 use std::path::Path;
 
 /// The host lookups of [`super::Config::parse_on`].
@@ -17,9 +17,9 @@ pub trait Host {
     fn is_file(&self, path: &Path) -> bool;
     fn exists(&self, path: &Path) -> bool;
     /// `listen_token`'s token ([`secrets::read_token`]).
-    fn read_token(&self, path: &Path) -> Result<String, String>;
+    fn read_token(&self, path: &Path) -> Result<String, SecretError>;
     /// `api_keys`' keys ([`secrets::read_keys`]).
-    fn read_keys(&self, path: &Path) -> Result<Vec<String>, String>;
+    fn read_keys(&self, path: &Path) -> Result<Vec<String>, SecretError>;
     fn online_cpus(&self) -> Option<CpuSet>;
 }
 
@@ -42,10 +42,10 @@ impl Host for SystemHost {
     fn exists(&self, path: &Path) -> bool {
         path.exists()
     }
-    fn read_token(&self, path: &Path) -> Result<String, String> {
+    fn read_token(&self, path: &Path) -> Result<String, SecretError> {
         secrets::read_token(path)
     }
-    fn read_keys(&self, path: &Path) -> Result<Vec<String>, String> {
+    fn read_keys(&self, path: &Path) -> Result<Vec<String>, SecretError> {
         secrets::read_keys(path)
     }
     fn online_cpus(&self) -> Option<CpuSet> {

@@ -5,35 +5,49 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
+/// Why a secret's file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("cannot read: {0}")]
+    Unreadable(#[from] std::io::Error),
+    #[error("not a regular file")]
+    NotAFile,
+    #[error("other users can read it (mode {mode:04o}): chmod 600")]
+    Shared { mode: u32 },
+    #[error("expected one token of at least 16 characters, without spaces")]
+    NotAToken,
+    #[error("expected one key per line, each of at least 16 characters")]
+    NotKeys,
+}
+
 /// A secret's file: a regular file that only its owner can read (no symbolic link).
-pub fn read_private(path: &Path) -> Result<String, String> {
-    let meta = std::fs::symlink_metadata(path).map_err(|e| format!("cannot read: {e}"))?;
+pub fn read_private(path: &Path) -> Result<String, SecretError> {
+    let meta = std::fs::symlink_metadata(path)?;
     if !meta.file_type().is_file() {
-        return Err("not a regular file".into());
+        return Err(SecretError::NotAFile);
     }
     if meta.mode() & 0o077 != 0 {
-        return Err(format!(
-            "other users can read it (mode {:04o}): chmod 600",
-            meta.mode() & 0o7777
-        ));
+        return Err(SecretError::Shared {
+            mode: meta.mode() & 0o7777,
+        });
     }
-    std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))
+    Ok(std::fs::read_to_string(path)?)
 }
 
 /// The token of `listen_token`: a private file (see `read_private`) holding at least 16
 /// characters (surrounding whitespace is not part of it).
-pub fn read_token(path: &Path) -> Result<String, String> {
+pub fn read_token(path: &Path) -> Result<String, SecretError> {
     let text = read_private(path)?;
     let token = text.trim();
     if token.len() < 16 || token.chars().any(char::is_whitespace) {
-        return Err("expected one token of at least 16 characters, without spaces".into());
+        return Err(SecretError::NotAToken);
     }
     Ok(token.to_owned())
 }
 
 /// The API keys of `api_keys`: one per line (blank lines and `#` comments skipped), each
 /// at least 16 characters; the file must be readable by its owner only.
-pub fn read_keys(path: &Path) -> Result<Vec<String>, String> {
+pub fn read_keys(path: &Path) -> Result<Vec<String>, SecretError> {
     let text = read_private(path)?;
     let keys: Vec<String> = text
         .lines()
@@ -46,7 +60,7 @@ pub fn read_keys(path: &Path) -> Result<Vec<String>, String> {
             .iter()
             .any(|k| k.len() < 16 || k.contains(char::is_whitespace))
     {
-        return Err("expected one key per line, each of at least 16 characters".into());
+        return Err(SecretError::NotKeys);
     }
     Ok(keys)
 }

@@ -87,7 +87,10 @@ pub enum SetupError {
     #[error(
         "model {model}: its host limits cannot be enforced: {why}; set allow_unlimited = true in [supervisor] to run without them"
     )]
-    Unenforced { model: String, why: String },
+    Unenforced {
+        model: String,
+        why: crate::cgroups::Unsupported,
+    },
     #[error("cannot start the {0} thread: {1}")]
     Thread(&'static str, std::io::Error),
     #[error(
@@ -398,10 +401,7 @@ impl Launcher {
                 views.add(&leaf, source);
                 leaf.clone()
             });
-        let launched = launch::launch(&spec, |pid| {
-            cgroup.add(pid as u32).map_err(|e| e.to_string())
-        })
-        .inspect_err(|_| {
+        let launched = launch::launch(&spec, |pid| cgroup.add(pid as u32)).inspect_err(|_| {
             let _ = cgroup.remove();
             if let (Some(views), Some(leaf)) = (&self.views, &view) {
                 views.remove(leaf);
@@ -425,7 +425,7 @@ impl Launcher {
 pub fn prepare(
     config: &Config,
     cgroup_root: &Path,
-) -> Result<(Hierarchy, Vec<Option<String>>), SetupError> {
+) -> Result<(Hierarchy, Vec<Option<LedgerError>>), SetupError> {
     let hierarchy = Hierarchy::detect(cgroup_root, &config.supervisor.cgroup_name);
     let mut unenforced = Vec::new();
     for m in &config.models {
@@ -483,7 +483,7 @@ pub fn prepare(
             }
             Err(e) => {
                 log(&format!("model {}: {e}", cfg.name));
-                Some(e.to_string())
+                Some(e)
             }
         })
         .collect();

@@ -9,6 +9,9 @@
 //! | `GET /metrics` | OpenMetrics text |
 //! | `GET /healthz` | `ok` |
 
+/// Moved to [`super::client`]; these paths stay for one release.
+pub use super::client::{request, request_waiting};
+use super::server::ANSWER_TIMEOUT;
 /// Moved to [`super::server`]; these paths stay for one release.
 pub use super::server::{ServeError, ServerThread};
 use crate::config::SupervisorConfig;
@@ -26,10 +29,9 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -45,8 +47,6 @@ const MAX_HEAD: usize = 8192;
 /// that they hold no descriptor. The Unix socket has its own: TCP clients cannot crowd
 /// out the CLI.
 const MAX_CONNECTIONS: usize = 32;
-/// How long the supervisor has to answer.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// A hibernate or wake is answered when the model's processes acknowledged, or when the
 /// supervisor's wait for them ends: twice, for a wake that first makes room.
 pub const POWER_ANSWER_TIMEOUT: Duration =
@@ -389,47 +389,6 @@ fn http(answer: Answer, backend: &Backend) -> Reply {
             serde_json::json!({"error": "the supervisor is stopping"}).to_string(),
         ),
     }
-}
-
-/// One request to a supervisor's control socket: (HTTP status, body).
-pub fn request(socket: &Path, method: &str, path: &str) -> Result<(u16, String), String> {
-    request_waiting(
-        socket,
-        method,
-        path,
-        ANSWER_TIMEOUT + Duration::from_secs(5),
-    )
-}
-
-/// [`request`], waiting at most `wait` for the answer (a hibernate or wake is answered
-/// when the model's processes have moved their memory).
-pub fn request_waiting(
-    socket: &Path,
-    method: &str,
-    path: &str,
-    wait: Duration,
-) -> Result<(u16, String), String> {
-    let mut stream = UnixStream::connect(socket).map_err(|e| {
-        format!(
-            "control socket {}: {e} (is `cuvisor run` running?)",
-            socket.display()
-        )
-    })?;
-    let _ = stream.set_read_timeout(Some(wait));
-    write!(stream, "{method} {path} HTTP/1.1\r\nHost: cuvisor\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|e| e.to_string())?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or("a malformed answer")?;
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or("a malformed status line")?;
-    Ok((code, body.to_owned()))
 }
 
 /// GPU memory used of what the quota allows: the quota holds on each GPU, so a model on

@@ -1,4 +1,4 @@
-//! The servers: the control API ([`control`]), the OpenAI front door ([`gateway`]: its
+//! The servers: the control API ([`control`], and its [`client`]), the OpenAI front door ([`gateway`]: its
 //! routes and queues in `routes.rs`, its connections to the instances in `upstream.rs`),
 //! their metrics ([`metrics`]) and what they share ([`server`]: the event loop on a thread
 //! of its own, start-up errors, the comparison of secrets).
@@ -7,6 +7,7 @@
 //! configuration; they never touch the host's effects (`node/`), and the node never
 //! touches them: `tests/workspace.rs` keeps it so.
 
+pub mod client;
 pub mod control;
 pub mod gateway;
 pub mod metrics;

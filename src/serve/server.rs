@@ -2,6 +2,10 @@
 //! its start-up errors, and the comparison of secrets.
 
 use std::path::PathBuf;
+use std::time::Duration;
+
+/// How long the supervisor has to answer.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A server's event loop on a thread of its own. Dropped, it ends: its tasks are
 /// cancelled and its listeners closed.
@@ -75,7 +79,7 @@ pub enum ServeError {
     Secret {
         key: &'static str,
         path: PathBuf,
-        why: String,
+        why: crate::config::secrets::SecretError,
     },
     #[error("{name}: cannot start its event loop: {source}")]
     Start {

@@ -21,6 +21,19 @@ pub use files::CgroupError;
 use files::*;
 use std::path::{Path, PathBuf};
 
+/// Why the limits asked for cannot be enforced on this host.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unsupported {
+    /// No usable cgroup hierarchy, and why (as its detection found).
+    #[error("{0}")]
+    NoCgroups(String),
+    #[error("the cgroup v1 {controller} controller is {why}")]
+    V1Controller {
+        controller: &'static str,
+        why: &'static str,
+    },
+}
+
 /// Limits for one worker.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Limits {
@@ -149,10 +162,10 @@ impl Hierarchy {
     }
 
     /// Whether every limit in `limits` can be enforced here; if not, why.
-    pub fn supports(&self, limits: &Limits) -> Result<(), String> {
+    pub fn supports(&self, limits: &Limits) -> Result<(), Unsupported> {
         match self {
             Hierarchy::V2 { .. } => Ok(()),
-            Hierarchy::None { why } if limits.any() => Err(why.clone()),
+            Hierarchy::None { why } if limits.any() => Err(Unsupported::NoCgroups(why.clone())),
             Hierarchy::None { .. } => Ok(()),
             Hierarchy::V1 { .. } => {
                 // In the order of `v1_controllers`.
@@ -166,10 +179,8 @@ impl Hierarchy {
                 self.v1_controllers()
                     .into_iter()
                     .zip(wanted)
-                    .find_map(|((name, c), wanted)| match c {
-                        Err(why) if wanted => {
-                            Some(format!("the cgroup v1 {name} controller is {why}"))
-                        }
+                    .find_map(|((controller, c), wanted)| match c {
+                        Err(why) if wanted => Some(Unsupported::V1Controller { controller, why }),
                         _ => None,
                     })
                     .map_or(Ok(()), Err)

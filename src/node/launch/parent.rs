@@ -5,6 +5,7 @@ use super::child::{ChildArgs, child_main};
 use super::spec::*;
 use super::step::{LaunchError, Step};
 use crate::config::USERNS_BLOCK;
+use crate::node::cgroups::CgroupError;
 use std::ffi::c_void;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -36,9 +37,9 @@ pub struct Launched {
 /// goes on (put it in its cgroups there); its error cancels the launch.
 pub fn launch(
     spec: &Spec,
-    join: impl FnOnce(i32) -> Result<(), String>,
+    join: impl FnOnce(i32) -> Result<(), CgroupError>,
 ) -> Result<Launched, LaunchError> {
-    let os = |step: &'static str| move |source: io::Error| LaunchError { step, source };
+    let os = |step: &'static str| move |source: io::Error| LaunchError::Step { step, source };
     // From the pipes' creation until this process has closed the child's ends, no other
     // launch may clone: its child would hold our report pipe's write end open, and our
     // wait for exec would last as long as that child's own setup.
@@ -104,7 +105,7 @@ pub fn launch(
         for file in ["uid_map", "gid_map"] {
             if let Err(e) = std::fs::write(format!("/proc/{pid}/{file}"), &map) {
                 reap();
-                return Err(LaunchError {
+                return Err(LaunchError::Step {
                     step: "map the user namespace's ids",
                     source: e,
                 });
@@ -113,10 +114,7 @@ pub fn launch(
     }
     if let Err(e) = join(pid) {
         reap();
-        return Err(LaunchError {
-            step: "join the cgroups",
-            source: io::Error::other(e),
-        });
+        return Err(LaunchError::Join(e));
     }
     // SAFETY: one byte to our own pipe.
     if unsafe { libc::write(go_write.as_raw_fd(), [1u8].as_ptr().cast(), 1) } != 1 {
@@ -140,7 +138,7 @@ pub fn launch(
     }
     if ready.revents == 0 {
         reap();
-        return Err(LaunchError {
+        return Err(LaunchError::Step {
             step: "exec",
             source: io::Error::new(
                 io::ErrorKind::TimedOut,
@@ -157,7 +155,7 @@ pub fn launch(
     if n == 8 {
         reap();
         let step = Step::from_report(msg[0]).map_or("start", Step::describe);
-        return Err(LaunchError {
+        return Err(LaunchError::Step {
             step,
             source: io::Error::from_raw_os_error(msg[1]),
         });

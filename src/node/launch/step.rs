@@ -1,6 +1,7 @@
 //! The steps of a worker's start in the cloned child, as the child reports the one that
 //! failed to the supervisor (its number and `errno`, on a pipe), and the error they make.
 
+use crate::node::cgroups::CgroupError;
 use std::io;
 
 /// A step of the child's work between `clone()` and `exec`.
@@ -79,20 +80,18 @@ impl Step {
     }
 }
 
-/// What went wrong in the child, and at which step.
-#[derive(Debug)]
-pub struct LaunchError {
-    pub step: &'static str,
-    pub source: io::Error,
+/// Why a worker did not start: a step failed (in the child, or the supervisor's part
+/// of it), or the child could not be put in its cgroups.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("{step}: {source}")]
+    Step {
+        step: &'static str,
+        source: io::Error,
+    },
+    #[error("join the cgroups: {0}")]
+    Join(#[source] CgroupError),
 }
-
-impl std::fmt::Display for LaunchError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.step, self.source)
-    }
-}
-
-impl std::error::Error for LaunchError {}
 
 #[cfg(test)]
 mod tests {

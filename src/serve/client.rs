@@ -1,0 +1,60 @@
+//! A client of the control API over its Unix socket, for the CLI, tests and programs
+//! that embed cuvisor: one request, its status code and body.
+
+use super::server::ANSWER_TIMEOUT;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How long [`request`] waits for an answer: the supervisor's own limit, and a margin.
+const WAIT: Duration = ANSWER_TIMEOUT.saturating_add(Duration::from_secs(5));
+
+/// Why a request to the control API got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("control socket {}: {source} (is `cuvisor run` running?)", socket.display())]
+    Connect {
+        socket: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("control socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("control socket: {0}")]
+    Malformed(&'static str),
+}
+
+/// One request to a supervisor's control socket: (HTTP status, body).
+pub fn request(socket: &Path, method: &str, path: &str) -> Result<(u16, String), ClientError> {
+    request_waiting(socket, method, path, WAIT)
+}
+
+/// [`request`], waiting at most `wait` for the answer (a hibernate or wake is answered
+/// when the model's processes have moved their memory).
+pub fn request_waiting(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    wait: Duration,
+) -> Result<(u16, String), ClientError> {
+    let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+        socket: socket.to_owned(),
+        source,
+    })?;
+    let _ = stream.set_read_timeout(Some(wait));
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: cuvisor\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or(ClientError::Malformed("a malformed answer"))?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or(ClientError::Malformed("a malformed status line"))?;
+    Ok((code, body.to_owned()))
+}
