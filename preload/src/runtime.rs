@@ -8,7 +8,9 @@ use crate::ffi::*;
 use crate::records::{PointerTable, Records};
 use cuvisor_common::contract::{Contract, LogLevel, Mode};
 use cuvisor_common::gpu::GpuUuid;
-use cuvisor_common::ledger::{Attachment, CreateOptions, GpuIndex, LedgerFile, Refusal};
+use cuvisor_common::ledger::{
+    Attachment, CreateOptions, GpuIndex, LedgerError, LedgerFile, Refusal,
+};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicI8, AtomicPtr, AtomicU8, Ordering};
@@ -19,7 +21,7 @@ const MAX_DEVICES: usize = 64;
 pub struct Runtime {
     pub config: Contract,
     /// This process's place in the model's ledger, opened on first need.
-    account: OnceLock<Result<Attachment<'static>, String>>,
+    account: OnceLock<Result<Attachment<'static>, LedgerError>>,
     /// Device pointers the shim charged (plain, pitched, managed, stream-ordered).
     pub ptrs: PointerTable,
     /// VMM physical handles (cuMemCreate).
@@ -116,10 +118,9 @@ impl Runtime {
             let options = CreateOptions {
                 group: c.ledger_group,
             };
-            let file = LedgerFile::open_or_create(&c.ledger_dir, &c.model, c.quota, options)
-                .map_err(|e| e.to_string())?;
+            let file = LedgerFile::open_or_create(&c.ledger_dir, &c.model, c.quota, options)?;
             let file: &'static LedgerFile = Box::leak(Box::new(file));
-            file.attach().map_err(|e| e.to_string())
+            file.attach()
         });
         match attached {
             Ok(a) => {
