@@ -19,7 +19,10 @@
 //! | [`config`] | declared values only; the host reached through [`config::Host`] |
 //! | `cuvisor-common` ([`size`], [`gpu`], [`contract`], the ledger format) | shared with the shim |
 //!
-//! A Rust program embeds a supervisor with [`run::Running`]. See the README.
+//! A Rust program embeds a supervisor with [`run::Running`]. What embedding relies on is
+//! [`config`], [`run::Running`], the status types ([`core::status`]), [`exec`] and the
+//! ledgers ([`ledger`]); the other modules are public for cuvisor's own binary, tests and
+//! tools, and may change between releases. See the README.
 //!
 //! The modules' paths before this layout stay for one release: [`supervisor`] and the
 //! re-exports below.

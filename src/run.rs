@@ -3,7 +3,7 @@
 //! [`run`], or a Rust program that embeds cuvisor (`examples/embed.rs`), starts one and
 //! stops it. Every event reaches its thread through one channel: the servers' calls, the
 //! node's reports, signals (where the program forwards them) and the stop; the loop
-//! ([`supervise`]) hands each to the core's [`Supervisor`] with the time.
+//! (`supervise`) hands each to the core's [`Supervisor`] with the time.
 
 use crate::config::{Config, RUN_DIR};
 use crate::core::Supervisor;

@@ -3,6 +3,13 @@
 //! Everything is checked at load, before anything starts: unknown keys, wrong types and
 //! invalid values are errors that name the file and the line. `docs/OPERATIONS.md`
 //! documents every key with an annotated example.
+//!
+//! The leaf of the crate's layers: it imports nothing of cuvisor but `cuvisor-common`,
+//! and reaches the host (users, groups, files, secrets, CPUs) only through [`Host`], so
+//! that a check can run against a host of a test's own. The file is read as `raw.rs`
+//! says (serde, every value with its place in the text), checked by `check.rs`
+//! (`[supervisor]`, the front door) and `model.rs` (each `[[model]]`) into the values of
+//! `types.rs`, which the rest of cuvisor reads.
 
 pub mod caps;
 pub mod cpus;

@@ -1,9 +1,13 @@
-//! Effects on the host: the supervisor's real `Effects` ([`system`]), a worker's
-//! namespaces and first steps ([`launch`]), cgroups, the models' view of their memory and
-//! CPUs ([`view`]), Python environments, NVML, the ledgers' isolated operations, and the
-//! process helpers. It may import the configuration and the pure decisions (`lifecycle`,
-//! `placement`); it never imports the servers (the control API, the front door, metrics):
-//! a test keeps it so.
+//! Effects on the host: the supervisor's real `Effects` ([`system`]), a worker's launch
+//! plan and environment ([`worker`]), its namespaces and first steps ([`launch`]: the
+//! code after `clone()` apart, in `launch/child.rs`), cgroups ([`cgroups`]), the models'
+//! view of their memory and CPUs ([`view`]), Python environments ([`pyenv`]), NVML
+//! ([`nvml`]), the ledgers' isolated operations ([`ledger`]), and the process helpers
+//! ([`process`]: the supervisor's lock, subreaping, signals).
+//!
+//! It may import the configuration and the core (the decisions, the ports it implements,
+//! the status types); it never imports the servers (`serve/`), nor they it: a test in
+//! `tests/workspace.rs` keeps it so.
 
 pub mod cgroups;
 pub mod cpus;

@@ -29,7 +29,7 @@ pub struct Spec {
     /// With a mount namespace: the ledger directory, and the model's ledger in it, the one
     /// file the worker sees there.
     pub ledger: Option<(CString, CString)>,
-    /// With `isolation.user`: the first of the [`USERNS_BLOCK`] host ids that ids 0.. in
+    /// With `isolation.user`: the first of the [`USERNS_BLOCK`](crate::config::USERNS_BLOCK) host ids that ids 0.. in
     /// the worker's user namespace map to (uids and gids alike).
     pub host_ids: Option<u32>,
     /// With a mount namespace: files bound over others (source, target), each read-only:
