@@ -11,7 +11,7 @@
 
 /// Moved to [`super::client`]; these paths stay for one release.
 pub use super::client::{request, request_waiting};
-use super::server::ANSWER_TIMEOUT;
+use super::server::{ANSWER_TIMEOUT, accept_loop};
 /// Moved to [`super::server`]; these paths stay for one release.
 pub use super::server::{ServeError, ServerThread};
 use crate::config::SupervisorConfig;
@@ -35,7 +35,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::Semaphore;
 
 /// A request's headers must arrive within this.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -155,56 +154,34 @@ pub fn serve(
         if let Some((listener, token)) = tcp {
             let listener =
                 tokio::net::TcpListener::from_std(listener).expect("a non-blocking socket");
-            tokio::spawn(accept_tcp(listener, token, tx.clone()));
+            let tx = tx.clone();
+            // The TCP listener has its own places: its clients cannot crowd out the CLI.
+            tokio::spawn(accept_loop(
+                listener,
+                "control API",
+                Some(MAX_CONNECTIONS),
+                move |stream| connection(stream, Access::Token(token.clone()), tx.clone()),
+            ));
         }
-        accept_unix(unix, tx).await;
+        let me = euid();
+        accept_loop(
+            unix,
+            "control API",
+            Some(MAX_CONNECTIONS),
+            move |stream: tokio::net::UnixStream| {
+                let access = match stream.peer_cred() {
+                    Ok(c) if c.uid() == 0 || c.uid() == me => Access::Local,
+                    _ => Access::Stranger,
+                };
+                connection(stream, access, tx.clone())
+            },
+        )
+        .await;
     })?;
     Ok(Server {
         socket: path.clone(),
         _thread: thread,
     })
-}
-
-/// What to do after an accept fails (out of descriptors, most likely): wait a little,
-/// instead of trying again at once in a tight loop.
-async fn accept_failed(e: std::io::Error) {
-    crate::log::log(&format!("control API: accept failed: {e}"));
-    tokio::time::sleep(Duration::from_millis(100)).await;
-}
-
-async fn accept_unix(listener: tokio::net::UnixListener, tx: Backend) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                let me = euid();
-                let access = match stream.peer_cred() {
-                    Ok(c) if c.uid() == 0 || c.uid() == me => Access::Local,
-                    _ => Access::Stranger,
-                };
-                if let Ok(slot) = slots.clone().try_acquire_owned() {
-                    tokio::spawn(connection(stream, access, tx.clone(), slot));
-                }
-            }
-            Err(e) => accept_failed(e).await,
-        }
-    }
-}
-
-async fn accept_tcp(listener: tokio::net::TcpListener, token: Arc<str>, tx: Backend) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                if let Ok(slot) = slots.clone().try_acquire_owned() {
-                    let access = Access::Token(token.clone());
-                    tokio::spawn(connection(stream, access, tx.clone(), slot));
-                }
-                // Otherwise the stream is dropped here: closed at once.
-            }
-            Err(e) => accept_failed(e).await,
-        }
-    }
 }
 
 /// This process's effective user.
@@ -214,12 +191,8 @@ fn euid() -> u32 {
 }
 
 /// One connection, one request, within the limits above.
-async fn connection<S>(
-    stream: S,
-    access: Access,
-    tx: Backend,
-    _slot: tokio::sync::OwnedSemaphorePermit,
-) where
+async fn connection<S>(stream: S, access: Access, tx: Backend)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = service_fn(move |request| {

@@ -98,3 +98,65 @@ pub fn same_secret(given: &[u8], secret: &[u8]) -> bool {
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
             == 0
 }
+
+/// A listening socket of a server: TCP or Unix.
+pub trait Listener: Send + 'static {
+    type Stream: Send + 'static;
+    fn accept(&self) -> impl std::future::Future<Output = std::io::Result<Self::Stream>> + Send;
+}
+
+impl Listener for tokio::net::TcpListener {
+    type Stream = tokio::net::TcpStream;
+    async fn accept(&self) -> std::io::Result<Self::Stream> {
+        let (stream, _) = tokio::net::TcpListener::accept(self).await?;
+        // Small writes (a streamed chunk) go out at once: no Nagle delay.
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+}
+
+impl Listener for tokio::net::UnixListener {
+    type Stream = tokio::net::UnixStream;
+    async fn accept(&self) -> std::io::Result<Self::Stream> {
+        tokio::net::UnixListener::accept(self).await.map(|(s, _)| s)
+    }
+}
+
+/// The one accept loop of every server: each connection to `serve` on a task of its own,
+/// with a place among `max_connections` (None: no limit) that it holds until it ends; a
+/// connection beyond the limit is closed as soon as it is accepted, so that it holds no
+/// descriptor. A failed accept (out of descriptors, most likely) is logged, and the loop
+/// waits a little instead of trying again at once.
+pub async fn accept_loop<L, F>(
+    listener: L,
+    what: &'static str,
+    max_connections: Option<usize>,
+    serve: impl Fn(L::Stream) -> F + Send + 'static,
+) where
+    L: Listener,
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let places = max_connections.map(|n| std::sync::Arc::new(tokio::sync::Semaphore::new(n)));
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                let place = match &places {
+                    None => None,
+                    Some(p) => match p.clone().try_acquire_owned() {
+                        Ok(place) => Some(place),
+                        Err(_) => continue, // the stream is dropped here: closed at once
+                    },
+                };
+                let connection = serve(stream);
+                tokio::spawn(async move {
+                    connection.await;
+                    drop(place);
+                });
+            }
+            Err(e) => {
+                crate::log::log(&format!("{what}: accept failed: {e}"));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}

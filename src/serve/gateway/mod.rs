@@ -8,6 +8,7 @@
 //! The supervisor keeps [`Routes`] current (an instance started, an instance gone); this
 //! module only reads it, checks health, and forwards.
 
+use super::server::accept_loop;
 /// Moved to [`crate::config::secrets`]; this path stays for one release.
 pub use crate::config::secrets::read_keys;
 use crate::metrics::Refused;
@@ -56,34 +57,23 @@ pub fn serve(
     super::server::ServerThread::spawn("front-door", move || async move {
         tokio::spawn(check_health(routes.clone()));
         let listener = tokio::net::TcpListener::from_std(listener).expect("a non-blocking socket");
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    // Streamed chunks go to the client at once: no Nagle delay.
-                    let _ = stream.set_nodelay(true);
+        accept_loop(listener, "front door", None, move |stream| {
+            let (routes, keys) = (routes.clone(), keys.clone());
+            async move {
+                let service = service_fn(move |request| {
                     let (routes, keys) = (routes.clone(), keys.clone());
-                    tokio::spawn(async move {
-                        let service = service_fn(move |request| {
-                            let (routes, keys) = (routes.clone(), keys.clone());
-                            async move {
-                                Ok::<_, std::convert::Infallible>(
-                                    handle(request, &routes, &keys).await,
-                                )
-                            }
-                        });
-                        let _ = http1::Builder::new()
-                            .timer(TokioTimer::new())
-                            .header_read_timeout(HEADER_TIMEOUT)
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                    });
-                }
-                Err(e) => {
-                    crate::log::log(&format!("front door: accept failed: {e}"));
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+                    async move {
+                        Ok::<_, std::convert::Infallible>(handle(request, &routes, &keys).await)
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
             }
-        }
+        })
+        .await;
     })
 }
 
