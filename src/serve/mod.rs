@@ -1,6 +1,6 @@
-//! The servers: the control API ([`control`], and its [`client`]), the OpenAI front door ([`gateway`]: its
-//! routes and queues in `routes.rs`, its connections to the instances in `upstream.rs`),
-//! their metrics ([`metrics`]) and what they share ([`server`]: the event loop on a thread
+//! The servers: the control API ([`control`], and its [`client`]), the OpenAI front door
+//! ([`gateway`]: its routes and queues in `routes.rs`, its connections to the instances
+//! in `upstream.rs`), their metrics ([`metrics`]) and what they share ([`server`]: the event loop on a thread
 //! of its own, the one accept loop with its connection limit, start-up errors, the
 //! comparison of secrets).
 //!
