@@ -656,12 +656,10 @@ fn a_cold_start_that_fits_pushes_out_nothing() {
     assert!(done.contains(&Done::Launch("c".into(), 0)));
 }
 
-/// A wake that needs room waits until the models pushed out for it have hibernated, and
-/// is then sent; it is answered when its own processes are done.
-#[test]
-fn a_wake_waits_for_the_room_made_for_it() {
+/// [`crowded`], then `c` running with 4 GiB (idle for 60 s) and `a` hibernated: waking
+/// `a` needs 4 GiB more, 12 > 10. Nothing recorded so far is left.
+fn crowded_with_a_asleep() -> (Sup, Instant) {
     let (mut s, t) = crowded();
-    // `c` runs with 4 GiB; `a` is hibernated: waking it needs 4 more, 12 > 10.
     s.effects.ledgers.insert("c".into(), ledger("c", 6, 4));
     s.handle(Request::Start("c".into()), t);
     s.launched(2, 0, Ok(Worker::new(102, Some(41002))), t);
@@ -674,7 +672,14 @@ fn a_wake_waits_for_the_room_made_for_it() {
     s.power("a", true, tx);
     s.powered(1, power_request(1, true, DONE));
     taken(&mut s);
+    (s, t)
+}
 
+/// A wake that needs room waits until the models pushed out for it have hibernated, and
+/// is then sent; it is answered when its own processes are done.
+#[test]
+fn a_wake_waits_for_the_room_made_for_it() {
+    let (mut s, t) = crowded_with_a_asleep();
     let (tx, mut rx) = tokio::sync::oneshot::channel();
     s.power("a", false, tx);
     // `c`, idle the longest (60 s), goes first; `a`'s wake is held back.
@@ -723,18 +728,7 @@ fn a_wake_waits_for_the_room_made_for_it() {
 /// waiting caller is told so, and the newer request goes out.
 #[test]
 fn a_wake_held_back_is_superseded_by_a_newer_request() {
-    let (mut s, t) = crowded();
-    s.effects.ledgers.insert("c".into(), ledger("c", 6, 4));
-    s.handle(Request::Start("c".into()), t);
-    s.launched(2, 0, Ok(Worker::new(102, Some(41002))), t);
-    s.door.ready("c", 0);
-    s.door
-        .idle
-        .borrow_mut()
-        .insert("c".into(), Duration::from_secs(60));
-    let (tx, _rx) = tokio::sync::oneshot::channel();
-    s.power("a", true, tx);
-    s.powered(1, power_request(1, true, DONE));
+    let (mut s, t) = crowded_with_a_asleep();
     let (tx, mut held) = tokio::sync::oneshot::channel();
     s.power("a", false, tx);
     taken(&mut s);
