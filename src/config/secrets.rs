@@ -14,17 +14,29 @@ pub enum SecretError {
     NotAFile,
     #[error("other users can read it (mode {mode:04o}): chmod 600")]
     Shared { mode: u32 },
+    #[error("it belongs to uid {owner}, not to this user (uid {me}) or root: chown it")]
+    Owner { owner: u32, me: u32 },
     #[error("expected one token of at least 16 characters, without spaces")]
     NotAToken,
     #[error("expected one key per line, each of at least 16 characters")]
     NotKeys,
 }
 
-/// A secret's file: a regular file that only its owner can read (no symbolic link).
+/// A secret's file: a regular file (no symbolic link) of this process's user or root,
+/// that only its owner can read. Another user's file is refused even so: that user could
+/// change the secret.
 pub fn read_private(path: &Path) -> Result<String, SecretError> {
     let meta = std::fs::symlink_metadata(path)?;
     if !meta.file_type().is_file() {
         return Err(SecretError::NotAFile);
+    }
+    // SAFETY: geteuid cannot fail and touches no memory.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(SecretError::Owner {
+            owner: meta.uid(),
+            me,
+        });
     }
     if meta.mode() & 0o077 != 0 {
         return Err(SecretError::Shared {
