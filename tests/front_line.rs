@@ -62,3 +62,68 @@ fn a_secret_file_of_another_user_is_refused() {
     let (code, err) = check(&dir, &settings);
     assert_eq!(code, Some(0), "{err}");
 }
+
+/// The peak resident memory of process `pid` (`VmHWM`), in bytes.
+fn peak_memory(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// The last `n` bytes of a file (empty if it is missing).
+fn tail(path: &std::path::Path, n: u64) -> Vec<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    let len = f.metadata().unwrap().len();
+    f.seek(SeekFrom::Start(len.saturating_sub(n))).unwrap();
+    let mut out = Vec::new();
+    f.read_to_end(&mut out).unwrap();
+    out
+}
+
+/// Finding 6: a worker's output costs the supervisor a fixed amount of memory, however it
+/// writes: here 256 MiB without a newline (which the supervisor used to hold whole).
+#[test]
+fn a_worker_writing_without_newlines_costs_the_supervisor_a_fixed_amount() {
+    let models = "[[model]]\nname = \"flood\"\ncommand = \"/bin/sh\"\n\
+                  args = [\"-c\", \"head -c 268435456 /dev/zero | tr '\\\\0' x; echo; echo done; sleep 60\"]\n\
+                  memory_limit = \"64MiB\"\n";
+    let mut s = common::supervisor::Supervisor::start("output-flood", models);
+    let before = peak_memory(s.pid());
+    let log = s.dir.path("logs").join("flood-0.log");
+    common::supervisor::wait_until(
+        "the output copied",
+        std::time::Duration::from_secs(120),
+        || tail(&log, 6) == b"\ndone\n",
+    );
+    let grown = peak_memory(s.pid()).saturating_sub(before);
+    assert!(grown < 32 << 20, "the supervisor grew by {grown} bytes");
+    assert_eq!(std::fs::metadata(&log).unwrap().len(), (256 << 20) + 6);
+    assert_eq!(s.stop().0, 0);
+}
+
+/// Finding 12: a byte that is not UTF-8 does not stop the copy of a worker's output (the
+/// worker used to die of SIGPIPE at its next write): it is written as U+FFFD.
+#[test]
+fn a_byte_that_is_not_utf8_does_not_stop_a_workers_output() {
+    let models = "[[model]]\nname = \"bytes\"\ncommand = \"/bin/sh\"\n\
+                  args = [\"-c\", \"printf 'one\\\\n\\\\377\\\\ntwo\\\\n'; sleep 1; echo three; sleep 60\"]\n";
+    let mut s = common::supervisor::Supervisor::start("output-bytes", models);
+    common::supervisor::wait_until("three", std::time::Duration::from_secs(10), || {
+        s.log("bytes-0").contains("three")
+    });
+    assert_eq!(s.log("bytes-0"), "one\n\u{fffd}\ntwo\nthree\n");
+    let m = s.model("bytes");
+    assert_eq!(
+        (m["state"].as_str(), m["restarts"].as_u64()),
+        (Some("running"), Some(0))
+    );
+    assert_eq!(s.stop().0, 0);
+}

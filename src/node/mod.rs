@@ -14,6 +14,7 @@ pub mod cpus;
 pub mod launch;
 pub mod ledger;
 pub mod nvml;
+pub mod output;
 pub mod process;
 pub mod pyenv;
 pub mod system;

@@ -5,6 +5,7 @@
 //! recording double in its place. What it reports back (a launch's result, a hibernate's)
 //! goes to the [`Report`] sink the composition root gives it.
 
+use super::output::{self, Copier};
 use crate::cgroups::{Cgroup, CgroupError, Hierarchy, Limits};
 use crate::config::{Config, Logs, ModelConfig, SupervisorConfig};
 pub use crate::core::effects::{Effects, PowerJob};
@@ -16,7 +17,6 @@ use crate::launch::{self, LaunchError, SpecError};
 use crate::ledger::{self, CreateOptions, LedgerError, LedgerFile};
 use crate::log::log;
 use crate::view::{self, Views};
-use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Sender, channel};
@@ -538,7 +538,8 @@ fn pipe_for_output() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Copies a worker's output, line by line, to the supervisor's stderr or its log file.
+/// Copies a worker's output to the supervisor's stderr or its log file, in bounded chunks
+/// ([`super::output`]).
 fn forward_output(output: OwnedFd, logs: &Logs, leaf: &str) -> std::io::Result<()> {
     let file = std::fs::File::from(output);
     let target = match logs {
@@ -560,16 +561,10 @@ fn forward_output(output: OwnedFd, logs: &Logs, leaf: &str) -> std::io::Result<(
     std::thread::Builder::new()
         .name(format!("output-{leaf}"))
         .spawn(move || {
-            let mut target = target;
-            for line in BufReader::new(file).lines().map_while(Result::ok) {
-                match &mut target {
-                    Some(f) => {
-                        let _ = writeln!(f, "{line}");
-                    }
-                    None => {
-                        let _ = writeln!(std::io::stderr(), "{prefix}{line}");
-                    }
-                }
+            let mut file = file;
+            match target {
+                Some(mut f) => output::copy(&mut file, Copier::new(None), &mut f),
+                None => output::copy(&mut file, Copier::new(Some(prefix)), &mut std::io::stderr()),
             }
         })
         .map(drop)

@@ -728,7 +728,7 @@ fn a_wake_waits_for_the_room_made_for_it() {
 /// waiting caller is told so, and the newer request goes out.
 #[test]
 fn a_wake_held_back_is_superseded_by_a_newer_request() {
-    let (mut s, t) = crowded_with_a_asleep();
+    let (mut s, _) = crowded_with_a_asleep();
     let (tx, mut held) = tokio::sync::oneshot::channel();
     s.power("a", false, tx);
     taken(&mut s);
