@@ -17,7 +17,7 @@ use crate::node::nvml::{Inventory, NvmlError};
 use crate::node::process::{self, LockError, SupervisorLock};
 use crate::node::system::{self, Report, SetupError, StartError, System, Worker};
 use crate::serve::gateway::{self, Routes};
-use crate::serve::server::ServeError;
+use crate::serve::server::{self, ServeError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -236,8 +236,22 @@ impl Running {
                     })?),
                     None => None,
                 };
-                let door = gateway::serve(addr, routes, keys)?;
-                log(&format!("front door: listening on {addr}"));
+                let instances = sup.config().models.iter().map(|m| u64::from(m.instances));
+                let configured = settings.http_max_connections;
+                let limit =
+                    server::connection_limit(configured, process::nofile(), instances.sum());
+                if limit < configured {
+                    log(&format!(
+                        "WARNING: front door: {limit} connections at once, not {configured}: \
+                         this process may open {} descriptors (raise its limit, or lower \
+                         http_max_connections)",
+                        process::nofile()
+                    ));
+                }
+                let door = gateway::serve(addr, routes, keys, limit)?;
+                log(&format!(
+                    "front door: listening on {addr}, at most {limit} connections at once"
+                ));
                 Some(door)
             }
         };
@@ -357,6 +371,8 @@ pub fn run(config: Config, shim: PathBuf) -> Result<i32, Error> {
     // Before any thread exists: every thread inherits the blocked signals.
     let set = process::block_signals();
     process::become_subreaper();
+    // Before any descriptor is opened for clients: every client holds one.
+    process::raise_nofile();
     let running = Running::start(config, shim)?;
     let events = running.sender();
     std::thread::Builder::new()

@@ -127,3 +127,139 @@ fn a_byte_that_is_not_utf8_does_not_stop_a_workers_output() {
     );
     assert_eq!(s.stop().0, 0);
 }
+
+fn servers() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/servers")
+}
+
+/// A served model running the OpenAI-compatible test server.
+fn served(name: &str, serve_extra: &str) -> String {
+    format!(
+        "[[model]]\nname = \"{name}\"\ncommand = \"python3\"\n\
+         args = [\"{}\", \"--port\", \"{{port}}\", \"--name\", \"{name}\"]\n\
+         restart = \"always\"\nbackoff_initial = \"10ms\"\nbackoff_max = \"10ms\"\n\
+         [model.serve]\nhealth = \"/health\"\n{serve_extra}\n",
+        servers().join("openai_model.py").display()
+    )
+}
+
+/// `cuvisor run` with the front door on a free port, through `wrapper`.
+fn front_door(
+    tag: &str,
+    settings: &str,
+    wrapper: &[&str],
+    models: &str,
+) -> (common::supervisor::Supervisor, u16) {
+    let http = cuvisor::node::process::free_port().unwrap();
+    let settings = format!("http = \"127.0.0.1:{http}\"\n{settings}");
+    (
+        common::supervisor::Supervisor::start_with(tag, &settings, wrapper, models),
+        http,
+    )
+}
+
+/// Sends `raw` to the front door and reads the answer until the server closes (or 10 s).
+fn exchange(port: u16, raw: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    c.write_all(raw).unwrap();
+    let mut answer = Vec::new();
+    let _ = c.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Whether an answer's status is 200 (the test server speaks HTTP/1.0, and the front
+/// door answers in its version for now: issue 26).
+fn ok(answer: &str) -> bool {
+    answer.split_whitespace().nth(1) == Some("200")
+}
+
+/// A chat completion for `model`, on a connection of its own.
+fn completion(model: &str) -> Vec<u8> {
+    let body = format!(
+        "{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"hi\"}}]}}"
+    );
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Raises this test process's own descriptor limit to its hard limit.
+fn raise_own_nofile() {
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
+        r.rlim_cur = r.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+    }
+}
+
+/// Finding 1: 1,100 idle connections to the front door of a supervisor started with the
+/// common soft limit of 1,024 descriptors no longer take all of them: the supervisor
+/// raises its own limit at start, so the control API still answers and a killed worker
+/// is started again.
+#[test]
+fn idle_connections_do_not_take_the_supervisors_descriptors() {
+    raise_own_nofile();
+    let wrapper = ["sh", "-c", "ulimit -Sn 1024 && exec \"$@\"", "sh"];
+    let (mut s, http) = front_door("nofile", "", &wrapper, &served("m", ""));
+    assert!(ok(&exchange(http, &completion("m"))));
+    let idle: Vec<std::net::TcpStream> = (0..1100)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", http)).unwrap())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (code, _) =
+        cuvisor::control::request(&s.socket, "GET", "/healthz").expect("the control API");
+    assert_eq!(code, 200);
+    let pid = s.model("m")["instances"][0]["pid"].as_u64().unwrap();
+    // SAFETY: kill(2) on the worker this test's supervisor started.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    common::supervisor::wait_until(
+        "the worker started again",
+        std::time::Duration::from_secs(20),
+        || {
+            let m = s.model("m");
+            m["restarts"] == 1 && m["instances"][0]["state"] == "running"
+        },
+    );
+    assert!(ok(&exchange(http, &completion("m"))));
+    assert!(
+        !s.supervisor_log().contains("Too many open files"),
+        "{}",
+        s.supervisor_log()
+    );
+    drop(idle);
+    assert_eq!(s.stop().0, 0);
+}
+
+/// Finding 1: the front door serves at most `http_max_connections` connections at once;
+/// one more is closed as soon as it is accepted, and served again once a place is free.
+#[test]
+fn the_front_door_closes_connections_beyond_its_limit() {
+    use std::io::Read;
+    let (mut s, http) = front_door(
+        "max-connections",
+        "http_max_connections = 20",
+        &[],
+        &served("m", ""),
+    );
+    let held: Vec<std::net::TcpStream> = (0..20)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", http)).unwrap())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut over = std::net::TcpStream::connect(("127.0.0.1", http)).unwrap();
+    over.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 1];
+    assert_eq!(over.read(&mut buf).unwrap(), 0, "closed at once");
+    drop(held);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(ok(&exchange(http, &completion("m"))));
+    assert_eq!(s.stop().0, 0);
+}

@@ -281,6 +281,22 @@ pub(super) fn check_supervisor(c: &mut Checker, s: RawSupervisor) -> SupervisorC
         .api_keys
         .as_ref()
         .and_then(|v| c.secret("api_keys", v, |host, p| host.read_keys(p).map(drop)));
+    let http_max_connections = match &s.http_max_connections {
+        None => DEFAULT_HTTP_MAX_CONNECTIONS,
+        Some(v) => match usize::try_from(*v.get_ref()) {
+            Ok(n @ 1..=1_000_000) => n,
+            _ => {
+                c.error(
+                    v,
+                    format!(
+                        "http_max_connections = {}: expected 1 to 1000000",
+                        v.get_ref()
+                    ),
+                );
+                DEFAULT_HTTP_MAX_CONNECTIONS
+            }
+        },
+    };
     let envs = Envs {
         dir: s
             .envs_dir
@@ -299,6 +315,7 @@ pub(super) fn check_supervisor(c: &mut Checker, s: RawSupervisor) -> SupervisorC
         listen_token,
         http,
         api_keys,
+        http_max_connections,
         envs,
         ledger_dir,
         shim,

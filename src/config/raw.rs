@@ -31,6 +31,7 @@ pub(super) struct RawSupervisor {
     pub(super) gpu_overcommit: Option<Spanned<toml::Value>>,
     pub(super) http: Option<Spanned<String>>,
     pub(super) api_keys: Option<Spanned<String>>,
+    pub(super) http_max_connections: Option<Spanned<i64>>,
     pub(super) envs_dir: Option<Spanned<String>>,
     pub(super) uv: Option<Spanned<String>>,
 }

@@ -22,6 +22,10 @@ pub const EXEC_CGROUP_NAME: &str = "cuvisor-exec";
 /// take about 3 s).
 pub const DEFAULT_SWAP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The front door's connections at once, at most, unless `http_max_connections` says
+/// otherwise.
+pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 4096;
+
 /// Where supervisors keep their locks: one per cgroup parent (`cgroup_name`).
 pub const RUN_DIR: &str = "/run/cuvisor";
 
@@ -179,6 +183,9 @@ pub struct SupervisorConfig {
     /// A file of API keys (one per line) the front door requires, as `Authorization:
     /// Bearer KEY`; None: no key needed.
     pub api_keys: Option<PathBuf>,
+    /// The front door's connections at once, at most (`http_max_connections`; lowered at
+    /// start to what the supervisor's descriptors allow).
+    pub http_max_connections: usize,
     /// How models with `gpus = N` are placed.
     pub placement: Policy,
     /// The quotas committed to a GPU may reach this many times its memory.

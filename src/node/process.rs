@@ -152,3 +152,37 @@ pub fn host_memory() -> Option<u64> {
         .ok()?;
     kib.checked_mul(1024)
 }
+
+/// Raises this process's soft limit on open descriptors to its hard limit (a service
+/// manager's default soft limit, 1,024, is a few hundred clients): the new soft limit.
+pub fn raise_nofile() -> u64 {
+    // SAFETY: getrlimit and setrlimit on a local struct.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return 1024;
+        }
+        if r.rlim_cur < r.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: r.rlim_max,
+                rlim_max: r.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return raised.rlim_cur;
+            }
+        }
+        r.rlim_cur
+    }
+}
+
+/// This process's soft limit on open descriptors.
+pub fn nofile() -> u64 {
+    // SAFETY: getrlimit on a local struct.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return 1024;
+        }
+        r.rlim_cur
+    }
+}

@@ -160,3 +160,39 @@ pub async fn accept_loop<L, F>(
         }
     }
 }
+
+/// Descriptors kept for the supervisor's own work, whatever the front door's clients do:
+/// the control API, ledgers, cgroup files, logs, launches.
+const RESERVED_DESCRIPTORS: u64 = 256;
+/// Descriptors each running instance may hold in the supervisor (its output pipe, its
+/// cgroup's files, a launch's pipes, the view's files).
+const DESCRIPTORS_PER_INSTANCE: u64 = 16;
+
+/// The front door's connections at once: `configured`, or fewer where the descriptor limit
+/// `nofile` would not hold them beside the supervisor's own work for `instances`
+/// instances (each client connection may hold a connection to an instance too).
+pub fn connection_limit(configured: usize, nofile: u64, instances: u64) -> usize {
+    let reserved = RESERVED_DESCRIPTORS + DESCRIPTORS_PER_INSTANCE * instances;
+    let room = (nofile.saturating_sub(reserved) / 2).max(1);
+    configured.min(usize::try_from(room).unwrap_or(usize::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_front_door_leaves_descriptors_for_the_supervisors_own_work() {
+        assert_eq!(connection_limit(4096, 1_048_576, 10), 4096);
+        // 1,024 descriptors, 4 instances: (1024 - 256 - 64) / 2.
+        assert_eq!(connection_limit(4096, 1024, 4), 352);
+        assert_eq!(connection_limit(100, 1024, 4), 100);
+        assert_eq!(connection_limit(4096, 100, 4), 1);
+    }
+
+    #[test]
+    fn secrets_are_compared_whole() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd") && !same_secret(b"ab", b"abc"));
+    }
+}

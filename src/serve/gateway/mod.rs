@@ -40,11 +40,13 @@ const HEALTH_INTERVAL: Duration = Duration::from_millis(100);
 const HEALTH_FAST: Duration = Duration::from_millis(10);
 const HEALTH_FAST_FOR: Duration = Duration::from_secs(5);
 
-/// Starts the front door on `addr`, on a thread of its own; dropped, it stops.
+/// Starts the front door on `addr`, on a thread of its own, serving at most
+/// `max_connections` connections at once; dropped, it stops.
 pub fn serve(
     addr: SocketAddr,
     routes: Arc<Routes>,
     keys: Option<Vec<String>>,
+    max_connections: usize,
 ) -> Result<super::server::ServerThread, super::server::ServeError> {
     let listen = |source| super::server::ServeError::Listen {
         what: "front door",
@@ -57,22 +59,27 @@ pub fn serve(
     super::server::ServerThread::spawn("front-door", move || async move {
         tokio::spawn(check_health(routes.clone()));
         let listener = tokio::net::TcpListener::from_std(listener).expect("a non-blocking socket");
-        accept_loop(listener, "front door", None, move |stream| {
-            let (routes, keys) = (routes.clone(), keys.clone());
-            async move {
-                let service = service_fn(move |request| {
-                    let (routes, keys) = (routes.clone(), keys.clone());
-                    async move {
-                        Ok::<_, std::convert::Infallible>(handle(request, &routes, &keys).await)
-                    }
-                });
-                let _ = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_TIMEOUT)
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            }
-        })
+        accept_loop(
+            listener,
+            "front door",
+            Some(max_connections),
+            move |stream| {
+                let (routes, keys) = (routes.clone(), keys.clone());
+                async move {
+                    let service = service_fn(move |request| {
+                        let (routes, keys) = (routes.clone(), keys.clone());
+                        async move {
+                            Ok::<_, std::convert::Infallible>(handle(request, &routes, &keys).await)
+                        }
+                    });
+                    let _ = http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(HEADER_TIMEOUT)
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                }
+            },
+        )
         .await;
     })
 }
