@@ -263,3 +263,51 @@ fn the_front_door_closes_connections_beyond_its_limit() {
     assert!(ok(&exchange(http, &completion("m"))));
     assert_eq!(s.stop().0, 0);
 }
+
+/// The JSON body of an answer read by [`exchange`].
+fn json_of(answer: &str) -> serde_json::Value {
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"))
+}
+
+/// Finding 13: the hop-by-hop headers (RFC 9110, 7.6.1) are the front door's own: they
+/// do not reach the instance, nor do the ones the client's `Connection` names; a body the
+/// client sent in chunks reaches the instance whole, with its length.
+#[test]
+fn hop_by_hop_headers_stop_at_the_front_door() {
+    let (mut s, http) = front_door("hop-by-hop", "", &[], &served("m", ""));
+    let raw = "GET /models/m/echo HTTP/1.1\r\nHost: x\r\nConnection: close, X-Private\r\n\
+               X-Private: secret\r\nKeep-Alive: timeout=5\r\nProxy-Authorization: Basic Zm9vOmJhcg==\r\n\
+               TE: trailers\r\nUpgrade: websocket\r\nX-Kept: yes\r\n\r\n";
+    let answer = exchange(http, raw.as_bytes());
+    assert!(ok(&answer), "{answer}");
+    let headers = &json_of(&answer)["headers"];
+    for gone in [
+        "connection",
+        "x-private",
+        "keep-alive",
+        "proxy-authorization",
+        "te",
+        "upgrade",
+    ] {
+        assert!(
+            headers.get(gone).is_none(),
+            "{gone} reached the instance: {headers}"
+        );
+    }
+    assert_eq!(headers["x-kept"], "yes");
+    // A chunked /v1 body: the instance gets it whole, with a Content-Length.
+    let body = "{\"model\": \"m\", \"messages\": []}";
+    let raw = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\
+         Connection: close\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len()
+    );
+    let answer = exchange(http, raw.as_bytes());
+    assert!(ok(&answer), "{answer}");
+    let v = json_of(&answer);
+    assert_eq!(v["model"], "m", "{v}");
+    assert!(v["headers"].get("transfer-encoding").is_none(), "{v}");
+    assert_eq!(v["headers"]["content-length"], body.len().to_string());
+    assert_eq!(s.stop().0, 0);
+}

@@ -13,7 +13,8 @@ It listens on 127.0.0.1:PORT after DELAY seconds (a model loading its weights), 
     any /v1 body with "die": true  the server exits at once, answering nothing
     anything else                {"path", "query", "method", "body_bytes"} (the prefix route)
 
-Every JSON answer carries "served_by" (NAME) and "pid", so tests can tell instances apart.
+Every JSON answer carries "served_by" (NAME) and "pid", so tests can tell instances apart,
+and "headers": the request's headers as the server received them (names in lower case).
 """
 import argparse
 import json
@@ -37,6 +38,7 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     def reply(self, code, value):
+        value["headers"] = {k.lower(): v for k, v in self.headers.items()}
         body = json.dumps(value).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")

@@ -29,7 +29,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use upstream::{Body, connect, send};
+use upstream::{Body, connect, send, strip_hop_by_hop};
 
 /// A request's headers must arrive within this.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -354,6 +354,7 @@ async fn to_instance(
             .unwrap_or_default();
     }
     let instance = &slot.instance;
+    strip_hop_by_hop(&mut parts.headers);
     parts
         .headers
         .insert(hyper::header::HOST, instance.host.clone());
@@ -366,8 +367,9 @@ async fn to_instance(
     .await
     {
         // The place is held until the answer's body has ended (or the client left).
-        Ok((response, connection)) => {
+        Ok((mut response, connection)) => {
             slot.connection = Some(connection);
+            strip_hop_by_hop(response.headers_mut());
             served.metrics.first_byte(arrived.elapsed().as_secs_f64());
             response.map(move |b| {
                 b.map_frame(move |frame| {
