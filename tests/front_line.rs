@@ -311,3 +311,63 @@ fn hop_by_hop_headers_stop_at_the_front_door() {
     assert_eq!(v["headers"]["content-length"], body.len().to_string());
     assert_eq!(s.stop().0, 0);
 }
+
+/// Finding 7: a request's head is held to 64 KiB (hyper's default let 408 KiB in per
+/// connection, before any key was checked): a larger one is answered 431 and closed.
+#[test]
+fn a_head_over_64_kib_is_refused() {
+    let (mut s, http) = front_door("head-size", "", &[], &served("m", ""));
+    let big = "a".repeat(100 << 10);
+    let raw =
+        format!("GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\nConnection: close\r\n\r\n");
+    let answer = exchange(http, raw.as_bytes());
+    assert_eq!(
+        answer.split_whitespace().nth(1),
+        Some("431"),
+        "{}",
+        &answer[..answer.len().min(200)]
+    );
+    // Up to the limit, served.
+    let fits = "a".repeat(60 << 10);
+    let raw =
+        format!("GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Big: {fits}\r\nConnection: close\r\n\r\n");
+    assert!(ok(&exchange(http, raw.as_bytes())));
+    // The control API takes 8 KiB.
+    use std::io::{Read, Write};
+    let mut c = std::os::unix::net::UnixStream::connect(&s.socket).unwrap();
+    let raw = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(9000)
+    );
+    c.write_all(raw.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = c.read_to_string(&mut answer);
+    assert_eq!(answer.split_whitespace().nth(1), Some("431"), "{answer}");
+    assert_eq!(s.stop().0, 0);
+}
+
+/// Finding 16: a client that sends its request and then closes its half of the connection
+/// still gets the answer, from the front door and from the control API.
+#[test]
+fn a_client_that_half_closes_gets_its_answer() {
+    use std::io::{Read, Write};
+    let (mut s, http) = front_door("half-close", "", &[], &served("m", ""));
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", http)).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    c.write_all(&completion("m")).unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    let _ = c.read_to_string(&mut answer);
+    assert!(ok(&answer), "front door: {answer:?}");
+    let mut c = std::os::unix::net::UnixStream::connect(&s.socket).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    let _ = c.read_to_string(&mut answer);
+    assert!(ok(&answer), "control API: {answer:?}");
+    assert_eq!(s.stop().0, 0);
+}

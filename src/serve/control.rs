@@ -203,7 +203,10 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
         .max_buf_size(MAX_HEAD)
+        .max_header_size(MAX_HEAD)
         .keep_alive(false)
+        // A client that closes its half after the request is answered.
+        .half_close(true)
         .serve_connection(TokioIo::new(stream), service);
     let _ = tokio::time::timeout(CONNECTION_TIMEOUT, served).await;
 }

@@ -31,6 +31,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use upstream::{Body, connect, send, strip_hop_by_hop};
 
+/// A request's line and headers: at most this many bytes (hyper would take 408 KiB,
+/// before any key is checked); more is answered 431.
+const MAX_HEAD: usize = 64 << 10;
 /// A request's headers must arrive within this.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often instances that are not ready yet are asked for their health.
@@ -75,6 +78,9 @@ pub fn serve(
                     let _ = http1::Builder::new()
                         .timer(TokioTimer::new())
                         .header_read_timeout(HEADER_TIMEOUT)
+                        .max_header_size(MAX_HEAD)
+                        // A client that closes its half after the request is answered.
+                        .half_close(true)
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
                 }
