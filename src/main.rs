@@ -425,6 +425,9 @@ fn check(path: &std::path::Path) -> ExitCode {
                 names.len(),
                 names.join(", ")
             );
+            for why in cuvisor::config::exposure::supervisor_exposure(&c.supervisor) {
+                eprintln!("WARNING: {why}");
+            }
             for m in &c.models {
                 for why in cuvisor::config::exposure::exposure(m) {
                     eprintln!("WARNING: model {}: {why}", m.name);

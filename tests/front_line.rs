@@ -371,3 +371,38 @@ fn a_client_that_half_closes_gets_its_answer() {
     assert!(ok(&answer), "control API: {answer:?}");
     assert_eq!(s.stop().0, 0);
 }
+
+/// Finding 19: `check` warns of a front door open beyond this host without API keys, and
+/// refuses an API key no client could send (an HTTP header is visible ASCII).
+#[test]
+fn check_warns_of_an_open_front_door_and_refuses_keys_no_client_can_send() {
+    let dir = TempDir::new("check-front-door");
+    let (code, err) = check(&dir, "http = \"0.0.0.0:9402\"");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains(
+            "WARNING: the front door listens on 0.0.0.0:9402, beyond this host, and asks for no \
+             API key: whoever reaches it uses the models (set api_keys, or listen on 127.0.0.1)"
+        ),
+        "{err}"
+    );
+    let (code, err) = check(&dir, "http = \"127.0.0.1:9402\"");
+    assert_eq!(
+        (code, err.contains("front door")),
+        (Some(0), false),
+        "{err}"
+    );
+    let keys = dir.path("keys");
+    std::fs::write(&keys, "clé-0123456789abcdef\n").unwrap();
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, err) = check(
+        &dir,
+        &format!("http = \"0.0.0.0:9402\"\napi_keys = \"{}\"", keys.display()),
+    );
+    assert_eq!(code, Some(1), "{err}");
+    let expected = format!(
+        "FILE:3: api_keys = \"{}\": a key must be printable ASCII without spaces (an HTTP header carries nothing else)",
+        keys.display()
+    );
+    assert!(err.contains(&expected), "{expected}\n{err}");
+}

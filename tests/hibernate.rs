@@ -635,7 +635,13 @@ fn the_request_child_holds_none_of_the_callers_descriptors() {
         .env("CUVISOR_HIBERNATE", "on")
         .args(["init", "alloc", "1MiB", "wait"]);
     let (mut p, _out, _) = hold(cmd, 2);
-    // Stopped, it cannot acknowledge: the request waits its whole timeout.
+    // Its listener starts beside its first allocation: once it listens, stopped, it
+    // cannot acknowledge, and the request waits its whole timeout. (Stopped before it
+    // listens, it would not be waited for at all.)
+    wait_until("the probe listens", Duration::from_secs(10), || {
+        cuvisor::ledger::read_snapshot(&dir.0, "m")
+            .is_ok_and(|s| s.processes.iter().any(|p| p.power.listening))
+    });
     // SAFETY: a signal to our own child.
     assert_eq!(unsafe { libc_kill(p.id() as i32, libc::SIGSTOP) }, 0);
     let (read_end, write_end) = std::io::pipe().unwrap();
@@ -693,4 +699,34 @@ fn a_request_that_times_out_names_who_did_not_answer() {
     assert_eq!(report["outcome"], "timed_out");
     assert_eq!(report["pending"], serde_json::json!([pid]), "{report}");
     assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+/// Issue 25, finding 18: a hibernate answered after the control API's 30 s connection
+/// limit (a `swap_timeout` may be 5 minutes) still reaches its caller: here a stopped
+/// process makes it wait 32 s, and the caller gets the 504 naming it.
+#[test]
+fn an_answer_that_takes_longer_than_30_s_reaches_its_caller() {
+    let state = TempDir::new("swap-timeout-long-state");
+    let probe = stub_dir().join("driver_probe");
+    let s = supervise(
+        "swap-timeout-long",
+        &state.path("gpu-state"),
+        "",
+        &format!(
+            "[[model]]\nname = \"a\"\ncommand = \"{}\"\nargs = [\"init\", \"alloc\", \"64MiB\", \"sleep\", \"600002\"]\nswap_timeout = \"32s\"\n",
+            probe.display()
+        ),
+    );
+    wait_for_log(&s, "a-0", "alloc 64MiB -> 0");
+    let pid = probe_pid("600002");
+    // SAFETY: signals to a process of the test's own.
+    assert_eq!(unsafe { libc_kill(pid as i32, libc::SIGSTOP) }, 0);
+    let started = std::time::Instant::now();
+    let (code, report) = power(&s, "a", "hibernate");
+    // SAFETY: as above.
+    unsafe { libc_kill(pid as i32, libc::SIGCONT) };
+    assert!(started.elapsed() >= Duration::from_secs(32));
+    assert_eq!(code, 504, "{report}");
+    assert_eq!(report["outcome"], "timed_out");
+    assert_eq!(report["pending"], serde_json::json!([pid]), "{report}");
 }

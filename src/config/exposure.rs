@@ -1,7 +1,23 @@
-//! What a model's settings leave its workers able to reach: a pure function of the
-//! declared values, which `check` and the supervisor's log both say.
+//! What a model's settings leave its workers able to reach, and what the supervisor's
+//! settings leave open: pure functions of the declared values, which `check` and the
+//! supervisor's log both say.
 
-use super::ModelConfig;
+use super::types::{ModelConfig, SupervisorConfig};
+
+/// What of the supervisor is open beyond what its settings say: each a reason to close it.
+pub fn supervisor_exposure(s: &SupervisorConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(addr) = s.http
+        && !addr.ip().is_loopback()
+        && s.api_keys.is_none()
+    {
+        out.push(format!(
+            "the front door listens on {addr}, beyond this host, and asks for no API key: \
+             whoever reaches it uses the models (set api_keys, or listen on 127.0.0.1)"
+        ));
+    }
+    out
+}
 
 /// What a model's workers can reach outside their model, as its settings leave it: each
 /// a reason to isolate it further (docs/SECURITY.md).

@@ -20,6 +20,8 @@ pub enum SecretError {
     NotAToken,
     #[error("expected one key per line, each of at least 16 characters")]
     NotKeys,
+    #[error("a key must be printable ASCII without spaces (an HTTP header carries nothing else)")]
+    KeyNotAscii,
 }
 
 /// A secret's file: a regular file (no symbolic link) of this process's user or root,
@@ -73,6 +75,12 @@ pub fn read_keys(path: &Path) -> Result<Vec<String>, SecretError> {
             .any(|k| k.len() < 16 || k.contains(char::is_whitespace))
     {
         return Err(SecretError::NotKeys);
+    }
+    if keys
+        .iter()
+        .any(|k| !k.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        return Err(SecretError::KeyNotAscii);
     }
     Ok(keys)
 }

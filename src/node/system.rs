@@ -446,6 +446,9 @@ pub fn prepare(
     for line in &unenforced {
         log(line);
     }
+    for why in crate::config::exposure::supervisor_exposure(&config.supervisor) {
+        log(&format!("WARNING: {why}"));
+    }
     for m in &config.models {
         for why in crate::config::exposure::exposure(m) {
             log(&format!("WARNING: model {}: {why}", m.name));

@@ -38,8 +38,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 /// A request's headers must arrive within this.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-/// A whole connection (one request: keep-alive is off) ends within this.
-const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// A whole connection (one request: keep-alive is off) ends within this: the longest
+/// answer (a hibernate or wake, up to [`POWER_ANSWER_TIMEOUT`]) and a margin. Its head
+/// must come within [`HEADER_TIMEOUT`]; every other answer is given within 10 s.
+const CONNECTION_TIMEOUT: Duration = POWER_ANSWER_TIMEOUT.saturating_add(Duration::from_secs(10));
 /// Request line and headers: at most this many bytes (hyper's smallest buffer).
 const MAX_HEAD: usize = 8192;
 /// Connections served at once, per listener; more are closed as soon as accepted, so
