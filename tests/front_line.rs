@@ -406,3 +406,103 @@ fn check_warns_of_an_open_front_door_and_refuses_keys_no_client_can_send() {
     );
     assert!(err.contains(&expected), "{expected}\n{err}");
 }
+
+/// Opens a connection and sends `head` and the first `sent` bytes of a body of
+/// `length` bytes, and no more: a client trickling its body, or one whose body never comes.
+fn partial_body(port: u16, head: &str, length: usize, sent: usize) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let head = format!("{head}Content-Length: {length}\r\n\r\n");
+    c.write_all(head.as_bytes()).unwrap();
+    c.write_all(&vec![b' '; sent]).unwrap();
+    c
+}
+
+/// What the server answers on `c`, until it closes (or 10 s).
+fn answer_on(mut c: std::net::TcpStream) -> String {
+    use std::io::Read;
+    let mut answer = Vec::new();
+    let _ = c.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+fn status_of(answer: &str) -> Option<&str> {
+    answer.split_whitespace().nth(1)
+}
+
+/// Finding 2: a body must arrive whole within `http_body_timeout` of its head (30 s by
+/// default); one that never comes is answered 408 and its connection closed, where it
+/// used to stay open for ever.
+#[test]
+fn a_body_that_never_comes_is_cut_off() {
+    let (mut s, http) = front_door(
+        "body-timeout",
+        "http_body_timeout = \"1s\"",
+        &[],
+        &served("m", ""),
+    );
+    for path in ["/v1/chat/completions", "/models/m/upload"] {
+        let head = format!("POST {path} HTTP/1.1\r\nHost: x\r\n");
+        let started = std::time::Instant::now();
+        let answer = answer_on(partial_body(http, &head, 100, 10));
+        assert_eq!(status_of(&answer), Some("408"), "{path}: {answer}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        assert!(answer.contains("http_body_timeout"), "{answer}");
+    }
+    assert_eq!(s.stop().0, 0);
+}
+
+/// Finding 2: clients trickling their bodies hold no place on an instance: a model with
+/// `concurrency = 2` still serves others while two bodies are under way (it used to
+/// answer them all 503 once both places were taken).
+#[test]
+fn trickling_bodies_hold_no_place_on_an_instance() {
+    let (mut s, http) = front_door(
+        "trickle",
+        "",
+        &[],
+        &served("m", "concurrency = 2\nqueue_timeout = \"2s\""),
+    );
+    assert!(ok(&exchange(http, &completion("m"))));
+    let head = "POST /models/m/upload HTTP/1.1\r\nHost: x\r\n";
+    let trickling: Vec<_> = (0..2).map(|_| partial_body(http, head, 1000, 10)).collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    for _ in 0..3 {
+        let answer = exchange(http, &completion("m"));
+        assert!(ok(&answer), "{answer}");
+    }
+    drop(trickling);
+    assert_eq!(s.stop().0, 0);
+}
+
+/// Finding 3: the bodies being received are held to `http_body_budget` bytes in all (the
+/// supervisor used to hold up to the largest `max_body` per connection, 64 half-sent
+/// 16 MiB bodies adding 1 GiB); beyond it a request is answered 503 with Retry-After.
+#[test]
+fn bodies_under_way_are_held_to_a_budget() {
+    let (mut s, http) = front_door(
+        "body-budget",
+        "http_body_budget = \"1MiB\"",
+        &[],
+        &served("m", "max_body = \"4MiB\""),
+    );
+    let head = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n";
+    // Two bodies of 2 MiB, 600 KiB of each sent: 1.2 MiB held, over the budget.
+    let first = partial_body(http, head, 2 << 20, 600 << 10);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let second = partial_body(http, head, 2 << 20, 600 << 10);
+    let answer = answer_on(second);
+    assert_eq!(status_of(&answer), Some("503"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 1"),
+        "{answer}"
+    );
+    assert!(answer.contains("http_body_budget"), "{answer}");
+    drop(first);
+    // Given back: whole requests go through again.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(ok(&exchange(http, &completion("m"))));
+    assert_eq!(s.stop().0, 0);
+}

@@ -7,6 +7,7 @@ use super::python::Envs;
 use super::raw::*;
 use super::secrets::SecretError;
 use super::types::*;
+use crate::size::parse_size;
 use cuvisor_common::ledger::{self, valid_model_name};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -297,6 +298,27 @@ pub(super) fn check_supervisor(c: &mut Checker, s: RawSupervisor) -> SupervisorC
             }
         },
     };
+    let http_body_timeout = c.duration(
+        "http_body_timeout",
+        &s.http_body_timeout,
+        DEFAULT_HTTP_BODY_TIMEOUT,
+    );
+    let http_body_budget = match &s.http_body_budget {
+        None => DEFAULT_HTTP_BODY_BUDGET,
+        Some(v) => match parse_size(v.get_ref()) {
+            Ok(n) if (1 << 10..=1 << 40).contains(&n) => n,
+            _ => {
+                c.error(
+                    v,
+                    format!(
+                        "http_body_budget = \"{}\": expected a size from 1KiB to 1TiB, e.g. 256MiB",
+                        v.get_ref()
+                    ),
+                );
+                DEFAULT_HTTP_BODY_BUDGET
+            }
+        },
+    };
     let envs = Envs {
         dir: s
             .envs_dir
@@ -316,6 +338,8 @@ pub(super) fn check_supervisor(c: &mut Checker, s: RawSupervisor) -> SupervisorC
         http,
         api_keys,
         http_max_connections,
+        http_body_timeout,
+        http_body_budget,
         envs,
         ledger_dir,
         shim,

@@ -32,6 +32,8 @@ pub(super) struct RawSupervisor {
     pub(super) http: Option<Spanned<String>>,
     pub(super) api_keys: Option<Spanned<String>>,
     pub(super) http_max_connections: Option<Spanned<i64>>,
+    pub(super) http_body_timeout: Option<Spanned<String>>,
+    pub(super) http_body_budget: Option<Spanned<String>>,
     pub(super) envs_dir: Option<Spanned<String>>,
     pub(super) uv: Option<Spanned<String>>,
 }

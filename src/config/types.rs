@@ -26,6 +26,13 @@ pub const DEFAULT_SWAP_TIMEOUT: Duration = Duration::from_secs(30);
 /// otherwise.
 pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 4096;
 
+/// How long a request's body may take to arrive, unless `http_body_timeout` says otherwise.
+pub const DEFAULT_HTTP_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The bytes of bodies the front door holds at once, unless `http_body_budget` says
+/// otherwise.
+pub const DEFAULT_HTTP_BODY_BUDGET: u64 = 256 << 20;
+
 /// Where supervisors keep their locks: one per cgroup parent (`cgroup_name`).
 pub const RUN_DIR: &str = "/run/cuvisor";
 
@@ -186,6 +193,11 @@ pub struct SupervisorConfig {
     /// The front door's connections at once, at most (`http_max_connections`; lowered at
     /// start to what the supervisor's descriptors allow).
     pub http_max_connections: usize,
+    /// A request's body must arrive whole within this of its head (`http_body_timeout`).
+    pub http_body_timeout: Duration,
+    /// The bytes of request bodies the front door holds at once, in all
+    /// (`http_body_budget`).
+    pub http_body_budget: u64,
     /// How models with `gpus = N` are placed.
     pub placement: Policy,
     /// The quotas committed to a GPU may reach this many times its memory.

@@ -253,6 +253,10 @@ pub enum Refused {
     TooLarge,
     /// No route for its method and path (404).
     NoRoute,
+    /// Its body did not arrive within `http_body_timeout` (408).
+    BodyTimeout,
+    /// The bodies under way held all of `http_body_budget` (503).
+    BodiesBusy,
 }
 
 impl Refused {
@@ -263,6 +267,8 @@ impl Refused {
             Refused::BadRequest => "bad_request",
             Refused::TooLarge => "too_large",
             Refused::NoRoute => "no_route",
+            Refused::BodyTimeout => "body_timeout",
+            Refused::BodiesBusy => "bodies_busy",
         }
     }
 }

@@ -13,10 +13,12 @@ use super::server::accept_loop;
 pub use crate::config::secrets::read_keys;
 use crate::metrics::Refused;
 
+mod bodies;
 mod routes;
 mod upstream;
 
-use http_body_util::{BodyExt, Full, Limited};
+use bodies::NotRead;
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -197,29 +199,25 @@ async fn handle(request: Request<Incoming>, routes: &Routes, keys: &[String]) ->
         };
         let tail = format!("/{tail}");
         let (parts, body) = request.into_parts();
-        let body = Limited::new(body, served.max_body as usize).boxed();
+        // Whole before it takes a place: a slow client holds no place on an instance.
+        let held = match routes.bodies.read(body, served.max_body).await {
+            Ok(held) => held,
+            Err(NotRead::TooLarge) => return finished(served, arrived, too_large()),
+            Err(why) => return refused(why.reason(), not_read(why)),
+        };
+        let body = Full::new(held.bytes.clone()).map_err(Into::into).boxed();
         let answer = to_instance((model, served), parts, tail, body, arrived).await;
+        drop(held);
         return finished(served, arrived, answer);
     }
     if path.starts_with("/v1/") && request.method() == hyper::Method::POST {
         let (parts, body) = request.into_parts();
-        let body = match Limited::new(body, routes.largest_body() as usize)
-            .collect()
-            .await
-        {
-            Ok(b) => b.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return refused(Refused::TooLarge, too_large());
-            }
-            Err(e) => {
-                let answer = error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request_error",
-                    format!("{e}"),
-                );
-                return refused(Refused::BadRequest, answer);
-            }
+        let held = match routes.bodies.read(body, routes.largest_body()).await {
+            Ok(held) => held,
+            Err(NotRead::TooLarge) => return refused(Refused::TooLarge, too_large()),
+            Err(why) => return refused(why.reason(), not_read(why)),
         };
+        let body = held.bytes.clone();
         /// The one field the front door reads of a request's body.
         #[derive(serde::Deserialize)]
         struct Named<'a> {
@@ -253,6 +251,7 @@ async fn handle(request: Request<Incoming>, routes: &Routes, keys: &[String]) ->
         }
         let body = Full::new(body).map_err(Into::into).boxed();
         let answer = to_instance((model, served), parts, path, body, arrived).await;
+        drop(held);
         return finished(served, arrived, answer);
     }
     let answer = error(
@@ -261,6 +260,33 @@ async fn handle(request: Request<Incoming>, routes: &Routes, keys: &[String]) ->
         format!("no route for {} {path}", parts_method(&request)),
     );
     refused(Refused::NoRoute, answer)
+}
+
+/// The answer to a body that was not read: too slow (408), over the budget (503, to try
+/// again), or broken (400).
+fn not_read(why: NotRead) -> Response<Body> {
+    match why {
+        NotRead::Timeout(limit) => error(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            format!("the request's body did not arrive within {limit:?} (http_body_timeout)"),
+        ),
+        NotRead::Budget(total) => {
+            let mut busy = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                format!(
+                    "the front door holds {total} bytes of request bodies at once, and they are \
+                     taken (http_body_budget): try again"
+                ),
+            );
+            busy.headers_mut()
+                .insert(hyper::header::RETRY_AFTER, "1".parse().expect("a header"));
+            busy
+        }
+        NotRead::Broken(e) => error(StatusCode::BAD_REQUEST, "invalid_request_error", e),
+        NotRead::TooLarge => too_large(),
+    }
 }
 
 fn parts_method(request: &Request<Incoming>) -> String {

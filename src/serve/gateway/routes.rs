@@ -2,6 +2,7 @@
 //! request gets a place on an instance (the least loaded ready one, or a wait in the
 //! model's queue), and each instance's load for the scaler.
 
+use super::bodies::Bodies;
 use super::upstream::{Connections, Sender};
 use crate::config::Config;
 use crate::metrics::{FrontDoorMetrics, ModelMetrics};
@@ -141,6 +142,8 @@ pub(super) enum NoSlot {
 /// by the supervisor.
 pub struct Routes {
     pub(super) models: BTreeMap<String, Served>,
+    /// The bodies under way: their budget and deadline.
+    pub(super) bodies: Bodies,
     /// What the front door counts, for `GET /metrics`.
     pub metrics: FrontDoorMetrics,
 }
@@ -189,7 +192,13 @@ impl Routes {
                 ))
             })
             .collect();
-        Arc::new(Routes { models, metrics })
+        let s = &config.supervisor;
+        let bodies = Bodies::new(s.http_body_budget, s.http_body_timeout);
+        Arc::new(Routes {
+            models,
+            bodies,
+            metrics,
+        })
     }
 
     /// Calls `wake` whenever a request starts waiting while its model has no ready
