@@ -122,6 +122,18 @@ fn every_invalid_form_is_rejected_with_its_line() {
             "FILE: model m has serve: set http in [supervisor]",
         ),
         (
+            &format!("[supervisor]\nhttp_max_connections = 0\n{MODEL}"),
+            "FILE:2: http_max_connections = 0: expected 1 to 1000000",
+        ),
+        (
+            &format!("[supervisor]\nhttp_body_timeout = \"soon\"\n{MODEL}"),
+            "FILE:2: http_body_timeout = \"soon\": expected a duration such as 500ms, 10s, 2m or 1h",
+        ),
+        (
+            &format!("[supervisor]\nhttp_body_budget = \"12\"\n{MODEL}"),
+            "FILE:2: http_body_budget = \"12\": expected a size from 1KiB to 1TiB, e.g. 256MiB",
+        ),
+        (
             &format!(
                 "[supervisor]\nhttp = \"127.0.0.1:8000\"\n{MODEL}[model.serve]\nhealth = \"/h\"\naliases = [\"n\"]\n[[model]]\nname = \"n\"\ncommand = \"x\"\n"
             ),
