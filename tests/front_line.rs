@@ -506,3 +506,56 @@ fn bodies_under_way_are_held_to_a_budget() {
     assert!(ok(&exchange(http, &completion("m"))));
     assert_eq!(s.stop().0, 0);
 }
+
+/// Finding 14: a local user without the token cannot take the TCP control API's places:
+/// each user holds at most a few connections at once, so the token's holder (here root)
+/// is served while another user (nobody) holds 40 idle connections.
+#[test]
+fn another_user_cannot_take_the_tcp_control_apis_places() {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    let dir = TempDir::new("tcp-places-token");
+    let token = dir.path("token");
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let port = cuvisor::node::process::free_port().unwrap();
+    let settings = format!(
+        "listen = \"127.0.0.1:{port}\"\nlisten_token = \"{}\"\n",
+        token.display()
+    );
+    let mut s = common::supervisor::Supervisor::start_with(
+        "tcp-places",
+        &settings,
+        &[],
+        "[[model]]\nname = \"m\"\ncommand = \"sleep\"\nargs = [\"100000\"]\n",
+    );
+    let hog = format!(
+        "import socket, sys, time\n\
+         held = [socket.create_connection(('127.0.0.1', {port})) for _ in range(40)]\n\
+         print('ready', flush=True)\n\
+         time.sleep(30)\n"
+    );
+    let mut nobody = std::process::Command::new("python3")
+        .args(["-c", &hog])
+        .uid(65534)
+        .gid(65534)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(nobody.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let answer = exchange(
+        port,
+        format!(
+            "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    let _ = nobody.kill();
+    let _ = nobody.wait();
+    assert!(ok(&answer), "{answer:?}");
+    assert_eq!(s.stop().0, 0);
+}

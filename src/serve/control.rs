@@ -11,7 +11,7 @@
 
 /// Moved to [`super::client`]; these paths stay for one release.
 pub use super::client::{request, request_waiting};
-use super::server::{ANSWER_TIMEOUT, accept_loop};
+use super::server::{ANSWER_TIMEOUT, PerUser, accept_loop, loopback_peer_uid};
 /// Moved to [`super::server`]; these paths stay for one release.
 pub use super::server::{ServeError, ServerThread};
 use crate::config::SupervisorConfig;
@@ -48,6 +48,9 @@ const MAX_HEAD: usize = 8192;
 /// that they hold no descriptor. The Unix socket has its own: TCP clients cannot crowd
 /// out the CLI.
 const MAX_CONNECTIONS: usize = 32;
+/// TCP connections one local user may hold at once (told by the kernel's socket table,
+/// before any token is read): a user without the token cannot take every place.
+const PER_USER: usize = 4;
 /// A hibernate or wake is answered when the model's processes acknowledged, or when the
 /// supervisor's wait for them ends: twice, for a wake that first makes room.
 pub const POWER_ANSWER_TIMEOUT: Duration =
@@ -158,11 +161,24 @@ pub fn serve(
                 tokio::net::TcpListener::from_std(listener).expect("a non-blocking socket");
             let tx = tx.clone();
             // The TCP listener has its own places: its clients cannot crowd out the CLI.
+            let per_user = PerUser::new(PER_USER);
             tokio::spawn(accept_loop(
                 listener,
                 "control API",
                 Some(MAX_CONNECTIONS),
-                move |stream| connection(stream, Access::Token(token.clone()), tx.clone()),
+                move |stream: tokio::net::TcpStream| {
+                    // Before the token is known: a user without it holds few places.
+                    let uid = match (stream.peer_addr(), stream.local_addr()) {
+                        (Ok(peer), Ok(local)) => loopback_peer_uid(peer, local),
+                        _ => None,
+                    };
+                    let place = per_user.take(uid)?;
+                    let (token, tx) = (token.clone(), tx.clone());
+                    Some(async move {
+                        connection(stream, Access::Token(token), tx).await;
+                        drop(place);
+                    })
+                },
             ));
         }
         let me = euid();
@@ -175,7 +191,7 @@ pub fn serve(
                     Ok(c) if c.uid() == 0 || c.uid() == me => Access::Local,
                     _ => Access::Stranger,
                 };
-                connection(stream, access, tx.clone())
+                Some(connection(stream, access, tx.clone()))
             },
         )
         .await;

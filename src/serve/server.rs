@@ -124,14 +124,15 @@ impl Listener for tokio::net::UnixListener {
 
 /// The one accept loop of every server: each connection to `serve` on a task of its own,
 /// with a place among `max_connections` (None: no limit) that it holds until it ends; a
-/// connection beyond the limit is closed as soon as it is accepted, so that it holds no
-/// descriptor. A failed accept (out of descriptors, most likely) is logged, and the loop
-/// waits a little instead of trying again at once.
+/// connection beyond the limit, or that `serve` refuses (None), is closed as soon as it
+/// is accepted, so that it holds no descriptor and no place. A failed accept (out of
+/// descriptors, most likely) is logged, and the loop waits a little instead of trying
+/// again at once.
 pub async fn accept_loop<L, F>(
     listener: L,
     what: &'static str,
     max_connections: Option<usize>,
-    serve: impl Fn(L::Stream) -> F + Send + 'static,
+    serve: impl Fn(L::Stream) -> Option<F> + Send + 'static,
 ) where
     L: Listener,
     F: std::future::Future<Output = ()> + Send + 'static,
@@ -140,14 +141,17 @@ pub async fn accept_loop<L, F>(
     loop {
         match listener.accept().await {
             Ok(stream) => {
+                // Refused, or beyond the limit: dropped here, so closed at once.
+                let Some(connection) = serve(stream) else {
+                    continue;
+                };
                 let place = match &places {
                     None => None,
                     Some(p) => match p.clone().try_acquire_owned() {
                         Ok(place) => Some(place),
-                        Err(_) => continue, // the stream is dropped here: closed at once
+                        Err(_) => continue,
                     },
                 };
-                let connection = serve(stream);
                 tokio::spawn(async move {
                     connection.await;
                     drop(place);
@@ -194,5 +198,147 @@ mod tests {
     fn secrets_are_compared_whole() {
         assert!(same_secret(b"abc", b"abc"));
         assert!(!same_secret(b"abc", b"abd") && !same_secret(b"ab", b"abc"));
+    }
+}
+
+/// The user of the process at the other end of a loopback TCP connection (`peer` as this
+/// side sees it, to `local`), from the kernel's socket table: there the peer's socket is
+/// the one whose local address is `peer` and remote address `local`.
+pub fn loopback_peer_uid(peer: std::net::SocketAddr, local: std::net::SocketAddr) -> Option<u32> {
+    let table = match peer {
+        std::net::SocketAddr::V4(_) => "/proc/net/tcp",
+        std::net::SocketAddr::V6(_) => "/proc/net/tcp6",
+    };
+    let text = std::fs::read_to_string(table).ok()?;
+    socket_uid(&text, peer, local)
+}
+
+/// In a `/proc/net/tcp`-shaped `table`: the uid of the socket from `local` to `remote`.
+fn socket_uid(
+    table: &str,
+    local: std::net::SocketAddr,
+    remote: std::net::SocketAddr,
+) -> Option<u32> {
+    let (want_local, want_remote) = (proc_net_address(local), proc_net_address(remote));
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.get(1) == Some(&want_local.as_str()) && f.get(2) == Some(&want_remote.as_str()))
+            .then(|| f.get(7)?.parse().ok())
+            .flatten()
+    })
+}
+
+/// An address as `/proc/net/tcp` writes it: each 32-bit word of the IP in the host's
+/// (little-endian) order, in hex, then the port.
+fn proc_net_address(a: std::net::SocketAddr) -> String {
+    let ip = match a.ip() {
+        std::net::IpAddr::V4(v4) => format!("{:08X}", u32::from_le_bytes(v4.octets())),
+        std::net::IpAddr::V6(v6) => v6
+            .octets()
+            .chunks(4)
+            .map(|w| format!("{:08X}", u32::from_le_bytes([w[0], w[1], w[2], w[3]])))
+            .collect(),
+    };
+    format!("{ip}:{:04X}", a.port())
+}
+
+/// Places per user: no user holds more than `each` connections at once.
+#[derive(Clone)]
+pub struct PerUser {
+    each: usize,
+    held: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<u32, usize>>>,
+}
+
+/// A user's place, given back when dropped.
+pub struct UserPlace {
+    uid: u32,
+    held: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<u32, usize>>>,
+}
+
+impl PerUser {
+    pub fn new(each: usize) -> PerUser {
+        PerUser {
+            each,
+            held: Default::default(),
+        }
+    }
+
+    /// A place for `uid` (None: the user was not found, and shares one count with every
+    /// other such connection), if it holds fewer than its share.
+    pub fn take(&self, uid: Option<u32>) -> Option<UserPlace> {
+        let uid = uid.unwrap_or(u32::MAX);
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let n = held.entry(uid).or_default();
+        if *n >= self.each {
+            return None;
+        }
+        *n += 1;
+        Some(UserPlace {
+            uid,
+            held: self.held.clone(),
+        })
+    }
+}
+
+impl Drop for UserPlace {
+    fn drop(&mut self) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = held.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.uid);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod peer_tests {
+    use super::*;
+
+    #[test]
+    fn the_peer_is_found_in_the_socket_table_by_its_addresses() {
+        // A client on port 40000 (9C40) connected to 8000 (1F40), both 127.0.0.1.
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 0100007F:1F40 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0\n\
+   1: 0100007F:9C40 0100007F:1F40 01 00000000:00000000 00:00000000 00000000 65534        0 2 1 0 20 4 30 10 -1\n\
+   2: 0100007F:1F40 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 3 1 0 20 4 30 10 -1\n";
+        let client: std::net::SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let server: std::net::SocketAddr = "127.0.0.1:8000".parse().unwrap();
+        assert_eq!(socket_uid(table, client, server), Some(65534));
+        assert_eq!(socket_uid(table, server, client), Some(0));
+        let v6: std::net::SocketAddr = "[::1]:8000".parse().unwrap();
+        assert_eq!(
+            proc_net_address(v6),
+            "00000000000000000000000001000000:1F40"
+        );
+    }
+
+    #[test]
+    fn the_peer_of_a_real_loopback_connection_is_found() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, peer) = listener.accept().unwrap();
+        // SAFETY: geteuid cannot fail and touches no memory.
+        let me = unsafe { libc::geteuid() };
+        assert_eq!(
+            loopback_peer_uid(peer, server.local_addr().unwrap()),
+            Some(me)
+        );
+        drop(client);
+    }
+
+    #[test]
+    fn each_user_holds_at_most_its_share() {
+        let places = PerUser::new(2);
+        let a = [places.take(Some(7)), places.take(Some(7))];
+        assert!(a.iter().all(Option::is_some));
+        assert!(places.take(Some(7)).is_none());
+        assert!(
+            places.take(Some(8)).is_some(),
+            "another user is not counted with it"
+        );
+        drop(a);
+        assert!(places.take(Some(7)).is_some(), "given back");
     }
 }

@@ -70,7 +70,7 @@ pub fn serve(
             Some(max_connections),
             move |stream| {
                 let (routes, keys) = (routes.clone(), keys.clone());
-                async move {
+                Some(async move {
                     let service = service_fn(move |request| {
                         let (routes, keys) = (routes.clone(), keys.clone());
                         async move {
@@ -85,7 +85,7 @@ pub fn serve(
                         .half_close(true)
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
-                }
+                })
             },
         )
         .await;
