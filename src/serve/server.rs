@@ -202,44 +202,135 @@ mod tests {
 }
 
 /// The user of the process at the other end of a loopback TCP connection (`peer` as this
-/// side sees it, to `local`), from the kernel's socket table: there the peer's socket is
-/// the one whose local address is `peer` and remote address `local`.
+/// side sees it, to `local`): the owner of the peer's socket, asked of the kernel by its
+/// addresses (sock_diag over netlink: one socket looked up, whatever the number of
+/// connections, where reading `/proc/net/tcp` would cost the whole table each time).
 pub fn loopback_peer_uid(peer: std::net::SocketAddr, local: std::net::SocketAddr) -> Option<u32> {
-    let table = match peer {
-        std::net::SocketAddr::V4(_) => "/proc/net/tcp",
-        std::net::SocketAddr::V6(_) => "/proc/net/tcp6",
+    use std::net::SocketAddr::{V4, V6};
+    let (family, src, dst) = match (peer, local) {
+        (V4(p), V4(l)) => (
+            libc::AF_INET as u8,
+            words(&p.ip().octets()),
+            words(&l.ip().octets()),
+        ),
+        (V6(p), V6(l)) => (
+            libc::AF_INET6 as u8,
+            words(&p.ip().octets()),
+            words(&l.ip().octets()),
+        ),
+        _ => return None,
     };
-    let text = std::fs::read_to_string(table).ok()?;
-    socket_uid(&text, peer, local)
+    let request = DiagRequest {
+        header: NetlinkHeader {
+            len: std::mem::size_of::<DiagRequest>() as u32,
+            kind: SOCK_DIAG_BY_FAMILY,
+            flags: libc::NLM_F_REQUEST as u16,
+            seq: 1,
+            pid: 0,
+        },
+        family,
+        protocol: libc::IPPROTO_TCP as u8,
+        ext: 0,
+        pad: 0,
+        states: u32::MAX,
+        id: SocketId {
+            sport: peer.port().to_be(),
+            dport: local.port().to_be(),
+            src,
+            dst,
+            interface: 0,
+            cookie: [u32::MAX; 2], // INET_DIAG_NOCOOKIE
+        },
+    };
+    // SAFETY: a netlink socket of our own, closed below; sendto with a struct of the
+    // size given; recv into a local buffer of the size given.
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::NETLINK_SOCK_DIAG,
+        );
+        if fd < 0 {
+            return None;
+        }
+        let mut kernel: libc::sockaddr_nl = std::mem::zeroed();
+        kernel.nl_family = libc::AF_NETLINK as u16;
+        let sent = libc::sendto(
+            fd,
+            (&raw const request).cast(),
+            std::mem::size_of::<DiagRequest>(),
+            0,
+            (&raw const kernel).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as u32,
+        );
+        let mut answer = [0u8; 512];
+        let n = if sent < 0 {
+            -1
+        } else {
+            libc::recv(fd, answer.as_mut_ptr().cast(), answer.len(), 0)
+        };
+        libc::close(fd);
+        diag_uid(&answer[..usize::try_from(n).ok()?])
+    }
 }
 
-/// In a `/proc/net/tcp`-shaped `table`: the uid of the socket from `local` to `remote`.
-fn socket_uid(
-    table: &str,
-    local: std::net::SocketAddr,
-    remote: std::net::SocketAddr,
-) -> Option<u32> {
-    let (want_local, want_remote) = (proc_net_address(local), proc_net_address(remote));
-    table.lines().skip(1).find_map(|line| {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        (f.get(1) == Some(&want_local.as_str()) && f.get(2) == Some(&want_remote.as_str()))
-            .then(|| f.get(7)?.parse().ok())
-            .flatten()
-    })
+/// An address as sock_diag takes it: four 32-bit words, the bytes in network order.
+fn words(octets: &[u8]) -> [u32; 4] {
+    let mut out = [0u32; 4];
+    for (w, chunk) in out.iter_mut().zip(octets.chunks(4)) {
+        *w = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+    }
+    out
 }
 
-/// An address as `/proc/net/tcp` writes it: each 32-bit word of the IP in the host's
-/// (little-endian) order, in hex, then the port.
-fn proc_net_address(a: std::net::SocketAddr) -> String {
-    let ip = match a.ip() {
-        std::net::IpAddr::V4(v4) => format!("{:08X}", u32::from_le_bytes(v4.octets())),
-        std::net::IpAddr::V6(v6) => v6
-            .octets()
-            .chunks(4)
-            .map(|w| format!("{:08X}", u32::from_le_bytes([w[0], w[1], w[2], w[3]])))
-            .collect(),
-    };
-    format!("{ip}:{:04X}", a.port())
+/// The uid in the kernel's answer to a sock_diag request: one `inet_diag_msg`, or an
+/// error (the socket is gone).
+fn diag_uid(answer: &[u8]) -> Option<u32> {
+    const HEADER: usize = std::mem::size_of::<NetlinkHeader>();
+    // inet_diag_msg: family, state, timer, retrans (4 bytes), the socket id (48), then
+    // expires, rqueue, wqueue, uid.
+    const UID_AT: usize = HEADER + 4 + std::mem::size_of::<SocketId>() + 12;
+    let kind = u16::from_ne_bytes(answer.get(4..6)?.try_into().ok()?);
+    if kind != SOCK_DIAG_BY_FAMILY {
+        return None; // NLMSG_ERROR: no such socket
+    }
+    Some(u32::from_ne_bytes(
+        answer.get(UID_AT..UID_AT + 4)?.try_into().ok()?,
+    ))
+}
+
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+
+#[repr(C)]
+struct NetlinkHeader {
+    len: u32,
+    kind: u16,
+    flags: u16,
+    seq: u32,
+    pid: u32,
+}
+
+/// `struct inet_diag_sockid`.
+#[repr(C)]
+struct SocketId {
+    sport: u16,
+    dport: u16,
+    src: [u32; 4],
+    dst: [u32; 4],
+    interface: u32,
+    cookie: [u32; 2],
+}
+
+/// A netlink header and `struct inet_diag_req_v2`.
+#[repr(C)]
+struct DiagRequest {
+    header: NetlinkHeader,
+    family: u8,
+    protocol: u8,
+    ext: u8,
+    pad: u8,
+    states: u32,
+    id: SocketId,
 }
 
 /// Places per user: no user holds more than `each` connections at once.
@@ -295,24 +386,6 @@ impl Drop for UserPlace {
 #[cfg(test)]
 mod peer_tests {
     use super::*;
-
-    #[test]
-    fn the_peer_is_found_in_the_socket_table_by_its_addresses() {
-        // A client on port 40000 (9C40) connected to 8000 (1F40), both 127.0.0.1.
-        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
-   0: 0100007F:1F40 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0\n\
-   1: 0100007F:9C40 0100007F:1F40 01 00000000:00000000 00:00000000 00000000 65534        0 2 1 0 20 4 30 10 -1\n\
-   2: 0100007F:1F40 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 3 1 0 20 4 30 10 -1\n";
-        let client: std::net::SocketAddr = "127.0.0.1:40000".parse().unwrap();
-        let server: std::net::SocketAddr = "127.0.0.1:8000".parse().unwrap();
-        assert_eq!(socket_uid(table, client, server), Some(65534));
-        assert_eq!(socket_uid(table, server, client), Some(0));
-        let v6: std::net::SocketAddr = "[::1]:8000".parse().unwrap();
-        assert_eq!(
-            proc_net_address(v6),
-            "00000000000000000000000001000000:1F40"
-        );
-    }
 
     #[test]
     fn the_peer_of_a_real_loopback_connection_is_found() {
