@@ -173,3 +173,96 @@ fn env_build_builds_ahead_and_names_a_missing_uv() {
         stderr(&out)
     );
 }
+
+/// Issue 25, finding 10: an index's credentials (`index_url = "http://user:secret@…"`)
+/// reach uv, and nothing a worker or another local user can read: no file of the
+/// environments' directory (which every worker sees), and not uv's command line (which
+/// every local user sees in /proc) but its environment.
+#[test]
+fn an_index_password_is_written_nowhere_a_worker_can_read() {
+    let dir = TempDir::new("pyenv-private");
+    let wheel_dir = dir.path("wheels");
+    std::fs::create_dir_all(&wheel_dir).unwrap();
+    wheels(&wheel_dir);
+    let port_file = dir.path("index.port");
+    /// The index, stopped however the test ends.
+    struct Index(std::process::Child);
+    impl Drop for Index {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _index = Index(
+        std::process::Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/servers/private_index.py"
+            ))
+            .arg(&port_file)
+            .arg(&wheel_dir)
+            .args(["builder", "s3cret-pass"])
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("the index", Duration::from_secs(10), || port_file.exists());
+    let port = std::fs::read_to_string(&port_file).unwrap();
+    // uv through a wrapper that notes its command line.
+    let argv_log = dir.path("uv-argv.log");
+    let wrapper = dir.path("uv-wrapper");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho \"$@\" >> {}\nexec {} \"$@\"\n",
+            argv_log.display(),
+            std::fs::canonicalize(uv())
+                .unwrap_or_else(|_| uv().to_owned())
+                .display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let model = format!(
+        "[[model]]\nname = \"private\"\ncommand = \"python\"\n\
+         args = [\"-u\", \"-c\", \"import cvpkg; print(cvpkg.VERSION); import time; time.sleep(600)\"]\n\
+         restart = \"never\"\n\
+         python = {{ packages = [\"cvpkg==2.0\"], index_url = \"http://builder:s3cret-pass@127.0.0.1:{port}/simple\" }}\n"
+    );
+    let s = Supervisor::start(
+        "pyenv-private",
+        &format!(
+            "envs_dir = \"{}\"\nuv = \"{}\"\n{model}",
+            dir.path("envs").display(),
+            wrapper.display()
+        ),
+    );
+    wait_until("the model's line", Duration::from_secs(60), || {
+        !s.log("private-0").is_empty() || s.model("private")["instances"][0]["error"].is_string()
+    });
+    assert_eq!(s.log("private-0").trim(), "2.0", "{}", s.model("private"));
+    fn files(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() && !p.is_symlink() {
+                files(&p, out);
+            } else if p.is_file() {
+                out.push(p);
+            }
+        }
+    }
+    let mut all = Vec::new();
+    files(&dir.path("envs"), &mut all);
+    assert!(!all.is_empty());
+    for f in all {
+        let bytes = std::fs::read(&f).unwrap_or_default();
+        assert!(
+            !bytes.windows(11).any(|w| w == b"s3cret-pass"),
+            "{} holds the index's password",
+            f.display()
+        );
+    }
+    let argv = std::fs::read_to_string(&argv_log).unwrap();
+    assert!(!argv.contains("s3cret-pass"), "uv's command line: {argv}");
+    assert!(argv.contains("pip compile"), "{argv}");
+}

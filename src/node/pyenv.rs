@@ -149,12 +149,13 @@ impl Envs {
         Ok(env)
     }
 
-    /// `uv pip compile` of the model's requirements: the pinned list, with the index
-    /// lines and the hashes of what was chosen (so that two indexes, or a wheel rebuilt
-    /// under the same version, make two resolutions).
+    /// `uv pip compile` of the model's requirements: the pinned list, with the hashes of
+    /// what was chosen (so that a wheel rebuilt under the same version, from this index
+    /// or another, makes another resolution). The index is not written in it: its URL
+    /// may hold credentials, and every worker can read the environments' directory.
     fn resolve(&self, spec: &PythonSpec) -> Result<String, EnvError> {
         let mut args = vec!["pip", "compile", "--quiet", "--generate-hashes"];
-        args.extend(["--emit-index-url", "--emit-find-links"]);
+        args.push("--emit-find-links");
         if let Some(v) = &spec.version {
             args.extend(["--python-version", v]);
         }
@@ -210,8 +211,10 @@ impl Envs {
             cmd.current_dir(dir);
         }
         if step != "venv" {
+            // In uv's environment, not on its command line: every local user can read
+            // a command line in /proc, and the URL may hold the index's credentials.
             if let Some(i) = &spec.index_url {
-                cmd.args(["--index-url", i]);
+                cmd.env("UV_DEFAULT_INDEX", i);
             }
             for f in &spec.find_links {
                 cmd.args(["--find-links", f]);
