@@ -15,20 +15,7 @@ const TOKEN: &str = "4f1c2d8e9a7b6c5d4e3f2a1b";
 
 /// A supervisor whose control API also listens on a loopback TCP port, with a token file.
 fn with_tcp(tag: &str, models: &str) -> (Supervisor, u16, TempDir) {
-    let dir = TempDir::new(&format!("{tag}-token"));
-    let token = dir.path("token");
-    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
-    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
-    let settings = format!(
-        "listen = \"127.0.0.1:{port}\"\nlisten_token = \"{}\"\n",
-        token.display()
-    );
-    let s = Supervisor::start_with(tag, &settings, &[], models);
-    (s, port, dir)
+    with_tcp_api(tag, TOKEN, models)
 }
 
 /// A model that sleeps; and one that crashes every 200 ms and is always restarted.

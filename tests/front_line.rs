@@ -514,19 +514,9 @@ fn bodies_under_way_are_held_to_a_budget() {
 fn another_user_cannot_take_the_tcp_control_apis_places() {
     use std::io::BufRead;
     use std::os::unix::process::CommandExt;
-    let dir = TempDir::new("tcp-places-token");
-    let token = dir.path("token");
-    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
-    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let port = cuvisor::node::process::free_port().unwrap();
-    let settings = format!(
-        "listen = \"127.0.0.1:{port}\"\nlisten_token = \"{}\"\n",
-        token.display()
-    );
-    let mut s = common::supervisor::Supervisor::start_with(
+    let (mut s, port, _token) = common::supervisor::with_tcp_api(
         "tcp-places",
-        &settings,
-        &[],
+        TOKEN,
         "[[model]]\nname = \"m\"\ncommand = \"sleep\"\nargs = [\"100000\"]\n",
     );
     let hog = format!(

@@ -672,33 +672,45 @@ fn the_request_child_holds_none_of_the_callers_descriptors() {
     let _ = p.wait();
 }
 
-/// A process that cannot answer (stopped) makes the request time out after the model's
-/// `swap_timeout`, and the answer names it (504).
-#[test]
-fn a_request_that_times_out_names_who_did_not_answer() {
-    let state = TempDir::new("swap-timeout-state");
+/// Model `a` of one probe (its command line marked with `marker`) whose process is
+/// stopped, so that it cannot answer, asked to hibernate with `swap_timeout`: the answer,
+/// how long it took, and the probe's pid.
+fn hibernate_a_stopped_probe(
+    tag: &str,
+    marker: &str,
+    swap_timeout: &str,
+) -> (u16, serde_json::Value, Duration, u32) {
+    let state = TempDir::new(&format!("{tag}-state"));
     let probe = stub_dir().join("driver_probe");
     let s = supervise(
-        "swap-timeout",
+        tag,
         &state.path("gpu-state"),
         "",
         &format!(
-            "[[model]]\nname = \"a\"\ncommand = \"{}\"\nargs = [\"init\", \"alloc\", \"64MiB\", \"sleep\", \"600001\"]\nswap_timeout = \"1s\"\n",
+            "[[model]]\nname = \"a\"\ncommand = \"{}\"\nargs = [\"init\", \"alloc\", \"64MiB\", \"sleep\", \"{marker}\"]\nswap_timeout = \"{swap_timeout}\"\n",
             probe.display()
         ),
     );
     wait_for_log(&s, "a-0", "alloc 64MiB -> 0");
-    let pid = probe_pid("600001");
+    let pid = probe_pid(marker);
     // SAFETY: signals to a process of the test's own.
     assert_eq!(unsafe { libc_kill(pid as i32, libc::SIGSTOP) }, 0);
     let started = std::time::Instant::now();
     let (code, report) = power(&s, "a", "hibernate");
     // SAFETY: as above.
     unsafe { libc_kill(pid as i32, libc::SIGCONT) };
+    (code, report, started.elapsed(), pid)
+}
+
+/// A process that cannot answer (stopped) makes the request time out after the model's
+/// `swap_timeout`, and the answer names it (504).
+#[test]
+fn a_request_that_times_out_names_who_did_not_answer() {
+    let (code, report, took, pid) = hibernate_a_stopped_probe("swap-timeout", "600001", "1s");
     assert_eq!(code, 504, "{report}");
     assert_eq!(report["outcome"], "timed_out");
     assert_eq!(report["pending"], serde_json::json!([pid]), "{report}");
-    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(took < Duration::from_secs(10));
 }
 
 /// Issue 25, finding 18: a hibernate answered after the control API's 30 s connection
@@ -706,26 +718,8 @@ fn a_request_that_times_out_names_who_did_not_answer() {
 /// process makes it wait 32 s, and the caller gets the 504 naming it.
 #[test]
 fn an_answer_that_takes_longer_than_30_s_reaches_its_caller() {
-    let state = TempDir::new("swap-timeout-long-state");
-    let probe = stub_dir().join("driver_probe");
-    let s = supervise(
-        "swap-timeout-long",
-        &state.path("gpu-state"),
-        "",
-        &format!(
-            "[[model]]\nname = \"a\"\ncommand = \"{}\"\nargs = [\"init\", \"alloc\", \"64MiB\", \"sleep\", \"600002\"]\nswap_timeout = \"32s\"\n",
-            probe.display()
-        ),
-    );
-    wait_for_log(&s, "a-0", "alloc 64MiB -> 0");
-    let pid = probe_pid("600002");
-    // SAFETY: signals to a process of the test's own.
-    assert_eq!(unsafe { libc_kill(pid as i32, libc::SIGSTOP) }, 0);
-    let started = std::time::Instant::now();
-    let (code, report) = power(&s, "a", "hibernate");
-    // SAFETY: as above.
-    unsafe { libc_kill(pid as i32, libc::SIGCONT) };
-    assert!(started.elapsed() >= Duration::from_secs(32));
+    let (code, report, took, pid) = hibernate_a_stopped_probe("swap-timeout-long", "600002", "32s");
+    assert!(took >= Duration::from_secs(32));
     assert_eq!(code, 504, "{report}");
     assert_eq!(report["outcome"], "timed_out");
     assert_eq!(report["pending"], serde_json::json!([pid]), "{report}");

@@ -221,3 +221,20 @@ pub fn pgrep(pattern: &str) -> Vec<String> {
     let out = run(Command::new("pgrep").args(["-f", pattern]));
     lines(&out)
 }
+
+/// A supervisor whose control API also listens on a loopback TCP port, with `token` in a
+/// private token file: the supervisor, its port, and the directory of the token.
+pub fn with_tcp_api(tag: &str, token: &str, models: &str) -> (Supervisor, u16, TempDir) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new(&format!("{tag}-token"));
+    let file = dir.path("token");
+    std::fs::write(&file, format!("{token}\n")).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let port = cuvisor::node::process::free_port().unwrap();
+    let settings = format!(
+        "listen = \"127.0.0.1:{port}\"\nlisten_token = \"{}\"\n",
+        file.display()
+    );
+    let s = Supervisor::start_with(tag, &settings, &[], models);
+    (s, port, dir)
+}
