@@ -428,6 +428,39 @@ fn check(path: &std::path::Path) -> ExitCode {
             for why in cuvisor::config::exposure::supervisor_exposure(&c.supervisor) {
                 eprintln!("WARNING: {why}");
             }
+            if let Some(range) = c.supervisor.userns_range {
+                for file in ["/etc/subuid", "/etc/subgid"] {
+                    let text = std::fs::read_to_string(file).unwrap_or_default();
+                    for why in cuvisor::config::exposure::subid_overlaps(range, file, &text) {
+                        eprintln!("WARNING: {why}");
+                    }
+                }
+            }
+            let uv = &c.supervisor.envs.uv;
+            let needs_uv: Vec<&str> = c
+                .models
+                .iter()
+                .filter(|m| m.python.is_some())
+                .map(|m| m.name.as_str())
+                .collect();
+            let uv_runs = || {
+                std::process::Command::new(uv)
+                    .arg("--version")
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            };
+            if !needs_uv.is_empty() && !uv_runs() {
+                eprintln!(
+                    "{}: model(s) {} have python, and uv ({}) cannot be run: install it \
+                     (`pip install uv`), or set uv in [supervisor]",
+                    path.display(),
+                    needs_uv.join(", "),
+                    uv.display()
+                );
+                return ExitCode::FAILURE;
+            }
             for m in &c.models {
                 for why in cuvisor::config::exposure::exposure(m) {
                     eprintln!("WARNING: model {}: {why}", m.name);

@@ -549,3 +549,26 @@ fn another_user_cannot_take_the_tcp_control_apis_places() {
     assert!(ok(&answer), "{answer:?}");
     assert_eq!(s.stop().0, 0);
 }
+
+/// Finding 19: `check` fails for a model with `python` when uv cannot be run (`run` would
+/// fail that model at its first start, minutes later).
+#[test]
+fn check_fails_a_python_model_without_uv() {
+    let dir = TempDir::new("check-uv");
+    let path = dir.path("cuvisor.toml");
+    std::fs::write(
+        &path,
+        "[supervisor]\nuv = \"/nonexistent/uv\"\n[[model]]\nname = \"py\"\ncommand = \"python\"\n\
+         python = { packages = [\"numpy\"] }\n[[model]]\nname = \"plain\"\ncommand = \"/bin/true\"\n",
+    )
+    .unwrap();
+    let out = run(std::process::Command::new(env!("CARGO_BIN_EXE_cuvisor"))
+        .arg("check")
+        .arg(&path));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let expected = format!(
+        "{}: model(s) py have python, and uv (/nonexistent/uv) cannot be run: install it (`pip install uv`), or set uv in [supervisor]",
+        path.display()
+    );
+    assert!(stderr(&out).contains(&expected), "{}", stderr(&out));
+}

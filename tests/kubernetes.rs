@@ -64,9 +64,11 @@ fn the_manifests_are_valid_kubernetes_and_carry_a_valid_configuration() {
         .arg(&config)
         .env("PYTHONPATH", &tools));
     assert!(out.status.success(), "{}", stderr(&out));
+    // Its model has a Python environment: `check` asks for uv, as the image has it.
     let out = run(Command::new(env!("CARGO_BIN_EXE_cuvisor"))
         .arg("check")
         .arg(&config)
+        .env("PATH", path_with_uv())
         .env("LD_LIBRARY_PATH", stub_dir())
         .env("FAKE_CUDA_DEVICE_MEM", "80GiB"));
     assert!(

@@ -9,31 +9,6 @@ use common::*;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// uv: the one on the PATH, else one installed for the tests under target/ (PyPI).
-fn uv() -> &'static Path {
-    static UV: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    UV.get_or_init(|| {
-        let on_path = std::process::Command::new("uv").arg("--version").output();
-        if on_path.is_ok_and(|o| o.status.success()) {
-            return PathBuf::from("uv");
-        }
-        let dir = target_dir().join("tools/uv");
-        let uv = dir.join("bin/uv");
-        if !uv.exists() {
-            let out = run(std::process::Command::new("python3")
-                .args(["-m", "pip", "install", "--quiet", "--target"])
-                .arg(&dir)
-                .arg("uv"));
-            assert!(
-                out.status.success() && uv.exists(),
-                "no uv on the PATH, and installing it failed (python3 -m pip install uv): {}",
-                stderr(&out)
-            );
-        }
-        uv
-    })
-}
-
 fn wheels(dir: &Path) {
     for version in ["1.0", "2.0"] {
         let out = run(std::process::Command::new("python3")

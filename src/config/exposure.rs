@@ -52,3 +52,49 @@ pub fn exposure(m: &ModelConfig) -> Vec<&'static str> {
     }
     out
 }
+
+/// Where `userns_range` overlaps the subordinate ids `text` (the content of `/etc/subuid`
+/// or `/etc/subgid`, named `file`) gives users for their own user namespaces: a process
+/// in such a namespace could then share ids with a model's workers.
+pub fn subid_overlaps(range: (u32, u32), file: &str, text: &str) -> Vec<String> {
+    let (first, last) = range;
+    text.lines()
+        .filter_map(|line| {
+            let mut f = line.trim().split(':');
+            let (name, start, count) = (f.next()?, f.next()?, f.next()?);
+            let start: u64 = start.parse().ok()?;
+            let count: u64 = count.parse().ok()?;
+            let end = (start + count).checked_sub(1)?;
+            (start <= u64::from(last) && u64::from(first) <= end).then(|| {
+                format!(
+                    "userns_range {first}-{last} overlaps the ids {file} gives {name} \
+                     ({start}-{end}): a process in {name}'s user namespaces could share ids with \
+                     a model's workers (choose a range outside {file}'s)"
+                )
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_userns_range_is_checked_against_the_subordinate_ids() {
+        let text = "alice:100000:65536\nbob:1000000:65536\n# comment\nbad line\n";
+        let found = subid_overlaps((1_000_000, 1_999_999), "/etc/subuid", text);
+        assert_eq!(found.len(), 1);
+        assert!(
+            found[0].contains("gives bob (1000000-1065535)"),
+            "{found:?}"
+        );
+        assert!(subid_overlaps((2_000_000, 2_999_999), "/etc/subuid", text).is_empty());
+        // The last id of alice's range touches the first of the model's.
+        assert_eq!(
+            subid_overlaps((165_535, 200_000), "/etc/subuid", text).len(),
+            1
+        );
+        assert!(subid_overlaps((165_536, 200_000), "/etc/subuid", text).is_empty());
+    }
+}

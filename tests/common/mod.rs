@@ -191,3 +191,37 @@ pub fn hold(mut cmd: Command, lines: usize) -> (Child, BufReader<ChildStdout>, V
     }
     (child, out, seen)
 }
+
+/// uv: the one on the PATH, else one installed for the tests under target/ (PyPI).
+pub fn uv() -> &'static Path {
+    static UV: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    UV.get_or_init(|| {
+        let on_path = std::process::Command::new("uv").arg("--version").output();
+        if on_path.is_ok_and(|o| o.status.success()) {
+            return PathBuf::from("uv");
+        }
+        let dir = target_dir().join("tools/uv");
+        let uv = dir.join("bin/uv");
+        if !uv.exists() {
+            let out = run(std::process::Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet", "--target"])
+                .arg(&dir)
+                .arg("uv"));
+            assert!(
+                out.status.success() && uv.exists(),
+                "no uv on the PATH, and installing it failed (python3 -m pip install uv): {}",
+                stderr(&out)
+            );
+        }
+        uv
+    })
+}
+
+/// A PATH on which `uv` is found ([`uv`]), for a program that looks it up there.
+pub fn path_with_uv() -> String {
+    let path = std::env::var("PATH").unwrap_or_default();
+    match uv().parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => format!("{}:{path}", dir.display()),
+        None => path,
+    }
+}
