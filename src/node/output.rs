@@ -109,7 +109,7 @@ impl Copier {
     }
 }
 
-/// Copies all of `input` through a [`Copier`] to `out`, [`CHUNK`] bytes at a time, until
+/// Copies all of `input` through a [`Copier`] to `out`, 64 KiB at a time, until
 /// the worker's output ends. A failed write does not stop the reading: the worker must
 /// never be left writing to a pipe that nobody reads.
 pub fn copy(input: &mut impl Read, mut copier: Copier, out: &mut impl Write) {
