@@ -8,7 +8,7 @@
 use crate::config::{Config, RUN_DIR};
 use crate::core::Supervisor;
 use crate::core::api::{Answer, Call, Closed, Mailbox, Reply, Request};
-use crate::core::effects::{Door, Load};
+use crate::core::effects::{Door, Load, Owner};
 use crate::core::placement::{self, Demand, Plan, PlanError};
 use crate::core::status::{PowerReport, Status};
 use crate::log::log;
@@ -117,8 +117,8 @@ pub struct Front {
 }
 
 impl Door for Front {
-    fn started(&self, model: &str, index: u32, port: u16) {
-        self.routes.started(model, index, port);
+    fn started(&self, model: &str, index: u32, port: u16, owner: Option<Owner>) {
+        self.routes.started(model, index, port, owner);
     }
     fn gone(&self, model: &str, index: u32) {
         self.routes.gone(model, index);

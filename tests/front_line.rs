@@ -572,3 +572,75 @@ fn check_fails_a_python_model_without_uv() {
     );
     assert!(stderr(&out).contains(&expected), "{}", stderr(&out));
 }
+
+/// Finding 4: a local user who binds an instance's port while its engine loads (the port
+/// is on the worker's command line) is never sent the clients' requests: the front door
+/// routes to a port only while the socket listening there is a process of the instance's
+/// own. The engine, finding its port taken, exits and starts again on another.
+#[test]
+fn a_port_taken_by_another_user_is_never_routed_to() {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    let model = format!(
+        "[[model]]\nname = \"m\"\ncommand = \"python3\"\n\
+         args = [\"{}\", \"--port\", \"{{port}}\", \"--name\", \"m\", \"--delay\", \"2\"]\n\
+         restart = \"always\"\nbackoff_initial = \"10ms\"\nbackoff_max = \"10ms\"\n\
+         [model.serve]\nhealth = \"/health\"\nqueue_timeout = \"60s\"\n",
+        servers().join("openai_model.py").display()
+    );
+    let (mut s, http) = front_door("hijack", "", &[], &model);
+    // The attacker reads the port off the engine's command line, as any local user can.
+    let pid = loop {
+        if let Some(p) =
+            common::supervisor::pgrep("openai_model.py --port [0-9]+ --name m ").first()
+        {
+            break p.clone();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
+    let args: Vec<&str> = cmdline.split('\0').collect();
+    let port = args[args.iter().position(|a| *a == "--port").unwrap() + 1];
+    let hijacker = format!(
+        "import http.server, json\n\
+         class H(http.server.BaseHTTPRequestHandler):\n\
+         \x20   def answer(self):\n\
+         \x20       body = json.dumps({{'served_by': 'hijacker'}}).encode()\n\
+         \x20       self.send_response(200); self.send_header('Content-Length', str(len(body))); self.end_headers(); self.wfile.write(body)\n\
+         \x20   do_GET = answer\n\
+         \x20   def do_POST(self):\n\
+         \x20       self.rfile.read(int(self.headers.get('Content-Length', 0))); self.answer()\n\
+         \x20   def log_message(self, *a): pass\n\
+         s = http.server.HTTPServer(('127.0.0.1', {port}), H)\n\
+         print('bound', flush=True)\n\
+         s.serve_forever()\n"
+    );
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut nobody = Kill(
+        std::process::Command::new("python3")
+            .args(["-c", &hijacker])
+            .uid(65534)
+            .gid(65534)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufReader::new(nobody.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "bound", "the hijacker bound port {port}");
+    for _ in 0..3 {
+        let answer = exchange(http, &completion("m"));
+        assert!(ok(&answer), "{answer}");
+        assert_eq!(json_of(&answer)["served_by"], "m", "{answer}");
+    }
+    drop(nobody);
+    assert_eq!(s.stop().0, 0);
+}

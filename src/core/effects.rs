@@ -8,11 +8,19 @@ use cuvisor_common::ledger::{LedgerError, Snapshot};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+/// Whether a socket (by its inode) is held by one of a worker's processes: how the front
+/// door tells the instance's own listener from another process's on its port.
+pub type Owner = std::sync::Arc<dyn Fn(u64) -> bool + Send + Sync>;
+
 /// What the core needs to know of a running worker; the rest is the host's.
 pub trait Process {
     fn pid(&self) -> i32;
     /// The port its engine serves on, for a served model.
     fn port(&self) -> Option<u16>;
+    /// How to tell its sockets from other processes' (None: it cannot be told).
+    fn owner(&self) -> Option<Owner> {
+        None
+    }
 }
 
 /// How a worker ended.
@@ -77,8 +85,9 @@ pub type Load = (usize, BTreeMap<u32, InstanceLoad>);
 
 /// The front door, as the core sees it: where it routes, and the load it reports.
 pub trait Door {
-    /// Instance `index` of `model` serves on `port` (routed once its health check passes).
-    fn started(&self, model: &str, index: u32, port: u16);
+    /// Instance `index` of `model` serves on `port` (routed once its health check passes),
+    /// from a socket `owner` says is its own.
+    fn started(&self, model: &str, index: u32, port: u16, owner: Option<Owner>);
     /// Instance `index` of `model` serves no more.
     fn gone(&self, model: &str, index: u32);
     /// `model` is hibernated (its requests wait) or awake.

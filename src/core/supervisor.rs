@@ -310,8 +310,10 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
                     effects.signal(pid, signal);
                 }
                 Action::Serve => {
-                    if let Some(port) = slot.worker.as_ref().and_then(|w| w.port()) {
-                        door.started(&model.cfg.name, slot.index, port);
+                    if let Some(w) = &slot.worker
+                        && let Some(port) = w.port()
+                    {
+                        door.started(&model.cfg.name, slot.index, port, w.owner());
                     }
                 }
                 Action::Unserve => door.gone(&model.cfg.name, slot.index),

@@ -9,7 +9,7 @@ use super::output::{self, Copier};
 use crate::cgroups::{Cgroup, CgroupError, Hierarchy, Limits};
 use crate::config::{Config, Logs, ModelConfig, SupervisorConfig};
 pub use crate::core::effects::{Effects, PowerJob};
-use crate::core::effects::{Exit, Process};
+use crate::core::effects::{Exit, Owner, Process};
 use crate::core::lifecycle::Signal;
 use crate::core::placement::Plan;
 use crate::core::status::PowerReport;
@@ -41,6 +41,22 @@ impl Process for Worker {
     }
     fn port(&self) -> Option<u16> {
         self.port
+    }
+    /// A socket is the worker's when a process of its cgroup holds it.
+    fn owner(&self) -> Option<Owner> {
+        let cgroup = self.cgroup.clone()?;
+        Some(std::sync::Arc::new(move |inode| {
+            let link = format!("socket:[{inode}]");
+            cgroup.procs().into_iter().any(|pid| {
+                std::fs::read_dir(format!("/proc/{pid}/fd"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .any(|fd| {
+                        std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == link.as_str())
+                    })
+            })
+        }))
     }
 }
 

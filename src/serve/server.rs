@@ -206,6 +206,13 @@ mod tests {
 /// addresses (sock_diag over netlink: one socket looked up, whatever the number of
 /// connections, where reading `/proc/net/tcp` would cost the whole table each time).
 pub fn loopback_peer_uid(peer: std::net::SocketAddr, local: std::net::SocketAddr) -> Option<u32> {
+    loopback_socket(peer, local).map(|(uid, _)| uid)
+}
+
+/// The socket from `from` to `to` on this host: its owner's uid and its inode, asked of
+/// the kernel (sock_diag).
+pub fn loopback_socket(from: std::net::SocketAddr, to: std::net::SocketAddr) -> Option<(u32, u64)> {
+    let (peer, local) = (from, to);
     use std::net::SocketAddr::{V4, V6};
     let (family, src, dst) = match (peer, local) {
         (V4(p), V4(l)) => (
@@ -270,8 +277,17 @@ pub fn loopback_peer_uid(peer: std::net::SocketAddr, local: std::net::SocketAddr
             libc::recv(fd, answer.as_mut_ptr().cast(), answer.len(), 0)
         };
         libc::close(fd);
-        diag_uid(&answer[..usize::try_from(n).ok()?])
+        diag_socket(&answer[..usize::try_from(n).ok()?])
     }
+}
+
+/// The inode of the socket listening on loopback `port` (the one a connection to it
+/// would reach), asked of the kernel: a lookup for a connection from a port nobody
+/// connects from finds no established socket, and so the listener.
+pub fn loopback_listener(port: u16) -> Option<u64> {
+    let listening = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let nobody = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
+    loopback_socket(listening, nobody).map(|(_, inode)| inode)
 }
 
 /// An address as sock_diag takes it: four 32-bit words, the bytes in network order.
@@ -283,9 +299,9 @@ fn words(octets: &[u8]) -> [u32; 4] {
     out
 }
 
-/// The uid in the kernel's answer to a sock_diag request: one `inet_diag_msg`, or an
-/// error (the socket is gone).
-fn diag_uid(answer: &[u8]) -> Option<u32> {
+/// The uid and inode in the kernel's answer to a sock_diag request: one
+/// `inet_diag_msg`, or an error (the socket is gone).
+fn diag_socket(answer: &[u8]) -> Option<(u32, u64)> {
     const HEADER: usize = std::mem::size_of::<NetlinkHeader>();
     // inet_diag_msg: family, state, timer, retrans (4 bytes), the socket id (48), then
     // expires, rqueue, wqueue, uid.
@@ -294,9 +310,8 @@ fn diag_uid(answer: &[u8]) -> Option<u32> {
     if kind != SOCK_DIAG_BY_FAMILY {
         return None; // NLMSG_ERROR: no such socket
     }
-    Some(u32::from_ne_bytes(
-        answer.get(UID_AT..UID_AT + 4)?.try_into().ok()?,
-    ))
+    let word = |at: usize| Some(u32::from_ne_bytes(answer.get(at..at + 4)?.try_into().ok()?));
+    Some((word(UID_AT)?, u64::from(word(UID_AT + 4)?)))
 }
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
@@ -399,6 +414,20 @@ mod peer_tests {
             Some(me)
         );
         drop(client);
+    }
+
+    #[test]
+    fn the_listener_on_a_port_is_found_with_its_inode() {
+        use std::os::fd::AsRawFd;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", listener.as_raw_fd())).unwrap();
+        assert_eq!(
+            loopback_listener(port).map(|i| format!("socket:[{i}]")),
+            Some(link.display().to_string())
+        );
+        drop(listener);
+        assert_eq!(loopback_listener(port), None);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::core::api::{self, Answer, Request};
-use crate::core::effects::{InstanceLoad, Load, PowerJob};
+use crate::core::effects::{InstanceLoad, Load, Owner, PowerJob};
 use crate::core::status::{InstanceStatus, PowerAction, PowerOutcome, PowerReport};
 
 const DONE: PowerOutcome = PowerOutcome::Done;
@@ -115,7 +115,7 @@ impl Front {
 }
 
 impl Door for Front {
-    fn started(&self, model: &str, index: u32, port: u16) {
+    fn started(&self, model: &str, index: u32, port: u16, _owner: Option<Owner>) {
         self.routed
             .borrow_mut()
             .insert((model.to_owned(), index), (port, false));

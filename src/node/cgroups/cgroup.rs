@@ -5,7 +5,7 @@ use std::io::{self};
 use std::path::{Path, PathBuf};
 
 /// One worker's cgroup (one directory per v1 controller, or one v2 directory).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Cgroup {
     pub(super) dirs: Vec<PathBuf>,
     pub(super) v2: bool,

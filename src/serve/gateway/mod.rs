@@ -110,7 +110,7 @@ async fn check_health(routes: Arc<Routes>) {
                     .body(Full::new(Bytes::new()).map_err(Into::into).boxed())
                     .expect("a valid request");
                 let asked = async {
-                    let mut c = connect(u.port).await?;
+                    let mut c = connect(u.port, u.owner.as_ref()).await?;
                     c.send_request(request).await.map_err(|e| e.to_string())
                 };
                 let answer = tokio::time::timeout(Duration::from_secs(1), asked).await;
@@ -394,6 +394,7 @@ async fn to_instance(
     match send(
         instance.port,
         &instance.idle,
+        instance.owner.as_ref(),
         Request::from_parts(parts, body),
     )
     .await

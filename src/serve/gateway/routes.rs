@@ -5,6 +5,7 @@
 use super::bodies::Bodies;
 use super::upstream::{Connections, Sender};
 use crate::config::Config;
+use crate::core::effects::Owner;
 use crate::metrics::{FrontDoorMetrics, ModelMetrics};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -35,6 +36,8 @@ pub(super) struct Instance {
     pub(super) idle_since: Mutex<Instant>,
     /// Its idle keep-alive connections.
     pub(super) idle: Connections,
+    /// Tells the instance's own listener from another process's on its port.
+    pub(super) owner: Option<Owner>,
 }
 
 /// A model's queue: the requests waiting for a place on an instance.
@@ -113,6 +116,7 @@ pub(super) struct Unready {
     pub(super) ready: Arc<AtomicBool>,
     pub(super) probing: Arc<AtomicBool>,
     pub(super) age: Duration,
+    pub(super) owner: Option<Owner>,
 }
 
 /// A request counted in its model's queue while this lives.
@@ -220,7 +224,7 @@ impl Routes {
     }
 
     /// An instance of `model` was started, listening (soon) on `port`: not ready yet.
-    pub fn started(&self, model: &str, index: u32, port: u16) {
+    pub fn started(&self, model: &str, index: u32, port: u16, owner: Option<Owner>) {
         if let Some(s) = self.models.get(model) {
             let mut instances = Self::instances(s);
             instances.retain(|u| u.index != index);
@@ -235,6 +239,7 @@ impl Routes {
                     in_flight: AtomicUsize::new(0),
                     idle_since: Mutex::new(Instant::now()),
                     idle: Connections::default(),
+                    owner,
                 }),
             });
         }
@@ -444,6 +449,7 @@ impl Routes {
                         ready: u.ready.clone(),
                         probing: u.probing.clone(),
                         age: u.started.elapsed(),
+                        owner: u.shared.owner.clone(),
                     })
                     .collect::<Vec<_>>()
             })

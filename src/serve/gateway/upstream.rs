@@ -1,6 +1,7 @@
 //! The instances' side of the front door: connections to an instance (kept alive and
 //! reused) and sending a request over one.
 
+use crate::core::effects::Owner;
 use http_body_util::combinators::BoxBody;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response};
@@ -43,8 +44,23 @@ impl Connections {
     }
 }
 
-/// A new connection to the instance on `port`, driven by a task of its own.
-pub(super) async fn connect(port: u16) -> Result<Sender, String> {
+/// A new connection to the instance on `port`, driven by a task of its own, if the
+/// socket listening there is the instance's own (`owner`): a port is free while an engine
+/// loads, and another process that took it first must not be sent the clients' requests.
+pub(super) async fn connect(port: u16, owner: Option<&Owner>) -> Result<Sender, String> {
+    if let Some(owner) = owner {
+        let owner = owner.clone();
+        let ours = tokio::task::spawn_blocking(move || {
+            crate::serve::server::loopback_listener(port).is_some_and(|inode| owner(inode))
+        })
+        .await
+        .unwrap_or(false);
+        if !ours {
+            return Err(format!(
+                "port {port} is held by a process that is not the instance's: nothing is sent there"
+            ));
+        }
+    }
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .map_err(|e| format!("cannot connect to the instance: {e}"))?;
@@ -67,12 +83,13 @@ pub(super) async fn connect(port: u16) -> Result<Sender, String> {
 pub(super) async fn send(
     port: u16,
     idle: &Connections,
+    owner: Option<&Owner>,
     mut request: Request<Body>,
 ) -> Result<(Response<Incoming>, Sender), String> {
     loop {
         let (mut sender, reused) = match idle.take() {
             Some(c) => (c, true),
-            None => (connect(port).await?, false),
+            None => (connect(port, owner).await?, false),
         };
         // An idle connection is ready at once, unless the instance closed it, or answered
         // before it had read the whole of the last request (the connection is not free
