@@ -241,3 +241,65 @@ fn an_index_password_is_written_nowhere_a_worker_can_read() {
     assert!(!argv.contains("s3cret-pass"), "uv's command line: {argv}");
     assert!(argv.contains("pip compile"), "{argv}");
 }
+
+/// Issue 25, finding 9: a requirements file swapped for a link (here to a root-only file
+/// whose first line is a secret) is not followed, and no error quotes what it points to.
+#[test]
+fn a_requirements_file_swapped_for_a_link_is_not_followed() {
+    let dir = TempDir::new("pyenv-link");
+    let secret = dir.path("secret");
+    std::fs::write(&secret, "TOP-SECRET-LINE\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let requirements = dir.path("requirements.txt");
+    std::fs::write(&requirements, "cvpkg==1.0\n").unwrap();
+    let model = format!(
+        "[[model]]\nname = \"linked\"\ncommand = \"python\"\nargs = [\"-c\", \"pass\"]\n\
+         restart = \"never\"\n\
+         python = {{ requirements = \"{}\", offline = true }}\n",
+        requirements.display()
+    );
+    // And a model whose requirements file is a plain file: it is read, and resolved.
+    let wheel_dir = dir.path("wheels");
+    std::fs::create_dir_all(&wheel_dir).unwrap();
+    wheels(&wheel_dir);
+    let plain = dir.path("plain.txt");
+    std::fs::write(&plain, "# pinned\ncvpkg==2.0").unwrap();
+    let model = format!(
+        "{model}[[model]]\nname = \"plain\"\ncommand = \"python\"\n\
+         args = [\"-u\", \"-c\", \"import cvpkg; print(cvpkg.VERSION); import time; time.sleep(600)\"]\n\
+         restart = \"never\"\n\
+         python = {{ requirements = \"{}\", find_links = [\"{}\"], offline = true }}\n",
+        plain.display(),
+        wheel_dir.display()
+    );
+    // Swapped for a link after it was written (the configuration's check follows it).
+    std::fs::remove_file(&requirements).unwrap();
+    std::os::unix::fs::symlink(&secret, &requirements).unwrap();
+    let s = Supervisor::start(
+        "pyenv-link",
+        &format!(
+            "envs_dir = \"{}\"\nuv = \"{}\"\n{model}",
+            dir.path("envs").display(),
+            uv().display()
+        ),
+    );
+    wait_until("the model's error", Duration::from_secs(30), || {
+        s.model("linked")["instances"][0]["error"].is_string()
+    });
+    let error = s.model("linked")["instances"][0]["error"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(!error.contains("TOP-SECRET"), "{error}");
+    assert!(
+        !s.supervisor_log().contains("TOP-SECRET"),
+        "{}",
+        s.supervisor_log()
+    );
+    assert!(error.contains("a symbolic link, not followed"), "{error}");
+    wait_until("the plain model's line", Duration::from_secs(60), || {
+        !s.log("plain-0").is_empty()
+    });
+    assert_eq!(s.log("plain-0").trim(), "2.0");
+}

@@ -37,6 +37,10 @@ pub enum EnvError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "the requirements {path}: a symbolic link, not followed (name the file itself), or not a regular file"
+    )]
+    RequirementsNotAFile { path: PathBuf },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -46,6 +50,40 @@ pub enum EnvError {
     Uv { step: &'static str, message: String },
     #[error("uv {step} did not end within {} min: killed", LIMIT.as_secs() / 60)]
     TimedOut { step: &'static str },
+}
+
+/// A requirements file's content, read as the supervisor's user would not be fooled into:
+/// a symbolic link is not followed (another user who can write its directory could point
+/// it at a file only root may read, whose lines uv's errors would quote), and it must be a
+/// regular file.
+fn read_requirements(path: &Path) -> Result<Vec<u8>, EnvError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let refused = || EnvError::RequirementsNotAFile {
+        path: path.to_owned(),
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|source| match source.raw_os_error() {
+            Some(libc::ELOOP) => refused(),
+            _ => EnvError::Requirements {
+                path: path.to_owned(),
+                source,
+            },
+        })?;
+    let regular = file.metadata().is_ok_and(|m| m.file_type().is_file());
+    if !regular {
+        return Err(refused());
+    }
+    let mut text = Vec::new();
+    file.read_to_end(&mut text)
+        .map_err(|source| EnvError::Requirements {
+            path: path.to_owned(),
+            source,
+        })?;
+    Ok(text)
 }
 
 /// The marker of a complete environment.
@@ -81,20 +119,20 @@ impl Envs {
         std::fs::create_dir_all(&resolved_dir).map_err(io(&resolved_dir))?;
         // The model's input, all of it: what it asks for and where from.
         let mut input = Sha256::new();
-        if let Some(path) = &spec.requirements {
-            let text = std::fs::read(path).map_err(|source| EnvError::Requirements {
-                path: path.clone(),
-                source,
-            })?;
+        let requirements = match &spec.requirements {
+            Some(path) => Some(read_requirements(path)?),
+            None => None,
+        };
+        if let (Some(path), Some(text)) = (&spec.requirements, &requirements) {
             input.update(path.as_os_str().as_encoded_bytes());
-            input.update(&text);
+            input.update(text);
         }
         input.update(format!("{spec:?}"));
         let resolution = resolved_dir.join(hex(&input.finalize()));
         let pins = match std::fs::read_to_string(&resolution) {
             Ok(text) if !resolve_again => text,
             _ => {
-                let text = self.resolve(spec)?;
+                let text = self.resolve(spec, requirements.as_deref())?;
                 std::fs::write(&resolution, &text).map_err(io(&resolution))?;
                 text
             }
@@ -153,18 +191,23 @@ impl Envs {
     /// what was chosen (so that a wheel rebuilt under the same version, from this index
     /// or another, makes another resolution). The index is not written in it: its URL
     /// may hold credentials, and every worker can read the environments' directory.
-    fn resolve(&self, spec: &PythonSpec) -> Result<String, EnvError> {
+    ///
+    /// The requirements file's `text`, read by [`read_requirements`], goes to uv on its
+    /// standard input with the packages: uv never opens the path itself.
+    fn resolve(&self, spec: &PythonSpec, text: Option<&[u8]>) -> Result<String, EnvError> {
         let mut args = vec!["pip", "compile", "--quiet", "--generate-hashes"];
         args.push("--emit-find-links");
         if let Some(v) = &spec.version {
             args.extend(["--python-version", v]);
         }
-        let file = spec.requirements.as_ref().map(|p| p.display().to_string());
-        if let Some(f) = &file {
-            args.push(f);
+        let mut inline = text
+            .map(|t| String::from_utf8_lossy(t).into_owned())
+            .unwrap_or_default();
+        if !inline.is_empty() && !inline.ends_with('\n') {
+            inline.push('\n');
         }
-        let inline = spec.packages.join("\n");
-        if !spec.packages.is_empty() {
+        inline.push_str(&spec.packages.join("\n"));
+        if !inline.is_empty() {
             args.push("-");
         }
         // Relative paths in a requirements file are its directory's.
