@@ -43,15 +43,6 @@ fn status_code(answer: &str) -> &str {
     answer.split_whitespace().nth(1).unwrap_or("none")
 }
 
-fn proc_status(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("{field} of {pid}"))
-}
-
 fn open_descriptors(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
@@ -254,21 +245,7 @@ fn a_tcp_listener_needs_a_private_token_file() {
     let token = dir.path("token");
     std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let check = |settings: &str| {
-        let path = dir.path("cuvisor.toml");
-        std::fs::write(
-            &path,
-            format!("[supervisor]\n{settings}\n[[model]]\nname = \"m\"\ncommand = \"/bin/true\"\n"),
-        )
-        .unwrap();
-        let out = run(std::process::Command::new(env!("CARGO_BIN_EXE_cuvisor"))
-            .arg("check")
-            .arg(&path));
-        (
-            out.status.code(),
-            stderr(&out).replace(&format!("{}:", path.display()), "FILE:"),
-        )
-    };
+    let check = |settings: &str| check_settings(&dir, settings);
     let (code, err) = check("listen = \"127.0.0.1:9400\"");
     assert_eq!(code, Some(1));
     assert!(

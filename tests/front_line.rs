@@ -8,24 +8,6 @@ use std::os::unix::fs::PermissionsExt;
 
 const TOKEN: &str = "0123456789abcdef0123";
 
-/// `cuvisor check` on a configuration with `settings` in `[supervisor]` and one model:
-/// its exit status and its errors (the file's path written `FILE`).
-fn check(dir: &TempDir, settings: &str) -> (Option<i32>, String) {
-    let path = dir.path("cuvisor.toml");
-    std::fs::write(
-        &path,
-        format!("[supervisor]\n{settings}\n[[model]]\nname = \"m\"\ncommand = \"/bin/true\"\n"),
-    )
-    .unwrap();
-    let out = run(std::process::Command::new(env!("CARGO_BIN_EXE_cuvisor"))
-        .arg("check")
-        .arg(&path));
-    (
-        out.status.code(),
-        stderr(&out).replace(&format!("{}:", path.display()), "FILE:"),
-    )
-}
-
 /// Finding 15: a token or key file that belongs to another user is refused, even when
 /// only its owner can read it: that user could change it.
 #[test]
@@ -45,7 +27,7 @@ fn a_secret_file_of_another_user_is_refused() {
         token.display(),
         keys.display()
     );
-    let (code, err) = check(&dir, &settings);
+    let (code, err) = check_settings(&dir, &settings);
     assert_eq!(code, Some(1), "{err}");
     for (line, key) in [(3, "listen_token"), (5, "api_keys")] {
         let path = if key == "api_keys" { &keys } else { &token };
@@ -59,20 +41,13 @@ fn a_secret_file_of_another_user_is_refused() {
     for f in [&token, &keys] {
         std::os::unix::fs::chown(f, Some(0), Some(0)).unwrap();
     }
-    let (code, err) = check(&dir, &settings);
+    let (code, err) = check_settings(&dir, &settings);
     assert_eq!(code, Some(0), "{err}");
 }
 
 /// The peak resident memory of process `pid` (`VmHWM`), in bytes.
 fn peak_memory(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().strip_suffix("kB"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap();
-    kib * 1024
+    proc_status(pid, "VmHWM:") * 1024
 }
 
 /// The last `n` bytes of a file (empty if it is missing).
@@ -189,24 +164,14 @@ fn completion(model: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Raises this test process's own descriptor limit to its hard limit.
-fn raise_own_nofile() {
-    // SAFETY: getrlimit/setrlimit on a local struct.
-    unsafe {
-        let mut r: libc::rlimit = std::mem::zeroed();
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
-        r.rlim_cur = r.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &r);
-    }
-}
-
 /// Finding 1: 1,100 idle connections to the front door of a supervisor started with the
 /// common soft limit of 1,024 descriptors no longer take all of them: the supervisor
 /// raises its own limit at start, so the control API still answers and a killed worker
 /// is started again.
 #[test]
 fn idle_connections_do_not_take_the_supervisors_descriptors() {
-    raise_own_nofile();
+    // Its own clients need more than 1,024 descriptors too.
+    cuvisor::node::process::raise_nofile();
     let wrapper = ["sh", "-c", "ulimit -Sn 1024 && exec \"$@\"", "sh"];
     let (mut s, http) = front_door("nofile", "", &wrapper, &served("m", ""));
     assert!(ok(&exchange(http, &completion("m"))));
@@ -377,7 +342,7 @@ fn a_client_that_half_closes_gets_its_answer() {
 #[test]
 fn check_warns_of_an_open_front_door_and_refuses_keys_no_client_can_send() {
     let dir = TempDir::new("check-front-door");
-    let (code, err) = check(&dir, "http = \"0.0.0.0:9402\"");
+    let (code, err) = check_settings(&dir, "http = \"0.0.0.0:9402\"");
     assert_eq!(code, Some(0), "{err}");
     assert!(
         err.contains(
@@ -386,7 +351,7 @@ fn check_warns_of_an_open_front_door_and_refuses_keys_no_client_can_send() {
         ),
         "{err}"
     );
-    let (code, err) = check(&dir, "http = \"127.0.0.1:9402\"");
+    let (code, err) = check_settings(&dir, "http = \"127.0.0.1:9402\"");
     assert_eq!(
         (code, err.contains("front door")),
         (Some(0), false),
@@ -395,7 +360,7 @@ fn check_warns_of_an_open_front_door_and_refuses_keys_no_client_can_send() {
     let keys = dir.path("keys");
     std::fs::write(&keys, "clé-0123456789abcdef\n").unwrap();
     std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let (code, err) = check(
+    let (code, err) = check_settings(
         &dir,
         &format!("http = \"0.0.0.0:9402\"\napi_keys = \"{}\"", keys.display()),
     );

@@ -225,3 +225,31 @@ pub fn path_with_uv() -> String {
         None => path,
     }
 }
+
+/// `cuvisor check` on a configuration in `dir` with `settings` in `[supervisor]` and one
+/// model: its exit status and its errors (the file's path written `FILE`).
+pub fn check_settings(dir: &TempDir, settings: &str) -> (Option<i32>, String) {
+    let path = dir.path("cuvisor.toml");
+    std::fs::write(
+        &path,
+        format!("[supervisor]\n{settings}\n[[model]]\nname = \"m\"\ncommand = \"/bin/true\"\n"),
+    )
+    .unwrap();
+    let out = run(Command::new(env!("CARGO_BIN_EXE_cuvisor"))
+        .arg("check")
+        .arg(&path));
+    (
+        out.status.code(),
+        stderr(&out).replace(&format!("{}:", path.display()), "FILE:"),
+    )
+}
+
+/// A number field of `/proc/PID/status` (`VmRSS:` and `VmHWM:` in KiB, `Threads:`).
+pub fn proc_status(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{field} of {pid}"))
+}
