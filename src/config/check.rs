@@ -96,6 +96,27 @@ impl Checker<'_> {
         }
     }
 
+    /// A size (`16MiB`) within `bounds`; else an error that says what is `expected`
+    /// (`a size greater than 0, e.g. 16MiB`) and None.
+    pub(super) fn size(
+        &mut self,
+        key: &str,
+        v: &Spanned<String>,
+        bounds: std::ops::RangeInclusive<u64>,
+        expected: &str,
+    ) -> Option<u64> {
+        match parse_size(v.get_ref()) {
+            Ok(n) if bounds.contains(&n) => Some(n),
+            _ => {
+                self.error(
+                    v,
+                    format!("{key} = \"{}\": expected {expected}", v.get_ref()),
+                );
+                None
+            }
+        }
+    }
+
     pub(super) fn duration(
         &mut self,
         key: &str,
@@ -303,22 +324,14 @@ pub(super) fn check_supervisor(c: &mut Checker, s: RawSupervisor) -> SupervisorC
         &s.http_body_timeout,
         DEFAULT_HTTP_BODY_TIMEOUT,
     );
-    let http_body_budget = match &s.http_body_budget {
-        None => DEFAULT_HTTP_BODY_BUDGET,
-        Some(v) => match parse_size(v.get_ref()) {
-            Ok(n) if (1 << 10..=1 << 40).contains(&n) => n,
-            _ => {
-                c.error(
-                    v,
-                    format!(
-                        "http_body_budget = \"{}\": expected a size from 1KiB to 1TiB, e.g. 256MiB",
-                        v.get_ref()
-                    ),
-                );
-                DEFAULT_HTTP_BODY_BUDGET
-            }
-        },
-    };
+    let http_body_budget = s
+        .http_body_budget
+        .as_ref()
+        .and_then(|v| {
+            let expected = "a size from 1KiB to 1TiB, e.g. 256MiB";
+            c.size("http_body_budget", v, 1 << 10..=1 << 40, expected)
+        })
+        .unwrap_or(DEFAULT_HTTP_BODY_BUDGET);
     let envs = Envs {
         dir: s
             .envs_dir

@@ -10,7 +10,7 @@ use super::raw::*;
 use super::types::*;
 use crate::contract::{self, Mode};
 use crate::gpu::GpuUuid;
-use crate::size::{QuotaSpec, parse_quota, parse_size};
+use crate::size::{QuotaSpec, parse_quota};
 use cuvisor_common::ledger::{self, valid_model_name};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -186,22 +186,10 @@ pub(super) fn check_model(c: &mut Checker, m: &RawModel, line: usize) -> Option<
             Mode::Managed
         }),
     };
-    let memory_limit = m
-        .memory_limit
-        .as_ref()
-        .and_then(|v| match parse_size(v.get_ref()) {
-            Ok(0) | Err(_) => {
-                c.error(
-                    v,
-                    format!(
-                        "memory_limit = \"{}\": expected a size greater than 0, e.g. 32GiB",
-                        v.get_ref()
-                    ),
-                );
-                None
-            }
-            Ok(b) => Some(b),
-        });
+    let memory_limit = m.memory_limit.as_ref().and_then(|v| {
+        let expected = "a size greater than 0, e.g. 32GiB";
+        c.size("memory_limit", v, 1..=u64::MAX, expected)
+    });
     let cpu_limit = m.cpu_limit.as_ref().and_then(|v| {
         let cores = *v.get_ref();
         if (0.01..=4096.0).contains(&cores) {
@@ -505,22 +493,14 @@ pub(super) fn check_serve(
             );
         }
     }
-    let max_body = match &r.max_body {
-        None => 16 << 20,
-        Some(b) => match parse_size(b.get_ref()) {
-            Ok(n) if n > 0 => n,
-            _ => {
-                c.error(
-                    b,
-                    format!(
-                        "serve.max_body = \"{}\": expected a size greater than 0, e.g. 16MiB",
-                        b.get_ref()
-                    ),
-                );
-                16 << 20
-            }
-        },
-    };
+    let max_body = r
+        .max_body
+        .as_ref()
+        .and_then(|v| {
+            let expected = "a size greater than 0, e.g. 16MiB";
+            c.size("serve.max_body", v, 1..=u64::MAX, expected)
+        })
+        .unwrap_or(16 << 20);
     let mut count = |key: &str,
                      v: &Option<Spanned<i64>>,
                      range: std::ops::RangeInclusive<i64>,
