@@ -7,15 +7,15 @@
 
 use crate::config::{Config, RUN_DIR};
 use crate::core::Supervisor;
-use crate::core::api::{Answer, Call, Closed, Mailbox, Reply, Request};
+use crate::core::api::{Answer, Call, Closed, Mailbox, Request};
 use crate::core::effects::{Door, Load, Owner};
 use crate::core::placement::{self, Demand, Plan, PlanError};
-use crate::core::status::{PowerReport, Status};
+use crate::core::status::Status;
 use crate::log::log;
 use crate::metrics::SwapMetrics;
 use crate::node::nvml::{Inventory, NvmlError};
 use crate::node::process::{self, LockError, SupervisorLock};
-use crate::node::system::{self, Report, SetupError, StartError, System, Worker};
+use crate::node::system::{self, Report, SetupError, System};
 use crate::serve::gateway::{self, Routes};
 use crate::serve::server::{self, ServeError};
 use std::path::{Path, PathBuf};
@@ -30,62 +30,23 @@ pub enum Event {
     /// A signal, where the program forwards them: SIGCHLD to reap at once, SIGTERM or
     /// SIGINT to stop.
     Signal(i32),
-    /// A control API request, and where its answer goes.
-    Control(Request, Reply),
-    /// The result of a launch.
-    Launched {
-        model: usize,
-        index: u32,
-        result: Result<Worker, StartError>,
-    },
     /// Stop every worker and end ([`Running::stop`]).
     Stop,
-    /// A request waits at the front door and its model has no ready instance: time to
-    /// look at the load.
-    Demand,
-    /// A control API request to hibernate or wake a model, answered when its processes
-    /// have acknowledged.
-    Power {
-        model: String,
-        hibernate: bool,
-        reply: Reply,
-    },
-    /// A hibernate or wake ended.
-    Powered { id: u64, report: PowerReport },
+    /// What a server asks: a control request, a hibernate or wake, the front door's demand.
+    Call(Call),
+    /// What the node reports: a launch's result, a hibernate's or wake's.
+    Node(Report),
 }
 
 impl From<Call> for Event {
     fn from(call: Call) -> Event {
-        match call {
-            Call::Control(request, reply) => Event::Control(request, reply),
-            Call::Power {
-                model,
-                hibernate,
-                reply,
-            } => Event::Power {
-                model,
-                hibernate,
-                reply,
-            },
-            Call::Demand => Event::Demand,
-        }
+        Event::Call(call)
     }
 }
 
 impl From<Report> for Event {
     fn from(report: Report) -> Event {
-        match report {
-            Report::Launched {
-                model,
-                index,
-                result,
-            } => Event::Launched {
-                model,
-                index,
-                result,
-            },
-            Report::Powered { id, report } => Event::Powered { id, report },
-        }
+        Event::Node(report)
     }
 }
 
@@ -217,7 +178,7 @@ impl Running {
         }
         let demand = tx.clone();
         routes.on_demand(move || {
-            let _ = demand.send(Event::Demand);
+            let _ = demand.send(Event::Call(Call::Demand));
         });
         let mailbox = tx.clone();
         let mailbox: Mailbox = Arc::new(move |call: Call| post(&mailbox, call));
@@ -284,7 +245,9 @@ impl Running {
     /// from inside an async runtime (a Tokio task would panic).
     pub fn status(&self) -> Result<Status, Error> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let _ = self.events.send(Event::Control(Request::Status(None), tx));
+        let _ = self
+            .events
+            .send(Event::Call(Call::Control(Request::Status(None), tx)));
         match rx.blocking_recv() {
             Ok(Answer::Status(s)) => Ok(s),
             _ => Err(Error::Panicked),
@@ -336,21 +299,21 @@ fn supervise(sup: &mut Supervisor<System, Front>, events: &Receiver<Event>) {
                 sup.shutdown(now());
             }
             Ok(Event::Stop) => sup.shutdown(now()),
-            Ok(Event::Signal(_) | Event::Demand) => {}
-            Ok(Event::Control(request, reply)) => {
+            Ok(Event::Signal(_) | Event::Call(Call::Demand)) => {}
+            Ok(Event::Call(Call::Control(request, reply))) => {
                 let _ = reply.send(sup.handle(request, now()));
             }
-            Ok(Event::Power {
+            Ok(Event::Call(Call::Power {
                 model,
                 hibernate,
                 reply,
-            }) => sup.power(&model, hibernate, reply),
-            Ok(Event::Powered { id, report }) => sup.powered(id, report),
-            Ok(Event::Launched {
+            })) => sup.power(&model, hibernate, reply),
+            Ok(Event::Node(Report::Powered { id, report })) => sup.powered(id, report),
+            Ok(Event::Node(Report::Launched {
                 model,
                 index,
                 result,
-            }) => sup.launched(model, index, result, now()),
+            })) => sup.launched(model, index, result, now()),
             // Every sender gone: no one can stop it any more but itself.
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => sup.shutdown(now()),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
