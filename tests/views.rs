@@ -123,6 +123,7 @@ fn the_view_filesystem_serves_each_workers_files_from_its_cgroup() {
         cuvisor::view::Source {
             memory: Some((cg.clone(), true, 512 << 20)),
             cpus: Some("0".parse().unwrap()),
+            ..Default::default()
         },
     );
     views.add(
@@ -130,6 +131,7 @@ fn the_view_filesystem_serves_each_workers_files_from_its_cgroup() {
         cuvisor::view::Source {
             memory: None,
             cpus: Some("0".parse().unwrap()),
+            ..Default::default()
         },
     );
     let read = |leaf: &str, file: &str| std::fs::read_to_string(views.path(leaf, file));
@@ -249,4 +251,93 @@ print(os.cpu_count())
     s.respawn();
     let again = log_of(&s, "small-0", 12);
     assert_eq!(again[6], "MemTotal:         524288 kB", "{again:?}");
+}
+
+/// The view directory of worker `leaf` of supervisor `s`.
+fn view_of(s: &Supervisor, leaf: &str) -> std::path::PathBuf {
+    std::path::Path::new(cuvisor::config::RUN_DIR)
+        .join(format!("{}.view", s.cgroup_name))
+        .join(leaf)
+}
+
+/// Issue 25, finding 11: a worker's view opens for its own processes only, so nobody else
+/// can hold its open files (it would then get EMFILE reading its own `/proc/meminfo`);
+/// and other users cannot list the view.
+#[test]
+fn a_workers_view_opens_for_its_own_processes_only() {
+    let model = |name: &str, keys: &str| {
+        format!(
+            "[[model]]\nname = \"{name}\"\ncommand = \"sh\"\n\
+             args = [\"-c\", \"while :; do head -n 1 /proc/meminfo || echo failed; sleep 0.05; done\"]\n\
+             restart = \"never\"\nmemory_limit = \"512MiB\"\n{keys}"
+        )
+    };
+    // As root, as another user, and as root of a user namespace: each reads its own.
+    let s = Supervisor::start_with(
+        "view-owner",
+        "userns_range = \"3000000-3999999\"\n",
+        &[],
+        &[
+            model("viewowner", ""),
+            model("viewnobody", "user = \"nobody\"\n"),
+            model("viewuserns", "isolation = { user = true }\n"),
+        ]
+        .concat(),
+    );
+    let leaves = ["viewowner-0", "viewnobody-0", "viewuserns-0"];
+    for leaf in leaves {
+        log_of(&s, leaf, 1);
+    }
+    let meminfo = view_of(&s, "viewowner-0").join("meminfo");
+    // Root outside the worker's cgroup: refused, every time (nothing is held).
+    for _ in 0..70 {
+        let e = std::fs::File::open(&meminfo).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{e}");
+    }
+    // Another user: cannot list the view, nor open a file, its own user's included.
+    use std::os::unix::process::CommandExt;
+    let root = meminfo.parent().unwrap().parent().unwrap();
+    let out = run(std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ls {} >/dev/null 2>&1 && echo listed; cat {} >/dev/null 2>&1 && echo read; \
+             cat {} >/dev/null 2>&1 && echo read nobodys; echo done",
+            root.display(),
+            meminfo.display(),
+            view_of(&s, "viewnobody-0").join("meminfo").display()
+        ))
+        .uid(65534)
+        .gid(65534));
+    assert_eq!(lines(&out), ["done"], "{}", stderr(&out));
+    // The workers' own reads went on all along.
+    for leaf in leaves {
+        let before = s.log(leaf).lines().count();
+        wait_until("more reads", Duration::from_secs(10), || {
+            s.log(leaf).lines().count() >= before + 5
+        });
+        let log = s.log(leaf);
+        assert!(
+            log.lines().all(|l| l == "MemTotal:         524288 kB"),
+            "{leaf}: {log}"
+        );
+    }
+}
+
+/// Issue 25, finding 17: the supervisor serves a worker's view; a worker that reads its
+/// `/proc/meminfo` in a loop has its opens spaced out to a budget (100 at once, then 100
+/// a second), so that what it costs the supervisor is bounded per worker.
+#[test]
+fn a_worker_reading_its_view_in_a_loop_is_held_to_a_budget() {
+    let script = "import time\nn = 0\nend = time.monotonic() + 2\nwhile time.monotonic() < end:\n    open('/proc/meminfo').read()\n    n += 1\nprint(n, flush=True)\ntime.sleep(600)\n";
+    let s = Supervisor::start(
+        "view-budget",
+        &format!(
+            "[[model]]\nname = \"viewloop\"\ncommand = \"python3\"\nargs = [\"-c\", {script:?}]\n\
+             restart = \"never\"\nmemory_limit = \"512MiB\"\n"
+        ),
+    );
+    let n: u64 = log_of(&s, "viewloop-0", 1)[0].parse().unwrap();
+    // 100 at once and 100 a second for 2 s (and the opens of Python's own start-up).
+    assert!(n >= 150, "{n} opens: the budget let too few through");
+    assert!(n <= 310, "{n} opens in 2 s: not held to the budget");
 }

@@ -133,6 +133,18 @@ pub struct ModelConfig {
     pub python: Option<PythonSpec>,
 }
 
+impl ModelConfig {
+    /// The host user and group its workers' processes run as: its `user` (0: root when
+    /// none), moved into its block of host ids when it has a user namespace.
+    pub fn host_user(&self) -> (u32, u32) {
+        let (uid, gid) = (self.uid.unwrap_or(0), self.gid.unwrap_or(0));
+        match self.host_ids {
+            Some(first) => (first + uid, first + gid),
+            None => (uid, gid),
+        }
+    }
+}
+
 /// A model the front door serves (`[model.serve]`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Serve {

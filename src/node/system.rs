@@ -406,6 +406,8 @@ impl Launcher {
                     cpus: (cfg.cpus.is_some() || limit.is_some())
                         .then(|| host.map(|h| view::shown_cpus(&h, cfg.cpus.as_ref(), limit)))
                         .flatten(),
+                    members: cgroup.kernel_path(),
+                    owner: cfg.host_user(),
                 };
                 // Only what it can be shown: a memory limit the host does not enforce is
                 // not one to show.

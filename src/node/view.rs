@@ -238,7 +238,7 @@ mod tests {
 
 // ---- where a view's numbers come from ------------------------------------------------
 
-/// What one worker's view is made from.
+/// What one worker's view is made from, and whose it is.
 #[derive(Debug, Clone, Default)]
 pub struct Source {
     /// Its memory: the cgroup's memory directory, whether it is cgroup v2, and its limit
@@ -246,6 +246,13 @@ pub struct Source {
     pub memory: Option<(std::path::PathBuf, bool, u64)>,
     /// The CPUs it is shown (None: the host's CPU files stand).
     pub cpus: Option<CpuSet>,
+    /// Who may open its files: the processes whose `/proc/PID/cgroup` names a path that
+    /// ends with this one (the worker's cgroup, `/<name>/<leaf>`: the slash first, so that
+    /// `/x-<name>/<leaf>` is not one); None: whoever the
+    /// files' owner and modes let in.
+    pub members: Option<String>,
+    /// The host user and group its directory and files belong to: the worker's.
+    pub owner: (u32, u32),
 }
 
 impl Source {
@@ -255,6 +262,21 @@ impl Source {
             "meminfo" => self.memory.is_some(),
             _ => self.cpus.is_some(),
         }
+    }
+
+    /// Whether the process (or thread) `pid` may open the files: one of the worker's.
+    fn admits(&self, pid: u32) -> bool {
+        let Some(path) = &self.members else {
+            return true;
+        };
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+            return false; // gone, or no pid at all (0)
+        };
+        text.lines().any(|l| {
+            l.splitn(3, ':')
+                .nth(2)
+                .is_some_and(|p| p.ends_with(path.as_str()))
+        })
     }
 
     /// The content of `file` now.
@@ -317,6 +339,122 @@ fn read_memory(dir: &std::path::Path, v2: bool, limit: u64) -> Memory {
     Memory { limit, usage, stat }
 }
 
+// ---- what a worker's view may cost ----------------------------------------------------
+
+/// Opens a worker may make at once, and then per second: each open makes its file's
+/// content (the host's file and the cgroup's read, and formatted) on the supervisor's
+/// CPU, outside the worker's limit. Programs read these files when they start and now and
+/// then (psutil, `os.cpu_count()`, a monitor each second); a loop is spaced out to this.
+pub const OPENS_AT_ONCE: u32 = 100;
+pub const OPENS_PER_SECOND: u32 = 100;
+
+/// The spacing of one worker's opens (the generic cell rate algorithm, delaying instead
+/// of refusing): [`OPENS_AT_ONCE`] at once, then one each 1/[`OPENS_PER_SECOND`] s.
+/// Times are durations since any fixed instant (a virtual clock in the tests).
+#[derive(Debug, Clone, Default)]
+pub struct Budget {
+    /// When the next open would be on time if none had come early.
+    due: Duration,
+}
+
+impl Budget {
+    const SPACING: Duration = Duration::from_nanos(1_000_000_000 / OPENS_PER_SECOND as u64);
+
+    /// How long an open made at `now` waits.
+    pub fn delay(&mut self, now: Duration) -> Duration {
+        let early = Self::SPACING * (OPENS_AT_ONCE - 1);
+        let due = self.due.max(now);
+        let start = due.saturating_sub(early).max(now);
+        self.due = due + Self::SPACING;
+        start - now
+    }
+}
+
+#[cfg(test)]
+mod budget {
+    use super::*;
+
+    #[test]
+    fn opens_go_at_once_up_to_the_burst_then_at_the_rate() {
+        let mut b = Budget::default();
+        let ms = Duration::from_millis;
+        for _ in 0..OPENS_AT_ONCE {
+            assert_eq!(b.delay(ms(1000)), Duration::ZERO);
+        }
+        assert_eq!(b.delay(ms(1000)), ms(10));
+        assert_eq!(b.delay(ms(1000)), ms(20));
+        // A worker that waits for each open gets one each 10 ms.
+        assert_eq!(b.delay(ms(1020)), ms(10));
+        assert_eq!(b.delay(ms(1030)), ms(10));
+        // After a quiet second, the burst is back whole, and not more than whole.
+        let mut fresh = 0;
+        while b.delay(ms(5000)).is_zero() {
+            fresh += 1;
+        }
+        assert_eq!(fresh, OPENS_AT_ONCE);
+        // Over a long run the rate holds: 10 s of opens as fast as answered.
+        let (mut b, mut now, mut n) = (Budget::default(), ms(0), 0);
+        while now < ms(10_000) {
+            now += b.delay(now);
+            n += 1;
+        }
+        assert_eq!(n, OPENS_AT_ONCE + 10 * OPENS_PER_SECOND);
+    }
+}
+
+/// Runs each job given to it at its time, on a thread of its own: the view's delayed
+/// opens, answered later without holding up the filesystem's thread.
+struct Pacer {
+    jobs: std::sync::mpsc::Sender<(std::time::Instant, Box<dyn FnOnce() + Send>)>,
+}
+
+impl Pacer {
+    fn start() -> std::io::Result<Pacer> {
+        type Job = (std::time::Instant, Box<dyn FnOnce() + Send>);
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("view-pacer".into())
+            .spawn(move || {
+                // Jobs by time, then by arrival.
+                let mut waiting: std::collections::BTreeMap<(std::time::Instant, u64), _> =
+                    Default::default();
+                let mut next = 0u64;
+                loop {
+                    let got = match waiting.keys().next() {
+                        Some(&(at, _)) => queue
+                            .recv_timeout(at.saturating_duration_since(std::time::Instant::now())),
+                        None => queue
+                            .recv()
+                            .map_err(|_| std::sync::mpsc::RecvTimeoutError::Disconnected),
+                    };
+                    match got {
+                        Ok((at, job)) => {
+                            next += 1;
+                            waiting.insert((at, next), job);
+                        }
+                        // The filesystem is gone: the replies waiting go with it.
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    }
+                    let now = std::time::Instant::now();
+                    while let Some(entry) = waiting.first_entry() {
+                        if entry.key().0 > now {
+                            break;
+                        }
+                        (entry.remove())();
+                    }
+                }
+            })?;
+        Ok(Pacer { jobs })
+    }
+
+    fn after(&self, delay: Duration, job: impl FnOnce() + Send + 'static) {
+        let _ = self
+            .jobs
+            .send((std::time::Instant::now() + delay, Box::new(job)));
+    }
+}
+
 // ---- the filesystem --------------------------------------------------------------------
 
 use fuser::{
@@ -336,9 +474,12 @@ struct State {
     /// Worker (its cgroup's leaf name) -> (id, source).
     workers: HashMap<String, (u64, Source)>,
     next_id: u64,
-    /// Open files: the worker's id, and their content, made when opened.
+    /// Open files: the worker's id, and their content, made when opened (empty while the
+    /// open waits for its turn).
     open: HashMap<u64, (u64, Arc<Vec<u8>>)>,
     next_fh: u64,
+    /// Each worker's spacing of its opens, by id.
+    budgets: HashMap<u64, Budget>,
 }
 
 /// Files a worker may hold open at once: their contents live in the supervisor's memory,
@@ -361,9 +502,16 @@ impl State {
     }
 }
 
-struct ViewFs(Arc<Mutex<State>>);
+struct ViewFs {
+    state: Arc<Mutex<State>>,
+    pacer: Pacer,
+    /// The budgets' clock starts here.
+    epoch: std::time::Instant,
+}
 
-fn attr(ino: u64, directory: bool) -> FileAttr {
+/// The root: every user may pass through it to a directory whose name it knows, none
+/// may list it. A worker's directory and files are the worker's own.
+fn attr(ino: u64, directory: bool, owner: (u32, u32)) -> FileAttr {
     FileAttr {
         ino: INodeNo(ino),
         // Made when opened: read as a stream (direct I/O), as the kernel's own files are.
@@ -378,10 +526,14 @@ fn attr(ino: u64, directory: bool) -> FileAttr {
         } else {
             FileType::RegularFile
         },
-        perm: if directory { 0o555 } else { 0o444 },
+        perm: match (ino, directory) {
+            (1, _) => 0o711,
+            (_, true) => 0o500,
+            (_, false) => 0o444,
+        },
         nlink: if directory { 2 } else { 1 },
-        uid: 0,
-        gid: 0,
+        uid: owner.0,
+        gid: owner.1,
         rdev: 0,
         flags: 0,
         blksize: 4096,
@@ -392,8 +544,29 @@ const TTL: Duration = Duration::ZERO;
 
 impl ViewFs {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
+}
+
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Answers an open whose turn has come: its content made now, unless its worker has gone.
+fn answer_open(state: &Mutex<State>, ino: u64, fh: u64, reply: ReplyOpen) {
+    let source = lock(state)
+        .by_ino(ino)
+        .and_then(|(s, f)| Some((s.clone(), f?)));
+    let Some((source, file)) = source else {
+        lock(state).open.remove(&fh);
+        return reply.error(Errno::ENOENT);
+    };
+    let content = Arc::new(source.content(file).into_bytes());
+    match lock(state).open.get_mut(&fh) {
+        Some((_, held)) => *held = content,
+        None => return reply.error(Errno::ENOENT),
+    }
+    reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
 }
 
 impl Filesystem for ViewFs {
@@ -404,11 +577,11 @@ impl Filesystem for ViewFs {
             state
                 .workers
                 .get(name)
-                .map(|(id, _)| attr(2 + id * PER_WORKER, true))
+                .map(|(id, source)| attr(2 + id * PER_WORKER, true, source.owner))
         } else {
             FILES.iter().position(|(f, _)| *f == name).and_then(|k| {
                 let ino = parent.0 + 1 + k as u64;
-                state.by_ino(ino).map(|_| attr(ino, false))
+                state.by_ino(ino).map(|(s, _)| attr(ino, false, s.owner))
             })
         };
         match found {
@@ -420,28 +593,43 @@ impl Filesystem for ViewFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let state = self.state();
         match (ino.0, state.by_ino(ino.0)) {
-            (1, _) => reply.attr(&TTL, &attr(1, true)),
-            (ino, Some((_, file))) => reply.attr(&TTL, &attr(ino, file.is_none())),
+            (1, _) => reply.attr(&TTL, &attr(1, true, (0, 0))),
+            (ino, Some((s, file))) => reply.attr(&TTL, &attr(ino, file.is_none(), s.owner)),
             _ => reply.error(Errno::ENOENT),
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    /// Only the worker's own processes may open its files, [`OPEN_PER_WORKER`] at once,
+    /// spaced out by its [`Budget`].
+    fn open(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let mut state = self.state();
-        let content = match state.by_ino(ino.0) {
-            Some((source, Some(file))) => source.clone().content(file),
+        let admitted = match state.by_ino(ino.0) {
+            Some((source, Some(_))) => source.admits(req.pid()),
             _ => return reply.error(Errno::ENOENT),
         };
+        if !admitted {
+            return reply.error(Errno::EACCES);
+        }
         let worker = (ino.0 - 2) / PER_WORKER;
         if state.open.values().filter(|(w, _)| *w == worker).count() >= OPEN_PER_WORKER {
             return reply.error(Errno::EMFILE);
         }
         state.next_fh += 1;
         let fh = state.next_fh;
-        state
-            .open
-            .insert(fh, (worker, Arc::new(content.into_bytes())));
-        reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
+        state.open.insert(fh, (worker, Arc::default()));
+        let delay = state
+            .budgets
+            .entry(worker)
+            .or_default()
+            .delay(self.epoch.elapsed());
+        drop(state);
+        if delay.is_zero() {
+            answer_open(&self.state, ino.0, fh, reply);
+        } else {
+            let state = self.state.clone();
+            self.pacer
+                .after(delay, move || answer_open(&state, ino.0, fh, reply));
+        }
     }
 
     fn read(
@@ -547,7 +735,17 @@ impl Views {
         ];
         // Workers run as other users (`user`, `isolation.user`).
         config.acl = fuser::SessionACL::All;
-        let session = fuser::spawn_mount(ViewFs(state.clone()), root, &config)?;
+        // The kernel checks the modes and owners of `attr` (the root, a worker's
+        // directory); `open` checks that the opener is one of the worker's processes.
+        config
+            .mount_options
+            .push(fuser::MountOption::DefaultPermissions);
+        let fs = ViewFs {
+            state: state.clone(),
+            pacer: Pacer::start()?,
+            epoch: std::time::Instant::now(),
+        };
+        let session = fuser::spawn_mount(fs, root, &config)?;
         Ok(Views {
             root: root.to_owned(),
             state,
@@ -570,7 +768,9 @@ impl Views {
 
     pub fn remove(&self, leaf: &str) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.workers.remove(leaf);
+        if let Some((id, _)) = state.workers.remove(leaf) {
+            state.budgets.remove(&id);
+        }
     }
 
     /// Where worker `leaf`'s files are served.

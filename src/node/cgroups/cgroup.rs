@@ -16,6 +16,16 @@ impl Cgroup {
         &self.dirs
     }
 
+    /// The end of its path as `/proc/PID/cgroup` shows it for its processes:
+    /// `/<name>/<leaf>` (what comes before depends on the hierarchy's root and the
+    /// reader's cgroup namespace).
+    pub fn kernel_path(&self) -> Option<String> {
+        let dir = self.dirs.first()?;
+        let leaf = dir.file_name()?.to_str()?;
+        let name = dir.parent()?.file_name()?.to_str()?;
+        Some(format!("/{name}/{leaf}"))
+    }
+
     /// Moves a process (and so its future children) into the cgroup.
     pub fn add(&self, pid: u32) -> Result<(), CgroupError> {
         for dir in &self.dirs {
