@@ -110,6 +110,7 @@ pub fn exec(o: ExecOptions) -> Result<i32, ExecError> {
         hide: None,
         ledger: None,
         host_ids: None,
+        umask: None,
         stdin: Some(0), // the program is ours to talk to, as if run directly
         stdout: 1,
         stderr: 2,

@@ -294,9 +294,21 @@ fn env_build(path: &std::path::Path) -> ExitCode {
         }
     };
     let mut failed = false;
+    let (hierarchy, cancel) = (
+        cuvisor::cgroups::Hierarchy::None {
+            why: "cuvisor env build sets no host limits".into(),
+        },
+        std::sync::atomic::AtomicBool::new(false),
+    );
+    let sandbox = cuvisor::pyenv::Sandbox {
+        hierarchy: &hierarchy,
+        limits: Default::default(),
+        hidden: cuvisor::pyenv::Sandbox::hidden(&config.supervisor),
+        cancel: &cancel,
+    };
     for m in &config.models {
         let Some(spec) = &m.python else { continue };
-        match config.supervisor.envs.build(spec, true) {
+        match config.supervisor.envs.build(spec, true, &sandbox) {
             Ok(dir) => println!("model {}: {}", m.name, dir.display()),
             Err(e) => {
                 eprintln!("cuvisor: model {}: {e}", m.name);

@@ -119,10 +119,22 @@ fn env_build_builds_ahead_and_names_a_missing_uv() {
     // A later start asks no index: the resolution is kept (here, the wheels are gone,
     // and the build cache with them).
     std::fs::remove_dir_all(&wheel_dir).unwrap();
-    std::fs::remove_dir_all(dir.path("envs/cache")).unwrap();
+    // (uv's cache is the build user's, nobody's by default.)
+    std::fs::remove_dir_all(dir.path("envs/cache-65534")).unwrap();
     let envs = cuvisor::pyenv::Envs {
         dir: dir.path("envs"),
         uv: uv().to_owned(),
+        user: (65534, 65534),
+    };
+    let (hierarchy, cancel) = (
+        cuvisor::cgroups::Hierarchy::None { why: "test".into() },
+        std::sync::atomic::AtomicBool::new(false),
+    );
+    let sandbox = cuvisor::pyenv::Sandbox {
+        hierarchy: &hierarchy,
+        limits: Default::default(),
+        hidden: Vec::new(),
+        cancel: &cancel,
     };
     let spec = cuvisor::pyenv::PythonSpec {
         packages: vec!["cvpkg==1.0".into()],
@@ -130,10 +142,10 @@ fn env_build_builds_ahead_and_names_a_missing_uv() {
         offline: true,
         ..Default::default()
     };
-    assert_eq!(envs.build(&spec, false).unwrap(), Path::new(&env));
+    assert_eq!(envs.build(&spec, false, &sandbox).unwrap(), Path::new(&env));
     assert!(
         matches!(
-            envs.build(&spec, true),
+            envs.build(&spec, true, &sandbox),
             Err(cuvisor::pyenv::EnvError::Uv { .. })
         ),
         "resolving again needs the wheels"
@@ -182,8 +194,12 @@ fn an_index_password_is_written_nowhere_a_worker_can_read() {
     );
     wait_until("the index", Duration::from_secs(10), || port_file.exists());
     let port = std::fs::read_to_string(&port_file).unwrap();
-    // uv through a wrapper that notes its command line.
-    let argv_log = dir.path("uv-argv.log");
+    // uv through a wrapper that notes its command line (where the build user may write).
+    use std::os::unix::fs::PermissionsExt;
+    let spy = dir.path("spy");
+    std::fs::create_dir(&spy).unwrap();
+    std::fs::set_permissions(&spy, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let argv_log = spy.join("uv-argv.log");
     let wrapper = dir.path("uv-wrapper");
     std::fs::write(
         &wrapper,
@@ -196,7 +212,6 @@ fn an_index_password_is_written_nowhere_a_worker_can_read() {
         ),
     )
     .unwrap();
-    use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
     let model = format!(
         "[[model]]\nname = \"private\"\ncommand = \"python\"\n\
@@ -302,4 +317,157 @@ fn a_requirements_file_swapped_for_a_link_is_not_followed() {
         !s.log("plain-0").is_empty()
     });
     assert_eq!(s.log("plain-0").trim(), "2.0");
+}
+
+/// A directory every user may write (for a spy the build user runs).
+fn open_dir(dir: &TempDir, name: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.path(name);
+    std::fs::create_dir(&path).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).unwrap();
+    path
+}
+
+/// An executable shell script at `path`.
+fn script(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Issue 25, findings 5 and 9: an environment's build (whose packages' build hooks are
+/// code from an index) runs as the build user, never root: no capability, no way to gain
+/// one, in PID and mount namespaces and a cgroup of its own, shown no ledger. A file a
+/// requirements file includes (`-r`) is read as that user: a root-only one is refused,
+/// and its content quoted nowhere.
+#[test]
+fn a_build_runs_as_the_build_user_in_a_sandbox() {
+    let dir = TempDir::new("pyenv-sandbox");
+    let wheel_dir = dir.path("wheels");
+    std::fs::create_dir_all(&wheel_dir).unwrap();
+    wheels(&wheel_dir);
+    let spy = open_dir(&dir, "spy");
+    let wrapper = dir.path("uv-spy");
+    script(
+        &wrapper,
+        &format!(
+            "#!/bin/sh\nn=$(cat /proc/sys/kernel/random/uuid)\n{{ id -u; grep -E 'CapEff|NoNewPrivs' /proc/self/status; readlink /proc/self/ns/pid; }} > {spy}/who.$n\n\
+             cat /proc/self/cgroup > {spy}/cgroup.$n\ncat /proc/self/mountinfo > {spy}/mounts.$n\nexec {} \"$@\"\n",
+            std::fs::canonicalize(uv()).unwrap().display(),
+            spy = spy.display()
+        ),
+    );
+    // A requirements file that includes a root-only file.
+    let reqs = dir.path("reqs");
+    std::fs::create_dir(&reqs).unwrap();
+    std::fs::write(reqs.join("requirements.txt"), "-r secret.txt\ncvpkg==1.0\n").unwrap();
+    std::fs::write(reqs.join("secret.txt"), "TOPSECRET-LINE-7\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        reqs.join("secret.txt"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let includer = format!(
+        "[[model]]\nname = \"includer\"\ncommand = \"python\"\nargs = [\"-c\", \"print(1)\"]\n\
+         restart = \"never\"\n\
+         python = {{ requirements = \"{}\", find_links = [\"{}\"], offline = true }}\n",
+        reqs.join("requirements.txt").display(),
+        wheel_dir.display()
+    );
+    let s = Supervisor::start(
+        "pyenv-sandbox",
+        &format!(
+            "envs_dir = \"{}\"\nuv = \"{}\"\n{}{includer}",
+            dir.path("envs").display(),
+            wrapper.display(),
+            model("one", "cvpkg==1.0", &wheel_dir),
+        ),
+    );
+    wait_until("the model's line", Duration::from_secs(60), || {
+        !s.log("one-0").is_empty() || s.model("one")["instances"][0]["error"].is_string()
+    });
+    assert!(s.log("one-0").starts_with("1.0 "), "{}", s.model("one"));
+    // Every uv run: the build user, nothing of root's, its own PID namespace.
+    let own_pidns = std::fs::read_link("/proc/self/ns/pid").unwrap();
+    let mut runs = 0;
+    for entry in std::fs::read_dir(&spy).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        let Some(n) = name.strip_prefix("who.") else {
+            continue;
+        };
+        runs += 1;
+        let who = std::fs::read_to_string(&path).unwrap();
+        let who: Vec<&str> = who.lines().collect();
+        assert_eq!(who[0], "65534", "{who:?}");
+        assert_eq!(who[1], "CapEff:\t0000000000000000", "{who:?}");
+        assert_eq!(who[2], "NoNewPrivs:\t1", "{who:?}");
+        assert_ne!(Path::new(who[3]), own_pidns, "{who:?}");
+        let cgroup = std::fs::read_to_string(spy.join(format!("cgroup.{n}"))).unwrap();
+        assert!(cgroup.contains(&s.cgroup_name), "{cgroup}");
+        // The ledgers are covered: an empty directory is mounted over them.
+        let mounts = std::fs::read_to_string(spy.join(format!("mounts.{n}"))).unwrap();
+        let ledgers = s.dir.path("ledgers").display().to_string();
+        assert!(
+            mounts
+                .lines()
+                .any(|l| l.split(' ').nth(4) == Some(ledgers.as_str())),
+            "{mounts}"
+        );
+    }
+    assert!(runs >= 3, "compile, venv and sync: {runs} runs");
+    // The include was read as the build user: refused, and not quoted.
+    wait_until("the includer's error", Duration::from_secs(60), || {
+        s.model("includer")["instances"][0]["error"].is_string()
+    });
+    let error = s.model("includer")["instances"][0]["error"].to_string();
+    assert!(error.contains("secret.txt"), "{error}");
+    assert!(!error.contains("TOPSECRET"), "{error}");
+    assert!(!s.supervisor_log().contains("TOPSECRET"));
+}
+
+/// Issue 25, finding 8: builds run on a thread of their own, not the launchers': models
+/// with slow builds keep no other model waiting, and a SIGTERM kills the build under way
+/// (the supervisor ends at once, and no uv is left).
+#[test]
+fn slow_builds_hold_up_no_other_model_and_end_with_the_supervisor() {
+    let dir = TempDir::new("pyenv-slow");
+    let slow_uv = dir.path("uv-slow");
+    script(&slow_uv, "#!/bin/sh\nexec sleep 1379\n");
+    let slow = |name: &str| {
+        format!(
+            "[[model]]\nname = \"{name}\"\ncommand = \"python\"\nargs = [\"-c\", \"print(1)\"]\n\
+             restart = \"never\"\npython = {{ packages = [\"{name}\"] }}\n"
+        )
+    };
+    let mut s = Supervisor::spawn(
+        "pyenv-slow",
+        "",
+        &[],
+        &format!(
+            "envs_dir = \"{}\"\nuv = \"{}\"\n{}{}{}{}{}\
+             [[model]]\nname = \"quick\"\ncommand = \"sleep\"\nargs = [\"600\"]\nrestart = \"never\"\n",
+            dir.path("envs").display(),
+            slow_uv.display(),
+            slow("slow1"),
+            slow("slow2"),
+            slow("slow3"),
+            slow("slow4"),
+            slow("slow5"),
+        ),
+    );
+    wait_until("a build under way", Duration::from_secs(10), || {
+        !pgrep("sleep 1379").is_empty()
+    });
+    wait_until("the quick model", Duration::from_secs(5), || {
+        s.model("quick")["state"] == "running"
+    });
+    assert_eq!(s.model("slow5")["state"], "starting");
+    let (code, took) = s.stop();
+    assert_eq!(code, 0);
+    assert!(took < Duration::from_secs(5), "the stop took {took:?}");
+    wait_until("no uv left", Duration::from_secs(2), || {
+        pgrep("sleep 1379").is_empty()
+    });
 }

@@ -3,7 +3,7 @@
 
 use super::gpus::Policy;
 use super::host::Host;
-use super::python::Envs;
+use super::python::{BUILD_IDS, BUILD_USER, Envs};
 use super::raw::*;
 use super::secrets::SecretError;
 use super::types::*;
@@ -343,6 +343,23 @@ pub(super) fn check_supervisor(c: &mut Checker, s: RawSupervisor) -> SupervisorC
             .as_ref()
             .filter(|v| c.no_nul("uv", v))
             .map_or_else(|| PathBuf::from("uv"), |v| PathBuf::from(v.get_ref())),
+        user: match &s.build_user {
+            Some(u) => match c.host.user(u.get_ref()) {
+                Some((0, _)) => {
+                    let name = u.get_ref();
+                    let why =
+                        "a package's build hooks run as this user: choose one that is not root";
+                    c.error(u, format!("build_user = \"{name}\": {why}"));
+                    BUILD_IDS
+                }
+                Some(ids) => ids,
+                None => {
+                    c.error(u, format!("build_user = \"{}\": no such user", u.get_ref()));
+                    BUILD_IDS
+                }
+            },
+            None => c.host.user(BUILD_USER).unwrap_or(BUILD_IDS),
+        },
     };
     SupervisorConfig {
         socket,

@@ -18,9 +18,17 @@ pub struct PythonSpec {
     pub offline: bool,
 }
 
-/// Where environments are built, and with which uv.
+/// Where environments are built, with which uv, and as whom.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envs {
     pub dir: PathBuf,
     pub uv: PathBuf,
+    /// The host user and group builds run as (`build_user`; `nobody` by default): never
+    /// root, since a package's build hooks run there.
+    pub user: (u32, u32),
 }
+
+/// The user builds run as when `build_user` is not given.
+pub const BUILD_USER: &str = "nobody";
+/// Its ids when the host has no such user (the kernel's overflow ids).
+pub const BUILD_IDS: (u32, u32) = (65534, 65534);

@@ -36,6 +36,7 @@ pub(super) struct RawSupervisor {
     pub(super) http_body_budget: Option<Spanned<String>>,
     pub(super) envs_dir: Option<Spanned<String>>,
     pub(super) uv: Option<Spanned<String>>,
+    pub(super) build_user: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

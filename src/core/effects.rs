@@ -42,6 +42,9 @@ pub trait Effects {
     /// Starts instance `index` of model number `model` without waiting for it: the
     /// result comes back to the supervisor's `launched`.
     fn launch(&mut self, model: usize, cfg: &ModelConfig, index: u32);
+    /// The supervisor is stopping: launches under way end as soon as they can (a Python
+    /// environment's build is killed); each is still answered.
+    fn stop_launching(&mut self);
     fn signal(&mut self, pid: i32, signal: Signal);
     /// How the worker ended if it has exited, reaped.
     fn reap(&mut self, worker: &Self::Worker) -> Option<Exit>;

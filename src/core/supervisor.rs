@@ -218,6 +218,7 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
         }
         self.shutting_down = true;
         log("stopping: SIGTERM to every worker");
+        self.effects.stop_launching();
         for m in 0..self.models.len() {
             for i in 0..self.models[m].instances.len() {
                 self.apply(m, i, lifecycle::Event::Shutdown, now);

@@ -19,7 +19,8 @@ use crate::log::log;
 use crate::view::{self, Views};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Sender, channel};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
 
 /// A worker process that was started.
 #[derive(Debug)]
@@ -138,9 +139,14 @@ pub use crate::ledger::PowerResult;
 
 /// The real effects. Workers are launched by [`LAUNCHERS`] threads that live as long as
 /// this value (a worker's parent-death signal is tied to the thread that started it), so
-/// that a launch stuck until its 30 s timeout holds up no other.
+/// that a launch stuck until its 30 s timeout holds up no other. A model with a Python
+/// environment goes to the builder thread first, one build at a time: a build may take
+/// minutes, and holds up no launch of another model.
 pub struct System {
     jobs: Option<Sender<Job>>,
+    builds: Option<Sender<Job>>,
+    /// Set when no launch is wanted any more: the build under way is killed.
+    cancel: std::sync::Arc<AtomicBool>,
     launchers: Vec<std::thread::JoinHandle<()>>,
     hierarchy: Hierarchy,
     ledger_dir: PathBuf,
@@ -152,6 +158,8 @@ struct Job {
     model: usize,
     cfg: ModelConfig,
     index: u32,
+    /// Its Python environment, once built.
+    python: Option<PathBuf>,
 }
 
 /// Launches under way at once, at most.
@@ -209,7 +217,7 @@ impl System {
                         // Every launch is answered: an instance left Starting would hold
                         // up the shutdown forever.
                         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            launcher.start(&job.cfg, job.index)
+                            launcher.start(&job.cfg, job.index, job.python.as_deref())
                         }))
                         .unwrap_or(Err(StartError::Panicked));
                         let delivered = report(Report::Launched {
@@ -225,8 +233,23 @@ impl System {
                 .map_err(|e| SetupError::Thread("launcher", e))?;
             launchers.push(thread);
         }
+        let (builds, waiting) = channel::<Job>();
+        let cancel = std::sync::Arc::new(AtomicBool::new(false));
+        let builder = Builder {
+            supervisor: config.supervisor.clone(),
+            hierarchy: hierarchy.clone(),
+            cancel: cancel.clone(),
+        };
+        let (ready, report_build) = (jobs.clone(), report.clone());
+        let thread = std::thread::Builder::new()
+            .name("builder".into())
+            .spawn(move || builder.serve(waiting, ready, report_build))
+            .map_err(|e| SetupError::Thread("builder", e))?;
+        launchers.push(thread);
         Ok(System {
             jobs: Some(jobs),
+            builds: Some(builds),
+            cancel,
             launchers,
             hierarchy,
             ledger_dir: config.supervisor.ledger_dir.clone(),
@@ -239,6 +262,8 @@ impl System {
 impl Drop for System {
     /// Once every worker is gone: the launchers end, and the cgroups' parent goes.
     fn drop(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
+        drop(self.builds.take());
         drop(self.jobs.take());
         for t in self.launchers.drain(..) {
             let _ = t.join();
@@ -256,11 +281,20 @@ impl Effects for System {
             model,
             cfg: cfg.clone(),
             index,
+            python: None,
         };
-        if let Some(jobs) = &self.jobs {
-            // The launchers end only when this value is dropped.
-            let _ = jobs.send(job);
+        let queue = match cfg.python {
+            Some(_) => &self.builds,
+            None => &self.jobs,
+        };
+        if let Some(queue) = queue {
+            // The launchers and the builder end only when this value is dropped.
+            let _ = queue.send(job);
         }
+    }
+
+    fn stop_launching(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
     }
 
     fn signal(&mut self, pid: i32, signal: Signal) {
@@ -351,19 +385,69 @@ impl Effects for System {
     }
 }
 
+/// What the builder thread needs to build environments.
+struct Builder {
+    supervisor: SupervisorConfig,
+    hierarchy: Hierarchy,
+    cancel: std::sync::Arc<AtomicBool>,
+}
+
+impl Builder {
+    /// Builds the environment of each job `waiting`, one at a time, and passes the job on
+    /// to the launchers (`ready`), or reports why it could not be built. Once launches
+    /// are no longer wanted, every job is answered at once.
+    fn serve(&self, waiting: Receiver<Job>, ready: Sender<Job>, report: Sink) {
+        for mut job in waiting {
+            let Some(spec) = &job.cfg.python else {
+                let _ = ready.send(job);
+                continue;
+            };
+            let s = &self.supervisor;
+            let sandbox = crate::pyenv::Sandbox {
+                hierarchy: &self.hierarchy,
+                limits: limits(&job.cfg),
+                hidden: crate::pyenv::Sandbox::hidden(s),
+                cancel: &self.cancel,
+            };
+            let built = match self.cancel.load(Ordering::Relaxed) {
+                true => Err(crate::pyenv::EnvError::Cancelled),
+                false => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    s.envs.build(spec, false, &sandbox)
+                }))
+                .unwrap_or(Err(crate::pyenv::EnvError::Panicked)),
+            };
+            match built {
+                Ok(env) => {
+                    job.python = Some(env);
+                    let _ = ready.send(job);
+                }
+                Err(e) => {
+                    let delivered = report(Report::Launched {
+                        model: job.model,
+                        index: job.index,
+                        result: Err(StartError::Python(e)),
+                    });
+                    if !delivered {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
 impl Launcher {
-    /// Starts one worker: its ledger checked, its port chosen, its cgroup made, launched.
-    fn start(&self, cfg: &ModelConfig, index: u32) -> Result<Worker, StartError> {
+    /// Starts one worker: its ledger checked, its port chosen, its cgroup made, launched,
+    /// with its Python environment (built before) if it has one.
+    fn start(
+        &self,
+        cfg: &ModelConfig,
+        index: u32,
+        python: Option<&Path>,
+    ) -> Result<Worker, StartError> {
         // Again at every start: the worker is shown its ledger, which must be there (made
         // again if someone removed it) and still have the model's quota.
         prepare_ledger(&self.supervisor.ledger_dir, cfg)?;
-        // Built once for all its instances (and for every model with the same
-        // requirements); here, on a launcher thread: it may take minutes. Before its port
-        // is chosen, which another process could take meanwhile.
-        let python = match &cfg.python {
-            Some(spec) => Some(self.supervisor.envs.build(spec, false)?),
-            None => None,
-        };
         let (out_read, out_write) = pipe_for_output().map_err(StartError::Pipe)?;
         let visible = self.plan.as_ref().and_then(|p| p.uuids(&cfg.name));
         let minors = self.plan.as_ref().and_then(|p| p.minors(&cfg.name));
@@ -382,7 +466,7 @@ impl Launcher {
                 gpus: visible.as_deref(),
                 port,
                 view: view_dir.as_deref(),
-                python: python.as_deref(),
+                python,
                 gpu_minors: minors.as_deref(),
             },
         )?;

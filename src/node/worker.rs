@@ -220,6 +220,7 @@ pub fn worker_spec(
         binds,
         host_ids: cfg.host_ids,
         ledger,
+        umask: None,
         stdin: None,
         stdout: output,
         stderr: output,

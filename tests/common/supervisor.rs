@@ -41,6 +41,13 @@ impl Supervisor {
     /// `start` with more [supervisor] keys, and `cuvisor run` started through `wrapper`
     /// (a command line that ends by exec'ing its arguments).
     pub fn start_with(tag: &str, settings: &str, wrapper: &[&str], models: &str) -> Supervisor {
+        let s = Self::spawn(tag, settings, wrapper, models);
+        s.wait_for_launches();
+        s
+    }
+
+    /// `start_with`, returning once the control socket answers, whatever the launches.
+    pub fn spawn(tag: &str, settings: &str, wrapper: &[&str], models: &str) -> Supervisor {
         let dir = TempDir::new(tag);
         let socket = dir.path("control.sock");
         let cgroup_name = unique(tag);
@@ -78,12 +85,15 @@ impl Supervisor {
         s
     }
 
-    /// Until the supervisor answers and has launched its first instances: launches run
-    /// in the background, so right after start an instance may still be `starting`.
     fn wait_for_socket(&self) {
         wait_until("the control socket", Duration::from_secs(10), || {
             cuvisor::control::request(&self.socket, "GET", "/healthz").is_ok()
         });
+    }
+
+    /// Until the supervisor has launched its first instances: launches run in the
+    /// background, so right after start an instance may still be `starting`.
+    fn wait_for_launches(&self) {
         wait_until("the first launches", Duration::from_secs(10), || {
             let Ok((200, body)) = cuvisor::control::request(&self.socket, "GET", "/models") else {
                 return false;
@@ -137,6 +147,7 @@ impl Supervisor {
                 .unwrap(),
         );
         self.wait_for_socket();
+        self.wait_for_launches();
     }
 
     pub fn status(&self) -> Value {

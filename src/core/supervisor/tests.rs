@@ -20,6 +20,7 @@ enum Done {
     Release(String, i32),
     Power(PowerJob),
     Freeze(i32, bool),
+    StopLaunching,
 }
 
 /// A worker as the recorder starts it.
@@ -58,6 +59,9 @@ impl Effects for Recorder {
     type StartError = String;
     fn launch(&mut self, _model: usize, cfg: &ModelConfig, index: u32) {
         self.done.push(Done::Launch(cfg.name.clone(), index));
+    }
+    fn stop_launching(&mut self) {
+        self.done.push(Done::StopLaunching);
     }
     fn signal(&mut self, pid: i32, signal: Signal) {
         self.done.push(Done::Signal(pid, signal));
@@ -466,6 +470,8 @@ fn a_shutdown_waits_for_launches_under_way_and_stops_what_they_started() {
     s.begin(t);
     taken(&mut s);
     s.shutdown(t);
+    // Launches under way are told to end soon (a build is killed), and still answered.
+    assert_eq!(taken(&mut s), [Done::StopLaunching]);
     assert!(!s.done(), "a launch is under way");
     assert!(matches!(
         s.handle(Request::Start("a".into()), t),

@@ -133,6 +133,9 @@ unsafe fn exec_worker(a: &ChildArgs) -> ! {
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        if let Some(mask) = s.umask {
+            libc::umask(mask);
+        }
         let input = match s.stdin {
             Some(fd) => fd,
             None => libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY),
@@ -551,16 +554,28 @@ pub(super) extern "C" fn child_main(arg: *mut c_void) -> i32 {
                 fail(a.report, Step::ShowOwnLedger);
             }
             for path in &s.cover {
-                if libc::mount(
-                    c"/dev/null".as_ptr(),
-                    path.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_BIND,
-                    std::ptr::null(),
-                ) != 0
-                    && *libc::__errno_location() != libc::ENOENT
-                {
-                    fail(a.report, Step::CoverControlSocket);
+                let mut st: libc::stat = std::mem::zeroed();
+                let directory = libc::stat(path.as_ptr(), &mut st) == 0
+                    && st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+                let covered = if directory {
+                    libc::mount(
+                        c"tmpfs".as_ptr(),
+                        path.as_ptr(),
+                        c"tmpfs".as_ptr(),
+                        libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                        c"mode=0755,size=4k".as_ptr().cast(),
+                    )
+                } else {
+                    libc::mount(
+                        c"/dev/null".as_ptr(),
+                        path.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND,
+                        std::ptr::null(),
+                    )
+                };
+                if covered != 0 && *libc::__errno_location() != libc::ENOENT {
+                    fail(a.report, Step::Cover);
                 }
             }
         }

@@ -23,8 +23,9 @@ pub struct Spec {
     /// With a mount namespace: what becomes read-only in it (the model's `bind_ro`, the
     /// kernel's interfaces, the shim, the supervisor's binary).
     pub read_only: Vec<ReadOnly>,
-    /// With a mount namespace: files covered with `/dev/null` in it (the supervisor's
-    /// control socket).
+    /// With a mount namespace: paths covered in it, a file with `/dev/null` (the
+    /// supervisor's control socket), a directory with an empty read-only one (the
+    /// ledgers and logs, for an environment's build).
     pub cover: Vec<CString>,
     /// With a mount namespace: the ledger directory, and the model's ledger in it, the one
     /// file the worker sees there.
@@ -41,6 +42,8 @@ pub struct Spec {
     /// With a mount namespace: a mount detached once the binds are made (the supervisor's
     /// view filesystem: the worker keeps its own files, and sees no other worker's).
     pub hide: Option<CString>,
+    /// The file mode creation mask it runs with (None: the supervisor's).
+    pub umask: Option<libc::mode_t>,
     /// The worker's stdin (None: /dev/null, as for a supervised worker), stdout and
     /// stderr.
     pub stdin: Option<RawFd>,

@@ -13,16 +13,17 @@
 //! the environment; if it is not there yet, `uv venv` makes it and `uv pip sync` installs
 //! exactly the resolution, under a lock (two instances starting at once build it once),
 //! and a marker file says it is complete (an environment left half-built is built again).
-//! Every uv run has a time limit and dies with the thread that started it.
+//! Every uv run is sandboxed ([`sandbox`]): as the build user, in namespaces and a cgroup
+//! of its own, with a time limit, killed when its build is no longer wanted.
+
+mod sandbox;
+pub use sandbox::{LIMIT, Sandbox};
 
 /// Declared in the configuration ([`crate::config::python`]); these paths stay for one release.
 pub use crate::config::{Envs, PythonSpec};
 use sha2::{Digest, Sha256};
-use std::io::Write;
 use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Why an environment could not be built.
@@ -50,6 +51,20 @@ pub enum EnvError {
     Uv { step: &'static str, message: String },
     #[error("uv {step} did not end within {} min: killed", LIMIT.as_secs() / 60)]
     TimedOut { step: &'static str },
+    #[error("uv {step}: cannot start it in its sandbox as the build user (uid {user}): {source}")]
+    Sandbox {
+        step: &'static str,
+        user: u32,
+        source: crate::launch::LaunchError,
+    },
+    #[error("uv: {0}")]
+    Spec(crate::launch::SpecError),
+    #[error("the build's cgroup: {0}")]
+    Cgroup(String),
+    #[error("cancelled: the supervisor is stopping")]
+    Cancelled,
+    #[error("the build panicked (a bug in cuvisor: please report it)")]
+    Panicked,
 }
 
 /// A requirements file's content, read as the supervisor's user would not be fooled into:
@@ -88,19 +103,6 @@ fn read_requirements(path: &Path) -> Result<Vec<u8>, EnvError> {
 
 /// The marker of a complete environment.
 const READY: &str = ".cuvisor-ready";
-/// How long one uv run may take (large wheels over a slow link).
-const LIMIT: Duration = Duration::from_secs(30 * 60);
-
-/// All of a pipe, read on a thread of its own.
-fn drain<R: std::io::Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(mut p) = pipe {
-            let _ = p.read_to_end(&mut buf);
-        }
-        buf
-    })
-}
 
 fn hex(digest: &[u8]) -> String {
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
@@ -109,8 +111,13 @@ fn hex(digest: &[u8]) -> String {
 impl Envs {
     /// The environment of `spec`: its directory, built first if needed. `resolve_again`:
     /// ask the index again even if the model's input was resolved before (`cuvisor env
-    /// build`).
-    pub fn build(&self, spec: &PythonSpec, resolve_again: bool) -> Result<PathBuf, EnvError> {
+    /// build`). uv runs in `sandbox`.
+    pub fn build(
+        &self,
+        spec: &PythonSpec,
+        resolve_again: bool,
+        sandbox: &Sandbox,
+    ) -> Result<PathBuf, EnvError> {
         let io = |path: &Path| {
             let path = path.to_owned();
             move |source| EnvError::Io { path, source }
@@ -128,11 +135,13 @@ impl Envs {
             input.update(text);
         }
         input.update(format!("{spec:?}"));
-        let resolution = resolved_dir.join(hex(&input.finalize()));
+        let input = hex(&input.finalize());
+        let resolution = resolved_dir.join(&input);
         let pins = match std::fs::read_to_string(&resolution) {
             Ok(text) if !resolve_again => text,
             _ => {
-                let text = self.resolve(spec, requirements.as_deref())?;
+                let leaf = format!(".resolve-{input}");
+                let text = self.resolve(spec, requirements.as_deref(), sandbox, &leaf)?;
                 std::fs::write(&resolution, &text).map_err(io(&resolution))?;
                 text
             }
@@ -143,7 +152,8 @@ impl Envs {
             spec.version.as_deref().unwrap_or("")
         ));
         hash.update(&pins);
-        let env = self.dir.join(hex(&hash.finalize()));
+        let name = hex(&hash.finalize());
+        let env = self.dir.join(&name);
         if env.join(READY).exists() {
             return Ok(env);
         }
@@ -163,20 +173,26 @@ impl Envs {
         if env.join(READY).exists() {
             return Ok(env); // another built it meanwhile
         }
-        if env.exists() {
+        if std::fs::symlink_metadata(&env).is_ok() {
             std::fs::remove_dir_all(&env).map_err(io(&env))?; // half-built: again
         }
+        // The build user's while it is built.
+        self.make_owned(&env)?;
+        // Not a model's leaf: a model's name does not start with a dot.
+        let leaf = format!(".build-{name}");
         let env_text = env.display().to_string();
         let mut venv = vec!["venv", env_text.as_str(), "--quiet"];
         if let Some(v) = &spec.version {
             venv.extend(["--python", v]);
         }
-        self.uv("venv", &venv, spec, None, None)?;
+        self.uv(sandbox, &leaf, "venv", &venv, spec, None, None)?;
         let lock_file = env.join("requirements.lock");
         std::fs::write(&lock_file, &pins).map_err(io(&lock_file))?;
         let python = env.join("bin/python").display().to_string();
         let lock_text = lock_file.display().to_string();
         self.uv(
+            sandbox,
+            &leaf,
             "pip sync",
             &["pip", "sync", &lock_text, "--python", &python, "--quiet"],
             spec,
@@ -194,7 +210,13 @@ impl Envs {
     ///
     /// The requirements file's `text`, read by [`read_requirements`], goes to uv on its
     /// standard input with the packages: uv never opens the path itself.
-    fn resolve(&self, spec: &PythonSpec, text: Option<&[u8]>) -> Result<String, EnvError> {
+    fn resolve(
+        &self,
+        spec: &PythonSpec,
+        text: Option<&[u8]>,
+        sandbox: &Sandbox,
+        leaf: &str,
+    ) -> Result<String, EnvError> {
         let mut args = vec!["pip", "compile", "--quiet", "--generate-hashes"];
         args.push("--emit-find-links");
         if let Some(v) = &spec.version {
@@ -213,6 +235,8 @@ impl Envs {
         // Relative paths in a requirements file are its directory's.
         let cwd = spec.requirements.as_deref().and_then(Path::parent);
         let out = self.uv(
+            sandbox,
+            leaf,
             "pip compile",
             &args,
             spec,
@@ -226,90 +250,33 @@ impl Envs {
             .collect())
     }
 
-    /// Runs `uv ARGS` with the model's index settings and our cache and interpreters, for
-    /// at most [`LIMIT`]; its stdout.
+    /// Runs `uv ARGS` with the model's index settings, in `sandbox`; its stdout.
+    #[allow(clippy::too_many_arguments)]
     fn uv(
         &self,
+        sandbox: &Sandbox,
+        leaf: &str,
         step: &'static str,
         args: &[&str],
         spec: &PythonSpec,
         stdin: Option<&str>,
         cwd: Option<&Path>,
     ) -> Result<String, EnvError> {
-        let mut cmd = Command::new(&self.uv);
-        cmd.args(args)
-            .env("UV_CACHE_DIR", self.dir.join("cache"))
-            // Interpreters uv downloads go here too: readable by workers of any user.
-            .env("UV_PYTHON_INSTALL_DIR", self.dir.join("python"))
-            .env("UV_LINK_MODE", "hardlink")
-            .env_remove("VIRTUAL_ENV")
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        if let Some(dir) = cwd {
-            cmd.current_dir(dir);
-        }
+        let mut args: Vec<&str> = args.to_vec();
+        let mut env = Vec::new();
         if step != "venv" {
             // In uv's environment, not on its command line: every local user can read
             // a command line in /proc, and the URL may hold the index's credentials.
             if let Some(i) = &spec.index_url {
-                cmd.env("UV_DEFAULT_INDEX", i);
+                env.push(("UV_DEFAULT_INDEX", i.clone()));
             }
             for f in &spec.find_links {
-                cmd.args(["--find-links", f]);
+                args.extend(["--find-links", f]);
             }
         }
         if spec.offline {
-            cmd.arg("--offline");
+            args.push("--offline");
         }
-        // SAFETY: prctl in the child between fork and exec, async-signal-safe: uv dies
-        // with the thread that started it (a supervisor killed mid-build leaves no uv
-        // writing into an environment the next one builds again).
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let no_uv = |source| EnvError::NoUv {
-            uv: self.uv.clone(),
-            source,
-        };
-        let mut child = cmd.spawn().map_err(no_uv)?;
-        if let (Some(text), Some(mut input)) = (stdin, child.stdin.take()) {
-            let _ = input.write_all(text.as_bytes());
-        }
-        // Both pipes read on threads while waiting with a limit.
-        let (out, err) = (drain(child.stdout.take()), drain(child.stderr.take()));
-        let start = Instant::now();
-        let status = loop {
-            if let Some(status) = child.try_wait().map_err(no_uv)? {
-                break status;
-            }
-            if start.elapsed() > LIMIT {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(EnvError::TimedOut { step });
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let (out, err) = (
-            out.join().unwrap_or_default(),
-            err.join().unwrap_or_default(),
-        );
-        if !status.success() {
-            let message = String::from_utf8_lossy(&err)
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .collect::<Vec<_>>()
-                .join("; ");
-            return Err(EnvError::Uv { step, message });
-        }
-        Ok(String::from_utf8_lossy(&out).into_owned())
+        self.run_uv(sandbox, leaf, step, &args, &env, stdin, cwd)
     }
 }
