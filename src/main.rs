@@ -473,6 +473,13 @@ fn check(path: &std::path::Path) -> ExitCode {
                 );
                 return ExitCode::FAILURE;
             }
+            let unusable = cuvisor::pyenv::unusable(&c);
+            for why in &unusable {
+                eprintln!("{}: {why}", path.display());
+            }
+            if !unusable.is_empty() {
+                return ExitCode::FAILURE;
+            }
             for m in &c.models {
                 for why in cuvisor::config::exposure::exposure(m) {
                     eprintln!("WARNING: model {}: {why}", m.name);

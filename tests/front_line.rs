@@ -538,6 +538,66 @@ fn check_fails_a_python_model_without_uv() {
     assert!(stderr(&out).contains(&expected), "{}", stderr(&out));
 }
 
+/// Finding 19: `check` fails a configuration whose Python environments a user cannot
+/// use: uv where the build user cannot run it (root's own directory), and environments
+/// under a directory the user of a model (here, root of its user namespace, an
+/// unprivileged host id) cannot enter. A build would fail, or the worker could not run
+/// its interpreter, at the model's first start.
+#[test]
+fn check_fails_python_environments_their_users_cannot_use() {
+    let dir = TempDir::new("check-reach");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let private = dir.path("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let hidden_uv = private.join("uv");
+    std::os::unix::fs::symlink(std::fs::canonicalize(common::uv()).unwrap(), &hidden_uv).unwrap();
+    let path = dir.path("cuvisor.toml");
+    let check = |uv: &std::path::Path, envs: &std::path::Path| {
+        std::fs::write(
+            &path,
+            format!(
+                "[supervisor]\nuv = \"{}\"\nenvs_dir = \"{}\"\nuserns_range = \"3000000-3999999\"\n\
+                 [[model]]\nname = \"py\"\ncommand = \"python\"\nisolation = {{ user = true }}\n\
+                 python = {{ packages = [\"numpy\"] }}\n",
+                uv.display(),
+                envs.display()
+            ),
+        )
+        .unwrap();
+        let out = run(std::process::Command::new(env!("CARGO_BIN_EXE_cuvisor"))
+            .arg("check")
+            .arg(&path));
+        (
+            out.status.code(),
+            stderr(&out).replace(&format!("{}:", path.display()), "FILE:"),
+        )
+    };
+    let uv = std::fs::canonicalize(common::uv()).unwrap();
+    let (code, err) = check(&hidden_uv, &dir.path("envs"));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "FILE: uv ({}) cannot be run by the build user (uid 65534): it cannot search {}",
+            hidden_uv.display(),
+            private.display()
+        )),
+        "{err}"
+    );
+    let (code, err) = check(&uv, &private.join("envs"));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "FILE: model py runs as host uid 3000000, which cannot search {} on the way to its Python environments ({})",
+            private.display(),
+            private.join("envs").display()
+        )),
+        "{err}"
+    );
+    let (code, err) = check(&uv, &dir.path("envs"));
+    assert_eq!(code, Some(0), "{err}");
+}
+
 /// Finding 4: a local user who binds an instance's port while its engine loads (the port
 /// is on the worker's command line) is never sent the clients' requests: the front door
 /// routes to a port only while the socket listening there is a process of the instance's

@@ -416,6 +416,18 @@ impl Builder {
                 }))
                 .unwrap_or(Err(crate::pyenv::EnvError::Panicked)),
             };
+            // Its workers' user must be able to run what was built.
+            let built = built.and_then(|env| {
+                let (python, user) = (env.join("bin/python"), job.cfg.host_user());
+                match crate::pyenv::runnable_by(&python, user) {
+                    Ok(()) => Ok(env),
+                    Err(refused) => Err(crate::pyenv::EnvError::NotRunnable {
+                        python,
+                        uid: user.0,
+                        refused,
+                    }),
+                }
+            });
             match built {
                 Ok(env) => {
                     job.python = Some(env);

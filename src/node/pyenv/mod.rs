@@ -65,6 +65,12 @@ pub enum EnvError {
     Cancelled,
     #[error("the build panicked (a bug in cuvisor: please report it)")]
     Panicked,
+    #[error("host uid {uid} cannot run its interpreter {}: it cannot search or execute {}", python.display(), refused.display())]
+    NotRunnable {
+        python: PathBuf,
+        uid: u32,
+        refused: PathBuf,
+    },
 }
 
 /// A requirements file's content, read as the supervisor's user would not be fooled into:
@@ -278,5 +284,172 @@ impl Envs {
             args.push("--offline");
         }
         self.run_uv(sandbox, leaf, step, &args, &env, stdin, cwd)
+    }
+}
+
+/// What keeps `config`'s Python environments from being built or used, on this host:
+/// uv where the build user cannot run it, environments where a model's user cannot reach
+/// them. Each a sentence.
+pub fn unusable(config: &crate::config::Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let envs = &config.supervisor.envs;
+    if !config.models.iter().any(|m| m.python.is_some()) {
+        return out;
+    }
+    let why = |refused: PathBuf| match refused.is_file() {
+        true => "it cannot execute it".to_owned(),
+        false => format!("it cannot search {}", refused.display()),
+    };
+    let uv = match envs.uv.to_str().filter(|u| !u.contains('/')) {
+        Some(name) => std::env::var("PATH")
+            .unwrap_or_default()
+            .split(':')
+            .map(|d| Path::new(d).join(name))
+            .find(|p| p.is_file()),
+        None => Some(envs.uv.clone()),
+    };
+    // SAFETY: geteuid cannot fail and touches no memory.
+    let root = unsafe { libc::geteuid() } == 0;
+    if let Some(uv) = uv.filter(|_| root)
+        && let Err(refused) = runnable_by(&uv, envs.user)
+    {
+        out.push(format!(
+            "uv ({}) cannot be run by the build user (uid {}): {}; install it where every \
+             user can run it, or set build_user",
+            uv.display(),
+            envs.user.0,
+            why(refused)
+        ));
+    }
+    if root && let Err(refused) = reachable_by(&envs.dir, envs.user) {
+        out.push(format!(
+            "the build user (uid {}) cannot search {} on the way to the Python environments \
+             ({}): let every user search it, or set envs_dir",
+            envs.user.0,
+            refused.display(),
+            envs.dir.display()
+        ));
+    }
+    for m in config.models.iter().filter(|m| m.python.is_some()) {
+        let user = m.host_user();
+        if user.0 == 0 {
+            continue;
+        }
+        if let Err(refused) = reachable_by(&envs.dir, user) {
+            out.push(format!(
+                "model {} runs as host uid {}, which cannot search {} on the way to its \
+                 Python environments ({}): let every user search it, or set envs_dir",
+                m.name,
+                user.0,
+                refused.display(),
+                envs.dir.display()
+            ));
+        }
+    }
+    out
+}
+
+/// Whether a user (host uid and gid; supplementary groups aside) may do `want` (the
+/// `rwx` bits, as in "others" of a mode: 4 read, 1 execute) to a file of `mode` owned by
+/// `owner`. Root may do anything but execute a file no one may execute.
+pub fn allows(mode: u32, owner: (u32, u32), user: (u32, u32), want: u32) -> bool {
+    let bits = if user.0 == 0 {
+        return want & 1 == 0 || mode & 0o111 != 0 || mode & 0o170000 == 0o040000;
+    } else if user.0 == owner.0 {
+        mode >> 6
+    } else if user.1 == owner.1 {
+        mode >> 3
+    } else {
+        mode
+    } & 7;
+    bits & want == want
+}
+
+/// Why `user` cannot run the program at `path` (following links, as exec does): the
+/// first directory on its way it may not search (the way as named, and as the links
+/// lead), or the file it may not execute.
+/// `Ok(())` for a path that does not exist (nothing to say yet).
+pub fn runnable_by(path: &Path, user: (u32, u32)) -> Result<(), PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(real) = std::fs::canonicalize(path) else {
+        return Ok(());
+    };
+    // The directories as named, then as they really are, then the file.
+    for named in [path, &real] {
+        reachable_by(named.parent().unwrap_or(named), user)?;
+    }
+    match std::fs::metadata(&real) {
+        Ok(m) if !m.is_file() || !allows(m.mode(), (m.uid(), m.gid()), user, 1) => Err(real),
+        _ => Ok(()),
+    }
+}
+
+/// Why `user` cannot reach `dir` (the first directory on the way it may not search);
+/// what does not exist yet is not refused.
+pub fn reachable_by(dir: &Path, user: (u32, u32)) -> Result<(), PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let mut so_far = PathBuf::new();
+    for part in dir.components() {
+        so_far.push(part);
+        match std::fs::metadata(&so_far) {
+            Ok(m) if !allows(m.mode(), (m.uid(), m.gid()), user, 1) => return Err(so_far),
+            Ok(_) => {}
+            Err(_) => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn who_may_search_or_run_by_the_modes() {
+        let (root, me, other) = ((0, 0), (1000, 1000), (2000, 2000));
+        let mine = (1000, 1000);
+        // A directory only its owner may enter.
+        assert!(allows(0o040700, mine, me, 1));
+        assert!(!allows(0o040700, mine, other, 1));
+        assert!(allows(0o040700, mine, root, 1));
+        // Its group's.
+        assert!(allows(0o040750, mine, (3000, 1000), 1));
+        assert!(
+            !allows(0o040705, mine, (3000, 1000), 1),
+            "the group's bits, not others'"
+        );
+        // A program: others may run 0755, not 0750 nor 0644; root runs any with an x.
+        assert!(allows(0o100755, mine, other, 1));
+        assert!(!allows(0o100750, mine, other, 1));
+        assert!(!allows(0o100644, mine, root, 1));
+        assert!(allows(0o100700, mine, root, 1));
+        assert!(allows(0o100644, mine, other, 4));
+    }
+
+    #[test]
+    fn the_first_directory_in_the_way_is_named() {
+        let dir = std::env::temp_dir().join(format!("cuvisor-reach-{}", std::process::id()));
+        let inner = dir.join("private/bin");
+        std::fs::create_dir_all(&inner).unwrap();
+        let program = inner.join("tool");
+        std::fs::write(&program, "#!/bin/sh\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path, m| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
+        mode(&dir, 0o755).unwrap();
+        mode(&program, 0o755).unwrap();
+        mode(&dir.join("private"), 0o700).unwrap();
+        let nobody = (65534, 65534);
+        assert_eq!(runnable_by(&program, nobody), Err(dir.join("private")));
+        assert_eq!(reachable_by(&inner, nobody), Err(dir.join("private")));
+        assert_eq!(
+            reachable_by(&dir.join("private/new/deeper"), (0, 0)),
+            Ok(())
+        );
+        mode(&dir.join("private"), 0o711).unwrap();
+        assert_eq!(runnable_by(&program, nobody), Ok(()));
+        mode(&program, 0o700).unwrap();
+        assert_eq!(runnable_by(&program, nobody), Err(program.clone()));
+        assert_eq!(runnable_by(&dir.join("missing"), nobody), Ok(()));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
