@@ -17,7 +17,7 @@ use crate::launch::{self, LaunchError, SpecError};
 use crate::ledger::{self, CreateOptions, LedgerError, LedgerFile};
 use crate::log::log;
 use crate::view::{self, Views};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -460,7 +460,7 @@ impl Launcher {
         // Again at every start: the worker is shown its ledger, which must be there (made
         // again if someone removed it) and still have the model's quota.
         prepare_ledger(&self.supervisor.ledger_dir, cfg)?;
-        let (out_read, out_write) = pipe_for_output().map_err(StartError::Pipe)?;
+        let (out_read, out_write) = crate::node::process::pipe().map_err(StartError::Pipe)?;
         let visible = self.plan.as_ref().and_then(|p| p.uuids(&cfg.name));
         let minors = self.plan.as_ref().and_then(|p| p.minors(&cfg.name));
         let port = match cfg.serve {
@@ -642,17 +642,6 @@ fn limits(m: &ModelConfig) -> Limits {
         cpus: m.cpus.clone(),
         freeze: m.freeze_hibernated,
     }
-}
-
-fn pipe_for_output() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills two descriptors we own. The write end is inherited by the
-    // worker only through the launch spec (dup2), so it is close-on-exec here.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 succeeded: two new descriptors that nothing else owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// Copies a worker's output to the supervisor's stderr or its log file, in bounded chunks

@@ -15,10 +15,11 @@ use super::EnvError;
 use crate::cgroups::{Hierarchy, Limits};
 use crate::config::{Envs, Isolation, Logs, SupervisorConfig};
 use crate::launch::{self, Privileges, Spec};
+use crate::node::process::pipe;
 use crate::node::worker::cstrings;
 use std::ffi::CString;
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -297,17 +298,6 @@ fn wait(pid: i32, cancel: &AtomicBool) -> Ended {
         }
         return why;
     }
-}
-
-fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills two descriptors we own; close-on-exec here (uv gets its ends
-    // through the launch spec's dup2).
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 succeeded: two new descriptors that nothing else owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// All of a pipe, read on a thread of its own.
