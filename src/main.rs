@@ -4,7 +4,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use cuvisor::ledger::{self, CreateOptions, LedgerFile, Snapshot};
-use cuvisor::size::{QuotaSpec, format_bytes as human, parse_quota};
+use cuvisor::size::{QuotaSpec, format_bytes as human, parse_quota, quota_text};
 use serde_json::json;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +41,9 @@ enum Command {
     Hibernate(PowerArgs),
     /// Wake a hibernated model: its processes move their memory back to their GPUs.
     Wake(PowerArgs),
+    /// Change a running model's settings, live: its GPU memory quota, on every GPU it
+    /// uses, from its processes' next allocation. Until the supervisor restarts.
+    Set(SetArgs),
     /// Check a configuration file without starting anything.
     Check {
         /// The configuration file (TOML).
@@ -78,6 +81,20 @@ struct PowerArgs {
     /// Print the supervisor's JSON answer.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+struct SetArgs {
+    /// The model.
+    model: String,
+    /// The new quota on each GPU: a size (`12GiB`) or a percentage of each GPU (`50%`).
+    /// Lowered below what the model uses, its allocations are refused until usage falls
+    /// under it.
+    #[arg(long, value_name = "QUOTA")]
+    quota: String,
+    /// The control socket [default: /run/cuvisor/control.sock].
+    #[arg(long, value_name = "PATH", default_value = "/run/cuvisor/control.sock")]
+    socket: PathBuf,
 }
 
 #[derive(Args)]
@@ -158,6 +175,16 @@ enum LedgerAction {
         #[arg(long, value_name = "GID")]
         group: Option<u32>,
     },
+    /// Change an existing ledger's quota, live (a model run without `cuvisor run`; under
+    /// it, use `cuvisor set MODEL --quota`): on every GPU the model uses, from its
+    /// processes' next allocation.
+    Quota {
+        #[arg(long)]
+        model: String,
+        /// The new quota: bytes, K/M/G/T, KiB..TiB, KB..TB, or NN% of each GPU.
+        #[arg(long, value_parser = parse_quota_arg)]
+        quota: QuotaSpec,
+    },
     /// Give back what dead processes held.
     Reclaim {
         /// Only this model [default: every model of the directory].
@@ -196,6 +223,7 @@ fn main() -> ExitCode {
         Command::Status { socket, json } => status_command(&socket, json),
         Command::Hibernate(args) => power_command(&args, "hibernate"),
         Command::Wake(args) => power_command(&args, "wake"),
+        Command::Set(args) => set_command(&args),
         Command::Check { config } => check(&config),
         Command::Exec(args) => exec_command(args),
         Command::Ledger(args) => ledger_command(args),
@@ -393,6 +421,37 @@ fn power_command(args: &PowerArgs, action: &str) -> ExitCode {
     }
 }
 
+/// `cuvisor set`: `PATCH /models/NAME`, and what it did as a sentence.
+fn set_command(args: &SetArgs) -> ExitCode {
+    let path = format!("/models/{}", args.model);
+    let body = serde_json::json!({ "gpu_quota": args.quota });
+    let (code, body) = match cuvisor::control::request_json(&args.socket, "PATCH", &path, &body) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cuvisor: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    if code != 200 {
+        let why = answer["error"].as_str().unwrap_or(body.trim_end());
+        eprintln!("cuvisor: model {}: {why}", args.model);
+        return ExitCode::FAILURE;
+    }
+    let quota = |v: &serde_json::Value| {
+        v.as_str()
+            .and_then(|q| parse_quota(q).ok())
+            .map_or_else(|| "none".into(), |q| quota_text(Some(q)))
+    };
+    println!(
+        "model {}: quota {} (was {})",
+        args.model,
+        quota(&answer["gpu_quota"]),
+        quota(&answer["was"])
+    );
+    ExitCode::SUCCESS
+}
+
 fn exec_command(a: ExecArgs) -> ExitCode {
     let shim = a
         .shim
@@ -542,6 +601,18 @@ fn ledger_command(args: LedgerArgs) -> ExitCode {
             quota,
             group,
         }) => create(&dir, &model, quota, group, args.json),
+        Some(LedgerAction::Quota { model, quota }) => {
+            ledger::set_quota_isolated(&dir, &model, Some(quota))
+                .map(|was| {
+                    println!(
+                        "model {model}: quota {} (was {})",
+                        quota_text(Some(quota)),
+                        quota_text(was)
+                    );
+                    ExitCode::SUCCESS
+                })
+                .map_err(|e| e.to_string())
+        }
         Some(LedgerAction::Reclaim { model }) => reclaim(&dir, model.as_deref(), args.json),
         Some(LedgerAction::Hibernate(p)) => Ok(ledger_power(&dir, &p, true, args.json)),
         Some(LedgerAction::Wake(p)) => Ok(ledger_power(&dir, &p, false, args.json)),
@@ -561,14 +632,6 @@ fn quota_json(quota: Option<QuotaSpec>) -> serde_json::Value {
         None => serde_json::Value::Null,
         Some(QuotaSpec::Bytes(b)) => json!({ "bytes": b }),
         Some(QuotaSpec::Percent(p)) => json!({ "percent": p }),
-    }
-}
-
-fn quota_text(quota: Option<QuotaSpec>) -> String {
-    match quota {
-        None => "none".into(),
-        Some(QuotaSpec::Percent(p)) => format!("{p}%/GPU"),
-        Some(QuotaSpec::Bytes(b)) => format!("{}/GPU", human(b)),
     }
 }
 

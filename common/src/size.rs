@@ -102,6 +102,22 @@ pub fn format_bytes(bytes: u64) -> String {
     }
 }
 
+/// A model's quota as people read it: `8.0 GiB/GPU`, `50%/GPU`, `none`.
+///
+/// ```
+/// use cuvisor_common::size::{QuotaSpec, quota_text};
+/// assert_eq!(quota_text(Some(QuotaSpec::Bytes(8 << 30))), "8.0 GiB/GPU");
+/// assert_eq!(quota_text(Some(QuotaSpec::Percent(50))), "50%/GPU");
+/// assert_eq!(quota_text(None), "none");
+/// ```
+pub fn quota_text(quota: Option<QuotaSpec>) -> String {
+    match quota {
+        None => "none".into(),
+        Some(QuotaSpec::Percent(p)) => format!("{p}%/GPU"),
+        Some(QuotaSpec::Bytes(b)) => format!("{}/GPU", format_bytes(b)),
+    }
+}
+
 /// Parses an absolute size in bytes.
 ///
 /// ```

@@ -1,6 +1,7 @@
 //! The mailbox protocol: what the servers ask of the supervisor, and its answers.
 
 use super::status::{ModelStatus, PowerReport, Status};
+use crate::size::QuotaSpec;
 
 /// What the control API asks of the supervisor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -10,6 +11,8 @@ pub enum Request {
     Start(String),
     Stop(String),
     Restart(String),
+    /// A model's quota, changed live ([`Answer::Quota`]).
+    SetQuota(String, QuotaSpec),
 }
 
 /// The supervisor's answer to a [`Request`] (the control API makes HTTP of it).
@@ -25,6 +28,17 @@ pub enum Answer {
     Done {
         model: String,
         action: Action,
+    },
+    /// A model's quota was changed, from `from`.
+    Quota {
+        model: String,
+        from: Option<QuotaSpec>,
+        to: QuotaSpec,
+    },
+    /// The request cannot be carried out, and why (nothing changed).
+    Refused {
+        model: String,
+        why: String,
     },
     NoSuchModel(String),
     /// Shutting down: nothing starts any more.

@@ -4,6 +4,7 @@
 
 use super::lifecycle::Signal;
 use crate::config::ModelConfig;
+use crate::size::QuotaSpec;
 use cuvisor_common::ledger::{LedgerError, Snapshot};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -45,6 +46,9 @@ pub trait Effects {
     /// The supervisor is stopping: launches under way end as soon as they can (a Python
     /// environment's build is killed); each is still answered.
     fn stop_launching(&mut self);
+    /// Changes `model`'s quota in its ledger, live, on every GPU it uses; the quota the
+    /// ledger had, or why it could not be changed.
+    fn set_quota(&mut self, model: &str, quota: QuotaSpec) -> Result<Option<QuotaSpec>, String>;
     fn signal(&mut self, pid: i32, signal: Signal);
     /// How the worker ended if it has exited, reaped.
     fn reap(&mut self, worker: &Self::Worker) -> Option<Exit>;

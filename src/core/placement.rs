@@ -147,6 +147,52 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// The plan with `model`'s quota changed from `from` to `to`, if its GPUs can take it:
+    /// each within `gpu_overcommit` × its memory, and what cannot be resident within the
+    /// host memory for it. A model not placed changes nothing here.
+    pub fn requota(
+        &self,
+        model: &str,
+        from: Option<QuotaSpec>,
+        to: Option<QuotaSpec>,
+    ) -> Result<Plan, String> {
+        let Some(placed) = self.models.iter().find(|m| m.model == model) else {
+            return Ok(self.clone());
+        };
+        let mut next = self.clone();
+        for &g in &placed.gpus {
+            let gpu = &mut next.gpus[g];
+            let memory = gpu.gpu.memory;
+            gpu.committed = gpu.committed - commitment(from, memory).min(gpu.committed)
+                + commitment(to, memory);
+            if gpu.committed > gpu.capacity {
+                return Err(format!(
+                    "GPU {} would have {} committed, beyond its {} (gpu_overcommit {} of {})",
+                    gpu.gpu.index,
+                    format_bytes(gpu.committed),
+                    format_bytes(gpu.capacity),
+                    self.overcommit,
+                    format_bytes(memory)
+                ));
+            }
+        }
+        next.host_needed = next
+            .gpus
+            .iter()
+            .map(|g| g.committed.saturating_sub(g.gpu.memory))
+            .sum();
+        if next.host_needed > next.host_available {
+            return Err(format!(
+                "{} of the GPUs' commitments could not be resident, beyond the {} of host memory for them",
+                format_bytes(next.host_needed),
+                format_bytes(next.host_available)
+            ));
+        }
+        Ok(next)
+    }
+}
+
 /// Why a configuration cannot be placed. Every one names the numbers.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PlanError {
@@ -635,5 +681,34 @@ mod tests {
         )];
         let p = plan(&n, &demands(&spec), Policy::Pack, 1.0, 0).unwrap();
         assert_eq!(committed(&p), [4, 20]);
+    }
+
+    /// A quota changed live is checked against the model's GPUs as a placement would be.
+    #[test]
+    fn a_quota_change_must_fit_the_models_gpus() {
+        let node = node(2, 16 * GIB);
+        let spec = vec![
+            ("a".to_owned(), GpuDemand::Count(1), bytes(8)),
+            ("b".to_owned(), GpuDemand::Count(1), bytes(8)),
+        ];
+        let p = plan(&node, &demands(&spec), Policy::Pack, 1.0, 0).unwrap();
+        assert_eq!(committed(&p), [16, 0]);
+        let up = p.requota("a", bytes(8), bytes(6)).unwrap();
+        assert_eq!(committed(&up), [14, 0]);
+        let err = p.requota("a", bytes(8), bytes(10)).unwrap_err();
+        assert_eq!(
+            err,
+            "GPU 0 would have 18.0 GiB committed, beyond its 16.0 GiB (gpu_overcommit 1 of 16.0 GiB)"
+        );
+        // With room to overcommit, the host must hold what cannot be resident.
+        let p = plan(&node, &demands(&spec), Policy::Pack, 2.0, GIB).unwrap();
+        assert!(p.requota("a", bytes(8), bytes(9)).is_ok());
+        assert_eq!(
+            p.requota("a", bytes(8), bytes(10)).unwrap_err(),
+            "2.0 GiB of the GPUs' commitments could not be resident, beyond the 1.0 GiB of host memory for them"
+        );
+        // No quota commits the whole GPU; a model not placed changes nothing.
+        assert!(p.requota("a", bytes(8), None).is_err());
+        assert_eq!(p.requota("zz", None, bytes(99)).unwrap(), p);
     }
 }

@@ -684,6 +684,7 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
                 let restart = lifecycle::Event::Stop { then_start: true };
                 (name, api::Action::Restart, restart)
             }
+            Request::SetQuota(name, quota) => return self.set_quota(name, quota),
         };
         let Some(m) = self.model_index(&name) else {
             return Answer::NoSuchModel(name);
@@ -697,6 +698,44 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
         Answer::Done {
             model: name,
             action,
+        }
+    }
+
+    /// Changes a model's quota, live: if its GPUs can take it (as a placement would
+    /// check), in its ledger (on every GPU it uses, for the next allocation of every
+    /// process), and in its configuration (its next starts set it again). Until the
+    /// supervisor restarts: the file's quota holds then.
+    fn set_quota(&mut self, name: String, quota: crate::size::QuotaSpec) -> Answer {
+        let Some(m) = self.model_index(&name) else {
+            return Answer::NoSuchModel(name);
+        };
+        if self.shutting_down {
+            return Answer::ShuttingDown;
+        }
+        let from = self.models[m].cfg.gpu_quota;
+        let plan = match &self.plan {
+            Some(plan) => match plan.requota(&name, from, Some(quota)) {
+                Ok(next) => Some(next),
+                Err(why) => return Answer::Refused { model: name, why },
+            },
+            None => None,
+        };
+        if let Err(why) = self.effects.set_quota(&name, quota) {
+            return Answer::Refused { model: name, why };
+        }
+        self.models[m].cfg.gpu_quota = Some(quota);
+        if plan.is_some() {
+            self.plan = plan;
+        }
+        log(&format!(
+            "model {name}: quota {} -> {} (changed live)",
+            crate::size::quota_text(from),
+            crate::size::quota_text(Some(quota))
+        ));
+        Answer::Quota {
+            model: name,
+            from,
+            to: quota,
         }
     }
 }

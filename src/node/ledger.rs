@@ -122,6 +122,34 @@ pub fn reclaim_isolated(dir: &Path, model: &str) -> Result<Reclaimed, IsolatedEr
     })
 }
 
+/// [`LedgerFile::set_quota`] on the ledger of `model`, in a child process; the quota it
+/// replaced.
+pub fn set_quota_isolated(
+    dir: &Path,
+    model: &str,
+    quota: Option<crate::size::QuotaSpec>,
+) -> Result<Option<crate::size::QuotaSpec>, IsolatedError> {
+    use crate::size::QuotaSpec;
+    let msg = isolated(dir, model, "quota change", 5, |ledger| {
+        match ledger.set_quota(quota) {
+            Ok(None) => [1, 0, 0],
+            Ok(Some(QuotaSpec::Bytes(b))) => [1, 1, b],
+            Ok(Some(QuotaSpec::Percent(p))) => [1, 2, u64::from(p)],
+            Err(_) => [0, 0, 0],
+        }
+    })?;
+    match msg {
+        [0, ..] => Err(IsolatedError::Ledger(LedgerError::Io {
+            path: LedgerFile::path_for(dir, model),
+            action: "lock the GPU table",
+            source: std::io::Error::other("the lock could not be taken"),
+        })),
+        [_, 1, b] => Ok(Some(QuotaSpec::Bytes(b))),
+        [_, 2, p] => Ok(Some(QuotaSpec::Percent(p as u8))),
+        _ => Ok(None),
+    }
+}
+
 /// How a hibernate or wake request ended ([`power_isolated`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PowerRequest {

@@ -297,6 +297,14 @@ impl Effects for System {
         self.cancel.store(true, Ordering::Relaxed);
     }
 
+    fn set_quota(
+        &mut self,
+        model: &str,
+        quota: crate::size::QuotaSpec,
+    ) -> Result<Option<crate::size::QuotaSpec>, String> {
+        ledger::set_quota_isolated(&self.ledger_dir, model, Some(quota)).map_err(|e| e.to_string())
+    }
+
     fn signal(&mut self, pid: i32, signal: Signal) {
         let sig = match signal {
             Signal::Term => libc::SIGTERM,
@@ -568,14 +576,17 @@ pub fn prepare(
             log(&format!("WARNING: model {}: {why}", m.name));
         }
     }
-    // Only the cgroups this configuration's instances would have (`<model>-<n>`): a
-    // cgroup_name shared with anything else never gets its other cgroups killed.
+    // Only the cgroups this configuration's instances would have (`<model>-<n>`), and
+    // environment builds' (`.build-…`, `.resolve-…`): a cgroup_name shared with anything
+    // else never gets its other cgroups killed.
     let is_ours = |leaf: &str| {
-        config.models.iter().any(|m| {
-            leaf.strip_prefix(m.name.as_str())
-                .and_then(|rest| rest.strip_prefix('-'))
-                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-        })
+        leaf.starts_with(".build-")
+            || leaf.starts_with(".resolve-")
+            || config.models.iter().any(|m| {
+                leaf.strip_prefix(m.name.as_str())
+                    .and_then(|rest| rest.strip_prefix('-'))
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            })
     };
     for left in hierarchy.remove_leftovers(is_ours) {
         match left {
@@ -613,7 +624,29 @@ pub use super::worker::{Placement, worker_spec};
 /// reachable by the model's user: the supervisor never maps a ledger.
 fn prepare_ledger(dir: &Path, cfg: &ModelConfig) -> Result<(), ledger::LedgerError> {
     let group = cfg.gid.filter(|_| cfg.uid.is_some()).or(cfg.host_ids);
-    ledger::ensure(dir, &cfg.name, cfg.gpu_quota, CreateOptions { group })?;
+    match ledger::ensure(dir, &cfg.name, cfg.gpu_quota, CreateOptions { group }) {
+        Ok(()) | Err(LedgerError::QuotaMismatch { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    // The quota is the supervisor's: a ledger that has another (an earlier
+    // configuration's, a change made live) takes the model's, at each start.
+    let had = ledger::read_snapshot(dir, &cfg.name)?.quota;
+    if had != cfg.gpu_quota {
+        ledger::set_quota_isolated(dir, &cfg.name, cfg.gpu_quota).map_err(|e| match e {
+            ledger::IsolatedError::Ledger(e) => e,
+            e => LedgerError::Io {
+                path: LedgerFile::path_for(dir, &cfg.name),
+                action: "change the quota",
+                source: std::io::Error::other(e.to_string()),
+            },
+        })?;
+        log(&format!(
+            "model {}: its ledger's quota was {}; now {}, as configured",
+            cfg.name,
+            crate::size::quota_text(had),
+            crate::size::quota_text(cfg.gpu_quota)
+        ));
+    }
     if let Some(gid) = group {
         LedgerFile::share_with_group(dir, &cfg.name, gid)?;
         ledger::make_traversable(dir)?;

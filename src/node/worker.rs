@@ -111,7 +111,9 @@ pub fn worker_spec(
         extra.push(("CUDA_VISIBLE_DEVICES".into(), list.join(",")));
     }
     let contract = Contract {
-        quota: cfg.gpu_quota,
+        // None: its processes join the ledger's quota, which is the supervisor's (set
+        // before the worker starts, and changed live), not the one it started with.
+        quota: None,
         mode: cfg.mode,
         hibernate: true,
         ledger_dir: supervisor.ledger_dir.clone(),

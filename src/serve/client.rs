@@ -37,14 +37,39 @@ pub fn request_waiting(
     path: &str,
     wait: Duration,
 ) -> Result<(u16, String), ClientError> {
+    exchange(socket, method, path, "", wait)
+}
+
+/// [`request`] with a JSON body (`PATCH /models/NAME`).
+pub fn request_json(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: &serde_json::Value,
+) -> Result<(u16, String), ClientError> {
+    exchange(socket, method, path, &body.to_string(), WAIT)
+}
+
+fn exchange(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: &str,
+    wait: Duration,
+) -> Result<(u16, String), ClientError> {
     let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
         socket: socket.to_owned(),
         source,
     })?;
     let _ = stream.set_read_timeout(Some(wait));
+    let kind = match body.is_empty() {
+        true => "",
+        false => "Content-Type: application/json\r\n",
+    };
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: cuvisor\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: cuvisor\r\n{kind}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;

@@ -10,7 +10,7 @@
 //! | `GET /healthz` | `ok` |
 
 /// Moved to [`super::client`]; these paths stay for one release.
-pub use super::client::{request, request_waiting};
+pub use super::client::{request, request_json, request_waiting};
 use super::server::{ANSWER_TIMEOUT, PerUser, accept_loop, loopback_peer_uid};
 /// Moved to [`super::server`]; these paths stay for one release.
 pub use super::server::{ServeError, ServerThread};
@@ -292,9 +292,23 @@ async fn answer(
         )),
         Access::Token(token) => authorized(&request, token),
     };
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
     let reply = match checked {
         Err(refused) => refused,
-        Ok(()) => route(request.method().as_str(), request.uri().path(), tx).await,
+        // A body (a PATCH's) of a few fields: the control API takes no more.
+        Ok(()) => match http_body_util::BodyExt::collect(http_body_util::Limited::new(
+            request.into_body(),
+            MAX_BODY,
+        ))
+        .await
+        {
+            Ok(body) => route(method.as_str(), &path, &body.to_bytes(), tx).await,
+            Err(_) => reply(
+                413,
+                "text/plain",
+                format!("a body of at most {MAX_BODY} bytes, JSON\n"),
+            ),
+        },
     };
     Response::builder()
         .status(StatusCode::from_u16(reply.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
@@ -303,7 +317,27 @@ async fn answer(
         .expect("a valid response")
 }
 
-async fn route(method: &str, path: &str, tx: &Backend) -> Reply {
+/// The largest request body the control API reads.
+const MAX_BODY: usize = 8 << 10;
+
+/// `PATCH /models/NAME`'s body: `{"gpu_quota": "12GiB"}`.
+fn quota_change(name: &str, body: &[u8]) -> Result<Request, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Change {
+        gpu_quota: String,
+    }
+    let change: Change = serde_json::from_slice(body).map_err(|e| {
+        format!("expected {{\"gpu_quota\": \"12GiB\"}} (or a percentage, \"50%\"): {e}")
+    })?;
+    match crate::size::parse_quota(&change.gpu_quota) {
+        Ok(crate::size::QuotaSpec::Bytes(0)) => Err("a quota must be greater than 0".into()),
+        Ok(quota) => Ok(Request::SetQuota(name.to_owned(), quota)),
+        Err(e) => Err(format!("gpu_quota \"{}\": {e}", change.gpu_quota)),
+    }
+}
+
+async fn route(method: &str, path: &str, body: &[u8], tx: &Backend) -> Reply {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let request = match (method, segments.as_slice()) {
         ("GET", ["healthz"]) => return reply(200, "text/plain", "ok\n"),
@@ -313,6 +347,13 @@ async fn route(method: &str, path: &str, tx: &Backend) -> Reply {
         ("POST", ["models", name, "start"]) => Request::Start(name.to_string()),
         ("POST", ["models", name, "stop"]) => Request::Stop(name.to_string()),
         ("POST", ["models", name, "restart"]) => Request::Restart(name.to_string()),
+        ("PATCH", ["models", name]) => match quota_change(name, body) {
+            Ok(request) => request,
+            Err(why) => {
+                let body = serde_json::json!({ "error": why }).to_string();
+                return reply(400, "application/json", body);
+            }
+        },
         ("POST", ["models", name, action @ ("hibernate" | "wake")]) => {
             let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
             let call = Call::Power {
@@ -373,6 +414,19 @@ fn http(answer: Answer, backend: &Backend) -> Reply {
         Answer::Done { model, action } => json(
             200,
             serde_json::json!({"model": model, "action": action.to_string()}).to_string(),
+        ),
+        Answer::Quota { model, from, to } => json(
+            200,
+            serde_json::json!({
+                "model": model,
+                "gpu_quota": to.to_string(),
+                "was": from.map(|q| q.to_string()),
+            })
+            .to_string(),
+        ),
+        Answer::Refused { model, why } => json(
+            409,
+            serde_json::json!({"model": model, "error": why}).to_string(),
         ),
         Answer::NoSuchModel(name) => json(
             404,

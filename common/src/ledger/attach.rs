@@ -310,6 +310,45 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A quota changed live: a raise counts from the next reservation; after a cut below
+    /// what is in use, every reservation is refused until usage falls under it; a GPU met
+    /// after the change gets the new quota; a percentage is resolved per GPU.
+    #[test]
+    fn a_quota_changed_live_holds_from_the_next_reservation() {
+        let (dir, l) = fresh("live", QuotaSpec::Bytes(100));
+        let g = l.register_gpu(uuid(1), 1000).unwrap();
+        let a = l.attach().unwrap();
+        assert_eq!(a.try_reserve(g, 80), Ok(()));
+        assert!(a.try_reserve(g, 40).is_err());
+        let before = l.set_quota(Some(QuotaSpec::Bytes(200))).unwrap();
+        assert_eq!(before, Some(QuotaSpec::Bytes(100)));
+        assert_eq!(l.quota(), Some(QuotaSpec::Bytes(200)));
+        assert_eq!(a.try_reserve(g, 40), Ok(()));
+        l.set_quota(Some(QuotaSpec::Bytes(50))).unwrap();
+        assert_eq!(
+            a.try_reserve(g, 1),
+            Err(Refusal {
+                requested: 1,
+                used: 120,
+                quota: 50
+            })
+        );
+        a.release(g, 80);
+        assert_eq!(a.try_reserve(g, 10), Ok(()), "40 + 10 fit under 50");
+        // A percentage: each GPU its own share, the ones met later too.
+        l.set_quota(Some(QuotaSpec::Percent(10))).unwrap();
+        let g2 = l.register_gpu(uuid(2), 2000).unwrap();
+        assert_eq!((l.gpu_quota(g), l.gpu_quota(g2)), (Some(100), Some(200)));
+        // None: no limit, everything still counted.
+        l.set_quota(None).unwrap();
+        assert_eq!((l.quota(), l.gpu_quota(g)), (None, None));
+        assert_eq!(a.try_reserve(g, 5000), Ok(()));
+        let s = l.snapshot().unwrap();
+        assert_eq!(s.quota, None);
+        drop(a);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// The quota holds on each GPU on its own: two GPUs hold the quota each, and a
     /// process's bytes go back to the GPU they were charged on.
     #[test]

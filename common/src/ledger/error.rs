@@ -53,7 +53,7 @@ pub enum LedgerError {
     },
 }
 
-fn quota_text(q: Option<QuotaSpec>) -> String {
+fn exact_quota(q: Option<QuotaSpec>) -> String {
     match q {
         None => "no quota".into(),
         Some(QuotaSpec::Bytes(b)) => format!("{b} bytes on each GPU"),
@@ -103,11 +103,12 @@ impl fmt::Display for LedgerError {
             } => write!(
                 f,
                 "the quota asked for ({}) disagrees with the ledger {} of model {model} ({}); the ledger's quota \
-                 is authoritative: run without CUVISOR_QUOTA to join it, or recreate the ledger with \
-                 `cuvisor ledger create`",
-                quota_text(Some(*requested)),
+                 is authoritative: run without CUVISOR_QUOTA to join it, or change it (`cuvisor \
+                 ledger quota --model {model} --quota Q`; under `cuvisor run`, `cuvisor set {model} \
+                 --quota Q`, or its gpu_quota and a restart)",
+                exact_quota(Some(*requested)),
                 path.display(),
-                quota_text(*ledger)
+                exact_quota(*ledger)
             ),
             LedgerError::Untrusted {
                 path,

@@ -19,7 +19,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// How a ledger file is created.
 #[derive(Debug, Clone, Copy, Default)]
@@ -309,9 +309,9 @@ impl LedgerFile {
             Some(QuotaSpec::Bytes(b)) => (QUOTA_BYTES, 0, b),
             Some(QuotaSpec::Percent(p)) => (QUOTA_PERCENT, p as u32, 0),
         };
-        h.quota_kind = kind;
-        h.quota_percent = percent;
-        h.quota_bytes = bytes;
+        h.quota_kind = AtomicU32::new(kind);
+        h.quota_percent = AtomicU32::new(percent);
+        h.quota_bytes = AtomicU64::new(bytes);
         h.gpu_count = MAX_GPUS as u32;
         h.gpu_size = GPU_SIZE as u32;
         h.created_unix = std::time::SystemTime::now()
@@ -389,14 +389,60 @@ impl LedgerFile {
         &self.model
     }
 
-    /// The quota on each GPU, as written at creation.
+    /// The quota on each GPU.
     pub fn quota(&self) -> Option<QuotaSpec> {
         let h = self.header();
-        match h.quota_kind {
-            QUOTA_BYTES => Some(QuotaSpec::Bytes(h.quota_bytes)),
-            QUOTA_PERCENT => Some(QuotaSpec::Percent(h.quota_percent as u8)),
-            _ => None,
+        loop {
+            let before = h.quota_seq.load(Ordering::Acquire);
+            let fields = (
+                h.quota_kind.load(Ordering::Acquire),
+                h.quota_percent.load(Ordering::Acquire),
+                h.quota_bytes.load(Ordering::Acquire),
+            );
+            if before % 2 == 1 || h.quota_seq.load(Ordering::Acquire) != before {
+                std::hint::spin_loop();
+                continue; // being changed: read again
+            }
+            return match fields {
+                (QUOTA_BYTES, _, bytes) => Some(QuotaSpec::Bytes(bytes)),
+                (QUOTA_PERCENT, percent, _) => Some(QuotaSpec::Percent(percent as u8)),
+                _ => None,
+            };
         }
+    }
+
+    /// Changes the model's quota, live: in the header, and on every GPU the model has met
+    /// (a percentage resolved against each GPU's memory). A reservation is checked against
+    /// its GPU's quota when it is made, so a raise counts from the next one, and after a
+    /// cut below what is in use every reservation is refused until usage falls under it.
+    /// Under the GPU table's lock, so a GPU registered meanwhile gets the new quota.
+    /// Returns the quota it replaced.
+    pub fn set_quota(&self, quota: Option<QuotaSpec>) -> Result<Option<QuotaSpec>, LedgerError> {
+        let _threads = self.registering.lock().unwrap_or_else(|e| e.into_inner());
+        let _processes =
+            RegistrationLock::take(&self.file).map_err(io_err(&self.path, "lock the GPU table"))?;
+        let before = self.quota();
+        let h = self.header();
+        let (kind, percent, bytes) = match quota {
+            None => (QUOTA_NONE, 0, u64::MAX),
+            Some(QuotaSpec::Bytes(b)) => (QUOTA_BYTES, 0, b),
+            Some(QuotaSpec::Percent(p)) => (QUOTA_PERCENT, p as u32, 0),
+        };
+        // One writer at a time (the lock): odd while writing.
+        h.quota_seq.fetch_add(1, Ordering::AcqRel);
+        h.quota_kind.store(kind, Ordering::Release);
+        h.quota_percent.store(percent, Ordering::Release);
+        h.quota_bytes.store(bytes, Ordering::Release);
+        h.quota_seq.fetch_add(1, Ordering::AcqRel);
+        for g in self.ready_gpus() {
+            let gpu = self.gpu(g);
+            let resolved = match quota {
+                None => u64::MAX,
+                Some(spec) => spec.bytes(gpu.physical.load(Ordering::Relaxed)).max(1),
+            };
+            gpu.quota_bytes.store(resolved, Ordering::Release);
+        }
+        Ok(before)
     }
 
     /// The entry of the GPU `uuid`, registered if this is the first time the model meets

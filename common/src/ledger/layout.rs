@@ -19,8 +19,9 @@ pub(super) const QUOTA_NONE: u32 = 0;
 pub(super) const QUOTA_BYTES: u32 = 1;
 pub(super) const QUOTA_PERCENT: u32 = 2;
 
-/// The file's header. Every field but the counters is written once, before the file is
-/// published under its name.
+/// The file's header. Every field but the counters and the quota is written once, before
+/// the file is published under its name; the quota changes only through
+/// [`super::LedgerFile::set_quota`].
 #[repr(C)]
 pub struct Header {
     pub magic: [u8; 8],
@@ -29,12 +30,13 @@ pub struct Header {
     pub slot_size: u32,
     pub slot_count: u32,
     pub file_size: u64,
-    /// 0: no quota; 1: `quota_bytes` on each GPU; 2: `quota_percent` of each GPU.
-    pub quota_kind: u32,
-    pub quota_percent: u32,
+    /// 0: no quota; 1: `quota_bytes` on each GPU; 2: `quota_percent` of each GPU. The
+    /// three quota fields change together, under `quota_seq` ([`super::LedgerFile::set_quota`]).
+    pub quota_kind: AtomicU32,
+    pub quota_percent: AtomicU32,
     /// The quota in bytes on each GPU (kind 1); `u64::MAX` without a quota; 0 for a
     /// percentage (each GPU entry holds its own resolution).
-    pub quota_bytes: u64,
+    pub quota_bytes: AtomicU64,
     /// [`MAX_GPUS`] and the size of a GPU entry.
     pub gpu_count: u32,
     pub gpu_size: u32,
@@ -50,7 +52,10 @@ pub struct Header {
     pub power: AtomicU32,
     /// Incremented by every acknowledgement of a power request; the requester waits on it.
     pub acks: AtomicU32,
-    pub reserved: [u8; 104],
+    /// Odd while the quota fields are being changed (a sequence lock: a reader reads
+    /// them again until it sees the same even number before and after).
+    pub quota_seq: AtomicU32,
+    pub reserved: [u8; 100],
 }
 
 /// One GPU the model uses.

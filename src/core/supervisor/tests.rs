@@ -9,6 +9,7 @@ use crate::core::status::{InstanceStatus, PowerAction, PowerOutcome, PowerReport
 const DONE: PowerOutcome = PowerOutcome::Done;
 use cuvisor_common::gpu::GpuUuid;
 use cuvisor_common::ledger::{GpuUsage, LedgerError, Snapshot};
+use cuvisor_common::size::QuotaSpec;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -21,6 +22,7 @@ enum Done {
     Power(PowerJob),
     Freeze(i32, bool),
     StopLaunching,
+    SetQuota(String, QuotaSpec),
 }
 
 /// A worker as the recorder starts it.
@@ -52,6 +54,8 @@ struct Recorder {
     done: Vec<Done>,
     exits: HashMap<i32, Exit>,
     ledgers: HashMap<String, Snapshot>,
+    /// The next `set_quota` fails with this.
+    quota_fails: Option<String>,
 }
 
 impl Effects for Recorder {
@@ -62,6 +66,13 @@ impl Effects for Recorder {
     }
     fn stop_launching(&mut self) {
         self.done.push(Done::StopLaunching);
+    }
+    fn set_quota(&mut self, model: &str, quota: QuotaSpec) -> Result<Option<QuotaSpec>, String> {
+        self.done.push(Done::SetQuota(model.to_owned(), quota));
+        match self.quota_fails.take() {
+            Some(why) => Err(why),
+            None => Ok(None),
+        }
     }
     fn signal(&mut self, pid: i32, signal: Signal) {
         self.done.push(Done::Signal(pid, signal));
@@ -745,4 +756,39 @@ fn a_wake_held_back_is_superseded_by_a_newer_request() {
     // The push-out it asked for ends: no wake follows.
     s.powered(2, power_report("c", 2, true, DONE));
     assert_eq!(taken(&mut s), []);
+}
+
+/// A quota changed live: in the ledger (the effect), then in the model's configuration
+/// (its next starts set it again); a ledger that refuses changes nothing.
+#[test]
+fn a_quota_changed_live_goes_to_the_ledger_then_the_configuration() {
+    let (mut s, t) = supervisor(&format!("{ONE}gpu_quota = \"4MiB\"\n"));
+    s.begin(t);
+    taken(&mut s);
+    let eight = QuotaSpec::Bytes(8 << 20);
+    assert!(matches!(
+        s.handle(Request::SetQuota("zz".into(), eight), t),
+        Answer::NoSuchModel(n) if n == "zz"
+    ));
+    match s.handle(Request::SetQuota("a".into(), eight), t) {
+        Answer::Quota { model, from, to } => {
+            assert_eq!(model, "a");
+            assert_eq!(from, Some(QuotaSpec::Bytes(4 << 20)));
+            assert_eq!(to, eight);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(taken(&mut s), [Done::SetQuota("a".into(), eight)]);
+    assert_eq!(s.models[0].cfg.gpu_quota, Some(eight));
+    s.effects.quota_fails = Some("ledger /l/a: damaged".into());
+    match s.handle(Request::SetQuota("a".into(), QuotaSpec::Bytes(1 << 20)), t) {
+        Answer::Refused { why, .. } => assert_eq!(why, "ledger /l/a: damaged"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.models[0].cfg.gpu_quota, Some(eight), "unchanged");
+    s.shutdown(t);
+    assert!(matches!(
+        s.handle(Request::SetQuota("a".into(), eight), t),
+        Answer::ShuttingDown
+    ));
 }

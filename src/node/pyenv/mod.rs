@@ -107,6 +107,16 @@ fn read_requirements(path: &Path) -> Result<Vec<u8>, EnvError> {
     Ok(text)
 }
 
+/// The cgroups of builds are named with these and a hash (a model's name, and so its
+/// instances' cgroups, cannot start with a dot).
+const BUILD_LEAF: &str = ".build-";
+const RESOLVE_LEAF: &str = ".resolve-";
+
+/// Whether the cgroup `leaf` is a build's.
+pub fn is_build_leaf(leaf: &str) -> bool {
+    leaf.starts_with(BUILD_LEAF) || leaf.starts_with(RESOLVE_LEAF)
+}
+
 /// The marker of a complete environment.
 const READY: &str = ".cuvisor-ready";
 
@@ -146,7 +156,7 @@ impl Envs {
         let pins = match std::fs::read_to_string(&resolution) {
             Ok(text) if !resolve_again => text,
             _ => {
-                let leaf = format!(".resolve-{input}");
+                let leaf = format!("{RESOLVE_LEAF}{input}");
                 let text = self.resolve(spec, requirements.as_deref(), sandbox, &leaf)?;
                 std::fs::write(&resolution, &text).map_err(io(&resolution))?;
                 text
@@ -184,8 +194,7 @@ impl Envs {
         }
         // The build user's while it is built.
         self.make_owned(&env)?;
-        // Not a model's leaf: a model's name does not start with a dot.
-        let leaf = format!(".build-{name}");
+        let leaf = format!("{BUILD_LEAF}{name}");
         let env_text = env.display().to_string();
         let mut venv = vec!["venv", env_text.as_str(), "--quiet"];
         if let Some(v) = &spec.version {

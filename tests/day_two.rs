@@ -1,0 +1,190 @@
+//! Issue 26: the second day. A running node changed without stopping it: the quota the
+//! supervisor owns, changed in the file or live.
+
+mod common;
+use common::supervisor::*;
+use common::*;
+use std::time::Duration;
+
+const MIB: u64 = 1 << 20;
+
+/// A model whose worker allocates `size` on the fake GPU and holds it, with `quota`.
+fn holder(name: &str, size: &str, quota: &str) -> String {
+    format!(
+        "[[model]]\nname = \"{name}\"\ncommand = \"{}\"\nargs = [\"init\", \"alloc\", \"{size}\", \"sleep\", \"100000\"]\n\
+         env = {{ LD_LIBRARY_PATH = \"{}\" }}\ngpu_quota = \"{quota}\"\n",
+        stub_dir().join("driver_probe").display(),
+        stub_dir().display()
+    )
+}
+
+/// Defect 1: a model's `gpu_quota` changed in the file holds at the next start. The old
+/// ledger takes the new quota (before: the model failed, "the ledger's quota is
+/// authoritative", and only deleting the file helped).
+#[test]
+fn a_quota_changed_in_the_file_holds_at_the_next_start() {
+    let mut s = Supervisor::start("quota-file", &holder("q", "1MiB", "4MiB"));
+    wait_until("the allocation", Duration::from_secs(5), || {
+        s.model("q")["gpu_used_bytes"].as_u64() == Some(MIB)
+    });
+    assert_eq!(s.model("q")["gpu_quota_bytes"].as_u64(), Some(4 * MIB));
+    assert_eq!(s.stop().0, 0);
+    let config = s.dir.path("cuvisor.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("\"4MiB\"", "\"8MiB\"")).unwrap();
+    s.respawn();
+    wait_until("the allocation", Duration::from_secs(5), || {
+        s.model("q")["gpu_used_bytes"].as_u64() == Some(MIB)
+    });
+    assert_eq!(s.model("q")["state"], "running", "{}", s.model("q"));
+    assert_eq!(s.model("q")["gpu_quota_bytes"].as_u64(), Some(8 * MIB));
+    assert!(
+        s.supervisor_log().contains(
+            "model q: its ledger's quota was 4.0 MiB/GPU; now 8.0 MiB/GPU, as configured"
+        ),
+        "{}",
+        s.supervisor_log()
+    );
+}
+
+/// `cuvisor set` against `s`: its exit status, stdout and stderr.
+fn set(s: &Supervisor, model: &str, quota: &str) -> (Option<i32>, String, String) {
+    let out = run(std::process::Command::new(env!("CARGO_BIN_EXE_cuvisor"))
+        .args(["set", model, "--quota", quota, "--socket"])
+        .arg(&s.socket));
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr(&out),
+    )
+}
+
+/// The live quota: `cuvisor set NAME --quota` (`PATCH /models/NAME`) changes a running
+/// model's quota in its ledger. A raise holds from the next allocation, for the worker's
+/// processes (one started after the change joins the new quota) and for one started by
+/// hand; a cut below what is in use refuses allocations until usage falls under it. Bad
+/// input is refused with the reason, and changes nothing.
+#[test]
+fn a_quota_changed_live_holds_from_the_next_allocation() {
+    let go = TempDir::new("quota-live-go");
+    let probe = stub_dir().join("driver_probe");
+    let model = format!(
+        "[[model]]\nname = \"live\"\ncommand = \"sh\"\n\
+         args = [\"-c\", \"{probe} init alloc 3MiB sleep 100000 & while [ ! -e {go} ]; do sleep 0.05; done; {probe} init alloc 4MiB sleep 100000\"]\n\
+         env = {{ LD_LIBRARY_PATH = \"{}\" }}\ngpu_quota = \"4MiB\"\n",
+        stub_dir().display(),
+        probe = probe.display(),
+        go = go.path("GO").display(),
+    );
+    let s = Supervisor::start("quota-live", &model);
+    wait_until("the first allocation", Duration::from_secs(5), || {
+        s.model("live")["gpu_used_bytes"].as_u64() == Some(3 * MIB)
+    });
+    // A process of the model started by hand joins its ledger's quota.
+    let by_hand = |size: &str| {
+        let mut cmd = shimmed(driver_probe());
+        cmd.env("CUVISOR_LEDGER_DIR", s.dir.path("ledgers"))
+            .env("CUVISOR_MODEL", "live")
+            .args(["init", "alloc", size]);
+        lines(&run(&mut cmd))
+    };
+    assert_eq!(by_hand("2MiB")[1], "alloc 2MiB -> 2", "3 + 2 > 4 MiB");
+    let (code, out, err) = set(&s, "live", "8MiB");
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out, "model live: quota 8.0 MiB/GPU (was 4.0 MiB/GPU)\n");
+    assert_eq!(by_hand("2MiB")[1], "alloc 2MiB -> 0 #0", "3 + 2 <= 8 MiB");
+    assert_eq!(s.model("live")["gpu_quota_bytes"].as_u64(), Some(8 * MIB));
+    // The worker's process started after the change: it joins the new quota.
+    std::fs::write(go.path("GO"), "").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while s.model("live")["gpu_used_bytes"].as_u64() != Some(7 * MIB) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker's second allocation: {}\n{}",
+            s.log("live-0"),
+            s.model("live")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        s.log("live-0").contains("alloc 4MiB -> 0"),
+        "{}",
+        s.log("live-0")
+    );
+    // A cut below what is in use: nothing more until usage falls under it.
+    let (code, out, err) = set(&s, "live", "2MiB");
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out, "model live: quota 2.0 MiB/GPU (was 8.0 MiB/GPU)\n");
+    assert_eq!(by_hand("1MiB")[1], "alloc 1MiB -> 2");
+    assert_eq!(s.model("live")["gpu_quota_bytes"].as_u64(), Some(2 * MIB));
+    // Bad input changes nothing.
+    let (code, _, err) = set(&s, "live", "lots");
+    assert_eq!(code, Some(1));
+    assert!(
+        err.starts_with("cuvisor: model live: gpu_quota \"lots\": "),
+        "{err}"
+    );
+    let (code, _, err) = set(&s, "nosuch", "1GiB");
+    assert_eq!(
+        (code, err.as_str()),
+        (Some(1), "cuvisor: model nosuch: no model nosuch\n")
+    );
+    let (status, body) = cuvisor::control::request_json(
+        &s.socket,
+        "PATCH",
+        "/models/live",
+        &serde_json::json!({"gpu_quota": "1GiB", "memory": 3}),
+    )
+    .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(s.model("live")["gpu_quota_bytes"].as_u64(), Some(2 * MIB));
+    assert!(
+        s.supervisor_log()
+            .contains("model live: quota 8.0 MiB/GPU -> 2.0 MiB/GPU (changed live)"),
+        "{}",
+        s.supervisor_log()
+    );
+}
+
+/// A ledger run without a supervisor: a process asking for another quota is refused, and
+/// told how to change it; `cuvisor ledger quota` changes it live (before, the only remedy
+/// named, `cuvisor ledger create`, answered "already exists").
+#[test]
+fn a_ledger_without_a_supervisor_has_its_quota_changed_as_the_refusal_says() {
+    let dir = TempDir::new("ledger-quota");
+    let cli = |args: &[&str]| {
+        run(std::process::Command::new(env!("CARGO_BIN_EXE_cuvisor"))
+            .arg("ledger")
+            .args(args)
+            .arg("--dir")
+            .arg(&dir.0))
+    };
+    let created = cli(&["create", "--model", "m", "--quota", "4MiB"]);
+    assert!(created.status.success(), "{}", stderr(&created));
+    let by_hand = || {
+        let mut cmd = shimmed(driver_probe());
+        cmd.env("CUVISOR_LEDGER_DIR", &dir.0)
+            .env("CUVISOR_MODEL", "m")
+            .env("CUVISOR_QUOTA", "8MiB")
+            .args(["init", "alloc", "6MiB"]);
+        run(&mut cmd)
+    };
+    let refused = by_hand();
+    assert!(
+        stderr(&refused).contains(
+            "or change it (`cuvisor ledger quota --model m --quota Q`; under `cuvisor run`, `cuvisor set m --quota Q`, or its gpu_quota and a restart)"
+        ),
+        "{}",
+        stderr(&refused)
+    );
+    let changed = cli(&["quota", "--model", "m", "--quota", "8MiB"]);
+    assert!(changed.status.success(), "{}", stderr(&changed));
+    assert_eq!(
+        lines(&changed),
+        ["model m: quota 8.0 MiB/GPU (was 4.0 MiB/GPU)"]
+    );
+    let joined = by_hand();
+    assert_eq!(lines(&joined)[..2], ["init -> 0", "alloc 6MiB -> 0 #0"]);
+    let missing = cli(&["quota", "--model", "nosuch", "--quota", "1MiB"]);
+    assert_eq!(missing.status.code(), Some(1));
+}
