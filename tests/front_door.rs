@@ -117,13 +117,32 @@ fn requests_are_routed_by_model_and_alias() {
     );
     let answer = request(http, "GET", "/v1/models", None, None);
     assert_eq!(status(&answer), 200);
-    let ids: Vec<String> = json_body(&answer)["data"]
-        .as_array()
+    let listed = json_body(&answer)["data"].as_array().unwrap().clone();
+    let ids: Vec<&str> = listed.iter().map(|m| m["id"].as_str().unwrap()).collect();
+    // Issue 26, defect 9: aliases are listed (marked), each entry has `created`, and
+    // `GET /v1/models/{id}` answers one (the OpenAI SDK's `models.retrieve`).
+    assert_eq!(ids, ["alpha", "gpt-small", "beta"]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(ids, ["alpha", "beta"]);
+        .as_secs();
+    for m in &listed {
+        assert_eq!(m["object"], "model", "{m}");
+        assert_eq!(m["owned_by"], "cuvisor", "{m}");
+        let created = m["created"].as_u64().unwrap();
+        assert!(created <= now && created + 600 > now, "{m}");
+    }
+    assert_eq!(listed[1]["alias_of"], "alpha");
+    assert!(listed[0].get("alias_of").is_none());
+    let one = request(http, "GET", "/v1/models/gpt-small", None, None);
+    assert_eq!(status(&one), 200, "{one:?}");
+    assert_eq!(json_body(&one), listed[1]);
+    let none = request(http, "GET", "/v1/models/gamma", None, None);
+    assert_eq!(status(&none), 404, "{none:?}");
+    assert_eq!(json_body(&none)["error"]["code"], "model_not_found");
+    // Defect 10: the front door says it is up, without a key and without a model.
+    let health = request(http, "GET", "/health", None, None);
+    assert_eq!(status(&health), 200, "{health:?}");
     // beta starts listening 0.3 s late: its first request waits until it is healthy.
     for (named, served_by) in [("alpha", "alpha"), ("gpt-small", "alpha"), ("beta", "beta")] {
         let answer = request(
@@ -301,6 +320,17 @@ fn api_keys_are_required_when_configured() {
     let refused = request(http, "GET", "/v1/models", None, None);
     assert_eq!(status(&refused), 401);
     assert_eq!(json_body(&refused)["error"]["type"], "authentication_error");
+    for path in ["/v1/models/alpha", "/health/x"] {
+        assert_eq!(
+            status(&request(http, "GET", path, None, None)),
+            401,
+            "{path}"
+        );
+    }
+    // A load balancer's probe needs no key, and learns nothing but that the door is up.
+    let health = request(http, "GET", "/health", None, None);
+    assert_eq!(status(&health), 200);
+    assert_eq!(json_body(&health), serde_json::json!({"status": "ok"}));
     assert_eq!(
         status(&request(
             http,
@@ -321,7 +351,7 @@ fn api_keys_are_required_when_configured() {
     assert_eq!(status(&answer), 200);
     assert_metrics(
         &s,
-        &["cuvisor_front_door_refused_total{reason=\"unauthorized\"} 2"],
+        &["cuvisor_front_door_refused_total{reason=\"unauthorized\"} 4"],
     );
     assert_eq!(s.stop().0, 0);
 }

@@ -171,6 +171,14 @@ async fn handle(request: Request<Incoming>, routes: &Routes, keys: &[String]) ->
         routes.metrics.refused(reason);
         answer
     };
+    // For load balancers and probes: the front door is up. No key needed, nothing told.
+    if request.method() == hyper::Method::GET && request.uri().path() == "/health" {
+        return full(
+            StatusCode::OK,
+            "application/json",
+            "{\"status\":\"ok\"}".into(),
+        );
+    }
     if !authorized(&request, keys) {
         let answer = error(
             StatusCode::UNAUTHORIZED,
@@ -181,16 +189,21 @@ async fn handle(request: Request<Incoming>, routes: &Routes, keys: &[String]) ->
     }
     let path = request.uri().path().to_owned();
     if request.method() == hyper::Method::GET && path == "/v1/models" {
-        let data: Vec<_> = routes
-            .names()
-            .into_iter()
-            .map(|id| json!({"id": id, "object": "model", "owned_by": "cuvisor"}))
-            .collect();
+        let data = routes.listing();
         return full(
             StatusCode::OK,
             "application/json",
             json!({"object": "list", "data": data}).to_string(),
         );
+    }
+    if let Some(id) = path.strip_prefix("/v1/models/")
+        && request.method() == hyper::Method::GET
+    {
+        return match routes.listing().into_iter().find(|m| m["id"] == id) {
+            Some(entry) => full(StatusCode::OK, "application/json", entry.to_string()),
+            // A question answered, not a request refused: not counted.
+            None => not_found(id),
+        };
     }
     if let Some(rest) = path.strip_prefix("/models/") {
         let (name, tail) = rest.split_once('/').unwrap_or((rest, ""));

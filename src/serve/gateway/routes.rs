@@ -150,6 +150,8 @@ pub struct Routes {
     pub(super) bodies: Bodies,
     /// What the front door counts, for `GET /metrics`.
     pub metrics: FrontDoorMetrics,
+    /// When the models were read (Unix seconds): their `created` in `/v1/models`.
+    created: u64,
 }
 
 /// Records a request in the metrics when its answer's body ends (or the client leaves).
@@ -198,10 +200,14 @@ impl Routes {
             .collect();
         let s = &config.supervisor;
         let bodies = Bodies::new(s.http_body_budget, s.http_body_timeout);
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         Arc::new(Routes {
             models,
             bodies,
             metrics,
+            created,
         })
     }
 
@@ -460,7 +466,19 @@ impl Routes {
         self.models.values().map(|s| s.max_body).max().unwrap_or(0)
     }
 
-    pub(super) fn names(&self) -> Vec<String> {
-        self.models.keys().cloned().collect()
+    /// `GET /v1/models`'s entries, as OpenAI's model objects: each model, then its
+    /// aliases (marked `alias_of`), `created` when the supervisor read its configuration.
+    pub(super) fn listing(&self) -> Vec<serde_json::Value> {
+        let entry = |id: &str| serde_json::json!({"id": id, "object": "model", "created": self.created, "owned_by": "cuvisor"});
+        let mut out = Vec::new();
+        for (name, s) in &self.models {
+            out.push(entry(name));
+            for alias in &s.aliases {
+                let mut e = entry(alias);
+                e["alias_of"] = serde_json::Value::from(name.as_str());
+                out.push(e);
+            }
+        }
+        out
     }
 }
