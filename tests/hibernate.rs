@@ -405,6 +405,53 @@ fn an_idle_model_hibernates_after_its_delay_and_wakes_for_a_request() {
     assert_eq!(observed_used(&gpu), 3 * GIB);
 }
 
+/// Issue 26, defect 5: a manual wake resets the idle clock. A model with
+/// `hibernate_after` that an operator wakes stays awake for that long before the policy
+/// hibernates it again (before: within a tick, the instances having been idle since long
+/// before); a manual hibernate holds until a request or a wake.
+#[test]
+fn a_manual_wake_resets_the_idle_clock() {
+    let state = TempDir::new("manual-wake-state");
+    let gpu = state.path("gpu-state");
+    let http = cuvisor::node::process::free_port().unwrap();
+    let s = supervise(
+        "manual-wake",
+        &gpu,
+        &format!("http = \"127.0.0.1:{http}\"\n"),
+        &served("a", 300004, None, "hibernate_after = \"3s\"\n"),
+    );
+    wait_for_log(&s, "a-0", "memset 0 -> 0");
+    wait_until("the first hibernation", Duration::from_secs(20), || {
+        s.model("a")["swap"]["last_out"]["outcome"] == "done"
+    });
+    // Hibernated (by the policy, after 3 s idle) it stays so with no request.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(s.model("a")["state"], "hibernated");
+    let (code, report) = power(&s, "a", "wake");
+    assert_eq!((code, report["outcome"].as_str()), (200, Some("done")));
+    let woke = std::time::Instant::now();
+    // Well inside its 3 s: still awake.
+    while woke.elapsed() < Duration::from_millis(1500) {
+        let a = s.model("a");
+        assert_eq!(
+            a["swap"]["hibernated"],
+            false,
+            "{a}\n{}",
+            s.supervisor_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // And the policy still holds after it.
+    wait_until("the next hibernation", Duration::from_secs(20), || {
+        s.model("a")["swap"]["hibernated"] == true
+    });
+    assert!(
+        woke.elapsed() >= Duration::from_secs(3),
+        "{:?}",
+        woke.elapsed()
+    );
+}
+
 /// `freeze_hibernated`: the hibernated model's workers are frozen (cgroup freezer), and
 /// thawed before the wake (a frozen process could not move anything back) and before
 /// they are stopped.

@@ -252,11 +252,20 @@ impl Routes {
     }
 
     /// `model` hibernates (`true`: new requests wait, and their demand wakes it) or is
-    /// awake again (the waiting requests go on).
+    /// awake again (the waiting requests go on). Waking counts as activity: its
+    /// instances' idle clocks start again, so a model woken by hand (with no request)
+    /// stays awake for its `hibernate_after` before the policy hibernates it again.
     pub fn set_asleep(&self, model: &str, asleep: bool) {
         if let Some(s) = self.models.get(model) {
             s.asleep.store(asleep, Ordering::Release);
             if !asleep {
+                let now = Instant::now();
+                for u in Self::instances(s).iter() {
+                    *u.shared
+                        .idle_since
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = now;
+                }
                 s.queue.wake.notify_waiters();
             }
         }
