@@ -93,6 +93,9 @@ impl Door for Front {
     fn swapped(&self, model: &str, out: bool, seconds: f64) {
         self.swaps.observe(model, out, seconds);
     }
+    fn unavailable(&self, model: &str, why: Option<crate::core::effects::Unavailable>) {
+        self.routes.set_unavailable(model, why);
+    }
 }
 
 /// The mailbox of the supervisor's thread, as a server or the node posts to it.

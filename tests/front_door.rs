@@ -592,13 +592,81 @@ fn an_instance_that_never_becomes_ready_is_restarted_as_a_failure() {
         i["restarts"].as_u64().unwrap() >= 1 && i["pid"].as_i64().is_some_and(|p| p != first)
     });
     let log = s.supervisor_log();
+    // Issue 26, defect 2: the error says which URL was probed.
+    let probed = log
+        .lines()
+        .find(|l| l.contains("not ready within"))
+        .unwrap_or_else(|| panic!("{log}"));
+    let port = probed
+        .split("http://127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .and_then(|p| p.parse::<u16>().ok())
+        .unwrap_or_else(|| panic!("no URL in {probed}"));
     for line in [
-        "model slow: instance 0 not ready within 1s (serve.ready_timeout): its health check never answered 200: stopped, to be restarted per its policy",
-        "model slow: instance 0 killed by signal 15",
+        format!(
+            "model slow: instance 0 not ready within 1s (serve.ready_timeout): GET http://127.0.0.1:{port}/health never answered 200: stopped, to be restarted per its policy"
+        ),
+        "model slow: instance 0 killed by signal 15".to_owned(),
     ] {
-        assert!(log.contains(line), "{line} in\n{log}");
+        assert!(log.contains(&line), "{line} in\n{log}");
     }
     // A request waits for a ready instance up to the same timeout, then 503.
     let answer = request(http, "POST", "/v1/completions", Some(&chat("slow")), None);
     assert_eq!(status(&answer), 503, "{answer:?}");
+}
+
+/// Issue 26, defect 2: a request for a model that cannot start is answered at once (not
+/// after `ready_timeout`), 503 with the cause in OpenAI's shape, and `Retry-After` while
+/// a restart is scheduled; none once the model has given up.
+#[test]
+fn a_model_that_cannot_start_fails_its_requests_at_once_with_the_cause() {
+    let broken = |name: &str, restart: &str| {
+        format!(
+            "[[model]]\nname = \"{name}\"\ncommand = \"/nonexistent/engine-{name}\"\n\
+             args = [\"--port\", \"{{port}}\"]\n{restart}backoff_initial = \"30s\"\n\
+             backoff_max = \"30s\"\n[model.serve]\nhealth = \"/health\"\nready_timeout = \"60s\"\n"
+        )
+    };
+    let (_s, http) = front_door(
+        "cannot-start",
+        "",
+        &format!(
+            "{}{}",
+            broken("retrying", "restart = \"always\"\n"),
+            broken("given-up", "restart = \"never\"\n")
+        ),
+    );
+    for (model, retry) in [("retrying", true), ("given-up", false)] {
+        let asked = std::time::Instant::now();
+        let answer = request(
+            http,
+            "POST",
+            "/v1/chat/completions",
+            Some(&chat(model)),
+            None,
+        );
+        assert!(
+            asked.elapsed() < Duration::from_secs(5),
+            "{model}: {answer:?}"
+        );
+        assert_eq!(status(&answer), 503, "{model}: {answer:?}");
+        let error = &json_body(&answer)["error"];
+        assert_eq!(error["type"], "server_error", "{error}");
+        assert_eq!(error["code"], "model_unavailable", "{error}");
+        let message = error["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(&format!("`{model}` cannot start: "))
+                && message.contains(&format!("/nonexistent/engine-{model}")),
+            "{message}"
+        );
+        let after = answer[0]["headers"]["retry-after"].as_str();
+        match retry {
+            true => {
+                let secs: u64 = after.expect("Retry-After").parse().unwrap();
+                assert!((1..=30).contains(&secs), "{secs}");
+            }
+            false => assert_eq!(after, None, "{answer:?}"),
+        }
+    }
 }

@@ -102,4 +102,15 @@ pub trait Door {
     fn load(&self, model: &str) -> Load;
     /// A hibernate (`out`) or wake of `model` ended, every process done, in `seconds`.
     fn swapped(&self, model: &str, out: bool, seconds: f64);
+    /// `model` cannot serve its requests until something changes, and why (None: it
+    /// may again): its requests are answered at once instead of waiting.
+    fn unavailable(&self, model: &str, why: Option<Unavailable>);
+}
+
+/// Why a model cannot serve requests now ([`super::lifecycle::unavailable`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unavailable {
+    pub error: String,
+    /// When it starts again by itself; None: not until someone starts it.
+    pub retry_at: Option<std::time::Instant>,
 }

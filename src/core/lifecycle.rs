@@ -37,7 +37,7 @@
 //! let t0 = Instant::now(); // the only clock reading: every later time is t0 + something
 //! let mut i = Instance::new(&policy);
 //! assert_eq!(step(&mut i, &policy, Event::Start, t0), [Action::Launch]);
-//! assert_eq!(step(&mut i, &policy, Event::Launched { pid: 42 }, t0), [Action::Serve]);
+//! assert_eq!(step(&mut i, &policy, Event::Launched { pid: 42, probe: None }, t0), [Action::Serve]);
 //! // It crashes: no more requests, its cgroup and ledger share released; again in 1 s.
 //! let crash = Event::Exited { code: 1, oom_killed: false };
 //! assert_eq!(step(&mut i, &policy, crash, t0), [Action::Unserve, Action::Release]);
@@ -128,6 +128,8 @@ pub struct Instance {
     pub pid: Option<i32>,
     /// When its process started.
     pub started: Option<Instant>,
+    /// What its health check asks (served models: `GET http://127.0.0.1:PORT/PATH`).
+    pub probe: Option<String>,
     /// Its health check has passed since it started (served models).
     pub ready: bool,
     /// In backoff: when it starts again.
@@ -156,8 +158,9 @@ pub enum Event {
     Stop { then_start: bool },
     /// The supervisor is shutting down: stop, and never start again.
     Shutdown,
-    /// The launch succeeded: the worker runs as `pid`.
-    Launched { pid: i32 },
+    /// The launch succeeded: the worker runs as `pid`; `probe`: what its health check
+    /// asks, if it is served.
+    Launched { pid: i32, probe: Option<String> },
     /// The launch failed; `retry` false: it cannot succeed (restarting is pointless).
     LaunchFailed { error: String, retry: bool },
     /// The health check passed.
@@ -194,6 +197,7 @@ impl Instance {
             state: State::Stopped,
             pid: None,
             started: None,
+            probe: None,
             ready: false,
             next_start: None,
             kill_at: None,
@@ -219,6 +223,36 @@ impl Instance {
             .flatten()
             .min()
     }
+}
+
+/// Why a model's requests cannot be served until something changes, if so: none of its
+/// instances runs, is starting or stopping, and one failed. Its error (the latest
+/// instance's with one), and when the first of them starts again (None: none will by
+/// itself). A model with no instance, or whose instances were stopped without a failure
+/// (scaled to zero), is not unavailable: a request starts it.
+pub fn unavailable<'a>(
+    instances: impl IntoIterator<Item = &'a Instance>,
+) -> Option<(String, Option<Instant>)> {
+    let mut why = None;
+    let mut retry_at: Option<Instant> = None;
+    for i in instances {
+        match i.state {
+            State::Starting | State::Running | State::Stopping => return None,
+            State::Backoff => {
+                retry_at = [retry_at, i.next_start].into_iter().flatten().min();
+            }
+            State::Stopped | State::Exited | State::Failed => {}
+        }
+        let error = i.error.clone().or_else(|| {
+            i.last_exit
+                .filter(|&c| c != 0 && matches!(i.state, State::Backoff | State::Failed))
+                .map(|c| format!("its worker exited with status {c}"))
+        });
+        if matches!(i.state, State::Backoff | State::Failed) {
+            why = why.or(error);
+        }
+    }
+    why.map(|w| (w, retry_at))
 }
 
 /// The delay before the next start of an instance that failed `failures_in_a_row` times:
@@ -255,8 +289,9 @@ pub fn step(i: &mut Instance, p: &Policy, event: Event, now: Instant) -> Vec<Act
         }
         (_, Event::Shutdown) => stop(i, p, false, now),
 
-        (Starting, Event::Launched { pid }) => {
+        (Starting, Event::Launched { pid, probe }) => {
             i.pid = Some(pid);
+            i.probe = probe;
             i.started = Some(now);
             i.ready = false;
             i.error = None;
@@ -332,8 +367,9 @@ pub fn step(i: &mut Instance, p: &Policy, event: Event, now: Instant) -> Vec<Act
                     .is_some_and(|(limit, started)| started + limit <= now) =>
         {
             let limit = p.ready_timeout.expect("checked");
+            let probed = i.probe.as_deref().unwrap_or("its health check");
             i.error = Some(format!(
-                "not ready within {limit:?} (serve.ready_timeout): its health check never answered 200"
+                "not ready within {limit:?} (serve.ready_timeout): {probed} never answered 200"
             ));
             // Stopped as a failure: once it has exited, restarted (or not) per the policy.
             let actions = stop(i, p, false, now);
@@ -438,7 +474,7 @@ mod tests {
         assert_eq!(step(&mut i, p, Event::Start, at), [Action::Launch]);
         assert_eq!(i.state, State::Starting);
         assert_eq!(
-            step(&mut i, p, Event::Launched { pid }, at),
+            step(&mut i, p, Event::Launched { pid, probe: None }, at),
             [Action::Serve]
         );
         assert_eq!(
@@ -484,7 +520,15 @@ mod tests {
             now += delay;
             assert_eq!(step(&mut i, &p, Event::Tick, t(now)), [Action::Launch]);
             assert_eq!(
-                step(&mut i, &p, Event::Launched { pid: 11 }, t(now)),
+                step(
+                    &mut i,
+                    &p,
+                    Event::Launched {
+                        pid: 11,
+                        probe: None
+                    },
+                    t(now)
+                ),
                 [Action::Serve]
             );
         }
@@ -581,7 +625,15 @@ mod tests {
             []
         );
         assert_eq!(
-            step(&mut i, &p, Event::Launched { pid: 7 }, t(1)),
+            step(
+                &mut i,
+                &p,
+                Event::Launched {
+                    pid: 7,
+                    probe: None
+                },
+                t(1)
+            ),
             [Action::Unserve, Action::Signal(7, Signal::Term)]
         );
         assert_eq!(
@@ -608,7 +660,15 @@ mod tests {
         step(&mut i, &p, Event::Stop { then_start: false }, t(1));
         step(&mut i, &p, Event::Start, t(1));
         assert_eq!(
-            step(&mut i, &p, Event::Launched { pid: 8 }, t(2)),
+            step(
+                &mut i,
+                &p,
+                Event::Launched {
+                    pid: 8,
+                    probe: None
+                },
+                t(2)
+            ),
             [Action::Serve]
         );
     }
@@ -633,7 +693,15 @@ mod tests {
         assert_eq!(step(&mut i, &p, Event::Start, t(2)), [Action::Launch]);
         assert_eq!(i.failures_in_a_row, 0);
         assert_eq!(
-            step(&mut i, &p, Event::Launched { pid: 3 }, t(2)),
+            step(
+                &mut i,
+                &p,
+                Event::Launched {
+                    pid: 3,
+                    probe: None
+                },
+                t(2)
+            ),
             [Action::Serve]
         );
         assert_eq!(i.error, None);
@@ -716,7 +784,10 @@ mod tests {
             Event::Tick,
             Event::Ready,
             crash(1),
-            Event::Launched { pid: 4 },
+            Event::Launched {
+                pid: 4,
+                probe: None,
+            },
         ] {
             assert_eq!(step(&mut i, &p, e, t(0)), []);
             assert_eq!(i, Instance::new(&p));
@@ -724,7 +795,18 @@ mod tests {
         let mut i = running(&p, t(0), 10);
         let before = i.clone();
         assert_eq!(step(&mut i, &p, Event::Start, t(1)), []);
-        assert_eq!(step(&mut i, &p, Event::Launched { pid: 99 }, t(1)), []);
+        assert_eq!(
+            step(
+                &mut i,
+                &p,
+                Event::Launched {
+                    pid: 99,
+                    probe: None
+                },
+                t(1)
+            ),
+            []
+        );
         assert_eq!(i, before);
     }
 
@@ -744,5 +826,41 @@ mod tests {
         );
         step(&mut i, &p, crash(143), t(2));
         assert_eq!(i.state, State::Stopped);
+    }
+
+    /// A model is unavailable only when nothing of it runs or starts and one failed.
+    #[test]
+    fn a_model_is_unavailable_when_nothing_runs_and_one_failed() {
+        let (p, t) = (policy(RestartPolicy::Always), clock());
+        let mut a = Instance::new(&p);
+        let b = Instance::new(&p);
+        assert_eq!(unavailable([&a, &b]), None, "stopped: a request starts it");
+        step(&mut a, &p, Event::Start, t(0));
+        let failed = Event::LaunchFailed {
+            error: "no such program".into(),
+            retry: true,
+        };
+        step(&mut a, &p, failed, t(0));
+        assert_eq!(a.state, State::Backoff);
+        let retry = a.next_start;
+        assert!(retry.is_some());
+        assert_eq!(
+            unavailable([&a, &b]),
+            Some(("no such program".into(), retry))
+        );
+        // Another instance starting: its requests may yet be served.
+        let mut c = Instance::new(&p);
+        step(&mut c, &p, Event::Start, t(0));
+        assert_eq!(unavailable([&a, &c]), None);
+        // Given up: no retry.
+        let mut d = Instance::new(&p);
+        step(&mut d, &p, Event::Start, t(0));
+        let fatal = Event::LaunchFailed {
+            error: "bad".into(),
+            retry: false,
+        };
+        step(&mut d, &p, fatal, t(0));
+        assert_eq!(d.state, State::Failed);
+        assert_eq!(unavailable([&d]), Some(("bad".into(), None)));
     }
 }

@@ -26,6 +26,8 @@ pub(super) struct Model<W> {
     pub ledger_error: Option<String>,
     pub instances: Vec<Slot<W>>,
     pub swap: SwapStatus,
+    /// What the front door was last told of why the model cannot serve.
+    pub unavailable: Option<super::effects::Unavailable>,
 }
 
 impl<W> Model<W> {
@@ -45,6 +47,7 @@ impl<W> Model<W> {
             policy,
             ledger_error: None,
             swap: SwapStatus::default(),
+            unavailable: None,
         }
     }
 }

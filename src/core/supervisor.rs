@@ -7,7 +7,7 @@
 //! `power.rs`, how its status is made in `report.rs`.
 
 use super::api::{self, Answer, Reply, Request};
-use super::effects::{Door, Effects, Exit, PowerJob, Process};
+use super::effects::{Door, Effects, Exit, PowerJob, Process, Unavailable};
 use super::hibernation;
 use super::lifecycle::{self, Action, Signal, State};
 use super::placement::Plan;
@@ -121,8 +121,11 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
                     worker.pid()
                 ));
                 let pid = worker.pid();
+                let probe = self.models[model].cfg.serve.as_ref().zip(worker.port());
+                let probe =
+                    probe.map(|(s, port)| format!("GET http://127.0.0.1:{port}{}", s.health));
                 self.models[model].instances[i].worker = Some(worker);
-                self.apply(model, i, lifecycle::Event::Launched { pid }, now);
+                self.apply(model, i, lifecycle::Event::Launched { pid, probe }, now);
             }
             Err(e) => {
                 log(&format!("model {name}: instance {index} cannot start: {e}"));
@@ -133,6 +136,7 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
                 self.apply(model, i, failed, now);
             }
         }
+        self.tell_availability();
     }
 
     /// What time passing brings: exited workers reaped, timers (restarts after backoff,
@@ -169,6 +173,27 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
         }
         self.scale(now);
         self.hibernation();
+        self.tell_availability();
+    }
+
+    /// Tells the front door which served models cannot serve, and why, when that changes:
+    /// a model whose ledger cannot be used, or with nothing running or starting after a
+    /// failure ([`lifecycle::unavailable`]).
+    fn tell_availability(&mut self) {
+        for model in &mut self.models {
+            if model.cfg.serve.is_none() {
+                continue;
+            }
+            let why = match &model.ledger_error {
+                Some(error) => Some((error.clone(), None)),
+                None => lifecycle::unavailable(model.instances.iter().map(|s| &s.life)),
+            };
+            let why = why.map(|(error, retry_at)| Unavailable { error, retry_at });
+            if why != model.unavailable {
+                self.door.unavailable(&model.cfg.name, why.clone());
+                model.unavailable = why;
+            }
+        }
     }
 
     /// Reaps the workers that exited.

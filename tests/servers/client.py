@@ -4,7 +4,7 @@
     client.py PORT METHOD PATH [BODY] [--key KEY]
 
 Prints one JSON line per event, each with "t" (seconds since the request was sent):
-{"status": CODE}, then {"chunk": TEXT} for each piece of the body as it arrives, then
+{"status": CODE, "headers": {NAME: VALUE}}, then {"chunk": TEXT} for each piece of the body as it arrives, then
 {"end": true} (or {"error": WHY} if the connection broke)."""
 import http.client
 import json
@@ -26,7 +26,7 @@ emit = lambda **kv: print(json.dumps(dict(kv, t=round(time.monotonic() - start, 
 connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
 connection.request(method, path, body=body, headers=headers)
 response = connection.getresponse()
-emit(status=response.status)
+emit(status=response.status, headers={k.lower(): v for k, v in response.getheaders()})
 try:
     while True:
         piece = response.read1(65536)

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::core::api::{self, Answer, Request};
-use crate::core::effects::{InstanceLoad, Load, Owner, PowerJob};
+use crate::core::effects::{InstanceLoad, Load, Owner, PowerJob, Unavailable};
 use crate::core::status::{InstanceStatus, PowerAction, PowerOutcome, PowerReport};
 
 const DONE: PowerOutcome = PowerOutcome::Done;
@@ -116,6 +116,8 @@ struct Front {
     /// How long each model's routed instances have been idle (zero: busy, one in flight).
     idle: RefCell<HashMap<String, Duration>>,
     swaps: RefCell<Vec<(String, bool)>>,
+    /// What it was last told of each model that cannot serve.
+    unavailable: RefCell<HashMap<String, Unavailable>>,
 }
 
 impl Front {
@@ -168,6 +170,13 @@ impl Door for Front {
     }
     fn swapped(&self, model: &str, out: bool, _seconds: f64) {
         self.swaps.borrow_mut().push((model.to_owned(), out));
+    }
+    fn unavailable(&self, model: &str, why: Option<Unavailable>) {
+        let mut told = self.unavailable.borrow_mut();
+        match why {
+            Some(why) => told.insert(model.to_owned(), why),
+            None => told.remove(model),
+        };
     }
 }
 
@@ -791,4 +800,27 @@ fn a_quota_changed_live_goes_to_the_ledger_then_the_configuration() {
         s.handle(Request::SetQuota("a".into(), eight), t),
         Answer::ShuttingDown
     ));
+}
+
+/// A served model that cannot start: the front door is told why, and when it starts
+/// again, so its requests are answered at once; told again when it may serve.
+#[test]
+fn the_front_door_is_told_when_a_model_cannot_serve() {
+    let (mut s, t) = supervisor(&format!("{ONE}[model.serve]\nhealth = \"/health\"\n"));
+    s.begin(t);
+    taken(&mut s);
+    s.launched(0, 0, Err("no such program".into()), t);
+    let told = s.door.unavailable.borrow().get("a").cloned();
+    let retry = t + Duration::from_millis(100);
+    assert_eq!(
+        told,
+        Some(Unavailable {
+            error: "no such program".into(),
+            retry_at: Some(retry),
+        })
+    );
+    // Its backoff ends: it starts again, and may serve.
+    s.tick(retry);
+    assert_eq!(taken(&mut s), [Done::Launch("a".into(), 0)]);
+    assert!(s.door.unavailable.borrow().is_empty());
 }

@@ -361,6 +361,26 @@ async fn to_instance(
                 .insert(hyper::header::RETRY_AFTER, "1".parse().expect("a header"));
             return refused;
         }
+        Err(NoSlot::Unavailable(why)) => {
+            let mut refused = error_with_code(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                Some("model_unavailable"),
+                format!("`{model}` cannot start: {}", why.error),
+            );
+            if let Some(at) = why.retry_at {
+                let secs = at
+                    .saturating_duration_since(Instant::now())
+                    .as_secs_f64()
+                    .ceil();
+                let value = (secs as u64).max(1).to_string();
+                refused.headers_mut().insert(
+                    hyper::header::RETRY_AFTER,
+                    value.parse().expect("digits are a header value"),
+                );
+            }
+            return refused;
+        }
         Err(NoSlot::Timeout(limit, ready)) => {
             let why = if ready {
                 format!("waited {limit:?} for a free instance of `{model}` (serve.queue_timeout)")

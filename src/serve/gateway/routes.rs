@@ -5,7 +5,7 @@
 use super::bodies::Bodies;
 use super::upstream::{Connections, Sender};
 use crate::config::Config;
-use crate::core::effects::Owner;
+use crate::core::effects::{Owner, Unavailable};
 use crate::metrics::{FrontDoorMetrics, ModelMetrics};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -72,6 +72,8 @@ pub(super) struct Served {
     pub(super) metrics: Arc<ModelMetrics>,
     /// Told when a request waits and no instance is ready ([`Routes::on_demand`]).
     pub(super) demand: Arc<OnceLock<Demand>>,
+    /// Why it cannot serve now (the supervisor says): its requests are answered at once.
+    pub(super) unavailable: Mutex<Option<Unavailable>>,
 }
 
 /// What the front door calls when a request finds no ready instance: the supervisor
@@ -140,6 +142,8 @@ impl Drop for Waiting<'_> {
 pub(super) enum NoSlot {
     QueueFull,
     Timeout(Duration, bool),
+    /// The model cannot serve until something changes ([`Routes::set_unavailable`]).
+    Unavailable(Unavailable),
 }
 
 /// The served models (fixed from the start) and their running instances, kept current
@@ -194,6 +198,7 @@ impl Routes {
                         next: AtomicUsize::new(0),
                         metrics: Arc::new(metrics.model(&m.name)),
                         demand: demand.clone(),
+                        unavailable: Mutex::new(None),
                     },
                 ))
             })
@@ -269,6 +274,23 @@ impl Routes {
                 s.queue.wake.notify_waiters();
             }
         }
+    }
+
+    /// `model` cannot serve until something changes, and why (None: it may again). The
+    /// requests waiting for it are answered at once, and so are new ones while no
+    /// instance of it is ready.
+    pub fn set_unavailable(&self, model: &str, why: Option<Unavailable>) {
+        if let Some(s) = self.models.get(model) {
+            *s.unavailable.lock().unwrap_or_else(|e| e.into_inner()) = why;
+            s.queue.wake.notify_waiters();
+        }
+    }
+
+    fn unavailable(s: &Served) -> Option<Unavailable> {
+        s.unavailable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Whether `model`'s requests wait for it to wake.
@@ -349,6 +371,9 @@ impl Routes {
         if let Some(slot) = slot {
             return Ok(slot);
         }
+        if !any_ready && let Some(why) = Self::unavailable(s) {
+            return Err(NoSlot::Unavailable(why));
+        }
         let start = tokio::time::Instant::now();
         let q = &s.queue;
         // Counted until this request has a place, gives up, or is dropped (its client
@@ -375,6 +400,9 @@ impl Routes {
                 break Ok(slot);
             }
             cold |= !any_ready;
+            if !any_ready && let Some(why) = Self::unavailable(s) {
+                break Err(NoSlot::Unavailable(why));
+            }
             let limit = if any_ready {
                 s.queue_timeout
             } else {
