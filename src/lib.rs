@@ -27,6 +27,7 @@
 //! The modules' paths before this layout stay for one release: [`supervisor`] and the
 //! re-exports below.
 
+pub mod cli;
 pub mod config;
 pub mod core;
 pub mod exec;

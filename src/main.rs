@@ -3,6 +3,7 @@
 //! library; this file parses arguments and prints.
 
 use clap::{Args, Parser, Subcommand};
+use cuvisor::cli::control;
 use cuvisor::ledger::{self, CreateOptions, LedgerFile, Snapshot};
 use cuvisor::size::{QuotaSpec, format_bytes as human, parse_quota, quota_text};
 use serde_json::json;
@@ -29,13 +30,20 @@ enum Command {
     },
     /// Show the models of a running supervisor.
     Status {
-        /// The control socket [default: /run/cuvisor/control.sock].
-        #[arg(long, value_name = "PATH", default_value = "/run/cuvisor/control.sock")]
-        socket: PathBuf,
+        #[command(flatten)]
+        target: Target,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
+    /// Start every instance of a model that is not running (at once, whatever its
+    /// backoff).
+    Start(ModelArgs),
+    /// Stop every instance of a model (SIGTERM, SIGKILL after the grace period); it is
+    /// not restarted until started.
+    Stop(ModelArgs),
+    /// Stop every instance of a model and start it again.
+    Restart(ModelArgs),
     /// Hibernate a model of a running supervisor: its processes move their GPU memory to
     /// the host. Returns when every process has acknowledged.
     Hibernate(PowerArgs),
@@ -71,13 +79,41 @@ enum EnvAction {
     },
 }
 
+/// Which running supervisor to ask.
+#[derive(Args)]
+struct Target {
+    /// Its control socket [default: $CUVISOR_SOCKET, else the socket of --config's
+    /// file, else /run/cuvisor/control.sock].
+    #[arg(long, value_name = "PATH", env = "CUVISOR_SOCKET")]
+    socket: Option<PathBuf>,
+    /// Its configuration file, for its socket.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+impl Target {
+    fn socket(self) -> Result<PathBuf, ExitCode> {
+        cuvisor::cli::control::socket(self.socket, self.config.as_deref()).map_err(|e| {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        })
+    }
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// The model (its name or one of its aliases).
+    model: String,
+    #[command(flatten)]
+    target: Target,
+}
+
 #[derive(Args)]
 struct PowerArgs {
-    /// The model.
+    /// The model (its name or one of its aliases).
     model: String,
-    /// The control socket [default: /run/cuvisor/control.sock].
-    #[arg(long, value_name = "PATH", default_value = "/run/cuvisor/control.sock")]
-    socket: PathBuf,
+    #[command(flatten)]
+    target: Target,
     /// Print the supervisor's JSON answer.
     #[arg(long)]
     json: bool,
@@ -85,16 +121,15 @@ struct PowerArgs {
 
 #[derive(Args)]
 struct SetArgs {
-    /// The model.
+    /// The model (its name or one of its aliases).
     model: String,
     /// The new quota on each GPU: a size (`12GiB`) or a percentage of each GPU (`50%`).
     /// Lowered below what the model uses, its allocations are refused until usage falls
     /// under it.
     #[arg(long, value_name = "QUOTA")]
     quota: String,
-    /// The control socket [default: /run/cuvisor/control.sock].
-    #[arg(long, value_name = "PATH", default_value = "/run/cuvisor/control.sock")]
-    socket: PathBuf,
+    #[command(flatten)]
+    target: Target,
 }
 
 #[derive(Args)]
@@ -220,15 +255,38 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config, shim } => run_command(&config, shim),
-        Command::Status { socket, json } => status_command(&socket, json),
-        Command::Hibernate(args) => power_command(&args, "hibernate"),
-        Command::Wake(args) => power_command(&args, "wake"),
-        Command::Set(args) => set_command(&args),
+        Command::Status { target, json } => match target.socket() {
+            Ok(socket) => control::status(&socket, json),
+            Err(code) => code,
+        },
+        Command::Start(a) => lifecycle(a, "start"),
+        Command::Stop(a) => lifecycle(a, "stop"),
+        Command::Restart(a) => lifecycle(a, "restart"),
+        Command::Hibernate(a) => power(a, "hibernate"),
+        Command::Wake(a) => power(a, "wake"),
+        Command::Set(a) => match a.target.socket() {
+            Ok(socket) => control::set_quota(&socket, &a.model, &a.quota),
+            Err(code) => code,
+        },
         Command::Check { config } => check(&config),
         Command::Exec(args) => exec_command(args),
         Command::Ledger(args) => ledger_command(args),
         Command::Env(EnvAction::Build { config }) => env_build(&config),
         Command::ShimPath => shim_path(),
+    }
+}
+
+fn lifecycle(a: ModelArgs, action: &str) -> ExitCode {
+    match a.target.socket() {
+        Ok(socket) => control::lifecycle(&socket, &a.model, action),
+        Err(code) => code,
+    }
+}
+
+fn power(a: PowerArgs, action: &str) -> ExitCode {
+    match a.target.socket() {
+        Ok(socket) => control::power(&socket, &a.model, action, a.json),
+        Err(code) => code,
     }
 }
 
@@ -256,34 +314,6 @@ fn run_command(path: &std::path::Path, shim: Option<PathBuf>) -> ExitCode {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
             eprintln!("cuvisor: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn status_command(socket: &std::path::Path, as_json: bool) -> ExitCode {
-    let (code, body) = match cuvisor::control::request(socket, "GET", "/models") {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("cuvisor: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    if code != 200 {
-        eprintln!("cuvisor: the supervisor answered {code}: {body}");
-        return ExitCode::FAILURE;
-    }
-    if as_json {
-        print!("{body}");
-        return ExitCode::SUCCESS;
-    }
-    match serde_json::from_str::<cuvisor::status::Status>(&body) {
-        Ok(v) => {
-            print!("{}", cuvisor::control::status_table(&v));
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("cuvisor: cannot read the supervisor's answer: {e}");
             ExitCode::FAILURE
         }
     }
@@ -360,96 +390,7 @@ fn ledger_power(
 ) -> ExitCode {
     let result = ledger::power_and_read(dir, &args.model, hibernate, args.timeout);
     let report = cuvisor::status::PowerReport::from_result(&args.model, hibernate, result);
-    print_power(&report, as_json)
-}
-
-/// A hibernate or wake report, as JSON or a line (and what went wrong on stderr); exit
-/// status 0 when every process acknowledged.
-fn print_power(report: &cuvisor::status::PowerReport, as_json: bool) -> ExitCode {
-    if as_json {
-        println!("{}", serde_json::to_string_pretty(report).expect("JSON"));
-    } else {
-        println!(
-            "model {}: {} {}: {} moved, {} pinned, {} process(es), {:.1} ms",
-            report.model,
-            report.action,
-            report.outcome,
-            human(report.moved_bytes),
-            human(report.pinned_bytes),
-            report.processes.len(),
-            report.duration_ms
-        );
-        if !report.pending.is_empty() {
-            let pids: Vec<String> = report.pending.iter().map(ToString::to_string).collect();
-            eprintln!(
-                "cuvisor: no acknowledgement from pid(s) {}",
-                pids.join(", ")
-            );
-        }
-        if let Some(e) = &report.error {
-            eprintln!("cuvisor: {e}");
-        }
-    }
-    if report.outcome == cuvisor::status::PowerOutcome::Done {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
-}
-
-/// `cuvisor hibernate` and `cuvisor wake`: exit status 0 when every process of the model
-/// acknowledged.
-fn power_command(args: &PowerArgs, action: &str) -> ExitCode {
-    let path = format!("/models/{}/{action}", args.model);
-    let wait = cuvisor::control::POWER_ANSWER_TIMEOUT + std::time::Duration::from_secs(5);
-    let (code, body) = match cuvisor::control::request_waiting(&args.socket, "POST", &path, wait) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("cuvisor: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match serde_json::from_str::<cuvisor::status::PowerReport>(&body) {
-        Ok(report) => print_power(&report, args.json),
-        Err(_) => {
-            eprintln!(
-                "cuvisor: the supervisor answered {code}: {}",
-                body.trim_end()
-            );
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// `cuvisor set`: `PATCH /models/NAME`, and what it did as a sentence.
-fn set_command(args: &SetArgs) -> ExitCode {
-    let path = format!("/models/{}", args.model);
-    let body = serde_json::json!({ "gpu_quota": args.quota });
-    let (code, body) = match cuvisor::control::request_json(&args.socket, "PATCH", &path, &body) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("cuvisor: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let answer: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-    if code != 200 {
-        let why = answer["error"].as_str().unwrap_or(body.trim_end());
-        eprintln!("cuvisor: model {}: {why}", args.model);
-        return ExitCode::FAILURE;
-    }
-    let quota = |v: &serde_json::Value| {
-        v.as_str()
-            .and_then(|q| parse_quota(q).ok())
-            .map_or_else(|| "none".into(), |q| quota_text(Some(q)))
-    };
-    println!(
-        "model {}: quota {} (was {})",
-        args.model,
-        quota(&answer["gpu_quota"]),
-        quota(&answer["was"])
-    );
-    ExitCode::SUCCESS
+    control::print_power(&report, as_json)
 }
 
 fn exec_command(a: ExecArgs) -> ExitCode {

@@ -188,3 +188,89 @@ fn a_ledger_without_a_supervisor_has_its_quota_changed_as_the_refusal_says() {
     let missing = cli(&["quota", "--model", "nosuch", "--quota", "1MiB"]);
     assert_eq!(missing.status.code(), Some(1));
 }
+
+/// Defect 7: the CLI. `start`, `stop` and `restart` exist; the socket comes from
+/// `--socket`, `CUVISOR_SOCKET` or `--config FILE`; an alias names its model everywhere;
+/// errors are sentences (before: `hibernate` of no model printed the raw JSON).
+#[test]
+fn the_cli_starts_stops_and_restarts_by_name_or_alias_wherever_the_socket_is_said() {
+    let http = cuvisor::node::process::free_port().unwrap();
+    let model = format!(
+        "[[model]]\nname = \"chat\"\ncommand = \"python3\"\n\
+         args = [\"{}\", \"--port\", \"{{port}}\", \"--name\", \"chat\"]\n\
+         [model.serve]\nhealth = \"/health\"\naliases = [\"gpt-small\"]\n",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/servers/openai_model.py")
+    );
+    let s = Supervisor::start_with(
+        "cli",
+        &format!("http = \"127.0.0.1:{http}\"\n"),
+        &[],
+        &model,
+    );
+    let cuvisor = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cuvisor"));
+        cmd.args(args).env_remove("CUVISOR_SOCKET");
+        cmd
+    };
+    let said = |mut cmd: std::process::Command| {
+        let out = run(&mut cmd);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr(&out),
+        )
+    };
+    // CUVISOR_SOCKET, and an alias.
+    let mut stop = cuvisor(&["stop", "gpt-small"]);
+    stop.env("CUVISOR_SOCKET", &s.socket);
+    assert_eq!(
+        said(stop),
+        (Some(0), "model chat: stop asked\n".into(), String::new())
+    );
+    wait_until("the stop", Duration::from_secs(10), || {
+        s.model("chat")["state"] == "stopped"
+    });
+    // --config: the file's socket.
+    let config = s.dir.path("cuvisor.toml");
+    let mut start = cuvisor(&["start", "chat", "--config"]);
+    start.arg(&config);
+    assert_eq!(
+        said(start),
+        (Some(0), "model chat: start asked\n".into(), String::new())
+    );
+    wait_until("the start", Duration::from_secs(10), || {
+        s.model("chat")["state"] == "running"
+    });
+    let pid = s.model("chat")["instances"][0]["pid"].as_u64();
+    let mut restart = cuvisor(&["restart", "gpt-small", "--socket"]);
+    restart.arg(&s.socket);
+    assert_eq!(said(restart).0, Some(0));
+    wait_until("the restart", Duration::from_secs(10), || {
+        let m = s.model("chat");
+        let now = m["instances"][0]["pid"].as_u64();
+        now.is_some() && now != pid && m["state"] == "running"
+    });
+    let mut status = cuvisor(&["status", "--json"]);
+    status.env("CUVISOR_SOCKET", &s.socket);
+    let (code, out, _) = said(status);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("\"name\": \"chat\""), "{out}");
+    // Errors as sentences.
+    for action in ["start", "hibernate"] {
+        let mut cmd = cuvisor(&[action, "nosuch", "--socket"]);
+        cmd.arg(&s.socket);
+        assert_eq!(
+            said(cmd),
+            (Some(1), String::new(), "cuvisor: no model nosuch\n".into()),
+            "{action}"
+        );
+    }
+    let missing = cuvisor(&["status", "--socket", "/nonexistent/cuvisor.sock"]);
+    let (code, _, err) = said(missing);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.starts_with("cuvisor: control socket /nonexistent/cuvisor.sock: ")
+            && err.ends_with("(is `cuvisor run` running?)\n"),
+        "{err}"
+    );
+}

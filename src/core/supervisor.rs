@@ -685,8 +685,16 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
         }
     }
 
+    /// The model `name` names: its name, or one of its front door's aliases.
     fn model_index(&self, name: &str) -> Option<usize> {
-        self.models.iter().position(|m| m.cfg.name == name)
+        let alias = |m: &Model<E::Worker>| {
+            m.cfg
+                .serve
+                .as_ref()
+                .is_some_and(|s| s.aliases.iter().any(|a| a == name))
+        };
+        (self.models.iter().position(|m| m.cfg.name == name))
+            .or_else(|| self.models.iter().position(alias))
     }
 
     /// Answers a control request.
@@ -721,7 +729,7 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
             self.apply(m, i, event.clone(), now);
         }
         Answer::Done {
-            model: name,
+            model: self.models[m].cfg.name.clone(),
             action,
         }
     }
@@ -734,6 +742,7 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
         let Some(m) = self.model_index(&name) else {
             return Answer::NoSuchModel(name);
         };
+        let name = self.models[m].cfg.name.clone(); // an alias names its model
         if self.shutting_down {
             return Answer::ShuttingDown;
         }
