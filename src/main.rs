@@ -268,7 +268,7 @@ fn main() -> ExitCode {
             Ok(socket) => control::set_quota(&socket, &a.model, &a.quota),
             Err(code) => code,
         },
-        Command::Check { config } => check(&config),
+        Command::Check { config } => cuvisor::cli::check::check(&config),
         Command::Exec(args) => exec_command(args),
         Command::Ledger(args) => ledger_command(args),
         Command::Env(EnvAction::Build { config }) => env_build(&config),
@@ -423,104 +423,6 @@ fn exec_command(a: ExecArgs) -> ExitCode {
         Err(e) => {
             eprintln!("cuvisor: {e}");
             ExitCode::from(125)
-        }
-    }
-}
-
-fn check(path: &std::path::Path) -> ExitCode {
-    match cuvisor::config::Config::load(path) {
-        Ok(c) => {
-            let names: Vec<&str> = c.models.iter().map(|m| m.name.as_str()).collect();
-            println!(
-                "{}: ok ({} model(s): {})",
-                path.display(),
-                names.len(),
-                names.join(", ")
-            );
-            for why in cuvisor::config::exposure::supervisor_exposure(&c.supervisor) {
-                eprintln!("WARNING: {why}");
-            }
-            if let Some(range) = c.supervisor.userns_range {
-                for file in ["/etc/subuid", "/etc/subgid"] {
-                    let text = std::fs::read_to_string(file).unwrap_or_default();
-                    for why in cuvisor::config::exposure::subid_overlaps(range, file, &text) {
-                        eprintln!("WARNING: {why}");
-                    }
-                }
-            }
-            let uv = &c.supervisor.envs.uv;
-            let needs_uv: Vec<&str> = c
-                .models
-                .iter()
-                .filter(|m| m.python.is_some())
-                .map(|m| m.name.as_str())
-                .collect();
-            let uv_runs = || {
-                std::process::Command::new(uv)
-                    .arg("--version")
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success())
-            };
-            if !needs_uv.is_empty() && !uv_runs() {
-                eprintln!(
-                    "{}: model(s) {} have python, and uv ({}) cannot be run: install it \
-                     (`pip install uv`), or set uv in [supervisor]",
-                    path.display(),
-                    needs_uv.join(", "),
-                    uv.display()
-                );
-                return ExitCode::FAILURE;
-            }
-            let unusable = cuvisor::pyenv::unusable(&c);
-            for why in &unusable {
-                eprintln!("{}: {why}", path.display());
-            }
-            if !unusable.is_empty() {
-                return ExitCode::FAILURE;
-            }
-            for m in &c.models {
-                for why in cuvisor::config::exposure::exposure(m) {
-                    eprintln!("WARNING: model {}: {why}", m.name);
-                }
-            }
-            if cuvisor::view::needed(&c) && !std::path::Path::new("/dev/fuse").exists() {
-                eprintln!(
-                    "{}: models with memory_limit, cpus or cpu_limit are shown their own \
-                     /proc/meminfo and CPUs through FUSE, and this host has no /dev/fuse \
-                     (load the fuse module)",
-                    path.display()
-                );
-                return ExitCode::FAILURE;
-            }
-            match cuvisor::run::place(&c, &cuvisor::nvml::Nvml) {
-                Ok(None) => ExitCode::SUCCESS,
-                Ok(Some(plan)) => {
-                    for line in plan.lines() {
-                        println!("{line}");
-                    }
-                    for m in c.models.iter().filter(|m| m.gpus.is_none()) {
-                        eprintln!(
-                            "WARNING: model {}: no gpus: it sees every GPU, and its quota is not counted in the placement",
-                            m.name
-                        );
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(why) => {
-                    for line in why.to_string().lines() {
-                        eprintln!("{}: {line}", path.display());
-                    }
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Err(errors) => {
-            for e in errors {
-                eprintln!("{e}");
-            }
-            ExitCode::FAILURE
         }
     }
 }

@@ -26,7 +26,7 @@ const MODEL: &str = "[[model]]\nname = \"m\"\ncommand = \"/bin/true\"\n";
 #[test]
 fn a_valid_configuration_passes() {
     let (code, out, err) = check(&format!(
-        "[supervisor]\ngrace_period = \"2s\"\n\n{MODEL}\n[[model]]\nname = \"n\"\ncommand = \"x\"\n"
+        "[supervisor]\ngrace_period = \"2s\"\n\n{MODEL}\n[[model]]\nname = \"n\"\ncommand = \"true\"\n"
     ));
     assert_eq!(code, 0, "{err}");
     assert!(out.ends_with("ok (2 model(s): m, n)\n"), "{out}");
@@ -135,9 +135,9 @@ fn every_invalid_form_is_rejected_with_its_line() {
         ),
         (
             &format!(
-                "[supervisor]\nhttp = \"127.0.0.1:8000\"\n{MODEL}[model.serve]\nhealth = \"/h\"\naliases = [\"n\"]\n[[model]]\nname = \"n\"\ncommand = \"x\"\n"
+                "[supervisor]\nhttp = \"127.0.0.1:8000\"\n{MODEL}[model.serve]\nhealth = \"/h\"\naliases = [\"n\"]\n[[model]]\nname = \"n\"\ncommand = \"true\"\n"
             ),
-            "FILE: model m: alias \"n\" already names model n",
+            "FILE:8: model m: alias \"n\" already names model n",
         ),
         (
             &format!("{MODEL}min_instances = 0\nmax_instances = 2\n"),
@@ -592,7 +592,7 @@ fn every_accepted_configuration_turns_into_launch_plans_without_panicking() {
 #[test]
 fn check_warns_about_models_that_can_reach_the_others() {
     let (code, out, err) = check(&format!(
-        "{MODEL}isolation = {{ pid = false, mount = false }}\ncapabilities = [\"CAP_SYS_NICE\"]\n[[model]]\nname = \"n\"\ncommand = \"x\"\n[[model]]\nname = \"u\"\ncommand = \"x\"\nuser = \"nobody\"\nisolation = {{ pid = false, mount = false }}\n"
+        "{MODEL}isolation = {{ pid = false, mount = false }}\ncapabilities = [\"CAP_SYS_NICE\"]\n[[model]]\nname = \"n\"\ncommand = \"true\"\n[[model]]\nname = \"u\"\ncommand = \"true\"\nuser = \"nobody\"\nisolation = {{ pid = false, mount = false }}\n"
     ));
     assert_eq!(code, 0);
     assert!(out.ends_with("ok (3 model(s): m, n, u)\n"), "{out}");

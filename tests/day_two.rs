@@ -274,3 +274,63 @@ fn the_cli_starts_stops_and_restarts_by_name_or_alias_wherever_the_socket_is_sai
         "{err}"
     );
 }
+
+/// `cuvisor check FILE`: status, stdout, stderr (the file's path written `FILE`).
+fn check(dir: &TempDir, text: &str) -> (Option<i32>, String, String) {
+    let path = dir.path("cuvisor.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = run(std::process::Command::new(env!("CARGO_BIN_EXE_cuvisor"))
+        .arg("check")
+        .arg(&path));
+    let file = format!("{}", path.display());
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).replace(&file, "FILE"),
+        stderr(&out).replace(&file, "FILE"),
+    )
+}
+
+/// Defect 8: `check` reports every error of a file at once (three typos took three runs),
+/// each with its line and the key that was meant, and an alias clash with its line; and
+/// it fails a file that cannot run: a command not found, a served model never told its
+/// port. A front door's port in use is a warning.
+#[test]
+fn check_reports_every_error_at_once_and_what_cannot_run() {
+    let dir = TempDir::new("check-all");
+    let (code, out, err) = check(
+        &dir,
+        "[supervisor]\ngrace_perod = \"2s\"\nhttp = \"127.0.0.1:9\"\n\n\
+         [[model]]\nname = \"a\"\ncommand = \"/bin/true\"\ngpu_qouta = \"1GiB\"\n\
+         [model.serve]\nhealth = \"/h\"\naliases = [\"b\"]\nconcurrensy = 2\n\n\
+         [[model]]\nname = \"b\"\ncommand = \"/bin/true\"\n",
+    );
+    assert_eq!((code, out.as_str()), (Some(1), ""), "{err}");
+    assert_eq!(
+        err,
+        "FILE:2: unknown field `grace_perod` in [supervisor] (did you mean `grace_period`?)\n\
+         FILE:8: unknown field `gpu_qouta` in [[model]] (did you mean `gpu_quota`?)\n\
+         FILE:11: model a: alias \"b\" already names model b\n\
+         FILE:12: unknown field `concurrensy` in [model.serve] (did you mean `concurrency`?)\n"
+    );
+    // Valid, but it cannot run here.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let (code, _, err) = check(
+        &dir,
+        &format!(
+            "[supervisor]\nhttp = \"127.0.0.1:{port}\"\n\
+             [[model]]\nname = \"a\"\ncommand = \"no-such-engine-7\"\n\
+             [[model]]\nname = \"web\"\ncommand = \"/bin/true\"\nargs = [\"serve\"]\n\
+             [model.serve]\nhealth = \"/h\"\n"
+        ),
+    );
+    assert_eq!(code, Some(1), "{err}");
+    let path = std::env::var("PATH").unwrap();
+    for line in [
+        format!("WARNING: http = \"127.0.0.1:{port}\": another process listens there now; `cuvisor run` cannot open its front door until it leaves"),
+        format!("FILE: model a: command \"no-such-engine-7\" is not found on PATH ({path})"),
+        "FILE: model web: served, and none of its args says {port} (or $PORT): its server would not listen where the front door sends requests (add e.g. \"--port\", \"{port}\")".to_owned(),
+    ] {
+        assert!(err.lines().any(|l| l == line), "{line}\nin\n{err}");
+    }
+}

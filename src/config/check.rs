@@ -389,6 +389,7 @@ pub(super) fn check_front_door(
     c: &mut Checker,
     supervisor: &SupervisorConfig,
     models: &[ModelConfig],
+    alias_lines: &BTreeMap<(String, String), usize>,
 ) {
     let served: Vec<&ModelConfig> = models.iter().filter(|m| m.serve.is_some()).collect();
     if !served.is_empty() && supervisor.http.is_none() {
@@ -407,8 +408,9 @@ pub(super) fn check_front_door(
     for m in &served {
         for a in &m.serve.as_ref().expect("served").aliases {
             if let Some(other) = seen.insert(a, &m.name) {
+                let line = alias_lines.get(&(m.name.clone(), a.clone()));
                 c.error_at(
-                    0,
+                    line.copied().unwrap_or(0),
                     format!("model {}: alias {a:?} already names model {other}", m.name),
                 );
             }

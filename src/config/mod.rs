@@ -20,6 +20,7 @@ pub mod python;
 pub mod secrets;
 
 mod check;
+mod keys;
 mod model;
 mod raw;
 mod types;
@@ -32,6 +33,7 @@ pub use types::*;
 use check::{Checker, check_front_door, check_supervisor};
 use model::{assign_host_ids, check_model};
 use raw::RawConfig;
+use std::collections::BTreeMap;
 use std::path::Path;
 use toml::Spanned;
 
@@ -62,7 +64,11 @@ impl Config {
             errors: Vec::new(),
             host,
         };
-        let raw: RawConfig = match toml::from_str(text) {
+        // Keys no table takes are collected, not fatal: each is reported with the rest.
+        let mut unknown = Vec::new();
+        let parsed = toml::Deserializer::parse(text)
+            .and_then(|de| serde_ignored::deserialize(de, |path| unknown.push(path.to_string())));
+        let raw: RawConfig = match parsed {
             Ok(r) => r,
             Err(e) => {
                 let line = e.span().map_or(0, |s| c.line_of(s.start));
@@ -73,6 +79,10 @@ impl Config {
                 }]);
             }
         };
+        for path in &unknown {
+            let (line, message) = keys::unknown(text, path);
+            c.error_at(line, message);
+        }
         let supervisor = check_supervisor(
             &mut c,
             raw.supervisor.map(Spanned::into_inner).unwrap_or_default(),
@@ -93,7 +103,24 @@ impl Config {
                 models.push(m);
             }
         }
-        check_front_door(&mut c, &supervisor, &models);
+        // Where each model's aliases are written, for the errors of the whole file's.
+        let alias_lines: BTreeMap<(String, String), usize> = raw
+            .model
+            .iter()
+            .filter_map(|m| {
+                let m = m.get_ref();
+                let name = m.name.as_ref()?.get_ref().clone();
+                let serve = m.serve.as_ref()?.get_ref();
+                Some((name, &serve.aliases))
+            })
+            .flat_map(|(name, aliases)| {
+                aliases
+                    .iter()
+                    .map(move |a| ((name.clone(), a.get_ref().clone()), a.span().start))
+            })
+            .map(|(k, at)| (k, c.line_of(at)))
+            .collect();
+        check_front_door(&mut c, &supervisor, &models, &alias_lines);
         if c.errors.is_empty() {
             Ok(Config {
                 path: path.to_owned(),
@@ -101,6 +128,8 @@ impl Config {
                 models,
             })
         } else {
+            // In the order of the file (those of the whole file first).
+            c.errors.sort_by_key(|e| e.line);
             Err(c.errors)
         }
     }

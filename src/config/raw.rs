@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use toml::Spanned;
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) supervisor: Option<Spanned<RawSupervisor>>,
@@ -15,7 +14,6 @@ pub(super) struct RawConfig {
 }
 
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub(super) struct RawSupervisor {
     pub(super) socket: Option<Spanned<String>>,
     pub(super) listen: Option<Spanned<String>>,
@@ -40,7 +38,6 @@ pub(super) struct RawSupervisor {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct RawModel {
     pub(super) name: Option<Spanned<String>>,
     pub(super) command: Option<Spanned<String>>,
@@ -76,7 +73,6 @@ pub(super) struct RawModel {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct RawServe {
     pub(super) health: Option<Spanned<String>>,
     pub(super) ready_timeout: Option<Spanned<String>>,
@@ -92,7 +88,6 @@ pub(super) struct RawServe {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct RawPython {
     pub(super) requirements: Option<Spanned<String>>,
     #[serde(default)]
@@ -105,7 +100,6 @@ pub(super) struct RawPython {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct RawIsolation {
     pub(super) pid: Option<bool>,
     pub(super) mount: Option<bool>,

@@ -225,31 +225,39 @@ impl Instance {
     }
 }
 
+/// Exits in a row after which an instance is in a crash loop: its model's requests no
+/// longer wait for its next start.
+pub const CRASH_LOOP: u32 = 3;
+
 /// Why a model's requests cannot be served until something changes, if so: none of its
-/// instances runs, is starting or stopping, and one failed. Its error (the latest
-/// instance's with one), and when the first of them starts again (None: none will by
-/// itself). A model with no instance, or whose instances were stopped without a failure
-/// (scaled to zero), is not unavailable: a request starts it.
+/// instances runs, is starting or stopping, and one has failed for good, could not start
+/// (a launch error, a health check never passed) or is in a crash loop ([`CRASH_LOOP`]).
+/// Its error, and when the first of them starts again (None: none will by itself). A
+/// model with no instance, stopped without a failure (scaled to zero) or restarting after
+/// a crash is not: its requests wait for a start.
 pub fn unavailable<'a>(
     instances: impl IntoIterator<Item = &'a Instance>,
 ) -> Option<(String, Option<Instant>)> {
     let mut why = None;
     let mut retry_at: Option<Instant> = None;
     for i in instances {
-        match i.state {
+        let failed = match i.state {
             State::Starting | State::Running | State::Stopping => return None,
             State::Backoff => {
                 retry_at = [retry_at, i.next_start].into_iter().flatten().min();
+                i.error.is_some() || i.failures_in_a_row >= CRASH_LOOP
             }
-            State::Stopped | State::Exited | State::Failed => {}
-        }
-        let error = i.error.clone().or_else(|| {
-            i.last_exit
-                .filter(|&c| c != 0 && matches!(i.state, State::Backoff | State::Failed))
-                .map(|c| format!("its worker exited with status {c}"))
-        });
-        if matches!(i.state, State::Backoff | State::Failed) {
-            why = why.or(error);
+            State::Failed => true,
+            State::Stopped | State::Exited => false,
+        };
+        if failed && why.is_none() {
+            why = i.error.clone().or_else(|| {
+                let code = i.last_exit.unwrap_or(0);
+                Some(match i.failures_in_a_row {
+                    n @ 2.. => format!("its worker exited with status {code}, {n} times in a row"),
+                    _ => format!("its worker exited with status {code}"),
+                })
+            });
         }
     }
     why.map(|w| (w, retry_at))
@@ -862,5 +870,35 @@ mod tests {
         step(&mut d, &p, fatal, t(0));
         assert_eq!(d.state, State::Failed);
         assert_eq!(unavailable([&d]), Some(("bad".into(), None)));
+        // A crash: its requests wait for the restart; a crash loop: they do not.
+        let mut e = running(&p, t(0), 5);
+        let crash = Event::Exited {
+            code: 1,
+            oom_killed: false,
+        };
+        step(&mut e, &p, crash.clone(), t(1));
+        assert_eq!(e.state, State::Backoff);
+        assert_eq!(unavailable([&e]), None);
+        for n in 2..=CRASH_LOOP {
+            let at = e.next_start.unwrap();
+            step(&mut e, &p, Event::Tick, at);
+            step(
+                &mut e,
+                &p,
+                Event::Launched {
+                    pid: 5 + n as i32,
+                    probe: None,
+                },
+                at,
+            );
+            step(&mut e, &p, crash.clone(), at);
+        }
+        assert_eq!(
+            unavailable([&e]),
+            Some((
+                "its worker exited with status 1, 3 times in a row".into(),
+                e.next_start
+            ))
+        );
     }
 }

@@ -1,0 +1,170 @@
+//! `cuvisor check`: the file checked as `run` reads it ([`Config::load`]: every error of
+//! the file at once), then against this host: what would stop a model at its start (its
+//! program not found, a served model that is never told its port, uv, the environments'
+//! directory, FUSE, the placement on the GPUs) as errors, and what weakens isolation or is
+//! in the way (an open front door, a port in use, subordinate ids) as warnings. Every
+//! error and warning is printed; the status is 1 if there is an error.
+
+use crate::config::{Config, ModelConfig};
+use std::path::Path;
+use std::process::ExitCode;
+
+/// Where `model`'s program is, or why it is not found: `command` as a path, or searched
+/// in the worker's `PATH` (its `env`'s, else this process's). A model with a Python
+/// environment may name a program of the environment, not built yet: not searched.
+fn program_missing(m: &ModelConfig) -> Option<String> {
+    if m.command.contains('/') {
+        let found = std::fs::metadata(&m.command).is_ok_and(|f| f.is_file());
+        return (!found)
+            .then(|| format!("model {}: command {:?}: no such file", m.name, m.command));
+    }
+    if m.python.is_some() {
+        return None;
+    }
+    let path = m
+        .env
+        .get("PATH")
+        .cloned()
+        .or_else(|| std::env::var("PATH").ok())
+        .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    let found = path
+        .split(':')
+        .any(|d| Path::new(d).join(&m.command).is_file());
+    (!found).then(|| {
+        format!(
+            "model {}: command {:?} is not found on PATH ({path})",
+            m.name, m.command
+        )
+    })
+}
+
+/// A served model whose arguments never say where to listen: its server would not
+/// listen on the port the front door sends its requests to.
+fn port_unsaid(m: &ModelConfig) -> Option<String> {
+    m.serve.as_ref()?;
+    let says = |a: &str| a.contains("{port}") || a.contains("$PORT") || a.contains("${PORT}");
+    if says(&m.command) || m.args.iter().any(|a| says(a)) {
+        return None;
+    }
+    Some(format!(
+        "model {}: served, and none of its args says {{port}} (or $PORT): its server would not \
+         listen where the front door sends requests (add e.g. \"--port\", \"{{port}}\")",
+        m.name
+    ))
+}
+
+/// The front door's address, if another process listens there now.
+fn http_in_use(config: &Config) -> Option<String> {
+    let addr = config.supervisor.http?;
+    match std::net::TcpListener::bind(addr) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Some(format!(
+            "http = \"{addr}\": another process listens there now; `cuvisor run` cannot \
+             open its front door until it leaves"
+        )),
+        _ => None,
+    }
+}
+
+/// Whether uv answers `--version`.
+fn uv_runs(uv: &Path) -> bool {
+    std::process::Command::new(uv)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// What stops `c`'s models on this host, and what is worth a warning.
+fn host(c: &Config) -> (Vec<String>, Vec<String>) {
+    let (mut errors, mut warnings) = (Vec::new(), Vec::new());
+    errors.extend(c.models.iter().filter_map(program_missing));
+    errors.extend(c.models.iter().filter_map(port_unsaid));
+    let needs_uv: Vec<&str> = c
+        .models
+        .iter()
+        .filter(|m| m.python.is_some())
+        .map(|m| m.name.as_str())
+        .collect();
+    let uv = &c.supervisor.envs.uv;
+    if !needs_uv.is_empty() && !uv_runs(uv) {
+        errors.push(format!(
+            "model(s) {} have python, and uv ({}) cannot be run: install it (`pip install uv`), \
+             or set uv in [supervisor]",
+            needs_uv.join(", "),
+            uv.display()
+        ));
+    } else {
+        errors.extend(crate::pyenv::unusable(c));
+    }
+    if crate::view::needed(c) && !Path::new("/dev/fuse").exists() {
+        errors.push(
+            "models with memory_limit, cpus or cpu_limit are shown their own /proc/meminfo and \
+             CPUs through FUSE, and this host has no /dev/fuse (load the fuse module)"
+                .into(),
+        );
+    }
+    warnings.extend(crate::config::exposure::supervisor_exposure(&c.supervisor));
+    if let Some(range) = c.supervisor.userns_range {
+        for file in ["/etc/subuid", "/etc/subgid"] {
+            let text = std::fs::read_to_string(file).unwrap_or_default();
+            warnings.extend(crate::config::exposure::subid_overlaps(range, file, &text));
+        }
+    }
+    warnings.extend(http_in_use(c));
+    for m in &c.models {
+        for why in crate::config::exposure::exposure(m) {
+            warnings.push(format!("model {}: {why}", m.name));
+        }
+    }
+    (errors, warnings)
+}
+
+/// `cuvisor check FILE`.
+pub fn check(path: &Path) -> ExitCode {
+    let c = match Config::load(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("{e}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let (mut errors, warnings) = host(&c);
+    let plan = match crate::run::place(&c, &crate::nvml::Nvml) {
+        Ok(plan) => plan,
+        Err(why) => {
+            errors.extend(why.to_string().lines().map(str::to_owned));
+            None
+        }
+    };
+    for why in &warnings {
+        eprintln!("WARNING: {why}");
+    }
+    for why in &errors {
+        eprintln!("{}: {why}", path.display());
+    }
+    if !errors.is_empty() {
+        return ExitCode::FAILURE;
+    }
+    let names: Vec<&str> = c.models.iter().map(|m| m.name.as_str()).collect();
+    println!(
+        "{}: ok ({} model(s): {})",
+        path.display(),
+        names.len(),
+        names.join(", ")
+    );
+    if let Some(plan) = plan {
+        for line in plan.lines() {
+            println!("{line}");
+        }
+        for m in c.models.iter().filter(|m| m.gpus.is_none()) {
+            eprintln!(
+                "WARNING: model {}: no gpus: it sees every GPU, and its quota is not counted in the placement",
+                m.name
+            );
+        }
+    }
+    ExitCode::SUCCESS
+}
