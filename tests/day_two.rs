@@ -334,3 +334,90 @@ fn check_reports_every_error_at_once_and_what_cannot_run() {
         assert!(err.lines().any(|l| l == line), "{line}\nin\n{err}");
     }
 }
+
+/// One plain HTTP/1.1 GET over TCP: the status code and the body.
+fn http_get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: prometheus.example:9100\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).unwrap();
+    let code = answer.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// Defect 10: `metrics = "ADDR"` serves `/metrics` alone on a listener of its own, for a
+/// Prometheus on another host (any address, any Host header), read-only; with
+/// `metrics_token`, only to a scraper with the token. `check` warns of metrics open beyond
+/// this host without a token.
+#[test]
+fn metrics_have_a_listener_of_their_own() {
+    let dir = TempDir::new("metrics-listener");
+    let token = dir.path("token");
+    std::fs::write(&token, "scrape-0123456789abcdef\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (open, closed) = (
+        cuvisor::node::process::free_port().unwrap(),
+        cuvisor::node::process::free_port().unwrap(),
+    );
+    let model = holder("m", "1MiB", "4MiB");
+    let s = Supervisor::start_with(
+        "metrics-open",
+        &format!("metrics = \"127.0.0.1:{open}\"\n"),
+        &[],
+        &model,
+    );
+    wait_until("the allocation", Duration::from_secs(5), || {
+        s.model("m")["gpu_used_bytes"].as_u64() == Some(MIB)
+    });
+    let (code, body) = http_get(open, "/metrics", None);
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("cuvisor_gpu_used_bytes{model=\"m\""),
+        "{body}"
+    );
+    // Nothing else: not the models, not an action.
+    for path in ["/models", "/models/m/stop", "/healthz"] {
+        assert_eq!(http_get(open, path, None).0, 404, "{path}");
+    }
+    assert_eq!(s.model("m")["state"], "running");
+    let t = Supervisor::start_with(
+        "metrics-closed",
+        &format!(
+            "metrics = \"127.0.0.1:{closed}\"\nmetrics_token = \"{}\"\n",
+            token.display()
+        ),
+        &[],
+        &holder("n", "1MiB", "4MiB"),
+    );
+    assert_eq!(http_get(closed, "/metrics", None).0, 401);
+    assert_eq!(
+        http_get(closed, "/metrics", Some("wrong-0123456789abcdef")).0,
+        401
+    );
+    let (code, body) = http_get(closed, "/metrics", Some("scrape-0123456789abcdef"));
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("model=\"n\""), "{body}");
+    drop(t);
+    let (code, _, err) = check(
+        &dir,
+        "[supervisor]\nmetrics = \"0.0.0.0:9469\"\n[[model]]\nname = \"m\"\ncommand = \"true\"\nuser = \"nobody\"\n",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains(
+            "WARNING: the metrics listen on 0.0.0.0:9469, beyond this host, and ask for no token"
+        ),
+        "{err}"
+    );
+}

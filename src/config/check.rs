@@ -299,6 +299,24 @@ pub(super) fn check_supervisor(c: &mut Checker, s: RawSupervisor) -> SupervisorC
                 None
             }
         });
+    let metrics = s
+        .metrics
+        .as_ref()
+        .and_then(|v| match v.get_ref().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                let why = "expected an address such as 0.0.0.0:9469";
+                c.error(v, format!("metrics = \"{}\": {why}", v.get_ref()));
+                None
+            }
+        });
+    let metrics_token = s
+        .metrics_token
+        .as_ref()
+        .and_then(|v| c.secret("metrics_token", v, |host, p| host.read_token(p).map(drop)));
+    if let (None, Some(t)) = (&s.metrics, &s.metrics_token) {
+        c.error(t, "metrics_token: set metrics too (the listener it guards)");
+    }
     let api_keys = s
         .api_keys
         .as_ref()
@@ -366,6 +384,8 @@ pub(super) fn check_supervisor(c: &mut Checker, s: RawSupervisor) -> SupervisorC
         listen,
         listen_token,
         http,
+        metrics,
+        metrics_token,
         api_keys,
         http_max_connections,
         http_body_timeout,

@@ -16,6 +16,14 @@ pub fn supervisor_exposure(s: &SupervisorConfig) -> Vec<String> {
              whoever reaches it uses the models (set api_keys, or listen on 127.0.0.1)"
         ));
     }
+    if let Some(addr) = s.metrics
+        && !addr.ip().is_loopback()
+        && s.metrics_token.is_none()
+    {
+        out.push(format!(
+            "the metrics listen on {addr}, beyond this host, and ask for no token: whoever              reaches them reads the models' names and use (set metrics_token, or firewall it)"
+        ));
+    }
     out
 }
 

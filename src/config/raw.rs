@@ -35,6 +35,8 @@ pub(super) struct RawSupervisor {
     pub(super) envs_dir: Option<Spanned<String>>,
     pub(super) uv: Option<Spanned<String>>,
     pub(super) build_user: Option<Spanned<String>>,
+    pub(super) metrics: Option<Spanned<String>>,
+    pub(super) metrics_token: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

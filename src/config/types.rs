@@ -199,6 +199,11 @@ pub struct SupervisorConfig {
     pub userns_range: Option<(u32, u32)>,
     /// The front door's address (`http`): one endpoint for every served model.
     pub http: Option<SocketAddr>,
+    /// A listener of `/metrics` alone (`metrics`), any address, for a scraper on another
+    /// host.
+    pub metrics: Option<SocketAddr>,
+    /// The file holding the bearer token scrapes of `metrics` must carry; None: none.
+    pub metrics_token: Option<PathBuf>,
     /// A file of API keys (one per line) the front door requires, as `Authorization:
     /// Bearer KEY`; None: no key needed.
     pub api_keys: Option<PathBuf>,

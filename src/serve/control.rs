@@ -93,6 +93,8 @@ enum Access {
     Stranger,
     /// TCP: the request must carry the token and name a loopback host.
     Token(Arc<str>),
+    /// The metrics listener: `GET /metrics` alone, with the token if there is one.
+    Metrics(Option<Arc<str>>),
 }
 
 /// Serves the control API of `cfg` (its Unix socket; `listen` too, if set), handing
@@ -138,9 +140,34 @@ pub fn serve(
             Some((listener, Arc::<str>::from(token)))
         }
     };
+    let metrics = match cfg.metrics {
+        None => None,
+        Some(addr) => {
+            let token = match cfg.metrics_token.as_deref() {
+                None => None,
+                Some(file) => Some(Arc::<str>::from(secrets::read_token(file).map_err(
+                    |why| ServeError::Secret {
+                        key: "metrics_token",
+                        path: file.to_owned(),
+                        why,
+                    },
+                )?)),
+            };
+            let listener =
+                std::net::TcpListener::bind(addr).map_err(|source| ServeError::Listen {
+                    what: "metrics",
+                    addr,
+                    source,
+                })?;
+            Some((listener, token))
+        }
+    };
     for fd in [
         Some(std::os::fd::AsRawFd::as_raw_fd(&unix)),
         tcp.as_ref()
+            .map(|(l, _)| std::os::fd::AsRawFd::as_raw_fd(l)),
+        metrics
+            .as_ref()
             .map(|(l, _)| std::os::fd::AsRawFd::as_raw_fd(l)),
     ]
     .into_iter()
@@ -178,6 +205,24 @@ pub fn serve(
                         connection(stream, Access::Token(token), tx).await;
                         drop(place);
                     })
+                },
+            ));
+        }
+        if let Some((listener, token)) = metrics {
+            let listener =
+                tokio::net::TcpListener::from_std(listener).expect("a non-blocking socket");
+            let tx = tx.clone();
+            // Places of its own: scrapers cannot crowd out the CLI or the TCP API.
+            tokio::spawn(accept_loop(
+                listener,
+                "metrics",
+                Some(MAX_CONNECTIONS),
+                move |stream: tokio::net::TcpStream| {
+                    Some(connection(
+                        stream,
+                        Access::Metrics(token.clone()),
+                        tx.clone(),
+                    ))
                 },
             ));
         }
@@ -237,6 +282,18 @@ fn reply(code: u16, content_type: &'static str, body: impl Into<String>) -> Repl
     }
 }
 
+/// Whether the request carries `token` (`Authorization: Bearer TOKEN`), compared in
+/// constant time.
+fn bearer_is(request: &hyper::Request<Incoming>, token: &str) -> bool {
+    let given = request
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    super::server::same_secret(given.as_bytes(), token.as_bytes())
+}
+
 /// Whether a request over TCP is allowed: the token, and a Host that names this machine
 /// by a loopback name (a web page that resolves its own name to 127.0.0.1 cannot reach
 /// the API through a browser).
@@ -264,10 +321,7 @@ fn authorized(request: &hyper::Request<Incoming>, token: &str) -> Result<(), Rep
             "the Host must be a loopback address or localhost\n",
         ));
     }
-    let given = header(hyper::header::AUTHORIZATION)
-        .strip_prefix("Bearer ")
-        .unwrap_or("");
-    if super::server::same_secret(given.as_bytes(), token.as_bytes()) {
+    if bearer_is(request, token) {
         Ok(())
     } else {
         Err(reply(
@@ -291,6 +345,20 @@ async fn answer(
             "only the supervisor's user may use this socket\n",
         )),
         Access::Token(token) => authorized(&request, token),
+        Access::Metrics(token) => {
+            if request.method() != hyper::Method::GET || request.uri().path() != "/metrics" {
+                Err(reply(404, "text/plain", "only GET /metrics here\n"))
+            } else {
+                match token {
+                    Some(token) if !bearer_is(&request, token) => Err(reply(
+                        401,
+                        "text/plain",
+                        "a valid token is needed: Authorization: Bearer TOKEN\n",
+                    )),
+                    _ => Ok(()),
+                }
+            }
+        }
     };
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
     let reply = match checked {
