@@ -421,3 +421,63 @@ fn metrics_have_a_listener_of_their_own() {
         "{err}"
     );
 }
+
+/// Defect 9: a multipart request (the OpenAI SDK's `audio.transcriptions`) is routed by its
+/// `model` form field, its body passed on whole; the front door answers HTTP/1.1 whatever
+/// its upstream speaks (the test server speaks HTTP/1.0); a multipart body without a
+/// `model` field is a 400 that says so.
+#[test]
+fn multipart_requests_are_routed_by_their_model_field_and_answered_in_http_1_1() {
+    let http = cuvisor::node::process::free_port().unwrap();
+    let served = |name: &str| {
+        format!(
+            "[[model]]\nname = \"{name}\"\ncommand = \"python3\"\n\
+             args = [\"{}\", \"--port\", \"{{port}}\", \"--name\", \"{name}\"]\n\
+             [model.serve]\nhealth = \"/health\"\n",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/servers/openai_model.py")
+        )
+    };
+    let _s = Supervisor::start_with(
+        "multipart",
+        &format!("http = \"127.0.0.1:{http}\"\n"),
+        &[],
+        &format!("{}{}", served("whisper"), served("other")),
+    );
+    let upload = |fields: &[(&str, &str)]| {
+        let boundary = "----cuvisor-test-7MA4YWxkTrZu0gW";
+        let mut body = Vec::new();
+        for (name, value) in fields {
+            body.extend_from_slice(
+                format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n")
+                    .as_bytes(),
+            );
+        }
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\nContent-Type: audio/wav\r\n\r\n")
+                .as_bytes(),
+        );
+        body.extend_from_slice(&[0u8, 1, 2, 255, 13, 10, 45, 45]);
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let mut raw = format!(
+            "POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        raw.extend_from_slice(&body);
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", http)).unwrap();
+        c.write_all(&raw).unwrap();
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).unwrap();
+        (answer, body.len())
+    };
+    let (answer, sent) = upload(&[("model", "whisper"), ("language", "en")]);
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    let body: serde_json::Value =
+        serde_json::from_str(answer.split_once("\r\n\r\n").unwrap().1).unwrap();
+    assert_eq!(body["served_by"], "whisper", "{body}");
+    assert_eq!(body["body_bytes"], sent, "{body}");
+    let (answer, _) = upload(&[("language", "en")]);
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(answer.contains("no model"), "{answer}");
+}

@@ -231,20 +231,15 @@ async fn handle(request: Request<Incoming>, routes: &Routes, keys: &[String]) ->
             Err(why) => return refused(why.reason(), not_read(why)),
         };
         let body = held.bytes.clone();
-        /// The one field the front door reads of a request's body.
-        #[derive(serde::Deserialize)]
-        struct Named<'a> {
-            #[serde(borrow)]
-            model: Option<std::borrow::Cow<'a, str>>,
-        }
-        let named = match serde_json::from_slice::<Named>(&body) {
-            Ok(v) => v.model.map(std::borrow::Cow::into_owned),
-            Err(e) => {
-                let answer = error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request_error",
-                    format!("the body is not JSON: {e}"),
-                );
+        let kind = parts
+            .headers
+            .get(hyper::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let named = match named_model(kind, &body).await {
+            Ok(named) => named,
+            Err(why) => {
+                let answer = error(StatusCode::BAD_REQUEST, "invalid_request_error", why);
                 return refused(Refused::BadRequest, answer);
             }
         };
@@ -337,6 +332,51 @@ fn finished(served: &Served, arrived: Instant, answer: Response<Body>) -> Respon
         })
         .boxed()
     })
+}
+
+/// The model a `/v1` request's body names: its JSON's `model` field, or for a
+/// `multipart/form-data` upload (`audio.transcriptions`), its `model` form field; None if
+/// it names none; why, if the body is neither.
+async fn named_model(content_type: &str, body: &Bytes) -> Result<Option<String>, String> {
+    if content_type
+        .to_ascii_lowercase()
+        .starts_with("multipart/form-data")
+    {
+        let boundary = multer::parse_boundary(content_type)
+            .map_err(|e| format!("a multipart body without its boundary: {e}"))?;
+        let whole = futures_once(body.clone());
+        let mut form = multer::Multipart::new(whole, boundary);
+        loop {
+            match form.next_field().await {
+                Ok(Some(field)) if field.name() == Some("model") => {
+                    let text = field
+                        .text()
+                        .await
+                        .map_err(|e| format!("the multipart body's model field: {e}"))?;
+                    return Ok(Some(text));
+                }
+                Ok(Some(_)) => continue,
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(format!("the multipart body: {e}")),
+            }
+        }
+    }
+    /// The one field the front door reads of a JSON body.
+    #[derive(serde::Deserialize)]
+    struct Named<'a> {
+        #[serde(borrow)]
+        model: Option<std::borrow::Cow<'a, str>>,
+    }
+    serde_json::from_slice::<Named>(body)
+        .map(|v| v.model.map(std::borrow::Cow::into_owned))
+        .map_err(|e| format!("the body is not JSON: {e}"))
+}
+
+/// A body held whole, as the one-chunk stream multer reads.
+fn futures_once(
+    body: Bytes,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> {
+    futures_util::stream::once(async move { Ok(body) })
 }
 
 /// Sends the request to a ready instance of `model` (waiting up to its ready timeout for
@@ -436,6 +476,9 @@ async fn to_instance(
         Ok((mut response, connection)) => {
             slot.connection = Some(connection);
             strip_hop_by_hop(response.headers_mut());
+            // The front door speaks HTTP/1.1 to its clients, whatever the instance spoke
+            // to it (an HTTP/1.0 server's answer would end the client's keep-alive).
+            *response.version_mut() = hyper::Version::HTTP_11;
             served.metrics.first_byte(arrived.elapsed().as_secs_f64());
             response.map(move |b| {
                 b.map_frame(move |frame| {
