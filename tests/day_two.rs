@@ -220,6 +220,11 @@ fn the_cli_starts_stops_and_restarts_by_name_or_alias_wherever_the_socket_is_sai
             stderr(&out),
         )
     };
+    // Defect 4: the log says when an instance became ready, and how long it took.
+    wait_until("ready", Duration::from_secs(10), || {
+        s.supervisor_log()
+            .contains("model chat: instance 0 ready after ")
+    });
     // CUVISOR_SOCKET, and an alias.
     let mut stop = cuvisor(&["stop", "gpt-small"]);
     stop.env("CUVISOR_SOCKET", &s.socket);
@@ -230,6 +235,13 @@ fn the_cli_starts_stops_and_restarts_by_name_or_alias_wherever_the_socket_is_sai
     wait_until("the stop", Duration::from_secs(10), || {
         s.model("chat")["state"] == "stopped"
     });
+    // Defect 6: a stop that was asked for is said as one, not as a crash.
+    assert!(
+        s.supervisor_log()
+            .contains("model chat: instance 0 stopped by SIGTERM"),
+        "{}",
+        s.supervisor_log()
+    );
     // --config: the file's socket.
     let config = s.dir.path("cuvisor.toml");
     let mut start = cuvisor(&["start", "chat", "--config"]);

@@ -155,6 +155,13 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
                     && !slot.life.ready
                     && ready.get(&slot.index).is_some_and(|l| l.ready)
                 {
+                    let took = slot.life.started.map(|t| now.saturating_duration_since(t));
+                    log(&format!(
+                        "model {}: instance {} ready after {:.1} s",
+                        self.models[m].cfg.name,
+                        slot.index,
+                        took.unwrap_or_default().as_secs_f64()
+                    ));
                     self.apply(m, i, lifecycle::Event::Ready, now);
                 }
                 let state = self.models[m].instances[i].life.state;
@@ -206,12 +213,17 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
                 let Some(Exit { code, oom_killed }) = self.effects.reap(worker) else {
                     continue;
                 };
-                let how = if oom_killed {
-                    "killed by the OOM killer".to_owned()
-                } else if code > 128 {
-                    format!("killed by signal {}", code - 128)
-                } else {
-                    format!("exited with status {code}")
+                // A stop the supervisor asked for is said as one, not as a crash.
+                let asked = self.models[m].instances[i].life.state == State::Stopping;
+                let how = match (oom_killed, asked, code) {
+                    (true, _, _) => "killed by the OOM killer".to_owned(),
+                    (false, true, 143) => "stopped by SIGTERM".to_owned(),
+                    (false, true, 137) => "stopped by SIGKILL after the grace period".to_owned(),
+                    (false, true, code) => format!("stopped: exited with status {code}"),
+                    (false, false, code) if code > 128 => {
+                        format!("killed by signal {}", code - 128)
+                    }
+                    (false, false, code) => format!("exited with status {code}"),
                 };
                 let model = &self.models[m];
                 log(&format!(
