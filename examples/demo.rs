@@ -21,6 +21,8 @@ use std::process::Command;
 
 fn main() {
     supervise::supervise_if_asked();
+    // The supervisor's log lines go to `tracing`: print them on stderr.
+    cuvisor::log::init(Default::default(), false);
     let stubs = PathBuf::from(env!("CUDA_STUB_DIR"));
     let report = std::env::temp_dir().join(format!("cuvisor-demo-{}.jsonl", std::process::id()));
     println!("cuvisor demo: a fake 8 GiB GPU in {}\n", stubs.display());

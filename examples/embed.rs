@@ -11,6 +11,8 @@ mod front_door;
 mod support;
 
 fn main() {
+    // The supervisor's log lines go to `tracing`: print them on stderr.
+    cuvisor::log::init(Default::default(), false);
     let stubs = std::path::PathBuf::from(env!("CUDA_STUB_DIR"));
     let dir = std::env::temp_dir().join(format!("cuvisor-embed-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a temporary directory");

@@ -31,7 +31,7 @@ pub mod cli;
 pub mod config;
 pub mod core;
 pub mod exec;
-mod log;
+pub mod log;
 pub mod node;
 pub mod run;
 pub mod serve;

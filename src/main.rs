@@ -253,6 +253,10 @@ fn parse_quota_arg(s: &str) -> Result<QuotaSpec, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. }) {
+        // `run` logs as its configuration says, once it has read it.
+        cuvisor::log::init(Default::default(), false);
+    }
     match cli.command {
         Command::Run { config, shim } => run_command(&config, shim),
         Command::Status { target, json } => match target.socket() {
@@ -300,6 +304,8 @@ fn run_command(path: &std::path::Path, shim: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let s = &config.supervisor;
+    cuvisor::log::init(s.log_level, s.log_json);
     let shim = shim
         .or_else(|| config.supervisor.shim.clone())
         .or_else(|| std::env::var_os("CUVISOR_SHIM").map(PathBuf::from))

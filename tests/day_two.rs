@@ -235,13 +235,18 @@ fn the_cli_starts_stops_and_restarts_by_name_or_alias_wherever_the_socket_is_sai
     wait_until("the stop", Duration::from_secs(10), || {
         s.model("chat")["state"] == "stopped"
     });
-    // Defect 6: a stop that was asked for is said as one, not as a crash.
-    assert!(
-        s.supervisor_log()
-            .contains("model chat: instance 0 stopped by SIGTERM"),
-        "{}",
-        s.supervisor_log()
-    );
+    // Defect 6: the operator's action is logged, and the stop it asked for is said as
+    // one, not as a crash.
+    for line in [
+        "model chat: stop asked (control API)",
+        "model chat: instance 0 stopped by SIGTERM",
+    ] {
+        assert!(
+            s.supervisor_log().contains(line),
+            "{line}: {}",
+            s.supervisor_log()
+        );
+    }
     // --config: the file's socket.
     let config = s.dir.path("cuvisor.toml");
     let mut start = cuvisor(&["start", "chat", "--config"]);
@@ -492,4 +497,98 @@ fn multipart_requests_are_routed_by_their_model_field_and_answered_in_http_1_1()
     let (answer, _) = upload(&[("language", "en")]);
     assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
     assert!(answer.contains("no model"), "{answer}");
+}
+
+/// Defect 6: log lines carry an RFC 3339 time and a level (text, or JSON with `log_format
+/// = "json"`); `log_level` leaves out what is below it; `http_access_log` writes a line per
+/// front-door request: model, status, duration, bytes.
+#[test]
+fn log_lines_have_times_and_levels_and_requests_an_access_log() {
+    let served = |extra: &str| {
+        format!(
+            "[[model]]\nname = \"chat\"\ncommand = \"python3\"\n\
+             args = [\"{}\", \"--port\", \"{{port}}\", \"--name\", \"chat\"]\n{extra}\
+             [model.serve]\nhealth = \"/health\"\n",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/servers/openai_model.py")
+        )
+    };
+    let http = cuvisor::node::process::free_port().unwrap();
+    let s = Supervisor::start_with(
+        "log-json",
+        &format!("http = \"127.0.0.1:{http}\"\nlog_format = \"json\"\nhttp_access_log = true\n"),
+        &[],
+        &served(""),
+    );
+    wait_until("ready", Duration::from_secs(10), || {
+        s.supervisor_log().contains("ready after")
+    });
+    let body = "{\"model\": \"chat\", \"messages\": []}";
+    let raw = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", http)).unwrap();
+    c.write_all(raw.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    c.read_to_end(&mut answer).unwrap();
+    let sent = answer.len() - answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap() - 4;
+    wait_until("the access line", Duration::from_secs(5), || {
+        s.supervisor_log().contains("cuvisor::access")
+    });
+    let log = s.supervisor_log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let started = lines
+        .iter()
+        .find(|l| {
+            l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("model chat: instance 0 started"))
+        })
+        .unwrap_or_else(|| panic!("{log}"));
+    assert_eq!(started["level"], "INFO");
+    assert_eq!(started["target"], "cuvisor");
+    assert!(
+        started["timestamp"].as_str().unwrap().ends_with('Z'),
+        "{started}"
+    );
+    let access = lines
+        .iter()
+        .find(|l| l["target"] == "cuvisor::access")
+        .unwrap();
+    assert_eq!(access["fields"]["model"], "chat", "{access}");
+    assert_eq!(access["fields"]["status"], 200, "{access}");
+    assert_eq!(access["fields"]["bytes"], sent as u64, "{access}");
+    assert!(
+        access["fields"]["duration_ms"].as_f64().unwrap() > 0.0,
+        "{access}"
+    );
+    // Text by default, with a time and a level; log_level = "warn" leaves INFO out.
+    let t = Supervisor::start_with(
+        "log-text",
+        "log_level = \"warn\"\n",
+        &[],
+        &holder("q", "1MiB", "4MiB"),
+    );
+    wait_until("the allocation", Duration::from_secs(5), || {
+        t.model("q")["gpu_used_bytes"].as_u64() == Some(MIB)
+    });
+    let log = t.supervisor_log();
+    let warned = log
+        .lines()
+        .find(|l| l.contains("model q: runs as root of the host"))
+        .unwrap_or_else(|| panic!("{log}"));
+    let (time, rest) = warned.split_once(' ').unwrap();
+    assert!(
+        time.len() >= 20 && time.ends_with('Z') && &time[4..5] == "-",
+        "{warned}"
+    );
+    assert!(
+        rest.trim_start().starts_with("WARN cuvisor: model q:"),
+        "{warned}"
+    );
+    assert!(!log.contains(" INFO "), "{log}");
 }

@@ -51,8 +51,10 @@ fn each_model_imports_its_own_version_and_same_requirements_share_an_environment
         ),
     );
     let line = |leaf: &str| {
+        // The whole line: Python's print writes its arguments one by one, and the log
+        // receives each as it comes.
         wait_until(&format!("{leaf}'s line"), Duration::from_secs(60), || {
-            !s.log(leaf).is_empty()
+            s.log(leaf).ends_with('\n')
         });
         let log = s.log(leaf);
         let fields: Vec<String> = log.split_whitespace().map(str::to_owned).collect();
@@ -385,7 +387,7 @@ fn a_build_runs_as_the_build_user_in_a_sandbox() {
         ),
     );
     wait_until("the model's line", Duration::from_secs(60), || {
-        !s.log("one-0").is_empty() || s.model("one")["instances"][0]["error"].is_string()
+        s.log("one-0").ends_with('\n') || s.model("one")["instances"][0]["error"].is_string()
     });
     assert!(s.log("one-0").starts_with("1.0 "), "{}", s.model("one"));
     // Every uv run: the build user, nothing of root's, its own PID namespace.

@@ -554,7 +554,7 @@ fn read_only_cgroups_refuse_limits_unless_allowed_and_say_so() {
     });
     assert!(
         s.supervisor_log()
-            .contains("WARNING: model limited: the cgroup v1 memory controller is not writable (a read-only mount, or not root): its host limits are NOT enforced"),
+            .contains("WARN cuvisor: model limited: the cgroup v1 memory controller is not writable (a read-only mount, or not root): its host limits are NOT enforced"),
         "{}",
         s.supervisor_log()
     );

@@ -27,6 +27,8 @@ pub fn supervise_if_asked() {
         errors.iter().for_each(|e| eprintln!("{e}"));
         std::process::exit(1)
     });
+    let s = &config.supervisor;
+    cuvisor::log::init(s.log_level, s.log_json);
     match cuvisor::run::run(config, crate::support::shim_path()) {
         Ok(code) => std::process::exit(code),
         Err(e) => {

@@ -112,11 +112,7 @@ fn host(c: &Config) -> (Vec<String>, Vec<String>) {
         }
     }
     warnings.extend(http_in_use(c));
-    for m in &c.models {
-        for why in crate::config::exposure::exposure(m) {
-            warnings.push(format!("model {}: {why}", m.name));
-        }
-    }
+    warnings.extend(crate::config::exposure::exposures(&c.models));
     (errors, warnings)
 }
 

@@ -317,6 +317,34 @@ pub(super) fn check_supervisor(c: &mut Checker, s: RawSupervisor) -> SupervisorC
     if let (None, Some(t)) = (&s.metrics, &s.metrics_token) {
         c.error(t, "metrics_token: set metrics too (the listener it guards)");
     }
+    let log_level = match s.log_level.as_ref() {
+        None => LogLevel::default(),
+        Some(v) => match v.get_ref().as_str() {
+            "error" => LogLevel::Error,
+            "warn" => LogLevel::Warn,
+            "info" => LogLevel::Info,
+            "debug" => LogLevel::Debug,
+            other => {
+                let why = "expected error, warn, info or debug";
+                c.error(v, format!("log_level = \"{other}\": {why}"));
+                LogLevel::default()
+            }
+        },
+    };
+    let log_json = match s.log_format.as_ref() {
+        None => false,
+        Some(v) => match v.get_ref().as_str() {
+            "text" => false,
+            "json" => true,
+            other => {
+                c.error(
+                    v,
+                    format!("log_format = \"{other}\": expected text or json"),
+                );
+                false
+            }
+        },
+    };
     let api_keys = s
         .api_keys
         .as_ref()
@@ -386,6 +414,9 @@ pub(super) fn check_supervisor(c: &mut Checker, s: RawSupervisor) -> SupervisorC
         http,
         metrics,
         metrics_token,
+        log_level,
+        log_json,
+        http_access_log: s.http_access_log.unwrap_or(false),
         api_keys,
         http_max_connections,
         http_body_timeout,

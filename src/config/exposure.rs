@@ -27,6 +27,27 @@ pub fn supervisor_exposure(s: &SupervisorConfig) -> Vec<String> {
     out
 }
 
+/// [`exposure`] of every model, each reason said once for all the models it concerns
+/// (`models a, b: runs as root of the host: …`), in the order they first appear.
+pub fn exposures(models: &[ModelConfig]) -> Vec<String> {
+    let mut reasons: Vec<(&'static str, Vec<&str>)> = Vec::new();
+    for m in models {
+        for why in exposure(m) {
+            match reasons.iter_mut().find(|(w, _)| *w == why) {
+                Some((_, names)) => names.push(&m.name),
+                None => reasons.push((why, vec![&m.name])),
+            }
+        }
+    }
+    reasons
+        .into_iter()
+        .map(|(why, names)| match names.as_slice() {
+            [one] => format!("model {one}: {why}"),
+            many => format!("models {}: {why}", many.join(", ")),
+        })
+        .collect()
+}
+
 /// What a model's workers can reach outside their model, as its settings leave it: each
 /// a reason to isolate it further (docs/SECURITY.md).
 pub fn exposure(m: &ModelConfig) -> Vec<&'static str> {

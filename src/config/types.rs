@@ -171,6 +171,16 @@ pub struct Serve {
     pub hibernate_after: Option<Duration>,
 }
 
+/// How much the supervisor logs (`log_level`): each level includes those above it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    #[default]
+    Info,
+    Debug,
+}
+
 /// Ids each model in a user namespace gets: as many as a container usually has.
 pub const USERNS_BLOCK: u32 = 65536;
 
@@ -204,6 +214,12 @@ pub struct SupervisorConfig {
     pub metrics: Option<SocketAddr>,
     /// The file holding the bearer token scrapes of `metrics` must carry; None: none.
     pub metrics_token: Option<PathBuf>,
+    /// The least important lines the supervisor logs (`log_level`).
+    pub log_level: LogLevel,
+    /// Its log lines as text or JSON (`log_format`).
+    pub log_json: bool,
+    /// A line per front-door request (`http_access_log`): model, status, duration, bytes.
+    pub http_access_log: bool,
     /// A file of API keys (one per line) the front door requires, as `Authorization:
     /// Bearer KEY`; None: no key needed.
     pub api_keys: Option<PathBuf>,

@@ -574,6 +574,11 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
             let _ = reply.send(Answer::ShuttingDown);
             return;
         }
+        let action = if hibernate { "hibernate" } else { "wake" };
+        log(&format!(
+            "model {}: {action} asked (control API)",
+            self.models[m].cfg.name
+        ));
         self.request_power(m, hibernate, Some(reply));
     }
 
@@ -631,13 +636,13 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
         };
         let model = &mut self.models[wait.model];
         log(&format!(
-            "model {}: {} {}: {} bytes moved, {} pinned, {} failed, in {:.1} ms{}",
+            "model {}: {} {}: {} moved, {} pinned, {} failed, in {:.1} ms{}",
             report.model,
             report.action,
             report.outcome,
-            report.moved_bytes,
-            report.pinned_bytes,
-            report.failed_bytes,
+            crate::size::format_bytes(report.moved_bytes),
+            crate::size::format_bytes(report.pinned_bytes),
+            crate::size::format_bytes(report.failed_bytes),
             report.duration_ms,
             report
                 .error
@@ -737,13 +742,12 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
         if self.shutting_down && action != api::Action::Stop {
             return Answer::ShuttingDown;
         }
+        let model = self.models[m].cfg.name.clone();
+        log(&format!("model {model}: {action} asked (control API)"));
         for i in 0..self.models[m].instances.len() {
             self.apply(m, i, event.clone(), now);
         }
-        Answer::Done {
-            model: self.models[m].cfg.name.clone(),
-            action,
-        }
+        Answer::Done { model, action }
     }
 
     /// Changes a model's quota, live: if its GPUs can take it (as a placement would

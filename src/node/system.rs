@@ -417,6 +417,7 @@ impl Builder {
                 hidden: crate::pyenv::Sandbox::hidden(s),
                 cancel: &self.cancel,
             };
+            let start = std::time::Instant::now();
             let built = match self.cancel.load(Ordering::Relaxed) {
                 true => Err(crate::pyenv::EnvError::Cancelled),
                 false => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -424,6 +425,18 @@ impl Builder {
                 }))
                 .unwrap_or(Err(crate::pyenv::EnvError::Panicked)),
             };
+            let took = start.elapsed();
+            if let Ok(env) = &built
+                && took >= std::time::Duration::from_secs(1)
+            {
+                // One that was there already is not worth a line at every start.
+                log(&format!(
+                    "model {}: its Python environment was built in {:.1} s: {}",
+                    job.cfg.name,
+                    took.as_secs_f64(),
+                    env.display()
+                ));
+            }
             // Its workers' user must be able to run what was built.
             let built = built.and_then(|env| {
                 let (python, user) = (env.join("bin/python"), job.cfg.host_user());
@@ -571,10 +584,8 @@ pub fn prepare(
     for why in crate::config::exposure::supervisor_exposure(&config.supervisor) {
         log(&format!("WARNING: {why}"));
     }
-    for m in &config.models {
-        for why in crate::config::exposure::exposure(m) {
-            log(&format!("WARNING: model {}: {why}", m.name));
-        }
+    for why in crate::config::exposure::exposures(&config.models) {
+        log(&format!("WARNING: {why}"));
     }
     // Only the cgroups this configuration's instances would have (`<model>-<n>`), and
     // environment builds' (`.build-…`, `.resolve-…`): a cgroup_name shared with anything

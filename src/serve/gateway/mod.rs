@@ -324,10 +324,17 @@ fn finished(served: &Served, arrived: Instant, answer: Response<Body>) -> Respon
         metrics: served.metrics.clone(),
         code: answer.status().as_u16(),
         arrived,
+        access: served.access.clone(),
+        bytes: Default::default(),
     };
     answer.map(move |b| {
         b.map_frame(move |frame| {
-            let _until_the_end = &record;
+            if let Some(data) = frame.data_ref() {
+                let sent = data.len() as u64;
+                record
+                    .bytes
+                    .fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
+            }
             frame
         })
         .boxed()

@@ -74,6 +74,8 @@ pub(super) struct Served {
     pub(super) demand: Arc<OnceLock<Demand>>,
     /// Why it cannot serve now (the supervisor says): its requests are answered at once.
     pub(super) unavailable: Mutex<Option<Unavailable>>,
+    /// With `http_access_log`: its name, for the access log's lines.
+    pub(super) access: Option<Arc<str>>,
 }
 
 /// What the front door calls when a request finds no ready instance: the supervisor
@@ -158,17 +160,32 @@ pub struct Routes {
     created: u64,
 }
 
-/// Records a request in the metrics when its answer's body ends (or the client leaves).
+/// Records a request in the metrics when its answer's body ends (or the client leaves),
+/// and in the access log if there is one.
 pub(super) struct Finished {
     pub(super) metrics: Arc<ModelMetrics>,
     pub(super) code: u16,
     pub(super) arrived: Instant,
+    /// With `http_access_log`: the model, for its line.
+    pub(super) access: Option<Arc<str>>,
+    /// The answer's body bytes sent so far.
+    pub(super) bytes: std::sync::atomic::AtomicU64,
 }
 
 impl Drop for Finished {
     fn drop(&mut self) {
         let seconds = self.arrived.elapsed().as_secs_f64();
         self.metrics.request(self.code, seconds);
+        if let Some(model) = &self.access {
+            tracing::info!(
+                target: "cuvisor::access",
+                model = &**model,
+                status = self.code,
+                duration_ms = (seconds * 1e6).round() / 1e3,
+                bytes = self.bytes.load(Ordering::Relaxed),
+                "request"
+            );
+        }
     }
 }
 
@@ -199,6 +216,10 @@ impl Routes {
                         metrics: Arc::new(metrics.model(&m.name)),
                         demand: demand.clone(),
                         unavailable: Mutex::new(None),
+                        access: config
+                            .supervisor
+                            .http_access_log
+                            .then(|| Arc::from(m.name.as_str())),
                     },
                 ))
             })
