@@ -285,12 +285,7 @@ fn reply(code: u16, content_type: &'static str, body: impl Into<String>) -> Repl
 /// Whether the request carries `token` (`Authorization: Bearer TOKEN`), compared in
 /// constant time.
 fn bearer_is(request: &hyper::Request<Incoming>, token: &str) -> bool {
-    let given = request
-        .headers()
-        .get(hyper::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+    let given = super::server::bearer(request.headers());
     super::server::same_secret(given.as_bytes(), token.as_bytes())
 }
 

@@ -88,6 +88,15 @@ pub enum ServeError {
     },
 }
 
+/// The bearer token a request carries (`Authorization: Bearer TOKEN`), or "".
+pub fn bearer(headers: &hyper::HeaderMap) -> &str {
+    headers
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+}
+
 /// Whether `given` is `secret`, compared in time that does not depend on where they
 /// differ.
 pub fn same_secret(given: &[u8], secret: &[u8]) -> bool {

@@ -155,12 +155,7 @@ fn authorized(request: &Request<Incoming>, keys: &[String]) -> bool {
     if keys.is_empty() {
         return true;
     }
-    let given = request
-        .headers()
-        .get(hyper::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+    let given = super::server::bearer(request.headers());
     keys.iter()
         .any(|k| super::server::same_secret(given.as_bytes(), k.as_bytes()))
 }
