@@ -49,6 +49,19 @@ enum Command {
     Hibernate(PowerArgs),
     /// Wake a hibernated model: its processes move their memory back to their GPUs.
     Wake(PowerArgs),
+    /// Print a model's recent output (its workers' lines, kept by the supervisor).
+    Logs {
+        /// The model (its name or one of its aliases).
+        model: String,
+        /// Then print each new line as it comes, until interrupted.
+        #[arg(short, long)]
+        follow: bool,
+        /// One instance's lines only.
+        #[arg(long, value_name = "N")]
+        instance: Option<u32>,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Change a running model's settings, live: its GPU memory quota, on every GPU it
     /// uses, from its processes' next allocation. Until the supervisor restarts.
     Set(SetArgs),
@@ -261,6 +274,15 @@ fn main() -> ExitCode {
         Command::Run { config, shim } => run_command(&config, shim),
         Command::Status { target, json } => match target.socket() {
             Ok(socket) => control::status(&socket, json),
+            Err(code) => code,
+        },
+        Command::Logs {
+            model,
+            follow,
+            instance,
+            target,
+        } => match target.socket() {
+            Ok(socket) => control::logs(&socket, &model, instance, follow),
             Err(code) => code,
         },
         Command::Start(a) => lifecycle(a, "start"),

@@ -164,7 +164,15 @@ impl Running {
         let (tx, rx) = channel();
         let sink = tx.clone();
         let report: system::Sink = Arc::new(move |r: Report| post(&sink, r).is_ok());
-        let effects = System::new(&config, hierarchy, shim, plan.clone(), report)?;
+        let outputs = crate::core::recent::outputs(&config.models);
+        let effects = System::new(
+            &config,
+            hierarchy,
+            shim,
+            plan.clone(),
+            report,
+            outputs.clone(),
+        )?;
         let routes = Routes::new(&config);
         let swaps = SwapMetrics::default();
         let front = Front {
@@ -186,7 +194,7 @@ impl Running {
         let mailbox = tx.clone();
         let mailbox: Mailbox = Arc::new(move |call: Call| post(&mailbox, call));
         let front_door = settings.http.map(|_| routes.clone());
-        let control = crate::serve::control::serve(&settings, mailbox, front_door, swaps)?;
+        let control = crate::serve::control::serve(&settings, mailbox, front_door, swaps, outputs)?;
         let door = match settings.http {
             None => None,
             Some(addr) => {

@@ -592,3 +592,80 @@ fn log_lines_have_times_and_levels_and_requests_an_access_log() {
     );
     assert!(!log.contains(" INFO "), "{log}");
 }
+
+/// Defect 6: each model keeps its recent output. `cuvisor logs NAME` prints it (one
+/// instance's with `--instance`; by an alias too), `-f` goes on with each new line, and
+/// `GET /models/NAME/logs?follow=1` streams it.
+#[test]
+fn a_models_recent_output_is_kept_and_followed() {
+    let go = TempDir::new("logs-go");
+    let model = format!(
+        "[[model]]\nname = \"talk\"\ncommand = \"sh\"\ninstances = 2\n\
+         args = [\"-c\", \"echo hello; while [ ! -e {go} ]; do sleep 0.05; done; echo later; sleep 600\"]\n",
+        go = go.path("GO").display()
+    );
+    let s = Supervisor::start("logs", &model);
+    let cuvisor = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cuvisor"));
+        cmd.args(args).arg("--socket").arg(&s.socket);
+        cmd
+    };
+    wait_until("both hellos", Duration::from_secs(10), || {
+        String::from_utf8_lossy(&run(&mut cuvisor(&["logs", "talk"])).stdout)
+            .matches("hello")
+            .count()
+            == 2
+    });
+    let mut lines: Vec<String> = lines(&run(&mut cuvisor(&["logs", "talk"])));
+    lines.sort();
+    assert_eq!(lines, ["[talk/0] hello", "[talk/1] hello"]);
+    assert_eq!(
+        lines_of(run(&mut cuvisor(&["logs", "talk", "--instance", "1"]))),
+        ["[talk/1] hello"]
+    );
+    // Followed: the new lines come as they are written.
+    let mut follow = cuvisor(&["logs", "talk", "-f", "--instance", "0"]);
+    follow.stdout(std::process::Stdio::piped());
+    let mut follower = follow.spawn().unwrap();
+    let stream = std::process::Command::new("curl")
+        .args(["-sN", "--unix-socket"])
+        .arg(&s.socket)
+        .arg("http://cuvisor/models/talk/logs?follow=1&instance=1")
+        .stdout(std::process::Stdio::piped())
+        .spawn();
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(go.path("GO"), "").unwrap();
+    use std::io::BufRead;
+    let mut read = std::io::BufReader::new(follower.stdout.take().unwrap());
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let mut line = String::new();
+        read.read_line(&mut line).unwrap();
+        got.push(line.trim_end().to_owned());
+    }
+    assert_eq!(got, ["[talk/0] hello", "[talk/0] later"]);
+    let _ = follower.kill();
+    let _ = follower.wait();
+    // The stream (curl, where the machine has it).
+    if let Ok(mut curl) = stream {
+        let mut read = std::io::BufReader::new(curl.stdout.take().unwrap());
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            let mut line = String::new();
+            read.read_line(&mut line).unwrap();
+            got.push(line.trim_end().to_owned());
+        }
+        assert_eq!(got, ["[talk/1] hello", "[talk/1] later"]);
+        let _ = curl.kill();
+        let _ = curl.wait();
+    }
+    let out = run(&mut cuvisor(&["logs", "nosuch"]));
+    assert_eq!(
+        (out.status.code(), stderr(&out)),
+        (Some(1), "cuvisor: no model nosuch\n".into())
+    );
+}
+
+fn lines_of(out: std::process::Output) -> Vec<String> {
+    lines(&out)
+}

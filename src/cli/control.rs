@@ -153,3 +153,36 @@ pub fn set_quota(socket: &Path, model: &str, quota: &str) -> ExitCode {
     );
     ExitCode::SUCCESS
 }
+
+/// `cuvisor logs NAME [-f] [--instance N]`: the model's recent output; with `follow`,
+/// then each new line as it comes (asked again every 250 ms from the last line seen: none
+/// is printed twice, none skipped unless the ring dropped it meanwhile), until the
+/// supervisor goes or the command is stopped.
+pub fn logs(socket: &Path, model: &str, instance: Option<u32>, follow: bool) -> ExitCode {
+    use std::io::Write;
+    let only = instance.map_or(String::new(), |i| format!("&instance={i}"));
+    let mut since = 0u64;
+    loop {
+        let path = format!("/models/{model}/logs?since={since}{only}");
+        match crate::control::request_with_head(socket, "GET", &path) {
+            Ok((200, head, body)) => {
+                let mut out = std::io::stdout().lock();
+                if out
+                    .write_all(body.as_bytes())
+                    .and_then(|()| out.flush())
+                    .is_err()
+                {
+                    return ExitCode::SUCCESS; // the reader left (a pipe to head)
+                }
+                let next = crate::control::header(&head, "x-cuvisor-next");
+                since = next.and_then(|n| n.parse().ok()).unwrap_or(since);
+            }
+            Ok((_, _, body)) => return failed(why(&body)),
+            Err(e) => return failed(e),
+        }
+        if !follow {
+            return ExitCode::SUCCESS;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}

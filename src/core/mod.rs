@@ -21,6 +21,7 @@ pub mod hibernation;
 pub mod lifecycle;
 pub mod placement;
 mod power;
+pub mod recent;
 mod report;
 pub mod scaling;
 mod state;

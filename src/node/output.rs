@@ -127,9 +127,79 @@ pub fn copy(input: &mut impl Read, mut copier: Copier, out: &mut impl Write) {
     let _ = copier.finish(out);
 }
 
+/// Where a copy goes that also keeps each of its lines in the model's recent output
+/// ([`crate::core::recent`]): every byte to `out`, each line (without the copier's
+/// `prefix`, at most [`MAX_LINE`] bytes of it) to the ring as instance `instance`'s.
+pub struct Tee<W> {
+    pub out: W,
+    pub recent: std::sync::Arc<crate::core::recent::Recent>,
+    pub instance: u32,
+    pub prefix: Option<String>,
+    line: Vec<u8>,
+}
+
+impl<W> Tee<W> {
+    pub fn new(
+        out: W,
+        recent: std::sync::Arc<crate::core::recent::Recent>,
+        instance: u32,
+        prefix: Option<String>,
+    ) -> Tee<W> {
+        Tee {
+            out,
+            recent,
+            instance,
+            prefix,
+            line: Vec::new(),
+        }
+    }
+}
+
+impl<W: Write> Write for Tee<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let room = MAX_LINE + self.prefix.as_ref().map_or(0, String::len);
+        for &b in buf {
+            if b == b'\n' {
+                let line = String::from_utf8_lossy(&self.line);
+                let text = match &self.prefix {
+                    Some(p) => line.strip_prefix(p.as_str()).unwrap_or(&line),
+                    None => &line,
+                };
+                self.recent.push(self.instance, text.to_owned());
+                self.line.clear();
+            } else if self.line.len() < room {
+                self.line.push(b);
+            }
+        }
+        // The ring has it whatever becomes of the copy's own destination.
+        self.out.write_all(buf).map(|()| buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tee_keeps_each_line_without_its_prefix() {
+        let recent = std::sync::Arc::new(crate::core::recent::Recent::default());
+        let mut tee = Tee::new(Vec::new(), recent.clone(), 3, Some("[m/3] ".into()));
+        let mut c = Copier::new(Some("[m/3] ".into()));
+        c.feed(b"one\ntw", &mut tee).unwrap();
+        c.feed(b"o\n", &mut tee).unwrap();
+        assert_eq!(
+            String::from_utf8(tee.out.clone()).unwrap(),
+            "[m/3] one\n[m/3] two\n"
+        );
+        assert_eq!(
+            recent.since(0, None).0,
+            [(3, "one".to_owned()), (3, "two".to_owned())]
+        );
+    }
 
     fn copied(prefix: Option<&str>, reads: &[&[u8]]) -> String {
         let mut out = Vec::new();

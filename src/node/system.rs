@@ -12,6 +12,7 @@ pub use crate::core::effects::{Effects, PowerJob};
 use crate::core::effects::{Exit, Owner, Process};
 use crate::core::lifecycle::Signal;
 use crate::core::placement::Plan;
+use crate::core::recent::{Outputs, Recent};
 use crate::core::status::PowerReport;
 use crate::launch::{self, LaunchError, SpecError};
 use crate::ledger::{self, CreateOptions, LedgerError, LedgerFile};
@@ -19,6 +20,7 @@ use crate::log::log;
 use crate::view::{self, Views};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 
@@ -168,6 +170,8 @@ pub const LAUNCHERS: usize = 4;
 /// What the launcher threads need to start a worker.
 struct Launcher {
     supervisor: SupervisorConfig,
+    /// Each model's recent output, which its workers' copies keep.
+    outputs: Outputs,
     hierarchy: Hierarchy,
     shim: PathBuf,
     plan: Option<Plan>,
@@ -182,6 +186,7 @@ impl System {
         shim: PathBuf,
         plan: Option<Plan>,
         report: Sink,
+        outputs: Outputs,
     ) -> Result<System, SetupError> {
         let views = match view::needed(config) {
             false => None,
@@ -197,6 +202,7 @@ impl System {
         let queue = std::sync::Arc::new(std::sync::Mutex::new(queue));
         let launcher = std::sync::Arc::new(Launcher {
             supervisor: config.supervisor.clone(),
+            outputs,
             hierarchy: hierarchy.clone(),
             shim,
             plan,
@@ -505,7 +511,9 @@ impl Launcher {
         )?;
         // Before the worker exists: if the launch fails, the copier sees the end of the
         // pipe (its write end goes with `out_write`) and ends.
-        forward_output(out_read, &self.supervisor.logs, &leaf).map_err(StartError::Thread)?;
+        let recent = self.outputs.get(&cfg.name).map(|r| (r.clone(), index));
+        forward_output(out_read, &self.supervisor.logs, &leaf, recent)
+            .map_err(StartError::Thread)?;
         // Last, so that nothing before it can fail and leave the cgroup behind.
         let cgroup = self.hierarchy.create(&leaf, &limits(cfg))?;
         // Its view is served before it starts: its mount namespace binds the files.
@@ -690,7 +698,12 @@ fn limits(m: &ModelConfig) -> Limits {
 
 /// Copies a worker's output to the supervisor's stderr or its log file, in bounded chunks
 /// ([`super::output`]).
-fn forward_output(output: OwnedFd, logs: &Logs, leaf: &str) -> std::io::Result<()> {
+fn forward_output(
+    output: OwnedFd,
+    logs: &Logs,
+    leaf: &str,
+    recent: Option<(Arc<Recent>, u32)>,
+) -> std::io::Result<()> {
     let file = std::fs::File::from(output);
     let target = match logs {
         Logs::Stderr => None,
@@ -712,9 +725,17 @@ fn forward_output(output: OwnedFd, logs: &Logs, leaf: &str) -> std::io::Result<(
         .name(format!("output-{leaf}"))
         .spawn(move || {
             let mut file = file;
-            match target {
-                Some(mut f) => output::copy(&mut file, Copier::new(None), &mut f),
-                None => output::copy(&mut file, Copier::new(Some(prefix)), &mut std::io::stderr()),
+            let (out, prefix): (Box<dyn std::io::Write>, _) = match target {
+                Some(f) => (Box::new(f), None),
+                None => (Box::new(std::io::stderr()), Some(prefix)),
+            };
+            let copier = Copier::new(prefix.clone());
+            match recent {
+                Some((recent, index)) => {
+                    let mut tee = output::Tee::new(out, recent, index, prefix);
+                    output::copy(&mut file, copier, &mut tee)
+                }
+                None => output::copy(&mut file, copier, &mut { out }),
             }
         })
         .map(drop)

@@ -50,6 +50,23 @@ pub fn request_json(
     exchange(socket, method, path, &body.to_string(), WAIT)
 }
 
+/// [`request`], with the answer's head: (status, head, body).
+pub fn request_with_head(
+    socket: &Path,
+    method: &str,
+    path: &str,
+) -> Result<(u16, String, String), ClientError> {
+    exchange_whole(socket, method, path, "", WAIT)
+}
+
+/// The value of header `name` in an answer's `head`, if it has it.
+pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
 fn exchange(
     socket: &Path,
     method: &str,
@@ -57,6 +74,16 @@ fn exchange(
     body: &str,
     wait: Duration,
 ) -> Result<(u16, String), ClientError> {
+    exchange_whole(socket, method, path, body, wait).map(|(code, _, body)| (code, body))
+}
+
+fn exchange_whole(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: &str,
+    wait: Duration,
+) -> Result<(u16, String, String), ClientError> {
     let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
         socket: socket.to_owned(),
         source,
@@ -81,5 +108,5 @@ fn exchange(
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or(ClientError::Malformed("a malformed status line"))?;
-    Ok((code, body.to_owned()))
+    Ok((code, head.to_owned(), body.to_owned()))
 }

@@ -10,7 +10,7 @@
 //! | `GET /healthz` | `ok` |
 
 /// Moved to [`super::client`]; these paths stay for one release.
-pub use super::client::{request, request_json, request_waiting};
+pub use super::client::{header, request, request_json, request_waiting, request_with_head};
 use super::server::{ANSWER_TIMEOUT, PerUser, accept_loop, loopback_peer_uid};
 /// Moved to [`super::server`]; these paths stay for one release.
 pub use super::server::{ServeError, ServerThread};
@@ -19,6 +19,7 @@ use crate::config::secrets;
 /// Moved to [`crate::config::secrets`]; this path stays for one release.
 pub use crate::config::secrets::read_token;
 use crate::core::api::{Answer, Call, Mailbox, Request};
+use crate::core::recent::Outputs;
 use crate::gateway::Routes;
 use crate::metrics::SwapMetrics;
 use crate::size::format_bytes;
@@ -75,6 +76,8 @@ struct Backend {
     mailbox: Mailbox,
     routes: Option<Arc<Routes>>,
     swaps: SwapMetrics,
+    /// Each model's recent output, by name and alias.
+    outputs: Outputs,
 }
 
 /// An HTTP answer of the control API.
@@ -105,6 +108,7 @@ pub fn serve(
     mailbox: Mailbox,
     routes: Option<Arc<Routes>>,
     swaps: SwapMetrics,
+    outputs: Outputs,
 ) -> Result<Server, ServeError> {
     let path = &cfg.socket;
     let socket = |source| ServeError::Socket {
@@ -180,6 +184,7 @@ pub fn serve(
         mailbox,
         routes,
         swaps,
+        outputs,
     };
     let thread = ServerThread::spawn("control-api", move || async move {
         let unix = tokio::net::UnixListener::from_std(unix).expect("a non-blocking socket");
@@ -327,11 +332,14 @@ fn authorized(request: &hyper::Request<Incoming>, token: &str) -> Result<(), Rep
     }
 }
 
+/// An answer's body: whole, or streamed (a follow of a model's output).
+type AnswerBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
 async fn answer(
     request: hyper::Request<Incoming>,
     access: &Access,
     tx: &Backend,
-) -> Response<Full<Bytes>> {
+) -> Response<AnswerBody> {
     let checked = match access {
         Access::Local => Ok(()),
         Access::Stranger => Err(reply(
@@ -356,6 +364,14 @@ async fn answer(
         }
     };
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    if checked.is_ok()
+        && method == hyper::Method::GET
+        && let Some(name) = path
+            .strip_prefix("/models/")
+            .and_then(|p| p.strip_suffix("/logs"))
+    {
+        return logs(&tx.outputs, name, request.uri().query().unwrap_or(""));
+    }
     let reply = match checked {
         Err(refused) => refused,
         // A body (a PATCH's) of a few fields: the control API takes no more.
@@ -376,8 +392,107 @@ async fn answer(
     Response::builder()
         .status(StatusCode::from_u16(reply.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
         .header(hyper::header::CONTENT_TYPE, reply.content_type)
-        .body(Full::new(Bytes::from(reply.body)))
+        .body(http_body_util::BodyExt::boxed(Full::new(Bytes::from(
+            reply.body,
+        ))))
         .expect("a valid response")
+}
+
+/// `GET /models/NAME/logs`: the model's recent output (`[NAME/INSTANCE] line` each),
+/// `instance=N` one instance's only, `since=SEQ` from the line numbered SEQ on; the
+/// header `X-Cuvisor-Next` is the number to ask from next. With `follow=1`, the answer
+/// goes on with each new line as it comes, until the client leaves (or the connection's
+/// time is up: ask again `since` the last number).
+fn logs(outputs: &Outputs, name: &str, query: &str) -> Response<AnswerBody> {
+    let field = |key: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+    };
+    let plain = |code: u16, text: String| {
+        Response::builder()
+            .status(code)
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(http_body_util::BodyExt::boxed(Full::new(Bytes::from(text))))
+            .expect("a valid response")
+    };
+    let Some(recent) = outputs.get(name).cloned() else {
+        return plain(
+            404,
+            serde_json::json!({"error": format!("no model {name}")}).to_string(),
+        );
+    };
+    let number = |key: &str| field(key).map(|v| v.parse::<u64>().map_err(|_| key.to_owned()));
+    let (since, instance) = match (number("since"), number("instance")) {
+        (Some(Err(k)), _) | (_, Some(Err(k))) => {
+            let why = format!("{k}: expected a number");
+            return plain(400, serde_json::json!({ "error": why }).to_string());
+        }
+        (since, instance) => (
+            since.and_then(Result::ok).unwrap_or(0),
+            instance.and_then(Result::ok).map(|i| i as u32),
+        ),
+    };
+    let follow = matches!(field("follow"), Some("1" | "true"));
+    let model = name.to_owned();
+    let text = move |lines: Vec<(u32, String)>| {
+        lines
+            .into_iter()
+            .map(|(i, line)| format!("[{model}/{i}] {line}\n"))
+            .collect::<String>()
+    };
+    let (lines, next) = recent.since(since, instance);
+    let first = text(lines);
+    let head = Response::builder()
+        .status(200)
+        .header(hyper::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .header("x-cuvisor-next", next.to_string());
+    if !follow {
+        return head
+            .body(http_body_util::BodyExt::boxed(Full::new(Bytes::from(
+                first,
+            ))))
+            .expect("a valid response");
+    }
+    // Each new line as it comes: the stream waits on the ring.
+    let stream = futures_util::stream::unfold(
+        (Some(first), next, recent, text),
+        move |(first, mut next, recent, text)| async move {
+            if let Some(first) = first.filter(|f| !f.is_empty()) {
+                let frame = hyper::body::Frame::data(Bytes::from(first));
+                return Some((Ok(frame), (None, next, recent, text)));
+            }
+            loop {
+                let got = {
+                    let more = recent.more();
+                    tokio::pin!(more);
+                    // Created before looking: it sees every line pushed from here on.
+                    more.as_mut().enable();
+                    let (lines, after) = recent.since(next, instance);
+                    if after == next {
+                        more.await;
+                        None
+                    } else {
+                        Some((lines, after))
+                    }
+                };
+                match got {
+                    // Only other instances' lines: nothing to send (an empty chunk would
+                    // end the answer).
+                    Some((lines, after)) if lines.is_empty() => next = after,
+                    Some((lines, after)) => {
+                        let frame = hyper::body::Frame::data(Bytes::from(text(lines)));
+                        return Some((Ok(frame), (None, after, recent, text)));
+                    }
+                    None => {}
+                }
+            }
+        },
+    );
+    head.body(http_body_util::BodyExt::boxed(
+        http_body_util::StreamBody::new(stream),
+    ))
+    .expect("a valid response")
 }
 
 /// The largest request body the control API reads.
