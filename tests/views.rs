@@ -338,6 +338,9 @@ fn a_worker_reading_its_view_in_a_loop_is_held_to_a_budget() {
     );
     let n: u64 = log_of(&s, "viewloop-0", 1)[0].parse().unwrap();
     // 100 at once and 100 a second for 2 s (and the opens of Python's own start-up).
-    assert!(n >= 100, "{n} opens: the budget let fewer through than its burst");
+    assert!(
+        n >= 100,
+        "{n} opens: the budget let fewer through than its burst"
+    );
     assert!(n <= 310, "{n} opens in 2 s: not held to the budget");
 }
