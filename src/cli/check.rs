@@ -13,12 +13,8 @@ use std::process::ExitCode;
 /// in the worker's `PATH` (its `env`'s, else this process's). A model with a Python
 /// environment may name a program of the environment, not built yet: not searched.
 fn program_missing(m: &ModelConfig) -> Option<String> {
-    if m.command.contains('/') {
-        let found = std::fs::metadata(&m.command).is_ok_and(|f| f.is_file());
-        return (!found)
-            .then(|| format!("model {}: command {:?}: no such file", m.name, m.command));
-    }
-    if m.python.is_some() {
+    use crate::launch::SpecError;
+    if m.python.is_some() && !m.command.contains('/') {
         return None;
     }
     let path = m
@@ -26,16 +22,15 @@ fn program_missing(m: &ModelConfig) -> Option<String> {
         .get("PATH")
         .cloned()
         .or_else(|| std::env::var("PATH").ok())
-        .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    let found = path
-        .split(':')
-        .any(|d| Path::new(d).join(&m.command).is_file());
-    (!found).then(|| {
-        format!(
-            "model {}: command {:?} is not found on PATH ({path})",
-            m.name, m.command
-        )
-    })
+        .unwrap_or_else(|| crate::launch::DEFAULT_PATH.into());
+    // Found as the launch will find it.
+    let why = match crate::launch::resolve_program(&m.command, Some(&path)) {
+        Ok(_) => return None,
+        Err(SpecError::NotFound(_)) => format!("{:?} is not found on PATH ({path})", m.command),
+        Err(SpecError::NotExecutable(p)) if !p.exists() => format!("{:?}: no such file", m.command),
+        Err(e) => format!("{:?}: {e}", m.command),
+    };
+    Some(format!("model {}: command {why}", m.name))
 }
 
 /// A served model whose arguments never say where to listen: its server would not

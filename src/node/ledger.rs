@@ -135,14 +135,18 @@ pub fn set_quota_isolated(
             Ok(None) => [1, 0, 0],
             Ok(Some(QuotaSpec::Bytes(b))) => [1, 1, b],
             Ok(Some(QuotaSpec::Percent(p))) => [1, 2, u64::from(p)],
+            // Its one failure: the GPU table's lock, told by its errno.
+            Err(LedgerError::Io { source, .. }) => {
+                [0, source.raw_os_error().unwrap_or(0) as u64, 0]
+            }
             Err(_) => [0, 0, 0],
         }
     })?;
     match msg {
-        [0, ..] => Err(IsolatedError::Ledger(LedgerError::Io {
+        [0, errno, _] => Err(IsolatedError::Ledger(LedgerError::Io {
             path: LedgerFile::path_for(dir, model),
             action: "lock the GPU table",
-            source: std::io::Error::other("the lock could not be taken"),
+            source: std::io::Error::from_raw_os_error(errno as i32),
         })),
         [_, 1, b] => Ok(Some(QuotaSpec::Bytes(b))),
         [_, 2, p] => Ok(Some(QuotaSpec::Percent(p as u8))),

@@ -98,7 +98,7 @@ pub fn worker_spec(
             .get("PATH")
             .cloned()
             .or_else(|| std::env::var("PATH").ok())
-            .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+            .unwrap_or_else(|| launch::DEFAULT_PATH.into());
         extra.push((
             "PATH".into(),
             format!("{}:{path}", env.join("bin").display()),

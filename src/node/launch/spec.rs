@@ -145,13 +145,16 @@ pub enum SpecError {
     Nul(String),
 }
 
+/// The search path of a process whose environment has no `PATH` (as a shell's default).
+pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
 /// Finds `command` the way a shell would: as a path if it has a slash, else in PATH.
 pub fn resolve_program(command: &str, path_var: Option<&str>) -> Result<CString, SpecError> {
     let found = if command.contains('/') {
         Some(std::path::PathBuf::from(command))
     } else {
         path_var
-            .unwrap_or("/usr/local/bin:/usr/bin:/bin")
+            .unwrap_or(DEFAULT_PATH)
             .split(':')
             .filter(|d| !d.is_empty())
             .map(|d| std::path::Path::new(d).join(command))

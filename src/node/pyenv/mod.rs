@@ -23,6 +23,7 @@ pub use sandbox::{LIMIT, Sandbox};
 pub use crate::config::{Envs, PythonSpec};
 use sha2::{Digest, Sha256};
 use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -309,16 +310,12 @@ pub fn unusable(config: &crate::config::Config) -> Vec<String> {
         true => "it cannot execute it".to_owned(),
         false => format!("it cannot search {}", refused.display()),
     };
-    let uv = match envs.uv.to_str().filter(|u| !u.contains('/')) {
-        Some(name) => std::env::var("PATH")
-            .unwrap_or_default()
-            .split(':')
-            .map(|d| Path::new(d).join(name))
-            .find(|p| p.is_file()),
-        None => Some(envs.uv.clone()),
-    };
-    // SAFETY: geteuid cannot fail and touches no memory.
-    let root = unsafe { libc::geteuid() } == 0;
+    // Found as a build will find it.
+    let path = std::env::var("PATH").unwrap_or_else(|_| crate::launch::DEFAULT_PATH.into());
+    let uv = crate::launch::resolve_program(&envs.uv.to_string_lossy(), Some(&path))
+        .ok()
+        .map(|c| PathBuf::from(std::ffi::OsStr::from_bytes(c.as_bytes())));
+    let root = sandbox::privileged();
     if let Some(uv) = uv.filter(|_| root)
         && let Err(refused) = runnable_by(&uv, envs.user)
     {

@@ -69,7 +69,7 @@ const PASSED: [&str; 12] = [
 ];
 
 /// Whether this process can change its user and make namespaces.
-fn privileged() -> bool {
+pub(super) fn privileged() -> bool {
     // SAFETY: geteuid cannot fail and touches no memory.
     unsafe { libc::geteuid() == 0 }
 }
@@ -124,8 +124,7 @@ impl Envs {
         cwd: Option<&Path>,
     ) -> Result<String, EnvError> {
         let root = privileged();
-        let path_var =
-            std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
+        let path_var = std::env::var("PATH").unwrap_or_else(|_| launch::DEFAULT_PATH.into());
         let mut vars: Vec<(String, String)> = std::env::vars()
             .filter(|(k, _)| k.starts_with("UV_") || PASSED.contains(&k.as_str()))
             .collect();
