@@ -65,6 +65,14 @@ enum Command {
     /// Change a running model's settings, live: its GPU memory quota, on every GPU it
     /// uses, from its processes' next allocation. Until the supervisor restarts.
     Set(SetArgs),
+    /// Read the running supervisor's configuration file again and apply what changed:
+    /// models unchanged keep running, added ones start, removed ones drain and stop,
+    /// changed ones are replaced by rolling instances, a quota alone changes live. If the
+    /// file fails its check, nothing changes. (SIGHUP to the supervisor does the same.)
+    Reload {
+        #[command(flatten)]
+        target: Target,
+    },
     /// Check a configuration file without starting anything.
     Check {
         /// The configuration file (TOML).
@@ -292,6 +300,10 @@ fn main() -> ExitCode {
         Command::Wake(a) => power(a, "wake"),
         Command::Set(a) => match a.target.socket() {
             Ok(socket) => control::set_quota(&socket, &a.model, &a.quota),
+            Err(code) => code,
+        },
+        Command::Reload { target } => match target.socket() {
+            Ok(socket) => control::reload(&socket),
             Err(code) => code,
         },
         Command::Check { config } => cuvisor::cli::check::check(&config),

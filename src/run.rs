@@ -84,6 +84,15 @@ impl Door for Front {
     fn gone(&self, model: &str, index: u32) {
         self.routes.gone(model, index);
     }
+    fn drain(&self, model: &str, index: u32) {
+        self.routes.drain(model, index);
+    }
+    fn serve(&self, model: &str, serve: &crate::config::Serve) {
+        self.routes.serve(model, serve);
+    }
+    fn hide(&self, model: &str) {
+        self.routes.hide(model);
+    }
     fn set_asleep(&self, model: &str, asleep: bool) {
         self.routes.set_asleep(model, asleep);
     }
@@ -310,6 +319,12 @@ fn supervise(sup: &mut Supervisor<System, Front>, events: &Receiver<Event>) {
                 sup.shutdown(now());
             }
             Ok(Event::Stop) => sup.shutdown(now()),
+            Ok(Event::Signal(libc::SIGHUP)) => {
+                reload(sup, "SIGHUP", now());
+            }
+            Ok(Event::Call(Call::Reload(reply))) => {
+                let _ = reply.send(reload(sup, "control API", now()));
+            }
             Ok(Event::Signal(_) | Event::Call(Call::Demand)) => {}
             Ok(Event::Call(Call::Control(request, reply))) => {
                 let _ = reply.send(sup.handle(request, now()));
@@ -337,6 +352,39 @@ fn supervise(sup: &mut Supervisor<System, Front>, events: &Receiver<Event>) {
             return;
         }
     }
+}
+
+/// Reads the supervisor's configuration file again and applies it
+/// ([`Supervisor::reload`]), asked by `origin`; its answer, logged too.
+fn reload(sup: &mut Supervisor<System, Front>, origin: &str, now: Instant) -> Answer {
+    let path = sup.config().path.clone();
+    log(&format!("reload ({origin}): {}", path.display()));
+    let answer = match read_again(&path) {
+        Ok((config, plan)) => sup.reload(config, plan, now),
+        Err(errors) => Answer::ReloadRefused(errors),
+    };
+    if let Answer::ReloadRefused(errors) = &answer {
+        log(&format!(
+            "reload refused, nothing changed:\n  {}",
+            errors.join("\n  ")
+        ));
+    }
+    answer
+}
+
+/// The configuration file read again and checked as `cuvisor check` does, and placed:
+/// every error otherwise.
+pub fn read_again(path: &Path) -> Result<(Config, Option<Plan>), Vec<String>> {
+    let config =
+        Config::load(path).map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    let (errors, _) = crate::cli::check::problems(&config);
+    if !errors.is_empty() {
+        let at = |e: String| format!("{}: {e}", path.display());
+        return Err(errors.into_iter().map(at).collect());
+    }
+    let plan = place(&config, &crate::node::nvml::Nvml)
+        .map_err(|e| e.to_string().lines().map(str::to_owned).collect::<Vec<_>>())?;
+    Ok((config, plan))
 }
 
 /// `cuvisor run`: the configuration until SIGTERM or SIGINT, as a child subreaper.

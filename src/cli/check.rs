@@ -70,8 +70,9 @@ fn uv_runs(uv: &Path) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// What stops `c`'s models on this host, and what is worth a warning.
-fn host(c: &Config) -> (Vec<String>, Vec<String>) {
+/// What stops `c`'s models on this host, and what is worth a warning: what `check` says
+/// beyond the file itself (a reload checks the same).
+pub fn problems(c: &Config) -> (Vec<String>, Vec<String>) {
     let (mut errors, mut warnings) = (Vec::new(), Vec::new());
     errors.extend(c.models.iter().filter_map(program_missing));
     errors.extend(c.models.iter().filter_map(port_unsaid));
@@ -122,7 +123,7 @@ pub fn check(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (mut errors, warnings) = host(&c);
+    let (mut errors, warnings) = problems(&c);
     let plan = match crate::run::place(&c, &crate::nvml::Nvml) {
         Ok(plan) => plan,
         Err(why) => {

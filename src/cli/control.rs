@@ -154,6 +154,37 @@ pub fn set_quota(socket: &Path, model: &str, quota: &str) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `cuvisor reload`: the supervisor reads its configuration file again and applies what
+/// changed; a line per model, or every reason it was refused (exit status 1, nothing
+/// changed).
+pub fn reload(socket: &Path) -> ExitCode {
+    let (code, body) = match crate::control::request(socket, "POST", "/reload") {
+        Ok(r) => r,
+        Err(e) => return failed(e),
+    };
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let lines = |key: &str| -> Vec<String> {
+        let items = answer[key].as_array().cloned().unwrap_or_default();
+        items
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect()
+    };
+    match code {
+        200 => {
+            for line in lines("changes") {
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+        400 => failed(format!(
+            "reload refused, nothing changed:\n  {}",
+            lines("errors").join("\n  ")
+        )),
+        _ => failed(why(&body)),
+    }
+}
+
 /// `cuvisor logs NAME [-f] [--instance N]`: the model's recent output; with `follow`,
 /// then each new line as it comes (asked again every 250 ms from the last line seen: none
 /// is printed twice, none skipped unless the ring dropped it meanwhile), until the

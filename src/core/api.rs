@@ -41,6 +41,10 @@ pub enum Answer {
         why: String,
     },
     NoSuchModel(String),
+    /// A reload was applied: what it changed, a line per model.
+    Reloaded(Vec<String>),
+    /// A reload was refused, and why (every reason): nothing changed.
+    ReloadRefused(Vec<String>),
     /// Shutting down: nothing starts any more.
     ShuttingDown,
 }
@@ -81,6 +85,9 @@ pub enum Call {
     /// A request waits at the front door and its model has no ready instance: time to
     /// look at the load.
     Demand,
+    /// Read the configuration file again and apply what changed ([`Answer::Reloaded`],
+    /// [`Answer::ReloadRefused`]).
+    Reload(Reply),
 }
 
 /// The supervisor has stopped: a [`Call`] can no longer be delivered.

@@ -3,7 +3,8 @@
 //! the front door's routes; the core's tests implement both with recording doubles.
 
 use super::lifecycle::Signal;
-use crate::config::ModelConfig;
+use super::placement::Plan;
+use crate::config::{Config, ModelConfig};
 use crate::size::QuotaSpec;
 use cuvisor_common::ledger::{LedgerError, Snapshot};
 use std::collections::BTreeMap;
@@ -49,6 +50,16 @@ pub trait Effects {
     /// Changes `model`'s quota in its ledger, live, on every GPU it uses; the quota the
     /// ledger had, or why it could not be changed.
     fn set_quota(&mut self, model: &str, quota: QuotaSpec) -> Result<Option<QuotaSpec>, String>;
+    /// A reload: the host made ready for `config`'s models, placed as `plan` says; the
+    /// models of `starting` (added or replaced) get what they need before their first
+    /// start (their ledgers). Per model of `starting` whose ledger cannot be used, why; or
+    /// why the reload cannot be done on this host (then nothing changed).
+    fn reconfigure(
+        &mut self,
+        config: &Config,
+        plan: Option<&Plan>,
+        starting: &[&ModelConfig],
+    ) -> Result<Vec<(String, String)>, String>;
     fn signal(&mut self, pid: i32, signal: Signal);
     /// How the worker ended if it has exited, reaped.
     fn reap(&mut self, worker: &Self::Worker) -> Option<Exit>;
@@ -97,6 +108,14 @@ pub trait Door {
     fn started(&self, model: &str, index: u32, port: u16, owner: Option<Owner>);
     /// Instance `index` of `model` serves no more.
     fn gone(&self, model: &str, index: u32);
+    /// Instance `index` of `model` gets no new request; those in flight finish, and
+    /// [`Door::load`] still counts them.
+    fn drain(&self, model: &str, index: u32);
+    /// `model` is served with these settings (added or changed by a reload).
+    fn serve(&self, model: &str, serve: &crate::config::Serve);
+    /// `model` was removed from the configuration: its name is refused from now on; its
+    /// instances drain.
+    fn hide(&self, model: &str);
     /// `model` is hibernated (its requests wait) or awake.
     fn set_asleep(&self, model: &str, asleep: bool);
     fn load(&self, model: &str) -> Load;

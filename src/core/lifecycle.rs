@@ -15,6 +15,11 @@
 //!         Exited                                                   Starting ◀───────┘
 //! ```
 //!
+//! A running instance asked to leave gracefully (its model removed or replaced by a
+//! reload) first drains: `Drain` takes it out of the front door's choice while its
+//! requests in flight finish; `Drained` (nothing in flight), or the grace period's end,
+//! stops it as above. It is not restarted.
+//!
 //! An instance that exits is restarted per the model's [`RestartPolicy`], after a delay
 //! that doubles from `backoff_initial` up to `backoff_max` while it keeps failing; one
 //! that ran longer than `backoff_max` was not crash-looping, and starts over at
@@ -69,6 +74,9 @@ pub enum State {
     Running,
     /// Waiting to start again after a failure.
     Backoff,
+    /// Sent no new requests while those in flight finish (at most the grace period);
+    /// then stopped.
+    Draining,
     /// SIGTERM sent (SIGKILL after the grace period), waiting for it to exit.
     Stopping,
     /// Ended with status 0 and the policy does not restart it.
@@ -83,6 +91,7 @@ impl State {
             State::Starting => "starting",
             State::Running => "running",
             State::Backoff => "backoff",
+            State::Draining => "draining",
             State::Stopping => "stopping",
             State::Stopped => "stopped",
             State::Exited => "exited",
@@ -136,6 +145,8 @@ pub struct Instance {
     pub next_start: Option<Instant>,
     /// Stopping: when SIGTERM turns into SIGKILL (None once SIGKILL is sent).
     pub kill_at: Option<Instant>,
+    /// Draining: when it is stopped, whatever it still has in flight.
+    pub drain_by: Option<Instant>,
     /// Stopping: what happens once it has exited.
     pub after_exit: AfterExit,
     /// Starting: what was asked meanwhile.
@@ -165,6 +176,11 @@ pub enum Event {
     LaunchFailed { error: String, retry: bool },
     /// The health check passed.
     Ready,
+    /// Leave gracefully (a model removed or replaced): no new requests; stopped once
+    /// those in flight have finished ([`Event::Drained`]) or the grace period is over.
+    Drain,
+    /// A draining instance has nothing in flight any more.
+    Drained,
     /// The worker exited (`code` as a shell says it: 128 + signal), reaped.
     Exited { code: i32, oom_killed: bool },
     /// Time passed: timers that are due fire.
@@ -185,6 +201,8 @@ pub enum Action {
     Signal(i32, Signal),
     /// It may receive requests once ready (served models): it listens on its port.
     Serve,
+    /// Send it no new requests; those in flight go on.
+    Drain,
     /// Send it no more requests.
     Unserve,
     /// Its process is gone: remove its cgroup, give back what it held in the ledger.
@@ -201,6 +219,7 @@ impl Instance {
             ready: false,
             next_start: None,
             kill_at: None,
+            drain_by: None,
             after_exit: AfterExit::Stay,
             pending: Pending::Nothing,
             backoff: policy.backoff_initial,
@@ -218,7 +237,7 @@ impl Instance {
             (State::Running, false, Some(limit), Some(started)) => Some(started + limit),
             _ => None,
         };
-        [self.next_start, self.kill_at, ready_by]
+        [self.next_start, self.kill_at, self.drain_by, ready_by]
             .into_iter()
             .flatten()
             .min()
@@ -242,7 +261,7 @@ pub fn unavailable<'a>(
     let mut retry_at: Option<Instant> = None;
     for i in instances {
         let failed = match i.state {
-            State::Starting | State::Running | State::Stopping => return None,
+            State::Starting | State::Running | State::Draining | State::Stopping => return None,
             State::Backoff => {
                 retry_at = [retry_at, i.next_start].into_iter().flatten().min();
                 i.error.is_some() || i.failures_in_a_row >= CRASH_LOOP
@@ -290,6 +309,10 @@ pub fn step(i: &mut Instance, p: &Policy, event: Event, now: Instant) -> Vec<Act
             vec![]
         }
         (Running, Event::Start) => vec![],
+        (Draining, Event::Start) => {
+            i.after_exit = AfterExit::Start;
+            vec![]
+        }
 
         (_, Event::Stop { then_start }) => {
             i.failures_in_a_row = 0;
@@ -335,10 +358,21 @@ pub fn step(i: &mut Instance, p: &Policy, event: Event, now: Instant) -> Vec<Act
             vec![]
         }
 
-        (Running | Stopping, Event::Exited { code, oom_killed }) => {
+        (Running, Event::Drain) => {
+            i.state = Draining;
+            i.after_exit = AfterExit::Stay;
+            i.drain_by = Some(now + p.grace_period);
+            vec![Action::Drain]
+        }
+        (Starting | Backoff, Event::Drain) => stop(i, p, false, now),
+        (Draining, Event::Drained) => end_drain(i, p, now),
+        (Draining, Event::Tick) if i.drain_by.is_some_and(|t| t <= now) => end_drain(i, p, now),
+
+        (Running | Draining | Stopping, Event::Exited { code, oom_killed }) => {
             i.pid = None;
             i.ready = false;
             i.kill_at = None;
+            i.drain_by = None;
             i.last_exit = Some(code);
             if oom_killed {
                 i.oom_kills += 1;
@@ -346,7 +380,9 @@ pub fn step(i: &mut Instance, p: &Policy, event: Event, now: Instant) -> Vec<Act
             let mut actions = vec![Action::Unserve, Action::Release];
             // Stopped for failing its health check, it failed, whatever its status.
             let (after, failed) = match i.state {
-                Stopping => (std::mem::replace(&mut i.after_exit, AfterExit::Stay), true),
+                Stopping | Draining => {
+                    (std::mem::replace(&mut i.after_exit, AfterExit::Stay), true)
+                }
                 _ => (AfterExit::Policy, code != 0 || oom_killed),
             };
             actions.extend(match after {
@@ -390,6 +426,14 @@ pub fn step(i: &mut Instance, p: &Policy, event: Event, now: Instant) -> Vec<Act
     }
 }
 
+/// A drain is over (nothing in flight, or its time is up): stopped, and started again
+/// after if an operator asked for a start meanwhile.
+fn end_drain(i: &mut Instance, p: &Policy, now: Instant) -> Vec<Action> {
+    i.drain_by = None;
+    let then_start = i.after_exit == AfterExit::Start;
+    stop(i, p, then_start, now)
+}
+
 fn launch(i: &mut Instance) -> Vec<Action> {
     i.state = State::Starting;
     i.next_start = None;
@@ -403,6 +447,7 @@ fn launch(i: &mut Instance) -> Vec<Action> {
 /// it has exited.
 fn stop(i: &mut Instance, p: &Policy, then_start: bool, now: Instant) -> Vec<Action> {
     i.next_start = None;
+    i.drain_by = None;
     match (i.state, i.pid) {
         (State::Starting, _) => {
             i.pending = if then_start {
@@ -497,6 +542,81 @@ mod tests {
             code,
             oom_killed: false,
         }
+    }
+
+    #[test]
+    fn a_drain_stops_once_nothing_is_in_flight_or_its_time_is_up() {
+        let p = policy(RestartPolicy::Always);
+        let t = clock();
+        // Drained before its time: stopped then, and not restarted (it was asked to go).
+        let mut i = running(&p, t(0), 10);
+        assert_eq!(step(&mut i, &p, Event::Drain, t(1)), [Action::Drain]);
+        assert_eq!((i.state, i.drain_by), (State::Draining, Some(t(11))));
+        assert_eq!(i.deadline(&p), Some(t(11)));
+        assert_eq!(step(&mut i, &p, Event::Tick, t(10)), []);
+        assert_eq!(step(&mut i, &p, Event::Start, t(2)), []); // not while draining...
+        assert_eq!(
+            step(&mut i, &p, Event::Drained, t(3)),
+            [Action::Unserve, Action::Signal(10, Signal::Term)]
+        );
+        assert_eq!(
+            (i.state, i.kill_at, i.drain_by),
+            (State::Stopping, Some(t(13)), None)
+        );
+        // ...but once it has exited: an operator's start during the drain holds.
+        assert_eq!(
+            step(&mut i, &p, crash(143), t(4)),
+            [Action::Unserve, Action::Release, Action::Launch]
+        );
+
+        // Still busy at the end of the grace period: stopped all the same.
+        let mut i = running(&p, t(0), 20);
+        step(&mut i, &p, Event::Drain, t(0));
+        assert_eq!(
+            step(&mut i, &p, Event::Tick, t(10)),
+            [Action::Unserve, Action::Signal(20, Signal::Term)]
+        );
+        assert_eq!(
+            step(&mut i, &p, crash(143), t(11)),
+            [Action::Unserve, Action::Release]
+        );
+        assert_eq!((i.state, i.restarts), (State::Stopped, 0));
+
+        // A draining instance that exits by itself is stopped, not restarted.
+        let mut i = running(&p, t(0), 30);
+        step(&mut i, &p, Event::Drain, t(0));
+        assert_eq!(
+            step(&mut i, &p, crash(1), t(1)),
+            [Action::Unserve, Action::Release]
+        );
+        assert_eq!(i.state, State::Stopped);
+        // An operator's stop ends a drain at once.
+        let mut i = running(&p, t(0), 40);
+        step(&mut i, &p, Event::Drain, t(0));
+        let stop = Event::Stop { then_start: false };
+        assert_eq!(
+            step(&mut i, &p, stop, t(1)),
+            [Action::Unserve, Action::Signal(40, Signal::Term)]
+        );
+        // Nothing runs yet: a drain is a stop.
+        let mut i = Instance::new(&p);
+        step(&mut i, &p, Event::Start, t(0));
+        assert_eq!(step(&mut i, &p, Event::Drain, t(0)), []);
+        assert_eq!(i.pending, Pending::Stop);
+        assert_eq!(
+            lifecycle_unavailable_while_draining(&p, t(0)),
+            None,
+            "a draining instance still serves what it has"
+        );
+    }
+
+    fn lifecycle_unavailable_while_draining(
+        p: &Policy,
+        at: Instant,
+    ) -> Option<(String, Option<Instant>)> {
+        let mut i = running(p, at, 50);
+        step(&mut i, p, Event::Drain, at);
+        unavailable([&i])
     }
 
     #[test]

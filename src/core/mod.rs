@@ -22,6 +22,7 @@ pub mod lifecycle;
 pub mod placement;
 mod power;
 pub mod recent;
+pub mod reload;
 mod report;
 pub mod scaling;
 mod state;

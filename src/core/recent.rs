@@ -5,7 +5,7 @@
 //! dropped from the front.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// Bytes of output kept per model.
 pub const KEPT: usize = 256 << 10;
@@ -69,19 +69,41 @@ impl Recent {
 }
 
 /// Every model's recent output, by its name and by each of its aliases.
-pub type Outputs = Arc<BTreeMap<String, Arc<Recent>>>;
+pub type Outputs = Arc<Rings>;
+
+/// The rings of the models (a reload adds those of the models it adds).
+#[derive(Default)]
+pub struct Rings(RwLock<BTreeMap<String, Arc<Recent>>>);
+
+impl Rings {
+    /// Model (or alias) `name`'s recent output.
+    pub fn get(&self, name: &str) -> Option<Arc<Recent>> {
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// A ring for each of `models` that has none, found by name or alias (an alias a
+    /// reload gave a model finds its ring).
+    pub fn add(&self, models: &[crate::config::ModelConfig]) {
+        let mut all = self.0.write().unwrap_or_else(|e| e.into_inner());
+        for m in models {
+            let ring = all.get(&m.name).cloned().unwrap_or_default();
+            let aliases = m.serve.iter().flat_map(|s| s.aliases.iter());
+            for name in std::iter::once(&m.name).chain(aliases) {
+                all.insert(name.clone(), ring.clone());
+            }
+        }
+    }
+}
 
 /// An empty ring for each of `models`, found by name or alias.
 pub fn outputs(models: &[crate::config::ModelConfig]) -> Outputs {
-    let mut all = BTreeMap::new();
-    for m in models {
-        let ring = Arc::new(Recent::default());
-        let aliases = m.serve.iter().flat_map(|s| s.aliases.iter());
-        for name in std::iter::once(&m.name).chain(aliases) {
-            all.insert(name.clone(), ring.clone());
-        }
-    }
-    Arc::new(all)
+    let rings = Arc::new(Rings::default());
+    rings.add(models);
+    rings
 }
 
 #[cfg(test)]

@@ -12,6 +12,21 @@ pub(super) struct Slot<W> {
     pub worker: Option<W>,
     /// Its worker's processes are frozen (`freeze_hibernated`).
     pub frozen: bool,
+    /// Of the model's configuration before a reload replaced it: it drains once a new
+    /// instance can take its place, is never restarted, and goes once stopped.
+    pub retiring: bool,
+}
+
+impl<W> Slot<W> {
+    pub fn new(index: u32, policy: &lifecycle::Policy) -> Slot<W> {
+        Slot {
+            index,
+            life: lifecycle::Instance::new(policy),
+            worker: None,
+            frozen: false,
+            retiring: false,
+        }
+    }
 }
 
 /// A model of the configuration and its instances.
@@ -28,6 +43,11 @@ pub(super) struct Model<W> {
     pub swap: SwapStatus,
     /// What the front door was last told of why the model cannot serve.
     pub unavailable: Option<super::effects::Unavailable>,
+    /// Removed by a reload: its instances drain and stop; it is gone from the status once
+    /// they have.
+    pub retired: bool,
+    /// Replaced by a reload: the new instances wanted, while old ones remain.
+    pub rolling: Option<usize>,
 }
 
 impl<W> Model<W> {
@@ -36,18 +56,38 @@ impl<W> Model<W> {
         let policy = policy(cfg, grace_period);
         Model {
             instances: (0..cfg.instances)
-                .map(|index| Slot {
-                    index,
-                    life: lifecycle::Instance::new(&policy),
-                    worker: None,
-                    frozen: false,
-                })
+                .map(|index| Slot::new(index, &policy))
                 .collect(),
             cfg: cfg.clone(),
             policy,
             ledger_error: None,
             swap: SwapStatus::default(),
             unavailable: None,
+            retired: false,
+            rolling: None,
+        }
+    }
+}
+
+impl<W> Model<W> {
+    /// Whether it is still shown: not removed, or with instances not gone yet.
+    pub fn shown(&self) -> bool {
+        !self.retired
+            || self
+                .instances
+                .iter()
+                .any(|s| s.worker.is_some() || !s.life.state.idle())
+    }
+
+    /// The lifecycle policy of instance `i`: an old instance of a replaced model is never
+    /// restarted.
+    pub fn policy_of(&self, i: usize) -> lifecycle::Policy {
+        match self.instances[i].retiring || self.retired {
+            true => lifecycle::Policy {
+                restart: crate::config::RestartPolicy::Never,
+                ..self.policy
+            },
+            false => self.policy,
         }
     }
 }

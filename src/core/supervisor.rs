@@ -12,6 +12,7 @@ use super::hibernation;
 use super::lifecycle::{self, Action, Signal, State};
 use super::placement::Plan;
 use super::power::Power;
+use super::reload::{self, Change};
 use super::report;
 use super::scaling;
 use super::state::{self, Model, Slot};
@@ -178,9 +179,88 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
                 }
             }
         }
+        self.roll(now);
+        self.drained(now);
         self.scale(now);
         self.hibernation();
         self.tell_availability();
+    }
+
+    /// Draining instances with nothing in flight any more are stopped.
+    fn drained(&mut self, now: Instant) {
+        for m in 0..self.models.len() {
+            let draining = |s: &Slot<E::Worker>| s.life.state == State::Draining;
+            if !self.models[m].instances.iter().any(draining) {
+                continue;
+            }
+            let (_, load) = self.door.load(&self.models[m].cfg.name);
+            for i in 0..self.models[m].instances.len() {
+                let slot = &self.models[m].instances[i];
+                let busy = load.get(&slot.index).map_or(0, |l| l.in_flight);
+                if draining(slot) && busy == 0 {
+                    log(&format!(
+                        "model {}: instance {} drained: stopping it",
+                        self.models[m].cfg.name, slot.index
+                    ));
+                    self.apply(m, i, lifecycle::Event::Drained, now);
+                }
+            }
+        }
+    }
+
+    /// Replaced models: new instances started and old ones drained, a step at a time
+    /// ([`reload::roll`]); the old ones gone once stopped.
+    fn roll(&mut self, now: Instant) {
+        for m in 0..self.models.len() {
+            let model = &self.models[m];
+            if let Some(wanted) = model.rolling {
+                let served = model.cfg.serve.is_some();
+                let (old, new): (Vec<_>, Vec<_>) = model.instances.iter().partition(|s| s.retiring);
+                let ready = |s: &&Slot<E::Worker>| {
+                    s.life.state == State::Running && (s.life.ready || !served)
+                };
+                let rollout = reload::Rollout {
+                    wanted,
+                    surge: model.cfg.gpu_quota.is_none(),
+                    new_alive: new.iter().filter(|s| s.life.state.alive()).count(),
+                    new_ready: new.iter().filter(|s| ready(s)).count(),
+                    old_serving: old.iter().filter(|s| s.life.state.alive()).count(),
+                    old_alive: old
+                        .iter()
+                        .filter(|s| s.worker.is_some() || !s.life.state.idle())
+                        .count(),
+                };
+                if rollout.old_alive == 0 && rollout.new_alive >= wanted {
+                    log(&format!("model {}: replaced", model.cfg.name));
+                    self.models[m].rolling = None;
+                    continue;
+                }
+                let step = reload::roll(&rollout);
+                let slots = &self.models[m].instances;
+                let start: Vec<usize> = (0..slots.len())
+                    .filter(|&i| !slots[i].retiring && slots[i].life.state.idle())
+                    .take(step.start)
+                    .collect();
+                // The old instances that serve least first: backoff or starting, then
+                // not ready, then the others.
+                let mut drain: Vec<usize> = (0..slots.len())
+                    .filter(|&i| slots[i].retiring && slots[i].life.state.alive())
+                    .collect();
+                drain
+                    .sort_by_key(|&i| (slots[i].life.state == State::Running, slots[i].life.ready));
+                drain.truncate(step.drain);
+                for i in start {
+                    self.apply(m, i, lifecycle::Event::Start, now);
+                }
+                for i in drain {
+                    self.apply(m, i, lifecycle::Event::Drain, now);
+                }
+            }
+            let model = &mut self.models[m];
+            model
+                .instances
+                .retain(|s| !(s.retiring && s.worker.is_none() && s.life.state.idle()));
+        }
     }
 
     /// Tells the front door which served models cannot serve, and why, when that changes:
@@ -188,7 +268,7 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
     /// failure ([`lifecycle::unavailable`]).
     fn tell_availability(&mut self) {
         for model in &mut self.models {
-            if model.cfg.serve.is_none() {
+            if model.cfg.serve.is_none() || model.retired {
                 continue;
             }
             let why = match &model.ledger_error {
@@ -289,7 +369,8 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
     /// leads to.
     fn apply(&mut self, m: usize, i: usize, event: lifecycle::Event, now: Instant) {
         let model = &mut self.models[m];
-        let actions = lifecycle::step(&mut model.instances[i].life, &model.policy, event, now);
+        let policy = model.policy_of(i);
+        let actions = lifecycle::step(&mut model.instances[i].life, &policy, event, now);
         let mut wake = false;
         for action in actions {
             let Supervisor {
@@ -354,6 +435,13 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
                         door.started(&model.cfg.name, slot.index, port, w.owner());
                     }
                 }
+                Action::Drain => {
+                    log(&format!(
+                        "model {}: instance {} draining: no new requests, those in flight finish",
+                        model.cfg.name, slot.index
+                    ));
+                    door.drain(&model.cfg.name, slot.index);
+                }
                 Action::Unserve => door.gone(&model.cfg.name, slot.index),
                 Action::Release => {
                     slot.frozen = false;
@@ -377,6 +465,9 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
         for m in 0..self.models.len() {
             if self.models[m].ledger_error.is_some() {
                 continue; // it cannot run: starting it for the load would fail every time
+            }
+            if self.models[m].retired || self.models[m].rolling.is_some() {
+                continue; // going, or being replaced: the reload's steps decide
             }
             if self.models[m].swap.hibernated || self.changing(m) {
                 continue; // its requests wait for the wake, not for more instances
@@ -444,6 +535,9 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
             let Some(serve) = &self.models[m].cfg.serve else {
                 continue;
             };
+            if self.models[m].retired || self.models[m].rolling.is_some() {
+                continue;
+            }
             let after = serve.hibernate_after;
             let instances = self.instance_loads(m);
             let load = hibernation::Load {
@@ -696,6 +790,7 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
     pub fn status(&self, now: Instant) -> Status {
         Status {
             models: (0..self.models.len())
+                .filter(|&m| self.models[m].shown())
                 .map(|m| self.model_status(m, now))
                 .collect(),
             gpus: self.plan.as_ref().map(report::node_gpus),
@@ -710,8 +805,12 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
                 .as_ref()
                 .is_some_and(|s| s.aliases.iter().any(|a| a == name))
         };
-        (self.models.iter().position(|m| m.cfg.name == name))
-            .or_else(|| self.models.iter().position(alias))
+        let current = |m: &Model<E::Worker>| !m.retired;
+        (self
+            .models
+            .iter()
+            .position(|m| current(m) && m.cfg.name == name))
+        .or_else(|| self.models.iter().position(|m| current(m) && alias(m)))
     }
 
     /// Answers a control request.
@@ -753,7 +852,7 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
     /// Changes a model's quota, live: if its GPUs can take it (as a placement would
     /// check), in its ledger (on every GPU it uses, for the next allocation of every
     /// process), and in its configuration (its next starts set it again). Until the
-    /// supervisor restarts: the file's quota holds then.
+    /// supervisor restarts or reloads: the file's quota holds then.
     fn set_quota(&mut self, name: String, quota: crate::size::QuotaSpec) -> Answer {
         let Some(m) = self.model_index(&name) else {
             return Answer::NoSuchModel(name);
@@ -770,22 +869,194 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
             },
             None => None,
         };
-        if let Err(why) = self.effects.set_quota(&name, quota) {
+        if let Err(why) = self.requota(m, quota) {
             return Answer::Refused { model: name, why };
         }
-        self.models[m].cfg.gpu_quota = Some(quota);
         if plan.is_some() {
             self.plan = plan;
         }
-        log(&format!(
-            "model {name}: quota {} -> {} (changed live)",
-            crate::size::quota_text(from),
-            crate::size::quota_text(Some(quota))
-        ));
+        log(&format!("model {name}: {}", quota_change(from, quota)));
         Answer::Quota {
             model: name,
             from,
             to: quota,
         }
     }
+
+    /// Model `m`'s quota changed in its ledger and its configuration.
+    fn requota(&mut self, m: usize, quota: crate::size::QuotaSpec) -> Result<(), String> {
+        self.effects.set_quota(&self.models[m].cfg.name, quota)?;
+        self.models[m].cfg.gpu_quota = Some(quota);
+        Ok(())
+    }
+
+    /// Applies `config` (read again from its file, and checked), placed as `plan` says:
+    /// models unchanged keep running untouched, added ones start, removed ones drain and
+    /// stop, a quota alone changes live, other changes replace a model by rolling
+    /// instances ([`reload::diff`]). Refused (nothing changed) for a change of
+    /// `[supervisor]`, or what the host cannot do.
+    pub fn reload(&mut self, config: Config, plan: Option<Plan>, now: Instant) -> Answer {
+        if self.shutting_down {
+            return Answer::ShuttingDown;
+        }
+        let shown: Vec<&ModelConfig> = self
+            .models
+            .iter()
+            .filter(|m| !m.retired)
+            .map(|m| &m.cfg)
+            .collect();
+        let running = Config {
+            models: shown.into_iter().cloned().collect(),
+            ..self.config.clone()
+        };
+        let changes = match reload::diff(&running, &config, self.plan.as_ref(), plan.as_ref()) {
+            Ok(changes) => changes,
+            Err(why) => return Answer::ReloadRefused(why),
+        };
+        let starting: Vec<&ModelConfig> = changes
+            .iter()
+            .filter(|(_, c)| matches!(c, Change::Added | Change::Replaced))
+            .filter_map(|(name, _)| config.model(name))
+            .collect();
+        let unusable = match self.effects.reconfigure(&config, plan.as_ref(), &starting) {
+            Ok(unusable) => unusable,
+            Err(why) => return Answer::ReloadRefused(vec![why]),
+        };
+        self.plan = plan;
+        let mut said = Vec::new();
+        for (name, change) in changes {
+            let cfg = config.model(&name);
+            let text = match (change, cfg) {
+                (Change::Unchanged, _) => "unchanged".to_owned(),
+                (Change::Quota { from, to }, Some(_)) => {
+                    let m = self
+                        .model_index(&name)
+                        .expect("a model of the running file");
+                    match self.requota(m, to) {
+                        Ok(()) => quota_change(Some(from), to),
+                        Err(why) => format!("its quota cannot be changed live: {why}"),
+                    }
+                }
+                (Change::Removed, _) => {
+                    self.remove(&name, now);
+                    "removed: its instances drain, then stop".to_owned()
+                }
+                (Change::Added, Some(cfg)) => {
+                    self.add(cfg, now);
+                    "added".to_owned()
+                }
+                (_, Some(cfg)) => {
+                    let m = self
+                        .model_index(&name)
+                        .expect("a model of the running file");
+                    self.replace(m, cfg, false);
+                    "replaced by rolling instances".to_owned()
+                }
+                (_, None) => continue, // not in the new file: only Removed is
+            };
+            log(&format!("reload: model {name}: {text}"));
+            said.push(format!("model {name}: {text}"));
+        }
+        for (name, why) in unusable {
+            if let Some(m) = self.model_index(&name) {
+                self.models[m].ledger_error = Some(why);
+            }
+        }
+        self.config = Config {
+            models: config.models.clone(),
+            ..config
+        };
+        self.roll(now);
+        self.drained(now);
+        self.tell_availability();
+        Answer::Reloaded(said)
+    }
+
+    /// A model added by a reload: its first instances start (or, where it had been
+    /// removed and its instances still drain, they are replaced).
+    fn add(&mut self, cfg: &ModelConfig, now: Instant) {
+        if let Some(m) = self.models.iter().position(|m| m.cfg.name == cfg.name) {
+            return self.replace(m, cfg, true);
+        }
+        let grace_period = self.config.supervisor.grace_period;
+        self.models.push(Model::new(cfg, grace_period));
+        if let Some(serve) = &cfg.serve {
+            self.door.serve(&cfg.name, serve);
+        }
+        let m = self.models.len() - 1;
+        let first = cfg.min_instances.unwrap_or(cfg.instances) as usize;
+        for i in 0..first {
+            self.apply(m, i, lifecycle::Event::Start, now);
+        }
+    }
+
+    /// A model removed by a reload: the front door refuses its name, its instances drain
+    /// and stop.
+    fn remove(&mut self, name: &str, now: Instant) {
+        let Some(m) = self.model_index(name) else {
+            return;
+        };
+        self.models[m].retired = true;
+        self.models[m].rolling = None;
+        if self.models[m].cfg.serve.is_some() {
+            self.door.hide(name);
+        }
+        for i in 0..self.models[m].instances.len() {
+            self.apply(m, i, lifecycle::Event::Drain, now);
+        }
+    }
+
+    /// Model `m` runs `cfg` from now on: its instances become old ones, and as many new
+    /// ones as ran (every one of a fixed model that was not stopped by hand; `revive`: as
+    /// at a start) take their places, a step at a time ([`Supervisor::roll`]).
+    fn replace(&mut self, m: usize, cfg: &ModelConfig, revive: bool) {
+        let grace_period = self.config.supervisor.grace_period;
+        let model = &mut self.models[m];
+        let alive = model
+            .instances
+            .iter()
+            .filter(|s| s.life.state.alive())
+            .count() as u32;
+        let stopped = model
+            .instances
+            .iter()
+            .all(|s| s.life.state == State::Stopped);
+        let wanted = match (revive, cfg.min_instances) {
+            (true, min) => min.unwrap_or(cfg.instances),
+            (false, None) if stopped && !model.retired => 0,
+            (false, None) => cfg.instances,
+            (false, Some(min)) => alive.clamp(min, cfg.instances),
+        };
+        let next = model
+            .instances
+            .iter()
+            .map(|s| s.index + 1)
+            .max()
+            .unwrap_or(0);
+        for slot in &mut model.instances {
+            slot.retiring = true;
+        }
+        model.policy = state::policy(cfg, grace_period);
+        model.cfg = cfg.clone();
+        model.retired = false;
+        model.ledger_error = None;
+        let policy = model.policy;
+        model
+            .instances
+            .extend((0..cfg.instances).map(|k| Slot::new(next + k, &policy)));
+        model.rolling = Some(wanted as usize);
+        match &cfg.serve {
+            Some(serve) => self.door.serve(&cfg.name, serve),
+            None => self.door.hide(&cfg.name),
+        }
+    }
+}
+
+/// How a live quota change is said.
+fn quota_change(from: Option<crate::size::QuotaSpec>, to: crate::size::QuotaSpec) -> String {
+    format!(
+        "quota {} -> {} (changed live)",
+        crate::size::quota_text(from),
+        crate::size::quota_text(Some(to))
+    )
 }

@@ -154,7 +154,14 @@ pub struct System {
     ledger_dir: PathBuf,
     report: Sink,
     views: Option<std::sync::Arc<Views>>,
+    /// Where the placed models run (a reload may change it).
+    plan: Placed,
+    outputs: Outputs,
+    allow_unlimited: bool,
 }
+
+/// The placement, as the launchers read it at each start.
+type Placed = Arc<std::sync::RwLock<Option<Plan>>>;
 
 struct Job {
     model: usize,
@@ -174,7 +181,7 @@ struct Launcher {
     outputs: Outputs,
     hierarchy: Hierarchy,
     shim: PathBuf,
-    plan: Option<Plan>,
+    plan: Placed,
     views: Option<std::sync::Arc<Views>>,
 }
 
@@ -200,12 +207,13 @@ impl System {
         };
         let (jobs, queue) = channel::<Job>();
         let queue = std::sync::Arc::new(std::sync::Mutex::new(queue));
+        let plan: Placed = Arc::new(std::sync::RwLock::new(plan));
         let launcher = std::sync::Arc::new(Launcher {
             supervisor: config.supervisor.clone(),
-            outputs,
+            outputs: outputs.clone(),
             hierarchy: hierarchy.clone(),
             shim,
-            plan,
+            plan: plan.clone(),
             views: views.clone(),
         });
         let mut launchers = Vec::with_capacity(LAUNCHERS);
@@ -261,6 +269,9 @@ impl System {
             ledger_dir: config.supervisor.ledger_dir.clone(),
             report,
             views,
+            plan,
+            outputs,
+            allow_unlimited: config.supervisor.allow_unlimited,
         })
     }
 }
@@ -309,6 +320,52 @@ impl Effects for System {
         quota: crate::size::QuotaSpec,
     ) -> Result<Option<crate::size::QuotaSpec>, String> {
         ledger::set_quota_isolated(&self.ledger_dir, model, Some(quota)).map_err(|e| e.to_string())
+    }
+
+    fn reconfigure(
+        &mut self,
+        config: &Config,
+        plan: Option<&Plan>,
+        starting: &[&ModelConfig],
+    ) -> Result<Vec<(String, String)>, String> {
+        // First what can refuse it: nothing is changed until all of it can be done.
+        let unviewed: Vec<&str> = starting
+            .iter()
+            .filter(|m| view::needed_by(m) && self.views.is_none())
+            .map(|m| m.name.as_str())
+            .collect();
+        if !unviewed.is_empty() {
+            return Err(format!(
+                "model(s) {} have memory_limit, cpus or cpu_limit, and are shown their own \
+                 /proc/meminfo and CPUs through a view this supervisor did not mount (none \
+                 of its models needed one): it takes a restart of the supervisor",
+                unviewed.join(", ")
+            ));
+        }
+        if !self.allow_unlimited {
+            for m in starting {
+                if let Err(why) = self.hierarchy.supports(&limits(m)) {
+                    return Err(SetupError::Unenforced {
+                        model: m.name.clone(),
+                        why,
+                    }
+                    .to_string());
+                }
+            }
+        }
+        *self.plan.write().unwrap_or_else(|e| e.into_inner()) = plan.cloned();
+        self.outputs.add(&config.models);
+        let dir = &self.ledger_dir;
+        Ok(starting
+            .iter()
+            .filter_map(|cfg| match prepare_ledger(dir, cfg) {
+                Ok(()) => None,
+                Err(e) => {
+                    log(&format!("model {}: {e}", cfg.name));
+                    Some((cfg.name.clone(), e.to_string()))
+                }
+            })
+            .collect())
     }
 
     fn signal(&mut self, pid: i32, signal: Signal) {
@@ -488,8 +545,14 @@ impl Launcher {
         // again if someone removed it) and still have the model's quota.
         prepare_ledger(&self.supervisor.ledger_dir, cfg)?;
         let (out_read, out_write) = crate::node::process::pipe().map_err(StartError::Pipe)?;
-        let visible = self.plan.as_ref().and_then(|p| p.uuids(&cfg.name));
-        let minors = self.plan.as_ref().and_then(|p| p.minors(&cfg.name));
+        let (visible, minors) = {
+            let plan = self.plan.read().unwrap_or_else(|e| e.into_inner());
+            let plan = plan.as_ref();
+            (
+                plan.and_then(|p| p.uuids(&cfg.name)),
+                plan.and_then(|p| p.minors(&cfg.name)),
+            )
+        };
         let port = match cfg.serve {
             Some(_) => Some(crate::node::process::free_port().map_err(StartError::Port)?),
             None => None,
@@ -511,7 +574,7 @@ impl Launcher {
         )?;
         // Before the worker exists: if the launch fails, the copier sees the end of the
         // pipe (its write end goes with `out_write`) and ends.
-        let recent = self.outputs.get(&cfg.name).map(|r| (r.clone(), index));
+        let recent = self.outputs.get(&cfg.name).map(|r| (r, index));
         forward_output(out_read, &self.supervisor.logs, &leaf, recent)
             .map_err(StartError::Thread)?;
         // Last, so that nothing before it can fail and leave the cgroup behind.

@@ -41,12 +41,15 @@ pub fn files_for(
 /// Whether any model of `config` is shown its own memory or CPUs: one in its own mount
 /// namespace with a memory limit, `cpus` or a CPU limit.
 pub fn needed(config: &crate::config::Config) -> bool {
-    config.models.iter().any(|m| {
-        m.isolation.mount
-            && files_for(m.memory_limit, m.cpus.as_ref(), m.cpu_limit)
-                .next()
-                .is_some()
-    })
+    config.models.iter().any(needed_by)
+}
+
+/// Whether model `m` is shown its own memory or CPUs.
+pub fn needed_by(m: &crate::config::ModelConfig) -> bool {
+    m.isolation.mount
+        && files_for(m.memory_limit, m.cpus.as_ref(), m.cpu_limit)
+            .next()
+            .is_some()
 }
 
 /// A cgroup's memory, in bytes: its limit, what it uses, and `memory.stat`'s counters

@@ -416,7 +416,7 @@ fn logs(outputs: &Outputs, name: &str, query: &str) -> Response<AnswerBody> {
             .body(http_body_util::BodyExt::boxed(Full::new(Bytes::from(text))))
             .expect("a valid response")
     };
-    let Some(recent) = outputs.get(name).cloned() else {
+    let Some(recent) = outputs.get(name) else {
         return plain(
             404,
             serde_json::json!({"error": format!("no model {name}")}).to_string(),
@@ -547,7 +547,17 @@ async fn route(method: &str, path: &str, body: &[u8], tx: &Backend) -> Reply {
                 _ => reply(503, "text/plain", "the supervisor did not answer\n"),
             };
         }
-        (_, ["healthz" | "models" | "metrics", ..]) => {
+        ("POST", ["reload"]) => {
+            let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
+            if (tx.mailbox)(Call::Reload(reply_tx)).is_err() {
+                return reply(503, "text/plain", "the supervisor is stopping\n");
+            }
+            return match tokio::time::timeout(ANSWER_TIMEOUT, reply_rx).await {
+                Ok(Ok(answer)) => http(answer, tx),
+                _ => reply(503, "text/plain", "the supervisor did not answer\n"),
+            };
+        }
+        (_, ["healthz" | "models" | "metrics" | "reload", ..]) => {
             return reply(405, "text/plain", "method not allowed\n");
         }
         _ => return reply(404, "text/plain", "not found\n"),
@@ -609,6 +619,17 @@ fn http(answer: Answer, backend: &Backend) -> Reply {
         Answer::NoSuchModel(name) => json(
             404,
             serde_json::json!({"error": format!("no model {name}")}).to_string(),
+        ),
+        Answer::Reloaded(changes) => {
+            json(200, serde_json::json!({ "changes": changes }).to_string())
+        }
+        Answer::ReloadRefused(errors) => json(
+            400,
+            serde_json::json!({
+                "error": "reload refused: nothing changed",
+                "errors": errors,
+            })
+            .to_string(),
         ),
         Answer::ShuttingDown => json(
             503,

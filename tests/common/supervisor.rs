@@ -51,8 +51,13 @@ impl Supervisor {
         let dir = TempDir::new(tag);
         let socket = dir.path("control.sock");
         let cgroup_name = unique(tag);
+        // 700 ms unless `settings` says.
+        let grace = match settings.contains("grace_period") {
+            true => "",
+            false => "grace_period = \"700ms\"\n",
+        };
         let config = format!(
-            "[supervisor]\nsocket = \"{}\"\nledger_dir = \"{}\"\nlogs = \"{}\"\ngrace_period = \"700ms\"\ncgroup_name = \"{cgroup_name}\"\n{settings}\n{models}",
+            "[supervisor]\nsocket = \"{}\"\nledger_dir = \"{}\"\nlogs = \"{}\"\n{grace}cgroup_name = \"{cgroup_name}\"\n{settings}\n{models}",
             socket.display(),
             dir.path("ledgers").display(),
             dir.path("logs").display()

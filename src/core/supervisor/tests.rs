@@ -23,6 +23,8 @@ enum Done {
     Freeze(i32, bool),
     StopLaunching,
     SetQuota(String, QuotaSpec),
+    /// A reload readied the host for these models.
+    Reconfigure(Vec<String>),
 }
 
 /// A worker as the recorder starts it.
@@ -74,6 +76,16 @@ impl Effects for Recorder {
             None => Ok(None),
         }
     }
+    fn reconfigure(
+        &mut self,
+        _config: &Config,
+        _plan: Option<&Plan>,
+        starting: &[&ModelConfig],
+    ) -> Result<Vec<(String, String)>, String> {
+        let names = starting.iter().map(|m| m.name.clone()).collect();
+        self.done.push(Done::Reconfigure(names));
+        Ok(Vec::new())
+    }
     fn signal(&mut self, pid: i32, signal: Signal) {
         self.done.push(Done::Signal(pid, signal));
     }
@@ -118,6 +130,11 @@ struct Front {
     swaps: RefCell<Vec<(String, bool)>>,
     /// What it was last told of each model that cannot serve.
     unavailable: RefCell<HashMap<String, Unavailable>>,
+    /// The instances draining, and the requests each still has in flight.
+    draining: RefCell<BTreeMap<(String, u32), usize>>,
+    /// The models served (added or changed by a reload), and those hidden.
+    served: RefCell<Vec<String>>,
+    hidden: RefCell<BTreeSet<String>>,
 }
 
 impl Front {
@@ -139,6 +156,22 @@ impl Door for Front {
     }
     fn gone(&self, model: &str, index: u32) {
         self.routed.borrow_mut().remove(&(model.to_owned(), index));
+        self.draining
+            .borrow_mut()
+            .remove(&(model.to_owned(), index));
+    }
+    fn drain(&self, model: &str, index: u32) {
+        self.draining
+            .borrow_mut()
+            .entry((model.to_owned(), index))
+            .or_insert(0);
+    }
+    fn serve(&self, model: &str, _serve: &crate::config::Serve) {
+        self.served.borrow_mut().push(model.to_owned());
+        self.hidden.borrow_mut().remove(model);
+    }
+    fn hide(&self, model: &str) {
+        self.hidden.borrow_mut().insert(model.to_owned());
     }
     fn set_asleep(&self, model: &str, asleep: bool) {
         let mut set = self.asleep.borrow_mut();
@@ -157,9 +190,14 @@ impl Door for Front {
             .filter(|((m, _), _)| m == model)
             .map(|((_, index), &(_, ready))| {
                 let busy = idle.is_zero();
+                let draining = self
+                    .draining
+                    .borrow()
+                    .get(&(model.to_owned(), *index))
+                    .copied();
                 let load = InstanceLoad {
-                    ready,
-                    in_flight: usize::from(busy && ready),
+                    ready: ready && draining.is_none(),
+                    in_flight: draining.unwrap_or(usize::from(busy && ready)),
                     idle,
                 };
                 (*index, load)
@@ -823,4 +861,186 @@ fn the_front_door_is_told_when_a_model_cannot_serve() {
     s.tick(retry);
     assert_eq!(taken(&mut s), [Done::Launch("a".into(), 0)]);
     assert!(s.door.unavailable.borrow().is_empty());
+}
+
+/// A served model running `/bin/true` (the recorder starts nothing) under `name`.
+fn served(name: &str, extra: &str) -> String {
+    format!(
+        "[[model]]\nname = \"{name}\"\ncommand = \"/bin/true\"\nargs = [\"{{port}}\"]\n{extra}[model.serve]\nhealth = \"/h\"\n"
+    )
+}
+
+fn config_of(models: &str) -> Config {
+    let text = format!(
+        "[supervisor]\nsocket = \"/nonexistent/s\"\nledger_dir = \"/nonexistent/l\"\n\
+         grace_period = \"1s\"\nhttp = \"127.0.0.1:9\"\n{models}"
+    );
+    Config::parse(Path::new("test.toml"), &text).expect("a valid config")
+}
+
+fn reloaded(answer: Answer) -> Vec<String> {
+    match answer {
+        Answer::Reloaded(said) => said,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A removed model's instance drains (no new request, its own in flight finish), then
+/// is stopped and gone from the status; an unchanged one is not touched; an added one
+/// starts at once.
+#[test]
+fn a_reload_drains_a_removed_model_and_starts_an_added_one() {
+    let (mut s, t) = supervisor(&format!("{}{}", served("keep", ""), served("gone", "")));
+    s.begin(t);
+    s.launched(0, 0, Ok(Worker::new(100, Some(7000))), t);
+    s.launched(1, 0, Ok(Worker::new(200, Some(7001))), t);
+    s.door().ready("keep", 0);
+    s.door().ready("gone", 0);
+    s.tick(t);
+    taken(&mut s);
+    // Two requests in flight on the instance to drain.
+    s.door().draining.borrow_mut().insert(("gone".into(), 0), 2);
+    let new = config_of(&format!("{}{}", served("keep", ""), served("new", "")));
+    let said = reloaded(s.reload(new, None, t + MS));
+    assert_eq!(
+        said,
+        [
+            "model keep: unchanged",
+            "model new: added",
+            "model gone: removed: its instances drain, then stop",
+        ]
+    );
+    assert_eq!(
+        taken(&mut s),
+        [
+            Done::Reconfigure(vec!["new".into()]),
+            Done::Launch("new".into(), 0)
+        ]
+    );
+    assert!(s.door().hidden.borrow().contains("gone"));
+    // While they are in flight, nothing is signalled.
+    s.tick(t + 500 * MS);
+    assert_eq!(taken(&mut s), []);
+    assert_eq!(s.status(t).models[1].instances[0].state, "draining");
+    // They finish: SIGTERM.
+    s.door().draining.borrow_mut().insert(("gone".into(), 0), 0);
+    s.tick(t + 600 * MS);
+    assert_eq!(taken(&mut s), [Done::Signal(200, Signal::Term)]);
+    s.effects.exits.insert(200, exited(143));
+    s.tick(t + 700 * MS);
+    assert_eq!(taken(&mut s), [Done::Release("gone".into(), 200)]);
+    let names: Vec<String> = s.status(t).models.into_iter().map(|m| m.name).collect();
+    assert_eq!(names, ["keep", "new"]);
+    assert!(matches!(
+        s.handle(Request::Start("gone".into()), t),
+        Answer::NoSuchModel(_)
+    ));
+
+    // A drain that does not end in the grace period (1 s) ends all the same.
+    let (mut s, t) = supervisor(&served("slow", ""));
+    s.begin(t);
+    s.launched(0, 0, Ok(Worker::new(300, Some(7002))), t);
+    s.door().ready("slow", 0);
+    s.tick(t);
+    taken(&mut s);
+    s.door().draining.borrow_mut().insert(("slow".into(), 0), 1);
+    reloaded(s.reload(config_of(&served("other", "")), None, t));
+    taken(&mut s);
+    s.tick(t + 999 * MS);
+    assert_eq!(taken(&mut s), []);
+    assert_eq!(s.next_deadline(), Some(t + 1000 * MS));
+    s.tick(t + 1000 * MS);
+    assert_eq!(taken(&mut s), [Done::Signal(300, Signal::Term)]);
+}
+
+/// A changed model: a new instance (a fresh index) starts; the old one drains only once
+/// the new one is ready, and is never restarted; with a quota (shared by old and new
+/// processes) the old one goes first.
+#[test]
+fn a_changed_model_rolls_new_before_old_and_old_first_with_a_quota() {
+    let (mut s, t) = supervisor(&served("m", "env = { V = \"1\" }\n"));
+    s.begin(t);
+    s.launched(0, 0, Ok(Worker::new(100, Some(7000))), t);
+    s.door().ready("m", 0);
+    s.tick(t);
+    taken(&mut s);
+    let said = reloaded(s.reload(config_of(&served("m", "env = { V = \"2\" }\n")), None, t));
+    assert_eq!(said, ["model m: replaced by rolling instances"]);
+    assert_eq!(
+        taken(&mut s),
+        [
+            Done::Reconfigure(vec!["m".into()]),
+            Done::Launch("m".into(), 1)
+        ]
+    );
+    s.launched(0, 1, Ok(Worker::new(101, Some(7001))), t + MS);
+    s.tick(t + 2 * MS);
+    assert_eq!(taken(&mut s), [], "the new one is not ready yet");
+    s.door().ready("m", 1);
+    s.tick(t + 3 * MS);
+    assert_eq!(taken(&mut s), [Done::Signal(100, Signal::Term)]);
+    // The old one exits: released, not restarted, gone from the status.
+    s.effects.exits.insert(100, exited(143));
+    s.tick(t + 4 * MS);
+    assert_eq!(taken(&mut s), [Done::Release("m".into(), 100)]);
+    s.tick(t + 10 * MS);
+    assert_eq!(taken(&mut s), []);
+    let m = &s.status(t).models[0];
+    assert_eq!(m.instances.len(), 1);
+    assert_eq!((m.instances[0].index, m.instances[0].pid), (1, Some(101)));
+
+    // With a quota: the old instance drains first; the new one starts once it is gone.
+    let (mut s, t) = supervisor(&served("q", "gpu_quota = \"1GiB\"\nenv = { V = \"a\" }\n"));
+    s.begin(t);
+    s.launched(0, 0, Ok(Worker::new(200, Some(7002))), t);
+    s.door().ready("q", 0);
+    s.tick(t);
+    taken(&mut s);
+    let changed = served("q", "gpu_quota = \"1GiB\"\nenv = { V = \"b\" }\n");
+    reloaded(s.reload(config_of(&changed), None, t));
+    assert_eq!(
+        taken(&mut s),
+        [
+            Done::Reconfigure(vec!["q".into()]),
+            Done::Signal(200, Signal::Term)
+        ]
+    );
+    s.effects.exits.insert(200, exited(143));
+    s.tick(t + MS);
+    assert_eq!(
+        taken(&mut s),
+        [Done::Release("q".into(), 200), Done::Launch("q".into(), 1)]
+    );
+}
+
+/// A reload that changes `[supervisor]` changes nothing; a quota alone changes live.
+#[test]
+fn a_reload_refuses_supervisor_keys_and_changes_a_quota_live() {
+    let (mut s, t) = supervisor(&served("q", "gpu_quota = \"1GiB\"\n"));
+    s.begin(t);
+    s.launched(0, 0, Ok(Worker::new(100, Some(7000))), t);
+    taken(&mut s);
+    let mut other = config_of(&served("q", "gpu_quota = \"2GiB\"\n"));
+    other.supervisor.grace_period = Duration::from_secs(5);
+    match s.reload(other, None, t) {
+        Answer::ReloadRefused(why) => assert_eq!(
+            why,
+            ["[supervisor] grace_period changed: it takes a restart of the supervisor"]
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(taken(&mut s), []);
+    let said = reloaded(s.reload(config_of(&served("q", "gpu_quota = \"2GiB\"\n")), None, t));
+    assert_eq!(
+        said,
+        ["model q: quota 1.0 GiB/GPU -> 2.0 GiB/GPU (changed live)"]
+    );
+    assert_eq!(
+        taken(&mut s),
+        [
+            Done::Reconfigure(vec![]),
+            Done::SetQuota("q".into(), QuotaSpec::Bytes(2 << 30))
+        ]
+    );
+    assert_eq!(s.status(t).models[0].instances[0].pid, Some(100));
 }

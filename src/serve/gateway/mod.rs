@@ -208,15 +208,15 @@ async fn handle(request: Request<Incoming>, routes: &Routes, keys: &[String]) ->
         let tail = format!("/{tail}");
         let (parts, body) = request.into_parts();
         // Whole before it takes a place: a slow client holds no place on an instance.
-        let held = match routes.bodies.read(body, served.max_body).await {
+        let held = match routes.bodies.read(body, served.settings().max_body).await {
             Ok(held) => held,
-            Err(NotRead::TooLarge) => return finished(served, arrived, too_large()),
+            Err(NotRead::TooLarge) => return finished(&served, arrived, too_large()),
             Err(why) => return refused(why.reason(), not_read(why)),
         };
         let body = Full::new(held.bytes.clone()).map_err(Into::into).boxed();
-        let answer = to_instance((model, served), parts, tail, body, arrived).await;
+        let answer = to_instance((&model, &served), parts, tail, body, arrived).await;
         drop(held);
-        return finished(served, arrived, answer);
+        return finished(&served, arrived, answer);
     }
     if path.starts_with("/v1/") && request.method() == hyper::Method::POST {
         let (parts, body) = request.into_parts();
@@ -249,13 +249,13 @@ async fn handle(request: Request<Incoming>, routes: &Routes, keys: &[String]) ->
         let Some((model, served)) = routes.resolve(&named) else {
             return refused(Refused::UnknownModel, not_found(&named));
         };
-        if body.len() as u64 > served.max_body {
-            return finished(served, arrived, too_large());
+        if body.len() as u64 > served.settings().max_body {
+            return finished(&served, arrived, too_large());
         }
         let body = Full::new(body).map_err(Into::into).boxed();
-        let answer = to_instance((model, served), parts, path, body, arrived).await;
+        let answer = to_instance((&model, &served), parts, path, body, arrived).await;
         drop(held);
-        return finished(served, arrived, answer);
+        return finished(&served, arrived, answer);
     }
     let answer = error(
         StatusCode::NOT_FOUND,

@@ -4,18 +4,20 @@
 
 use super::bodies::Bodies;
 use super::upstream::{Connections, Sender};
-use crate::config::Config;
+use crate::config::{Config, Serve};
 use crate::core::effects::{Owner, Unavailable};
 use crate::metrics::{FrontDoorMetrics, ModelMetrics};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// One instance the front door may send requests to.
 pub(super) struct Upstream {
     pub(super) index: u32,
+    /// Draining: it finishes what it has, and gets no new request.
+    pub(super) draining: bool,
     /// Its health path answered 200.
     pub(super) ready: Arc<AtomicBool>,
     /// A health check of it is under way.
@@ -51,7 +53,8 @@ pub(super) struct Queue {
     pub(super) wake: Notify,
 }
 
-pub(super) struct Served {
+/// What a served model's configuration says of its requests; a reload may change it.
+pub(super) struct Settings {
     pub(super) aliases: Vec<String>,
     pub(super) health: String,
     pub(super) ready_timeout: Duration,
@@ -59,8 +62,30 @@ pub(super) struct Served {
     pub(super) concurrency: usize,
     pub(super) max_queue: usize,
     pub(super) queue_timeout: Duration,
-    /// Its running instances: the only part that changes (the supervisor's starts and
-    /// exits), under a lock of the model's own.
+}
+
+impl Settings {
+    fn of(s: &Serve) -> Arc<Settings> {
+        Arc::new(Settings {
+            aliases: s.aliases.clone(),
+            health: s.health.clone(),
+            ready_timeout: s.ready_timeout,
+            max_body: s.max_body,
+            concurrency: s.concurrency,
+            max_queue: s.max_queue,
+            queue_timeout: s.queue_timeout,
+        })
+    }
+}
+
+pub(super) struct Served {
+    /// Its settings, as the last configuration said (a request reads them once).
+    settings: RwLock<Arc<Settings>>,
+    /// Removed from the configuration: requests find it no more (404), while its
+    /// instances drain.
+    hidden: AtomicBool,
+    /// Its running instances (the supervisor's starts and exits), under a lock of the
+    /// model's own.
     pub(super) instances: Mutex<Vec<Upstream>>,
     /// Requests waiting for an instance.
     pub(super) queue: Arc<Queue>,
@@ -148,10 +173,23 @@ pub(super) enum NoSlot {
     Unavailable(Unavailable),
 }
 
-/// The served models (fixed from the start) and their running instances, kept current
-/// by the supervisor.
+impl Served {
+    pub(super) fn settings(&self) -> Arc<Settings> {
+        self.settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// The served models and their running instances, kept current by the supervisor (a
+/// reload adds, changes and hides models).
 pub struct Routes {
-    pub(super) models: BTreeMap<String, Served>,
+    models: RwLock<BTreeMap<String, Arc<Served>>>,
+    /// Told when a request waits and no instance is ready ([`Routes::on_demand`]).
+    demand: Arc<OnceLock<Demand>>,
+    /// With `http_access_log`: each model's requests are logged.
+    access_log: bool,
     /// The bodies under way: their budget and deadline.
     pub(super) bodies: Bodies,
     /// What the front door counts, for `GET /metrics`.
@@ -192,57 +230,79 @@ impl Drop for Finished {
 impl Routes {
     /// The models of `config` that have `serve`, with no instance yet.
     pub fn new(config: &Config) -> Arc<Routes> {
-        let metrics = FrontDoorMetrics::default();
-        let demand = Arc::new(OnceLock::new());
-        let models = config
-            .models
-            .iter()
-            .filter_map(|m| {
-                let s = m.serve.as_ref()?;
-                Some((
-                    m.name.clone(),
-                    Served {
-                        aliases: s.aliases.clone(),
-                        health: s.health.clone(),
-                        ready_timeout: s.ready_timeout,
-                        max_body: s.max_body,
-                        concurrency: s.concurrency,
-                        max_queue: s.max_queue,
-                        queue_timeout: s.queue_timeout,
-                        instances: Mutex::new(Vec::new()),
-                        queue: Arc::default(),
-                        asleep: AtomicBool::new(false),
-                        next: AtomicUsize::new(0),
-                        metrics: Arc::new(metrics.model(&m.name)),
-                        demand: demand.clone(),
-                        unavailable: Mutex::new(None),
-                        access: config
-                            .supervisor
-                            .http_access_log
-                            .then(|| Arc::from(m.name.as_str())),
-                    },
-                ))
-            })
-            .collect();
         let s = &config.supervisor;
-        let bodies = Bodies::new(s.http_body_budget, s.http_body_timeout);
         let created = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        Arc::new(Routes {
-            models,
-            bodies,
-            metrics,
+        let routes = Routes {
+            models: RwLock::default(),
+            demand: Arc::new(OnceLock::new()),
+            access_log: s.http_access_log,
+            bodies: Bodies::new(s.http_body_budget, s.http_body_timeout),
+            metrics: FrontDoorMetrics::default(),
             created,
-        })
+        };
+        for m in &config.models {
+            if let Some(serve) = &m.serve {
+                routes.serve(&m.name, serve);
+            }
+        }
+        Arc::new(routes)
+    }
+
+    fn models(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Served>>> {
+        self.models.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, model: &str) -> Option<Arc<Served>> {
+        self.models().get(model).cloned()
+    }
+
+    /// `model` is served with `serve`'s settings (a model added, or changed, by a reload):
+    /// requests find it again if it was hidden.
+    pub fn serve(&self, model: &str, serve: &Serve) {
+        let mut models = self.models.write().unwrap_or_else(|e| e.into_inner());
+        match models.get(model) {
+            Some(s) => {
+                *s.settings.write().unwrap_or_else(|e| e.into_inner()) = Settings::of(serve);
+                s.hidden.store(false, Ordering::Release);
+            }
+            None => {
+                let served = Served {
+                    settings: RwLock::new(Settings::of(serve)),
+                    hidden: AtomicBool::new(false),
+                    instances: Mutex::new(Vec::new()),
+                    queue: Arc::default(),
+                    asleep: AtomicBool::new(false),
+                    next: AtomicUsize::new(0),
+                    metrics: Arc::new(self.metrics.model(model)),
+                    demand: self.demand.clone(),
+                    unavailable: Mutex::new(None),
+                    access: self.access_log.then(|| Arc::from(model)),
+                };
+                models.insert(model.to_owned(), Arc::new(served));
+            }
+        }
+    }
+
+    /// `model` was removed from the configuration: new requests find it no more (404),
+    /// those waiting for it are answered (503), those in flight finish on its draining
+    /// instances, whose load the supervisor still reads.
+    pub fn hide(&self, model: &str) {
+        if let Some(s) = self.get(model) {
+            s.hidden.store(true, Ordering::Release);
+            *s.unavailable.lock().unwrap_or_else(|e| e.into_inner()) = Some(Unavailable {
+                error: "it was removed from the configuration".into(),
+                retry_at: None,
+            });
+            s.queue.wake.notify_waiters();
+        }
     }
 
     /// Calls `wake` whenever a request starts waiting while its model has no ready
     /// instance (set once; later calls are ignored).
     pub fn on_demand(&self, wake: impl Fn() + Send + Sync + 'static) {
-        if let Some(s) = self.models.values().next() {
-            let _ = s.demand.set(Box::new(wake));
-        }
+        let _ = self.demand.set(Box::new(wake));
     }
 
     /// A served model's running instances.
@@ -252,16 +312,18 @@ impl Routes {
 
     /// Whether `model` is served (its instances need a port).
     pub fn serves(&self, model: &str) -> bool {
-        self.models.contains_key(model)
+        self.get(model)
+            .is_some_and(|s| !s.hidden.load(Ordering::Acquire))
     }
 
     /// An instance of `model` was started, listening (soon) on `port`: not ready yet.
     pub fn started(&self, model: &str, index: u32, port: u16, owner: Option<Owner>) {
-        if let Some(s) = self.models.get(model) {
-            let mut instances = Self::instances(s);
+        if let Some(s) = self.get(model) {
+            let mut instances = Self::instances(&s);
             instances.retain(|u| u.index != index);
             instances.push(Upstream {
                 index,
+                draining: false,
                 ready: Arc::new(AtomicBool::new(false)),
                 probing: Arc::new(AtomicBool::new(false)),
                 started: Instant::now(),
@@ -282,11 +344,11 @@ impl Routes {
     /// instances' idle clocks start again, so a model woken by hand (with no request)
     /// stays awake for its `hibernate_after` before the policy hibernates it again.
     pub fn set_asleep(&self, model: &str, asleep: bool) {
-        if let Some(s) = self.models.get(model) {
+        if let Some(s) = self.get(model) {
             s.asleep.store(asleep, Ordering::Release);
             if !asleep {
                 let now = Instant::now();
-                for u in Self::instances(s).iter() {
+                for u in Self::instances(&s).iter() {
                     *u.shared
                         .idle_since
                         .lock()
@@ -301,7 +363,10 @@ impl Routes {
     /// requests waiting for it are answered at once, and so are new ones while no
     /// instance of it is ready.
     pub fn set_unavailable(&self, model: &str, why: Option<Unavailable>) {
-        if let Some(s) = self.models.get(model) {
+        if let Some(s) = self
+            .get(model)
+            .filter(|s| !s.hidden.load(Ordering::Acquire))
+        {
             *s.unavailable.lock().unwrap_or_else(|e| e.into_inner()) = why;
             s.queue.wake.notify_waiters();
         }
@@ -316,27 +381,42 @@ impl Routes {
 
     /// Whether `model`'s requests wait for it to wake.
     pub fn asleep(&self, model: &str) -> bool {
-        self.models
-            .get(model)
+        self.get(model)
             .is_some_and(|s| s.asleep.load(Ordering::Acquire))
     }
 
     /// An instance of `model` is gone (exited, stopped): no more requests go to it.
     pub fn gone(&self, model: &str, index: u32) {
-        if let Some(s) = self.models.get(model) {
-            Self::instances(s).retain(|u| u.index != index);
+        if let Some(s) = self.get(model) {
+            Self::instances(&s).retain(|u| u.index != index);
         }
     }
 
-    /// The model a request's `model` field names: a model's name or one of its aliases.
-    pub(super) fn resolve(&self, name: &str) -> Option<(&str, &Served)> {
-        if let Some((m, s)) = self.models.get_key_value(name) {
-            return Some((m, s));
+    /// An instance of `model` drains: no new request goes to it; those in flight finish,
+    /// and its load still counts them.
+    pub fn drain(&self, model: &str, index: u32) {
+        if let Some(s) = self.get(model) {
+            for u in Self::instances(&s).iter_mut().filter(|u| u.index == index) {
+                u.draining = true;
+            }
         }
-        self.models
+    }
+
+    /// The model a request's `model` field names: a model's name or one of its aliases
+    /// (none that was removed).
+    pub(super) fn resolve(&self, name: &str) -> Option<(String, Arc<Served>)> {
+        let models = self.models();
+        let shown = |s: &&Arc<Served>| !s.hidden.load(Ordering::Acquire);
+        if let Some((m, s)) = models.get_key_value(name)
+            && shown(&s)
+        {
+            return Some((m.clone(), s.clone()));
+        }
+        models
             .iter()
-            .find(|(_, s)| s.aliases.iter().any(|a| a == name))
-            .map(|(m, s)| (m.as_str(), s))
+            .filter(|(_, s)| shown(s))
+            .find(|(_, s)| s.settings().aliases.iter().any(|a| a == name))
+            .map(|(m, s)| (m.clone(), s.clone()))
     }
 
     /// A place on the ready instance with the fewest requests in flight, if one has
@@ -346,7 +426,11 @@ impl Routes {
             return (None, false); // none is ready until the model is awake
         }
         let instances = Self::instances(s);
-        let ready = || instances.iter().filter(|u| u.ready.load(Ordering::Acquire));
+        let ready = || {
+            instances
+                .iter()
+                .filter(|u| !u.draining && u.ready.load(Ordering::Acquire))
+        };
         let count = ready().count();
         if count == 0 {
             return (None, false);
@@ -365,7 +449,8 @@ impl Routes {
         // Taken by a compare-and-add, tried again while the instance has room (another
         // request may take a place between the choice and the add).
         let mut n = i.in_flight.load(Ordering::SeqCst);
-        while n < s.concurrency {
+        let concurrency = s.settings().concurrency;
+        while n < concurrency {
             match i
                 .in_flight
                 .compare_exchange(n, n + 1, Ordering::SeqCst, Ordering::SeqCst)
@@ -400,7 +485,8 @@ impl Routes {
         // Counted until this request has a place, gives up, or is dropped (its client
         // left while it waited).
         let (_waiting, ahead) = Waiting::count(q);
-        if ahead >= s.max_queue {
+        let settings = s.settings();
+        if ahead >= settings.max_queue {
             return Err(NoSlot::QueueFull);
         }
         // Counted first: the supervisor, woken, sees this request waiting.
@@ -425,9 +511,9 @@ impl Routes {
                 break Err(NoSlot::Unavailable(why));
             }
             let limit = if any_ready {
-                s.queue_timeout
+                settings.queue_timeout
             } else {
-                s.ready_timeout
+                settings.ready_timeout
             };
             let deadline = start + limit;
             // Woken by a request that ends or an instance that becomes ready; checked
@@ -441,7 +527,7 @@ impl Routes {
 
     /// An instance became ready: its idle clock starts, and waiting requests look again.
     pub(super) fn became_ready(&self, port: u16) {
-        for s in self.models.values() {
+        for s in self.models().values() {
             for u in Self::instances(s).iter().filter(|u| u.shared.port == port) {
                 *u.shared
                     .idle_since
@@ -454,8 +540,8 @@ impl Routes {
 
     /// Requests in flight and waiting now, for a served model.
     pub fn in_flight_and_waiting(&self, model: &str) -> Option<(usize, usize)> {
-        let s = self.models.get(model)?;
-        let flying = Self::instances(s)
+        let s = self.get(model)?;
+        let flying = Self::instances(&s)
             .iter()
             .map(|u| u.shared.in_flight.load(Ordering::Acquire))
             .sum();
@@ -464,11 +550,11 @@ impl Routes {
 
     /// A model's load: requests waiting, and each routed instance's (by index).
     pub fn load(&self, model: &str) -> (usize, BTreeMap<u32, InstanceLoad>) {
-        let Some(s) = self.models.get(model) else {
+        let Some(s) = self.get(model) else {
             return (0, BTreeMap::new());
         };
         let now = Instant::now();
-        let instances = Self::instances(s)
+        let instances = Self::instances(&s)
             .iter()
             .map(|u| {
                 let in_flight = u.shared.in_flight.load(Ordering::Acquire);
@@ -500,16 +586,17 @@ impl Routes {
     /// The instances that are not ready and not being asked: (port, health path, ready,
     /// probing, age).
     pub(super) fn unready(&self) -> Vec<Unready> {
-        self.models
+        self.models()
             .values()
             .flat_map(|s| {
+                let health = s.settings().health.clone();
                 Self::instances(s)
                     .iter()
-                    .filter(|u| !u.ready.load(Ordering::Acquire))
+                    .filter(|u| !u.draining && !u.ready.load(Ordering::Acquire))
                     .filter(|u| !u.probing.load(Ordering::Acquire))
                     .map(|u| Unready {
                         port: u.shared.port,
-                        path: s.health.clone(),
+                        path: health.clone(),
                         ready: u.ready.clone(),
                         probing: u.probing.clone(),
                         age: u.started.elapsed(),
@@ -521,7 +608,11 @@ impl Routes {
     }
 
     pub(super) fn largest_body(&self) -> u64 {
-        self.models.values().map(|s| s.max_body).max().unwrap_or(0)
+        let models = self.models();
+        let shown = models
+            .values()
+            .filter(|s| !s.hidden.load(Ordering::Acquire));
+        shown.map(|s| s.settings().max_body).max().unwrap_or(0)
     }
 
     /// `GET /v1/models`'s entries, as OpenAI's model objects: each model, then its
@@ -529,9 +620,12 @@ impl Routes {
     pub(super) fn listing(&self) -> Vec<serde_json::Value> {
         let entry = |id: &str| serde_json::json!({"id": id, "object": "model", "created": self.created, "owned_by": "cuvisor"});
         let mut out = Vec::new();
-        for (name, s) in &self.models {
+        for (name, s) in self.models().iter() {
+            if s.hidden.load(Ordering::Acquire) {
+                continue;
+            }
             out.push(entry(name));
-            for alias in &s.aliases {
+            for alias in &s.settings().aliases {
                 let mut e = entry(alias);
                 e["alias_of"] = serde_json::Value::from(name.as_str());
                 out.push(e);
