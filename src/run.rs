@@ -377,7 +377,7 @@ fn reload(sup: &mut Supervisor<System, Front>, origin: &str, now: Instant) -> An
 pub fn read_again(path: &Path) -> Result<(Config, Option<Plan>), Vec<String>> {
     let config =
         Config::load(path).map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>())?;
-    let (errors, _) = crate::cli::check::problems(&config);
+    let (errors, _) = crate::cli::problems::problems(&config);
     if !errors.is_empty() {
         let at = |e: String| format!("{}: {e}", path.display());
         return Err(errors.into_iter().map(at).collect());

@@ -669,3 +669,110 @@ fn a_models_recent_output_is_kept_and_followed() {
 fn lines_of(out: std::process::Output) -> Vec<String> {
     lines(&out)
 }
+
+/// One request through the front door by the test client: its events (status, chunks,
+/// each with the time it came).
+fn client(port: u16, body: &str) -> Vec<serde_json::Value> {
+    let out = run(std::process::Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/servers/client.py"
+        ))
+        .args([&port.to_string(), "POST", "/v1/chat/completions", body]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Defect 4: a client that asked for a stream during a cold start receives, with
+/// `serve.loading_state = true`, its answer's head at once and SSE comments while the
+/// model loads (a client ignores them), then the stream; without it (the default), or
+/// for a request that is not a stream, nothing until the model answers. Served instances
+/// say `loading` until their health check passes, then `ready`.
+#[test]
+fn a_stream_during_a_cold_start_gets_a_loading_state_when_asked() {
+    let http = cuvisor::node::process::free_port().unwrap();
+    let model = |name: &str, extra: &str| {
+        format!(
+            "[[model]]\nname = \"{name}\"\ncommand = \"python3\"\n\
+             args = [\"{}\", \"--port\", \"{{port}}\", \"--name\", \"{name}\", \"--delay\", \"2.5\"]\n\
+             min_instances = 0\nmax_instances = 1\n[model.serve]\nhealth = \"/health\"\n{extra}",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/servers/openai_model.py")
+        )
+    };
+    let s = Supervisor::start_with(
+        "loading-state",
+        &format!("http = \"127.0.0.1:{http}\"\n"),
+        &[],
+        &format!(
+            "{}{}",
+            model("told", "loading_state = true\n"),
+            model("silent", "")
+        ),
+    );
+    let stream = r#"{"model": "told", "stream": true, "chunks": 2}"#;
+    let watcher = std::thread::spawn({
+        let socket = s.socket.clone();
+        move || {
+            // The instance as the status shows it while the model loads.
+            let mut seen = Vec::new();
+            let end = std::time::Instant::now() + Duration::from_secs(10);
+            while std::time::Instant::now() < end && !seen.contains(&"ready".to_owned()) {
+                let (_, body) = cuvisor::control::request(&socket, "GET", "/models/told").unwrap();
+                let m: serde_json::Value = serde_json::from_str(&body).unwrap();
+                if let Some(state) = m["instances"][0]["state"].as_str()
+                    && seen.last().map(String::as_str) != Some(state)
+                {
+                    seen.push(state.to_owned());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            seen
+        }
+    });
+    let events = client(http, stream);
+    let (head, chunks) = (&events[0], &events[1..]);
+    assert_eq!(head["status"], 200, "{events:?}");
+    assert_eq!(
+        head["headers"]["content-type"], "text/event-stream",
+        "{events:?}"
+    );
+    assert!(
+        head["t"].as_f64().unwrap() < 1.5,
+        "the head at once: {events:?}"
+    );
+    let text: String = chunks.iter().filter_map(|e| e["chunk"].as_str()).collect();
+    let first_comment = text
+        .find(": cuvisor: model told is loading")
+        .expect("a comment");
+    let first_data = text.find("data: ").expect("the stream");
+    assert!(first_comment < first_data, "{text}");
+    assert!(
+        text.contains("chunk 1") && text.ends_with("data: [DONE]\n\n"),
+        "{text}"
+    );
+    // The comments came while it loaded, before the model's first byte.
+    let commented = chunks
+        .iter()
+        .filter(|e| {
+            e["chunk"]
+                .as_str()
+                .is_some_and(|c| c.starts_with(": cuvisor"))
+        })
+        .count();
+    assert!(commented >= 2, "{events:?}");
+    let states = watcher.join().unwrap();
+    assert!(
+        states.ends_with(&["loading".to_owned(), "ready".to_owned()]),
+        "{states:?}"
+    );
+    assert_eq!(s.model("told")["state"], "running");
+
+    // Not asked for: the head comes with the model's answer.
+    let events = client(http, r#"{"model": "silent", "stream": true, "chunks": 2}"#);
+    assert!(events[0]["t"].as_f64().unwrap() >= 2.0, "{events:?}");
+    let text: String = events.iter().filter_map(|e| e["chunk"].as_str()).collect();
+    assert!(!text.contains(": cuvisor"), "{text}");
+}

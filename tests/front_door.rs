@@ -230,7 +230,7 @@ fn requests_are_routed_by_model_and_alias() {
             "cuvisor_time_to_first_byte_seconds_count{model=\"alpha\"} 2",
             "cuvisor_in_flight_requests{model=\"alpha\"} 0",
             "cuvisor_queued_requests{model=\"beta\"} 0",
-            "cuvisor_instances{model=\"alpha\",state=\"running\"} 1",
+            "cuvisor_instances{model=\"alpha\",state=\"ready\"} 1",
             // and what it answered itself, for no model
             "cuvisor_front_door_refused_total{reason=\"unknown_model\"} 1",
             "cuvisor_front_door_refused_total{reason=\"bad_request\"} 2",

@@ -190,7 +190,7 @@ fn idle_connections_do_not_take_the_supervisors_descriptors() {
         std::time::Duration::from_secs(20),
         || {
             let m = s.model("m");
-            m["restarts"] == 1 && m["instances"][0]["state"] == "running"
+            m["restarts"] == 1 && m["instances"][0]["state"] == "ready"
         },
     );
     assert!(ok(&exchange(http, &completion("m"))));

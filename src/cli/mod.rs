@@ -5,3 +5,4 @@
 
 pub mod check;
 pub mod control;
+pub mod problems;

@@ -548,5 +548,6 @@ pub(super) fn check_serve(
         target,
         idle_timeout,
         hibernate_after,
+        loading_state: r.loading_state.unwrap_or(false),
     })
 }

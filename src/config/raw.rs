@@ -90,6 +90,7 @@ pub(super) struct RawServe {
     pub(super) target: Option<Spanned<i64>>,
     pub(super) idle_timeout: Option<Spanned<String>>,
     pub(super) hibernate_after: Option<Spanned<String>>,
+    pub(super) loading_state: Option<bool>,
 }
 
 #[derive(Deserialize)]

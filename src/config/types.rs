@@ -169,6 +169,9 @@ pub struct Serve {
     /// How long every instance may go without requests before the model hibernates
     /// (None: only when asked, or pushed out by another model's wake).
     pub hibernate_after: Option<Duration>,
+    /// A stream asked for while no instance is ready (a cold start, a wake) gets its
+    /// answer's head at once and SSE comments while it waits (`loading_state`).
+    pub loading_state: bool,
 }
 
 /// How much the supervisor logs (`log_level`): each level includes those above it.

@@ -29,7 +29,7 @@ pub(super) fn model_status<W>(
                 let i = &s.life;
                 InstanceStatus {
                     index: s.index,
-                    state: i.state.as_str().to_owned(),
+                    state: instance_state(model, i).to_owned(),
                     pid: i.pid,
                     restarts: i.restarts,
                     oom_kills: i.oom_kills,
@@ -85,6 +85,18 @@ pub(super) fn model_status<W>(
             },
             error,
         }
+    }
+}
+
+/// An instance's state as the status says it: its lifecycle's, where a running one is
+/// `hibernated` with its model, and a served one `loading` until its health check
+/// passes, then `ready`.
+fn instance_state<W>(model: &Model<W>, i: &super::lifecycle::Instance) -> &'static str {
+    match i.state {
+        State::Running if model.swap.hibernated => "hibernated",
+        State::Running if model.cfg.serve.is_some() && i.ready => "ready",
+        State::Running if model.cfg.serve.is_some() => "loading",
+        other => other.as_str(),
     }
 }
 

@@ -214,7 +214,7 @@ async fn handle(request: Request<Incoming>, routes: &Routes, keys: &[String]) ->
             Err(why) => return refused(why.reason(), not_read(why)),
         };
         let body = Full::new(held.bytes.clone()).map_err(Into::into).boxed();
-        let answer = to_instance((&model, &served), parts, tail, body, arrived).await;
+        let answer = to_instance((&model, &served), parts, tail, body, arrived, false).await;
         drop(held);
         return finished(&served, arrived, answer);
     }
@@ -231,7 +231,7 @@ async fn handle(request: Request<Incoming>, routes: &Routes, keys: &[String]) ->
             .get(hyper::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        let named = match named_model(kind, &body).await {
+        let (named, stream) = match named_model(kind, &body).await {
             Ok(named) => named,
             Err(why) => {
                 let answer = error(StatusCode::BAD_REQUEST, "invalid_request_error", why);
@@ -253,7 +253,7 @@ async fn handle(request: Request<Incoming>, routes: &Routes, keys: &[String]) ->
             return finished(&served, arrived, too_large());
         }
         let body = Full::new(body).map_err(Into::into).boxed();
-        let answer = to_instance((&model, &served), parts, path, body, arrived).await;
+        let answer = to_instance((&model, &served), parts, path, body, arrived, stream).await;
         drop(held);
         return finished(&served, arrived, answer);
     }
@@ -338,8 +338,9 @@ fn finished(served: &Served, arrived: Instant, answer: Response<Body>) -> Respon
 
 /// The model a `/v1` request's body names: its JSON's `model` field, or for a
 /// `multipart/form-data` upload (`audio.transcriptions`), its `model` form field; None if
-/// it names none; why, if the body is neither.
-async fn named_model(content_type: &str, body: &Bytes) -> Result<Option<String>, String> {
+/// it names none; why, if the body is neither. And whether it asks for a stream (a JSON
+/// body's `"stream": true`).
+async fn named_model(content_type: &str, body: &Bytes) -> Result<(Option<String>, bool), String> {
     if content_type
         .to_ascii_lowercase()
         .starts_with("multipart/form-data")
@@ -355,22 +356,26 @@ async fn named_model(content_type: &str, body: &Bytes) -> Result<Option<String>,
                         .text()
                         .await
                         .map_err(|e| format!("the multipart body's model field: {e}"))?;
-                    return Ok(Some(text));
+                    return Ok((Some(text), false));
                 }
                 Ok(Some(_)) => continue,
-                Ok(None) => return Ok(None),
+                Ok(None) => return Ok((None, false)),
                 Err(e) => return Err(format!("the multipart body: {e}")),
             }
         }
     }
-    /// The one field the front door reads of a JSON body.
+    /// The fields the front door reads of a JSON body.
     #[derive(serde::Deserialize)]
     struct Named<'a> {
         #[serde(borrow)]
         model: Option<std::borrow::Cow<'a, str>>,
+        stream: Option<serde_json::Value>,
     }
     serde_json::from_slice::<Named>(body)
-        .map(|v| v.model.map(std::borrow::Cow::into_owned))
+        .map(|v| {
+            let stream = v.stream == Some(serde_json::Value::Bool(true));
+            (v.model.map(std::borrow::Cow::into_owned), stream)
+        })
         .map_err(|e| format!("the body is not JSON: {e}"))
 }
 
@@ -382,16 +387,103 @@ fn futures_once(
 }
 
 /// Sends the request to a ready instance of `model` (waiting up to its ready timeout for
-/// one), streaming the answer back.
+/// one), streaming the answer back. A `stream` asked for while no instance is ready, of a
+/// model with `serve.loading_state`, is answered at once: SSE comments while it waits
+/// ([`loading`]).
 async fn to_instance(
-    (model, served): (&str, &Served),
-    mut parts: hyper::http::request::Parts,
+    (model, served): (&str, &Arc<Served>),
+    parts: hyper::http::request::Parts,
+    path: String,
+    body: Body,
+    arrived: Instant,
+    stream: bool,
+) -> Response<Body> {
+    if stream && served.settings().loading_state && Routes::cold(served) {
+        return loading(model, served.clone(), parts, path, body, arrived);
+    }
+    match place(model, served).await {
+        Ok(slot) => forward((model, served), slot, parts, path, body, arrived).await,
+        Err(refused) => refused,
+    }
+}
+
+/// How often a stream that waits for its model says so.
+const LOADING_EVERY: Duration = Duration::from_secs(1);
+
+/// The answer of a stream that waits for its model to load or wake: its head (200,
+/// `text/event-stream`) at once, then an SSE comment (`: cuvisor: model NAME is loading
+/// (N s)`) every [`LOADING_EVERY`] until an instance takes it, then the instance's
+/// stream. What would have been an error (no instance ready in time, the model failing)
+/// comes as an SSE `error` event in OpenAI's error shape, since the head has gone.
+fn loading(
+    model: &str,
+    served: Arc<Served>,
+    parts: hyper::http::request::Parts,
     path: String,
     body: Body,
     arrived: Instant,
 ) -> Response<Body> {
-    let mut slot = match Routes::slot(served).await {
-        Ok(slot) => slot,
+    use hyper::body::Frame;
+    type Piece = Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(16);
+    let model = model.to_owned();
+    tokio::spawn(async move {
+        let data = |text: String| Ok(Frame::data(Bytes::from(text)));
+        let placed = {
+            let place = place(&model, &served);
+            tokio::pin!(place);
+            let mut every = tokio::time::interval(LOADING_EVERY);
+            loop {
+                tokio::select! {
+                    placed = &mut place => break placed,
+                    _ = every.tick() => {
+                        let waited = arrived.elapsed().as_secs();
+                        let line = format!(": cuvisor: model {model} is loading ({waited} s)\n\n");
+                        if tx.send(data(line)).await.is_err() {
+                            return; // the client left: its place in the queue goes too
+                        }
+                    }
+                }
+            }
+        };
+        let answer = match placed {
+            Ok(slot) => forward((&model, &served), slot, parts, path, body, arrived).await,
+            Err(refused) => refused,
+        };
+        let ok = answer.status() == StatusCode::OK;
+        let mut body = answer.into_body();
+        if !ok {
+            // Its error, whole (a small JSON body), as an event.
+            let whole = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let text = String::from_utf8_lossy(&whole);
+            let _ = tx
+                .send(data(format!("event: error\ndata: {text}\n\n")))
+                .await;
+            return;
+        }
+        while let Some(frame) = body.frame().await {
+            if tx.send(frame).await.is_err() {
+                return;
+            }
+        }
+    });
+    let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(hyper::header::CONTENT_TYPE, "text/event-stream")
+        .header(hyper::header::CACHE_CONTROL, "no-cache")
+        .body(http_body_util::StreamBody::new(stream).boxed())
+        .expect("a valid response")
+}
+
+/// A place on an instance of `model`, or the answer that says why there is none.
+async fn place(model: &str, served: &Served) -> Result<routes::Slot, Response<Body>> {
+    match Routes::slot(served).await {
+        Ok(slot) => Ok(slot),
         Err(NoSlot::QueueFull) => {
             let mut refused = error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -401,7 +493,7 @@ async fn to_instance(
             refused
                 .headers_mut()
                 .insert(hyper::header::RETRY_AFTER, "1".parse().expect("a header"));
-            return refused;
+            Err(refused)
         }
         Err(NoSlot::Unavailable(why)) => {
             let mut refused = error_with_code(
@@ -421,7 +513,7 @@ async fn to_instance(
                     value.parse().expect("digits are a header value"),
                 );
             }
-            return refused;
+            Err(refused)
         }
         Err(NoSlot::Timeout(limit, ready)) => {
             let why = if ready {
@@ -431,9 +523,21 @@ async fn to_instance(
                     "no instance of `{model}` became ready within {limit:?} (serve.ready_timeout)"
                 )
             };
-            return error(StatusCode::SERVICE_UNAVAILABLE, "server_error", why);
+            Err(error(StatusCode::SERVICE_UNAVAILABLE, "server_error", why))
         }
-    };
+    }
+}
+
+/// Sends the request on the instance of `slot`, streaming its answer back; the place is
+/// held until the answer's body has ended.
+async fn forward(
+    (model, served): (&str, &Served),
+    mut slot: routes::Slot,
+    mut parts: hyper::http::request::Parts,
+    path: String,
+    body: Body,
+    arrived: Instant,
+) -> Response<Body> {
     if parts.uri.path() != path {
         // The prefix route: the rest of the path, the same query.
         let query = parts

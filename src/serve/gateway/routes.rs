@@ -62,6 +62,7 @@ pub(super) struct Settings {
     pub(super) concurrency: usize,
     pub(super) max_queue: usize,
     pub(super) queue_timeout: Duration,
+    pub(super) loading_state: bool,
 }
 
 impl Settings {
@@ -74,6 +75,7 @@ impl Settings {
             concurrency: s.concurrency,
             max_queue: s.max_queue,
             queue_timeout: s.queue_timeout,
+            loading_state: s.loading_state,
         })
     }
 }
@@ -417,6 +419,16 @@ impl Routes {
             .filter(|(_, s)| shown(s))
             .find(|(_, s)| s.settings().aliases.iter().any(|a| a == name))
             .map(|(m, s)| (m.clone(), s.clone()))
+    }
+
+    /// Whether `s` has no instance ready (loading or asleep), and may have one: its
+    /// requests would wait for a cold start or a wake.
+    pub(super) fn cold(s: &Served) -> bool {
+        let asleep = s.asleep.load(Ordering::Acquire);
+        let ready = Self::instances(s)
+            .iter()
+            .any(|u| !u.draining && u.ready.load(Ordering::Acquire));
+        (asleep || !ready) && Self::unavailable(s).is_none()
     }
 
     /// A place on the ready instance with the fewest requests in flight, if one has
