@@ -398,14 +398,16 @@ fn env_build(path: &std::path::Path) -> ExitCode {
         },
         std::sync::atomic::AtomicBool::new(false),
     );
-    let sandbox = cuvisor::pyenv::Sandbox {
-        hierarchy: &hierarchy,
-        limits: Default::default(),
-        hidden: cuvisor::pyenv::Sandbox::hidden(&config.supervisor),
-        cancel: &cancel,
-    };
     for m in &config.models {
         let Some(spec) = &m.python else { continue };
+        let progress = |line: &str| eprintln!("model {}: {line}", m.name);
+        let sandbox = cuvisor::pyenv::Sandbox {
+            hierarchy: &hierarchy,
+            limits: Default::default(),
+            hidden: cuvisor::pyenv::Sandbox::hidden(&config.supervisor),
+            cancel: &cancel,
+            progress: &progress,
+        };
         match config.supervisor.envs.build(spec, true, &sandbox) {
             Ok(dir) => println!("model {}: {}", m.name, dir.display()),
             Err(e) => {

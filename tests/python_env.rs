@@ -85,6 +85,16 @@ fn each_model_imports_its_own_version_and_same_requirements_share_an_environment
         "{error}"
     );
     assert_eq!(s.model("one")["state"], "running");
+    // The build's steps and uv's progress are logged as they come, by model.
+    let log = s.supervisor_log();
+    for line in [
+        "model one: Python environment: uv pip compile: Resolved 1 package",
+        "model one: Python environment: uv venv: ",
+        "model one: Python environment: uv pip sync: Installed 1 package",
+        "model two: Python environment: uv pip sync: + cvpkg==2.0",
+    ] {
+        assert!(log.contains(line), "{line:?} in {log}");
+    }
 }
 
 /// `cuvisor env build` builds ahead of time and says where; a missing uv is named.
@@ -137,6 +147,7 @@ fn env_build_builds_ahead_and_names_a_missing_uv() {
         limits: Default::default(),
         hidden: Vec::new(),
         cancel: &cancel,
+        progress: &|_| {},
     };
     let spec = cuvisor::pyenv::PythonSpec {
         packages: vec!["cvpkg==1.0".into()],

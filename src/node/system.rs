@@ -474,11 +474,14 @@ impl Builder {
                 continue;
             };
             let s = &self.supervisor;
+            let name = &job.cfg.name;
+            let progress = |line: &str| log(&format!("model {name}: Python environment: {line}"));
             let sandbox = crate::pyenv::Sandbox {
                 hierarchy: &self.hierarchy,
                 limits: limits(&job.cfg),
                 hidden: crate::pyenv::Sandbox::hidden(s),
                 cancel: &self.cancel,
+                progress: &progress,
             };
             let start = std::time::Instant::now();
             let built = match self.cancel.load(Ordering::Relaxed) {

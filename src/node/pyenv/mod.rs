@@ -197,7 +197,7 @@ impl Envs {
         self.make_owned(&env)?;
         let leaf = format!("{BUILD_LEAF}{name}");
         let env_text = env.display().to_string();
-        let mut venv = vec!["venv", env_text.as_str(), "--quiet"];
+        let mut venv = vec!["venv", env_text.as_str()];
         if let Some(v) = &spec.version {
             venv.extend(["--python", v]);
         }
@@ -210,7 +210,7 @@ impl Envs {
             sandbox,
             &leaf,
             "pip sync",
-            &["pip", "sync", &lock_text, "--python", &python, "--quiet"],
+            &["pip", "sync", &lock_text, "--python", &python],
             spec,
             None,
             None,
@@ -233,7 +233,7 @@ impl Envs {
         sandbox: &Sandbox,
         leaf: &str,
     ) -> Result<String, EnvError> {
-        let mut args = vec!["pip", "compile", "--quiet", "--generate-hashes"];
+        let mut args = vec!["pip", "compile", "--generate-hashes", "--no-header"];
         args.push("--emit-find-links");
         if let Some(v) = &spec.version {
             args.extend(["--python-version", v]);
@@ -409,6 +409,16 @@ pub fn reachable_by(dir: &Path, user: (u32, u32)) -> Result<(), PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_in_urls_are_masked() {
+        assert_eq!(
+            sandbox::masked("GET https://me:s3cret@pypi.example/simple/x/ and http://plain/y"),
+            "GET https://***@pypi.example/simple/x/ and http://plain/y"
+        );
+        assert_eq!(sandbox::masked("no url: a@b"), "no url: a@b");
+        assert_eq!(sandbox::masked("file://tok@h"), "file://***@h");
+    }
 
     #[test]
     fn who_may_search_or_run_by_the_modes() {

@@ -38,6 +38,9 @@ pub struct Sandbox<'a> {
     pub hidden: Vec<PathBuf>,
     /// Set when the build is no longer wanted: uv is killed, the build fails.
     pub cancel: &'a AtomicBool,
+    /// Told each line uv writes on its standard error (its progress), as `STEP: LINE`,
+    /// as it comes, credentials in URLs masked.
+    pub progress: &'a (dyn Fn(&str) + Sync),
 }
 
 impl Sandbox<'_> {
@@ -231,25 +234,44 @@ impl Envs {
         })?;
         // Only uv holds the pipes' other ends now: their ends come when it ends.
         drop((out_write, err_write));
-        let (out, err) = (drain(out_read), drain(err_read));
-        if let (Some(text), Some((read, write))) = (stdin, input) {
-            drop(read);
-            let mut write = std::fs::File::from(write);
-            let _ = write.write_all(text.as_bytes());
-        }
-        let ended = wait(launched.pid, sandbox.cancel);
-        // Whatever it left running goes, and its cgroup.
-        let _ = cgroup.remove();
-        let (out, err) = (
-            out.join().unwrap_or_default(),
-            err.join().unwrap_or_default(),
-        );
+        let (out, err, ended) = std::thread::scope(|scope| {
+            let out = scope.spawn(|| read_all(out_read));
+            let err = scope.spawn(|| {
+                // Line by line, each told as it comes.
+                use std::io::BufRead;
+                let mut all = Vec::new();
+                let mut lines = std::io::BufReader::new(std::fs::File::from(err_read));
+                let mut line = Vec::new();
+                while lines.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+                    let text = String::from_utf8_lossy(&line);
+                    let text = text.trim();
+                    if !text.is_empty() {
+                        (sandbox.progress)(&format!("uv {step}: {}", masked(text)));
+                    }
+                    all.append(&mut line);
+                }
+                all
+            });
+            if let (Some(text), Some((read, write))) = (stdin, input) {
+                drop(read);
+                let mut write = std::fs::File::from(write);
+                let _ = write.write_all(text.as_bytes());
+            }
+            let ended = wait(launched.pid, sandbox.cancel);
+            // Whatever it left running goes, and its cgroup (and so the pipes' ends).
+            let _ = cgroup.remove();
+            (
+                out.join().unwrap_or_default(),
+                err.join().unwrap_or_default(),
+                ended,
+            )
+        });
         match ended {
             Ended::Exited(0) => Ok(String::from_utf8_lossy(&out).into_owned()),
             Ended::Exited(_) => {
                 let message = String::from_utf8_lossy(&err)
                     .lines()
-                    .map(str::trim)
+                    .map(|l| masked(l.trim()))
                     .filter(|l| !l.is_empty())
                     .collect::<Vec<_>>()
                     .join("; ");
@@ -299,12 +321,33 @@ fn wait(pid: i32, cancel: &AtomicBool) -> Ended {
     }
 }
 
-/// All of a pipe, read on a thread of its own.
-fn drain(pipe: OwnedFd) -> std::thread::JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        use std::io::Read;
-        let mut buf = Vec::new();
-        let _ = std::fs::File::from(pipe).read_to_end(&mut buf);
-        buf
-    })
+/// All of a pipe.
+fn read_all(pipe: OwnedFd) -> Vec<u8> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let _ = std::fs::File::from(pipe).read_to_end(&mut buf);
+    buf
+}
+
+/// `line` with the user and password of every URL in it masked (`https://***@host/`): an
+/// index's credentials never reach a log.
+pub(super) fn masked(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    while let Some(at) = rest.find("://") {
+        let (before, after) = rest.split_at(at + 3);
+        out.push_str(before);
+        let host_end = after
+            .find(|c: char| c == '/' || c.is_whitespace())
+            .unwrap_or(after.len());
+        match after[..host_end].rfind('@') {
+            Some(user_end) => {
+                out.push_str("***");
+                rest = &after[user_end..];
+            }
+            None => rest = after,
+        }
+    }
+    out.push_str(rest);
+    out
 }
