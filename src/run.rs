@@ -274,6 +274,20 @@ impl Running {
         }
     }
 
+    /// Reads the configuration file again and applies what changed, as `cuvisor reload`
+    /// does: a line per model, or every reason it was refused (then nothing changed). It
+    /// blocks, as [`Running::status`] does.
+    pub fn reload(&self) -> Result<Vec<String>, Vec<String>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _ = self.events.send(Event::Call(Call::Reload(tx)));
+        match rx.blocking_recv() {
+            Ok(Answer::Reloaded(said)) => Ok(said),
+            Ok(Answer::ReloadRefused(why)) => Err(why),
+            Ok(Answer::ShuttingDown) => Err(vec!["the supervisor is stopping".into()]),
+            _ => Err(vec![Error::Panicked.to_string()]),
+        }
+    }
+
     /// Stops every worker (SIGTERM, SIGKILL after the grace period), closes the control
     /// API and the front door, and returns once all of it is done.
     pub fn stop(mut self) -> Result<(), Error> {
@@ -323,7 +337,7 @@ fn supervise(sup: &mut Supervisor<System, Front>, events: &Receiver<Event>) {
                 reload(sup, "SIGHUP", now());
             }
             Ok(Event::Call(Call::Reload(reply))) => {
-                let _ = reply.send(reload(sup, "control API", now()));
+                let _ = reply.send(reload(sup, "asked", now()));
             }
             Ok(Event::Signal(_) | Event::Call(Call::Demand)) => {}
             Ok(Event::Call(Call::Control(request, reply))) => {

@@ -22,6 +22,9 @@ fn the_demo_runs_two_models_under_the_supervisor() {
         "\"content\": \"hello from chat\"",
         "\"model\": \"text-embedding-3-small\", \"served_by\": \"embed\"",
         "embed: answered in",
+        // reloaded from its file, unchanged: nothing touched
+        "model chat: unchanged",
+        "model embed: unchanged",
         "running.stop()",
         "the front door is closed: true",
     ] {

@@ -55,6 +55,11 @@ pub fn two_models_behind_the_front_door(stubs: &Path, dir: &Path) -> bool {
     for line in text.lines() {
         println!("    {line}");
     }
+    // Written too, for the reload below: a supervisor reloads from its file.
+    if let Err(e) = std::fs::write(dir.join("cuvisor.toml"), &text) {
+        eprintln!("cannot write {}: {e}", dir.join("cuvisor.toml").display());
+        return false;
+    }
     let config = match Config::parse(&dir.join("cuvisor.toml"), &text) {
         Ok(c) => c,
         Err(errors) => {
@@ -118,6 +123,16 @@ pub fn two_models_behind_the_front_door(stubs: &Path, dir: &Path) -> bool {
         }
         Err(e) => {
             eprintln!("cuvisor: {e}");
+            ok = false;
+        }
+    }
+    // The file read again (as `cuvisor reload` or SIGHUP does): nothing changed in it,
+    // so nothing is touched.
+    println!("\n  running.reload()");
+    match running.reload() {
+        Ok(lines) => lines.iter().for_each(|l| println!("    {l}")),
+        Err(why) => {
+            why.iter().for_each(|l| eprintln!("    {l}"));
             ok = false;
         }
     }
