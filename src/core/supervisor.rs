@@ -962,10 +962,7 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
                 self.models[m].ledger_error = Some(why);
             }
         }
-        self.config = Config {
-            models: config.models.clone(),
-            ..config
-        };
+        self.config = config;
         self.roll(now);
         self.drained(now);
         self.tell_availability();
