@@ -6,18 +6,6 @@ use common::supervisor::*;
 use common::*;
 use std::time::Duration;
 
-const MIB: u64 = 1 << 20;
-
-/// A model whose worker allocates `size` on the fake GPU and holds it, with `quota`.
-fn holder(name: &str, size: &str, quota: &str) -> String {
-    format!(
-        "[[model]]\nname = \"{name}\"\ncommand = \"{}\"\nargs = [\"init\", \"alloc\", \"{size}\", \"sleep\", \"100000\"]\n\
-         env = {{ LD_LIBRARY_PATH = \"{}\" }}\ngpu_quota = \"{quota}\"\n",
-        stub_dir().join("driver_probe").display(),
-        stub_dir().display()
-    )
-}
-
 /// Defect 1: a model's `gpu_quota` changed in the file holds at the next start. The old
 /// ledger takes the new quota (before: the model failed, "the ledger's quota is
 /// authoritative", and only deleting the file helped).

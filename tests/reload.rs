@@ -253,18 +253,6 @@ fn a_changed_model_is_replaced_by_rolling_instances_without_a_dropped_request() 
     assert_ne!(pids(&s, "chat"), old);
 }
 
-const MIB: u64 = 1 << 20;
-
-/// A model whose worker allocates `size` on the fake GPU and holds it, with `quota`.
-fn holder(name: &str, size: &str, quota: &str) -> String {
-    format!(
-        "[[model]]\nname = \"{name}\"\ncommand = \"{}\"\nargs = [\"init\", \"alloc\", \"{size}\", \"sleep\", \"100000\"]\n\
-         env = {{ LD_LIBRARY_PATH = \"{}\" }}\ngpu_quota = \"{quota}\"\n",
-        stub_dir().join("driver_probe").display(),
-        stub_dir().display()
-    )
-}
-
 /// A file that fails its check changes nothing, and the errors come back (every one, with
 /// its line); a change of a supervisor-level key is refused by name; a change of quota
 /// alone (here by SIGHUP) is applied live to the running process.

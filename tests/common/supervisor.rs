@@ -254,3 +254,13 @@ pub fn with_tcp_api(tag: &str, token: &str, models: &str) -> (Supervisor, u16, T
     let s = Supervisor::start_with(tag, &settings, &[], models);
     (s, port, dir)
 }
+
+/// A model whose worker allocates `size` on the fake GPU and holds it, with `quota`.
+pub fn holder(name: &str, size: &str, quota: &str) -> String {
+    format!(
+        "[[model]]\nname = \"{name}\"\ncommand = \"{}\"\nargs = [\"init\", \"alloc\", \"{size}\", \"sleep\", \"100000\"]\n\
+         env = {{ LD_LIBRARY_PATH = \"{}\" }}\ngpu_quota = \"{quota}\"\n",
+        stub_dir().join("driver_probe").display(),
+        stub_dir().display()
+    )
+}
