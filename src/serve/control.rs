@@ -585,7 +585,7 @@ fn http(answer: Answer, backend: &Backend) -> Reply {
                 None => crate::metrics::encode(&s, &backend.swaps),
                 Some(r) => {
                     crate::metrics::encode_with_front_door(&s, &backend.swaps, &r.metrics, |m| {
-                        r.in_flight_and_waiting(m)
+                        r.queue_now(m)
                     })
                 }
             },

@@ -73,12 +73,17 @@ fn fill(scrape: &mut Scrape, status: &Status) {
             "cuvisor_gpu_committed_bytes",
             "The quotas of the models placed on the GPU.",
         );
+        let capacity = scrape.gauge::<GpuLabel>(
+            "cuvisor_gpu_capacity_bytes",
+            "What the quotas placed on the GPU may reach: gpu_overcommit times its memory.",
+        );
         for g in gpus {
             let label = GpuLabel {
                 gpu: g.uuid.clone(),
             };
             memory.get_or_create(&label).set(g.memory_bytes);
             committed.get_or_create(&label).set(g.committed_bytes);
+            capacity.get_or_create(&label).set(g.capacity_bytes);
         }
     }
     let quota = scrape.gauge::<ModelGpuLabels>(
@@ -119,7 +124,15 @@ fn fill(scrape: &mut Scrape, status: &Status) {
         "cuvisor_swap_pinned_bytes",
         "Bytes the last hibernate could not move (not managed memory).",
     );
+    let by_state = scrape.gauge::<ModelStateLabels>("cuvisor_instances", "Instances by state.");
     for m in &status.models {
+        for i in &m.instances {
+            let labels = ModelStateLabels {
+                model: m.name.clone(),
+                state: i.state.clone(),
+            };
+            by_state.get_or_create(&labels).inc();
+        }
         for g in m.gpus.iter().flatten() {
             let labels = ModelGpuLabels {
                 model: m.name.clone(),
@@ -427,13 +440,22 @@ fn label(model: &str) -> ModelLabel {
     }
 }
 
+/// A served model's requests now, as the front door counts them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueNow {
+    pub in_flight: usize,
+    pub waiting: usize,
+    /// Its `max_queue`: more waiting are refused.
+    pub limit: usize,
+}
+
 /// The front door's part of a scrape: its counters and histograms, and per served model
-/// the requests in flight and waiting now, and instances by state.
+/// the requests in flight and waiting now, and its queue's limit.
 pub fn encode_with_front_door(
     status: &Status,
     swap: &SwapMetrics,
     front_door: &FrontDoorMetrics,
-    load: impl Fn(&str) -> Option<(usize, usize)>,
+    load: impl Fn(&str) -> Option<QueueNow>,
 ) -> String {
     let mut scrape = Scrape(Registry::default());
     fill(&mut scrape, status);
@@ -447,18 +469,19 @@ pub fn encode_with_front_door(
         "cuvisor_queued_requests",
         "Front-door requests waiting for a free instance.",
     );
-    let by_state = scrape.gauge::<ModelStateLabels>("cuvisor_instances", "Instances by state.");
+    let limit = scrape.gauge::<ModelLabel>(
+        "cuvisor_queue_limit",
+        "Front-door requests that may wait for the model (serve.max_queue); more are refused.",
+    );
     for m in &status.models {
-        if let Some((flying, waiting)) = load(&m.name) {
-            in_flight.get_or_create(&label(&m.name)).set(flying as u64);
-            queued.get_or_create(&label(&m.name)).set(waiting as u64);
-        }
-        for i in &m.instances {
-            let labels = ModelStateLabels {
-                model: m.name.clone(),
-                state: i.state.clone(),
-            };
-            by_state.get_or_create(&labels).inc();
+        if let Some(now) = load(&m.name) {
+            in_flight
+                .get_or_create(&label(&m.name))
+                .set(now.in_flight as u64);
+            queued
+                .get_or_create(&label(&m.name))
+                .set(now.waiting as u64);
+            limit.get_or_create(&label(&m.name)).set(now.limit as u64);
         }
     }
     let mut out = String::new();

@@ -550,14 +550,18 @@ impl Routes {
         }
     }
 
-    /// Requests in flight and waiting now, for a served model.
-    pub fn in_flight_and_waiting(&self, model: &str) -> Option<(usize, usize)> {
+    /// Requests in flight and waiting now, and the queue's limit, for a served model.
+    pub fn queue_now(&self, model: &str) -> Option<crate::metrics::QueueNow> {
         let s = self.get(model)?;
-        let flying = Self::instances(&s)
+        let in_flight = Self::instances(&s)
             .iter()
             .map(|u| u.shared.in_flight.load(Ordering::Acquire))
             .sum();
-        Some((flying, s.queue.waiting.load(Ordering::Acquire)))
+        Some(crate::metrics::QueueNow {
+            in_flight,
+            waiting: s.queue.waiting.load(Ordering::Acquire),
+            limit: s.settings().max_queue,
+        })
     }
 
     /// A model's load: requests waiting, and each routed instance's (by index).
