@@ -348,6 +348,15 @@ fn every_invalid_form_is_rejected_with_its_line() {
             &format!("{MODEL}user = \"0\"\ngroup = \"4294967295\"\n"),
             "FILE:5: group = \"4294967295\": 4294967295 is not a usable id",
         ),
+        // Issue 27: the dashboard's listener and its token.
+        (
+            &format!("[supervisor]\ndashboard = \"localhost\"\n{MODEL}"),
+            "FILE:2: dashboard = \"localhost\": expected an address such as 127.0.0.1:9470",
+        ),
+        (
+            &format!("[supervisor]\ndashboard_token = \"/etc/hostname\"\n{MODEL}"),
+            "FILE:2: dashboard_token: set dashboard too (the listener it guards)",
+        ),
     ];
     for (text, expected) in cases {
         let (code, _, err) = check(text);

@@ -317,6 +317,27 @@ pub(super) fn check_supervisor(c: &mut Checker, s: RawSupervisor) -> SupervisorC
     if let (None, Some(t)) = (&s.metrics, &s.metrics_token) {
         c.error(t, "metrics_token: set metrics too (the listener it guards)");
     }
+    let dashboard = s
+        .dashboard
+        .as_ref()
+        .and_then(|v| match v.get_ref().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                let why = "expected an address such as 127.0.0.1:9470";
+                c.error(v, format!("dashboard = \"{}\": {why}", v.get_ref()));
+                None
+            }
+        });
+    let dashboard_token = s
+        .dashboard_token
+        .as_ref()
+        .and_then(|v| c.secret("dashboard_token", v, |host, p| host.read_token(p).map(drop)));
+    if let (None, Some(t)) = (&s.dashboard, &s.dashboard_token) {
+        c.error(
+            t,
+            "dashboard_token: set dashboard too (the listener it guards)",
+        );
+    }
     let log_level = match s.log_level.as_ref() {
         None => LogLevel::default(),
         Some(v) => match v.get_ref().as_str() {
@@ -414,6 +435,8 @@ pub(super) fn check_supervisor(c: &mut Checker, s: RawSupervisor) -> SupervisorC
         http,
         metrics,
         metrics_token,
+        dashboard,
+        dashboard_token,
         log_level,
         log_json,
         http_access_log: s.http_access_log.unwrap_or(false),

@@ -21,7 +21,21 @@ pub fn supervisor_exposure(s: &SupervisorConfig) -> Vec<String> {
         && s.metrics_token.is_none()
     {
         out.push(format!(
-            "the metrics listen on {addr}, beyond this host, and ask for no token: whoever              reaches them reads the models' names and use (set metrics_token, or firewall it)"
+            "the metrics listen on {addr}, beyond this host, and ask for no token: whoever \
+             reaches them reads the models' names and use (set metrics_token, or firewall it)"
+        ));
+    }
+    if let Some(addr) = s.dashboard
+        && !addr.ip().is_loopback()
+    {
+        out.push(format!(
+            "the dashboard listens on {addr}, beyond this host: whoever reaches it sees the \
+             models' names, states and use{} (listen on 127.0.0.1 behind an authenticating \
+             proxy, or firewall it)",
+            match s.dashboard_token {
+                Some(_) => "",
+                None => ", and no token guards its actions: it is read-only",
+            }
         ));
     }
     out

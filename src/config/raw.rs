@@ -37,6 +37,8 @@ pub(super) struct RawSupervisor {
     pub(super) build_user: Option<Spanned<String>>,
     pub(super) metrics: Option<Spanned<String>>,
     pub(super) metrics_token: Option<Spanned<String>>,
+    pub(super) dashboard: Option<Spanned<String>>,
+    pub(super) dashboard_token: Option<Spanned<String>>,
     pub(super) log_level: Option<Spanned<String>>,
     pub(super) log_format: Option<Spanned<String>>,
     pub(super) http_access_log: Option<bool>,

@@ -217,6 +217,12 @@ pub struct SupervisorConfig {
     pub metrics: Option<SocketAddr>,
     /// The file holding the bearer token scrapes of `metrics` must carry; None: none.
     pub metrics_token: Option<PathBuf>,
+    /// The dashboard's listener (`dashboard`): a web page of the node, and the read-only
+    /// part of the control API it reads.
+    pub dashboard: Option<SocketAddr>,
+    /// The file holding the token the dashboard's actions (and a model's output) need;
+    /// None: the dashboard is read-only.
+    pub dashboard_token: Option<PathBuf>,
     /// The least important lines the supervisor logs (`log_level`).
     pub log_level: LogLevel,
     /// Its log lines as text or JSON (`log_format`).

@@ -107,6 +107,8 @@ fn supervisor_changes(a: &SupervisorConfig, b: &SupervisorConfig) -> Vec<&'stati
         http,
         metrics,
         metrics_token,
+        dashboard,
+        dashboard_token,
         log_level,
         log_json,
         http_access_log,
@@ -137,6 +139,8 @@ fn supervisor_changes(a: &SupervisorConfig, b: &SupervisorConfig) -> Vec<&'stati
     key(*http != b.http, "http");
     key(*metrics != b.metrics, "metrics");
     key(*metrics_token != b.metrics_token, "metrics_token");
+    key(*dashboard != b.dashboard, "dashboard");
+    key(*dashboard_token != b.dashboard_token, "dashboard_token");
     key(*log_level != b.log_level, "log_level");
     key(*log_json != b.log_json, "log_format");
     key(*http_access_log != b.http_access_log, "http_access_log");

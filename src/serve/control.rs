@@ -98,6 +98,9 @@ enum Access {
     Token(Arc<str>),
     /// The metrics listener: `GET /metrics` alone, with the token if there is one.
     Metrics(Option<Arc<str>>),
+    /// The dashboard's listener: its page, and the control API's reads; actions and a
+    /// model's output with the token (none: read-only).
+    Dashboard(Option<Arc<str>>),
 }
 
 /// Serves the control API of `cfg` (its Unix socket; `listen` too, if set), handing
@@ -166,8 +169,33 @@ pub fn serve(
             Some((listener, token))
         }
     };
+    let dashboard = match cfg.dashboard {
+        None => None,
+        Some(addr) => {
+            let token = match cfg.dashboard_token.as_deref() {
+                None => None,
+                Some(file) => Some(Arc::<str>::from(secrets::read_token(file).map_err(
+                    |why| ServeError::Secret {
+                        key: "dashboard_token",
+                        path: file.to_owned(),
+                        why,
+                    },
+                )?)),
+            };
+            let listener =
+                std::net::TcpListener::bind(addr).map_err(|source| ServeError::Listen {
+                    what: "dashboard",
+                    addr,
+                    source,
+                })?;
+            Some((listener, token))
+        }
+    };
     for fd in [
         Some(std::os::fd::AsRawFd::as_raw_fd(&unix)),
+        dashboard
+            .as_ref()
+            .map(|(l, _)| std::os::fd::AsRawFd::as_raw_fd(l)),
         tcp.as_ref()
             .map(|(l, _)| std::os::fd::AsRawFd::as_raw_fd(l)),
         metrics
@@ -226,6 +254,24 @@ pub fn serve(
                     Some(connection(
                         stream,
                         Access::Metrics(token.clone()),
+                        tx.clone(),
+                    ))
+                },
+            ));
+        }
+        if let Some((listener, token)) = dashboard {
+            let listener =
+                tokio::net::TcpListener::from_std(listener).expect("a non-blocking socket");
+            let tx = tx.clone();
+            // Places of its own: browsers cannot crowd out the CLI or the scrapers.
+            tokio::spawn(accept_loop(
+                listener,
+                "dashboard",
+                Some(MAX_CONNECTIONS),
+                move |stream: tokio::net::TcpStream| {
+                    Some(connection(
+                        stream,
+                        Access::Dashboard(token.clone()),
                         tx.clone(),
                     ))
                 },
@@ -348,6 +394,15 @@ async fn answer(
             "only the supervisor's user may use this socket\n",
         )),
         Access::Token(token) => authorized(&request, token),
+        Access::Dashboard(token) => {
+            if request.method() == hyper::Method::GET
+                && let Some((kind, body)) = super::dashboard::asset(request.uri().path())
+            {
+                return super::dashboard::page(kind, body);
+            }
+            super::dashboard::allowed(&request, token.as_deref())
+                .map_err(|(code, why)| reply(code, "text/plain", why))
+        }
         Access::Metrics(token) => {
             if request.method() != hyper::Method::GET || request.uri().path() != "/metrics" {
                 Err(reply(404, "text/plain", "only GET /metrics here\n"))

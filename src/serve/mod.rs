@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod control;
+pub mod dashboard;
 pub mod gateway;
 pub mod metrics;
 pub mod server;
