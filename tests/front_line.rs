@@ -187,7 +187,7 @@ fn idle_connections_do_not_take_the_supervisors_descriptors() {
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     common::supervisor::wait_until(
         "the worker started again",
-        std::time::Duration::from_secs(20),
+        std::time::Duration::from_secs(40),
         || {
             let m = s.model("m");
             m["restarts"] == 1 && m["instances"][0]["state"] == "ready"

@@ -409,7 +409,11 @@ pub(super) fn check_supervisor(c: &mut Checker, s: RawSupervisor) -> SupervisorC
             .uv
             .as_ref()
             .filter(|v| c.no_nul("uv", v))
-            .map_or_else(|| PathBuf::from("uv"), |v| PathBuf::from(v.get_ref())),
+            .map(|v| PathBuf::from(v.get_ref()))
+            // Not said: the uv beside this binary (where `pip install cuvisor` puts the
+            // one it depends on), else uv on the PATH.
+            .or_else(|| c.host.beside_me("uv"))
+            .unwrap_or_else(|| PathBuf::from("uv")),
         user: match &s.build_user {
             Some(u) => match c.host.user(u.get_ref()) {
                 Some((0, _)) => {

@@ -5,7 +5,7 @@
 
 use super::cpus::CpuSet;
 use super::secrets::{self, SecretError};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The host lookups of [`super::Config::parse_on`].
 pub trait Host {
@@ -21,6 +21,12 @@ pub trait Host {
     /// `api_keys`' keys ([`secrets::read_keys`]).
     fn read_keys(&self, path: &Path) -> Result<Vec<String>, SecretError>;
     fn online_cpus(&self) -> Option<CpuSet>;
+    /// The program `name` beside this process's own binary, if there is one there (as
+    /// `pip install cuvisor` places uv beside `cuvisor`). None by default.
+    fn beside_me(&self, name: &str) -> Option<PathBuf> {
+        let _ = name;
+        None
+    }
 }
 
 /// This machine.
@@ -50,6 +56,11 @@ impl Host for SystemHost {
     }
     fn online_cpus(&self) -> Option<CpuSet> {
         CpuSet::online()
+    }
+    fn beside_me(&self, name: &str) -> Option<PathBuf> {
+        let exe = std::env::current_exe().ok()?;
+        let found = exe.parent()?.join(name);
+        found.is_file().then_some(found)
     }
 }
 
