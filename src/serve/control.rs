@@ -132,65 +132,30 @@ pub fn serve(
     let tcp = match cfg.listen {
         None => None,
         Some(addr) => {
-            let token_file = cfg.listen_token.as_deref().ok_or(ServeError::NoToken)?;
-            let token = secrets::read_token(token_file).map_err(|why| ServeError::Secret {
-                key: "listen_token",
-                path: token_file.to_owned(),
-                why,
-            })?;
-            let listener =
-                std::net::TcpListener::bind(addr).map_err(|source| ServeError::Listen {
-                    what: "control API",
-                    addr,
-                    source,
-                })?;
-            Some((listener, Arc::<str>::from(token)))
+            // The TCP API always asks for its token.
+            let file = cfg.listen_token.as_deref().ok_or(ServeError::NoToken)?;
+            let (listener, token) = listener(addr, "control API", "listen_token", Some(file))?;
+            Some((listener, token.expect("a token file was given")))
         }
     };
-    let metrics = match cfg.metrics {
-        None => None,
-        Some(addr) => {
-            let token = match cfg.metrics_token.as_deref() {
-                None => None,
-                Some(file) => Some(Arc::<str>::from(secrets::read_token(file).map_err(
-                    |why| ServeError::Secret {
-                        key: "metrics_token",
-                        path: file.to_owned(),
-                        why,
-                    },
-                )?)),
-            };
-            let listener =
-                std::net::TcpListener::bind(addr).map_err(|source| ServeError::Listen {
-                    what: "metrics",
-                    addr,
-                    source,
-                })?;
-            Some((listener, token))
-        }
-    };
-    let dashboard = match cfg.dashboard {
-        None => None,
-        Some(addr) => {
-            let token = match cfg.dashboard_token.as_deref() {
-                None => None,
-                Some(file) => Some(Arc::<str>::from(secrets::read_token(file).map_err(
-                    |why| ServeError::Secret {
-                        key: "dashboard_token",
-                        path: file.to_owned(),
-                        why,
-                    },
-                )?)),
-            };
-            let listener =
-                std::net::TcpListener::bind(addr).map_err(|source| ServeError::Listen {
-                    what: "dashboard",
-                    addr,
-                    source,
-                })?;
-            Some((listener, token))
-        }
-    };
+    let metrics = cfg
+        .metrics
+        .map(|addr| {
+            listener(
+                addr,
+                "metrics",
+                "metrics_token",
+                cfg.metrics_token.as_deref(),
+            )
+        })
+        .transpose()?;
+    let dashboard = cfg
+        .dashboard
+        .map(|addr| {
+            let token = cfg.dashboard_token.as_deref();
+            listener(addr, "dashboard", "dashboard_token", token)
+        })
+        .transpose()?;
     for fd in [
         Some(std::os::fd::AsRawFd::as_raw_fd(&unix)),
         dashboard
@@ -296,6 +261,31 @@ pub fn serve(
         socket: path.clone(),
         _thread: thread,
     })
+}
+
+/// A TCP listener of the control API's (`what`, on `addr`), and the token in the file
+/// `token_file` (the key `token_key` names it) if there is one.
+fn listener(
+    addr: std::net::SocketAddr,
+    what: &'static str,
+    token_key: &'static str,
+    token_file: Option<&std::path::Path>,
+) -> Result<(std::net::TcpListener, Option<Arc<str>>), ServeError> {
+    let token = token_file
+        .map(|file| {
+            secrets::read_token(file).map_err(|why| ServeError::Secret {
+                key: token_key,
+                path: file.to_owned(),
+                why,
+            })
+        })
+        .transpose()?;
+    let listener = std::net::TcpListener::bind(addr).map_err(|source| ServeError::Listen {
+        what,
+        addr,
+        source,
+    })?;
+    Ok((listener, token.map(Arc::<str>::from)))
 }
 
 /// This process's effective user.
