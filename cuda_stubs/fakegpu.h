@@ -26,6 +26,7 @@ typedef struct {
     int managed;          /* CONCURRENT_MANAGED_ACCESS */
     int pools;            /* MEMORY_POOLS_SUPPORTED */
     int nvml_units;       /* S-class units (NVML): device i is in unit i % nvml_units */
+    double link_gbps;     /* FAKE_CUDA_LINK_GBPS: host<->device bytes take this long; 0: free */
     const char *report_path; /* NULL: no report */
     const char *state_path;  /* NULL: private GPU */
 } fg_config_t;
@@ -37,9 +38,13 @@ enum fg_kind { FG_FIXED = 1, FG_MANAGED = 2 };
 FG_API int fg_init(void);
 FG_API const fg_config_t *fg_config(void);
 
-/* The device-state lock (robust and process-shared). Everything below needs it held. */
+/* The device-state lock (robust and process-shared). Everything below needs it held.
+ * With FAKE_CUDA_LINK_GBPS, fg_unlock then takes the time the bytes moved between host
+ * and device under the lock take on that link (migrations, evictions, fg_link_moved). */
 FG_API void fg_lock(void);
 FG_API void fg_unlock(void);
+/* Bytes the caller moved over the link under the lock (an explicit host<->device copy). */
+FG_API void fg_link_moved(uint64_t bytes);
 
 /* Creates a range on `dev`. A FIXED range (and a MANAGED one when the device has no
  * concurrent managed access) must fit in device memory now: managed ranges are evicted

@@ -148,6 +148,18 @@ int fg_config_from_env(fg_config_t *c) {
         else
             c->nvml_units = (int)n;
     }
+    v = getenv("FAKE_CUDA_LINK_GBPS");
+    if (v) {
+        char *end;
+        errno = 0;
+        double g = strtod(v, &end);
+        if (*v < '0' || *v > '9' || *end || errno || !(g > 0) || g > 10000)
+            rc |= bad("FAKE_CUDA_LINK_GBPS", v,
+                      "expected the link's speed in GB/s, greater than 0, e.g. 25 for PCIe 4.0 "
+                      "x16 or 50 for PCIe 5.0");
+        else
+            c->link_gbps = g;
+    }
     if (fg_driver_version() < 0) rc = -1;
     rc |= parse_path("FAKE_CUDA_REPORT", &c->report_path);
     rc |= parse_path("FAKE_CUDA_STATE", &c->state_path);

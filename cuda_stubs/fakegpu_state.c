@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -148,6 +149,10 @@ static uint64_t free_bytes(int dev) {
 
 /* Makes `need` bytes free on `dev` if it can: reclaims dead processes, then evicts
  * least-recently-used managed ranges (never `keep`). Returns the bytes free afterwards. */
+/* Bytes this thread moved between host and device since it took the lock: fg_unlock
+ * takes their time on the link (FAKE_CUDA_LINK_GBPS). */
+static __thread uint64_t link_bytes;
+
 static uint64_t make_room_locked(int dev, uint64_t need, uint32_t keep) {
     if (free_bytes(dev) >= need) return free_bytes(dev);
     reclaim_dead_locked();
@@ -168,6 +173,7 @@ static uint64_t make_room_locked(int dev, uint64_t need, uint32_t keep) {
         g->resident -= take;
         R->used[dev] -= take;
         R->procs[g->owner - 1].evicted_bytes += take;
+        link_bytes += take; /* written back to the host */
     }
     return free_bytes(dev);
 }
@@ -235,12 +241,14 @@ void fg_range_touch(uint32_t r, int prefetch) {
     uint64_t in = room < need ? room : need;
     g->resident += in;
     R->used[g->dev] += in;
+    link_bytes += in;
 }
 
 void fg_range_evict(uint32_t r) {
     struct fg_range *g = &R->ranges[r];
     if (g->kind != FG_MANAGED || !(g->flags & FLAG_EVICTABLE)) return;
     R->used[g->dev] -= g->resident;
+    link_bytes += g->resident;
     g->resident = 0;
 }
 
@@ -311,7 +319,21 @@ void fg_lock(void) {
     }
 }
 
-void fg_unlock(void) { pthread_mutex_unlock(&R->lock); }
+void fg_link_moved(uint64_t bytes) { link_bytes += bytes; }
+
+void fg_unlock(void) {
+    pthread_mutex_unlock(&R->lock);
+    uint64_t moved = link_bytes;
+    link_bytes = 0;
+    double gbps = config.link_gbps;
+    if (moved == 0 || gbps <= 0) return;
+    /* After the lock: a process waiting for its transfer holds up no other. */
+    double seconds = (double)moved / (gbps * 1e9);
+    struct timespec t = {.tv_sec = (time_t)seconds,
+                         .tv_nsec = (long)((seconds - (double)(time_t)seconds) * 1e9)};
+    while (nanosleep(&t, &t) == -1 && errno == EINTR) {
+    }
+}
 
 /* ---- attaching the state ----------------------------------------------------------- */
 

@@ -1012,6 +1012,8 @@ static CUresult copy(uint64_t dst, int dst_dev, uint64_t src, int src_dev, size_
     rc = span(dst, n, dst_dev, &d);
     if (!rc) rc = span(src, n, src_dev, &sp);
     if (!rc) memmove(d, sp, n);
+    /* Host to device or back: over the link (FAKE_CUDA_LINK_GBPS). */
+    if (!rc && dst_dev != src_dev) fg_link_moved(n);
     fg_unlock();
     return rc;
 }

@@ -499,3 +499,55 @@ fn the_trace_knob_names_what_the_fake_lacks() {
         stderr(&out)
     );
 }
+
+/// Issue 28: `FAKE_CUDA_LINK_GBPS` makes bytes moved between host and device take the time
+/// they take on that link: 1 GiB at 25 GB/s is 42.9 ms, each way (a prefetch in, one out,
+/// a copy to the device), while what stays put is as quick as without it. Only a lower
+/// bound is exact (a sleep is never shorter); the upper one is generous for a loaded
+/// machine. Without the knob nothing waits, and a bad value is refused by name.
+#[test]
+fn a_link_speed_makes_moved_bytes_take_their_time() {
+    let ms = |line: &str| -> f64 {
+        line.strip_prefix("clock ")
+            .unwrap_or_else(|| panic!("{line}"))
+            .parse()
+            .unwrap()
+    };
+    let script = "init managed 1GiB clock prefetch 0 gpu clock prefetch 0 gpu clock \
+                  prefetch 0 cpu clock alloc 1GiB clock roundtrip 1 clock";
+    let out = run_script(
+        driver_probe()
+            .env("FAKE_CUDA_LINK_GBPS", "25")
+            .env("FAKE_CUDA_DEVICE_MEM", "4GiB"),
+        script,
+    );
+    let expected = 1073741824.0 / 25e9 * 1000.0; // 42.95 ms
+    let (into, again, out_of, roundtrip) = (ms(&out[4]), ms(&out[6]), ms(&out[8]), ms(&out[12]));
+    assert_eq!(out[3], "prefetch 0 gpu -> 0", "{out:?}");
+    assert!(
+        into >= expected && into < expected + 1000.0,
+        "in: {into} ms, {out:?}"
+    );
+    assert!(again < expected / 4.0, "already resident: {again} ms");
+    assert!(
+        out_of >= expected && out_of < expected + 1000.0,
+        "out: {out_of} ms"
+    );
+    // A round trip copies 1 MiB each way: 2 MiB at 25 GB/s, 84 µs.
+    assert!(
+        roundtrip >= 2.0 * 1048576.0 / 25e9 * 1000.0,
+        "{roundtrip} ms"
+    );
+
+    let quick = run_script(driver_probe().env("FAKE_CUDA_DEVICE_MEM", "4GiB"), script);
+    assert!(ms(&quick[4]) < expected, "without a link speed: {quick:?}");
+
+    let out = run(driver_probe()
+        .env("FAKE_CUDA_LINK_GBPS", "fast")
+        .args(["init"]));
+    assert!(
+        stderr(&out).contains("FAKE_CUDA_LINK_GBPS=\"fast\" is invalid: expected the link's speed in GB/s"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -363,6 +363,9 @@ static double now_ns(void) {
     return t.tv_sec * 1e9 + t.tv_nsec;
 }
 
+/* When the probe started (`clock`). */
+static double start_ns;
+
 static unsigned long long stress_max;
 static int stress_iters;
 static double stress_deadline_ns; /* 0: run stress_iters operations */
@@ -430,6 +433,7 @@ static void *thread_main(void *arg) {
 
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
+    start_ns = now_ns();
     bind();
     for (int i = 1; i < argc; i++) {
         const char *c = argv[i];
@@ -988,6 +992,14 @@ int main(int argc, char **argv) {
             }
             printf("watch-nvml %s -> %d max=%llu samples=%s\n", a1, e, max, samples > 100 ? "many" : "few");
             i++;
+        } else if (!strcmp(c, "clock")) {
+            /* Milliseconds since the last clock (or the probe's start): how long what is
+             * between two of them took. */
+            static double last;
+            double t = now_ns();
+            if (last == 0) last = start_ns;
+            printf("clock %.3f\n", (t - last) / 1e6);
+            last = t;
         } else if (!strcmp(c, "sleep")) {
             usleep((useconds_t)atoi(a1) * 1000);
             printf("sleep %s -> 0\n", a1);
