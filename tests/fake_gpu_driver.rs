@@ -546,7 +546,8 @@ fn a_link_speed_makes_moved_bytes_take_their_time() {
         .env("FAKE_CUDA_LINK_GBPS", "fast")
         .args(["init"]));
     assert!(
-        stderr(&out).contains("FAKE_CUDA_LINK_GBPS=\"fast\" is invalid: expected the link's speed in GB/s"),
+        stderr(&out)
+            .contains("FAKE_CUDA_LINK_GBPS=\"fast\" is invalid: expected the link's speed in GB/s"),
         "{}",
         stderr(&out)
     );

@@ -6,9 +6,18 @@
 //!   still stop after `serve.idle_timeout`: a model kept at its minimum sleeps instead of
 //!   holding the GPU.)
 //! - **Demand**: a hibernated model with a request waiting or in flight wakes.
-//! - **Pressure**: before a model wakes, on each GPU it uses, the least recently used
-//!   idle models there are hibernated until its quota fits beside what stays resident
-//!   ([`make_room`]): Omni's worked example, where a request for C pushes A and B out.
+//! - **Pressure**: before a model wakes, on each GPU it uses, idle models there are
+//!   hibernated until its quota fits beside what stays resident ([`make_room`]): Omni's
+//!   worked example, where a request for C pushes A and B out. Of the sets of idle models
+//!   that make room, the one that moves the fewest bytes goes (each of its bytes crosses
+//!   the link twice: out now, back at its next request), the least recently used on a
+//!   tie; and a model used within [`PROTECT`] is pushed out only when the others cannot
+//!   make room (hysteresis: two hot models do not evict each other on every request).
+//! - **Collation**: a wake for requests that would have to push out a model used within
+//!   [`PROTECT`] waits, up to [`PATIENCE`], for room to come free otherwise
+//!   ([`wake_now`]): the busy model serves its queue, then the waiting one its whole
+//!   queue, rather than the two swapping request by request. A wake whose requests have
+//!   all left meanwhile is not made.
 //!
 //! ```
 //! use cuvisor::hibernation::{make_room, Resident};
@@ -20,7 +29,13 @@
 //!     Resident { model: 0, bytes: 3 * gib, idle: Some(Duration::from_secs(60)) },
 //!     Resident { model: 1, bytes: gib, idle: Some(Duration::from_secs(5)) },
 //! ];
-//! assert_eq!(make_room(4 * gib, 2 * gib, &resident), vec![0]); // A, the least recently used
+//! assert_eq!(make_room(4 * gib, 2 * gib, &resident, false), vec![0]); // A: B is warm
+//! // With a bigger A, the smaller B makes room with fewer bytes moved, once it is cold.
+//! let resident = [
+//!     Resident { model: 0, bytes: 6 * gib, idle: Some(Duration::from_secs(60)) },
+//!     Resident { model: 1, bytes: 2 * gib, idle: Some(Duration::from_secs(30)) },
+//! ];
+//! assert_eq!(make_room(8 * gib, 2 * gib, &resident, false), vec![1]);
 //! ```
 
 use crate::scaling;
@@ -90,23 +105,104 @@ pub struct Resident {
     pub idle: Option<Duration>,
 }
 
+/// A model used within this long is pushed out for another only when the others cannot
+/// make room, or when that other's requests have waited [`PATIENCE`].
+pub const PROTECT: Duration = Duration::from_secs(10);
+
+/// How long requests for a hibernated model wait for room before it wakes all the same,
+/// pushing out models used within [`PROTECT`] (or, if even that is not enough, leaving
+/// the rest to the driver's eviction).
+pub const PATIENCE: Duration = Duration::from_secs(5);
+
 /// The models to hibernate so that `need` more bytes fit on a GPU of `memory` bytes where
-/// `resident` (the awake models there) are: the idle ones, least recently used first,
-/// until it fits. If even all of them do not make room, all of them: the rest is left to
-/// the driver's eviction.
-pub fn make_room(memory: u64, need: u64, resident: &[Resident]) -> Vec<usize> {
-    let mut used: u64 = resident.iter().map(|r| r.bytes).sum();
-    let mut idle: Vec<&Resident> = resident.iter().filter(|r| r.idle.is_some()).collect();
-    idle.sort_by(|a, b| b.idle.cmp(&a.idle).then(a.model.cmp(&b.model)));
-    let mut out = Vec::new();
-    for r in idle {
-        if used.saturating_add(need) <= memory {
-            break;
-        }
-        used -= r.bytes;
-        out.push(r.model);
+/// `resident` (the awake models there) are: of the sets of idle models that make room,
+/// the one with the fewest bytes (ties: the least recently used), least recently used
+/// first. Among the models idle for [`PROTECT`] or more; with `warm_too`, among every idle
+/// model when those cannot make room. If even all of them do not make room, all of them:
+/// the rest is left to the driver's eviction ([`fits`] tells).
+pub fn make_room(memory: u64, need: u64, resident: &[Resident], warm_too: bool) -> Vec<usize> {
+    let used: u64 = resident.iter().map(|r| r.bytes).sum();
+    let deficit = used.saturating_add(need).saturating_sub(memory);
+    if deficit == 0 {
+        return Vec::new();
     }
-    out
+    let idle: Vec<&Resident> = resident.iter().filter(|r| r.idle.is_some()).collect();
+    let cold: Vec<&Resident> = idle
+        .iter()
+        .copied()
+        .filter(|r| r.idle >= Some(PROTECT))
+        .collect();
+    let pools: &[&[&Resident]] = if warm_too { &[&cold, &idle] } else { &[&cold] };
+    for pool in pools {
+        if let Some(set) = fewest_bytes(pool, deficit) {
+            return set;
+        }
+    }
+    let mut all = if warm_too { idle } else { cold };
+    all.sort_by(|a, b| b.idle.cmp(&a.idle).then(a.model.cmp(&b.model)));
+    all.into_iter().map(|r| r.model).collect()
+}
+
+/// Whether `need` more bytes fit on a GPU of `memory` bytes where `resident` are, once
+/// the models `out` have left.
+pub fn fits(memory: u64, need: u64, resident: &[Resident], out: &[usize]) -> bool {
+    let staying: u64 = resident
+        .iter()
+        .filter(|r| !out.contains(&r.model))
+        .map(|r| r.bytes)
+        .sum();
+    staying.saturating_add(need) <= memory
+}
+
+/// Whether a hibernated model whose requests have waited `waited` wakes now: when room
+/// can be made without pushing out a model used within [`PROTECT`] (`fits`), or once they
+/// have waited [`PATIENCE`].
+pub fn wake_now(fits: bool, waited: Duration) -> bool {
+    fits || waited >= PATIENCE
+}
+
+/// Of the subsets of `pool` whose bytes reach `deficit`, the one with the fewest bytes;
+/// on a tie the one whose most recently used member was used longest ago, then the one
+/// with fewer models. Least recently used first. None if even all of `pool` do not reach
+/// it. Every subset is weighed (a GPU holds a few models: at most 2^16 subsets); past 16
+/// idle models, the least recently used ones until the deficit is met.
+fn fewest_bytes(pool: &[&Resident], deficit: u64) -> Option<Vec<usize>> {
+    let total: u64 = pool.iter().map(|r| r.bytes).sum();
+    if total < deficit {
+        return None;
+    }
+    let mut lru: Vec<&Resident> = pool.to_vec();
+    lru.sort_by(|a, b| b.idle.cmp(&a.idle).then(a.model.cmp(&b.model)));
+    if lru.len() > 16 {
+        let mut freed = 0;
+        let taken = lru.iter().take_while(|r| {
+            let more = freed < deficit;
+            freed += r.bytes;
+            more
+        });
+        return Some(taken.map(|r| r.model).collect());
+    }
+    // (bytes, the most recent member's idle time reversed, members): smallest wins.
+    let mut best: Option<(u64, std::cmp::Reverse<Option<Duration>>, u32, u32)> = None;
+    for set in 1u32..(1 << lru.len()) {
+        let members = || (0..lru.len()).filter(move |i| set & (1 << i) != 0);
+        let bytes: u64 = members().map(|i| lru[i].bytes).sum();
+        if bytes < deficit {
+            continue;
+        }
+        let freshest = members().map(|i| lru[i].idle).min().flatten();
+        let key = (bytes, std::cmp::Reverse(freshest), set.count_ones(), set);
+        if best.is_none_or(|b| key < b) {
+            best = Some(key);
+        }
+    }
+    let (_, _, _, set) = best?;
+    Some(
+        (0..lru.len())
+            .filter(|i| set & (1 << i) != 0)
+            .map(|i| lru[i].model)
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -177,33 +273,85 @@ mod tests {
         assert_eq!(decide(None, &changing), Decision::Hold);
     }
 
-    /// Omni's example: C's request pushes A and B out of a GPU they fill, least recently
-    /// used first, and no more than it needs; busy models stay.
+    fn resident(model: usize, gib: u64, idle_s: Option<u64>) -> Resident {
+        Resident {
+            model,
+            bytes: gib * GIB,
+            idle: idle_s.map(Duration::from_secs),
+        }
+    }
+
+    /// Omni's example: C's request pushes A and B out of a GPU they fill, no more than it
+    /// needs; busy models stay.
     #[test]
-    fn pressure_pushes_out_the_least_recently_used_idle_models_first() {
-        let a = Resident {
-            model: 0,
-            bytes: 2 * GIB,
-            idle: Some(60 * S),
-        };
-        let b = Resident {
-            model: 1,
-            bytes: 2 * GIB,
-            idle: Some(10 * S),
-        };
-        let busy = Resident {
-            model: 2,
-            bytes: GIB,
-            idle: None,
-        };
+    fn pressure_pushes_out_idle_models_and_no_more_than_needed() {
+        let (a, b, busy) = (
+            resident(0, 2, Some(60)),
+            resident(1, 2, Some(20)),
+            resident(2, 1, None),
+        );
         assert_eq!(
-            make_room(8 * GIB, 3 * GIB, &[a, b, busy]),
+            make_room(8 * GIB, 3 * GIB, &[a, b, busy], false),
             Vec::<usize>::new()
         );
-        assert_eq!(make_room(6 * GIB, 3 * GIB, &[a, b, busy]), [0]);
-        assert_eq!(make_room(6 * GIB, 4 * GIB, &[b, a, busy]), [0, 1]);
+        // Equal sizes: the least recently used.
+        assert_eq!(make_room(6 * GIB, 3 * GIB, &[a, b, busy], false), [0]);
+        assert_eq!(make_room(6 * GIB, 4 * GIB, &[b, a, busy], false), [0, 1]);
         // Not enough even with both out: both go, the busy one stays.
-        assert_eq!(make_room(4 * GIB, 4 * GIB, &[a, b, busy]), [0, 1]);
-        assert_eq!(make_room(4 * GIB, GIB, &[]), Vec::<usize>::new());
+        assert_eq!(make_room(4 * GIB, 4 * GIB, &[a, b, busy], false), [0, 1]);
+        assert_eq!(make_room(4 * GIB, GIB, &[], false), Vec::<usize>::new());
+        assert!(fits(6 * GIB, 3 * GIB, &[a, b, busy], &[0]));
+        assert!(!fits(4 * GIB, 4 * GIB, &[a, b, busy], &[0, 1]));
+    }
+
+    /// Size: the set that moves the fewest bytes goes, not the least recently used.
+    #[test]
+    fn pressure_moves_the_fewest_bytes() {
+        // 14 GiB, full: a 8 GiB idle 60 s, b 2 GiB idle 30 s, c 4 GiB idle 40 s; 2 more.
+        let r = [
+            resident(0, 8, Some(60)),
+            resident(1, 2, Some(30)),
+            resident(2, 4, Some(40)),
+        ];
+        assert_eq!(make_room(14 * GIB, 2 * GIB, &r, false), [1]);
+        // 5 more GiB: b and c (6 GiB) rather than a (8 GiB).
+        assert_eq!(make_room(14 * GIB, 5 * GIB, &r, false), [2, 1]);
+        // Equal bytes (a alone, or b and c with 2 more): the set used longest ago.
+        let r = [
+            resident(0, 6, Some(60)),
+            resident(1, 3, Some(30)),
+            resident(2, 3, Some(90)),
+        ];
+        assert_eq!(make_room(12 * GIB, 6 * GIB, &r, false), [0]);
+    }
+
+    /// Hysteresis: a model used within PROTECT is pushed out only when the others cannot
+    /// make room, and only if asked (warm_too).
+    #[test]
+    fn a_recently_used_model_is_pushed_out_last() {
+        let (hot, cold) = (resident(0, 2, Some(3)), resident(1, 6, Some(30)));
+        // The hot one would move fewer bytes, but it was used 3 s ago.
+        assert_eq!(make_room(8 * GIB, 2 * GIB, &[hot, cold], false), [1]);
+        assert_eq!(make_room(8 * GIB, 2 * GIB, &[hot, cold], true), [1]);
+        // The cold one alone cannot make room: the hot one goes too, if asked; if not, the
+        // cold one goes and the rest does not fit.
+        assert_eq!(make_room(8 * GIB, 8 * GIB, &[hot, cold], true), [1, 0]);
+        assert_eq!(make_room(8 * GIB, 8 * GIB, &[hot, cold], false), [1]);
+        assert!(!fits(8 * GIB, 8 * GIB, &[hot, cold], &[1]));
+        let just_used = resident(0, 2, Some(0));
+        assert_eq!(
+            make_room(4 * GIB, 4 * GIB, &[just_used], false),
+            Vec::<usize>::new()
+        );
+        assert_eq!(make_room(4 * GIB, 4 * GIB, &[just_used], true), [0]);
+    }
+
+    /// Collation: requests wait for room, up to PATIENCE.
+    #[test]
+    fn a_wake_waits_for_room_up_to_its_patience() {
+        assert!(wake_now(true, Duration::ZERO));
+        assert!(!wake_now(false, Duration::ZERO));
+        assert!(!wake_now(false, PATIENCE - Duration::from_millis(1)));
+        assert!(wake_now(false, PATIENCE));
     }
 }

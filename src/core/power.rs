@@ -61,6 +61,13 @@ impl Power {
         });
     }
 
+    /// Whether a wake of model `m` is held back for its requests alone (no one asked for
+    /// it by hand, waiting for its answer).
+    pub fn held_for_requests(&self, m: usize) -> bool {
+        let mut held = self.deferred.iter().filter(|d| d.model == m).peekable();
+        held.peek().is_some() && held.all(|d| d.reply.is_none())
+    }
+
     /// Takes back the wakes of model `m` held back: who waited for each, if anyone.
     pub fn withdraw(&mut self, m: usize) -> Vec<Option<Reply>> {
         let (withdrawn, kept): (Vec<Deferred>, Vec<Deferred>) = std::mem::take(&mut self.deferred)

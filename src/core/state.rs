@@ -48,6 +48,8 @@ pub(super) struct Model<W> {
     pub retired: bool,
     /// Replaced by a reload: the new instances wanted, while old ones remain.
     pub rolling: Option<usize>,
+    /// Hibernated, with requests waiting for room on its GPUs since then (collation).
+    pub wake_wanted: Option<std::time::Instant>,
 }
 
 impl<W> Model<W> {
@@ -65,6 +67,7 @@ impl<W> Model<W> {
             unavailable: None,
             retired: false,
             rolling: None,
+            wake_wanted: None,
         }
     }
 }

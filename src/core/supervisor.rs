@@ -182,7 +182,7 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
         self.roll(now);
         self.drained(now);
         self.scale(now);
-        self.hibernation();
+        self.hibernation(now);
         self.tell_availability();
     }
 
@@ -494,7 +494,11 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
                         .any(|s| s.life.state.alive())
                     {
                         // A cold start: its quota must fit beside what is resident.
-                        for victim in self.pressure_victims(m) {
+                        for victim in self.pressure(m, true).0 {
+                            log(&format!(
+                                "model {}: hibernating to make room for model {name}",
+                                self.models[victim].cfg.name
+                            ));
                             self.request_power(victim, true, None);
                         }
                     }
@@ -526,8 +530,11 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
     }
 
     /// Served models: hibernates the idle ones with `serve.hibernate_after`, wakes the
-    /// hibernated ones that have requests ([`hibernation::decide`]).
-    fn hibernation(&mut self) {
+    /// hibernated ones that have requests ([`hibernation::decide`]) once room can be made
+    /// for them without pushing out a model used within [`hibernation::PROTECT`], or once
+    /// their requests have waited [`hibernation::PATIENCE`] ([`hibernation::wake_now`]);
+    /// a wake whose requests have all left before it was made is abandoned.
+    fn hibernation(&mut self, now: Instant) {
         if self.shutting_down {
             return;
         }
@@ -540,27 +547,57 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
             }
             let after = serve.hibernate_after;
             let instances = self.instance_loads(m);
+            let waiting = self.door.load(&self.models[m].cfg.name).0;
+            let in_flight: usize = instances.iter().map(|i| i.in_flight).sum();
+            let name = self.models[m].cfg.name.clone();
+            if waiting == 0 && in_flight == 0 && self.power.held_for_requests(m) {
+                // Room was being made for requests that have all left.
+                self.power.withdraw(m);
+                log(&format!(
+                    "model {name}: its requests left before it could wake: the wake is abandoned"
+                ));
+            }
             let load = hibernation::Load {
                 hibernated: self.models[m].swap.hibernated,
                 changing: self.changing(m),
-                waiting: self.door.load(&self.models[m].cfg.name).0,
+                waiting,
                 instances: &instances,
             };
             match hibernation::decide(after, &load) {
-                hibernation::Decision::Hold => {}
+                hibernation::Decision::Hold => {
+                    if self.models[m].swap.hibernated
+                        && !self.changing(m)
+                        && self.models[m].wake_wanted.take().is_some()
+                    {
+                        log(&format!(
+                            "model {name}: its requests left while it waited for room: not woken"
+                        ));
+                    }
+                }
                 hibernation::Decision::Hibernate => {
                     log(&format!(
-                        "model {}: idle for serve.hibernate_after: hibernating",
-                        self.models[m].cfg.name
+                        "model {name}: idle for serve.hibernate_after: hibernating"
                     ));
                     self.request_power(m, true, None);
                 }
                 hibernation::Decision::Wake => {
-                    log(&format!(
-                        "model {}: a request for it: waking",
-                        self.models[m].cfg.name
-                    ));
-                    self.request_power(m, false, None);
+                    let (_, fits) = self.pressure(m, false);
+                    let since = *self.models[m].wake_wanted.get_or_insert(now);
+                    let waited = now.saturating_duration_since(since);
+                    if !hibernation::wake_now(fits, waited) {
+                        if waited.is_zero() {
+                            log(&format!(
+                                "model {name}: requests for it wait for room on its GPUs \
+                                 (the models there were used within {:?}), up to {:?}",
+                                hibernation::PROTECT,
+                                hibernation::PATIENCE
+                            ));
+                        }
+                        continue;
+                    }
+                    self.models[m].wake_wanted = None;
+                    log(&format!("model {name}: a request for it: waking"));
+                    self.wake(m, None, !fits);
                 }
             }
         }
@@ -607,17 +644,20 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
     }
 
     /// The awake models to hibernate so that model `m`'s quota fits on each GPU it uses
-    /// beside what stays resident there ([`hibernation::make_room`]), from the ledgers.
-    fn pressure_victims(&self, m: usize) -> Vec<usize> {
+    /// beside what stays resident ([`hibernation::make_room`], models used within
+    /// [`hibernation::PROTECT`] too if `warm_too`), from the ledgers; and whether it then
+    /// fits on every one of them.
+    fn pressure(&self, m: usize, warm_too: bool) -> (Vec<usize>, bool) {
         let snapshots: Vec<Option<cuvisor_common::ledger::Snapshot>> = self
             .models
             .iter()
             .map(|model| self.effects.snapshot(&model.cfg.name).ok())
             .collect();
         let Some(mine) = &snapshots[m] else {
-            return Vec::new();
+            return (Vec::new(), true);
         };
         let mut victims: Vec<usize> = Vec::new();
+        let mut fits = true;
         for gpu in &mine.gpus {
             let need = gpu.quota_bytes.unwrap_or(gpu.used).min(gpu.physical);
             let resident: Vec<hibernation::Resident> = snapshots
@@ -646,15 +686,11 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
                     })
                 })
                 .collect();
-            victims.extend(hibernation::make_room(gpu.physical, need, &resident));
+            let out = hibernation::make_room(gpu.physical, need, &resident, warm_too);
+            fits &= hibernation::fits(gpu.physical, need, &resident, &out);
+            victims.extend(out);
         }
-        for &v in &victims {
-            log(&format!(
-                "model {}: hibernating to make room for model {}",
-                self.models[v].cfg.name, self.models[m].cfg.name
-            ));
-        }
-        victims
+        (victims, fits)
     }
 
     /// Asks model `name`'s processes to hibernate or wake; `reply` gets the answer when
@@ -677,17 +713,39 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
     }
 
     fn request_power(&mut self, m: usize, hibernate: bool, reply: Option<Reply>) {
-        // A wake still waiting for room is replaced by this request.
+        match hibernate {
+            true => {
+                self.supersede(m);
+                self.send_power(m, true, reply);
+            }
+            // Asked by hand: now, pushing out whatever idle models it takes.
+            false => self.wake(m, reply, true),
+        }
+    }
+
+    /// A wake held back for room is replaced by a newer request for the same model.
+    fn supersede(&mut self, m: usize) {
         for reply in self.power.withdraw(m).into_iter().flatten() {
             let report =
                 PowerReport::new(&self.models[m].cfg.name, false, PowerOutcome::Superseded);
             let _ = reply.send(Answer::Power(Box::new(report)));
         }
-        if !hibernate && self.models[m].swap.hibernated {
-            // Room first: the least recently used idle models leave in bulk before this
-            // one comes back, rather than page by page under its faults.
-            let after: Vec<u64> = self
-                .pressure_victims(m)
+    }
+
+    /// Wakes model `m`: if it is hibernated, room first (the models [`Supervisor::pressure`]
+    /// names leave in bulk before it comes back, rather than page by page under its
+    /// faults), the wake held back until they have.
+    fn wake(&mut self, m: usize, reply: Option<Reply>, warm_too: bool) {
+        self.supersede(m);
+        if self.models[m].swap.hibernated {
+            let victims = self.pressure(m, warm_too).0;
+            for &v in &victims {
+                log(&format!(
+                    "model {}: hibernating to make room for model {}",
+                    self.models[v].cfg.name, self.models[m].cfg.name
+                ));
+            }
+            let after: Vec<u64> = victims
                 .into_iter()
                 .map(|v| self.send_power(v, true, None))
                 .collect();
@@ -696,7 +754,7 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
                 return;
             }
         }
-        self.send_power(m, hibernate, reply);
+        self.send_power(m, false, reply);
     }
 
     /// Sends a hibernate or wake to model `m`'s processes; the request's number.

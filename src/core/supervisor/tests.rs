@@ -1044,3 +1044,77 @@ fn a_reload_refuses_supervisor_keys_and_changes_a_quota_live() {
     );
     assert_eq!(s.status(t).models[0].instances[0].pid, Some(100));
 }
+
+/// The wakes and hibernates sent: (model, hibernate).
+fn powers(done: &[Done]) -> Vec<(String, bool)> {
+    done.iter()
+        .filter_map(|d| match d {
+            Done::Power(j) => Some((j.model.clone(), j.hibernate)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Collation and hysteresis: `a`'s requests would have to push out `c` or `b`, both used
+/// within PROTECT; they wait for room rather than evict a model that just served. When
+/// `c` has been idle long enough, it goes and `a` wakes; had it not, `a` would have woken
+/// at PATIENCE all the same, pushing out the one that makes room with the fewest bytes,
+/// the least recently used on a tie (`b`).
+#[test]
+fn a_wake_for_requests_waits_for_room_then_patience() {
+    let s_ = Duration::from_secs(1);
+    // Room comes: c turns cold.
+    let (mut s, t) = crowded_with_a_asleep();
+    s.door.idle.borrow_mut().insert("c".into(), 2 * s_);
+    s.door.waiting.borrow_mut().insert("a".into(), 1);
+    s.tick(t);
+    assert_eq!(
+        powers(&taken(&mut s)),
+        [],
+        "a waits: c and b were just used"
+    );
+    s.tick(t + 4 * s_);
+    assert_eq!(powers(&taken(&mut s)), []);
+    s.door.idle.borrow_mut().insert("c".into(), 60 * s_);
+    s.tick(t + 4 * s_ + MS);
+    assert_eq!(powers(&taken(&mut s)), [("c".to_owned(), true)]);
+
+    // No room comes: at PATIENCE a wakes, pushing out b (4 GiB, used 5 s ago) rather than c
+    // (4 GiB, used 2 s ago).
+    let (mut s, t) = crowded_with_a_asleep();
+    s.door.idle.borrow_mut().insert("c".into(), 2 * s_);
+    s.door.waiting.borrow_mut().insert("a".into(), 1);
+    s.tick(t);
+    s.tick(t + hibernation::PATIENCE - MS);
+    assert_eq!(powers(&taken(&mut s)), []);
+    s.tick(t + hibernation::PATIENCE);
+    assert_eq!(powers(&taken(&mut s)), [("b".to_owned(), true)]);
+}
+
+/// A wake whose requests have all left is abandoned: while it waits for room (nothing is
+/// sent), and while room is being made for it (the models pushed out stay out, and it is
+/// not sent once they are).
+#[test]
+fn a_wake_whose_requests_left_is_abandoned() {
+    let s_ = Duration::from_secs(1);
+    let (mut s, t) = crowded_with_a_asleep();
+    s.door.idle.borrow_mut().insert("c".into(), 2 * s_);
+    s.door.waiting.borrow_mut().insert("a".into(), 1);
+    s.tick(t);
+    s.door.waiting.borrow_mut().insert("a".into(), 0);
+    s.tick(t + s_);
+    s.tick(t + 10 * s_);
+    assert_eq!(powers(&taken(&mut s)), [], "not woken for no one");
+    assert!(s.door.asleep("a"));
+
+    // Held back while c hibernates for it; its requests leave; c's hibernate ends.
+    let (mut s, t) = crowded_with_a_asleep();
+    s.door.waiting.borrow_mut().insert("a".into(), 1);
+    s.tick(t);
+    assert_eq!(powers(&taken(&mut s)), [("c".to_owned(), true)]);
+    s.door.waiting.borrow_mut().insert("a".into(), 0);
+    s.tick(t + s_);
+    s.powered(2, power_report("c", 2, true, DONE));
+    assert_eq!(powers(&taken(&mut s)), [], "a is not woken once c is out");
+    assert!(s.door.asleep("a"));
+}
