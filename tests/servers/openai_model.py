@@ -1,9 +1,15 @@
 #!/usr/bin/env python3
 """A small OpenAI-compatible model server for the front door's tests (stdlib only).
 
-    openai_model.py --port PORT --name NAME [--delay SECONDS]
+    openai_model.py --port PORT --name NAME [--delay SECONDS] [--gpu-bytes N] [--work-ms MS]
 
-It listens on 127.0.0.1:PORT after DELAY seconds (a model loading its weights), then:
+It loads like an engine: with --gpu-bytes, it allocates N bytes of GPU memory through the
+CUDA driver (libcuda.so.1, cuMemAlloc: under cuvisor's shim, charged to its model's quota)
+and brings them onto the device (cuMemPrefetchAsync: no host page is written, so they cost
+the host nothing), and every request needs them there again, as a kernel reading its
+weights does (a prefetch: free while they are resident, over the link when they were
+evicted or hibernated). It listens on 127.0.0.1:PORT after DELAY seconds, then (each
+answer after --work-ms of "compute"):
 
     GET  /health                 200 "ok"
     POST /v1/chat/completions    a completion naming this server; with "stream": true,
@@ -28,7 +34,42 @@ args = argparse.ArgumentParser()
 args.add_argument("--port", type=int, default=int(os.environ.get("PORT", "0")))
 args.add_argument("--name", default="model")
 args.add_argument("--delay", type=float, default=0.0)
+args.add_argument("--gpu-bytes", type=int, default=0)
+args.add_argument("--work-ms", type=float, default=0.0)
 opts = args.parse_args()
+
+
+class Weights:
+    """n bytes of GPU memory, allocated and brought onto the device as an engine loads its
+    weights; `use()` brings them back before a request's compute."""
+
+    def __init__(self, n):
+        import ctypes
+        self.ctypes, self.n = ctypes, n
+        self.cu = cu = ctypes.CDLL("libcuda.so.1")
+        self.device, self.context, self.pointer = ctypes.c_int(), ctypes.c_void_p(), ctypes.c_uint64()
+        self.call("cuInit", cu.cuInit, 0)
+        self.call("cuDeviceGet", cu.cuDeviceGet, ctypes.byref(self.device), 0)
+        # The device's primary context, as PyTorch, JAX and vLLM use (and as cuvisor's
+        # hibernation needs: a context the shim did not retain cannot be moved).
+        self.call("cuDevicePrimaryCtxRetain", cu.cuDevicePrimaryCtxRetain,
+                  ctypes.byref(self.context), self.device)
+        self.call("cuCtxSetCurrent", cu.cuCtxSetCurrent, self.context)
+        self.call("cuMemAlloc", cu.cuMemAlloc_v2, ctypes.byref(self.pointer), ctypes.c_size_t(n))
+        self.use()
+        print("loaded %d bytes on the GPU" % n, flush=True)
+
+    def call(self, name, f, *args):
+        code = f(*args)
+        if code != 0:
+            print("%s -> %d" % (name, code), file=sys.stderr, flush=True)
+            os._exit(1)
+
+    def use(self):
+        c = self.ctypes
+        self.call("cuCtxSetCurrent", self.cu.cuCtxSetCurrent, self.context)
+        self.call("cuMemPrefetchAsync", self.cu.cuMemPrefetchAsync, self.pointer,
+                  c.c_size_t(self.n), self.device, c.c_void_p(0))
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -74,6 +115,10 @@ class Handler(BaseHTTPRequestHandler):
         request = json.loads(body or b"{}")
         if request.get("die"):
             os._exit(3)
+        if weights:
+            weights.use()
+        if opts.work_ms:
+            time.sleep(opts.work_ms / 1000.0)
         if self.path == "/v1/embeddings":
             self.reply(200, {"object": "list", "data": [{"embedding": [0.5], "index": 0}],
                              "model": request.get("model"), "served_by": opts.name, "pid": os.getpid()})
@@ -100,6 +145,7 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
 
+weights = Weights(opts.gpu_bytes) if opts.gpu_bytes else None
 time.sleep(opts.delay)
 server = ThreadingHTTPServer(("127.0.0.1", opts.port), Handler)
 print("listening on %d (pid %d)" % (server.server_address[1], os.getpid()), flush=True)
