@@ -228,7 +228,7 @@ fn start(tag: &str, device_gib: u64, hibernate: bool) -> Node {
         child,
         state,
     };
-    // Every model loaded (its quota allocated) and ready.
+    // Every model loaded (its quota allocated), ready or hibernated.
     let end = Instant::now() + Duration::from_secs(600);
     loop {
         let ready = cuvisor::control::request(&node.socket, "GET", "/models")
@@ -238,7 +238,11 @@ fn start(tag: &str, device_gib: u64, hibernate: bool) -> Node {
             .is_some_and(|s| {
                 s["models"].as_array().is_some_and(|m| {
                     m.len() == MODELS.len()
-                        && m.iter().all(|m| m["instances"][0]["state"] == "ready")
+                        && m.iter().all(|m| {
+                            // Loaded: ready, or already hibernated to fit the GPU.
+                            let state = &m["instances"][0]["state"];
+                            state == "ready" || state == "hibernated"
+                        })
                 })
             });
         if ready {

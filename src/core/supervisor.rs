@@ -538,6 +538,13 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
         if self.shutting_down {
             return;
         }
+        for v in self.overcommitted() {
+            log(&format!(
+                "model {}: hibernating: the awake models' memory is past its GPU's",
+                self.models[v].cfg.name
+            ));
+            self.request_power(v, true, None);
+        }
         for m in 0..self.models.len() {
             let Some(serve) = &self.models[m].cfg.serve else {
                 continue;
@@ -643,6 +650,56 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
             .collect()
     }
 
+    /// The idle models to hibernate on each GPU where the awake models hold more than the
+    /// GPU's memory ([`hibernation::make_room`] with nothing more to fit): what they hold
+    /// past it would otherwise be paged in and out by the driver under their requests.
+    fn overcommitted(&self) -> Vec<usize> {
+        let snapshots: Vec<Option<cuvisor_common::ledger::Snapshot>> = self
+            .models
+            .iter()
+            .map(|model| match model.swap.hibernated || model.retired {
+                true => None,
+                false => self.effects.snapshot(&model.cfg.name).ok(),
+            })
+            .collect();
+        let mut gpus: Vec<(cuvisor_common::gpu::GpuUuid, u64)> = Vec::new();
+        for gpu in snapshots.iter().flatten().flat_map(|s| &s.gpus) {
+            if !gpus.iter().any(|(u, _)| *u == gpu.uuid) {
+                gpus.push((gpu.uuid, gpu.physical));
+            }
+        }
+        let mut victims: Vec<usize> = Vec::new();
+        for (uuid, physical) in gpus {
+            let resident: Vec<hibernation::Resident> = snapshots
+                .iter()
+                .enumerate()
+                .filter(|&(o, _)| !victims.contains(&o) && !self.changing(o))
+                .filter_map(|(o, snap)| {
+                    let used = snap.as_ref()?.gpu(uuid)?.used;
+                    (used > 0).then(|| hibernation::Resident {
+                        model: o,
+                        bytes: used,
+                        idle: self.idle_for(o),
+                    })
+                })
+                .collect();
+            victims.extend(hibernation::make_room(physical, 0, &resident, true));
+        }
+        victims
+    }
+
+    /// How long served model `m` has been idle (None: busy, or not served).
+    fn idle_for(&self, m: usize) -> Option<Duration> {
+        self.models[m].cfg.serve.as_ref()?;
+        let instances = self.instance_loads(m);
+        hibernation::idle_for(&hibernation::Load {
+            hibernated: false,
+            changing: false,
+            waiting: self.door.load(&self.models[m].cfg.name).0,
+            instances: &instances,
+        })
+    }
+
     /// The awake models to hibernate so that model `m`'s quota fits on each GPU it uses
     /// beside what stays resident ([`hibernation::make_room`], models used within
     /// [`hibernation::PROTECT`] too if `warm_too`), from the ledgers; and whether it then
@@ -667,22 +724,10 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
                 .filter(|&(o, _)| !victims.contains(&o))
                 .filter_map(|(o, snap)| {
                     let used = snap.as_ref()?.gpu(gpu.uuid)?.used;
-                    let idle = match self.models[o].cfg.serve {
-                        Some(_) => {
-                            let instances = self.instance_loads(o);
-                            hibernation::idle_for(&hibernation::Load {
-                                hibernated: false,
-                                changing: false,
-                                waiting: self.door.load(&self.models[o].cfg.name).0,
-                                instances: &instances,
-                            })
-                        }
-                        None => None,
-                    };
-                    (used > 0).then_some(hibernation::Resident {
+                    (used > 0).then(|| hibernation::Resident {
                         model: o,
                         bytes: used,
-                        idle,
+                        idle: self.idle_for(o),
                     })
                 })
                 .collect();

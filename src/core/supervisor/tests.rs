@@ -1118,3 +1118,24 @@ fn a_wake_whose_requests_left_is_abandoned() {
     assert_eq!(powers(&taken(&mut s)), [], "a is not woken once c is out");
     assert!(s.door.asleep("a"));
 }
+
+/// The awake models hold more than their GPU (a, b and c: 12 of 10 GiB): the idle one that
+/// makes room with the fewest bytes, used longest ago (a, idle 30 s), hibernates, without
+/// any wake asking for it; no more than that.
+#[test]
+fn awake_models_past_their_gpu_are_brought_within_it() {
+    let (mut s, t) = crowded();
+    s.effects.ledgers.insert("c".into(), ledger("c", 6, 4));
+    s.handle(Request::Start("c".into()), t);
+    s.launched(2, 0, Ok(Worker::new(102, Some(41002))), t);
+    s.door.ready("c", 0);
+    taken(&mut s);
+    s.tick(t + MS);
+    assert_eq!(powers(&taken(&mut s)), [("a".to_owned(), true)]);
+    s.tick(t + 2 * MS);
+    assert_eq!(
+        powers(&taken(&mut s)),
+        [],
+        "a is on its way out: nothing more"
+    );
+}
