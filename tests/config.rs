@@ -656,6 +656,82 @@ impl cuvisor::config::Host for FakeHost {
     fn online_cpus(&self) -> Option<cuvisor::config::cpus::CpuSet> {
         "0-3".parse().ok()
     }
+    fn beside_me(&self, name: &str) -> Option<std::path::PathBuf> {
+        (name == "uv").then(|| "/opt/venv/bin/uv".into())
+    }
+}
+
+/// Issue 27: without `uv` in the file, the uv beside the binary (where `pip install
+/// cuvisor` puts the one it depends on), else `uv` (the PATH's); `uv` in the file wins.
+#[test]
+fn uv_is_the_one_beside_the_binary_unless_the_file_says() {
+    use cuvisor::config::Config;
+    let path = std::path::Path::new("h.toml");
+    let model = "[[model]]\nname = \"m\"\ncommand = \"/bin/true\"\n";
+    let beside = Config::parse_on(path, model, &FakeHost).unwrap();
+    assert_eq!(
+        beside.supervisor.envs.uv,
+        std::path::Path::new("/opt/venv/bin/uv")
+    );
+    let said = format!("[supervisor]\nuv = \"/usr/local/bin/uv\"\n{model}");
+    let said = Config::parse_on(path, &said, &FakeHost).unwrap();
+    assert_eq!(
+        said.supervisor.envs.uv,
+        std::path::Path::new("/usr/local/bin/uv")
+    );
+    // A host with nothing beside the binary (the trait's default): the PATH's.
+    struct Bare;
+    impl cuvisor::config::Host for Bare {
+        fn user(&self, _: &str) -> Option<(u32, u32)> {
+            None
+        }
+        fn group(&self, _: &str) -> Option<u32> {
+            None
+        }
+        fn id_in_use(&self, _: u32, _: u32) -> Option<String> {
+            None
+        }
+        fn is_file(&self, _: &std::path::Path) -> bool {
+            false
+        }
+        fn exists(&self, _: &std::path::Path) -> bool {
+            false
+        }
+        fn read_token(&self, _: &std::path::Path) -> Result<String, SecretError> {
+            Err(std::io::Error::from_raw_os_error(libc::ENOENT).into())
+        }
+        fn read_keys(&self, _: &std::path::Path) -> Result<Vec<String>, SecretError> {
+            Err(std::io::Error::from_raw_os_error(libc::ENOENT).into())
+        }
+        fn online_cpus(&self) -> Option<cuvisor::config::cpus::CpuSet> {
+            None
+        }
+    }
+    let bare = Config::parse_on(path, model, &Bare).unwrap();
+    assert_eq!(bare.supervisor.envs.uv, std::path::Path::new("uv"));
+}
+
+/// Issue 27: a dashboard beyond loopback is a warning (no login: who reaches it sees the
+/// models), saying whether its actions are guarded; on loopback, none.
+#[test]
+fn check_warns_of_a_dashboard_beyond_loopback() {
+    let (code, _, err) = check(&format!(
+        "[supervisor]\ndashboard = \"0.0.0.0:9470\"\n{MODEL}"
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(
+            "WARNING: the dashboard listens on 0.0.0.0:9470, beyond this host: whoever reaches it \
+             sees the models' names, states and use, and no token guards its actions: it is \
+             read-only (listen on 127.0.0.1 behind an authenticating proxy, or firewall it)"
+        ),
+        "{err}"
+    );
+    let (code, _, err) = check(&format!(
+        "[supervisor]\ndashboard = \"127.0.0.1:9470\"\n{MODEL}"
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("dashboard"), "{err}");
 }
 
 #[test]
