@@ -138,41 +138,23 @@ pub fn serve(
             Some((listener, token.expect("a token file was given")))
         }
     };
-    let metrics = cfg
-        .metrics
-        .map(|addr| {
-            listener(
-                addr,
-                "metrics",
-                "metrics_token",
-                cfg.metrics_token.as_deref(),
-            )
-        })
-        .transpose()?;
-    let dashboard = cfg
-        .dashboard
-        .map(|addr| {
-            let token = cfg.dashboard_token.as_deref();
-            listener(addr, "dashboard", "dashboard_token", token)
-        })
-        .transpose()?;
-    for fd in [
-        Some(std::os::fd::AsRawFd::as_raw_fd(&unix)),
-        dashboard
-            .as_ref()
-            .map(|(l, _)| std::os::fd::AsRawFd::as_raw_fd(l)),
-        tcp.as_ref()
-            .map(|(l, _)| std::os::fd::AsRawFd::as_raw_fd(l)),
-        metrics
-            .as_ref()
-            .map(|(l, _)| std::os::fd::AsRawFd::as_raw_fd(l)),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        // SAFETY: fcntl on a listening socket we own.
-        unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) };
+    // The listeners that only read (the scrapers', the dashboard's): each with its access.
+    let mut readers: Vec<(std::net::TcpListener, &'static str, Access)> = Vec::new();
+    if let Some(addr) = cfg.metrics {
+        let token = cfg.metrics_token.as_deref();
+        let (l, token) = listener(addr, "metrics", "metrics_token", token)?;
+        readers.push((l, "metrics", Access::Metrics(token)));
     }
+    if let Some(addr) = cfg.dashboard {
+        let token = cfg.dashboard_token.as_deref();
+        let (l, token) = listener(addr, "dashboard", "dashboard_token", token)?;
+        readers.push((l, "dashboard", Access::Dashboard(token)));
+    }
+    let nonblocking = |e| ServeError::Socket {
+        path: path.clone(),
+        source: e,
+    };
+    unix.set_nonblocking(true).map_err(nonblocking)?;
     let tx = Backend {
         mailbox,
         routes,
@@ -206,39 +188,18 @@ pub fn serve(
                 },
             ));
         }
-        if let Some((listener, token)) = metrics {
+        for (listener, what, access) in readers {
             let listener =
                 tokio::net::TcpListener::from_std(listener).expect("a non-blocking socket");
             let tx = tx.clone();
-            // Places of its own: scrapers cannot crowd out the CLI or the TCP API.
+            // Places of their own: scrapers and browsers cannot crowd out the CLI or the
+            // TCP API.
             tokio::spawn(accept_loop(
                 listener,
-                "metrics",
+                what,
                 Some(MAX_CONNECTIONS),
                 move |stream: tokio::net::TcpStream| {
-                    Some(connection(
-                        stream,
-                        Access::Metrics(token.clone()),
-                        tx.clone(),
-                    ))
-                },
-            ));
-        }
-        if let Some((listener, token)) = dashboard {
-            let listener =
-                tokio::net::TcpListener::from_std(listener).expect("a non-blocking socket");
-            let tx = tx.clone();
-            // Places of its own: browsers cannot crowd out the CLI or the scrapers.
-            tokio::spawn(accept_loop(
-                listener,
-                "dashboard",
-                Some(MAX_CONNECTIONS),
-                move |stream: tokio::net::TcpStream| {
-                    Some(connection(
-                        stream,
-                        Access::Dashboard(token.clone()),
-                        tx.clone(),
-                    ))
+                    Some(connection(stream, access.clone(), tx.clone()))
                 },
             ));
         }
@@ -263,8 +224,8 @@ pub fn serve(
     })
 }
 
-/// A TCP listener of the control API's (`what`, on `addr`), and the token in the file
-/// `token_file` (the key `token_key` names it) if there is one.
+/// A TCP listener of the control API's (`what`, on `addr`, non-blocking for tokio), and
+/// the token in the file `token_file` (the key `token_key` names it) if there is one.
 fn listener(
     addr: std::net::SocketAddr,
     what: &'static str,
@@ -280,11 +241,11 @@ fn listener(
             })
         })
         .transpose()?;
-    let listener = std::net::TcpListener::bind(addr).map_err(|source| ServeError::Listen {
-        what,
-        addr,
-        source,
-    })?;
+    let bound = std::net::TcpListener::bind(addr).and_then(|l| {
+        l.set_nonblocking(true)?;
+        Ok(l)
+    });
+    let listener = bound.map_err(|source| ServeError::Listen { what, addr, source })?;
     Ok((listener, token.map(Arc::<str>::from)))
 }
 
