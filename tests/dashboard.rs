@@ -160,18 +160,7 @@ fn the_dashboard_shows_the_node_and_acts_in_a_real_browser() {
         s.model("held")["gpu_used_bytes"].as_u64() == Some(64 * MIB)
     });
     // A request, for the front door's figures.
-    let out = run(Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/servers/client.py"
-        ))
-        .args([
-            &http.to_string(),
-            "POST",
-            "/v1/chat/completions",
-            r#"{"model": "chat"}"#,
-        ]));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("\"status\": 200"));
+    assert_eq!(chat_events(http, r#"{"model": "chat"}"#)[0]["status"], 200);
 
     let driver = Driver::start();
     let runtime = tokio::runtime::Runtime::new().unwrap();

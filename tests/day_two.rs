@@ -658,22 +658,6 @@ fn lines_of(out: std::process::Output) -> Vec<String> {
     lines(&out)
 }
 
-/// One request through the front door by the test client: its events (status, chunks,
-/// each with the time it came).
-fn client(port: u16, body: &str) -> Vec<serde_json::Value> {
-    let out = run(std::process::Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/servers/client.py"
-        ))
-        .args([&port.to_string(), "POST", "/v1/chat/completions", body]));
-    assert!(out.status.success(), "{}", stderr(&out));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 /// Defect 4: a client that asked for a stream during a cold start receives, with
 /// `serve.loading_state = true`, its answer's head at once and SSE comments while the
 /// model loads (a client ignores them), then the stream; without it (the default), or
@@ -720,7 +704,7 @@ fn a_stream_during_a_cold_start_gets_a_loading_state_when_asked() {
             seen
         }
     });
-    let events = client(http, stream);
+    let events = chat_events(http, stream);
     let (head, chunks) = (&events[0], &events[1..]);
     assert_eq!(head["status"], 200, "{events:?}");
     assert_eq!(
@@ -759,7 +743,7 @@ fn a_stream_during_a_cold_start_gets_a_loading_state_when_asked() {
     assert_eq!(s.model("told")["state"], "running");
 
     // Not asked for: the head comes with the model's answer.
-    let events = client(http, r#"{"model": "silent", "stream": true, "chunks": 2}"#);
+    let events = chat_events(http, r#"{"model": "silent", "stream": true, "chunks": 2}"#);
     assert!(events[0]["t"].as_f64().unwrap() >= 2.0, "{events:?}");
     let text: String = events.iter().filter_map(|e| e["chunk"].as_str()).collect();
     assert!(!text.contains(": cuvisor"), "{text}");

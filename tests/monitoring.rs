@@ -107,22 +107,9 @@ fn every_metric_the_dashboard_and_the_rules_name_is_in_the_metrics() {
     wait_until("the allocation", Duration::from_secs(10), || {
         s.model("held")["gpu_used_bytes"].as_u64() == Some(MIB)
     });
-    let post = |model: &str| {
-        let out = run(std::process::Command::new("python3")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/servers/client.py"
-            ))
-            .args([
-                &http.to_string(),
-                "POST",
-                "/v1/chat/completions",
-                &format!(r#"{{"model": "{model}"}}"#),
-            ]));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    assert!(post("chat").contains("\"status\": 200"));
-    assert!(post("nobody").contains("\"status\": 404"));
+    let post = |model: &str| chat_events(http, &format!(r#"{{"model": "{model}"}}"#));
+    assert_eq!(post("chat")[0]["status"], 200);
+    assert_eq!(post("nobody")[0]["status"], 404);
     for action in ["hibernate", "wake"] {
         let (code, body) = cuvisor::control::request_waiting(
             &s.socket,

@@ -34,14 +34,7 @@ fn chat(port: u16, model: &str, stream: Option<u32>) -> (u64, String) {
         Some(n) => format!(r#"{{"model": "{model}", "stream": true, "chunks": {n}}}"#),
         None => format!(r#"{{"model": "{model}"}}"#),
     };
-    let out = run(std::process::Command::new("python3")
-        .arg(servers().join("client.py"))
-        .args([&port.to_string(), "POST", "/v1/chat/completions", &body]));
-    assert!(out.status.success(), "{}", stderr(&out));
-    let events: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let events = chat_events(port, &body);
     let text = events.iter().filter_map(|e| e["chunk"].as_str()).collect();
     (events[0]["status"].as_u64().unwrap(), text)
 }

@@ -253,3 +253,20 @@ pub fn proc_status(pid: u32, field: &str) -> u64 {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or_else(|| panic!("{field} of {pid}"))
 }
+
+/// One chat completion through the front door on `port`, by the test client
+/// (`tests/servers/client.py`): its events, each with the time it came (`status` and
+/// `headers` first, then each `chunk`, then `end`).
+pub fn chat_events(port: u16, body: &str) -> Vec<serde_json::Value> {
+    let out = run(Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/servers/client.py"
+        ))
+        .args([&port.to_string(), "POST", "/v1/chat/completions", body]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
