@@ -1002,14 +1002,14 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
         if self.shutting_down {
             return Answer::ShuttingDown;
         }
-        let shown: Vec<&ModelConfig> = self
-            .models
-            .iter()
-            .filter(|m| !m.retired)
-            .map(|m| &m.cfg)
-            .collect();
+        // What runs now: the models not removed, with their live changes (a quota).
         let running = Config {
-            models: shown.into_iter().cloned().collect(),
+            models: self
+                .models
+                .iter()
+                .filter(|m| !m.retired)
+                .map(|m| m.cfg.clone())
+                .collect(),
             ..self.config.clone()
         };
         let changes = match reload::diff(&running, &config, self.plan.as_ref(), plan.as_ref()) {
