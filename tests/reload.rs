@@ -334,3 +334,27 @@ fn the_control_api_reloads() {
     );
     assert_eq!(s.model("q")["gpu_quota_bytes"].as_u64(), Some(6 * MIB));
 }
+
+/// An added model that needs the view of its memory and CPUs (a `memory_limit` in its
+/// own mount namespace) from a supervisor that mounted none is refused by name: the view
+/// is mounted at start. Nothing changes.
+#[test]
+fn a_reload_that_needs_a_view_not_mounted_is_refused() {
+    let s = Supervisor::start("reload-view", &holder("q", "1MiB", "4MiB"));
+    let pid = pids(&s, "q");
+    edit(&s, |text| {
+        format!(
+            "{text}[[model]]\nname = \"limited\"\ncommand = \"/bin/sleep\"\nargs = [\"600\"]\n\
+             memory_limit = \"256MiB\"\n"
+        )
+    });
+    let (code, out, err) = reload(&s);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        err.contains("model(s) limited have memory_limit, cpus or cpu_limit")
+            && err.contains("it takes a restart of the supervisor"),
+        "{err}"
+    );
+    assert_eq!(names(&s), ["q"]);
+    assert_eq!(pids(&s, "q"), pid);
+}
