@@ -498,6 +498,14 @@ fn instances_follow_the_traffic_down_to_zero() {
     assert_eq!(status(&cold), 200, "{cold:?}");
     assert!(cold[0]["t"].as_f64().unwrap() >= 0.3, "{cold:?}");
     assert_eq!(running(&s), 1);
+    // Its answer says it waited for a start, and how long (the instance's 0.3 s at least).
+    let timing = cold[0]["headers"]["server-timing"].as_str().unwrap();
+    let waited = server_timing_ms(timing, "start");
+    assert!((300.0..30_000.0).contains(&waited), "{timing}");
+    // The next one found the instance ready.
+    let warm = request(http, "POST", "/v1/completions", Some(&chat("alpha")), None);
+    let timing = warm[0]["headers"]["server-timing"].as_str().unwrap();
+    assert!(server_timing_ms(timing, "ready") < 300.0, "{timing}");
     // Two long requests at once with concurrency 1: a second instance starts.
     let long = "{\"model\": \"alpha\", \"stream\": true, \"chunks\": 8, \"interval\": 0.25}";
     let both: Vec<_> = (0..2)
@@ -533,11 +541,22 @@ fn instances_follow_the_traffic_down_to_zero() {
         &[
             "cuvisor_cold_starts_total{model=\"alpha\"} 1",
             "cuvisor_cold_start_seconds_count{model=\"alpha\"} 1",
-            "cuvisor_requests_total{model=\"alpha\",code=\"200\"} 3",
+            "cuvisor_requests_total{model=\"alpha\",code=\"200\"} 4",
             "cuvisor_instances{model=\"alpha\",state=\"stopped\"} 2",
         ],
     );
     assert_eq!(s.stop().0, 0);
+}
+
+/// The front door's `Server-Timing` value: its wait in ms, once its description is
+/// checked to be `found`.
+fn server_timing_ms(value: &str, found: &str) -> f64 {
+    let rest = value
+        .strip_prefix("cuvisor-queue;dur=")
+        .unwrap_or_else(|| panic!("{value}"));
+    let (ms, desc) = rest.split_once(';').unwrap_or_else(|| panic!("{value}"));
+    assert_eq!(desc, format!("desc=\"{found}\""), "{value}");
+    ms.parse().unwrap_or_else(|_| panic!("{value}"))
 }
 
 /// An instance that dies before answering gives its client 502 (and only that client);

@@ -311,6 +311,12 @@ fn served(name: &str, marker: u32, flag: Option<&Path>, serve_extra: &str) -> St
 
 /// A chat completion for `model` through the front door: the HTTP status.
 fn ask(http: u16, model: &str) -> u64 {
+    ask_timed(http, model).0
+}
+
+/// A chat completion for `model` through the front door: the HTTP status and the
+/// answer's `Server-Timing` header.
+fn ask_timed(http: u16, model: &str) -> (u64, String) {
     let servers = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/servers");
     let body = format!(
         "{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"hi\"}}]}}"
@@ -321,7 +327,8 @@ fn ask(http: u16, model: &str) -> u64 {
     assert!(out.status.success(), "{}", stderr(&out));
     let first: serde_json::Value =
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
-    first["status"].as_u64().unwrap()
+    let timing = first["headers"]["server-timing"].as_str().unwrap_or_default();
+    (first["status"].as_u64().unwrap(), timing.to_owned())
 }
 
 /// The rest of the issue's case, with the front door: A hibernated, B takes the GPU; a
@@ -398,11 +405,20 @@ fn an_idle_model_hibernates_after_its_delay_and_wakes_for_a_request() {
         s.supervisor_log()
             .contains("model a: idle for serve.hibernate_after: hibernating")
     );
-    assert_eq!(ask(http, "a"), 200);
+    let (code, timing) = ask_timed(http, "a");
+    assert_eq!(code, 200);
+    // The answer says the request waited for a wake.
+    assert!(
+        timing.starts_with("cuvisor-queue;dur=") && timing.ends_with(";desc=\"wake\""),
+        "{timing}"
+    );
     let a = s.model("a");
     assert_eq!(a["swap"]["hibernated"], false, "{a}");
     assert_eq!(a["swap"]["last_in"]["moved_bytes"], 3 * GIB, "{a}");
     assert_eq!(observed_used(&gpu), 3 * GIB);
+    let (code, timing) = ask_timed(http, "a");
+    assert_eq!(code, 200);
+    assert!(timing.ends_with(";desc=\"ready\""), "{timing}");
 }
 
 /// Issue 26, defect 5: a manual wake resets the idle clock. A model with

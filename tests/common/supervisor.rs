@@ -80,7 +80,7 @@ impl Supervisor {
             .stderr(std::fs::File::create(dir.path("supervisor.log")).unwrap())
             .spawn()
             .unwrap();
-        let s = Supervisor {
+        let mut s = Supervisor {
             child: Some(child),
             dir,
             socket,
@@ -90,10 +90,21 @@ impl Supervisor {
         s
     }
 
-    fn wait_for_socket(&self) {
-        wait_until("the control socket", Duration::from_secs(10), || {
-            cuvisor::control::request(&self.socket, "GET", "/healthz").is_ok()
-        });
+    /// Until the control socket answers; a supervisor that exits or never answers fails
+    /// the test with its exit status and its log.
+    fn wait_for_socket(&mut self) {
+        let end = Instant::now() + Duration::from_secs(20);
+        while cuvisor::control::request(&self.socket, "GET", "/healthz").is_err() {
+            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || Instant::now() >= end {
+                panic!(
+                    "the control socket never answered (supervisor {}); its log:\n{}",
+                    exited.map_or("still running".into(), |e| format!("exited: {e}")),
+                    self.supervisor_log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Until the supervisor has launched its first instances: launches run in the

@@ -401,10 +401,31 @@ async fn to_instance(
     if stream && served.settings().loading_state && Routes::cold(served) {
         return loading(model, served.clone(), parts, path, body, arrived);
     }
+    let found = Routes::found(served);
     match place(model, served).await {
-        Ok(slot) => forward((model, served), slot, parts, path, body, arrived).await,
+        Ok(slot) => {
+            let waited = arrived.elapsed();
+            let mut answer = forward((model, served), slot, parts, path, body, arrived).await;
+            answer
+                .headers_mut()
+                .append("server-timing", server_timing(found, waited));
+            answer
+        }
         Err(refused) => refused,
     }
+}
+
+/// The `Server-Timing` header of an answer from an instance: how long the request waited
+/// for a place on one (`dur`, in ms) and what it found when it came (`desc`: `ready`, or
+/// `wake` or `start`: its model was hibernated, or had no instance ready). A client or a
+/// proxy's log tells a slow model from a wait for memory or a cold start by it.
+fn server_timing(found: routes::Found, waited: Duration) -> hyper::header::HeaderValue {
+    let value = format!(
+        "cuvisor-queue;dur={:.1};desc=\"{}\"",
+        waited.as_secs_f64() * 1000.0,
+        found.word()
+    );
+    value.parse().expect("ASCII digits and words are a header value")
 }
 
 /// How often a stream that waits for its model says so.

@@ -175,6 +175,26 @@ pub(super) enum NoSlot {
     Unavailable(Unavailable),
 }
 
+/// What a request found of its model when it came: an instance ready, the model
+/// hibernated (it waits for a wake), or no instance ready yet (it waits for a start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Found {
+    Ready,
+    Asleep,
+    Starting,
+}
+
+impl Found {
+    /// Its word in the `Server-Timing` header's description.
+    pub(super) fn word(self) -> &'static str {
+        match self {
+            Found::Ready => "ready",
+            Found::Asleep => "wake",
+            Found::Starting => "start",
+        }
+    }
+}
+
 impl Served {
     pub(super) fn settings(&self) -> Arc<Settings> {
         self.settings
@@ -424,11 +444,21 @@ impl Routes {
     /// Whether `s` has no instance ready (loading or asleep), and may have one: its
     /// requests would wait for a cold start or a wake.
     pub(super) fn cold(s: &Served) -> bool {
-        let asleep = s.asleep.load(Ordering::Acquire);
+        Self::found(s) != Found::Ready && Self::unavailable(s).is_none()
+    }
+
+    /// What a request for `s` finds now.
+    pub(super) fn found(s: &Served) -> Found {
+        if s.asleep.load(Ordering::Acquire) {
+            return Found::Asleep;
+        }
         let ready = Self::instances(s)
             .iter()
             .any(|u| !u.draining && u.ready.load(Ordering::Acquire));
-        (asleep || !ready) && Self::unavailable(s).is_none()
+        match ready {
+            true => Found::Ready,
+            false => Found::Starting,
+        }
     }
 
     /// A place on the ready instance with the fewest requests in flight, if one has
