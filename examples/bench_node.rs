@@ -1,4 +1,7 @@
-//! Omni's headline on the fake GPU: `cargo run --release --example bench_node [-- --seconds N]`.
+//! Omni's headline on the fake GPU:
+//! `cargo run --release --example bench_node [-- --seconds N] [--zipf S] [--protect D] [--patience D]`
+//! (`--protect` and `--patience` set the 80 GiB node's `swap_protect` and `swap_patience`,
+//! e.g. `0s` to run it without hysteresis or collation).
 //!
 //! One supervisor (embedded, in a child process) on a fake 80 GiB GPU whose link to the
 //! host moves 25 GB/s (`FAKE_CUDA_LINK_GBPS`, PCIe 4.0 x16), serving 13 models whose
@@ -15,8 +18,9 @@
 //! them are long streams (20 chunks, 0.1 s apart).
 //!
 //! The same traffic goes to the ideal node (a 1 TiB GPU: every model always resident)
-//! and to the 80 GiB one. Reported, per class and for warm requests (their model was
-//! awake when they were sent) and woken ones (it was hibernated): p50, p99 and p99.9
+//! and to the 80 GiB one. Reported, per class and for warm requests (an instance of their
+//! model was ready when they came) and woken ones (it was hibernated), as the front door's
+//! `Server-Timing` header says: p50, p99 and p99.9
 //! latency, and the warm p99's ratio to the ideal; requests per second; requests refused
 //! (not 200); hibernates and wakes per minute and GiB moved (the supervisor's log); the
 //! time swaps took (its `cuvisor_swap_seconds`); the woken requests' added latency (over
@@ -94,8 +98,18 @@ struct Done {
     planned: Planned,
     latency: Duration,
     ok: bool,
-    /// Its model was hibernated (or waking) when it was sent.
-    woken: bool,
+    /// What it found when it came, by the front door's `Server-Timing` header.
+    found: Found,
+}
+
+/// What a request found of its model: an instance ready, the model hibernated, or no
+/// instance ready (a start); unknown without an answer from an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Found {
+    Ready,
+    Wake,
+    Start,
+    Unknown,
 }
 
 /// xorshift64*: the same traffic in every run.
@@ -110,11 +124,11 @@ impl Rng {
     }
 }
 
-/// The traffic of `seconds` seconds.
-fn schedule(seconds: u64) -> Vec<Planned> {
+/// The traffic of `seconds` seconds, its models drawn from a Zipf law of exponent `zipf`.
+fn schedule(seconds: u64, zipf: f64) -> Vec<Planned> {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let weights: Vec<f64> = (1..=MODELS.len())
-        .map(|k| 1.0 / (k as f64).powf(1.2))
+        .map(|k| 1.0 / (k as f64).powf(zipf))
         .collect();
     let total: f64 = weights.iter().sum();
     let mut out = Vec::new();
@@ -173,8 +187,51 @@ fn stubs() -> PathBuf {
     PathBuf::from(env!("CUDA_STUB_DIR"))
 }
 
-/// A supervisor serving the 13 models on a fake GPU of `device_gib`, with hibernation.
-fn start(tag: &str, device_gib: u64, hibernate: bool) -> Node {
+/// The knobs of a run, from the command line.
+struct Options {
+    seconds: u64,
+    /// The Zipf exponent of the models' popularity (`--zipf`, 1.2).
+    zipf: f64,
+    /// `[supervisor]` lines for the 80 GiB node (`--protect` and `--patience`: its
+    /// `swap_protect` and `swap_patience`, the supervisor's defaults if not given).
+    policy: String,
+}
+
+impl Options {
+    fn parse() -> Options {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let value = |flag: &str| -> Option<&str> {
+            let at = args.iter().position(|a| a == flag)?;
+            Some(args.get(at + 1).map(String::as_str).unwrap_or_else(|| {
+                panic!("{flag} needs a value");
+            }))
+        };
+        let number = |flag: &str, default: f64| -> f64 {
+            value(flag).map_or(default, |v| {
+                v.parse()
+                    .unwrap_or_else(|_| panic!("{flag} {v}: expected a number"))
+            })
+        };
+        let mut policy = String::new();
+        for (flag, key) in [
+            ("--protect", "swap_protect"),
+            ("--patience", "swap_patience"),
+        ] {
+            if let Some(v) = value(flag) {
+                policy += &format!("{key} = \"{v}\"\n");
+            }
+        }
+        Options {
+            seconds: number("--seconds", 90.0) as u64,
+            zipf: number("--zipf", 1.2),
+            policy,
+        }
+    }
+}
+
+/// A supervisor serving the 13 models on a fake GPU of `device_gib`, with hibernation
+/// and `policy` (`[supervisor]` lines) if `hibernate`.
+fn start(tag: &str, device_gib: u64, hibernate: bool, policy: &str) -> Node {
     let dir = support::bench_dir(&format!("node-{tag}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("a work directory");
@@ -183,7 +240,7 @@ fn start(tag: &str, device_gib: u64, hibernate: bool) -> Node {
     let mut config = format!(
         "[supervisor]\nsocket = \"{}\"\nledger_dir = \"{}\"\nlogs = \"{}\"\n\
          cgroup_name = \"cuvisor-bench-node-{}\"\nhttp = \"127.0.0.1:{http}\"\n\
-         grace_period = \"2s\"\nhttp_max_connections = 512\n",
+         grace_period = \"2s\"\nhttp_max_connections = 512\n{policy}",
         socket.display(),
         dir.join("ledgers").display(),
         dir.join("logs").display(),
@@ -254,14 +311,15 @@ fn start(tag: &str, device_gib: u64, hibernate: bool) -> Node {
     node
 }
 
-/// One request through the front door: its answer was whole and 200.
-fn request(port: u16, model: &str, stream: bool) -> bool {
+/// One request through the front door: whether its answer was whole and 200, and what it
+/// found (its `Server-Timing` header's description).
+fn request(port: u16, model: &str, stream: bool) -> (bool, Found) {
     let body = if stream {
         format!(r#"{{"model": "{model}", "stream": true, "chunks": 20, "interval": 0.1}}"#)
     } else {
         format!(r#"{{"model": "{model}"}}"#)
     };
-    let ask = || -> std::io::Result<bool> {
+    let ask = || -> std::io::Result<(bool, Found)> {
         let mut c = std::net::TcpStream::connect(("127.0.0.1", port))?;
         write!(
             c,
@@ -271,9 +329,16 @@ fn request(port: u16, model: &str, stream: bool) -> bool {
         )?;
         let mut answer = Vec::new();
         c.read_to_end(&mut answer)?;
-        Ok(answer.starts_with(b"HTTP/1.1 200 "))
+        let head = String::from_utf8_lossy(&answer[..answer.len().min(4096)]).to_lowercase();
+        let found = match head.split("\r\n\r\n").next().unwrap_or_default() {
+            h if h.contains("desc=\"ready\"") => Found::Ready,
+            h if h.contains("desc=\"wake\"") => Found::Wake,
+            h if h.contains("desc=\"start\"") => Found::Start,
+            _ => Found::Unknown,
+        };
+        Ok((answer.starts_with(b"HTTP/1.1 200 "), found))
     };
-    ask().unwrap_or(false)
+    ask().unwrap_or((false, Found::Unknown))
 }
 
 /// What a run measured.
@@ -326,32 +391,24 @@ fn asleep(socket: &Path) -> Option<Vec<bool>> {
 }
 
 fn drive(node: &Node, plan: &[Planned]) -> Run {
-    let sleeping = Arc::new(Mutex::new(vec![false; MODELS.len()]));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let start = Instant::now();
-    // The monitor: who sleeps (for the requests' kind), and the GPU's resident bytes.
+    // The monitor: the GPU's resident bytes, and which models are awake.
     let monitor = {
-        let (sleeping, stop) = (sleeping.clone(), stop.clone());
+        let stop = stop.clone();
         let (socket, state) = (node.socket.clone(), node.state.clone());
         std::thread::spawn(move || {
             let mut samples = Vec::new();
-            let mut next_resident = Instant::now();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                if let Some(now) = asleep(&socket) {
-                    if Instant::now() >= next_resident {
-                        next_resident = Instant::now() + Duration::from_millis(500);
-                        let awake: Vec<u64> = MODELS
-                            .iter()
-                            .zip(&now)
-                            .map(|((_, gib, _), asleep)| if *asleep { 0 } else { gib * GIB })
-                            .collect();
-                        if let Some(r) = resident(&state) {
-                            samples.push((start.elapsed().as_secs_f64(), r, awake));
-                        }
-                    }
-                    *sleeping.lock().unwrap() = now;
+                if let (Some(now), Some(r)) = (asleep(&socket), resident(&state)) {
+                    let awake: Vec<u64> = MODELS
+                        .iter()
+                        .zip(&now)
+                        .map(|((_, gib, _), asleep)| if *asleep { 0 } else { gib * GIB })
+                        .collect();
+                    samples.push((start.elapsed().as_secs_f64(), r, awake));
                 }
-                std::thread::sleep(Duration::from_millis(100));
+                std::thread::sleep(Duration::from_millis(250));
             }
             samples
         })
@@ -361,21 +418,20 @@ fn drive(node: &Node, plan: &[Planned]) -> Run {
     let done = Arc::new(Mutex::new(Vec::new()));
     let workers: Vec<_> = (0..96)
         .map(|_| {
-            let (rx, done, sleeping) = (rx.clone(), done.clone(), sleeping.clone());
+            let (rx, done) = (rx.clone(), done.clone());
             let port = node.http;
             std::thread::spawn(move || {
                 loop {
                     let Ok(p) = rx.lock().unwrap().recv() else {
                         return;
                     };
-                    let woken = sleeping.lock().unwrap()[p.model];
-                    let ok = request(port, MODELS[p.model].0, p.stream);
+                    let (ok, found) = request(port, MODELS[p.model].0, p.stream);
                     let latency = start.elapsed().saturating_sub(p.at);
                     done.lock().unwrap().push(Done {
                         planned: p,
                         latency,
                         ok,
-                        woken,
+                        found,
                     });
                 }
             })
@@ -477,26 +533,27 @@ fn main() {
     if cfg!(debug_assertions) {
         eprintln!("warning: a debug build measures unoptimized code; use --release");
     }
-    let args: Vec<String> = std::env::args().collect();
-    let seconds = args
-        .iter()
-        .position(|a| a == "--seconds")
-        .and_then(|i| args.get(i + 1)?.parse().ok())
-        .unwrap_or(90);
-    let plan = schedule(seconds);
+    let options = Options::parse();
+    let seconds = options.seconds;
+    let plan = schedule(seconds, options.zipf);
     println!(
-        "bench_node: {} requests over {seconds} s, 13 models, {} GiB of quotas on a {DEVICE_GIB} GiB GPU ({:.0} %), link {LINK_GBPS} GB/s",
+        "bench_node: {} requests over {seconds} s (Zipf s = {}), 13 models, {} GiB of quotas on a {DEVICE_GIB} GiB GPU ({:.0} %), link {LINK_GBPS} GB/s; policy: {}",
         plan.len(),
+        options.zipf,
         MODELS.iter().map(|m| m.1).sum::<u64>(),
-        100.0 * MODELS.iter().map(|m| m.1).sum::<u64>() as f64 / DEVICE_GIB as f64
+        100.0 * MODELS.iter().map(|m| m.1).sum::<u64>() as f64 / DEVICE_GIB as f64,
+        match options.policy.is_empty() {
+            true => "the defaults".to_owned(),
+            false => options.policy.trim().replace('\n', ", "),
+        }
     );
     let ideal = {
-        let node = start("ideal", 1024, false);
+        let node = start("ideal", 1024, false, "");
         eprintln!("ideal node ready; sending the traffic");
         drive(&node, &plan)
     };
     let real = {
-        let node = start("real", DEVICE_GIB, true);
+        let node = start("real", DEVICE_GIB, true, &options.policy);
         eprintln!("80 GiB node ready; sending the traffic");
         drive(&node, &plan)
     };
@@ -539,8 +596,8 @@ fn report(ideal: &Run, real: &Run) {
     println!("|---|---|---|---|---|---|---|");
     for class in [Class::Embed, Class::Small, Class::Large] {
         let all = latencies(ideal, class, |_| true);
-        let warm = latencies(real, class, |d| !d.woken);
-        let woken = latencies(real, class, |d| d.woken);
+        let warm = latencies(real, class, |d| d.found == Found::Ready);
+        let woken = latencies(real, class, |d| d.found == Found::Wake);
         let fmt = |v: &[f64]| {
             format!(
                 "{:.0} / {:.0} / {:.0} ({})",
@@ -589,7 +646,7 @@ fn picture(run: &Run, path: &Path) {
         let ms = (d.latency.as_secs_f64() * 1000.0).clamp(1.0, 100_000.0);
         let y = 320 - ((ms.log10() / 5.0) * 300.0) as usize;
         let x = xs(d.planned.at.as_secs_f64());
-        let c = if d.woken {
+        let c = if d.found == Found::Wake {
             [200, 30, 30]
         } else {
             [120, 120, 120]

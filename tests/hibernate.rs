@@ -327,7 +327,9 @@ fn ask_timed(http: u16, model: &str) -> (u64, String) {
     assert!(out.status.success(), "{}", stderr(&out));
     let first: serde_json::Value =
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
-    let timing = first["headers"]["server-timing"].as_str().unwrap_or_default();
+    let timing = first["headers"]["server-timing"]
+        .as_str()
+        .unwrap_or_default();
     (first["status"].as_u64().unwrap(), timing.to_owned())
 }
 

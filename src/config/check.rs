@@ -183,6 +183,8 @@ pub(super) fn check_supervisor(c: &mut Checker, s: RawSupervisor) -> SupervisorC
         }
     });
     let grace_period = c.duration("grace_period", &s.grace_period, Duration::from_secs(10));
+    let swap_protect = c.duration("swap_protect", &s.swap_protect, Duration::from_secs(10));
+    let swap_patience = c.duration("swap_patience", &s.swap_patience, Duration::from_secs(5));
     let logs = match &s.logs {
         None => Logs::Stderr,
         Some(v) if v.get_ref() == "stderr" => Logs::Stderr,
@@ -458,6 +460,8 @@ pub(super) fn check_supervisor(c: &mut Checker, s: RawSupervisor) -> SupervisorC
         userns_range,
         placement,
         gpu_overcommit,
+        swap_protect,
+        swap_patience,
     }
 }
 

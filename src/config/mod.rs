@@ -181,6 +181,10 @@ mod tests {
         );
         assert_eq!(c.supervisor.grace_period, Duration::from_secs(10));
         assert!(!c.supervisor.allow_unlimited);
+        assert_eq!(
+            (c.supervisor.swap_protect, c.supervisor.swap_patience),
+            (Duration::from_secs(10), Duration::from_secs(5))
+        );
     }
 
     #[test]
@@ -200,6 +204,8 @@ grace_period = "3s"
 logs = "/tmp/logs"
 allow_unlimited = true
 cgroup_name = "cv"
+swap_protect = "0s"
+swap_patience = "1500ms"
 
 [[model]]
 name = "llama"
@@ -225,6 +231,10 @@ bind_ro = ["/tmp"]
         ))
         .unwrap();
         assert_eq!(c.supervisor.listen_token.as_deref(), Some(token.as_path()));
+        assert_eq!(
+            (c.supervisor.swap_protect, c.supervisor.swap_patience),
+            (Duration::ZERO, Duration::from_millis(1500))
+        );
         let _ = std::fs::remove_file(&token);
         let m = &c.models[0];
         assert_eq!(m.args, ["serve.py", "--port", "8000"]);

@@ -27,6 +27,8 @@ pub(super) struct RawSupervisor {
     pub(super) userns_range: Option<Spanned<String>>,
     pub(super) placement: Option<Spanned<String>>,
     pub(super) gpu_overcommit: Option<Spanned<toml::Value>>,
+    pub(super) swap_protect: Option<Spanned<String>>,
+    pub(super) swap_patience: Option<Spanned<String>>,
     pub(super) http: Option<Spanned<String>>,
     pub(super) api_keys: Option<Spanned<String>>,
     pub(super) http_max_connections: Option<Spanned<i64>>,

@@ -244,6 +244,12 @@ pub struct SupervisorConfig {
     pub placement: Policy,
     /// The quotas committed to a GPU may reach this many times its memory.
     pub gpu_overcommit: f64,
+    /// A served model used within this long is pushed out of its GPU for another only when
+    /// idle ones used longer ago cannot make room (`swap_protect`; zero: no hysteresis).
+    pub swap_protect: Duration,
+    /// The longest a hibernated model's requests wait for room before it pushes out models
+    /// used within `swap_protect` (`swap_patience`; zero: no collation).
+    pub swap_patience: Duration,
     /// Where models' Python environments are built, and with which uv.
     pub envs: Envs,
 }

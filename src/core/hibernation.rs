@@ -11,31 +11,35 @@
 //!   worked example, where a request for C pushes A and B out. Of the sets of idle models
 //!   that make room, the one that moves the fewest bytes goes (each of its bytes crosses
 //!   the link twice: out now, back at its next request), the least recently used on a
-//!   tie; and a model used within [`PROTECT`] is pushed out only when the others cannot
-//!   make room (hysteresis: two hot models do not evict each other on every request).
+//!   tie; and a model used within [`Policy::protect`] is pushed out only when the others
+//!   cannot make room (hysteresis: two hot models do not evict each other on every
+//!   request).
 //! - **Collation**: a wake for requests that would have to push out a model used within
-//!   [`PROTECT`] waits, up to [`PATIENCE`], for room to come free otherwise
-//!   ([`wake_now`]): the busy model serves its queue, then the waiting one its whole
-//!   queue, rather than the two swapping request by request. A wake whose requests have
-//!   all left meanwhile is not made.
+//!   [`Policy::protect`] waits for room to come free otherwise ([`wake_now`]): the busy
+//!   model serves its queue, then the waiting one its whole queue, rather than the two
+//!   swapping request by request. It waits as long as the models it would push out take
+//!   to go out and come back over the link ([`patience`]: waiting longer would cost its
+//!   requests more than the swap it spares the others), at most [`Policy::patience`]. A
+//!   wake whose requests have all left meanwhile is not made.
 //!
 //! ```
 //! use cuvisor::hibernation::{make_room, Resident};
 //! use std::time::Duration;
 //!
 //! // A 4 GiB GPU holds A (3 GiB, idle 60 s) and B (1 GiB, idle 5 s); C needs 2 GiB.
-//! let gib = 1u64 << 30;
+//! // Models used within 10 s are protected.
+//! let (gib, protect) = (1u64 << 30, Duration::from_secs(10));
 //! let resident = [
 //!     Resident { model: 0, bytes: 3 * gib, idle: Some(Duration::from_secs(60)) },
 //!     Resident { model: 1, bytes: gib, idle: Some(Duration::from_secs(5)) },
 //! ];
-//! assert_eq!(make_room(4 * gib, 2 * gib, &resident, false), vec![0]); // A: B is warm
+//! assert_eq!(make_room(4 * gib, 2 * gib, &resident, protect, false), vec![0]); // A: B is warm
 //! // With a bigger A, the smaller B makes room with fewer bytes moved, once it is cold.
 //! let resident = [
 //!     Resident { model: 0, bytes: 6 * gib, idle: Some(Duration::from_secs(60)) },
 //!     Resident { model: 1, bytes: 2 * gib, idle: Some(Duration::from_secs(30)) },
 //! ];
-//! assert_eq!(make_room(8 * gib, 2 * gib, &resident, false), vec![1]);
+//! assert_eq!(make_room(8 * gib, 2 * gib, &resident, protect, false), vec![1]);
 //! ```
 
 use crate::scaling;
@@ -105,22 +109,71 @@ pub struct Resident {
     pub idle: Option<Duration>,
 }
 
-/// A model used within this long is pushed out for another only when the others cannot
-/// make room, or when that other's requests have waited [`PATIENCE`].
-pub const PROTECT: Duration = Duration::from_secs(10);
+/// The node's push-out policy (`[supervisor]` `swap_protect` and `swap_patience`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// A model used within this long is pushed out for another only when the others
+    /// cannot make room, or once that other's requests have waited their [`patience`].
+    /// Zero: no hysteresis.
+    pub protect: Duration,
+    /// The longest requests for a hibernated model wait for room before it wakes all the
+    /// same, pushing out models used within `protect` (or, if even that is not enough,
+    /// leaving the rest to the driver's eviction). Zero: no collation.
+    pub patience: Duration,
+}
 
-/// How long requests for a hibernated model wait for room before it wakes all the same,
-/// pushing out models used within [`PROTECT`] (or, if even that is not enough, leaving
-/// the rest to the driver's eviction).
-pub const PATIENCE: Duration = Duration::from_secs(5);
+/// How long requests for a hibernated model wait for room before pushing out models used
+/// within [`Policy::protect`] that hold `bytes`: as long as those bytes take to go out and
+/// come back over the link, at `rate` bytes a second (as the node's swaps so far have
+/// measured it), at most `cap`; `cap` while no swap has been measured. Waiting any longer
+/// would cost the waiting requests more than the swap it spares the models pushed out (the
+/// ski-rental rule: at worst twice the better of the two).
+pub fn patience(cap: Duration, bytes: u64, rate: Option<f64>) -> Duration {
+    match rate {
+        Some(rate) if rate > 0.0 => {
+            let both_ways = 2.0 * bytes as f64 / rate;
+            Duration::try_from_secs_f64(both_ways).map_or(cap, |d| d.min(cap))
+        }
+        _ => cap,
+    }
+}
+
+/// The host link's rate as the node's swaps have measured it: their bytes over their
+/// time, in all.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Link {
+    bytes: u64,
+    seconds: f64,
+}
+
+impl Link {
+    /// A swap that moved `bytes` in `seconds` (one that moved nothing says nothing).
+    pub fn observe(&mut self, bytes: u64, seconds: f64) {
+        if bytes > 0 && seconds > 0.0 && seconds.is_finite() {
+            self.bytes = self.bytes.saturating_add(bytes);
+            self.seconds += seconds;
+        }
+    }
+
+    /// Bytes a second; None before any swap moved anything.
+    pub fn rate(&self) -> Option<f64> {
+        (self.seconds > 0.0).then(|| self.bytes as f64 / self.seconds)
+    }
+}
 
 /// The models to hibernate so that `need` more bytes fit on a GPU of `memory` bytes where
 /// `resident` (the awake models there) are: of the sets of idle models that make room,
 /// the one with the fewest bytes (ties: the least recently used), least recently used
-/// first. Among the models idle for [`PROTECT`] or more; with `warm_too`, among every idle
+/// first. Among the models idle for `protect` or more; with `warm_too`, among every idle
 /// model when those cannot make room. If even all of them do not make room, all of them:
 /// the rest is left to the driver's eviction ([`fits`] tells).
-pub fn make_room(memory: u64, need: u64, resident: &[Resident], warm_too: bool) -> Vec<usize> {
+pub fn make_room(
+    memory: u64,
+    need: u64,
+    resident: &[Resident],
+    protect: Duration,
+    warm_too: bool,
+) -> Vec<usize> {
     let used: u64 = resident.iter().map(|r| r.bytes).sum();
     let deficit = used.saturating_add(need).saturating_sub(memory);
     if deficit == 0 {
@@ -130,7 +183,7 @@ pub fn make_room(memory: u64, need: u64, resident: &[Resident], warm_too: bool) 
     let cold: Vec<&Resident> = idle
         .iter()
         .copied()
-        .filter(|r| r.idle >= Some(PROTECT))
+        .filter(|r| r.idle >= Some(protect))
         .collect();
     let pools: &[&[&Resident]] = if warm_too { &[&cold, &idle] } else { &[&cold] };
     for pool in pools {
@@ -154,11 +207,25 @@ pub fn fits(memory: u64, need: u64, resident: &[Resident], out: &[usize]) -> boo
     staying.saturating_add(need) <= memory
 }
 
-/// Whether a hibernated model whose requests have waited `waited` wakes now: when room
-/// can be made without pushing out a model used within [`PROTECT`] (`fits`), or once they
-/// have waited [`PATIENCE`].
-pub fn wake_now(fits: bool, waited: Duration) -> bool {
-    fits || waited >= PATIENCE
+/// Whether a hibernated model whose requests have waited `waited` wakes now, and if so
+/// whether models used within [`Policy::protect`] may be pushed out for it (`Some(true)`):
+/// - at once, when pushing out idle models used longer ago makes room (`cold_fits`);
+/// - once they have waited their `patience` ([`patience`]), when pushing out idle ones
+///   used more recently too makes room (`warm_fits`);
+/// - otherwise (busy models hold what it needs: the driver would page their memory out
+///   under their requests) once they have waited `cap` ([`Policy::patience`]), when it
+///   wakes all the same.
+pub fn wake_now(
+    cold_fits: bool,
+    warm_fits: bool,
+    waited: Duration,
+    patience: Duration,
+    cap: Duration,
+) -> Option<bool> {
+    if cold_fits {
+        return Some(false);
+    }
+    (waited >= patience && (warm_fits || waited >= cap)).then_some(true)
 }
 
 /// Of the subsets of `pool` whose bytes reach `deficit`, the one with the fewest bytes;
@@ -211,6 +278,8 @@ mod tests {
 
     const GIB: u64 = 1 << 30;
     const S: Duration = Duration::from_secs(1);
+    /// The default `swap_protect`.
+    const P: Duration = Duration::from_secs(10);
 
     fn inst(ready: bool, in_flight: usize, idle_s: u64) -> scaling::Instance {
         scaling::Instance {
@@ -291,15 +360,15 @@ mod tests {
             resident(2, 1, None),
         );
         assert_eq!(
-            make_room(8 * GIB, 3 * GIB, &[a, b, busy], false),
+            make_room(8 * GIB, 3 * GIB, &[a, b, busy], P, false),
             Vec::<usize>::new()
         );
         // Equal sizes: the least recently used.
-        assert_eq!(make_room(6 * GIB, 3 * GIB, &[a, b, busy], false), [0]);
-        assert_eq!(make_room(6 * GIB, 4 * GIB, &[b, a, busy], false), [0, 1]);
+        assert_eq!(make_room(6 * GIB, 3 * GIB, &[a, b, busy], P, false), [0]);
+        assert_eq!(make_room(6 * GIB, 4 * GIB, &[b, a, busy], P, false), [0, 1]);
         // Not enough even with both out: both go, the busy one stays.
-        assert_eq!(make_room(4 * GIB, 4 * GIB, &[a, b, busy], false), [0, 1]);
-        assert_eq!(make_room(4 * GIB, GIB, &[], false), Vec::<usize>::new());
+        assert_eq!(make_room(4 * GIB, 4 * GIB, &[a, b, busy], P, false), [0, 1]);
+        assert_eq!(make_room(4 * GIB, GIB, &[], P, false), Vec::<usize>::new());
         assert!(fits(6 * GIB, 3 * GIB, &[a, b, busy], &[0]));
         assert!(!fits(4 * GIB, 4 * GIB, &[a, b, busy], &[0, 1]));
     }
@@ -313,16 +382,16 @@ mod tests {
             resident(1, 2, Some(30)),
             resident(2, 4, Some(40)),
         ];
-        assert_eq!(make_room(14 * GIB, 2 * GIB, &r, false), [1]);
+        assert_eq!(make_room(14 * GIB, 2 * GIB, &r, P, false), [1]);
         // 5 more GiB: b and c (6 GiB) rather than a (8 GiB).
-        assert_eq!(make_room(14 * GIB, 5 * GIB, &r, false), [2, 1]);
+        assert_eq!(make_room(14 * GIB, 5 * GIB, &r, P, false), [2, 1]);
         // Equal bytes (a alone, or b and c with 2 more): the set used longest ago.
         let r = [
             resident(0, 6, Some(60)),
             resident(1, 3, Some(30)),
             resident(2, 3, Some(90)),
         ];
-        assert_eq!(make_room(12 * GIB, 6 * GIB, &r, false), [0]);
+        assert_eq!(make_room(12 * GIB, 6 * GIB, &r, P, false), [0]);
     }
 
     /// Hysteresis: a model used within PROTECT is pushed out only when the others cannot
@@ -331,27 +400,80 @@ mod tests {
     fn a_recently_used_model_is_pushed_out_last() {
         let (hot, cold) = (resident(0, 2, Some(3)), resident(1, 6, Some(30)));
         // The hot one would move fewer bytes, but it was used 3 s ago.
-        assert_eq!(make_room(8 * GIB, 2 * GIB, &[hot, cold], false), [1]);
-        assert_eq!(make_room(8 * GIB, 2 * GIB, &[hot, cold], true), [1]);
+        assert_eq!(make_room(8 * GIB, 2 * GIB, &[hot, cold], P, false), [1]);
+        assert_eq!(make_room(8 * GIB, 2 * GIB, &[hot, cold], P, true), [1]);
         // The cold one alone cannot make room: the hot one goes too, if asked; if not, the
         // cold one goes and the rest does not fit.
-        assert_eq!(make_room(8 * GIB, 8 * GIB, &[hot, cold], true), [1, 0]);
-        assert_eq!(make_room(8 * GIB, 8 * GIB, &[hot, cold], false), [1]);
+        assert_eq!(make_room(8 * GIB, 8 * GIB, &[hot, cold], P, true), [1, 0]);
+        assert_eq!(make_room(8 * GIB, 8 * GIB, &[hot, cold], P, false), [1]);
         assert!(!fits(8 * GIB, 8 * GIB, &[hot, cold], &[1]));
         let just_used = resident(0, 2, Some(0));
         assert_eq!(
-            make_room(4 * GIB, 4 * GIB, &[just_used], false),
+            make_room(4 * GIB, 4 * GIB, &[just_used], P, false),
             Vec::<usize>::new()
         );
-        assert_eq!(make_room(4 * GIB, 4 * GIB, &[just_used], true), [0]);
+        assert_eq!(make_room(4 * GIB, 4 * GIB, &[just_used], P, true), [0]);
     }
 
-    /// Collation: requests wait for room, up to PATIENCE.
+    /// Collation: requests wait for room, up to their patience; for busy models to become
+    /// idle, up to the cap.
     #[test]
     fn a_wake_waits_for_room_up_to_its_patience() {
-        assert!(wake_now(true, Duration::ZERO));
-        assert!(!wake_now(false, Duration::ZERO));
-        assert!(!wake_now(false, PATIENCE - Duration::from_millis(1)));
-        assert!(wake_now(false, PATIENCE));
+        let (patience, cap, ms) = (2 * S, 5 * S, Duration::from_millis(1));
+        let zero = Duration::ZERO;
+        assert_eq!(wake_now(true, true, zero, patience, cap), Some(false));
+        assert_eq!(wake_now(true, false, zero, patience, cap), Some(false));
+        assert_eq!(wake_now(false, true, zero, patience, cap), None);
+        assert_eq!(wake_now(false, true, patience - ms, patience, cap), None);
+        assert_eq!(wake_now(false, true, patience, patience, cap), Some(true));
+        // Not even with the recent ones out: wait for busy ones, up to the cap.
+        assert_eq!(wake_now(false, false, patience, patience, cap), None);
+        assert_eq!(wake_now(false, false, cap - ms, patience, cap), None);
+        assert_eq!(wake_now(false, false, cap, patience, cap), Some(true));
+        // No collation: at once, whatever it takes.
+        assert_eq!(wake_now(false, false, zero, zero, zero), Some(true));
+    }
+
+    /// The patience: the protected bytes out and back over the measured link, at most the
+    /// cap; the cap before anything was measured.
+    #[test]
+    fn patience_is_the_swap_it_spares_at_most_the_cap() {
+        let cap = 5 * S;
+        // 25 GB/s: 10 GiB out and back take 0.859 s.
+        let rate = Some(25e9);
+        let p = patience(cap, 10 * GIB, rate);
+        assert!(
+            p > Duration::from_millis(858) && p < Duration::from_millis(860),
+            "{p:?}"
+        );
+        assert_eq!(patience(cap, 100 * GIB, rate), cap);
+        assert_eq!(patience(cap, 10 * GIB, None), cap);
+        assert_eq!(patience(cap, 10 * GIB, Some(0.0)), cap);
+        assert_eq!(patience(Duration::ZERO, 10 * GIB, rate), Duration::ZERO);
+        assert_eq!(patience(cap, 0, rate), Duration::ZERO);
+    }
+
+    /// The link's rate: every swap's bytes over every swap's time.
+    #[test]
+    fn the_link_rate_is_measured_by_the_swaps() {
+        let mut link = Link::default();
+        assert_eq!(link.rate(), None);
+        link.observe(0, 0.5); // moved nothing: says nothing
+        link.observe(GIB, 0.0);
+        assert_eq!(link.rate(), None);
+        link.observe(2 * GIB, 1.0);
+        link.observe(GIB, 0.5);
+        assert_eq!(link.rate(), Some(2.0 * GIB as f64));
+    }
+
+    /// Without hysteresis (protect zero) every idle model is fair game at once.
+    #[test]
+    fn with_no_protection_the_fewest_bytes_go_whatever_their_recency() {
+        let (hot, cold) = (resident(0, 2, Some(0)), resident(1, 6, Some(30)));
+        assert_eq!(
+            make_room(8 * GIB, 2 * GIB, &[hot, cold], Duration::ZERO, false),
+            [0]
+        );
+        assert_eq!(make_room(8 * GIB, 2 * GIB, &[hot, cold], P, false), [1]);
     }
 }

@@ -118,6 +118,8 @@ fn supervisor_changes(a: &SupervisorConfig, b: &SupervisorConfig) -> Vec<&'stati
         http_body_budget,
         placement,
         gpu_overcommit,
+        swap_protect,
+        swap_patience,
         envs,
     } = a;
     let mut changed = Vec::new();
@@ -156,6 +158,8 @@ fn supervisor_changes(a: &SupervisorConfig, b: &SupervisorConfig) -> Vec<&'stati
     key(*http_body_budget != b.http_body_budget, "http_body_budget");
     key(*placement != b.placement, "placement");
     key(*gpu_overcommit != b.gpu_overcommit, "gpu_overcommit");
+    key(*swap_protect != b.swap_protect, "swap_protect");
+    key(*swap_patience != b.swap_patience, "swap_patience");
     key(envs.dir != b.envs.dir, "envs_dir");
     key(envs.uv != b.envs.uv, "uv");
     key(envs.user != b.envs.user, "build_user");
@@ -276,7 +280,8 @@ mod tests {
     fn supervisor_keys_are_refused_by_name() {
         let old = config("grace_period = \"1s\"\n", &model("a", ""));
         let new = config(
-            "grace_period = \"2s\"\ncgroup_name = \"other\"\nlog_format = \"json\"\n",
+            "grace_period = \"2s\"\ncgroup_name = \"other\"\nlog_format = \"json\"\n\
+             swap_patience = \"1s\"\n",
             &model("a", ""),
         );
         assert_eq!(
@@ -285,6 +290,7 @@ mod tests {
                 "[supervisor] grace_period changed: it takes a restart of the supervisor",
                 "[supervisor] cgroup_name changed: it takes a restart of the supervisor",
                 "[supervisor] log_format changed: it takes a restart of the supervisor",
+                "[supervisor] swap_patience changed: it takes a restart of the supervisor",
             ]
         );
         assert_eq!(

@@ -32,6 +32,18 @@ pub struct Supervisor<E: Effects, D: Door> {
     effects: E,
     shutting_down: bool,
     power: Power,
+    /// The host link's rate, as the swaps so far measured it.
+    link: hibernation::Link,
+}
+
+/// What making room for a model on its GPUs takes ([`Supervisor::pressure`]).
+struct Room {
+    /// The models to hibernate.
+    out: Vec<usize>,
+    /// Whether its quota then fits on every GPU it uses.
+    fits: bool,
+    /// What those of `out` used within `swap_protect` hold there.
+    protected_bytes: u64,
 }
 
 /// The delay before the next start of an instance of `cfg` that failed
@@ -60,6 +72,7 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
             effects,
             shutting_down: false,
             power: Power::default(),
+            link: hibernation::Link::default(),
         }
     }
 
@@ -494,7 +507,7 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
                         .any(|s| s.life.state.alive())
                     {
                         // A cold start: its quota must fit beside what is resident.
-                        for victim in self.pressure(m, true).0 {
+                        for victim in self.pressure(m, true).out {
                             log(&format!(
                                 "model {}: hibernating to make room for model {name}",
                                 self.models[victim].cfg.name
@@ -531,9 +544,10 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
 
     /// Served models: hibernates the idle ones with `serve.hibernate_after`, wakes the
     /// hibernated ones that have requests ([`hibernation::decide`]) once room can be made
-    /// for them without pushing out a model used within [`hibernation::PROTECT`], or once
-    /// their requests have waited [`hibernation::PATIENCE`] ([`hibernation::wake_now`]);
-    /// a wake whose requests have all left before it was made is abandoned.
+    /// for them without pushing out a model used within `swap_protect`, or once their
+    /// requests have waited their patience ([`hibernation::patience`],
+    /// [`hibernation::wake_now`]); a wake whose requests have all left before it was made
+    /// is abandoned.
     fn hibernation(&mut self, now: Instant) {
         if self.shutting_down {
             return;
@@ -588,23 +602,40 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
                     self.request_power(m, true, None);
                 }
                 hibernation::Decision::Wake => {
-                    let (_, fits) = self.pressure(m, false);
+                    let cold_fits = self.pressure(m, false).fits;
+                    // What waiting spares: the models used within swap_protect that the
+                    // wake would push out now.
+                    let policy = self.policy();
+                    let warm = self.pressure(m, true);
+                    let patience = hibernation::patience(
+                        policy.patience,
+                        warm.protected_bytes,
+                        self.link.rate(),
+                    );
                     let since = *self.models[m].wake_wanted.get_or_insert(now);
                     let waited = now.saturating_duration_since(since);
-                    if !hibernation::wake_now(fits, waited) {
+                    let wake = hibernation::wake_now(
+                        cold_fits,
+                        warm.fits,
+                        waited,
+                        patience,
+                        policy.patience,
+                    );
+                    let Some(warm_too) = wake else {
                         if waited.is_zero() {
                             log(&format!(
                                 "model {name}: requests for it wait for room on its GPUs \
-                                 (the models there were used within {:?}), up to {:?}",
-                                hibernation::PROTECT,
-                                hibernation::PATIENCE
+                                 (the models there were used within {:?}, or are busy), up \
+                                 to {:?}",
+                                policy.protect,
+                                if warm.fits { patience } else { policy.patience }
                             ));
                         }
                         continue;
-                    }
+                    };
                     self.models[m].wake_wanted = None;
                     log(&format!("model {name}: a request for it: waking"));
-                    self.wake(m, None, !fits);
+                    self.wake(m, None, warm_too);
                 }
             }
         }
@@ -683,7 +714,10 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
                     })
                 })
                 .collect();
-            victims.extend(hibernation::make_room(physical, 0, &resident, true));
+            let protect = self.policy().protect;
+            victims.extend(hibernation::make_room(
+                physical, 0, &resident, protect, true,
+            ));
         }
         victims
     }
@@ -700,28 +734,41 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
         })
     }
 
+    /// The node's push-out policy, from `[supervisor]`.
+    fn policy(&self) -> hibernation::Policy {
+        let s = &self.config.supervisor;
+        hibernation::Policy {
+            protect: s.swap_protect,
+            patience: s.swap_patience,
+        }
+    }
+
     /// The awake models to hibernate so that model `m`'s quota fits on each GPU it uses
     /// beside what stays resident ([`hibernation::make_room`], models used within
-    /// [`hibernation::PROTECT`] too if `warm_too`), from the ledgers; and whether it then
-    /// fits on every one of them.
-    fn pressure(&self, m: usize, warm_too: bool) -> (Vec<usize>, bool) {
+    /// `swap_protect` too if `warm_too`), from the ledgers; and whether it then fits on
+    /// every one of them.
+    fn pressure(&self, m: usize, warm_too: bool) -> Room {
         let snapshots: Vec<Option<cuvisor_common::ledger::Snapshot>> = self
             .models
             .iter()
             .map(|model| self.effects.snapshot(&model.cfg.name).ok())
             .collect();
-        let Some(mine) = &snapshots[m] else {
-            return (Vec::new(), true);
+        let mut room = Room {
+            out: Vec::new(),
+            fits: true,
+            protected_bytes: 0,
         };
-        let mut victims: Vec<usize> = Vec::new();
-        let mut fits = true;
+        let Some(mine) = &snapshots[m] else {
+            return room;
+        };
+        let protect = self.policy().protect;
         for gpu in &mine.gpus {
             let need = gpu.quota_bytes.unwrap_or(gpu.used).min(gpu.physical);
             let resident: Vec<hibernation::Resident> = snapshots
                 .iter()
                 .enumerate()
                 .filter(|&(o, _)| o != m && !self.models[o].swap.hibernated)
-                .filter(|&(o, _)| !victims.contains(&o))
+                .filter(|&(o, _)| !room.out.contains(&o))
                 .filter_map(|(o, snap)| {
                     let used = snap.as_ref()?.gpu(gpu.uuid)?.used;
                     (used > 0).then(|| hibernation::Resident {
@@ -731,11 +778,16 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
                     })
                 })
                 .collect();
-            let out = hibernation::make_room(gpu.physical, need, &resident, warm_too);
-            fits &= hibernation::fits(gpu.physical, need, &resident, &out);
-            victims.extend(out);
+            let out = hibernation::make_room(gpu.physical, need, &resident, protect, warm_too);
+            room.fits &= hibernation::fits(gpu.physical, need, &resident, &out);
+            room.protected_bytes += resident
+                .iter()
+                .filter(|r| out.contains(&r.model) && r.idle.is_none_or(|i| i < protect))
+                .map(|r| r.bytes)
+                .sum::<u64>();
+            room.out.extend(out);
         }
-        (victims, fits)
+        room
     }
 
     /// Asks model `name`'s processes to hibernate or wake; `reply` gets the answer when
@@ -783,7 +835,7 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
     fn wake(&mut self, m: usize, reply: Option<Reply>, warm_too: bool) {
         self.supersede(m);
         if self.models[m].swap.hibernated {
-            let victims = self.pressure(m, warm_too).0;
+            let victims = self.pressure(m, warm_too).out;
             for &v in &victims {
                 log(&format!(
                     "model {}: hibernating to make room for model {}",
@@ -849,6 +901,7 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
         if report.outcome == PowerOutcome::Done {
             let seconds = report.duration_ms / 1000.0;
             self.door.swapped(&model.cfg.name, wait.hibernate, seconds);
+            self.link.observe(report.moved_bytes, seconds);
         }
         if wait.hibernate {
             model.swap.last_out = Some(report.clone());

@@ -95,7 +95,10 @@ impl Supervisor {
     fn wait_for_socket(&mut self) {
         let end = Instant::now() + Duration::from_secs(20);
         while cuvisor::control::request(&self.socket, "GET", "/healthz").is_err() {
-            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
             if exited.is_some() || Instant::now() >= end {
                 panic!(
                     "the control socket never answered (supervisor {}); its log:\n{}",

@@ -1056,10 +1056,11 @@ fn powers(done: &[Done]) -> Vec<(String, bool)> {
 }
 
 /// Collation and hysteresis: `a`'s requests would have to push out `c` or `b`, both used
-/// within PROTECT; they wait for room rather than evict a model that just served. When
-/// `c` has been idle long enough, it goes and `a` wakes; had it not, `a` would have woken
-/// at PATIENCE all the same, pushing out the one that makes room with the fewest bytes,
-/// the least recently used on a tie (`b`).
+/// within `swap_protect`; they wait for room rather than evict a model that just served.
+/// When `c` has been idle long enough, it goes and `a` wakes; had it not, `a` would have
+/// woken at its patience all the same (`swap_patience`, no swap having been measured),
+/// pushing out the one that makes room with the fewest bytes, the least recently used on
+/// a tie (`b`).
 #[test]
 fn a_wake_for_requests_waits_for_room_then_patience() {
     let s_ = Duration::from_secs(1);
@@ -1079,16 +1080,83 @@ fn a_wake_for_requests_waits_for_room_then_patience() {
     s.tick(t + 4 * s_ + MS);
     assert_eq!(powers(&taken(&mut s)), [("c".to_owned(), true)]);
 
-    // No room comes: at PATIENCE a wakes, pushing out b (4 GiB, used 5 s ago) rather than c
-    // (4 GiB, used 2 s ago).
+    // No room comes: at its patience a wakes, pushing out b (4 GiB, used 5 s ago) rather
+    // than c (4 GiB, used 2 s ago).
     let (mut s, t) = crowded_with_a_asleep();
+    let patience = s.config().supervisor.swap_patience;
+    assert_eq!(patience, 5 * s_, "the default");
     s.door.idle.borrow_mut().insert("c".into(), 2 * s_);
     s.door.waiting.borrow_mut().insert("a".into(), 1);
     s.tick(t);
-    s.tick(t + hibernation::PATIENCE - MS);
+    s.tick(t + patience - MS);
     assert_eq!(powers(&taken(&mut s)), []);
-    s.tick(t + hibernation::PATIENCE);
+    s.tick(t + patience);
     assert_eq!(powers(&taken(&mut s)), [("b".to_owned(), true)]);
+}
+
+/// `crowded_with_a_asleep`, a's hibernate having measured the link at 8 GiB/s (4 GiB in
+/// 0.5 s), c awake and 4 GiB used.
+fn crowded_on_a_measured_link() -> (Sup, Instant) {
+    let (mut s, t) = crowded();
+    s.effects.ledgers.insert("c".into(), ledger("c", 6, 4));
+    s.handle(Request::Start("c".into()), t);
+    s.launched(2, 0, Ok(Worker::new(102, Some(41002))), t);
+    s.door.ready("c", 0);
+    let (tx, _rx) = tokio::sync::oneshot::channel();
+    s.power("a", true, tx);
+    let mut report = power_request(1, true, DONE);
+    (report.moved_bytes, report.duration_ms) = (4 * GIB, 500.0);
+    s.powered(1, report);
+    taken(&mut s);
+    (s, t)
+}
+
+/// Once a swap has measured the link, a wake waits no longer than the models it would
+/// push out take to go out and come back over it: pushing out b's 4 GiB costs 1 s both
+/// ways at 8 GiB/s, and a's requests wait 1 s, not `swap_patience`'s 5.
+#[test]
+fn the_patience_is_the_swap_it_spares_on_the_measured_link() {
+    let s_ = Duration::from_secs(1);
+    let (mut s, t) = crowded_on_a_measured_link();
+    s.door.idle.borrow_mut().insert("c".into(), 2 * s_);
+    s.door.waiting.borrow_mut().insert("a".into(), 1);
+    s.tick(t);
+    s.tick(t + s_ - MS);
+    assert_eq!(powers(&taken(&mut s)), []);
+    s.tick(t + s_);
+    assert_eq!(powers(&taken(&mut s)), [("b".to_owned(), true)]);
+}
+
+/// When busy models hold what a wake needs, pushing out every idle one would not make
+/// room, and the driver would page the busy ones out under their requests: the wake
+/// waits for them to finish, up to `swap_patience`, then wakes all the same.
+#[test]
+fn a_wake_waits_for_busy_models_up_to_the_cap() {
+    let s_ = Duration::from_secs(1);
+    // b and c both busy: nothing can go. When c finishes (2 s in), c goes (its 4 GiB
+    // were used just now: its patience of 1 s has passed), and a wakes after it.
+    let (mut s, t) = crowded_on_a_measured_link();
+    s.door.idle.borrow_mut().insert("b".into(), Duration::ZERO);
+    s.door.idle.borrow_mut().insert("c".into(), Duration::ZERO);
+    s.door.waiting.borrow_mut().insert("a".into(), 1);
+    s.tick(t);
+    s.tick(t + 2 * s_ - MS);
+    assert_eq!(powers(&taken(&mut s)), [], "nothing can make room yet");
+    s.door.idle.borrow_mut().insert("c".into(), MS);
+    s.tick(t + 2 * s_);
+    assert_eq!(powers(&taken(&mut s)), [("c".to_owned(), true)]);
+
+    // Neither finishes: at `swap_patience` a wakes all the same, nothing pushed out.
+    let (mut s, t) = crowded_on_a_measured_link();
+    let cap = s.config().supervisor.swap_patience;
+    s.door.idle.borrow_mut().insert("b".into(), Duration::ZERO);
+    s.door.idle.borrow_mut().insert("c".into(), Duration::ZERO);
+    s.door.waiting.borrow_mut().insert("a".into(), 1);
+    s.tick(t);
+    s.tick(t + cap - MS);
+    assert_eq!(powers(&taken(&mut s)), []);
+    s.tick(t + cap);
+    assert_eq!(powers(&taken(&mut s)), [("a".to_owned(), false)]);
 }
 
 /// A wake whose requests have all left is abandoned: while it waits for room (nothing is

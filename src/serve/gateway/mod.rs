@@ -425,7 +425,9 @@ fn server_timing(found: routes::Found, waited: Duration) -> hyper::header::Heade
         waited.as_secs_f64() * 1000.0,
         found.word()
     );
-    value.parse().expect("ASCII digits and words are a header value")
+    value
+        .parse()
+        .expect("ASCII digits and words are a header value")
 }
 
 /// How often a stream that waits for its model says so.
