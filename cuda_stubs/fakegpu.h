@@ -40,11 +40,16 @@ FG_API const fg_config_t *fg_config(void);
 
 /* The device-state lock (robust and process-shared). Everything below needs it held.
  * With FAKE_CUDA_LINK_GBPS, fg_unlock then takes the time the bytes moved between host
- * and device under the lock take on that link (migrations, evictions, fg_link_moved). */
+ * and device under the lock take on that link (migrations, evictions, fg_link_moved):
+ * each device has one link, each of its two directions shared by every process, in the
+ * order they asked (a move waits for those before it in its direction). */
 FG_API void fg_lock(void);
 FG_API void fg_unlock(void);
-/* Bytes the caller moved over the link under the lock (an explicit host<->device copy). */
-FG_API void fg_link_moved(uint64_t bytes);
+/* Bytes the caller moved over physical device `dev`'s link under the lock, to the device
+ * or back (an explicit host<->device copy). */
+FG_API void fg_link_moved(int dev, int to_device, uint64_t bytes);
+/* Range r's physical device. */
+FG_API int fg_range_dev(uint32_t r);
 
 /* Creates a range on `dev`. A FIXED range (and a MANAGED one when the device has no
  * concurrent managed access) must fit in device memory now: managed ranges are evicted

@@ -21,7 +21,7 @@ int fg_config_from_env(fg_config_t *c);
 #define FG_MAX_PROCS 1024
 #define FG_MAX_RANGES 65536
 #define FG_MAGIC "FAKEGPU\0"
-#define FG_VERSION 4
+#define FG_VERSION 5
 
 struct fg_range {
     uint32_t owner;       /* process slot + 1; 0 = free */
@@ -59,6 +59,9 @@ struct fg_region {
     uint32_t high_water;   /* ranges[0..high_water) have ever been used */
     uint32_t procs_high;   /* procs[0..procs_high) have ever been used */
     uint64_t used[FG_MAX_DEVICES];
+    /* CLOCK_MONOTONIC ns at which each device's link is free, to the device [0] and to
+     * the host [1] (FAKE_CUDA_LINK_GBPS). */
+    uint64_t link_free_ns[FG_MAX_DEVICES][2];
     struct fg_proc procs[FG_MAX_PROCS];
     struct fg_range ranges[FG_MAX_RANGES];
 };
@@ -149,9 +152,9 @@ static uint64_t free_bytes(int dev) {
 
 /* Makes `need` bytes free on `dev` if it can: reclaims dead processes, then evicts
  * least-recently-used managed ranges (never `keep`). Returns the bytes free afterwards. */
-/* Bytes this thread moved between host and device since it took the lock: fg_unlock
- * takes their time on the link (FAKE_CUDA_LINK_GBPS). */
-static __thread uint64_t link_bytes;
+/* Bytes this thread moved between host and each device, to it [0] and back [1], since it
+ * took the lock: fg_unlock takes their time on the link (FAKE_CUDA_LINK_GBPS). */
+static __thread uint64_t link_bytes[FG_MAX_DEVICES][2];
 
 static uint64_t make_room_locked(int dev, uint64_t need, uint32_t keep) {
     if (free_bytes(dev) >= need) return free_bytes(dev);
@@ -173,7 +176,7 @@ static uint64_t make_room_locked(int dev, uint64_t need, uint32_t keep) {
         g->resident -= take;
         R->used[dev] -= take;
         R->procs[g->owner - 1].evicted_bytes += take;
-        link_bytes += take; /* written back to the host */
+        link_bytes[dev][1] += take; /* written back to the host */
     }
     return free_bytes(dev);
 }
@@ -241,14 +244,14 @@ void fg_range_touch(uint32_t r, int prefetch) {
     uint64_t in = room < need ? room : need;
     g->resident += in;
     R->used[g->dev] += in;
-    link_bytes += in;
+    link_bytes[g->dev][0] += in;
 }
 
 void fg_range_evict(uint32_t r) {
     struct fg_range *g = &R->ranges[r];
     if (g->kind != FG_MANAGED || !(g->flags & FLAG_EVICTABLE)) return;
     R->used[g->dev] -= g->resident;
-    link_bytes += g->resident;
+    link_bytes[g->dev][1] += g->resident;
     g->resident = 0;
 }
 
@@ -260,6 +263,8 @@ void fg_range_prefer_host(uint32_t r, int on) {
 }
 
 uint64_t fg_range_resident(uint32_t r) { return R->ranges[r].resident; }
+
+int fg_range_dev(uint32_t r) { return R->ranges[r].dev; }
 
 uint64_t fg_device_used(int dev) {
     reclaim_dead_locked();
@@ -319,19 +324,39 @@ void fg_lock(void) {
     }
 }
 
-void fg_link_moved(uint64_t bytes) { link_bytes += bytes; }
+void fg_link_moved(int dev, int to_device, uint64_t bytes) {
+    if (dev >= 0 && dev < FG_MAX_DEVICES) link_bytes[dev][to_device ? 0 : 1] += bytes;
+}
+
+static uint64_t monotonic_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
 
 void fg_unlock(void) {
-    pthread_mutex_unlock(&R->lock);
-    uint64_t moved = link_bytes;
-    link_bytes = 0;
+    /* Under the lock: this thread's moves take the next free time of their link's
+     * direction, after the moves of every process before them. */
+    uint64_t until = 0;
     double gbps = config.link_gbps;
-    if (moved == 0 || gbps <= 0) return;
+    for (int d = 0; d < FG_MAX_DEVICES; d++) {
+        for (int dir = 0; dir < 2; dir++) {
+            uint64_t moved = link_bytes[d][dir];
+            if (moved == 0) continue;
+            link_bytes[d][dir] = 0;
+            if (gbps <= 0) continue;
+            uint64_t now = monotonic_ns(), *free_at = &R->link_free_ns[d][dir];
+            uint64_t start = *free_at > now ? *free_at : now;
+            *free_at = start + (uint64_t)((double)moved / gbps); /* GB/s is bytes/ns */
+            if (*free_at > until) until = *free_at;
+        }
+    }
+    pthread_mutex_unlock(&R->lock);
+    if (until == 0) return;
     /* After the lock: a process waiting for its transfer holds up no other. */
-    double seconds = (double)moved / (gbps * 1e9);
-    struct timespec t = {.tv_sec = (time_t)seconds,
-                         .tv_nsec = (long)((seconds - (double)(time_t)seconds) * 1e9)};
-    while (nanosleep(&t, &t) == -1 && errno == EINTR) {
+    struct timespec t = {.tv_sec = (time_t)(until / 1000000000u),
+                         .tv_nsec = (long)(until % 1000000000u)};
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &t, NULL) == EINTR) {
     }
 }
 

@@ -1012,8 +1012,11 @@ static CUresult copy(uint64_t dst, int dst_dev, uint64_t src, int src_dev, size_
     rc = span(dst, n, dst_dev, &d);
     if (!rc) rc = span(src, n, src_dev, &sp);
     if (!rc) memmove(d, sp, n);
-    /* Host to device or back: over the link (FAKE_CUDA_LINK_GBPS). */
-    if (!rc && dst_dev != src_dev) fg_link_moved(n);
+    /* Host to device or back: over the device's link (FAKE_CUDA_LINK_GBPS). */
+    if (!rc && dst_dev != src_dev) {
+        const struct alloc *a = find_containing(dst_dev ? dst : src);
+        fg_link_moved(a && a->range != FG_NO_RANGE ? fg_range_dev(a->range) : 0, dst_dev, n);
+    }
     fg_unlock();
     return rc;
 }

@@ -552,3 +552,62 @@ fn a_link_speed_makes_moved_bytes_take_their_time() {
         stderr(&out)
     );
 }
+
+/// The link is the device's, not each process's: each direction is shared, in the order
+/// moves were asked. A moves 8 GiB in (344 ms at 25 GB/s); 150 ms later B's 1 GiB in
+/// waits for the rest of A's (about 194 ms) before its own 43 ms, while C's 1 GiB out, the
+/// other direction, takes its 43 ms alone (PCIe is full duplex).
+#[test]
+fn processes_share_the_link_each_direction_in_turn() {
+    use std::io::Write;
+    use std::time::Duration;
+    let state = TempDir::new("shared-link");
+    let probe = |script: &str| {
+        driver_probe()
+            .env("FAKE_CUDA_LINK_GBPS", "25")
+            .env("FAKE_CUDA_DEVICE_MEM", "16GiB")
+            .env("FAKE_CUDA_STATE", state.path("gpu-state"))
+            .args(script.split_whitespace())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut a = probe("init managed 8GiB wait prefetch 0 gpu");
+    let mut b = probe("init managed 1GiB wait clock prefetch 0 gpu clock");
+    let mut c = probe("init managed 1GiB prefetch 0 gpu wait clock prefetch 0 cpu clock");
+    // Every probe ready (C's memory in) before A starts.
+    std::thread::sleep(Duration::from_millis(500));
+    let go = |p: &mut std::process::Child| p.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    go(&mut a);
+    std::thread::sleep(Duration::from_millis(150));
+    go(&mut b);
+    go(&mut c);
+    let took = |p: std::process::Child| -> f64 {
+        let out = p.wait_with_output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let last = text
+            .lines()
+            .filter(|l| l.starts_with("clock "))
+            .last()
+            .unwrap();
+        last["clock ".len()..].parse().unwrap()
+    };
+    let (one_gib, a_ms) = (
+        1073741824.0 / 25e9 * 1000.0,
+        8.0 * 1073741824.0 / 25e9 * 1000.0,
+    );
+    let (b_ms, c_ms) = (took(b), took(c));
+    assert!(a.wait().unwrap().success());
+    // B waited behind A: at least A's rest (less the gap, and the probes' start-up slack).
+    assert!(
+        b_ms >= one_gib + (a_ms - 150.0) * 0.75,
+        "B took {b_ms} ms: it did not wait for A's move"
+    );
+    assert!(c_ms >= one_gib, "C took {c_ms} ms");
+    assert!(
+        c_ms < one_gib + 120.0,
+        "C took {c_ms} ms: it waited for the other direction"
+    );
+}
