@@ -98,8 +98,10 @@ struct Done {
     planned: Planned,
     latency: Duration,
     ok: bool,
-    /// What it found when it came, by the front door's `Server-Timing` header.
+    /// What it found when it came, and how long it waited for an instance, by the front
+    /// door's `Server-Timing` header.
     found: Found,
+    queued: Duration,
 }
 
 /// What a request found of its model: an instance ready, the model hibernated, or no
@@ -311,15 +313,15 @@ fn start(tag: &str, device_gib: u64, hibernate: bool, policy: &str) -> Node {
     node
 }
 
-/// One request through the front door: whether its answer was whole and 200, and what it
-/// found (its `Server-Timing` header's description).
-fn request(port: u16, model: &str, stream: bool) -> (bool, Found) {
+/// One request through the front door: whether its answer was whole and 200, what it
+/// found and how long it waited for an instance (its `Server-Timing` header).
+fn request(port: u16, model: &str, stream: bool) -> (bool, Found, Duration) {
     let body = if stream {
         format!(r#"{{"model": "{model}", "stream": true, "chunks": 20, "interval": 0.1}}"#)
     } else {
         format!(r#"{{"model": "{model}"}}"#)
     };
-    let ask = || -> std::io::Result<(bool, Found)> {
+    let ask = || -> std::io::Result<(bool, Found, Duration)> {
         let mut c = std::net::TcpStream::connect(("127.0.0.1", port))?;
         write!(
             c,
@@ -330,15 +332,31 @@ fn request(port: u16, model: &str, stream: bool) -> (bool, Found) {
         let mut answer = Vec::new();
         c.read_to_end(&mut answer)?;
         let head = String::from_utf8_lossy(&answer[..answer.len().min(4096)]).to_lowercase();
-        let found = match head.split("\r\n\r\n").next().unwrap_or_default() {
-            h if h.contains("desc=\"ready\"") => Found::Ready,
-            h if h.contains("desc=\"wake\"") => Found::Wake,
-            h if h.contains("desc=\"start\"") => Found::Start,
-            _ => Found::Unknown,
-        };
-        Ok((answer.starts_with(b"HTTP/1.1 200 "), found))
+        let (found, queued) = server_timing(head.split("\r\n\r\n").next().unwrap_or_default());
+        Ok((answer.starts_with(b"HTTP/1.1 200 "), found, queued))
     };
-    ask().unwrap_or((false, Found::Unknown))
+    ask().unwrap_or((false, Found::Unknown, Duration::ZERO))
+}
+
+/// The front door's `server-timing: cuvisor-queue;dur=MS;desc="FOUND"` in a head.
+fn server_timing(head: &str) -> (Found, Duration) {
+    let Some(value) = head
+        .lines()
+        .find_map(|l| l.strip_prefix("server-timing: cuvisor-queue;dur="))
+    else {
+        return (Found::Unknown, Duration::ZERO);
+    };
+    let (ms, desc) = value.split_once(';').unwrap_or((value, ""));
+    let found = match desc.trim() {
+        "desc=\"ready\"" => Found::Ready,
+        "desc=\"wake\"" => Found::Wake,
+        "desc=\"start\"" => Found::Start,
+        _ => Found::Unknown,
+    };
+    let queued = ms.parse::<f64>().map_or(Duration::ZERO, |ms| {
+        Duration::from_secs_f64(ms.max(0.0) / 1000.0)
+    });
+    (found, queued)
 }
 
 /// What a run measured.
@@ -425,13 +443,14 @@ fn drive(node: &Node, plan: &[Planned]) -> Run {
                     let Ok(p) = rx.lock().unwrap().recv() else {
                         return;
                     };
-                    let (ok, found) = request(port, MODELS[p.model].0, p.stream);
+                    let (ok, found, queued) = request(port, MODELS[p.model].0, p.stream);
                     let latency = start.elapsed().saturating_sub(p.at);
                     done.lock().unwrap().push(Done {
                         planned: p,
                         latency,
                         ok,
                         found,
+                        queued,
                     });
                 }
             })
@@ -518,11 +537,21 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 
 /// Latencies in ms of the non-streamed requests of `class` that `keep` keeps, sorted.
 fn latencies(run: &Run, class: Class, keep: impl Fn(&Done) -> bool) -> Vec<f64> {
+    times(run, class, keep, |d| d.latency)
+}
+
+/// `what` of the non-streamed requests of `class` that `keep` keeps, in ms, sorted.
+fn times(
+    run: &Run,
+    class: Class,
+    keep: impl Fn(&Done) -> bool,
+    what: impl Fn(&Done) -> Duration,
+) -> Vec<f64> {
     let mut v: Vec<f64> = run
         .done
         .iter()
         .filter(|d| d.ok && !d.planned.stream && MODELS[d.planned.model].2 == class && keep(d))
-        .map(|d| d.latency.as_secs_f64() * 1000.0)
+        .map(|d| what(d).as_secs_f64() * 1000.0)
         .collect();
     v.sort_by(f64::total_cmp);
     v
@@ -625,6 +654,36 @@ fn report(ideal: &Run, real: &Run) {
             percentile(&woken, 0.5) - percentile(&all, 0.5),
             link_ms,
             2.0 * link_ms,
+        );
+    }
+    println!(
+        "\nwhere the time went (ms, p50 / p99): waiting for an instance (the front door's \
+         Server-Timing), and after it (at the instance)\n"
+    );
+    println!(
+        "| class | warm: waiting | warm: at the instance | woken: waiting | woken: at the instance | found a start / no header |"
+    );
+    println!("|---|---|---|---|---|---|");
+    let fmt2 = |v: &[f64]| format!("{:.0} / {:.0}", percentile(v, 0.5), percentile(v, 0.99));
+    for class in [Class::Embed, Class::Small, Class::Large] {
+        let at_instance = |d: &Done| d.latency.saturating_sub(d.queued);
+        let warm = |d: &Done| d.found == Found::Ready;
+        let woken = |d: &Done| d.found == Found::Wake;
+        let count = |f: Found| {
+            real.done
+                .iter()
+                .filter(|d| MODELS[d.planned.model].2 == class && d.found == f)
+                .count()
+        };
+        println!(
+            "| {} | {} | {} | {} | {} | {} / {} |",
+            class.name(),
+            fmt2(&times(real, class, warm, |d| d.queued)),
+            fmt2(&times(real, class, warm, at_instance)),
+            fmt2(&times(real, class, woken, |d| d.queued)),
+            fmt2(&times(real, class, woken, at_instance)),
+            count(Found::Start),
+            count(Found::Unknown),
         );
     }
 }

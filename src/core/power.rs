@@ -40,6 +40,19 @@ impl Power {
         self.waits.iter().any(|w| w.model == m) || self.deferred.iter().any(|d| d.model == m)
     }
 
+    /// Whether a wake of model `m` is held back until room is made for it.
+    pub fn held(&self, m: usize) -> bool {
+        self.deferred.iter().any(|d| d.model == m)
+    }
+
+    /// The number of the hibernate of model `m` under way, if one is.
+    pub fn hibernating(&self, m: usize) -> Option<u64> {
+        self.waits
+            .iter()
+            .find(|w| w.model == m && w.hibernate)
+            .map(|w| w.id)
+    }
+
     /// A request for model `m` goes out now: its number.
     pub fn sent(&mut self, m: usize, hibernate: bool, reply: Option<Reply>) -> u64 {
         self.next_id += 1;

@@ -44,6 +44,9 @@ struct Room {
     fits: bool,
     /// What those of `out` used within `swap_protect` hold there.
     protected_bytes: u64,
+    /// The hibernates under way whose bytes must have left before it fits: the room it
+    /// counts on is theirs.
+    departing: Vec<u64>,
 }
 
 /// The delay before the next start of an instance of `cfg` that failed
@@ -746,7 +749,10 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
     /// The awake models to hibernate so that model `m`'s quota fits on each GPU it uses
     /// beside what stays resident ([`hibernation::make_room`], models used within
     /// `swap_protect` too if `warm_too`), from the ledgers; and whether it then fits on
-    /// every one of them.
+    /// every one of them. Models whose wake is held back for room count with what they
+    /// will hold; models being hibernated count as gone, and a wake that needs their room
+    /// waits for them (`departing`): two wakes never count on the same bytes, and no wake
+    /// brings its bytes in while those it replaces are still there.
     fn pressure(&self, m: usize, warm_too: bool) -> Room {
         let snapshots: Vec<Option<cuvisor_common::ledger::Snapshot>> = self
             .models
@@ -757,6 +763,7 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
             out: Vec::new(),
             fits: true,
             protected_bytes: 0,
+            departing: Vec::new(),
         };
         let Some(mine) = &snapshots[m] else {
             return room;
@@ -764,22 +771,40 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
         let protect = self.policy().protect;
         for gpu in &mine.gpus {
             let need = gpu.quota_bytes.unwrap_or(gpu.used).min(gpu.physical);
-            let resident: Vec<hibernation::Resident> = snapshots
-                .iter()
-                .enumerate()
-                .filter(|&(o, _)| o != m && !self.models[o].swap.hibernated)
-                .filter(|&(o, _)| !room.out.contains(&o))
-                .filter_map(|(o, snap)| {
-                    let used = snap.as_ref()?.gpu(gpu.uuid)?.used;
-                    (used > 0).then(|| hibernation::Resident {
+            let used_here = |o: usize| -> Option<u64> {
+                let used = snapshots[o].as_ref()?.gpu(gpu.uuid)?.used;
+                (used > 0).then_some(used)
+            };
+            let awake = |o: usize| !self.models[o].swap.hibernated || self.power.held(o);
+            let resident: Vec<hibernation::Resident> = (0..snapshots.len())
+                .filter(|&o| o != m && awake(o) && !room.out.contains(&o))
+                .filter_map(|o| {
+                    Some(hibernation::Resident {
                         model: o,
-                        bytes: used,
-                        idle: self.idle_for(o),
+                        bytes: used_here(o)?,
+                        idle: match self.power.held(o) {
+                            true => None, // it has requests: never pushed out
+                            false => self.idle_for(o),
+                        },
                     })
                 })
                 .collect();
             let out = hibernation::make_room(gpu.physical, need, &resident, protect, warm_too);
             room.fits &= hibernation::fits(gpu.physical, need, &resident, &out);
+            // Still there: the models whose hibernate is under way.
+            let leaving: Vec<(u64, u64)> = (0..snapshots.len())
+                .filter(|&o| o != m)
+                .filter_map(|o| Some((self.power.hibernating(o)?, used_here(o)?)))
+                .collect();
+            let staying: u64 = resident
+                .iter()
+                .filter(|r| !out.contains(&r.model))
+                .map(|r| r.bytes)
+                .sum();
+            let left: u64 = leaving.iter().map(|l| l.1).sum();
+            if staying.saturating_add(need).saturating_add(left) > gpu.physical {
+                room.departing.extend(leaving.iter().map(|l| l.0));
+            }
             room.protected_bytes += resident
                 .iter()
                 .filter(|r| out.contains(&r.model) && r.idle.is_none_or(|i| i < protect))
@@ -835,17 +860,19 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
     fn wake(&mut self, m: usize, reply: Option<Reply>, warm_too: bool) {
         self.supersede(m);
         if self.models[m].swap.hibernated {
-            let victims = self.pressure(m, warm_too).out;
-            for &v in &victims {
+            let room = self.pressure(m, warm_too);
+            for &v in &room.out {
                 log(&format!(
                     "model {}: hibernating to make room for model {}",
                     self.models[v].cfg.name, self.models[m].cfg.name
                 ));
             }
-            let after: Vec<u64> = victims
+            let mut after: Vec<u64> = room
+                .out
                 .into_iter()
                 .map(|v| self.send_power(v, true, None))
                 .collect();
+            after.extend(room.departing);
             if !after.is_empty() {
                 self.power.defer(m, reply, after);
                 return;

@@ -1207,3 +1207,78 @@ fn awake_models_past_their_gpu_are_brought_within_it() {
         "a is on its way out: nothing more"
     );
 }
+
+/// Four 4 GiB models on a 10 GiB GPU: b and c awake, a and d hibernated.
+fn two_asleep() -> (Sup, Instant) {
+    let model = |name: &str| {
+        format!(
+            "[[model]]\nname = \"{name}\"\ncommand = \"/bin/true\"\ngpu_quota = \"4GiB\"\n\
+             [model.serve]\nhealth = \"/h\"\n"
+        )
+    };
+    let (mut s, t) = supervisor(&["a", "b", "c", "d"].map(model).concat());
+    for name in ["a", "b", "c", "d"] {
+        s.effects.ledgers.insert(name.into(), ledger(name, 4, 4));
+    }
+    s.begin(t);
+    for (m, name) in ["a", "b", "c", "d"].iter().enumerate() {
+        s.launched(
+            m,
+            0,
+            Ok(Worker::new(100 + m as i32, Some(41000 + m as u16))),
+            t,
+        );
+        s.door.ready(name, 0);
+        s.door
+            .idle
+            .borrow_mut()
+            .insert((*name).into(), Duration::from_secs(60 + m as u64));
+    }
+    for (id, name) in [(1, "a"), (2, "d")] {
+        let (tx, _rx) = tokio::sync::oneshot::channel();
+        s.power(name, true, tx);
+        s.powered(id, power_report(name, id as u32, true, DONE));
+    }
+    taken(&mut s);
+    (s, t)
+}
+
+/// Two wakes never count on the same bytes: a's wake is held back while c leaves for it;
+/// d's wake then counts a's 4 GiB as taken, and pushes b out for itself rather than
+/// bringing its bytes in beside a's (12 GiB on a 10 GiB GPU). Each is sent once what it
+/// waits for has left.
+#[test]
+fn a_held_back_wake_keeps_its_room() {
+    let (mut s, _) = two_asleep();
+    let wake = |s: &mut Sup, name: &str| {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        s.power(name, false, tx);
+        std::mem::forget(rx);
+    };
+    wake(&mut s, "a");
+    // d (idle 63 s) and a are hibernated; c (62 s) is the least recently used of b and c.
+    assert_eq!(powers(&taken(&mut s)), [("c".to_owned(), true)]);
+    wake(&mut s, "d");
+    assert_eq!(powers(&taken(&mut s)), [("b".to_owned(), true)]);
+    s.powered(4, power_report("b", 4, true, DONE));
+    assert_eq!(powers(&taken(&mut s)), [], "d still waits for c to leave");
+    s.powered(3, power_report("c", 3, true, DONE));
+    let sent = powers(&taken(&mut s));
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert!(sent.contains(&("a".to_owned(), false)) && sent.contains(&("d".to_owned(), false)));
+}
+
+/// A wake whose room is still being moved out waits for it: c's hibernate is under way
+/// when a's wake is asked, and a, which fits once c has left, is sent only then.
+#[test]
+fn a_wake_waits_for_the_hibernates_whose_room_it_needs() {
+    let (mut s, _) = two_asleep();
+    let (tx, _rx) = tokio::sync::oneshot::channel();
+    s.power("c", true, tx);
+    assert_eq!(powers(&taken(&mut s)), [("c".to_owned(), true)]);
+    let (tx, _rx2) = tokio::sync::oneshot::channel();
+    s.power("a", false, tx);
+    assert_eq!(powers(&taken(&mut s)), [], "b and c still hold 8 of 10 GiB");
+    s.powered(3, power_report("c", 3, true, DONE));
+    assert_eq!(powers(&taken(&mut s)), [("a".to_owned(), false)]);
+}
