@@ -587,11 +587,7 @@ fn processes_share_the_link_each_direction_in_turn() {
         let out = p.wait_with_output().unwrap();
         assert!(out.status.success(), "{out:?}");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let last = text
-            .lines()
-            .filter(|l| l.starts_with("clock "))
-            .last()
-            .unwrap();
+        let last = text.lines().rfind(|l| l.starts_with("clock ")).unwrap();
         last["clock ".len()..].parse().unwrap()
     };
     let (one_gib, a_ms) = (
