@@ -212,20 +212,23 @@ pub fn fits(memory: u64, need: u64, resident: &[Resident], out: &[usize]) -> boo
 /// - at once, when pushing out idle models used longer ago makes room (`cold_fits`);
 /// - once they have waited their `patience` ([`patience`]), when pushing out idle ones
 ///   used more recently too makes room (`warm_fits`);
-/// - otherwise (busy models hold what it needs: the driver would page their memory out
-///   under their requests) once they have waited `cap` ([`Policy::patience`]), when it
-///   wakes all the same.
+/// - or when no model that could leave ever will make room (`possible` false: what holds
+///   the GPU is never pushed out), leaving the rest to the driver's paging.
+///
+/// Otherwise busy models hold what it needs, and it waits for them to finish: waking now
+/// would have the driver page their memory out under their requests, which makes them
+/// slower and busier, and every later wake with them.
 pub fn wake_now(
     cold_fits: bool,
     warm_fits: bool,
+    possible: bool,
     waited: Duration,
     patience: Duration,
-    cap: Duration,
 ) -> Option<bool> {
     if cold_fits {
         return Some(false);
     }
-    (waited >= patience && (warm_fits || waited >= cap)).then_some(true)
+    (waited >= patience && (warm_fits || !possible)).then_some(true)
 }
 
 /// Of the subsets of `pool` whose bytes reach `deficit`, the one with the fewest bytes;
@@ -416,22 +419,33 @@ mod tests {
     }
 
     /// Collation: requests wait for room, up to their patience; for busy models to become
-    /// idle, up to the cap.
+    /// idle, as long as it takes (their own timeouts bound it), unless nothing that could
+    /// leave ever will.
     #[test]
     fn a_wake_waits_for_room_up_to_its_patience() {
-        let (patience, cap, ms) = (2 * S, 5 * S, Duration::from_millis(1));
+        let (patience, ms) = (2 * S, Duration::from_millis(1));
         let zero = Duration::ZERO;
-        assert_eq!(wake_now(true, true, zero, patience, cap), Some(false));
-        assert_eq!(wake_now(true, false, zero, patience, cap), Some(false));
-        assert_eq!(wake_now(false, true, zero, patience, cap), None);
-        assert_eq!(wake_now(false, true, patience - ms, patience, cap), None);
-        assert_eq!(wake_now(false, true, patience, patience, cap), Some(true));
-        // Not even with the recent ones out: wait for busy ones, up to the cap.
-        assert_eq!(wake_now(false, false, patience, patience, cap), None);
-        assert_eq!(wake_now(false, false, cap - ms, patience, cap), None);
-        assert_eq!(wake_now(false, false, cap, patience, cap), Some(true));
-        // No collation: at once, whatever it takes.
-        assert_eq!(wake_now(false, false, zero, zero, zero), Some(true));
+        assert_eq!(wake_now(true, true, true, zero, patience), Some(false));
+        assert_eq!(wake_now(true, false, true, zero, patience), Some(false));
+        assert_eq!(wake_now(false, true, true, zero, patience), None);
+        assert_eq!(wake_now(false, true, true, patience - ms, patience), None);
+        assert_eq!(wake_now(false, true, true, patience, patience), Some(true));
+        // Not even with the recent ones out: busy ones hold it; wait for them.
+        assert_eq!(wake_now(false, false, true, patience, patience), None);
+        assert_eq!(
+            wake_now(false, false, true, 1000 * patience, patience),
+            None
+        );
+        // What holds it never leaves: after the patience, the driver pages.
+        assert_eq!(wake_now(false, false, false, patience - ms, patience), None);
+        assert_eq!(
+            wake_now(false, false, false, patience, patience),
+            Some(true)
+        );
+        // No collation: at once when room can be made, or never will.
+        assert_eq!(wake_now(false, true, true, zero, zero), Some(true));
+        assert_eq!(wake_now(false, false, false, zero, zero), Some(true));
+        assert_eq!(wake_now(false, false, true, zero, zero), None);
     }
 
     /// The patience: the protected bytes out and back over the measured link, at most the

@@ -47,6 +47,10 @@ struct Room {
     /// The hibernates under way whose bytes must have left before it fits: the room it
     /// counts on is theirs.
     departing: Vec<u64>,
+    /// Whether its quota would fit on every GPU it uses once every model that can be
+    /// pushed out (a served one, busy or not) were out: if not, waiting for busy ones
+    /// would not help.
+    possible: bool,
 }
 
 /// The delay before the next start of an instance of `cfg` that failed
@@ -620,18 +624,20 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
                     let wake = hibernation::wake_now(
                         cold_fits,
                         warm.fits,
+                        warm.possible,
                         waited,
                         patience,
-                        policy.patience,
                     );
                     let Some(warm_too) = wake else {
                         if waited.is_zero() {
+                            let until = match warm.fits {
+                                true => format!("up to {patience:?}"),
+                                false => "until busy ones are idle".to_owned(),
+                            };
                             log(&format!(
                                 "model {name}: requests for it wait for room on its GPUs \
-                                 (the models there were used within {:?}, or are busy), up \
-                                 to {:?}",
-                                policy.protect,
-                                if warm.fits { patience } else { policy.patience }
+                                 (the models there were used within {:?}, or are busy), {until}",
+                                policy.protect
                             ));
                         }
                         continue;
@@ -764,6 +770,7 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
             fits: true,
             protected_bytes: 0,
             departing: Vec::new(),
+            possible: true,
         };
         let Some(mine) = &snapshots[m] else {
             return room;
@@ -791,6 +798,12 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
                 .collect();
             let out = hibernation::make_room(gpu.physical, need, &resident, protect, warm_too);
             room.fits &= hibernation::fits(gpu.physical, need, &resident, &out);
+            let pinned: u64 = resident
+                .iter()
+                .filter(|r| self.models[r.model].cfg.serve.is_none())
+                .map(|r| r.bytes)
+                .sum();
+            room.possible &= pinned.saturating_add(need) <= gpu.physical;
             // Still there: the models whose hibernate is under way.
             let leaving: Vec<(u64, u64)> = (0..snapshots.len())
                 .filter(|&o| o != m)

@@ -1129,9 +1129,9 @@ fn the_patience_is_the_swap_it_spares_on_the_measured_link() {
 
 /// When busy models hold what a wake needs, pushing out every idle one would not make
 /// room, and the driver would page the busy ones out under their requests: the wake
-/// waits for them to finish, up to `swap_patience`, then wakes all the same.
+/// waits for them to finish, however long (its requests' own timeouts bound it).
 #[test]
-fn a_wake_waits_for_busy_models_up_to_the_cap() {
+fn a_wake_waits_for_busy_models() {
     let s_ = Duration::from_secs(1);
     // b and c both busy: nothing can go. When c finishes (2 s in), c goes (its 4 GiB
     // were used just now: its patience of 1 s has passed), and a wakes after it.
@@ -1146,16 +1146,44 @@ fn a_wake_waits_for_busy_models_up_to_the_cap() {
     s.tick(t + 2 * s_);
     assert_eq!(powers(&taken(&mut s)), [("c".to_owned(), true)]);
 
-    // Neither finishes: at `swap_patience` a wakes all the same, nothing pushed out.
+    // Neither finishes: a still waits, long past `swap_patience`.
     let (mut s, t) = crowded_on_a_measured_link();
-    let cap = s.config().supervisor.swap_patience;
     s.door.idle.borrow_mut().insert("b".into(), Duration::ZERO);
     s.door.idle.borrow_mut().insert("c".into(), Duration::ZERO);
     s.door.waiting.borrow_mut().insert("a".into(), 1);
     s.tick(t);
-    s.tick(t + cap - MS);
+    s.tick(t + 60 * s_);
     assert_eq!(powers(&taken(&mut s)), []);
-    s.tick(t + cap);
+}
+
+/// What holds the GPU is a model without `[model.serve]`, never pushed out: waiting would
+/// not help, and after its patience (`swap_patience`, no swap measured) a wakes all the
+/// same, beside it; the driver pages.
+#[test]
+fn a_wake_that_nothing_can_make_room_for_goes_after_its_patience() {
+    let (mut s, t) = supervisor(
+        "[[model]]\nname = \"a\"\ncommand = \"/bin/true\"\ngpu_quota = \"4GiB\"\n\
+         [model.serve]\nhealth = \"/h\"\n\
+         [[model]]\nname = \"batch\"\ncommand = \"/bin/true\"\ngpu_quota = \"8GiB\"\n",
+    );
+    s.effects.ledgers.insert("a".into(), ledger("a", 4, 4));
+    s.effects
+        .ledgers
+        .insert("batch".into(), ledger("batch", 8, 8));
+    s.begin(t);
+    s.launched(0, 0, Ok(Worker::new(100, Some(41000))), t);
+    s.launched(1, 0, Ok(Worker::new(101, None)), t);
+    s.door.ready("a", 0);
+    let (tx, _rx) = tokio::sync::oneshot::channel();
+    s.power("a", true, tx);
+    s.powered(1, power_request(1, true, DONE));
+    taken(&mut s);
+    let patience = s.config().supervisor.swap_patience;
+    s.door.waiting.borrow_mut().insert("a".into(), 1);
+    s.tick(t);
+    s.tick(t + patience - MS);
+    assert_eq!(powers(&taken(&mut s)), []);
+    s.tick(t + patience);
     assert_eq!(powers(&taken(&mut s)), [("a".to_owned(), false)]);
 }
 
