@@ -1,7 +1,8 @@
 //! Omni's headline on the fake GPU:
-//! `cargo run --release --example bench_node [-- --seconds N] [--zipf S] [--protect D] [--patience D]`
-//! (`--protect` and `--patience` set the 80 GiB node's `swap_protect` and `swap_patience`,
-//! e.g. `0s` to run it without hysteresis or collation).
+//! `cargo run --release --example bench_node [-- --seconds N] [--zipf S] [--protect D]
+//! [--patience D] [--hibernate-after D|off]` (`--protect` and `--patience` set the 80 GiB
+//! node's `swap_protect` and `swap_patience`, e.g. `0s` to run it without hysteresis or
+//! collation; `--hibernate-after` its models' `hibernate_after`, `5s` unless given).
 //!
 //! One supervisor (embedded, in a child process) on a fake 80 GiB GPU whose link to the
 //! host moves 25 GB/s (`FAKE_CUDA_LINK_GBPS`, PCIe 4.0 x16), serving 13 models whose
@@ -197,6 +198,9 @@ struct Options {
     /// `[supervisor]` lines for the 80 GiB node (`--protect` and `--patience`: its
     /// `swap_protect` and `swap_patience`, the supervisor's defaults if not given).
     policy: String,
+    /// Its models' `serve.hibernate_after` (`--hibernate-after`, `5s`; `off`: none, they
+    /// hibernate only when pushed out for another).
+    hibernate_after: Option<String>,
 }
 
 impl Options {
@@ -227,13 +231,17 @@ impl Options {
             seconds: number("--seconds", 90.0) as u64,
             zipf: number("--zipf", 1.2),
             policy,
+            hibernate_after: match value("--hibernate-after").unwrap_or("5s") {
+                "off" => None,
+                d => Some(d.to_owned()),
+            },
         }
     }
 }
 
-/// A supervisor serving the 13 models on a fake GPU of `device_gib`, with hibernation
-/// and `policy` (`[supervisor]` lines) if `hibernate`.
-fn start(tag: &str, device_gib: u64, hibernate: bool, policy: &str) -> Node {
+/// A supervisor serving the 13 models on a fake GPU of `device_gib`, with `policy`
+/// (`[supervisor]` lines) and each model's `hibernate_after`.
+fn start(tag: &str, device_gib: u64, policy: &str, hibernate_after: Option<&str>) -> Node {
     let dir = support::bench_dir(&format!("node-{tag}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("a work directory");
@@ -259,11 +267,7 @@ fn start(tag: &str, device_gib: u64, hibernate: bool, policy: &str) -> Node {
             gib * GIB,
             class.work_ms(),
             stubs().display(),
-            if hibernate {
-                "hibernate_after = \"5s\"\n"
-            } else {
-                ""
-            },
+            hibernate_after.map_or(String::new(), |d| format!("hibernate_after = \"{d}\"\n")),
         );
     }
     let path = dir.join("cuvisor.toml");
@@ -571,18 +575,23 @@ fn main() {
         options.zipf,
         MODELS.iter().map(|m| m.1).sum::<u64>(),
         100.0 * MODELS.iter().map(|m| m.1).sum::<u64>() as f64 / DEVICE_GIB as f64,
-        match options.policy.is_empty() {
-            true => "the defaults".to_owned(),
-            false => options.policy.trim().replace('\n', ", "),
-        }
+        format!(
+            "{}, hibernate_after {}",
+            match options.policy.is_empty() {
+                true => "the defaults".to_owned(),
+                false => options.policy.trim().replace('\n', ", "),
+            },
+            options.hibernate_after.as_deref().unwrap_or("off")
+        )
     );
     let ideal = {
-        let node = start("ideal", 1024, false, "");
+        let node = start("ideal", 1024, "", None);
         eprintln!("ideal node ready; sending the traffic");
         drive(&node, &plan)
     };
     let real = {
-        let node = start("real", DEVICE_GIB, true, &options.policy);
+        let after = options.hibernate_after.as_deref();
+        let node = start("real", DEVICE_GIB, &options.policy, after);
         eprintln!("80 GiB node ready; sending the traffic");
         drive(&node, &plan)
     };

@@ -96,6 +96,9 @@ impl Door for Front {
     fn set_asleep(&self, model: &str, asleep: bool) {
         self.routes.set_asleep(model, asleep);
     }
+    fn sleep_if_idle(&self, model: &str) -> bool {
+        self.routes.sleep_if_idle(model)
+    }
     fn load(&self, model: &str) -> Load {
         self.routes.load(model)
     }

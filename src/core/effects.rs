@@ -118,6 +118,11 @@ pub trait Door {
     fn hide(&self, model: &str);
     /// `model` is hibernated (its requests wait) or awake.
     fn set_asleep(&self, model: &str, asleep: bool);
+    /// `model` is hibernated if nothing is in flight on it and nothing waits for it at
+    /// this moment, after which no request gets a place on it until it is awake: whether
+    /// it was. (A load read before may be stale by the time a hibernate is sent: a
+    /// request that took its place meanwhile keeps the model awake.)
+    fn sleep_if_idle(&self, model: &str) -> bool;
     fn load(&self, model: &str) -> Load;
     /// A hibernate (`out`) or wake of `model` ended, every process done, in `seconds`.
     fn swapped(&self, model: &str, out: bool, seconds: f64);

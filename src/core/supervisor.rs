@@ -519,7 +519,7 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
                                 "model {}: hibernating to make room for model {name}",
                                 self.models[victim].cfg.name
                             ));
-                            self.request_power(victim, true, None);
+                            self.hibernate_idle(victim);
                         }
                     }
                     let idle: Vec<usize> = (0..self.models[m].instances.len())
@@ -564,7 +564,7 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
                 "model {}: hibernating: the awake models' memory is past its GPU's",
                 self.models[v].cfg.name
             ));
-            self.request_power(v, true, None);
+            self.hibernate_idle(v);
         }
         for m in 0..self.models.len() {
             let Some(serve) = &self.models[m].cfg.serve else {
@@ -606,7 +606,7 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
                     log(&format!(
                         "model {name}: idle for serve.hibernate_after: hibernating"
                     ));
-                    self.request_power(m, true, None);
+                    self.hibernate_idle(m);
                 }
                 hibernation::Decision::Wake => {
                     let cold_fits = self.pressure(m, false).fits;
@@ -642,9 +642,10 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
                         }
                         continue;
                     };
-                    self.models[m].wake_wanted = None;
                     log(&format!("model {name}: a request for it: waking"));
-                    self.wake(m, None, warm_too);
+                    if self.wake(m, None, warm_too) {
+                        self.models[m].wake_wanted = None;
+                    }
                 }
             }
         }
@@ -854,8 +855,25 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
                 self.send_power(m, true, reply);
             }
             // Asked by hand: now, pushing out whatever idle models it takes.
-            false => self.wake(m, reply, true),
+            false => {
+                self.wake(m, reply, true);
+            }
         }
+    }
+
+    /// Hibernates model `m` for the policy (idle, or to make room), if it is still idle
+    /// now that the front door is asked ([`Door::sleep_if_idle`]): its request's number.
+    /// A request that came since the load was read keeps it awake.
+    fn hibernate_idle(&mut self, m: usize) -> Option<u64> {
+        let name = &self.models[m].cfg.name;
+        if !self.door.sleep_if_idle(name) {
+            log(&format!(
+                "model {name}: a request came just as it was to hibernate: it stays awake"
+            ));
+            return None;
+        }
+        self.supersede(m);
+        Some(self.send_power(m, true, None))
     }
 
     /// A wake held back for room is replaced by a newer request for the same model.
@@ -869,29 +887,37 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
 
     /// Wakes model `m`: if it is hibernated, room first (the models [`Supervisor::pressure`]
     /// names leave in bulk before it comes back, rather than page by page under its
-    /// faults), the wake held back until they have.
-    fn wake(&mut self, m: usize, reply: Option<Reply>, warm_too: bool) {
+    /// faults), the wake held back until they have. False if a model to push out got a
+    /// request just then and stays: a wake for requests (no `reply`) is then not made,
+    /// to be weighed again at the next tick; one asked by hand goes on with the room
+    /// that was made.
+    fn wake(&mut self, m: usize, reply: Option<Reply>, warm_too: bool) -> bool {
         self.supersede(m);
         if self.models[m].swap.hibernated {
             let room = self.pressure(m, warm_too);
-            for &v in &room.out {
+            let mut after = Vec::new();
+            let mut stayed = false;
+            for v in room.out {
                 log(&format!(
                     "model {}: hibernating to make room for model {}",
                     self.models[v].cfg.name, self.models[m].cfg.name
                 ));
+                match self.hibernate_idle(v) {
+                    Some(id) => after.push(id),
+                    None => stayed = true,
+                }
             }
-            let mut after: Vec<u64> = room
-                .out
-                .into_iter()
-                .map(|v| self.send_power(v, true, None))
-                .collect();
+            if stayed && reply.is_none() {
+                return false;
+            }
             after.extend(room.departing);
             if !after.is_empty() {
                 self.power.defer(m, reply, after);
-                return;
+                return true;
             }
         }
         self.send_power(m, false, reply);
+        true
     }
 
     /// Sends a hibernate or wake to model `m`'s processes; the request's number.

@@ -135,6 +135,9 @@ struct Front {
     /// The models served (added or changed by a reload), and those hidden.
     served: RefCell<Vec<String>>,
     hidden: RefCell<BTreeSet<String>>,
+    /// Models a request reaches between the core's reading of the load and its putting
+    /// them to sleep ([`Door::sleep_if_idle`]).
+    arriving: RefCell<BTreeSet<String>>,
 }
 
 impl Front {
@@ -180,6 +183,15 @@ impl Door for Front {
         } else {
             set.remove(model);
         }
+    }
+    fn sleep_if_idle(&self, model: &str) -> bool {
+        let busy = self.arriving.borrow().contains(model)
+            || self.idle.borrow().get(model).is_some_and(|i| i.is_zero())
+            || self.waiting.borrow().get(model).is_some_and(|&w| w > 0);
+        if !busy {
+            self.set_asleep(model, true);
+        }
+        !busy
     }
     fn load(&self, model: &str) -> Load {
         let idle = self.idle.borrow().get(model).copied().unwrap_or_default();
@@ -1133,13 +1145,19 @@ fn the_patience_is_the_swap_it_spares_on_the_measured_link() {
 #[test]
 fn a_wake_waits_for_busy_models() {
     let s_ = Duration::from_secs(1);
-    // b and c both busy: nothing can go. When c finishes (2 s in), c goes (its 4 GiB
-    // were used just now: its patience of 1 s has passed), and a wakes after it.
-    let (mut s, t) = crowded_on_a_measured_link();
-    s.door.idle.borrow_mut().insert("b".into(), Duration::ZERO);
-    s.door.idle.borrow_mut().insert("c".into(), Duration::ZERO);
-    s.door.waiting.borrow_mut().insert("a".into(), 1);
-    s.tick(t);
+    // b and c both busy (idle for zero), a request for a.
+    let busy = || {
+        let (mut s, t) = crowded_on_a_measured_link();
+        for name in ["b", "c"] {
+            s.door.idle.borrow_mut().insert(name.into(), Duration::ZERO);
+        }
+        s.door.waiting.borrow_mut().insert("a".into(), 1);
+        s.tick(t);
+        (s, t)
+    };
+    // Nothing can go. When c finishes (2 s in), c goes (its 4 GiB were used just now: its
+    // patience of 1 s has passed), and a wakes after it.
+    let (mut s, t) = busy();
     s.tick(t + 2 * s_ - MS);
     assert_eq!(powers(&taken(&mut s)), [], "nothing can make room yet");
     s.door.idle.borrow_mut().insert("c".into(), MS);
@@ -1147,11 +1165,7 @@ fn a_wake_waits_for_busy_models() {
     assert_eq!(powers(&taken(&mut s)), [("c".to_owned(), true)]);
 
     // Neither finishes: a still waits, long past `swap_patience`.
-    let (mut s, t) = crowded_on_a_measured_link();
-    s.door.idle.borrow_mut().insert("b".into(), Duration::ZERO);
-    s.door.idle.borrow_mut().insert("c".into(), Duration::ZERO);
-    s.door.waiting.borrow_mut().insert("a".into(), 1);
-    s.tick(t);
+    let (mut s, t) = busy();
     s.tick(t + 60 * s_);
     assert_eq!(powers(&taken(&mut s)), []);
 }
@@ -1309,4 +1323,22 @@ fn a_wake_waits_for_the_hibernates_whose_room_it_needs() {
     assert_eq!(powers(&taken(&mut s)), [], "b and c still hold 8 of 10 GiB");
     s.powered(3, power_report("c", 3, true, DONE));
     assert_eq!(powers(&taken(&mut s)), [("a".to_owned(), false)]);
+}
+
+/// A model to push out that a request reaches just then (after the load was read) stays
+/// awake, and the wake for requests that wanted its room is not made: it is weighed again
+/// at the next tick, with what has changed.
+#[test]
+fn a_model_a_request_reaches_as_it_is_pushed_out_stays_awake() {
+    let (mut s, t) = two_asleep();
+    s.door.waiting.borrow_mut().insert("a".into(), 1);
+    s.door.arriving.borrow_mut().insert("c".into());
+    s.tick(t);
+    assert_eq!(powers(&taken(&mut s)), [], "c stays, a waits");
+    assert!(!s.door.asleep("c"));
+    assert!(s.door.asleep("a"));
+    // The request on c has gone; c is idle again (and still the least recently used).
+    s.door.arriving.borrow_mut().clear();
+    s.tick(t + MS);
+    assert_eq!(powers(&taken(&mut s)), [("c".to_owned(), true)]);
 }

@@ -367,7 +367,7 @@ impl Routes {
     /// stays awake for its `hibernate_after` before the policy hibernates it again.
     pub fn set_asleep(&self, model: &str, asleep: bool) {
         if let Some(s) = self.get(model) {
-            s.asleep.store(asleep, Ordering::Release);
+            s.asleep.store(asleep, Ordering::SeqCst);
             if !asleep {
                 let now = Instant::now();
                 for u in Self::instances(&s).iter() {
@@ -379,6 +379,28 @@ impl Routes {
                 s.queue.wake.notify_waiters();
             }
         }
+    }
+
+    /// `model` is hibernated if nothing is in flight on it and nothing waits for it now;
+    /// whether it was. The flag is raised first, then the load read, while a request
+    /// takes its place first, then reads the flag ([`Routes::try_slot`]), all sequentially
+    /// consistent: either this sees the request, or the request sees the flag and gives
+    /// its place back.
+    pub fn sleep_if_idle(&self, model: &str) -> bool {
+        let Some(s) = self.get(model) else {
+            return false;
+        };
+        s.asleep.store(true, Ordering::SeqCst);
+        let busy = s.queue.waiting.load(Ordering::SeqCst) > 0
+            || Self::instances(&s)
+                .iter()
+                .any(|u| u.shared.in_flight.load(Ordering::SeqCst) > 0);
+        if busy {
+            s.asleep.store(false, Ordering::SeqCst);
+            // A request that saw the flag meanwhile waits for a wake: it may go on.
+            s.queue.wake.notify_waiters();
+        }
+        !busy
     }
 
     /// `model` cannot serve until something changes, and why (None: it may again). The
@@ -464,7 +486,7 @@ impl Routes {
     /// A place on the ready instance with the fewest requests in flight, if one has
     /// room; whether any instance is ready at all.
     pub(super) fn try_slot(s: &Served) -> (Option<Slot>, bool) {
-        if s.asleep.load(Ordering::Acquire) {
+        if s.asleep.load(Ordering::SeqCst) {
             return (None, false); // none is ready until the model is awake
         }
         let instances = Self::instances(s);
@@ -497,6 +519,12 @@ impl Routes {
                 .in_flight
                 .compare_exchange(n, n + 1, Ordering::SeqCst, Ordering::SeqCst)
             {
+                // Hibernated since it looked ([`Routes::sleep_if_idle`]): the place goes
+                // back, and the request waits for the wake.
+                Ok(_) if s.asleep.load(Ordering::SeqCst) => {
+                    i.in_flight.fetch_sub(1, Ordering::SeqCst);
+                    return (None, false);
+                }
                 Ok(_) => {
                     let slot = Slot {
                         instance: i.clone(),
@@ -678,5 +706,80 @@ impl Routes {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Routes for one served model `a` with one ready instance.
+    fn one_ready() -> (Arc<Routes>, Arc<Served>) {
+        let text = "[supervisor]\nsocket = \"/nonexistent/s\"\nhttp = \"127.0.0.1:9\"\n\
+                    [[model]]\nname = \"a\"\ncommand = \"/bin/true\"\n\
+                    [model.serve]\nhealth = \"/h\"\nconcurrency = 4\n";
+        let config = Config::parse(std::path::Path::new("t.toml"), text).expect("a config");
+        let routes = Routes::new(&config);
+        routes.started("a", 0, 9, None);
+        let served = routes.get("a").expect("served");
+        for u in Routes::instances(&served).iter() {
+            u.ready.store(true, Ordering::SeqCst);
+        }
+        (routes, served)
+    }
+
+    /// A model is hibernated for the policy only if nothing is in flight on it; once it
+    /// is, no request gets a place until it wakes.
+    #[test]
+    fn sleep_if_idle_sees_the_requests_in_flight() {
+        let (routes, served) = one_ready();
+        let slot = Routes::try_slot(&served).0.expect("a place");
+        assert!(!routes.sleep_if_idle("a"), "a request is in flight");
+        assert!(!served.asleep.load(Ordering::SeqCst));
+        drop(slot);
+        assert!(routes.sleep_if_idle("a"));
+        assert!(Routes::try_slot(&served).0.is_none(), "asleep: it waits");
+        routes.set_asleep("a", false);
+        assert!(Routes::try_slot(&served).0.is_some());
+    }
+
+    /// Racing requests never hold a place while the model is hibernated: whenever
+    /// `sleep_if_idle` says it was idle, nothing is in flight until it is woken, however
+    /// the request's place and the flag interleave.
+    #[test]
+    fn no_request_holds_a_place_on_a_model_put_to_sleep() {
+        let (routes, served) = one_ready();
+        let stop = Arc::new(AtomicBool::new(false));
+        let requests: Vec<_> = (0..2)
+            .map(|_| {
+                let (served, stop) = (served.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        drop(Routes::try_slot(&served).0);
+                    }
+                })
+            })
+            .collect();
+        let in_flight = || {
+            Routes::instances(&served)
+                .iter()
+                .map(|u| u.shared.in_flight.load(Ordering::SeqCst))
+                .sum::<usize>()
+        };
+        let mut slept = 0;
+        for _ in 0..100_000 {
+            if routes.sleep_if_idle("a") {
+                slept += 1;
+                for _ in 0..50 {
+                    assert_eq!(in_flight(), 0, "a place taken on a model put to sleep");
+                }
+                routes.set_asleep("a", false);
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        for r in requests {
+            r.join().unwrap();
+        }
+        assert!(slept > 0, "never idle: the test tested nothing");
     }
 }
