@@ -569,20 +569,17 @@ fn main() {
     let options = Options::parse();
     let seconds = options.seconds;
     let plan = schedule(seconds, options.zipf);
+    let policy = match options.policy.is_empty() {
+        true => "the defaults".to_owned(),
+        false => options.policy.trim().replace('\n', ", "),
+    };
     println!(
-        "bench_node: {} requests over {seconds} s (Zipf s = {}), 13 models, {} GiB of quotas on a {DEVICE_GIB} GiB GPU ({:.0} %), link {LINK_GBPS} GB/s; policy: {}",
+        "bench_node: {} requests over {seconds} s (Zipf s = {}), 13 models, {} GiB of quotas on a {DEVICE_GIB} GiB GPU ({:.0} %), link {LINK_GBPS} GB/s; policy: {policy}, hibernate_after {}",
         plan.len(),
         options.zipf,
         MODELS.iter().map(|m| m.1).sum::<u64>(),
         100.0 * MODELS.iter().map(|m| m.1).sum::<u64>() as f64 / DEVICE_GIB as f64,
-        format!(
-            "{}, hibernate_after {}",
-            match options.policy.is_empty() {
-                true => "the defaults".to_owned(),
-                false => options.policy.trim().replace('\n', ", "),
-            },
-            options.hibernate_after.as_deref().unwrap_or("off")
-        )
+        options.hibernate_after.as_deref().unwrap_or("off")
     );
     let ideal = {
         let node = start("ideal", 1024, "", None);
