@@ -397,7 +397,7 @@ mod tests {
         assert_eq!(make_room(12 * GIB, 6 * GIB, &r, P, false), [0]);
     }
 
-    /// Hysteresis: a model used within PROTECT is pushed out only when the others cannot
+    /// Hysteresis: a model used within `protect` is pushed out only when the others cannot
     /// make room, and only if asked (warm_too).
     #[test]
     fn a_recently_used_model_is_pushed_out_last() {
