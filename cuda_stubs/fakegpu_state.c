@@ -328,6 +328,10 @@ void fg_link_moved(int dev, int to_device, uint64_t bytes) {
     if (dev >= 0 && dev < FG_MAX_DEVICES) link_bytes[dev][to_device ? 0 : 1] += bytes;
 }
 
+/* No move takes longer than an hour on the link (a tiny FAKE_CUDA_LINK_GBPS is clamped),
+ * so a reservation further ahead than that is stale. */
+#define LINK_STALE_NS (3600ull * 1000000000ull)
+
 static uint64_t monotonic_ns(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
@@ -346,8 +350,12 @@ void fg_unlock(void) {
             link_bytes[d][dir] = 0;
             if (gbps <= 0) continue;
             uint64_t now = monotonic_ns(), *free_at = &R->link_free_ns[d][dir];
+            /* A reservation more than an hour ahead is another boot's (the state file
+             * outlived it, and CLOCK_MONOTONIC started again): the link is free. */
+            if (*free_at > now + LINK_STALE_NS) *free_at = now;
             uint64_t start = *free_at > now ? *free_at : now;
-            *free_at = start + (uint64_t)((double)moved / gbps); /* GB/s is bytes/ns */
+            double ns = (double)moved / gbps; /* GB/s is bytes/ns */
+            *free_at = start + (ns < (double)LINK_STALE_NS ? (uint64_t)ns : LINK_STALE_NS);
             if (*free_at > until) until = *free_at;
         }
     }

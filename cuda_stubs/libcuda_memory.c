@@ -1015,7 +1015,8 @@ static CUresult copy(uint64_t dst, int dst_dev, uint64_t src, int src_dev, size_
     /* Host to device or back: over the device's link (FAKE_CUDA_LINK_GBPS). */
     if (!rc && dst_dev != src_dev) {
         const struct alloc *a = find_containing(dst_dev ? dst : src);
-        fg_link_moved(a && a->range != FG_NO_RANGE ? fg_range_dev(a->range) : 0, dst_dev, n);
+        int dev = !a ? 0 : a->range != FG_NO_RANGE ? fg_range_dev(a->range) : cu_phys(a->dev);
+        fg_link_moved(dev, dst_dev, n);
     }
     fg_unlock();
     return rc;

@@ -117,8 +117,8 @@ pub struct Policy {
     /// Zero: no hysteresis.
     pub protect: Duration,
     /// The longest requests for a hibernated model wait for room before it wakes all the
-    /// same, pushing out models used within `protect` (or, if even that is not enough,
-    /// leaving the rest to the driver's eviction). Zero: no collation.
+    /// same, pushing out models used within `protect`. Zero: no collation. (Busy models
+    /// are waited for apart from this, up to [`BUSY_LIMIT`].)
     pub patience: Duration,
 }
 
@@ -207,6 +207,11 @@ pub fn fits(memory: u64, need: u64, resident: &[Resident], out: &[usize]) -> boo
     staying.saturating_add(need) <= memory
 }
 
+/// The longest a wake waits for busy models to finish before it wakes beside them, the
+/// driver paging ([`wake_now`]): long enough for ordinary requests to end, short enough
+/// that a model under constant load (a stream of minutes) does not starve another.
+pub const BUSY_LIMIT: Duration = Duration::from_secs(30);
+
 /// Whether a hibernated model whose requests have waited `waited` wakes now, and if so
 /// whether models used within [`Policy::protect`] may be pushed out for it (`Some(true)`):
 /// - at once, when pushing out idle models used longer ago makes room (`cold_fits`);
@@ -215,9 +220,9 @@ pub fn fits(memory: u64, need: u64, resident: &[Resident], out: &[usize]) -> boo
 /// - or when no model that could leave ever will make room (`possible` false: what holds
 ///   the GPU is never pushed out), leaving the rest to the driver's paging.
 ///
-/// Otherwise busy models hold what it needs, and it waits for them to finish: waking now
-/// would have the driver page their memory out under their requests, which makes them
-/// slower and busier, and every later wake with them.
+/// Otherwise busy models hold what it needs, and it waits for them to finish, up to
+/// [`BUSY_LIMIT`]: waking now would have the driver page their memory out under their
+/// requests, which makes them slower and busier, and every later wake with them.
 pub fn wake_now(
     cold_fits: bool,
     warm_fits: bool,
@@ -228,7 +233,7 @@ pub fn wake_now(
     if cold_fits {
         return Some(false);
     }
-    (waited >= patience && (warm_fits || !possible)).then_some(true)
+    (waited >= patience && (warm_fits || !possible || waited >= BUSY_LIMIT)).then_some(true)
 }
 
 /// Of the subsets of `pool` whose bytes reach `deficit`, the one with the fewest bytes;
@@ -430,11 +435,16 @@ mod tests {
         assert_eq!(wake_now(false, true, true, zero, patience), None);
         assert_eq!(wake_now(false, true, true, patience - ms, patience), None);
         assert_eq!(wake_now(false, true, true, patience, patience), Some(true));
-        // Not even with the recent ones out: busy ones hold it; wait for them.
+        // Not even with the recent ones out: busy ones hold it; wait for them, up to the
+        // limit.
         assert_eq!(wake_now(false, false, true, patience, patience), None);
         assert_eq!(
-            wake_now(false, false, true, 1000 * patience, patience),
+            wake_now(false, false, true, BUSY_LIMIT - ms, patience),
             None
+        );
+        assert_eq!(
+            wake_now(false, false, true, BUSY_LIMIT, patience),
+            Some(true)
         );
         // What holds it never leaves: after the patience, the driver pages.
         assert_eq!(wake_now(false, false, false, patience - ms, patience), None);
@@ -445,7 +455,11 @@ mod tests {
         // No collation: at once when room can be made, or never will.
         assert_eq!(wake_now(false, true, true, zero, zero), Some(true));
         assert_eq!(wake_now(false, false, false, zero, zero), Some(true));
-        assert_eq!(wake_now(false, false, true, zero, zero), None);
+        assert_eq!(
+            wake_now(false, false, true, zero, zero),
+            None,
+            "busy: it waits"
+        );
     }
 
     /// The patience: the protected bytes out and back over the measured link, at most the

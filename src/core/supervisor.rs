@@ -790,8 +790,9 @@ impl<E: Effects, D: Door> Supervisor<E, D> {
                     Some(hibernation::Resident {
                         model: o,
                         bytes: used_here(o)?,
-                        idle: match self.power.held(o) {
-                            true => None, // it has requests: never pushed out
+                        // Held back for requests, or on its way in: never pushed out.
+                        idle: match self.power.changing(o) {
+                            true => None,
                             false => self.idle_for(o),
                         },
                     })

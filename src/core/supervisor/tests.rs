@@ -1141,7 +1141,7 @@ fn the_patience_is_the_swap_it_spares_on_the_measured_link() {
 
 /// When busy models hold what a wake needs, pushing out every idle one would not make
 /// room, and the driver would page the busy ones out under their requests: the wake
-/// waits for them to finish, however long (its requests' own timeouts bound it).
+/// waits for them to finish, up to `BUSY_LIMIT`, then wakes beside them.
 #[test]
 fn a_wake_waits_for_busy_models() {
     let s_ = Duration::from_secs(1);
@@ -1164,10 +1164,12 @@ fn a_wake_waits_for_busy_models() {
     s.tick(t + 2 * s_);
     assert_eq!(powers(&taken(&mut s)), [("c".to_owned(), true)]);
 
-    // Neither finishes: a still waits, long past `swap_patience`.
+    // Neither finishes: a still waits, long past `swap_patience`, until the limit.
     let (mut s, t) = busy();
-    s.tick(t + 60 * s_);
+    s.tick(t + hibernation::BUSY_LIMIT - MS);
     assert_eq!(powers(&taken(&mut s)), []);
+    s.tick(t + hibernation::BUSY_LIMIT);
+    assert_eq!(powers(&taken(&mut s)), [("a".to_owned(), false)]);
 }
 
 /// What holds the GPU is a model without `[model.serve]`, never pushed out: waiting would
@@ -1341,4 +1343,30 @@ fn a_model_a_request_reaches_as_it_is_pushed_out_stays_awake() {
     s.door.arriving.borrow_mut().clear();
     s.tick(t + MS);
     assert_eq!(powers(&taken(&mut s)), [("c".to_owned(), true)]);
+}
+
+/// A model whose wake is under way is never pushed out for another, however long its
+/// idle clock says it has been idle: a (idle 100 s by its clock) is being woken by hand
+/// when d's wake needs room, and b goes instead.
+#[test]
+fn a_model_being_woken_is_not_pushed_out() {
+    let (mut s, _) = two_asleep();
+    let (tx, _rx) = tokio::sync::oneshot::channel();
+    s.power("c", true, tx);
+    s.powered(3, power_report("c", 3, true, DONE));
+    taken(&mut s);
+    s.door
+        .idle
+        .borrow_mut()
+        .insert("a".into(), Duration::from_secs(100));
+    let (tx, _rx2) = tokio::sync::oneshot::channel();
+    s.power("a", false, tx);
+    assert_eq!(
+        powers(&taken(&mut s)),
+        [("a".to_owned(), false)],
+        "it fits beside b"
+    );
+    let (tx, _rx3) = tokio::sync::oneshot::channel();
+    s.power("d", false, tx);
+    assert_eq!(powers(&taken(&mut s)), [("b".to_owned(), true)]);
 }

@@ -390,12 +390,12 @@ impl Routes {
         let Some(s) = self.get(model) else {
             return false;
         };
-        s.asleep.store(true, Ordering::SeqCst);
+        let was = s.asleep.swap(true, Ordering::SeqCst);
         let busy = s.queue.waiting.load(Ordering::SeqCst) > 0
             || Self::instances(&s)
                 .iter()
                 .any(|u| u.shared.in_flight.load(Ordering::SeqCst) > 0);
-        if busy {
+        if busy && !was {
             s.asleep.store(false, Ordering::SeqCst);
             // A request that saw the flag meanwhile waits for a wake: it may go on.
             s.queue.wake.notify_waiters();
@@ -741,6 +741,18 @@ mod tests {
         assert!(Routes::try_slot(&served).0.is_none(), "asleep: it waits");
         routes.set_asleep("a", false);
         assert!(Routes::try_slot(&served).0.is_some());
+    }
+
+    /// A model already asleep (hibernated by hand) stays asleep when the policy asks too
+    /// and a request waits for it: its wake is the request's to trigger, not this call's.
+    #[test]
+    fn sleep_if_idle_leaves_a_model_already_asleep_asleep() {
+        let (routes, served) = one_ready();
+        routes.set_asleep("a", true);
+        served.queue.waiting.fetch_add(1, Ordering::SeqCst);
+        assert!(!routes.sleep_if_idle("a"), "a request waits");
+        assert!(served.asleep.load(Ordering::SeqCst), "still asleep");
+        served.queue.waiting.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Racing requests never hold a place while the model is hibernated: whenever
