@@ -208,9 +208,12 @@ pub fn fits(memory: u64, need: u64, resident: &[Resident], out: &[usize]) -> boo
 }
 
 /// The longest a wake waits for busy models to finish before it wakes beside them, the
-/// driver paging ([`wake_now`]): long enough for ordinary requests to end, short enough
-/// that a model under constant load (a stream of minutes) does not starve another.
-pub const BUSY_LIMIT: Duration = Duration::from_secs(30);
+/// driver paging ([`wake_now`]): long enough for ordinary requests to end, and for the
+/// wakes queued on a saturated link before it (models being woken count as busy: 30 s
+/// was too short in `bench_node`, whose wakes then over-committed the GPU and paged the
+/// warm models), short enough that a model under constant load (streams of minutes)
+/// does not starve another for longer than this.
+pub const BUSY_LIMIT: Duration = Duration::from_secs(120);
 
 /// Whether a hibernated model whose requests have waited `waited` wakes now, and if so
 /// whether models used within [`Policy::protect`] may be pushed out for it (`Some(true)`):
