@@ -155,6 +155,7 @@ static uint64_t free_bytes(int dev) {
 /* Bytes this thread moved between host and each device, to it [0] and back [1], since it
  * took the lock: fg_unlock takes their time on the link (FAKE_CUDA_LINK_GBPS). */
 static __thread uint64_t link_bytes[FG_MAX_DEVICES][2];
+static __thread int link_pending; /* any of link_bytes is not zero */
 
 static uint64_t make_room_locked(int dev, uint64_t need, uint32_t keep) {
     if (free_bytes(dev) >= need) return free_bytes(dev);
@@ -177,6 +178,7 @@ static uint64_t make_room_locked(int dev, uint64_t need, uint32_t keep) {
         R->used[dev] -= take;
         R->procs[g->owner - 1].evicted_bytes += take;
         link_bytes[dev][1] += take; /* written back to the host */
+        link_pending = 1;
     }
     return free_bytes(dev);
 }
@@ -245,6 +247,7 @@ void fg_range_touch(uint32_t r, int prefetch) {
     g->resident += in;
     R->used[g->dev] += in;
     link_bytes[g->dev][0] += in;
+    link_pending = 1;
 }
 
 void fg_range_evict(uint32_t r) {
@@ -252,6 +255,7 @@ void fg_range_evict(uint32_t r) {
     if (g->kind != FG_MANAGED || !(g->flags & FLAG_EVICTABLE)) return;
     R->used[g->dev] -= g->resident;
     link_bytes[g->dev][1] += g->resident;
+    link_pending = 1;
     g->resident = 0;
 }
 
@@ -325,7 +329,10 @@ void fg_lock(void) {
 }
 
 void fg_link_moved(int dev, int to_device, uint64_t bytes) {
-    if (dev >= 0 && dev < FG_MAX_DEVICES) link_bytes[dev][to_device ? 0 : 1] += bytes;
+    if (dev >= 0 && dev < FG_MAX_DEVICES) {
+        link_bytes[dev][to_device ? 0 : 1] += bytes;
+        link_pending = 1;
+    }
 }
 
 /* No move takes longer than an hour on the link (a tiny FAKE_CUDA_LINK_GBPS is clamped),
@@ -343,7 +350,7 @@ void fg_unlock(void) {
      * direction, after the moves of every process before them. */
     uint64_t until = 0;
     double gbps = config.link_gbps;
-    for (int d = 0; d < FG_MAX_DEVICES; d++) {
+    for (int d = 0; link_pending && d < FG_MAX_DEVICES; d++) {
         for (int dir = 0; dir < 2; dir++) {
             uint64_t moved = link_bytes[d][dir];
             if (moved == 0) continue;
@@ -359,6 +366,7 @@ void fg_unlock(void) {
             if (*free_at > until) until = *free_at;
         }
     }
+    link_pending = 0;
     pthread_mutex_unlock(&R->lock);
     if (until == 0) return;
     /* After the lock: a process waiting for its transfer holds up no other. */

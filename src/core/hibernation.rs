@@ -427,8 +427,7 @@ mod tests {
     }
 
     /// Collation: requests wait for room, up to their patience; for busy models to become
-    /// idle, as long as it takes (their own timeouts bound it), unless nothing that could
-    /// leave ever will.
+    /// idle, up to BUSY_LIMIT, unless nothing that could leave ever will.
     #[test]
     fn a_wake_waits_for_room_up_to_its_patience() {
         let (patience, ms) = (2 * S, Duration::from_millis(1));

@@ -1057,6 +1057,14 @@ fn a_reload_refuses_supervisor_keys_and_changes_a_quota_live() {
     assert_eq!(s.status(t).models[0].instances[0].pid, Some(100));
 }
 
+/// Ticks just before `at`, when nothing may be sent, then at `at`: what is sent then.
+fn sent_at(s: &mut Sup, at: Instant) -> Vec<(String, bool)> {
+    s.tick(at - MS);
+    assert_eq!(powers(&taken(s)), [], "sent before {at:?}");
+    s.tick(at);
+    powers(&taken(s))
+}
+
 /// The wakes and hibernates sent: (model, hibernate).
 fn powers(done: &[Done]) -> Vec<(String, bool)> {
     done.iter()
@@ -1100,10 +1108,7 @@ fn a_wake_for_requests_waits_for_room_then_patience() {
     s.door.idle.borrow_mut().insert("c".into(), 2 * s_);
     s.door.waiting.borrow_mut().insert("a".into(), 1);
     s.tick(t);
-    s.tick(t + patience - MS);
-    assert_eq!(powers(&taken(&mut s)), []);
-    s.tick(t + patience);
-    assert_eq!(powers(&taken(&mut s)), [("b".to_owned(), true)]);
+    assert_eq!(sent_at(&mut s, t + patience), [("b".to_owned(), true)]);
 }
 
 /// `crowded_with_a_asleep`, a's hibernate having measured the link at 8 GiB/s (4 GiB in
@@ -1133,10 +1138,7 @@ fn the_patience_is_the_swap_it_spares_on_the_measured_link() {
     s.door.idle.borrow_mut().insert("c".into(), 2 * s_);
     s.door.waiting.borrow_mut().insert("a".into(), 1);
     s.tick(t);
-    s.tick(t + s_ - MS);
-    assert_eq!(powers(&taken(&mut s)), []);
-    s.tick(t + s_);
-    assert_eq!(powers(&taken(&mut s)), [("b".to_owned(), true)]);
+    assert_eq!(sent_at(&mut s, t + s_), [("b".to_owned(), true)]);
 }
 
 /// When busy models hold what a wake needs, pushing out every idle one would not make
@@ -1166,10 +1168,10 @@ fn a_wake_waits_for_busy_models() {
 
     // Neither finishes: a still waits, long past `swap_patience`, until the limit.
     let (mut s, t) = busy();
-    s.tick(t + hibernation::BUSY_LIMIT - MS);
-    assert_eq!(powers(&taken(&mut s)), []);
-    s.tick(t + hibernation::BUSY_LIMIT);
-    assert_eq!(powers(&taken(&mut s)), [("a".to_owned(), false)]);
+    assert_eq!(
+        sent_at(&mut s, t + hibernation::BUSY_LIMIT),
+        [("a".to_owned(), false)]
+    );
 }
 
 /// What holds the GPU is a model without `[model.serve]`, never pushed out: waiting would
@@ -1197,10 +1199,7 @@ fn a_wake_that_nothing_can_make_room_for_goes_after_its_patience() {
     let patience = s.config().supervisor.swap_patience;
     s.door.waiting.borrow_mut().insert("a".into(), 1);
     s.tick(t);
-    s.tick(t + patience - MS);
-    assert_eq!(powers(&taken(&mut s)), []);
-    s.tick(t + patience);
-    assert_eq!(powers(&taken(&mut s)), [("a".to_owned(), false)]);
+    assert_eq!(sent_at(&mut s, t + patience), [("a".to_owned(), false)]);
 }
 
 /// A wake whose requests have all left is abandoned: while it waits for room (nothing is
